@@ -1,0 +1,3 @@
+"""cvlan.agent."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.cli."""
+
+__all__: list[str] = []

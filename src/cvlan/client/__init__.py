@@ -1,0 +1,3 @@
+"""cvlan.client."""
+
+__all__: list[str] = []

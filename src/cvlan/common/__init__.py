@@ -1,0 +1,3 @@
+"""cvlan.common."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.controller."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.controller.api."""
+
+__all__: list[str] = []

@@ -1,0 +1,286 @@
+"""A small route table over aiohttp: typed bodies, auth, one error format, OpenAPI from the same table.
+
+The table is also what the cross-tenant isolation tests iterate over, so a new endpoint is tested
+as soon as it is declared."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cvlan.controller.audit import request_id_var
+from cvlan.controller.auth import Principal
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops.context import OpsContext
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("cvlan_http_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram(
+    "cvlan_http_request_seconds", "HTTP request latency", ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+CTX_KEY = web.AppKey("ops_ctx", OpsContext)
+AUTH_KEY = web.AppKey("authenticator", object)
+
+
+class Body(BaseModel):
+    """Base of request bodies: unknown fields and type coercion are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+@dataclass
+class Call:
+    """What a handler receives."""
+
+    request: web.Request
+    ctx: OpsContext
+    who: Principal
+    body: Any
+    params: dict[str, str]
+
+    def q(self, name: str) -> str | None:
+        v = self.request.query.get(name)
+        return v if v else None
+
+    @property
+    def page(self) -> tuple[int, int]:
+        return parse_page(self.request)
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    status: int = 200
+    tenant_scoped: bool = False
+    auth: bool = True
+    query: tuple[str, ...] = ()
+    paginated: bool = False
+    mutation: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mutation = self.method in ("POST", "PUT", "PATCH", "DELETE")
+        self.tenant_scoped = "{tenant}" in self.path
+
+
+ROUTES: list[Route] = []
+
+
+def route(
+    method: str, path: str, *, summary: str, tag: str, body: type[BaseModel] | None = None, status: int = 200,
+    auth: bool = True, query: tuple[str, ...] = (), paginated: bool = False,
+) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        ROUTES.append(Route(method, path, fn, summary, tag, body, status, auth=auth, query=query,
+                            paginated=paginated))
+        return fn
+
+    return deco
+
+
+def parse_page(request: web.Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query.get("limit", "100"))
+        offset = int(request.query.get("offset", "0"))
+    except ValueError as e:
+        raise DomainError(Kind.INVALID, "limit and offset must be integers") from e
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise DomainError(Kind.INVALID, "limit must be 1-1000 and offset >= 0")
+    return limit, offset
+
+
+def page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+def _default(o: object) -> object:
+    if isinstance(o, dt.datetime):
+        return o.isoformat().replace("+00:00", "Z")
+    if isinstance(o, bytes):
+        return o.hex()
+    if isinstance(o, BaseModel):
+        return o.model_dump()
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, default=_default, separators=(",", ":"))
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+def _validation_message(e: ValidationError) -> tuple[str, list[dict[str, Any]]]:
+    details = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "body"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        details.append({"field": loc, "message": msg})
+    first = details[0] if details else {"field": "body", "message": "invalid"}
+    return f"{first['field']}: {first['message']}", details
+
+
+async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.read()
+    if len(raw) > request.app["max_body"]:
+        raise DomainError(Kind.TOO_LARGE, f"request body is larger than {request.app['max_body']} bytes")
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DomainError(Kind.INVALID, f"request body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise DomainError(Kind.INVALID, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        msg, details = _validation_message(e)
+        raise DomainError(Kind.INVALID, msg, details) from e
+
+
+def make_handler(r: Route, authenticate: Callable[[web.Request], Awaitable[Principal]]) -> Callable[
+    [web.Request], Awaitable[web.StreamResponse]
+]:
+    async def h(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CTX_KEY]
+        who = await authenticate(request) if r.auth else Principal(actor="anonymous")
+        body = await _read_body(request, r.body) if r.body is not None else None
+        result = await r.handler(Call(request, ctx, who, body, dict(request.match_info)))
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None:
+            return web.Response(status=204)
+        return web.json_response(result, status=r.status, dumps=dumps)
+
+    return h
+
+
+@web.middleware
+async def request_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Request id, timing, metrics, logging, and the one mapping of DomainError to HTTP."""
+    rid = request.headers.get("X-Request-Id", "")
+    if not rid or len(rid) > 64 or not rid.replace("-", "").isalnum():
+        rid = uuid.uuid4().hex
+    token = request_id_var.set(rid)
+    t0 = time.perf_counter()
+    info = request.match_info.route.resource
+    route_name = info.canonical if info is not None else "unmatched"
+    try:
+        try:
+            resp = await handler(request)
+        except DomainError as e:
+            resp = error_response(e.status, e.kind.value, e.message, e.details)
+            if e.kind == Kind.UNAVAILABLE:
+                resp.headers["Retry-After"] = "2"
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status, "http_error")
+            resp = error_response(e.status, code, e.reason)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
+            resp = error_response(500, "internal", f"internal error (request id {rid})")
+        resp.headers["X-Request-Id"] = rid
+        dur = time.perf_counter() - t0
+        REQUESTS.labels(route_name, request.method, str(resp.status)).inc()
+        LATENCY.labels(route_name, request.method).observe(dur)
+        if not request.path.startswith("/v1/"):
+            log.info(
+                "request",
+                extra={"request_id": rid, "method": request.method, "path": request.path,
+                       "status": resp.status, "duration_ms": round(dur * 1000, 2)},
+            )
+        return resp
+    finally:
+        request_id_var.reset(token)
+
+
+def openapi(title: str, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route in the table."""
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+                    "required": ["code", "message"],
+                }
+            },
+        }
+    }
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "summary": r.summary,
+            "tags": [r.tag],
+            "operationId": r.handler.__name__,
+            "parameters": [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in _path_params(r.path)
+            ]
+            + [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in r.query]
+            + (
+                [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ]
+                if r.paginated
+                else []
+            ),
+            "responses": {
+                str(r.status): {"description": "success"},
+                "default": {
+                    "description": "error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        }
+        if r.auth:
+            op["security"] = [{"bearer": []}]
+        if r.body is not None:
+            name = r.body.__name__
+            schemas[name] = r.body.model_json_schema(ref_template="#/components/schemas/{model}")
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+            }
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [seg[1:-1] for seg in path.split("/") if seg.startswith("{") and seg.endswith("}")]

@@ -1,0 +1,181 @@
+"""Build the controller's aiohttp application from settings: store, CA, routes, metrics."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cvlan import __version__
+from cvlan.common.clock import Clock, SystemClock
+from cvlan.common.files import write_atomic
+from cvlan.controller import credentials
+from cvlan.controller.api import framework, routes  # noqa: F401  (routes register themselves)
+from cvlan.controller.api.framework import AUTH_KEY, CTX_KEY, ROUTES, make_handler, request_middleware
+from cvlan.controller.auth import Principal
+from cvlan.controller.ca import CertificateAuthority
+from cvlan.controller.db import engine as dbengine
+from cvlan.controller.db.models import ApiToken, Cvlan, KeyValue, Node, Tenant
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import users
+from cvlan.controller.ops.context import OpsContext
+from cvlan.controller.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+ENGINE_KEY = web.AppKey("engine", AsyncEngine)
+CA_KEY = web.AppKey("ca", CertificateAuthority)
+
+G_TENANTS = Gauge("cvlan_tenants", "Tenants")
+G_CVLANS = Gauge("cvlan_cvlans", "CVLANs")
+G_NODES = Gauge("cvlan_nodes", "Nodes")
+G_POOL = Gauge("cvlan_db_pool_checked_out", "Database connections in use")
+G_POOL_SIZE = Gauge("cvlan_db_pool_size", "Database pool size")
+
+
+@dataclass
+class Controller:
+    """The assembled controller: what tests and the serve command hold on to."""
+
+    settings: ControllerSettings
+    app: web.Application
+    ctx: OpsContext
+    engine: AsyncEngine
+    ca: CertificateAuthority
+
+
+async def authenticate(request: web.Request) -> Principal:
+    """Bearer API token. (The web UI's session cookie is checked by the UI's own middleware.)"""
+    ctx = request.app[CTX_KEY]
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        sess = request.get("ui_principal")
+        if isinstance(sess, Principal):
+            return sess
+        raise DomainError(Kind.UNAUTHENTICATED, "missing API token: send 'Authorization: Bearer <token>'")
+    async with ctx.tx() as s:
+        return await users.principal_for_token(ctx, s, header[7:])
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(framework.openapi("CVLAN management API", __version__))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX_KEY]
+    try:
+        async with ctx.tx() as s:
+            await s.execute(select(1))
+    except DomainError:
+        return web.json_response({"status": "degraded", "db": "unavailable"}, status=503)
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    ctx = request.app[CTX_KEY]
+    try:
+        async with ctx.tx() as s:
+            G_TENANTS.set(await s.scalar(select(func.count()).select_from(Tenant)) or 0)
+            G_CVLANS.set(await s.scalar(select(func.count()).select_from(Cvlan)) or 0)
+            G_NODES.set(await s.scalar(select(func.count()).select_from(Node)) or 0)
+    except DomainError:
+        pass
+    pool: Any = request.app[ENGINE_KEY].pool
+    if hasattr(pool, "checkedout"):
+        G_POOL.set(pool.checkedout())
+        G_POOL_SIZE.set(pool.size())
+    resp = web.Response(body=generate_latest())
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+async def build(settings: ControllerSettings, clock: Clock | None = None, *, migrate: bool = True) -> Controller:
+    """Open the store (migrating it), load or create the CA, and assemble the application."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = dbengine.create_engine(settings.db_url, settings.db_pool_size)
+    if migrate:
+        await dbengine.upgrade(settings.db_url)
+    ctx = OpsContext(settings=settings, sessions=dbengine.session_factory(engine), clock=clock or SystemClock())
+    ca = CertificateAuthority.load_or_create(settings.data_dir)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_middleware])
+    app[CTX_KEY] = ctx
+    app[ENGINE_KEY] = engine
+    app[CA_KEY] = ca
+    app[AUTH_KEY] = authenticate
+    app["max_body"] = settings.max_body_bytes
+    app["ca_fingerprint"] = ca.fingerprint
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, make_handler(r, authenticate), name=r.handler.__name__)
+    app.router.add_get("/api/v1/openapi.json", openapi_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+
+    async def _cleanup(_: web.Application) -> AsyncIterator[None]:
+        yield
+        await engine.dispose()
+
+    app.cleanup_ctx.append(_cleanup)
+    return Controller(settings, app, ctx, engine, ca)
+
+
+async def bootstrap_admin(c: Controller) -> Path | None:
+    """On first start with an empty database, write DATA_DIR/admin.conf (0600) with a platform token."""
+    ctx = c.ctx
+    async with ctx.tx() as s:
+        if await s.scalar(select(KeyValue.value).where(KeyValue.key == "bootstrapped")):
+            return None
+        if await s.scalar(select(func.count()).select_from(ApiToken)):
+            return None
+        issued = credentials.issue(users.API_TOKEN_KIND)
+        s.add(ApiToken(tenant_id=None, role="platform_admin", name="bootstrap admin", prefix=issued.prefix,
+                       secret_hash=issued.digest, created_by="system", created_at=ctx.now()))
+        s.add(KeyValue(key="bootstrapped", value=ctx.now().isoformat()))
+        path = c.settings.data_dir / "admin.conf"
+        write_admin_conf(path, c.settings.url, c.ca.cert_pem.decode(), issued.text)
+    return path
+
+
+def write_admin_conf(path: Path, url: str, ca_pem: str, token: str) -> None:
+    ca_lines = "\n".join("  " + line for line in ca_pem.strip().splitlines())
+    text = (
+        "# CVLAN admin configuration: read by `cvlan --config FILE`. Keep it secret (mode 0600).\n"
+        f"server = {url}\n"
+        f"token = {token}\n"
+        "ca =\n"
+        f"{ca_lines}\n"
+    )
+    write_atomic(path, text, 0o600)
+
+
+def server_ssl(c: Controller) -> ssl.SSLContext:
+    """TLS for the embedded listener. Client certificates are optional here (the node API requires them)."""
+    host, _ = c.settings.host_port
+    hosts = [h for h in (host, "localhost", "127.0.0.1") if h not in ("0.0.0.0", "::", "")]
+    from urllib.parse import urlparse
+
+    pub = urlparse(c.settings.url).hostname
+    if pub:
+        hosts.insert(0, pub)
+    crt, key = c.settings.data_dir / "server.crt", c.settings.data_dir / "server.key"
+    if not crt.exists() or not key.exists() or _hosts_changed(c.settings.data_dir, hosts):
+        c.ca.issue_server(hosts, c.settings.data_dir)
+        write_atomic(c.settings.data_dir / "server.hosts", "\n".join(hosts), 0o644)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(crt, key)
+    ctx.load_verify_locations(cadata=c.ca.cert_pem.decode())
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _hosts_changed(d: Path, hosts: list[str]) -> bool:
+    p = d / "server.hosts"
+    return not p.exists() or p.read_text().split("\n") != hosts

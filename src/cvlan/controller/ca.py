@@ -1,0 +1,157 @@
+"""The controller's certificate authority: server certificates and short-lived node certificates.
+
+The CA key is written 0600 on first start and never leaves the data dir."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from cvlan.common.files import write_atomic
+
+# Private-arc OIDs for node identity inside certificates (node id, tenant, CVLAN, WireGuard key).
+OID_BASE = "1.3.6.1.4.1.59999.1"
+OID_NODE_ID = ObjectIdentifier(OID_BASE + ".1")
+OID_TENANT_ID = ObjectIdentifier(OID_BASE + ".2")
+OID_CVLAN_ID = ObjectIdentifier(OID_BASE + ".3")
+OID_WG_KEY = ObjectIdentifier(OID_BASE + ".4")
+OID_KIND = ObjectIdentifier(OID_BASE + ".5")
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """sha256:HEX of the DER certificate: what a node pins before it trusts a controller."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+@dataclass
+class CertificateAuthority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert_pem)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, now: dt.datetime | None = None) -> CertificateAuthority:
+        key_path, cert_path = directory / "ca.key", directory / "ca.crt"
+        if key_path.exists() and cert_path.exists():
+            key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+        now = now or dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CVLAN controller CA")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        write_atomic(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            0o600,
+        )
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        return cls(key, cert)
+
+    def _builder(self, subject: x509.Name, public_key: object, lifetime: dt.timedelta,
+                 now: dt.datetime) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+        )
+
+    def issue_server(self, hosts: list[str], directory: Path, now: dt.datetime | None = None) -> tuple[Path, Path]:
+        """Write server.key (0600) and server.crt for the given host names and addresses."""
+        now = now or dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for h in dict.fromkeys(hosts):
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+        cert = (
+            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), key.public_key(),
+                          dt.timedelta(days=825), now)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        kp, cp = directory / "server.key", directory / "server.crt"
+        write_atomic(
+            kp,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            0o600,
+        )
+        write_atomic(cp, cert.public_bytes(serialization.Encoding.PEM) + self.cert_pem, 0o644)
+        return cp, kp
+
+    def issue_client(
+        self,
+        csr_pem: bytes,
+        *,
+        common_name: str,
+        lifetime: dt.timedelta,
+        identity: dict[ObjectIdentifier, str],
+        now: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """Sign a client certificate for a CSR whose signature checks, carrying the identity extensions."""
+        now = now or dt.datetime.now(dt.UTC)
+        csr = x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise ValueError("CSR signature does not verify")
+        b = self._builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), csr.public_key(), lifetime, now
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        for oid, value in identity.items():
+            b = b.add_extension(x509.UnrecognizedExtension(oid, value.encode()), critical=False)
+        return b.sign(self.key, hashes.SHA256())
+
+
+def identity_of(cert: x509.Certificate) -> dict[str, str]:
+    """The identity extensions of a certificate this CA issued, by short name."""
+    names = {OID_NODE_ID: "node_id", OID_TENANT_ID: "tenant_id", OID_CVLAN_ID: "cvlan_id",
+             OID_WG_KEY: "wg_key", OID_KIND: "kind"}
+    out: dict[str, str] = {}
+    for ext in cert.extensions:
+        if ext.oid in names and isinstance(ext.value, x509.UnrecognizedExtension):
+            out[names[ext.oid]] = ext.value.value.decode()
+    return out

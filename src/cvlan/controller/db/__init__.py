@@ -1,0 +1,3 @@
+"""cvlan.controller.db."""
+
+__all__: list[str] = []

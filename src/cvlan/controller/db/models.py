@@ -1,0 +1,264 @@
+"""ORM models. Every row that belongs to a tenant carries tenant_id. Schema changes go through migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+TS = UtcDateTime()
+ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    is_platform_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_by: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Cvlan(Base):
+    __tablename__ = "cvlans"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    subnet: Mapped[str] = mapped_column(String(43))
+    net_start: Mapped[int] = mapped_column(BigInteger, index=True)
+    net_end: Mapped[int] = mapped_column(BigInteger)
+    mode: Mapped[str] = mapped_column(String(10), default="mesh")
+    version: Mapped[int] = mapped_column(BigInteger, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class IpAllocation(Base):
+    """One address of a CVLAN, held by a node or quarantined after release."""
+
+    __tablename__ = "ip_allocations"
+    __table_args__ = (UniqueConstraint("cvlan_id", "address"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    address: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(100), default="")
+    allocated_at: Mapped[dt.datetime] = mapped_column(TS)
+    released_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    reusable: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_nodes_cvlan", "cvlan_id"))
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    wg_public_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    address: Mapped[str] = mapped_column(String(43))
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    cert_serial: Mapped[str] = mapped_column(String(64), default="")
+    cert_not_after: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    endpoints: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    home_relay_region: Mapped[str] = mapped_column(String(63), default="")
+    map_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    os_info: Mapped[str] = mapped_column(String(200), default="")
+    token_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+    last_seen: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Region(Base):
+    __tablename__ = "regions"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class Relay(Base):
+    __tablename__ = "relays"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id", ondelete="RESTRICT"), index=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    url: Mapped[str] = mapped_column(String(300))
+    stun: Mapped[str] = mapped_column(String(300), default="")
+    bootstrap_prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    bootstrap_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    cert_serial: Mapped[str] = mapped_column(String(64), default="")
+    last_seen: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class Vrouter(Base):
+    __tablename__ = "vrouters"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id", ondelete="RESTRICT"), index=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    endpoint: Mapped[str] = mapped_column(String(300))
+    wg_public_key: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    bootstrap_prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    bootstrap_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    cert_serial: Mapped[str] = mapped_column(String(64), default="")
+    last_seen: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class VrouterCvlan(Base):
+    """A vrouter serving a CVLAN (hub-and-spoke and cross-region)."""
+
+    __tablename__ = "vrouter_cvlans"
+    vrouter_id: Mapped[int] = mapped_column(ForeignKey("vrouters.id", ondelete="CASCADE"), primary_key=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class AuditEntry(Base):
+    """Append-only: there is no code path that updates or deletes these rows."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_tenant_time", "tenant_id", "created_at"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(100))
+    target_type: Mapped[str] = mapped_column(String(50))
+    target_id: Mapped[str] = mapped_column(String(100))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS, index=True)
+
+
+class DeniedFlow(Base):
+    """Aggregated denied packets reported by nodes and vrouters."""
+
+    __tablename__ = "denied_flows"
+    __table_args__ = (Index("ix_denied_tenant_time", "tenant_id", "last_seen"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    reporter: Mapped[str] = mapped_column(String(100))
+    src: Mapped[str] = mapped_column(String(45))
+    dst: Mapped[str] = mapped_column(String(45))
+    proto: Mapped[str] = mapped_column(String(10))
+    dport: Mapped[int] = mapped_column(Integer, default=0)
+    packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seen: Mapped[dt.datetime] = mapped_column(TS)
+    last_seen: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class KeyValue(Base):
+    """Controller-wide settings that must survive restarts (schema-level singletons)."""
+
+    __tablename__ = "controller_kv"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,147 @@
+"""IP address management: CVLAN subnets from a global pool, node /32s inside a CVLAN.
+
+Allocation is transactional. On PostgreSQL the CVLAN row (addresses) or an advisory lock
+(subnets) serialises concurrent allocators; on SQLite every write transaction already holds the
+database write lock (BEGIN IMMEDIATE). A unique constraint on (cvlan_id, address) backs both up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller.db.models import Cvlan, IpAllocation
+from cvlan.controller.errors import DomainError, Kind
+
+SUBNET_LOCK_KEY = 0x6376_6C61  # advisory lock id for subnet allocation ("cvla")
+
+
+def parse_subnet(text_: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(text_.strip(), strict=True)
+    except ValueError as e:
+        raise DomainError(Kind.INVALID, f"subnet {text_!r}: {e}") from e
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise DomainError(Kind.INVALID, f"subnet {text_!r}: only IPv4 subnets are supported")
+    if net.prefixlen > 30:
+        raise DomainError(Kind.INVALID, f"subnet {text_!r}: must be /30 or larger to hold nodes")
+    return net
+
+
+async def _lock_subnets(session: AsyncSession) -> None:
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBNET_LOCK_KEY})
+
+
+async def _overlapping(session: AsyncSession, start: int, end: int) -> Cvlan | None:
+    return await session.scalar(
+        select(Cvlan).where(Cvlan.net_start <= end, Cvlan.net_end >= start).limit(1)
+    )
+
+
+async def allocate_subnet(
+    session: AsyncSession, pool: str, prefix: int, requested: str | None
+) -> ipaddress.IPv4Network:
+    """Return a subnet no other CVLAN overlaps: the requested one, or the first free one in the pool."""
+    await _lock_subnets(session)
+    if requested:
+        net = parse_subnet(requested)
+        start, end = int(net.network_address), int(net.broadcast_address)
+        clash = await _overlapping(session, start, end)
+        if clash is not None:
+            raise DomainError(
+                Kind.CONFLICT, f"subnet {net} overlaps the subnet {clash.subnet} of another CVLAN"
+            )
+        return net
+    pool_net = ipaddress.IPv4Network(pool)
+    size = 1 << (32 - prefix)
+    p_start, p_end = int(pool_net.network_address), int(pool_net.broadcast_address)
+    # Fast path: right after the highest subnet in the pool (the common, append-only case).
+    top = await session.scalar(
+        select(func.max(Cvlan.net_end)).where(Cvlan.net_start >= p_start, Cvlan.net_end <= p_end)
+    )
+    cand = p_start if top is None else ((top + 1 + size - 1) // size) * size
+    if cand + size - 1 <= p_end and await _overlapping(session, cand, cand + size - 1) is None:
+        return ipaddress.IPv4Network((cand, prefix))
+    # Slow path: walk the gaps between existing subnets in address order.
+    rows = (
+        await session.execute(
+            select(Cvlan.net_start, Cvlan.net_end)
+            .where(Cvlan.net_end >= p_start, Cvlan.net_start <= p_end)
+            .order_by(Cvlan.net_start)
+        )
+    ).all()
+    cand = p_start
+    for s, e in rows:
+        if cand + size - 1 < s:
+            return ipaddress.IPv4Network((cand, prefix))
+        cand = max(cand, ((e + 1 + size - 1) // size) * size)
+    if cand + size - 1 <= p_end:
+        return ipaddress.IPv4Network((cand, prefix))
+    raise DomainError(Kind.EXHAUSTED, f"address pool {pool} has no free /{prefix} left")
+
+
+async def allocate_address(
+    session: AsyncSession, cvlan: Cvlan, holder: str, quarantine: dt.timedelta, now: dt.datetime
+) -> str:
+    """Allocate a /32 in the CVLAN: the lowest never-used address, else the longest-released one."""
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(select(Cvlan.id).where(Cvlan.id == cvlan.id).with_for_update())
+    rows = (
+        await session.execute(
+            select(IpAllocation.address, IpAllocation.released_at).where(IpAllocation.cvlan_id == cvlan.id)
+        )
+    ).all()
+    used = {a for a, _ in rows}
+    first, last = cvlan.net_start + 1, cvlan.net_end - 1
+    for addr in range(first, last + 1):
+        if addr not in used:
+            session.add(
+                IpAllocation(
+                    tenant_id=cvlan.tenant_id,
+                    cvlan_id=cvlan.id,
+                    address=addr,
+                    holder=holder,
+                    allocated_at=now,
+                )
+            )
+            return str(ipaddress.IPv4Address(addr))
+        if len(used) >= last - first + 1:
+            break
+    released = sorted(
+        (r, a) for a, r in rows if r is not None and _aware(r) + quarantine <= now
+    )
+    if released:
+        addr = released[0][1]
+        alloc = await session.scalar(
+            select(IpAllocation).where(IpAllocation.cvlan_id == cvlan.id, IpAllocation.address == addr)
+        )
+        assert alloc is not None
+        alloc.released_at = None
+        alloc.holder = holder
+        alloc.allocated_at = now
+        return str(ipaddress.IPv4Address(addr))
+    raise DomainError(
+        Kind.EXHAUSTED,
+        f"CVLAN {cvlan.name} ({cvlan.subnet}) has no free address; released addresses return "
+        "after the quarantine",
+    )
+
+
+async def release_address(session: AsyncSession, cvlan_id: int, address: str, now: dt.datetime) -> None:
+    alloc = await session.scalar(
+        select(IpAllocation).where(
+            IpAllocation.cvlan_id == cvlan_id,
+            IpAllocation.address == int(ipaddress.IPv4Address(address)),
+        )
+    )
+    if alloc is not None:
+        alloc.released_at = now
+        alloc.holder = ""
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)

@@ -1,0 +1,3 @@
+"""cvlan.controller.mapper."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.controller.nodeapi."""
+
+__all__: list[str] = []

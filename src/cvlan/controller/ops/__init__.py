@@ -1,0 +1,6 @@
+"""Domain operations: validation, authorisation, the change and its audit record, in one transaction.
+
+The management API, the web UI and the node API call these; none of them touches the ORM for writes.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,95 @@
+"""What every operation needs besides the session and the caller."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cvlan.common.clock import Clock, SystemClock
+from cvlan.controller.auth import Principal
+from cvlan.controller.db.models import Cvlan, Tenant
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.settings import ControllerSettings
+
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass
+class OpsContext:
+    """Settings, clock and the post-commit hooks that keep in-memory state in step with the DB."""
+
+    settings: ControllerSettings
+    sessions: async_sessionmaker[AsyncSession]
+    clock: Clock = field(default_factory=SystemClock)
+    on_cvlan_changed: list[Callable[[set[int]], None]] = field(default_factory=list)
+
+    def now(self) -> dt.datetime:
+        return self.clock.now()
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncSession]:
+        """One transaction: commit on success, roll back on error, then tell listeners what changed.
+
+        A lost database becomes UNAVAILABLE (HTTP 503), so clients retry and the pool recovers."""
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+                changed: set[int] = session.info.get("changed_cvlans", set())
+        except IntegrityError as e:
+            raise DomainError(Kind.CONFLICT, "the change conflicts with an existing object") from e
+        except (OperationalError, DBAPIError, OSError) as e:
+            if isinstance(e, DBAPIError) and not _is_connection_error(e):
+                raise
+            raise DomainError(Kind.UNAVAILABLE, "database unavailable; retry shortly") from e
+        if changed:
+            for hook in self.on_cvlan_changed:
+                hook(changed)
+
+
+def check_name(kind: str, name: str) -> str:
+    """A name is 1-63 letters, digits, '.', '_' or '-', starting and ending alphanumeric, not all digits."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name.isdigit():
+        raise DomainError(
+            Kind.INVALID,
+            f"{kind} name {name!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit, not only digits",
+            {"field": "name"},
+        )
+    return name
+
+
+async def resolve_tenant(session: AsyncSession, who: Principal, ref: str | int) -> Tenant:
+    """The tenant named or numbered ref, if the caller has any role in it; NOT_FOUND otherwise."""
+    s = str(ref)
+    stmt = select(Tenant).where(Tenant.id == int(s)) if s.isdigit() else select(Tenant).where(Tenant.name == s)
+    tenant = await session.scalar(stmt)
+    if tenant is None or who.level_in(tenant.id) is None:
+        raise DomainError(Kind.NOT_FOUND, f"tenant {s!r} not found")
+    return tenant
+
+
+async def resolve_cvlan(session: AsyncSession, tenant_id: int, ref: str | int, *, lock: bool = False) -> Cvlan:
+    s = str(ref)
+    stmt = select(Cvlan).where(Cvlan.tenant_id == tenant_id)
+    stmt = stmt.where(Cvlan.id == int(s)) if s.isdigit() else stmt.where(Cvlan.name == s)
+    cvlan = await session.scalar(stmt.with_for_update() if lock else stmt)
+    if cvlan is None:
+        raise DomainError(Kind.NOT_FOUND, f"CVLAN {s!r} not found")
+    return cvlan
+
+
+def bump(session: AsyncSession, cvlan: Cvlan) -> None:
+    """Mark a change that alters what the CVLAN's members see (same transaction as the change)."""
+    cvlan.version = (cvlan.version or 0) + 1
+    session.info.setdefault("changed_cvlans", set()).add(cvlan.id)
+
+
+def _is_connection_error(e: DBAPIError) -> bool:
+    return bool(e.connection_invalidated) or isinstance(e, OperationalError)

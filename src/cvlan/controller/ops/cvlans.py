@@ -1,0 +1,253 @@
+"""CVLANs and their enrollment tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import audit, credentials, ipam
+from cvlan.controller.auth import Level, Principal
+from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
+
+MODES = ("mesh", "hub")
+ENROLL_KIND = "cvet"
+MAX_TAGS = 32
+
+
+def view(c: Cvlan, nodes: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": c.id,
+        "tenant_id": c.tenant_id,
+        "name": c.name,
+        "subnet": c.subnet,
+        "mode": c.mode,
+        "version": c.version,
+        "created_at": c.created_at,
+    }
+    if nodes is not None:
+        out["nodes"] = nodes
+    return out
+
+
+def _audit(c: Cvlan) -> dict[str, Any]:
+    return {"name": c.name, "subnet": c.subnet, "mode": c.mode}
+
+
+def _mode(mode: str) -> str:
+    if mode not in MODES:
+        raise DomainError(Kind.INVALID, f"mode {mode!r}: expected mesh or hub", {"field": "mode"})
+    return mode
+
+
+async def create(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, name: str, subnet: str | None, mode: str
+) -> Cvlan:
+    who.require(tenant.id, Level.OPERATE, "create CVLAN")
+    check_name("CVLAN", name)
+    _mode(mode)
+    if await s.scalar(select(Cvlan.id).where(Cvlan.tenant_id == tenant.id, Cvlan.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a CVLAN named {name!r} already exists in this tenant", {"field": "name"})
+    net = await ipam.allocate_subnet(s, ctx.settings.pool_cidr, ctx.settings.cvlan_prefix, subnet)
+    c = Cvlan(
+        tenant_id=tenant.id,
+        name=name,
+        subnet=str(net),
+        net_start=int(net.network_address),
+        net_end=int(net.broadcast_address),
+        mode=mode,
+        version=1,
+        created_at=ctx.now(),
+    )
+    s.add(c)
+    await s.flush()
+    audit.record(s, who, "cvlan.create", "cvlan", c.id, tenant_id=tenant.id, after=_audit(c))
+    return c
+
+
+async def list_(
+    s: AsyncSession, who: Principal, tenant: Tenant, limit: int, offset: int
+) -> tuple[list[tuple[Cvlan, int]], int]:
+    who.require(tenant.id, Level.READ, "list CVLANs")
+    stmt = select(Cvlan).where(Cvlan.tenant_id == tenant.id)
+    total = await s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    cvlans = list(await s.scalars(stmt.order_by(Cvlan.id).limit(limit).offset(offset)))
+    counts = dict(
+        (
+            await s.execute(
+                select(Node.cvlan_id, func.count())
+                .where(Node.cvlan_id.in_([c.id for c in cvlans]))
+                .group_by(Node.cvlan_id)
+            )
+        ).all()
+    )
+    return [(c, counts.get(c.id, 0)) for c in cvlans], total
+
+
+async def get(s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> Cvlan:
+    who.require(tenant.id, Level.READ, "show CVLAN")
+    return await resolve_cvlan(s, tenant.id, ref)
+
+
+async def update(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str,
+    name: str | None = None, mode: str | None = None,
+) -> Cvlan:
+    who.require(tenant.id, Level.OPERATE, "update CVLAN")
+    c = await resolve_cvlan(s, tenant.id, ref, lock=True)
+    before = _audit(c)
+    if name is not None and name != c.name:
+        check_name("CVLAN", name)
+        if await s.scalar(select(Cvlan.id).where(Cvlan.tenant_id == tenant.id, Cvlan.name == name)):
+            raise DomainError(Kind.CONFLICT, f"a CVLAN named {name!r} already exists", {"field": "name"})
+        c.name = name
+    if mode is not None and mode != c.mode:
+        c.mode = _mode(mode)
+        bump(s, c)
+    audit.record(s, who, "cvlan.update", "cvlan", c.id, tenant_id=tenant.id, before=before, after=_audit(c))
+    return c
+
+
+async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> None:
+    who.require(tenant.id, Level.OPERATE, "delete CVLAN")
+    c = await resolve_cvlan(s, tenant.id, ref, lock=True)
+    n = await s.scalar(select(func.count()).where(Node.cvlan_id == c.id)) or 0
+    if n:
+        raise DomainError(Kind.PRECONDITION, f"CVLAN {c.name!r} still has {n} nodes; delete or move them first")
+    audit.record(s, who, "cvlan.delete", "cvlan", c.id, tenant_id=tenant.id, before=_audit(c))
+    bump(s, c)
+    await s.delete(c)
+
+
+# --- enrollment tokens ------------------------------------------------------------------
+
+
+def token_view(t: EnrollmentToken, cvlan_name: str = "") -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "prefix": t.prefix,
+        "cvlan_id": t.cvlan_id,
+        "cvlan": cvlan_name,
+        "reusable": t.reusable,
+        "max_uses": t.max_uses,
+        "uses": t.uses,
+        "tags": t.tags,
+        "created_by": t.created_by,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
+    }
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    if len(tags) > MAX_TAGS:
+        raise DomainError(Kind.INVALID, f"at most {MAX_TAGS} tags", {"field": "tags"})
+    for t in tags:
+        check_name("tag", t.removeprefix("tag:"))
+    return sorted(set(tags))
+
+
+async def create_token(
+    ctx: OpsContext,
+    s: AsyncSession,
+    who: Principal,
+    tenant: Tenant,
+    cvlan_ref: str,
+    *,
+    reusable: bool,
+    max_uses: int | None,
+    expires_in: dt.timedelta | None,
+    tags: list[str],
+) -> tuple[EnrollmentToken, Cvlan, str]:
+    """Issue an enrollment token for a CVLAN; the secret text is returned once and stored hashed."""
+    who.require(tenant.id, Level.OPERATE, "create enrollment token")
+    c = await resolve_cvlan(s, tenant.id, cvlan_ref)
+    if max_uses is not None and max_uses < 1:
+        raise DomainError(Kind.INVALID, "uses must be at least 1", {"field": "max_uses"})
+    if max_uses is not None and max_uses > 1:
+        reusable = True
+    issued = credentials.issue(ENROLL_KIND)
+    t = EnrollmentToken(
+        tenant_id=tenant.id,
+        cvlan_id=c.id,
+        prefix=issued.prefix,
+        secret_hash=issued.digest,
+        reusable=reusable,
+        max_uses=max_uses if reusable else 1,
+        uses=0,
+        tags=check_tags(tags),
+        created_by=who.actor,
+        created_at=ctx.now(),
+        expires_at=ctx.now() + (expires_in or dt.timedelta(days=1)),
+    )
+    s.add(t)
+    await s.flush()
+    audit.record(
+        s, who, "token.create", "enrollment_token", t.id, tenant_id=tenant.id,
+        after={"prefix": t.prefix, "cvlan": c.name, "reusable": t.reusable, "max_uses": t.max_uses, "tags": t.tags},
+    )
+    return t, c, issued.text
+
+
+async def list_tokens(
+    s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str | None, limit: int, offset: int
+) -> tuple[list[tuple[EnrollmentToken, str]], int]:
+    who.require(tenant.id, Level.READ, "list enrollment tokens")
+    stmt = select(EnrollmentToken, Cvlan.name).join(Cvlan).where(EnrollmentToken.tenant_id == tenant.id)
+    if cvlan_ref:
+        c = await resolve_cvlan(s, tenant.id, cvlan_ref)
+        stmt = stmt.where(EnrollmentToken.cvlan_id == c.id)
+    total = await s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = (await s.execute(stmt.order_by(EnrollmentToken.id).limit(limit).offset(offset))).all()
+    return [(t, n) for t, n in rows], total
+
+
+async def revoke_token(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> EnrollmentToken:
+    who.require(tenant.id, Level.OPERATE, "revoke enrollment token")
+    stmt = select(EnrollmentToken).where(EnrollmentToken.tenant_id == tenant.id)
+    stmt = stmt.where(EnrollmentToken.id == int(ref)) if ref.isdigit() else stmt.where(EnrollmentToken.prefix == ref)
+    t = await s.scalar(stmt)
+    if t is None:
+        raise DomainError(Kind.NOT_FOUND, f"enrollment token {ref!r} not found")
+    if t.revoked_at is None:
+        t.revoked_at = ctx.now()
+        audit.record(s, who, "token.revoke", "enrollment_token", t.id, tenant_id=tenant.id, after={"prefix": t.prefix})
+    return t
+
+
+async def consume_token(ctx: OpsContext, s: AsyncSession, text: str) -> EnrollmentToken:
+    """Check an enrollment token and count one use, atomically (a conditional UPDATE).
+
+    Two registrations racing for a single-use token: exactly one UPDATE matches."""
+    from sqlalchemy import or_, update
+
+    bad = DomainError(Kind.UNAUTHENTICATED, "enrollment token is not valid")
+    parts = credentials.split(text, ENROLL_KIND)
+    if parts is None:
+        raise bad
+    t = await s.scalar(select(EnrollmentToken).where(EnrollmentToken.prefix == parts[0]))
+    if t is None or not credentials.check_secret(parts[1], t.secret_hash):
+        raise bad
+    now = ctx.now()
+    if t.revoked_at is not None:
+        raise DomainError(Kind.UNAUTHENTICATED, "enrollment token has been revoked")
+    if t.expires_at is not None and t.expires_at <= now:
+        raise DomainError(Kind.UNAUTHENTICATED, "enrollment token has expired")
+    res = await s.execute(
+        update(EnrollmentToken)
+        .where(
+            EnrollmentToken.id == t.id,
+            EnrollmentToken.revoked_at.is_(None),
+            or_(EnrollmentToken.max_uses.is_(None), EnrollmentToken.uses < EnrollmentToken.max_uses),
+        )
+        .values(uses=EnrollmentToken.uses + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise DomainError(Kind.UNAUTHENTICATED, "enrollment token has no uses left")
+    await s.refresh(t)
+    return t

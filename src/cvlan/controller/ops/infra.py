@@ -1,0 +1,158 @@
+"""Regions, relays and vrouters: platform objects managed by the platform admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import audit, credentials
+from cvlan.controller.auth import Principal
+from cvlan.controller.db.models import Region, Relay, Vrouter
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops.context import OpsContext, check_name
+
+RELAY_KIND = "cvrb"
+VROUTER_KIND = "cvvb"
+
+
+def check_hostport(field: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in value):
+        raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field})
+    return value
+
+
+def check_url(field: str, value: str) -> str:
+    if not value.startswith(("https://", "http://")) or any(c.isspace() or ord(c) < 32 for c in value):
+        raise DomainError(Kind.INVALID, f"{field} {value!r}: expected an http(s):// URL", {"field": field})
+    return value
+
+
+async def _region(s: AsyncSession, ref: str) -> Region:
+    stmt = select(Region).where(Region.id == int(ref)) if ref.isdigit() else select(Region).where(Region.name == ref)
+    r = await s.scalar(stmt)
+    if r is None:
+        raise DomainError(Kind.NOT_FOUND, f"region {ref!r} not found", {"field": "region"})
+    return r
+
+
+def region_view(r: Region) -> dict[str, Any]:
+    return {"id": r.id, "name": r.name, "created_at": r.created_at}
+
+
+async def create_region(ctx: OpsContext, s: AsyncSession, who: Principal, name: str) -> Region:
+    who.require_platform("create region")
+    check_name("region", name)
+    if await s.scalar(select(Region.id).where(Region.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a region named {name!r} already exists", {"field": "name"})
+    r = Region(name=name, created_at=ctx.now())
+    s.add(r)
+    await s.flush()
+    audit.record(s, who, "region.create", "region", r.id, tenant_id=None, after={"name": name})
+    return r
+
+
+async def list_regions(s: AsyncSession, limit: int, offset: int) -> tuple[list[Region], int]:
+    total = await s.scalar(select(func.count()).select_from(Region)) or 0
+    return list(await s.scalars(select(Region).order_by(Region.id).limit(limit).offset(offset))), total
+
+
+async def delete_region(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
+    who.require_platform("delete region")
+    r = await _region(s, ref)
+    used = (await s.scalar(select(func.count()).where(Relay.region_id == r.id)) or 0) + (
+        await s.scalar(select(func.count()).where(Vrouter.region_id == r.id)) or 0
+    )
+    if used:
+        raise DomainError(Kind.PRECONDITION, f"region {r.name!r} still has {used} relays or vrouters")
+    audit.record(s, who, "region.delete", "region", r.id, tenant_id=None, before={"name": r.name})
+    await s.delete(r)
+
+
+def relay_view(x: Relay, region: str) -> dict[str, Any]:
+    return {"id": x.id, "name": x.name, "region": region, "url": x.url, "stun": x.stun,
+            "last_seen": x.last_seen, "created_at": x.created_at}
+
+
+def vrouter_view(x: Vrouter, region: str) -> dict[str, Any]:
+    return {"id": x.id, "name": x.name, "region": region, "endpoint": x.endpoint,
+            "wg_public_key": x.wg_public_key.hex() if x.wg_public_key else None,
+            "last_seen": x.last_seen, "created_at": x.created_at}
+
+
+async def create_relay(
+    ctx: OpsContext, s: AsyncSession, who: Principal, region: str, name: str, url: str, stun: str
+) -> tuple[Relay, str]:
+    """Register a relay; returns the bootstrap token (shown once) that its process starts with."""
+    who.require_platform("create relay")
+    r = await _region(s, region)
+    check_name("relay", name)
+    check_url("url", url)
+    if stun:
+        check_hostport("stun", stun)
+    if await s.scalar(select(Relay.id).where(Relay.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a relay named {name!r} already exists", {"field": "name"})
+    issued = credentials.issue(RELAY_KIND)
+    x = Relay(region_id=r.id, name=name, url=url, stun=stun, bootstrap_prefix=issued.prefix,
+              bootstrap_hash=issued.digest, created_at=ctx.now())
+    s.add(x)
+    await s.flush()
+    audit.record(s, who, "relay.create", "relay", x.id, tenant_id=None,
+                 after={"name": name, "region": r.name, "url": url, "stun": stun})
+    return x, issued.text
+
+
+async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Relay, str]], int]:
+    total = await s.scalar(select(func.count()).select_from(Relay)) or 0
+    rows = (await s.execute(select(Relay, Region.name).join(Region).order_by(Relay.id).limit(limit).offset(offset))).all()
+    return [(x, n) for x, n in rows], total
+
+
+async def delete_relay(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
+    who.require_platform("delete relay")
+    stmt = select(Relay).where(Relay.id == int(ref)) if ref.isdigit() else select(Relay).where(Relay.name == ref)
+    x = await s.scalar(stmt)
+    if x is None:
+        raise DomainError(Kind.NOT_FOUND, f"relay {ref!r} not found")
+    audit.record(s, who, "relay.delete", "relay", x.id, tenant_id=None, before={"name": x.name, "url": x.url})
+    await s.delete(x)
+
+
+async def create_vrouter(
+    ctx: OpsContext, s: AsyncSession, who: Principal, region: str, name: str, endpoint: str
+) -> tuple[Vrouter, str]:
+    who.require_platform("create vrouter")
+    r = await _region(s, region)
+    check_name("vrouter", name)
+    check_hostport("endpoint", endpoint)
+    if await s.scalar(select(Vrouter.id).where(Vrouter.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a vrouter named {name!r} already exists", {"field": "name"})
+    issued = credentials.issue(VROUTER_KIND)
+    x = Vrouter(region_id=r.id, name=name, endpoint=endpoint, bootstrap_prefix=issued.prefix,
+                bootstrap_hash=issued.digest, created_at=ctx.now())
+    s.add(x)
+    await s.flush()
+    audit.record(s, who, "vrouter.create", "vrouter", x.id, tenant_id=None,
+                 after={"name": name, "region": r.name, "endpoint": endpoint})
+    return x, issued.text
+
+
+async def list_vrouters(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Vrouter, str]], int]:
+    total = await s.scalar(select(func.count()).select_from(Vrouter)) or 0
+    rows = (
+        await s.execute(select(Vrouter, Region.name).join(Region).order_by(Vrouter.id).limit(limit).offset(offset))
+    ).all()
+    return [(x, n) for x, n in rows], total
+
+
+async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
+    who.require_platform("delete vrouter")
+    stmt = select(Vrouter).where(Vrouter.id == int(ref)) if ref.isdigit() else select(Vrouter).where(Vrouter.name == ref)
+    x = await s.scalar(stmt)
+    if x is None:
+        raise DomainError(Kind.NOT_FOUND, f"vrouter {ref!r} not found")
+    audit.record(s, who, "vrouter.delete", "vrouter", x.id, tenant_id=None,
+                 before={"name": x.name, "endpoint": x.endpoint})
+    await s.delete(x)

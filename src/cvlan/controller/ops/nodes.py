@@ -1,0 +1,193 @@
+"""Nodes: creation at registration, listing with status, rename, move, delete."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import audit, ipam
+from cvlan.controller.auth import Level, Principal
+from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
+
+
+def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
+    return n.last_seen is not None and (now - n.last_seen).total_seconds() < offline_after_s
+
+
+def view(n: Node, ctx: OpsContext, cvlan_name: str = "") -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "tenant_id": n.tenant_id,
+        "cvlan_id": n.cvlan_id,
+        "cvlan": cvlan_name,
+        "name": n.name,
+        "address": n.address,
+        "wg_public_key": n.wg_public_key.hex(),
+        "tags": n.tags,
+        "online": is_online(n, ctx.now(), ctx.settings.offline_after_s),
+        "last_seen": n.last_seen,
+        "endpoints": n.endpoints,
+        "home_relay_region": n.home_relay_region,
+        "map_version": n.map_version,
+        "cert_not_after": n.cert_not_after,
+        "disabled": n.disabled,
+        "health": n.health,
+        "created_at": n.created_at,
+    }
+
+
+def _audit(n: Node) -> dict[str, Any]:
+    return {"name": n.name, "cvlan_id": n.cvlan_id, "address": n.address, "tags": n.tags}
+
+
+async def _unique_name(s: AsyncSession, tenant_id: int, wanted: str) -> str:
+    """Hostnames may collide across machines; the second gets -2, the third -3 (headscale-style)."""
+    base = check_name("node", wanted[:55])
+    taken = set(
+        await s.scalars(select(Node.name).where(Node.tenant_id == tenant_id, Node.name.like(f"{base}%")))
+    )
+    if base not in taken:
+        return base
+    for i in range(2, 10_000):
+        if f"{base}-{i}" not in taken:
+            return f"{base}-{i}"
+    raise DomainError(Kind.CONFLICT, f"too many nodes named {base!r}")
+
+
+async def create(
+    ctx: OpsContext,
+    s: AsyncSession,
+    token: EnrollmentToken,
+    wg_public_key: bytes,
+    hostname: str,
+    os_info: str = "",
+) -> Node:
+    """Create a node enrolled by token: a unique name in the tenant, a fresh /32 in the CVLAN."""
+    if len(wg_public_key) != 32:
+        raise DomainError(Kind.INVALID, "WireGuard public key must be 32 bytes", {"field": "wg_public_key"})
+    if await s.scalar(select(Node.id).where(Node.wg_public_key == wg_public_key)):
+        raise DomainError(Kind.CONFLICT, "a node with this WireGuard key is already registered")
+    cvlan = await s.get(Cvlan, token.cvlan_id)
+    if cvlan is None:
+        raise DomainError(Kind.NOT_FOUND, "the token's CVLAN no longer exists")
+    name = await _unique_name(s, token.tenant_id, hostname)
+    now = ctx.now()
+    addr = await ipam.allocate_address(
+        s, cvlan, f"key:{wg_public_key.hex()[:16]}", dt.timedelta(seconds=ctx.settings.address_quarantine_s), now
+    )
+    node = Node(
+        tenant_id=token.tenant_id,
+        cvlan_id=cvlan.id,
+        name=name,
+        wg_public_key=wg_public_key,
+        address=addr,
+        tags=list(token.tags or []),
+        os_info=os_info[:200],
+        token_id=token.id,
+        created_at=now,
+        endpoints=[],
+        health={},
+    )
+    s.add(node)
+    await s.flush()
+    bump(s, cvlan)
+    audit.record(
+        s, Principal(actor=f"node:{name}"), "node.register", "node", node.id,
+        tenant_id=token.tenant_id, after={**_audit(node), "token": token.prefix},
+    )
+    return node
+
+
+async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = False) -> Node:
+    stmt = select(Node).where(Node.tenant_id == tenant_id)
+    stmt = stmt.where(Node.id == int(ref)) if ref.isdigit() else stmt.where(Node.name == ref)
+    n = await s.scalar(stmt.with_for_update() if lock else stmt)
+    if n is None:
+        raise DomainError(Kind.NOT_FOUND, f"node {ref!r} not found")
+    return n
+
+
+async def list_(
+    s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str | None, limit: int, offset: int
+) -> tuple[list[tuple[Node, str]], int]:
+    who.require(tenant.id, Level.READ, "list nodes")
+    stmt = select(Node, Cvlan.name).join(Cvlan, Cvlan.id == Node.cvlan_id).where(Node.tenant_id == tenant.id)
+    if cvlan_ref:
+        c = await resolve_cvlan(s, tenant.id, cvlan_ref)
+        stmt = stmt.where(Node.cvlan_id == c.id)
+    total = await s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = (await s.execute(stmt.order_by(Node.id).limit(limit).offset(offset))).all()
+    return [(n, c) for n, c in rows], total
+
+
+async def list_visible(
+    s: AsyncSession, who: Principal, limit: int, offset: int
+) -> tuple[list[tuple[Node, str]], int]:
+    stmt = select(Node, Cvlan.name).join(Cvlan, Cvlan.id == Node.cvlan_id)
+    if not who.platform_admin:
+        stmt = stmt.where(Node.tenant_id.in_(list(who.roles)))
+    total = await s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = (await s.execute(stmt.order_by(Node.id).limit(limit).offset(offset))).all()
+    return [(n, c) for n, c in rows], total
+
+
+async def get(s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> tuple[Node, str]:
+    who.require(tenant.id, Level.READ, "show node")
+    n = await resolve(s, tenant.id, ref)
+    cname = await s.scalar(select(Cvlan.name).where(Cvlan.id == n.cvlan_id)) or ""
+    return n, cname
+
+
+async def rename(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, name: str) -> Node:
+    who.require(tenant.id, Level.OPERATE, "rename node")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    check_name("node", name)
+    if name != n.name and await s.scalar(select(Node.id).where(Node.tenant_id == tenant.id, Node.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a node named {name!r} already exists in this tenant", {"field": "name"})
+    before = _audit(n)
+    n.name = name
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None
+    bump(s, cvlan)
+    audit.record(s, who, "node.rename", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
+    return n
+
+
+async def move(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, cvlan_ref: str) -> Node:
+    """Move a node to another CVLAN of the same tenant: its old address is released, a new one allocated."""
+    who.require(tenant.id, Level.OPERATE, "move node")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    dst = await resolve_cvlan(s, tenant.id, cvlan_ref)
+    if dst.id == n.cvlan_id:
+        return n
+    src = await s.get(Cvlan, n.cvlan_id)
+    assert src is not None
+    before = _audit(n)
+    now = ctx.now()
+    await ipam.release_address(s, src.id, n.address, now)
+    n.address = await ipam.allocate_address(
+        s, dst, f"node:{n.id}", dt.timedelta(seconds=ctx.settings.address_quarantine_s), now
+    )
+    n.cvlan_id = dst.id
+    bump(s, src)
+    bump(s, dst)
+    audit.record(s, who, "node.move", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
+    return n
+
+
+async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> Node:
+    """Delete a node: its certificate is refused from the next request, its address quarantined."""
+    who.require(tenant.id, Level.OPERATE, "delete node")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None
+    await ipam.release_address(s, cvlan.id, n.address, ctx.now())
+    bump(s, cvlan)
+    audit.record(s, who, "node.delete", "node", n.id, tenant_id=tenant.id, before=_audit(n))
+    await s.delete(n)
+    return n

@@ -1,0 +1,60 @@
+"""Tenants: platform-admin operations."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import audit
+from cvlan.controller.auth import Principal
+from cvlan.controller.db.models import Cvlan, Node, Tenant
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops.context import OpsContext, check_name, resolve_tenant
+
+
+def view(t: Tenant) -> dict[str, object]:
+    return {"id": t.id, "name": t.name, "display_name": t.display_name, "created_at": t.created_at}
+
+
+async def create(ctx: OpsContext, s: AsyncSession, who: Principal, name: str, display_name: str = "") -> Tenant:
+    who.require_platform("create tenant")
+    check_name("tenant", name)
+    if await s.scalar(select(Tenant.id).where(Tenant.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a tenant named {name!r} already exists", {"field": "name"})
+    t = Tenant(name=name, display_name=display_name, created_at=ctx.now())
+    s.add(t)
+    await s.flush()
+    audit.record(s, who, "tenant.create", "tenant", t.id, tenant_id=t.id, after=_audit(t))
+    return t
+
+
+async def list_(s: AsyncSession, who: Principal, limit: int, offset: int) -> tuple[list[Tenant], int]:
+    stmt = select(Tenant)
+    if not who.platform_admin:
+        stmt = stmt.where(Tenant.id.in_(list(who.roles)))
+    total = await s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = await s.scalars(stmt.order_by(Tenant.id).limit(limit).offset(offset))
+    return list(rows), total
+
+
+async def counts(s: AsyncSession, tenant_id: int) -> dict[str, int]:
+    cv = await s.scalar(select(func.count()).where(Cvlan.tenant_id == tenant_id)) or 0
+    nodes = await s.scalar(select(func.count()).where(Node.tenant_id == tenant_id)) or 0
+    return {"cvlans": cv, "nodes": nodes}
+
+
+async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
+    t = await resolve_tenant(s, who, ref)
+    who.require_platform("delete tenant")
+    c = await counts(s, t.id)
+    if c["nodes"] or c["cvlans"]:
+        raise DomainError(
+            Kind.PRECONDITION,
+            f"tenant {t.name!r} still has {c['cvlans']} CVLANs and {c['nodes']} nodes; delete them first",
+        )
+    audit.record(s, who, "tenant.delete", "tenant", t.id, tenant_id=t.id, before=_audit(t))
+    await s.delete(t)
+
+
+def _audit(t: Tenant) -> dict[str, object]:
+    return {"name": t.name, "display_name": t.display_name}

@@ -1,0 +1,103 @@
+"""Controller settings: defaults < config file (TOML) < environment (CVLAN_CONTROLLER_*) < flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    """Everything the controller process needs, validated at start."""
+
+    model_config = SettingsConfigDict(env_prefix="CVLAN_CONTROLLER_", extra="forbid")
+
+    data_dir: Path = Path("./cvlan-data")
+    db: str = ""
+    """SQLAlchemy URL. Empty means SQLite in data_dir (cvlan.db)."""
+    listen: str = "127.0.0.1:8443"
+    public_url: str = ""
+    """URL nodes and admins use to reach this controller. Empty: derived from listen."""
+    tls: bool = True
+    """Terminate TLS here (the embedded default). False only behind a TLS-terminating proxy."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses whose X-Client-Cert-* headers are believed (a TLS front such as HAProxy)."""
+    pool_cidr: str = "100.64.0.0/10"
+    cvlan_prefix: int = 24
+    address_quarantine_s: int = 3600
+    node_cert_lifetime_s: int = 7 * 86400
+    poll_interval_s: int = 30
+    offline_after_s: int = 90
+    max_body_bytes: int = 1 << 20
+    liveness_flush_s: float = 2.0
+    log_level: str = "info"
+    log_format: str = "text"
+    db_pool_size: int = 10
+
+    @field_validator("pool_cidr")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.version != 4:
+            raise ValueError("only IPv4 pools are supported")
+        return str(net)
+
+    @field_validator("cvlan_prefix")
+    @classmethod
+    def _prefix(cls, v: int) -> int:
+        if not 8 <= v <= 30:
+            raise ValueError("must be between 8 and 30")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8443")
+        return v
+
+    @field_validator("log_format")
+    @classmethod
+    def _fmt(cls, v: str) -> str:
+        if v not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return v
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite+aiosqlite:///{(self.data_dir / 'cvlan.db').resolve()}"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host, port = self.host_port
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+
+def load_settings(config_file: Path | None, overrides: dict[str, Any]) -> ControllerSettings:
+    """Build settings from an optional TOML file, the environment and flag overrides (flags win)."""
+    base: dict[str, Any] = {}
+    if config_file is not None:
+        with config_file.open("rb") as f:
+            base = tomllib.load(f)
+    merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    # Init kwargs beat the environment in pydantic-settings; re-apply env for keys the file set
+    # but no flag did, so that the order is defaults < file < env < flags.
+    from_env = ControllerSettings().model_dump(exclude_unset=True)
+    for k, v in from_env.items():
+        if k in base and overrides.get(k) is None:
+            merged[k] = v
+    return ControllerSettings(**merged)

@@ -1,0 +1,3 @@
+"""cvlan.controller.web."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.cvland."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.dataplane."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""cvlan.relay."""
+
+__all__: list[str] = []

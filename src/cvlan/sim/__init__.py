@@ -1,0 +1,3 @@
+"""cvlan.sim."""
+
+__all__: list[str] = []

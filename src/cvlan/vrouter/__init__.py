@@ -1,0 +1,3 @@
+"""cvlan.vrouter."""
+
+__all__: list[str] = []

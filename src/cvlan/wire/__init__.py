@@ -1,0 +1,3 @@
+"""cvlan.wire."""
+
+__all__: list[str] = []
