@@ -19,7 +19,7 @@ from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.files import write_atomic
 from cvlan.controller import credentials
 from cvlan.controller.api import framework, routes  # noqa: F401  (routes register themselves)
-from cvlan.controller.api.framework import AUTH_KEY, CTX_KEY, ROUTES, make_handler, request_middleware
+from cvlan.controller.api.framework import AUTH_KEY, CA_PIN_KEY, CTX_KEY, MAX_BODY_KEY, ROUTES, make_handler, request_middleware
 from cvlan.controller.auth import Principal
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db import engine as dbengine
@@ -110,8 +110,8 @@ async def build(settings: ControllerSettings, clock: Clock | None = None, *, mig
     app[ENGINE_KEY] = engine
     app[CA_KEY] = ca
     app[AUTH_KEY] = authenticate
-    app["max_body"] = settings.max_body_bytes
-    app["ca_fingerprint"] = ca.fingerprint
+    app[MAX_BODY_KEY] = settings.max_body_bytes
+    app[CA_PIN_KEY] = ca.fingerprint
     for r in ROUTES:
         app.router.add_route(r.method, r.path, make_handler(r, authenticate), name=r.handler.__name__)
     app.router.add_get("/api/v1/openapi.json", openapi_handler)

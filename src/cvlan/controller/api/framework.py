@@ -33,6 +33,8 @@ LATENCY = Histogram(
 
 CTX_KEY = web.AppKey("ops_ctx", OpsContext)
 AUTH_KEY = web.AppKey("authenticator", object)
+MAX_BODY_KEY = web.AppKey("max_body", int)
+CA_PIN_KEY = web.AppKey("ca_fingerprint", str)
 
 
 class Body(BaseModel):
@@ -146,7 +148,7 @@ def _validation_message(e: ValidationError) -> tuple[str, list[dict[str, Any]]]:
 
 async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     raw = await request.read()
-    if len(raw) > request.app["max_body"]:
+    if len(raw) > request.app[MAX_BODY_KEY]:
         raise DomainError(Kind.TOO_LARGE, f"request body is larger than {request.app['max_body']} bytes")
     try:
         data = json.loads(raw or b"{}")

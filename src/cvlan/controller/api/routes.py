@@ -9,7 +9,7 @@ from pydantic import Field
 
 from cvlan.common.durations import parse_duration
 from cvlan.controller import audit
-from cvlan.controller.api.framework import Body, Call, page, route
+from cvlan.controller.api.framework import CA_PIN_KEY, Body, Call, page, route
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
@@ -146,7 +146,7 @@ class TokenCreate(Body):
 
 def join_command(c: Call, token_text: str) -> str:
     url = c.ctx.settings.url
-    pin = c.request.app["ca_fingerprint"]
+    pin = c.request.app[CA_PIN_KEY]
     return f"cvlan-ctrl --server {url} --token {token_text} --ca-pin {pin}"
 
 
@@ -402,7 +402,7 @@ async def create_relay(c: Call) -> dict[str, Any]:
     b: RelayCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_relay(c.ctx, s, c.who, b.region, b.name, b.url, b.stun)
-    cmd = f"cvlan-relay --server {c.ctx.settings.url} --token {text} --ca-pin {c.request.app['ca_fingerprint']}"
+    cmd = f"cvlan-relay --server {c.ctx.settings.url} --token {text} --ca-pin {c.request.app[CA_PIN_KEY]}"
     return {**infra.relay_view(x, b.region), "token": text, "command": cmd}
 
 
@@ -426,7 +426,7 @@ async def create_vrouter(c: Call) -> dict[str, Any]:
     b: VrouterCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_vrouter(c.ctx, s, c.who, b.region, b.name, b.endpoint)
-    cmd = f"cvlan-vrouter --server {c.ctx.settings.url} --token {text} --ca-pin {c.request.app['ca_fingerprint']}"
+    cmd = f"cvlan-vrouter --server {c.ctx.settings.url} --token {text} --ca-pin {c.request.app[CA_PIN_KEY]}"
     return {**infra.vrouter_view(x, b.region), "token": text, "command": cmd}
 
 

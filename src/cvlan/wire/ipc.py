@@ -1,0 +1,102 @@
+"""The IPC contract between cvlan-ctrl (unprivileged) and cvland (root), version 1.
+
+Transport: a Unix stream socket (mode 0600, or 0660 with a group), newline-delimited JSON.
+Every request is one line {"v": 1, "id": N, "op": OP, ...}; every answer one line
+{"v": 1, "id": N, "ok": true, ...} or {"v": 1, "id": N, "ok": false, "error": "one line"}.
+A peer speaking a higher "v" is answered with ok=false and error "unsupported ipc version N".
+Documented for operators in docs/IPC.md.
+
+Ops:
+  "apply"  body: {"state": DesiredState}  -> {"applied_version": int}
+           Idempotent. The whole desired state is sent each time; cvland diffs it against what it
+           last applied. cvlan-ctrl sends it on every map change and on (re)connect.
+  "status" body: {}                       -> DeviceStatus fields
+  "ping"   body: {}                       -> {}
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IPC_VERSION = 1
+MAX_LINE = 8 << 20
+"""A line longer than this is refused (a 10-node CVLAN map is a few KB; this bounds a bad client)."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PeerConfig(_Wire):
+    public_key: str
+    """64 hex chars (WireGuard key, hex as in the UAPI)."""
+    allowed_ips: list[str]
+    """CIDRs routed to this peer: its /32, or a whole subnet for a vrouter."""
+    endpoints: list[str] = Field(default_factory=list)
+    """Candidate "ip:port" endpoints, most preferred first. Empty: reachable only via relay or not at all."""
+    keepalive: int = 25
+    """persistent_keepalive_interval in seconds; 0 disables."""
+    relay_region: str = ""
+    """The peer's home relay region ("" = none known)."""
+    name: str = ""
+    """For display only (cvlancli peers)."""
+    via_vrouter: bool = False
+    """True for a vrouter hub peer (carries a subnet, not a /32)."""
+
+
+class RelayInfo(_Wire):
+    region: str
+    url: str
+    """wss:// or https:// URL of the relay."""
+    stun: str = ""
+    """host:port of its STUN responder ("" = none)."""
+
+
+class DesiredState(_Wire):
+    version: int
+    """The map version this state was built from (monotonic per CVLAN)."""
+    node_id: int
+    node_name: str = ""
+    private_key: str
+    """64 hex chars. Sent only over the owner-only socket; never logged."""
+    address: str
+    """The node's overlay address as a /32 CIDR, e.g. "100.64.0.5/32"."""
+    cvlan_subnet: str
+    """The CVLAN's subnet, routed into the WireGuard interface."""
+    listen_port: int = 51820
+    mtu: int = 1280
+    peers: list[PeerConfig] = Field(default_factory=list)
+    relays: list[RelayInfo] = Field(default_factory=list)
+    filter_rules: list[dict[str, object]] = Field(default_factory=list)
+    """Compiled packet-filter rules for inbound traffic; empty list = allow all from the CVLAN."""
+    tls_cert_pem: str = ""
+    tls_key_pem: str = ""
+    ca_pem: str = ""
+    """Node credentials for the relay connection (mutual TLS). Owner-only socket; never logged."""
+
+
+class PeerStatus(_Wire):
+    public_key: str
+    name: str = ""
+    allowed_ips: list[str] = Field(default_factory=list)
+    endpoint: str = ""
+    """The endpoint in use ("" = none yet)."""
+    last_handshake: float = 0.0
+    """Unix time of the last completed handshake; 0 = never."""
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    path: str = "none"
+    """"direct", "relay" or "none"."""
+
+
+class DeviceStatus(_Wire):
+    interface: str
+    engine: str
+    applied_version: int = 0
+    listen_port: int = 0
+    local_endpoints: list[str] = Field(default_factory=list)
+    """This host's "ip:port" candidates (interface addresses + WireGuard port), for cvlan-ctrl to report."""
+    mapped_endpoint: str = ""
+    """The STUN-observed public "ip:port" of the WireGuard port ("" = unknown)."""
+    home_relay_region: str = ""
+    peers: list[PeerStatus] = Field(default_factory=list)

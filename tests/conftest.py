@@ -1,0 +1,43 @@
+"""Shared fixtures: the database matrix (SQLite and a real, ephemeral PostgreSQL) and a running controller."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from cvlan.common.pgcluster import PgCluster
+from tests.harness.controller import RunningController
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL cluster for the whole run, in a temp dir, socket only; removed at the end."""
+    cluster = PgCluster(fsync=False).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend: every integration test runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'cvlan.db'}"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_db(f"t{os.getpid()}_{next(_db_counter)}")
+
+
+@pytest.fixture
+async def controller(db_url: str, tmp_path: Path) -> AsyncIterator[RunningController]:
+    rc = await RunningController(tmp_path / "data", db_url).start()
+    try:
+        yield rc
+    finally:
+        await rc.stop()
