@@ -45,8 +45,14 @@ class Api:
     def as_token(self, token: str | None) -> Api:
         return Api(self.url, token, self._ssl)
 
-    async def request(self, method: str, path: str, json: Any = None, raw: bytes | None = None,
-                      headers: dict[str, str] | None = None) -> ApiResult:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> ApiResult:
         h = dict(headers or {})
         if self.token:
             h["Authorization"] = f"Bearer {self.token}"
@@ -108,8 +114,12 @@ class RunningController:
                     self.admin_token = line.split(" = ", 1)[1]
         self._runner = web.AppRunner(self.c.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port,
-                           ssl_context=server_ssl(self.c) if self.settings.tls else None)
+        site = web.TCPSite(
+            self._runner,
+            "127.0.0.1",
+            self.port,
+            ssl_context=server_ssl(self.c) if self.settings.tls else None,
+        )
         await site.start()
         return self
 

@@ -44,7 +44,9 @@ def pg_bindir() -> Path:
 class PgCluster:
     """initdb + pg_ctl start in a temp dir; `url(db)` gives an asyncpg SQLAlchemy URL over the socket."""
 
-    def __init__(self, base: Path | None = None, conf: dict[str, str] | None = None, fsync: bool = True) -> None:
+    def __init__(
+        self, base: Path | None = None, conf: dict[str, str] | None = None, fsync: bool = True
+    ) -> None:
         self.bindir = pg_bindir()
         self.root = Path(tempfile.mkdtemp(prefix="cvlan-pg-", dir=base))
         self.data = self.root / "data"
@@ -67,16 +69,49 @@ class PgCluster:
             os.chmod(self.root, 0o755)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             os.chown(self.sock, pw.pw_uid, pw.pw_gid)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         opts = " ".join(f"-c {k}={v}" for k, v in self.conf.items())
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-l",
-                  str(self.root / "server.log"), "-o", f"-k {self.sock} {opts}", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            f"-k {self.sock} {opts}",
+            "start",
+        )
         return self
 
     def psql(self, sql: str, db: str = "postgres") -> None:
-        self._run(str(self.bindir / "psql"), "-h", str(self.sock), "-U", "postgres", "-d", db, "-q",
-                  "-v", "ON_ERROR_STOP=1", "-c", sql)
+        self._run(
+            str(self.bindir / "psql"),
+            "-h",
+            str(self.sock),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        )
 
     def create_db(self, name: str) -> str:
         self.psql(f'CREATE DATABASE "{name}"')
@@ -88,8 +123,16 @@ class PgCluster:
     def stop(self) -> None:
         if self.data.exists():
             try:
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop",
-                          timeout=60)
+                self._run(
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                    timeout=60,
+                )
             except (subprocess.SubprocessError, OSError):
                 pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -22,15 +22,24 @@ log = logging.getLogger("cvlan.controller")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvlan-controller", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="run the controller", description="Run the controller. Settings come "
-                       "from defaults, then --config (TOML), then CVLAN_CONTROLLER_* variables, then flags.")
+    s = sub.add_parser(
+        "serve",
+        help="run the controller",
+        description="Run the controller. Settings come "
+        "from defaults, then --config (TOML), then CVLAN_CONTROLLER_* variables, then flags.",
+    )
     s.add_argument("--data-dir", type=Path, help="state directory (default ./cvlan-data)")
-    s.add_argument("--db", help="database URL (default: SQLite inside the data dir); "
-                   "e.g. postgresql+asyncpg://user@/cvlan?host=/run/postgresql")
+    s.add_argument(
+        "--db",
+        help="database URL (default: SQLite inside the data dir); "
+        "e.g. postgresql+asyncpg://user@/cvlan?host=/run/postgresql",
+    )
     s.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8443)")
     s.add_argument("--public-url", help="URL nodes and admins use to reach this controller")
     s.add_argument("--config", type=Path, help="TOML file with settings (same names as the flags)")
-    s.add_argument("--no-tls", action="store_true", help="serve plain HTTP (only behind a TLS-terminating proxy)")
+    s.add_argument(
+        "--no-tls", action="store_true", help="serve plain HTTP (only behind a TLS-terminating proxy)"
+    )
     s.add_argument("--log-format", choices=("text", "json"))
     s.add_argument("--log-level")
     return p
@@ -39,14 +48,22 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     overrides = {
-        "data_dir": args.data_dir, "db": args.db, "listen": args.listen, "public_url": args.public_url,
-        "tls": False if args.no_tls else None, "log_format": args.log_format, "log_level": args.log_level,
+        "data_dir": args.data_dir,
+        "db": args.db,
+        "listen": args.listen,
+        "public_url": args.public_url,
+        "tls": False if args.no_tls else None,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
     }
     try:
         settings = load_settings(args.config, overrides)
     except ValidationError as e:
         err = e.errors()[0]
-        print(f"cvlan-controller: invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        print(
+            f"cvlan-controller: invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}",
+            file=sys.stderr,
+        )
         return 2
     except (OSError, ValueError) as e:
         print(f"cvlan-controller: cannot read config: {e}", file=sys.stderr)
@@ -67,13 +84,21 @@ async def _serve(settings: object) -> int:
         conf = await bootstrap_admin(c)
     except Exception as e:  # noqa: BLE001 - any failure to open the store is fatal at start
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"cvlan-controller: cannot open database {settings.db_url.split('@')[-1]}: {msg}", file=sys.stderr)
+        print(
+            f"cvlan-controller: cannot open database {settings.db_url.split('@')[-1]}: {msg}", file=sys.stderr
+        )
         return 1
     runner = web.AppRunner(c.app, access_log=None, handler_cancellation=True)
     await runner.setup()
     host, port = settings.host_port
-    site = web.TCPSite(runner, host, port, ssl_context=server_ssl(c) if settings.tls else None,
-                       backlog=4096, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        host,
+        port,
+        ssl_context=server_ssl(c) if settings.tls else None,
+        backlog=4096,
+        reuse_address=True,
+    )
     try:
         await site.start()
     except OSError as e:

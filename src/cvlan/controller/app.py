@@ -19,7 +19,15 @@ from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.files import write_atomic
 from cvlan.controller import credentials
 from cvlan.controller.api import framework, routes  # noqa: F401  (routes register themselves)
-from cvlan.controller.api.framework import AUTH_KEY, CA_PIN_KEY, CTX_KEY, MAX_BODY_KEY, ROUTES, make_handler, request_middleware
+from cvlan.controller.api.framework import (
+    AUTH_KEY,
+    CA_PIN_KEY,
+    CTX_KEY,
+    MAX_BODY_KEY,
+    ROUTES,
+    make_handler,
+    request_middleware,
+)
 from cvlan.controller.auth import Principal
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db import engine as dbengine
@@ -97,13 +105,17 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return resp
 
 
-async def build(settings: ControllerSettings, clock: Clock | None = None, *, migrate: bool = True) -> Controller:
+async def build(
+    settings: ControllerSettings, clock: Clock | None = None, *, migrate: bool = True
+) -> Controller:
     """Open the store (migrating it), load or create the CA, and assemble the application."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = dbengine.create_engine(settings.db_url, settings.db_pool_size)
     if migrate:
         await dbengine.upgrade(settings.db_url)
-    ctx = OpsContext(settings=settings, sessions=dbengine.session_factory(engine), clock=clock or SystemClock())
+    ctx = OpsContext(
+        settings=settings, sessions=dbengine.session_factory(engine), clock=clock or SystemClock()
+    )
     ca = CertificateAuthority.load_or_create(settings.data_dir)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_middleware])
     app[CTX_KEY] = ctx
@@ -135,8 +147,17 @@ async def bootstrap_admin(c: Controller) -> Path | None:
         if await s.scalar(select(func.count()).select_from(ApiToken)):
             return None
         issued = credentials.issue(users.API_TOKEN_KIND)
-        s.add(ApiToken(tenant_id=None, role="platform_admin", name="bootstrap admin", prefix=issued.prefix,
-                       secret_hash=issued.digest, created_by="system", created_at=ctx.now()))
+        s.add(
+            ApiToken(
+                tenant_id=None,
+                role="platform_admin",
+                name="bootstrap admin",
+                prefix=issued.prefix,
+                secret_hash=issued.digest,
+                created_by="system",
+                created_at=ctx.now(),
+            )
+        )
         s.add(KeyValue(key="bootstrapped", value=ctx.now().isoformat()))
         path = c.settings.data_dir / "admin.conf"
         write_admin_conf(path, c.settings.url, c.ca.cert_pem.decode(), issued.text)

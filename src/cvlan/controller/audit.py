@@ -6,7 +6,7 @@ import contextvars
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.auth import Principal
@@ -55,7 +55,7 @@ async def query(
     offset: int = 0,
 ) -> tuple[list[AuditEntry], int]:
     """Entries newest first. tenant_ids None means every tenant and the platform (platform admin)."""
-    stmt: Select[tuple[AuditEntry]] = select(AuditEntry)
+    stmt = select(AuditEntry)
     if tenant_ids is not None:
         stmt = stmt.where(AuditEntry.tenant_id.in_(tenant_ids))
     if actor:
@@ -70,4 +70,4 @@ async def query(
     rows = await session.scalars(
         stmt.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit).offset(offset)
     )
-    return list(rows), total
+    return [r for r in rows if isinstance(r, AuditEntry)], total

@@ -80,8 +80,9 @@ class CertificateAuthority:
         write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(key, cert)
 
-    def _builder(self, subject: x509.Name, public_key: object, lifetime: dt.timedelta,
-                 now: dt.datetime) -> x509.CertificateBuilder:
+    def _builder(
+        self, subject: x509.Name, public_key: object, lifetime: dt.timedelta, now: dt.datetime
+    ) -> x509.CertificateBuilder:
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -96,7 +97,9 @@ class CertificateAuthority:
             )
         )
 
-    def issue_server(self, hosts: list[str], directory: Path, now: dt.datetime | None = None) -> tuple[Path, Path]:
+    def issue_server(
+        self, hosts: list[str], directory: Path, now: dt.datetime | None = None
+    ) -> tuple[Path, Path]:
         """Write server.key (0600) and server.crt for the given host names and addresses."""
         now = now or dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -107,8 +110,12 @@ class CertificateAuthority:
             except ValueError:
                 sans.append(x509.DNSName(h))
         cert = (
-            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), key.public_key(),
-                          dt.timedelta(days=825), now)
+            self._builder(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]),
+                key.public_key(),
+                dt.timedelta(days=825),
+                now,
+            )
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
@@ -148,8 +155,13 @@ class CertificateAuthority:
 
 def identity_of(cert: x509.Certificate) -> dict[str, str]:
     """The identity extensions of a certificate this CA issued, by short name."""
-    names = {OID_NODE_ID: "node_id", OID_TENANT_ID: "tenant_id", OID_CVLAN_ID: "cvlan_id",
-             OID_WG_KEY: "wg_key", OID_KIND: "kind"}
+    names = {
+        OID_NODE_ID: "node_id",
+        OID_TENANT_ID: "tenant_id",
+        OID_CVLAN_ID: "cvlan_id",
+        OID_WG_KEY: "wg_key",
+        OID_KIND: "kind",
+    }
     out: dict[str, str] = {}
     for ext in cert.extensions:
         if ext.oid in names and isinstance(ext.value, x509.UnrecognizedExtension):

@@ -32,14 +32,12 @@ def parse_subnet(text_: str) -> ipaddress.IPv4Network:
 
 
 async def _lock_subnets(session: AsyncSession) -> None:
-    if session.bind.dialect.name == "postgresql":
+    if _dialect(session) == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBNET_LOCK_KEY})
 
 
 async def _overlapping(session: AsyncSession, start: int, end: int) -> Cvlan | None:
-    return await session.scalar(
-        select(Cvlan).where(Cvlan.net_start <= end, Cvlan.net_end >= start).limit(1)
-    )
+    return await session.scalar(select(Cvlan).where(Cvlan.net_start <= end, Cvlan.net_end >= start).limit(1))
 
 
 async def allocate_subnet(
@@ -88,7 +86,7 @@ async def allocate_address(
     session: AsyncSession, cvlan: Cvlan, holder: str, quarantine: dt.timedelta, now: dt.datetime
 ) -> str:
     """Allocate a /32 in the CVLAN: the lowest never-used address, else the longest-released one."""
-    if session.bind.dialect.name == "postgresql":
+    if _dialect(session) == "postgresql":
         await session.execute(select(Cvlan.id).where(Cvlan.id == cvlan.id).with_for_update())
     rows = (
         await session.execute(
@@ -111,9 +109,7 @@ async def allocate_address(
             return str(ipaddress.IPv4Address(addr))
         if len(used) >= last - first + 1:
             break
-    released = sorted(
-        (r, a) for a, r in rows if r is not None and _aware(r) + quarantine <= now
-    )
+    released = sorted((r, a) for a, r in rows if r is not None and _aware(r) + quarantine <= now)
     if released:
         addr = released[0][1]
         alloc = await session.scalar(
@@ -145,3 +141,7 @@ async def release_address(session: AsyncSession, cvlan_id: int, address: str, no
 
 def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return str(session.get_bind().dialect.name)

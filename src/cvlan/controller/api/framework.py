@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 REQUESTS = Counter("cvlan_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
-    "cvlan_http_request_seconds", "HTTP request latency", ["route", "method"],
+    "cvlan_http_request_seconds",
+    "HTTP request latency",
+    ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
@@ -89,12 +91,21 @@ ROUTES: list[Route] = []
 
 
 def route(
-    method: str, path: str, *, summary: str, tag: str, body: type[BaseModel] | None = None, status: int = 200,
-    auth: bool = True, query: tuple[str, ...] = (), paginated: bool = False,
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    tag: str,
+    body: type[BaseModel] | None = None,
+    status: int = 200,
+    auth: bool = True,
+    query: tuple[str, ...] = (),
+    paginated: bool = False,
 ) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
-        ROUTES.append(Route(method, path, fn, summary, tag, body, status, auth=auth, query=query,
-                            paginated=paginated))
+        ROUTES.append(
+            Route(method, path, fn, summary, tag, body, status, auth=auth, query=query, paginated=paginated)
+        )
         return fn
 
     return deco
@@ -163,9 +174,9 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise DomainError(Kind.INVALID, msg, details) from e
 
 
-def make_handler(r: Route, authenticate: Callable[[web.Request], Awaitable[Principal]]) -> Callable[
-    [web.Request], Awaitable[web.StreamResponse]
-]:
+def make_handler(
+    r: Route, authenticate: Callable[[web.Request], Awaitable[Principal]]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def h(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CTX_KEY]
         who = await authenticate(request) if r.auth else Principal(actor="anonymous")
@@ -214,8 +225,13 @@ async def request_middleware(
         if not request.path.startswith("/v1/"):
             log.info(
                 "request",
-                extra={"request_id": rid, "method": request.method, "path": request.path,
-                       "status": resp.status, "duration_ms": round(dur * 1000, 2)},
+                extra={
+                    "request_id": rid,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": resp.status,
+                    "duration_ms": round(dur * 1000, 2),
+                },
             )
         return resp
     finally:
@@ -249,7 +265,11 @@ def openapi(title: str, version: str) -> dict[str, Any]:
             + [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in r.query]
             + (
                 [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                 ]
                 if r.paginated

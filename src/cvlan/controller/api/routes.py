@@ -38,8 +38,11 @@ async def _tenant(c: Call) -> Tenant:
 
 @route("GET", "/api/v1/whoami", summary="The caller and its roles", tag="auth")
 async def whoami(c: Call) -> dict[str, Any]:
-    return {"actor": c.who.actor, "platform_admin": c.who.platform_admin,
-            "roles": {str(k): v.value for k, v in c.who.roles.items()}}
+    return {
+        "actor": c.who.actor,
+        "platform_admin": c.who.platform_admin,
+        "roles": {str(k): v.value for k, v in c.who.roles.items()},
+    }
 
 
 # --- tenants ------------------------------------------------------------------------------
@@ -118,7 +121,13 @@ async def show_cvlan(c: Call) -> dict[str, Any]:
     return cvlans.view(cv)
 
 
-@route("PATCH", T + "/cvlans/{cvlan}", summary="Rename a CVLAN or change its mode", tag="cvlans", body=CvlanUpdate)
+@route(
+    "PATCH",
+    T + "/cvlans/{cvlan}",
+    summary="Rename a CVLAN or change its mode",
+    tag="cvlans",
+    body=CvlanUpdate,
+)
 async def update_cvlan(c: Call) -> dict[str, Any]:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
@@ -150,8 +159,14 @@ def join_command(c: Call, token_text: str) -> str:
     return f"cvlan-ctrl --server {url} --token {token_text} --ca-pin {pin}"
 
 
-@route("POST", T + "/tokens", summary="Create an enrollment token (shown once)", tag="tokens",
-       body=TokenCreate, status=201)
+@route(
+    "POST",
+    T + "/tokens",
+    summary="Create an enrollment token (shown once)",
+    tag="tokens",
+    body=TokenCreate,
+    status=201,
+)
 async def create_token(c: Call) -> dict[str, Any]:
     b: TokenCreate = c.body
     expires = _duration("expires", b.expires)
@@ -197,8 +212,13 @@ async def list_nodes(c: Call) -> dict[str, Any]:
     return page([nodes.view(n, c.ctx, cn) for n, cn in rows], total, limit, offset)
 
 
-@route("GET", "/api/v1/nodes", summary="List nodes of every tenant visible to the caller", tag="nodes",
-       paginated=True)
+@route(
+    "GET",
+    "/api/v1/nodes",
+    summary="List nodes of every tenant visible to the caller",
+    tag="nodes",
+    paginated=True,
+)
 async def list_all_nodes(c: Call) -> dict[str, Any]:
     limit, offset = c.page
     async with c.ctx.tx() as s:
@@ -214,8 +234,13 @@ async def show_node(c: Call) -> dict[str, Any]:
     return nodes.view(n, c.ctx, cn)
 
 
-@route("PATCH", T + "/nodes/{node}", summary="Rename a node or move it to another CVLAN", tag="nodes",
-       body=NodeUpdate)
+@route(
+    "PATCH",
+    T + "/nodes/{node}",
+    summary="Rename a node or move it to another CVLAN",
+    tag="nodes",
+    body=NodeUpdate,
+)
 async def update_node(c: Call) -> dict[str, Any]:
     if c.body.name is None and c.body.cvlan is None:
         raise DomainError(Kind.INVALID, "nothing to change: give name or cvlan")
@@ -230,7 +255,9 @@ async def update_node(c: Call) -> dict[str, Any]:
     return nodes.view(n, c.ctx, cn)
 
 
-@route("DELETE", T + "/nodes/{node}", summary="Delete a node and revoke its certificate", tag="nodes", status=204)
+@route(
+    "DELETE", T + "/nodes/{node}", summary="Delete a node and revoke its certificate", tag="nodes", status=204
+)
 async def delete_node(c: Call) -> None:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
@@ -246,8 +273,14 @@ class UserCreate(Body):
     password: str | None = Field(default=None, max_length=200)
 
 
-@route("POST", T + "/users", summary="Create a user with a role in the tenant", tag="users", body=UserCreate,
-       status=201)
+@route(
+    "POST",
+    T + "/users",
+    summary="Create a user with a role in the tenant",
+    tag="users",
+    body=UserCreate,
+    status=201,
+)
 async def create_user(c: Call) -> dict[str, Any]:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
@@ -280,8 +313,14 @@ class ApiTokenCreate(Body):
     expires: str | None = Field(default=None, max_length=20)
 
 
-@route("POST", T + "/apitokens", summary="Create an API token (shown once)", tag="apitokens",
-       body=ApiTokenCreate, status=201)
+@route(
+    "POST",
+    T + "/apitokens",
+    summary="Create an API token (shown once)",
+    tag="apitokens",
+    body=ApiTokenCreate,
+    status=201,
+)
 async def create_apitoken(c: Call) -> dict[str, Any]:
     expires = _duration("expires", c.body.expires)
     async with c.ctx.tx() as s:
@@ -322,36 +361,65 @@ def _time(field: str, v: str | None) -> dt.datetime | None:
     try:
         t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError as e:
-        raise DomainError(Kind.INVALID, f"{field} {v!r}: expected an ISO time or a duration such as 24h") from e
+        raise DomainError(
+            Kind.INVALID, f"{field} {v!r}: expected an ISO time or a duration such as 24h"
+        ) from e
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def audit_view(e: Any) -> dict[str, Any]:
-    return {"id": e.id, "tenant_id": e.tenant_id, "actor": e.actor, "action": e.action,
-            "target_type": e.target_type, "target_id": e.target_id, "before": e.before, "after": e.after,
-            "request_id": e.request_id, "created_at": e.created_at}
+    return {
+        "id": e.id,
+        "tenant_id": e.tenant_id,
+        "actor": e.actor,
+        "action": e.action,
+        "target_type": e.target_type,
+        "target_id": e.target_id,
+        "before": e.before,
+        "after": e.after,
+        "request_id": e.request_id,
+        "created_at": e.created_at,
+    }
 
 
 async def _audit(c: Call, tenant_ids: list[int] | None) -> dict[str, Any]:
     limit, offset = c.page
     async with c.ctx.tx() as s:
         rows, total = await audit.query(
-            s, tenant_ids, actor=c.q("actor"), action=c.q("action"),
-            since=_time("since", c.q("since")), until=_time("until", c.q("until")), limit=limit, offset=offset,
+            s,
+            tenant_ids,
+            actor=c.q("actor"),
+            action=c.q("action"),
+            since=_time("since", c.q("since")),
+            until=_time("until", c.q("until")),
+            limit=limit,
+            offset=offset,
         )
     return page([audit_view(e) for e in rows], total, limit, offset)
 
 
-@route("GET", T + "/audit", summary="The tenant's audit log, newest first", tag="audit", query=AUDIT_QUERY,
-       paginated=True)
+@route(
+    "GET",
+    T + "/audit",
+    summary="The tenant's audit log, newest first",
+    tag="audit",
+    query=AUDIT_QUERY,
+    paginated=True,
+)
 async def tenant_audit(c: Call) -> dict[str, Any]:
     t = await _tenant(c)
     c.who.require(t.id, Level.READ, "read audit log")
     return await _audit(c, [t.id])
 
 
-@route("GET", "/api/v1/audit", summary="Audit log across the caller's tenants (all for a platform admin)",
-       tag="audit", query=AUDIT_QUERY, paginated=True)
+@route(
+    "GET",
+    "/api/v1/audit",
+    summary="Audit log across the caller's tenants (all for a platform admin)",
+    tag="audit",
+    query=AUDIT_QUERY,
+    paginated=True,
+)
 async def all_audit(c: Call) -> dict[str, Any]:
     return await _audit(c, None if c.who.platform_admin else list(c.who.roles))
 
@@ -396,8 +464,14 @@ async def delete_region(c: Call) -> None:
         await infra.delete_region(c.ctx, s, c.who, c.params["region"])
 
 
-@route("POST", "/api/v1/relays", summary="Register a relay (returns its start command)", tag="infra",
-       body=RelayCreate, status=201)
+@route(
+    "POST",
+    "/api/v1/relays",
+    summary="Register a relay (returns its start command)",
+    tag="infra",
+    body=RelayCreate,
+    status=201,
+)
 async def create_relay(c: Call) -> dict[str, Any]:
     b: RelayCreate = c.body
     async with c.ctx.tx() as s:
@@ -420,8 +494,14 @@ async def delete_relay(c: Call) -> None:
         await infra.delete_relay(c.ctx, s, c.who, c.params["relay"])
 
 
-@route("POST", "/api/v1/vrouters", summary="Register a vrouter (returns its start command)", tag="infra",
-       body=VrouterCreate, status=201)
+@route(
+    "POST",
+    "/api/v1/vrouters",
+    summary="Register a vrouter (returns its start command)",
+    tag="infra",
+    body=VrouterCreate,
+    status=201,
+)
 async def create_vrouter(c: Call) -> dict[str, Any]:
     b: VrouterCreate = c.body
     async with c.ctx.tx() as s:

@@ -68,14 +68,18 @@ def check_name(kind: str, name: str) -> str:
 async def resolve_tenant(session: AsyncSession, who: Principal, ref: str | int) -> Tenant:
     """The tenant named or numbered ref, if the caller has any role in it; NOT_FOUND otherwise."""
     s = str(ref)
-    stmt = select(Tenant).where(Tenant.id == int(s)) if s.isdigit() else select(Tenant).where(Tenant.name == s)
+    stmt = (
+        select(Tenant).where(Tenant.id == int(s)) if s.isdigit() else select(Tenant).where(Tenant.name == s)
+    )
     tenant = await session.scalar(stmt)
     if tenant is None or who.level_in(tenant.id) is None:
         raise DomainError(Kind.NOT_FOUND, f"tenant {s!r} not found")
     return tenant
 
 
-async def resolve_cvlan(session: AsyncSession, tenant_id: int, ref: str | int, *, lock: bool = False) -> Cvlan:
+async def resolve_cvlan(
+    session: AsyncSession, tenant_id: int, ref: str | int, *, lock: bool = False
+) -> Cvlan:
     s = str(ref)
     stmt = select(Cvlan).where(Cvlan.tenant_id == tenant_id)
     stmt = stmt.where(Cvlan.id == int(s)) if s.isdigit() else stmt.where(Cvlan.name == s)

@@ -51,7 +51,9 @@ async def create(
     check_name("CVLAN", name)
     _mode(mode)
     if await s.scalar(select(Cvlan.id).where(Cvlan.tenant_id == tenant.id, Cvlan.name == name)):
-        raise DomainError(Kind.CONFLICT, f"a CVLAN named {name!r} already exists in this tenant", {"field": "name"})
+        raise DomainError(
+            Kind.CONFLICT, f"a CVLAN named {name!r} already exists in this tenant", {"field": "name"}
+        )
     net = await ipam.allocate_subnet(s, ctx.settings.pool_cidr, ctx.settings.cvlan_prefix, subnet)
     c = Cvlan(
         tenant_id=tenant.id,
@@ -94,8 +96,13 @@ async def get(s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> Cvla
 
 
 async def update(
-    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str,
-    name: str | None = None, mode: str | None = None,
+    ctx: OpsContext,
+    s: AsyncSession,
+    who: Principal,
+    tenant: Tenant,
+    ref: str,
+    name: str | None = None,
+    mode: str | None = None,
 ) -> Cvlan:
     who.require(tenant.id, Level.OPERATE, "update CVLAN")
     c = await resolve_cvlan(s, tenant.id, ref, lock=True)
@@ -117,7 +124,9 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     c = await resolve_cvlan(s, tenant.id, ref, lock=True)
     n = await s.scalar(select(func.count()).where(Node.cvlan_id == c.id)) or 0
     if n:
-        raise DomainError(Kind.PRECONDITION, f"CVLAN {c.name!r} still has {n} nodes; delete or move them first")
+        raise DomainError(
+            Kind.PRECONDITION, f"CVLAN {c.name!r} still has {n} nodes; delete or move them first"
+        )
     audit.record(s, who, "cvlan.delete", "cvlan", c.id, tenant_id=tenant.id, before=_audit(c))
     bump(s, c)
     await s.delete(c)
@@ -187,8 +196,19 @@ async def create_token(
     s.add(t)
     await s.flush()
     audit.record(
-        s, who, "token.create", "enrollment_token", t.id, tenant_id=tenant.id,
-        after={"prefix": t.prefix, "cvlan": c.name, "reusable": t.reusable, "max_uses": t.max_uses, "tags": t.tags},
+        s,
+        who,
+        "token.create",
+        "enrollment_token",
+        t.id,
+        tenant_id=tenant.id,
+        after={
+            "prefix": t.prefix,
+            "cvlan": c.name,
+            "reusable": t.reusable,
+            "max_uses": t.max_uses,
+            "tags": t.tags,
+        },
     )
     return t, c, issued.text
 
@@ -206,16 +226,24 @@ async def list_tokens(
     return [(t, n) for t, n in rows], total
 
 
-async def revoke_token(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> EnrollmentToken:
+async def revoke_token(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str
+) -> EnrollmentToken:
     who.require(tenant.id, Level.OPERATE, "revoke enrollment token")
     stmt = select(EnrollmentToken).where(EnrollmentToken.tenant_id == tenant.id)
-    stmt = stmt.where(EnrollmentToken.id == int(ref)) if ref.isdigit() else stmt.where(EnrollmentToken.prefix == ref)
+    stmt = (
+        stmt.where(EnrollmentToken.id == int(ref))
+        if ref.isdigit()
+        else stmt.where(EnrollmentToken.prefix == ref)
+    )
     t = await s.scalar(stmt)
     if t is None:
         raise DomainError(Kind.NOT_FOUND, f"enrollment token {ref!r} not found")
     if t.revoked_at is None:
         t.revoked_at = ctx.now()
-        audit.record(s, who, "token.revoke", "enrollment_token", t.id, tenant_id=tenant.id, after={"prefix": t.prefix})
+        audit.record(
+            s, who, "token.revoke", "enrollment_token", t.id, tenant_id=tenant.id, after={"prefix": t.prefix}
+        )
     return t
 
 

@@ -19,7 +19,13 @@ VROUTER_KIND = "cvvb"
 
 def check_hostport(field: str, value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in value):
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or any(c.isspace() for c in value)
+    ):
         raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field})
     return value
 
@@ -31,7 +37,11 @@ def check_url(field: str, value: str) -> str:
 
 
 async def _region(s: AsyncSession, ref: str) -> Region:
-    stmt = select(Region).where(Region.id == int(ref)) if ref.isdigit() else select(Region).where(Region.name == ref)
+    stmt = (
+        select(Region).where(Region.id == int(ref))
+        if ref.isdigit()
+        else select(Region).where(Region.name == ref)
+    )
     r = await s.scalar(stmt)
     if r is None:
         raise DomainError(Kind.NOT_FOUND, f"region {ref!r} not found", {"field": "region"})
@@ -72,14 +82,27 @@ async def delete_region(ctx: OpsContext, s: AsyncSession, who: Principal, ref: s
 
 
 def relay_view(x: Relay, region: str) -> dict[str, Any]:
-    return {"id": x.id, "name": x.name, "region": region, "url": x.url, "stun": x.stun,
-            "last_seen": x.last_seen, "created_at": x.created_at}
+    return {
+        "id": x.id,
+        "name": x.name,
+        "region": region,
+        "url": x.url,
+        "stun": x.stun,
+        "last_seen": x.last_seen,
+        "created_at": x.created_at,
+    }
 
 
 def vrouter_view(x: Vrouter, region: str) -> dict[str, Any]:
-    return {"id": x.id, "name": x.name, "region": region, "endpoint": x.endpoint,
-            "wg_public_key": x.wg_public_key.hex() if x.wg_public_key else None,
-            "last_seen": x.last_seen, "created_at": x.created_at}
+    return {
+        "id": x.id,
+        "name": x.name,
+        "region": region,
+        "endpoint": x.endpoint,
+        "wg_public_key": x.wg_public_key.hex() if x.wg_public_key else None,
+        "last_seen": x.last_seen,
+        "created_at": x.created_at,
+    }
 
 
 async def create_relay(
@@ -95,24 +118,44 @@ async def create_relay(
     if await s.scalar(select(Relay.id).where(Relay.name == name)):
         raise DomainError(Kind.CONFLICT, f"a relay named {name!r} already exists", {"field": "name"})
     issued = credentials.issue(RELAY_KIND)
-    x = Relay(region_id=r.id, name=name, url=url, stun=stun, bootstrap_prefix=issued.prefix,
-              bootstrap_hash=issued.digest, created_at=ctx.now())
+    x = Relay(
+        region_id=r.id,
+        name=name,
+        url=url,
+        stun=stun,
+        bootstrap_prefix=issued.prefix,
+        bootstrap_hash=issued.digest,
+        created_at=ctx.now(),
+    )
     s.add(x)
     await s.flush()
-    audit.record(s, who, "relay.create", "relay", x.id, tenant_id=None,
-                 after={"name": name, "region": r.name, "url": url, "stun": stun})
+    audit.record(
+        s,
+        who,
+        "relay.create",
+        "relay",
+        x.id,
+        tenant_id=None,
+        after={"name": name, "region": r.name, "url": url, "stun": stun},
+    )
     return x, issued.text
 
 
 async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Relay, str]], int]:
     total = await s.scalar(select(func.count()).select_from(Relay)) or 0
-    rows = (await s.execute(select(Relay, Region.name).join(Region).order_by(Relay.id).limit(limit).offset(offset))).all()
+    rows = (
+        await s.execute(
+            select(Relay, Region.name).join(Region).order_by(Relay.id).limit(limit).offset(offset)
+        )
+    ).all()
     return [(x, n) for x, n in rows], total
 
 
 async def delete_relay(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
     who.require_platform("delete relay")
-    stmt = select(Relay).where(Relay.id == int(ref)) if ref.isdigit() else select(Relay).where(Relay.name == ref)
+    stmt = (
+        select(Relay).where(Relay.id == int(ref)) if ref.isdigit() else select(Relay).where(Relay.name == ref)
+    )
     x = await s.scalar(stmt)
     if x is None:
         raise DomainError(Kind.NOT_FOUND, f"relay {ref!r} not found")
@@ -130,29 +173,55 @@ async def create_vrouter(
     if await s.scalar(select(Vrouter.id).where(Vrouter.name == name)):
         raise DomainError(Kind.CONFLICT, f"a vrouter named {name!r} already exists", {"field": "name"})
     issued = credentials.issue(VROUTER_KIND)
-    x = Vrouter(region_id=r.id, name=name, endpoint=endpoint, bootstrap_prefix=issued.prefix,
-                bootstrap_hash=issued.digest, created_at=ctx.now())
+    x = Vrouter(
+        region_id=r.id,
+        name=name,
+        endpoint=endpoint,
+        bootstrap_prefix=issued.prefix,
+        bootstrap_hash=issued.digest,
+        created_at=ctx.now(),
+    )
     s.add(x)
     await s.flush()
-    audit.record(s, who, "vrouter.create", "vrouter", x.id, tenant_id=None,
-                 after={"name": name, "region": r.name, "endpoint": endpoint})
+    audit.record(
+        s,
+        who,
+        "vrouter.create",
+        "vrouter",
+        x.id,
+        tenant_id=None,
+        after={"name": name, "region": r.name, "endpoint": endpoint},
+    )
     return x, issued.text
 
 
 async def list_vrouters(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Vrouter, str]], int]:
     total = await s.scalar(select(func.count()).select_from(Vrouter)) or 0
     rows = (
-        await s.execute(select(Vrouter, Region.name).join(Region).order_by(Vrouter.id).limit(limit).offset(offset))
+        await s.execute(
+            select(Vrouter, Region.name).join(Region).order_by(Vrouter.id).limit(limit).offset(offset)
+        )
     ).all()
     return [(x, n) for x, n in rows], total
 
 
 async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
     who.require_platform("delete vrouter")
-    stmt = select(Vrouter).where(Vrouter.id == int(ref)) if ref.isdigit() else select(Vrouter).where(Vrouter.name == ref)
+    stmt = (
+        select(Vrouter).where(Vrouter.id == int(ref))
+        if ref.isdigit()
+        else select(Vrouter).where(Vrouter.name == ref)
+    )
     x = await s.scalar(stmt)
     if x is None:
         raise DomainError(Kind.NOT_FOUND, f"vrouter {ref!r} not found")
-    audit.record(s, who, "vrouter.delete", "vrouter", x.id, tenant_id=None,
-                 before={"name": x.name, "endpoint": x.endpoint})
+    audit.record(
+        s,
+        who,
+        "vrouter.delete",
+        "vrouter",
+        x.id,
+        tenant_id=None,
+        before={"name": x.name, "endpoint": x.endpoint},
+    )
     await s.delete(x)

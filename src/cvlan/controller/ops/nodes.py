@@ -78,7 +78,11 @@ async def create(
     name = await _unique_name(s, token.tenant_id, hostname)
     now = ctx.now()
     addr = await ipam.allocate_address(
-        s, cvlan, f"key:{wg_public_key.hex()[:16]}", dt.timedelta(seconds=ctx.settings.address_quarantine_s), now
+        s,
+        cvlan,
+        f"key:{wg_public_key.hex()[:16]}",
+        dt.timedelta(seconds=ctx.settings.address_quarantine_s),
+        now,
     )
     node = Node(
         tenant_id=token.tenant_id,
@@ -97,8 +101,13 @@ async def create(
     await s.flush()
     bump(s, cvlan)
     audit.record(
-        s, Principal(actor=f"node:{name}"), "node.register", "node", node.id,
-        tenant_id=token.tenant_id, after={**_audit(node), "token": token.prefix},
+        s,
+        Principal(actor=f"node:{name}"),
+        "node.register",
+        "node",
+        node.id,
+        tenant_id=token.tenant_id,
+        after={**_audit(node), "token": token.prefix},
     )
     return node
 
@@ -143,12 +152,18 @@ async def get(s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> tupl
     return n, cname
 
 
-async def rename(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, name: str) -> Node:
+async def rename(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, name: str
+) -> Node:
     who.require(tenant.id, Level.OPERATE, "rename node")
     n = await resolve(s, tenant.id, ref, lock=True)
     check_name("node", name)
-    if name != n.name and await s.scalar(select(Node.id).where(Node.tenant_id == tenant.id, Node.name == name)):
-        raise DomainError(Kind.CONFLICT, f"a node named {name!r} already exists in this tenant", {"field": "name"})
+    if name != n.name and await s.scalar(
+        select(Node.id).where(Node.tenant_id == tenant.id, Node.name == name)
+    ):
+        raise DomainError(
+            Kind.CONFLICT, f"a node named {name!r} already exists in this tenant", {"field": "name"}
+        )
     before = _audit(n)
     n.name = name
     cvlan = await s.get(Cvlan, n.cvlan_id)
@@ -158,7 +173,9 @@ async def rename(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     return n
 
 
-async def move(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, cvlan_ref: str) -> Node:
+async def move(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, cvlan_ref: str
+) -> Node:
     """Move a node to another CVLAN of the same tenant: its old address is released, a new one allocated."""
     who.require(tenant.id, Level.OPERATE, "move node")
     n = await resolve(s, tenant.id, ref, lock=True)

@@ -16,7 +16,9 @@ def view(t: Tenant) -> dict[str, object]:
     return {"id": t.id, "name": t.name, "display_name": t.display_name, "created_at": t.created_at}
 
 
-async def create(ctx: OpsContext, s: AsyncSession, who: Principal, name: str, display_name: str = "") -> Tenant:
+async def create(
+    ctx: OpsContext, s: AsyncSession, who: Principal, name: str, display_name: str = ""
+) -> Tenant:
     who.require_platform("create tenant")
     check_name("tenant", name)
     if await s.scalar(select(Tenant.id).where(Tenant.name == name)):

@@ -44,7 +44,13 @@ def user_view(u: User, role: str | None = None) -> dict[str, object]:
 
 
 async def create_user(
-    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, email: str, role: str, password: str | None
+    ctx: OpsContext,
+    s: AsyncSession,
+    who: Principal,
+    tenant: Tenant,
+    email: str,
+    role: str,
+    password: str | None,
 ) -> tuple[User, str | None]:
     """Create a user in a tenant (or give an existing user a role there). Returns a generated password
     when none was given: it is shown once."""
@@ -64,7 +70,9 @@ async def create_user(
         s.add(user)
         await s.flush()
     elif await s.get(Membership, (user.id, tenant.id)) is not None:
-        raise DomainError(Kind.CONFLICT, f"user {email} already has a role in this tenant", {"field": "email"})
+        raise DomainError(
+            Kind.CONFLICT, f"user {email} already has a role in this tenant", {"field": "email"}
+        )
     s.add(Membership(user_id=user.id, tenant_id=tenant.id, role=r.value, created_at=ctx.now()))
     audit.record(
         s, who, "user.create", "user", user.id, tenant_id=tenant.id, after={"email": email, "role": r.value}
@@ -93,7 +101,13 @@ async def remove_user(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: 
     m = await s.get(Membership, (user.id, tenant.id))
     assert m is not None
     audit.record(
-        s, who, "user.delete", "user", user.id, tenant_id=tenant.id, before={"email": user.email, "role": m.role}
+        s,
+        who,
+        "user.delete",
+        "user",
+        user.id,
+        tenant_id=tenant.id,
+        before={"email": user.email, "role": m.role},
     )
     await s.delete(m)
     await s.flush()
@@ -146,7 +160,9 @@ async def create_api_token(
         who.require(tenant.id, Level.ADMIN, "create API token")
         r = parse_tenant_role(role)
     if len(name) > 200 or any(ord(c) < 32 for c in name):
-        raise DomainError(Kind.INVALID, "token name must be at most 200 printable characters", {"field": "name"})
+        raise DomainError(
+            Kind.INVALID, "token name must be at most 200 printable characters", {"field": "name"}
+        )
     issued = credentials.issue(API_TOKEN_KIND)
     tok = ApiToken(
         tenant_id=tenant.id if tenant else None,
@@ -161,8 +177,13 @@ async def create_api_token(
     s.add(tok)
     await s.flush()
     audit.record(
-        s, who, "apitoken.create", "api_token", tok.id,
-        tenant_id=tok.tenant_id, after={"prefix": tok.prefix, "role": tok.role, "name": name},
+        s,
+        who,
+        "apitoken.create",
+        "api_token",
+        tok.id,
+        tenant_id=tok.tenant_id,
+        after={"prefix": tok.prefix, "role": tok.role, "name": name},
     )
     return tok, issued.text
 
@@ -176,7 +197,9 @@ async def list_api_tokens(
     return list(await s.scalars(stmt.order_by(ApiToken.id).limit(limit).offset(offset))), total
 
 
-async def revoke_api_token(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> ApiToken:
+async def revoke_api_token(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str
+) -> ApiToken:
     who.require(tenant.id, Level.ADMIN, "revoke API token")
     stmt = select(ApiToken).where(ApiToken.tenant_id == tenant.id)
     stmt = stmt.where(ApiToken.id == int(ref)) if ref.isdigit() else stmt.where(ApiToken.prefix == ref)
@@ -185,7 +208,9 @@ async def revoke_api_token(ctx: OpsContext, s: AsyncSession, who: Principal, ten
         raise DomainError(Kind.NOT_FOUND, f"API token {ref!r} not found")
     if tok.revoked_at is None:
         tok.revoked_at = ctx.now()
-        audit.record(s, who, "apitoken.revoke", "api_token", tok.id, tenant_id=tenant.id, after={"prefix": tok.prefix})
+        audit.record(
+            s, who, "apitoken.revoke", "api_token", tok.id, tenant_id=tenant.id, after={"prefix": tok.prefix}
+        )
     return tok
 
 
@@ -208,7 +233,9 @@ async def principal_for_token(ctx: OpsContext, s: AsyncSession, text: str) -> Pr
 
 
 async def principal_for_user(s: AsyncSession, user: User) -> Principal:
-    rows = (await s.execute(select(Membership.tenant_id, Membership.role).where(Membership.user_id == user.id))).all()
+    rows = (
+        await s.execute(select(Membership.tenant_id, Membership.role).where(Membership.user_id == user.id))
+    ).all()
     return Principal(
         actor=f"user:{user.email}",
         platform_admin=user.is_platform_admin,
