@@ -1,0 +1,438 @@
+"""cvlan: the admin CLI over the management REST API.
+
+Server and token come from --server/--token, else CVLAN_SERVER/CVLAN_TOKEN, else the admin.conf
+given by --config or CVLAN_CONFIG (written by the controller on first start). Flags win.
+Exit status: 0 success, 2 usage error, 1 any other failure (one line on stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cvlan.cli.config import AdminConfig, load_admin_conf
+from cvlan.cli.http import ApiError, Client
+from cvlan.cli.table import print_table
+
+Cmd = Callable[[Client, argparse.Namespace], Any]
+
+
+def _t(ns: argparse.Namespace) -> str:
+    return f"/api/v1/tenants/{quote(ns.tenant, safe='')}"
+
+
+def _q(s: str) -> str:
+    return quote(s, safe="")
+
+
+# Each command returns (data, columns) for listings, a dict for single objects, or None.
+def tenant_create(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", "/api/v1/tenants", {"name": ns.name, "display_name": ns.display_name or ""})
+
+
+def tenant_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages("/api/v1/tenants"), ["id", "name", "display_name", "created_at"]
+
+
+def tenant_show(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", f"/api/v1/tenants/{_q(ns.name)}")
+
+
+def tenant_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", f"/api/v1/tenants/{_q(ns.name)}")
+    return {"deleted": ns.name}
+
+
+def cvlan_create(c: Client, ns: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"name": ns.name, "mode": ns.mode}
+    if ns.subnet:
+        body["subnet"] = ns.subnet
+    return c.call("POST", _t(ns) + "/cvlans", body)
+
+
+def cvlan_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages(_t(ns) + "/cvlans"), ["id", "name", "subnet", "mode", "nodes", "version"]
+
+
+def cvlan_show(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", _t(ns) + f"/cvlans/{_q(ns.name)}")
+
+
+def cvlan_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", _t(ns) + f"/cvlans/{_q(ns.name)}")
+    return {"deleted": ns.name}
+
+
+def token_create(c: Client, ns: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"cvlan": ns.cvlan, "reusable": ns.reusable, "tags": ns.tag or []}
+    if ns.uses is not None:
+        body["uses"] = ns.uses
+    if ns.expires:
+        body["expires"] = ns.expires
+    out = c.call("POST", _t(ns) + "/tokens", body)
+    if not ns.json:
+        print(f"Enrollment token for CVLAN {out['cvlan']} (shown once; store it now):")
+        print(f"  {out['token']}")
+        print(f"expires {out['expires_at']}, uses {out['max_uses'] or 'unlimited'}")
+        print("Join a node with:")
+        print(f"  {out['join_command']}")
+        return None
+    return out
+
+
+def token_list(c: Client, ns: argparse.Namespace) -> Any:
+    rows = c.pages(_t(ns) + "/tokens", {"cvlan": ns.cvlan})
+    for r in rows:
+        r["state"] = (
+            "revoked"
+            if r["revoked_at"]
+            else ("used" if r["max_uses"] and r["uses"] >= r["max_uses"] else "active")
+        )
+    return rows, ["id", "prefix", "cvlan", "reusable", "uses", "max_uses", "state", "expires_at", "tags"]
+
+
+def token_revoke(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("DELETE", _t(ns) + f"/tokens/{_q(ns.id)}")
+
+
+NODE_COLS = [
+    "id",
+    "name",
+    "cvlan",
+    "address",
+    "online",
+    "last_seen",
+    "endpoints",
+    "map_version",
+    "cert_not_after",
+]
+
+
+def node_list(c: Client, ns: argparse.Namespace) -> Any:
+    if ns.tenant:
+        rows = c.pages(_t(ns) + "/nodes", {"cvlan": ns.cvlan})
+    else:
+        if ns.cvlan:
+            raise ApiError(0, "usage", "--cvlan needs --tenant")
+        rows = c.pages("/api/v1/nodes")
+    return rows, (["tenant_id", *NODE_COLS] if not ns.tenant else NODE_COLS)
+
+
+def node_show(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+
+
+def node_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", _t(ns) + f"/nodes/{_q(ns.node)}")
+    return {"deleted": ns.node}
+
+
+def node_rename(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PATCH", _t(ns) + f"/nodes/{_q(ns.node)}", {"name": ns.new_name})
+
+
+def node_move(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PATCH", _t(ns) + f"/nodes/{_q(ns.node)}", {"cvlan": ns.cvlan})
+
+
+def user_create(c: Client, ns: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"email": ns.email, "role": ns.role}
+    if ns.password_stdin:
+        body["password"] = sys.stdin.readline().rstrip("\n")
+    out = c.call("POST", _t(ns) + "/users", body)
+    if "password" in out and not ns.json:
+        print(f"User {out['email']} created with role {out['role']}.")
+        print(f"Generated password (shown once): {out['password']}")
+        return None
+    return out
+
+
+def user_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages(_t(ns) + "/users"), ["id", "email", "role", "created_at"]
+
+
+def user_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", _t(ns) + f"/users/{_q(ns.user)}")
+    return {"deleted": ns.user}
+
+
+def apitoken_create(c: Client, ns: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"role": ns.role, "name": ns.name or ""}
+    if ns.expires:
+        body["expires"] = ns.expires
+    out = c.call("POST", _t(ns) + "/apitokens", body)
+    if not ns.json:
+        print(f"API token ({out['role']} in tenant {ns.tenant}, shown once):")
+        print(f"  {out['token']}")
+        return None
+    return out
+
+
+def apitoken_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages(_t(ns) + "/apitokens"), [
+        "id",
+        "prefix",
+        "name",
+        "role",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    ]
+
+
+def apitoken_revoke(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("DELETE", _t(ns) + f"/apitokens/{_q(ns.id)}")
+
+
+def region_create(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", "/api/v1/regions", {"name": ns.name})
+
+
+def region_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages("/api/v1/regions"), ["id", "name", "created_at"]
+
+
+def region_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", f"/api/v1/regions/{_q(ns.name)}")
+    return {"deleted": ns.name}
+
+
+def _print_start(out: dict[str, Any], what: str, ns: argparse.Namespace) -> Any:
+    if ns.json:
+        return out
+    print(f"{what} {out['name']} registered in region {out['region']}. Start it with (token shown once):")
+    print(f"  {out['command']}")
+    return None
+
+
+def relay_create(c: Client, ns: argparse.Namespace) -> Any:
+    body = {"name": ns.name, "region": ns.region, "url": ns.url, "stun": ns.stun or ""}
+    return _print_start(c.call("POST", "/api/v1/relays", body), "Relay", ns)
+
+
+def relay_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages("/api/v1/relays"), ["id", "name", "region", "url", "stun", "last_seen"]
+
+
+def relay_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", f"/api/v1/relays/{_q(ns.name)}")
+    return {"deleted": ns.name}
+
+
+def vrouter_create(c: Client, ns: argparse.Namespace) -> Any:
+    body = {"name": ns.name, "region": ns.region, "endpoint": ns.endpoint}
+    return _print_start(c.call("POST", "/api/v1/vrouters", body), "Vrouter", ns)
+
+
+def vrouter_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.pages("/api/v1/vrouters"), ["id", "name", "region", "endpoint", "wg_public_key", "last_seen"]
+
+
+def vrouter_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", f"/api/v1/vrouters/{_q(ns.name)}")
+    return {"deleted": ns.name}
+
+
+def audit_list(c: Client, ns: argparse.Namespace) -> Any:
+    path = _t(ns) + "/audit" if ns.tenant else "/api/v1/audit"
+    q = {
+        "since": ns.since,
+        "until": ns.until,
+        "actor": ns.actor,
+        "action": ns.action,
+        "limit": ns.limit,
+        "offset": ns.offset,
+    }
+    page = c.call("GET", path, query=q)
+    return page["items"], [
+        "created_at",
+        "tenant_id",
+        "actor",
+        "action",
+        "target_type",
+        "target_id",
+        "request_id",
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    p = argparse.ArgumentParser(
+        prog="cvlan",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.add_argument("--config", type=Path, help="admin.conf written by the controller (or CVLAN_CONFIG)")
+    p.add_argument("--server", help="controller URL (or CVLAN_SERVER)")
+    p.add_argument("--token", help="API token (or CVLAN_TOKEN)")
+    groups = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def group(name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        g = groups.add_parser(name, help=help_, description=help_)
+        return g.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def leaf(
+        sub: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        fn: Cmd,
+        help_: str,
+        tenant: bool | None = True,
+    ) -> argparse.ArgumentParser:
+        lp = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        if tenant is True:
+            lp.add_argument("--tenant", required=True, help="tenant name or id")
+        elif tenant is None:
+            lp.add_argument("--tenant", help="tenant name or id")
+        lp.set_defaults(fn=fn)
+        return lp
+
+    g = group("tenant", "manage tenants (platform admin)")
+    leaf(g, "create", tenant_create, "create a tenant", False).add_argument("name")
+    g.choices["create"].add_argument("--display-name")
+    leaf(g, "list", tenant_list, "list tenants", False)
+    leaf(g, "show", tenant_show, "show a tenant", False).add_argument("name")
+    leaf(g, "delete", tenant_delete, "delete an empty tenant", False).add_argument("name")
+
+    g = group("cvlan", "manage CVLANs of a tenant")
+    x = leaf(g, "create", cvlan_create, "create a CVLAN")
+    x.add_argument("name")
+    x.add_argument("--subnet", help="CIDR; default: the next free subnet of the pool")
+    x.add_argument("--mode", choices=("mesh", "hub"), default="mesh")
+    leaf(g, "list", cvlan_list, "list CVLANs")
+    leaf(g, "show", cvlan_show, "show a CVLAN").add_argument("name")
+    leaf(g, "delete", cvlan_delete, "delete an empty CVLAN").add_argument("name")
+
+    g = group("token", "manage enrollment tokens")
+    x = leaf(g, "create", token_create, "create an enrollment token and print the join command")
+    x.add_argument("--cvlan", required=True)
+    x.add_argument("--reusable", action="store_true", help="allow several nodes to join with it")
+    x.add_argument("--uses", type=int, help="maximum number of nodes (implies --reusable when > 1)")
+    x.add_argument("--expires", help="lifetime such as 1h, 24h (default), 7d")
+    x.add_argument("--tag", action="append", help="tag for the nodes it enrols (repeatable)")
+    leaf(g, "list", token_list, "list enrollment tokens").add_argument("--cvlan")
+    leaf(g, "revoke", token_revoke, "revoke an enrollment token").add_argument(
+        "id", help="token id or prefix"
+    )
+
+    g = group("node", "manage nodes")
+    x = leaf(g, "list", node_list, "list nodes with status", None)
+    x.add_argument("--cvlan")
+    leaf(g, "show", node_show, "show a node").add_argument("node")
+    leaf(g, "delete", node_delete, "delete a node (its certificate is refused at once)").add_argument("node")
+    x = leaf(g, "rename", node_rename, "rename a node")
+    x.add_argument("node")
+    x.add_argument("new_name")
+    x = leaf(g, "move", node_move, "move a node to another CVLAN of the tenant")
+    x.add_argument("node")
+    x.add_argument("--cvlan", required=True)
+
+    g = group("user", "manage users of a tenant")
+    x = leaf(g, "create", user_create, "create a user (a password is generated unless --password-stdin)")
+    x.add_argument("--email", required=True)
+    x.add_argument("--role", required=True, choices=("admin", "operator", "auditor"))
+    x.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    leaf(g, "list", user_list, "list users")
+    leaf(g, "delete", user_delete, "remove a user from the tenant").add_argument("user", help="email or id")
+
+    g = group("apitoken", "manage API tokens of a tenant")
+    x = leaf(g, "create", apitoken_create, "create an API token")
+    x.add_argument("--role", required=True, choices=("admin", "operator", "auditor"))
+    x.add_argument("--name")
+    x.add_argument("--expires", help="lifetime such as 30d")
+    leaf(g, "list", apitoken_list, "list API tokens")
+    leaf(g, "revoke", apitoken_revoke, "revoke an API token").add_argument("id", help="token id or prefix")
+
+    g = group("region", "manage regions (platform admin)")
+    leaf(g, "create", region_create, "create a region", False).add_argument("name")
+    leaf(g, "list", region_list, "list regions", False)
+    leaf(g, "delete", region_delete, "delete an unused region", False).add_argument("name")
+
+    g = group("relay", "manage relays (platform admin)")
+    x = leaf(g, "create", relay_create, "register a relay and print its start command", False)
+    x.add_argument("name")
+    x.add_argument("--region", required=True)
+    x.add_argument("--url", required=True, help="https:// URL nodes use to reach the relay")
+    x.add_argument("--stun", help="HOST:PORT of its STUN responder")
+    leaf(g, "list", relay_list, "list relays", False)
+    leaf(g, "delete", relay_delete, "delete a relay", False).add_argument("name")
+
+    g = group("vrouter", "manage vrouters (platform admin)")
+    x = leaf(g, "create", vrouter_create, "register a vrouter and print its start command", False)
+    x.add_argument("name")
+    x.add_argument("--region", required=True)
+    x.add_argument("--endpoint", required=True, help="HOST:PORT of its WireGuard hub")
+    leaf(g, "list", vrouter_list, "list vrouters", False)
+    leaf(g, "delete", vrouter_delete, "delete a vrouter", False).add_argument("name")
+
+    a = groups.add_parser(
+        "audit", help="read the audit log", description="read the audit log, newest first", parents=[common]
+    )
+    a.add_argument("--tenant")
+    a.add_argument("--since", help="ISO time or a duration back from now, e.g. 24h")
+    a.add_argument("--until")
+    a.add_argument("--actor")
+    a.add_argument("--action", help="e.g. node.delete")
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--offset", type=int, default=0)
+    a.set_defaults(fn=audit_list)
+    return p
+
+
+def resolve_client(ns: argparse.Namespace) -> Client:
+    conf = AdminConfig()
+    path = ns.config or (Path(os.environ["CVLAN_CONFIG"]) if os.environ.get("CVLAN_CONFIG") else None)
+    if path is not None:
+        try:
+            conf = load_admin_conf(path)
+        except (OSError, ValueError) as e:
+            raise ApiError(0, "usage", f"cannot read config {path}: {e}") from None
+    server = ns.server or os.environ.get("CVLAN_SERVER") or conf.server
+    token = ns.token or os.environ.get("CVLAN_TOKEN") or conf.token
+    if not server or not token:
+        raise ApiError(
+            0,
+            "usage",
+            "no server or token: use --config admin.conf, --server/--token or CVLAN_SERVER/CVLAN_TOKEN",
+        )
+    return Client(server, token, conf.ca_pem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    ns.json = getattr(ns, "json", False)
+    try:
+        client = resolve_client(ns)
+        out = ns.fn(client, ns)
+    except ApiError as e:
+        print(f"cvlan: {e}", file=sys.stderr)
+        return 2 if e.code == "usage" else 1
+    except KeyboardInterrupt:
+        return 1
+    if out is None:
+        return 0
+    if isinstance(out, tuple):
+        rows, cols = out
+        if ns.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table(rows, cols)
+    elif ns.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:>16}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
