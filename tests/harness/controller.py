@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from cvlan.common.clock import Clock
 from cvlan.controller.app import Controller, bootstrap_admin, build, server_ssl
@@ -26,7 +27,7 @@ def free_port() -> int:
 class ApiResult:
     status: int
     body: Any
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
 
     def ok(self) -> Any:
         assert 200 <= self.status < 300, f"{self.status}: {self.body}"
@@ -69,7 +70,7 @@ class Api:
                 body: Any = _json.loads(text) if text else None
             except ValueError:
                 body = text
-            return ApiResult(r.status, body, dict(r.headers))
+            return ApiResult(r.status, body, CIMultiDict(r.headers))
 
     async def get(self, path: str) -> ApiResult:
         return await self.request("GET", path)
