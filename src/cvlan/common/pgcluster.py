@@ -81,7 +81,13 @@ class PgCluster:
             "UTF8",
             "--no-sync",
         )
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start (or restart) the server of an initialised cluster."""
         opts = " ".join(f"-c {k}={v}" for k, v in self.conf.items())
+        log = str(self.root / "server.log")
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -90,12 +96,15 @@ class PgCluster:
             "-t",
             "60",
             "-l",
-            str(self.root / "server.log"),
+            log,
             "-o",
             f"-k {self.sock} {opts}",
             "start",
         )
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server but keep the cluster (to test a database that goes away and comes back)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", timeout=60)
 
     def psql(self, sql: str, db: str = "postgres") -> None:
         self._run(

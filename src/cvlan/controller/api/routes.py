@@ -25,7 +25,7 @@ def _duration(field: str, text: str | None) -> dt.timedelta | None:
     try:
         return parse_duration(text)
     except ValueError as e:
-        raise DomainError(Kind.INVALID, str(e), {"field": field}) from e
+        raise DomainError(Kind.INVALID, f"{field}: {e}", {"field": field}) from e
 
 
 async def _tenant(c: Call) -> Tenant:
