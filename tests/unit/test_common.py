@@ -1,0 +1,87 @@
+"""Small pure pieces: durations, names, credentials, admin.conf, tables, backoff."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cvlan.cli.config import parse_admin_conf
+from cvlan.cli.table import cell
+from cvlan.common.backoff import Backoff
+from cvlan.common.durations import parse_duration
+from cvlan.controller import credentials
+from cvlan.controller.errors import DomainError
+from cvlan.controller.ops.context import check_name
+
+
+def test_durations() -> None:
+    assert parse_duration("90s") == dt.timedelta(seconds=90)
+    assert parse_duration("24h") == dt.timedelta(days=1)
+    assert parse_duration(" 2w ") == dt.timedelta(weeks=2)
+    for bad, why in [
+        ("", "expected a number"),
+        ("10", "expected a number"),
+        ("0h", "greater than zero"),
+        ("5y", "expected a number"),
+        ("-1h", "expected a number"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_duration(bad)
+
+
+@given(st.text(max_size=80))
+def test_names_accept_only_safe_labels(name: str) -> None:
+    try:
+        check_name("x", name)
+    except DomainError as e:
+        assert e.kind.value == "invalid" and "is not valid" in e.message
+        return
+    assert 1 <= len(name) <= 63 and name.isascii() and name.isprintable() and not name.isdigit()
+    assert " " not in name and "/" not in name
+
+
+def test_tokens_are_stored_hashed_and_checked_in_constant_time() -> None:
+    t = credentials.issue("cvat")
+    prefix, secret = credentials.split(t.text, "cvat") or ("", "")
+    assert prefix == t.prefix and credentials.check_secret(secret, t.digest)
+    assert not credentials.check_secret(secret + "x", t.digest)
+    assert t.digest != secret.encode() and len(t.digest) == 32
+    assert credentials.split(t.text, "cvet") is None and credentials.split("cvat__x", "cvat") is None
+
+
+def test_passwords_use_argon2() -> None:
+    h = credentials.hash_password("correct horse battery")
+    assert h.startswith("$argon2id$")
+    assert credentials.check_password("correct horse battery", h)
+    assert not credentials.check_password("wrong", h) and not credentials.check_password("x", "garbage")
+
+
+def test_admin_conf_round_trip() -> None:
+    text = (
+        "# c\nserver = https://h:1\ntoken = cvat_a_b\nca =\n  -----BEGIN CERTIFICATE-----\n  AAA\n"
+        "  -----END CERTIFICATE-----\n"
+    )
+    c = parse_admin_conf(text)
+    assert c.server == "https://h:1" and c.token == "cvat_a_b"
+    assert c.ca_pem == "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        parse_admin_conf("colour = red\n")
+    with pytest.raises(ValueError, match="expected 'key = value'"):
+        parse_admin_conf("justtext\n")
+
+
+def test_table_cells() -> None:
+    assert cell(None) == "-" and cell(True) == "yes" and cell([]) == "-" and cell(["a", "b"]) == "a,b"
+    assert cell("2026-11-26T10:43:30.450747Z") == "2026-11-26 10:43:30"
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    b = Backoff(base=1, cap=8, rng=random.Random(1))
+    delays = [b.next() for _ in range(8)]
+    assert 0.5 <= delays[0] <= 1 and all(d <= 8 for d in delays) and delays[-1] >= 4
+    b.reset()
+    assert b.next() <= 1
