@@ -1,3 +1,6 @@
-"""cvlan.controller.mapper."""
+"""Per-CVLAN peer maps (versioned, cached, pre-encoded) and the buffered liveness writer."""
 
-__all__: list[str] = []
+from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
+from cvlan.controller.mapper.liveness import LivenessBuffer
+
+__all__ = ["CvlanMap", "LivenessBuffer", "Mapper", "Member"]

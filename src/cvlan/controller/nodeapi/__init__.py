@@ -1,3 +1,5 @@
-"""cvlan.controller.nodeapi."""
+"""The node API (/v1/...): discover, register, poll with long-poll, renew, report."""
 
-__all__: list[str] = []
+from cvlan.controller.nodeapi.handlers import NODEAPI_KEY, NodeApi, install
+
+__all__ = ["NODEAPI_KEY", "NodeApi", "install"]

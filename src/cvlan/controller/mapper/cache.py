@@ -1,0 +1,336 @@
+"""Per-CVLAN peer maps held in memory, versioned, and assembled from pre-encoded pieces.
+
+A poll whose map version equals the CVLAN's current token is answered without touching the
+database. Any committed change to a CVLAN (ops.context.bump -> on_cvlan_changed) drops its map and
+wakes its long-polls; the next poll loads it again, once, however many members ask at the same time.
+
+Map version token (opaque to nodes, see node.proto NetworkMap.version):
+    db_version << 24 | generation (8 bits) << 16 | epoch (16 bits)
+db_version is cvlans.version (bumped in the transaction of every change); generation is a
+per-process-start counter kept in the database, so a restarted controller never reuses the token
+of a different map; epoch counts in-memory changes (endpoints reported by polls, relay map) of the
+CVLAN since this process started."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vrouter, VrouterCvlan
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops.context import OpsContext
+from cvlan.wire import nodeproto
+from cvlan.wire.pb import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+GENERATION_KEY = "mapper_generation"
+
+
+@dataclass
+class Member:
+    """One node of a CVLAN as the map shows it."""
+
+    node_id: int
+    tenant_id: int
+    name: str
+    address: str
+    wg_key: bytes
+    endpoints: list[str]
+    home_relay_region: str
+    online: bool
+    chunk: bytes = b""
+    self_part: bytes = b""
+
+
+@dataclass
+class CvlanMap:
+    """The current map of one CVLAN: its members and the encoded pieces every member's map shares."""
+
+    cvlan_id: int
+    tenant_id: int
+    name: str
+    subnet: str
+    mode: str
+    db_version: int
+    token: int
+    members: dict[int, Member]
+    vrouters: list[pb.VrouterPeer]
+    via_vrouter: bool
+    common: bytes = b""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def body_for(self, node_id: int, head: pb.PollResponse) -> bytes:
+        """The encoded PollResponse carrying node_id's full map (every member but itself as a peer)."""
+        parts = [self.common, self.members[node_id].self_part]
+        parts += [m.chunk for nid, m in self.members.items() if nid != node_id]
+        return nodeproto.compose_poll_response(head, parts)
+
+
+class Mapper:
+    """Holds the maps, loads them on demand, and wakes long-polls when they change."""
+
+    def __init__(self, ctx: OpsContext) -> None:
+        self.ctx = ctx
+        self.generation = 0
+        self._maps: dict[int, CvlanMap] = {}
+        self._loading: dict[int, asyncio.Future[CvlanMap]] = {}
+        self._epochs: dict[int, int] = {}
+        self._node_cvlan: dict[int, int] = {}
+        self._wakers: dict[int, asyncio.Event] = {}
+        self.relay_map = pb.RelayMap()
+        self._relay_bytes = b""
+        self.loads = 0
+        """How many maps were loaded from the database (for tests and metrics)."""
+
+    async def start(self) -> None:
+        """Take a new generation number (one write at start) and load the relay map."""
+        async with self.ctx.tx() as s:
+            row = await s.get(KeyValue, GENERATION_KEY, with_for_update=True)
+            if row is None:
+                row = KeyValue(key=GENERATION_KEY, value="0")
+                s.add(row)
+            self.generation = (int(row.value) + 1) & 0xFF
+            row.value = str(self.generation)
+        await self.refresh_relays()
+
+    # --- invalidation ------------------------------------------------------------------
+
+    def on_changed(self, cvlan_ids: set[int]) -> None:
+        """Post-commit hook: drop the maps of changed CVLANs and wake their long-polls."""
+        for cid in cvlan_ids:
+            self._maps.pop(cid, None)
+            self._wake(cid)
+
+    def _wake(self, cid: int) -> None:
+        ev = self._wakers.pop(cid, None)
+        if ev is not None:
+            ev.set()
+
+    def waiter(self, cid: int) -> asyncio.Event:
+        """An event set at the next change of the CVLAN (shared by all its long-polls)."""
+        ev = self._wakers.get(cid)
+        if ev is None:
+            ev = self._wakers[cid] = asyncio.Event()
+        return ev
+
+    def _next_token(self, cid: int, db_version: int) -> int:
+        e = (self._epochs.get(cid, 0) + 1) & 0xFFFF
+        self._epochs[cid] = e
+        return (db_version << 24) | (self.generation << 16) | e
+
+    # --- relay map -----------------------------------------------------------------------
+
+    async def refresh_relays(self) -> bool:
+        """Reload the relay map; if it changed, every map changes. Returns whether it changed."""
+        async with self.ctx.tx() as s:
+            rows = (
+                await s.execute(select(Region.name, Relay).outerjoin(Relay).order_by(Region.name, Relay.name))
+            ).all()
+        regions: dict[str, pb.RelayRegion] = {}
+        for region, relay in rows:
+            r = regions.setdefault(region, pb.RelayRegion(name=region))
+            if relay is not None:
+                r.relays.append(pb.RelayNode(name=relay.name, url=relay.url, stun=relay.stun))
+        rm = pb.RelayMap(regions=list(regions.values()))
+        raw = rm.SerializeToString(deterministic=True)
+        if raw == self._relay_bytes:
+            return False
+        self.relay_map, self._relay_bytes = rm, raw
+        self.on_changed(set(self._maps))
+        return True
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    async def map_for_node(self, node_id: int, tenant_id: int, wg_key: bytes) -> tuple[CvlanMap, Member]:
+        """The map of the node's CVLAN and the node's entry. UNAUTHENTICATED if it was deleted or disabled."""
+        cid = self._node_cvlan.get(node_id)
+        if cid is not None:
+            m = await self.get(cid)
+            me = m.members.get(node_id)
+            if me is not None and me.wg_key == wg_key and me.tenant_id == tenant_id:
+                return m, me
+        cid = await self._lookup_node(node_id, tenant_id, wg_key)
+        m = await self.get(cid)
+        me = m.members.get(node_id)
+        if me is None or me.wg_key != wg_key:
+            raise revoked(node_id)
+        return m, me
+
+    async def _lookup_node(self, node_id: int, tenant_id: int, wg_key: bytes) -> int:
+        async with self.ctx.tx() as s:
+            row = (
+                await s.execute(
+                    select(Node.cvlan_id, Node.disabled, Node.wg_public_key).where(
+                        Node.id == node_id, Node.tenant_id == tenant_id
+                    )
+                )
+            ).first()
+        if row is None or row.disabled or row.wg_public_key != wg_key:
+            self._node_cvlan.pop(node_id, None)
+            raise revoked(node_id)
+        return int(row.cvlan_id)
+
+    async def get(self, cid: int) -> CvlanMap:
+        """The current map of a CVLAN, loading it (once for all concurrent callers) if needed."""
+        m = self._maps.get(cid)
+        if m is not None:
+            return m
+        fut = self._loading.get(cid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._loading[cid] = fut
+            try:
+                m = await self._load(cid)
+            except BaseException as e:
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved: concurrent waiters (if any) re-raise it
+                raise
+            finally:
+                self._loading.pop(cid, None)
+            fut.set_result(m)
+            return m
+        return await asyncio.shield(fut)
+
+    async def _load(self, cid: int) -> CvlanMap:
+        async with self.ctx.tx() as s:
+            c = await s.get(Cvlan, cid)
+            if c is None:
+                raise DomainError(
+                    Kind.UNAUTHENTICATED, "the node's CVLAN has been deleted; re-enrol the node"
+                )
+            nodes = list(await s.scalars(select(Node).where(Node.cvlan_id == cid, Node.disabled.is_(False))))
+            vrs = await _vrouters(s, c)
+        self.loads += 1
+        now = self.ctx.now()
+        offline = self.ctx.settings.offline_after_s
+        members = {
+            n.id: Member(
+                node_id=n.id,
+                tenant_id=n.tenant_id,
+                name=n.name,
+                address=n.address,
+                wg_key=n.wg_public_key,
+                endpoints=list(n.endpoints or []),
+                home_relay_region=n.home_relay_region,
+                online=n.last_seen is not None and (now - n.last_seen).total_seconds() < offline,
+            )
+            for n in nodes
+        }
+        m = CvlanMap(
+            cvlan_id=c.id,
+            tenant_id=c.tenant_id,
+            name=c.name,
+            subnet=c.subnet,
+            mode=c.mode,
+            db_version=c.version,
+            token=0,
+            members=members,
+            vrouters=vrs,
+            via_vrouter=c.mode == "hub" and any(v.wg_public_key for v in vrs),
+        )
+        self._retoken(m)
+        for mem in members.values():
+            self._encode_member(m, mem)
+            self._node_cvlan[mem.node_id] = cid
+        if cid not in self._maps or self._maps[cid].db_version <= m.db_version:
+            self._maps[cid] = m
+        return m
+
+    def _retoken(self, m: CvlanMap) -> None:
+        m.token = self._next_token(m.cvlan_id, m.db_version)
+        m.common = pb.NetworkMap(
+            version=m.token, vrouters=m.vrouters, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode
+        ).SerializeToString()
+
+    def _encode_member(self, m: CvlanMap, mem: Member) -> None:
+        addr = f"{mem.address}/32"
+        peer = pb.Peer(
+            node_id=mem.node_id,
+            name=mem.name,
+            wg_public_key=mem.wg_key,
+            address=addr,
+            endpoints=mem.endpoints,
+            home_relay_region=mem.home_relay_region,
+            online=mem.online,
+            allowed_ips=[] if m.via_vrouter else [addr],
+            route=pb.PEER_ROUTE_VIA_VROUTER if m.via_vrouter else pb.PEER_ROUTE_DIRECT,
+        )
+        mem.chunk = nodeproto.peer_chunk(peer)
+        mem.self_part = pb.NetworkMap(
+            self=pb.SelfNode(
+                node_id=mem.node_id,
+                name=mem.name,
+                address=addr,
+                tenant_id=m.tenant_id,
+                cvlan_id=m.cvlan_id,
+                cvlan_name=m.name,
+            )
+        ).SerializeToString()
+
+    # --- in-memory changes -------------------------------------------------------------------
+
+    def update_endpoints(
+        self, m: CvlanMap, me: Member, endpoints: Iterable[str] | None, region: str | None
+    ) -> bool:
+        """Apply what a poll reported. If the node's peers would see something new, the CVLAN gets a new
+        token and its long-polls wake. Returns whether anything changed."""
+        eps = list(endpoints) if endpoints is not None else me.endpoints
+        reg = region if region is not None else me.home_relay_region
+        if eps == me.endpoints and reg == me.home_relay_region:
+            return False
+        me.endpoints, me.home_relay_region = eps, reg
+        self._encode_member(m, me)
+        if self._maps.get(m.cvlan_id) is m:
+            self._retoken(m)
+            self._wake(m.cvlan_id)
+        return True
+
+
+def revoked(node_id: int) -> DomainError:
+    return DomainError(
+        Kind.UNAUTHENTICATED,
+        f"node {node_id} has been deleted or disabled; re-enrol it with a new token",
+        {"reason": "revoked"},
+    )
+
+
+async def _vrouters(s: AsyncSession, c: Cvlan) -> list[pb.VrouterPeer]:
+    rows = (
+        await s.execute(
+            select(Vrouter, Region.name)
+            .join(VrouterCvlan, VrouterCvlan.vrouter_id == Vrouter.id)
+            .join(Region, Region.id == Vrouter.region_id)
+            .where(VrouterCvlan.cvlan_id == c.id)
+            .order_by(Vrouter.id)
+        )
+    ).all()
+    return [
+        pb.VrouterPeer(
+            vrouter_id=v.id,
+            name=v.name,
+            region=rn,
+            wg_public_key=v.wg_public_key or b"",
+            endpoint=v.endpoint,
+            allowed_ips=[c.subnet],
+        )
+        for v, rn in rows
+    ]
+
+
+def valid_endpoint(text: str) -> bool:
+    """ip:port with an IPv4 or [IPv6] address and a port in 1..65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

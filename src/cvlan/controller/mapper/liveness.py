@@ -1,0 +1,110 @@
+"""Liveness, endpoints and health reported by polls: buffered in memory, written in batches.
+
+A poll never writes to the database. Every flush (settings.liveness_flush_s) writes all pending
+rows with one executemany UPDATE per column set, in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, bindparam, update
+
+from cvlan.controller.db.models import Node
+from cvlan.controller.errors import DomainError
+from cvlan.controller.ops.context import OpsContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    last_seen: dt.datetime
+    map_version: int
+    health: dict[str, Any] | None = None
+    endpoints: list[str] | None = None
+    home_relay_region: str | None = None
+
+
+class LivenessBuffer:
+    """Pending per-node observations, newest wins; flushed by a background task."""
+
+    def __init__(self, ctx: OpsContext) -> None:
+        self.ctx = ctx
+        self._pending: dict[int, Pending] = {}
+        self.flushes = 0
+        self.rows_written = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def seen(self, node_id: int, map_version: int, health: dict[str, Any] | None = None) -> None:
+        p = self._pending.get(node_id)
+        now = self.ctx.now()
+        if p is None:
+            self._pending[node_id] = Pending(now, map_version, health)
+            return
+        p.last_seen, p.map_version = now, map_version
+        if health is not None:
+            p.health = health
+
+    def endpoints(self, node_id: int, endpoints: list[str], region: str) -> None:
+        p = self._pending.get(node_id)
+        if p is None:
+            p = self._pending[node_id] = Pending(self.ctx.now(), 0)
+        p.endpoints, p.home_relay_region = endpoints, region
+
+    async def flush(self) -> int:
+        """Write everything pending. On failure the rows are put back (newer observations win)."""
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, {}
+        base = [{"b_id": k, "b_seen": p.last_seen, "b_ver": p.map_version} for k, p in batch.items()]
+        health = [{"b_id": k, "b_health": p.health} for k, p in batch.items() if p.health is not None]
+        eps = [
+            {"b_id": k, "b_eps": p.endpoints, "b_region": p.home_relay_region or ""}
+            for k, p in batch.items()
+            if p.endpoints is not None
+        ]
+        t = Node.__table__
+        assert isinstance(t, Table)
+        try:
+            async with self.ctx.tx() as s:
+                await s.execute(
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"))
+                    .values(last_seen=bindparam("b_seen"), map_version=bindparam("b_ver")),
+                    base,
+                )
+                if health:
+                    await s.execute(
+                        update(t).where(t.c.id == bindparam("b_id")).values(health=bindparam("b_health")),
+                        health,
+                    )
+                if eps:
+                    await s.execute(
+                        update(t)
+                        .where(t.c.id == bindparam("b_id"))
+                        .values(endpoints=bindparam("b_eps"), home_relay_region=bindparam("b_region")),
+                        eps,
+                    )
+        except (DomainError, OSError) as e:
+            for k, p in batch.items():
+                self._pending.setdefault(k, p)
+            log.warning("liveness flush failed; will retry", extra={"reason": str(e)[:200]})
+            return 0
+        self.flushes += 1
+        self.rows_written += len(batch)
+        return len(batch)
+
+    async def run(self, interval: float) -> None:
+        """Flush every interval seconds until cancelled (then flush once more)."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())

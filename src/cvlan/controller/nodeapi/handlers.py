@@ -1,0 +1,268 @@
+"""The node API: /v1/discover, /v1/register, /v1/poll (with long-poll), /v1/renew, /v1/report.
+
+Bodies are protobuf (cvlan.wire.pb.node_pb2); JSON is accepted and answered for debugging.
+Errors are raised as DomainError and rendered by the application's one error middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
+
+from aiohttp import web
+from google.protobuf.message import Message
+from prometheus_client import Counter
+
+from cvlan import __version__
+from cvlan.controller.ca import CertificateAuthority
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.mapper.cache import Mapper, valid_endpoint
+from cvlan.controller.mapper.liveness import LivenessBuffer
+from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
+from cvlan.controller.ops import registration
+from cvlan.controller.ops.context import OpsContext
+from cvlan.wire import nodeproto as wire
+from cvlan.wire.pb import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_LONG_POLL_S = 60
+RELAY_REFRESH_S = 10.0
+POLLS = Counter("cvlan_node_polls_total", "Node polls", ["result"])
+REGISTRATIONS = Counter("cvlan_node_registrations_total", "Node registrations", ["result"])
+
+M = TypeVar("M", bound=Message)
+
+
+class NodeApi:
+    """State of the node API: map cache, liveness buffer, identity resolver, CA."""
+
+    def __init__(self, ctx: OpsContext, ca: CertificateAuthority) -> None:
+        self.ctx = ctx
+        self.ca = ca
+        self.mapper = Mapper(ctx)
+        self.liveness = LivenessBuffer(ctx)
+        self.identity = IdentityResolver(ca, ctx.settings.trusted_proxies)
+        self.ca_pem = ca.cert_pem.decode()
+        ctx.on_cvlan_changed.append(self.mapper.on_changed)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def body(self, request: web.Request, cls: type[M]) -> tuple[M, str]:
+        ct = request.content_type if request.content_type == wire.CT_JSON else wire.CT_PROTO
+        if request.content_length is not None and request.content_length > wire.MAX_REQUEST_BYTES:
+            raise DomainError(Kind.TOO_LARGE, f"request body is larger than {wire.MAX_REQUEST_BYTES} bytes")
+        raw = await request.read()
+        if len(raw) > wire.MAX_REQUEST_BYTES:
+            raise DomainError(Kind.TOO_LARGE, f"request body is larger than {wire.MAX_REQUEST_BYTES} bytes")
+        try:
+            msg = wire.decode(cls, raw, ct)
+        except wire.WireError as e:
+            raise DomainError(Kind.INVALID, str(e)) from e
+        refusal = wire.check_capver(getattr(msg, "capability_version", wire.CAPABILITY_VERSION))
+        if refusal:
+            raise DomainError(Kind.PRECONDITION, refusal, {"reason": "capability_version"})
+        return msg, ct
+
+    def reply(self, msg: Message | bytes, ct: str, cls: type[Message] | None = None) -> web.Response:
+        if isinstance(msg, bytes):
+            if ct != wire.CT_JSON:
+                return web.Response(body=msg, content_type=wire.CT_PROTO)
+            assert cls is not None
+            msg = wire.decode(cls, msg)
+        return web.Response(body=wire.encode(msg, ct), content_type=ct)
+
+    def caller(self, ident: NodeIdentity) -> registration.Caller:
+        return registration.Caller(ident.node_id, ident.tenant_id, ident.wg_key)
+
+    # --- routes --------------------------------------------------------------------------------
+
+    async def discover(self, request: web.Request) -> web.Response:
+        ct = wire.CT_JSON if wire.CT_JSON in request.headers.get("Accept", "") else wire.CT_PROTO
+        msg = pb.DiscoverResponse(
+            capability_version=wire.CAPABILITY_VERSION,
+            min_capability_version=wire.MIN_SUPPORTED_CAPVER,
+            ca_pem=self.ca_pem,
+            ca_fingerprint=self.ca.fingerprint,
+            relay_map=self.mapper.relay_map,
+            poll_interval_s=self.ctx.settings.poll_interval_s,
+            max_long_poll_s=MAX_LONG_POLL_S,
+            server_version=__version__,
+        )
+        return self.reply(msg, ct)
+
+    async def register(self, request: web.Request) -> web.Response:
+        req, ct = await self.body(request, pb.RegisterRequest)
+        ident = self.identity.optional(request, self.ctx.now())
+        if len(req.hostname) > 253 or len(req.os_info) > 200:
+            raise DomainError(Kind.INVALID, "hostname or os_info is too long", {"field": "hostname"})
+        try:
+            async with self.ctx.tx() as s:
+                got = await registration.register(
+                    self.ctx,
+                    s,
+                    self.ca,
+                    token=req.token,
+                    wg_public_key=req.wg_public_key,
+                    csr_pem=req.csr_pem,
+                    hostname=req.hostname,
+                    os_info=req.os_info,
+                    caller=self.caller(ident) if ident else None,
+                )
+        except DomainError as e:
+            REGISTRATIONS.labels(e.kind.value).inc()
+            raise
+        REGISTRATIONS.labels("ok").inc()
+        n, c = got.node, got.cvlan
+        log.info("node registered", extra={"tenant_id": n.tenant_id, "node_id": n.id})
+        return self.reply(
+            pb.RegisterResponse(
+                node_id=n.id,
+                node_name=n.name,
+                address=f"{n.address}/32",
+                tenant_id=n.tenant_id,
+                cvlan_id=c.id,
+                cvlan_name=c.name,
+                cvlan_subnet=c.subnet,
+                certificate_pem=got.cert_pem,
+                certificate_not_after=int(got.not_after.timestamp()),
+                ca_pem=self.ca_pem,
+                relay_map=self.mapper.relay_map,
+                poll_interval_s=self.ctx.settings.poll_interval_s,
+            ),
+            ct,
+        )
+
+    async def poll(self, request: web.Request) -> web.Response:
+        ident = self.identity.require(request, self.ctx.now())
+        req, ct = await self.body(request, pb.PollRequest)
+        eps = _endpoints(req.endpoints)
+        if len(req.home_relay_region) > 63:
+            raise DomainError(Kind.INVALID, "home_relay_region is too long", {"field": "home_relay_region"})
+        m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
+        region = req.home_relay_region or None
+        if (eps or region) and self.mapper.update_endpoints(m, me, eps or None, region):
+            self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
+        self.liveness.seen(ident.node_id, req.map_version, _health(req) if req.HasField("health") else None)
+        wait = min(req.long_poll_s, MAX_LONG_POLL_S)
+        if req.map_version == m.token and wait > 0:
+            waiter = self.mapper.waiter(m.cvlan_id)
+            try:
+                await asyncio.wait_for(waiter.wait(), wait)
+            except TimeoutError:
+                pass
+            else:
+                m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
+        head = pb.PollResponse(
+            map_version=m.token,
+            poll_interval_s=self.ctx.settings.poll_interval_s,
+            certificate_not_after=int(ident.not_after.timestamp()),
+        )
+        if req.map_version == m.token:
+            POLLS.labels("unchanged").inc()
+            head.unchanged = True
+            return self.reply(head, ct)
+        POLLS.labels("full").inc()
+        return self.reply(m.body_for(ident.node_id, head), ct, pb.PollResponse)
+
+    async def renew(self, request: web.Request) -> web.Response:
+        ident = self.identity.require(request, self.ctx.now())
+        req, ct = await self.body(request, pb.RenewRequest)
+        async with self.ctx.tx() as s:
+            pem, not_after = await registration.renew(self.ctx, s, self.ca, self.caller(ident), req.csr_pem)
+        log.info("node certificate renewed", extra={"tenant_id": ident.tenant_id, "node_id": ident.node_id})
+        return self.reply(
+            pb.RenewResponse(
+                certificate_pem=pem, certificate_not_after=int(not_after.timestamp()), ca_pem=self.ca_pem
+            ),
+            ct,
+        )
+
+    async def report(self, request: web.Request) -> web.Response:
+        ident = self.identity.require(request, self.ctx.now())
+        req, ct = await self.body(request, pb.ReportRequest)
+        m, _ = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
+        if len(req.denied_flows) > wire.MAX_DENIED_FLOWS:
+            raise DomainError(Kind.INVALID, f"at most {wire.MAX_DENIED_FLOWS} denied flows per report")
+        flows = [_flow(f) for f in req.denied_flows]
+        if req.HasField("health"):
+            self.liveness.seen(ident.node_id, req.health.applied_version, _health(req))
+        accepted = 0
+        if flows:
+            async with self.ctx.tx() as s:
+                accepted = await registration.report_denied(
+                    self.ctx, s, self.caller(ident), m.cvlan_id, flows
+                )
+        return self.reply(pb.ReportResponse(accepted=accepted), ct)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def background(self, _: web.Application) -> AsyncIterator[None]:
+        await self.mapper.start()
+        tasks = [
+            asyncio.create_task(self.liveness.run(self.ctx.settings.liveness_flush_s), name="liveness-flush"),
+            asyncio.create_task(self._relay_loop(), name="relay-refresh"),
+        ]
+        yield
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _relay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELAY_REFRESH_S)
+            try:
+                await self.mapper.refresh_relays()
+            except DomainError as e:
+                log.warning("relay map refresh failed", extra={"reason": e.message})
+
+
+def _endpoints(raw: Iterable[str]) -> list[str]:
+    eps = list(raw)
+    if len(eps) > wire.MAX_ENDPOINTS:
+        raise DomainError(Kind.INVALID, f"at most {wire.MAX_ENDPOINTS} endpoints", {"field": "endpoints"})
+    for e in eps:
+        if len(e) > wire.MAX_ENDPOINT_LEN or not valid_endpoint(e):
+            raise DomainError(Kind.INVALID, f"endpoint {e[:70]!r}: expected ip:port", {"field": "endpoints"})
+    return list(dict.fromkeys(eps))
+
+
+def _health(req: pb.PollRequest | pb.ReportRequest) -> dict[str, object]:
+    h = req.health
+    return {
+        "peers_total": h.peers_total,
+        "peers_direct": h.peers_direct,
+        "peers_relay": h.peers_relay,
+        "applied_version": h.applied_version,
+        "dataplane_error": h.dataplane_error[:200],
+    }
+
+
+def _flow(f: pb.DeniedFlow) -> tuple[str, str, str, int, int]:
+    try:
+        src, dst = str(ipaddress.ip_address(f.src)), str(ipaddress.ip_address(f.dst))
+    except ValueError as e:
+        raise DomainError(Kind.INVALID, f"denied flow: {e}", {"field": "denied_flows"}) from e
+    if f.proto not in ("tcp", "udp", "icmp", "icmpv6", "other") or f.dport > 65535:
+        raise DomainError(
+            Kind.INVALID, f"denied flow: bad proto {f.proto[:10]!r} or port", {"field": "denied_flows"}
+        )
+    return src, dst, f.proto, f.dport, min(f.packets, 2**62)
+
+
+NODEAPI_KEY = web.AppKey("nodeapi", NodeApi)
+
+
+def install(app: web.Application, ctx: OpsContext, ca: CertificateAuthority) -> NodeApi:
+    """Add the node API routes and background tasks to the controller's application."""
+    api = NodeApi(ctx, ca)
+    app[NODEAPI_KEY] = api
+    app.router.add_get("/v1/discover", api.discover)
+    app.router.add_post("/v1/register", api.register)
+    app.router.add_post("/v1/poll", api.poll)
+    app.router.add_post("/v1/renew", api.renew)
+    app.router.add_post("/v1/report", api.report)
+    app.cleanup_ctx.append(api.background)
+    return api

@@ -1,0 +1,143 @@
+"""Who is calling the node API: the verified client certificate of the TLS connection, or the
+certificate a trusted TLS-terminating proxy forwarded in X-Client-Cert.
+
+The embedded listener asks for client certificates but does not require them (CERT_OPTIONAL), so
+the management API keeps working without one; node routes require one here. OpenSSL has already
+verified any certificate a connection carries against the controller CA; what is left is to read
+the identity extensions (cached by certificate) and to check the validity period per request,
+because a keep-alive connection can outlive its certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from cvlan.controller.ca import CertificateAuthority, identity_of
+from cvlan.controller.errors import DomainError, Kind
+
+CACHE_SIZE = 200_000
+NODE_KIND = "node"
+PROXY_CERT_HEADER = "X-Client-Cert"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """The node a request comes from, as its certificate says."""
+
+    node_id: int
+    tenant_id: int
+    cvlan_id: int
+    wg_key: bytes
+    serial: int
+    not_after: dt.datetime
+
+
+def parse_identity(cert: x509.Certificate) -> NodeIdentity:
+    ident = identity_of(cert)
+    if ident.get("kind") != NODE_KIND:
+        raise DomainError(Kind.FORBIDDEN, "this certificate is not a node certificate")
+    try:
+        return NodeIdentity(
+            node_id=int(ident["node_id"]),
+            tenant_id=int(ident["tenant_id"]),
+            cvlan_id=int(ident["cvlan_id"]),
+            wg_key=bytes.fromhex(ident["wg_key"]),
+            serial=cert.serial_number,
+            not_after=cert.not_valid_after_utc,
+        )
+    except (KeyError, ValueError) as e:
+        raise DomainError(
+            Kind.UNAUTHENTICATED, "client certificate lacks the node identity extensions"
+        ) from e
+
+
+class IdentityResolver:
+    """Maps a request to its NodeIdentity, with a bounded cache keyed by the certificate bytes."""
+
+    def __init__(self, ca: CertificateAuthority, trusted_proxies: list[str]) -> None:
+        self.ca = ca
+        self._cache: OrderedDict[bytes, NodeIdentity] = OrderedDict()
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+
+    def optional(self, request: web.Request, now: dt.datetime) -> NodeIdentity | None:
+        """The caller's identity, or None if the request carries no client certificate."""
+        der = _peer_der(request)
+        if der is not None:
+            ident = self._cached(der, lambda: x509.load_der_x509_certificate(der))
+        else:
+            header = request.headers.get(PROXY_CERT_HEADER)
+            if not header or not self._from_proxy(request):
+                return None
+            key = header.encode()
+            ident = self._cached(key, lambda: self._verify_forwarded(header, now))
+        if ident.not_after <= now:
+            raise DomainError(
+                Kind.UNAUTHENTICATED,
+                f"the node certificate expired at {ident.not_after:%Y-%m-%d %H:%M:%S}Z; "
+                "re-enrol the node with a new token",
+                {"reason": "certificate_expired"},
+            )
+        return ident
+
+    def require(self, request: web.Request, now: dt.datetime) -> NodeIdentity:
+        ident = self.optional(request, now)
+        if ident is None:
+            raise DomainError(
+                Kind.UNAUTHENTICATED,
+                "a node client certificate is required (mutual TLS)",
+                {"reason": "no_certificate"},
+            )
+        return ident
+
+    def _cached(self, key: bytes, load: Callable[[], x509.Certificate]) -> NodeIdentity:
+        ident = self._cache.get(key)
+        if ident is not None:
+            return ident
+        try:
+            cert = load()
+        except ValueError as e:
+            raise DomainError(Kind.UNAUTHENTICATED, "client certificate cannot be parsed") from e
+        ident = parse_identity(cert)
+        self._cache[key] = ident
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return ident
+
+    def _from_proxy(self, request: web.Request) -> bool:
+        if not self._proxies or request.remote is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(request.remote)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._proxies)
+
+    def _verify_forwarded(self, header: str, now: dt.datetime) -> x509.Certificate:
+        """A proxy-forwarded PEM (URL-escaped, as nginx $ssl_client_escaped_cert): check it is ours."""
+        cert = x509.load_pem_x509_certificate(urllib.parse.unquote(header).encode())
+        try:
+            cert.verify_directly_issued_by(self.ca.cert)
+        except (ValueError, TypeError, InvalidSignature) as e:
+            raise DomainError(Kind.UNAUTHENTICATED, "forwarded client certificate is not from this CA") from e
+        if cert.not_valid_before_utc > now:
+            raise DomainError(Kind.UNAUTHENTICATED, "forwarded client certificate is not valid yet")
+        return cert
+
+
+def _peer_der(request: web.Request) -> bytes | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    return der if der else None

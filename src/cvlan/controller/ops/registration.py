@@ -1,0 +1,194 @@
+"""Node registration and certificate renewal: the writes of the node API.
+
+Registration is one transaction: the token's use is counted (atomically, ops.cvlans.consume_token),
+the node and its address are created (ops.nodes.create) and its certificate recorded. The answer is
+sent only after commit, so a node that got a success exists exactly once, and a failure anywhere
+(including a crash) leaves nothing behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import ca as ca_mod
+from cvlan.controller.ca import CertificateAuthority
+from cvlan.controller.db.models import Cvlan, Node
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.ops.context import OpsContext
+
+MAX_CSR_BYTES = 8192
+_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The certificate identity of a registering node, if it presented one."""
+
+    node_id: int
+    tenant_id: int
+    wg_key: bytes
+
+
+@dataclass(frozen=True)
+class Issued:
+    node: Node
+    cvlan: Cvlan
+    cert_pem: str
+    not_after: dt.datetime
+
+
+def check_csr(csr_pem: str) -> bytes:
+    """The CSR as bytes if it parses, its signature checks and its key is ECDSA P-256 or Ed25519."""
+    raw = csr_pem.encode()
+    if not raw or len(raw) > MAX_CSR_BYTES:
+        raise DomainError(
+            Kind.INVALID, f"csr_pem must be a PEM CSR of at most {MAX_CSR_BYTES} bytes", {"field": "csr_pem"}
+        )
+    try:
+        csr = x509.load_pem_x509_csr(raw)
+        ok = csr.is_signature_valid
+        key = csr.public_key()
+    except ValueError as e:
+        raise DomainError(
+            Kind.INVALID, "csr_pem is not a valid PEM certificate request", {"field": "csr_pem"}
+        ) from e
+    if not ok:
+        raise DomainError(Kind.INVALID, "csr_pem signature does not verify", {"field": "csr_pem"})
+    if not (
+        isinstance(key, ed25519.Ed25519PublicKey)
+        or (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1))
+    ):
+        raise DomainError(Kind.INVALID, "csr_pem key must be ECDSA P-256 or Ed25519", {"field": "csr_pem"})
+    return raw
+
+
+def clean_hostname(hostname: str) -> str:
+    """A valid node name derived from a machine's hostname (first label, odd characters to '-')."""
+    first = hostname.strip().split(".")[0]
+    name = _BAD_NAME_CHARS.sub("-", first).strip("-._")[:55]
+    if not name or name.isdigit():
+        name = f"node-{name}" if name else "node"
+    return name
+
+
+def issue_cert(
+    ctx: OpsContext, authority: CertificateAuthority, node: Node, csr: bytes
+) -> tuple[str, dt.datetime]:
+    now = ctx.now()
+    cert = authority.issue_client(
+        csr,
+        common_name=f"node-{node.id}",
+        lifetime=dt.timedelta(seconds=ctx.settings.node_cert_lifetime_s),
+        identity={
+            ca_mod.OID_NODE_ID: str(node.id),
+            ca_mod.OID_TENANT_ID: str(node.tenant_id),
+            ca_mod.OID_CVLAN_ID: str(node.cvlan_id),
+            ca_mod.OID_WG_KEY: node.wg_public_key.hex(),
+            ca_mod.OID_KIND: "node",
+        },
+        now=now,
+    )
+    node.cert_serial = format(cert.serial_number, "x")
+    node.cert_not_after = cert.not_valid_after_utc
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), cert.not_valid_after_utc
+
+
+async def register(
+    ctx: OpsContext,
+    s: AsyncSession,
+    authority: CertificateAuthority,
+    *,
+    token: str,
+    wg_public_key: bytes,
+    csr_pem: str,
+    hostname: str,
+    os_info: str,
+    caller: Caller | None,
+) -> Issued:
+    """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent)."""
+    if len(wg_public_key) != 32:
+        raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
+    csr = check_csr(csr_pem)
+    existing = await s.scalar(select(Node).where(Node.wg_public_key == wg_public_key))
+    if existing is not None:
+        if (
+            caller is None
+            or caller.node_id != existing.id
+            or caller.wg_key != wg_public_key
+            or existing.disabled
+        ):
+            raise DomainError(
+                Kind.CONFLICT,
+                "a node with this WireGuard key is already registered; use a new key or delete that node",
+                {"field": "wg_public_key"},
+            )
+        c = await s.get(Cvlan, existing.cvlan_id)
+        assert c is not None
+        pem, not_after = issue_cert(ctx, authority, existing, csr)
+        return Issued(existing, c, pem, not_after)
+    if not token:
+        raise DomainError(Kind.UNAUTHENTICATED, "an enrollment token is required", {"field": "token"})
+    tok = await cvlans.consume_token(ctx, s, token)
+    if caller is not None and caller.tenant_id != tok.tenant_id:
+        raise DomainError(
+            Kind.FORBIDDEN, "this enrollment token belongs to another tenant than the calling node"
+        )
+    node = await nodes.create(ctx, s, tok, wg_public_key, clean_hostname(hostname), os_info)
+    pem, not_after = issue_cert(ctx, authority, node, csr)
+    c = await s.get(Cvlan, node.cvlan_id)
+    assert c is not None
+    return Issued(node, c, pem, not_after)
+
+
+async def renew(
+    ctx: OpsContext, s: AsyncSession, authority: CertificateAuthority, caller: Caller, csr_pem: str
+) -> tuple[str, dt.datetime]:
+    """A new certificate for the calling node (its current one must still be valid)."""
+    csr = check_csr(csr_pem)
+    node = await s.scalar(
+        select(Node).where(Node.id == caller.node_id, Node.tenant_id == caller.tenant_id).with_for_update()
+    )
+    if node is None or node.disabled or node.wg_public_key != caller.wg_key:
+        raise DomainError(
+            Kind.UNAUTHENTICATED,
+            f"node {caller.node_id} has been deleted or disabled; re-enrol it with a new token",
+            {"reason": "revoked"},
+        )
+    return issue_cert(ctx, authority, node, csr)
+
+
+async def report_denied(
+    ctx: OpsContext,
+    s: AsyncSession,
+    caller: Caller,
+    cvlan_id: int,
+    flows: list[tuple[str, str, str, int, int]],
+) -> int:
+    """Store the denied flows a node reports (src, dst, proto, dport, packets); returns how many."""
+    from cvlan.controller.db.models import DeniedFlow
+
+    now = ctx.now()
+    for src, dst, proto, dport, packets in flows:
+        s.add(
+            DeniedFlow(
+                tenant_id=caller.tenant_id,
+                cvlan_id=cvlan_id,
+                reporter=f"node:{caller.node_id}",
+                src=src,
+                dst=dst,
+                proto=proto,
+                dport=dport,
+                packets=packets,
+                first_seen=now,
+                last_seen=now,
+            )
+        )
+    return len(flows)
