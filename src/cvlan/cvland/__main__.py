@@ -1,0 +1,123 @@
+"""cvland: the CVLAN data-plane daemon (root). Owns the WireGuard interface, its addresses, routes and
+nftables policy, and applies the desired state cvlan-ctrl sends over a Unix socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cvlan.common import log as cvlog
+from cvlan.common.clock import SystemClock
+from cvlan.cvland.daemon import Backends, Daemon
+from cvlan.cvland.server import Serial, SocketInUse, serve
+from cvlan.cvland.settings import CvlandSettings
+from cvlan.dataplane.engine import EngineError, make_engine, pick_engine
+from cvlan.dataplane.firewall import NftFirewall
+from cvlan.dataplane.router import NetlinkRouter
+
+log = logging.getLogger("cvlan.cvland")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cvland", description=__doc__)
+    p.add_argument("--socket", type=Path, help="IPC socket path (default /run/cvlan/cvland.sock)")
+    p.add_argument("--interface", help="WireGuard interface name, at most 15 characters (default cvlan0)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "wireguard-go", "kernel", "boringtun"),
+        help="WireGuard engine (default auto: the kernel module where present, else wireguard-go)",
+    )
+    p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/cvland)")
+    p.add_argument("--socket-group", help="make the socket 0660 for this group (default: 0600, root only)")
+    p.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    p.add_argument("--log-format", choices=("text", "json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = {
+        "socket": args.socket,
+        "interface": args.interface,
+        "engine": args.engine,
+        "state_dir": args.state_dir,
+        "socket_group": args.socket_group,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+    }
+    try:
+        settings = CvlandSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        print(f"cvland: invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        return 2
+    cvlog.setup(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def run(settings: CvlandSettings) -> int:
+    try:
+        engine_name = pick_engine(settings.engine)
+    except EngineError as e:
+        print(f"cvland: {e}", file=sys.stderr)
+        return 2
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = make_engine(engine_name, settings.interface, settings.state_dir / "engine.log")
+    backends = Backends(engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface))
+    daemon = Daemon(settings.interface, settings.state_dir, backends, SystemClock(), settings.probe_s)
+    serial = Serial()
+    try:
+        return await _run(settings, daemon, serial, engine_name)
+    finally:
+        await serial.call(daemon.stop)
+        serial.close()
+        log.info("cvland stopped; interface removed")
+
+
+async def _run(settings: CvlandSettings, daemon: Daemon, serial: Serial, engine_name: str) -> int:
+    try:
+        await serial.call(daemon.start)
+    except EngineError as e:
+        print(f"cvland: {e}", file=sys.stderr)
+        return 1
+    try:
+        server = await serve(daemon, serial, settings.socket, settings.socket_group)
+    except (SocketInUse, OSError, KeyError) as e:
+        print(f"cvland: {e}", file=sys.stderr)
+        return 1
+    log.info("cvland ready", extra={"reason": f"{engine_name} {settings.interface} {settings.socket}"})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await _loop(daemon, serial, stop, settings.tick_s)
+    finally:
+        server.close()
+        settings.socket.unlink(missing_ok=True)
+    return 0
+
+
+async def _loop(daemon: Daemon, serial: Serial, stop: asyncio.Event, tick_s: float) -> None:
+    while not stop.is_set():
+        try:
+            await serial.call(daemon.tick)
+        except Exception as e:
+            log.warning("tick failed: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=tick_s)
+        except TimeoutError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

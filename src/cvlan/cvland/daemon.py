@@ -1,0 +1,256 @@
+"""The cvland core: owns the engine, router and firewall; applies desired state by diff; reports status."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cvlan.common.clock import Clock
+from cvlan.common.files import write_atomic
+from cvlan.cvland.paths import EndpointSelector
+from cvlan.cvland.reconcile import Plan, plan, validate
+from cvlan.dataplane.engine import EngineError, WgEngine, pid_cmdline, stop_pid
+from cvlan.dataplane.firewall import Firewall
+from cvlan.dataplane.router import Router
+from cvlan.dataplane.uapi import SOCKET_DIR
+from cvlan.dataplane.wgconfig import KeyHex, WgConfig, short
+from cvlan.wire.ipc import DesiredState, DeviceStatus, PeerStatus
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+"""What this run created (interface, engine PID), so the next start can clean up after a crash."""
+DESIRED_FILE = "desired.json"
+"""The last applied DesiredState (0600: it holds the private key), re-applied on start."""
+
+
+@dataclass
+class Backends:
+    engine: WgEngine
+    router: Router
+    firewall: Firewall
+    local_addresses: list[str] | None = field(default=None)
+    """Fixed local addresses for tests; None = read this namespace's interfaces."""
+    manage_links: bool = True
+    """Delete the interface by name on start/stop (False with fakes: there is no real link)."""
+
+
+class Daemon:
+    """Holds the applied state and turns DesiredState into engine/router/firewall changes."""
+
+    def __init__(
+        self, ifname: str, state_dir: Path, backends: Backends, clock: Clock, probe_s: float
+    ) -> None:
+        self.ifname = ifname
+        self.state_dir = state_dir
+        self.b = backends
+        self.clock = clock
+        self.selector = EndpointSelector(clock, probe_s=probe_s)
+        self.desired: DesiredState | None = None
+        self._wg_prev: WgConfig | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Remove leftovers of a crashed run, start the engine, re-apply the last desired state."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.cleanup_leftovers()
+        sock = SOCKET_DIR / f"{self.ifname}.sock"
+        if _uapi_in_use(sock):
+            raise EngineError(
+                f"interface {self.ifname}: another WireGuard process serves {sock} "
+                "(the UAPI directory is shared by all network namespaces; choose another --interface)"
+            )
+        self.b.engine.start()
+        self._write_run_file()
+        saved = self._load_desired()
+        if saved is not None:
+            try:
+                self.apply(saved)
+                log.info("re-applied saved desired state", extra={"seq": saved.version})
+            except Exception as e:  # a bad saved file must not keep the daemon down
+                log.warning("saved desired state not applied: %s", e)
+
+    def stop(self) -> None:
+        """Tear everything down: firewall table, routes and address (with the link), engine."""
+        with contextlib.suppress(Exception):
+            self.b.firewall.teardown()
+        self.b.router.teardown()
+        self.b.engine.stop()
+        self._delete_link()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / RUN_FILE).unlink()
+        self._wg_prev = None
+
+    def cleanup_leftovers(self) -> None:
+        run = self.state_dir / RUN_FILE
+        try:
+            info = json.loads(run.read_text())
+        except (OSError, ValueError):
+            info = {}
+        pid = info.get("pid")
+        if isinstance(pid, int) and pid > 0:
+            argv = pid_cmdline(pid)
+            if argv and info.get("interface") in argv:
+                log.warning("stopping engine left by a previous run", extra={"reason": f"pid {pid}"})
+                stop_pid(pid)
+        self._delete_link()
+        with contextlib.suppress(Exception):
+            self.b.firewall.teardown()
+        with contextlib.suppress(FileNotFoundError):
+            run.unlink()
+
+    def _write_run_file(self) -> None:
+        info = {"interface": self.ifname, "engine": self.b.engine.name, "pid": self.b.engine.pid()}
+        write_atomic(self.state_dir / RUN_FILE, json.dumps(info), 0o600)
+
+    def _load_desired(self) -> DesiredState | None:
+        try:
+            return DesiredState.model_validate_json((self.state_dir / DESIRED_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            log.warning("ignoring unreadable %s: %s", DESIRED_FILE, str(e).splitlines()[0])
+            return None
+
+    def _delete_link(self) -> None:
+        if self.b.manage_links:
+            _delete_link(self.ifname)
+
+    # --- apply -----------------------------------------------------------------------------------
+
+    def apply(self, ds: DesiredState) -> int:
+        """Make the host match ds; only what changed is touched. Returns the applied version."""
+        validate(ds)  # nothing changes for invalid input
+        self.selector.set_peers(
+            {p.public_key.lower(): (tuple(p.endpoints), p.relay_region) for p in ds.peers}
+        )
+        self._apply_plan(self._plan(ds))
+        if self.desired is None or self.desired != ds:
+            write_atomic(self.state_dir / DESIRED_FILE, ds.model_dump_json(), 0o600)
+        self.desired = ds
+        return ds.version
+
+    def _plan(self, ds: DesiredState) -> Plan:
+        return plan(ds, self.ifname, lambda key: self.selector.choice(key).endpoint)
+
+    def _apply_plan(self, p: Plan) -> None:
+        self.b.firewall.apply(p.ruleset)
+        try:
+            self.b.engine.configure(p.wg, self._wg_prev)
+        except Exception:
+            self._wg_prev = None  # unknown device state: next time replace everything
+            raise
+        self._wg_prev = p.wg
+        self.b.router.apply(p.router)
+
+    def tick(self) -> None:
+        """Periodic work: restart a dead engine, rotate endpoints of peers without a handshake."""
+        if not self.b.engine.alive():
+            log.error("engine exited; restarting it", extra={"reason": self.b.engine.name})
+            self._wg_prev = None
+            self.b.engine.stop()
+            self._delete_link()
+            self.b.engine.start()
+            self._write_run_file()
+            if self.desired is not None:
+                self.b.router.teardown()
+                self._apply_plan(self._plan(self.desired))
+            return
+        if self.desired is None:
+            return
+        state = self.b.engine.read()
+        changed = False
+        for key, ps in state.peers.items():
+            if self.selector.observe(key, ps.last_handshake):
+                changed = True
+                log.info(
+                    "trying next endpoint",
+                    extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},
+                )
+        if changed:
+            self._apply_plan(self._plan(self.desired))
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status(self) -> DeviceStatus:
+        ds = self.desired
+        state = self.b.engine.read() if self.b.engine.alive() else None
+        peers: list[PeerStatus] = []
+        for p in ds.peers if ds else []:
+            key = KeyHex(p.public_key.lower())
+            got = state.peers.get(key) if state else None
+            peers.append(
+                PeerStatus(
+                    public_key=key,
+                    name=p.name,
+                    allowed_ips=list(p.allowed_ips),
+                    endpoint=got.endpoint if got else "",
+                    last_handshake=got.last_handshake if got else 0.0,
+                    rx_bytes=got.rx_bytes if got else 0,
+                    tx_bytes=got.tx_bytes if got else 0,
+                    path=self._path_of(key, got.last_handshake if got else 0.0),
+                )
+            )
+        port = state.listen_port if state else 0
+        return DeviceStatus(
+            interface=self.ifname,
+            engine=self.b.engine.name,
+            applied_version=ds.version if ds else 0,
+            listen_port=port,
+            local_endpoints=self.local_endpoints(port),
+            peers=peers,
+        )
+
+    def _path_of(self, key: str, last_handshake: float) -> str:
+        if last_handshake <= 0 or self.clock.now().timestamp() - last_handshake > 180:
+            return "none"
+        path = self.selector.choice(key).path
+        return path if path != "none" else "direct"
+
+    def local_endpoints(self, port: int) -> list[str]:
+        if port <= 0:
+            return []
+        addrs = self.b.local_addresses
+        if addrs is None:
+            from cvlan.dataplane.router import local_addresses
+
+            addrs = local_addresses(exclude_ifnames=(self.ifname,))
+        subnet = ipaddress.ip_network(self.desired.cvlan_subnet, strict=False) if self.desired else None
+        out = []
+        for a in addrs:
+            ip = ipaddress.ip_address(a)
+            if subnet is not None and ip in subnet:
+                continue
+            out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+        return out
+
+
+def _uapi_in_use(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
+def _delete_link(ifname: str) -> None:
+    """Delete ifname in this network namespace if it exists (a leftover or our own TUN)."""
+    if os.geteuid() != 0:
+        return
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr, contextlib.suppress(Exception):
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            ipr.link("del", index=idx[0])

@@ -1,0 +1,189 @@
+"""Inbound policy on the WireGuard interface: one nftables table, rendered whole, loaded atomically.
+
+The rendered file first creates the table (so the delete cannot fail), deletes it and defines it
+again; `nft -f` runs the file as one transaction, so either the new table is in place or the old
+one is untouched. Rule format (DesiredState.filter_rules), each dict one accept rule:
+
+    {"src": "100.64.0.0/24" | ["100.64.0.7/32", ...],   # default: the CVLAN subnet
+     "proto": "any" | "tcp" | "udp" | "icmp",            # default: any
+     "ports": [22, "8000-8100"]}                         # tcp/udp only; default: all ports
+
+An empty list allows everything from the CVLAN subnet. Everything else arriving on the interface
+is counted in the named counter `denied` and dropped. Replies to our own traffic are accepted."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_PROTOS = ("any", "tcp", "udp", "icmp")
+_IGNORED_KEYS = {"comment", "id", "name"}
+
+
+class FirewallError(Exception):
+    """The ruleset was invalid or nft refused it (the previous table stays)."""
+
+
+def table_name(ifname: str) -> str:
+    return f"cvlan-{ifname}"
+
+
+def render_ruleset(ifname: str, subnet: str, rules: Sequence[Mapping[str, object]]) -> str:
+    """The complete nft file for interface ifname; FirewallError on a bad rule or name."""
+    if not _IFNAME.match(ifname):
+        raise FirewallError(f"interface name {ifname!r}: expected 1-15 of A-Z a-z 0-9 _ . -")
+    net = _network(subnet, "cvlan subnet")
+    table = table_name(ifname)
+    accepts = [_render_rule(i, r, net) for i, r in enumerate(rules)] or [f"ip saddr {net} accept"]
+    body = "\n".join(f"    iifname {json.dumps(ifname)} {a}" for a in accepts)
+    return (
+        f"table inet {table} {{}}\n"
+        f"delete table inet {table}\n"
+        f"table inet {table} {{\n"
+        "  counter denied { }\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f"    iifname != {json.dumps(ifname)} accept\n"
+        "    ct state established,related accept\n"
+        f"{body}\n"
+        '    counter name "denied" drop\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def _network(text: object, what: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(str(text), strict=False)
+    except ValueError:
+        raise FirewallError(f"{what} {text!r}: not a CIDR") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise FirewallError(f"{what} {text!r}: only IPv4 is supported")
+    return net
+
+
+def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4Network) -> str:
+    unknown = set(rule) - {"src", "proto", "ports", "action"} - _IGNORED_KEYS
+    if unknown:
+        raise FirewallError(f"filter rule {i}: unknown key {sorted(unknown)[0]!r}")
+    if rule.get("action", "accept") != "accept":
+        raise FirewallError(f"filter rule {i}: action must be accept")
+    src_raw = rule.get("src", str(default_src))
+    srcs = [src_raw] if isinstance(src_raw, str) else src_raw
+    if not isinstance(srcs, list) or not srcs:
+        raise FirewallError(f"filter rule {i}: src must be a CIDR or a non-empty list of CIDRs")
+    nets = [str(_network(s, f"filter rule {i}: src")) for s in srcs]
+    src = nets[0] if len(nets) == 1 else "{ " + ", ".join(nets) + " }"
+    proto = rule.get("proto", "any")
+    if proto not in _PROTOS:
+        raise FirewallError(f"filter rule {i}: proto {proto!r}: expected one of {', '.join(_PROTOS)}")
+    out = f"ip saddr {src}"
+    if proto != "any":
+        out += f" meta l4proto {proto}"
+    ports = rule.get("ports")
+    if ports:
+        if proto not in ("tcp", "udp"):
+            raise FirewallError(f"filter rule {i}: ports need proto tcp or udp")
+        out += f" {proto} dport {{ {', '.join(_port(i, p) for p in _as_list(i, ports))} }}"
+    return out + " accept"
+
+
+def _as_list(i: int, v: object) -> list[object]:
+    if not isinstance(v, list):
+        raise FirewallError(f"filter rule {i}: ports must be a list")
+    return v
+
+
+def _port(i: int, p: object) -> str:
+    text = str(p)
+    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", text)
+    if isinstance(p, bool) or not m:
+        raise FirewallError(f"filter rule {i}: port {p!r}: expected N or N-M")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    if not 0 < lo <= hi < 65536:
+        raise FirewallError(f"filter rule {i}: port {p!r}: out of range 1-65535")
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def ruleset_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Firewall(Protocol):
+    def apply(self, ruleset: str) -> None: ...
+    def teardown(self) -> None: ...
+    def denied(self) -> int: ...
+
+
+class NftFirewall:
+    """Loads rendered rulesets with `nft -f -` in the current network namespace."""
+
+    def __init__(self, ifname: str) -> None:
+        self.table = table_name(ifname)
+        self._applied = ""
+
+    def apply(self, ruleset: str) -> None:
+        if ruleset == self._applied:
+            return
+        r = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            err = (r.stderr.strip().splitlines() or ["nft failed"])[0]
+            log.error(
+                "nftables load refused; previous table kept (old %s, new %s): %s",
+                ruleset_hash(self._applied),
+                ruleset_hash(ruleset),
+                err,
+            )
+            raise FirewallError(f"load table {self.table}: {err}")
+        self._applied = ruleset
+
+    def teardown(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, timeout=30)
+        self._applied = ""
+
+    def denied(self) -> int:
+        """Packets dropped so far by the table's `denied` counter (0 if the table is absent)."""
+        r = subprocess.run(
+            ["nft", "-j", "list", "counter", "inet", self.table, "denied"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if r.returncode != 0:
+            return 0
+        for item in json.loads(r.stdout).get("nftables", []):
+            if "counter" in item:
+                return int(item["counter"].get("packets", 0))
+        return 0
+
+
+class FakeFirewall:
+    """Keeps the last ruleset; can be told to refuse the next one."""
+
+    def __init__(self) -> None:
+        self.ruleset = ""
+        self.loads = 0
+        self.refuse_next = False
+
+    def apply(self, ruleset: str) -> None:
+        if self.refuse_next:
+            self.refuse_next = False
+            raise FirewallError("load table: refused by fake")
+        if ruleset != self.ruleset:
+            self.loads += 1
+        self.ruleset = ruleset
+
+    def teardown(self) -> None:
+        self.ruleset = ""
+
+    def denied(self) -> int:
+        return 0
