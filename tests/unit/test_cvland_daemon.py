@@ -1,0 +1,199 @@
+"""cvland's core with fake backends: apply by diff, idempotence, bad input changes nothing, IPC answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cvlan.common.clock import FakeClock
+from cvlan.cvland.daemon import DESIRED_FILE, Backends, Daemon
+from cvlan.cvland.reconcile import InvalidState
+from cvlan.cvland.server import handle_request
+from cvlan.dataplane.engine import FakeEngine
+from cvlan.dataplane.firewall import FakeFirewall
+from cvlan.dataplane.router import FakeRouter, RouterConfig
+from cvlan.dataplane.wgconfig import generate_keypair
+from cvlan.wire.ipc import DesiredState, PeerConfig
+
+PRIV, _ = generate_keypair()
+_, K1 = generate_keypair()
+_, K2 = generate_keypair()
+
+
+def state(version: int = 1, peers: list[PeerConfig] | None = None, **kw: object) -> DesiredState:
+    base: dict[str, object] = {
+        "version": version,
+        "node_id": 7,
+        "private_key": PRIV,
+        "address": "100.64.0.5/32",
+        "cvlan_subnet": "100.64.0.0/24",
+        "peers": peers
+        if peers is not None
+        else [PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.0.0.6:51820"])],
+    }
+    base.update(kw)
+    return DesiredState.model_validate(base)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Daemon:
+    b = Backends(
+        FakeEngine(),
+        FakeRouter(),
+        FakeFirewall(),
+        local_addresses=["10.0.0.5", "100.64.0.5"],
+        manage_links=False,
+    )
+    d = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
+    d.start()
+    return d
+
+
+def fakes(d: Daemon) -> tuple[FakeEngine, FakeRouter, FakeFirewall]:
+    assert isinstance(d.b.engine, FakeEngine) and isinstance(d.b.router, FakeRouter)
+    assert isinstance(d.b.firewall, FakeFirewall)
+    return d.b.engine, d.b.router, d.b.firewall
+
+
+def test_apply_configures_all_backends(daemon: Daemon) -> None:
+    eng, rt, fw = fakes(daemon)
+    assert daemon.apply(state()) == 1
+    assert eng.config is not None and eng.config.peers[0].endpoint == "10.0.0.6:51820"
+    assert rt.applied[-1] == RouterConfig("fake0", "100.64.0.5/32", 1280, ("100.64.0.0/24",))
+    assert 'iifname "fake0" ip saddr 100.64.0.0/24 accept' in fw.ruleset
+
+
+def test_reapplying_the_same_state_changes_nothing(daemon: Daemon) -> None:
+    eng, _, fw = fakes(daemon)
+    daemon.apply(state())
+    daemon.apply(state())
+    assert eng.bodies[1] == "" and fw.loads == 1
+
+
+def test_only_the_changed_peer_is_written(daemon: Daemon) -> None:
+    eng, _, _ = fakes(daemon)
+    daemon.apply(state())
+    peers = [
+        PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.0.0.6:51820"]),
+        PeerConfig(public_key=K2, allowed_ips=["100.64.0.7/32", "10.50.0.0/16"]),
+    ]
+    daemon.apply(state(2, peers))
+    assert K1 not in eng.bodies[-1] and f"public_key={K2}" in eng.bodies[-1]
+    _, rt, _ = fakes(daemon)
+    assert rt.applied[-1].routes == ("10.50.0.0/16", "100.64.0.0/24")  # a vrouter subnet gets a route
+    daemon.apply(state(3, peers[1:]))
+    assert f"public_key={K1}\nremove=true" in eng.bodies[-1]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"private_key": "abc"}, "private_key: expected 64 hex characters"),
+        ({"address": "10.1.1.1/32"}, "is outside cvlan_subnet"),
+        ({"mtu": 100}, "mtu 100: expected 576-9000"),
+        ({"filter_rules": [{"proto": "gre"}]}, "filter rule 0: proto 'gre'"),
+        (
+            {"peers": [PeerConfig(public_key=K1, allowed_ips=["x"])]},
+            "does not appear to be an IPv4 or IPv6 network",
+        ),
+        ({"peers": [PeerConfig(public_key=K1, allowed_ips=[], endpoints=["h:1"])]}, "is not an IP address"),
+    ],
+)
+def test_invalid_state_changes_nothing(daemon: Daemon, kw: dict[str, object], message: str) -> None:
+    eng, rt, fw = fakes(daemon)
+    daemon.apply(state())
+    before = (eng.config, len(rt.applied), fw.ruleset, daemon.desired)
+    with pytest.raises(InvalidState, match=message):
+        daemon.apply(state(2, **kw))
+    assert (eng.config, len(rt.applied), fw.ruleset, daemon.desired) == before
+
+
+def test_refused_firewall_leaves_engine_untouched(daemon: Daemon) -> None:
+    eng, _, fw = fakes(daemon)
+    daemon.apply(state())
+    fw.refuse_next = True
+    with pytest.raises(Exception, match="refused"):
+        daemon.apply(state(2, filter_rules=[{"proto": "icmp"}]))
+    assert len(eng.bodies) == 1 and daemon.desired is not None and daemon.desired.version == 1
+
+
+def test_engine_failure_forces_full_replace_next_time(daemon: Daemon) -> None:
+    eng, _, _ = fakes(daemon)
+    daemon.apply(state())
+    eng.fail_next = RuntimeError("set: errno=22")
+    with pytest.raises(RuntimeError):
+        daemon.apply(state(2, peers=[]))
+    daemon.apply(state(2, peers=[]))
+    assert "replace_peers=true" in eng.bodies[-1]
+
+
+def test_desired_state_is_saved_0600_and_reapplied_on_start(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.apply(state(4))
+    saved = tmp_path / "state" / DESIRED_FILE
+    assert saved.stat().st_mode & 0o777 == 0o600
+    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
+    d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
+    d2.start()
+    assert d2.desired is not None and d2.desired.version == 4 and fakes(d2)[0].config is not None
+
+
+def test_status_reports_peers_and_local_endpoints(daemon: Daemon) -> None:
+    daemon.apply(state(peers=[PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], name="bob")]))
+    eng, _, _ = fakes(daemon)
+    ps = eng.state.peers[K1]
+    ps.rx_bytes, ps.tx_bytes, ps.endpoint = 10, 20, "10.0.0.6:51820"
+    ps.last_handshake = FakeClock().now().timestamp() - 10
+    st = daemon.status()
+    assert st.interface == "fake0" and st.applied_version == 1 and st.listen_port == 51820
+    assert st.local_endpoints == ["10.0.0.5:51820"]  # the overlay address is not an endpoint
+    p = st.peers[0]
+    assert (p.name, p.rx_bytes, p.tx_bytes, p.endpoint, p.path) == ("bob", 10, 20, "10.0.0.6:51820", "direct")
+
+
+def test_tick_rotates_endpoints_and_restarts_a_dead_engine(daemon: Daemon) -> None:
+    eng, _, _ = fakes(daemon)
+    peers = [PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.0.0.6:1", "10.0.0.7:1"])]
+    daemon.apply(state(peers=peers))
+    assert isinstance(daemon.clock, FakeClock)
+    daemon.clock.advance(6)
+    daemon.tick()
+    assert eng.config is not None and eng.config.peers[0].endpoint == "10.0.0.7:1"
+    eng.running = False
+    daemon.tick()
+    assert eng.running and "replace_peers=true" in eng.bodies[-1]
+
+
+def line(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_ipc_ops(daemon: Daemon) -> None:
+    assert handle_request(daemon, line({"v": 1, "id": 1, "op": "ping"})) == {"v": 1, "id": 1, "ok": True}
+    ans = handle_request(daemon, line({"v": 1, "id": 2, "op": "apply", "state": state(9).model_dump()}))
+    assert ans == {"v": 1, "id": 2, "ok": True, "applied_version": 9}
+    st = handle_request(daemon, line({"v": 1, "id": 3, "op": "status"}))
+    assert st["ok"] and st["applied_version"] == 9 and st["interface"] == "fake0"
+
+
+@pytest.mark.parametrize(
+    ("req", "error"),
+    [
+        (b"not json", "bad request: "),
+        (line([1]), "bad request: request must be a JSON object"),
+        (line({"v": 2, "id": 1, "op": "ping"}), "unsupported ipc version 2"),
+        (line({"v": 1, "id": 1, "op": "reboot"}), "unknown op 'reboot'"),
+        (
+            line({"v": 1, "id": 1, "op": "apply", "state": {"version": 1}}),
+            "apply: invalid state field node_id",
+        ),
+        (
+            line({"v": 1, "id": 1, "op": "apply", "state": state(mtu=1).model_dump()}),
+            "apply: mtu 1: expected",
+        ),
+    ],
+)
+def test_ipc_errors_are_one_line(daemon: Daemon, req: bytes, error: str) -> None:
+    ans = handle_request(daemon, req)
+    assert ans["ok"] is False and ans["error"].startswith(error) and "\n" not in ans["error"]

@@ -1,0 +1,72 @@
+"""The nftables ruleset renderer: the whole table, atomically replaceable, and its input checks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from cvlan.dataplane.firewall import FirewallError, render_ruleset
+
+
+def test_empty_rules_allow_the_cvlan_subnet_and_drop_the_rest() -> None:
+    text = render_ruleset("wg0", "100.64.0.0/24", [])
+    assert text.startswith("table inet cvlan-wg0 {}\ndelete table inet cvlan-wg0\ntable inet cvlan-wg0 {\n")
+    lines = [line.strip() for line in text.splitlines()]
+    i = lines.index('iifname != "wg0" accept')
+    assert lines[i + 1 : i + 4] == [
+        "ct state established,related accept",
+        'iifname "wg0" ip saddr 100.64.0.0/24 accept',
+        'counter name "denied" drop',
+    ]
+
+
+def test_rules_render_in_order() -> None:
+    rules: list[dict[str, object]] = [
+        {"src": "100.64.0.7/32", "proto": "tcp", "ports": [22, "8000-8100"]},
+        {"src": ["100.64.0.8/32", "100.64.0.9/32"], "proto": "icmp"},
+        {"proto": "udp", "ports": ["53"], "comment": "dns"},
+    ]
+    body = [line.strip() for line in render_ruleset("wg0", "100.64.0.0/24", rules).splitlines()]
+    assert 'iifname "wg0" ip saddr 100.64.0.7/32 meta l4proto tcp tcp dport { 22, 8000-8100 } accept' in body
+    assert 'iifname "wg0" ip saddr { 100.64.0.8/32, 100.64.0.9/32 } meta l4proto icmp accept' in body
+    assert 'iifname "wg0" ip saddr 100.64.0.0/24 meta l4proto udp udp dport { 53 } accept' in body
+    assert "ip saddr 100.64.0.0/24 accept" not in "\n".join(body)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"src": "nope"}, "filter rule 0: src 'nope': not a CIDR"),
+        ({"src": []}, "filter rule 0: src must be a CIDR or a non-empty list of CIDRs"),
+        ({"src": "fd00::/64"}, "filter rule 0: src 'fd00::/64': only IPv4 is supported"),
+        ({"proto": "sctp"}, "filter rule 0: proto 'sctp': expected one of any, tcp, udp, icmp"),
+        ({"proto": "icmp", "ports": [1]}, "filter rule 0: ports need proto tcp or udp"),
+        ({"proto": "tcp", "ports": 22}, "filter rule 0: ports must be a list"),
+        ({"proto": "tcp", "ports": ["22-1"]}, "filter rule 0: port '22-1': out of range 1-65535"),
+        ({"proto": "tcp", "ports": ["x"]}, "filter rule 0: port 'x': expected N or N-M"),
+        ({"proto": "tcp", "ports": [True]}, "filter rule 0: port True: expected N or N-M"),
+        ({"action": "drop"}, "filter rule 0: action must be accept"),
+        ({"dst": "1.2.3.4/32"}, "filter rule 0: unknown key 'dst'"),
+    ],
+)
+def test_bad_rules_are_refused_with_one_line(rule: dict[str, object], message: str) -> None:
+    with pytest.raises(FirewallError) as e:
+        render_ruleset("wg0", "100.64.0.0/24", [rule])
+    assert str(e.value) == message
+
+
+def test_bad_interface_name_and_subnet() -> None:
+    with pytest.raises(FirewallError, match="interface name"):
+        render_ruleset('wg0"; flush ruleset', "100.64.0.0/24", [])
+    with pytest.raises(FirewallError, match="cvlan subnet 'x': not a CIDR"):
+        render_ruleset("wg0", "x", [])
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="this machine lacks nft")
+def test_rendered_ruleset_passes_nft_check() -> None:
+    # `nft -c` parses and validates against the kernel without changing anything.
+    text = render_ruleset("wg0", "100.64.0.0/24", [{"proto": "tcp", "ports": [22]}, {"proto": "icmp"}])
+    r = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
