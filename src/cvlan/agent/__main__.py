@@ -1,0 +1,105 @@
+"""cvlan-ctrl: the CVLAN node agent (unprivileged). Enrols the node with the controller, keeps its
+identity in STATE_DIR/state.db, polls for its peer map and hands it to cvland."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cvlan.agent.daemon import Agent, FatalError, Options
+from cvlan.agent.state import StateError
+from cvlan.common import log as cvlog
+
+log = logging.getLogger("cvlan.agent")
+
+DEFAULT_STATE = Path("/var/lib/cvlan-ctrl")
+DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cvlan-ctrl",
+        description=__doc__,
+        epilog="First start: the join command from `cvlan token create` (--server, --token, --ca-pin). "
+        "Later starts need no flags but --state-dir if not the default.",
+    )
+    p.add_argument("--server", help="controller URL, e.g. https://ctl.example.net:8443")
+    p.add_argument("--token", help="enrollment token (first start only)")
+    p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA (first start only)")
+    p.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE, help=f"identity directory (default {DEFAULT_STATE})"
+    )
+    p.add_argument(
+        "--cvland-socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"cvland's IPC socket (default {DEFAULT_SOCKET})",
+    )
+    p.add_argument("--hostname", default="", help="node name to ask for (default: this machine's hostname)")
+    p.add_argument(
+        "--listen-port", type=int, default=51820, help="WireGuard UDP port cvland uses (default 51820)"
+    )
+    p.add_argument(
+        "--long-poll",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="hold each poll up to this long for changes (default 30; 0 = plain polling)",
+    )
+    p.add_argument(
+        "--enrol-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up enrolling after this long if the controller is unreachable (default 60)",
+    )
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not 0 < args.listen_port < 65536 or not 0 <= args.long_poll <= 60:
+        print("cvlan-ctrl: --listen-port must be 1-65535 and --long-poll 0-60", file=sys.stderr)
+        return 2
+    cvlog.setup(args.log_level, args.log_format)
+    opts = Options(
+        server=args.server,
+        token=args.token,
+        ca_pin=args.ca_pin,
+        state_dir=args.state_dir,
+        cvland_socket=args.cvland_socket,
+        hostname=args.hostname,
+        listen_port=args.listen_port,
+        long_poll_s=args.long_poll,
+        enrol_timeout_s=args.enrol_timeout,
+    )
+    try:
+        return asyncio.run(_run(opts))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _run(opts: Options) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await Agent(opts).run(stop)
+    except FatalError as e:
+        print(f"cvlan-ctrl: {e.message}", file=sys.stderr)
+        return e.status
+    except StateError as e:
+        print(f"cvlan-ctrl: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""cvlan-ctrl's main loop: discover -> register (once) -> poll forever, renewing the certificate at
+2/3 of its lifetime and handing every new map to cvland over the IPC socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from cvlan.agent.netmap import desired_state
+from cvlan.agent.state import Identity, StateStore
+from cvlan.client import tls
+from cvlan.client.controller import ControlError, NodeApiClient
+from cvlan.client.ipc import IpcClient, IpcError
+from cvlan.common.backoff import Backoff
+from cvlan.wire.ipc import DesiredState, DeviceStatus
+from cvlan.wire.pb import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+RENEW_AT = 2 / 3
+STATUS_TIMEOUT_S = 3.0
+
+
+class FatalError(Exception):
+    """Stop cvlan-ctrl with this one line on stderr and the given exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class Options:
+    server: str | None
+    token: str | None
+    ca_pin: str | None
+    state_dir: Path
+    cvland_socket: Path
+    hostname: str = ""
+    listen_port: int = 51820
+    long_poll_s: int = 30
+    """0 disables long-poll: the agent then polls every poll interval."""
+    enrol_timeout_s: float = 60.0
+    backoff_cap_s: float = 30.0
+
+
+def new_wg_key() -> tuple[str, bytes]:
+    """(private key hex, public key raw) of a fresh WireGuard key."""
+    k = x25519.X25519PrivateKey.generate()
+    priv = k.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    pub = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return priv.hex(), pub
+
+
+def wg_public(priv_hex: str) -> bytes:
+    k = x25519.X25519PrivateKey.from_private_bytes(bytes.fromhex(priv_hex))
+    return k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def fatal_for(e: ControlError, server: str) -> FatalError:
+    if e.reason == "revoked":
+        return FatalError(f"{e.message.removeprefix('controller refused: ')}")
+    if e.reason == "certificate_expired":
+        return FatalError(
+            "the node certificate has expired; re-enrol the node with a new token "
+            "(remove state.db from the state dir, then run with --token)"
+        )
+    return FatalError(e.message)
+
+
+class Agent:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.store = StateStore(opts.state_dir)
+        self.ipc = IpcClient(opts.cvland_socket)
+        self.ident: Identity | None = None
+        self.client: NodeApiClient | None = None
+        self.held = 0
+        self.pending: DesiredState | None = None
+        self.applied = 0
+        self.status: DeviceStatus | None = None
+        self.ipc_error = ""
+        self.polls = 0
+
+    # --- enrolment -----------------------------------------------------------------------------
+
+    async def load_or_enrol(self) -> Identity:
+        ident = self.store.load()
+        if ident is not None and self.opts.server and self.opts.server.rstrip("/") != ident.server:
+            raise FatalError(
+                f"state in {self.opts.state_dir} belongs to controller {ident.server}; "
+                "use another --state-dir for another controller",
+                2,
+            )
+        if ident is not None and tls.cert_not_after(ident.cert_pem) <= time.time():
+            if not self.opts.token:
+                raise FatalError(
+                    "the node certificate expired; re-enrol with a new token: "
+                    f"cvlan-ctrl --server {ident.server} --token TOKEN --ca-pin PIN",
+                    1,
+                )
+            log.warning("node certificate expired; enrolling again with the given token")
+            ident = None
+        if ident is not None:
+            if self.opts.token:
+                log.info("already enrolled; ignoring --token", extra={"node_id": ident.node_id})
+            return ident
+        if not self.opts.server or not self.opts.token:
+            raise FatalError(
+                "not enrolled yet: pass --server URL and --token TOKEN (see `cvlan token create`)", 2
+            )
+        if not self.opts.ca_pin:
+            raise FatalError(
+                "--ca-pin is required to enrol (the join command printed by `cvlan token create` carries it)",
+                2,
+            )
+        try:
+            tls.normalize_pin(self.opts.ca_pin)
+        except ValueError as e:
+            raise FatalError(str(e), 2) from e
+        return await self._enrol(self.opts.server.rstrip("/"), self.opts.token, self.opts.ca_pin)
+
+    async def _enrol(self, server: str, token: str, pin: str) -> Identity:
+        deadline = time.monotonic() + self.opts.enrol_timeout_s
+        backoff = Backoff(cap=self.opts.backoff_cap_s)
+        priv, pub = new_wg_key()
+        key_pem, csr = tls.new_key_and_csr()
+        hostname = self.opts.hostname or socket.gethostname()
+        while True:
+            try:
+                d = await NodeApiClient.discover_pinned(server, pin)
+                c = NodeApiClient(server, d.ca_pem)
+                try:
+                    reg = await c.register(token, pub, csr, hostname, os_info=_os_info())
+                finally:
+                    await c.close()
+                break
+            except ControlError as e:
+                if not e.retryable:
+                    raise FatalError(_enrol_message(e)) from e
+                if time.monotonic() >= deadline:
+                    raise FatalError(e.message) from e
+                delay = backoff.next()
+                log.warning(f"{e.message}; retrying in {delay:.1f}s", extra={"reason": e.reason or "retry"})
+                await asyncio.sleep(delay)
+        ident = Identity(
+            server=server,
+            ca_pem=d.ca_pem,
+            wg_private_key=priv,
+            tls_key_pem=key_pem,
+            cert_pem=reg.certificate_pem,
+            node_id=reg.node_id,
+            node_name=reg.node_name,
+            address=reg.address,
+            tenant_id=reg.tenant_id,
+            cvlan_id=reg.cvlan_id,
+            cvlan_name=reg.cvlan_name,
+            cvlan_subnet=reg.cvlan_subnet,
+        )
+        self.store.save(ident)
+        log.info(
+            f"enrolled as node {reg.node_name} ({reg.address}) in CVLAN {reg.cvlan_name}",
+            extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id},
+        )
+        return ident
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.ident = await self.load_or_enrol()
+        self.client = NodeApiClient(
+            self.ident.server, self.ident.ca_pem, self.ident.cert_pem, self.ident.tls_key_pem
+        )
+        backoff = Backoff(cap=self.opts.backoff_cap_s)
+        log.info(f"running as node {self.ident.node_name}", extra={"node_id": self.ident.node_id})
+        try:
+            while not stop.is_set():
+                delay = await self._step(backoff)
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                    except TimeoutError:
+                        pass
+        finally:
+            await self.client.close()
+            await self.ipc.close()
+
+    async def _step(self, backoff: Backoff) -> float:
+        """One round: renew if due, read cvland's status, poll, push. Returns seconds to wait."""
+        assert self.ident is not None and self.client is not None
+        try:
+            await self._renew_if_due()
+            await self._read_status()
+            await self._push()
+            resp = await self.client.poll(
+                self.held,
+                self._endpoints(),
+                self._health(),
+                self.status.home_relay_region if self.status else "",
+                long_poll_s=self.opts.long_poll_s,
+            )
+        except ControlError as e:
+            if not e.retryable:
+                raise fatal_for(e, self.ident.server) from e
+            delay = backoff.next()
+            log.warning(f"{e.message}; retrying in {delay:.1f}s", extra={"reason": e.reason or "retry"})
+            return delay
+        backoff.reset()
+        self.polls += 1
+        if not resp.unchanged:
+            self._on_map(resp.map)
+            await self._push()
+        if self.opts.long_poll_s > 0:
+            return 0.0
+        interval = resp.poll_interval_s or 30
+        return interval * random.uniform(0.9, 1.1)
+
+    def _on_map(self, m: pb.NetworkMap) -> None:
+        assert self.ident is not None
+        self.held = m.version
+        self.pending = desired_state(self.ident, m, self.opts.listen_port)
+        log.info(f"new map: {len(m.peers)} peers, {len(m.vrouters)} vrouters", extra={"seq": m.version})
+
+    async def _push(self) -> None:
+        if self.pending is None:
+            return
+        try:
+            self.applied = await self.ipc.apply(self.pending)
+        except IpcError as e:
+            self.ipc_error = e.message
+            if not e.retryable:
+                log.warning(e.message, extra={"reason": "cvland_refused"})
+                self.pending = None
+            return
+        self.ipc_error = ""
+        self.pending = None
+
+    async def _read_status(self) -> None:
+        try:
+            self.status = await asyncio.wait_for(self.ipc.status(), STATUS_TIMEOUT_S)
+            self.ipc_error = ""
+        except (IpcError, TimeoutError) as e:
+            self.status = None
+            self.ipc_error = e.message if isinstance(e, IpcError) else "cvland status timed out"
+            if isinstance(e, TimeoutError):
+                await self.ipc.close()
+
+    def _endpoints(self) -> list[str]:
+        if self.status is None:
+            return []
+        eps = list(self.status.local_endpoints)
+        if self.status.mapped_endpoint:
+            eps.insert(0, self.status.mapped_endpoint)
+        return list(dict.fromkeys(eps))[:16]
+
+    def _health(self) -> pb.HealthSummary:
+        h = pb.HealthSummary(applied_version=self.applied, dataplane_error=self.ipc_error[:200])
+        if self.status is not None:
+            h.applied_version = self.status.applied_version or self.applied
+            h.peers_total = len(self.status.peers)
+            h.peers_direct = sum(1 for p in self.status.peers if p.path == "direct")
+            h.peers_relay = sum(1 for p in self.status.peers if p.path == "relay")
+        return h
+
+    async def _renew_if_due(self) -> None:
+        assert self.ident is not None and self.client is not None
+        nb, na = tls.cert_not_before(self.ident.cert_pem), tls.cert_not_after(self.ident.cert_pem)
+        now = time.time()
+        if now >= na:
+            raise FatalError(
+                "the node certificate expired; re-enrol the node with a new token "
+                "(remove state.db from the state dir, then run with --token)"
+            )
+        if now < nb + (na - nb) * RENEW_AT:
+            return
+        key_pem, csr = tls.new_key_and_csr()
+        r = await self.client.renew(csr)
+        self.ident.cert_pem, self.ident.tls_key_pem, self.ident.ca_pem = (
+            r.certificate_pem,
+            key_pem,
+            r.ca_pem or self.ident.ca_pem,
+        )
+        self.store.save(self.ident)
+        self.client.set_identity(r.certificate_pem, key_pem)
+        if self.pending is None and self.held:
+            self.held = 0  # fetch the map again so cvland gets the new relay credentials
+        log.info("certificate renewed", extra={"node_id": self.ident.node_id})
+
+
+def _enrol_message(e: ControlError) -> str:
+    msg = e.message.removeprefix("controller refused: ")
+    if e.status == 401:
+        return f"enrolment refused: {msg}"
+    return msg
+
+
+def _os_info() -> str:
+    import platform
+
+    return f"{platform.system().lower()} {platform.machine()} {platform.release()}"[:200]

@@ -1,0 +1,53 @@
+"""Turn the controller's NetworkMap into the DesiredState cvland applies (pure)."""
+
+from __future__ import annotations
+
+from cvlan.agent.state import Identity
+from cvlan.wire.ipc import DesiredState, PeerConfig, RelayInfo
+from cvlan.wire.pb import node_pb2 as pb
+
+
+def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> DesiredState:
+    peers = [
+        PeerConfig(
+            public_key=p.wg_public_key.hex(),
+            allowed_ips=list(p.allowed_ips),
+            endpoints=list(p.endpoints),
+            relay_region=p.home_relay_region,
+            name=p.name,
+        )
+        for p in m.peers
+        if len(p.wg_public_key) == 32
+    ]
+    peers += [
+        PeerConfig(
+            public_key=v.wg_public_key.hex(),
+            allowed_ips=list(v.allowed_ips),
+            endpoints=[v.endpoint] if v.endpoint else [],
+            relay_region=v.region,
+            name=v.name,
+            via_vrouter=True,
+        )
+        for v in m.vrouters
+        if len(v.wg_public_key) == 32
+    ]
+    relays = [RelayInfo(region=r.name, url=n.url, stun=n.stun) for r in m.relay_map.regions for n in r.relays]
+    rules: list[dict[str, object]] = [
+        {"action": r.action, "src": list(r.src), "proto": r.proto, "ports": list(r.ports)}
+        for r in m.filter_rules
+    ]
+    return DesiredState(
+        version=m.version,
+        node_id=m.self.node_id or ident.node_id,
+        node_name=m.self.name or ident.node_name,
+        private_key=ident.wg_private_key,
+        address=m.self.address or ident.address,
+        cvlan_subnet=m.cvlan_subnet or ident.cvlan_subnet,
+        listen_port=listen_port,
+        peers=peers,
+        relays=relays,
+        filter_rules=rules,
+        tls_cert_pem=ident.cert_pem,
+        tls_key_pem=ident.tls_key_pem,
+        ca_pem=ident.ca_pem,
+    )

@@ -1,0 +1,107 @@
+"""Client side of the cvlan-ctrl <-> cvland IPC contract (cvlan.wire.ipc; docs/IPC.md).
+
+One Unix stream socket, newline-delimited JSON, one request in flight at a time. Failures are
+IpcError with .retryable: "no cvland listening" can be retried, a refusal by cvland cannot."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from cvlan.wire.ipc import IPC_VERSION, MAX_LINE, DesiredState, DeviceStatus
+
+log = logging.getLogger(__name__)
+
+
+class IpcError(Exception):
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class IpcClient:
+    """A connection to cvland, opened on first use and re-opened after any failure."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self._warned = False
+
+    async def _connect(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_LINE)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            if not self._warned:
+                log.warning(
+                    f"no cvland is listening on {self.path}; will keep retrying",
+                    extra={"reason": "no_cvland"},
+                )
+                self._warned = True
+            raise IpcError(f"no cvland is listening on {self.path}", retryable=True) from e
+        except PermissionError as e:
+            raise IpcError(
+                f"no permission to open {self.path} (is cvlan-ctrl in the socket's group?)", retryable=True
+            ) from e
+        if self._warned:
+            log.info(f"connected to cvland on {self.path}")
+            self._warned = False
+
+    async def close(self) -> None:
+        w, self._reader, self._writer = self._writer, None, None
+        if w is not None:
+            w.close()
+            try:
+                await w.wait_closed()
+            except OSError:
+                pass
+
+    async def call(self, op: str, **body: Any) -> dict[str, Any]:
+        """Send one request and return the answer's fields (without v/id/ok)."""
+        async with self._lock:
+            if self._writer is None:
+                await self._connect()
+            assert self._reader is not None and self._writer is not None
+            rid = next(self._ids)
+            line = json.dumps({"v": IPC_VERSION, "id": rid, "op": op, **body}, separators=(",", ":")).encode()
+            try:
+                self._writer.write(line + b"\n")
+                await self._writer.drain()
+                raw = await asyncio.wait_for(self._reader.readline(), self.timeout)
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+                await self.close()
+                raise IpcError(
+                    f"cvland connection failed during {op}: {e or type(e).__name__}", retryable=True
+                ) from e
+            if not raw:
+                await self.close()
+                raise IpcError(f"cvland closed the connection during {op}", retryable=True)
+        try:
+            ans = json.loads(raw)
+        except ValueError as e:
+            await self.close()
+            raise IpcError(f"cvland sent a line that is not JSON during {op}", retryable=True) from e
+        if not isinstance(ans, dict) or ans.get("id") != rid:
+            await self.close()
+            raise IpcError(f"cvland answered out of order during {op}", retryable=True)
+        if not ans.get("ok"):
+            raise IpcError(f"cvland refused {op}: {ans.get('error', 'no reason given')}", retryable=False)
+        return {k: v for k, v in ans.items() if k not in ("v", "id", "ok")}
+
+    async def apply(self, state: DesiredState) -> int:
+        ans = await self.call("apply", state=state.model_dump(mode="json"))
+        return int(ans.get("applied_version", 0))
+
+    async def status(self) -> DeviceStatus:
+        return DeviceStatus.model_validate(await self.call("status"))
+
+    async def ping(self) -> None:
+        await self.call("ping")
