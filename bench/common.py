@@ -25,8 +25,10 @@ def free_port() -> int:
 
 def machine() -> str:
     mem = psutil.virtual_memory().total / 2**30
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, " \
-           f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -61,15 +63,24 @@ class ControllerProc:
                 self.proc.kill()
 
 
-def start_controller(data_dir: Path, db: str = "", taskset: str | None = None,
-                     extra_env: dict[str, str] | None = None) -> ControllerProc:
+def start_controller(
+    data_dir: Path, db: str = "", taskset: str | None = None, extra_env: dict[str, str] | None = None
+) -> ControllerProc:
     """Start `cvlan-controller serve` and wait until it has written admin.conf and answers."""
     from cvlan.cli.config import load_admin_conf
     from cvlan.cli.http import ApiError, Client
 
     port = free_port()
-    cmd = [str(BIN / "cvlan-controller"), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-           "--log-level", "warning"]
+    cmd = [
+        str(BIN / "cvlan-controller"),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+    ]
     if db:
         cmd += ["--db", db]
     if taskset:

@@ -63,10 +63,17 @@ async def drive(c: ControllerProc, tenants: int, cvlans: int, conc: int) -> dict
         wall = time.perf_counter() - t0
     cpu, rss = c.cpu_rss()
     total = sum(len(v) for v in lat.values())
-    return {"wall_s": wall, "requests": total, "rps": total / wall, "errors": errors, "ctrl_cpu_s": cpu,
-            "ctrl_rss_mb": rss, "timeline": timeline,
-            **{f"{k}_p50_ms": pct(v, 50) * 1000 for k, v in lat.items()},
-            **{f"{k}_p99_ms": pct(v, 99) * 1000 for k, v in lat.items()}}
+    return {
+        "wall_s": wall,
+        "requests": total,
+        "rps": total / wall,
+        "errors": errors,
+        "ctrl_cpu_s": cpu,
+        "ctrl_rss_mb": rss,
+        "timeline": timeline,
+        **{f"{k}_p50_ms": pct(v, 50) * 1000 for k, v in lat.items()},
+        **{f"{k}_p99_ms": pct(v, 99) * 1000 for k, v in lat.items()},
+    }
 
 
 def run_backend(name: str, tenants: int, cvlans: int, conc: int) -> dict[str, object]:
@@ -97,8 +104,11 @@ def main() -> int:
         print(f"== {backend}: {a.tenants} tenants x {a.cvlans} CVLANs x 1 token", flush=True)
         r = run_backend(backend, a.tenants, a.cvlans, a.concurrency)
         results[backend] = r
-        print(f"   {r['requests']} requests in {r['wall_s']:.1f} s = {r['rps']:.0f} req/s, errors {r['errors']}, "
-              f"controller CPU {r['ctrl_cpu_s']:.1f} s, RSS {r['ctrl_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"   {r['requests']} requests in {r['wall_s']:.1f} s = {r['rps']:.0f} req/s, errors {r['errors']}, "
+            f"controller CPU {r['ctrl_cpu_s']:.1f} s, RSS {r['ctrl_rss_mb']:.0f} MB",
+            flush=True,
+        )
     out = a.out or Path(__file__).resolve().parents[1] / "results" / f"mgmt-api-{dt.date.today()}"
     out.mkdir(parents=True, exist_ok=True)
     write_report(out, a, results)
