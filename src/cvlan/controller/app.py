@@ -36,6 +36,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.settings import ControllerSettings
+from cvlan.controller.web import setup as setup_web_ui
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ async def build(
     app.router.add_get("/metrics", metrics_handler)
     infraapi.add_routes(app, ca)
     nodeapi.install(app, ctx, ca)
+    setup_web_ui(app, engine)
 
     async def _cleanup(_: web.Application) -> AsyncIterator[None]:
         yield

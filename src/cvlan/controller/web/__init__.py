@@ -1,3 +1,46 @@
-"""cvlan.controller.web."""
+"""The management web UI, served by cvlan-controller under /ui/ on the API's listener.
 
-__all__: list[str] = []
+Server-rendered pages (Jinja2) over the same domain operations as the JSON API, a signed session
+cookie, CSRF tokens on every form, and a small script that refreshes node status in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cvlan.controller.api.framework import CTX_KEY
+from cvlan.controller.web import account, core, pages_admin, pages_tenant, session
+from cvlan.controller.web.health import HealthMonitor
+
+__all__ = ["setup"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def setup(app: web.Application, engine: AsyncEngine) -> None:
+    """Mount the UI on the application: routes, static files, the session middleware and its key."""
+    app[core.ENV_KEY] = core.make_env()
+    app[core.HEALTH_KEY] = HealthMonitor()
+    app[core.ENGINE_POOL_KEY] = engine.pool
+    app.middlewares.append(core.session_middleware)
+    p = core.PREFIX
+    app.router.add_routes(
+        [
+            web.get("/", account.root),
+            web.get(p, account.root),
+            web.get(p + "/", account.home),
+            web.get(p + "/signin", account.signin_form),
+            web.post(p + "/signin", account.signin_submit),
+            web.post(p + "/signout", account.signout),
+            *pages_tenant.routes(p),
+            *pages_admin.routes(p),
+        ]
+    )
+    app.router.add_static(p + "/static/", STATIC_DIR)
+
+    async def _load_key(app: web.Application) -> None:
+        app[core.KEY_KEY] = await session.signing_key(app[CTX_KEY])
+
+    app.on_startup.append(_load_key)

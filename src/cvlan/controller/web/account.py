@@ -1,0 +1,106 @@
+"""Sign-in, sign-out and the landing redirect."""
+
+from __future__ import annotations
+
+import hmac
+import urllib.parse
+
+from aiohttp import web
+
+from cvlan.controller.api.framework import CTX_KEY
+from cvlan.controller.auth import Principal
+from cvlan.controller.ops import tenants
+from cvlan.controller.web import session as sessions
+from cvlan.controller.web import signin
+from cvlan.controller.web.core import (
+    CSRF_FIELD,
+    ENV_KEY,
+    KEY_KEY,
+    LOGIN_CSRF_COOKIE,
+    PREFIX,
+    PRINCIPAL_NAME,
+    SESSION_RKEY,
+    Page,
+    login_csrf,
+    page,
+    see_other,
+    set_cookie,
+    set_session_cookie,
+)
+
+
+def _safe_next(value: str) -> str:
+    """Only a path inside the UI: never another site (open redirect)."""
+    if value.startswith(PREFIX + "/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return PREFIX + "/"
+
+
+def _signin_page(request: web.Request, email: str = "", error: str = "", status: int = 200) -> web.Response:
+    token = login_csrf(request)
+    body = (
+        request.app[ENV_KEY]
+        .get_template("signin.html")
+        .render(
+            csrf=token,
+            email=email,
+            error=error,
+            next=_safe_next(request.query.get("next", "")),
+        )
+    )
+    resp = web.Response(text=body, status=status, content_type="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    set_cookie(resp, request, LOGIN_CSRF_COOKIE, token, path=PREFIX + "/signin")
+    return resp
+
+
+async def signin_form(request: web.Request) -> web.StreamResponse:
+    if isinstance(request.get(PRINCIPAL_NAME), Principal):
+        return see_other(_safe_next(request.query.get("next", "")))
+    return _signin_page(request)
+
+
+async def signin_submit(request: web.Request) -> web.StreamResponse:
+    data = await request.post()
+    email = str(data.get("email", "")).strip()
+    password = str(data.get("password", ""))
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    sent = str(data.get(CSRF_FIELD, ""))
+    if not cookie or not hmac.compare_digest(cookie, sent):
+        return _signin_page(request, email, "This form has expired. Please try again.", 403)
+    if not email or not password:
+        return _signin_page(request, email, "Enter your email and password.", 422)
+    ctx = request.app[CTX_KEY]
+    out = await signin.check(ctx, email, password)
+    if out.user is None:
+        return _signin_page(request, email, out.error, 401)
+    sess = sessions.new_session(request.app[KEY_KEY], out.user, ctx.now())
+    resp = see_other(_safe_next(str(data.get("next", ""))))
+    set_session_cookie(resp, request, sess)
+    resp.del_cookie(LOGIN_CSRF_COOKIE, path=PREFIX + "/signin")
+    return resp
+
+
+@page()
+async def signout(p: Page) -> web.StreamResponse:
+    async with p.ctx.tx() as s:
+        await sessions.revoke(s, p.sess, p.ctx.now())
+    resp = see_other(PREFIX + "/signin")
+    resp.del_cookie(sessions.COOKIE, path="/")
+    p.request.pop(SESSION_RKEY, None)
+    return resp
+
+
+@page()
+async def home(p: Page) -> web.StreamResponse:
+    if p.who.platform_admin:
+        return see_other(PREFIX + "/platform/")
+    async with p.ctx.tx() as s:
+        rows, _ = await tenants.list_(s, p.who, 1, 0)
+    if not rows:
+        return p.render("error.html", title="No tenant yet", message="You have no role in any tenant yet.")
+    return see_other(f"{PREFIX}/t/{urllib.parse.quote(rows[0].name)}/")
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    return see_other(PREFIX + "/")

@@ -1,0 +1,331 @@
+"""Tenant pages: dashboard, CVLANs and their members, nodes, enrollment tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aiohttp import web
+
+from cvlan.common.durations import parse_duration
+from cvlan.controller import audit
+from cvlan.controller.api.framework import Call
+from cvlan.controller.api.routes import join_command
+from cvlan.controller.auth import Level
+from cvlan.controller.db.models import EnrollmentToken, Node
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.web.core import Form, Page, page
+
+LIST_LIMIT = 1000
+EXPIRY_CHOICES = ("1h", "24h", "7d", "30d", "90d")
+
+
+def node_row(p: Page, n: Node, cvlan_name: str) -> dict[str, Any]:
+    """What the members tables show of a node (the same fields the live script refreshes)."""
+    v = nodes.view(n, p.ctx, cvlan_name)
+    v["path"] = node_path(n.health or {})
+    return v
+
+
+def node_path(health: dict[str, Any]) -> str:
+    """'direct', 'relay', or a count per kind ('2 direct, 1 relay') once the node has reported it."""
+    path = health.get("path")
+    if isinstance(path, str) and path:
+        return path
+    paths = health.get("paths") or health.get("peers")
+    if isinstance(paths, dict):
+        kinds: dict[str, int] = {}
+        for v in paths.values():
+            k = v.get("path") if isinstance(v, dict) else v
+            if isinstance(k, str):
+                kinds[k] = kinds.get(k, 0) + 1
+        return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return ""
+
+
+def token_status(t: EnrollmentToken, now: dt.datetime) -> str:
+    if t.revoked_at is not None:
+        return "revoked"
+    if t.expires_at is not None and t.expires_at <= now:
+        return "expired"
+    if t.max_uses is not None and t.uses >= t.max_uses:
+        return "used up"
+    return "active"
+
+
+@page(tenant=True)
+async def dashboard(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        cv_rows, cv_total = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
+        node_rows, node_total = await nodes.list_(s, p.who, p.tenant, None, LIST_LIMIT, 0)
+        p.who.require(p.tenant.id, Level.READ, "read audit log")
+        events, _ = await audit.query(s, [p.tenant.id], limit=8)
+    online = sum(1 for n, _ in node_rows if nodes.is_online(n, p.ctx.now(), p.ctx.settings.offline_after_s))
+    return p.render(
+        "dashboard.html",
+        counts={"cvlans": cv_total, "nodes": node_total, "online": online},
+        cvlans=cv_rows,
+        events=events,
+        nav="dashboard",
+    )
+
+
+async def _cvlan_list(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        rows, total = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
+    return p.render(
+        "cvlans.html",
+        status=status,
+        cvlans=rows,
+        total=total,
+        form=form or Form({"mode": "mesh"}),
+        nav="cvlans",
+    )
+
+
+@page(tenant=True)
+async def cvlan_list(p: Page) -> web.StreamResponse:
+    return await _cvlan_list(p)
+
+
+@page(tenant=True)
+async def cvlan_create(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    f = await p.form()
+    try:
+        async with p.ctx.tx() as s:
+            c = await cvlans.create(
+                p.ctx, s, p.who, p.tenant, f.get("name"), f.get("subnet") or None, f.get("mode", "mesh")
+            )
+    except DomainError as e:
+        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
+            raise
+        f.fail(e, ("name", "subnet", "mode"))
+        return await _cvlan_list(p, f, 422)
+    return p.redirect(p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} created with subnet {c.subnet}.")
+
+
+async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        c = await cvlans.get(s, p.who, p.tenant, ref)
+        rows, _ = await nodes.list_(s, p.who, p.tenant, str(c.id), LIST_LIMIT, 0)
+        toks, _ = await cvlans.list_tokens(s, p.who, p.tenant, str(c.id), LIST_LIMIT, 0)
+    active = [t for t, _ in toks if token_status(t, p.ctx.now()) == "active"]
+    return p.render(
+        "cvlan.html",
+        status=status,
+        cvlan=c,
+        members=[node_row(p, n, cn) for n, cn in rows],
+        active_tokens=len(active),
+        form=form or Form({"name": c.name, "mode": c.mode}),
+        nav="cvlans",
+    )
+
+
+@page(tenant=True)
+async def cvlan_detail(p: Page) -> web.StreamResponse:
+    return await _cvlan_detail(p, p.request.match_info["cvlan"])
+
+
+@page(tenant=True)
+async def cvlan_edit(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    ref = p.request.match_info["cvlan"]
+    f = await p.form()
+    try:
+        async with p.ctx.tx() as s:
+            c = await cvlans.update(p.ctx, s, p.who, p.tenant, ref, f.get("name"), f.get("mode"))
+    except DomainError as e:
+        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
+            raise
+        f.fail(e, ("name", "mode"))
+        return await _cvlan_detail(p, ref, f, 422)
+    return p.redirect(p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} saved.")
+
+
+@page(tenant=True)
+async def cvlan_delete(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    ref = p.request.match_info["cvlan"]
+    try:
+        async with p.ctx.tx() as s:
+            await cvlans.delete(p.ctx, s, p.who, p.tenant, ref)
+    except DomainError as e:
+        if e.kind != Kind.PRECONDITION:
+            raise
+        f = Form()
+        f.fail(e, ())
+        return await _cvlan_detail(p, ref, f, 409)
+    return p.redirect(p.url("cvlans"), f"CVLAN {ref} deleted.")
+
+
+@page(tenant=True)
+async def node_list(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        rows, total = await nodes.list_(s, p.who, p.tenant, None, LIST_LIMIT, 0)
+    return p.render("nodes.html", members=[node_row(p, n, cn) for n, cn in rows], total=total, nav="nodes")
+
+
+async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        n, cn = await nodes.get(s, p.who, p.tenant, ref)
+        all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
+    return p.render(
+        "node.html",
+        status=status,
+        node=node_row(p, n, cn),
+        os_info=n.os_info,
+        cvlans=[c for c, _ in all_cvlans],
+        form=form or Form({"name": n.name, "cvlan": cn}),
+        nav="nodes",
+    )
+
+
+@page(tenant=True)
+async def node_detail(p: Page) -> web.StreamResponse:
+    return await _node_detail(p, p.request.match_info["node"])
+
+
+@page(tenant=True)
+async def node_update(p: Page) -> web.StreamResponse:
+    """Rename (field name) or move (field cvlan), whichever the form carries."""
+    assert p.tenant is not None
+    ref = p.request.match_info["node"]
+    f = await p.form()
+    try:
+        async with p.ctx.tx() as s:
+            if "name" in f.values:
+                n = await nodes.rename(p.ctx, s, p.who, p.tenant, ref, f.get("name"))
+                msg = f"Node renamed to {n.name}."
+            else:
+                n = await nodes.move(p.ctx, s, p.who, p.tenant, ref, f.get("cvlan"))
+                msg = f"Node {n.name} moved; its new address is {n.address}."
+    except DomainError as e:
+        if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" not in e.message):
+            raise
+        f.fail(e, ("name", "cvlan"), {"CVLAN": "cvlan"})
+        return await _node_detail(p, ref, f, 422)
+    return p.redirect(p.url(f"nodes/{n.name}"), msg)
+
+
+@page(tenant=True)
+async def node_delete(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        n = await nodes.delete(p.ctx, s, p.who, p.tenant, p.request.match_info["node"])
+    back = p.request.query.get("back", "")
+    to = p.url(f"cvlans/{back}") if back else p.url("nodes")
+    return p.redirect(to, f"Node {n.name} deleted; its certificate is no longer accepted.")
+
+
+# --- enrollment tokens ------------------------------------------------------------------
+
+
+async def _token_list(
+    p: Page, form: Form | None = None, status: int = 200, created: dict[str, Any] | None = None
+) -> web.Response:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        rows, total = await cvlans.list_tokens(s, p.who, p.tenant, None, LIST_LIMIT, 0)
+        all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
+    now = p.ctx.now()
+    default = Form({"kind": "single", "expires": "24h", "cvlan": p.request.query.get("cvlan", "")})
+    return p.render(
+        "tokens.html",
+        status=status,
+        tokens=[(t, cn, token_status(t, now)) for t, cn in reversed(rows)],
+        total=total,
+        cvlans=[c for c, _ in all_cvlans],
+        expiry_choices=EXPIRY_CHOICES,
+        form=form or default,
+        created=created,
+        nav="tokens",
+    )
+
+
+@page(tenant=True)
+async def token_list(p: Page) -> web.StreamResponse:
+    return await _token_list(p)
+
+
+def _uses(f: Form) -> int | None:
+    text = f.get("uses")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise DomainError(
+            Kind.INVALID, "uses must be a whole number, or empty for no limit", {"field": "uses"}
+        )
+    return int(text)
+
+
+def _expiry(f: Form) -> dt.timedelta:
+    try:
+        return parse_duration(f.get("expires") or "24h")
+    except ValueError as e:
+        raise DomainError(Kind.INVALID, str(e), {"field": "expires"}) from e
+
+
+@page(tenant=True)
+async def token_create(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    f = await p.form()
+    tags = [t.strip() for t in f.get("tags").replace(",", " ").split() if t.strip()]
+    try:
+        if not f.get("cvlan"):
+            raise DomainError(Kind.INVALID, "choose the CVLAN the new nodes will join", {"field": "cvlan"})
+        reusable = f.get("kind") == "reusable"
+        uses, expires = _uses(f), _expiry(f)
+        async with p.ctx.tx() as s:
+            tok, cv, text = await cvlans.create_token(
+                p.ctx,
+                s,
+                p.who,
+                p.tenant,
+                f.get("cvlan"),
+                reusable=reusable,
+                max_uses=uses,
+                expires_in=expires,
+                tags=tags,
+            )
+    except DomainError as e:
+        if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" not in e.message):
+            raise
+        f.fail(e, ("cvlan", "kind", "uses", "expires", "tags"), {"max_uses": "uses", "name": "tags"})
+        return await _token_list(p, f, 422)
+    cmd = join_command(Call(p.request, p.ctx, p.who, None, {}), text)
+    created = {"token": text, "command": cmd, "cvlan": cv.name, "prefix": tok.prefix}
+    return await _token_list(p, None, 201, created)
+
+
+@page(tenant=True)
+async def token_revoke(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        t = await cvlans.revoke_token(p.ctx, s, p.who, p.tenant, p.request.match_info["token"])
+    return p.redirect(p.url("tokens"), f"Token {t.prefix} revoked: it can no longer enroll nodes.")
+
+
+def routes(prefix: str) -> list[web.RouteDef]:
+    t = prefix + "/t/{tenant}"
+    return [
+        web.get(t + "/", dashboard),
+        web.get(t + "/cvlans", cvlan_list),
+        web.post(t + "/cvlans", cvlan_create),
+        web.get(t + "/cvlans/{cvlan}", cvlan_detail),
+        web.post(t + "/cvlans/{cvlan}/edit", cvlan_edit),
+        web.post(t + "/cvlans/{cvlan}/delete", cvlan_delete),
+        web.get(t + "/nodes", node_list),
+        web.get(t + "/nodes/{node}", node_detail),
+        web.post(t + "/nodes/{node}/edit", node_update),
+        web.post(t + "/nodes/{node}/delete", node_delete),
+        web.get(t + "/tokens", token_list),
+        web.post(t + "/tokens", token_create),
+        web.post(t + "/tokens/{token}/revoke", token_revoke),
+    ]

@@ -1,0 +1,86 @@
+"""Password sign-in with a growing lockout after repeated failures.
+
+Every attempt costs one argon2 verification, also for an unknown email (against a dummy hash), so
+the answer time does not tell which emails exist. After FREE_FAILURES wrong passwords in a row the
+account is locked for LOCK_BASE seconds, doubling with each further failure up to LOCK_MAX; a
+successful sign-in resets the count. The verification runs in a worker thread so that a burst of
+attempts does not stall the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from cvlan.controller import audit, credentials
+from cvlan.controller.auth import Principal
+from cvlan.controller.db.models import User
+from cvlan.controller.ops.context import OpsContext
+
+FREE_FAILURES = 5
+LOCK_BASE = dt.timedelta(seconds=30)
+LOCK_MAX = dt.timedelta(minutes=15)
+FAILURE_DELAY_S = 0.3
+_DUMMY_HASH = credentials.hash_password("not-a-real-password-just-for-timing")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    user: User | None
+    error: str = ""
+
+
+def lock_for(failures: int) -> dt.timedelta:
+    """How long an account stays locked after its n-th consecutive failure (zero below the limit)."""
+    if failures < FREE_FAILURES:
+        return dt.timedelta(0)
+    step: int = 2 ** min(failures - FREE_FAILURES, 10)
+    return min(LOCK_MAX, LOCK_BASE * step)
+
+
+async def check(ctx: OpsContext, email: str, password: str) -> Outcome:
+    """Verify an email and password; count failures and lock the account after too many."""
+    email = email.strip().lower()
+    async with ctx.tx() as s:
+        user = await s.scalar(select(User).where(User.email == email)) if email else None
+        encoded = user.password_hash if user is not None else _DUMMY_HASH
+        now = ctx.now()
+        if user is not None and user.locked_until is not None and user.locked_until > now:
+            mins = math.ceil((user.locked_until - now).total_seconds() / 60)
+            await asyncio.sleep(FAILURE_DELAY_S)
+            return Outcome(
+                None, f"Too many failed sign-ins. Try again in {mins} minute{'s' if mins != 1 else ''}."
+            )
+    ok = await asyncio.to_thread(credentials.check_password, password, encoded)
+    async with ctx.tx() as s:
+        if user is None:
+            await asyncio.sleep(FAILURE_DELAY_S)
+            return Outcome(None, "The email or password is not correct.")
+        row = await s.get(User, user.id, with_for_update=True)
+        if row is None:
+            return Outcome(None, "The email or password is not correct.")
+        who = Principal(actor=f"user:{row.email}", user_id=row.id)
+        if ok:
+            row.failed_logins = 0
+            row.locked_until = None
+            audit.record(s, who, "user.signin", "user", row.id, tenant_id=None, now=ctx.now())
+            return Outcome(row)
+        row.failed_logins = (row.failed_logins or 0) + 1
+        lock = lock_for(row.failed_logins)
+        if lock:
+            row.locked_until = ctx.now() + lock
+            audit.record(
+                s,
+                who,
+                "user.locked",
+                "user",
+                row.id,
+                tenant_id=None,
+                after={"failed_logins": row.failed_logins, "locked_seconds": int(lock.total_seconds())},
+                now=ctx.now(),
+            )
+    await asyncio.sleep(FAILURE_DELAY_S)
+    return Outcome(None, "The email or password is not correct.")

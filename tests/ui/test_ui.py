@@ -1,0 +1,265 @@
+"""The web UI in a real browser: sign-in, the operator's flow, live status, errors, RBAC, isolation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cvlan.controller.auth import SYSTEM
+from cvlan.controller.errors import DomainError
+from cvlan.controller.ops import cvlans, nodes, users
+from cvlan.controller.ops.context import resolve_tenant
+from tests.ui.conftest import PASSWORD, UiEnv, sign_in
+
+pytestmark = [pytest.mark.ui, pytest.mark.asyncio(loop_scope="module")]
+
+
+async def _count_cvlans(ui: UiEnv, tenant: str) -> int:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await resolve_tenant(s, SYSTEM, tenant)
+        return (await cvlans.list_(s, SYSTEM, t, 1000, 0))[1]
+
+
+async def test_sign_in_wrong_password_then_right_then_out(ui: UiEnv) -> None:
+    page = await ui.page()
+    await page.goto(ui.url + "/")
+    assert page.url.startswith(ui.url + "/ui/signin")
+    await ui.shot(page, "signin")
+    await sign_in(page, ui.url, ui.users["alice"], "wrong-password!")
+    assert "not correct" in await page.inner_text("#signin-error")
+    await sign_in(page, ui.url, ui.users["alice"], PASSWORD)
+    assert page.url == ui.url + "/ui/t/acme/"
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "cvlan_session")
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    await page.click("#signout")
+    assert page.url.startswith(ui.url + "/ui/signin")
+    # The old cookie no longer works, even if replayed.
+    other = await ui.page()
+    await other.context.add_cookies([{**cookie}])
+    await other.goto(ui.url + "/ui/t/acme/")
+    assert "/ui/signin" in other.url
+
+
+async def test_repeated_failures_lock_the_account(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        acme = await resolve_tenant(s, SYSTEM, "acme")
+        await users.create_user(ctx, s, SYSTEM, acme, "locky@acme.example", "operator", PASSWORD)
+    page = await ui.page()
+    for _ in range(5):
+        await sign_in(page, ui.url, "locky@acme.example", "not-the-password")
+        assert "not correct" in await page.inner_text("#signin-error")
+    await sign_in(page, ui.url, "locky@acme.example", PASSWORD)
+    assert "Too many failed sign-ins" in await page.inner_text("#signin-error")
+    assert "/ui/signin" in page.url
+
+
+async def test_operator_flow_cvlan_token_node_revoke_delete_audit(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["alice"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans")
+    await page.fill("#create-cvlan #f-name", "office")
+    await page.click("#create-cvlan button[type=submit]")
+    assert page.url.endswith("/ui/t/acme/cvlans/office")
+    assert "CVLAN office created" in await page.inner_text("#flash")
+    subnet = re.search(r"\d+\.\d+\.\d+\.\d+/\d+", await page.inner_text(".meta"))
+    assert subnet is not None
+
+    # Enrollment token: shown once, with the join command.
+    await page.click("text=Add a node")
+    assert await page.input_value("#f-cvlan") == "office"
+    await page.check("input[name=kind][value=reusable]")
+    await page.fill("#f-tags", "tag:laptop")
+    await page.click("#create-token button[type=submit]")
+    command = (await page.inner_text("#join-command")).strip()
+    m = re.fullmatch(
+        rf"cvlan-ctrl --server {re.escape(ui.url)} --token (cvet_\S+) --ca-pin sha256:\S+", command
+    )
+    assert m is not None, command
+    token_text = m.group(1)
+    await ui.shot(page, "token-created")
+    await page.goto(ui.url + "/ui/t/acme/tokens")
+    assert token_text not in await page.content()  # never shown again
+
+    # A node registers with that token; the open CVLAN page shows it without a reload.
+    await page.goto(ui.url + "/ui/t/acme/cvlans/office")
+    assert await page.is_visible("#members-empty")
+    await page.evaluate("window.__marker = 'same page'")
+    await ui.register_node("acme", token_text, "laptop-1")
+    await ui.register_node("acme", token_text, "build-server", online=False, endpoints=["203.0.113.9:51820"])
+    row = page.locator("#members tr", has_text="laptop-1")
+    await row.wait_for()
+    assert await page.evaluate("window.__marker") == "same page"
+    assert await row.locator(".dot.on").count() == 1
+    assert await page.locator("#members tr", has_text="build-server").locator(".dot.off").count() == 1
+    assert "198.51.100.7:41641" in await row.inner_text()
+    await ui.shot(page, "cvlan-members")
+
+    # Revoke the token: listed as revoked, and registration with it now fails.
+    await page.goto(ui.url + "/ui/t/acme/tokens")
+    prefix = token_text.split("_")[1]
+    await page.click(f"tr[data-token='{prefix}'] button:has-text('Revoke')")
+    assert "revoked" in await page.inner_text(f"tr[data-token='{prefix}']")
+    with pytest.raises(DomainError, match="revoked"):
+        await ui.register_node("acme", token_text, "too-late")
+    await ui.shot(page, "tokens")
+
+    # Node detail, then delete it.
+    await page.goto(ui.url + "/ui/t/acme/nodes/laptop-1")
+    assert "tag:laptop" in await page.inner_text(".kv")
+    await ui.shot(page, "node")
+    await page.click("#delete-node button")
+    assert page.url.endswith("/ui/t/acme/cvlans/office")
+    assert "laptop-1 deleted" in await page.inner_text("#flash")
+    assert await page.locator("#members tr", has_text="laptop-1").count() == 0
+
+    # The audit log shows what was done, by whom; filters narrow it.
+    await page.goto(ui.url + "/ui/t/acme/audit")
+    table = await page.inner_text("#audit-table")
+    for action in ("cvlan.create", "token.create", "node.register", "token.revoke", "node.delete"):
+        assert action in table, action
+    assert "user:alice@acme.example" in table
+    await ui.shot(page, "audit")
+    await page.fill("#q-action", "node.delete")
+    await page.click("#audit-filters button")
+    rows = await page.locator("#audit-table tbody tr").all_inner_texts()
+    assert len(rows) == 1 and "laptop-1" in rows[0]
+
+
+async def test_form_errors_are_shown_next_to_the_field_and_nothing_is_written(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["olga"])
+    before = await _count_cvlans(ui, "acme")
+    await page.goto(ui.url + "/ui/t/acme/cvlans")
+    await page.fill("#create-cvlan #f-name", "bad name!")
+    await page.click("#create-cvlan button[type=submit]")
+    err = await page.inner_text("#create-cvlan #err-name")
+    assert "is not valid" in err and "letters, digits" in err
+    assert await page.input_value("#create-cvlan #f-name") == "bad name!"
+    await ui.shot(page, "form-error")
+    await page.fill("#create-cvlan #f-name", "lab")
+    await page.fill("#create-cvlan #f-subnet", "10.0.0.0/33")
+    await page.click("#create-cvlan button[type=submit]")
+    assert "subnet" in (await page.inner_text("#create-cvlan #err-subnet")).lower()
+    assert await _count_cvlans(ui, "acme") == before
+
+    await page.goto(ui.url + "/ui/t/acme/cvlans")
+    await page.fill("#create-cvlan #f-name", "lab")
+    await page.click("#create-cvlan button[type=submit]")
+    await page.goto(ui.url + "/ui/t/acme/cvlans")
+    await page.fill("#create-cvlan #f-name", "lab")
+    await page.click("#create-cvlan button[type=submit]")
+    assert "already exists" in await page.inner_text("#create-cvlan #err-name")
+    assert await _count_cvlans(ui, "acme") == before + 1
+
+    await page.goto(ui.url + "/ui/t/acme/tokens")
+    await page.select_option("#f-cvlan", "lab")
+    await page.fill("#f-expires", "soon")
+    await page.click("#create-token button[type=submit]")
+    assert "expected a number and a unit" in await page.inner_text("#err-expires")
+    assert await page.locator("#token-created").count() == 0
+
+
+async def test_auditor_sees_no_edit_controls_and_the_server_refuses_edits(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["audrey"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans")
+    assert await page.locator("#cvlan-table").count() == 1
+    assert await page.locator("#create-cvlan").count() == 0
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    assert await page.locator("form[action$='/delete'], #edit-cvlan").count() == 0
+    assert await page.locator("text=Add a node").count() == 0
+    await page.goto(ui.url + "/ui/t/acme/tokens")
+    assert await page.locator("#create-token").count() == 0
+    await page.goto(ui.url + "/ui/t/acme/users")
+    assert await page.locator("#create-user").count() == 0
+    # Forge the requests a form would send, with her valid CSRF token: refused, nothing written.
+    csrf = await page.get_attribute("body", "data-csrf")
+    before = await _count_cvlans(ui, "acme")
+    r = await page.request.post(
+        ui.url + "/ui/t/acme/cvlans", form={"_csrf": csrf or "", "name": "sneaky", "mode": "mesh"}
+    )
+    assert r.status == 403 and "your role in this tenant does not allow it" in await r.text()
+    r = await page.request.post(ui.url + "/ui/t/acme/cvlans/lab/delete", form={"_csrf": csrf or ""})
+    assert r.status == 403
+    assert await _count_cvlans(ui, "acme") == before
+    # The JSON API refuses the same write made with her session.
+    r = await page.request.post(
+        ui.url + "/api/v1/tenants/acme/cvlans", data={"name": "sneaky"}, headers={"X-CSRF-Token": csrf or ""}
+    )
+    assert r.status == 403
+
+
+async def test_a_user_of_one_tenant_cannot_open_another_tenants_pages(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["alice"])
+    for path in ("/ui/t/globex/", "/ui/t/globex/cvlans/secret-lab", "/ui/t/globex/audit", "/ui/t/2/cvlans"):
+        r = await page.goto(ui.url + path)
+        assert r is not None and r.status == 404, path
+        assert "secret-lab" not in await page.content()
+    assert await page.locator("#tenant-switcher a", has_text="Globex").count() == 0
+    r = await page.goto(ui.url + "/ui/platform/")
+    assert r is not None and r.status == 403
+    bob = await ui.page(ui.users["bob"])
+    r = await bob.goto(ui.url + "/ui/t/acme/cvlans/office")
+    assert r is not None and r.status == 404
+
+
+async def test_forms_without_the_csrf_token_are_refused(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["alice"])
+    before = await _count_cvlans(ui, "acme")
+    r = await page.request.post(ui.url + "/ui/t/acme/cvlans", form={"name": "forged", "mode": "mesh"})
+    assert r.status == 403
+    r = await page.request.post(ui.url + "/api/v1/tenants/acme/cvlans", data={"name": "forged"})
+    assert r.status == 403
+    assert await _count_cvlans(ui, "acme") == before
+
+
+async def test_platform_admin_sees_health_tenants_and_infrastructure(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["root"])
+    assert page.url == ui.url + "/ui/platform/"
+    assert "acme" in await page.inner_text("#tenant-table")
+    await page.wait_for_function(
+        "document.querySelector('[data-h=\"api_requests_per_s\"]').textContent !== '…'", timeout=15_000
+    )
+    assert await page.inner_text("[data-h='db.status']") == "ok"
+    await ui.shot(page, "platform")
+    await page.goto(ui.url + "/ui/platform/infra")
+    await page.fill("#create-region #f-name", "eu-west")
+    await page.click("#create-region button")
+    await page.select_option("#create-relay #f-region", "eu-west")
+    await page.fill("#create-relay #f-name", "relay-1")
+    await page.fill("#create-relay #f-url", "not a url")
+    await page.click("#create-relay button")
+    assert "expected an http(s):// URL" in await page.inner_text("#create-relay #err-url")
+    await page.fill("#create-relay #f-url", "https://relay1.example.com")
+    await page.fill("#create-relay #f-stun", "relay1.example.com:3478")
+    await page.click("#create-relay button")
+    assert (await page.inner_text("#start-command")).startswith("cvlan-relay --server ")
+    await ui.shot(page, "infra")
+    # The switcher takes the platform admin into any tenant.
+    await page.click("#tenant-switcher summary")
+    await page.click("#tenant-switcher a:has-text('Acme Corp')")
+    assert page.url == ui.url + "/ui/t/acme/"
+    await ui.shot(page, "dashboard")
+
+
+async def test_node_rename_and_move(ui: UiEnv) -> None:
+    token = await ui.issue_token("acme", "office")
+    await ui.register_node("acme", token, "mover")
+    page = await ui.page(ui.users["olga"])
+    await page.goto(ui.url + "/ui/t/acme/nodes/mover")
+    await page.fill("#rename-node #f-name", "no good")
+    await page.click("#rename-node button")
+    assert "is not valid" in await page.inner_text("#rename-node #err-name")
+    await page.fill("#rename-node #f-name", "mover-2")
+    await page.click("#rename-node button")
+    assert page.url.endswith("/nodes/mover-2")
+    await page.select_option("#move-node #f-cvlan", "lab")
+    await page.click("#move-node button")
+    assert "its new address" in await page.inner_text("#flash")
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await resolve_tenant(s, SYSTEM, "acme")
+        n, cvlan_name = await nodes.get(s, SYSTEM, t, "mover-2")
+    assert cvlan_name == "lab"
+    await page.goto(ui.url + "/ui/t/acme/nodes")
+    await ui.shot(page, "nodes")
