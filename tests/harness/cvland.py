@@ -51,7 +51,7 @@ def start_cvland(lab: Lab, ns: Netns, ifname: str | None = None, state_dir: Path
         "wireguard-go",
     )
     try:
-        ipcclient.wait_socket(sock)
+        ipcclient.wait_socket(sock, alive=proc.alive)
     except TimeoutError as e:
         raise RuntimeError(f"{e}\n--- cvland log ---\n{proc.output()}") from None
     return Dataplane(ns, ifname, sock, state_dir, proc)

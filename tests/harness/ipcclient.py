@@ -6,6 +6,7 @@ import itertools
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,11 @@ def status(path: Path) -> DeviceStatus:
     return DeviceStatus.model_validate(ans)
 
 
-def wait_socket(path: Path, timeout: float = 20.0) -> None:
-    """Wait until the daemon answers ping on path."""
+def wait_socket(path: Path, timeout: float = 20.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Wait until the daemon answers ping on path (give up early once alive() is False)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
             if request(path, "ping", timeout=2.0).get("ok"):
                 return

@@ -11,7 +11,7 @@ from cvlan.common.clock import FakeClock
 from cvlan.cvland.daemon import DESIRED_FILE, Backends, Daemon
 from cvlan.cvland.reconcile import InvalidState
 from cvlan.cvland.server import handle_request
-from cvlan.dataplane.engine import FakeEngine
+from cvlan.dataplane.engine import EngineError, FakeEngine
 from cvlan.dataplane.firewall import FakeFirewall
 from cvlan.dataplane.router import FakeRouter, RouterConfig
 from cvlan.dataplane.wgconfig import generate_keypair
@@ -133,10 +133,20 @@ def test_desired_state_is_saved_0600_and_reapplied_on_start(daemon: Daemon, tmp_
     daemon.apply(state(4))
     saved = tmp_path / "state" / DESIRED_FILE
     assert saved.stat().st_mode & 0o777 == 0o600
+    daemon.stop()
     b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
     d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
     d2.start()
     assert d2.desired is not None and d2.desired.version == 4 and fakes(d2)[0].config is not None
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
+    d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
+    with pytest.raises(EngineError, match="in use by another running cvland"):
+        d2.start()
+    d2.stop()
+    assert fakes(daemon)[0].running, "the refused daemon must not touch the running one"
 
 
 def test_status_reports_peers_and_local_endpoints(daemon: Daemon) -> None:

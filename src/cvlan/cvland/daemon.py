@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -54,19 +55,24 @@ class Daemon:
         self.selector = EndpointSelector(clock, probe_s=probe_s)
         self.desired: DesiredState | None = None
         self._wg_prev: WgConfig | None = None
+        self._owns_host = False
+        self._lock_fd: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Remove leftovers of a crashed run, start the engine, re-apply the last desired state."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.cleanup_leftovers()
+        self._lock()
+        self._stop_recorded_engine()
         sock = SOCKET_DIR / f"{self.ifname}.sock"
         if _uapi_in_use(sock):
             raise EngineError(
                 f"interface {self.ifname}: another WireGuard process serves {sock} "
                 "(the UAPI directory is shared by all network namespaces; choose another --interface)"
             )
+        self._owns_host = True
+        self.cleanup_leftovers()
         self.b.engine.start()
         self._write_run_file()
         saved = self._load_desired()
@@ -77,34 +83,50 @@ class Daemon:
             except Exception as e:  # a bad saved file must not keep the daemon down
                 log.warning("saved desired state not applied: %s", e)
 
+    def _lock(self) -> None:
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EngineError(f"state dir {self.state_dir}: in use by another running cvland") from None
+        self._lock_fd = fd
+
     def stop(self) -> None:
         """Tear everything down: firewall table, routes and address (with the link), engine."""
-        with contextlib.suppress(Exception):
-            self.b.firewall.teardown()
-        self.b.router.teardown()
-        self.b.engine.stop()
-        self._delete_link()
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / RUN_FILE).unlink()
+        if self._owns_host:
+            with contextlib.suppress(Exception):
+                self.b.firewall.teardown()
+            self.b.router.teardown()
+            self.b.engine.stop()
+            self._delete_link()
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / RUN_FILE).unlink()
+            self._owns_host = False
         self._wg_prev = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
-    def cleanup_leftovers(self) -> None:
-        run = self.state_dir / RUN_FILE
+    def _stop_recorded_engine(self) -> None:
         try:
-            info = json.loads(run.read_text())
+            info = json.loads((self.state_dir / RUN_FILE).read_text())
         except (OSError, ValueError):
-            info = {}
+            return
         pid = info.get("pid")
         if isinstance(pid, int) and pid > 0:
             argv = pid_cmdline(pid)
             if argv and info.get("interface") in argv:
                 log.warning("stopping engine left by a previous run", extra={"reason": f"pid {pid}"})
                 stop_pid(pid)
+
+    def cleanup_leftovers(self) -> None:
+        """Delete what a crashed run left in this namespace: the link and the nftables table."""
         self._delete_link()
         with contextlib.suppress(Exception):
             self.b.firewall.teardown()
         with contextlib.suppress(FileNotFoundError):
-            run.unlink()
+            (self.state_dir / RUN_FILE).unlink()
 
     def _write_run_file(self) -> None:
         info = {"interface": self.ifname, "engine": self.b.engine.name, "pid": self.b.engine.pid()}

@@ -106,9 +106,10 @@ class UserspaceEngine:
         raise EngineError(f"start {self.name} {self.ifname}: no UAPI socket after {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self._proc is not None:
-            stop_pid(self._proc.pid, self._proc)
-            self._proc = None
+        if self._proc is None:
+            return  # never started: the socket path may belong to someone else (shared directory)
+        stop_pid(self._proc.pid, self._proc)
+        self._proc = None
         with contextlib.suppress(FileNotFoundError):
             self.sock.unlink()
 
