@@ -35,11 +35,22 @@ def test_rules_render_in_order() -> None:
     assert "ip saddr 100.64.0.0/24 accept" not in "\n".join(body)
 
 
+def test_node_protocol_rule_shape_with_empty_fields_and_drop() -> None:
+    # What cvlan-ctrl sends for FilterRule: every field present, empty meaning "any".
+    rules: list[dict[str, object]] = [
+        {"action": "drop", "src": ["100.64.0.9/32"], "proto": "", "ports": []},
+        {"action": "accept", "src": [], "proto": "", "ports": []},
+    ]
+    body = [line.strip() for line in render_ruleset("wg0", "100.64.0.0/24", rules).splitlines()]
+    i = body.index('iifname "wg0" ip saddr 100.64.0.9/32 counter name "denied" drop')
+    assert body[i + 1] == 'iifname "wg0" ip saddr 100.64.0.0/24 accept'
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
         ({"src": "nope"}, "filter rule 0: src 'nope': not a CIDR"),
-        ({"src": []}, "filter rule 0: src must be a CIDR or a non-empty list of CIDRs"),
+        ({"src": 5}, "filter rule 0: src must be a CIDR or a list of CIDRs"),
         ({"src": "fd00::/64"}, "filter rule 0: src 'fd00::/64': only IPv4 is supported"),
         ({"proto": "sctp"}, "filter rule 0: proto 'sctp': expected one of any, tcp, udp, icmp"),
         ({"proto": "icmp", "ports": [1]}, "filter rule 0: ports need proto tcp or udp"),
@@ -47,7 +58,7 @@ def test_rules_render_in_order() -> None:
         ({"proto": "tcp", "ports": ["22-1"]}, "filter rule 0: port '22-1': out of range 1-65535"),
         ({"proto": "tcp", "ports": ["x"]}, "filter rule 0: port 'x': expected N or N-M"),
         ({"proto": "tcp", "ports": [True]}, "filter rule 0: port True: expected N or N-M"),
-        ({"action": "drop"}, "filter rule 0: action must be accept"),
+        ({"action": "reject"}, "filter rule 0: action 'reject': expected accept or drop"),
         ({"dst": "1.2.3.4/32"}, "filter rule 0: unknown key 'dst'"),
     ],
 )
@@ -67,6 +78,11 @@ def test_bad_interface_name_and_subnet() -> None:
 @pytest.mark.skipif(shutil.which("nft") is None, reason="this machine lacks nft")
 def test_rendered_ruleset_passes_nft_check() -> None:
     # `nft -c` parses and validates against the kernel without changing anything.
-    text = render_ruleset("wg0", "100.64.0.0/24", [{"proto": "tcp", "ports": [22]}, {"proto": "icmp"}])
+    rules: list[dict[str, object]] = [
+        {"proto": "tcp", "ports": [22]},
+        {"proto": "icmp"},
+        {"action": "drop", "src": ["100.64.0.9/32"]},
+    ]
+    text = render_ruleset("wg0", "100.64.0.0/24", rules)
     r = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr

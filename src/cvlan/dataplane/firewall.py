@@ -2,11 +2,12 @@
 
 The rendered file first creates the table (so the delete cannot fail), deletes it and defines it
 again; `nft -f` runs the file as one transaction, so either the new table is in place or the old
-one is untouched. Rule format (DesiredState.filter_rules), each dict one accept rule:
+one is untouched. Rule format (DesiredState.filter_rules, the node protocol's FilterRule), evaluated in order:
 
-    {"src": "100.64.0.0/24" | ["100.64.0.7/32", ...],   # default: the CVLAN subnet
-     "proto": "any" | "tcp" | "udp" | "icmp",            # default: any
-     "ports": [22, "8000-8100"]}                         # tcp/udp only; default: all ports
+    {"action": "accept" | "drop",                        # default: accept
+     "src": ["100.64.0.7/32", ...] | "100.64.0.0/24",    # empty/absent: the CVLAN subnet
+     "proto": "" | "any" | "tcp" | "udp" | "icmp",       # empty/absent: any
+     "ports": ["22", "8000-8100"]}                       # tcp/udp only; empty/absent: all ports
 
 An empty list allows everything from the CVLAN subnet. Everything else arriving on the interface
 is counted in the named counter `denied` and dropped. Replies to our own traffic are accepted."""
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _PROTOS = ("any", "tcp", "udp", "icmp")
+_ACTIONS = {"accept": "accept", "drop": 'counter name "denied" drop'}
 _IGNORED_KEYS = {"comment", "id", "name"}
 
 
@@ -75,15 +77,16 @@ def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4
     unknown = set(rule) - {"src", "proto", "ports", "action"} - _IGNORED_KEYS
     if unknown:
         raise FirewallError(f"filter rule {i}: unknown key {sorted(unknown)[0]!r}")
-    if rule.get("action", "accept") != "accept":
-        raise FirewallError(f"filter rule {i}: action must be accept")
-    src_raw = rule.get("src", str(default_src))
+    action = rule.get("action") or "accept"
+    if action not in _ACTIONS:
+        raise FirewallError(f"filter rule {i}: action {action!r}: expected accept or drop")
+    src_raw = rule.get("src") or str(default_src)
     srcs = [src_raw] if isinstance(src_raw, str) else src_raw
-    if not isinstance(srcs, list) or not srcs:
-        raise FirewallError(f"filter rule {i}: src must be a CIDR or a non-empty list of CIDRs")
+    if not isinstance(srcs, list):
+        raise FirewallError(f"filter rule {i}: src must be a CIDR or a list of CIDRs")
     nets = [str(_network(s, f"filter rule {i}: src")) for s in srcs]
     src = nets[0] if len(nets) == 1 else "{ " + ", ".join(nets) + " }"
-    proto = rule.get("proto", "any")
+    proto = rule.get("proto") or "any"
     if proto not in _PROTOS:
         raise FirewallError(f"filter rule {i}: proto {proto!r}: expected one of {', '.join(_PROTOS)}")
     out = f"ip saddr {src}"
@@ -94,7 +97,7 @@ def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4
         if proto not in ("tcp", "udp"):
             raise FirewallError(f"filter rule {i}: ports need proto tcp or udp")
         out += f" {proto} dport {{ {', '.join(_port(i, p) for p in _as_list(i, ports))} }}"
-    return out + " accept"
+    return f"{out} {_ACTIONS[str(action)]}"
 
 
 def _as_list(i: int, v: object) -> list[object]:
