@@ -1,0 +1,293 @@
+"""Relay client and the local UDP proxy that carries WireGuard datagrams through relays.
+
+wireguard-go sends a relayed peer's packets to 127.0.0.1:<proxy port of that peer>; the proxy wraps
+each datagram into a SEND_PACKET frame addressed to the peer's key on the peer's home relay. Frames
+from a relay are unwrapped and sent from the source peer's proxy port to the local WireGuard port,
+so WireGuard sees every peer arrive from the endpoint it was configured with. Packets stay
+encrypted end to end; nothing here reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import cast
+
+import aiohttp
+
+from cvlan.common.backoff import Backoff
+from cvlan.wire import relayproto as rp
+
+log = logging.getLogger(__name__)
+
+PacketHandler = Callable[[bytes, bytes], None]
+"""(source key, packet) for each packet a relay delivers."""
+
+
+def node_ssl(cert_pem: str, key_pem: str, ca_pem: str) -> ssl.SSLContext:
+    """Client TLS for a relay: verify it against the controller CA, present the node certificate."""
+    import tempfile
+
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    # load_cert_chain wants files; they exist only for the call, in a private directory.
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+        for path, data in ((cert, cert_pem), (key, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def ws_url(url: str) -> str:
+    """The relay WebSocket URL for a relay's base URL (https:// or wss://)."""
+    base = url.rstrip("/")
+    if base.startswith("wss://"):
+        base = "https://" + base[6:]
+    return base + rp.WS_PATH
+
+
+@dataclass
+class RelayClientStats:
+    sent: int = 0
+    received: int = 0
+    dropped_queue: int = 0
+    dropped_offline: int = 0
+    connects: int = 0
+    gone: dict[bytes, float] = field(default_factory=dict)
+
+
+class RelayClient:
+    """One WebSocket to one relay, kept up with backoff; sends never block (bounded queue)."""
+
+    def __init__(
+        self,
+        url: str,
+        ssl_ctx: ssl.SSLContext,
+        on_packet: PacketHandler,
+        *,
+        queue_len: int = 512,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.url = ws_url(url)
+        self._ssl = ssl_ctx
+        self.on_packet = on_packet
+        self._queue: deque[bytes] = deque()
+        self._queue_len = queue_len
+        self._wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.region = ""
+        self.stats = RelayClientStats()
+        self._backoff = Backoff(0.1, max_backoff)
+        self._task: asyncio.Task[None] | None = None
+        self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    def start(self) -> RelayClient:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.connected.clear()
+
+    def send(self, dst: bytes, packet: bytes) -> None:
+        """Queue a packet for dst. While disconnected, packets are dropped (WireGuard retransmits)."""
+        if not self.connected.is_set():
+            self.stats.dropped_offline += 1
+            return
+        if len(self._queue) >= self._queue_len:
+            self._queue.popleft()
+            self.stats.dropped_queue += 1
+        self._queue.append(rp.send_packet(dst, packet))
+        self.stats.sent += 1
+        self._wake.set()
+
+    async def ping(self, timeout: float = 2.0) -> float:
+        """Round-trip time to the relay over the open connection, in seconds."""
+        await asyncio.wait_for(self.connected.wait(), timeout)
+        data = os.urandom(rp.PING_LEN)
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[data] = fut
+        t0 = time.monotonic()
+        self._queue.append(rp.pack_frame(rp.Ping(data)))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, timeout) - t0
+        finally:
+            self._pings.pop(data, None)
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    await self._connect_once(session)
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    log.debug("relay connection failed", extra={"endpoint": self.url, "reason": str(e)})
+                self.connected.clear()
+                self._queue.clear()
+                await asyncio.sleep(self._backoff.next())
+
+    async def _connect_once(self, session: aiohttp.ClientSession) -> None:
+        async with session.ws_connect(
+            self.url,
+            ssl=self._ssl,
+            protocols=(rp.WS_PROTOCOL,),
+            heartbeat=30,
+            max_msg_size=rp.FRAME_HEADER_LEN + rp.KEY_LEN + rp.MAX_PACKET,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5),
+        ) as ws:
+            self._ws = ws
+            self.stats.connects += 1
+            self._backoff.reset()
+            self.connected.set()
+            log.info("relay connected", extra={"endpoint": self.url})
+            writer = asyncio.create_task(self._writer(ws))
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        self._handle(msg.data)
+            finally:
+                writer.cancel()
+                with suppress(asyncio.CancelledError, ConnectionError):
+                    await writer
+                self._ws = None
+                log.info("relay disconnected", extra={"endpoint": self.url})
+
+    def _handle(self, data: bytes) -> None:
+        if len(data) >= rp.FRAME_HEADER_LEN + rp.KEY_LEN and data[0] == rp.FrameType.RECV_PACKET:
+            self.stats.received += 1
+            head = rp.FRAME_HEADER_LEN
+            self.on_packet(data[head : head + rp.KEY_LEN], data[head + rp.KEY_LEN :])
+            return
+        try:
+            frame = rp.parse_frame(data)
+        except rp.FrameError as e:
+            log.debug("bad relay frame", extra={"reason": str(e)})
+            return
+        if isinstance(frame, rp.ServerInfo):
+            self.region = frame.region
+        elif isinstance(frame, rp.Pong):
+            fut = self._pings.get(frame.data)
+            if fut is not None and not fut.done():
+                fut.set_result(time.monotonic())
+        elif isinstance(frame, rp.PeerGone):
+            self.stats.gone[frame.key] = time.monotonic()
+
+    async def _writer(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await ws.send_bytes(self._queue.popleft())
+
+
+class _PeerEndpoint(asyncio.DatagramProtocol):
+    """The local UDP socket standing in for one relayed peer."""
+
+    def __init__(self, proxy: RelayProxy, key: bytes) -> None:
+        self.proxy = proxy
+        self.key = key
+        self.client: RelayClient | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[1] != self.proxy.wg_port or self.client is None:
+            self.proxy.dropped_foreign += 1
+            return
+        self.client.send(self.key, data)
+
+
+class RelayProxy:
+    """Per-peer loopback UDP ports that wireguard-go uses as the endpoints of relayed peers."""
+
+    def __init__(self, wg_port: int, host: str = "127.0.0.1") -> None:
+        self.wg_port = wg_port
+        self.host = host
+        self._peers: dict[bytes, _PeerEndpoint] = {}
+        self.dropped_unknown = 0
+        self.dropped_foreign = 0
+        self.delivered = 0
+
+    async def add_peer(self, key: bytes, client: RelayClient) -> int:
+        """The proxy port for key (created once), now sending through client."""
+        ep = self._peers.get(key)
+        if ep is None:
+            loop = asyncio.get_running_loop()
+            _, proto = await loop.create_datagram_endpoint(
+                lambda: _PeerEndpoint(self, key), local_addr=(self.host, 0)
+            )
+            ep = self._peers[key] = proto
+        ep.client = client
+        return self.port_of(key)
+
+    def port_of(self, key: bytes) -> int:
+        ep = self._peers[key]
+        assert ep.transport is not None
+        return int(ep.transport.get_extra_info("sockname")[1])
+
+    def endpoint_of(self, key: bytes) -> str:
+        return f"{self.host}:{self.port_of(key)}"
+
+    def peers(self) -> set[bytes]:
+        return set(self._peers)
+
+    def remove_peer(self, key: bytes) -> None:
+        ep = self._peers.pop(key, None)
+        if ep is not None and ep.transport is not None:
+            ep.transport.close()
+
+    def deliver(self, src: bytes, packet: bytes) -> None:
+        """A packet from a relay: hand it to WireGuard from src's proxy port."""
+        ep = self._peers.get(src)
+        if ep is None or ep.transport is None:
+            self.dropped_unknown += 1
+            return
+        ep.transport.sendto(packet, (self.host, self.wg_port))
+        self.delivered += 1
+
+    def close(self) -> None:
+        for key in list(self._peers):
+            self.remove_peer(key)
+
+
+class RelayPool:
+    """One RelayClient per relay URL in use, all delivering into one proxy."""
+
+    def __init__(self, ssl_ctx: ssl.SSLContext, proxy: RelayProxy) -> None:
+        self.ssl_ctx = ssl_ctx
+        self.proxy = proxy
+        self.clients: dict[str, RelayClient] = {}
+
+    def get(self, url: str) -> RelayClient:
+        c = self.clients.get(url)
+        if c is None:
+            c = self.clients[url] = RelayClient(url, self.ssl_ctx, self.proxy.deliver).start()
+        return c
+
+    async def retain(self, urls: set[str]) -> None:
+        """Close clients whose relay is no longer used."""
+        for url in list(self.clients):
+            if url not in urls:
+                await self.clients.pop(url).close()
+
+    async def close(self) -> None:
+        await self.retain(set())
+        self.proxy.close()

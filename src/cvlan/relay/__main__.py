@@ -1,0 +1,110 @@
+"""cvlan-relay: DERP-style relay of already-encrypted WireGuard packets between nodes of one CVLAN,
+plus a STUN responder. Start it with the command `cvlan relay create` prints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from cvlan.common import log as cvlog
+from cvlan.relay.bootstrap import BootstrapError, ControllerChecker, ensure_identity
+from cvlan.relay.server import RelayServer
+from cvlan.relay.settings import RelaySettings, split_hostport
+from cvlan.relay.stunserver import start_stun
+
+log = logging.getLogger("cvlan.relay")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cvlan-relay",
+        description=__doc__,
+        epilog="Every flag can also be given as CVLAN_RELAY_<NAME> in the environment (flags win).",
+    )
+    p.add_argument("--server", help="controller URL, e.g. https://ctrl.example.net:8443")
+    p.add_argument("--token", help="bootstrap token (cvrb_...); needed only on first start")
+    p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA, checked before registering")
+    p.add_argument("--listen", help="HOST:PORT for TLS/WebSocket clients and /metrics (default 0.0.0.0:443)")
+    p.add_argument("--stun-listen", help="UDP HOST:PORT for STUN (default 0.0.0.0:3478; '' disables)")
+    p.add_argument(
+        "--state-dir", type=Path, help="where the key and certificates live (default ./cvlan-relay)"
+    )
+    p.add_argument("--queue-len", type=int, help="frames queued per client before the oldest is dropped")
+    p.add_argument("--log-format", choices=("text", "json"))
+    p.add_argument("--log-level")
+    return p
+
+
+def load_settings(args: argparse.Namespace) -> RelaySettings:
+    names = ("server", "token", "ca_pin", "listen", "stun_listen", "state_dir", "queue_len")
+    given = {k: getattr(args, k) for k in (*names, "log_format", "log_level") if getattr(args, k) is not None}
+    return RelaySettings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(map(str, err["loc"])) or "settings"
+        msg = "missing (give --server or CVLAN_RELAY_SERVER)" if err["type"] == "missing" else err["msg"]
+        print(f"cvlan-relay: invalid setting {field}: {msg}", file=sys.stderr)
+        return 2
+    cvlog.setup(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(serve(settings))
+    except BootstrapError as e:
+        print(f"cvlan-relay: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"cvlan-relay: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve(settings: RelaySettings, stop: asyncio.Event | None = None) -> int:
+    """Bootstrap (or load) the identity, then serve TLS/WebSocket and STUN until stopped."""
+    ident = await ensure_identity(settings)
+    checker = ControllerChecker(settings.server, ident, ttl=settings.revalidate_s)
+    relay = RelayServer(
+        ident.region,
+        queue_len=settings.queue_len,
+        keepalive_s=settings.keepalive_s,
+        checker=checker.check,
+        revalidate_s=settings.revalidate_s,
+    )
+    runner = web.AppRunner(relay.app(), access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    host, port = split_hostport(settings.listen)
+    tls = relay.ssl_context(str(ident.cert_file), str(ident.key_file), ident.ca_pem)
+    await web.TCPSite(runner, host, port, ssl_context=tls).start()
+    stun_transport = None
+    if settings.stun_listen:
+        shost, sport = split_hostport(settings.stun_listen)
+        stun_transport = await start_stun(shost, sport, relay.metrics)
+    log.info("relay serving", extra={"relay_region": ident.region, "endpoint": settings.listen})
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if stun_transport is not None:
+            stun_transport.close()
+        await relay.close_all()
+        await runner.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
