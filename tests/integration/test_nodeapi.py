@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import ssl
+from pathlib import Path
 
+import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from cvlan.client.controller import ControlError
+from cvlan.client import tls
+from cvlan.client.controller import ControlError, NodeApiClient
+from cvlan.controller import ca as ca_mod
+from cvlan.controller.ca import CertificateAuthority
+from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.wire import nodeproto as wire
+from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
-from tests.harness.nodes import enrol, make_token
+from tests.harness.nodes import ca_pem, enrol, make_token
 
 
 async def test_register_then_poll_full_then_unchanged(controller: RunningController) -> None:
@@ -52,4 +66,203 @@ async def test_deleted_node_is_refused(controller: RunningController) -> None:
     with pytest.raises(ControlError) as ei:
         await a.client.poll(0)
     assert ei.value.status == 401 and ei.value.reason == "revoked" and not ei.value.retryable
+    await a.client.close()
+
+
+async def _raw(rc: RunningController, path: str, body: bytes, ct: str = wire.CT_PROTO) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context(cadata=ca_pem(rc))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(rc.url + path, data=body, ssl=ctx, headers={"Content-Type": ct}) as r,
+    ):
+        return r.status, await r.read()
+
+
+async def _token_uses(rc: RunningController, tenant: str = "acme") -> list[int]:
+    items = (await rc.api().get(f"/api/v1/tenants/{tenant}/tokens")).ok()["items"]
+    return [int(t["uses"]) for t in items]
+
+
+async def _node_count(rc: RunningController) -> int:
+    return int((await rc.api().get("/api/v1/nodes")).ok()["total"])
+
+
+async def test_discover_is_public_and_carries_the_pinned_ca(controller: RunningController) -> None:
+    assert controller.c is not None
+    d = await NodeApiClient.discover_pinned(controller.url, controller.c.ca.fingerprint)
+    assert d.capability_version == wire.CAPABILITY_VERSION and d.ca_pem == ca_pem(controller)
+    with pytest.raises(ControlError, match="does not match the pinned") as ei:
+        await NodeApiClient.discover_pinned(controller.url, "sha256:" + "ab" * 32)
+    assert not ei.value.retryable
+
+
+async def test_renew_gives_a_working_certificate(controller: RunningController) -> None:
+    token = await make_token(controller)
+    a = await enrol(controller, token)
+    key_pem, csr = tls.new_key_and_csr()
+    r = await a.client.renew(csr)
+    assert (
+        r.certificate_pem != a.reg.certificate_pem and r.certificate_not_after >= a.reg.certificate_not_after
+    )
+    b = NodeApiClient(controller.url, ca_pem(controller), r.certificate_pem, key_pem)
+    resp = await b.poll(0)
+    assert resp.map.self.node_id == a.node_id
+    (n,) = (await controller.api().get("/api/v1/nodes")).ok()["items"]
+    assert n["cert_not_after"] is not None
+    await a.client.close()
+    await b.close()
+
+
+async def test_reregister_same_key_is_idempotent_only_with_its_certificate(
+    controller: RunningController,
+) -> None:
+    token = await make_token(controller, uses=3)
+    a = await enrol(controller, token)
+    _, csr = tls.new_key_and_csr()
+    again = await a.client.register("", a.wg_key, csr, "host")
+    assert again.node_id == a.node_id and again.address == a.reg.address
+    assert await _token_uses(controller) == [1]
+    anon = NodeApiClient(controller.url, ca_pem(controller))
+    with pytest.raises(ControlError) as ei:
+        await anon.register(token, a.wg_key, csr, "thief")
+    assert ei.value.status == 409
+    assert await _token_uses(controller) == [1] and await _node_count(controller) == 1
+    await anon.close()
+    await a.client.close()
+
+
+async def test_single_use_token_race_has_exactly_one_winner(controller: RunningController) -> None:
+    token = await make_token(controller)
+
+    async def one(i: int) -> int:
+        try:
+            await enrol(controller, token, f"racer{i}")
+            return 1
+        except ControlError as e:
+            assert e.status == 401 and "no uses left" in e.message, e.message
+            return 0
+
+    results = await asyncio.gather(*(one(i) for i in range(8)))
+    assert sum(results) == 1
+    assert await _node_count(controller) == 1 and await _token_uses(controller) == [1]
+
+
+async def test_token_of_another_tenant_is_refused_for_an_enrolled_node(controller: RunningController) -> None:
+    a = await enrol(controller, await make_token(controller, "acme"))
+    other = await make_token(controller, "globex", "lab")
+    _, csr = tls.new_key_and_csr()
+    with pytest.raises(ControlError) as ei:
+        await a.client.register(other, os.urandom(32), csr, "sneaky")
+    assert ei.value.status == 403
+    assert await _token_uses(controller, "globex") == [0] and await _node_count(controller) == 1
+    await a.client.close()
+
+
+async def test_bad_bodies_are_refused_and_nothing_is_written(controller: RunningController) -> None:
+    token = await make_token(controller)
+    status, body = await _raw(controller, "/v1/register", b"\xff\xff\xff\x0f garbage")
+    assert status == 422 and b"not a valid protobuf" in body
+    status, _ = await _raw(controller, "/v1/register", b"\x00" * (wire.MAX_REQUEST_BYTES + 10))
+    assert status == 413
+    _, csr = tls.new_key_and_csr()
+    req = pb.RegisterRequest(token=token, wg_public_key=os.urandom(32), csr_pem=csr, hostname="h")
+    status, body = await _raw(controller, "/v1/register", req.SerializeToString())
+    assert status == 412 and b"capability_version" in body
+    req.capability_version = wire.CAPABILITY_VERSION
+    req.csr_pem = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+    status, _ = await _raw(controller, "/v1/register", req.SerializeToString())
+    assert status == 422
+    req.csr_pem, req.wg_public_key = csr, b"short"
+    status, _ = await _raw(controller, "/v1/register", req.SerializeToString())
+    assert status == 422
+    status, _ = await _raw(controller, "/v1/poll", pb.PollRequest(capability_version=1).SerializeToString())
+    assert status == 401
+    assert await _node_count(controller) == 0 and await _token_uses(controller) == [0]
+
+
+async def test_json_is_accepted_for_debugging(controller: RunningController) -> None:
+    token = await make_token(controller)
+    _, csr = tls.new_key_and_csr()
+    body = json.dumps(
+        {
+            "capability_version": 1,
+            "token": token,
+            "wg_public_key": base64.b64encode(os.urandom(32)).decode(),
+            "csr_pem": csr,
+            "hostname": "json-host",
+        }
+    ).encode()
+    status, raw = await _raw(controller, "/v1/register", body, wire.CT_JSON)
+    assert status == 200, raw
+    got = json.loads(raw)
+    assert got["node_name"] == "json-host" and got["address"].endswith("/32")
+
+
+async def test_poll_rejects_bad_endpoints(controller: RunningController) -> None:
+    a = await enrol(controller, await make_token(controller))
+    with pytest.raises(ControlError) as ei:
+        await a.client.poll(0, endpoints=["not-an-endpoint"])
+    assert ei.value.status == 422
+    await a.client.close()
+
+
+async def test_certificate_from_another_ca_is_refused(controller: RunningController, tmp_path: Path) -> None:
+    a = await enrol(controller, await make_token(controller))
+    rogue = CertificateAuthority.load_or_create(tmp_path / "rogue")
+    key_pem, csr = tls.new_key_and_csr()
+    cert = rogue.issue_client(
+        csr.encode(),
+        common_name="x",
+        lifetime=dt.timedelta(days=1),
+        identity={
+            ca_mod.OID_NODE_ID: str(a.node_id),
+            ca_mod.OID_TENANT_ID: str(a.reg.tenant_id),
+            ca_mod.OID_CVLAN_ID: str(a.reg.cvlan_id),
+            ca_mod.OID_WG_KEY: a.wg_key.hex(),
+            ca_mod.OID_KIND: "node",
+        },
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    c = NodeApiClient(controller.url, ca_pem(controller), pem, key_pem)
+    with pytest.raises(ControlError) as ei:
+        await c.poll(0)
+    assert ei.value.status == 0  # refused in the TLS handshake, before any HTTP
+    await c.close()
+    await a.client.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_expired_certificate_gets_a_reenrol_error(db_url: str, tmp_path: Path) -> None:
+    rc = await RunningController(tmp_path / "d", db_url, node_cert_lifetime_s=1).start()
+    try:
+        a = await enrol(rc, await make_token(rc))
+        await a.client.poll(0)  # keep-alive connection made while the certificate was valid
+        await asyncio.sleep(1.5)
+        with pytest.raises(ControlError) as ei:
+            await a.client.poll(0)
+        assert ei.value.reason == "certificate_expired" and "re-enrol" in ei.value.message
+        await a.client.close()
+        fresh = NodeApiClient(rc.url, ca_pem(rc), a.reg.certificate_pem, a.key_pem)
+        with pytest.raises(ControlError) as ei:
+            await fresh.poll(0)
+        assert not ei.value.retryable
+        await fresh.close()
+    finally:
+        await rc.stop()
+
+
+async def test_liveness_is_flushed_in_batches(controller: RunningController) -> None:
+    token = await make_token(controller, uses=3)
+    a = await enrol(controller, token, "alpha")
+    await a.client.poll(0, endpoints=["198.51.100.4:51820"], health=pb.HealthSummary(peers_total=0))
+    assert controller.c is not None
+    api = controller.c.app[NODEAPI_KEY]
+    await api.liveness.flush()
+    (n,) = (await controller.api().get("/api/v1/nodes")).ok()["items"]
+    assert n["online"] is True and n["endpoints"] == ["198.51.100.4:51820"] and n["map_version"] == 0
+    loads = api.mapper.loads
+    r = await a.client.poll(0)
+    for _ in range(20):
+        assert (await a.client.poll(r.map_version)).unchanged
+    assert api.mapper.loads == loads  # unchanged answers came from memory
     await a.client.close()

@@ -275,7 +275,9 @@ class Agent:
 
     async def _renew_if_due(self) -> None:
         assert self.ident is not None and self.client is not None
-        nb, na = tls.cert_not_before(self.ident.cert_pem), tls.cert_not_after(self.ident.cert_pem)
+        na = tls.cert_not_after(self.ident.cert_pem)
+        # Measured from when we got it, not from notBefore (the CA back-dates that for clock skew).
+        nb = self.ident.cert_obtained_at or tls.cert_not_before(self.ident.cert_pem)
         now = time.time()
         if now >= na:
             raise FatalError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields
 from pathlib import Path
 
 STATE_FILE = "state.db"
@@ -29,6 +29,8 @@ class Identity:
     cvlan_id: int
     cvlan_name: str
     cvlan_subnet: str
+    cert_obtained_at: float = 0.0
+    """Unix time the certificate was received (renewal is due at 2/3 of the time from here to expiry)."""
 
 
 class StateError(Exception):
@@ -89,4 +91,12 @@ class StateStore:
 
 
 def _value(typ: object, text: str) -> object:
-    return int(text) if typ in ("int", int) else text
+    if typ in ("int", int):
+        return int(text)
+    if typ in ("float", float):
+        return float(text)
+    return text
+
+
+def _required(f: Field[object]) -> bool:
+    return f.default is MISSING

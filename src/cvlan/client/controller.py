@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from typing import TypeVar
 
 import aiohttp
@@ -73,6 +74,7 @@ class NodeApiClient:
         self.ca_pem = ca_pem
         self.timeout = timeout
         self._ssl = tls.client_context(ca_pem, cert_pem, key_pem)
+        self._not_after = tls.cert_not_after(cert_pem) if cert_pem else None
         self._session: aiohttp.ClientSession | None = None
 
     @staticmethod
@@ -108,6 +110,7 @@ class NodeApiClient:
     def set_identity(self, cert_pem: str, key_pem: str) -> None:
         """Use a new client certificate from the next call on (the old connections are dropped)."""
         self._ssl = tls.client_context(self.ca_pem, cert_pem, key_pem)
+        self._not_after = tls.cert_not_after(cert_pem)
         old, self._session = self._session, None
         if old is not None and not old.closed:
             asyncio.get_running_loop().create_task(old.close())
@@ -118,6 +121,13 @@ class NodeApiClient:
             self._session = None
 
     async def _call(self, path: str, req: Message, cls: type[M], timeout: float | None = None) -> M:
+        if self._not_after is not None and self._not_after <= time.time():
+            # The server would only reset the TLS connection; say what is wrong instead.
+            raise ControlError(
+                "the node certificate has expired; re-enrol the node with a new token",
+                retryable=False,
+                reason="certificate_expired",
+            )
         url = self.server + path
         t = aiohttp.ClientTimeout(total=timeout or self.timeout)
         try:
@@ -225,6 +235,12 @@ def transport_error(server: str, e: BaseException) -> ControlError:
             "the controller refused our certificate as expired; re-enrol the node with a new token",
             retryable=False,
             reason="certificate_expired",
+        )
+    if ssl_err is not None and "alert" in str(ssl_err).lower():
+        return ControlError(
+            f"controller {server} rejected our client certificate: {ssl_err}",
+            retryable=False,
+            reason="certificate_rejected",
         )
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
         return ControlError(f"controller {server} did not answer in time", retryable=True, reason="timeout")
