@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
+from cvlan.controller import usercmd
 from cvlan.controller.app import bootstrap_admin, build, server_ssl
 from cvlan.controller.settings import load_settings
 
@@ -42,11 +43,14 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--log-format", choices=("text", "json"))
     s.add_argument("--log-level")
+    usercmd.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.cmd in usercmd.COMMANDS:
+        return usercmd.main(args)
     overrides = {
         "data_dir": args.data_dir,
         "db": args.db,
