@@ -97,16 +97,23 @@ def _routes_of(ipr: Any, idx: int) -> list[str]:
 
 
 def local_addresses(exclude_ifnames: tuple[str, ...] = ()) -> list[str]:
-    """Global IPv4 addresses of this namespace's interfaces (not loopback, not the excluded ones)."""
+    """Global IPv4 addresses of this namespace's interfaces that can carry WireGuard's UDP.
+
+    Skipped: loopback, link-local, the excluded interfaces, and tunnel devices (tun, wireguard):
+    another overlay's address (a second CVLAN on the same host) is no endpoint for this one."""
     from pyroute2 import IPRoute
 
     out: list[str] = []
     with IPRoute() as ipr:
-        names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        skip: set[int] = set()
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            if link.get_attr("IFLA_IFNAME") in exclude_ifnames or kind in ("tun", "wireguard"):
+                skip.add(int(link["index"]))
         for a in ipr.get_addr(family=socket.AF_INET):
-            name = names.get(int(a["index"]), "")
             ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-            if name in exclude_ifnames or ip.is_loopback or ip.is_link_local:
+            if int(a["index"]) in skip or ip.is_loopback or ip.is_link_local:
                 continue
             out.append(str(ip))
     return out

@@ -1,0 +1,186 @@
+"""The full stack in namespaces: a controller subprocess on the fake internet, and nodes that each run
+cvland + cvlan-ctrl through their console scripts. Used by the end-to-end tests and the demo."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvlan.cli.config import parse_admin_conf
+from cvlan.wire.ipc import DeviceStatus
+from tests.harness.cvland import Dataplane, script, start_cvland
+from tests.harness.netns import Lab, Netns, Proc
+from tests.harness.nsconnect import NsApi
+
+CONTROLLER_PORT = 8443
+
+
+def wait_until(what: str, fn: Any, timeout: float, interval: float = 0.5) -> Any:
+    """Call fn until it returns something truthy; raise TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as e:  # keep trying until the deadline; report the last error
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not true after {timeout:.0f} s (last: {last!r})")
+
+
+@dataclass
+class Controller:
+    """cvlan-controller serve inside namespace ns, with SQLite in data_dir."""
+
+    lab: Lab
+    ns: Netns
+    data_dir: Path
+    env: dict[str, str]
+    proc: Proc | None = None
+    api: NsApi | None = None
+    ca_pin: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.ns.ip}:{CONTROLLER_PORT}"
+
+    def start(self) -> Controller:
+        self.proc = self.ns.spawn(
+            "controller",
+            script("cvlan-controller"),
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"{self.ns.ip}:{CONTROLLER_PORT}",
+            env=self.env,
+        )
+        conf_path = self.data_dir / "admin.conf"
+        wait_until("controller wrote admin.conf", lambda: conf_path.exists() or not self._alive(), 60)
+        if not self._alive():
+            raise RuntimeError(f"controller exited:\n{self.proc.output()}")
+        conf = parse_admin_conf(conf_path.read_text())
+        self.api = NsApi(self.ns.name, self.url, conf.token, conf.ca_pem)
+        wait_until(
+            "controller answers /healthz",
+            lambda: self.api and self.api.request("GET", "/healthz")[0] == 200,
+            60,
+        )
+        return self
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def token(self, tenant: str, cvlan: str, reusable: bool = True) -> tuple[str, str]:
+        """Create tenant and CVLAN if needed; return (token, join command)."""
+        assert self.api is not None
+        if self.api.request("GET", f"/api/v1/tenants/{tenant}")[0] == 404:
+            self.api.post("/api/v1/tenants", {"name": tenant})
+        if self.api.request("GET", f"/api/v1/tenants/{tenant}/cvlans/{cvlan}")[0] == 404:
+            self.api.post(f"/api/v1/tenants/{tenant}/cvlans", {"name": cvlan})
+        t = self.api.post(f"/api/v1/tenants/{tenant}/tokens", {"cvlan": cvlan, "reusable": reusable})
+        return str(t["token"]), str(t["join_command"])
+
+    def nodes(self, tenant: str) -> list[dict[str, Any]]:
+        assert self.api is not None
+        page = self.api.get(f"/api/v1/tenants/{tenant}/nodes?limit=500")
+        items: list[dict[str, Any]] = page["items"] if isinstance(page, dict) else page
+        return items
+
+
+def start_controller(lab: Lab, poll_interval_s: int = 5) -> Controller:
+    """A controller on the fake internet at a public address, SQLite, plain defaults otherwise."""
+    ns = lab.public_host("ctl")
+    env = {"CVLAN_CONTROLLER_POLL_INTERVAL_S": str(poll_interval_s)}
+    return Controller(lab, ns, lab.dir / "controller", env).start()
+
+
+@dataclass
+class Node:
+    """A machine in the mesh: cvland (root) and cvlan-ctrl (agent) in one namespace."""
+
+    ns: Netns
+    name: str
+    ctrl_state: Path
+    dp: Dataplane
+    ctrl: Proc | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start_ctrl(self, server: str = "", token: str = "", ca_pin: str = "") -> Proc:
+        argv = [
+            script("cvlan-ctrl"),
+            "--state-dir",
+            str(self.ctrl_state),
+            "--cvland-socket",
+            str(self.dp.socket),
+            "--hostname",
+            self.name,
+            "--long-poll",
+            "5",
+        ]
+        if server:
+            argv += ["--server", server]
+        if token:
+            argv += ["--token", token, "--ca-pin", ca_pin]
+        self.ctrl = self.ns.spawn("cvlan-ctrl", *argv)
+        return self.ctrl
+
+    def stop_ctrl(self) -> None:
+        if self.ctrl is not None:
+            self.ctrl.stop()
+            self.ctrl = None
+
+    def status(self) -> DeviceStatus:
+        return self.dp.status()
+
+    def address(self) -> str:
+        """The overlay address cvland applied ("" before the first map)."""
+        import json
+
+        try:
+            d = json.loads((self.dp.state_dir / "desired.json").read_text())
+        except (OSError, ValueError):
+            return ""
+        return str(d.get("address", "")).split("/")[0]
+
+    def wait_ready(self, peers: int, timeout: float = 60.0) -> DeviceStatus:
+        """Wait until cvland has applied a map with this many peers."""
+
+        def ready() -> DeviceStatus | None:
+            if self.ctrl is not None and not self.ctrl.alive():
+                raise RuntimeError(f"cvlan-ctrl on {self.name} exited:\n{self.ctrl.output()[-2000:]}")
+            st = self.status()
+            return st if st.applied_version > 0 and len(st.peers) == peers else None
+
+        try:
+            st: DeviceStatus = wait_until(f"{self.name} has {peers} peers", ready, timeout)
+        except TimeoutError as e:
+            log = self.ctrl.output()[-3000:] if self.ctrl else ""
+            raise TimeoutError(f"{e}\n--- cvlan-ctrl log ---\n{log}") from None
+        return st
+
+
+def join_args(join_command: str) -> tuple[str, str, str]:
+    """(server, token, ca_pin) from the join command `cvlan token create` prints."""
+    words = join_command.split()
+    val = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+    return val["--server"], val["--token"], val["--ca-pin"]
+
+
+def start_node(lab: Lab, ns: Netns, name: str, join_command: str) -> Node:
+    """Start cvland then cvlan-ctrl (enrolling with the join command) in ns."""
+    dp = start_cvland(lab, ns)
+    node = Node(ns, name, lab.dir / f"{ns.short}-ctrl", dp)
+    server, token, pin = join_args(join_command)
+    node.start_ctrl(server, token, pin)
+    return node
