@@ -5,6 +5,7 @@ operations' own check of the principal, so a page can hide a button but never gr
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hmac
 import secrets
@@ -23,6 +24,7 @@ from cvlan.controller.db.models import Tenant, User
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import tenants, users
 from cvlan.controller.ops.context import OpsContext, resolve_tenant
+from cvlan.controller.web import describe
 from cvlan.controller.web import session as sessions
 from cvlan.controller.web.health import HealthMonitor
 
@@ -54,6 +56,9 @@ def make_env() -> jinja2.Environment:
     env.filters["ago"] = ago
     env.filters["when"] = when
     env.filters["until"] = until
+    env.filters["show"] = describe.show
+    env.globals["describe"] = describe.describe
+    env.filters["wgkey"] = lambda h: base64.b64encode(bytes.fromhex(h)).decode() if h else "—"
     env.filters["pairs"] = lambda xs: [(str(x), str(x)) for x in xs]
     return env
 

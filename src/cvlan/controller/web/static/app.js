@@ -82,6 +82,8 @@
       tbody.replaceChildren(...body.items.map((n) => nodeRow(table, n)));
       const empty = document.getElementById("members-empty");
       if (empty) empty.hidden = body.items.length > 0;
+      const count = document.getElementById("node-count");
+      if (count) count.textContent = body.total + (body.total === 1 ? " node" : " nodes");
       table.dataset.updated = String(Date.now());
     } catch (e) {
       /* network blip: keep the last view, try again next tick */

@@ -1,0 +1,59 @@
+"""Plain-words rendering of audit entries and their values for the pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERBS = {
+    "tenant.create": "created tenant",
+    "tenant.delete": "deleted tenant",
+    "cvlan.create": "created CVLAN",
+    "cvlan.update": "changed CVLAN",
+    "cvlan.delete": "deleted CVLAN",
+    "token.create": "created an enrollment token for",
+    "token.revoke": "revoked enrollment token",
+    "node.register": "enrolled node",
+    "node.rename": "renamed node",
+    "node.move": "moved node",
+    "node.delete": "deleted node",
+    "user.create": "added user",
+    "user.delete": "removed user",
+    "user.signin": "signed in",
+    "user.locked": "was locked out after failed sign-ins",
+    "user.password": "changed the password of",
+    "apitoken.create": "created API token",
+    "apitoken.revoke": "revoked API token",
+    "region.create": "created region",
+    "region.delete": "deleted region",
+    "relay.create": "registered relay",
+    "relay.delete": "deleted relay",
+    "vrouter.create": "registered vrouter",
+    "vrouter.delete": "deleted vrouter",
+}
+
+
+def show(v: Any) -> str:
+    """A value as a person reads it: lists joined, None as a dash, booleans as yes/no."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list):
+        return ", ".join(show(x) for x in v) if v else "none"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={show(x)}" for k, x in v.items())
+    return str(v)
+
+
+def describe(action: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, str]:
+    """(verb phrase, object name) of an audit entry, e.g. ('created CVLAN', 'office')."""
+    verb = VERBS.get(action, action)
+    if action in ("user.signin", "user.locked"):
+        return verb, ""
+    b, a = before or {}, after or {}
+    if action == "token.create":
+        return verb, str(a.get("cvlan", ""))
+    for key in ("name", "email", "prefix"):
+        if key in a or key in b:
+            return verb, str(a.get(key, b.get(key)))
+    return verb, ""
