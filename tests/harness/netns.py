@@ -240,9 +240,9 @@ class Lab:
         router.exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         fw = (
             "  chain input { type filter hook input priority filter; policy accept;\n"
-            '    iifname "wan0" ct state new counter drop }\n'
+            '    iifname "wan0" ct state new counter drop\n  }\n'
             "  chain forward { type filter hook forward priority filter; policy accept;\n"
-            '    iifname "wan0" ct state new counter drop }\n'
+            '    iifname "wan0" ct state new counter drop\n  }\n'
             if home_fw
             else ""
         )
@@ -253,7 +253,7 @@ class Lab:
             input=(
                 "table ip cvlnat {\n"
                 "  chain post { type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    oifname "wan0" {nat} }}\n'
+                f'    oifname "wan0" {nat}\n  }}\n'
                 f"{fw}}}\n"
             ),
         )
