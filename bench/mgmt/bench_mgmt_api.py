@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import sys
 import tempfile
 import time
@@ -62,6 +63,7 @@ async def drive(c: ControllerProc, tenants: int, cvlans: int, conc: int) -> dict
         await asyncio.gather(*(tenant(i) for i in range(tenants)))
         wall = time.perf_counter() - t0
     cpu, rss = c.cpu_rss()
+    load = os.getloadavg()[0]
     total = sum(len(v) for v in lat.values())
     return {
         "wall_s": wall,
@@ -70,6 +72,7 @@ async def drive(c: ControllerProc, tenants: int, cvlans: int, conc: int) -> dict
         "errors": errors,
         "ctrl_cpu_s": cpu,
         "ctrl_rss_mb": rss,
+        "load": load,
         "timeline": timeline,
         **{f"{k}_p50_ms": pct(v, 50) * 1000 for k, v in lat.items()},
         **{f"{k}_p99_ms": pct(v, 99) * 1000 for k, v in lat.items()},
@@ -137,7 +140,7 @@ def write_report(out: Path, a: argparse.Namespace, results: dict[str, dict[str, 
     rows = "\n".join(
         f"| {n} | {r['requests']} | {r['wall_s']:.1f} | {r['rps']:.0f} | {r['errors']} | "
         f"{r['cvlan_p50_ms']:.1f} / {r['cvlan_p99_ms']:.1f} | {r['token_p50_ms']:.1f} / {r['token_p99_ms']:.1f} | "
-        f"{r['ctrl_cpu_s']:.0f} | {r['ctrl_rss_mb']:.0f} |"
+        f"{r['ctrl_cpu_s']:.0f} | {r['ctrl_rss_mb']:.0f} | {r['load']:.1f} |"
         for n, r in results.items()
     )
     ratio = float(str(p["rps"])) / float(str(s["rps"]))
@@ -149,8 +152,8 @@ once on SQLite (embedded default) and once on an ephemeral PostgreSQL cluster, s
 
 Machine: {machine()}. The machine is shared and noisy; compare the two rows, not absolute numbers across runs.
 
-| backend | requests | wall s | req/s | errors | CVLAN create p50 / p99 ms | token create p50 / p99 ms | controller CPU s | controller RSS MB |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| backend | requests | wall s | req/s | errors | CVLAN create p50 / p99 ms | token create p50 / p99 ms | controller CPU s | controller RSS MB | load avg (1 min) at end |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {rows}
 
 PostgreSQL / SQLite throughput ratio: **{ratio:.2f}**.
