@@ -3,8 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server \
-            postgresql chromium procps curl
-APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl
+            postgresql chromium procps curl haproxy
+APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy
 
 .PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto
 

@@ -1,3 +1,3 @@
-"""cvlan.sim."""
+"""cvlan.sim: the simulated fleet, bulk provisioning, load runs and their reports (cvlan-sim)."""
 
 __all__: list[str] = []

@@ -1,0 +1,214 @@
+"""cvlan-sim: simulated fleet, bulk provisioning, load runs and their reports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import signal
+import sys
+from pathlib import Path
+
+from cvlan.sim import adminconf
+from cvlan.sim.provision import Plan, ProvisionError, provision
+
+PROG = "cvlan-sim"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {v:g}")
+    return v
+
+
+def _rates(text: str) -> list[float]:
+    return [_positive_float(x) for x in text.split(",") if x.strip()]
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenants", type=_positive_int, default=10, help="tenants (default 10)")
+    p.add_argument(
+        "--cvlans-per-tenant", type=_positive_int, default=10, help="CVLANs per tenant (default 10)"
+    )
+    p.add_argument("--nodes-per-cvlan", type=_positive_int, default=10, help="nodes per CVLAN (default 10)")
+
+
+def scale_name(nodes: int) -> str:
+    """100000 -> "100k", 1000 -> "1k", 1500 -> "1500"."""
+    if nodes >= 1000 and nodes % 1000 == 0:
+        return f"{nodes // 1000}k"
+    return str(nodes)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pv = sub.add_parser(
+        "provision",
+        help="create tenants, CVLANs and enrollment tokens over the management API",
+        description="Create (idempotently; resumable after an interruption) a region and a vrouter "
+        "placeholder, TENANTS tenants named sim-tNNNN, CVLANS-PER-TENANT CVLANs each and one enrollment "
+        "token per CVLAN good for NODES-PER-CVLAN registrations. Token texts are kept in "
+        "WORK_DIR/tokens.json (mode 0600).",
+    )
+    _plan_args(pv)
+    pv.add_argument("--admin-conf", type=Path, required=True, help="the controller's admin.conf")
+    pv.add_argument("--work-dir", type=Path, default=Path("sim-work"), help="where tokens.json is kept")
+    pv.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight (default 16)")
+    pv.add_argument("--token-ttl", default="7d", help="enrollment token lifetime (default 7d)")
+    pv.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser(
+        "run",
+        help="a load run: controller on PostgreSQL, provisioning, registration, steady state",
+        description="Start an ephemeral PostgreSQL cluster and a controller (or use --server), provision, "
+        "register the fleet at --reg-rate, hold the steady state for --steady, optionally step the poll "
+        "rate through --knee-rates, and write results.json into the results directory.",
+    )
+    _plan_args(r)
+    r.add_argument("--reg-rate", type=_positive_float, default=200.0, help="registrations/s (default 200)")
+    r.add_argument("--steady", type=_positive_float, default=600.0, help="steady-state seconds (default 600)")
+    r.add_argument("--poll-interval", type=_positive_float, default=30.0, help="seconds (default 30)")
+    r.add_argument("--jitter", type=float, default=0.1, help="poll interval jitter fraction (default 0.1)")
+    r.add_argument("--workers", type=_positive_int, default=1, help="fleet processes (default 1)")
+    r.add_argument(
+        "--front",
+        choices=("none", "haproxy"),
+        default="none",
+        help="TLS front for the node API (default none: nodes talk to the controller's own TLS)",
+    )
+    r.add_argument("--server", default="", help="use this running controller instead of starting one")
+    r.add_argument("--admin-conf", type=Path, help="admin.conf of --server")
+    r.add_argument("--knee-rates", type=_rates, default=[], help="poll rates to step through, e.g. 5000,6600")
+    r.add_argument(
+        "--knee-step", type=_positive_float, default=60.0, help="seconds per knee step (default 60)"
+    )
+    r.add_argument("--renew-after", type=float, default=0.0, help="renew certificates after S seconds")
+    r.add_argument("--report-every", type=int, default=10, help="a /v1/report every N polls (0: never)")
+    r.add_argument("--reg-timeout", type=_positive_float, default=3600.0, help="registration phase limit (s)")
+    r.add_argument("--work-dir", type=Path, default=Path("sim-work"), help="scratch directory")
+    r.add_argument("--results", type=Path, help="results directory (default bench/results/<date>-<scale>)")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+
+    rp = sub.add_parser(
+        "report",
+        help="write report.md and PNG graphs from a run's results.json",
+        description="Read RESULTS/results.json and write RESULTS/report.md with graphs (PNG) and a "
+        "projected infrastructure cost.",
+    )
+    rp.add_argument("results", type=Path, help="results directory (holding results.json)")
+    rp.add_argument("--notes", type=Path, help="markdown to include as 'Findings' (bottlenecks, fixes)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.cmd == "provision":
+            return _provision(args)
+        if args.cmd == "run":
+            return _run(args)
+        return _report(args)
+    except (adminconf.AdminConfError, ProvisionError, ValueError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 1
+
+
+def _provision(args: argparse.Namespace) -> int:
+    try:
+        plan = Plan(args.tenants, args.cvlans_per_tenant, args.nodes_per_cvlan)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    conf = adminconf.load(args.admin_conf)
+    summary, store = asyncio.run(
+        provision(conf, plan, args.work_dir, args.concurrency, args.token_ttl, quiet=args.quiet)
+    )
+    for line in summary.lines():
+        print(line)
+    print(f"tokens for {len(store.for_plan(plan))} CVLANs in {store.path} (mode 0600)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cvlan.sim.run import RunConfig, RunError, run
+
+    if args.server and not args.admin_conf:
+        print(f"{PROG}: --server needs --admin-conf", file=sys.stderr)
+        return 2
+    try:
+        Plan(args.tenants, args.cvlans_per_tenant, args.nodes_per_cvlan)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    nodes = args.tenants * args.cvlans_per_tenant * args.nodes_per_cvlan
+    results = args.results or Path("bench/results") / f"{dt.date.today():%Y-%m-%d}-{scale_name(nodes)}"
+    cfg = RunConfig(
+        tenants=args.tenants,
+        cvlans_per_tenant=args.cvlans_per_tenant,
+        nodes_per_cvlan=args.nodes_per_cvlan,
+        work_dir=args.work_dir.resolve(),
+        results_dir=results,
+        reg_rate=args.reg_rate,
+        steady_s=args.steady,
+        poll_interval_s=args.poll_interval,
+        jitter=args.jitter,
+        workers=args.workers,
+        front=args.front,
+        server=args.server,
+        admin_conf=args.admin_conf,
+        knee_rates=args.knee_rates,
+        knee_step_s=args.knee_step,
+        renew_after_s=args.renew_after,
+        report_every=args.report_every,
+        reg_timeout_s=args.reg_timeout,
+        quiet=args.quiet,
+    )
+    # A SIGTERM (e.g. from `timeout`) must still stop the controller, PostgreSQL and the workers.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        path = asyncio.run(run(cfg))
+    except RunError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    print(f"results: {path}")
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cvlan.sim.report import write_report
+
+    src = args.results / "results.json"
+    if not src.exists():
+        print(f"{PROG}: no results.json in {args.results}", file=sys.stderr)
+        return 2
+    notes = args.notes.read_text() if args.notes else ""
+    out = write_report(args.results, notes)
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

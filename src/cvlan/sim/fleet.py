@@ -1,0 +1,511 @@
+"""Simulated nodes: what cvlan-ctrl does on the wire, without WireGuard.
+
+Each node generates its own WireGuard key and TLS key, registers with an enrollment token and a CSR,
+then keeps one mutual-TLS keep-alive connection with its certificate and polls on its interval
+with jitter, carrying its endpoints and a health summary; it sends reports and renews its
+certificate at 2/3 of its lifetime. Scheduling is open loop: every request has a scheduled send
+time fixed in advance and its latency is measured from that time, so a slow controller shows up
+as latency instead of silently lowering the request rate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import ssl
+import sys
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from cvlan.sim.httpconn import HttpConn, build_request
+from cvlan.sim.metrics import Interval
+from cvlan.wire import nodeproto
+from cvlan.wire.pb import node_pb2 as pb
+
+CT = nodeproto.CT_PROTO
+
+
+@dataclass
+class FleetConfig:
+    """One worker's share of the fleet. Plain data, so it crosses a process boundary."""
+
+    host: str
+    port: int
+    server_name: str
+    ca_pem: str
+    tokens: list[str]
+    """One token text per node of this worker, in registration order."""
+    first_index: int
+    """Global index of this worker's first node (names are sim-NNNNNN)."""
+    index_step: int
+    reg_rate: float
+    """Registrations per second for this worker (open loop)."""
+    t0_wall: float
+    """Wall-clock time at which registration starts (shared by all workers)."""
+    poll_interval_s: float = 30.0
+    jitter: float = 0.1
+    """Each poll interval is drawn uniformly from interval * (1 +- jitter)."""
+    report_every: int = 10
+    """Send a /v1/report every this many polls (0: never)."""
+    renew_after_s: float = 0.0
+    """Renew the certificate this long after issue; 0: at 2/3 of its lifetime (like cvlan-ctrl)."""
+    timeout_s: float = 30.0
+    reg_conns: int = 8
+    local_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    max_retries: int = 5
+
+
+class SimNode:
+    """One simulated node: its identity, its connection and its poll schedule."""
+
+    __slots__ = (
+        "idx",
+        "token",
+        "node_id",
+        "map_version",
+        "peers",
+        "ctx",
+        "conn",
+        "queue",
+        "polls",
+        "cert_issued",
+        "cert_not_after",
+        "tls_key",
+        "renewing",
+        "connecting",
+        "req",
+    )
+
+    def __init__(self, idx: int, token: str) -> None:
+        self.idx = idx
+        self.token = token
+        self.node_id = 0
+        self.map_version = 0
+        self.peers = 0
+        self.ctx: ssl.SSLContext | None = None
+        self.conn: HttpConn | None = None
+        self.queue: deque[tuple[str, float]] = deque()
+        self.polls = 0
+        self.cert_issued = 0.0
+        self.cert_not_after = 0.0
+        self.tls_key: ec.EllipticCurvePrivateKey | None = None
+        self.renewing = False
+        self.connecting = False
+        self.req = b""
+
+    @property
+    def name(self) -> str:
+        return f"sim-{self.idx:06d}"
+
+
+def _csr(key: ec.EllipticCurvePrivateKey, name: str) -> str:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _error_kind(op: str, status: int, body: bytes, err: str) -> str:
+    if err:
+        return f"{op}_{err}"
+    code = ""
+    if body.startswith(b"{"):
+        import json
+
+        try:
+            code = str(json.loads(body)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            code = ""
+    return f"{op}_http_{status}" + (f"_{code}" if code else "")
+
+
+class Fleet:
+    """A worker's nodes, driven on one event loop."""
+
+    def __init__(
+        self, cfg: FleetConfig, loop: asyncio.AbstractEventLoop, interval: Callable[[], float] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.interval = interval or (lambda: cfg.poll_interval_s)
+        self.loop = loop
+        self.iv = Interval()
+        self.nodes = [SimNode(cfg.first_index + i * cfg.index_step, t) for i, t in enumerate(cfg.tokens)]
+        self.registered = 0
+        self.connected = 0
+        self.inflight = 0
+        self.stopping = False
+        self.rng = random.Random(cfg.first_index)
+        self.loop_t0 = loop.time() + (cfg.t0_wall - time.time())
+        self._reg_pool: asyncio.Queue[HttpConn] = asyncio.Queue()
+        self._reg_made = 0
+        self._tmp = Path(
+            tempfile.mkdtemp(prefix="cvlan-sim-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        )
+        self._host = f"{cfg.server_name}:{cfg.port}"
+        self._ip_i = 0
+
+    # --- bookkeeping -----------------------------------------------------------------
+
+    def take_interval(self) -> Interval:
+        iv, self.iv = self.iv, Interval()
+        iv.gauges = {
+            "nodes": len(self.nodes),
+            "registered": self.registered,
+            "connected": self.connected,
+            "inflight": self.inflight,
+            "queued": sum(len(n.queue) for n in self.nodes) if self.stopping else 0,
+        }
+        return iv
+
+    def _err(self, kind: str) -> None:
+        self.iv.errors[kind] += 1
+
+    # --- registration ----------------------------------------------------------------
+
+    async def _reg_conn(self) -> HttpConn:
+        while True:
+            if self._reg_pool.empty() and self._reg_made < self.cfg.reg_conns:
+                self._reg_made += 1
+                try:
+                    return await self._open(self._client_ctx(None))
+                except (OSError, ssl.SSLError, TimeoutError):
+                    self._reg_made -= 1
+                    raise
+            conn = await self._reg_pool.get()
+            if not conn.closed:
+                return conn
+            self._reg_made -= 1
+
+    def _client_ctx(self, cert_and_key: bytes | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cadata=self.cfg.ca_pem)
+        if cert_and_key is not None:
+            # load_cert_chain only reads files: write to a private tmpfs file and remove it at once.
+            fd, path = tempfile.mkstemp(dir=self._tmp)
+            try:
+                os.write(fd, cert_and_key)
+                os.close(fd)
+                ctx.load_cert_chain(path)
+            finally:
+                os.unlink(path)
+        return ctx
+
+    async def _open(self, ctx: ssl.SSLContext) -> HttpConn:
+        ip = self.cfg.local_ips[self._ip_i % len(self.cfg.local_ips)]
+        self._ip_i += 1
+        _, proto = await asyncio.wait_for(
+            self.loop.create_connection(
+                HttpConn,
+                self.cfg.host,
+                self.cfg.port,
+                ssl=ctx,
+                server_hostname=self.cfg.server_name,
+                local_addr=(ip, 0),
+                ssl_handshake_timeout=self.cfg.timeout_s,
+            ),
+            self.cfg.timeout_s,
+        )
+        return proto
+
+    def _call(self, conn: HttpConn, data: bytes) -> asyncio.Future[tuple[int, bytes, str]]:
+        fut: asyncio.Future[tuple[int, bytes, str]] = self.loop.create_future()
+
+        def done(status: int, body: bytes, err: str) -> None:
+            timer.cancel()
+            if not fut.done():
+                fut.set_result((status, body, err))
+
+        timer = self.loop.call_later(self.cfg.timeout_s, conn.abort, "timeout")
+        conn.request(data, done)
+        return fut
+
+    async def register_all(self) -> None:
+        """Start each node's registration at its scheduled time: t0 + i / rate."""
+        tasks: set[asyncio.Task[None]] = set()
+        for i, node in enumerate(self.nodes):
+            if self.stopping:
+                break
+            due = self.loop_t0 + i / self.cfg.reg_rate
+            delay = due - self.loop.time()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+            t = asyncio.create_task(self._register_guarded(node, due))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _register_guarded(self, node: SimNode, due: float) -> None:
+        try:
+            await self._register(node, due)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - count it, show the first one, keep the fleet going
+            kind = f"register_exception_{type(e).__name__}"
+            if not self.iv.errors[kind]:
+                traceback.print_exc(file=sys.stderr)
+            self._err(kind)
+
+    async def _register(self, node: SimNode, due: float) -> None:
+        wg_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        key = ec.generate_private_key(ec.SECP256R1())
+        req = pb.RegisterRequest(
+            capability_version=nodeproto.CAPABILITY_VERSION,
+            token=node.token,
+            wg_public_key=wg_pub,
+            csr_pem=_csr(key, node.name),
+            hostname=node.name,
+            os_info="cvlan-sim",
+        )
+        data = build_request("POST", "/v1/register", self._host, req.SerializeToString(), CT)
+        for attempt in range(self.cfg.max_retries + 1):
+            if self.stopping:
+                return
+            try:
+                conn = await self._reg_conn()
+            except (OSError, ssl.SSLError, TimeoutError) as e:
+                self._err(f"register_connect_{type(e).__name__}")
+                await asyncio.sleep(min(0.5 * 2**attempt, 10) * self.rng.uniform(0.5, 1))
+                continue
+            self.inflight += 1
+            status, body, err = await self._call(conn, data)
+            self.inflight -= 1
+            self._reg_pool.put_nowait(conn)
+            if status in (200, 201):
+                resp = nodeproto.decode(pb.RegisterResponse, body)
+                self.iv.hist["register"].record(self.loop.time() - due)
+                self.iv.ok["register"] += 1
+                self.registered += 1
+                node.node_id = resp.node_id
+                node.tls_key = key
+                self._set_cert(node, resp.certificate_pem, resp.certificate_not_after)
+                node.token = ""
+                await self._connect_and_start(node)
+                return
+            self._err(_error_kind("register", status, body, err))
+            if status and status not in (429, 500, 502, 503, 504):
+                return
+            await asyncio.sleep(min(0.5 * 2**attempt, 10) * self.rng.uniform(0.5, 1))
+
+    def _set_cert(self, node: SimNode, cert_pem: str, not_after: int) -> None:
+        assert node.tls_key is not None
+        key_pem = node.tls_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        node.ctx = self._client_ctx(cert_pem.encode() + key_pem)
+        node.cert_issued = time.time()
+        node.cert_not_after = float(not_after)
+
+    async def _connect_and_start(self, node: SimNode) -> None:
+        if not await self._connect(node):
+            return
+        self.connected += 1
+        # The first poll goes out at once (version 0: full map), the next ones on the interval.
+        self._fire(node, self.loop.time())
+
+    async def _connect(self, node: SimNode) -> bool:
+        assert node.ctx is not None
+        node.connecting = True
+        t = self.loop.time()
+        try:
+            node.conn = await self._open(node.ctx)
+        except (OSError, ssl.SSLError, TimeoutError) as e:
+            self._err(f"connect_{type(e).__name__}")
+            return False
+        finally:
+            node.connecting = False
+        self.iv.hist["connect"].record(self.loop.time() - t)
+        self.iv.ok["connect"] += 1
+        return True
+
+    # --- polls, reports, renewals ----------------------------------------------------
+
+    def _next_interval(self) -> float:
+        j = self.cfg.jitter
+        return self.interval() * self.rng.uniform(1 - j, 1 + j)
+
+    def _fire(self, node: SimNode, due: float) -> None:
+        """A scheduled poll: queue it on the node and schedule the next one."""
+        if self.stopping:
+            return
+        node.queue.append(("poll", due))
+        node.polls += 1
+        if self.cfg.report_every and node.polls % self.cfg.report_every == 0:
+            node.queue.append(("report", due))
+        if self._renew_due(node):
+            node.renewing = True
+            node.queue.append(("renew", due))
+        nxt = due + self._next_interval()
+        self.loop.call_at(nxt, self._fire, node, nxt)
+        self._pump(node)
+
+    def _renew_due(self, node: SimNode) -> bool:
+        if node.renewing or not node.cert_issued:
+            return False
+        after = self.cfg.renew_after_s or (node.cert_not_after - node.cert_issued) * 2 / 3
+        return time.time() - node.cert_issued >= after
+
+    def _pump(self, node: SimNode) -> None:
+        """Send the node's next queued request if its connection is free."""
+        conn = node.conn
+        if not node.queue or node.connecting:
+            return
+        if conn is None or conn.closed:
+            if conn is not None:
+                node.conn = None
+                self.connected -= 1
+                self._err("conn_lost_reconnect")
+            self.loop.create_task(self._reconnect(node))
+            return
+        if conn.busy:
+            return
+        op, due = node.queue.popleft()
+        data = self._body(node, op)
+        self.inflight += 1
+        timer = self.loop.call_later(self.cfg.timeout_s, conn.abort, "timeout")
+
+        def done(status: int, body: bytes, err: str) -> None:
+            timer.cancel()
+            self.inflight -= 1
+            self._done(node, op, due, status, body, err)
+            self._pump(node)
+
+        conn.request(data, done)
+
+    async def _reconnect(self, node: SimNode) -> None:
+        await asyncio.sleep(self.rng.uniform(0, 1))
+        if node.connecting or (node.conn is not None and not node.conn.closed):
+            return
+        if await self._connect(node):
+            self.connected += 1
+            self._pump(node)
+        elif not self.stopping:
+            self.loop.call_later(self.rng.uniform(1, 5), self._pump, node)
+
+    def _body(self, node: SimNode, op: str) -> bytes:
+        if op == "poll":
+            if not node.req:
+                # Endpoints in documentation space: nobody dials them; the controller only stores them.
+                ep = f"198.51.100.{node.idx % 250 + 1}:{41641 + node.idx % 20000}"
+                req = pb.PollRequest(
+                    capability_version=nodeproto.CAPABILITY_VERSION,
+                    map_version=node.map_version,
+                    endpoints=[ep],
+                    home_relay_region="",
+                    health=pb.HealthSummary(
+                        peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
+                    ),
+                )
+                node.req = build_request("POST", "/v1/poll", self._host, req.SerializeToString(), CT)
+            return node.req
+        if op == "report":
+            rep = pb.ReportRequest(
+                capability_version=nodeproto.CAPABILITY_VERSION,
+                health=pb.HealthSummary(peers_total=node.peers, applied_version=node.map_version),
+            )
+            return build_request("POST", "/v1/report", self._host, rep.SerializeToString(), CT)
+        assert node.tls_key is not None
+        ren = pb.RenewRequest(
+            capability_version=nodeproto.CAPABILITY_VERSION, csr_pem=_csr(node.tls_key, node.name)
+        )
+        return build_request("POST", "/v1/renew", self._host, ren.SerializeToString(), CT)
+
+    def _done(self, node: SimNode, op: str, due: float, status: int, body: bytes, err: str) -> None:
+        if status != 200:
+            self._err(_error_kind(op, status, body, err))
+            if op == "renew":
+                node.renewing = False
+            return
+        try:
+            if op == "poll":
+                self._poll_answer(node, nodeproto.decode(pb.PollResponse, body))
+            elif op == "renew":
+                r = nodeproto.decode(pb.RenewResponse, body)
+                self._set_cert(node, r.certificate_pem, r.certificate_not_after)
+                node.renewing = False
+        except (nodeproto.WireError, ValueError, ssl.SSLError) as e:
+            self._err(f"{op}_bad_answer_{type(e).__name__}")
+            return
+        self.iv.hist[op].record(self.loop.time() - due)
+        self.iv.ok[op] += 1
+
+    def _poll_answer(self, node: SimNode, r: Any) -> None:
+        if r.unchanged:
+            self.iv.ok["poll_unchanged"] += 1
+            if r.map_version != node.map_version:
+                raise ValueError("unchanged answer with another version")
+            return
+        if r.map.self.node_id != node.node_id:
+            raise ValueError("map for another node")
+        self.iv.ok["poll_full"] += 1
+        node.map_version = r.map_version
+        node.peers = len(r.map.peers)
+        node.req = b""
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Stop scheduling; wait for answers in flight, then close every connection."""
+        self.stopping = True
+        deadline = self.loop.time() + timeout
+        while self.inflight and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for n in self.nodes:
+            n.queue.clear()
+            if n.conn is not None:
+                n.conn.close()
+        while not self._reg_pool.empty():
+            self._reg_pool.get_nowait().close()
+        await asyncio.sleep(0.1)
+        try:
+            os.rmdir(self._tmp)
+        except OSError:
+            pass
+
+
+def run_worker(
+    cfg: FleetConfig,
+    report: Callable[[dict[str, Any]], None],
+    stop: Callable[[], bool],
+    interval: Callable[[], float] | None = None,
+) -> None:
+    """Run one worker's fleet until stop() is true; report(interval) every second."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio also works
+        pass
+    asyncio.run(_worker(cfg, report, stop, interval))
+
+
+async def _worker(
+    cfg: FleetConfig,
+    report: Callable[[dict[str, Any]], None],
+    stop: Callable[[], bool],
+    interval: Callable[[], float] | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    fleet = Fleet(cfg, loop, interval)
+    reg = asyncio.create_task(fleet.register_all())
+    next_tick = loop.time() + 1.0
+    while not stop():
+        await asyncio.sleep(max(0.0, next_tick - loop.time()))
+        next_tick += 1.0
+        report({"t": time.time(), "iv": fleet.take_interval().to_wire()})
+    fleet.stopping = True
+    await fleet.drain(timeout=min(cfg.timeout_s, 10.0))
+    reg.cancel()
+    report({"t": time.time(), "iv": fleet.take_interval().to_wire(), "final": True})

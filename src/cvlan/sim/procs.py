@@ -1,0 +1,84 @@
+"""CPU and memory of every component of a load run, sampled with psutil.
+
+CPU % is per core (100 % = one full core), summed over a component's processes. Memory is RSS,
+except for PostgreSQL, whose backends all map the same shared buffers: there it is the sum of each
+process's private part (RSS - shared) plus the largest shared part once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class Component:
+    name: str
+    roots: Callable[[], list[int]]
+    """The component's root pids (their descendants are counted too)."""
+    shared_memory: bool = False
+    recursive: bool = True
+    procs: dict[int, psutil.Process] = field(default_factory=dict)
+
+
+class Sampler:
+    def __init__(self) -> None:
+        self.components: list[Component] = []
+        psutil.cpu_percent(interval=None)
+
+    def add(
+        self, name: str, roots: Callable[[], list[int]], shared_memory: bool = False, recursive: bool = True
+    ) -> None:
+        self.components.append(Component(name, roots, shared_memory, recursive))
+
+    def _refresh(self, c: Component) -> None:
+        alive: dict[int, psutil.Process] = {}
+        for pid in c.roots():
+            try:
+                root = c.procs.get(pid) or psutil.Process(pid)
+                alive[pid] = root
+                if c.recursive:
+                    for ch in root.children(recursive=True):
+                        alive[ch.pid] = c.procs.get(ch.pid) or ch
+            except psutil.Error:
+                continue
+        for pid, p in alive.items():
+            if pid not in c.procs:
+                try:
+                    p.cpu_percent(interval=None)  # first call primes the counter
+                except psutil.Error:
+                    pass
+        c.procs = alive
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        """{component: {"cpu": % of one core, "rss_mb": MB, "procs": n}} plus "machine"."""
+        out: dict[str, dict[str, float]] = {}
+        for c in self.components:
+            self._refresh(c)
+            cpu = 0.0
+            private = 0
+            shared_max = 0
+            for p in list(c.procs.values()):
+                try:
+                    cpu += p.cpu_percent(interval=None)
+                    mi = p.memory_info()
+                except psutil.Error:
+                    continue
+                if c.shared_memory:
+                    private += mi.rss - mi.shared
+                    shared_max = max(shared_max, mi.shared)
+                else:
+                    private += mi.rss
+            out[c.name] = {
+                "cpu": round(cpu, 1),
+                "rss_mb": round((private + shared_max) / 2**20, 1),
+                "procs": len(c.procs),
+            }
+        vm = psutil.virtual_memory()
+        out["machine"] = {
+            "cpu": round(psutil.cpu_percent(interval=None) * (psutil.cpu_count() or 1), 1),
+            "rss_mb": round((vm.total - vm.available) / 2**20, 1),
+            "procs": 0,
+        }
+        return out

@@ -1,0 +1,313 @@
+"""`cvlan-sim report`: results.json -> report.md with PNG graphs and a projected infrastructure cost."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# Projection assumptions: on-demand list prices (USD per hour, AWS us-east-1, Linux) at the time of
+# writing. They are inputs to a back-of-envelope estimate, not quotes; check current prices.
+INSTANCES = {
+    "controller": ("c6i.xlarge", 4, 8, 0.17),
+    "database": ("r6i.large", 2, 16, 0.126),
+}
+HOURS_PER_MONTH = 730
+HEADROOM = 2.0
+"""Provision twice the measured steady-state CPU: bursts, restarts (reconnect storms), failover."""
+
+CRITERIA = {"poll_p99_ms": 50.0, "controller_rss_mb": 2048.0, "machine_cpu_share": 0.5}
+
+
+def write_report(results_dir: Path, notes: str = "") -> Path:
+    data = json.loads((results_dir / "results.json").read_text())
+    graphs = _graphs(results_dir, data)
+    out = results_dir / "report.md"
+    out.write_text(render(data, graphs, notes))
+    return out
+
+
+def _steady(data: dict[str, Any]) -> dict[str, Any]:
+    return dict(data["phase_summary"].get("steady", {}))
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def render(data: dict[str, Any], graphs: list[str], notes: str) -> str:
+    cfg = data["config"]
+    st = _steady(data)
+    reg = data["registration"]
+    lines = [f"# CVLAN load run: {cfg['nodes']:,} simulated nodes", ""]
+    lines += _headline(data, st, reg)
+    if notes.strip():
+        lines += ["## Findings", "", notes.strip(), ""]
+    lines += _knee(data)
+    lines += _usage_table(st)
+    lines += _errors(data)
+    lines += ["## Graphs", ""] + [f"![{g}]({g})" for g in graphs] + [""]
+    lines += _cost(data, st)
+    lines += _config(data)
+    return "\n".join(lines) + "\n"
+
+
+def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> list[str]:
+    cfg = data["config"]
+    lat = st.get("latency_ms", {}).get("poll", {})
+    rl = reg["latency_ms"]
+    usage = st.get("usage", {})
+    polls = st.get("rates", {}).get("poll", 0.0)
+    errs = sum(st.get("errors", {}).values())
+    ctl = usage.get("controller", {})
+    fr = usage.get("haproxy", {})
+    out = [
+        "## Result",
+        "",
+        f"* Fleet: {cfg['tenants']} tenants x {cfg['cvlans_per_tenant']} CVLANs x {cfg['nodes_per_cvlan']} "
+        f"nodes = **{cfg['nodes']:,} nodes**, each with its own WireGuard key, TLS key, certificate and "
+        f"mutual-TLS keep-alive connection; TLS front: {data.get('stack', {}).get('front', 'none')}.",
+        f"* Registration: **{reg['registered']:,} nodes in {reg['seconds']:,} s ({reg['rate']:,.0f}/s)**, "
+        f"offered at {cfg['reg_rate']:g}/s; latency from the scheduled time p50 {rl['p50']:.1f} ms, "
+        f"p99 {rl['p99']:.1f} ms, max {rl['max']:.1f} ms.",
+        f"* Steady state: {st.get('seconds', 0)} s at **{polls:,.0f} polls/s** (target "
+        f"{cfg['nodes'] / cfg['poll_interval_s']:,.0f}/s: {cfg['poll_interval_s']:g} s interval, "
+        f"+-{cfg['jitter']:.0%} jitter); poll latency p50 {lat.get('p50', 0):.2f} ms, "
+        f"p90 {lat.get('p90', 0):.2f}, **p99 {lat.get('p99', 0):.2f} ms, "
+        f"p99.9 {lat.get('p999', 0):.2f} ms**, max {lat.get('max', 0):.1f} ms; "
+        f"**{errs} errors**.",
+        f"* Controller: CPU {ctl.get('cpu_avg', 0):.0f} % of one core on average "
+        f"(max {ctl.get('cpu_max', 0):.0f} %), "
+        f"RSS up to {ctl.get('rss_mb_max', 0):,.0f} MB"
+        + (
+            f"; HAProxy: CPU {fr.get('cpu_avg', 0):.0f} %, RSS up to {fr.get('rss_mb_max', 0):,.0f} MB."
+            if fr
+            else "."
+        ),
+    ]
+    out += [
+        "",
+        "Sprint criteria (steady state):",
+        "",
+        "| criterion | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    p99 = lat.get("p99", math.inf)
+    mem = ctl.get("rss_mb_max", 0) + fr.get("rss_mb_max", 0)
+    cores = data["machine"]["cores"] or 2
+    ours = sum(u["cpu_avg"] for k, u in usage.items() if k not in ("machine", "simulator"))
+    share = ours / (100 * cores)
+    out += [
+        f"| poll p99 | < 50 ms | {p99:.2f} ms | {'yes' if p99 < CRITERIA['poll_p99_ms'] else 'no'} |",
+        f"| controller memory (incl. TLS front) | < 2 GB | {mem:,.0f} MB | "
+        f"{'yes' if mem < CRITERIA['controller_rss_mb'] else 'no'} |",
+        f"| server CPU (controller + front + PostgreSQL) | < 50 % of the machine | {share:.0%} | "
+        f"{'yes' if share < CRITERIA['machine_cpu_share'] else 'no'} |",
+        "",
+    ]
+    return out
+
+
+def _knee(data: dict[str, Any]) -> list[str]:
+    rows = [
+        (name, ph)
+        for name, ph in data["phase_summary"].items()
+        if name == "steady" or name.startswith("knee-")
+    ]
+    if len(rows) < 2:
+        return []
+    out = [
+        "## Capacity knee",
+        "",
+        "The poll rate was stepped up by shortening every node's interval; each step is measured on its own.",
+        "",
+        "| step | target polls/s | achieved polls/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | "
+        "controller CPU % | front CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    knee = 0.0
+    for name, ph in rows:
+        lat = ph.get("latency_ms", {}).get("poll", {})
+        u = ph.get("usage", {})
+        target = ph.get("poll_rate_target") or 0.0
+        achieved = ph.get("rates", {}).get("poll", 0.0)
+        errs = sum(ph.get("errors", {}).values())
+        if lat.get("p99", math.inf) < 50 and achieved >= 0.95 * target and not errs:
+            knee = max(knee, achieved)
+        out.append(
+            f"| {name} | {target:,.0f} | {achieved:,.0f} | {lat.get('p50', 0):.2f} | "
+            f"{lat.get('p99', 0):.2f} | {lat.get('p999', 0):.2f} | {lat.get('max', 0):.1f} | {errs} | "
+            f"{u.get('controller', {}).get('cpu_avg', 0):.0f} | "
+            f"{u.get('haproxy', {}).get('cpu_avg', 0):.0f} |"
+        )
+    out += ["", f"Highest measured rate with p99 < 50 ms and no errors: **{knee:,.0f} polls/s**.", ""]
+    return out
+
+
+def _usage_table(st: dict[str, Any]) -> list[str]:
+    usage = st.get("usage", {})
+    if not usage:
+        return []
+    out = [
+        "## CPU and memory in the steady state",
+        "",
+        "CPU in % of one core (the machine has 200 %); PostgreSQL memory counts shared buffers once. "
+        "'machine' is the whole box, including other users of this shared machine.",
+        "",
+        "| component | CPU avg % | CPU max % | RSS max MB | RSS at end MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, u in usage.items():
+        out.append(
+            f"| {name} | {u['cpu_avg']:.1f} | {u['cpu_max']:.1f} | {_fmt(u['rss_mb_max'])} | "
+            f"{_fmt(u['rss_mb_end'])} |"
+        )
+    return out + [""]
+
+
+def _errors(data: dict[str, Any]) -> list[str]:
+    out = [
+        "## Requests and errors by phase",
+        "",
+        "| phase | seconds | requests ok | errors |",
+        "|---|---:|---|---|",
+    ]
+    for name, ph in data["phase_summary"].items():
+        ok = ", ".join(f"{k} {v:,}" for k, v in sorted(ph.get("ok", {}).items()))
+        errs = ", ".join(f"{k} {v:,}" for k, v in sorted(ph.get("errors", {}).items())) or "none"
+        out.append(f"| {name} | {ph['seconds']} | {ok} | {errs} |")
+    return out + [""]
+
+
+def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
+    usage = st.get("usage", {})
+    nodes = data["config"]["nodes"]
+    if not usage or not nodes:
+        return []
+    ctl_cpu = usage.get("controller", {}).get("cpu_avg", 0) + usage.get("haproxy", {}).get("cpu_avg", 0)
+    ctl_mem = usage.get("controller", {}).get("rss_mb_max", 0) + usage.get("haproxy", {}).get("rss_mb_max", 0)
+    db_cpu = usage.get("postgresql", {}).get("cpu_avg", 0)
+    cname, ccores, cmem, cprice = INSTANCES["controller"]
+    dname, dcores, dmem, dprice = INSTANCES["database"]
+    out = [
+        "## Projected infrastructure cost",
+        "",
+        "Assumptions: CPU scales linearly with the poll rate (nodes / 30 s) and memory with the number of "
+        f"nodes, from this run's steady state; {HEADROOM:g}x headroom on CPU and 1.25x on memory; "
+        f"controllers (with their TLS front) on {cname} ({ccores} vCPU, {cmem} GiB, ${cprice}/h), PostgreSQL "
+        f"on {dname} ({dcores} vCPU, {dmem} GiB, ${dprice}/h), on-demand list prices (AWS us-east-1, "
+        f"Linux), {HOURS_PER_MONTH} h/month, at least 2 controllers and 1 database for availability; one "
+        "vCPU counted as one core of this machine. Storage, traffic and replicas are not included.",
+        "",
+        "| nodes | controller cores | controller instances | DB instances | USD/month | "
+        "USD per 1k nodes/month |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    rate = st.get("rates", {}).get("poll", 0.0) or 1.0
+    for n in (100_000, 1_000_000, 10_000_000):
+        f = n / 30.0 / rate
+        fm = n / nodes
+        cores = ctl_cpu / 100 * f * HEADROOM
+        mem_gb = ctl_mem / 1024 * fm * 1.25
+        ctl_n = max(2, math.ceil(cores / ccores), math.ceil(mem_gb / cmem))
+        db_n = max(1, math.ceil(db_cpu / 100 * f * HEADROOM / dcores))
+        usd = (ctl_n * cprice + db_n * dprice) * HOURS_PER_MONTH
+        out.append(f"| {n:,} | {cores:.1f} | {ctl_n} | {db_n} | {usd:,.0f} | {usd / (n / 1000):.2f} |")
+    return out + [""]
+
+
+def _config(data: dict[str, Any]) -> list[str]:
+    cfg = data["config"]
+    m = data["machine"]
+    stack = data.get("stack", {})
+    args = (
+        f"cvlan-sim run --tenants {cfg['tenants']} --cvlans-per-tenant {cfg['cvlans_per_tenant']} "
+        f"--nodes-per-cvlan {cfg['nodes_per_cvlan']} --reg-rate {cfg['reg_rate']:g} "
+        f"--steady {cfg['steady_s']:g} "
+        f"--poll-interval {cfg['poll_interval_s']:g} --workers {cfg['workers']} --front {cfg['front']}"
+    )
+    if cfg.get("knee_rates"):
+        rates = ",".join(f"{r:g}" for r in cfg["knee_rates"])
+        args += f" --knee-rates {rates} --knee-step {cfg['knee_step_s']:g}"
+    out = [
+        "## Configuration and machine",
+        "",
+        f"Command: `{args}`",
+        "",
+        f"* Machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, {m['os']}, "
+        f"kernel {m['kernel']}, Python {m['python']}. Load average at start: {m['load_avg_at_start']}.",
+        "* The machine is shared: other engineers ran their test suites during the run, so 'machine' CPU "
+        "in the graphs includes work that is not part of this run, and latencies are upper bounds.",
+        "* Everything ran on this one machine: controller, PostgreSQL, TLS front and the simulator, over "
+        "loopback.",
+        f"* Stack: {json.dumps(stack, sort_keys=True)}",
+        f"* Provisioning: {json.dumps(data.get('provision', {}), sort_keys=True)}",
+        "* Phases (seconds from the start of registration): "
+        + "; ".join(
+            f"{p['phase']} {p['start']:.0f}-{(p['end'] if p['end'] is not None else p['start']):.0f}"
+            for p in data.get("phases", [])
+        ),
+        "",
+    ]
+    return out
+
+
+def _graphs(results_dir: Path, data: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tl = data["timeline"]
+    if not tl:
+        return []
+    t = [r["t"] for r in tl]
+    names: list[str] = []
+
+    def shade(ax: Any) -> None:
+        for p in data.get("phases", []):
+            if p["phase"] in ("register", "steady") or p["phase"].startswith("knee-"):
+                end = p["end"] if p["end"] is not None else t[-1]
+                ax.axvspan(p["start"], end, alpha=0.06, color="C0" if p["phase"] == "register" else "C2")
+                ax.text(p["start"], 1.0, p["phase"], transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(results_dir / name, dpi=90)
+        plt.close(fig)
+        names.append(name)
+
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.plot(t, [r["ok"].get("register", 0) for r in tl], label="registrations/s", lw=0.8)
+    ax.plot(t, [r["ok"].get("poll", 0) for r in tl], label="polls/s", lw=0.8)
+    ax.plot(t, [sum(r["errors"].values()) for r in tl], label="errors/s", lw=0.8, color="red")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("per second")
+    ax.legend(loc="upper left", fontsize=8)
+    shade(ax)
+    save(fig, "rates.png")
+
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for key, label in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")):
+        ax.plot(t, [r["poll"][key] or float("nan") for r in tl], label=f"poll {label}", lw=0.8)
+    ax.plot(t, [r["register"]["p99"] or float("nan") for r in tl], label="register p99", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("ms from scheduled send time")
+    ax.axhline(50, color="grey", lw=0.6, ls=":")
+    ax.legend(loc="upper left", fontsize=8)
+    shade(ax)
+    save(fig, "latency.png")
+
+    comps = sorted({c for r in tl for c in r["procs"]})
+    for metric, label, fname in (("cpu", "CPU % of one core", "cpu.png"), ("rss_mb", "RSS MB", "memory.png")):
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+        for c in comps:
+            ax.plot(t, [r["procs"].get(c, {}).get(metric, float("nan")) for r in tl], label=c, lw=0.8)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel(label)
+        ax.legend(loc="upper left", fontsize=8)
+        shade(ax)
+        save(fig, fname)
+    return names

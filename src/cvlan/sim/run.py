@@ -1,0 +1,557 @@
+"""`cvlan-sim run`: a whole load run, from an empty machine to results.json.
+
+Starts an ephemeral PostgreSQL cluster and a controller subprocess (or targets an existing
+controller), optionally HAProxy as the TLS front, provisions tenants / CVLANs / tokens, starts the
+fleet workers, registers every node at the chosen rate, holds the steady state, optionally steps the
+poll rate up to find the capacity knee, and samples everything once a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+import psutil
+
+from cvlan.common.pgcluster import PgCluster
+from cvlan.sim import adminconf, front
+from cvlan.sim.fleet import FleetConfig, run_worker
+from cvlan.sim.metrics import Histogram, Interval
+from cvlan.sim.procs import Sampler
+from cvlan.sim.provision import Plan, provision
+
+# PostgreSQL settings for the run on top of PgCluster's DEFAULT_CONF (see docs/SIMULATION.md).
+PG_TUNING = {
+    "max_connections": "100",
+    "shared_buffers": "512MB",
+    "synchronous_commit": "off",
+    "wal_compression": "on",
+    "checkpoint_timeout": "30min",
+    "autovacuum_naptime": "30s",
+    "log_min_duration_statement": "1000",
+}
+
+
+class RunError(Exception):
+    """The run could not start or had to stop: one line for the operator."""
+
+
+@dataclass
+class RunConfig:
+    tenants: int
+    cvlans_per_tenant: int
+    nodes_per_cvlan: int
+    work_dir: Path
+    results_dir: Path
+    reg_rate: float = 200.0
+    steady_s: float = 600.0
+    poll_interval_s: float = 30.0
+    jitter: float = 0.1
+    workers: int = 1
+    front: str = "none"
+    server: str = ""
+    admin_conf: Path | None = None
+    knee_rates: list[float] = field(default_factory=list)
+    knee_step_s: float = 60.0
+    renew_after_s: float = 0.0
+    report_every: int = 10
+    reg_timeout_s: float = 3600.0
+    provision_concurrency: int = 16
+    quiet: bool = False
+    label: str = ""
+
+    @property
+    def nodes(self) -> int:
+        return self.tenants * self.cvlans_per_tenant * self.nodes_per_cvlan
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise RLIMIT_NOFILE for this process and its children (the controller, HAProxy, workers)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, want)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
+    except (ValueError, OSError):
+        target = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cores": psutil.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "os": _os_release(),
+        "python": platform.python_version(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=10, text=True)
+        return (out.stdout or out.stderr).splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return ""
+
+
+class Controller:
+    """A `cvlan-controller serve` subprocess on PostgreSQL, stopped by its pid."""
+
+    def __init__(self, work: Path, db_url: str, port: int, trusted_proxies: list[str]) -> None:
+        self.data_dir = work / "controller"
+        self.port = port
+        self.log_path = work / "controller.log"
+        binary = shutil.which("cvlan-controller") or str(Path(sys.executable).parent / "cvlan-controller")
+        env = dict(os.environ)
+        env["CVLAN_CONTROLLER_LOG_LEVEL"] = "warning"
+        if trusted_proxies:
+            env["CVLAN_CONTROLLER_TRUSTED_PROXIES"] = json.dumps(trusted_proxies)
+        self.cmd = [
+            binary,
+            "serve",
+            "--db",
+            db_url,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    async def wait_ready(self, timeout: float = 120) -> adminconf.AdminConf:
+        conf_path = self.data_dir / "admin.conf"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise RunError(f"the controller exited with status {self.proc.returncode}: {tail[0]}")
+            if conf_path.exists():
+                conf = adminconf.load(conf_path)
+                try:
+                    async with (
+                        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as s,
+                        s.get(conf.server + "/healthz") as r,
+                    ):
+                        if r.status == 200:
+                            return conf
+                except (aiohttp.ClientError, OSError, ssl.SSLError):
+                    pass
+            await asyncio.sleep(0.3)
+        raise RunError(f"the controller did not become ready within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def _worker_entry(
+    cfg: FleetConfig,
+    wid: int,
+    out: Any,
+    stop: Any,
+    interval: Synchronized,  # type: ignore[type-arg]
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def report(msg: dict[str, Any]) -> None:
+        msg["w"] = wid
+        out.put(msg)
+
+    run_worker(cfg, report, stop.is_set, lambda: float(interval.value))
+
+
+@dataclass
+class Second:
+    phase: str
+    iv: Interval = field(default_factory=Interval)
+    procs: dict[str, dict[str, float]] = field(default_factory=dict)
+    gauges: dict[str, int] = field(default_factory=dict)
+
+
+class Recorder:
+    """Per-second timeline: merges worker intervals and process samples, tracks phases."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.secs: dict[int, Second] = {}
+        self.phase = "register"
+        self.phase_spans: list[dict[str, Any]] = []
+        self.gauges_by_worker: dict[int, dict[str, int]] = {}
+        self.finals: set[int] = set()
+        self.start_phase("register", {})
+
+    def sec(self, t: float) -> Second:
+        k = int(t - self.t0)
+        s = self.secs.get(k)
+        if s is None:
+            s = self.secs[k] = Second(self.phase)
+        return s
+
+    def start_phase(self, name: str, extra: dict[str, Any]) -> None:
+        now = time.time()
+        if self.phase_spans:
+            self.phase_spans[-1]["end"] = now - self.t0
+        self.phase = name
+        self.phase_spans.append({"phase": name, "start": now - self.t0, "end": None, **extra})
+
+    def add(self, msg: dict[str, Any]) -> None:
+        iv = Interval.from_wire(msg["iv"])
+        self.gauges_by_worker[msg["w"]] = iv.gauges
+        self.sec(msg["t"] - 0.5).iv.merge(iv)
+        if msg.get("final"):
+            self.finals.add(msg["w"])
+
+    def total(self, gauge: str) -> int:
+        return sum(g.get(gauge, 0) for g in self.gauges_by_worker.values())
+
+
+async def run(cfg: RunConfig) -> Path:
+    """Do the whole run; return the path of results.json."""
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    cfg.results_dir.mkdir(parents=True, exist_ok=True)
+    fds = raise_fd_limit(cfg.nodes * 2 + 10_000)
+    if fds < cfg.nodes + 1000:
+        raise RunError(f"cannot raise the open-file limit to {cfg.nodes + 1000} (got {fds})")
+    cleanups: list[Callable[[], None]] = []
+    sampler = Sampler()
+    info: dict[str, Any] = {"machine": machine_info(), "config": _config_view(cfg)}
+    try:
+        conf, fleet_port, fleet_host = await _start_stack(cfg, sampler, cleanups, info)
+        plan = Plan(cfg.tenants, cfg.cvlans_per_tenant, cfg.nodes_per_cvlan)
+        t = time.monotonic()
+        summary, store = await provision(conf, plan, cfg.work_dir, cfg.provision_concurrency, quiet=cfg.quiet)
+        info["provision"] = {
+            "seconds": round(time.monotonic() - t, 1),
+            "created": dict(summary.created),
+            "existing": dict(summary.existing),
+            "requests": summary.requests,
+            "errors": dict(summary.errors),
+        }
+        _log(cfg, "\n".join(summary.lines()))
+        # Round-robin over CVLANs: consecutive registrations use different tokens, as independent
+        # nodes would, instead of queueing on one token's row.
+        entries = store.for_plan(plan)
+        tokens = [e.token for j in range(cfg.nodes_per_cvlan) for e in entries if e.nodes > j]
+        if len(tokens) < cfg.nodes:
+            raise RunError(f"provisioning left tokens for {len(tokens)} of {cfg.nodes} nodes")
+        result = await _drive(cfg, conf, fleet_host, fleet_port, tokens, sampler, cleanups, info)
+    finally:
+        for c in reversed(cleanups):
+            try:
+                c()
+            except Exception as e:  # noqa: BLE001 - keep cleaning up the rest
+                _log(cfg, f"cleanup: {type(e).__name__}: {e}")
+    return result
+
+
+def _config_view(cfg: RunConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["work_dir"] = str(cfg.work_dir.name)
+    d["results_dir"] = str(cfg.results_dir.name)
+    d["admin_conf"] = bool(cfg.admin_conf)
+    d["nodes"] = cfg.nodes
+    return d
+
+
+def _log(cfg: RunConfig, line: str) -> None:
+    if not cfg.quiet:
+        print(line, file=sys.stderr, flush=True)
+
+
+async def _start_stack(
+    cfg: RunConfig, sampler: Sampler, cleanups: list[Callable[[], None]], info: dict[str, Any]
+) -> tuple[adminconf.AdminConf, int, str]:
+    if cfg.server:
+        if cfg.admin_conf is None:
+            raise RunError("--server needs --admin-conf (the controller's admin.conf)")
+        conf = adminconf.load(cfg.admin_conf)
+        u = urlparse(cfg.server)
+        info["stack"] = {"controller": "external", "front": "none"}
+        return conf, u.port or 443, u.hostname or "127.0.0.1"
+    _log(cfg, "starting PostgreSQL")
+    pg = PgCluster(base=cfg.work_dir, conf=PG_TUNING)
+    cleanups.append(pg.stop)
+    await asyncio.to_thread(pg.start)
+    db_url = await asyncio.to_thread(pg.create_db, "cvlan")
+    sampler.add("postgresql", lambda: [p] if (p := pg.pid()) else [], shared_memory=True)
+    port = free_port()
+    trusted = ["127.0.0.1/32"] if cfg.front == "haproxy" else []
+    _log(cfg, f"starting the controller on 127.0.0.1:{port}")
+    ctl = Controller(cfg.work_dir, db_url, port, trusted)
+    cleanups.append(ctl.stop)
+    conf = await ctl.wait_ready()
+    sampler.add("controller", lambda: [ctl.proc.pid])
+    info["stack"] = {
+        "controller": "cvlan-controller serve (1 process)",
+        "postgresql": _version([str(pg.bindir / "postgres"), "--version"]),
+        "pg_tuning": {**pg.conf},
+        "front": cfg.front,
+    }
+    if cfg.front != "haproxy":
+        return conf, port, "127.0.0.1"
+    fport = free_port()
+    hcfg = front.write_config(
+        cfg.work_dir / "front",
+        f"127.0.0.1:{fport}",
+        f"127.0.0.1:{port}",
+        ctl.data_dir / "server.crt",
+        ctl.data_dir / "server.key",
+        conf.ca_pem,
+        maxconn=cfg.nodes + 10_000,
+    )
+    proc = front.start(hcfg, cfg.work_dir / "haproxy.log")
+
+    def stop_front() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    cleanups.append(stop_front)
+    sampler.add("haproxy", lambda: [proc.pid])
+    info["stack"]["front"] = _version([front.haproxy_binary(), "-v"])
+    await asyncio.sleep(0.5)
+    if proc.poll() is not None:
+        raise RunError(f"haproxy exited with status {proc.returncode}; see its log in the work dir")
+    return conf, fport, "127.0.0.1"
+
+
+async def _drive(
+    cfg: RunConfig,
+    conf: adminconf.AdminConf,
+    host: str,
+    port: int,
+    tokens: list[str],
+    sampler: Sampler,
+    cleanups: list[Callable[[], None]],
+    info: dict[str, Any],
+) -> Path:
+    ctx = mp.get_context("spawn")
+    out: Any = ctx.Queue()
+    stop = ctx.Event()
+    interval = ctx.Value("d", cfg.poll_interval_s)
+    n_ips = max(1, math.ceil(cfg.nodes / 20_000) + 1)
+    ips = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n_ips)]
+    t0 = time.time() + 2.0
+    procs: list[Any] = []
+    w = max(1, cfg.workers)
+    for wid in range(w):
+        fc = FleetConfig(
+            host=host,
+            port=port,
+            server_name="localhost",
+            ca_pem=conf.ca_pem,
+            tokens=tokens[wid::w],
+            first_index=wid,
+            index_step=w,
+            reg_rate=cfg.reg_rate / w,
+            t0_wall=t0,
+            poll_interval_s=cfg.poll_interval_s,
+            jitter=cfg.jitter,
+            report_every=cfg.report_every,
+            renew_after_s=cfg.renew_after_s,
+            local_ips=ips,
+        )
+        p = ctx.Process(target=_worker_entry, args=(fc, wid, out, stop, interval), name=f"cvlan-sim-w{wid}")
+        p.start()
+        procs.append(p)
+
+    def stop_workers() -> None:
+        stop.set()
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+    cleanups.append(stop_workers)
+    sampler.add("simulator", lambda: [os.getpid(), *[p.pid for p in procs if p.pid]], recursive=False)
+    rec = Recorder(t0)
+    await _loop(cfg, rec, out, stop, interval, sampler, procs)
+    info["phases"] = rec.phase_spans
+    path = cfg.results_dir / "results.json"
+    data = {**info, **_summarize(cfg, rec)}
+    path.write_text(json.dumps(data, indent=1, default=str))
+    return path
+
+
+async def _loop(
+    cfg: RunConfig,
+    rec: Recorder,
+    out: Any,
+    stop: Any,
+    interval: Any,
+    sampler: Sampler,
+    procs: list[Any],
+) -> None:
+    steps = list(cfg.knee_rates)
+    phase_end = math.inf
+    last_print = 0.0
+    stop_at: float | None = None
+    while True:
+        await asyncio.sleep(1.0 - (time.time() - rec.t0) % 1.0)
+        while True:
+            try:
+                rec.add(out.get_nowait())
+            except queue.Empty:
+                break
+        now = time.time()
+        s = rec.sec(now)
+        s.procs = sampler.sample()
+        s.gauges = {k: rec.total(k) for k in ("registered", "connected", "inflight")}
+        if stop_at is not None:
+            if len(rec.finals) >= len(procs) or now > stop_at:
+                rec.start_phase("done", {})
+                return
+            continue
+        if not any(p.is_alive() for p in procs):
+            raise RunError("every fleet worker exited early; see the errors above")
+        reg, con = s.gauges["registered"], s.gauges["connected"]
+        if rec.phase == "register":
+            if reg >= cfg.nodes and con >= cfg.nodes:
+                rec.start_phase("steady", {"poll_rate": cfg.nodes / cfg.poll_interval_s})
+                phase_end = now + cfg.steady_s
+            elif now - rec.t0 > cfg.reg_timeout_s:
+                _log(cfg, f"registration incomplete after {cfg.reg_timeout_s:.0f} s: {reg}/{cfg.nodes}")
+                rec.start_phase("steady", {"poll_rate": cfg.nodes / cfg.poll_interval_s})
+                phase_end = now + cfg.steady_s
+        elif now >= phase_end:
+            if steps:
+                rate = steps.pop(0)
+                interval.value = cfg.nodes / rate
+                rec.start_phase(f"knee-{rate:g}", {"poll_rate": rate})
+                phase_end = now + cfg.knee_step_s
+            else:
+                rec.start_phase("drain", {})
+                stop.set()
+                stop_at = now + 40
+        if now - last_print >= 5:
+            last_print = now
+            iv = rec.sec(now - 1).iv
+            _log(
+                cfg,
+                f"[{now - rec.t0:6.0f}s {rec.phase}] registered {reg}/{cfg.nodes} connected {con} "
+                f"polls/s {iv.ok['poll']} errors {sum(iv.errors.values())} "
+                + " ".join(f"{k}={v['cpu']:.0f}%/{v['rss_mb']:.0f}MB" for k, v in s.procs.items()),
+            )
+
+
+def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
+    """Timeline rows and one summary per phase (histograms merged over the phase)."""
+    timeline: list[dict[str, Any]] = []
+    phases: dict[str, dict[str, Any]] = {}
+    acc: dict[str, tuple[Interval, list[Second]]] = {}
+    for k in sorted(rec.secs):
+        s = rec.secs[k]
+        iv = s.iv
+        timeline.append(
+            {
+                "t": k,
+                "phase": s.phase,
+                "ok": dict(iv.ok),
+                "errors": dict(iv.errors),
+                "register": iv.hist["register"].summary(),
+                "poll": iv.hist["poll"].summary(),
+                "gauges": s.gauges,
+                "procs": s.procs,
+            }
+        )
+        a = acc.setdefault(s.phase, (Interval(), []))
+        a[0].merge(iv)
+        a[1].append(s)
+    for name, (iv, secs) in acc.items():
+        span = next((p for p in rec.phase_spans if p["phase"] == name), {})
+        dur = len(secs)
+        comps = sorted({c for s in secs for c in s.procs})
+        usage = {}
+        for c in comps:
+            cpus = [s.procs[c]["cpu"] for s in secs if c in s.procs]
+            mems = [s.procs[c]["rss_mb"] for s in secs if c in s.procs]
+            usage[c] = {
+                "cpu_avg": round(sum(cpus) / len(cpus), 1) if cpus else 0.0,
+                "cpu_max": max(cpus, default=0.0),
+                "rss_mb_max": max(mems, default=0.0),
+                "rss_mb_end": mems[-1] if mems else 0.0,
+            }
+        phases[name] = {
+            "seconds": dur,
+            "poll_rate_target": span.get("poll_rate"),
+            "ok": dict(iv.ok),
+            "errors": dict(iv.errors),
+            "rates": {op: round(n / dur, 1) if dur else 0.0 for op, n in iv.ok.items()},
+            "latency_ms": {op: h.summary() for op, h in iv.hist.items() if h.n},
+            "usage": usage,
+        }
+    reg_secs = [t for t in timeline if t["ok"].get("register")]
+    reg_total = sum(t["ok"].get("register", 0) for t in timeline)
+    first = reg_secs[0]["t"] if reg_secs else 0
+    last = reg_secs[-1]["t"] if reg_secs else 0
+    all_reg = Histogram()
+    for s in rec.secs.values():
+        all_reg.merge(s.iv.hist["register"])
+    return {
+        "registration": {
+            "nodes": cfg.nodes,
+            "registered": reg_total,
+            "seconds": last - first + 1 if reg_secs else 0,
+            "rate": round(reg_total / (last - first + 1), 1) if reg_secs else 0.0,
+            "latency_ms": all_reg.summary(),
+        },
+        "phase_summary": phases,
+        "timeline": timeline,
+    }
