@@ -33,13 +33,17 @@ class Dataplane:
         return ipcclient.status(self.socket)
 
 
-def start_cvland(lab: Lab, ns: Netns, ifname: str | None = None, state_dir: Path | None = None) -> Dataplane:
-    """Start cvland in ns with a run-unique interface name; waits until its socket answers."""
+def start_cvland(
+    lab: Lab, ns: Netns, ifname: str | None = None, state_dir: Path | None = None, tag: str = ""
+) -> Dataplane:
+    """Start cvland in ns with a run-unique interface name; waits until its socket answers.
+
+    tag distinguishes several cvland instances in one namespace (one per CVLAN)."""
     ifname = ifname or lab.wg_ifname()
-    state_dir = state_dir or lab.dir / f"{ns.short}-cvland"
-    sock = lab.dir / f"{ns.short}-cvland.sock"
+    state_dir = state_dir or lab.dir / f"{ns.short}{tag}-cvland"
+    sock = lab.dir / f"{ns.short}{tag}-cvland.sock"
     proc = ns.spawn(
-        "cvland",
+        f"cvland{tag}",
         script("cvland"),
         "--socket",
         str(sock),

@@ -4,7 +4,7 @@ cvland + cvlan-ctrl through their console scripts. Used by the end-to-end tests 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,8 @@ class Node:
     ctrl_state: Path
     dp: Dataplane
     ctrl: Proc | None = None
-    extra_args: list[str] = field(default_factory=list)
+    listen_port: int = 51820
+    tag: str = ""
 
     def start_ctrl(self, server: str = "", token: str = "", ca_pin: str = "") -> Proc:
         argv = [
@@ -127,12 +128,14 @@ class Node:
             self.name,
             "--long-poll",
             "5",
+            "--listen-port",
+            str(self.listen_port),
         ]
         if server:
             argv += ["--server", server]
         if token:
             argv += ["--token", token, "--ca-pin", ca_pin]
-        self.ctrl = self.ns.spawn("cvlan-ctrl", *argv)
+        self.ctrl = self.ns.spawn(f"cvlan-ctrl{self.tag}", *argv)
         return self.ctrl
 
     def stop_ctrl(self) -> None:
@@ -142,6 +145,13 @@ class Node:
 
     def status(self) -> DeviceStatus:
         return self.dp.status()
+
+    def restart(self, lab: Lab) -> None:
+        """Stop cvlan-ctrl and cvland (SIGTERM), start both again from their state dirs, no token."""
+        self.stop_ctrl()
+        self.dp.proc.stop()
+        self.dp = start_cvland(lab, self.ns, ifname=self.dp.ifname, state_dir=self.dp.state_dir, tag=self.tag)
+        self.start_ctrl()
 
     def address(self) -> str:
         """The overlay address cvland applied ("" before the first map)."""
@@ -177,10 +187,14 @@ def join_args(join_command: str) -> tuple[str, str, str]:
     return val["--server"], val["--token"], val["--ca-pin"]
 
 
-def start_node(lab: Lab, ns: Netns, name: str, join_command: str) -> Node:
-    """Start cvland then cvlan-ctrl (enrolling with the join command) in ns."""
-    dp = start_cvland(lab, ns)
-    node = Node(ns, name, lab.dir / f"{ns.short}-ctrl", dp)
+def start_node(
+    lab: Lab, ns: Netns, name: str, join_command: str, listen_port: int = 51820, tag: str = ""
+) -> Node:
+    """Start cvland then cvlan-ctrl (enrolling with the join command) in ns.
+
+    Several nodes may share a namespace (one per CVLAN) with distinct tags and listen ports."""
+    dp = start_cvland(lab, ns, tag=tag)
+    node = Node(ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag)
     server, token, pin = join_args(join_command)
     node.start_ctrl(server, token, pin)
     return node
