@@ -24,7 +24,9 @@ from cvlan.wire import stun
 
 SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h; not exported by the socket module
 IPPROTO_UDP = 17
-SOFTWARE = "cvlan"
+SOFTWARE = ""
+"""No SOFTWARE in requests: RFC 3489 servers (Debian stund) drop a request whose 0x8022 length is not a
+multiple of 4, and the attribute tells a server nothing it needs."""
 
 
 @dataclass(frozen=True)

@@ -357,14 +357,15 @@ def binding_request(transaction_id: bytes, software: str = "") -> bytes:
 def binding_response(request: Message, observed: Address, software: str = "") -> bytes:
     """The success response to a Binding request seen from ``observed``.
 
-    RFC 5389 clients get XOR-MAPPED-ADDRESS, MAPPED-ADDRESS and FINGERPRINT. RFC 3489 clients
-    (no magic cookie) get MAPPED-ADDRESS only: they reject comprehension-required attributes they
+    RFC 5389 clients get XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, SOFTWARE and FINGERPRINT. RFC 3489
+    clients (no magic cookie) get MAPPED-ADDRESS only: they reject comprehension-required attributes they
     do not know, and XOR-MAPPED-ADDRESS (0x0020) is one."""
     attrs: dict[str, Any] = {}
     if request.is_rfc5389:
         attrs["XOR-MAPPED-ADDRESS"] = observed
     attrs["MAPPED-ADDRESS"] = observed
-    if software:
+    if software and request.is_rfc5389:
+        # RFC 3489 clients read 0x8022 as SERVER and require a length that is a multiple of 4.
         attrs["SOFTWARE"] = software
     msg = Message(Method.BINDING, MessageClass.SUCCESS, request.transaction_id, attrs, request.cookie)
     return pack_message(msg, fingerprint=request.is_rfc5389)

@@ -104,7 +104,7 @@ def test_binding_round_trip_rfc5389_and_legacy_client() -> None:
     legacy = struct.pack("!HHI12s", 0x0001, 0, 0x01020304, TID)
     lreq = stun.parse_message(legacy)
     assert not lreq.is_rfc5389
-    lresp = stun.parse_message(stun.binding_response(lreq, ("203.0.113.1", 5)))
+    lresp = stun.parse_message(stun.binding_response(lreq, ("203.0.113.1", 5), software="cvlan-relay"))
     assert lresp.cookie == 0x01020304 and lresp.transaction_id == TID
     assert list(lresp.attributes) == ["MAPPED-ADDRESS"]
     assert stun.mapped_address(lresp) == ("203.0.113.1", 5)
