@@ -263,3 +263,42 @@ async def test_node_rename_and_move(ui: UiEnv) -> None:
     assert cvlan_name == "lab"
     await page.goto(ui.url + "/ui/t/acme/nodes")
     await ui.shot(page, "nodes")
+
+
+async def test_admin_manages_users_and_api_tokens(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["alice"])
+    await page.goto(ui.url + "/ui/t/acme/users")
+    await page.fill("#create-user #f-email", "not-an-email")
+    await page.click("#create-user button")
+    assert "not a valid address" in await page.inner_text("#create-user #err-email")
+    await page.fill("#create-user #f-email", "newbie@acme.example")
+    await page.select_option("#create-user #f-role", "auditor")
+    await page.click("#create-user button")
+    password = (await page.inner_text("#new-password")).strip()
+    assert len(password) >= 10
+    assert "auditor" in await page.locator("#user-table tr", has_text="newbie@acme.example").inner_text()
+    await ui.shot(page, "users")
+    newbie = await ui.page()
+    await sign_in(newbie, ui.url, "newbie@acme.example", password)
+    assert newbie.url == ui.url + "/ui/t/acme/"
+
+    await page.goto(ui.url + "/ui/t/acme/apitokens")
+    await page.fill("#create-apitoken #f-name", "ci")
+    await page.select_option("#create-apitoken #f-role", "operator")
+    await page.click("#create-apitoken button")
+    token = (await page.inner_text("#new-apitoken")).strip()
+    api = ui.rc.api(token)
+    assert (await api.get("/api/v1/whoami")).ok()["roles"] == {"1": "operator"}
+    await ui.shot(page, "apitokens")
+    prefix = token.split("_")[1]
+    await page.locator("#apitoken-table tr", has_text=prefix).locator("button").click()
+    assert "revoked" in await page.locator("#apitoken-table tr", has_text=prefix).inner_text()
+    assert (await api.get("/api/v1/whoami")).status == 401
+
+    await page.goto(ui.url + "/ui/t/acme/users")
+    await page.locator("#user-table tr", has_text="newbie@acme.example").locator("button").click()
+    assert await page.locator("#user-table tr", has_text="newbie@acme.example").count() == 0
+    # Operators see users but cannot manage them or see API tokens.
+    olga = await ui.page(ui.users["olga"])
+    r = await olga.goto(ui.url + "/ui/t/acme/apitokens")
+    assert r is not None and r.status == 403
