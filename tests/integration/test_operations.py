@@ -149,7 +149,7 @@ async def test_first_start_writes_admin_conf_and_cli_uses_it(
     )
     assert r.returncode == 0 and "correct horse" not in r.stdout
     # Nothing secret reached the controller's log: neither API tokens nor enrollment tokens.
-    secret = controller.admin_token.rsplit("_", 1)[1]
+    secret = controller.admin_token.split("_", 2)[2]
     assert caplog.records and secret not in caplog.text and "cvet_" not in caplog.text
 
 

@@ -68,5 +68,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic"):
+    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
