@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import time
 
 import pytest
 
 from tests.harness.netns import Lab
-from tests.harness.stack import Controller, Node, start_controller, start_node
+from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -83,3 +85,53 @@ def test_two_tenants_on_the_same_hosts_cannot_reach_each_other(lab: Lab) -> None
     for src, dst in ((acme[0], globex[1]), (globex[0], acme[1])):
         r = h0.run("ping", "-n", "-q", "-c", "3", "-W", "1", "-I", src.address(), dst.address(), timeout=20)
         assert r.returncode != 0, f"{src.name} reached {dst.name} across tenants:\n{r.stdout}"
+
+
+def _last_seen(ctl: Controller, name: str) -> dt.datetime | None:
+    row = next(r for r in ctl.nodes("acme") if r["name"] == name)
+    seen = row["last_seen"]
+    return dt.datetime.fromisoformat(seen.replace("Z", "+00:00")) if seen else None
+
+
+def test_tunnels_outlive_a_controller_outage_and_polling_resumes(lab: Lab) -> None:
+    ctl = start_controller(lab)
+    a, b = mesh(lab, ctl, 2)
+    assert a.ns.wait_ping(b.address(), timeout=30)
+    ctl.stop()
+    outage_end = time.monotonic() + 60
+    while time.monotonic() < outage_end:  # traffic keeps flowing during the whole outage
+        assert a.ns.ping(b.address(), count=1, wait=2), "tunnel broke while the controller was down"
+        assert b.ns.ping(a.address(), count=1, wait=2)
+        time.sleep(5)
+    assert a.ctrl is not None and a.ctrl.alive() and b.ctrl is not None and b.ctrl.alive()
+    restarted = dt.datetime.now(dt.UTC)
+    ctl.start()
+    for n in (a, b):
+        wait_until(
+            f"{n.name} polls the restarted controller",
+            lambda n=n: (_last_seen(ctl, n.name) or restarted) > restarted,
+            timeout=60,
+        )
+    assert a.ns.ping(b.address(), count=2)
+
+
+def test_deleted_node_loses_its_tunnels_within_one_poll_interval(lab: Lab) -> None:
+    poll_s = 15
+    ctl = start_controller(lab, poll_interval_s=poll_s)
+    nodes = mesh(lab, ctl, 3)
+    gone, rest = nodes[0], nodes[1:]
+    gone_addr = gone.address()
+    for n in rest:
+        assert n.ns.wait_ping(gone_addr, timeout=30)
+    node_id = next(r["id"] for r in ctl.nodes("acme") if r["name"] == gone.name)
+    assert ctl.api is not None
+    status, _ = ctl.api.request("DELETE", f"/api/v1/tenants/acme/nodes/{node_id}")
+    assert status == 204
+    for n in rest:
+        wait_until(
+            f"{n.name} dropped the deleted peer",
+            lambda n=n: all(p.name != gone.name for p in n.status().peers),
+            timeout=poll_s,
+        )
+        assert not n.ns.ping(gone_addr, count=2), f"{n.name} still reaches the deleted node"
+    assert rest[0].ns.ping(rest[1].address(), count=2), "the remaining nodes must keep their tunnel"
