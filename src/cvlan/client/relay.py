@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import cast
 
 import aiohttp
 
@@ -196,75 +197,99 @@ class RelayClient:
             await ws.send_bytes(self._queue.popleft())
 
 
-class _PeerEndpoint(asyncio.DatagramProtocol):
-    """The local UDP socket standing in for one relayed peer."""
-
-    def __init__(self, proxy: RelayProxy, key: bytes) -> None:
-        self.proxy = proxy
-        self.key = key
-        self.client: RelayClient | None = None
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[1] != self.proxy.wg_port or self.client is None:
-            self.proxy.dropped_foreign += 1
-            return
-        self.client.send(self.key, data)
-
-
 class RelayProxy:
-    """Per-peer loopback UDP ports that wireguard-go uses as the endpoints of relayed peers."""
+    """Per-peer loopback UDP ports that wireguard-go uses as the endpoints of relayed peers.
 
-    def __init__(self, wg_port: int, host: str = "127.0.0.1") -> None:
+    ``add_peer`` may be called from any thread (cvland plans in a worker thread): it binds the socket
+    at once and hands the socket to the event loop. Everything else runs on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wg_port: int, host: str = "127.0.0.1") -> None:
+        self.loop = loop
         self.wg_port = wg_port
         self.host = host
-        self._peers: dict[bytes, _PeerEndpoint] = {}
+        self._lock = threading.Lock()
+        self._socks: dict[bytes, socket.socket] = {}
+        self._routes: dict[bytes, RelayClient] = {}
+        self.allowed: set[bytes] = set()
+        """Peers a packet from a relay may create a proxy port for (the current peer list)."""
         self.dropped_unknown = 0
         self.dropped_foreign = 0
         self.delivered = 0
 
-    async def add_peer(self, key: bytes, client: RelayClient) -> int:
-        """The proxy port for key (created once), now sending through client."""
-        ep = self._peers.get(key)
-        if ep is None:
-            loop = asyncio.get_running_loop()
-            _, proto = await loop.create_datagram_endpoint(
-                lambda: _PeerEndpoint(self, key), local_addr=(self.host, 0)
-            )
-            ep = self._peers[key] = proto
-        ep.client = client
-        return self.port_of(key)
+    def add_peer(self, key: bytes, client: RelayClient | None) -> int:
+        """The proxy port for key (created once); packets from WireGuard go out through client."""
+        with self._lock:
+            sock = self._socks.get(key)
+            if sock is None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((self.host, 0))
+                sock.setblocking(False)
+                self._socks[key] = sock
+                self.loop.call_soon_threadsafe(self._attach, key, sock)
+            if client is not None:
+                self.loop.call_soon_threadsafe(self._routes.__setitem__, key, client)
+            return int(sock.getsockname()[1])
+
+    def _attach(self, key: bytes, sock: socket.socket) -> None:
+        if self._socks.get(key) is sock:
+            self.loop.add_reader(sock.fileno(), self._on_readable, key, sock)
+
+    def _on_readable(self, key: bytes, sock: socket.socket) -> None:
+        client = self._routes.get(key)
+        for _ in range(256):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if addr[1] != self.wg_port or client is None:
+                self.dropped_foreign += 1
+                continue
+            client.send(key, data)
+
+    def set_route(self, key: bytes, client: RelayClient) -> None:
+        self._routes[key] = client
 
     def port_of(self, key: bytes) -> int:
-        ep = self._peers[key]
-        assert ep.transport is not None
-        return int(ep.transport.get_extra_info("sockname")[1])
+        return int(self._socks[key].getsockname()[1])
 
     def endpoint_of(self, key: bytes) -> str:
         return f"{self.host}:{self.port_of(key)}"
 
     def peers(self) -> set[bytes]:
-        return set(self._peers)
+        return set(self._socks)
 
     def remove_peer(self, key: bytes) -> None:
-        ep = self._peers.pop(key, None)
-        if ep is not None and ep.transport is not None:
-            ep.transport.close()
+        with self._lock:
+            sock = self._socks.pop(key, None)
+        self._routes.pop(key, None)
+        if sock is not None:
+            with suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
 
-    def deliver(self, src: bytes, packet: bytes) -> None:
-        """A packet from a relay: hand it to WireGuard from src's proxy port."""
-        ep = self._peers.get(src)
-        if ep is None or ep.transport is None:
+    def deliver(self, src: bytes, packet: bytes, via: RelayClient | None = None) -> None:
+        """A packet from a relay: hand it to WireGuard from src's proxy port. A known peer without a
+        proxy port yet gets one, so a peer that chose the relay can reach us while we still try
+        direct (WireGuard then follows it onto the relay path by roaming)."""
+        sock = self._socks.get(src)
+        if sock is None:
+            if src not in self.allowed:
+                self.dropped_unknown += 1
+                return
+            self.add_peer(src, None)
+            sock = self._socks[src]
+        if via is not None and src not in self._routes:
+            self._routes[src] = via  # answer over the relay the peer used
+        try:
+            sock.sendto(packet, (self.host, self.wg_port))
+            self.delivered += 1
+        except OSError:
             self.dropped_unknown += 1
-            return
-        ep.transport.sendto(packet, (self.host, self.wg_port))
-        self.delivered += 1
 
     def close(self) -> None:
-        for key in list(self._peers):
+        for key in list(self._socks):
             self.remove_peer(key)
 
 
@@ -272,6 +297,7 @@ class RelayPool:
     """One RelayClient per relay URL in use, all delivering into one proxy."""
 
     def __init__(self, ssl_ctx: ssl.SSLContext, proxy: RelayProxy) -> None:
+        """Runs on the event loop."""
         self.ssl_ctx = ssl_ctx
         self.proxy = proxy
         self.clients: dict[str, RelayClient] = {}
@@ -279,7 +305,10 @@ class RelayPool:
     def get(self, url: str) -> RelayClient:
         c = self.clients.get(url)
         if c is None:
-            c = self.clients[url] = RelayClient(url, self.ssl_ctx, self.proxy.deliver).start()
+            holder: list[RelayClient] = []
+            c = RelayClient(url, self.ssl_ctx, lambda src, pkt: self.proxy.deliver(src, pkt, holder[0]))
+            holder.append(c)
+            self.clients[url] = c.start()
         return c
 
     async def retain(self, urls: set[str]) -> None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from cvlan.common import log as cvlog
 from cvlan.common.clock import SystemClock
 from cvlan.cvland.daemon import Backends, Daemon
+from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import CvlandSettings
 from cvlan.dataplane.engine import EngineError, make_engine, pick_engine
@@ -73,13 +74,23 @@ async def run(settings: CvlandSettings) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(engine_name, settings.interface, settings.state_dir / "engine.log")
     backends = Backends(engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface))
-    daemon = Daemon(settings.interface, settings.state_dir, backends, SystemClock(), settings.probe_s)
+    relay = RelayPath(asyncio.get_running_loop())  # relay fallback + STUN (see docs/RELAY.md)
+    daemon = Daemon(
+        settings.interface,
+        settings.state_dir,
+        backends,
+        SystemClock(),
+        settings.probe_s,
+        relay=relay,
+        direct_retry_s=settings.direct_retry_s,
+    )
     serial = Serial()
     try:
         return await _run(settings, daemon, serial, engine_name)
     finally:
         await serial.call(daemon.stop)
         serial.close()
+        await relay.close()
         log.info("cvland stopped; interface removed")
 
 

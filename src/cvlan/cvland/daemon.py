@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
 from cvlan.cvland.paths import EndpointSelector
 from cvlan.cvland.reconcile import Plan, plan, validate
+from cvlan.cvland.relaypath import PathSelector, RelayPath
 from cvlan.dataplane.engine import EngineError, WgEngine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import Firewall
 from cvlan.dataplane.router import Router
@@ -46,13 +47,25 @@ class Daemon:
     """Holds the applied state and turns DesiredState into engine/router/firewall changes."""
 
     def __init__(
-        self, ifname: str, state_dir: Path, backends: Backends, clock: Clock, probe_s: float
+        self,
+        ifname: str,
+        state_dir: Path,
+        backends: Backends,
+        clock: Clock,
+        probe_s: float,
+        relay: RelayPath | None = None,
+        direct_retry_s: float = 15.0,
     ) -> None:
         self.ifname = ifname
         self.state_dir = state_dir
         self.b = backends
         self.clock = clock
-        self.selector = EndpointSelector(clock, probe_s=probe_s)
+        self.relay = relay
+        self.selector: EndpointSelector | PathSelector = (
+            PathSelector(clock, relay, probe_s=probe_s, retry_s=direct_retry_s)
+            if relay is not None
+            else EndpointSelector(clock, probe_s=probe_s)
+        )
         self.desired: DesiredState | None = None
         self._wg_prev: WgConfig | None = None
         self._owns_host = False
@@ -150,6 +163,8 @@ class Daemon:
     def apply(self, ds: DesiredState) -> int:
         """Make the host match ds; only what changed is touched. Returns the applied version."""
         validate(ds)  # nothing changes for invalid input
+        if self.relay is not None:
+            self.relay.configure(ds)
         self.selector.set_peers(
             {p.public_key.lower(): (tuple(p.endpoints), p.relay_region) for p in ds.peers}
         )
@@ -197,7 +212,17 @@ class Daemon:
                     extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},
                 )
         if changed:
-            self._apply_plan(self._plan(self.desired))
+            self._apply_plan(self._recreate(self._plan(self.desired)))
+
+    def _recreate(self, p: Plan) -> Plan:
+        """Remove peers whose path switched, so that re-adding them starts a handshake at once."""
+        keys = self.selector.take_recreate() if isinstance(self.selector, PathSelector) else set()
+        if keys and self._wg_prev is not None:
+            kept = tuple(x for x in self._wg_prev.peers if x.public_key not in keys)
+            without = replace(self._wg_prev, peers=kept)
+            self.b.engine.configure(without, self._wg_prev)
+            self._wg_prev = without
+        return p
 
     # --- status ----------------------------------------------------------------------------------
 
@@ -227,6 +252,8 @@ class Daemon:
             applied_version=ds.version if ds else 0,
             listen_port=port,
             local_endpoints=self.local_endpoints(port),
+            mapped_endpoint=self.relay.mapped_endpoint if self.relay else "",
+            home_relay_region=self.relay.home_region if self.relay else "",
             peers=peers,
         )
 

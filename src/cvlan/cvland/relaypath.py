@@ -1,0 +1,313 @@
+"""Relay fallback for cvland: per-peer path selection (direct first, relay when direct fails, back to
+direct when it works), the local relay proxy, STUN of the WireGuard port and the home relay.
+
+Threading: the Daemon plans and ticks in its worker thread; relay connections, the proxy sockets
+and STUN live on the event loop. ``RelayPath`` methods called by the Daemon only read plain values
+or hand work to the loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from cvlan.client.relay import RelayPool, RelayProxy, node_ssl
+from cvlan.client.stun import RawStunProber
+from cvlan.common.clock import Clock
+from cvlan.cvland.paths import PROBE_SECONDS, STALE_SECONDS, Choice
+from cvlan.wire.ipc import DesiredState, RelayInfo
+
+log = logging.getLogger(__name__)
+
+DIRECT_RETRY_SECONDS = 15.0
+"""First wait on the relay before trying direct again; doubles after each failed try."""
+DIRECT_RETRY_MAX = 300.0
+STUN_INTERVAL = 30.0
+"""Re-probe the WireGuard port's mapping this often (also keeps the NAT mapping alive)."""
+
+
+class RelayPaths(Protocol):
+    def available(self, relay_region: str) -> bool:
+        """Whether a relay path exists for a peer homed in relay_region."""
+        ...
+
+    def endpoint_for(self, peer: str, relay_region: str) -> str | None:
+        """A local endpoint that reaches peer through a relay, or None if there is none."""
+        ...
+
+
+@dataclass(slots=True)
+class _Peer:
+    candidates: tuple[str, ...]
+    region: str
+    relay: bool = False
+    """On the relay path (else trying or using candidates[index])."""
+    index: int = 0
+    since: float = 0.0
+    """Monotonic time of the last switch."""
+    since_wall: float = 0.0
+    connected: bool = False
+    retry_delay: float = DIRECT_RETRY_SECONDS
+    retry_at: float = math.inf
+
+
+class PathSelector:
+    """Chooses direct or relay per peer from handshake times (pure logic over an injected clock).
+
+    A switch re-creates the WireGuard peer (see ``take_recreate``), so the handshake on the new path
+    starts at once and a handshake time after the switch proves that path."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        relay: RelayPaths,
+        probe_s: float = PROBE_SECONDS,
+        stale_s: float = STALE_SECONDS,
+        retry_s: float = DIRECT_RETRY_SECONDS,
+        retry_max_s: float = DIRECT_RETRY_MAX,
+    ) -> None:
+        self._clock = clock
+        self._relay = relay
+        self._probe_s = probe_s
+        self._stale_s = stale_s
+        self._retry_s = retry_s
+        self._retry_max_s = retry_max_s
+        self._peers: dict[str, _Peer] = {}
+        self._recreate: set[str] = set()
+
+    def set_peers(self, peers: dict[str, tuple[tuple[str, ...], str]]) -> None:
+        """key -> (candidates, relay_region); peers whose candidates are unchanged keep their state."""
+        nxt: dict[str, _Peer] = {}
+        for key, (cands, region) in peers.items():
+            old = self._peers.get(key)
+            if old is not None and old.candidates == cands:
+                old.region = region
+                nxt[key] = old
+            else:
+                p = _Peer(cands, region, retry_delay=self._retry_s)
+                self._mark(p)
+                if not cands and self._relay.available(region):
+                    p.relay = True
+                nxt[key] = p
+        self._peers = nxt
+
+    def _mark(self, p: _Peer) -> None:
+        p.since = self._clock.monotonic()
+        p.since_wall = self._clock.now().timestamp()
+        p.connected = False
+
+    def _relay_ep(self, key: str, p: _Peer) -> str | None:
+        return self._relay.endpoint_for(key, p.region)
+
+    def choice(self, key: str) -> Choice:
+        p = self._peers.get(key)
+        if p is None:
+            return Choice("", "none")
+        if p.relay:
+            ep = self._relay_ep(key, p)
+            if ep:
+                return Choice(ep, "relay" if p.connected else "none")
+        if p.candidates:
+            return Choice(p.candidates[p.index % len(p.candidates)], "direct" if p.connected else "none")
+        return Choice("", "none")
+
+    def take_recreate(self) -> set[str]:
+        """Peers whose path changed since the last call: re-create them in WireGuard."""
+        out, self._recreate = self._recreate, set()
+        return out
+
+    def _switch(self, key: str, p: _Peer, relay: bool, index: int | None = None) -> None:
+        p.relay = relay
+        if index is not None:
+            p.index = index
+        self._mark(p)
+        self._recreate.add(key)
+
+    def observe(self, key: str, last_handshake: float) -> bool:
+        """Feed the device's last handshake time (Unix seconds, 0 = never); True if the choice changed."""
+        p = self._peers.get(key)
+        if p is None:
+            return False
+        now, wall = self._clock.monotonic(), self._clock.now().timestamp()
+        fresh = (
+            last_handshake > 0
+            and wall - last_handshake < self._stale_s
+            and last_handshake >= p.since_wall - 1
+        )
+        has_relay = self._relay.available(p.region)
+        if fresh:
+            if not p.connected:
+                p.connected = True
+                if p.relay:
+                    p.retry_at = now + p.retry_delay
+                else:
+                    p.retry_delay = self._retry_s
+                    p.retry_at = math.inf
+            if p.relay and p.candidates and now >= p.retry_at:
+                # Keep probing direct while relayed: try the next candidate for one probe period.
+                self._switch(key, p, relay=False, index=(p.index + 1) % len(p.candidates))
+                return True
+            return False
+        if p.connected:  # the path went stale: look for one again
+            p.connected = False
+        if now - p.since < self._probe_s:
+            return False
+        if not p.relay and has_relay:
+            self._switch(key, p, relay=True)
+            p.retry_at = now + p.retry_delay
+            p.retry_delay = min(p.retry_delay * 2, self._retry_max_s)
+            return True
+        if p.candidates and (p.relay or len(p.candidates) > 1):
+            nxt = p.index if p.relay else (p.index + 1) % len(p.candidates)
+            self._switch(key, p, relay=False, index=nxt)
+            return True
+        return False
+
+
+class RelayPath:
+    """Relay connections, the proxy and STUN for one cvland; the ``RelayFallback`` of PathSelector."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stun_interval: float = STUN_INTERVAL) -> None:
+        self.loop = loop
+        self.stun_interval = stun_interval
+        self.proxy = RelayProxy(loop, 0)
+        self.pool: RelayPool | None = None
+        self._lock = threading.Lock()
+        self._relays: dict[str, RelayInfo] = {}
+        self._creds: tuple[str, str, str] = ("", "", "")
+        self._listen_port = 0
+        self.home_region = ""
+        self.mapped_endpoint = ""
+        self.rtts: dict[str, float] = {}
+        self._stun_task: asyncio.Task[None] | None = None
+        self._stun_wake = asyncio.Event()
+
+    # --- called from the daemon's worker thread -----------------------------------------------------
+
+    def configure(self, ds: DesiredState) -> None:
+        relays: dict[str, RelayInfo] = {}
+        for r in ds.relays:
+            relays.setdefault(r.region, r)
+        with self._lock:
+            self._relays = relays
+            if self.home_region not in relays:
+                self.home_region = next(iter(relays), "")
+            port_changed = ds.listen_port != self._listen_port
+            self._listen_port = ds.listen_port
+            self.proxy.wg_port = ds.listen_port
+            self.proxy.allowed = {bytes.fromhex(p.public_key) for p in ds.peers}
+        creds = (ds.tls_cert_pem, ds.tls_key_pem, ds.ca_pem)
+        self.loop.call_soon_threadsafe(self._on_loop_configure, creds, port_changed)
+
+    def _url_for(self, region: str) -> str | None:
+        with self._lock:
+            info = self._relays.get(region) or self._relays.get(self.home_region)
+        return info.url if info else None
+
+    def available(self, relay_region: str) -> bool:
+        return self._url_for(relay_region) is not None and all(self._creds) and self._listen_port > 0
+
+    def endpoint_for(self, peer: str, relay_region: str) -> str | None:
+        """127.0.0.1:<proxy port> for peer, sending through the peer's home relay (ours if unknown)."""
+        url = self._url_for(relay_region)
+        if url is None or not all(self._creds) or self._listen_port <= 0:
+            return None
+        key = bytes.fromhex(peer)
+        port = self.proxy.add_peer(key, None)
+        self.loop.call_soon_threadsafe(self._route, key, url)
+        return f"{self.proxy.host}:{port}"
+
+    # --- on the event loop --------------------------------------------------------------------------
+
+    def _on_loop_configure(self, creds: tuple[str, str, str], port_changed: bool) -> None:
+        if creds != self._creds and all(creds):
+            try:
+                ctx: ssl.SSLContext = node_ssl(*creds)
+            except (ssl.SSLError, ValueError) as e:
+                log.warning("relay credentials unusable", extra={"reason": str(e)})
+                return
+            old = self.pool
+            self.pool = RelayPool(ctx, self.proxy)
+            self._creds = creds
+            if old is not None:
+                self.loop.create_task(old.retain(set()))
+        self._keep_home()
+        if self._stun_task is None:
+            self._stun_task = self.loop.create_task(self._stun_loop())
+        elif port_changed:
+            self._stun_wake.set()
+
+    def _keep_home(self) -> None:
+        """Stay connected to our home relay: peers reach us through it."""
+        url = self._url_for(self.home_region)
+        if self.pool is not None and url is not None:
+            self.pool.get(url)
+
+    def _route(self, key: bytes, url: str) -> None:
+        if self.pool is not None:
+            self.proxy.set_route(key, self.pool.get(url))
+
+    async def _stun_loop(self) -> None:
+        prober: RawStunProber | None = None
+        port = 0
+        try:
+            while True:
+                with self._lock:
+                    relays = {r: i for r, i in self._relays.items() if i.stun}
+                    want = self._listen_port
+                if want != port and prober is not None:
+                    prober.close()
+                    prober = None
+                if prober is None and want > 0:
+                    try:
+                        prober = RawStunProber(want)
+                        port = want
+                    except PermissionError:
+                        log.warning("STUN of the WireGuard port needs CAP_NET_RAW; not probing")
+                        return
+                if prober is not None and relays:
+                    await self._probe_all(prober, relays)
+                self._stun_wake.clear()
+                try:
+                    await asyncio.wait_for(self._stun_wake.wait(), self.stun_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            if prober is not None:
+                prober.close()
+
+    async def _probe_all(self, prober: RawStunProber, relays: dict[str, RelayInfo]) -> None:
+        results = {}
+        for region, info in relays.items():
+            host, _, port = info.stun.rpartition(":")
+            try:
+                results[region] = await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+            except (OSError, TimeoutError, ValueError) as e:
+                log.debug("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
+        if not results:
+            return
+        self.rtts = {r: res.rtt for r, res in results.items()}
+        home = min(results, key=lambda r: results[r].rtt)
+        mapped = results[home].mapped
+        self.mapped_endpoint = f"{mapped[0]}:{mapped[1]}"
+        if home != self.home_region:
+            log.info("home relay chosen", extra={"relay_region": home})
+            with self._lock:
+                self.home_region = home
+            self._keep_home()
+
+    async def close(self) -> None:
+        if self._stun_task is not None:
+            self._stun_task.cancel()
+            try:
+                await self._stun_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.pool is not None:
+            await self.pool.close()
+        self.proxy.close()
