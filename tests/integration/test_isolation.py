@@ -19,6 +19,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "update_node": {"name": "renamed"},
     "create_user": {"email": "intruder@b.example", "role": "admin"},
     "create_apitoken": {"role": "admin"},
+    "set_policy": {"rules": []},
 }
 
 

@@ -238,6 +238,43 @@ def vrouter_delete(c: Client, ns: argparse.Namespace) -> Any:
     return {"deleted": ns.name}
 
 
+def policy_show(c: Client, ns: argparse.Namespace) -> Any:
+    out = c.call("GET", _t(ns) + f"/cvlans/{_q(ns.cvlan)}/policy")
+    if ns.json:
+        return out
+    print(f"# CVLAN {out['cvlan']}: {out['effect']}")
+    if out["policy"] is not None:
+        print(json.dumps(out["policy"], indent=2))
+    return None
+
+
+def policy_set(c: Client, ns: argparse.Namespace) -> Any:
+    try:
+        text = sys.stdin.read() if ns.file == "-" else Path(ns.file).read_text()
+        doc = json.loads(text)
+    except OSError as e:
+        raise ApiError(0, "usage", f"cannot read {ns.file}: {e.strerror}") from None
+    except ValueError as e:
+        raise ApiError(0, "invalid", f"{ns.file} is not valid JSON: {e}") from None
+    out = c.call("PUT", _t(ns) + f"/cvlans/{_q(ns.cvlan)}/policy", doc)
+    if ns.json:
+        return out
+    print(
+        f"policy of CVLAN {out['cvlan']} {'updated' if out['changed'] else 'unchanged'} ({out['hash'][:12]})"
+    )
+    return None
+
+
+def policy_clear(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", _t(ns) + f"/cvlans/{_q(ns.cvlan)}/policy")
+    return {"cleared": ns.cvlan}
+
+
+def denied_list(c: Client, ns: argparse.Namespace) -> Any:
+    rows = c.pages(_t(ns) + "/denied", {"cvlan": ns.cvlan, "since": ns.since})
+    return rows, ["cvlan", "src", "dst", "proto", "dport", "packets", "reports", "last_seen"]
+
+
 def audit_list(c: Client, ns: argparse.Namespace) -> Any:
     path = _t(ns) + "/audit" if ns.tenant else "/api/v1/audit"
     q = {

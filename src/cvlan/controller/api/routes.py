@@ -13,7 +13,7 @@ from cvlan.controller.api.framework import CA_PIN_KEY, Body, Call, page, route
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, infra, nodes, tenants, users
+from cvlan.controller.ops import cvlans, infra, nodes, policy, tenants, users
 from cvlan.controller.ops.context import resolve_tenant
 
 T = "/api/v1/tenants/{tenant}"
@@ -140,6 +140,68 @@ async def delete_cvlan(c: Call) -> None:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
         await cvlans.delete(c.ctx, s, c.who, t, c.params["cvlan"])
+
+
+# --- policy and denied flows -------------------------------------------------------------
+
+
+class PolicyBody(Body):
+    """The policy document (see docs/POLICY.md); validated in full by the policy module."""
+
+    model_config = {"extra": "allow", "strict": True}
+
+
+@route("GET", T + "/cvlans/{cvlan}/policy", summary="Show a CVLAN's packet-filter policy", tag="policy")
+async def show_policy(c: Call) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        cv, p = await policy.get(s, c.who, t, c.params["cvlan"])
+    return policy.view(cv, p)
+
+
+@route(
+    "PUT",
+    T + "/cvlans/{cvlan}/policy",
+    summary="Replace a CVLAN's packet-filter policy",
+    tag="policy",
+    body=PolicyBody,
+)
+async def set_policy(c: Call) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        cv, p, changed = await policy.set_(c.ctx, s, c.who, t, c.params["cvlan"], c.body.model_dump())
+    return {**policy.view(cv, p), "changed": changed}
+
+
+@route(
+    "DELETE",
+    T + "/cvlans/{cvlan}/policy",
+    summary="Remove a CVLAN's policy (allow all members)",
+    tag="policy",
+    status=204,
+)
+async def clear_policy(c: Call) -> None:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        await policy.clear(c.ctx, s, c.who, t, c.params["cvlan"])
+
+
+@route(
+    "GET",
+    T + "/denied",
+    summary="Denied flows reported by the tenant's nodes, most packets first",
+    tag="policy",
+    query=("cvlan", "since"),
+    paginated=True,
+)
+async def list_denied(c: Call) -> dict[str, Any]:
+    limit, offset = c.page
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        items, total = await policy.denied_flows(
+            s, c.who, t, c.q("cvlan"), _time("since", c.q("since")), limit, offset
+        )
+    return page(items, total, limit, offset)
 
 
 # --- enrollment tokens ------------------------------------------------------------------

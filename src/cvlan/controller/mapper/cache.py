@@ -24,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import policy as policy_ops
 from cvlan.controller.ops.context import OpsContext
+from cvlan.controller.policy import MemberRef, compile_for_members
 from cvlan.wire import nodeproto
 from cvlan.wire.pb import node_pb2 as pb
 
@@ -45,6 +47,8 @@ class Member:
     endpoints: list[str]
     home_relay_region: str
     online: bool
+    tags: tuple[str, ...] = ()
+    filter_rules: list[pb.FilterRule] = field(default_factory=list)
     chunk: bytes = b""
     self_part: bytes = b""
 
@@ -207,6 +211,7 @@ class Mapper:
                 )
             nodes = list(await s.scalars(select(Node).where(Node.cvlan_id == cid, Node.disabled.is_(False))))
             vrs = await _vrouters(s, c)
+            doc = await policy_ops.load(s, cid)
         self.loads += 1
         now = self.ctx.now()
         offline = self.ctx.settings.offline_after_s
@@ -220,9 +225,13 @@ class Mapper:
                 endpoints=list(n.endpoints or []),
                 home_relay_region=n.home_relay_region,
                 online=n.last_seen is not None and (now - n.last_seen).total_seconds() < offline,
+                tags=tuple(n.tags or ()),
             )
             for n in nodes
         }
+        refs = [MemberRef(mem.node_id, mem.name, mem.address, mem.tags) for mem in members.values()]
+        for nid, rules in compile_for_members(doc, refs, c.subnet).items():
+            members[nid].filter_rules = [pb.FilterRule(**r) for r in rules]
         m = CvlanMap(
             cvlan_id=c.id,
             tenant_id=c.tenant_id,
@@ -271,7 +280,8 @@ class Mapper:
                 tenant_id=m.tenant_id,
                 cvlan_id=m.cvlan_id,
                 cvlan_name=m.name,
-            )
+            ),
+            filter_rules=mem.filter_rules,
         ).SerializeToString()
 
     # --- in-memory changes -------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Compile a CVLAN's policy into the inbound filter rules of each member (node protocol FilterRule)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypedDict
+
+from cvlan.controller.policy.document import PolicyDocument
+
+
+class CompiledRule(TypedDict):
+    action: str
+    src: list[str]
+    proto: str
+    ports: list[str]
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    node_id: int
+    name: str
+    address: str
+    tags: tuple[str, ...]
+
+
+def _matches(selector: str, m: MemberRef) -> bool:
+    if selector == "*":
+        return True
+    kind, _, value = selector.partition(":")
+    if kind == "tag":
+        return value in m.tags or f"tag:{value}" in m.tags
+    return kind == "node" and value == m.name
+
+
+def _sources(selectors: list[str], members: list[MemberRef], subnet: str) -> list[str]:
+    out: list[str] = []
+    for s in selectors:
+        if s == "*":
+            out.append(subnet)
+        elif ":" in s:
+            out += [f"{m.address}/32" for m in members if _matches(s, m)]
+        else:
+            out.append(s)
+    return sorted(set(out))
+
+
+def compile_for_members(
+    doc: PolicyDocument | None, members: list[MemberRef], subnet: str
+) -> dict[int, list[CompiledRule]]:
+    """Rules per receiving node, in document order. No document: every list is empty (allow the CVLAN).
+
+    With a document, a node no rule lets anything reach gets one explicit drop rule, because an empty
+    list means "allow all" on the wire. A rule whose source selects nobody is left out (an empty
+    source would mean "any")."""
+    if doc is None:
+        return {m.node_id: [] for m in members}
+    out: dict[int, list[CompiledRule]] = {}
+    for m in members:
+        rules: list[CompiledRule] = []
+        for r in doc.rules:
+            if not any(_matches(d, m) for d in r.dst):
+                continue
+            src = _sources(r.src, members, subnet)
+            if not src:
+                continue
+            rules.append(
+                {
+                    "action": r.action,
+                    "src": src,
+                    "proto": "" if r.proto == "any" else r.proto,
+                    "ports": list(r.ports),
+                }
+            )
+        out[m.node_id] = rules or [{"action": "drop", "src": [subnet], "proto": "", "ports": []}]
+    return out
