@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import time
 
 import pytest
 
+from tests.harness.cvland import script
 from tests.harness.netns import Lab
 from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
 
@@ -34,6 +36,19 @@ def test_two_nodes_register_and_ping_both_ways(lab: Lab) -> None:
     assert b.ns.wait_ping(a.address(), timeout=10), "n1 cannot reach n0 over the overlay"
     st = a.status()
     assert st.peers[0].name == "n1" and st.peers[0].path == "direct" and st.peers[0].last_handshake > 0
+    # What the node's operator sees.
+    cli = [script("cvlancli"), "--socket", str(a.dp.socket), "--ctrl-state-dir", str(a.ctrl_state)]
+    status = json.loads(a.ns.exec(*cli, "status", "--json"))
+    assert status["node_name"] == "n0" and status["cvlan_name"] == "office"
+    assert status["address"].split("/")[0] == a.address() and status["controller_reachable"] is True
+    assert status["cert_not_after"] and status["device"]["local_endpoints"] == [f"{a.ns.ip}:51820"]
+    peers = json.loads(a.ns.exec(*cli, "peers", "--json"))
+    assert [(p["name"], p["path"], p["endpoint"]) for p in peers] == [("n1", "direct", f"{b.ns.ip}:51820")]
+    ping = json.loads(a.ns.exec(*cli, "ping", "n1", "--json"))
+    assert ping["received"] == 3 and ping["address"] == b.address()
+    assert "n1" in a.ns.exec(*cli, "peers") and "reachable" in a.ns.exec(*cli, "status")
+    r = a.ns.run(*cli, "ping", "nobody")
+    assert r.returncode == 1 and r.stderr.strip() == "cvlancli: no peer 'nobody' (see `cvlancli peers`)"
 
 
 def test_tunnel_survives_restart_of_both_daemons_without_a_token(lab: Lab) -> None:
