@@ -45,6 +45,11 @@ class UiEnv:
     browser: Any
     shots: Path
     users: dict[str, str] = field(default_factory=dict)
+    _errors: dict[int, list[str]] = field(default_factory=dict)
+
+    def errors(self, page: Any) -> list[str]:
+        """Script errors and console errors the page has logged (CSP violations show up here)."""
+        return self._errors.setdefault(id(page), [])
 
     @property
     def url(self) -> str:
@@ -58,6 +63,9 @@ class UiEnv:
         context.set_default_timeout(10_000)
         page = await context.new_page()
         page.on("dialog", lambda d: d.accept())
+        errors = self.errors(page)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         if email is not None:
             await sign_in(page, self.url, email, PASSWORD)
         return page
@@ -90,7 +98,7 @@ class UiEnv:
             n.last_seen = now - dt.timedelta(seconds=4 if online else 3 * 3600)
             n.endpoints = endpoints if endpoints is not None else ["198.51.100.7:41641", "192.168.1.20:41641"]
             n.cert_not_after = now + dt.timedelta(days=7)
-            n.health = {"path": "direct"}
+            n.health = {"peers_total": 3, "peers_direct": 2, "peers_relay": 1, "applied_version": 1}
         return n
 
     async def issue_token(self, tenant: str, cvlan: str, **kw: Any) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.async_api import expect
 
+from cvlan.client.controller import ControlError
 from cvlan.controller.auth import SYSTEM
-from cvlan.controller.errors import DomainError
 from cvlan.controller.ops import cvlans, nodes, users
 from cvlan.controller.ops.context import resolve_tenant
+from cvlan.wire.pb import node_pb2 as pb
+from tests.harness.nodes import enrol
 from tests.ui.conftest import PASSWORD, UiEnv, sign_in
 
 pytestmark = [pytest.mark.ui, pytest.mark.asyncio(loop_scope="module")]
@@ -31,6 +34,8 @@ async def test_sign_in_wrong_password_then_right_then_out(ui: UiEnv) -> None:
     assert "not correct" in await page.inner_text("#signin-error")
     await sign_in(page, ui.url, ui.users["alice"], PASSWORD)
     assert page.url == ui.url + "/ui/t/acme/"
+    resp = await page.reload()
+    assert resp is not None and "frame-ancestors 'none'" in resp.headers["content-security-policy"]
     cookie = next(c for c in await page.context.cookies() if c["name"] == "cvlan_session")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
     await page.click("#signout")
@@ -82,18 +87,25 @@ async def test_operator_flow_cvlan_token_node_revoke_delete_audit(ui: UiEnv) -> 
     await page.goto(ui.url + "/ui/t/acme/tokens")
     assert token_text not in await page.content()  # never shown again
 
-    # A node registers with that token; the open CVLAN page shows it without a reload.
+    # A node registers with that token through the node API; the open CVLAN page shows it
+    # without a reload, then online with its endpoints and paths once it has polled.
     await page.goto(ui.url + "/ui/t/acme/cvlans/office")
     assert await page.is_visible("#members-empty")
     await page.evaluate("window.__marker = 'same page'")
-    await ui.register_node("acme", token_text, "laptop-1")
-    await ui.register_node("acme", token_text, "build-server", online=False, endpoints=["203.0.113.9:51820"])
+    laptop = await enrol(ui.rc, token_text, "laptop-1")
     row = page.locator("#members tr", has_text="laptop-1")
     await row.wait_for()
+    assert "never" in await row.inner_text() and await row.locator(".dot.off").count() == 1
+    health = pb.HealthSummary(peers_total=1, peers_direct=1, applied_version=1)
+    await laptop.client.poll(0, endpoints=["198.51.100.7:41641", "192.168.1.20:41641"], health=health)
+    await row.locator(".dot.on").wait_for()
+    await expect(row).to_contain_text("198.51.100.7:41641", timeout=15_000)
+    assert "1 direct" in await row.inner_text()
     assert await page.evaluate("window.__marker") == "same page"
-    assert await row.locator(".dot.on").count() == 1
-    assert await page.locator("#members tr", has_text="build-server").locator(".dot.off").count() == 1
-    assert "198.51.100.7:41641" in await row.inner_text()
+    assert "1 node" in await page.inner_text("#node-count")
+    await laptop.client.close()
+    await ui.register_node("acme", token_text, "build-server", online=False, endpoints=["203.0.113.9:51820"])
+    await page.locator("#members tr", has_text="build-server").wait_for()
     await ui.shot(page, "cvlan-members")
 
     # Revoke the token: listed as revoked, and registration with it now fails.
@@ -101,8 +113,9 @@ async def test_operator_flow_cvlan_token_node_revoke_delete_audit(ui: UiEnv) -> 
     prefix = token_text.split("_")[1]
     await page.click(f"tr[data-token='{prefix}'] button:has-text('Revoke')")
     assert "revoked" in await page.inner_text(f"tr[data-token='{prefix}']")
-    with pytest.raises(DomainError, match="revoked"):
-        await ui.register_node("acme", token_text, "too-late")
+    with pytest.raises(ControlError) as refused:
+        await enrol(ui.rc, token_text, "too-late")
+    assert refused.value.status == 401 and "revoked" in refused.value.message
     await ui.shot(page, "tokens")
 
     # Node detail, then delete it.
@@ -125,6 +138,7 @@ async def test_operator_flow_cvlan_token_node_revoke_delete_audit(ui: UiEnv) -> 
     await page.click("#audit-filters button")
     rows = await page.locator("#audit-table tbody tr").all_inner_texts()
     assert len(rows) == 1 and "laptop-1" in rows[0]
+    assert ui.errors(page) == []  # no script errors, no CSP violations along the way
 
 
 async def test_form_errors_are_shown_next_to_the_field_and_nothing_is_written(ui: UiEnv) -> None:
@@ -217,9 +231,7 @@ async def test_platform_admin_sees_health_tenants_and_infrastructure(ui: UiEnv) 
     page = await ui.page(ui.users["root"])
     assert page.url == ui.url + "/ui/platform/"
     assert "acme" in await page.inner_text("#tenant-table")
-    await page.wait_for_function(
-        "document.querySelector('[data-h=\"api_requests_per_s\"]').textContent !== '…'", timeout=15_000
-    )
+    await expect(page.locator("[data-h='api_requests_per_s']")).not_to_have_text("…", timeout=15_000)
     assert await page.inner_text("[data-h='db.status']") == "ok"
     await ui.shot(page, "platform")
     await page.goto(ui.url + "/ui/platform/infra")

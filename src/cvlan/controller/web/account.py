@@ -21,6 +21,7 @@ from cvlan.controller.web.core import (
     PRINCIPAL_NAME,
     SESSION_RKEY,
     Page,
+    html_response,
     login_csrf,
     page,
     see_other,
@@ -48,8 +49,7 @@ def _signin_page(request: web.Request, email: str = "", error: str = "", status:
             next=_safe_next(request.query.get("next", "")),
         )
     )
-    resp = web.Response(text=body, status=status, content_type="text/html")
-    resp.headers["Cache-Control"] = "no-store"
+    resp = html_response(body, status)
     set_cookie(resp, request, LOGIN_CSRF_COOKIE, token, path=PREFIX + "/signin")
     return resp
 

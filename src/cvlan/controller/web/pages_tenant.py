@@ -29,19 +29,19 @@ def node_row(p: Page, n: Node, cvlan_name: str) -> dict[str, Any]:
 
 
 def node_path(health: dict[str, Any]) -> str:
-    """'direct', 'relay', or a count per kind ('2 direct, 1 relay') once the node has reported it."""
-    path = health.get("path")
-    if isinstance(path, str) and path:
-        return path
-    paths = health.get("paths") or health.get("peers")
-    if isinstance(paths, dict):
-        kinds: dict[str, int] = {}
-        for v in paths.values():
-            k = v.get("path") if isinstance(v, dict) else v
-            if isinstance(k, str):
-                kinds[k] = kinds.get(k, 0) + 1
-        return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    return ""
+    """How the node reaches its peers, from its last health report: '2 direct · 1 relay',
+    'no peers', or '' before the first report."""
+    total = health.get("peers_total")
+    if not isinstance(total, int):
+        return ""
+    if total == 0:
+        return "no peers"
+    direct, relay = int(health.get("peers_direct") or 0), int(health.get("peers_relay") or 0)
+    parts = [f"{direct} direct"] if direct else []
+    parts += [f"{relay} relay"] if relay else []
+    waiting = total - direct - relay
+    parts += [f"{waiting} connecting"] if waiting > 0 else []
+    return " · ".join(parts)
 
 
 def token_status(t: EnrollmentToken, now: dt.datetime) -> str:

@@ -27,19 +27,17 @@
     return e;
   }
 
+  // Same wording as the server's node_path(): "2 direct · 1 relay", "no peers", "" before a report.
   function pathOf(n) {
     const h = n.health || {};
-    if (typeof h.path === "string" && h.path) return h.path;
-    const paths = h.paths || h.peers;
-    if (paths && typeof paths === "object") {
-      const kinds = {};
-      for (const v of Object.values(paths)) {
-        const k = v && typeof v === "object" ? v.path : v;
-        if (typeof k === "string") kinds[k] = (kinds[k] || 0) + 1;
-      }
-      return Object.keys(kinds).sort().map((k) => kinds[k] + " " + k).join(", ");
-    }
-    return "";
+    if (typeof h.peers_total !== "number") return "";
+    if (h.peers_total === 0) return "no peers";
+    const d = h.peers_direct || 0, r = h.peers_relay || 0, w = h.peers_total - d - r;
+    const parts = [];
+    if (d) parts.push(d + " direct");
+    if (r) parts.push(r + " relay");
+    if (w > 0) parts.push(w + " connecting");
+    return parts.join(" · ");
   }
 
   function nodeRow(table, n) {
