@@ -410,6 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "list", vrouter_list, "list vrouters", False)
     leaf(g, "delete", vrouter_delete, "delete a vrouter", False).add_argument("name")
 
+    g = group("policy", "packet-filter policy of a CVLAN (see docs/POLICY.md)")
+    leaf(g, "show", policy_show, "show the policy").add_argument("--cvlan", required=True)
+    x = leaf(g, "set", policy_set, "replace the policy with a JSON document")
+    x.add_argument("--cvlan", required=True)
+    x.add_argument("file", help="JSON policy document, or - for standard input")
+    leaf(g, "clear", policy_clear, "remove the policy (all members reach each other)").add_argument(
+        "--cvlan", required=True
+    )
+    g = group("denied", "traffic denied by policy, as reported by nodes")
+    x = leaf(g, "list", denied_list, "denied flows, most packets first")
+    x.add_argument("--cvlan")
+    x.add_argument("--since", help="ISO time or a duration back from now, e.g. 1h")
+
     a = groups.add_parser(
         "audit", help="read the audit log", description="read the audit log, newest first", parents=[common]
     )
