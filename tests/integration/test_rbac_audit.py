@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
+from cvlan.common.clock import FakeClock
 from cvlan.controller.api.framework import ROUTES
 from tests.harness.controller import RunningController
 from tests.harness.seed import seed_tenant
@@ -79,3 +83,19 @@ async def test_audit_filters_and_paging(controller: RunningController) -> None:
 def test_audit_log_cannot_be_edited() -> None:
     """There is no route that writes to or deletes from the audit log."""
     assert all(r.method == "GET" for r in ROUTES if "audit" in r.path)
+
+
+async def test_api_tokens_expire(db_url: str, tmp_path: Path) -> None:
+    clock = FakeClock(dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
+    try:
+        api = rc.api()
+        (await api.post("/api/v1/tenants", {"name": "acme"})).ok()
+        tok = (await api.post("/api/v1/tenants/acme/apitokens", {"role": "auditor", "expires": "1h"})).ok()
+        assert tok["expires_at"].startswith("2026-05-01T01:00")
+        assert (await rc.api(tok["token"]).get("/api/v1/tenants/acme")).status == 200
+        clock.advance(3601)
+        res = await rc.api(tok["token"]).get("/api/v1/tenants/acme")
+        assert res.status == 401 and "expired" in res.body["error"]["message"]
+    finally:
+        await rc.stop()
