@@ -1,58 +1,14 @@
-"""Open TCP connections from this process into a named network namespace, and an HTTPS client on top.
-
-setns(CLONE_NEWNET) changes only the calling thread, and a socket keeps the namespace it was
-created in; so a short-lived thread enters the namespace, creates the socket and leaves. The test
-process itself stays in the root namespace and no address or route is added there."""
+"""An HTTPS JSON client of the management API whose connections are opened inside a namespace
+(cvlan.lab.nsconnect), so the test process stays in the root namespace and adds no address there."""
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
-import os
-import socket
 import ssl
-import threading
 from typing import Any
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def socket_in_netns(ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A new socket that lives in network namespace ns (by name, /run/netns/NAME)."""
-    result: list[socket.socket | BaseException] = []
-
-    def work() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                result.append(socket.socket(family, kind))
-            finally:
-                _setns(own)
-        except BaseException as e:
-            result.append(e)
-        finally:
-            os.close(own)
-            os.close(target)
-
-    t = threading.Thread(target=work, name=f"netns-{ns}")
-    t.start()
-    t.join(timeout=10)
-    if not result:
-        raise TimeoutError(f"entering namespace {ns} timed out")
-    r = result[0]
-    if isinstance(r, BaseException):
-        raise r
-    return r
+from cvlan.lab.nsconnect import socket_in_netns
 
 
 class _NsHTTPSConnection(http.client.HTTPSConnection):
