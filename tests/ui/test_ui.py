@@ -314,3 +314,23 @@ async def test_admin_manages_users_and_api_tokens(ui: UiEnv) -> None:
     olga = await ui.page(ui.users["olga"])
     r = await olga.goto(ui.url + "/ui/t/acme/apitokens")
     assert r is not None and r.status == 403
+
+
+async def test_tenant_switcher_for_a_user_in_two_tenants(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        for tenant, role in (("acme", "auditor"), ("globex", "admin")):
+            t = await resolve_tenant(s, SYSTEM, tenant)
+            await users.create_user(ctx, s, SYSTEM, t, "carol@example.com", role, PASSWORD)
+    page = await ui.page("carol@example.com")
+    await page.click("#tenant-switcher summary")
+    assert await page.locator("#tenant-switcher li").count() == 2
+    await page.click("#tenant-switcher a:has-text('Globex')")
+    assert page.url == ui.url + "/ui/t/globex/"
+    assert await page.inner_text(".me .badge") == "admin"
+    assert await page.locator("text=Add a node").count() == 1
+    await page.click("#tenant-switcher summary")
+    await page.click("#tenant-switcher a:has-text('Acme Corp')")
+    assert page.url == ui.url + "/ui/t/acme/"
+    assert await page.inner_text(".me .badge") == "auditor"
+    assert await page.locator("text=Add a node").count() == 0
