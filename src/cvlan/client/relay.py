@@ -251,6 +251,10 @@ class RelayProxy:
     def set_route(self, key: bytes, client: RelayClient) -> None:
         self._routes[key] = client
 
+    def has_port(self, port: int) -> bool:
+        with self._lock:
+            return any(s.getsockname()[1] == port for s in self._socks.values())
+
     def port_of(self, key: bytes) -> int:
         return int(self._socks[key].getsockname()[1])
 

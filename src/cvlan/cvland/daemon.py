@@ -205,7 +205,11 @@ class Daemon:
         state = self.b.engine.read()
         changed = False
         for key, ps in state.peers.items():
-            if self.selector.observe(key, ps.last_handshake):
+            if (
+                self.selector.observe(key, ps.last_handshake, ps.endpoint)
+                if isinstance(self.selector, PathSelector)
+                else self.selector.observe(key, ps.last_handshake)
+            ):
                 changed = True
                 log.info(
                     "trying next endpoint",

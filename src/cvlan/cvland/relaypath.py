@@ -40,6 +40,10 @@ class RelayPaths(Protocol):
         """A local endpoint that reaches peer through a relay, or None if there is none."""
         ...
 
+    def is_proxy(self, endpoint: str) -> bool:
+        """Whether endpoint is one of our relay proxy ports."""
+        ...
+
 
 @dataclass(slots=True)
 class _Peer:
@@ -54,6 +58,9 @@ class _Peer:
     connected: bool = False
     retry_delay: float = DIRECT_RETRY_SECONDS
     retry_at: float = math.inf
+    override: str = ""
+    """A direct endpoint WireGuard roamed to (the peer reached us from there), used instead of the
+    candidates until the next switch."""
 
 
 class PathSelector:
@@ -83,10 +90,22 @@ class PathSelector:
     def set_peers(self, peers: dict[str, tuple[tuple[str, ...], str]]) -> None:
         """key -> (candidates, relay_region); peers whose candidates are unchanged keep their state."""
         nxt: dict[str, _Peer] = {}
+        now = self._clock.monotonic()
         for key, (cands, region) in peers.items():
             old = self._peers.get(key)
             if old is not None and old.candidates == cands:
                 old.region = region
+                nxt[key] = old
+            elif old is not None and (old.relay or old.connected):
+                # New candidates (e.g. a fresh STUN mapping) for a working peer: keep the path in
+                # use; a relayed peer tries the new candidates at once (the peer, which got the same
+                # map update, does the same, so both sides punch at about the same time).
+                if not old.relay and not old.override:
+                    old.override = old.candidates[old.index % len(old.candidates)] if old.candidates else ""
+                old.candidates, old.region, old.index = cands, region, len(cands) - 1 if cands else 0
+                if old.relay:
+                    old.retry_at = now
+                    old.retry_delay = self._retry_s
                 nxt[key] = old
             else:
                 p = _Peer(cands, region, retry_delay=self._retry_s)
@@ -97,6 +116,7 @@ class PathSelector:
         self._peers = nxt
 
     def _mark(self, p: _Peer) -> None:
+        p.override = ""
         p.since = self._clock.monotonic()
         p.since_wall = self._clock.now().timestamp()
         p.connected = False
@@ -111,10 +131,27 @@ class PathSelector:
         if p.relay:
             ep = self._relay_ep(key, p)
             if ep:
-                return Choice(ep, "relay" if p.connected else "none")
+                # The daemon reports "none" anyway while no handshake is fresh.
+                return Choice(ep, "relay")
+        if p.override:
+            return Choice(p.override, "direct" if p.connected else "none")
         if p.candidates:
             return Choice(p.candidates[p.index % len(p.candidates)], "direct" if p.connected else "none")
         return Choice("", "none")
+
+    def _follow_roaming(self, key: str, p: _Peer, endpoint: str) -> bool:
+        """WireGuard moves a peer's endpoint to wherever authenticated packets come from. If the peer
+        reached us over the other path, follow it (without re-creating: the session works)."""
+        now = self._clock.monotonic()
+        if p.relay and not self._relay.is_proxy(endpoint):
+            p.relay, p.override, p.connected = False, endpoint, True
+            p.retry_delay, p.retry_at = self._retry_s, math.inf
+            return True
+        if not p.relay and self._relay.is_proxy(endpoint) and self.choice(key).endpoint != endpoint:
+            p.relay, p.override, p.connected = True, "", True
+            p.retry_at = now + p.retry_delay
+            return True
+        return False
 
     def take_recreate(self) -> set[str]:
         """Peers whose path changed since the last call: re-create them in WireGuard."""
@@ -128,11 +165,14 @@ class PathSelector:
         self._mark(p)
         self._recreate.add(key)
 
-    def observe(self, key: str, last_handshake: float) -> bool:
-        """Feed the device's last handshake time (Unix seconds, 0 = never); True if the choice changed."""
+    def observe(self, key: str, last_handshake: float, endpoint: str = "") -> bool:
+        """Feed the device's last handshake time (Unix seconds, 0 = never) and the endpoint it uses;
+        True if the choice changed."""
         p = self._peers.get(key)
         if p is None:
             return False
+        if endpoint and last_handshake > 0 and self._follow_roaming(key, p, endpoint):
+            return True
         now, wall = self._clock.monotonic(), self._clock.now().timestamp()
         fresh = (
             last_handshake > 0
@@ -208,6 +248,10 @@ class RelayPath:
         with self._lock:
             info = self._relays.get(region) or self._relays.get(self.home_region)
         return info.url if info else None
+
+    def is_proxy(self, endpoint: str) -> bool:
+        host, _, port = endpoint.rpartition(":")
+        return host == self.proxy.host and port.isdigit() and self.proxy.has_port(int(port))
 
     def available(self, relay_region: str) -> bool:
         return self._url_for(relay_region) is not None and all(self._creds) and self._listen_port > 0
