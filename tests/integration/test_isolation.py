@@ -20,6 +20,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "create_user": {"email": "intruder@b.example", "role": "admin"},
     "create_apitoken": {"role": "admin"},
     "set_policy": {"rules": []},
+    "attach_vrouter": {"vrouter": "no-such-vrouter"},
 }
 
 
@@ -31,6 +32,7 @@ def fill(path: str, victim: SeededTenant, tenant_ref: str) -> str:
         "token": victim.token["prefix"],
         "user": victim.user["email"],
         "apitoken": victim.apitoken["prefix"],
+        "vrouter": "no-such-vrouter",
     }
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 

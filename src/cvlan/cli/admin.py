@@ -238,6 +238,15 @@ def vrouter_delete(c: Client, ns: argparse.Namespace) -> Any:
     return {"deleted": ns.name}
 
 
+def vrouter_attach(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", f"{_t(ns)}/cvlans/{_q(ns.cvlan)}/vrouters", {"vrouter": ns.name})
+
+
+def vrouter_detach(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", f"{_t(ns)}/cvlans/{_q(ns.cvlan)}/vrouters/{_q(ns.name)}")
+    return {"detached": ns.name, "cvlan": ns.cvlan}
+
+
 def policy_show(c: Client, ns: argparse.Namespace) -> Any:
     out = c.call("GET", _t(ns) + f"/cvlans/{_q(ns.cvlan)}/policy")
     if ns.json:
@@ -409,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--endpoint", required=True, help="HOST:PORT of its WireGuard hub")
     leaf(g, "list", vrouter_list, "list vrouters", False)
     leaf(g, "delete", vrouter_delete, "delete a vrouter", False).add_argument("name")
+    for verb, fn, what in (("attach", vrouter_attach, "serve"), ("detach", vrouter_detach, "stop serving")):
+        x = leaf(g, verb, fn, f"make a vrouter {what} a CVLAN of the tenant (operator)")
+        x.add_argument("name", help="vrouter name or id")
+        x.add_argument("--cvlan", required=True, help="CVLAN name or id")
 
     g = group("policy", "packet-filter policy of a CVLAN (see docs/POLICY.md)")
     leaf(g, "show", policy_show, "show the policy").add_argument("--cvlan", required=True)

@@ -18,7 +18,7 @@ from cvlan import __version__
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.files import write_atomic
 from cvlan.controller import credentials, infraapi, nodeapi
-from cvlan.controller.api import framework, routes  # noqa: F401  (routes register themselves)
+from cvlan.controller.api import framework, routes, vrouter_routes  # noqa: F401  (routes register themselves)
 from cvlan.controller.api.framework import (
     AUTH_KEY,
     CA_PIN_KEY,
