@@ -14,9 +14,10 @@ CVLAN since this process started."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -27,12 +28,14 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import policy as policy_ops
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.policy import MemberRef, compile_for_members
+from cvlan.controller.vrouting import Hub, direct, hub_for, node_region
 from cvlan.wire import nodeproto
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 GENERATION_KEY = "mapper_generation"
+PendingLookup = Callable[[int], tuple[list[str], str] | None]
 
 
 @dataclass
@@ -51,6 +54,10 @@ class Member:
     filter_rules: list[pb.FilterRule] = field(default_factory=list)
     chunk: bytes = b""
     self_part: bytes = b""
+    region: str = ""
+    """vrouting.node_region of this member (set when it is encoded)."""
+    chunk_via: bytes = b""
+    """This member as a peer reached through the receiver's vrouter (route VIA_VROUTER, no allowed IPs)."""
 
 
 @dataclass
@@ -69,22 +76,45 @@ class CvlanMap:
     via_vrouter: bool
     common: bytes = b""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    hubs: list[Hub] = field(default_factory=list)
+    """The registered vrouters serving the CVLAN (see controller/vrouting.py)."""
+    hub_parts: dict[int, bytes] = field(default_factory=dict)
+    """vrouter id -> encoded NetworkMap fragment with that vrouter as the only VrouterPeer."""
+
+    def hub_of(self, mem: Member) -> Hub | None:
+        return hub_for(mem.region, self.mode, self.hubs)
 
     def body_for(self, node_id: int, head: pb.PollResponse) -> bytes:
-        """The encoded PollResponse carrying node_id's full map (every member but itself as a peer)."""
-        parts = [self.common, self.members[node_id].self_part]
-        parts += [m.chunk for nid, m in self.members.items() if nid != node_id]
+        """The encoded PollResponse carrying node_id's full map (every member but itself as a peer).
+
+        Per receiver (vrouting.py): its own hub is its only vrouter peer, and each peer comes as
+        the direct chunk (its /32) or the via-vrouter chunk (no allowed IPs: the hub's subnet wins)."""
+        me = self.members[node_id]
+        parts = [self.common, me.self_part]
+        if not self.hubs:
+            parts += [m.chunk for nid, m in self.members.items() if nid != node_id]
+            return nodeproto.compose_poll_response(head, parts)
+        hub = self.hub_of(me)
+        if hub is not None:
+            parts.append(self.hub_parts[hub.vrouter_id])
+        for nid, m in self.members.items():
+            if nid != node_id:
+                ok = direct(self.mode, me.region, hub, m.region, self.hub_of(m))
+                parts.append(m.chunk if ok else m.chunk_via)
         return nodeproto.compose_poll_response(head, parts)
 
 
 class Mapper:
     """Holds the maps, loads them on demand, and wakes long-polls when they change."""
 
-    def __init__(self, ctx: OpsContext) -> None:
+    def __init__(self, ctx: OpsContext, pending_endpoints: PendingLookup | None = None) -> None:
         self.ctx = ctx
         self.generation = 0
+        self._pending_endpoints: PendingLookup = pending_endpoints or (lambda _node_id: None)
+        """Endpoints reported by polls but not flushed yet: a reload must not fall back to older ones."""
         self._maps: dict[int, CvlanMap] = {}
-        self._loading: dict[int, asyncio.Future[CvlanMap]] = {}
+        self._loading: dict[int, asyncio.Task[CvlanMap]] = {}
+        self._change_seq: dict[int, int] = {}
         self._epochs: dict[int, int] = {}
         self._node_cvlan: dict[int, int] = {}
         self._wakers: dict[int, asyncio.Event] = {}
@@ -109,6 +139,7 @@ class Mapper:
     def on_changed(self, cvlan_ids: set[int]) -> None:
         """Post-commit hook: drop the maps of changed CVLANs and wake their long-polls."""
         for cid in cvlan_ids:
+            self._change_seq[cid] = self._change_seq.get(cid, 0) + 1
             self._maps.pop(cid, None)
             self._wake(cid)
 
@@ -182,25 +213,36 @@ class Mapper:
         return int(row.cvlan_id)
 
     async def get(self, cid: int) -> CvlanMap:
-        """The current map of a CVLAN, loading it (once for all concurrent callers) if needed."""
+        """The current map of a CVLAN, loading it (once for all concurrent callers) if needed.
+
+        The load runs in its own task, so a caller that goes away (client disconnect) does not
+        cancel it for the others."""
         m = self._maps.get(cid)
         if m is not None:
             return m
-        fut = self._loading.get(cid)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._loading[cid] = fut
-            try:
-                m = await self._load(cid)
-            except BaseException as e:
-                fut.set_exception(e)
-                fut.exception()  # mark retrieved: concurrent waiters (if any) re-raise it
-                raise
-            finally:
-                self._loading.pop(cid, None)
-            fut.set_result(m)
-            return m
-        return await asyncio.shield(fut)
+        task = self._loading.get(cid)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load_fresh(cid), name=f"map-load-{cid}")
+            self._loading[cid] = task
+            task.add_done_callback(functools.partial(self._loaded, cid))
+        return await asyncio.shield(task)
+
+    def _loaded(self, cid: int, task: asyncio.Task[CvlanMap]) -> None:
+        if self._loading.get(cid) is task:
+            del self._loading[cid]
+        if not task.cancelled():
+            task.exception()  # retrieved here; callers re-raise it
+
+    async def _load_fresh(self, cid: int) -> CvlanMap:
+        """Load, and load again if the CVLAN changed while loading (never cache a map older than a
+        change that has already been announced)."""
+        for _ in range(5):
+            seq = self._change_seq.get(cid, 0)
+            m = await self._load(cid)
+            if self._change_seq.get(cid, 0) == seq:
+                self._maps[cid] = m
+                return m
+        return m  # changing faster than it loads: serve this one uncached, the next poll reloads
 
     async def _load(self, cid: int) -> CvlanMap:
         async with self.ctx.tx() as s:
@@ -244,19 +286,24 @@ class Mapper:
             vrouters=vrs,
             via_vrouter=c.mode == "hub" and any(v.wg_public_key for v in vrs),
         )
+        for v in vrs:
+            if len(v.wg_public_key) == 32:  # unregistered vrouters are left out of maps
+                m.hubs.append(Hub(v.vrouter_id, v.name, v.region))
+                m.hub_parts[v.vrouter_id] = pb.NetworkMap(vrouters=[v]).SerializeToString()
         self._retoken(m)
         for mem in members.values():
+            pending = self._pending_endpoints(mem.node_id)
+            if pending is not None:
+                mem.endpoints, mem.home_relay_region = pending
             self._encode_member(m, mem)
             self._node_cvlan[mem.node_id] = cid
-        if cid not in self._maps or self._maps[cid].db_version <= m.db_version:
-            self._maps[cid] = m
         return m
 
     def _retoken(self, m: CvlanMap) -> None:
         m.token = self._next_token(m.cvlan_id, m.db_version)
         m.common = pb.NetworkMap(
-            version=m.token, vrouters=m.vrouters, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode
-        ).SerializeToString()
+            version=m.token, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode
+        ).SerializeToString()  # vrouters: per receiver (hub_parts), see body_for
 
     def _encode_member(self, m: CvlanMap, mem: Member) -> None:
         addr = f"{mem.address}/32"
@@ -268,10 +315,14 @@ class Mapper:
             endpoints=mem.endpoints,
             home_relay_region=mem.home_relay_region,
             online=mem.online,
-            allowed_ips=[] if m.via_vrouter else [addr],
-            route=pb.PEER_ROUTE_VIA_VROUTER if m.via_vrouter else pb.PEER_ROUTE_DIRECT,
+            allowed_ips=[addr],
+            route=pb.PEER_ROUTE_DIRECT,
         )
         mem.chunk = nodeproto.peer_chunk(peer)
+        mem.region = node_region(mem.tags, mem.home_relay_region)
+        del peer.allowed_ips[:]
+        peer.route = pb.PEER_ROUTE_VIA_VROUTER
+        mem.chunk_via = nodeproto.peer_chunk(peer)
         mem.self_part = pb.NetworkMap(
             self=pb.SelfNode(
                 node_id=mem.node_id,

@@ -35,6 +35,8 @@ class LivenessBuffer:
     def __init__(self, ctx: OpsContext) -> None:
         self.ctx = ctx
         self._pending: dict[int, Pending] = {}
+        self._inflight: dict[int, Pending] = {}
+        """The batch being written: still the newest truth until its transaction commits."""
         self.flushes = 0
         self.rows_written = 0
 
@@ -51,6 +53,14 @@ class LivenessBuffer:
         if health is not None:
             p.health = health
 
+    def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
+        """Endpoints and home region reported but not written yet (None if nothing pending)."""
+        for d in (self._pending, self._inflight):
+            p = d.get(node_id)
+            if p is not None and p.endpoints is not None:
+                return p.endpoints, p.home_relay_region or ""
+        return None
+
     def endpoints(self, node_id: int, endpoints: list[str], region: str) -> None:
         p = self._pending.get(node_id)
         if p is None:
@@ -62,6 +72,7 @@ class LivenessBuffer:
         if not self._pending:
             return 0
         batch, self._pending = self._pending, {}
+        self._inflight = batch
         base = [{"b_id": k, "b_seen": p.last_seen, "b_ver": p.map_version} for k, p in batch.items()]
         health = [{"b_id": k, "b_health": p.health} for k, p in batch.items() if p.health is not None]
         eps = [
@@ -92,10 +103,16 @@ class LivenessBuffer:
                         eps,
                     )
         except (DomainError, OSError) as e:
-            for k, p in batch.items():
-                self._pending.setdefault(k, p)
+            for k, old in batch.items():
+                new = self._pending.setdefault(k, old)
+                if new is not old:  # keep the newer observation, but not at the cost of older fields
+                    new.health = new.health if new.health is not None else old.health
+                    if new.endpoints is None:
+                        new.endpoints, new.home_relay_region = old.endpoints, old.home_relay_region
             log.warning("liveness flush failed; will retry", extra={"reason": str(e)[:200]})
             return 0
+        finally:
+            self._inflight = {}
         self.flushes += 1
         self.rows_written += len(batch)
         return len(batch)

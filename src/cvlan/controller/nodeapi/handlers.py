@@ -6,6 +6,7 @@ Errors are raised as DomainError and rendered by the application's one error mid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -42,11 +43,14 @@ class NodeApi:
     def __init__(self, ctx: OpsContext, ca: CertificateAuthority) -> None:
         self.ctx = ctx
         self.ca = ca
-        self.mapper = Mapper(ctx)
         self.liveness = LivenessBuffer(ctx)
+        self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.identity = IdentityResolver(ca, ctx.settings.trusted_proxies)
         self.ca_pem = ca.cert_pem.decode()
         ctx.on_cvlan_changed.append(self.mapper.on_changed)
+        # SQLite has one writer; queueing registrations here avoids its busy-wait sleeps (up to 100 ms
+        # each) when many transactions contend for the write lock. PostgreSQL runs them concurrently.
+        self._write_lock = contextlib.nullcontext() if "postgresql" in ctx.settings.db_url else asyncio.Lock()
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -99,7 +103,7 @@ class NodeApi:
         if len(req.hostname) > 253 or len(req.os_info) > 200:
             raise DomainError(Kind.INVALID, "hostname or os_info is too long", {"field": "hostname"})
         try:
-            async with self.ctx.tx() as s:
+            async with self._write_lock, self.ctx.tx() as s:
                 got = await registration.register(
                     self.ctx,
                     s,
@@ -170,7 +174,7 @@ class NodeApi:
     async def renew(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.RenewRequest)
-        async with self.ctx.tx() as s:
+        async with self._write_lock, self.ctx.tx() as s:
             pem, not_after = await registration.renew(self.ctx, s, self.ca, self.caller(ident), req.csr_pem)
         log.info("node certificate renewed", extra={"tenant_id": ident.tenant_id, "node_id": ident.node_id})
         return self.reply(
