@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -75,7 +76,10 @@ def test_bad_interface_name_and_subnet() -> None:
         render_ruleset("wg0", "x", [])
 
 
-@pytest.mark.skipif(shutil.which("nft") is None, reason="this machine lacks nft")
+@pytest.mark.skipif(
+    shutil.which("nft") is None or os.geteuid() != 0,
+    reason="this machine lacks nft or root (nft -c needs it)",
+)
 def test_rendered_ruleset_passes_nft_check() -> None:
     # `nft -c` parses and validates against the kernel without changing anything.
     rules: list[dict[str, object]] = [
