@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
 
-from tests.harness.netns import Lab
+from tests.harness.netns import Lab, Netns
 from tests.harness.relaystack import peer_paths, start_relay
 from tests.harness.stack import start_controller, start_node, wait_until
 
@@ -59,3 +60,45 @@ def test_endpoint_dependent_nat_pings_through_relay_within_10s(lab: Lab) -> None
     t1 = time.monotonic()
     wait_until("ping resumes after relay restart", lambda: a.ns.ping(b.address(), wait=0.5), 10, 0.1)
     print(f"traffic resumed {time.monotonic() - t1:.1f} s after the relay came back")
+
+
+def _set_nat(router: Netns, nat: str) -> None:
+    """Replace the NAT statement of a Lab NAT router and forget its existing mappings."""
+    router.exec("nft", "delete", "table", "ip", "cvlnat")
+    router.exec(
+        "nft",
+        "-f",
+        "-",
+        input=(
+            "table ip cvlnat {\n"
+            "  chain post { type nat hook postrouting priority srcnat; policy accept;\n"
+            f'    oifname "wan0" {nat}\n  }}\n'
+            "  chain input { type filter hook input priority filter; policy accept;\n"
+            '    iifname "wan0" ct state new counter drop\n  }\n'
+            "  chain forward { type filter hook forward priority filter; policy accept;\n"
+            '    iifname "wan0" ct state new counter drop\n  }\n'
+            "}\n"
+        ),
+    )
+    router.exec(sys.executable, "-c", "from pyroute2 import NFCTSocket; NFCTSocket().flush()")
+
+
+def test_nat_change_moves_peer_from_relay_to_direct(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVLAND_STUN_INTERVAL_S", "5")
+    ctl, relay, a, b, _, b_nat = _mesh(lab, "masquerade", "masquerade random")
+    wait_until("a pings b through the relay", lambda: a.ns.ping(b.address(), wait=0.5), 15, 0.1)
+    wait_until("relayed", lambda: "relay" in (peer_paths(a)["b"], peer_paths(b)["a"]), 15)
+    _set_nat(b_nat, "masquerade")
+    t0 = time.monotonic()
+    wait_until(
+        "direct both ways after the NAT change",
+        lambda: (
+            peer_paths(a) == {"b": "direct"} and peer_paths(b) == {"a": "direct"} and a.ns.ping(b.address())
+        ),
+        120,
+    )
+    print(f"moved to direct {time.monotonic() - t0:.1f} s after the NAT change")
+    before = relay.forwarded_bytes()
+    for _ in range(3):
+        assert a.ns.ping(b.address())
+    assert relay.forwarded_bytes() == before

@@ -32,6 +32,9 @@ STUN_INTERVAL = 30.0
 
 
 class RelayPaths(Protocol):
+    generation: int
+    """Bumped when this host's public mapping changes (its NAT or network changed)."""
+
     def available(self, relay_region: str) -> bool:
         """Whether a relay path exists for a peer homed in relay_region."""
         ...
@@ -86,6 +89,7 @@ class PathSelector:
         self._retry_max_s = retry_max_s
         self._peers: dict[str, _Peer] = {}
         self._recreate: set[str] = set()
+        self._generation = relay.generation
 
     def set_peers(self, peers: dict[str, tuple[tuple[str, ...], str]]) -> None:
         """key -> (candidates, relay_region); peers whose candidates are unchanged keep their state."""
@@ -139,6 +143,16 @@ class PathSelector:
             return Choice(p.candidates[p.index % len(p.candidates)], "direct" if p.connected else "none")
         return Choice("", "none")
 
+    def _on_network_change(self) -> None:
+        """Our public mapping changed: every relayed peer tries direct again now."""
+        if self._relay.generation == self._generation:
+            return
+        self._generation = self._relay.generation
+        now = self._clock.monotonic()
+        for p in self._peers.values():
+            if p.relay:
+                p.retry_at, p.retry_delay = now, self._retry_s
+
     def _follow_roaming(self, key: str, p: _Peer, endpoint: str) -> bool:
         """WireGuard moves a peer's endpoint to wherever authenticated packets come from. If the peer
         reached us over the other path, follow it (without re-creating: the session works)."""
@@ -171,6 +185,7 @@ class PathSelector:
         p = self._peers.get(key)
         if p is None:
             return False
+        self._on_network_change()
         if endpoint and last_handshake > 0 and self._follow_roaming(key, p, endpoint):
             return True
         now, wall = self._clock.monotonic(), self._clock.now().timestamp()
@@ -224,6 +239,7 @@ class RelayPath:
         self.home_region = ""
         self.mapped_endpoint = ""
         self.rtts: dict[str, float] = {}
+        self.generation = 0
         self._stun_task: asyncio.Task[None] | None = None
         self._stun_wake = asyncio.Event()
 
@@ -338,7 +354,12 @@ class RelayPath:
         self.rtts = {r: res.rtt for r, res in results.items()}
         home = min(results, key=lambda r: results[r].rtt)
         mapped = results[home].mapped
-        self.mapped_endpoint = f"{mapped[0]}:{mapped[1]}"
+        text = f"{mapped[0]}:{mapped[1]}"
+        if text != self.mapped_endpoint:
+            if self.mapped_endpoint:
+                log.info("public mapping changed", extra={"endpoint": text})
+                self.generation += 1
+            self.mapped_endpoint = text
         if home != self.home_region:
             log.info("home relay chosen", extra={"relay_region": home})
             with self._lock:
