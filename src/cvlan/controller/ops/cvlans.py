@@ -156,7 +156,10 @@ def check_tags(tags: list[str]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise DomainError(Kind.INVALID, f"at most {MAX_TAGS} tags", {"field": "tags"})
     for t in tags:
-        check_name("tag", t.removeprefix("tag:"))
+        # "region:NAME" places the node in a vrouter region (controller/vrouting.py); one at most.
+        check_name("tag", t.removeprefix("tag:").removeprefix("region:"))
+    if len({t for t in tags if t.startswith("region:")}) > 1:
+        raise DomainError(Kind.INVALID, "at most one region: tag", {"field": "tags"})
     return sorted(set(tags))
 
 
