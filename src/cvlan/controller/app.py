@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cvlan import __version__
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.files import write_atomic
-from cvlan.controller import credentials, infraapi, nodeapi
+from cvlan.controller import credentials, infraapi, nodeapi, vrouterapi
 from cvlan.controller.api import framework, routes, vrouter_routes  # noqa: F401  (routes register themselves)
 from cvlan.controller.api.framework import (
     AUTH_KEY,
@@ -132,6 +132,7 @@ async def build(
     app.router.add_get("/metrics", metrics_handler)
     infraapi.add_routes(app, ca)
     nodeapi.install(app, ctx, ca)
+    vrouterapi.install(app, ca)
     setup_web_ui(app, engine)
 
     async def _cleanup(_: web.Application) -> AsyncIterator[None]:

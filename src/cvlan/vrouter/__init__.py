@@ -1,3 +1,3 @@
-"""cvlan.vrouter."""
+"""cvlan.vrouter: the hub router app (controller client + dataplane)."""
 
 __all__: list[str] = []

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
-from cvlan.controller.db.models import Region, Relay, Vrouter
+from cvlan.controller.db.models import Cvlan, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, check_name
+from cvlan.controller.ops.context import OpsContext, bump, check_name
 
 RELAY_KIND = "cvrb"
 VROUTER_KIND = "cvvb"
@@ -224,4 +224,12 @@ async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: 
         tenant_id=None,
         before={"name": x.name, "endpoint": x.endpoint},
     )
+    # Its attachments go with it (ON DELETE CASCADE): the CVLANs it served get new maps.
+    q = (
+        select(Cvlan)
+        .join(VrouterCvlan, VrouterCvlan.cvlan_id == Cvlan.id)
+        .where(VrouterCvlan.vrouter_id == x.id)
+    )
+    for c in await s.scalars(q):
+        bump(s, c)
     await s.delete(x)

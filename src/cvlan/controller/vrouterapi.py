@@ -1,0 +1,296 @@
+"""The controller's API for vrouters: bootstrap with a token, then poll the desired state.
+
+  GET  /v1/vrouter/ca        the CA certificate (public; the vrouter checks it against its --ca-pin)
+  POST /v1/vrouter/register  {token, wg_public_key (hex), csr_pem} -> client certificate, CA, own record
+  POST /v1/vrouter/poll      mutual TLS with the vrouter certificate; {version, long_poll_s} ->
+                             {unchanged, version, state}; held up to long_poll_s while unchanged
+
+The desired state (JSON, see docs/VROUTER.md) is built from the same in-memory CVLAN maps the
+nodes get theirs from, with the same routing rule (controller/vrouting.py), so both sides agree
+which members go through which vrouter:
+
+  {"vrouter": {"id", "name", "region", "endpoint"},
+   "cvlans": [{"id", "tenant_id", "name", "subnet", "mode",
+               "members": [{"node_id", "name", "key", "address", "endpoints", "region",
+                            "hub", "served"}]}],
+   "vrouters": [{"id", "name", "region", "key", "endpoint", "allowed_ips"}]}
+
+"served" members use this vrouter as their hub (it is their WireGuard peer, allowed IPs: the
+member's /32); "vrouters" are the other hubs of the same CVLANs, each carrying the /32s of the
+members it serves. The version is a hash of the state: equal versions mean identical states.
+
+A bootstrap token stays valid until the vrouter is deleted (as for relays), so a vrouter that lost
+its state dir registers again; each registration replaces the certificate serial and WireGuard key
+the controller accepts from it, and every CVLAN it serves gets a new map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import credentials
+from cvlan.controller.api.framework import CTX_KEY
+from cvlan.controller.ca import OID_KIND, CertificateAuthority, identity_of
+from cvlan.controller.db.models import Cvlan, Region, Vrouter, VrouterCvlan
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.infraapi import _body, _In, peer_certificate
+from cvlan.controller.mapper.cache import CvlanMap, Mapper
+from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.controller.ops.context import OpsContext, bump
+from cvlan.controller.ops.infra import VROUTER_KIND
+
+VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
+MAX_LONG_POLL_S = 60
+POLL_INTERVAL_S = 10
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class RegisterIn(_In):
+    token: str = Field(max_length=200)
+    wg_public_key: str = Field(max_length=64)
+    """Hex of the vrouter's 32-byte WireGuard public key (the private key never leaves it)."""
+    csr_pem: str = Field(max_length=16384)
+
+
+class PollIn(_In):
+    version: str = Field(default="", max_length=64)
+    """The state version the vrouter holds; "" for none."""
+    long_poll_s: int = Field(default=0, ge=0, le=3600)
+
+
+class VrouterApi:
+    """Handlers plus the change signal long-polls wait on."""
+
+    def __init__(self, ctx: OpsContext, ca: CertificateAuthority, mapper: Mapper) -> None:
+        self.ctx, self.ca, self.mapper = ctx, ca, mapper
+        self._changed = asyncio.Event()
+        ctx.on_cvlan_changed.append(self._on_changed)
+
+    def _on_changed(self, _cvlans: set[int]) -> None:
+        # Any committed CVLAN change (attach, detach, members, registration of a vrouter) wakes all
+        # vrouter long-polls; each recomputes its state and answers only if it differs.
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    async def ca_handler(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.ca.cert_pem.decode(), content_type="application/x-pem-file")
+
+    async def register(self, request: web.Request) -> web.Response:
+        body: RegisterIn = await _body(request, RegisterIn)
+        if not _HEX64.match(body.wg_public_key):
+            raise DomainError(
+                Kind.INVALID, "wg_public_key: expected 64 hex characters", {"field": "wg_public_key"}
+            )
+        key = bytes.fromhex(body.wg_public_key)
+        async with self.ctx.tx() as s:
+            vr = await _vrouter_for_token(s, body.token)
+            cert = issue_vrouter_cert(self.ca, body.csr_pem.encode(), vr, self.ctx.now())
+            vr.cert_serial = format(cert.serial_number, "x")
+            vr.last_seen = self.ctx.now()
+            if vr.wg_public_key != key:
+                vr.wg_public_key = key
+                for c in await _served(s, vr.id):
+                    bump(s, c)
+            region = await s.scalar(select(Region.name).where(Region.id == vr.region_id)) or ""
+            out = {
+                "vrouter_id": vr.id,
+                "name": vr.name,
+                "region": region,
+                "endpoint": vr.endpoint,
+                "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "ca_pem": self.ca.cert_pem.decode(),
+                "poll_interval_s": POLL_INTERVAL_S,
+            }
+        return web.json_response(out)
+
+    async def poll(self, request: web.Request) -> web.Response:
+        body: PollIn = await _body(request, PollIn)
+        async with self.ctx.tx() as s:
+            vr = await _vrouter_for_cert(s, request)
+            vr.last_seen = self.ctx.now()
+            vid = vr.id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(body.long_poll_s, MAX_LONG_POLL_S)
+        while True:
+            # Take the wake-up events before building the state, so a change in between is not missed.
+            waits = [self._changed]
+            state, cids = await self.desired(vid)
+            waits += [self.mapper.waiter(cid) for cid in cids]
+            version = state_version(state)
+            left = deadline - loop.time()
+            if version != body.version or left <= 0:
+                break
+            tasks = [asyncio.ensure_future(ev.wait()) for ev in waits]
+            try:
+                await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+        if version == body.version:
+            return web.json_response(
+                {"unchanged": True, "version": version, "poll_interval_s": POLL_INTERVAL_S}
+            )
+        out = {"unchanged": False, "version": version, "state": state, "poll_interval_s": POLL_INTERVAL_S}
+        return web.json_response(out)
+
+    async def desired(self, vid: int) -> tuple[dict[str, Any], list[int]]:
+        """The vrouter's desired state and the ids of the CVLANs it serves."""
+        async with self.ctx.tx() as s:
+            row = (
+                await s.execute(
+                    select(Vrouter, Region.name)
+                    .join(Region, Region.id == Vrouter.region_id)
+                    .where(Vrouter.id == vid)
+                )
+            ).first()
+            if row is None:
+                raise DomainError(Kind.UNAUTHENTICATED, "the vrouter has been deleted")
+            vr, region = row
+            me = {"id": vr.id, "name": vr.name, "region": region, "endpoint": vr.endpoint}
+            cids = sorted(c.id for c in await _served(s, vid))
+        maps = []
+        for cid in cids:
+            try:
+                maps.append(await self.mapper.get(cid))
+            except DomainError:
+                continue  # deleted since: its attachment is gone with it
+        return build_state(me, maps), cids
+
+
+def build_state(me: dict[str, Any], maps: list[CvlanMap]) -> dict[str, Any]:
+    """The desired state of vrouter `me` for the CVLAN maps it serves (pure)."""
+    cvlans: list[dict[str, Any]] = []
+    others: dict[int, dict[str, Any]] = {}
+    for m in maps:
+        by_id = {v.vrouter_id: v for v in m.vrouters}
+        members = []
+        for mem in sorted(m.members.values(), key=lambda x: x.node_id):
+            hub = m.hub_of(mem)
+            addr = f"{mem.address}/32"
+            members.append(
+                {
+                    "node_id": mem.node_id,
+                    "name": mem.name,
+                    "key": mem.wg_key.hex(),
+                    "address": addr,
+                    "endpoints": list(mem.endpoints),
+                    "region": mem.region,
+                    "hub": hub.name if hub else "",
+                    "served": hub is not None and hub.vrouter_id == me["id"],
+                }
+            )
+            if hub is not None and hub.vrouter_id != me["id"]:
+                v = by_id[hub.vrouter_id]
+                o = others.setdefault(
+                    v.vrouter_id,
+                    {
+                        "id": v.vrouter_id,
+                        "name": v.name,
+                        "region": v.region,
+                        "key": v.wg_public_key.hex(),
+                        "endpoint": v.endpoint,
+                        "allowed_ips": [],
+                    },
+                )
+                o["allowed_ips"].append(addr)
+        cvlans.append(
+            {
+                "id": m.cvlan_id,
+                "tenant_id": m.tenant_id,
+                "name": m.name,
+                "subnet": m.subnet,
+                "mode": m.mode,
+                "members": members,
+            }
+        )
+    vrouters = [others[k] for k in sorted(others)]
+    for o in vrouters:
+        o["allowed_ips"].sort()
+    return {"vrouter": me, "cvlans": cvlans, "vrouters": vrouters}
+
+
+def state_version(state: dict[str, Any]) -> str:
+    raw = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def issue_vrouter_cert(
+    ca: CertificateAuthority, csr_pem: bytes, vr: Vrouter, now: dt.datetime
+) -> x509.Certificate:
+    """A client certificate (kind=vrouter) for the vrouter's calls to the controller."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise DomainError(Kind.INVALID, "csr_pem is not a PEM certificate request") from e
+    if not csr.is_signature_valid:
+        raise DomainError(Kind.INVALID, "csr_pem signature does not verify")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vrouter:{vr.name}")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + VROUTER_CERT_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(x509.UnrecognizedExtension(OID_KIND, b"vrouter"), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+async def _served(s: AsyncSession, vid: int) -> list[Cvlan]:
+    q = (
+        select(Cvlan)
+        .join(VrouterCvlan, VrouterCvlan.cvlan_id == Cvlan.id)
+        .where(VrouterCvlan.vrouter_id == vid)
+    )
+    return list(await s.scalars(q))
+
+
+async def _vrouter_for_token(s: AsyncSession, text: str) -> Vrouter:
+    bad = DomainError(Kind.UNAUTHENTICATED, "invalid vrouter bootstrap token, or the vrouter was deleted")
+    parts = credentials.split(text, VROUTER_KIND)
+    if parts is None:
+        raise bad
+    vr = await s.scalar(select(Vrouter).where(Vrouter.bootstrap_prefix == parts[0]))
+    if vr is None or not credentials.check_secret(parts[1], vr.bootstrap_hash):
+        raise bad
+    return vr
+
+
+async def _vrouter_for_cert(s: AsyncSession, request: web.Request) -> Vrouter:
+    cert = peer_certificate(request)
+    if cert is None or identity_of(cert).get("kind") != "vrouter":
+        raise DomainError(Kind.UNAUTHENTICATED, "this call needs the vrouter's client certificate")
+    vr = await s.scalar(select(Vrouter).where(Vrouter.cert_serial == format(cert.serial_number, "x")))
+    if vr is None:
+        raise DomainError(Kind.UNAUTHENTICATED, "vrouter certificate is no longer current")
+    return vr
+
+
+VROUTERAPI_KEY = web.AppKey("vrouterapi", VrouterApi)
+
+
+def install(app: web.Application, ca: CertificateAuthority) -> VrouterApi:
+    """Mount the vrouter API on the controller application (after the node API: it shares its maps)."""
+    api = VrouterApi(app[CTX_KEY], ca, app[NODEAPI_KEY].mapper)
+    app[VROUTERAPI_KEY] = api
+    app.router.add_get("/v1/vrouter/ca", api.ca_handler)
+    app.router.add_post("/v1/vrouter/register", api.register)
+    app.router.add_post("/v1/vrouter/poll", api.poll)
+    return api

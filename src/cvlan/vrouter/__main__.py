@@ -1,0 +1,91 @@
+"""cvlan-vrouter: hub router for CVLAN members of its region and the link to other regions' vrouters.
+
+Registers with the bootstrap token `cvlan vrouter create` printed (once: the identity is kept in
+the state dir), then polls the controller for the CVLANs it serves and keeps a WireGuard hub
+interface, its routes, IP forwarding and an nftables forward chain (only within one CVLAN) in step.
+Needs root (or CAP_NET_ADMIN) in its network namespace. Status: STATE_DIR/status.json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cvlan.common import log as cvlog
+from cvlan.dataplane.engine import EngineError
+from cvlan.vrouter.daemon import Vrouter
+from cvlan.vrouter.identity import ControllerError, ensure_identity
+from cvlan.vrouter.settings import VrouterSettings
+
+log = logging.getLogger("cvlan.vrouter")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cvlan-vrouter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every flag can also be given as CVLAN_VROUTER_<NAME> in the environment (flags win).",
+    )
+    p.add_argument("--server", help="controller URL, e.g. https://ctrl.example.net:8443 (first start)")
+    p.add_argument("--token", help="bootstrap token (cvvb_...); needed only on first start")
+    p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA, checked before registering")
+    p.add_argument("--state-dir", type=Path, help="identity and status (default ./cvlan-vrouter)")
+    p.add_argument("--interface", help="WireGuard hub interface name (default cvlan-hub0)")
+    p.add_argument("--engine", choices=("auto", "wireguard-go", "boringtun", "kernel"))
+    p.add_argument("--listen-port", type=int, help="UDP port of the hub (default: the registered endpoint's)")
+    p.add_argument("--long-poll", type=int, dest="long_poll_s", help="seconds a poll may be held (0-60)")
+    p.add_argument("--log-format", choices=("text", "json"))
+    p.add_argument("--log-level")
+    return p
+
+
+def load_settings(args: argparse.Namespace) -> VrouterSettings:
+    names = ("server", "token", "ca_pin", "state_dir", "interface", "engine", "listen_port", "long_poll_s")
+    given = {k: getattr(args, k) for k in (*names, "log_format", "log_level") if getattr(args, k) is not None}
+    return VrouterSettings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(map(str, err["loc"])) or "settings"
+        print(f"cvlan-vrouter: invalid setting {field}: {err['msg']}", file=sys.stderr)
+        return 2
+    cvlog.setup(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(serve(settings))
+    except (ControllerError, EngineError, OSError) as e:
+        print(f"cvlan-vrouter: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve(settings: VrouterSettings, stop: asyncio.Event | None = None) -> int:
+    """Load or obtain the identity, start the hub interface, and reconcile until stopped."""
+    ident = await ensure_identity(settings)
+    vr = Vrouter(settings, ident)
+    await asyncio.to_thread(vr.start)
+    log.info("vrouter running", extra={"relay_region": ident.region, "endpoint": ident.endpoint})
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await vr.run(stop)
+    finally:
+        await asyncio.to_thread(vr.stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
