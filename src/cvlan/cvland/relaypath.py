@@ -61,6 +61,8 @@ class _Peer:
     connected: bool = False
     retry_delay: float = DIRECT_RETRY_SECONDS
     retry_at: float = math.inf
+    retrying: bool = False
+    """The current direct attempt is a retry from the relay (its failure doubles the delay)."""
     override: str = ""
     """A direct endpoint WireGuard roamed to (the peer reached us from there), used instead of the
     candidates until the next switch."""
@@ -159,7 +161,7 @@ class PathSelector:
         now = self._clock.monotonic()
         if p.relay and not self._relay.is_proxy(endpoint):
             p.relay, p.override, p.connected = False, endpoint, True
-            p.retry_delay, p.retry_at = self._retry_s, math.inf
+            p.retry_delay, p.retry_at, p.retrying = self._retry_s, math.inf, False
             return True
         if not p.relay and self._relay.is_proxy(endpoint) and self.choice(key).endpoint != endpoint:
             p.relay, p.override, p.connected = True, "", True
@@ -201,11 +203,11 @@ class PathSelector:
                 if p.relay:
                     p.retry_at = now + p.retry_delay
                 else:
-                    p.retry_delay = self._retry_s
-                    p.retry_at = math.inf
+                    p.retry_delay, p.retry_at, p.retrying = self._retry_s, math.inf, False
             if p.relay and p.candidates and now >= p.retry_at:
                 # Keep probing direct while relayed: try the next candidate for one probe period.
                 self._switch(key, p, relay=False, index=(p.index + 1) % len(p.candidates))
+                p.retrying = True
                 return True
             return False
         if p.connected:  # the path went stale: look for one again
@@ -213,9 +215,10 @@ class PathSelector:
         if now - p.since < self._probe_s:
             return False
         if not p.relay and has_relay:
+            if p.retrying:
+                p.retry_delay = min(p.retry_delay * 2, self._retry_max_s)
+            p.retrying = False
             self._switch(key, p, relay=True)
-            p.retry_at = now + p.retry_delay
-            p.retry_delay = min(p.retry_delay * 2, self._retry_max_s)
             return True
         if p.candidates and (p.relay or len(p.candidates) > 1):
             nxt = p.index if p.relay else (p.index + 1) % len(p.candidates)
