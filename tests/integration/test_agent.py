@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from cvlan.agent.daemon import Agent, FatalError, Options
+from cvlan.agent.state import StateStore
+from cvlan.client import tls
 from tests.harness.controller import RunningController, free_port
 from tests.harness.fake_cvland import FakeCvland
 from tests.harness.nodes import make_token
@@ -186,3 +188,46 @@ async def test_cli_bad_token_exits_1_with_one_line(controller: RunningController
         err.decode().strip().splitlines()[-1]
         == "cvlan-ctrl: enrolment refused: enrollment token is not valid (http 401)"
     )
+
+
+async def test_controller_restart_keeps_identity_and_address(db_url: str, tmp_path: Path) -> None:
+    rc = await RunningController(tmp_path / "data", db_url).start()
+    port = rc.port
+    try:
+        token = await make_token(rc)
+        cvland = await FakeCvland(tmp_path / "cvland.sock", ["192.0.2.7:51820"]).start()
+        agent = Agent(opts(rc, tmp_path, token, long_poll_s=1))
+        async with running(agent):
+            await until(lambda: bool(cvland.applied))
+            before = cvland.applied[-1]
+            await rc.stop()
+            await asyncio.sleep(1.5)  # polls fail meanwhile; the agent backs off and retries
+            admin = rc.admin_token
+            rc = await RunningController(tmp_path / "data", db_url, port=port).start()
+            rc.admin_token = admin
+            polls = agent.polls
+            await until(lambda: agent.polls > polls + 1)
+        (n,) = await nodes(rc)
+        assert n["id"] == before.node_id and f"{n['address']}/32" == before.address
+        await cvland.stop()
+    finally:
+        await rc.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_agent_renews_its_certificate_at_two_thirds(db_url: str, tmp_path: Path) -> None:
+    rc = await RunningController(tmp_path / "data", db_url, node_cert_lifetime_s=6).start()
+    try:
+        agent = Agent(opts(rc, tmp_path, await make_token(rc), long_poll_s=1))
+        async with running(agent):
+            await until(lambda: agent.polls >= 1)
+            assert agent.ident is not None
+            first = agent.ident.cert_pem
+            await until(lambda: agent.ident is not None and agent.ident.cert_pem != first, timeout=20)
+            polls = agent.polls
+            await until(lambda: agent.polls > polls + 1)  # and keeps polling with the new certificate
+        saved = StateStore(tmp_path / "state").load()
+        assert saved is not None and saved.cert_pem != first
+        assert 0 < tls.cert_not_after(saved.cert_pem) - saved.cert_obtained_at <= 7
+    finally:
+        await rc.stop()

@@ -167,6 +167,7 @@ class Agent:
             cvlan_id=reg.cvlan_id,
             cvlan_name=reg.cvlan_name,
             cvlan_subnet=reg.cvlan_subnet,
+            cert_obtained_at=time.time(),
         )
         self.store.save(ident)
         log.info(
@@ -288,11 +289,9 @@ class Agent:
             return
         key_pem, csr = tls.new_key_and_csr()
         r = await self.client.renew(csr)
-        self.ident.cert_pem, self.ident.tls_key_pem, self.ident.ca_pem = (
-            r.certificate_pem,
-            key_pem,
-            r.ca_pem or self.ident.ca_pem,
-        )
+        self.ident.cert_pem, self.ident.tls_key_pem = r.certificate_pem, key_pem
+        self.ident.ca_pem = r.ca_pem or self.ident.ca_pem
+        self.ident.cert_obtained_at = now
         self.store.save(self.ident)
         self.client.set_identity(r.certificate_pem, key_pem)
         if self.pending is None and self.held:

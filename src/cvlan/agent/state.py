@@ -70,8 +70,9 @@ class StateStore:
             return None
         try:
             vals = {
-                f.name: (int(rows[f.name]) if f.type in ("int", int) else rows[f.name])
+                f.name: _value(f.type, rows[f.name])
                 for f in fields(Identity)
+                if f.name in rows or _required(f)
             }
         except (KeyError, ValueError) as e:
             raise StateError(f"state {self.path} is incomplete ({e}); remove it and enrol again") from e
