@@ -84,6 +84,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--reg-rate", type=_positive_float, default=200.0, help="registrations/s (default 200)")
     r.add_argument("--steady", type=_positive_float, default=600.0, help="steady-state seconds (default 600)")
     r.add_argument("--poll-interval", type=_positive_float, default=30.0, help="seconds (default 30)")
+    r.add_argument(
+        "--steady-rate",
+        type=_positive_float,
+        default=0.0,
+        help="polls/s to hold in the steady state (shortens every node's interval); default: nodes/interval",
+    )
+    r.add_argument(
+        "--reg-concurrency", type=_positive_int, default=16, help="registrations in flight (default 16)"
+    )
     r.add_argument("--jitter", type=float, default=0.1, help="poll interval jitter fraction (default 0.1)")
     r.add_argument("--workers", type=_positive_int, default=1, help="fleet processes (default 1)")
     r.add_argument(
@@ -176,6 +185,8 @@ def _run(args: argparse.Namespace) -> int:
         server=args.server,
         admin_conf=args.admin_conf,
         knee_rates=args.knee_rates,
+        steady_rate=args.steady_rate,
+        reg_concurrency=args.reg_concurrency,
         knee_step_s=args.knee_step,
         renew_after_s=args.renew_after,
         report_every=args.report_every,

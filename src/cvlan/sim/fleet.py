@@ -154,6 +154,7 @@ class Fleet:
         )
         self._host = f"{cfg.server_name}:{cfg.port}"
         self._ip_i = 0
+        self._seen: set[str] = set()
 
     # --- bookkeeping -----------------------------------------------------------------
 
@@ -168,8 +169,11 @@ class Fleet:
         }
         return iv
 
-    def _err(self, kind: str) -> None:
+    def _err(self, kind: str, detail: str = "") -> None:
         self.iv.errors[kind] += 1
+        if kind not in self._seen:
+            self._seen.add(kind)
+            self.iv.samples[kind] = detail[:300]
 
     # --- registration ----------------------------------------------------------------
 
@@ -256,7 +260,7 @@ class Fleet:
             kind = f"register_exception_{type(e).__name__}"
             if not self.iv.errors[kind]:
                 traceback.print_exc(file=sys.stderr)
-            self._err(kind)
+            self._err(kind, str(e))
 
     async def _register(self, node: SimNode, due: float) -> None:
         wg_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
@@ -276,7 +280,7 @@ class Fleet:
             try:
                 conn = await self._reg_conn()
             except (OSError, ssl.SSLError, TimeoutError) as e:
-                self._err(f"register_connect_{type(e).__name__}")
+                self._err(f"register_connect_{type(e).__name__}", str(e))
                 await asyncio.sleep(min(0.5 * 2**attempt, 10) * self.rng.uniform(0.5, 1))
                 continue
             self.inflight += 1
@@ -294,7 +298,7 @@ class Fleet:
                 node.token = ""
                 await self._connect_and_start(node)
                 return
-            self._err(_error_kind("register", status, body, err))
+            self._err(_error_kind("register", status, body, err), body.decode(errors="replace"))
             if status and status not in (429, 500, 502, 503, 504):
                 return
             await asyncio.sleep(min(0.5 * 2**attempt, 10) * self.rng.uniform(0.5, 1))
@@ -322,7 +326,7 @@ class Fleet:
         try:
             node.conn = await self._open(node.ctx)
         except (OSError, ssl.SSLError, TimeoutError) as e:
-            self._err(f"connect_{type(e).__name__}")
+            self._err(f"connect_{type(e).__name__}", str(e))
             return False
         finally:
             node.connecting = False
@@ -374,6 +378,7 @@ class Fleet:
         op, due = node.queue.popleft()
         data = self._body(node, op)
         self.inflight += 1
+        self.iv.ok[f"{op}_sent"] += 1
         timer = self.loop.call_later(self.cfg.timeout_s, conn.abort, "timeout")
 
         def done(status: int, body: bytes, err: str) -> None:
@@ -424,7 +429,7 @@ class Fleet:
 
     def _done(self, node: SimNode, op: str, due: float, status: int, body: bytes, err: str) -> None:
         if status != 200:
-            self._err(_error_kind(op, status, body, err))
+            self._err(_error_kind(op, status, body, err), body.decode(errors="replace"))
             if op == "renew":
                 node.renewing = False
             return
@@ -436,7 +441,7 @@ class Fleet:
                 self._set_cert(node, r.certificate_pem, r.certificate_not_after)
                 node.renewing = False
         except (nodeproto.WireError, ValueError, ssl.SSLError) as e:
-            self._err(f"{op}_bad_answer_{type(e).__name__}")
+            self._err(f"{op}_bad_answer_{type(e).__name__}", str(e))
             return
         self.iv.hist[op].record(self.loop.time() - due)
         self.iv.ok[op] += 1

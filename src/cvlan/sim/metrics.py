@@ -97,8 +97,12 @@ class Interval:
     errors: Counter[str] = field(default_factory=Counter)
     hist: dict[str, Histogram] = field(default_factory=lambda: {op: Histogram() for op in OPS})
     gauges: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)
+    """The first error message seen for each error kind (to explain the counts)."""
 
     def merge(self, other: Interval) -> None:
+        for kind, text in other.samples.items():
+            self.samples.setdefault(kind, text)
         self.ok.update(other.ok)
         self.errors.update(other.errors)
         for op, h in other.hist.items():
@@ -112,11 +116,17 @@ class Interval:
             "errors": dict(self.errors),
             "hist": {op: h.to_wire() for op, h in self.hist.items() if h.n},
             "gauges": self.gauges,
+            "samples": self.samples,
         }
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Interval:
-        iv = cls(ok=Counter(d["ok"]), errors=Counter(d["errors"]), gauges=dict(d["gauges"]))
+        iv = cls(
+            ok=Counter(d["ok"]),
+            errors=Counter(d["errors"]),
+            gauges=dict(d["gauges"]),
+            samples=dict(d.get("samples", {})),
+        )
         for op, h in d["hist"].items():
             iv.hist[op] = Histogram.from_wire(h)
         return iv

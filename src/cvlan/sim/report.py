@@ -59,6 +59,7 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
     rl = reg["latency_ms"]
     usage = st.get("usage", {})
     polls = st.get("rates", {}).get("poll", 0.0)
+    target = st.get("poll_rate_target") or cfg["nodes"] / cfg["poll_interval_s"]
     errs = sum(st.get("errors", {}).values())
     ctl = usage.get("controller", {})
     fr = usage.get("haproxy", {})
@@ -72,7 +73,7 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
         f"offered at {cfg['reg_rate']:g}/s; latency from the scheduled time p50 {rl['p50']:.1f} ms, "
         f"p99 {rl['p99']:.1f} ms, max {rl['max']:.1f} ms.",
         f"* Steady state: {st.get('seconds', 0)} s at **{polls:,.0f} polls/s** (target "
-        f"{cfg['nodes'] / cfg['poll_interval_s']:,.0f}/s: {cfg['poll_interval_s']:g} s interval, "
+        f"{target:,.0f}/s: {cfg['nodes'] / target:g} s interval, "
         f"+-{cfg['jitter']:.0%} jitter); poll latency p50 {lat.get('p50', 0):.2f} ms, "
         f"p90 {lat.get('p90', 0):.2f}, **p99 {lat.get('p99', 0):.2f} ms, "
         f"p99.9 {lat.get('p999', 0):.2f} ms**, max {lat.get('max', 0):.1f} ms; "
@@ -177,6 +178,13 @@ def _errors(data: dict[str, Any]) -> list[str]:
         ok = ", ".join(f"{k} {v:,}" for k, v in sorted(ph.get("ok", {}).items()))
         errs = ", ".join(f"{k} {v:,}" for k, v in sorted(ph.get("errors", {}).items())) or "none"
         out.append(f"| {name} | {ph['seconds']} | {ok} | {errs} |")
+    samples: dict[str, str] = {}
+    for ph in data["phase_summary"].values():
+        for k, v in ph.get("error_samples", {}).items():
+            samples.setdefault(k, v)
+    if samples:
+        out += ["", "First message seen for each error kind:", ""]
+        out += [f"* `{k}`: {v or '(no body)'}" for k, v in sorted(samples.items())]
     return out + [""]
 
 
@@ -226,7 +234,10 @@ def _config(data: dict[str, Any]) -> list[str]:
         f"--nodes-per-cvlan {cfg['nodes_per_cvlan']} --reg-rate {cfg['reg_rate']:g} "
         f"--steady {cfg['steady_s']:g} "
         f"--poll-interval {cfg['poll_interval_s']:g} --workers {cfg['workers']} --front {cfg['front']}"
+        f" --reg-concurrency {cfg.get('reg_concurrency', 16)}"
     )
+    if cfg.get("steady_rate"):
+        args += f" --steady-rate {cfg['steady_rate']:g}"
     if cfg.get("knee_rates"):
         rates = ",".join(f"{r:g}" for r in cfg["knee_rates"])
         args += f" --knee-rates {rates} --knee-step {cfg['knee_step_s']:g}"

@@ -70,6 +70,9 @@ class RunConfig:
     front: str = "none"
     server: str = ""
     admin_conf: Path | None = None
+    steady_rate: float = 0.0
+    """Poll rate for the steady state (sets every node's interval to nodes / rate); 0: keep the interval."""
+    reg_concurrency: int = 16
     knee_rates: list[float] = field(default_factory=list)
     knee_step_s: float = 60.0
     renew_after_s: float = 0.0
@@ -150,6 +153,8 @@ class Controller:
         binary = shutil.which("cvlan-controller") or str(Path(sys.executable).parent / "cvlan-controller")
         env = dict(os.environ)
         env["CVLAN_CONTROLLER_LOG_LEVEL"] = "warning"
+        # Registrations and map loads each hold a pooled connection; the default 10 queues them.
+        env.setdefault("CVLAN_CONTROLLER_DB_POOL_SIZE", "30")
         if trusted_proxies:
             env["CVLAN_CONTROLLER_TRUSTED_PROXIES"] = json.dumps(trusted_proxies)
         self.cmd = [
@@ -262,10 +267,15 @@ async def run(cfg: RunConfig) -> Path:
     """Do the whole run; return the path of results.json."""
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     cfg.results_dir.mkdir(parents=True, exist_ok=True)
-    fds = raise_fd_limit(cfg.nodes * 2 + 10_000)
+    fds = raise_fd_limit(cfg.nodes * 3 + 50_000)  # HAProxy needs about 2 per connection
     if fds < cfg.nodes + 1000:
         raise RunError(f"cannot raise the open-file limit to {cfg.nodes + 1000} (got {fds})")
     cleanups: list[Callable[[], None]] = []
+    # SIGINT / SIGTERM end the run early but cleanly: the workers drain, results are still written.
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
     sampler = Sampler()
     info: dict[str, Any] = {"machine": machine_info(), "config": _config_view(cfg)}
     try:
@@ -281,13 +291,15 @@ async def run(cfg: RunConfig) -> Path:
             "errors": dict(summary.errors),
         }
         _log(cfg, "\n".join(summary.lines()))
+        if interrupted.is_set():
+            raise RunError("interrupted during provisioning")
         # Round-robin over CVLANs: consecutive registrations use different tokens, as independent
         # nodes would, instead of queueing on one token's row.
         entries = store.for_plan(plan)
         tokens = [e.token for j in range(cfg.nodes_per_cvlan) for e in entries if e.nodes > j]
         if len(tokens) < cfg.nodes:
             raise RunError(f"provisioning left tokens for {len(tokens)} of {cfg.nodes} nodes")
-        result = await _drive(cfg, conf, fleet_host, fleet_port, tokens, sampler, cleanups, info)
+        result = await _drive(cfg, conf, fleet_host, fleet_port, tokens, sampler, cleanups, info, interrupted)
     finally:
         for c in reversed(cleanups):
             try:
@@ -322,10 +334,17 @@ async def _start_stack(
         info["stack"] = {"controller": "external", "front": "none"}
         return conf, u.port or 443, u.hostname or "127.0.0.1"
     _log(cfg, "starting PostgreSQL")
-    pg = PgCluster(base=cfg.work_dir, conf=PG_TUNING)
+    # In the system temp dir, not the work dir: the server runs as the postgres user, which may not
+    # be able to enter the operator's (or a test's) private work directory.
+    pg = PgCluster(conf=PG_TUNING)
     cleanups.append(pg.stop)
-    await asyncio.to_thread(pg.start)
-    db_url = await asyncio.to_thread(pg.create_db, "cvlan")
+    try:
+        await asyncio.to_thread(pg.start)
+        db_url = await asyncio.to_thread(pg.create_db, "cvlan")
+    except (subprocess.SubprocessError, OSError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [str(e)]
+        raise RunError(f"cannot start PostgreSQL: {detail[0]}") from e
     sampler.add("postgresql", lambda: [p] if (p := pg.pid()) else [], shared_memory=True)
     port = free_port()
     trusted = ["127.0.0.1/32"] if cfg.front == "haproxy" else []
@@ -350,7 +369,7 @@ async def _start_stack(
         ctl.data_dir / "server.crt",
         ctl.data_dir / "server.key",
         conf.ca_pem,
-        maxconn=cfg.nodes + 10_000,
+        maxconn=cfg.nodes + 1_000,
     )
     proc = front.start(hcfg, cfg.work_dir / "haproxy.log")
 
@@ -380,6 +399,7 @@ async def _drive(
     sampler: Sampler,
     cleanups: list[Callable[[], None]],
     info: dict[str, Any],
+    interrupted: asyncio.Event,
 ) -> Path:
     ctx = mp.get_context("spawn")
     out: Any = ctx.Queue()
@@ -406,6 +426,7 @@ async def _drive(
             report_every=cfg.report_every,
             renew_after_s=cfg.renew_after_s,
             local_ips=ips,
+            reg_conns=max(1, cfg.reg_concurrency // w),
         )
         p = ctx.Process(target=_worker_entry, args=(fc, wid, out, stop, interval), name=f"cvlan-sim-w{wid}")
         p.start()
@@ -422,8 +443,9 @@ async def _drive(
     cleanups.append(stop_workers)
     sampler.add("simulator", lambda: [os.getpid(), *[p.pid for p in procs if p.pid]], recursive=False)
     rec = Recorder(t0)
-    await _loop(cfg, rec, out, stop, interval, sampler, procs)
+    await _loop(cfg, rec, out, stop, interval, sampler, procs, interrupted)
     info["phases"] = rec.phase_spans
+    info["interrupted"] = interrupted.is_set()
     path = cfg.results_dir / "results.json"
     data = {**info, **_summarize(cfg, rec)}
     path.write_text(json.dumps(data, indent=1, default=str))
@@ -438,6 +460,7 @@ async def _loop(
     interval: Any,
     sampler: Sampler,
     procs: list[Any],
+    interrupted: asyncio.Event,
 ) -> None:
     steps = list(cfg.knee_rates)
     phase_end = math.inf
@@ -461,14 +484,22 @@ async def _loop(
             continue
         if not any(p.is_alive() for p in procs):
             raise RunError("every fleet worker exited early; see the errors above")
+        if interrupted.is_set():
+            _log(cfg, "interrupted: draining the fleet and writing the results")
+            rec.start_phase("drain", {})
+            stop.set()
+            stop_at = now + 20
+            continue
         reg, con = s.gauges["registered"], s.gauges["connected"]
         if rec.phase == "register":
-            if reg >= cfg.nodes and con >= cfg.nodes:
-                rec.start_phase("steady", {"poll_rate": cfg.nodes / cfg.poll_interval_s})
-                phase_end = now + cfg.steady_s
-            elif now - rec.t0 > cfg.reg_timeout_s:
+            done = reg >= cfg.nodes and con >= cfg.nodes
+            if not done and now - rec.t0 > cfg.reg_timeout_s:
                 _log(cfg, f"registration incomplete after {cfg.reg_timeout_s:.0f} s: {reg}/{cfg.nodes}")
-                rec.start_phase("steady", {"poll_rate": cfg.nodes / cfg.poll_interval_s})
+                done = True
+            if done:
+                if cfg.steady_rate:
+                    interval.value = cfg.nodes / cfg.steady_rate
+                rec.start_phase("steady", {"poll_rate": cfg.nodes / float(interval.value)})
                 phase_end = now + cfg.steady_s
         elif now >= phase_end:
             if steps:
@@ -482,11 +513,13 @@ async def _loop(
                 stop_at = now + 40
         if now - last_print >= 5:
             last_print = now
-            iv = rec.sec(now - 1).iv
+            recent = [rec.sec(now - k).iv for k in range(2, 7)]
+            polls = sum(iv.ok["poll"] for iv in recent) / len(recent)
+            errors = sum(sum(iv.errors.values()) for iv in recent)
             _log(
                 cfg,
                 f"[{now - rec.t0:6.0f}s {rec.phase}] registered {reg}/{cfg.nodes} connected {con} "
-                f"polls/s {iv.ok['poll']} errors {sum(iv.errors.values())} "
+                f"polls/s {polls:.0f} errors(5s) {errors} "
                 + " ".join(f"{k}={v['cpu']:.0f}%/{v['rss_mb']:.0f}MB" for k, v in s.procs.items()),
             )
 
@@ -505,6 +538,7 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
                 "phase": s.phase,
                 "ok": dict(iv.ok),
                 "errors": dict(iv.errors),
+                "error_samples": iv.samples,
                 "register": iv.hist["register"].summary(),
                 "poll": iv.hist["poll"].summary(),
                 "gauges": s.gauges,
@@ -533,6 +567,7 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
             "poll_rate_target": span.get("poll_rate"),
             "ok": dict(iv.ok),
             "errors": dict(iv.errors),
+            "error_samples": iv.samples,
             "rates": {op: round(n / dur, 1) if dur else 0.0 for op, n in iv.ok.items()},
             "latency_ms": {op: h.summary() for op, h in iv.hist.items() if h.n},
             "usage": usage,
