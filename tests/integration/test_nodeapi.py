@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import ssl
+import urllib.parse
 from pathlib import Path
 
 import aiohttp
@@ -266,3 +267,69 @@ async def test_liveness_is_flushed_in_batches(controller: RunningController) -> 
         assert (await a.client.poll(r.map_version)).unchanged
     assert api.mapper.loads == loads  # unchanged answers came from memory
     await a.client.close()
+
+
+async def test_relay_map_reaches_discover_and_long_polling_nodes(controller: RunningController) -> None:
+    a = await enrol(controller, await make_token(controller))
+    held = (await a.client.poll(0)).map_version
+    waiting = asyncio.create_task(a.client.poll(held, long_poll_s=30))
+    api = controller.api()
+    (await api.post("/api/v1/regions", {"name": "eu"})).ok()
+    relay = {"name": "r1", "region": "eu", "url": "https://relay.example:443", "stun": "192.0.2.5:3478"}
+    (await api.post("/api/v1/relays", relay)).ok()
+    assert controller.c is not None
+    assert await controller.c.app[NODEAPI_KEY].mapper.refresh_relays()  # the periodic refresh, now
+    got = await asyncio.wait_for(waiting, 10)
+    (region,) = got.map.relay_map.regions
+    assert region.name == "eu" and [r.url for r in region.relays] == ["https://relay.example:443"]
+    assert region.relays[0].stun == "192.0.2.5:3478"
+    d = await NodeApiClient.discover_pinned(controller.url, controller.c.ca.fingerprint)
+    assert [r.name for r in d.relay_map.regions] == ["eu"]
+    await a.client.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_identity_from_a_trusted_proxy_header_only(db_url: str, tmp_path: Path) -> None:
+    rc = await RunningController(tmp_path / "d", db_url, trusted_proxies=["127.0.0.0/8"]).start()
+    plain = await RunningController(tmp_path / "d2", db_url.replace("cvlan.db", "other.db")).start()
+    try:
+        for ctl, want in ((rc, 200), (plain, 401)):
+            a = await enrol(ctl, await make_token(ctl))
+            header = urllib.parse.quote(a.reg.certificate_pem)
+            body = pb.PollRequest(capability_version=1).SerializeToString()
+            ctx = ssl.create_default_context(cadata=ca_pem(ctl))  # no client certificate on this connection
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    ctl.url + "/v1/poll",
+                    data=body,
+                    ssl=ctx,
+                    headers={"Content-Type": wire.CT_PROTO, "X-Client-Cert": header},
+                ) as r,
+            ):
+                assert r.status == want, await r.text()
+                if want == 200:
+                    assert wire.decode(pb.PollResponse, await r.read()).map.self.node_id == a.node_id
+            await a.client.close()
+        # A forged certificate (another CA) in the header is refused even from a trusted proxy.
+        rogue = CertificateAuthority.load_or_create(tmp_path / "rogue")
+        _, csr = tls.new_key_and_csr()
+        fake = rogue.issue_client(csr.encode(), common_name="x", lifetime=dt.timedelta(days=1), identity={})
+        ctx = ssl.create_default_context(cadata=ca_pem(rc))
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                rc.url + "/v1/poll",
+                data=b"",
+                ssl=ctx,
+                headers={
+                    "X-Client-Cert": urllib.parse.quote(
+                        fake.public_bytes(serialization.Encoding.PEM).decode()
+                    )
+                },
+            ) as r,
+        ):
+            assert r.status == 401
+    finally:
+        await rc.stop()
+        await plain.stop()
