@@ -128,7 +128,8 @@ async def sign_in(page: Any, url: str, email: str, password: str) -> None:
 
 
 async def seed(rc: RunningController) -> dict[str, str]:
-    """Tenants acme and globex; a platform admin; acme's admin, operator and auditor; globex's admin."""
+    """Tenants acme (CVLANs lab, staging) and globex (secret-lab); a platform admin; acme's admin,
+    operator and auditor; globex's admin."""
     ctx = rc.c.ctx  # type: ignore[union-attr]
     people = {
         "root": "root@example.com",
@@ -149,6 +150,8 @@ async def seed(rc: RunningController) -> dict[str, str]:
         ):
             await users.create_user(ctx, s, SYSTEM, tenant, people[who], role, PASSWORD)
         await cvlans.create(ctx, s, SYSTEM, globex, "secret-lab", None, "mesh")
+        await cvlans.create(ctx, s, SYSTEM, acme, "lab", None, "mesh")
+        await cvlans.create(ctx, s, SYSTEM, acme, "staging", None, "hub")
     return people
 
 

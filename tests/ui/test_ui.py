@@ -9,7 +9,7 @@ from playwright.async_api import expect
 
 from cvlan.client.controller import ControlError
 from cvlan.controller.auth import SYSTEM
-from cvlan.controller.ops import cvlans, nodes, users
+from cvlan.controller.ops import cvlans, infra, nodes, users
 from cvlan.controller.ops.context import resolve_tenant
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.nodes import enrol
@@ -151,20 +151,15 @@ async def test_form_errors_are_shown_next_to_the_field_and_nothing_is_written(ui
     assert "is not valid" in err and "letters, digits" in err
     assert await page.input_value("#create-cvlan #f-name") == "bad name!"
     await ui.shot(page, "form-error")
-    await page.fill("#create-cvlan #f-name", "lab")
+    await page.fill("#create-cvlan #f-name", "lab2")
     await page.fill("#create-cvlan #f-subnet", "10.0.0.0/33")
     await page.click("#create-cvlan button[type=submit]")
     assert "subnet" in (await page.inner_text("#create-cvlan #err-subnet")).lower()
-    assert await _count_cvlans(ui, "acme") == before
-
-    await page.goto(ui.url + "/ui/t/acme/cvlans")
     await page.fill("#create-cvlan #f-name", "lab")
-    await page.click("#create-cvlan button[type=submit]")
-    await page.goto(ui.url + "/ui/t/acme/cvlans")
-    await page.fill("#create-cvlan #f-name", "lab")
+    await page.fill("#create-cvlan #f-subnet", "")
     await page.click("#create-cvlan button[type=submit]")
     assert "already exists" in await page.inner_text("#create-cvlan #err-name")
-    assert await _count_cvlans(ui, "acme") == before + 1
+    assert await _count_cvlans(ui, "acme") == before
 
     await page.goto(ui.url + "/ui/t/acme/tokens")
     await page.select_option("#f-cvlan", "lab")
@@ -251,11 +246,10 @@ async def test_platform_admin_sees_health_tenants_and_infrastructure(ui: UiEnv) 
     await page.click("#tenant-switcher summary")
     await page.click("#tenant-switcher a:has-text('Acme Corp')")
     assert page.url == ui.url + "/ui/t/acme/"
-    await ui.shot(page, "dashboard")
 
 
 async def test_node_rename_and_move(ui: UiEnv) -> None:
-    token = await ui.issue_token("acme", "office")
+    token = await ui.issue_token("acme", "staging")
     await ui.register_node("acme", token, "mover")
     page = await ui.page(ui.users["olga"])
     await page.goto(ui.url + "/ui/t/acme/nodes/mover")
@@ -273,8 +267,6 @@ async def test_node_rename_and_move(ui: UiEnv) -> None:
         t = await resolve_tenant(s, SYSTEM, "acme")
         n, cvlan_name = await nodes.get(s, SYSTEM, t, "mover-2")
     assert cvlan_name == "lab"
-    await page.goto(ui.url + "/ui/t/acme/nodes")
-    await ui.shot(page, "nodes")
 
 
 async def test_admin_manages_users_and_api_tokens(ui: UiEnv) -> None:
@@ -334,3 +326,73 @@ async def test_tenant_switcher_for_a_user_in_two_tenants(ui: UiEnv) -> None:
     assert page.url == ui.url + "/ui/t/acme/"
     assert await page.inner_text(".me .badge") == "auditor"
     assert await page.locator("text=Add a node").count() == 0
+
+
+async def test_cvlan_edit_and_delete(ui: UiEnv) -> None:
+    page = await ui.page(ui.users["olga"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans")
+    await page.fill("#create-cvlan #f-name", "scratch")
+    await page.fill("#create-cvlan #f-subnet", "100.127.8.0/24")
+    await page.click("#create-cvlan button[type=submit]")
+    assert "100.127.8.0/24" in await page.inner_text(".meta")
+    await page.fill("#edit-cvlan #f-name", "scratch-2")
+    await page.select_option("#edit-cvlan #f-mode", "hub")
+    await page.click("#edit-cvlan button")
+    assert page.url.endswith("/cvlans/scratch-2") and "hub" in await page.inner_text(".meta")
+    # A CVLAN with nodes cannot be deleted: the reason is shown, nothing changes.
+    node = await ui.register_node("acme", await ui.issue_token("acme", "scratch-2"), "temp")
+    await page.reload()
+    await page.click("#delete-cvlan button")
+    assert "still has 1 nodes" in await page.inner_text("#err-form")
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        await nodes.delete(ctx, s, SYSTEM, await resolve_tenant(s, SYSTEM, "acme"), str(node.id))
+    await page.goto(ui.url + "/ui/t/acme/cvlans/scratch-2")
+    await page.click("#delete-cvlan button")
+    assert page.url.endswith("/ui/t/acme/cvlans")
+    assert "scratch-2" not in await page.inner_text("#cvlan-table")
+    assert "lab" in await page.inner_text("#cvlan-table")
+
+
+async def test_audit_log_pages(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        for i in range(30):
+            await infra.create_region(ctx, s, SYSTEM, f"r{i}")
+            await infra.delete_region(ctx, s, SYSTEM, f"r{i}")
+    page = await ui.page(ui.users["root"])
+    await page.goto(ui.url + "/ui/platform/audit?action=region.delete")
+    assert await page.locator("#audit-table tbody tr").count() == 30
+    await page.goto(ui.url + "/ui/platform/audit")
+    assert await page.locator("#audit-table tbody tr").count() == 50
+    first_page = await page.inner_text("#audit-table")
+    await page.click("a[rel=next]")
+    assert "page=2" in page.url
+    assert await page.locator("#audit-table tbody tr").count() > 0
+    assert await page.inner_text("#audit-table") != first_page
+    await page.click("a[rel=prev]")
+    assert await page.inner_text("#audit-table") == first_page
+
+
+async def test_dashboard_counts_nodes_online_and_offline(ui: UiEnv) -> None:
+    token = await ui.issue_token("acme", "staging", reusable=True, tags=["tag:server"])
+    for i, online in enumerate((True, True, True, False)):
+        await ui.register_node(
+            "acme", token, f"web-{i + 1}", online=online, endpoints=[f"198.51.100.{20 + i}:51820"]
+        )
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await resolve_tenant(s, SYSTEM, "acme")
+        rows, total = await nodes.list_(s, SYSTEM, t, None, 1000, 0)
+        online = sum(1 for n, _ in rows if nodes.is_online(n, ctx.now(), ctx.settings.offline_after_s))
+        cvlan_total = (await cvlans.list_(s, SYSTEM, t, 1000, 0))[1]
+    page = await ui.page(ui.users["alice"])
+    assert await page.inner_text("#count-nodes") == str(total)
+    assert await page.inner_text("#count-online") == str(online)
+    assert await page.inner_text("#count-offline") == str(total - online)
+    assert await page.inner_text("#count-cvlans") == str(cvlan_total)
+    assert "enrolled node web-4" in await page.inner_text(".feed")
+    await ui.shot(page, "dashboard")
+    await page.goto(ui.url + "/ui/t/acme/nodes")
+    assert await page.locator("#members .dot.on").count() == online
+    await ui.shot(page, "nodes")

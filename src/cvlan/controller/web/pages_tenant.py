@@ -24,7 +24,8 @@ EXPIRY_CHOICES = ("1h", "24h", "7d", "30d", "90d")
 def node_row(p: Page, n: Node, cvlan_name: str) -> dict[str, Any]:
     """What the members tables show of a node (the same fields the live script refreshes)."""
     v = nodes.view(n, p.ctx, cvlan_name)
-    v["path"] = node_path(n.health or {})
+    # An offline node's last report says nothing about its paths now.
+    v["path"] = node_path(n.health or {}) if v["online"] else ""
     return v
 
 

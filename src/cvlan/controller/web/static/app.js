@@ -61,7 +61,7 @@
     }
     tr.append(el("td", "mono small", (n.endpoints || []).length ? n.endpoints.join(", ") : "—"));
     const p = el("td");
-    const path = pathOf(n);
+    const path = n.online ? pathOf(n) : "";
     p.append(path ? el("span", "pill", path) : el("span", "muted", "—"));
     tr.append(p);
     const seen = el("td", "muted", ago(n.last_seen));
