@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import asyncio.sslproto
 import logging
 import signal
 import sys
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def serve(settings: RelaySettings, stop: asyncio.Event | None = None) -> int:
     """Bootstrap (or load) the identity, then serve TLS/WebSocket and STUN until stopped."""
+    # asyncio gives every TLS connection a 256 KiB read buffer; a relay holds thousands of mostly
+    # idle connections; a 16 KiB buffer (one TLS record) saves memory and larger frames just take
+    # several reads.
+    asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
     ident = await ensure_identity(settings)
     checker = ControllerChecker(settings.server, ident, ttl=settings.revalidate_s)
     relay = RelayServer(
