@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import random
@@ -24,7 +25,7 @@ from cvlan.dataplane.router import NetlinkRouter, Router, RouterConfig, RouterEr
 from cvlan.dataplane.uapi import UapiError
 from cvlan.dataplane.wgconfig import WgConfig
 from cvlan.vrouter import reconcile
-from cvlan.vrouter.identity import ControllerError, Identity, post
+from cvlan.vrouter.identity import ControllerError, Identity, fresh, post, renew
 from cvlan.vrouter.settings import VrouterSettings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Vrouter:
 
     async def poll_once(self) -> bool:
         """One poll; applies a new state if there is one. Returns whether the state changed."""
+        if not fresh(self.ident.cert, dt.datetime.now(dt.UTC)):
+            self.ident = await renew(self.settings, self.ident)
         body = {"version": self.version, "long_poll_s": self.settings.long_poll_s}
         out = await post(
             self.ident.server + "/v1/vrouter/poll",

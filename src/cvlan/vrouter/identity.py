@@ -184,6 +184,15 @@ async def ensure_identity(settings: VrouterSettings, now: dt.datetime | None = N
     return await register(settings, server, token)
 
 
+async def renew(settings: VrouterSettings, ident: Identity) -> Identity:
+    """Register again with the saved bootstrap token (same WireGuard key, new TLS key and certificate)."""
+    try:
+        token = (settings.state_dir / "token").read_text().strip()
+    except OSError as e:
+        raise ControllerError(f"renew the vrouter certificate: no saved token: {e}") from e
+    return await register(settings, ident.server, token)
+
+
 async def post(url: str, body: dict[str, Any], ctx: ssl.SSLContext, timeout: float = 15) -> Any:
     """POST JSON; the decoded answer, or ControllerError with the controller's one-line message."""
     try:
