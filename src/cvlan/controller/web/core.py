@@ -109,7 +109,12 @@ def html_response(body: str, status: int = 200) -> web.Response:
 
 
 def secure(request: web.Request) -> bool:
-    return request.secure or request.app[CTX_KEY].settings.tls
+    """Whether the browser reached us over TLS: directly, or through a trusted TLS-terminating proxy."""
+    settings = request.app[CTX_KEY].settings
+    if request.secure or settings.tls:
+        return True
+    proxied = request.remote in settings.trusted_proxies
+    return proxied and request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
 def set_cookie(resp: web.StreamResponse, request: web.Request, name: str, value: str, **kw: Any) -> None:

@@ -304,12 +304,12 @@ async def infra_create(p: Page) -> web.StreamResponse:
                 r = await infra.create_region(p.ctx, s, p.who, f.get("name"))
                 return p.redirect(PREFIX + "/platform/infra", f"Region {r.name} created.")
             if kind == "relay":
-                x, text = await infra.create_relay(
+                _, text = await infra.create_relay(
                     p.ctx, s, p.who, f.get("region"), f.get("name"), f.get("url"), f.get("stun")
                 )
                 cmd = f"cvlan-relay --server {url} --token {text} --ca-pin {pin}"
             elif kind == "vrouter":
-                y, text = await infra.create_vrouter(
+                _, text = await infra.create_vrouter(
                     p.ctx, s, p.who, f.get("region"), f.get("name"), f.get("endpoint")
                 )
                 cmd = f"cvlan-vrouter --server {url} --token {text} --ca-pin {pin}"
