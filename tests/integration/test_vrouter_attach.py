@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from tests.harness.controller import RunningController
 from tests.harness.seed import seed_tenant
+
+BIN = Path(sys.executable).parent
 
 
 async def test_operator_attaches_and_detaches_a_vrouter(controller: RunningController) -> None:
@@ -59,3 +68,45 @@ async def test_auditor_may_not_attach_and_bad_input_changes_nothing(controller: 
     res = await admin.post("/api/v1/tenants/a/cvlans/missing/vrouters", {"vrouter": "hub-e"})
     assert res.status == 404
     assert (await admin.get(base + "/vrouters")).ok()["items"] == []
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")}
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+
+
+async def test_cli_attach_detach_and_vrouter_command_line(
+    controller: RunningController, tmp_path: Path
+) -> None:
+    admin = controller.api()
+    await seed_tenant(controller, admin, "a")
+    conf = str(controller.settings.data_dir / "admin.conf")
+    cvlan = str(BIN / "cvlan")
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(_run, cvlan, "--config", conf, *args)
+
+    assert (await cli("region", "create", "east")).returncode == 0
+    r = await cli("vrouter", "create", "--region", "east", "hub-e", "--endpoint", "192.0.2.9:51820")
+    assert r.returncode == 0 and "cvlan-vrouter --server" in r.stdout and "--token cvvb_" in r.stdout
+    r = await cli("--json", "vrouter", "attach", "--tenant", "a", "--cvlan", "a-lan", "hub-e")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["region"] == "east"
+    r = await cli("vrouter", "attach", "--tenant", "a", "--cvlan", "nope", "hub-e")
+    assert r.returncode == 1 and r.stderr.strip() == "cvlan: CVLAN 'nope' not found"
+    r = await cli("vrouter", "attach", "--tenant", "a", "hub-e")
+    assert r.returncode == 2, "--cvlan is required"
+    assert (await cli("vrouter", "detach", "--tenant", "a", "--cvlan", "a-lan", "hub-e")).returncode == 0
+    assert (await admin.get("/api/v1/tenants/a/cvlans/a-lan/vrouters")).ok()["items"] == []
+
+    vr = str(BIN / "cvlan-vrouter")
+    r = await asyncio.to_thread(_run, vr, "--help")
+    assert r.returncode == 0 and "--state-dir" in r.stdout and "--interface" in r.stdout
+    r = await asyncio.to_thread(_run, vr, "--server", "ftp://x", "--token", "t")
+    assert (
+        r.returncode == 2
+        and r.stderr.strip()
+        == "cvlan-vrouter: invalid setting server: Value error, expected an http(s):// URL"
+    )
+    r = await asyncio.to_thread(_run, vr, "--state-dir", str(tmp_path / "none"))
+    assert r.returncode == 1 and "no vrouter identity" in r.stderr and len(r.stderr.strip().splitlines()) == 1
