@@ -41,10 +41,19 @@ class RunningVrouter:
                 return int(item["counter"]["packets"])
         return 0
 
+    def restart(self) -> None:
+        """SIGTERM, then start again from the state dir alone (no server, no token)."""
+        self.proc.stop()
+        (self.state_dir / "status.json").unlink(missing_ok=True)  # wait_served then sees the new run
+        argv = [script("cvlan-vrouter"), "--state-dir", str(self.state_dir), "--interface", self.ifname]
+        self.proc = self.ns.spawn(f"vrouter-{self.name}", *argv, "--long-poll", "5")
+
     def wait_served(self, cvlans: int, served: int, peers: int, timeout: float = 60) -> dict[str, Any]:
         def ok() -> dict[str, Any] | None:
             if not self.proc.alive():
                 raise RuntimeError(f"cvlan-vrouter {self.name} exited:\n{self.proc.output()[-3000:]}")
+            if not (self.state_dir / "status.json").exists():
+                return None
             st = self.status()
             good = st["cvlans"] == cvlans and st["served"] == served and len(st["peers"]) == peers
             return st if good else None
