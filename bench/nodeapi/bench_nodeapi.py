@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -32,6 +33,7 @@ import psutil  # noqa: E402
 from bench.common import ControllerProc, machine, pct, start_controller  # noqa: E402
 from cvlan.client import tls  # noqa: E402
 from cvlan.client.controller import NodeApiClient  # noqa: E402
+from cvlan.common.pgcluster import PgCluster  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
 from cvlan.wire.pb import node_pb2 as pb  # noqa: E402
 
@@ -162,6 +164,7 @@ async def register_all(
 ) -> tuple[list[Node], dict[str, float]]:
     key_pem, csr = tls.new_key_and_csr()
     todo = [(tokens[i // CVLAN_SIZE], i) for i in range(n)]
+    random.Random(n).shuffle(todo)  # joins come from many CVLANs at once, not one CVLAN after another
     nodes: list[Node] = []
     lat: list[float] = []
     errors = 0
@@ -350,127 +353,151 @@ def fmt(v: float) -> str:
     return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
 
 
+async def run_one(args: argparse.Namespace, db: str, tmp: Path) -> dict[str, Any]:
+    """Everything for one database: registrations, fixed-rate polls with and without long-polls, memory."""
+    c = start_controller(tmp / "data", db=db, taskset="1")
+    try:
+        tokens = provision(c, args.nodes + args.longpollers)
+        print("registering", args.nodes, "nodes ...", flush=True)
+        nodes, reg = await register_all(c, tokens, args.nodes, args.concurrency)
+        print("registration:", reg, flush=True)
+        _, rss_before = c.cpu_rss()
+        conns = await connect(c, nodes, c.ca_pem)
+        await first_polls(conns, nodes)
+        await asyncio.sleep(3)
+        _, rss_after = c.cpu_rss()
+        idle_kb = (rss_after - rss_before) * 1024 / len(conns)
+        print(
+            f"{len(conns)} mTLS connections: RSS {rss_before:.0f} -> {rss_after:.0f} MB, {idle_kb:.1f} KB each"
+        )
+        rows: list[dict[str, Any]] = []
+        for rate in args.rates:
+            r = await fixed_rate(c, conns, nodes, rate, args.duration, args.warmup, 0.1)
+            r["mode"] = "plain"
+            print(r, flush=True)
+            rows.append(r)
+        # Long-poll: the remaining CVLANs get args.longpollers nodes, each holding a long-poll.
+        lp_tokens = tokens[args.nodes // CVLAN_SIZE :]
+        lp_nodes, _ = await register_all(c, lp_tokens, args.longpollers, args.concurrency)
+        lp_conns = await connect(c, lp_nodes, c.ca_pem)
+        await first_polls(lp_conns, lp_nodes)
+        lp = LongPollers(lp_conns, lp_nodes)
+        lp.start()
+        await asyncio.sleep(2)
+        _, rss_lp = c.cpu_rss()
+        for rate in args.rates:
+            stop, wakes = asyncio.Event(), list[float]()
+            j = asyncio.create_task(joiner(c, lp_tokens, lp, stop, wakes))
+            r = await fixed_rate(c, conns, nodes, rate, args.duration, args.warmup, 0.1)
+            stop.set()
+            await j
+            r |= {
+                "mode": f"plain + {len(lp_conns)} long-polls",
+                "wake_p50_ms": pct(wakes, 50) * 1e3,
+                "wake_p99_ms": pct(wakes, 99) * 1e3,
+                "wake_max_ms": max(wakes, default=0) * 1e3,
+                "wakes": len(wakes),
+            }
+            print(r, flush=True)
+            rows.append(r)
+        await lp.stop()
+        for x in conns + lp_conns:
+            x.close()
+    finally:
+        c.stop()
+    return {
+        "reg": reg,
+        "rows": rows,
+        "nconns": len(conns),
+        "rss0": rss_before,
+        "rss1": rss_after,
+        "idle_kb": idle_kb,
+        "rss_lp": rss_lp,
+    }
+
+
 async def main_async(args: argparse.Namespace) -> int:
     os.sched_setaffinity(0, {0})
     out = Path(args.out or f"bench/results/nodeapi-{dt.date.today():%Y-%m-%d}")
     out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cvlan-bench-") as tmp:
-        c = start_controller(Path(tmp) / "data", taskset="1")
-        try:
-            tokens = provision(c, args.nodes + args.longpollers)
-            print("registering", args.nodes, "nodes ...", flush=True)
-            nodes, reg = await register_all(c, tokens, args.nodes, args.concurrency)
-            print("registration:", reg, flush=True)
-            _, rss_before = c.cpu_rss()
-            conns = await connect(c, nodes, c.ca_pem)
-            await first_polls(conns, nodes)
-            await asyncio.sleep(3)
-            _, rss_after = c.cpu_rss()
-            idle_kb = (rss_after - rss_before) * 1024 / len(conns)
-            print(
-                f"{len(conns)} mTLS connections: RSS {rss_before:.0f} -> {rss_after:.0f} MB, {idle_kb:.1f} KB each"
-            )
-            rows = []
-            for rate in args.rates:
-                r = await fixed_rate(c, conns, nodes, rate, args.duration, args.warmup, 0.1)
-                r["mode"] = "plain"
-                print(r, flush=True)
-                rows.append(r)
-            # Long-poll: the other tokens' CVLANs get args.longpollers nodes, each holding a long-poll.
-            lp_nodes, _ = await register_all(
-                c, tokens[args.nodes // CVLAN_SIZE :], args.longpollers, args.concurrency
-            )
-            lp_conns = await connect(c, lp_nodes, c.ca_pem)
-            await first_polls(lp_conns, lp_nodes)
-            lp = LongPollers(lp_conns, lp_nodes)
-            lp.start()
-            await asyncio.sleep(2)
-            _, rss_lp = c.cpu_rss()
-            for rate in args.rates:
-                stop, wakes = asyncio.Event(), []
-                j = asyncio.create_task(joiner(c, tokens[args.nodes // CVLAN_SIZE :], lp, stop, wakes))
-                r = await fixed_rate(c, conns, nodes, rate, args.duration, args.warmup, 0.1)
-                stop.set()
-                await j
-                r |= {
-                    "mode": f"plain + {len(lp_conns)} long-polls",
-                    "wake_p50_ms": pct(wakes, 50) * 1e3,
-                    "wake_p99_ms": pct(wakes, 99) * 1e3,
-                    "wake_max_ms": max(wakes, default=0) * 1e3,
-                    "wakes": len(wakes),
-                }
-                print(r, flush=True)
-                rows.append(r)
-            await lp.stop()
-            for x in conns + lp_conns:
-                x.close()
-        finally:
-            c.stop()
-    write_report(out, args, reg, rows, len(conns), rss_before, rss_after, idle_kb, rss_lp, args.longpollers)
+        for db in args.dbs:
+            print(f"== {db}", flush=True)
+            if db == "sqlite":
+                results[db] = await run_one(args, "", Path(tmp) / db)
+                continue
+            cluster = PgCluster().start()
+            try:
+                results[db] = await run_one(args, cluster.create_db("bench"), Path(tmp) / db)
+            finally:
+                cluster.stop()
+    write_report(out, args, results)
     print("report:", out / "report.md")
     return 0
 
 
-def write_report(
-    out: Path,
-    args: argparse.Namespace,
-    reg: dict[str, float],
-    rows: list[dict[str, object]],
-    nconns: int,
-    rss0: float,
-    rss1: float,
-    idle_kb: float,
-    rss_lp: float,
-    nlp: int,
-) -> None:
+def write_report(out: Path, args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     lines = [
         f"# Node API benchmark, {dt.date.today():%Y-%m-%d}",
         "",
-        f"Machine: {machine()}. Controller (`cvlan-controller serve`, embedded SQLite, embedded TLS, default settings)"
-        " pinned to CPU 1 with `taskset -c 1`; this load generator pinned to CPU 0. All traffic on 127.0.0.1.",
-        "The machine is a shared VM with other work running: treat single runs as ±15 %.",
+        f"Machine: {machine()}. Controller (`cvlan-controller serve`, embedded TLS, default settings, "
+        "uvloop) pinned to CPU 1 with `taskset -c 1`; this load generator (uvloop, a minimal HTTP/1.1 client "
+        "as an asyncio Protocol) pinned to CPU 0. All traffic on 127.0.0.1. The store is the embedded SQLite "
+        "or an ephemeral local PostgreSQL (not pinned). The machine is a shared VM on which other work ran "
+        "at the same time (see the load average column): treat single runs as noisy, latencies especially.",
         "",
         "Command: `.venv/bin/python bench/nodeapi/bench_nodeapi.py " + " ".join(sys.argv[1:]) + "`",
         "",
         "## Registrations",
         "",
-        f"{reg['count']:.0f} nodes registered through `POST /v1/register` (token + CSR -> certificate, one transaction "
-        f"each), {args.concurrency} at a time, CVLANs of {CVLAN_SIZE}: **{reg['per_s']:.0f} registrations/s**, "
-        f"p50 {reg['p50_ms']:.1f} ms, p99 {reg['p99_ms']:.1f} ms, controller CPU {reg['cpu_pct']:.0f} %, "
-        f"errors {reg['errors']:.0f}.",
+        f"Nodes registered through `POST /v1/register` (token + CSR -> certificate; one transaction each: token "
+        f"use, node, address, audit, certificate), {args.concurrency} in flight, CVLANs of {CVLAN_SIZE}.",
+        "",
+        "| store | nodes | registrations/s | p50 ms | p99 ms | controller CPU % | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for db, r in results.items():
+        g = r["reg"]
+        lines.append(
+            f"| {db} | {g['count']:.0f} | {g['per_s']:.0f} | {g['p50_ms']:.0f} | {g['p99_ms']:.0f} | "
+            f"{g['cpu_pct']:.0f} | {g['errors']:.0f} |"
+        )
+    nlp = args.longpollers
+    lines += [
         "",
         "## Polls at fixed rates",
         "",
-        f"Open loop over {nconns} keep-alive mutual-TLS connections (one per node, round robin): request i is "
-        f"scheduled at t0 + i/rate and its latency runs from that time to the last byte of the answer. "
-        f"{args.warmup:.0f} s warm-up, {args.duration:.0f} s measured. 10 % of polls ask for the full map "
-        '(map_version 0: 9 peers, ~1 KB protobuf), the rest hold the current version and get "unchanged" '
-        'from memory. "+ long-polls": another '
-        f"{nlp} nodes each hold a 60 s long-poll open meanwhile, and one new node joins one of their CVLANs per "
-        "second; wake = registration answered -> each long-poller of that CVLAN has its new map.",
+        f"Open loop over {args.nodes} keep-alive mutual-TLS connections (one per node, round robin): request i "
+        "is scheduled at t0 + i/rate and its latency runs from that time to the last byte of the answer "
+        f"(no coordinated omission). {args.warmup:.0f} s warm-up, {args.duration:.0f} s measured. 10 % of polls "
+        "ask for the full map (map_version 0: 9 peers, about 1 KB of protobuf), the rest hold the current "
+        'version and are answered "unchanged" from memory. "+ long-polls": another '
+        f"{nlp} nodes each hold a 60 s long-poll open at the same time, and one new node joins one of their "
+        "CVLANs every second; wake = registration answered -> each long-poller of that CVLAN has its new map.",
         "",
-        "| mode | rate /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | errors | controller CPU % | RSS MB "
-        "| wake p50 ms | wake p99 ms | loadgen CPU % | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | mode | rate /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | errors | controller CPU % "
+        "| RSS MB | wake p50 ms | wake p99 ms | loadgen CPU % | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        w50, w99 = r.get("wake_p50_ms"), r.get("wake_p99_ms")
+    for db, res in results.items():
+        for r in res["rows"]:
+            w50, w99 = r.get("wake_p50_ms"), r.get("wake_p99_ms")
+            lines.append(
+                f"| {db} | {r['mode']} | {r['rate']} | {fmt(r['achieved_per_s'])} | {r['p50_ms']:.2f} | "
+                f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} | "
+                f"{r['cpu_pct']:.1f} | {r['rss_mb']:.0f} | {'-' if w50 is None else f'{w50:.1f}'} | "
+                f"{'-' if w99 is None else f'{w99:.1f}'} | {r['loadgen_cpu_pct']:.0f} | {r['loadavg']:.1f} |"
+            )
+    lines += ["", "## Memory", ""]
+    for db, r in results.items():
         lines.append(
-            f"| {r['mode']} | {r['rate']} | {fmt(float(r['achieved_per_s']))} | {float(r['p50_ms']):.2f} | "  # type: ignore[arg-type]
-            f"{float(r['p99_ms']):.2f} | {float(r['p999_ms']):.2f} | {float(r['max_ms']):.1f} | {r['errors']} | "  # type: ignore[arg-type]
-            f"{float(r['cpu_pct']):.1f} | {float(r['rss_mb']):.0f} | "  # type: ignore[arg-type]
-            f"{'-' if w50 is None else f'{float(w50):.1f}'} | {'-' if w99 is None else f'{float(w99):.1f}'} | "
-            f"{float(r['loadgen_cpu_pct']):.0f} | {float(r['loadavg']):.1f} |"  # type: ignore[arg-type]
+            f"* {db}: controller RSS {r['rss0']:.0f} MB before and {r['rss1']:.0f} MB after opening {r['nconns']} "
+            f"mTLS keep-alive connections (one poll each, then idle): **{r['idle_kb']:.1f} KB per idle "
+            f"connection** (including the node's cached identity and its CVLAN's map). With {nlp} more "
+            f"connections each holding a long-poll: {r['rss_lp']:.0f} MB."
         )
-    lines += [
-        "",
-        "## Memory",
-        "",
-        f"Controller RSS {rss0:.0f} MB before and {rss1:.0f} MB after opening {nconns} mTLS keep-alive connections "
-        f"(one poll each, then idle): **{idle_kb:.1f} KB per idle connection** (includes each node's cached identity). "
-        f"With {nlp} more connections each holding a long-poll: {rss_lp:.0f} MB.",
-        "",
-    ]
+    lines.append("")
     (out / "report.md").write_text("\n".join(lines))
 
 
@@ -482,6 +509,7 @@ def main() -> int:
     ap.add_argument("--rates", type=int, nargs="+", default=[3300, 6600])
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--warmup", type=float, default=3)
+    ap.add_argument("--dbs", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     ap.add_argument("--out", help="report directory (default bench/results/nodeapi-DATE)")
     import uvloop
 

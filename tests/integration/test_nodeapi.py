@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import json
 import os
+import random
 import ssl
 import urllib.parse
 from pathlib import Path
@@ -333,3 +334,36 @@ async def test_identity_from_a_trusted_proxy_header_only(db_url: str, tmp_path: 
     finally:
         await rc.stop()
         await plain.stop()
+
+
+async def test_mutated_bodies_are_refused_cleanly(controller: RunningController) -> None:
+    """Seeded mutation fuzz over HTTP: bit flips, truncations and splices of valid messages."""
+    token = await make_token(controller)
+    _, csr = tls.new_key_and_csr()
+    wrong = token[:-6] + "zzzzzz"  # well-formed but not valid: nothing can register
+    seeds = [
+        pb.RegisterRequest(
+            capability_version=1, token=wrong, wg_public_key=os.urandom(32), csr_pem=csr, hostname="fuzz"
+        ).SerializeToString(),
+        pb.PollRequest(capability_version=1, map_version=5, endpoints=["192.0.2.1:1"]).SerializeToString(),
+    ]
+    rng = random.Random(1234)
+    statuses: set[int] = set()
+    for i in range(150):
+        b = bytearray(rng.choice(seeds))
+        op = i % 3
+        if op == 0:
+            for _ in range(rng.randint(1, 8)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            b = b[: rng.randrange(len(b))]
+        else:
+            b = b[: rng.randrange(len(b))] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
+        status, body = await _raw(controller, rng.choice(["/v1/register", "/v1/poll", "/v1/renew"]), bytes(b))
+        assert status in (401, 409, 412, 422), (status, body[:200])
+        assert json.loads(body)["error"]["message"]
+        statuses.add(status)
+    assert await _node_count(controller) == 0 and await _token_uses(controller) == [0]
+    a = await enrol(controller, token)  # and the controller is still fine
+    assert not (await a.client.poll(0)).unchanged
+    await a.client.close()

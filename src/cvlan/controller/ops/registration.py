@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from sqlalchemy import select
@@ -56,7 +57,7 @@ def check_csr(csr_pem: str) -> bytes:
         csr = x509.load_pem_x509_csr(raw)
         ok = csr.is_signature_valid
         key = csr.public_key()
-    except ValueError as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise DomainError(
             Kind.INVALID, "csr_pem is not a valid PEM certificate request", {"field": "csr_pem"}
         ) from e
@@ -117,7 +118,10 @@ async def register(
     if len(wg_public_key) != 32:
         raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
     csr = check_csr(csr_pem)
-    existing = await s.scalar(select(Node).where(Node.wg_public_key == wg_public_key))
+    # Only a caller with a certificate can re-register; for anyone else nodes.create refuses the key.
+    existing = None
+    if caller is not None:
+        existing = await s.scalar(select(Node).where(Node.wg_public_key == wg_public_key))
     if existing is not None:
         if (
             caller is None
