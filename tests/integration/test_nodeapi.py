@@ -367,3 +367,29 @@ async def test_mutated_bodies_are_refused_cleanly(controller: RunningController)
     a = await enrol(controller, token)  # and the controller is still fine
     assert not (await a.client.poll(0)).unchanged
     await a.client.close()
+
+
+async def test_report_stores_denied_flows_and_health(controller: RunningController) -> None:
+    a = await enrol(controller, await make_token(controller))
+    r1 = await a.client.poll(0)
+    flows = [
+        pb.DeniedFlow(src="100.64.0.9", dst=a.reg.address.split("/")[0], proto="tcp", dport=22, packets=7)
+    ]
+    got = await a.client.report(flows, pb.HealthSummary(peers_total=3, dataplane_error="wg down"))
+    assert got.accepted == 1
+    with pytest.raises(ControlError) as ei:
+        await a.client.report([pb.DeniedFlow(src="nope", dst="100.64.0.1", proto="tcp")])
+    assert ei.value.status == 422
+    assert controller.c is not None
+    await controller.c.app[NODEAPI_KEY].liveness.flush()
+    (d,) = (await controller.api().get("/api/v1/tenants/acme/denied")).ok()["items"]
+    assert d["src"] == "100.64.0.9" and d["dport"] == 22 and d["packets"] == 7
+    (n,) = (await controller.api().get("/api/v1/nodes")).ok()["items"]
+    assert (
+        n["health"]["dataplane_error"] == "wg down" and n["map_version"] == 0
+    )  # a report keeps the held version
+    await a.client.poll(r1.map_version)
+    await controller.c.app[NODEAPI_KEY].liveness.flush()
+    (n,) = (await controller.api().get("/api/v1/nodes")).ok()["items"]
+    assert n["map_version"] == r1.map_version
+    await a.client.close()

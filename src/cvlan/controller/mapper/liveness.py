@@ -53,6 +53,14 @@ class LivenessBuffer:
         if health is not None:
             p.health = health
 
+    def health(self, node_id: int, health: dict[str, Any]) -> None:
+        """A health report outside a poll: last seen and health change, the held version does not."""
+        p = self._pending.get(node_id)
+        if p is None:
+            self._pending[node_id] = Pending(self.ctx.now(), -1, health)
+            return
+        p.last_seen, p.health = self.ctx.now(), health
+
     def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
         """Endpoints and home region reported but not written yet (None if nothing pending)."""
         for d in (self._pending, self._inflight):
@@ -73,7 +81,12 @@ class LivenessBuffer:
             return 0
         batch, self._pending = self._pending, {}
         self._inflight = batch
-        base = [{"b_id": k, "b_seen": p.last_seen, "b_ver": p.map_version} for k, p in batch.items()]
+        base = [
+            {"b_id": k, "b_seen": p.last_seen, "b_ver": p.map_version}
+            for k, p in batch.items()
+            if p.map_version >= 0
+        ]
+        seen_only = [{"b_id": k, "b_seen": p.last_seen} for k, p in batch.items() if p.map_version < 0]
         health = [{"b_id": k, "b_health": p.health} for k, p in batch.items() if p.health is not None]
         eps = [
             {"b_id": k, "b_eps": p.endpoints, "b_region": p.home_relay_region or ""}
@@ -84,12 +97,18 @@ class LivenessBuffer:
         assert isinstance(t, Table)
         try:
             async with self.ctx.tx() as s:
-                await s.execute(
-                    update(t)
-                    .where(t.c.id == bindparam("b_id"))
-                    .values(last_seen=bindparam("b_seen"), map_version=bindparam("b_ver")),
-                    base,
-                )
+                if base:
+                    await s.execute(
+                        update(t)
+                        .where(t.c.id == bindparam("b_id"))
+                        .values(last_seen=bindparam("b_seen"), map_version=bindparam("b_ver")),
+                        base,
+                    )
+                if seen_only:
+                    await s.execute(
+                        update(t).where(t.c.id == bindparam("b_id")).values(last_seen=bindparam("b_seen")),
+                        seen_only,
+                    )
                 if health:
                     await s.execute(
                         update(t).where(t.c.id == bindparam("b_id")).values(health=bindparam("b_health")),
@@ -107,6 +126,7 @@ class LivenessBuffer:
                 new = self._pending.setdefault(k, old)
                 if new is not old:  # keep the newer observation, but not at the cost of older fields
                     new.health = new.health if new.health is not None else old.health
+                    new.map_version = new.map_version if new.map_version >= 0 else old.map_version
                     if new.endpoints is None:
                         new.endpoints, new.home_relay_region = old.endpoints, old.home_relay_region
             log.warning("liveness flush failed; will retry", extra={"reason": str(e)[:200]})

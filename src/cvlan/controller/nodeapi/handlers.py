@@ -192,7 +192,7 @@ class NodeApi:
             raise DomainError(Kind.INVALID, f"at most {wire.MAX_DENIED_FLOWS} denied flows per report")
         flows = [_flow(f) for f in req.denied_flows]
         if req.HasField("health"):
-            self.liveness.seen(ident.node_id, req.health.applied_version, _health(req))
+            self.liveness.health(ident.node_id, _health(req))
         accepted = 0
         if flows:
             async with self.ctx.tx() as s:
