@@ -150,8 +150,12 @@ async def test_refusals_change_nothing(
         await post(base + "register", {"token": vr["token"], "wg_public_key": "zz", "csr_pem": "x"}, plain)
     listed = {v["name"]: v for v in (await api.get("/api/v1/vrouters")).ok()["items"]}
     assert listed["vr-x"]["wg_public_key"] is None, "a refused registration stores nothing"
-    # A deleted vrouter's certificate stops working at once.
+    # A deleted vrouter's certificate stops working at once, and the CVLANs it served get new maps.
+    version = (await api.get("/api/v1/tenants/acme/cvlans/office")).ok()["version"]
     assert (await api.delete("/api/v1/vrouters/vr-west")).status == 204
+    assert (await api.get("/api/v1/tenants/acme/cvlans/office")).ok()["version"] == version + 1
+    served = (await api.get("/api/v1/tenants/acme/cvlans/office/vrouters")).ok()["items"]
+    assert [v["vrouter"] for v in served] == ["vr-east"]
     with pytest.raises(ControllerError, match="no longer current"):
         await poll(controller, world["west"])
 
