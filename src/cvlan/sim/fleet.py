@@ -138,6 +138,7 @@ class Fleet:
     ) -> None:
         self.cfg = cfg
         self.interval = interval or (lambda: cfg.poll_interval_s)
+        self.stop_registering: Callable[[], bool] = lambda: False
         self.loop = loop
         self.iv = Interval()
         self.nodes = [SimNode(cfg.first_index + i * cfg.index_step, t) for i, t in enumerate(cfg.tokens)]
@@ -239,7 +240,7 @@ class Fleet:
         """Start each node's registration at its scheduled time: t0 + i / rate."""
         tasks: set[asyncio.Task[None]] = set()
         for i, node in enumerate(self.nodes):
-            if self.stopping:
+            if self.stopping or self.stop_registering():
                 break
             due = self.loop_t0 + i / self.cfg.reg_rate
             delay = due - self.loop.time()
@@ -485,6 +486,7 @@ def run_worker(
     report: Callable[[dict[str, Any]], None],
     stop: Callable[[], bool],
     interval: Callable[[], float] | None = None,
+    stop_registering: Callable[[], bool] | None = None,
 ) -> None:
     """Run one worker's fleet until stop() is true; report(interval) every second."""
     try:
@@ -493,7 +495,7 @@ def run_worker(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio also works
         pass
-    asyncio.run(_worker(cfg, report, stop, interval))
+    asyncio.run(_worker(cfg, report, stop, interval, stop_registering))
 
 
 async def _worker(
@@ -501,9 +503,12 @@ async def _worker(
     report: Callable[[dict[str, Any]], None],
     stop: Callable[[], bool],
     interval: Callable[[], float] | None,
+    stop_registering: Callable[[], bool] | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     fleet = Fleet(cfg, loop, interval)
+    if stop_registering is not None:
+        fleet.stop_registering = stop_registering
     reg = asyncio.create_task(fleet.register_all())
     next_tick = loop.time() + 1.0
     while not stop():

@@ -60,6 +60,8 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
     usage = st.get("usage", {})
     polls = st.get("rates", {}).get("poll", 0.0)
     target = st.get("poll_rate_target") or cfg["nodes"] / cfg["poll_interval_s"]
+    span: dict[str, Any] = next((p for p in data.get("phases", []) if p["phase"] == "steady"), {})
+    active = int(span.get("nodes", cfg["nodes"]))
     errs = sum(st.get("errors", {}).values())
     ctl = usage.get("controller", {})
     fr = usage.get("haproxy", {})
@@ -72,8 +74,9 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
         f"* Registration: **{reg['registered']:,} nodes in {reg['seconds']:,} s ({reg['rate']:,.0f}/s)**, "
         f"offered at {cfg['reg_rate']:g}/s; latency from the scheduled time p50 {rl['p50']:.1f} ms, "
         f"p99 {rl['p99']:.1f} ms, max {rl['max']:.1f} ms.",
-        f"* Steady state: {st.get('seconds', 0)} s at **{polls:,.0f} polls/s** (target "
-        f"{target:,.0f}/s: {cfg['nodes'] / target:g} s interval, "
+        f"* Steady state with {active:,} connected nodes: {st.get('seconds', 0)} s at "
+        f"**{polls:,.0f} polls/s** (target "
+        f"{target:,.0f}/s: {active / target:.3g} s interval, "
         f"+-{cfg['jitter']:.0%} jitter); poll latency p50 {lat.get('p50', 0):.2f} ms, "
         f"p90 {lat.get('p90', 0):.2f}, **p99 {lat.get('p99', 0):.2f} ms, "
         f"p99.9 {lat.get('p999', 0):.2f} ms**, max {lat.get('max', 0):.1f} ms; "

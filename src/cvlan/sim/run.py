@@ -208,6 +208,7 @@ def _worker_entry(
     out: Any,
     stop: Any,
     interval: Synchronized,  # type: ignore[type-arg]
+    stop_reg: Any,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -215,7 +216,7 @@ def _worker_entry(
         msg["w"] = wid
         out.put(msg)
 
-    run_worker(cfg, report, stop.is_set, lambda: float(interval.value))
+    run_worker(cfg, report, stop.is_set, lambda: float(interval.value), stop_reg.is_set)
 
 
 @dataclass
@@ -267,9 +268,17 @@ async def run(cfg: RunConfig) -> Path:
     """Do the whole run; return the path of results.json."""
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     cfg.results_dir.mkdir(parents=True, exist_ok=True)
-    fds = raise_fd_limit(cfg.nodes * 3 + 50_000)  # HAProxy needs about 2 per connection
-    if fds < cfg.nodes + 1000:
-        raise RunError(f"cannot raise the open-file limit to {cfg.nodes + 1000} (got {fds})")
+    # Each process must stay under RLIMIT_NOFILE: where the hard limit cannot be raised (no
+    # CAP_SYS_RESOURCE, e.g. in a container), connections are spread over more fleet workers and
+    # more HAProxy processes sharing the listening port (SO_REUSEPORT).
+    fds = raise_fd_limit(cfg.nodes * 3 + 50_000)
+    per_worker = max(1000, fds - 2000)
+    cfg.workers = max(cfg.workers, math.ceil(cfg.nodes / per_worker))
+    if cfg.front == "none" and fds < cfg.nodes + 1000:
+        raise RunError(
+            f"the open-file limit is {fds}: one controller process cannot hold {cfg.nodes} TLS connections; "
+            "use --front haproxy"
+        )
     cleanups: list[Callable[[], None]] = []
     # SIGINT / SIGTERM end the run early but cleanly: the workers drain, results are still written.
     interrupted = asyncio.Event()
@@ -362,6 +371,10 @@ async def _start_stack(
     if cfg.front != "haproxy":
         return conf, port, "127.0.0.1"
     fport = free_port()
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    # HAProxy reserves about 2 descriptors per connection it may accept.
+    per_proc = max(500, min(cfg.nodes + 1_000, (fds - 1_000) // 2))
+    nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.8))
     hcfg = front.write_config(
         cfg.work_dir / "front",
         f"127.0.0.1:{fport}",
@@ -369,24 +382,28 @@ async def _start_stack(
         ctl.data_dir / "server.crt",
         ctl.data_dir / "server.key",
         conf.ca_pem,
-        maxconn=cfg.nodes + 1_000,
+        maxconn=per_proc,
     )
-    proc = front.start(hcfg, cfg.work_dir / "haproxy.log")
+    procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(nproc)]
 
     def stop_front() -> None:
-        if proc.poll() is None:
-            proc.terminate()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
     cleanups.append(stop_front)
-    sampler.add("haproxy", lambda: [proc.pid])
+    sampler.add("haproxy", lambda: [p.pid for p in procs])
     info["stack"]["front"] = _version([front.haproxy_binary(), "-v"])
+    info["stack"]["front_processes"] = f"{nproc} x maxconn {per_proc} (SO_REUSEPORT on one port)"
     await asyncio.sleep(0.5)
-    if proc.poll() is not None:
-        raise RunError(f"haproxy exited with status {proc.returncode}; see its log in the work dir")
+    for proc in procs:
+        if proc.poll() is not None:
+            raise RunError(f"haproxy exited with status {proc.returncode}; see its log in the work dir")
     return conf, fport, "127.0.0.1"
 
 
@@ -404,6 +421,7 @@ async def _drive(
     ctx = mp.get_context("spawn")
     out: Any = ctx.Queue()
     stop = ctx.Event()
+    stop_reg = ctx.Event()
     interval = ctx.Value("d", cfg.poll_interval_s)
     n_ips = max(1, math.ceil(cfg.nodes / 20_000) + 1)
     ips = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n_ips)]
@@ -428,7 +446,9 @@ async def _drive(
             local_ips=ips,
             reg_conns=max(1, cfg.reg_concurrency // w),
         )
-        p = ctx.Process(target=_worker_entry, args=(fc, wid, out, stop, interval), name=f"cvlan-sim-w{wid}")
+        p = ctx.Process(
+            target=_worker_entry, args=(fc, wid, out, stop, interval, stop_reg), name=f"cvlan-sim-w{wid}"
+        )
         p.start()
         procs.append(p)
 
@@ -443,7 +463,7 @@ async def _drive(
     cleanups.append(stop_workers)
     sampler.add("simulator", lambda: [os.getpid(), *[p.pid for p in procs if p.pid]], recursive=False)
     rec = Recorder(t0)
-    await _loop(cfg, rec, out, stop, interval, sampler, procs, interrupted)
+    await _loop(cfg, rec, out, (stop, stop_reg), interval, sampler, procs, interrupted)
     info["phases"] = rec.phase_spans
     info["interrupted"] = interrupted.is_set()
     path = cfg.results_dir / "results.json"
@@ -456,12 +476,13 @@ async def _loop(
     cfg: RunConfig,
     rec: Recorder,
     out: Any,
-    stop: Any,
+    stops: tuple[Any, Any],
     interval: Any,
     sampler: Sampler,
     procs: list[Any],
     interrupted: asyncio.Event,
 ) -> None:
+    stop, stop_reg = stops
     steps = list(cfg.knee_rates)
     phase_end = math.inf
     last_print = 0.0
@@ -494,17 +515,21 @@ async def _loop(
         if rec.phase == "register":
             done = reg >= cfg.nodes and con >= cfg.nodes
             if not done and now - rec.t0 > cfg.reg_timeout_s:
+                # Stop registering: the steady state is measured with the nodes registered so far.
                 _log(cfg, f"registration incomplete after {cfg.reg_timeout_s:.0f} s: {reg}/{cfg.nodes}")
+                stop_reg.set()
+                await asyncio.sleep(3)
                 done = True
             if done:
+                active = max(1, rec.total("registered"))
                 if cfg.steady_rate:
-                    interval.value = cfg.nodes / cfg.steady_rate
-                rec.start_phase("steady", {"poll_rate": cfg.nodes / float(interval.value)})
+                    interval.value = active / cfg.steady_rate
+                rec.start_phase("steady", {"poll_rate": active / float(interval.value), "nodes": active})
                 phase_end = now + cfg.steady_s
         elif now >= phase_end:
             if steps:
                 rate = steps.pop(0)
-                interval.value = cfg.nodes / rate
+                interval.value = max(1, rec.total("registered")) / rate
                 rec.start_phase(f"knee-{rate:g}", {"poll_rate": rate})
                 phase_end = now + cfg.knee_step_s
             else:
