@@ -396,3 +396,41 @@ async def test_dashboard_counts_nodes_online_and_offline(ui: UiEnv) -> None:
     await page.goto(ui.url + "/ui/t/acme/nodes")
     assert await page.locator("#members .dot.on").count() == online
     await ui.shot(page, "nodes")
+
+
+async def test_policy_editing_and_denied_traffic(ui: UiEnv) -> None:
+    token = await ui.issue_token("acme", "lab", reusable=True, tags=["tag:db"])
+    db = await enrol(ui.rc, token, "db-1")
+    await db.client.poll(0)
+    page = await ui.page(ui.users["olga"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    await page.click("#policy-link")
+    assert "no policy" in (await page.inner_text("#policy-effect")).lower()
+    await page.fill("#f-document", '{"rules": [{"src": ["tag:web"], "dst": ["tag:db"], "colour": "red"}]}')
+    await page.click("#policy-form button[type=submit]")
+    assert "policy rules.0.colour: unknown field" in (await page.inner_text("#err-document")).lower()
+    await page.fill("#f-document", "{not json")
+    await page.click("#policy-form button[type=submit]")
+    assert "not valid JSON" in await page.inner_text("#err-document")
+    good = '{"rules": [{"src": ["tag:web"], "dst": ["tag:db"], "proto": "tcp", "ports": ["5432"]}]}'
+    await page.fill("#f-document", good)
+    await page.click("#policy-form button[type=submit]")
+    assert "Policy saved" in await page.inner_text("#flash")
+    assert "Rules apply" in await page.inner_text("#policy-effect")
+    # The node reports what it dropped; the CVLAN's policy page and the tenant's list show it.
+    flows = [pb.DeniedFlow(src="100.64.1.9", dst="100.64.1.2", proto="tcp", dport=22, packets=1234)]
+    assert (await db.client.report(flows)).accepted == 1
+    await db.client.close()
+    await page.reload()
+    assert "1,234" in await page.inner_text("#denied-table")
+    await ui.shot(page, "policy")
+    await page.click("text=Denied traffic >> nth=0")
+    assert "100.64.1.9" in await page.inner_text("#denied-table")
+    # The auditor reads the policy but has no editor.
+    audrey = await ui.page(ui.users["audrey"])
+    await audrey.goto(ui.url + "/ui/t/acme/cvlans/lab/policy")
+    assert await audrey.locator("#policy-form").count() == 0
+    assert "tag:web" in await audrey.inner_text("#policy-document")
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab/policy")
+    await page.click("#clear-policy")
+    assert "Policy removed" in await page.inner_text("#flash")

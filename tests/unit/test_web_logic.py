@@ -99,3 +99,22 @@ def test_wording() -> None:
     assert show(["a", "b"]) == "a, b" and show(None) == "—" and show(True) == "yes" and show([]) == "none"
     assert ago(None) == "never" and ago(T0 - dt.timedelta(hours=3), T0) == "3h ago"
     assert until(T0 + dt.timedelta(days=6, hours=1), T0) == "in 6d" and until(T0, T0) == "expired"
+
+
+def test_policy_is_shown_one_rule_per_line_and_reads_back_the_same() -> None:
+    import json
+
+    from cvlan.controller.web.pages_policy import pretty
+
+    doc = {
+        "rules": [{"src": ["tag:web"], "dst": ["tag:db"], "ports": ["5432"]}, {"src": ["*"], "dst": ["*"]}]
+    }
+    text = pretty(doc)
+    assert json.loads(text) == doc
+    assert text.count("\n") == 5  # braces, "rules", two rule lines, closing bracket
+    stored = {
+        "rules": [
+            {"action": "accept", "src": ["*"], "dst": ["*"], "proto": "any", "ports": [], "comment": ""}
+        ]
+    }
+    assert json.loads(pretty(stored)) == {"rules": [{"src": ["*"], "dst": ["*"]}]}

@@ -23,6 +23,8 @@ VERBS = {
     "user.password": "changed the password of",
     "apitoken.create": "created API token",
     "apitoken.revoke": "revoked API token",
+    "policy.set": "changed the policy of CVLAN",
+    "policy.clear": "removed the policy of CVLAN",
     "region.create": "created region",
     "region.delete": "deleted region",
     "relay.create": "registered relay",
