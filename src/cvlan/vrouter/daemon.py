@@ -43,6 +43,7 @@ class Vrouter:
         engine: WgEngine | None = None,
         router: Router | None = None,
         firewall: Firewall | None = None,
+        ip_forward: Path = IP_FORWARD,
     ) -> None:
         self.settings = settings
         self.ident = ident
@@ -52,6 +53,8 @@ class Vrouter:
         )
         self.router = router or NetlinkRouter()
         self.firewall = firewall or NftFirewall(self.ifname)
+        self.ip_forward = ip_forward
+        """The forwarding switch of this network namespace (a file in tests)."""
         self.version = ""
         self.state: dict[str, Any] | None = None
         self.applied: reconcile.HubConfig | None = None
@@ -119,8 +122,8 @@ class Vrouter:
                 raise
             self._wg_prev = cfg.wg
         self.router.apply(RouterConfig(self.ifname, reconcile.HUB_ADDRESS, MTU, cfg.routes))
-        if IP_FORWARD.read_text().strip() != "1":
-            IP_FORWARD.write_text("1\n")
+        if self.ip_forward.read_text().strip() != "1":
+            self.ip_forward.write_text("1\n")
         self.applied = cfg
         log.info(
             "hub state applied",

@@ -1,0 +1,82 @@
+"""The vrouter's apply step with fake backends: order, diffing, and a failed step taking nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cvlan.dataplane.engine import FakeEngine
+from cvlan.dataplane.firewall import FakeFirewall, FirewallError
+from cvlan.dataplane.router import FakeRouter
+from cvlan.dataplane.wgconfig import generate_keypair
+from cvlan.vrouter.daemon import Vrouter
+from cvlan.vrouter.identity import Identity
+from cvlan.vrouter.settings import VrouterSettings
+
+PRIV, _ = generate_keypair()
+NODE = generate_keypair()[1]
+
+
+def state(members: int = 1) -> dict[str, Any]:
+    ms = [
+        {
+            "node_id": i,
+            "name": f"n{i}",
+            "key": generate_keypair()[1] if i else NODE,
+            "address": f"100.64.0.{i + 1}/32",
+            "endpoints": [],
+            "region": "east",
+            "hub": "vr",
+            "served": True,
+        }
+        for i in range(members)
+    ]
+    return {
+        "vrouter": {"id": 1, "name": "vr", "region": "east", "endpoint": "192.0.2.1:51900"},
+        "cvlans": [
+            {"id": 7, "tenant_id": 1, "name": "c", "subnet": "100.64.0.0/24", "mode": "hub", "members": ms}
+        ],
+        "vrouters": [],
+    }
+
+
+@pytest.fixture
+def vr(tmp_path: Path) -> Vrouter:
+    ident = Identity("https://ctl", "vr", "east", "192.0.2.1:51900", PRIV, tmp_path / "c", tmp_path / "k", "")
+    fwd = tmp_path / "ip_forward"
+    fwd.write_text("0\n")
+    settings = VrouterSettings(state_dir=tmp_path, interface="hub0")
+    return Vrouter(settings, ident, FakeEngine("hub0"), FakeRouter(), FakeFirewall(), ip_forward=fwd)
+
+
+def test_apply_configures_everything_and_enables_forwarding(vr: Vrouter) -> None:
+    vr.engine.start()
+    vr.apply(state())
+    eng, router, fw = vr.engine, vr.router, vr.firewall
+    assert isinstance(eng, FakeEngine) and isinstance(router, FakeRouter) and isinstance(fw, FakeFirewall)
+    assert eng.config is not None and [p.public_key for p in eng.config.peers] == [NODE]
+    assert eng.config.listen_port == 51900, "the port of the registered endpoint"
+    assert router.applied[-1].routes == ("100.64.0.0/24",)
+    assert "100.64.0.0/24 : jump cvlan_7" in fw.ruleset
+    assert vr.ip_forward.read_text().strip() == "1"
+    assert (vr.settings.state_dir / "status.json").exists()
+
+
+def test_same_state_twice_writes_no_new_peer_config(vr: Vrouter) -> None:
+    vr.engine.start()
+    vr.apply(state())
+    vr.apply(state() | {})
+    assert isinstance(vr.engine, FakeEngine) and len(vr.engine.bodies) == 1
+    vr.apply(state(members=2))
+    assert len(vr.engine.bodies) == 2 and "remove=true" not in vr.engine.bodies[1]
+
+
+def test_refused_firewall_leaves_peers_and_forwarding_alone(vr: Vrouter) -> None:
+    vr.engine.start()
+    assert isinstance(vr.firewall, FakeFirewall) and isinstance(vr.engine, FakeEngine)
+    vr.firewall.refuse_next = True
+    with pytest.raises(FirewallError):
+        vr.apply(state())
+    assert vr.engine.bodies == [] and vr.ip_forward.read_text().strip() == "0"
