@@ -57,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up enrolling after this long if the controller is unreachable (default 60)",
     )
+    p.add_argument(
+        "--report-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often denied flows are reported to the controller (default 10)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     return p
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         listen_port=args.listen_port,
         long_poll_s=args.long_poll,
         enrol_timeout_s=args.enrol_timeout,
+        report_interval_s=max(1.0, args.report_interval),
     )
     try:
         return asyncio.run(_run(opts))

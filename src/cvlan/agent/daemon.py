@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -21,6 +22,7 @@ from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.client.ipc import IpcClient, IpcError
 from cvlan.common.backoff import Backoff
 from cvlan.wire.ipc import DesiredState, DeviceStatus
+from cvlan.wire.nodeproto import MAX_DENIED_FLOWS
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class Options:
     """0 disables long-poll: the agent then polls every poll interval."""
     enrol_timeout_s: float = 60.0
     backoff_cap_s: float = 30.0
+    report_interval_s: float = 10.0
+    """How often denied flows are collected from cvland and reported to the controller."""
 
 
 def new_wg_key() -> tuple[str, bytes]:
@@ -185,6 +189,7 @@ class Agent:
         )
         backoff = Backoff(cap=self.opts.backoff_cap_s)
         log.info(f"running as node {self.ident.node_name}", extra={"node_id": self.ident.node_id})
+        reporter = asyncio.create_task(self._report_denied_loop(stop))
         try:
             while not stop.is_set():
                 delay = await self._step(backoff)
@@ -194,8 +199,39 @@ class Agent:
                     except TimeoutError:
                         pass
         finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
             await self.client.close()
             await self.ipc.close()
+
+    async def _report_denied_loop(self, stop: asyncio.Event) -> None:
+        """Every report interval: take the flows cvland's filter dropped and report them."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.opts.report_interval_s)
+                return
+            except TimeoutError:
+                pass
+            await self._report_denied()
+
+    async def _report_denied(self) -> None:
+        assert self.client is not None
+        try:
+            rep = await asyncio.wait_for(self.ipc.denied(), STATUS_TIMEOUT_S)
+        except (IpcError, TimeoutError):
+            return  # cvland unreachable: the poll loop already reports that in the health summary
+        if not rep.flows:
+            return
+        flows = [
+            pb.DeniedFlow(src=f.src, dst=f.dst, proto=f.proto, dport=f.dport, packets=f.packets)
+            for f in rep.flows[:MAX_DENIED_FLOWS]
+        ]
+        try:
+            await self.client.report(flows)
+        except ControlError as e:
+            reason = e.reason or "retry"
+            log.warning(f"denied-flow report not delivered: {e.message}", extra={"reason": reason})
 
     async def _step(self, backoff: Backoff) -> float:
         """One round: renew if due, read cvland's status, poll, push. Returns seconds to wait."""

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cvlan.wire.ipc import IPC_VERSION, MAX_LINE, DesiredState, DeviceStatus
+from cvlan.wire.ipc import IPC_VERSION, MAX_LINE, DeniedReport, DesiredState, DeviceStatus
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,10 @@ class IpcClient:
 
     async def status(self) -> DeviceStatus:
         return DeviceStatus.model_validate(await self.call("status"))
+
+    async def denied(self) -> DeniedReport:
+        """Flows the filter dropped since the previous call (cvland forgets them once read)."""
+        return DeniedReport.model_validate(await self.call("denied"))
 
     async def ping(self) -> None:
         await self.call("ping")

@@ -18,11 +18,12 @@ from cvlan.cvland.paths import EndpointSelector
 from cvlan.cvland.reconcile import Plan, plan, validate
 from cvlan.cvland.relaypath import PathSelector, RelayPath
 from cvlan.dataplane.engine import EngineError, WgEngine, pid_cmdline, stop_pid
-from cvlan.dataplane.firewall import Firewall
+from cvlan.dataplane.firewall import DENY_LOG_GROUP, DENY_LOG_PREFIX, Firewall
+from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
 from cvlan.dataplane.wgconfig import KeyHex, WgConfig, short
-from cvlan.wire.ipc import DesiredState, DeviceStatus, PeerStatus
+from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class Daemon:
         self._wg_prev: WgConfig | None = None
         self._owns_host = False
         self._lock_fd: int | None = None
+        self.nflog: NflogReader | None = None
+        self.denied_flows = Aggregator()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -88,6 +91,7 @@ class Daemon:
         self.cleanup_leftovers()
         self.b.engine.start()
         self._write_run_file()
+        self._open_nflog()
         saved = self._load_desired()
         if saved is not None:
             try:
@@ -95,6 +99,25 @@ class Daemon:
                 log.info("re-applied saved desired state", extra={"seq": saved.version})
             except Exception as e:  # a bad saved file must not keep the daemon down
                 log.warning("saved desired state not applied: %s", e)
+
+    def _open_nflog(self) -> None:
+        try:
+            self.nflog = NflogReader(DENY_LOG_GROUP, DENY_LOG_PREFIX.strip())
+        except (NflogError, OSError) as e:
+            log.warning("denied-flow logging disabled: %s", e)
+            self.nflog = None
+
+    def denied(self) -> DeniedReport:
+        """Flows dropped by the filter since the last call (then forgotten)."""
+        if self.nflog is None:
+            return DeniedReport(enabled=False)
+        self.nflog.read_ready(self.denied_flows)
+        overflow = self.denied_flows.overflow
+        flows = [
+            DeniedFlow(src=f.src, dst=f.dst, proto=f.proto, dport=f.dport, packets=n)
+            for f, n in self.denied_flows.drain()
+        ]
+        return DeniedReport(flows=flows, overflow=overflow)
 
     def _lock(self) -> None:
         fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -107,6 +130,9 @@ class Daemon:
 
     def stop(self) -> None:
         """Tear everything down: firewall table, routes and address (with the link), engine."""
+        if self.nflog is not None:
+            self.nflog.close()
+            self.nflog = None
         if self._owns_host:
             with contextlib.suppress(Exception):
                 self.b.firewall.teardown()
@@ -200,6 +226,8 @@ class Daemon:
                 self.b.router.teardown()
                 self._apply_plan(self._plan(self.desired))
             return
+        if self.nflog is not None:
+            self.nflog.read_ready(self.denied_flows)
         if self.desired is None:
             return
         state = self.b.engine.read()

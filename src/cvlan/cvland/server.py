@@ -51,6 +51,8 @@ def handle_request(daemon: Daemon, line: bytes) -> dict[str, Any]:
             return {**head, "ok": True}
         if op == "status":
             return {**head, "ok": True, **daemon.status().model_dump()}
+        if op == "denied":
+            return {**head, "ok": True, **daemon.denied().model_dump()}
         if op == "apply":
             state = DesiredState.model_validate(req.get("state"))
             return {**head, "ok": True, "applied_version": daemon.apply(state)}

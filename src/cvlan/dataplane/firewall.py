@@ -10,7 +10,8 @@ one is untouched. Rule format (DesiredState.filter_rules, the node protocol's Fi
      "ports": ["22", "8000-8100"]}                       # tcp/udp only; empty/absent: all ports
 
 An empty list allows everything from the CVLAN subnet. Everything else arriving on the interface
-is counted in the named counter `denied` and dropped. Replies to our own traffic are accepted."""
+is logged to NFLOG group DENY_LOG_GROUP (for the denied-flow report), counted in the named counter
+`denied` and dropped. Replies to our own traffic are accepted."""
 
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ log = logging.getLogger(__name__)
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _PROTOS = ("any", "tcp", "udp", "icmp")
-_ACTIONS = {"accept": "accept", "drop": 'counter name "denied" drop'}
+DENY_LOG_GROUP = 1117
+"""NFLOG group every dropped packet is logged to (read by cvland, see dataplane/nflog.py)."""
+DENY_LOG_PREFIX = "cvlan-deny "
+_DROP = f'log prefix "{DENY_LOG_PREFIX}" group {DENY_LOG_GROUP} counter name "denied" drop'
+_ACTIONS = {"accept": "accept", "drop": _DROP}
 _IGNORED_KEYS = {"comment", "id", "name"}
 
 
@@ -57,7 +62,7 @@ def render_ruleset(ifname: str, subnet: str, rules: Sequence[Mapping[str, object
         f"    iifname != {json.dumps(ifname)} accept\n"
         "    ct state established,related accept\n"
         f"{body}\n"
-        '    counter name "denied" drop\n'
+        f"    {_DROP}\n"
         "  }\n"
         "}\n"
     )

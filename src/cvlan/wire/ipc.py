@@ -12,6 +12,8 @@ Ops:
            last applied. cvlan-ctrl sends it on every map change and on (re)connect.
   "status" body: {}                       -> DeviceStatus fields
   "ping"   body: {}                       -> {}
+  "denied" body: {}                       -> DeniedReport fields
+           Flows the node's filter dropped since the previous "denied" call (the counts are reset).
 """
 
 from __future__ import annotations
@@ -100,3 +102,21 @@ class DeviceStatus(_Wire):
     """The STUN-observed public "ip:port" of the WireGuard port ("" = unknown)."""
     home_relay_region: str = ""
     peers: list[PeerStatus] = Field(default_factory=list)
+
+
+class DeniedFlow(_Wire):
+    src: str
+    dst: str
+    proto: str
+    """"tcp", "udp", "icmp" or an IP protocol number."""
+    dport: int = 0
+    """0 for protocols without ports."""
+    packets: int
+
+
+class DeniedReport(_Wire):
+    flows: list[DeniedFlow] = Field(default_factory=list)
+    overflow: int = 0
+    """Packets of further flows that did not fit the bounded table."""
+    enabled: bool = True
+    """False when denied-flow logging is unavailable (e.g. another process holds the NFLOG group)."""
