@@ -92,6 +92,10 @@ async def test_cli_attach_detach_and_vrouter_command_line(
     r = await cli("--json", "vrouter", "attach", "--tenant", "a", "--cvlan", "a-lan", "hub-e")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["region"] == "east"
+    r = await cli("vrouter", "list", "--tenant", "a", "--cvlan", "a-lan")
+    assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:3] == ["hub-e", "east", "192.0.2.9:51820"]
+    r = await cli("vrouter", "list", "--cvlan", "a-lan")
+    assert r.returncode == 2 and "needs --tenant" in r.stderr
     r = await cli("vrouter", "attach", "--tenant", "a", "--cvlan", "nope", "hub-e")
     assert r.returncode == 1 and r.stderr.strip() == "cvlan: CVLAN 'nope' not found"
     r = await cli("vrouter", "attach", "--tenant", "a", "hub-e")

@@ -230,6 +230,11 @@ def vrouter_create(c: Client, ns: argparse.Namespace) -> Any:
 
 
 def vrouter_list(c: Client, ns: argparse.Namespace) -> Any:
+    if ns.cvlan:  # the vrouters serving one CVLAN (any role in the tenant)
+        if not ns.tenant:
+            raise ApiError(0, "usage", "vrouter list --cvlan needs --tenant")
+        out = c.call("GET", f"{_t(ns)}/cvlans/{_q(ns.cvlan)}/vrouters")
+        return out["items"], ["vrouter", "region", "endpoint", "registered", "last_seen"]
     return c.pages("/api/v1/vrouters"), ["id", "name", "region", "endpoint", "wg_public_key", "last_seen"]
 
 
@@ -411,12 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "list", relay_list, "list relays", False)
     leaf(g, "delete", relay_delete, "delete a relay", False).add_argument("name")
 
-    g = group("vrouter", "manage vrouters (platform admin)")
+    g = group("vrouter", "manage vrouters (create, list, delete: platform admin; attach, detach: operator)")
     x = leaf(g, "create", vrouter_create, "register a vrouter and print its start command", False)
     x.add_argument("name")
     x.add_argument("--region", required=True)
     x.add_argument("--endpoint", required=True, help="HOST:PORT of its WireGuard hub")
-    leaf(g, "list", vrouter_list, "list vrouters", False)
+    x = leaf(g, "list", vrouter_list, "list vrouters (with --cvlan: those serving it)", None)
+    x.add_argument("--cvlan", help="only the vrouters serving this CVLAN (needs --tenant)")
     leaf(g, "delete", vrouter_delete, "delete a vrouter", False).add_argument("name")
     for verb, fn, what in (("attach", vrouter_attach, "serve"), ("detach", vrouter_detach, "stop serving")):
         x = leaf(g, verb, fn, f"make a vrouter {what} a CVLAN of the tenant (operator)")
