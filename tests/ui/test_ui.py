@@ -434,3 +434,23 @@ async def test_policy_editing_and_denied_traffic(ui: UiEnv) -> None:
     await page.goto(ui.url + "/ui/t/acme/cvlans/lab/policy")
     await page.click("#clear-policy")
     assert "Policy removed" in await page.inner_text("#flash")
+
+
+async def test_attach_and_detach_a_vrouter(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        await infra.create_region(ctx, s, SYSTEM, "us-east")
+        await infra.create_vrouter(ctx, s, SYSTEM, "us-east", "hub-1", "203.0.113.10:51820")
+    page = await ui.page(ui.users["olga"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans/staging")
+    assert "needs a vrouter" in await page.inner_text("#vrouters")
+    await page.click("#attach-vrouter button")
+    assert "choose a vrouter" in (await page.inner_text("#err-vrouter")).lower()
+    await page.select_option("#attach-vrouter #f-vrouter", "hub-1")
+    await page.click("#attach-vrouter button")
+    assert "hub-1 now serves" in await page.inner_text("#flash")
+    row = page.locator("#vrouter-table tr", has_text="hub-1")
+    assert "us-east" in await row.inner_text() and "not started" in await row.inner_text()
+    await row.locator("button").click()
+    assert "no longer serves" in await page.inner_text("#flash")
+    assert await page.locator("#vrouter-table").count() == 0

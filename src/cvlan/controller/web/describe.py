@@ -25,6 +25,8 @@ VERBS = {
     "apitoken.revoke": "revoked API token",
     "policy.set": "changed the policy of CVLAN",
     "policy.clear": "removed the policy of CVLAN",
+    "vrouter.attach": "attached a vrouter to CVLAN",
+    "vrouter.detach": "detached a vrouter from CVLAN",
     "region.create": "created region",
     "region.delete": "deleted region",
     "relay.create": "registered relay",
@@ -53,8 +55,8 @@ def describe(action: str, before: dict[str, Any] | None, after: dict[str, Any] |
     if action in ("user.signin", "user.locked"):
         return verb, ""
     b, a = before or {}, after or {}
-    if action == "token.create":
-        return verb, str(a.get("cvlan", ""))
+    if action in ("token.create", "vrouter.attach", "vrouter.detach"):
+        return verb, str(a.get("cvlan", b.get("cvlan", "")))
     for key in ("name", "email", "prefix"):
         if key in a or key in b:
             return verb, str(a.get(key, b.get(key)))

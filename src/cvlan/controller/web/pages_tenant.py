@@ -14,7 +14,7 @@ from cvlan.controller.api.routes import join_command
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.ops import cvlans, infra, nodes, vrouters
 from cvlan.controller.web.core import Form, Page, page
 
 LIST_LIMIT = 1000
@@ -115,13 +115,20 @@ async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int
         c = await cvlans.get(s, p.who, p.tenant, ref)
         rows, _ = await nodes.list_(s, p.who, p.tenant, str(c.id), LIST_LIMIT, 0)
         toks, _ = await cvlans.list_tokens(s, p.who, p.tenant, str(c.id), LIST_LIMIT, 0)
+        attached = await vrouters.list_for_cvlan(s, p.who, p.tenant, str(c.id))
+        all_vrouters, _ = await infra.list_vrouters(s, LIST_LIMIT, 0)
     active = [t for t, _ in toks if token_status(t, p.ctx.now()) == "active"]
+    names = {a["vrouter"] for a in attached}
     return p.render(
         "cvlan.html",
         status=status,
         cvlan=c,
         members=[node_row(p, n, cn) for n, cn in rows],
         active_tokens=len(active),
+        attached=attached,
+        vrouter_choices=[
+            (v.name, f"{v.name} ({region})") for v, region in all_vrouters if v.name not in names
+        ],
         form=form or Form({"name": c.name, "mode": c.mode}),
         nav="cvlans",
     )
@@ -162,6 +169,30 @@ async def cvlan_delete(p: Page) -> web.StreamResponse:
         f.fail(e, ())
         return await _cvlan_detail(p, ref, f, 409)
     return p.redirect(p.url("cvlans"), f"CVLAN {ref} deleted.")
+
+
+@page(tenant=True)
+async def cvlan_vrouters(p: Page) -> web.StreamResponse:
+    """Attach (field vrouter) or detach (field detach) a vrouter serving the CVLAN."""
+    assert p.tenant is not None
+    ref = p.request.match_info["cvlan"]
+    f = await p.form()
+    try:
+        async with p.ctx.tx() as s:
+            if f.get("detach"):
+                await vrouters.detach(p.ctx, s, p.who, p.tenant, ref, f.get("detach"))
+                msg = f"VRouter {f.get('detach')} no longer serves this CVLAN."
+            else:
+                if not f.get("vrouter"):
+                    raise DomainError(Kind.INVALID, "choose a vrouter", {"field": "vrouter"})
+                await vrouters.attach(p.ctx, s, p.who, p.tenant, ref, f.get("vrouter"))
+                msg = f"VRouter {f.get('vrouter')} now serves this CVLAN."
+    except DomainError as e:
+        if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" in e.message):
+            raise
+        f.fail(e, ("vrouter",))
+        return await _cvlan_detail(p, ref, f, 422)
+    return p.redirect(p.url(f"cvlans/{ref}"), msg)
 
 
 @page(tenant=True)
@@ -322,6 +353,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.get(t + "/cvlans/{cvlan}", cvlan_detail),
         web.post(t + "/cvlans/{cvlan}/edit", cvlan_edit),
         web.post(t + "/cvlans/{cvlan}/delete", cvlan_delete),
+        web.post(t + "/cvlans/{cvlan}/vrouters", cvlan_vrouters),
         web.get(t + "/nodes", node_list),
         web.get(t + "/nodes/{node}", node_detail),
         web.post(t + "/nodes/{node}/edit", node_update),
