@@ -214,7 +214,14 @@ class Page:
 
     async def form(self) -> Form:
         data = await self.request.post()
-        return Form({k: v.strip() for k, v in data.items() if isinstance(v, str) and k != CSRF_FIELD})
+        # Passwords are taken as typed; every other value loses surrounding blanks.
+        return Form(
+            {
+                k: v if k == "password" else v.strip()
+                for k, v in data.items()
+                if isinstance(v, str) and k != CSRF_FIELD
+            }
+        )
 
     def render(self, template: str, status: int = 200, **kw: Any) -> web.Response:
         flash = self.request.cookies.get(FLASH_COOKIE, "")
