@@ -454,3 +454,35 @@ async def test_attach_and_detach_a_vrouter(ui: UiEnv) -> None:
     await row.locator("button").click()
     assert "no longer serves" in await page.inner_text("#flash")
     assert await page.locator("#vrouter-table").count() == 0
+
+
+async def test_change_own_password_ends_other_sessions(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await resolve_tenant(s, SYSTEM, "globex")
+        await users.create_user(ctx, s, SYSTEM, t, "pat@globex.example", "operator", PASSWORD)
+    other = await ui.page("pat@globex.example")
+    page = await ui.page("pat@globex.example")
+    await page.click("#account-link")
+    assert "operator" in await page.inner_text(".kv")
+
+    async def submit(current: str, new: str, confirm: str) -> None:
+        await page.fill("#f-current", current)
+        await page.fill("#f-password", new)
+        await page.fill("#f-confirm", confirm)
+        await page.click("#change-password button")
+
+    await submit("wrong-password", "another-long-one", "another-long-one")
+    assert "current password is not correct" in await page.inner_text("#err-current")
+    await submit(PASSWORD, "another-long-one", "another-long-two")
+    assert "differ" in await page.inner_text("#err-confirm")
+    await submit(PASSWORD, "short", "short")
+    assert "at least 10 characters" in await page.inner_text("#err-password")
+    await submit(PASSWORD, "another-long-one", "another-long-one")
+    assert "Password changed" in await page.inner_text("#flash")
+    await page.goto(ui.url + "/ui/t/globex/")
+    assert page.url == ui.url + "/ui/t/globex/"  # this session carries on
+    await other.goto(ui.url + "/ui/t/globex/")
+    assert "/ui/signin" in other.url  # the other one has ended
+    await sign_in(other, ui.url, "pat@globex.example", "another-long-one")
+    assert other.url == ui.url + "/ui/t/globex/"

@@ -34,6 +34,8 @@ def setup(app: web.Application, engine: AsyncEngine) -> None:
             web.get(p + "/signin", account.signin_form),
             web.post(p + "/signin", account.signin_submit),
             web.post(p + "/signout", account.signout),
+            web.get(p + "/account", account.account),
+            web.post(p + "/account/password", account.account_password),
             *pages_tenant.routes(p),
             *pages_admin.routes(p),
             *pages_policy.routes(p),

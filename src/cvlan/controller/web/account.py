@@ -1,4 +1,4 @@
-"""Sign-in, sign-out and the landing redirect."""
+"""Sign-in, sign-out, the landing redirect and the signed-in user's own account page."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from aiohttp import web
 
 from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.auth import Principal
+from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import tenants
 from cvlan.controller.web import session as sessions
 from cvlan.controller.web import signin
@@ -20,6 +21,7 @@ from cvlan.controller.web.core import (
     PREFIX,
     PRINCIPAL_NAME,
     SESSION_RKEY,
+    Form,
     Page,
     html_response,
     login_csrf,
@@ -104,3 +106,33 @@ async def home(p: Page) -> web.StreamResponse:
 
 async def root(request: web.Request) -> web.StreamResponse:
     return see_other(PREFIX + "/")
+
+
+async def _account_page(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
+    names = {t.id: t for t in p.visible_tenants}
+    roles = [(names[tid], r.value) for tid, r in p.who.roles.items() if tid in names]
+    return p.render("account.html", status=status, roles=roles, form=form or Form(), nav="account")
+
+
+@page()
+async def account(p: Page) -> web.StreamResponse:
+    return await _account_page(p)
+
+
+@page()
+async def account_password(p: Page) -> web.StreamResponse:
+    f = await p.form()
+    if f.get("password") != f.get("confirm"):
+        f.errors["confirm"] = "The two new passwords differ."
+        return await _account_page(p, f, 422)
+    try:
+        user = await signin.change_password(p.ctx, p.user.id, f.get("current"), f.get("password"))
+    except DomainError as e:
+        if e.kind == Kind.NOT_FOUND:
+            raise
+        f.fail(e, ("current", "password"))
+        return await _account_page(p, Form(errors=f.errors), 422)
+    resp = p.redirect(PREFIX + "/account", "Password changed. Your other sessions have ended.")
+    set_session_cookie(resp, p.request, sessions.new_session(p.key, user, p.ctx.now()))
+    p.request.pop(SESSION_RKEY, None)
+    return resp

@@ -18,6 +18,8 @@ from sqlalchemy import select
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import User
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 
 FREE_FAILURES = 5
@@ -84,3 +86,30 @@ async def check(ctx: OpsContext, email: str, password: str) -> Outcome:
             )
     await asyncio.sleep(FAILURE_DELAY_S)
     return Outcome(None, "The email or password is not correct.")
+
+
+async def change_password(ctx: OpsContext, user_id: int, current: str, new: str) -> User:
+    """Set a new password after checking the current one. Every other session of the user ends
+    (their cookies carry the old password's fingerprint)."""
+    async with ctx.tx() as s:
+        user = await s.get(User, user_id)
+        encoded = user.password_hash if user is not None else _DUMMY_HASH
+    if not await asyncio.to_thread(credentials.check_password, current, encoded) or user is None:
+        await asyncio.sleep(FAILURE_DELAY_S)
+        raise DomainError(Kind.INVALID, "the current password is not correct", {"field": "current"})
+    users.check_password(new)
+    if new == current:
+        raise DomainError(
+            Kind.INVALID, "the new password is the same as the current one", {"field": "password"}
+        )
+    digest = await asyncio.to_thread(credentials.hash_password, new)
+    async with ctx.tx() as s:
+        row = await s.get(User, user_id, with_for_update=True)
+        if row is None:
+            raise DomainError(Kind.NOT_FOUND, "user not found")
+        row.password_hash = digest
+        who = Principal(actor=f"user:{row.email}", user_id=row.id)
+        audit.record(
+            s, who, "user.password", "user", row.id, tenant_id=None, after={"email": row.email}, now=ctx.now()
+        )
+    return row
