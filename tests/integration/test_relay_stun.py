@@ -99,3 +99,22 @@ def test_udp_checksum_verifies() -> None:
         d = stunc.udp_datagram(src, dst, payload)
         pseudo = socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!BBH", 0, 17, len(d))
         assert stunc._checksum(pseudo + d) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root (CAP_NET_RAW)")
+async def test_two_raw_probers_answer_each_other_from_their_owned_ports() -> None:
+    owners = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for o in owners:
+        o.bind(("127.0.0.1", 0))
+    ports = [o.getsockname()[1] for o in owners]
+    probers = [stunc.RawStunProber(p) for p in ports]
+    try:
+        probers[1].listen()
+        r = await probers[0].probe(("127.0.0.1", ports[1]))
+        assert r.mapped == ("127.0.0.1", ports[0])  # what the peer saw: our owned port
+        assert probers[1].answered == 1
+    finally:
+        for x in probers:
+            x.close()
+        for o in owners:
+            o.close()

@@ -14,6 +14,14 @@ class FakeRelay:
 
     def __init__(self) -> None:
         self.generation = 0
+        self.probes: list[tuple[str, ...]] = []
+        self.answers: dict[str, str] = {}
+
+    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        self.probes.append(candidates)
+
+    def direct_ok(self, peer: str) -> str | None:
+        return self.answers.pop(peer, None)
 
     def available(self, relay_region: str) -> bool:
         return relay_region == "eu"
@@ -59,32 +67,53 @@ def test_direct_handshake_keeps_direct() -> None:
     assert s.choice(K).path == "direct"
 
 
-def test_relayed_peer_retries_direct_with_backoff_and_returns() -> None:
-    clock = FakeClock()
-    s = _sel(clock)
+def _relayed(clock: FakeClock) -> tuple[PathSelector, FakeRelay]:
+    relay = FakeRelay()
+    s = PathSelector(clock, relay, probe_s=5, retry_s=15, retry_max_s=60, probe_every_s=5)
+    s.set_peers({K: (("198.51.100.2:51820",), "eu")})
     clock.advance(6)
     s.observe(K, 0)  # -> relay
     clock.advance(1)
     s.observe(K, _handshake(clock))  # relay works
     s.take_recreate()
-    clock.advance(14)
-    assert not s.observe(K, _handshake(clock))
-    clock.advance(2)
-    assert s.observe(K, _handshake(clock) - 3)  # retry time: try direct
+    return s, relay
+
+
+def test_relayed_peer_probes_direct_without_moving_until_an_answer() -> None:
+    clock = FakeClock()
+    s, relay = _relayed(clock)
+    for _ in range(4):
+        clock.advance(5)
+        assert not s.observe(K, _handshake(clock))
+    assert len(relay.probes) >= 4 and relay.probes[0] == ("198.51.100.2:51820",)
+    assert s.choice(K).endpoint == PROXY and s.take_recreate() == set()
+    relay.answers[K] = "198.51.100.2:51820"
+    clock.advance(1)
+    assert s.observe(K, _handshake(clock) - 1)
     assert s.choice(K).endpoint == "198.51.100.2:51820" and s.take_recreate() == {K}
+    clock.advance(1)
+    assert not s.observe(K, _handshake(clock))  # the direct handshake completed
+    assert s.choice(K).path == "direct"
+
+
+def test_answer_without_handshake_backs_off_before_moving_again() -> None:
+    clock = FakeClock()
+    s, relay = _relayed(clock)
+    relay.answers[K] = "198.51.100.2:51820"
+    clock.advance(1)
+    assert s.observe(K, _handshake(clock) - 1)  # -> direct
     clock.advance(6)
-    assert s.observe(K, 0)  # no direct handshake: back to relay, next retry waits twice as long
+    assert s.observe(K, 0)  # no handshake: back to relay
     assert s.choice(K).endpoint == PROXY
     clock.advance(1)
     s.observe(K, _handshake(clock))
-    clock.advance(29)
-    assert not s.observe(K, _handshake(clock))
-    clock.advance(2)
-    assert s.observe(K, _handshake(clock) - 1)
+    relay.answers[K] = "198.51.100.2:51820"
+    clock.advance(5)
+    assert not s.observe(K, _handshake(clock))  # held off for 15 s
+    clock.advance(10)
+    relay.answers[K] = "198.51.100.2:51820"
+    assert s.observe(K, _handshake(clock))
     assert s.choice(K).endpoint == "198.51.100.2:51820"
-    clock.advance(1)
-    assert not s.observe(K, _handshake(clock))  # direct works now
-    assert s.choice(K).path == "direct"
 
 
 def test_no_relay_rotates_direct_candidates() -> None:
@@ -118,29 +147,23 @@ def test_follows_wireguard_roaming_both_ways() -> None:
     assert s.take_recreate() == set()
 
 
-def test_new_candidates_make_a_relayed_peer_try_direct_now() -> None:
+def test_new_candidates_are_probed_at_once() -> None:
     clock = FakeClock()
-    s = _sel(clock)
-    clock.advance(6)
-    s.observe(K, 0)
-    clock.advance(1)
-    s.observe(K, _handshake(clock))
+    s, relay = _relayed(clock)
+    n = len(relay.probes)
     s.set_peers({K: (("203.0.113.1:51820", "10.0.0.2:51820"), "eu")})
-    clock.advance(1)
-    assert s.observe(K, _handshake(clock))
-    assert s.choice(K).endpoint == "203.0.113.1:51820"
+    clock.advance(0.5)
+    s.observe(K, _handshake(clock))
+    assert relay.probes[n:] == [("203.0.113.1:51820", "10.0.0.2:51820")]
 
 
-def test_network_change_makes_relayed_peers_try_direct_now() -> None:
+def test_network_change_probes_relayed_peers_at_once() -> None:
     clock = FakeClock()
-    relay = FakeRelay()
-    s = PathSelector(clock, relay, probe_s=5, retry_s=15)
-    s.set_peers({K: (("198.51.100.2:51820",), "eu")})
-    clock.advance(6)
-    s.observe(K, 0)
-    clock.advance(1)
-    assert not s.observe(K, _handshake(clock))
+    s, relay = _relayed(clock)
+    clock.advance(0.5)
+    s.observe(K, _handshake(clock))
+    n = len(relay.probes)
     relay.generation += 1
-    clock.advance(1)
-    assert s.observe(K, _handshake(clock))
-    assert s.choice(K).endpoint == "198.51.100.2:51820"
+    clock.advance(0.5)
+    s.observe(K, _handshake(clock))
+    assert len(relay.probes) == n + 1

@@ -13,6 +13,7 @@ which drops it as an unknown message type. IPv4 only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import socket
 import struct
@@ -160,7 +161,9 @@ def source_address_for(dst: tuple[str, int]) -> str:
 
 
 class RawStunProber:
-    """Learns the public mapping of UDP ``port`` while another process (wireguard-go) owns it."""
+    """Learns the public mapping of UDP ``port`` while another process (wireguard-go) owns it, and
+    answers Binding requests that peers send to that port (direct-path probes, see cvland), from
+    that port, so that the answer crosses the same NAT mappings WireGuard traffic would."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -168,10 +171,13 @@ class RawStunProber:
         self._sock.setblocking(False)
         attach_filter(self._sock, stun_reply_filter(port))
         self._drain()  # datagrams that arrived before the filter was attached
-        self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self._pending: dict[bytes, asyncio.Future[tuple[bytes, tuple[str, int]]]] = {}
         self._reading = False
+        self._src: dict[str, str] = {}
         self.seen = 0
         """Datagrams the filter let through to Python (only STUN messages to the port)."""
+        self.answered = 0
+        """Binding requests from peers answered."""
 
     def _drain(self) -> None:
         for _ in range(10_000):
@@ -179,6 +185,12 @@ class RawStunProber:
                 self._sock.recv(65535)
             except BlockingIOError:
                 return
+
+    def listen(self) -> None:
+        """Start reading (answers and requests) on the running event loop."""
+        if not self._reading:
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
+            self._reading = True
 
     def _on_readable(self) -> None:
         for _ in range(64):
@@ -191,23 +203,57 @@ class RawStunProber:
                 continue
             sport = struct.unpack_from("!H", pkt, ihl)[0]
             self.seen += 1
-            self.queue.put_nowait((pkt[ihl + 8 :], (addr[0], sport)))
+            self._dispatch(pkt[ihl + 8 :], (addr[0], sport))
+
+    def _dispatch(self, payload: bytes, frm: tuple[str, int]) -> None:
+        try:
+            msg = stun.parse_message(payload)
+        except stun.StunError:
+            return
+        if msg.method != stun.Method.BINDING:
+            return
+        if msg.msg_class == stun.MessageClass.REQUEST:
+            self._send(frm, stun.binding_response(msg, frm))
+            self.answered += 1
+            return
+        fut = self._pending.get(msg.transaction_id)
+        if fut is not None and not fut.done():
+            fut.set_result((payload, frm))
+
+    def _send(self, dst: tuple[str, int], payload: bytes) -> None:
+        src = self._src.get(dst[0])
+        if src is None:
+            src = self._src[dst[0]] = source_address_for(dst)
+        with contextlib.suppress(OSError):
+            self._sock.sendto(udp_datagram((src, self.port), dst, payload), (dst[0], 0))
 
     async def probe(self, server: tuple[str, int], timeout: float = 1.0, attempts: int = 3) -> StunResult:
+        """A Binding request from the owned port to server (a STUN server, or a peer's cvland)."""
         addr = await resolve(*server)
-        src = (source_address_for(addr), self.port)
+        self._src.pop(addr[0], None)  # routes may have changed since the last probe
+        self.listen()
         loop = asyncio.get_running_loop()
-        if not self._reading:
-            loop.add_reader(self._sock.fileno(), self._on_readable)
-            self._reading = True
-
-        def send(req: bytes) -> None:
-            self._sock.sendto(udp_datagram(src, addr, req), (addr[0], 0))
-
-        return await _exchange(send, self.queue, addr, timeout, attempts)
+        for _ in range(max(1, attempts)):
+            tid = stun.new_transaction_id()
+            fut: asyncio.Future[tuple[bytes, tuple[str, int]]] = loop.create_future()
+            self._pending[tid] = fut
+            t0 = time.monotonic()
+            try:
+                self._send(addr, stun.binding_request(tid, SOFTWARE))
+                payload, _ = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                continue
+            finally:
+                self._pending.pop(tid, None)
+            try:
+                return StunResult(stun.parse_binding_response(payload, tid), time.monotonic() - t0, addr)
+            except stun.StunError:
+                continue
+        raise StunTimeout(f"no STUN answer from {addr[0]}:{addr[1]} after {attempts} attempts")
 
     def close(self) -> None:
         if self._reading:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._reading = False
         self._sock.close()

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 DIRECT_RETRY_SECONDS = 15.0
 """First wait on the relay before trying direct again; doubles after each failed try."""
 DIRECT_RETRY_MAX = 300.0
+PROBE_EVERY = 5.0
+"""How often a relayed peer's direct candidates are probed (cheap: one STUN request each)."""
 STUN_INTERVAL = 30.0
 """Re-probe the WireGuard port's mapping this often (also keeps the NAT mapping alive)."""
 
@@ -47,6 +49,14 @@ class RelayPaths(Protocol):
         """Whether endpoint is one of our relay proxy ports."""
         ...
 
+    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        """Probe the peer's direct candidates in the background."""
+        ...
+
+    def direct_ok(self, peer: str) -> str | None:
+        """A candidate of peer that answered a probe recently (taken once), or None."""
+        ...
+
 
 @dataclass(slots=True)
 class _Peer:
@@ -60,7 +70,10 @@ class _Peer:
     since_wall: float = 0.0
     connected: bool = False
     retry_delay: float = DIRECT_RETRY_SECONDS
-    retry_at: float = math.inf
+    retry_at: float = -math.inf
+    """While relayed, do not move to direct before this time (after a failed move)."""
+    probe_at: float = -math.inf
+    """Next direct-path probe while relayed."""
     retrying: bool = False
     """The current direct attempt is a retry from the relay (its failure doubles the delay)."""
     override: str = ""
@@ -82,7 +95,9 @@ class PathSelector:
         stale_s: float = STALE_SECONDS,
         retry_s: float = DIRECT_RETRY_SECONDS,
         retry_max_s: float = DIRECT_RETRY_MAX,
+        probe_every_s: float = PROBE_EVERY,
     ) -> None:
+        self._probe_every_s = probe_every_s
         self._clock = clock
         self._relay = relay
         self._probe_s = probe_s
@@ -110,7 +125,7 @@ class PathSelector:
                     old.override = old.candidates[old.index % len(old.candidates)] if old.candidates else ""
                 old.candidates, old.region, old.index = cands, region, len(cands) - 1 if cands else 0
                 if old.relay:
-                    old.retry_at = now
+                    old.retry_at = old.probe_at = now
                     old.retry_delay = self._retry_s
                 nxt[key] = old
             else:
@@ -153,7 +168,8 @@ class PathSelector:
         now = self._clock.monotonic()
         for p in self._peers.values():
             if p.relay:
-                p.retry_at, p.retry_delay = now, self._retry_s
+                p.retry_at = p.probe_at = now
+                p.retry_delay = self._retry_s
 
     def _follow_roaming(self, key: str, p: _Peer, endpoint: str) -> bool:
         """WireGuard moves a peer's endpoint to wherever authenticated packets come from. If the peer
@@ -161,11 +177,11 @@ class PathSelector:
         now = self._clock.monotonic()
         if p.relay and not self._relay.is_proxy(endpoint):
             p.relay, p.override, p.connected = False, endpoint, True
-            p.retry_delay, p.retry_at, p.retrying = self._retry_s, math.inf, False
+            p.retry_delay, p.retry_at, p.retrying = self._retry_s, -math.inf, False
             return True
         if not p.relay and self._relay.is_proxy(endpoint) and self.choice(key).endpoint != endpoint:
             p.relay, p.override, p.connected = True, "", True
-            p.retry_at = now + p.retry_delay
+            p.probe_at = now
             return True
         return False
 
@@ -197,25 +213,31 @@ class PathSelector:
             and last_handshake >= p.since_wall - 1
         )
         has_relay = self._relay.available(p.region)
+        if p.relay and p.candidates:
+            # Keep probing direct while relayed, without disturbing the relayed session: cvland
+            # sends STUN Binding requests from the WireGuard port to the candidates (the peer's
+            # cvland answers from its WireGuard port). Move only once one answered.
+            if now >= p.probe_at:
+                self._relay.request_probe(key, p.candidates)
+                p.probe_at = now + self._probe_every_s
+            ep = self._relay.direct_ok(key) if now >= p.retry_at else None
+            if ep:
+                self._switch(key, p, relay=False)
+                p.override, p.retrying = ep, True
+                return True
         if fresh:
             if not p.connected:
                 p.connected = True
-                if p.relay:
-                    p.retry_at = now + p.retry_delay
-                else:
-                    p.retry_delay, p.retry_at, p.retrying = self._retry_s, math.inf, False
-            if p.relay and p.candidates and now >= p.retry_at:
-                # Keep probing direct while relayed: try the next candidate for one probe period.
-                self._switch(key, p, relay=False, index=(p.index + 1) % len(p.candidates))
-                p.retrying = True
-                return True
+                if not p.relay:
+                    p.retry_delay, p.retry_at, p.retrying = self._retry_s, -math.inf, False
             return False
         if p.connected:  # the path went stale: look for one again
             p.connected = False
         if now - p.since < self._probe_s:
             return False
         if not p.relay and has_relay:
-            if p.retrying:
+            if p.retrying:  # a probe answered but WireGuard could not shake hands: hold off
+                p.retry_at = now + p.retry_delay
                 p.retry_delay = min(p.retry_delay * 2, self._retry_max_s)
             p.retrying = False
             self._switch(key, p, relay=True)
@@ -243,6 +265,9 @@ class RelayPath:
         self.mapped_endpoint = ""
         self.rtts: dict[str, float] = {}
         self.generation = 0
+        self._prober: RawStunProber | None = None
+        self._probing: set[str] = set()
+        self._reachable: dict[str, tuple[str, float]] = {}
         self._stun_task: asyncio.Task[None] | None = None
         self._stun_wake = asyncio.Event()
 
@@ -267,6 +292,15 @@ class RelayPath:
         with self._lock:
             info = self._relays.get(region) or self._relays.get(self.home_region)
         return info.url if info else None
+
+    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        self.loop.call_soon_threadsafe(self._start_probe, peer, candidates)
+
+    def direct_ok(self, peer: str) -> str | None:
+        got = self._reachable.pop(peer, None)
+        if got is None or self.loop.time() - got[1] > 10.0:
+            return None
+        return got[0]
 
     def is_proxy(self, endpoint: str) -> bool:
         host, _, port = endpoint.rpartition(":")
@@ -315,6 +349,35 @@ class RelayPath:
         if self.pool is not None:
             self.proxy.set_route(key, self.pool.get(url))
 
+    def _start_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        if self._prober is None or peer in self._probing:
+            return
+        self._probing.add(peer)
+        task = self.loop.create_task(self._probe_direct(self._prober, peer, candidates))
+        task.add_done_callback(lambda _: self._probing.discard(peer))
+
+    async def _probe_direct(self, prober: RawStunProber, peer: str, candidates: tuple[str, ...]) -> None:
+        """Send one Binding request to every candidate at once; the first answer wins."""
+
+        async def one(ep: str) -> str:
+            host, _, port = ep.rpartition(":")
+            await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+            return ep
+
+        tasks = [asyncio.ensure_future(one(ep)) for ep in candidates if not ep.startswith("[")]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                try:
+                    ep = await fut
+                except (OSError, TimeoutError, ValueError):
+                    continue
+                self._reachable[peer] = (ep, self.loop.time())
+                log.info("direct path answers", extra={"peer": peer[:8], "endpoint": ep})
+                return
+        finally:
+            for t in tasks:
+                t.cancel()
+
     async def _stun_loop(self) -> None:
         prober: RawStunProber | None = None
         port = 0
@@ -325,10 +388,12 @@ class RelayPath:
                     want = self._listen_port
                 if want != port and prober is not None:
                     prober.close()
-                    prober = None
+                    prober = self._prober = None
                 if prober is None and want > 0:
                     try:
                         prober = RawStunProber(want)
+                        prober.listen()  # also answers peers' direct-path probes
+                        self._prober = prober
                         port = want
                     except PermissionError:
                         log.warning("STUN of the WireGuard port needs CAP_NET_RAW; not probing")
@@ -341,6 +406,7 @@ class RelayPath:
                 except TimeoutError:
                     pass
         finally:
+            self._prober = None
             if prober is not None:
                 prober.close()
 
