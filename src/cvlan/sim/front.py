@@ -24,6 +24,9 @@ defaults
     option http-keep-alive
     http-reuse always
     timeout connect 5s
+    # Requests wait for a free backend connection up to the node's own request timeout, instead
+    # of being answered 503 after `timeout connect` when the controller is briefly slow.
+    timeout queue 30s
     timeout client {client_timeout}s
     timeout http-keep-alive {client_timeout}s
     timeout http-request 30s
