@@ -36,6 +36,7 @@ class LivenessBuffer:
         self.ctx = ctx
         self._pending: dict[int, Pending] = {}
         self._inflight: dict[int, Pending] = {}
+        self._health_hash: dict[int, int] = {}
         """The batch being written: still the newest truth until its transaction commits."""
         self.flushes = 0
         self.rows_written = 0
@@ -44,6 +45,12 @@ class LivenessBuffer:
         return len(self._pending)
 
     def seen(self, node_id: int, map_version: int, health: dict[str, Any] | None = None) -> None:
+        if health is not None:
+            h = hash(tuple(health.values()))
+            if self._health_hash.get(node_id) == h:
+                health = None  # unchanged since last reported: nothing to write
+            else:
+                self._health_hash[node_id] = h
         p = self._pending.get(node_id)
         now = self.ctx.now()
         if p is None:

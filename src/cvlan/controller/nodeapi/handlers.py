@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MAX_LONG_POLL_S = 60
 RELAY_REFRESH_S = 10.0
 POLLS = Counter("cvlan_node_polls_total", "Node polls", ["result"])
+POLLS_UNCHANGED = POLLS.labels("unchanged")
+POLLS_FULL = POLLS.labels("full")
 REGISTRATIONS = Counter("cvlan_node_registrations_total", "Node registrations", ["result"])
 
 M = TypeVar("M", bound=Message)
@@ -142,14 +144,17 @@ class NodeApi:
     async def poll(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.PollRequest)
-        eps = _endpoints(req.endpoints)
-        if len(req.home_relay_region) > 63:
-            raise DomainError(Kind.INVALID, "home_relay_region is too long", {"field": "home_relay_region"})
         m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
         region = req.home_relay_region or None
-        if (eps or region) and self.mapper.update_endpoints(m, me, eps or None, region):
-            self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
-        self.liveness.seen(ident.node_id, req.map_version, _health(req) if req.HasField("health") else None)
+        if len(req.home_relay_region) > 63:
+            raise DomainError(Kind.INVALID, "home_relay_region is too long", {"field": "home_relay_region"})
+        # The common poll repeats what the node said last time: compare before validating anything.
+        if (req.endpoints and req.endpoints != me.endpoints) or (region and region != me.home_relay_region):
+            eps = _endpoints(req.endpoints)
+            if self.mapper.update_endpoints(m, me, eps or None, region):
+                self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
+        health = _health(req) if req.HasField("health") else None
+        self.liveness.seen(ident.node_id, req.map_version, health)
         wait = min(req.long_poll_s, MAX_LONG_POLL_S)
         if req.map_version == m.token and wait > 0:
             waiter = self.mapper.waiter(m.cvlan_id)
@@ -162,13 +167,13 @@ class NodeApi:
         head = pb.PollResponse(
             map_version=m.token,
             poll_interval_s=self.ctx.settings.poll_interval_s,
-            certificate_not_after=int(ident.not_after.timestamp()),
+            certificate_not_after=ident.not_after_unix,
         )
         if req.map_version == m.token:
-            POLLS.labels("unchanged").inc()
+            POLLS_UNCHANGED.inc()
             head.unchanged = True
             return self.reply(head, ct)
-        POLLS.labels("full").inc()
+        POLLS_FULL.inc()
         return self.reply(m.body_for(ident.node_id, head), ct, pb.PollResponse)
 
     async def renew(self, request: web.Request) -> web.Response:

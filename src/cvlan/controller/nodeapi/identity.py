@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
 import urllib.parse
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,10 @@ class NodeIdentity:
     serial: int
     not_after: dt.datetime
 
+    @property
+    def not_after_unix(self) -> int:
+        return int(self.not_after.timestamp())
+
 
 def parse_identity(cert: x509.Certificate) -> NodeIdentity:
     ident = identity_of(cert)
@@ -65,13 +71,21 @@ class IdentityResolver:
     def __init__(self, ca: CertificateAuthority, trusted_proxies: list[str]) -> None:
         self.ca = ca
         self._cache: OrderedDict[bytes, NodeIdentity] = OrderedDict()
+        self._by_conn: weakref.WeakKeyDictionary[ssl.SSLObject, NodeIdentity] = weakref.WeakKeyDictionary()
+        """Per TLS connection: keep-alive polls skip re-reading the peer certificate."""
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
 
     def optional(self, request: web.Request, now: dt.datetime) -> NodeIdentity | None:
         """The caller's identity, or None if the request carries no client certificate."""
-        der = _peer_der(request)
-        if der is not None:
+        transport = request.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        ident = self._by_conn.get(sslobj) if sslobj is not None else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None and ident is None else None
+        if ident is not None:
+            pass  # the connection's certificate, parsed at its first request
+        elif der and sslobj is not None:
             ident = self._cached(der, lambda: x509.load_der_x509_certificate(der))
+            self._by_conn[sslobj] = ident
         else:
             header = request.headers.get(PROXY_CERT_HEADER)
             if not header or not self._from_proxy(request):
@@ -130,14 +144,3 @@ class IdentityResolver:
         if cert.not_valid_before_utc > now:
             raise DomainError(Kind.UNAUTHENTICATED, "forwarded client certificate is not valid yet")
         return cert
-
-
-def _peer_der(request: web.Request) -> bytes | None:
-    transport = request.transport
-    if transport is None:
-        return None
-    sslobj = transport.get_extra_info("ssl_object")
-    if sslobj is None:
-        return None
-    der = sslobj.getpeercert(binary_form=True)
-    return der if der else None
