@@ -45,7 +45,8 @@ def render(data: dict[str, Any], graphs: list[str], notes: str) -> str:
     if notes.strip():
         lines += ["## Findings", "", notes.strip(), ""]
     lines += _knee(data)
-    lines += _usage_table(st)
+    lines += _usage_table(st, "the steady state")
+    lines += _usage_table(data["phase_summary"].get("register", {}), "the registration phase")
     lines += _errors(data)
     lines += ["## Graphs", ""] + [f"![{g}]({g})" for g in graphs] + [""]
     lines += _cost(data, st)
@@ -90,6 +91,14 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
             else "."
         ),
     ]
+    if not st:
+        reg_cpu = data["phase_summary"].get("register", {}).get("usage", {}).get("controller", {})
+        out[-2:] = [
+            "* **Steady state: not reached** (the run ended during registration; see the findings).",
+            f"* Controller during registration: CPU {reg_cpu.get('cpu_avg', 0):.0f} % of one core on "
+            "average.",
+        ]
+        return out + [""]
     out += [
         "",
         "Sprint criteria (steady state):",
@@ -149,12 +158,12 @@ def _knee(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def _usage_table(st: dict[str, Any]) -> list[str]:
+def _usage_table(st: dict[str, Any], what: str) -> list[str]:
     usage = st.get("usage", {})
     if not usage:
         return []
     out = [
-        "## CPU and memory in the steady state",
+        f"## CPU and memory in {what}",
         "",
         "CPU in % of one core (the machine has 200 %); PostgreSQL memory counts shared buffers once. "
         "'machine' is the whole box, including other users of this shared machine.",
@@ -187,7 +196,7 @@ def _errors(data: dict[str, Any]) -> list[str]:
             samples.setdefault(k, v)
     if samples:
         out += ["", "First message seen for each error kind:", ""]
-        out += [f"* `{k}`: {v or '(no body)'}" for k, v in sorted(samples.items())]
+        out += [f"* `{k}`: {' '.join(v.split()) or '(no body)'}" for k, v in sorted(samples.items())]
     return out + [""]
 
 
