@@ -123,8 +123,14 @@ async def sign_in(page: Any, url: str, email: str, password: str) -> None:
     await page.goto(url + "/ui/signin")
     await page.fill("#email", email)
     await page.fill("#password", password)
-    await page.click("button[type=submit]")
-    await page.wait_for_load_state("domcontentloaded")
+    await submit(page, "button[type=submit]")
+
+
+async def submit(page: Any, target: Any) -> None:
+    """Click what submits a form or follows a link (a selector or a locator) and wait for the page
+    the server answers with, redirects included."""
+    async with page.expect_navigation():
+        await (page.click(target) if isinstance(target, str) else target.click())
 
 
 async def seed(rc: RunningController) -> dict[str, str]:
