@@ -40,6 +40,9 @@ test: deps
 	bash scripts/check
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+ui: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/ui
+
 bench: deps
 	$(PY) bench/run_all.py
 
