@@ -3,6 +3,7 @@ for two regions, what nodes get in their maps, refusals, and the vrouter's ident
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,24 @@ async def test_identity_is_kept_0600_and_reused_without_token(
     assert (await poll(controller, again))["state"]["vrouter"]["name"] == "vr-east"
     with pytest.raises(ControllerError, match="give --server and --token"):
         await ensure_identity(VrouterSettings(state_dir=tmp_path / "empty"))
+
+
+async def test_long_poll_answers_when_an_attachment_changes(
+    controller: RunningController, world: dict[str, Any]
+) -> None:
+    ident = world["west"]
+    v1 = (await poll(controller, ident))["version"]
+    url = controller.url + "/v1/vrouter/poll"
+    held = asyncio.ensure_future(
+        post(url, {"version": v1, "long_poll_s": 60}, ident.ssl_context(), timeout=90)
+    )
+    await asyncio.sleep(0.5)
+    assert not held.done(), "an unchanged state is held"
+    api = world["api"]
+    (await api.post("/api/v1/tenants", {"name": "globex"})).ok()
+    (await api.post("/api/v1/tenants/globex/cvlans", {"name": "lab", "mode": "hub"})).ok()
+    (await api.post("/api/v1/tenants/globex/cvlans/lab/vrouters", {"vrouter": "vr-west"})).ok()
+    # Answered on the change, long before the 60 s hold would end.
+    out = await asyncio.wait_for(held, 45)
+    assert out["unchanged"] is False
+    assert sorted(c["name"] for c in out["state"]["cvlans"]) == ["lab", "office"]

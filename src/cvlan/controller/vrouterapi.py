@@ -17,7 +17,7 @@ which members go through which vrouter:
 
 "served" members use this vrouter as their hub (it is their WireGuard peer, allowed IPs: the
 member's /32); "vrouters" are the other hubs of the same CVLANs, each carrying the /32s of the
-members it serves. The version is a hash of the state: equal versions mean identical states.
+members it serves. The version is opaque: equal versions mean identical states.
 
 A bootstrap token stays valid until the vrouter is deleted (as for relays), so a vrouter that lost
 its state dir registers again; each registration replaces the certificate serial and WireGuard key
@@ -54,6 +54,7 @@ from cvlan.controller.ops.infra import VROUTER_KIND
 
 VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
 MAX_LONG_POLL_S = 60
+RECHECK_S = 1.0
 POLL_INTERVAL_S = 10
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -81,7 +82,8 @@ class VrouterApi:
 
     def _on_changed(self, _cvlans: set[int]) -> None:
         # Any committed CVLAN change (attach, detach, members, registration of a vrouter) wakes all
-        # vrouter long-polls; each recomputes its state and answers only if it differs.
+        # vrouter long-polls: an attach changes a CVLAN the vrouter did not serve a moment ago.
+        # Each re-checks its version (cheap: map tokens) at most once per RECHECK_S.
         ev, self._changed = self._changed, asyncio.Event()
         ev.set()
 
@@ -125,11 +127,11 @@ class VrouterApi:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(body.long_poll_s, MAX_LONG_POLL_S)
         while True:
-            # Take the wake-up events before building the state, so a change in between is not missed.
+            # Take the wake-up events before reading the maps, so a change in between is not missed.
             waits = [self._changed]
-            state, cids = await self.desired(vid)
+            me, maps, cids = await self.current(vid)
             waits += [self.mapper.waiter(cid) for cid in cids]
-            version = state_version(state)
+            version = state_version(me, maps)
             left = deadline - loop.time()
             if version != body.version or left <= 0:
                 break
@@ -139,15 +141,23 @@ class VrouterApi:
             finally:
                 for t in tasks:
                     t.cancel()
+            # Changes come in bursts (a registration storm): re-check at most once per RECHECK_S.
+            await asyncio.sleep(max(0.0, min(RECHECK_S, deadline - loop.time())))
         if version == body.version:
             return web.json_response(
                 {"unchanged": True, "version": version, "poll_interval_s": POLL_INTERVAL_S}
             )
+        state = build_state(me, maps)
         out = {"unchanged": False, "version": version, "state": state, "poll_interval_s": POLL_INTERVAL_S}
         return web.json_response(out)
 
     async def desired(self, vid: int) -> tuple[dict[str, Any], list[int]]:
         """The vrouter's desired state and the ids of the CVLANs it serves."""
+        me, maps, cids = await self.current(vid)
+        return build_state(me, maps), cids
+
+    async def current(self, vid: int) -> tuple[dict[str, Any], list[CvlanMap], list[int]]:
+        """The vrouter's own record, the current maps of the CVLANs it serves, and their ids."""
         async with self.ctx.tx() as s:
             row = (
                 await s.execute(
@@ -167,7 +177,7 @@ class VrouterApi:
                 maps.append(await self.mapper.get(cid))
             except DomainError:
                 continue  # deleted since: its attachment is gone with it
-        return build_state(me, maps), cids
+        return me, maps, cids
 
 
 def build_state(me: dict[str, Any], maps: list[CvlanMap]) -> dict[str, Any]:
@@ -222,8 +232,10 @@ def build_state(me: dict[str, Any], maps: list[CvlanMap]) -> dict[str, Any]:
     return {"vrouter": me, "cvlans": cvlans, "vrouters": vrouters}
 
 
-def state_version(state: dict[str, Any]) -> str:
-    raw = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+def state_version(me: dict[str, Any], maps: list[CvlanMap]) -> str:
+    """Opaque: equal versions mean the same state. Built from the maps' tokens (which change with
+    every change of a map), so an unchanged poll costs no state assembly."""
+    raw = json.dumps([me, [(m.cvlan_id, m.token) for m in maps]], sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
