@@ -118,3 +118,10 @@ def test_policy_is_shown_one_rule_per_line_and_reads_back_the_same() -> None:
         ]
     }
     assert json.loads(pretty(stored)) == {"rules": [{"src": ["*"], "dst": ["*"]}]}
+
+
+def test_non_ascii_cookie_and_tokens_are_refused_not_crashing() -> None:
+    from cvlan.controller.web.core import same
+
+    assert sessions.decode(KEY, "é.é", T0) is None
+    assert not same("é", "abc") and same("abc", "abc")

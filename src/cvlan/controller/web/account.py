@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import urllib.parse
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from cvlan.controller.web.core import (
     html_response,
     login_csrf,
     page,
+    same,
     see_other,
     set_cookie,
     set_session_cookie,
@@ -68,7 +68,7 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
     password = str(data.get("password", ""))
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = str(data.get(CSRF_FIELD, ""))
-    if not cookie or not hmac.compare_digest(cookie, sent):
+    if not cookie or not same(cookie, sent):
         return _signin_page(request, email, "This form has expired. Please try again.", 403)
     if not email or not password:
         return _signin_page(request, email, "Enter your email and password.", 422)

@@ -103,6 +103,11 @@ SECURITY_HEADERS = {
 }
 
 
+def same(a: str, b: str) -> bool:
+    """Constant-time comparison of two strings from the outside (any characters)."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 def html_response(body: str, status: int = 200) -> web.Response:
     """An HTML page that may not be framed, cached, or run scripts from anywhere but this site."""
     return web.Response(text=body, status=status, content_type="text/html", headers=SECURITY_HEADERS)
@@ -151,7 +156,7 @@ async def session_middleware(
             and SESSION_RKEY in request
         ):
             got = request.headers.get(CSRF_HEADER, "")
-            if not hmac.compare_digest(got, request[SESSION_RKEY].csrf(key)):
+            if not same(got, request[SESSION_RKEY].csrf(key)):
                 raise DomainError(Kind.FORBIDDEN, "missing or wrong CSRF token header")
     resp = await handler(request)
     live = request.get(SESSION_RKEY)
@@ -274,7 +279,7 @@ def page(
                 if request.method == "POST":
                     data = await request.post()
                     token = data.get(CSRF_FIELD)
-                    if not isinstance(token, str) or not hmac.compare_digest(token, p.sess.csrf(p.key)):
+                    if not isinstance(token, str) or not same(token, p.sess.csrf(p.key)):
                         raise DomainError(
                             Kind.FORBIDDEN, "this form has expired or did not come from this site; reload it"
                         )

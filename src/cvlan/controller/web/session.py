@@ -111,7 +111,7 @@ def decode(key: bytes, text: str, now: dt.datetime) -> Session | None:
     if not payload or not mac or len(text) > 512:
         return None
     want = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(want, mac):
+    if not hmac.compare_digest(want.encode(), mac.encode()):
         return None
     try:
         uid, nonce, iat, exp, fp = json.loads(_unb64(payload))
@@ -129,7 +129,7 @@ async def load_user(s: AsyncSession, key: bytes, sess: Session) -> User | None:
     if await s.get(KeyValue, REVOKED_PREFIX + sess.nonce) is not None:
         return None
     user = await s.get(User, sess.user_id)
-    if user is None or not hmac.compare_digest(password_fingerprint(key, user), sess.pw_fp):
+    if user is None or not hmac.compare_digest(password_fingerprint(key, user).encode(), sess.pw_fp.encode()):
         return None
     return user
 
