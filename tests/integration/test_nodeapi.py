@@ -393,3 +393,20 @@ async def test_report_stores_denied_flows_and_health(controller: RunningControll
     (n,) = (await controller.api().get("/api/v1/nodes")).ok()["items"]
     assert n["map_version"] == r1.map_version
     await a.client.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_stopping_answers_held_long_polls(db_url: str, tmp_path: Path) -> None:
+    rc = await RunningController(tmp_path / "d", db_url).start()
+    try:
+        a = await enrol(rc, await make_token(rc))
+        held = (await a.client.poll(0)).map_version
+        waiting = asyncio.create_task(a.client.poll(held, long_poll_s=60))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await asyncio.wait_for(rc.stop(), 20)  # well before the 60 s hold
+        got = await asyncio.wait_for(waiting, 5)
+        assert got.unchanged and got.map_version == held
+        await a.client.close()
+    finally:
+        await rc.stop()

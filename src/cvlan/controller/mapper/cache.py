@@ -148,6 +148,10 @@ class Mapper:
         if ev is not None:
             ev.set()
 
+    def wake_all(self) -> None:
+        for cid in list(self._wakers):
+            self._wake(cid)
+
     def waiter(self, cid: int) -> asyncio.Event:
         """An event set at the next change of the CVLAN (shared by all its long-polls)."""
         ev = self._wakers.get(cid)

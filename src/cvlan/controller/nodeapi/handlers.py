@@ -49,6 +49,7 @@ class NodeApi:
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.identity = IdentityResolver(ca, ctx.settings.trusted_proxies)
         self.ca_pem = ca.cert_pem.decode()
+        self.closing = False
         ctx.on_cvlan_changed.append(self.mapper.on_changed)
         # SQLite has one writer; queueing registrations here avoids its busy-wait sleeps (up to 100 ms
         # each) when many transactions contend for the write lock. PostgreSQL runs them concurrently.
@@ -156,7 +157,7 @@ class NodeApi:
         health = _health(req) if req.HasField("health") else None
         self.liveness.seen(ident.node_id, req.map_version, health)
         wait = min(req.long_poll_s, MAX_LONG_POLL_S)
-        if req.map_version == m.token and wait > 0:
+        if req.map_version == m.token and wait > 0 and not self.closing:
             waiter = self.mapper.waiter(m.cvlan_id)
             try:
                 await asyncio.wait_for(waiter.wait(), wait)
@@ -219,6 +220,11 @@ class NodeApi:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def on_shutdown(self, _: web.Application) -> None:
+        """Answer held long-polls now ("unchanged"), so that stopping does not wait for them to time out."""
+        self.closing = True
+        self.mapper.wake_all()
+
     async def _relay_loop(self) -> None:
         while True:
             await asyncio.sleep(RELAY_REFRESH_S)
@@ -274,4 +280,5 @@ def install(app: web.Application, ctx: OpsContext, ca: CertificateAuthority) -> 
     app.router.add_post("/v1/renew", api.renew)
     app.router.add_post("/v1/report", api.report)
     app.cleanup_ctx.append(api.background)
+    app.on_shutdown.append(api.on_shutdown)
     return api
