@@ -182,7 +182,13 @@ class Mapper:
         if raw == self._relay_bytes:
             return False
         self.relay_map, self._relay_bytes = rm, raw
-        self.on_changed(set(self._maps))
+        # Every map embeds the relay map: give each cached map a new token in memory (no reload of
+        # thousands of CVLANs from the database), and make in-flight loads load again.
+        for cid in list(self._loading):
+            self._change_seq[cid] = self._change_seq.get(cid, 0) + 1
+        for cid, m in list(self._maps.items()):
+            self._retoken(m)
+            self._wake(cid)
         return True
 
     # --- lookups ----------------------------------------------------------------------------
