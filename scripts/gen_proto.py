@@ -45,7 +45,9 @@ def generate(dest: Path) -> list[str]:
             f"--mypy_out={tmp}",
             *[str(p.relative_to(PROTO_ROOT)) for p in protos],
         ]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"gen_proto: protoc failed:\n{done.stderr.strip()}")
         dest.mkdir(parents=True, exist_ok=True)
         names = []
         for f in sorted((Path(tmp) / "cvlan" / "v1").iterdir()):
