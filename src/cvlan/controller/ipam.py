@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.db.models import Cvlan, IpAllocation
@@ -37,7 +37,14 @@ async def _lock_subnets(session: AsyncSession) -> None:
 
 
 async def _overlapping(session: AsyncSession, start: int, end: int) -> Cvlan | None:
-    return await session.scalar(select(Cvlan).where(Cvlan.net_start <= end, Cvlan.net_end >= start).limit(1))
+    """The CVLAN overlapping [start, end], if any, in one index probe.
+
+    CVLAN subnets never overlap each other, so the only candidate is the CVLAN with the greatest
+    net_start <= end: any other overlapping one would have to start inside it."""
+    c = await session.scalar(
+        select(Cvlan).where(Cvlan.net_start <= end).order_by(Cvlan.net_start.desc()).limit(1)
+    )
+    return c if c is not None and c.net_end >= start else None
 
 
 async def allocate_subnet(
@@ -57,9 +64,13 @@ async def allocate_subnet(
     pool_net = ipaddress.IPv4Network(pool)
     size = 1 << (32 - prefix)
     p_start, p_end = int(pool_net.network_address), int(pool_net.broadcast_address)
-    # Fast path: right after the highest subnet in the pool (the common, append-only case).
+    # Fast path: right after the highest subnet in the pool (the common, append-only case); one
+    # index probe, because the highest start also has the highest end among disjoint subnets.
     top = await session.scalar(
-        select(func.max(Cvlan.net_end)).where(Cvlan.net_start >= p_start, Cvlan.net_end <= p_end)
+        select(Cvlan.net_end)
+        .where(Cvlan.net_start >= p_start, Cvlan.net_start <= p_end)
+        .order_by(Cvlan.net_start.desc())
+        .limit(1)
     )
     cand = p_start if top is None else ((top + 1 + size - 1) // size) * size
     if cand + size - 1 <= p_end and await _overlapping(session, cand, cand + size - 1) is None:

@@ -25,9 +25,9 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
         _sqlite_pragmas(engine)
         return engine
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=600
-    )
+    # No pre-ping: it costs a round trip per transaction on the hot path. A connection that died
+    # (database restarted) fails its request once with 503 and is replaced by the pool.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=600)
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
