@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ import aiohttp  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.common import machine  # noqa: E402
-from cvlan.client.relay import ws_url  # noqa: E402
+from cvlan.client.relay import RelayClient, ws_url  # noqa: E402
 from cvlan.lab.netns import Lab, Netns  # noqa: E402
 from tests.harness.controller import RunningController  # noqa: E402
 from tests.harness.relay import Fleet, RunningRelay  # noqa: E402
@@ -119,9 +120,13 @@ def part1(args: argparse.Namespace) -> list[dict[str, Any]]:
             "-f",
             "-",
             input=(
-                "table ip benchblock { chain fwd { type filter hook forward priority filter; policy accept;\n"
-                f"  ip saddr {a_wan} ip daddr {b_wan} meta l4proto udp drop\n"
-                f"  ip saddr {b_wan} ip daddr {a_wan} meta l4proto udp drop\n}} }}\n"
+                "table ip benchblock {\n"
+                "  chain block {\n"
+                "    type filter hook forward priority filter; policy accept;\n"
+                f"    ip saddr {a_wan} ip daddr {b_wan} meta l4proto udp drop\n"
+                f"    ip saddr {b_wan} ip daddr {a_wan} meta l4proto udp drop\n"
+                "  }\n"
+                "}\n"
             ),
         )
         for n in (a, b):
@@ -164,20 +169,21 @@ async def part2(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     try:
         await relay.wait_listening(30)
-        fleet = await Fleet.create(rc, "bench", ["idle"])
+        fleet = await Fleet.create(rc, "bench", [f"idle{i}" for i in range(max(steps) // 250 + 1)])
         p = psutil.Process(proc.pid)
         await asyncio.sleep(1)
         rows.append({"clients": 0, "rss_mib": p.memory_info().rss / 2**20})
         print(f"  idle clients      0: relay RSS {rows[-1]['rss_mib']:7.1f} MiB", flush=True)
         for target in steps:
             while len(wss) < target:
-                creds = await fleet.node("idle", f"n{len(wss)}")
+                creds = await fleet.node(f"idle{len(wss) // 250}", f"n{len(wss)}")
                 s = aiohttp.ClientSession()
                 sessions.append(s)
                 wss.append(await s.ws_connect(ws_url(relay.url), ssl=creds.ssl(), heartbeat=None))
             await asyncio.sleep(2)
             rows.append({"clients": target, "rss_mib": p.memory_info().rss / 2**20})
             print(f"  idle clients {target:6d}: relay RSS {rows[-1]['rss_mib']:7.1f} MiB", flush=True)
+        blast = await relay_capacity(relay, fleet, p, args.seconds)
     finally:
         for w in wss:
             await w.close()
@@ -189,7 +195,43 @@ async def part2(args: argparse.Namespace) -> dict[str, Any]:
     base = rows[0]["rss_mib"]
     last = rows[-1]
     per_client_kib = (last["rss_mib"] - base) * 1024 / last["clients"] if last["clients"] else float("nan")
-    return {"rows": rows, "per_client_kib": per_client_kib, "clients_per_gib": 2**20 / per_client_kib}
+    return {
+        "rows": rows,
+        "per_client_kib": per_client_kib,
+        "clients_per_gib": 2**20 / per_client_kib,
+        "blast": blast,
+    }
+
+
+async def relay_capacity(
+    relay: RunningRelay, fleet: Fleet, p: psutil.Process, seconds: int
+) -> dict[str, float]:
+    """Two clients in this process push 1400-byte packets through the relay process for `seconds`:
+    relayed throughput and the relay's CPU, without WireGuard or cvland in the path."""
+    a, b = await fleet.node("idle0", "blast-a"), await fleet.node("idle0", "blast-b")
+    got = [0]
+    ca = RelayClient(relay.url, a.ssl(), lambda s, q: None, queue_len=4096).start()
+    cb = RelayClient(relay.url, b.ssl(), lambda s, q: got.__setitem__(0, got[0] + 1)).start()
+    try:
+        await asyncio.wait_for(asyncio.gather(ca.connected.wait(), cb.connected.wait()), 20)
+        pkt = bytes(1400)
+        c0, t0 = sum(p.cpu_times()[:2]), time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            for _ in range(64):
+                ca.send(b.wg_key, pkt)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.5)
+        dt = time.monotonic() - t0
+        cpu = (sum(p.cpu_times()[:2]) - c0) / dt
+        mbit = got[0] * 1400 * 8 / dt / 1e6
+        print(
+            f"  relay capacity: {mbit:.0f} Mbit/s relayed, relay CPU {100 * cpu:.0f} % of one core",
+            flush=True,
+        )
+        return {"mbit": mbit, "relay_cpu": cpu, "pps": got[0] / dt, "sent": ca.stats.sent}
+    finally:
+        await ca.close()
+        await cb.close()
 
 
 def report(out: Path, p1: list[dict[str, Any]], p2: dict[str, Any], args: argparse.Namespace) -> None:
@@ -200,7 +242,8 @@ def report(out: Path, p1: list[dict[str, Any]], p2: dict[str, Any], args: argpar
     lines = [
         f"# Relay benchmark ({dt.date.today().isoformat()})",
         "",
-        f"Machine: {machine()}. Shared with other work while it ran: treat figures as one noisy sample.",
+        f"Machine: {machine()}. Shared with other work while it ran (load average at the end: "
+        f"{os.getloadavg()[0]:.1f}); treat figures as one noisy sample.",
         "",
         "Command: `.venv/bin/python bench/relay/bench_relay.py "
         f"--runs {args.runs} --seconds {args.seconds} --pings {args.pings} --clients {args.clients}`",
@@ -230,6 +273,15 @@ def report(out: Path, p1: list[dict[str, Any]], p2: dict[str, Any], args: argpar
         f"(median relay CPU {md(r['relay_cpu_pct']):.0f} % of one core at {md(r['mbit']):.0f} Mbit/s).",
         "",
         "Direct traffic does not touch the relay (its CPU stays near zero during the direct runs).",
+        "",
+        "## Relay capacity without WireGuard (loopback)",
+        "",
+        "Two clients push 1400-byte packets through a cvlan-relay process on loopback (TLS WebSockets),",
+        "measuring what the relay forwards and the CPU it spends:",
+        "",
+        f"* relayed: **{p2['blast']['mbit']:.0f} Mbit/s** ({p2['blast']['pps']:.0f} packets/s), relay CPU "
+        f"**{100 * p2['blast']['relay_cpu']:.0f} %** of one core -> "
+        f"**{p2['blast']['relay_cpu'] / (p2['blast']['mbit'] / 1000):.1f} cores per Gbit/s** relayed.",
         "",
         "## Idle relay clients per GB",
         "",
@@ -267,8 +319,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(f"bench/results/relay-{dt.date.today().isoformat()}"))
     ap.add_argument("--skip-netns", action="store_true", help="only part 2 (idle clients)")
     args = ap.parse_args()
-    p1 = [] if args.skip_netns else part1(args)
     p2 = asyncio.run(part2(args))
+    p1 = [] if args.skip_netns else part1(args)
     if p1:
         report(args.out, p1, p2, args)
     else:

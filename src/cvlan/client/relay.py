@@ -28,6 +28,9 @@ from cvlan.wire import relayproto as rp
 
 log = logging.getLogger(__name__)
 
+SOCKET_BUFFER = 4 << 20
+"""Receive/send buffer of each proxy socket (the kernel caps it at net.core.rmem_max/wmem_max)."""
+
 PacketHandler = Callable[[bytes, bytes], None]
 """(source key, packet) for each packet a relay delivers."""
 
@@ -222,6 +225,9 @@ class RelayProxy:
             sock = self._socks.get(key)
             if sock is None:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                # WireGuard sends in bursts; a small receive buffer would drop them before we read.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
                 sock.bind((self.host, 0))
                 sock.setblocking(False)
                 self._socks[key] = sock
