@@ -400,7 +400,7 @@ async def test_dashboard_counts_nodes_online_and_offline(ui: UiEnv) -> None:
     assert await page.inner_text("#count-online") == str(online)
     assert await page.inner_text("#count-offline") == str(total - online)
     assert await page.inner_text("#count-cvlans") == str(cvlan_total)
-    assert "enrolled node web-4" in await page.inner_text(".feed")
+    assert "web-4 enrolled with token" in await page.inner_text(".feed")
     await ui.shot(page, "dashboard")
     await page.goto(ui.url + "/ui/t/acme/nodes")
     assert await page.locator("#members .dot.on").count() == online

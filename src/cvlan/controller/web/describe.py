@@ -12,7 +12,7 @@ VERBS = {
     "cvlan.delete": "deleted CVLAN",
     "token.create": "created an enrollment token for",
     "token.revoke": "revoked enrollment token",
-    "node.register": "enrolled node",
+    "node.register": "enrolled with token",
     "node.rename": "renamed node",
     "node.move": "moved node",
     "node.delete": "deleted node",
@@ -55,6 +55,8 @@ def describe(action: str, before: dict[str, Any] | None, after: dict[str, Any] |
     if action in ("user.signin", "user.locked"):
         return verb, ""
     b, a = before or {}, after or {}
+    if action == "node.register":  # the actor is the node itself
+        return verb, str(a.get("token", ""))
     if action in ("token.create", "vrouter.attach", "vrouter.detach"):
         return verb, str(a.get("cvlan", b.get("cvlan", "")))
     for key in ("name", "email", "prefix"):
