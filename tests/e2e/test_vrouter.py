@@ -10,7 +10,7 @@ import pytest
 
 from cvlan.dataplane.wgconfig import parse_key, public_of
 from tests.harness.netns import Lab, Netns
-from tests.harness.stack import Node, start_controller, start_node
+from tests.harness.stack import Node, start_controller, start_node, wait_until
 from tests.harness.vrouterstack import RunningVrouter, attach, cvlan_with_token, start_vrouter
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +80,26 @@ def test_hub_mode_traffic_crosses_the_vrouter(lab: Lab) -> None:
     ping_load(b.ns, a.address())
     rx_b, _ = delta(before, hub.counters(), key_of(b))
     assert rx_b >= VOLUME
+
+    # A CVLAN policy is enforced in the vrouter too: only tcp/22 may reach b; ping may reach a.
+    assert ctl.api is not None
+    policy = {
+        "rules": [
+            {"src": ["*"], "dst": ["node:b"], "proto": "tcp", "ports": ["22"]},
+            {"src": ["*"], "dst": ["node:a"], "proto": "icmp"},
+        ]
+    }
+    ctl.api.request("PUT", "/api/v1/tenants/acme/cvlans/office/policy", policy)
+    wait_until("the vrouter loaded b's policy", lambda: "node_" in hub.ns.exec("nft", "list", "ruleset"), 30)
+    denied0, c0 = hub.denied(), hub.counters()
+    r = a.ns.run(
+        "ping", "-n", "-q", "-c", str(COUNT), "-i", "0.2", "-W", "1", "-s", str(PAYLOAD), b.address()
+    )
+    c1 = hub.counters()
+    assert r.returncode != 0, "ping to b must be denied by the policy"
+    assert hub.denied() - denied0 >= COUNT, "the vrouter itself drops and counts them"
+    assert delta(c0, c1, key_of(a))[0] >= VOLUME and delta(c0, c1, key_of(b))[1] < PAYLOAD
+    assert b.ns.wait_ping(a.address(), timeout=20), "the policy lets b ping a"
 
 
 def test_two_regions_direct_inside_a_region_and_through_both_vrouters_across(lab: Lab) -> None:

@@ -129,3 +129,43 @@ def test_rendered_ruleset_passes_nft_check(n: int) -> None:
         timeout=30,
     )
     assert r.returncode == 0, r.stderr
+
+
+POLICY_RULES: list[dict[str, Any]] = [
+    {"action": "accept", "src": ["100.64.0.9/32"], "proto": "tcp", "ports": ["22"]},
+    {"action": "drop", "src": ["100.64.0.0/24"], "proto": "", "ports": []},
+]
+
+
+def test_member_policy_is_enforced_in_the_forward_chain() -> None:
+    s = state()
+    s["cvlans"][0]["members"][0]["filter_rules"] = POLICY_RULES
+    text = build(s, PRIV, "hub0", 51900, resolve=lambda _: "198.51.100.7:51900").ruleset
+    assert "ip daddr vmap { 100.64.0.1 : jump node_1 }" in text
+    start = text.index("  chain node_1 {\n")
+    chain = text[start : text.index("\n  }\n", start)].splitlines()[1:]
+    assert (
+        chain[0]
+        == '    ip saddr 100.64.0.9/32 meta l4proto tcp tcp dport { 22 } counter name "forwarded" accept'
+    )
+    assert chain[1].startswith("    ip saddr 100.64.0.0/24 ") and chain[1].endswith(
+        'counter name "denied" drop'
+    )
+    assert chain[2:] == ['    counter name "denied" drop']
+    assert "jump node_3" not in text, "members without a policy only get the CVLAN check"
+    assert text.index("ct state established,related") < text.index("ip saddr vmap @cvlan_of_src")
+
+
+@pytest.mark.skipif(
+    shutil.which("nft") is None or os.geteuid() != 0,
+    reason="this machine lacks nft or root (nft -c needs it)",
+)
+def test_ruleset_with_policies_passes_nft_check() -> None:
+    s = state()
+    s["cvlans"][0]["members"][0]["filter_rules"] = POLICY_RULES
+    s["cvlans"][1]["members"][0]["filter_rules"] = [
+        {"action": "accept", "src": [], "proto": "icmp", "ports": []}
+    ]
+    text = build(s, PRIV, "hub0", 51900, resolve=lambda _: "198.51.100.7:51900").ruleset
+    r = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr + text

@@ -12,12 +12,14 @@ which members go through which vrouter:
   {"vrouter": {"id", "name", "region", "endpoint"},
    "cvlans": [{"id", "tenant_id", "name", "subnet", "mode",
                "members": [{"node_id", "name", "key", "address", "endpoints", "region",
-                            "hub", "served"}]}],
+                            "hub", "served", "filter_rules"}]}],
    "vrouters": [{"id", "name", "region", "key", "endpoint", "allowed_ips"}]}
 
 "served" members use this vrouter as their hub (it is their WireGuard peer, allowed IPs: the
 member's /32); "vrouters" are the other hubs of the same CVLANs, each carrying the /32s of the
-members it serves. The version is opaque: equal versions mean identical states.
+members it serves. "filter_rules" are the member's compiled inbound policy (empty: allow the
+CVLAN), enforced again in the vrouter's forward chain. The version is opaque: equal versions
+mean identical states.
 
 A bootstrap token stays valid until the vrouter is deleted (as for relays), so a vrouter that lost
 its state dir registers again; each registration replaces the certificate serial and WireGuard key
@@ -200,6 +202,10 @@ def build_state(me: dict[str, Any], maps: list[CvlanMap]) -> dict[str, Any]:
                     "region": mem.region,
                     "hub": hub.name if hub else "",
                     "served": hub is not None and hub.vrouter_id == me["id"],
+                    "filter_rules": [
+                        {"action": r.action, "src": list(r.src), "proto": r.proto, "ports": list(r.ports)}
+                        for r in mem.filter_rules
+                    ],
                 }
             )
             if hub is not None and hub.vrouter_id != me["id"]:

@@ -17,7 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cvlan.dataplane.firewall import FirewallError, table_name
+from cvlan.dataplane.firewall import (
+    FirewallError,
+    _render_rule,  # the node's own rule syntax, so both sides agree
+    table_name,
+)
 from cvlan.dataplane.wgconfig import KeyHex, WgConfig, WgPeer, parse_endpoint, parse_key
 
 HUB_ADDRESS = "169.254.77.1/32"
@@ -36,6 +40,8 @@ class HubConfig:
 
 
 Resolver = Callable[[str], str]
+MemberPolicy = tuple[int, str, list[dict[str, Any]]]
+"""(node id, address, compiled inbound rules) of a member with a policy."""
 
 
 def resolve_endpoint(text: str) -> str:
@@ -68,6 +74,7 @@ def build(
     """The hub configuration for a desired state; ValueError (or FirewallError) on bad input."""
     peers: dict[str, WgPeer] = {}
     subnets: list[tuple[int, ipaddress.IPv4Network]] = []
+    policies: dict[int, list[MemberPolicy]] = {}
     served = 0
     for c in state["cvlans"]:
         net = ipaddress.ip_network(c["subnet"])
@@ -75,6 +82,9 @@ def build(
             raise ValueError(f"CVLAN {c['name']}: only IPv4 subnets are supported")
         subnets.append((int(c["id"]), net))
         for mem in c["members"]:
+            if mem.get("filter_rules"):
+                addr = str(ipaddress.ip_interface(mem["address"]).ip)
+                policies.setdefault(int(c["id"]), []).append((int(mem["node_id"]), addr, mem["filter_rules"]))
             if not mem["served"]:
                 continue
             key = parse_key(mem["key"], f"member {mem['name']}")
@@ -91,18 +101,22 @@ def build(
         peers[key] = WgPeer(key, allowed, ep, VROUTER_KEEPALIVE)
     wg = WgConfig(private_key, listen_port, tuple(peers[k] for k in sorted(peers)))
     routes = tuple(sorted(str(n) for _, n in subnets))
-    return HubConfig(wg, routes, render_ruleset(ifname, subnets), len(subnets), served)
+    return HubConfig(wg, routes, render_ruleset(ifname, subnets, policies), len(subnets), served)
 
 
-def render_ruleset(ifname: str, subnets: list[tuple[int, ipaddress.IPv4Network]]) -> str:
-    """The vrouter's nftables table: forward only within one CVLAN (atomic replace, as `nft -f`)."""
+def render_ruleset(
+    ifname: str,
+    subnets: list[tuple[int, ipaddress.IPv4Network]],
+    policies: dict[int, list[MemberPolicy]] | None = None,
+) -> str:
+    """The vrouter's nftables table: forward only within one CVLAN (atomic replace, as `nft -f`).
+
+    policies: per CVLAN id, the members with a compiled inbound policy; a packet to such a member
+    must also pass its rules (the same rules, in the same order, as on the member itself)."""
     if not ifname or len(ifname) > 15 or not all(ch.isalnum() or ch in "_.-" for ch in ifname):
         raise FirewallError(f"interface name {ifname!r}: expected 1-15 of A-Z a-z 0-9 _ . -")
     table, q = table_name(ifname), json.dumps(ifname)
-    chains = "".join(
-        f'  chain cvlan_{cid} {{\n    ip daddr {net} counter name "forwarded" accept\n  }}\n'
-        for cid, net in subnets
-    )
+    chains = "".join(_cvlan_chain(cid, net, (policies or {}).get(cid, [])) for cid, net in subnets)
     elements = ", ".join(f"{net} : jump cvlan_{cid}" for cid, net in subnets)
     vmap = (
         "  map cvlan_of_src {\n    type ipv4_addr : verdict\n    flags interval\n"
@@ -120,6 +134,8 @@ def render_ruleset(ifname: str, subnets: list[tuple[int, ipaddress.IPv4Network]]
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
         f"    iifname != {q} oifname != {q} accept\n"
+        # Replies of a flow whose first packet passed (so, within one CVLAN and its policy).
+        f'    iifname {q} oifname {q} ct state established,related counter name "forwarded" accept\n'
         f"    iifname {q} oifname {q} ip saddr vmap @cvlan_of_src\n"
         '    counter name "denied" drop\n'
         "  }\n"
@@ -132,3 +148,21 @@ def render_ruleset(ifname: str, subnets: list[tuple[int, ipaddress.IPv4Network]]
         "  }\n"
         "}\n"
     )
+
+
+def _cvlan_chain(cid: int, net: ipaddress.IPv4Network, policies: list[MemberPolicy]) -> str:
+    """Destination check of one CVLAN; members with a policy first go through their own rules."""
+    out = ""
+    for node_id, _, rules in policies:
+        body = "".join(f"    {_counted(_render_rule(i, r, net))}\n" for i, r in enumerate(rules))
+        out += f'  chain node_{node_id} {{\n{body}    counter name "denied" drop\n  }}\n'
+    lines = ""
+    if policies:
+        elems = ", ".join(f"{addr} : jump node_{node_id}" for node_id, addr, _ in policies)
+        lines += f"    ip daddr vmap {{ {elems} }}\n"
+    lines += f'    ip daddr {net} counter name "forwarded" accept\n'
+    return out + f"  chain cvlan_{cid} {{\n{lines}  }}\n"
+
+
+def _counted(rule: str) -> str:
+    return rule[: -len(" accept")] + ' counter name "forwarded" accept' if rule.endswith(" accept") else rule
