@@ -106,11 +106,10 @@ class Vrouter:
         if out.get("unchanged"):
             return False
         self.state = out["state"]
-        await asyncio.to_thread(self.apply, out["state"])
-        self.version = out["version"]
+        await asyncio.to_thread(self.apply, out["state"], out["version"])
         return True
 
-    def apply(self, state: dict[str, Any]) -> None:
+    def apply(self, state: dict[str, Any], version: str = "") -> None:
         """Reconcile the host with state (raises on a failed step; the version is then not taken)."""
         cfg = reconcile.build(state, self.ident.wg_private_key, self.ifname, self.listen_port)
         self.firewall.apply(cfg.ruleset)
@@ -125,6 +124,7 @@ class Vrouter:
         if self.ip_forward.read_text().strip() != "1":
             self.ip_forward.write_text("1\n")
         self.applied = cfg
+        self.version = version
         log.info(
             "hub state applied",
             extra={"seq": self.version[:8], "reason": f"{cfg.cvlans} CVLANs, {len(cfg.wg.peers)} peers"},
