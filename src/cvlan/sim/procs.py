@@ -20,6 +20,8 @@ class Component:
     shared_memory: bool = False
     recursive: bool = True
     procs: dict[int, psutil.Process] = field(default_factory=dict)
+    waits: dict[int, int] = field(default_factory=dict)
+    """Last run-queue wait (ns) per pid, from /proc/PID/schedstat."""
 
 
 class Sampler:
@@ -51,11 +53,35 @@ class Sampler:
                     pass
         c.procs = alive
 
+    @staticmethod
+    def _schedstat_wait_ns(pid: int) -> int | None:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                return int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _runq_wait_ms(self, c: Component) -> float:
+        """Time the component's main threads spent runnable but waiting for a CPU since the last
+        sample: the direct measure of how much other work on the machine delayed it."""
+        total = 0
+        waits: dict[int, int] = {}
+        for pid in c.procs:
+            w = self._schedstat_wait_ns(pid)
+            if w is None:
+                continue
+            waits[pid] = w
+            if pid in c.waits:
+                total += max(0, w - c.waits[pid])
+        c.waits = waits
+        return round(total / 1e6, 1)
+
     def sample(self) -> dict[str, dict[str, float]]:
         """{component: {"cpu": % of one core, "rss_mb": MB, "procs": n}} plus "machine"."""
         out: dict[str, dict[str, float]] = {}
         for c in self.components:
             self._refresh(c)
+            wait_ms = self._runq_wait_ms(c)
             cpu = 0.0
             private = 0
             shared_max = 0
@@ -74,6 +100,7 @@ class Sampler:
                 "cpu": round(cpu, 1),
                 "rss_mb": round((private + shared_max) / 2**20, 1),
                 "procs": len(c.procs),
+                "runq_wait_ms": wait_ms,
             }
         vm = psutil.virtual_memory()
         out["machine"] = {

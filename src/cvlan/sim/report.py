@@ -166,15 +166,17 @@ def _usage_table(st: dict[str, Any], what: str) -> list[str]:
         f"## CPU and memory in {what}",
         "",
         "CPU in % of one core (the machine has 200 %); PostgreSQL memory counts shared buffers once. "
-        "'machine' is the whole box, including other users of this shared machine.",
+        "'machine' is the whole box, including other users of this shared machine. "
+        "'Waiting for a CPU' is the run-queue delay from /proc/PID/schedstat: how long per second the "
+        "component's processes were ready to run while the cores ran something else.",
         "",
-        "| component | CPU avg % | CPU max % | RSS max MB | RSS at end MB |",
-        "|---|---:|---:|---:|---:|",
+        "| component | CPU avg % | CPU max % | RSS max MB | RSS at end MB | waiting for a CPU, ms/s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, u in usage.items():
         out.append(
             f"| {name} | {u['cpu_avg']:.1f} | {u['cpu_max']:.1f} | {_fmt(u['rss_mb_max'])} | "
-            f"{_fmt(u['rss_mb_end'])} |"
+            f"{_fmt(u['rss_mb_end'])} | {u['runq_wait'] if u.get('runq_wait') is not None else '-'} |"
         )
     return out + [""]
 
@@ -205,6 +207,15 @@ def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
     nodes = data["config"]["nodes"]
     if not usage or not nodes:
         return []
+    p99 = st.get("latency_ms", {}).get("poll", {}).get("p99", math.inf)
+    if p99 >= CRITERIA["poll_p99_ms"] or sum(st.get("errors", {}).values()):
+        return [
+            "## Projected infrastructure cost",
+            "",
+            "Not projected from this run: its steady state was not healthy (poll p99 over 50 ms or "
+            "errors), so its CPU figures do not say what the load costs.",
+            "",
+        ]
     ctl_cpu = usage.get("controller", {}).get("cpu_avg", 0) + usage.get("haproxy", {}).get("cpu_avg", 0)
     ctl_mem = usage.get("controller", {}).get("rss_mb_max", 0) + usage.get("haproxy", {}).get("rss_mb_max", 0)
     db_cpu = usage.get("postgresql", {}).get("cpu_avg", 0)

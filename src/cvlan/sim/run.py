@@ -549,6 +549,11 @@ async def _loop(
             )
 
 
+def _avg(xs: list[Any]) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return round(sum(vals) / len(vals), 1) if vals else None
+
+
 def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
     """Timeline rows and one summary per phase (histograms merged over the phase)."""
     timeline: list[dict[str, Any]] = []
@@ -586,6 +591,7 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
                 "cpu_max": max(cpus, default=0.0),
                 "rss_mb_max": max(mems, default=0.0),
                 "rss_mb_end": mems[-1] if mems else 0.0,
+                "runq_wait": _avg([s.procs[c].get("runq_wait_ms") for s in secs if c in s.procs]),
             }
         phases[name] = {
             "seconds": dur,
