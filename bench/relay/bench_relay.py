@@ -303,6 +303,13 @@ def report(out: Path, p1: list[dict[str, Any]], p2: dict[str, Any], args: argpar
         "  message over TLS, so relay throughput is bounded by one core. More relays per region, or",
         "  several processes behind one address, scale it out.",
         "* wireguard-go itself is the other bound on this 2-vCPU box (see bench/results/overlay-*).",
+        "* The relayed path adds three Python hops (cvland proxy on a, the relay, cvland proxy on b).",
+        "  On a loaded machine each hop waits for a CPU, so relayed throughput follows the load more",
+        "  than direct does: an earlier run the same day at load average 15 gave 4 Mbit/s relayed with",
+        "  the relay at 5 % CPU and no drops anywhere (UDP iperf through the relay lost 9 % at 20 Mbit/s",
+        "  and 67 % at 50 Mbit/s, in the senders' cvland queues, not in the relay).",
+        "* CPU per Gbit/s is extrapolated from tens of Mbit/s: at 2.5-4 cores per Gbit/s one relay",
+        "  process saturates at roughly 250-400 Mbit/s of relayed traffic.",
     ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
