@@ -307,7 +307,7 @@ def report(out: Path, p1: list[dict[str, Any]], p2: dict[str, Any], args: argpar
         "  On a loaded machine each hop waits for a CPU, so relayed throughput follows the load more",
         "  than direct does: an earlier run the same day at load average 15 gave 4 Mbit/s relayed with",
         "  the relay at 5 % CPU and no drops anywhere (UDP iperf through the relay lost 9 % at 20 Mbit/s",
-        "  and 67 % at 50 Mbit/s, in the senders' cvland queues, not in the relay).",
+        "  and 67 % at 50 Mbit/s, with the relay's drop counters at zero: the loss is on the nodes).",
         "* CPU per Gbit/s is extrapolated from tens of Mbit/s: at 2.5-4 cores per Gbit/s one relay",
         "  process saturates at roughly 250-400 Mbit/s of relayed traffic.",
     ]
