@@ -87,8 +87,11 @@ class UserspaceEngine:
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
+            # Own process group (a Ctrl-C meant for cvland does not hit the engine before cvland
+            # tears down) but the same session: a new session would get its own scheduler
+            # autogroup, which caps the engine's CPU share against everything else on the host.
             self._proc = subprocess.Popen(
-                self._argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                self._argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
             )
         finally:
             if not isinstance(out, int):
