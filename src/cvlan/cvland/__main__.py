@@ -74,7 +74,8 @@ async def run(settings: CvlandSettings) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(engine_name, settings.interface, settings.state_dir / "engine.log")
     backends = Backends(engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface))
-    relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)  # relay fallback + STUN (see docs/RELAY.md)
+    # Relay fallback, relay proxy and STUN of the WireGuard port (docs/RELAY.md).
+    relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)
     daemon = Daemon(
         settings.interface,
         settings.state_dir,
