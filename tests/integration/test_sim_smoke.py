@@ -1,0 +1,121 @@
+"""A small load run end to end: `cvlan-sim run` on a real PostgreSQL and controller, then `report`.
+
+About 1,000 simulated nodes register with tokens, hold mutual-TLS keep-alive connections, poll,
+report and renew. Asserts correctness only (every node registered, every poll answered, no
+errors), never timing: performance is measured by the benchmark runs, not by tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.pg
+
+SIM = [sys.executable, "-m", "cvlan.sim"]
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A private scratch dir outside pytest's shared, rotated basetemp (runs can outlive rotation)."""
+    d = Path(tempfile.mkdtemp(prefix="cvlan-simtest-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run cvlan-sim; on timeout stop it with SIGTERM first, so it stops what it started."""
+    proc = subprocess.Popen([*SIM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"cvlan-sim {args[0]} did not finish in {timeout:.0f} s: {err[-1000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("front", ["none", "haproxy"])
+def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front: str) -> None:
+    if front == "haproxy" and not any(Path(d, "haproxy").exists() for d in ("/usr/sbin", "/usr/bin")):
+        pytest.skip("haproxy is not installed (Debian package haproxy; `make deps` installs it)")
+    nodes = 1000 if front == "none" else 200
+    results = work / "results"
+    r = _run(
+        [
+            "run",
+            "--tenants", "10",
+            "--cvlans-per-tenant", "10",
+            "--nodes-per-cvlan", str(nodes // 100),
+            "--reg-rate", "100",
+            "--poll-interval", "5",
+            "--steady", "15",
+            "--renew-after", "10",
+            "--report-every", "2",
+            "--front", front,
+            "--work-dir", str(work / "work"),
+            "--results", str(results),
+            "--quiet",
+        ],
+        timeout=380,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    data: dict[str, Any] = json.loads((results / "results.json").read_text())
+    reg = data["registration"]
+    assert reg["registered"] == nodes
+    phases = data["phase_summary"]
+    assert set(phases) >= {"register", "steady"}
+    errors = {k: v for ph in phases.values() for k, v in ph["errors"].items()}
+    samples = {k: v for ph in phases.values() for k, v in ph.get("error_samples", {}).items()}
+    assert not errors, f"errors: {errors}; first messages: {samples}"
+    ok: dict[str, int] = {}
+    for ph in phases.values():
+        for k, v in ph["ok"].items():
+            ok[k] = ok.get(k, 0) + v
+    # Every node connected once, and every poll sent was answered (full map or unchanged).
+    assert ok["connect"] == nodes
+    assert ok["poll"] == ok["poll_sent"]
+    assert ok["poll"] == ok["poll_full"] + ok.get("poll_unchanged", 0)
+    # Each node polled at least twice (first full map, then on its interval), and after the
+    # registrations stopped the maps settled: the steady state saw unchanged answers.
+    assert ok["poll"] >= 2 * nodes
+    assert phases["steady"]["ok"].get("poll_unchanged", 0) > 0
+    assert ok.get("renew", 0) >= 1 and ok.get("report", 0) >= 1
+    # Every component was sampled.
+    comps = set(data["timeline"][-3]["procs"])
+    assert {"controller", "postgresql", "simulator"} <= comps
+    if front == "haproxy":
+        assert "haproxy" in comps
+
+    rep = _run(["report", str(results)], timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    text = (results / "report.md").read_text()
+    assert f"{nodes:,} nodes" in text and "poll latency" in text and "Projected infrastructure cost" in text
+    for png in ("rates.png", "latency.png", "cpu.png", "memory.png"):
+        assert (results / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_run_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
+    r = _run(["run", "--tenants", "0", "--work-dir", str(tmp_path)], timeout=60)
+    assert r.returncode == 2
+    assert "at least 1" in r.stderr
+    r = _run(["run", "--server", "https://127.0.0.1:1", "--work-dir", str(tmp_path)], timeout=60)
+    assert r.returncode == 2 and "--admin-conf" in r.stderr
+    r = _run(["report", str(tmp_path / "missing")], timeout=60)
+    assert r.returncode == 2 and "no results.json" in r.stderr
+    assert not any(tmp_path.iterdir())
