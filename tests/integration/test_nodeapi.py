@@ -410,3 +410,18 @@ async def test_stopping_answers_held_long_polls(db_url: str, tmp_path: Path) -> 
         await a.client.close()
     finally:
         await rc.stop()
+
+
+async def test_moved_node_gets_its_new_cvlan_and_old_peers_lose_it(controller: RunningController) -> None:
+    a = await enrol(controller, await make_token(controller, uses=2))
+    b = await enrol(controller, await make_token(controller))
+    await make_token(controller, cvlan="lab")
+    held_b = (await b.client.poll(0)).map_version
+    waiting = asyncio.create_task(b.client.poll(held_b, long_poll_s=30))
+    moved = (await controller.api().patch(f"/api/v1/tenants/acme/nodes/{a.node_id}", {"cvlan": "lab"})).ok()
+    got_b = await asyncio.wait_for(waiting, 10)
+    assert [p.node_id for p in got_b.map.peers] == []
+    r = await a.client.poll(0)  # its certificate still names the old CVLAN
+    assert r.map.self.cvlan_name == "lab" and r.map.self.address == f"{moved['address']}/32"
+    await a.client.close()
+    await b.client.close()

@@ -193,13 +193,23 @@ class Mapper:
 
     # --- lookups ----------------------------------------------------------------------------
 
-    async def map_for_node(self, node_id: int, tenant_id: int, wg_key: bytes) -> tuple[CvlanMap, Member]:
-        """The map of the node's CVLAN and the node's entry. UNAUTHENTICATED if it was deleted or disabled."""
-        cid = self._node_cvlan.get(node_id)
+    async def map_for_node(
+        self, node_id: int, tenant_id: int, wg_key: bytes, cvlan_hint: int | None = None
+    ) -> tuple[CvlanMap, Member]:
+        """The map of the node's CVLAN and the node's entry. UNAUTHENTICATED if it was deleted or disabled.
+
+        cvlan_hint (the CVLAN in the node's certificate) spares a database lookup per node after a
+        restart: loading that CVLAN's map indexes all its members at once."""
+        cid = self._node_cvlan.get(node_id, cvlan_hint)
         if cid is not None:
-            m = await self.get(cid)
-            me = m.members.get(node_id)
-            if me is not None and me.wg_key == wg_key and me.tenant_id == tenant_id:
+            try:
+                m = await self.get(cid)
+            except DomainError as e:
+                if e.kind == Kind.UNAVAILABLE:
+                    raise
+                m = None  # that CVLAN is gone (the node may have moved): look the node up
+            me = m.members.get(node_id) if m is not None else None
+            if m is not None and me is not None and me.wg_key == wg_key and me.tenant_id == tenant_id:
                 return m, me
         cid = await self._lookup_node(node_id, tenant_id, wg_key)
         m = await self.get(cid)

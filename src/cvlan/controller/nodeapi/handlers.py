@@ -145,7 +145,7 @@ class NodeApi:
     async def poll(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.PollRequest)
-        m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
+        m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
         region = req.home_relay_region or None
         if len(req.home_relay_region) > 63:
             raise DomainError(Kind.INVALID, "home_relay_region is too long", {"field": "home_relay_region"})
@@ -164,7 +164,9 @@ class NodeApi:
             except TimeoutError:
                 pass
             else:
-                m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
+                m, me = await self.mapper.map_for_node(
+                    ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id
+                )
         head = pb.PollResponse(
             map_version=m.token,
             poll_interval_s=self.ctx.settings.poll_interval_s,
@@ -193,7 +195,7 @@ class NodeApi:
     async def report(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.ReportRequest)
-        m, _ = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key)
+        m, _ = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
         if len(req.denied_flows) > wire.MAX_DENIED_FLOWS:
             raise DomainError(Kind.INVALID, f"at most {wire.MAX_DENIED_FLOWS} denied flows per report")
         flows = [_flow(f) for f in req.denied_flows]
