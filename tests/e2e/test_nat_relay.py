@@ -46,13 +46,25 @@ def test_port_preserving_nats_go_direct_without_relay_bytes(lab: Lab) -> None:
 
 
 def test_endpoint_dependent_nat_pings_through_relay_within_10s(lab: Lab) -> None:
-    ctl, relay, a, b, _, _ = _mesh(lab, "masquerade", "masquerade random")
+    ctl, relay, a, b, a_nat, _ = _mesh(lab, "masquerade", "masquerade random")
     t0 = time.monotonic()
     wait_until("a pings b through the relay", lambda: a.ns.ping(b.address(), wait=0.5), 10, 0.1)
     took = time.monotonic() - t0
     assert peer_paths(a) == {"b": "relay"} or peer_paths(b) == {"a": "relay"}
     assert relay.forwarded_bytes() > 0
     print(f"relay path up {took:.1f} s after both nodes applied their maps")
+
+    # The controller learns the STUN-mapped endpoint, the home relay and the path counts.
+    def controller_view() -> bool:
+        n = {x["name"]: x for x in ctl.nodes("acme")}["a"]
+        return bool(
+            n["home_relay_region"] == "eu"
+            and n["endpoints"]
+            and n["endpoints"][0] == f"{a_nat.ip}:51820"
+            and n["health"].get("peers_relay") == 1
+        )
+
+    wait_until("controller sees a's mapping, home relay and relayed peer", controller_view, 60)
 
     # Relay restarted mid-ping: traffic resumes within 10 s.
     relay.stop()
