@@ -317,3 +317,44 @@ async def test_bootstrap_refuses_wrong_pin_and_bad_token(rc: RunningController, 
     with pytest.raises(BootstrapError, match="no --token given"):
         await ensure_identity(no_token)
     assert not (tmp_path / "relay").exists()
+
+
+async def _served_serial(r: RunningRelay) -> int:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", r.port, ssl=r.anon_ssl(), server_hostname="127.0.0.1"
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+    finally:
+        writer.close()
+
+
+async def test_relay_renews_its_certificate_while_running(
+    rc: RunningController, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvlan.relay import __main__ as relay_main
+    from cvlan.relay import bootstrap
+
+    monkeypatch.setattr(relay_main, "RENEW_CHECK_S", 0.2)
+    r = await (await RunningRelay(rc, tmp_path / "relay").create()).start()
+    try:
+        first = await _served_serial(r)
+        monkeypatch.setattr(bootstrap, "_fresh", lambda cert, now: False)  # as if 2/3 of 90 days had passed
+        async with asyncio.timeout(10):
+            while (serial := await _served_serial(r)) == first:
+                await asyncio.sleep(0.1)
+        monkeypatch.setattr(bootstrap, "_fresh", lambda cert, now: True)
+        await asyncio.sleep(0.5)
+        assert x509.load_pem_x509_certificate(
+            (r.state_dir / "relay.crt").read_bytes()
+        ).serial_number == await _served_serial(r)
+        assert serial != first
+        # The controller accepts the renewed certificate for revocation checks.
+        fleet = await Fleet.create(rc, "acme", ["office"])
+        a = await fleet.node("office", "a")
+        ca, _ = await connect(r, a)
+        await ca.close()
+        assert (await metrics(r)).get("cvlan_relay_revocation_check_errors_total") == 0
+    finally:
+        await r.stop()

@@ -8,6 +8,7 @@ import asyncio
 import asyncio.sslproto
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -15,12 +16,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
-from cvlan.relay.bootstrap import BootstrapError, ControllerChecker, ensure_identity
+from cvlan.relay.bootstrap import BootstrapError, ControllerChecker, RelayIdentity, ensure_identity
 from cvlan.relay.server import RelayServer
 from cvlan.relay.settings import RelaySettings, split_hostport
 from cvlan.relay.stunserver import start_stun
 
 log = logging.getLogger("cvlan.relay")
+RENEW_CHECK_S = 3600.0
+"""How often the relay checks whether its certificate needs renewing."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,14 +104,36 @@ async def serve(settings: RelaySettings, stop: asyncio.Event | None = None) -> i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    renew = asyncio.create_task(_renew_loop(settings, ident, tls, checker))
     try:
         await stop.wait()
     finally:
+        renew.cancel()
         if stun_transport is not None:
             stun_transport.close()
         await relay.close_all()
         await runner.cleanup()
     return 0
+
+
+async def _renew_loop(
+    settings: RelaySettings, ident: RelayIdentity, tls: ssl.SSLContext, checker: ControllerChecker
+) -> None:
+    """Once two thirds of the certificate's lifetime have passed, register again with the token and
+    load the new certificate into the running TLS context (new connections use it at once)."""
+    serving = ident.cert.serial_number  # the files are replaced in place: remember what we loaded
+    while True:
+        await asyncio.sleep(RENEW_CHECK_S)
+        try:
+            new = await ensure_identity(settings)
+        except BootstrapError as e:
+            log.warning("relay certificate renewal failed; will retry", extra={"reason": str(e)})
+            continue
+        if new.cert.serial_number != serving:
+            tls.load_cert_chain(new.cert_file, new.key_file)
+            checker.use(new)
+            serving = new.cert.serial_number
+            log.info("relay certificate renewed", extra={"relay_region": new.region})
 
 
 if __name__ == "__main__":

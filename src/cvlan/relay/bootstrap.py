@@ -175,6 +175,10 @@ class ControllerChecker:
         self._ttl = ttl
         self._cache: dict[NodeIdentity, tuple[float, bool]] = {}
 
+    def use(self, identity: RelayIdentity) -> None:
+        """Authenticate later checks with a renewed relay certificate."""
+        self._ssl = controller_ssl(identity.ca_pem, identity)
+
     async def check(self, nodes: list[NodeIdentity], now: float, fresh: bool = False) -> list[bool] | None:
         todo = [n for n in nodes if fresh or n not in self._cache or self._cache[n][0] + self._ttl < now]
         if todo:
