@@ -450,6 +450,7 @@ async def main_async(args: argparse.Namespace) -> int:
             finally:
                 cluster.stop()
     write_report(out, args, results)
+    write_chart(out, results)
     print("report:", out / "report.md")
     return 0
 
@@ -524,6 +525,29 @@ def write_report(out: Path, args: argparse.Namespace, results: dict[str, dict[st
         )
     lines.append("")
     (out / "report.md").write_text("\n".join(lines))
+
+
+def write_chart(out: Path, results: dict[str, dict[str, Any]]) -> None:
+    """polls.png: controller CPU and p99 latency per store, mode and rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(db, r) for db, res in results.items() for r in res["rows"]]
+    labels = [f"{db}\n{'long-poll' if 'long' in r['mode'] else 'plain'}\n{r['rate']}/s" for db, r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    a.bar(range(len(rows)), [r["cpu_pct"] for _, r in rows], color="#4c72b0")
+    a.axhline(100, color="grey", lw=0.8, ls="--")
+    a.set_title("controller CPU (% of its one pinned core)")
+    b.bar(range(len(rows)), [r["p99_ms"] for _, r in rows], color="#dd8452")
+    b.set_yscale("log")
+    b.set_title("poll latency p99 (ms, log scale)")
+    for ax in (a, b):
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "polls.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
