@@ -12,7 +12,7 @@ from tests.harness.controller import RunningController
 
 
 @dataclass
-class TestNode:
+class EnrolledNode:
     wg_key: bytes
     key_pem: str
     reg: pb.RegisterResponse
@@ -38,7 +38,7 @@ def ca_pem(rc: RunningController) -> str:
     return rc.c.ca.cert_pem.decode()
 
 
-async def enrol(rc: RunningController, token: str, hostname: str = "host") -> TestNode:
+async def enrol(rc: RunningController, token: str, hostname: str = "host") -> EnrolledNode:
     """Register a fresh node (new WireGuard and TLS keys) and return a client using its certificate."""
     wg = os.urandom(32)
     key_pem, csr = tls.new_key_and_csr()
@@ -47,4 +47,4 @@ async def enrol(rc: RunningController, token: str, hostname: str = "host") -> Te
         reg = await anon.register(token, wg, csr, hostname)
     finally:
         await anon.close()
-    return TestNode(wg, key_pem, reg, NodeApiClient(rc.url, ca_pem(rc), reg.certificate_pem, key_pem))
+    return EnrolledNode(wg, key_pem, reg, NodeApiClient(rc.url, ca_pem(rc), reg.certificate_pem, key_pem))
