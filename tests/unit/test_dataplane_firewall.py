@@ -43,7 +43,9 @@ def test_node_protocol_rule_shape_with_empty_fields_and_drop() -> None:
         {"action": "accept", "src": [], "proto": "", "ports": []},
     ]
     body = [line.strip() for line in render_ruleset("wg0", "100.64.0.0/24", rules).splitlines()]
-    i = body.index('iifname "wg0" ip saddr 100.64.0.9/32 log prefix "cvlan-deny " group 1117 counter name "denied" drop')
+    i = body.index(
+        'iifname "wg0" ip saddr 100.64.0.9/32 log prefix "cvlan-deny " group 1117 counter name "denied" drop'
+    )
     assert body[i + 1] == 'iifname "wg0" ip saddr 100.64.0.0/24 accept'
 
 
