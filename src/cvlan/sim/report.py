@@ -276,6 +276,7 @@ def _config(data: dict[str, Any]) -> list[str]:
         "* Everything ran on this one machine: controller, PostgreSQL, TLS front and the simulator, over "
         "loopback.",
         f"* Stack: {json.dumps(stack, sort_keys=True)}",
+        f"* Code: {data.get('code') or 'not recorded'} (the controller ran from this tree).",
         f"* Provisioning: {json.dumps(data.get('provision', {}), sort_keys=True)}",
         "* Phases (seconds from the start of registration): "
         + "; ".join(

@@ -135,6 +135,14 @@ def _os_release() -> str:
     return platform.system()
 
 
+def _code_version() -> str:
+    """`git describe --always --dirty` of the source tree the controller runs from, if it is one."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return ""
+    return _version(["git", "-C", str(root), "describe", "--always", "--dirty"])
+
+
 def _version(cmd: list[str]) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=10, text=True)
@@ -286,7 +294,7 @@ async def run(cfg: RunConfig) -> Path:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupted.set)
     sampler = Sampler()
-    info: dict[str, Any] = {"machine": machine_info(), "config": _config_view(cfg)}
+    info: dict[str, Any] = {"machine": machine_info(), "config": _config_view(cfg), "code": _code_version()}
     try:
         conf, fleet_port, fleet_host = await _start_stack(cfg, sampler, cleanups, info)
         plan = Plan(cfg.tenants, cfg.cvlans_per_tenant, cfg.nodes_per_cvlan)
