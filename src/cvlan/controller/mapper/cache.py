@@ -122,6 +122,9 @@ class Mapper:
         self._relay_bytes = b""
         self.loads = 0
         """How many maps were loaded from the database (for tests and metrics)."""
+        self.announce_changed: Callable[[set[int]], None] | None = None
+        self.announce_endpoints: Callable[[int, int, list[str], str], None] | None = None
+        """Set by the fan-out to other controller processes (mapper/fanout.py), when there is one."""
 
     async def start(self) -> None:
         """Take a new generation number (one write at start) and load the relay map."""
@@ -137,7 +140,13 @@ class Mapper:
     # --- invalidation ------------------------------------------------------------------
 
     def on_changed(self, cvlan_ids: set[int]) -> None:
-        """Post-commit hook: drop the maps of changed CVLANs and wake their long-polls."""
+        """Post-commit hook: drop the maps of changed CVLANs, wake their long-polls, tell the others."""
+        self.invalidate(cvlan_ids)
+        if self.announce_changed is not None:
+            self.announce_changed(cvlan_ids)
+
+    def invalidate(self, cvlan_ids: set[int]) -> None:
+        """Drop the maps of these CVLANs and wake their long-polls."""
         for cid in cvlan_ids:
             self._change_seq[cid] = self._change_seq.get(cid, 0) + 1
             self._maps.pop(cid, None)
@@ -358,7 +367,12 @@ class Mapper:
     # --- in-memory changes -------------------------------------------------------------------
 
     def update_endpoints(
-        self, m: CvlanMap, me: Member, endpoints: Iterable[str] | None, region: str | None
+        self,
+        m: CvlanMap,
+        me: Member,
+        endpoints: Iterable[str] | None,
+        region: str | None,
+        announce: bool = True,
     ) -> bool:
         """Apply what a poll reported. If the node's peers would see something new, the CVLAN gets a new
         token and its long-polls wake. Returns whether anything changed."""
@@ -371,7 +385,16 @@ class Mapper:
         if self._maps.get(m.cvlan_id) is m:
             self._retoken(m)
             self._wake(m.cvlan_id)
+        if announce and self.announce_endpoints is not None:
+            self.announce_endpoints(m.cvlan_id, me.node_id, eps, reg)
         return True
+
+    def apply_endpoints(self, cvlan_id: int, node_id: int, endpoints: list[str], region: str) -> None:
+        """Endpoints another controller process received: update the cached map if there is one."""
+        m = self._maps.get(cvlan_id)
+        me = m.members.get(node_id) if m is not None else None
+        if m is not None and me is not None:
+            self.update_endpoints(m, me, endpoints, region, announce=False)
 
 
 def revoked(node_id: int) -> DomainError:

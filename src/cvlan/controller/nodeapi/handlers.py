@@ -15,11 +15,14 @@ from typing import TypeVar
 from aiohttp import web
 from google.protobuf.message import Message
 from prometheus_client import Counter
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan import __version__
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.mapper.cache import Mapper, valid_endpoint
+from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
 from cvlan.controller.ops import registration
@@ -213,6 +216,17 @@ class NodeApi:
 
     async def background(self, _: web.Application) -> AsyncIterator[None]:
         await self.mapper.start()
+        engine = self.ctx.sessions.kw.get("bind")
+        fanout = Fanout(self.mapper, engine) if isinstance(engine, AsyncEngine) else None
+        if fanout is not None:
+            try:
+                if await fanout.start():
+                    log.info("map changes fanned out to other controller processes (LISTEN/NOTIFY)")
+            except (OSError, SQLAlchemyError) as e:
+                log.warning(
+                    "map fan-out not started; run one controller process", extra={"reason": str(e)[:200]}
+                )
+                fanout = None
         tasks = [
             asyncio.create_task(self.liveness.run(self.ctx.settings.liveness_flush_s), name="liveness-flush"),
             asyncio.create_task(self._relay_loop(), name="relay-refresh"),
@@ -221,6 +235,8 @@ class NodeApi:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if fanout is not None:
+            await fanout.stop()
 
     async def on_shutdown(self, _: web.Application) -> None:
         """Answer held long-polls now ("unchanged"), so that stopping does not wait for them to time out."""

@@ -1,0 +1,108 @@
+"""Map changes fanned out between controller processes that share one PostgreSQL (LISTEN/NOTIFY).
+
+Each process keeps its maps in memory. A committed change (ops.context.bump -> on_cvlan_changed)
+and an endpoint change reported by a poll are announced on one channel; the other processes drop
+or update their copy and wake their long-polls. A process ignores its own announcements. On SQLite
+(one process by nature) nothing is started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cvlan.controller.mapper.cache import Mapper
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "cvlan_map"
+MAX_PAYLOAD = 7900
+"""PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; bigger id sets are split."""
+
+
+class Fanout:
+    def __init__(self, mapper: Mapper, engine: AsyncEngine) -> None:
+        self.mapper = mapper
+        self.engine = engine
+        self.instance = secrets.token_hex(6)
+        self.received = 0
+        self._conn: AsyncConnection | None = None
+        self._pg: Any = None
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> bool:
+        """Listen (PostgreSQL only). Returns whether fan-out is active."""
+        if self.engine.dialect.name != "postgresql":
+            return False
+        self._conn = await self.engine.connect()
+        raw = await self._conn.get_raw_connection()
+        self._pg = raw.driver_connection
+        await self._pg.add_listener(CHANNEL, self._on_notify)
+        self._task = asyncio.get_running_loop().create_task(self._send(), name="map-fanout")
+        self.mapper.announce_changed = self.changed
+        self.mapper.announce_endpoints = self.endpoints
+        return True
+
+    async def stop(self) -> None:
+        self.mapper.announce_changed = None
+        self.mapper.announce_endpoints = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pg is not None:
+            try:
+                await self._pg.remove_listener(CHANNEL, self._on_notify)
+            except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+        if self._conn is not None:
+            await self._conn.close()
+
+    # --- outgoing --------------------------------------------------------------------------
+
+    def changed(self, cvlan_ids: set[int]) -> None:
+        ids = sorted(cvlan_ids)
+        while ids:
+            chunk, ids = ids[:900], ids[900:]
+            self._put(f"c {self.instance} {','.join(map(str, chunk))}")
+
+    def endpoints(self, cvlan_id: int, node_id: int, endpoints: list[str], region: str) -> None:
+        self._put(f"e {self.instance} {cvlan_id} {node_id} {json.dumps([endpoints, region])}")
+
+    def _put(self, payload: str) -> None:
+        if len(payload) >= MAX_PAYLOAD:
+            return
+        try:
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            log.warning("map fan-out queue full; dropping an announcement", extra={"reason": "queue_full"})
+
+    async def _send(self) -> None:
+        while True:
+            payload = await self._queue.get()
+            try:
+                await self._pg.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            except Exception as e:  # noqa: BLE001 - keep the sender alive; the next change retries
+                log.warning("map fan-out NOTIFY failed", extra={"reason": str(e)[:200]})
+                await asyncio.sleep(1)
+
+    # --- incoming --------------------------------------------------------------------------
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            kind, instance, rest = payload.split(" ", 2)
+            if instance == self.instance:
+                return
+            self.received += 1
+            if kind == "c":
+                self.mapper.invalidate({int(x) for x in rest.split(",") if x})
+            elif kind == "e":
+                cid, nid, body = rest.split(" ", 2)
+                eps, region = json.loads(body)
+                self.mapper.apply_endpoints(int(cid), int(nid), [str(e) for e in eps], str(region))
+        except (ValueError, TypeError) as e:
+            log.warning("map fan-out: unreadable announcement", extra={"reason": str(e)[:200]})
