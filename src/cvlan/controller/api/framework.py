@@ -6,6 +6,7 @@ as soon as it is declared."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import time
@@ -191,6 +192,25 @@ def make_handler(
     return h
 
 
+_RID_PREFIX = uuid.uuid4().hex[:12]
+_rid_counter = itertools.count(1)
+_METRIC_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _new_request_id() -> str:
+    """Unique per process start (random prefix) and cheap on the poll path (a counter, no syscall)."""
+    return f"{_RID_PREFIX}{next(_rid_counter):012x}"
+
+
+def _metrics(route_name: str, method: str, status: int) -> tuple[Any, Any]:
+    key = (route_name, method, status)
+    got = _METRIC_CHILDREN.get(key)
+    if got is None:
+        got = (REQUESTS.labels(route_name, method, str(status)), LATENCY.labels(route_name, method))
+        _METRIC_CHILDREN[key] = got
+    return got
+
+
 @web.middleware
 async def request_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -198,7 +218,7 @@ async def request_middleware(
     """Request id, timing, metrics, logging, and the one mapping of DomainError to HTTP."""
     rid = request.headers.get("X-Request-Id", "")
     if not rid or len(rid) > 64 or not rid.replace("-", "").isalnum():
-        rid = uuid.uuid4().hex
+        rid = _new_request_id()
     token = request_id_var.set(rid)
     t0 = time.perf_counter()
     info = request.match_info.route.resource
@@ -220,8 +240,9 @@ async def request_middleware(
             resp = error_response(500, "internal", f"internal error (request id {rid})")
         resp.headers["X-Request-Id"] = rid
         dur = time.perf_counter() - t0
-        REQUESTS.labels(route_name, request.method, str(resp.status)).inc()
-        LATENCY.labels(route_name, request.method).observe(dur)
+        count, latency = _metrics(route_name, request.method, resp.status)
+        count.inc()
+        latency.observe(dur)
         if not request.path.startswith("/v1/"):
             log.info(
                 "request",
