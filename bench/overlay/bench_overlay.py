@@ -32,7 +32,7 @@ import psutil  # noqa: E402
 from bench.common import machine  # noqa: E402
 from cvlan.dataplane.wgconfig import generate_keypair  # noqa: E402
 from cvlan.lab.netns import Lab, Netns, Proc, sh  # noqa: E402
-from tests.harness.stack import start_controller, start_node  # noqa: E402
+from tests.harness.stack import Controller, start_node  # noqa: E402
 
 STREAMS = (1, 4)
 IPERF_PORT = 5201
@@ -48,6 +48,8 @@ class Result:
     note: str = ""
     dst: str = ""
     pids: list[int] = field(default_factory=list)
+    after: Callable[[], str] | None = None
+    """Appended to the note once every run is done (e.g. the endpoints then in use)."""
 
     def median(self, streams: int) -> float:
         return statistics.median(self.runs[streams]) if self.runs.get(streams) else float("nan")
@@ -171,14 +173,15 @@ def bench_hand_wg(lab: Lab, a: Netns, b: Netns, args: argparse.Namespace) -> Res
 
 def bench_cvlan(lab: Lab, a: Netns, b: Netns, args: argparse.Namespace) -> Result:
     res = Result("CVLAN tunnel", note=f"controller + cvlan-ctrl + cvland (wireguard-go), MTU {args.mtu}")
-    ctl = start_controller(lab)
-    # Each node also gets a /30 to the "internet" router, used only to reach the controller; the
-    # tunnel runs over the a-b veth (its address is each node's first endpoint candidate).
-    inet = lab.internet()
-    for i, n in enumerate((a, b)):
-        r_ip, h_ip = f"192.0.2.{161 + 4 * i}", f"192.0.2.{162 + 4 * i}"
-        lab.veth(inet, f"bn{i}", f"{r_ip}/30", n, "ctl0", f"{h_ip}/30")
-        n.exec("ip", "route", "add", "192.0.2.0/24", "via", r_ip)
+    # The controller's namespace hangs off a; b reaches it through a (control traffic only). So
+    # the only addresses the nodes can report as endpoints sit on the a-b veth or on a itself:
+    # whatever candidate a peer picks, the tunnel runs over the same veth as the other paths.
+    ns = lab.ns("ctl")
+    lab.veth(ns, "to-a", "10.202.1.1/30", a, "to-ctl", "10.202.1.2/30")
+    ns.exec("ip", "route", "add", "default", "via", "10.202.1.2")
+    a.exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    b.exec("ip", "route", "add", "10.202.1.0/30", "via", "10.201.0.1")
+    ctl = Controller(lab, ns, lab.dir / "controller", {}).start()
     _, join = ctl.token("bench", "overlay")
     nodes = [start_node(lab, n, f"bench-{n.short}", join) for n in (a, b)]
     for node in nodes:
@@ -189,9 +192,12 @@ def bench_cvlan(lab: Lab, a: Netns, b: Netns, args: argparse.Namespace) -> Resul
         pids += [engine, node.dp.proc.pid]
         if node.ctrl is not None:
             pids.append(node.ctrl.pid)
-    used = nodes[0].status().peers[0].endpoint
-    res.note += f"; a's endpoint for b: {used}"
+    res.note += f"; endpoints at start a->b {nodes[0].status().peers[0].endpoint}"
+    res.note += f", b->a {nodes[1].status().peers[0].endpoint}"
     res.dst, res.pids = nodes[1].address(), pids
+    res.after = lambda: (
+        f"; at the end a->b {nodes[0].status().peers[0].endpoint}, b->a {nodes[1].status().peers[0].endpoint}"
+    )
     return res
 
 
@@ -326,17 +332,30 @@ def _plot(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tunnels = [r for r in results if r.path != "raw veth"]
+    raw = next((r for r in results if r.path == "raw veth"), None)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.38
-    xs = range(len(results))
+    xs = range(len(tunnels))
     for i, s in enumerate(STREAMS):
-        vals = [r.median(s) for r in results]
-        ax.bar([x + (i - 0.5) * width for x in xs], vals, width, label=f"{s} stream{'s' if s > 1 else ''}")
-    ax.set_xticks(list(xs), [r.path for r in results])
-    ax.set_ylabel("Mbit/s (median)")
-    ax.set_yscale("log")
-    ax.set_title("iperf3 TCP over one namespace pair")
-    ax.legend()
+        vals = [r.median(s) for r in tunnels]
+        lows = [r.median(s) - min(r.runs[s]) for r in tunnels]
+        highs = [max(r.runs[s]) - r.median(s) for r in tunnels]
+        ax.bar(
+            [x + (i - 0.5) * width for x in xs],
+            vals,
+            width,
+            yerr=[lows, highs],
+            capsize=3,
+            label=f"{s} stream{'s' if s > 1 else ''} (median, min-max)",
+        )
+    ax.set_xticks(list(xs), [r.path for r in tunnels])
+    ax.set_ylabel("Mbit/s")
+    title = "iperf3 TCP through each tunnel, one namespace pair"
+    if raw is not None:
+        title += f"\n(raw veth without tunnel: {raw.median(1):.0f} / {raw.median(4):.0f} Mbit/s)"
+    ax.set_title(title)
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -361,6 +380,8 @@ def main() -> int:
             for fn in (bench_raw, bench_hand_wg, bench_cvlan, bench_nebula):
                 results.append(fn(lab, a, b, args))
             measure_all(results, a, b, args.runs, args.seconds)
+            for r in results:
+                r.note += r.after() if r.after else ""
         finally:
             lab.close()
     write_report(results, args, out, started)
