@@ -125,10 +125,37 @@ async def test_reregister_same_key_is_idempotent_only_with_its_certificate(
     assert again.node_id == a.node_id and again.address == a.reg.address
     assert await _token_uses(controller) == [1]
     anon = NodeApiClient(controller.url, ca_pem(controller))
+    other = await make_token(controller, uses=3)
     with pytest.raises(ControlError) as ei:
-        await anon.register(token, a.wg_key, csr, "thief")
+        await anon.register(other, a.wg_key, csr, "thief")
     assert ei.value.status == 409
+    assert sorted(await _token_uses(controller)) == [0, 1] and await _node_count(controller) == 1
+    await anon.close()
+    await a.client.close()
+
+
+async def test_retry_after_a_lost_registration_answer_gets_the_same_node(
+    controller: RunningController,
+) -> None:
+    """A node whose registration answer was lost retries with the same token and key: it gets its node
+    (and a certificate for its new CSR) instead of a conflict, and the token is not used twice."""
+    token = await make_token(controller)  # single use
+    a = await enrol(controller, token)
+    anon = NodeApiClient(controller.url, ca_pem(controller))
+    _, csr = tls.new_key_and_csr()
+    again = await anon.register(token, a.wg_key, csr, "host")
+    assert again.node_id == a.node_id and again.address == a.reg.address and again.certificate_pem
     assert await _token_uses(controller) == [1] and await _node_count(controller) == 1
+    # Once the node has polled (and its liveness reached the database), the same request is refused:
+    # the single-use token is spent.
+    await a.client.poll(0)
+    for _ in range(100):
+        if (await controller.api().get("/api/v1/nodes")).ok()["items"][0]["last_seen"]:
+            break
+        await asyncio.sleep(0.1)
+    with pytest.raises(ControlError) as ei:
+        await anon.register(token, a.wg_key, csr, "host")
+    assert ei.value.status == 401 and "no uses left" in str(ei.value)
     await anon.close()
     await a.client.close()
 

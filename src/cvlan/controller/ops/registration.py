@@ -19,8 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import ca as ca_mod
+from cvlan.controller import credentials
 from cvlan.controller.ca import CertificateAuthority
-from cvlan.controller.db.models import Cvlan, Node
+from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import cvlans, nodes
 from cvlan.controller.ops.context import OpsContext
@@ -122,6 +123,13 @@ async def register(
     existing = None
     if caller is not None:
         existing = await s.scalar(select(Node).where(Node.wg_public_key == wg_public_key))
+    elif token:
+        retried = await _lost_answer_retry(ctx, s, token, wg_public_key)
+        if retried is not None:
+            c = await s.get(Cvlan, retried.cvlan_id)
+            assert c is not None
+            pem, not_after = issue_cert(ctx, authority, retried, csr)
+            return Issued(retried, c, pem, not_after)
     if existing is not None:
         if (
             caller is None
@@ -150,6 +158,36 @@ async def register(
     c = await s.get(Cvlan, node.cvlan_id)
     assert c is not None
     return Issued(node, c, pem, not_after)
+
+
+RETRY_WINDOW = dt.timedelta(minutes=10)
+
+
+async def _lost_answer_retry(
+    ctx: OpsContext, s: AsyncSession, token: str, wg_public_key: bytes
+) -> Node | None:
+    """The node this exact registration created, if its answer was lost and the node retries.
+
+    A node that timed out waiting for its registration answer retries with the same token and key. If
+    that first attempt committed, the node exists but never received its certificate. It gets one now
+    (for its new CSR), without using the token again, provided the same token enrolled it less than
+    RETRY_WINDOW ago, the token is not revoked, and the node has never polled."""
+    parts = credentials.split(token, cvlans.ENROLL_KIND)
+    if parts is None:
+        return None
+    node = await s.scalar(select(Node).where(Node.wg_public_key == wg_public_key).with_for_update())
+    if node is None or node.last_seen is not None or node.disabled or node.token_id is None:
+        return None
+    tok = await s.get(EnrollmentToken, node.token_id)
+    if (
+        tok is None
+        or tok.prefix != parts[0]
+        or not credentials.check_secret(parts[1], tok.secret_hash)
+        or tok.revoked_at is not None
+        or ctx.now() - node.created_at > RETRY_WINDOW
+    ):
+        return None
+    return node
 
 
 async def renew(
