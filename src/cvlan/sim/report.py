@@ -202,13 +202,44 @@ def _errors(data: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _memory_growth(data: dict[str, Any], fallback_mb: float, nodes: int) -> tuple[float, float]:
+    """(base MB, KB per connected node) of controller + TLS front, from the registration ramp."""
+
+    def mem(r: dict[str, Any]) -> float:
+        p = r.get("procs", {})
+        return float(p.get("controller", {}).get("rss_mb", 0) + p.get("haproxy", {}).get("rss_mb", 0))
+
+    rows = [r for r in data["timeline"] if r.get("gauges", {}).get("connected") and r.get("procs")]
+    if len(rows) >= 2:
+        a = rows[0]
+        b = max(rows, key=lambda r: r["gauges"]["connected"])
+        dn = b["gauges"]["connected"] - a["gauges"]["connected"]
+        if dn > 0:
+            slope = max(0.0, (mem(b) - mem(a)) * 1024 / dn)
+            return mem(a) - slope / 1024 * a["gauges"]["connected"], slope
+    return 0.0, fallback_mb * 1024 / max(nodes, 1)
+
+
+def _healthy(ph: dict[str, Any]) -> bool:
+    p99 = ph.get("latency_ms", {}).get("poll", {}).get("p99", math.inf)
+    return bool(p99 < CRITERIA["poll_p99_ms"] and not sum(ph.get("errors", {}).values()))
+
+
 def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
+    # Project from the healthy steady or knee phase with the highest poll rate: fixed per-process
+    # costs make a low-rate phase overstate the cost per poll.
+    candidates = [
+        ph
+        for name, ph in data["phase_summary"].items()
+        if (name == "steady" or name.startswith("knee-")) and _healthy(ph)
+    ]
+    if candidates:
+        st = max(candidates, key=lambda ph: ph.get("rates", {}).get("poll", 0.0))
     usage = st.get("usage", {})
     nodes = data["config"]["nodes"]
     if not usage or not nodes:
         return []
-    p99 = st.get("latency_ms", {}).get("poll", {}).get("p99", math.inf)
-    if p99 >= CRITERIA["poll_p99_ms"] or sum(st.get("errors", {}).values()):
+    if not _healthy(st):
         return [
             "## Projected infrastructure cost",
             "",
@@ -219,13 +250,16 @@ def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
     ctl_cpu = usage.get("controller", {}).get("cpu_avg", 0) + usage.get("haproxy", {}).get("cpu_avg", 0)
     ctl_mem = usage.get("controller", {}).get("rss_mb_max", 0) + usage.get("haproxy", {}).get("rss_mb_max", 0)
     db_cpu = usage.get("postgresql", {}).get("cpu_avg", 0)
+    base_mb, slope_kb = _memory_growth(data, ctl_mem, nodes)
     cname, ccores, cmem, cprice = INSTANCES["controller"]
     dname, dcores, dmem, dprice = INSTANCES["database"]
     out = [
         "## Projected infrastructure cost",
         "",
         "Assumptions: CPU scales linearly with the poll rate (nodes / 30 s) and memory with the number of "
-        f"nodes, from this run's steady state; {HEADROOM:g}x headroom on CPU and 1.25x on memory; "
+        f"nodes, from this run's healthy phase with the highest poll rate "
+        f"({st.get('rates', {}).get('poll', 0):,.0f} polls/s); memory = measured base + measured growth "
+        f"per connected node ({slope_kb:.0f} KB) x nodes; {HEADROOM:g}x headroom on CPU and 1.25x on memory; "
         f"controllers (with their TLS front) on {cname} ({ccores} vCPU, {cmem} GiB, ${cprice}/h), PostgreSQL "
         f"on {dname} ({dcores} vCPU, {dmem} GiB, ${dprice}/h), on-demand list prices (AWS us-east-1, "
         f"Linux), {HOURS_PER_MONTH} h/month, at least 2 controllers and 1 database for availability; one "
@@ -238,9 +272,8 @@ def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
     rate = st.get("rates", {}).get("poll", 0.0) or 1.0
     for n in (100_000, 1_000_000, 10_000_000):
         f = n / 30.0 / rate
-        fm = n / nodes
         cores = ctl_cpu / 100 * f * HEADROOM
-        mem_gb = ctl_mem / 1024 * fm * 1.25
+        mem_gb = (base_mb + slope_kb / 1024 * n) / 1024 * 1.25
         ctl_n = max(2, math.ceil(cores / ccores), math.ceil(mem_gb / cmem))
         db_n = max(1, math.ceil(db_cpu / 100 * f * HEADROOM / dcores))
         usd = (ctl_n * cprice + db_n * dprice) * HOURS_PER_MONTH
