@@ -29,6 +29,7 @@ from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.ca import OID_KIND, CertificateAuthority, identity_of
 from cvlan.controller.db.models import Node, Region, Relay
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import registration
 from cvlan.controller.ops.infra import RELAY_KIND
 
 RELAY_CERT_LIFETIME = dt.timedelta(days=90)
@@ -79,12 +80,7 @@ def issue_relay_cert(
     ca: CertificateAuthority, csr_pem: bytes, relay: Relay, now: dt.datetime
 ) -> x509.Certificate:
     """A certificate for the relay's TLS listener that also authenticates it to the controller."""
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as e:
-        raise DomainError(Kind.INVALID, "csr_pem is not a PEM certificate request") from e
-    if not csr.is_signature_valid:
-        raise DomainError(Kind.INVALID, "csr_pem signature does not verify")
+    csr = registration.load_csr(csr_pem.decode(errors="replace"))
     sans: list[x509.GeneralName] = []
     for h in relay_hosts(relay.url):
         try:

@@ -51,6 +51,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.infraapi import _body, _In, peer_certificate
 from cvlan.controller.mapper.cache import CvlanMap, Mapper
 from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.controller.ops import registration
 from cvlan.controller.ops.context import OpsContext, bump
 from cvlan.controller.ops.infra import VROUTER_KIND
 
@@ -249,12 +250,7 @@ def issue_vrouter_cert(
     ca: CertificateAuthority, csr_pem: bytes, vr: Vrouter, now: dt.datetime
 ) -> x509.Certificate:
     """A client certificate (kind=vrouter) for the vrouter's calls to the controller."""
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as e:
-        raise DomainError(Kind.INVALID, "csr_pem is not a PEM certificate request") from e
-    if not csr.is_signature_valid:
-        raise DomainError(Kind.INVALID, "csr_pem signature does not verify")
+    csr = registration.load_csr(csr_pem.decode(errors="replace"))
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vrouter:{vr.name}")]))

@@ -47,8 +47,10 @@ class Issued:
     not_after: dt.datetime
 
 
-def check_csr(csr_pem: str) -> bytes:
-    """The CSR as bytes if it parses, its signature checks and its key is ECDSA P-256 or Ed25519."""
+def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    """The parsed CSR if it parses, its signature checks and its key is ECDSA P-256 or Ed25519.
+
+    Used for every certificate the controller signs from a request: nodes, relays and vrouters."""
     raw = csr_pem.encode()
     if not raw or len(raw) > MAX_CSR_BYTES:
         raise DomainError(
@@ -69,7 +71,13 @@ def check_csr(csr_pem: str) -> bytes:
         or (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1))
     ):
         raise DomainError(Kind.INVALID, "csr_pem key must be ECDSA P-256 or Ed25519", {"field": "csr_pem"})
-    return raw
+    return csr
+
+
+def check_csr(csr_pem: str) -> bytes:
+    """The CSR as bytes once load_csr accepts it."""
+    load_csr(csr_pem)
+    return csr_pem.encode()
 
 
 def clean_hostname(hostname: str) -> str:
