@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ def start_cvland(
         str(state_dir),
         "--engine",
         "wireguard-go",
+        "--log-level",
+        os.environ.get("CVLAN_TEST_LOG_LEVEL", "info"),
     )
     try:
         ipcclient.wait_socket(sock, alive=proc.alive)
