@@ -28,12 +28,6 @@ def _mesh(lab: Lab, nat_a: str, nat_b: str):  # type: ignore[no-untyped-def]
     return ctl, relay, a, b, a_nat, b_nat
 
 
-@pytest.mark.xfail(
-    reason="open: since the last day's changes neither node reports a STUN mapping in this topology "
-    "(both NATs port-preserving), so the pair stays on the relay; the endpoint-dependent and NAT-change "
-    "tests below still learn the mapping. Tracked in the NAT traversal issue.",
-    strict=False,
-)
 def test_port_preserving_nats_go_direct_without_relay_bytes(lab: Lab) -> None:
     ctl, relay, a, b, _, _ = _mesh(lab, "masquerade", "masquerade")
     wait_until(

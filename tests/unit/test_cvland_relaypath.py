@@ -57,6 +57,18 @@ def test_direct_first_then_relay_after_probe_period() -> None:
     assert s.take_recreate() == {K} and s.take_recreate() == set()
 
 
+def test_new_candidates_during_direct_attempt_do_not_delay_relay() -> None:
+    """The peer's STUN mapping arriving while we still try its LAN address must not restart the
+    probe period: the relay takes over probe_s after the first attempt began."""
+    clock = FakeClock()
+    s = _sel(clock, cands=("10.200.2.2:51820",))
+    clock.advance(3)
+    s.set_peers({K: (("10.200.2.2:51820", "198.51.100.6:40123"), "eu")})
+    clock.advance(2.5)
+    assert s.observe(K, 0)
+    assert s.choice(K).path == "relay"
+
+
 def test_direct_handshake_keeps_direct() -> None:
     clock = FakeClock()
     s = _sel(clock)

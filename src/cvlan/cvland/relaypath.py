@@ -31,6 +31,8 @@ PROBE_EVERY = 5.0
 """How often a relayed peer's direct candidates are probed (cheap: one STUN request each)."""
 STUN_INTERVAL = 30.0
 """Re-probe the WireGuard port's mapping this often (also keeps the NAT mapping alive)."""
+STUN_RETRY_FIRST = 2.0
+"""After a round where no STUN server answered, retry this soon; doubles up to STUN_INTERVAL."""
 
 
 class RelayPaths(Protocol):
@@ -127,6 +129,12 @@ class PathSelector:
                 if old.relay:
                     old.retry_at = old.probe_at = now
                     old.retry_delay = self._retry_s
+                nxt[key] = old
+            elif old is not None and cands:
+                # Still trying direct when more candidates arrived (typically our peer's STUN mapping,
+                # a few seconds after it joined): keep the attempt's clock, so the move to the relay is
+                # not put off by every map update.
+                old.candidates, old.region = cands, region
                 nxt[key] = old
             else:
                 p = _Peer(cands, region, retry_delay=self._retry_s)
@@ -249,6 +257,15 @@ class PathSelector:
         return False
 
 
+def _report_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("STUN of the WireGuard port stopped", extra={"reason": repr(exc)})
+
+
+def _stun_servers(relays: dict[str, RelayInfo]) -> set[tuple[str, str]]:
+    return {(region, info.stun) for region, info in relays.items() if info.stun}
+
+
 class RelayPath:
     """Relay connections, the proxy and STUN for one cvland; the ``RelayFallback`` of PathSelector."""
 
@@ -278,15 +295,18 @@ class RelayPath:
         for r in ds.relays:
             relays.setdefault(r.region, r)
         with self._lock:
-            self._relays = relays
             if self.home_region not in relays:
                 self.home_region = next(iter(relays), "")
-            port_changed = ds.listen_port != self._listen_port
+            # A new port or a new set of STUN servers (e.g. the first map that lists relays) is
+            # probed at once, not at the next interval.
+            restun = ds.listen_port != self._listen_port
+            restun |= _stun_servers(relays) != _stun_servers(self._relays)
+            self._relays = relays
             self._listen_port = ds.listen_port
             self.proxy.wg_port = ds.listen_port
             self.proxy.allowed = {bytes.fromhex(p.public_key) for p in ds.peers}
         creds = (ds.tls_cert_pem, ds.tls_key_pem, ds.ca_pem)
-        self.loop.call_soon_threadsafe(self._on_loop_configure, creds, port_changed)
+        self.loop.call_soon_threadsafe(self._on_loop_configure, creds, restun)
 
     def _url_for(self, region: str) -> str | None:
         with self._lock:
@@ -321,7 +341,7 @@ class RelayPath:
 
     # --- on the event loop --------------------------------------------------------------------------
 
-    def _on_loop_configure(self, creds: tuple[str, str, str], port_changed: bool) -> None:
+    def _on_loop_configure(self, creds: tuple[str, str, str], restun: bool) -> None:
         if creds != self._creds and all(creds):
             try:
                 ctx: ssl.SSLContext = node_ssl(*creds)
@@ -336,7 +356,8 @@ class RelayPath:
         self._keep_home()
         if self._stun_task is None:
             self._stun_task = self.loop.create_task(self._stun_loop())
-        elif port_changed:
+            self._stun_task.add_done_callback(_report_exit)
+        elif restun:
             self._stun_wake.set()
 
     def _keep_home(self) -> None:
@@ -381,6 +402,7 @@ class RelayPath:
     async def _stun_loop(self) -> None:
         prober: RawStunProber | None = None
         port = 0
+        retry = STUN_RETRY_FIRST
         try:
             while True:
                 with self._lock:
@@ -398,11 +420,15 @@ class RelayPath:
                     except PermissionError:
                         log.warning("STUN of the WireGuard port needs CAP_NET_RAW; not probing")
                         return
+                wait = self.stun_interval
                 if prober is not None and relays:
-                    await self._probe_all(prober, relays)
+                    if await self._probe_all(prober, relays):
+                        retry = STUN_RETRY_FIRST
+                    else:  # no STUN server answered: try again sooner than the interval
+                        wait, retry = min(wait, retry), min(retry * 2, self.stun_interval)
                 self._stun_wake.clear()
                 try:
-                    await asyncio.wait_for(self._stun_wake.wait(), self.stun_interval)
+                    await asyncio.wait_for(self._stun_wake.wait(), wait)
                 except TimeoutError:
                     pass
         finally:
@@ -410,16 +436,17 @@ class RelayPath:
             if prober is not None:
                 prober.close()
 
-    async def _probe_all(self, prober: RawStunProber, relays: dict[str, RelayInfo]) -> None:
+    async def _probe_all(self, prober: RawStunProber, relays: dict[str, RelayInfo]) -> bool:
+        """Probe every region's STUN server; False if none answered."""
         results = {}
         for region, info in relays.items():
             host, _, port = info.stun.rpartition(":")
             try:
                 results[region] = await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
             except (OSError, TimeoutError, ValueError) as e:
-                log.debug("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
+                log.info("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
         if not results:
-            return
+            return False
         self.rtts = {r: res.rtt for r, res in results.items()}
         home = min(results, key=lambda r: results[r].rtt)
         mapped = results[home].mapped
@@ -434,6 +461,7 @@ class RelayPath:
             with self._lock:
                 self.home_region = home
             self._keep_home()
+        return True
 
     async def close(self) -> None:
         if self._stun_task is not None:
