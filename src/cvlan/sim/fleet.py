@@ -143,6 +143,8 @@ class Fleet:
         self.iv = Interval()
         self.nodes = [SimNode(cfg.first_index + i * cfg.index_step, t) for i, t in enumerate(cfg.tokens)]
         self.registered = 0
+        self.settled = 0
+        """Nodes whose registration ended, registered or given up (after retries or a refusal)."""
         self.connected = 0
         self.inflight = 0
         self.stopping = False
@@ -164,6 +166,7 @@ class Fleet:
         iv.gauges = {
             "nodes": len(self.nodes),
             "registered": self.registered,
+            "settled": self.settled,
             "connected": self.connected,
             "inflight": self.inflight,
             "queued": sum(len(n.queue) for n in self.nodes) if self.stopping else 0,
@@ -262,6 +265,8 @@ class Fleet:
             if not self.iv.errors[kind]:
                 traceback.print_exc(file=sys.stderr)
             self._err(kind, str(e))
+        finally:
+            self.settled += 1
 
     async def _register(self, node: SimNode, due: float) -> None:
         wg_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
@@ -314,10 +319,11 @@ class Fleet:
         node.cert_not_after = float(not_after)
 
     async def _connect_and_start(self, node: SimNode) -> None:
-        if not await self._connect(node):
-            return
-        self.connected += 1
-        # The first poll goes out at once (version 0: full map), the next ones on the interval.
+        if await self._connect(node):
+            self.connected += 1
+        # The first poll goes out at once (version 0: full map), the next ones on the interval. If
+        # the connection could not be opened, the poll's pump reconnects with a backoff, like a
+        # node whose connection dropped.
         self._fire(node, self.loop.time())
 
     async def _connect(self, node: SimNode) -> bool:

@@ -480,6 +480,18 @@ async def _drive(
     return path
 
 
+CONNECTED_STILL_S = 15.0
+
+
+def registration_done(nodes: int, registered: int, settled: int, connected: int, still_s: float) -> bool:
+    """Whether the registration phase is over: every node registered and connected, or every
+    registration ended (some refused or given up) and the connected count has not moved for
+    CONNECTED_STILL_S seconds (nodes still reconnecting do so during the steady state)."""
+    if registered >= nodes and connected >= registered:
+        return True
+    return settled >= nodes and still_s >= CONNECTED_STILL_S
+
+
 async def _loop(
     cfg: RunConfig,
     rec: Recorder,
@@ -494,6 +506,8 @@ async def _loop(
     steps = list(cfg.knee_rates)
     phase_end = math.inf
     last_print = 0.0
+    last_con, con_changed = -1, time.time()
+    settled_logged = False
     stop_at: float | None = None
     while True:
         await asyncio.sleep(1.0 - (time.time() - rec.t0) % 1.0)
@@ -505,7 +519,7 @@ async def _loop(
         now = time.time()
         s = rec.sec(now)
         s.procs = sampler.sample()
-        s.gauges = {k: rec.total(k) for k in ("registered", "connected", "inflight")}
+        s.gauges = {k: rec.total(k) for k in ("registered", "settled", "connected", "inflight")}
         if stop_at is not None:
             if len(rec.finals) >= len(procs) or now > stop_at:
                 rec.start_phase("done", {})
@@ -520,8 +534,14 @@ async def _loop(
             stop_at = now + 20
             continue
         reg, con = s.gauges["registered"], s.gauges["connected"]
+        if con != last_con:
+            last_con, con_changed = con, now
         if rec.phase == "register":
-            done = reg >= cfg.nodes and con >= cfg.nodes
+            settled = s.gauges["settled"] >= cfg.nodes
+            done = registration_done(cfg.nodes, reg, s.gauges["settled"], con, now - con_changed)
+            if settled and not done and not settled_logged:
+                settled_logged = True
+                _log(cfg, f"every registration ended: {reg}/{cfg.nodes} registered, {con} connected")
             if not done and now - rec.t0 > cfg.reg_timeout_s:
                 # Stop registering: the steady state is measured with the nodes registered so far.
                 _log(cfg, f"registration incomplete after {cfg.reg_timeout_s:.0f} s: {reg}/{cfg.nodes}")
