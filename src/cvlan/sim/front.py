@@ -16,6 +16,12 @@ global
     maxconn {maxconn}
     nbthread {threads}
     tune.ssl.cachesize 200000
+    # HAProxy stops keeping idle backend connections once more than pool-high-fd-ratio % (default
+    # 25) of its descriptors are in use; with thousands of node connections that is always, and
+    # every request then opens (and TLS-handshakes) a new connection to the controller. The node
+    # connections are the point of the front, so keep the pool until the descriptors run out.
+    tune.pool-high-fd-ratio 95
+    tune.pool-low-fd-ratio 90
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-server-verify required
 
