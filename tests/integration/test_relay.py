@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cvlan.client.relay import RelayClient, node_ssl, ws_url
+from cvlan.common.bootstrap import ControllerCallError
 from cvlan.controller.ca import CertificateAuthority
-from cvlan.relay.bootstrap import BootstrapError, ensure_identity
+from cvlan.relay.bootstrap import ensure_identity
 from cvlan.wire import relayproto as rp
 from tests.harness.controller import RunningController
 from tests.harness.relay import Fleet, NodeCreds, RunningRelay, enroll_node, parse_metrics
@@ -308,13 +309,13 @@ async def test_bootstrap_refuses_wrong_pin_and_bad_token(rc: RunningController, 
     r = await RunningRelay(rc, tmp_path / "relay").create()
     assert r.settings is not None
     wrong_pin = r.settings.model_copy(update={"ca_pin": "sha256:" + "0" * 64})
-    with pytest.raises(BootstrapError, match="does not match --ca-pin"):
+    with pytest.raises(ControllerCallError, match="does not match --ca-pin"):
         await ensure_identity(wrong_pin)
     bad_token = r.settings.model_copy(update={"token": "cvrb_0000_nope"})
-    with pytest.raises(BootstrapError, match="http 401: invalid relay bootstrap token"):
+    with pytest.raises(ControllerCallError, match="http 401: invalid relay bootstrap token"):
         await ensure_identity(bad_token)
     no_token = r.settings.model_copy(update={"token": ""})
-    with pytest.raises(BootstrapError, match="no --token given"):
+    with pytest.raises(ControllerCallError, match="no --token given"):
         await ensure_identity(no_token)
     assert not (tmp_path / "relay").exists()
 
@@ -340,7 +341,7 @@ async def test_relay_renews_its_certificate_while_running(
     r = await (await RunningRelay(rc, tmp_path / "relay").create()).start()
     try:
         first = await _served_serial(r)
-        monkeypatch.setattr(bootstrap, "_fresh", lambda cert, now: False)  # as if 2/3 of 90 days had passed
+        monkeypatch.setattr(bootstrap, "fresh", lambda cert, now: False)  # as if 2/3 of 90 days had passed
         async with asyncio.timeout(10):
             while (serial := await _served_serial(r)) == first:
                 await asyncio.sleep(0.1)

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from cvlan.common.bootstrap import ControllerCallError
+from cvlan.common.bootstrap import post_json as post
 from cvlan.controller.nodeapi import NODEAPI_KEY
-from cvlan.vrouter.identity import ControllerError, Identity, ensure_identity, post
+from cvlan.vrouter.identity import Identity, ensure_identity
 from cvlan.vrouter.settings import VrouterSettings
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import Api, RunningController
@@ -135,19 +137,19 @@ async def test_refusals_change_nothing(
     assert controller.c is not None
     ctx = world["east"].ssl_context()
     base = controller.url + "/v1/vrouter/"
-    with pytest.raises(ControllerError, match="invalid vrouter bootstrap token"):
+    with pytest.raises(ControllerCallError, match="invalid vrouter bootstrap token"):
         await post(
             base + "register", {"token": "cvvb_nope_nope", "wg_public_key": "00" * 32, "csr_pem": "x"}, ctx
         )
-    with pytest.raises(ControllerError, match="http 422"):
+    with pytest.raises(ControllerCallError, match="http 422"):
         await post(base + "poll", {"version": 5}, ctx)
     plain = controller.client_ssl()
-    with pytest.raises(ControllerError, match="needs the vrouter's client certificate"):
+    with pytest.raises(ControllerCallError, match="needs the vrouter's client certificate"):
         await post(base + "poll", {}, plain)
     vr = (
         await api.post("/api/v1/vrouters", {"name": "vr-x", "region": "east", "endpoint": "192.0.2.99:51900"})
     ).ok()
-    with pytest.raises(ControllerError, match="wg_public_key: expected 64 hex"):
+    with pytest.raises(ControllerCallError, match="wg_public_key: expected 64 hex"):
         await post(base + "register", {"token": vr["token"], "wg_public_key": "zz", "csr_pem": "x"}, plain)
     listed = {v["name"]: v for v in (await api.get("/api/v1/vrouters")).ok()["items"]}
     assert listed["vr-x"]["wg_public_key"] is None, "a refused registration stores nothing"
@@ -157,7 +159,7 @@ async def test_refusals_change_nothing(
     assert (await api.get("/api/v1/tenants/acme/cvlans/office")).ok()["version"] == version + 1
     served = (await api.get("/api/v1/tenants/acme/cvlans/office/vrouters")).ok()["items"]
     assert [v["vrouter"] for v in served] == ["vr-east"]
-    with pytest.raises(ControllerError, match="no longer current"):
+    with pytest.raises(ControllerCallError, match="no longer current"):
         await poll(controller, world["west"])
 
 
@@ -171,7 +173,7 @@ async def test_identity_is_kept_0600_and_reused_without_token(
     again = await ensure_identity(VrouterSettings(state_dir=d))
     assert again.wg_public_key == world["east"].wg_public_key and again.server == controller.url
     assert (await poll(controller, again))["state"]["vrouter"]["name"] == "vr-east"
-    with pytest.raises(ControllerError, match="give --server and --token"):
+    with pytest.raises(ControllerCallError, match="give --server and --token"):
         await ensure_identity(VrouterSettings(state_dir=tmp_path / "empty"))
 
 

@@ -103,12 +103,6 @@ class CertificateAuthority:
         """Write server.key (0600) and server.crt for the given host names and addresses."""
         now = now or dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = []
-        for h in dict.fromkeys(hosts):
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                sans.append(x509.DNSName(h))
         cert = (
             self._builder(
                 x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]),
@@ -116,7 +110,7 @@ class CertificateAuthority:
                 dt.timedelta(days=825),
                 now,
             )
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
@@ -133,24 +127,45 @@ class CertificateAuthority:
 
     def issue_client(
         self,
-        csr_pem: bytes,
+        csr: bytes | x509.CertificateSigningRequest,
         *,
         common_name: str,
         lifetime: dt.timedelta,
         identity: dict[ObjectIdentifier, str],
         now: dt.datetime | None = None,
+        server_hosts: list[str] | None = None,
     ) -> x509.Certificate:
-        """Sign a client certificate for a CSR whose signature checks, carrying the identity extensions."""
+        """Sign a client certificate for a CSR whose signature checks, carrying the identity extensions.
+
+        With server_hosts the certificate also serves TLS for those names and addresses (a relay's
+        listener authenticates with the same certificate it uses towards the controller)."""
         now = now or dt.datetime.now(dt.UTC)
-        csr = x509.load_pem_x509_csr(csr_pem)
+        if isinstance(csr, bytes):
+            csr = x509.load_pem_x509_csr(csr)
         if not csr.is_signature_valid:
             raise ValueError("CSR signature does not verify")
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         b = self._builder(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), csr.public_key(), lifetime, now
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if server_hosts:
+            usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+            b = b.add_extension(x509.SubjectAlternativeName(_sans(server_hosts)), critical=False)
+        b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         for oid, value in identity.items():
             b = b.add_extension(x509.UnrecognizedExtension(oid, value.encode()), critical=False)
         return b.sign(self.key, hashes.SHA256())
+
+
+def _sans(hosts: list[str]) -> list[x509.GeneralName]:
+    """Subject alternative names: IP addresses as such, everything else as DNS names."""
+    sans: list[x509.GeneralName] = []
+    for h in dict.fromkeys(hosts):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    return sans
 
 
 def identity_of(cert: x509.Certificate) -> dict[str, str]:

@@ -11,15 +11,13 @@ register again; each registration replaces the certificate serial the controller
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlparse
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -80,29 +78,13 @@ def issue_relay_cert(
     ca: CertificateAuthority, csr_pem: bytes, relay: Relay, now: dt.datetime
 ) -> x509.Certificate:
     """A certificate for the relay's TLS listener that also authenticates it to the controller."""
-    csr = registration.load_csr(csr_pem.decode(errors="replace"))
-    sans: list[x509.GeneralName] = []
-    for h in relay_hosts(relay.url):
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"relay:{relay.name}")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + RELAY_CERT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False
-        )
-        .add_extension(x509.UnrecognizedExtension(OID_KIND, b"relay"), critical=False)
-        .sign(ca.key, hashes.SHA256())
+    return ca.issue_client(
+        registration.load_csr(csr_pem.decode(errors="replace")),
+        common_name=f"relay:{relay.name}",
+        lifetime=RELAY_CERT_LIFETIME,
+        identity={OID_KIND: "relay"},
+        now=now,
+        server_hosts=relay_hosts(relay.url),
     )
 
 

@@ -37,8 +37,7 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -250,20 +249,12 @@ def issue_vrouter_cert(
     ca: CertificateAuthority, csr_pem: bytes, vr: Vrouter, now: dt.datetime
 ) -> x509.Certificate:
     """A client certificate (kind=vrouter) for the vrouter's calls to the controller."""
-    csr = registration.load_csr(csr_pem.decode(errors="replace"))
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vrouter:{vr.name}")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VROUTER_CERT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .add_extension(x509.UnrecognizedExtension(OID_KIND, b"vrouter"), critical=False)
-        .sign(ca.key, hashes.SHA256())
+    return ca.issue_client(
+        registration.load_csr(csr_pem.decode(errors="replace")),
+        common_name=f"vrouter:{vr.name}",
+        lifetime=VROUTER_CERT_LIFETIME,
+        identity={OID_KIND: "vrouter"},
+        now=now,
     )
 
 

@@ -16,7 +16,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
-from cvlan.relay.bootstrap import BootstrapError, ControllerChecker, RelayIdentity, ensure_identity
+from cvlan.common.bootstrap import ControllerCallError
+from cvlan.relay.bootstrap import ControllerChecker, RelayIdentity, ensure_identity
 from cvlan.relay.server import RelayServer
 from cvlan.relay.settings import RelaySettings, split_hostport
 from cvlan.relay.stunserver import start_stun
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     cvlog.setup(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
-    except BootstrapError as e:
+    except ControllerCallError as e:
         print(f"cvlan-relay: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -126,7 +127,7 @@ async def _renew_loop(
         await asyncio.sleep(RENEW_CHECK_S)
         try:
             new = await ensure_identity(settings)
-        except BootstrapError as e:
+        except ControllerCallError as e:
             log.warning("relay certificate renewal failed; will retry", extra={"reason": str(e)})
             continue
         if new.cert.serial_number != serving:

@@ -1,6 +1,6 @@
 """The relay's identity: registered with the controller once, then kept in the state dir (0600).
 
-The relay talks to the controller with aiohttp directly (it may not import cvlan.client). Calls:
+The relay talks to the controller through cvlan.common.bootstrap (it may not import cvlan.client). Calls:
 GET /v1/relay/ca (checked against --ca-pin before anything secret is sent), POST
 /v1/relay/register, and POST /v1/relay/check with the relay certificate as client certificate.
 """
@@ -8,34 +8,27 @@ GET /v1/relay/ca (checked against --ca-pin before anything secret is sent), POST
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from cvlan.common.bootstrap import (
+    ControllerCallError,
+    fetch_pinned_ca,
+    fresh,
+    new_csr,
+    post_json,
+    verifying_context,
+)
 from cvlan.common.files import write_atomic
 from cvlan.relay.settings import RelaySettings
 from cvlan.wire.certid import NodeIdentity
 
 log = logging.getLogger(__name__)
-TIMEOUT = aiohttp.ClientTimeout(total=15)
-
-
-class BootstrapError(Exception):
-    """The relay could not obtain or load its identity. ``retryable`` says whether trying again helps."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -51,17 +44,6 @@ class RelayIdentity:
     @property
     def cert(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
-
-
-def ca_fingerprint(ca_pem: str) -> str:
-    der = x509.load_pem_x509_certificate(ca_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
-def _fresh(cert: x509.Certificate, now: dt.datetime) -> bool:
-    """True while less than two thirds of the certificate's lifetime has passed."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return now < start + (end - start) * 2 / 3
 
 
 def load_identity(state_dir: Path) -> RelayIdentity | None:
@@ -81,48 +63,25 @@ def load_identity(state_dir: Path) -> RelayIdentity | None:
 
 
 def controller_ssl(ca_pem: str | None, identity: RelayIdentity | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    ctx = verifying_context(ca_pem)
     if identity is not None:
         ctx.load_cert_chain(identity.cert_file, identity.key_file)
     return ctx
 
 
-async def fetch_pinned_ca(server: str, pin: str) -> str:
-    """The controller CA, accepted only if its fingerprint equals pin (TOFU with a pin, as kubeadm)."""
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
-    async with (
-        aiohttp.ClientSession(timeout=TIMEOUT) as s,
-        s.get(server + "/v1/relay/ca", ssl=insecure) as r,
-    ):
-        if r.status != 200:
-            raise BootstrapError(f"fetch controller CA: http {r.status}", retryable=r.status >= 500)
-        pem = await r.text()
-    if ca_fingerprint(pem) != pin:
-        raise BootstrapError(f"controller CA fingerprint {ca_fingerprint(pem)} does not match --ca-pin")
-    return pem
-
-
 async def register(settings: RelaySettings, now: dt.datetime) -> RelayIdentity:
     """Send a CSR with the bootstrap token; write key, certificate, CA and metadata (all 0600)."""
     if not settings.token:
-        raise BootstrapError(f"no current relay identity in {settings.state_dir} and no --token given")
-    ca_pem = await fetch_pinned_ca(settings.server, settings.ca_pin) if settings.ca_pin else None
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cvlan-relay")]))
-        .sign(key, hashes.SHA256())
+        raise ControllerCallError(f"no current relay identity in {settings.state_dir} and no --token given")
+    ca_pem = (
+        await fetch_pinned_ca(settings.server + "/v1/relay/ca", settings.ca_pin) if settings.ca_pin else None
     )
-    body = {"token": settings.token, "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode()}
-    out = await _post(settings.server + "/v1/relay/register", body, controller_ssl(ca_pem))
+    key_pem, csr_pem = new_csr("cvlan-relay")
+    body = {"token": settings.token, "csr_pem": csr_pem}
+    out = await post_json(settings.server + "/v1/relay/register", body, controller_ssl(ca_pem))
     d = settings.state_dir
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     write_atomic(d / "relay.key", key_pem, 0o600)
     write_atomic(d / "relay.crt", out["cert_pem"], 0o600)
     write_atomic(d / "ca.crt", out["ca_pem"], 0o600)
@@ -140,28 +99,10 @@ async def ensure_identity(settings: RelaySettings, now: dt.datetime | None = Non
     try:
         ident = load_identity(settings.state_dir)
     except (OSError, ValueError, KeyError) as e:
-        raise BootstrapError(f"read relay state in {settings.state_dir}: {e}") from e
-    if ident is not None and _fresh(ident.cert, now):
+        raise ControllerCallError(f"read relay state in {settings.state_dir}: {e}") from e
+    if ident is not None and fresh(ident.cert, now):
         return ident
     return await register(settings, now)
-
-
-async def _post(url: str, body: dict[str, Any], ctx: ssl.SSLContext) -> Any:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=TIMEOUT) as s,
-            s.post(url, json=body, ssl=ctx) as r,
-        ):
-            text = await r.text()
-            if r.status != 200:
-                try:
-                    msg = json.loads(text)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    msg = text[:200]
-                raise BootstrapError(f"{url}: http {r.status}: {msg}", retryable=r.status >= 500)
-            return json.loads(text)
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise BootstrapError(f"{url}: {e or type(e).__name__}", retryable=True) from e
 
 
 class ControllerChecker:
@@ -194,8 +135,8 @@ class ControllerChecker:
                 ]
             }
             try:
-                out = await _post(self._url, body, self._ssl)
-            except BootstrapError as e:
+                out = await post_json(self._url, body, self._ssl)
+            except ControllerCallError as e:
                 log.warning("revocation check failed; relying on the CA signature", extra={"reason": str(e)})
                 return None
             for n, ok in zip(dict.fromkeys(todo), out["valid"], strict=True):

@@ -17,9 +17,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
+from cvlan.common.bootstrap import ControllerCallError
 from cvlan.dataplane.engine import EngineError
 from cvlan.vrouter.daemon import Vrouter
-from cvlan.vrouter.identity import ControllerError, ensure_identity
+from cvlan.vrouter.identity import ensure_identity
 from cvlan.vrouter.settings import VrouterSettings
 
 log = logging.getLogger("cvlan.vrouter")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cvlog.setup(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
-    except (ControllerError, EngineError, OSError) as e:
+    except (ControllerCallError, EngineError, OSError) as e:
         print(f"cvlan-vrouter: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

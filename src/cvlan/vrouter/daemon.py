@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cvlan.common.bootstrap import ControllerCallError, fresh, post_json
 from cvlan.common.files import write_atomic
 from cvlan.dataplane.engine import WgEngine, make_engine, pick_engine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import Firewall, FirewallError, NftFirewall
@@ -25,7 +26,7 @@ from cvlan.dataplane.router import NetlinkRouter, Router, RouterConfig, RouterEr
 from cvlan.dataplane.uapi import UapiError
 from cvlan.dataplane.wgconfig import WgConfig
 from cvlan.vrouter import reconcile
-from cvlan.vrouter.identity import ControllerError, Identity, fresh, post, renew
+from cvlan.vrouter.identity import Identity, renew
 from cvlan.vrouter.settings import VrouterSettings
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Vrouter:
         if not fresh(self.ident.cert, dt.datetime.now(dt.UTC)):
             self.ident = await renew(self.settings, self.ident)
         body = {"version": self.version, "long_poll_s": self.settings.long_poll_s}
-        out = await post(
+        out = await post_json(
             self.ident.server + "/v1/vrouter/poll",
             body,
             self.ident.ssl_context(),
@@ -192,7 +193,7 @@ class Vrouter:
                 if self.settings.long_poll_s == 0:
                     await _sleep(stop, 5.0)
                 continue
-            except ControllerError as e:
+            except ControllerCallError as e:
                 self.errors += 1
                 log.warning("poll failed", extra={"reason": str(e)})
                 if not e.retryable and "no longer current" in str(e):

@@ -5,41 +5,34 @@ State dir (0700; every file 0600): wg.key (WireGuard private key, hex), vrouter.
 token (the bootstrap token, kept so the vrouter can register again when its certificate nears
 expiry; the controller accepts it until the vrouter is deleted). A restart needs no token.
 
-Calls (aiohttp directly: apps do not share code): GET /v1/vrouter/ca (checked against --ca-pin
-before anything secret is sent), POST /v1/vrouter/register, POST /v1/vrouter/poll (mutual TLS).
+Calls (through cvlan.common.bootstrap): GET /v1/vrouter/ca (checked against --ca-pin before
+anything secret is sent), POST /v1/vrouter/register, POST /v1/vrouter/poll (mutual TLS).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from cvlan.common.bootstrap import (
+    ControllerCallError,
+    fetch_pinned_ca,
+    fresh,
+    new_csr,
+    post_json,
+    verifying_context,
+)
 from cvlan.common.files import write_atomic
 from cvlan.dataplane.wgconfig import KeyHex, generate_keypair, parse_key, public_of
 from cvlan.vrouter.settings import VrouterSettings
 
 log = logging.getLogger(__name__)
-TIMEOUT = aiohttp.ClientTimeout(total=15)
-
-
-class ControllerError(Exception):
-    """A call to the controller failed. ``retryable`` says whether trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -70,17 +63,6 @@ class Identity:
         return ctx
 
 
-def ca_fingerprint(ca_pem: str) -> str:
-    der = x509.load_pem_x509_certificate(ca_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
-def fresh(cert: x509.Certificate, now: dt.datetime) -> bool:
-    """True while less than two thirds of the certificate's lifetime has passed."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return now < start + (end - start) * 2 / 3
-
-
 def load_identity(d: Path) -> Identity | None:
     meta = d / "vrouter.json"
     if not meta.exists():
@@ -108,49 +90,16 @@ def _wg_key(d: Path) -> KeyHex:
     return priv
 
 
-async def fetch_pinned_ca(server: str, pin: str) -> str:
-    """The controller CA, accepted only if its fingerprint equals pin."""
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=TIMEOUT) as s,
-            s.get(server + "/v1/vrouter/ca", ssl=insecure) as r,
-        ):
-            if r.status != 200:
-                raise ControllerError(f"fetch controller CA: http {r.status}", retryable=r.status >= 500)
-            pem = await r.text()
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise ControllerError(f"fetch controller CA: {e or type(e).__name__}", retryable=True) from e
-    if ca_fingerprint(pem) != pin:
-        raise ControllerError(f"controller CA fingerprint {ca_fingerprint(pem)} does not match --ca-pin")
-    return pem
-
-
 async def register(settings: VrouterSettings, server: str, token: str) -> Identity:
     """Send the WireGuard public key and a CSR with the bootstrap token; store the answer (0600)."""
     d = settings.state_dir
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
-    ca_pem = await fetch_pinned_ca(server, settings.ca_pin) if settings.ca_pin else None
+    ca_pem = await fetch_pinned_ca(server + "/v1/vrouter/ca", settings.ca_pin) if settings.ca_pin else None
     wg = _wg_key(d)
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cvlan-vrouter")]))
-        .sign(key, hashes.SHA256())
-    )
-    body = {
-        "token": token,
-        "wg_public_key": public_of(wg),
-        "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
-    }
-    ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
-    out = await post(server + "/v1/vrouter/register", body, ctx)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    key_pem, csr_pem = new_csr("cvlan-vrouter")
+    body = {"token": token, "wg_public_key": public_of(wg), "csr_pem": csr_pem}
+    out = await post_json(server + "/v1/vrouter/register", body, verifying_context(ca_pem))
     write_atomic(d / "vrouter.key", key_pem, 0o600)
     write_atomic(d / "vrouter.crt", out["cert_pem"], 0o600)
     write_atomic(d / "ca.crt", out["ca_pem"], 0o600)
@@ -172,15 +121,15 @@ async def ensure_identity(settings: VrouterSettings, now: dt.datetime | None = N
         ident = load_identity(d)
         saved_token = (d / "token").read_text().strip() if (d / "token").exists() else ""
     except (OSError, ValueError, KeyError) as e:
-        raise ControllerError(f"read vrouter state in {d}: {e}") from e
+        raise ControllerCallError(f"read vrouter state in {d}: {e}") from e
     if ident is not None and not settings.token and fresh(ident.cert, now):
         return ident
     server = settings.server or (ident.server if ident else "")
     token = settings.token or saved_token
     if not server:
-        raise ControllerError(f"no vrouter identity in {d}: give --server and --token")
+        raise ControllerCallError(f"no vrouter identity in {d}: give --server and --token")
     if not token:
-        raise ControllerError(f"no vrouter identity in {d} and no --token given")
+        raise ControllerCallError(f"no vrouter identity in {d} and no --token given")
     return await register(settings, server, token)
 
 
@@ -189,24 +138,5 @@ async def renew(settings: VrouterSettings, ident: Identity) -> Identity:
     try:
         token = (settings.state_dir / "token").read_text().strip()
     except OSError as e:
-        raise ControllerError(f"renew the vrouter certificate: no saved token: {e}") from e
+        raise ControllerCallError(f"renew the vrouter certificate: no saved token: {e}") from e
     return await register(settings, ident.server, token)
-
-
-async def post(url: str, body: dict[str, Any], ctx: ssl.SSLContext, timeout: float = 15) -> Any:
-    """POST JSON; the decoded answer, or ControllerError with the controller's one-line message."""
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
-            s.post(url, json=body, ssl=ctx) as r,
-        ):
-            text = await r.text()
-            if r.status != 200:
-                try:
-                    msg = json.loads(text)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    msg = text[:200]
-                raise ControllerError(f"{url}: http {r.status}: {msg}", retryable=r.status >= 500)
-            return json.loads(text)
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise ControllerError(f"{url}: {e or type(e).__name__}", retryable=True) from e

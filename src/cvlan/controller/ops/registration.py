@@ -74,12 +74,6 @@ def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
     return csr
 
 
-def check_csr(csr_pem: str) -> bytes:
-    """The CSR as bytes once load_csr accepts it."""
-    load_csr(csr_pem)
-    return csr_pem.encode()
-
-
 def clean_hostname(hostname: str) -> str:
     """A valid node name derived from a machine's hostname (first label, odd characters to '-')."""
     first = hostname.strip().split(".")[0]
@@ -90,7 +84,7 @@ def clean_hostname(hostname: str) -> str:
 
 
 def issue_cert(
-    ctx: OpsContext, authority: CertificateAuthority, node: Node, csr: bytes
+    ctx: OpsContext, authority: CertificateAuthority, node: Node, csr: x509.CertificateSigningRequest
 ) -> tuple[str, dt.datetime]:
     now = ctx.now()
     cert = authority.issue_client(
@@ -126,7 +120,7 @@ async def register(
     """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent)."""
     if len(wg_public_key) != 32:
         raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
-    csr = check_csr(csr_pem)
+    csr = load_csr(csr_pem)
     # Only a caller with a certificate can re-register; for anyone else nodes.create refuses the key.
     existing = None
     if caller is not None:
@@ -202,7 +196,7 @@ async def renew(
     ctx: OpsContext, s: AsyncSession, authority: CertificateAuthority, caller: Caller, csr_pem: str
 ) -> tuple[str, dt.datetime]:
     """A new certificate for the calling node (its current one must still be valid)."""
-    csr = check_csr(csr_pem)
+    csr = load_csr(csr_pem)
     node = await s.scalar(
         select(Node).where(Node.id == caller.node_id, Node.tenant_id == caller.tenant_id).with_for_update()
     )
