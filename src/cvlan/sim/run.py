@@ -41,7 +41,7 @@ from cvlan.sim.provision import Plan, provision
 
 # PostgreSQL settings for the run on top of PgCluster's DEFAULT_CONF (see docs/SIMULATION.md).
 PG_TUNING = {
-    "max_connections": "100",
+    "max_connections": "200",
     "shared_buffers": "512MB",
     "synchronous_commit": "off",
     "wal_compression": "on",
