@@ -51,6 +51,10 @@ PG_TUNING = {
 }
 
 
+BACKEND_CONNS = 128
+"""Connections from all HAProxy processes to the controller together (see _start_stack)."""
+
+
 class RunError(Exception):
     """The run could not start or had to stop: one line for the operator."""
 
@@ -391,6 +395,9 @@ async def _start_stack(
         ctl.data_dir / "server.key",
         conf.ca_pem,
         maxconn=per_proc,
+        # About 128 connections to the controller in all: it runs one request at a time, so more
+        # only cost it TLS handshakes; requests beyond them wait in HAProxy's queue.
+        backend_conns=max(8, math.ceil(BACKEND_CONNS / nproc)),
     )
     procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(nproc)]
 
