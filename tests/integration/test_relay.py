@@ -345,7 +345,7 @@ async def test_relay_renews_its_certificate_while_running(
         async with asyncio.timeout(10):
             while (serial := await _served_serial(r)) == first:
                 await asyncio.sleep(0.1)
-        monkeypatch.setattr(bootstrap, "_fresh", lambda cert, now: True)
+        monkeypatch.setattr(bootstrap, "fresh", lambda cert, now: True)
         await asyncio.sleep(0.5)
         assert x509.load_pem_x509_certificate(
             (r.state_dir / "relay.crt").read_bytes()
