@@ -2,47 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import ssl
 import tempfile
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from cvlan.common.bootstrap import ca_fingerprint, csr_for, new_csr
 
 
 def new_key_and_csr(common_name: str = "cvlan-node") -> tuple[str, str]:
     """A fresh ECDSA P-256 key (PEM, PKCS#8) and a CSR for it (PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem, csr = new_csr(common_name)
+    return key_pem.decode(), csr
 
 
 def csr_for_key(key_pem: str, common_name: str = "cvlan-node") -> str:
     key = serialization.load_pem_private_key(key_pem.encode(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+    return csr_for(key, common_name)
 
 
-def fingerprint(ca_pem: str) -> str:
-    """sha256:HEX of the certificate's DER, the form of --ca-pin."""
-    der = x509.load_pem_x509_certificate(ca_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+fingerprint = ca_fingerprint
+"""sha256:HEX of the certificate's DER, the form of --ca-pin."""
 
 
 def normalize_pin(pin: str) -> str:

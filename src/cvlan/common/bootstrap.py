@@ -43,18 +43,23 @@ def fresh(cert: x509.Certificate, now: dt.datetime) -> bool:
     return now < start + (end - start) * 2 / 3
 
 
-def new_csr(common_name: str) -> tuple[bytes, str]:
-    """A fresh P-256 key (PKCS#8 PEM, to be stored 0600) and a CSR for it (PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def csr_for(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
+    """A CSR (PEM) for key; the controller ignores the subject and signs its own identity in."""
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .sign(key, hashes.SHA256())
     )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def new_csr(common_name: str) -> tuple[bytes, str]:
+    """A fresh P-256 key (PKCS#8 PEM, to be stored 0600) and a CSR for it (PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+    return key_pem, csr_for(key, common_name)
 
 
 def verifying_context(ca_pem: str | None) -> ssl.SSLContext:
