@@ -15,6 +15,7 @@ import aiohttp
 from google.protobuf.message import Message
 
 from cvlan.client import tls
+from cvlan.common.bootstrap import ca_fingerprint
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 
@@ -86,7 +87,7 @@ class NodeApiClient:
             raw = await _get(s, server.rstrip("/") + "/v1/discover", tls.unverified_context())
         d = _decode(pb.DiscoverResponse, raw)
         try:
-            got = tls.fingerprint(d.ca_pem)
+            got = ca_fingerprint(d.ca_pem)
         except ValueError as e:
             raise ControlError("controller sent no valid CA certificate", retryable=False) from e
         if got != want:

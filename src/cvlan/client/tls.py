@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cvlan.common.bootstrap import ca_fingerprint, csr_for, new_csr
+from cvlan.common.bootstrap import csr_for, new_csr
 
 
 def new_key_and_csr(common_name: str = "cvlan-node") -> tuple[str, str]:
@@ -24,10 +24,6 @@ def csr_for_key(key_pem: str, common_name: str = "cvlan-node") -> str:
     key = serialization.load_pem_private_key(key_pem.encode(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return csr_for(key, common_name)
-
-
-fingerprint = ca_fingerprint
-"""sha256:HEX of the certificate's DER, the form of --ca-pin."""
 
 
 def normalize_pin(pin: str) -> str:

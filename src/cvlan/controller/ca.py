@@ -5,7 +5,6 @@ The CA key is written 0600 on first start and never leaves the data dir."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from cvlan.common.bootstrap import ca_fingerprint
 from cvlan.common.files import write_atomic
 
 # Private-arc OIDs for node identity inside certificates (node id, tenant, CVLAN, WireGuard key).
@@ -24,12 +24,6 @@ OID_TENANT_ID = ObjectIdentifier(OID_BASE + ".2")
 OID_CVLAN_ID = ObjectIdentifier(OID_BASE + ".3")
 OID_WG_KEY = ObjectIdentifier(OID_BASE + ".4")
 OID_KIND = ObjectIdentifier(OID_BASE + ".5")
-
-
-def fingerprint(cert_pem: bytes) -> str:
-    """sha256:HEX of the DER certificate: what a node pins before it trusts a controller."""
-    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 @dataclass
@@ -43,7 +37,8 @@ class CertificateAuthority:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.cert_pem)
+        """sha256:HEX of the CA certificate: what a node pins before it trusts a controller."""
+        return ca_fingerprint(self.cert_pem.decode())
 
     @classmethod
     def load_or_create(cls, directory: Path, now: dt.datetime | None = None) -> CertificateAuthority:
@@ -137,13 +132,15 @@ class CertificateAuthority:
     ) -> x509.Certificate:
         """Sign a client certificate for a CSR whose signature checks, carrying the identity extensions.
 
-        With server_hosts the certificate also serves TLS for those names and addresses (a relay's
-        listener authenticates with the same certificate it uses towards the controller)."""
+        A parsed CSR is taken as checked (``registration.load_csr`` verifies what clients send);
+        a PEM one is parsed and its signature verified here. With server_hosts the certificate also
+        serves TLS for those names and addresses (a relay's listener authenticates with the same
+        certificate it uses towards the controller)."""
         now = now or dt.datetime.now(dt.UTC)
         if isinstance(csr, bytes):
             csr = x509.load_pem_x509_csr(csr)
-        if not csr.is_signature_valid:
-            raise ValueError("CSR signature does not verify")
+            if not csr.is_signature_valid:
+                raise ValueError("CSR signature does not verify")
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         b = self._builder(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), csr.public_key(), lifetime, now

@@ -74,17 +74,24 @@ def relay_hosts(url: str) -> list[str]:
     return [host]
 
 
-def issue_relay_cert(
-    ca: CertificateAuthority, csr_pem: bytes, relay: Relay, now: dt.datetime
+def issue_infra_cert(
+    ca: CertificateAuthority,
+    csr_pem: str,
+    kind: str,
+    name: str,
+    lifetime: dt.timedelta,
+    now: dt.datetime,
+    server_hosts: list[str] | None = None,
 ) -> x509.Certificate:
-    """A certificate for the relay's TLS listener that also authenticates it to the controller."""
+    """The certificate of a relay or vrouter (kind), checked and signed like a node's. A relay's
+    also serves its TLS listener (server_hosts)."""
     return ca.issue_client(
-        registration.load_csr(csr_pem.decode(errors="replace")),
-        common_name=f"relay:{relay.name}",
-        lifetime=RELAY_CERT_LIFETIME,
-        identity={OID_KIND: "relay"},
+        registration.load_csr(csr_pem),
+        common_name=f"{kind}:{name}",
+        lifetime=lifetime,
+        identity={OID_KIND: kind},
         now=now,
-        server_hosts=relay_hosts(relay.url),
+        server_hosts=server_hosts,
     )
 
 
@@ -108,7 +115,9 @@ async def register_handler(request: web.Request) -> web.Response:
     ctx, ca = request.app[CTX_KEY], request.app[CA_KEY]
     async with ctx.tx() as s:
         relay = await _relay_for_token(s, body.token)
-        cert = issue_relay_cert(ca, body.csr_pem.encode(), relay, ctx.now())
+        cert = issue_infra_cert(
+            ca, body.csr_pem, "relay", relay.name, RELAY_CERT_LIFETIME, ctx.now(), relay_hosts(relay.url)
+        )
         relay.cert_serial = format(cert.serial_number, "x")
         relay.last_seen = ctx.now()
         region = await s.scalar(select(Region.name).where(Region.id == relay.region_id))

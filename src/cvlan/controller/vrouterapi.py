@@ -36,7 +36,6 @@ import re
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import Field
 from sqlalchemy import select
@@ -44,13 +43,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import credentials
 from cvlan.controller.api.framework import CTX_KEY
-from cvlan.controller.ca import OID_KIND, CertificateAuthority, identity_of
+from cvlan.controller.ca import CertificateAuthority, identity_of
 from cvlan.controller.db.models import Cvlan, Region, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.infraapi import _body, _In, peer_certificate
+from cvlan.controller.infraapi import _body, _In, issue_infra_cert, peer_certificate
 from cvlan.controller.mapper.cache import CvlanMap, Mapper
 from cvlan.controller.nodeapi import NODEAPI_KEY
-from cvlan.controller.ops import registration
 from cvlan.controller.ops.context import OpsContext, bump
 from cvlan.controller.ops.infra import VROUTER_KIND
 
@@ -101,7 +99,9 @@ class VrouterApi:
         key = bytes.fromhex(body.wg_public_key)
         async with self.ctx.tx() as s:
             vr = await _vrouter_for_token(s, body.token)
-            cert = issue_vrouter_cert(self.ca, body.csr_pem.encode(), vr, self.ctx.now())
+            cert = issue_infra_cert(
+                self.ca, body.csr_pem, "vrouter", vr.name, VROUTER_CERT_LIFETIME, self.ctx.now()
+            )
             vr.cert_serial = format(cert.serial_number, "x")
             vr.last_seen = self.ctx.now()
             if vr.wg_public_key != key:
@@ -243,19 +243,6 @@ def state_version(me: dict[str, Any], maps: list[CvlanMap]) -> str:
     every change of a map), so an unchanged poll costs no state assembly."""
     raw = json.dumps([me, [(m.cvlan_id, m.token) for m in maps]], sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def issue_vrouter_cert(
-    ca: CertificateAuthority, csr_pem: bytes, vr: Vrouter, now: dt.datetime
-) -> x509.Certificate:
-    """A client certificate (kind=vrouter) for the vrouter's calls to the controller."""
-    return ca.issue_client(
-        registration.load_csr(csr_pem.decode(errors="replace")),
-        common_name=f"vrouter:{vr.name}",
-        lifetime=VROUTER_CERT_LIFETIME,
-        identity={OID_KIND: "vrouter"},
-        now=now,
-    )
 
 
 async def _served(s: AsyncSession, vid: int) -> list[Cvlan]:
