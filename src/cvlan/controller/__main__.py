@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 import signal
+import stat
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -42,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-tls", action="store_true", help="serve plain HTTP (only behind a TLS-terminating proxy)"
     )
+    s.add_argument(
+        "--proxy-socket",
+        type=Path,
+        help="also serve plain HTTP on this Unix socket for a TLS-terminating proxy on the same host "
+        "(its X-Client-Cert header is believed; the socket is created mode 0660)",
+    )
     s.add_argument("--log-format", choices=("text", "json"))
     s.add_argument("--log-level")
     usercmd.add_parsers(sub)
@@ -58,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "listen": args.listen,
         "public_url": args.public_url,
         "tls": False if args.no_tls else None,
+        "proxy_socket": args.proxy_socket,
         "log_format": args.log_format,
         "log_level": args.log_level,
     }
@@ -120,6 +130,17 @@ async def _serve(settings: object) -> int:
         print(f"cvlan-controller: cannot listen on {settings.listen}: {e.strerror}", file=sys.stderr)
         await runner.cleanup()
         return 1
+    if settings.proxy_socket is not None:
+        try:
+            await _start_proxy_socket(runner, settings.proxy_socket)
+        except OSError as e:
+            print(
+                f"cvlan-controller: cannot listen on proxy socket {settings.proxy_socket}: {e.strerror}",
+                file=sys.stderr,
+            )
+            await runner.cleanup()
+            return 1
+        log.info("controller listening for its TLS front", extra={"endpoint": str(settings.proxy_socket)})
     log.info("controller listening", extra={"endpoint": settings.url})
     if conf:
         log.info(f"first start: wrote {conf} (platform admin token; mode 0600)")
@@ -130,7 +151,22 @@ async def _serve(settings: object) -> int:
     await stop.wait()
     log.info("controller stopping")
     await runner.cleanup()
+    if settings.proxy_socket is not None:
+        settings.proxy_socket.unlink(missing_ok=True)
     return 0
+
+
+async def _start_proxy_socket(runner: web.AppRunner, path: Path) -> None:
+    """Listen on a Unix socket for the TLS front: a stale socket file is replaced, anything else is not."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise OSError(errno.EEXIST, "exists and is not a socket")
+        path.unlink()
+    old = os.umask(0o117)  # the socket is created 0660, never briefly wider
+    try:
+        await web.UnixSite(runner, str(path), backlog=4096).start()
+    finally:
+        os.umask(old)
 
 
 if __name__ == "__main__":

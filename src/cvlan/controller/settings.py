@@ -26,6 +26,9 @@ class ControllerSettings(BaseSettings):
     """Terminate TLS here (the embedded default). False only behind a TLS-terminating proxy."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses whose X-Client-Cert-* headers are believed (a TLS front such as HAProxy)."""
+    proxy_socket: Path | None = None
+    """A Unix socket serving plain HTTP to a TLS front on this host; requests on it are trusted like
+    those from trusted_proxies. Created mode 0660: only the front's user or group may connect."""
     pool_cidr: str = "100.64.0.0/10"
     cvlan_prefix: int = 24
     address_quarantine_s: int = 3600

@@ -35,6 +35,8 @@ from cvlan.wire import nodeproto
 from cvlan.wire.pb import node_pb2 as pb
 
 CT = nodeproto.CT_PROTO
+RECONNECT_BASE_S = 1.0
+RECONNECT_CAP_S = 30.0
 
 
 @dataclass
@@ -86,6 +88,9 @@ class SimNode:
         "renewing",
         "connecting",
         "req",
+        "timer",
+        "next_due",
+        "failures",
     )
 
     def __init__(self, idx: int, token: str) -> None:
@@ -104,6 +109,10 @@ class SimNode:
         self.renewing = False
         self.connecting = False
         self.req = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.next_due = 0.0
+        self.failures = 0
+        """Consecutive failed connection attempts: the reconnect backoff grows with them."""
 
     @property
     def name(self) -> str:
@@ -359,8 +368,25 @@ class Fleet:
             node.renewing = True
             node.queue.append(("renew", due))
         nxt = due + self._next_interval()
-        self.loop.call_at(nxt, self._fire, node, nxt)
+        node.next_due = nxt
+        node.timer = self.loop.call_at(nxt, self._fire, node, nxt)
         self._pump(node)
+
+    def respread(self, interval: float) -> int:
+        """The interval became shorter: a node whose next poll lies further away than one new interval
+        polls at a uniformly drawn time within it instead, so the fleet is at the new rate at once
+        (instead of ramping up over one old interval). Returns how many polls were moved."""
+        now = self.loop.time()
+        moved = 0
+        for node in self.nodes:
+            if node.timer is None or node.next_due - now <= interval:
+                continue
+            node.timer.cancel()
+            due = now + self.rng.uniform(0, interval)
+            node.next_due = due
+            node.timer = self.loop.call_at(due, self._fire, node, due)
+            moved += 1
+        return moved
 
     def _renew_due(self, node: SimNode) -> bool:
         if node.renewing or not node.cert_issued:
@@ -396,15 +422,26 @@ class Fleet:
 
         conn.request(data, done)
 
+    def reconnect_delay(self, failures: int) -> float:
+        """Exponential backoff with full jitter, as cvlan-ctrl does: a front that drops many
+        connections at once is not answered with as many simultaneous TLS handshakes."""
+        return self.rng.uniform(0, min(RECONNECT_CAP_S, RECONNECT_BASE_S * 2**failures))
+
     async def _reconnect(self, node: SimNode) -> None:
-        await asyncio.sleep(self.rng.uniform(0, 1))
-        if node.connecting or (node.conn is not None and not node.conn.closed):
+        node.connecting = True
+        try:
+            await asyncio.sleep(self.reconnect_delay(node.failures))
+        finally:
+            node.connecting = False
+        if self.stopping or (node.conn is not None and not node.conn.closed):
             return
         if await self._connect(node):
+            node.failures = 0
             self.connected += 1
             self._pump(node)
         elif not self.stopping:
-            self.loop.call_later(self.rng.uniform(1, 5), self._pump, node)
+            node.failures += 1
+            self._pump(node)
 
     def _body(self, node: SimNode, op: str) -> bytes:
         if op == "poll":
@@ -517,9 +554,14 @@ async def _worker(
         fleet.stop_registering = stop_registering
     reg = asyncio.create_task(fleet.register_all())
     next_tick = loop.time() + 1.0
+    current = fleet.interval()
     while not stop():
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
         next_tick += 1.0
+        now_iv = fleet.interval()
+        if now_iv < current * 0.99:
+            fleet.respread(now_iv)
+        current = now_iv
         report({"t": time.time(), "iv": fleet.take_interval().to_wire()})
     fleet.stopping = True
     await fleet.drain(timeout=min(cfg.timeout_s, 10.0))

@@ -1,6 +1,7 @@
 """HAProxy as the TLS front of the node API: it terminates every node's mutual-TLS connection and
-forwards requests over a few reused connections to the controller, with the verified client
-certificate in X-Client-Cert (URL-escaped PEM, the format the controller reads from a trusted proxy).
+forwards requests as plain HTTP over a few reused connections to the controller's proxy socket (a
+Unix socket, so no second TLS layer), with the verified client certificate in X-Client-Cert
+(URL-escaped PEM, the format the controller reads from a trusted proxy).
 
 Why: Python's ssl holds about 44 KB per idle TLS connection, so 100,000 keep-alive nodes would cost
 the controller about 4.4 GB; HAProxy releases idle TLS buffers and keeps a few KB per connection."""
@@ -18,7 +19,7 @@ global
     tune.ssl.cachesize 200000
     # HAProxy stops keeping idle backend connections once more than pool-high-fd-ratio % (default
     # 25) of its descriptors are in use; with thousands of node connections that is always, and
-    # every request then opens (and TLS-handshakes) a new connection to the controller. The node
+    # every request then opens a new connection to the controller. The node
     # connections are the point of the front, so keep the pool until the descriptors run out.
     tune.pool-high-fd-ratio 95
     tune.pool-low-fd-ratio 90
@@ -47,7 +48,7 @@ frontend nodes
     default_backend controller
 
 backend controller
-    server ctl1 {backend} ssl ca-file {ca} verifyhost localhost maxconn {backend_conns}
+    server ctl1 unix@{backend} maxconn {backend_conns}
 """
 
 # PEM of the client certificate, URL-escaped like nginx's $ssl_client_escaped_cert.
@@ -66,7 +67,7 @@ def haproxy_binary() -> str:
 def write_config(
     work: Path,
     listen: str,
-    backend: str,
+    backend: Path,
     server_crt: Path,
     server_key: Path,
     ca_pem: str,

@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -158,7 +159,7 @@ def _version(cmd: list[str]) -> str:
 class Controller:
     """A `cvlan-controller serve` subprocess on PostgreSQL, stopped by its pid."""
 
-    def __init__(self, work: Path, db_url: str, port: int, trusted_proxies: list[str]) -> None:
+    def __init__(self, work: Path, db_url: str, port: int, proxy_socket: Path | None) -> None:
         self.data_dir = work / "controller"
         self.port = port
         self.log_path = work / "controller.log"
@@ -167,8 +168,6 @@ class Controller:
         env["CVLAN_CONTROLLER_LOG_LEVEL"] = "warning"
         # Registrations and map loads each hold a pooled connection; the default 10 queues them.
         env.setdefault("CVLAN_CONTROLLER_DB_POOL_SIZE", "30")
-        if trusted_proxies:
-            env["CVLAN_CONTROLLER_TRUSTED_PROXIES"] = json.dumps(trusted_proxies)
         self.cmd = [
             binary,
             "serve",
@@ -179,6 +178,9 @@ class Controller:
             "--listen",
             f"127.0.0.1:{port}",
         ]
+        if proxy_socket is not None:
+            # The TLS front forwards plain HTTP over this socket: no second TLS layer to pay for.
+            self.cmd += ["--proxy-socket", str(proxy_socket)]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
@@ -368,9 +370,9 @@ async def _start_stack(
         raise RunError(f"cannot start PostgreSQL: {detail[0]}") from e
     sampler.add("postgresql", lambda: [p] if (p := pg.pid()) else [], shared_memory=True)
     port = free_port()
-    trusted = ["127.0.0.1/32"] if cfg.front == "haproxy" else []
+    sock = _socket_path(cfg.work_dir, cleanups) if cfg.front == "haproxy" else None
     _log(cfg, f"starting the controller on 127.0.0.1:{port}")
-    ctl = Controller(cfg.work_dir, db_url, port, trusted)
+    ctl = Controller(cfg.work_dir, db_url, port, sock)
     cleanups.append(ctl.stop)
     conf = await ctl.wait_ready()
     sampler.add("controller", lambda: [ctl.proc.pid])
@@ -387,16 +389,17 @@ async def _start_stack(
     # HAProxy reserves about 2 descriptors per connection it may accept.
     per_proc = max(500, min(cfg.nodes + 1_000, (fds - 1_000) // 2))
     nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.8))
+    assert sock is not None
     hcfg = front.write_config(
         cfg.work_dir / "front",
         f"127.0.0.1:{fport}",
-        f"127.0.0.1:{port}",
+        sock,
         ctl.data_dir / "server.crt",
         ctl.data_dir / "server.key",
         conf.ca_pem,
         maxconn=per_proc,
         # About 128 connections to the controller in all: it runs one request at a time, so more
-        # only cost it TLS handshakes; requests beyond them wait in HAProxy's queue.
+        # only fill its accept queue; requests beyond them wait in HAProxy's queue.
         backend_conns=max(8, math.ceil(BACKEND_CONNS / nproc)),
     )
     procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(nproc)]
@@ -420,6 +423,18 @@ async def _start_stack(
         if proc.poll() is not None:
             raise RunError(f"haproxy exited with status {proc.returncode}; see its log in the work dir")
     return conf, fport, "127.0.0.1"
+
+
+def _socket_path(work: Path, cleanups: list[Callable[[], None]]) -> Path:
+    """Where the controller listens for HAProxy: in the work dir, or a private temporary directory
+    when that path would be too long for a Unix socket (108 bytes)."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work.resolve() / "ctl.sock"
+    if len(str(path)) < 100:
+        return path
+    tmp = Path(tempfile.mkdtemp(prefix="cvlan-sim-"))
+    cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return tmp / "ctl.sock"
 
 
 async def _drive(

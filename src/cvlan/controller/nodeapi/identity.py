@@ -68,12 +68,19 @@ def parse_identity(cert: x509.Certificate) -> NodeIdentity:
 class IdentityResolver:
     """Maps a request to its NodeIdentity, with a bounded cache keyed by the certificate bytes."""
 
-    def __init__(self, ca: CertificateAuthority, trusted_proxies: list[str]) -> None:
+    def __init__(
+        self, ca: CertificateAuthority, trusted_proxies: list[str], proxy_socket: bool = False
+    ) -> None:
         self.ca = ca
         self._cache: OrderedDict[bytes, NodeIdentity] = OrderedDict()
         self._by_conn: weakref.WeakKeyDictionary[ssl.SSLObject, NodeIdentity] = weakref.WeakKeyDictionary()
         """Per TLS connection: keep-alive polls skip re-reading the peer certificate."""
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+        self._trusted: dict[str, bool] = {}
+        """Per peer address: is it a trusted proxy? A front has few addresses; nodes are not asked."""
+        if proxy_socket:
+            # The controller's only Unix listener is the proxy socket; its peers have no address ("").
+            self._trusted[""] = True
 
     def optional(self, request: web.Request, now: dt.datetime) -> NodeIdentity | None:
         """The caller's identity, or None if the request carries no client certificate."""
@@ -126,13 +133,20 @@ class IdentityResolver:
         return ident
 
     def _from_proxy(self, request: web.Request) -> bool:
-        if not self._proxies or request.remote is None:
+        remote = request.remote
+        if remote is None:
             return False
-        try:
-            addr = ipaddress.ip_address(request.remote)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._proxies)
+        trusted = self._trusted.get(remote)
+        if trusted is None:
+            try:
+                addr = ipaddress.ip_address(remote)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(addr in net for net in self._proxies)
+            if len(self._trusted) < 1024:
+                self._trusted[remote] = trusted
+        return trusted
 
     def _verify_forwarded(self, header: str, now: dt.datetime) -> x509.Certificate:
         """A proxy-forwarded PEM (URL-escaped, as nginx $ssl_client_escaped_cert): check it is ours."""

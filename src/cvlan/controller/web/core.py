@@ -118,7 +118,9 @@ def secure(request: web.Request) -> bool:
     settings = request.app[CTX_KEY].settings
     if request.secure or settings.tls:
         return True
-    proxied = request.remote in settings.trusted_proxies
+    proxied = request.remote in settings.trusted_proxies or (
+        request.remote == "" and settings.proxy_socket is not None
+    )
     return proxied and request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 

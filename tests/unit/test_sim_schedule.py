@@ -1,0 +1,65 @@
+"""The simulated fleet's poll schedule: a shorter interval takes effect at once, and reconnects back off."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from cvlan.sim.fleet import RECONNECT_BASE_S, RECONNECT_CAP_S, Fleet, FleetConfig
+
+
+def _fleet(loop: asyncio.AbstractEventLoop, n: int) -> Fleet:
+    """A fleet that never connects: only its scheduling is exercised."""
+    cfg = FleetConfig(
+        host="127.0.0.1",
+        port=1,
+        server_name="localhost",
+        ca_pem="",
+        tokens=[f"t{i}" for i in range(n)],
+        first_index=0,
+        index_step=1,
+        reg_rate=1.0,
+        t0_wall=time.time(),
+    )
+    fleet = Fleet(cfg, loop)
+    os.rmdir(fleet._tmp)  # its scratch directory for certificates is not needed here
+    return fleet
+
+
+def test_shorter_interval_respreads_polls_uniformly() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 2000)
+        now = loop.time()
+        fired: list[float] = []
+        fleet._fire = lambda node, due: fired.append(due)  # type: ignore[method-assign]
+        for i, node in enumerate(fleet.nodes):  # next polls spread over an old 120 s interval
+            node.next_due = now + 120 * i / len(fleet.nodes)
+            node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
+        moved = fleet.respread(30.0)
+        # Those due within the new interval keep their time; the other three quarters move into it.
+        assert 1450 <= moved <= 1550
+        dues = sorted(n.next_due - now for n in fleet.nodes)
+        assert dues[-1] <= 30.0
+        # Uniform: each 10 s third of the new interval holds about a third of the polls.
+        thirds = [sum(1 for d in dues if k * 10 <= d < (k + 1) * 10) for k in range(3)]
+        assert all(560 <= t <= 780 for t in thirds), thirds
+        assert fleet.respread(60.0) == 0  # nothing lies further than a longer interval
+    finally:
+        loop.close()
+
+
+def test_reconnect_backoff_grows_with_failures_and_is_capped() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 1)
+        first = [fleet.reconnect_delay(0) for _ in range(500)]
+        fifth = [fleet.reconnect_delay(4) for _ in range(500)]
+        late = [fleet.reconnect_delay(20) for _ in range(500)]
+        assert max(first) <= RECONNECT_BASE_S
+        assert max(fifth) <= RECONNECT_BASE_S * 16 and sum(fifth) / 500 > 4 * sum(first) / 500
+        assert max(late) <= RECONNECT_CAP_S and max(late) > RECONNECT_CAP_S / 2
+        assert min(late) >= 0  # full jitter: some retry soon, the rest spread over the window
+    finally:
+        loop.close()
