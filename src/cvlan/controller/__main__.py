@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import signal
@@ -144,6 +145,7 @@ async def _serve(settings: object) -> int:
     log.info("controller listening", extra={"endpoint": settings.url})
     if conf:
         log.info(f"first start: wrote {conf} (platform admin token; mode 0600)")
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,6 +156,22 @@ async def _serve(settings: object) -> int:
     if settings.proxy_socket is not None:
         settings.proxy_socket.unlink(missing_ok=True)
     return 0
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector's full scans out of the poll path.
+
+    With the default thresholds (700, 10, 10) every young collection promoted the requests in flight
+    at that moment into the oldest generation; the promoted count passed a quarter of it every
+    ~30 s at 3,300 polls/s, and each full collection then stopped the event loop for 55-280 ms at
+    10,000 nodes (ten times the objects at 100,000). Larger young generations promote far fewer
+    objects. Everything alive at start (modules, the app, the CA) lives as long as the process and
+    is frozen out of the scans altogether (about 120,000 objects)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _start_proxy_socket(runner: web.AppRunner, path: Path) -> None:

@@ -1,7 +1,7 @@
 """Liveness, endpoints and health reported by polls: buffered in memory, written in batches.
 
-A poll never writes to the database. Every flush (settings.liveness_flush_s) writes all pending
-rows with one executemany UPDATE per column set, in one transaction."""
+A poll never writes to the database. Every flush (settings.liveness_flush_s) writes the nodes with
+something new with one UPDATE per column set, in one transaction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, bindparam, text, update
@@ -22,29 +22,57 @@ from cvlan.controller.ops.context import OpsContext
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Pending:
-    last_seen: dt.datetime
-    map_version: int
+@dataclass(slots=True)
+class Observed:
+    """What polls said about one node since its last write. One per node, kept and updated in place:
+    a poll allocates nothing that outlives it, so the steady state does not keep promoting objects
+    into the garbage collector's oldest generation (whose full scans stall the event loop)."""
+
+    last_seen: dt.datetime | None = None
+    map_version: int = -1
+    """-1: no poll since the last write (a report alone keeps the stored version)."""
     health: dict[str, Any] | None = None
     endpoints: list[str] | None = None
     home_relay_region: str | None = None
 
 
+@dataclass
+class Batch:
+    """One flush, as parallel columns: what is written, and what is put back if the write fails."""
+
+    ids: list[int] = field(default_factory=list)
+    seen: list[dt.datetime] = field(default_factory=list)
+    vers: list[int] = field(default_factory=list)
+    health_ids: list[int] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    eps_ids: list[int] = field(default_factory=list)
+    eps: list[list[str]] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+
+
 class LivenessBuffer:
-    """Pending per-node observations, newest wins; flushed by a background task."""
+    """Per-node observations, newest wins; the nodes with something new are flushed by a background task."""
 
     def __init__(self, ctx: OpsContext) -> None:
         self.ctx = ctx
-        self._pending: dict[int, Pending] = {}
-        self._inflight: dict[int, Pending] = {}
+        self._obs: dict[int, Observed] = {}
+        """Every node seen by this process (about 100 bytes each)."""
+        self._dirty: set[int] = set()
+        self._inflight_eps: dict[int, tuple[list[str], str]] = {}
+        """Endpoints of the batch being written: still the newest truth until its transaction commits."""
         self._health_hash: dict[int, int] = {}
-        """The batch being written: still the newest truth until its transaction commits."""
         self.flushes = 0
         self.rows_written = 0
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._dirty)
+
+    def _touch(self, node_id: int) -> Observed:
+        o = self._obs.get(node_id)
+        if o is None:
+            o = self._obs[node_id] = Observed()
+        self._dirty.add(node_id)
+        return o
 
     def seen(self, node_id: int, map_version: int, health: dict[str, Any] | None = None) -> None:
         if health is not None:
@@ -53,43 +81,72 @@ class LivenessBuffer:
                 health = None  # unchanged since last reported: nothing to write
             else:
                 self._health_hash[node_id] = h
-        p = self._pending.get(node_id)
-        now = self.ctx.now()
-        if p is None:
-            self._pending[node_id] = Pending(now, map_version, health)
-            return
-        p.last_seen, p.map_version = now, map_version
+        o = self._touch(node_id)
+        o.last_seen, o.map_version = self.ctx.now(), map_version
         if health is not None:
-            p.health = health
+            o.health = health
 
     def health(self, node_id: int, health: dict[str, Any]) -> None:
         """A health report outside a poll: last seen and health change, the held version does not."""
-        p = self._pending.get(node_id)
-        if p is None:
-            self._pending[node_id] = Pending(self.ctx.now(), -1, health)
-            return
-        p.last_seen, p.health = self.ctx.now(), health
+        o = self._touch(node_id)
+        o.last_seen, o.health = self.ctx.now(), health
 
     def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
         """Endpoints and home region reported but not written yet (None if nothing pending)."""
-        for d in (self._pending, self._inflight):
-            p = d.get(node_id)
-            if p is not None and p.endpoints is not None:
-                return p.endpoints, p.home_relay_region or ""
-        return None
+        o = self._obs.get(node_id)
+        if o is not None and o.endpoints is not None:
+            return o.endpoints, o.home_relay_region or ""
+        return self._inflight_eps.get(node_id)
 
     def endpoints(self, node_id: int, endpoints: list[str], region: str) -> None:
-        p = self._pending.get(node_id)
-        if p is None:
-            p = self._pending[node_id] = Pending(self.ctx.now(), 0)
-        p.endpoints, p.home_relay_region = endpoints, region
+        o = self._touch(node_id)
+        if o.last_seen is None:
+            o.last_seen = self.ctx.now()
+        o.endpoints, o.home_relay_region = endpoints, region
+
+    def _take(self) -> Batch:
+        """Move everything pending into a batch (synchronously: no poll can interleave)."""
+        b = Batch()
+        obs = self._obs
+        for k in self._dirty:
+            o = obs[k]
+            assert o.last_seen is not None
+            b.ids.append(k)
+            b.seen.append(o.last_seen)
+            b.vers.append(o.map_version)
+            o.map_version = -1
+            if o.health is not None:
+                b.health_ids.append(k)
+                b.health.append(o.health)
+                o.health = None
+            if o.endpoints is not None:
+                b.eps_ids.append(k)
+                b.eps.append(o.endpoints)
+                b.regions.append(o.home_relay_region or "")
+                self._inflight_eps[k] = (o.endpoints, o.home_relay_region or "")
+                o.endpoints = o.home_relay_region = None
+        self._dirty = set()
+        return b
+
+    def _put_back(self, b: Batch) -> None:
+        """A failed write: pending again, except where a newer observation arrived meanwhile."""
+        obs = self._obs
+        self._dirty.update(b.ids)
+        for k, ver in zip(b.ids, b.vers, strict=True):
+            if obs[k].map_version < 0:
+                obs[k].map_version = ver
+        for k, h in zip(b.health_ids, b.health, strict=True):
+            if obs[k].health is None:
+                obs[k].health = h
+        for k, e, r in zip(b.eps_ids, b.eps, b.regions, strict=True):
+            if obs[k].endpoints is None:
+                obs[k].endpoints, obs[k].home_relay_region = e, r
 
     async def flush(self) -> int:
         """Write everything pending. On failure the rows are put back (newer observations win)."""
-        if not self._pending:
+        if not self._dirty:
             return 0
-        batch, self._pending = self._pending, {}
-        self._inflight = batch
+        batch = self._take()
         try:
             async with self.ctx.tx() as s:
                 dialect = s.get_bind().dialect.name
@@ -100,20 +157,14 @@ class LivenessBuffer:
                 else:
                     await _write_rows(s, batch)
         except (DomainError, OSError) as e:
-            for k, old in batch.items():
-                new = self._pending.setdefault(k, old)
-                if new is not old:  # keep the newer observation, but not at the cost of older fields
-                    new.health = new.health if new.health is not None else old.health
-                    new.map_version = new.map_version if new.map_version >= 0 else old.map_version
-                    if new.endpoints is None:
-                        new.endpoints, new.home_relay_region = old.endpoints, old.home_relay_region
+            self._put_back(batch)
             log.warning("liveness flush failed; will retry", extra={"reason": str(e)[:200]})
             return 0
         finally:
-            self._inflight = {}
+            self._inflight_eps = {}
         self.flushes += 1
-        self.rows_written += len(batch)
-        return len(batch)
+        self.rows_written += len(batch.ids)
+        return len(batch.ids)
 
     async def run(self, interval: float) -> None:
         """Flush every interval seconds until cancelled (then flush once more)."""
@@ -125,22 +176,17 @@ class LivenessBuffer:
             await asyncio.shield(self.flush())
 
 
-async def _write_rows(s: AsyncSession, batch: dict[int, Pending]) -> None:
+async def _write_rows(s: AsyncSession, b: Batch) -> None:
     """Portable: one executemany UPDATE per column set."""
     t = Node.__table__
     assert isinstance(t, Table)
     where = t.c.id == bindparam("b_id")
-    base = [
-        {"b_id": k, "b_seen": p.last_seen, "b_ver": p.map_version}
-        for k, p in batch.items()
-        if p.map_version >= 0
-    ]
-    seen_only = [{"b_id": k, "b_seen": p.last_seen} for k, p in batch.items() if p.map_version < 0]
-    health = [{"b_id": k, "b_health": p.health} for k, p in batch.items() if p.health is not None]
+    rows = list(zip(b.ids, b.seen, b.vers, strict=True))
+    base = [{"b_id": k, "b_seen": ts, "b_ver": v} for k, ts, v in rows if v >= 0]
+    seen_only = [{"b_id": k, "b_seen": ts} for k, ts, v in rows if v < 0]
+    health = [{"b_id": k, "b_health": h} for k, h in zip(b.health_ids, b.health, strict=True)]
     eps = [
-        {"b_id": k, "b_eps": p.endpoints, "b_region": p.home_relay_region or ""}
-        for k, p in batch.items()
-        if p.endpoints is not None
+        {"b_id": k, "b_eps": e, "b_region": r} for k, e, r in zip(b.eps_ids, b.eps, b.regions, strict=True)
     ]
     if base:
         await s.execute(
@@ -176,27 +222,14 @@ _PG_EPS = text(
 )
 
 
-async def _write_pg(s: AsyncSession, batch: dict[int, Pending]) -> None:
+async def _write_pg(s: AsyncSession, b: Batch) -> None:
     """PostgreSQL: one UPDATE ... FROM unnest(arrays) per column set. The driver encodes the arrays in
     C, so a flush of thousands of rows costs the event loop little."""
-    ids = list(batch)
-    rows = list(batch.values())
-    await s.execute(
-        _PG_SEEN, {"ids": ids, "ts": [p.last_seen for p in rows], "vers": [p.map_version for p in rows]}
-    )
-    hk = [k for k, p in batch.items() if p.health is not None]
-    if hk:
-        await s.execute(_PG_HEALTH, {"ids": hk, "hs": [json.dumps(batch[k].health) for k in hk]})
-    ek = [k for k, p in batch.items() if p.endpoints is not None]
-    if ek:
-        await s.execute(
-            _PG_EPS,
-            {
-                "ids": ek,
-                "es": [json.dumps(batch[k].endpoints) for k in ek],
-                "rs": [batch[k].home_relay_region or "" for k in ek],
-            },
-        )
+    await s.execute(_PG_SEEN, {"ids": b.ids, "ts": b.seen, "vers": b.vers})
+    if b.health_ids:
+        await s.execute(_PG_HEALTH, {"ids": b.health_ids, "hs": [json.dumps(h) for h in b.health]})
+    if b.eps_ids:
+        await s.execute(_PG_EPS, {"ids": b.eps_ids, "es": [json.dumps(e) for e in b.eps], "rs": b.regions})
 
 
 def _sqlite_ts(t: dt.datetime) -> str:
@@ -204,22 +237,22 @@ def _sqlite_ts(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-async def _write_sqlite(s: AsyncSession, batch: dict[int, Pending]) -> None:
+async def _write_sqlite(s: AsyncSession, b: Batch) -> None:
     """SQLite: driver-level executemany with rows converted here, once, instead of through the ORM's
     per-row bind processing on the event loop (10,000 rows: ~0.8 s of loop time that way)."""
     conn = await s.connection()
     await conn.exec_driver_sql(
         "UPDATE nodes SET last_seen = ?, map_version = CASE WHEN ? >= 0 THEN ? ELSE map_version END "
         "WHERE id = ?",
-        [(_sqlite_ts(p.last_seen), p.map_version, p.map_version, k) for k, p in batch.items()],
+        [(_sqlite_ts(ts), v, v, k) for k, ts, v in zip(b.ids, b.seen, b.vers, strict=True)],
     )
-    health = [(json.dumps(p.health), k) for k, p in batch.items() if p.health is not None]
-    if health:
-        await conn.exec_driver_sql("UPDATE nodes SET health = ? WHERE id = ?", health)
-    eps = [
-        (json.dumps(p.endpoints), p.home_relay_region or "", k)
-        for k, p in batch.items()
-        if p.endpoints is not None
-    ]
-    if eps:
-        await conn.exec_driver_sql("UPDATE nodes SET endpoints = ?, home_relay_region = ? WHERE id = ?", eps)
+    if b.health_ids:
+        await conn.exec_driver_sql(
+            "UPDATE nodes SET health = ? WHERE id = ?",
+            [(json.dumps(h), k) for k, h in zip(b.health_ids, b.health, strict=True)],
+        )
+    if b.eps_ids:
+        await conn.exec_driver_sql(
+            "UPDATE nodes SET endpoints = ?, home_relay_region = ? WHERE id = ?",
+            [(json.dumps(e), r, k) for k, e, r in zip(b.eps_ids, b.eps, b.regions, strict=True)],
+        )

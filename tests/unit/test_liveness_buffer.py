@@ -1,0 +1,83 @@
+"""The liveness buffer's bookkeeping: newest observation wins, a failed write is put back without
+overwriting newer ones, and steady polling reuses one record per node."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+from typing import Any, cast
+
+from cvlan.controller.mapper.liveness import LivenessBuffer
+from cvlan.controller.ops.context import OpsContext
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+
+    def now(self) -> dt.datetime:
+        self.t += dt.timedelta(seconds=1)
+        return self.t
+
+
+def _buffer() -> LivenessBuffer:
+    return LivenessBuffer(cast(OpsContext, SimpleNamespace(now=_Clock().now)))
+
+
+def test_batch_holds_the_newest_observation_per_node() -> None:
+    buf = _buffer()
+    buf.seen(1, 3, {"peers_total": 2})
+    buf.seen(1, 4)
+    buf.endpoints(2, ["198.51.100.1:1"], "eu")
+    buf.seen(2, 7)
+    buf.health(3, {"peers_total": 1})
+    assert len(buf) == 3
+    b = buf._take()
+    rows = dict(zip(b.ids, zip(b.seen, b.vers, strict=True), strict=True))
+    assert rows[1][1] == 4 and rows[2][1] == 7
+    assert rows[3][1] == -1  # a report alone keeps the stored version
+    assert dict(zip(b.health_ids, b.health, strict=True)) == {1: {"peers_total": 2}, 3: {"peers_total": 1}}
+    assert b.eps_ids == [2] and b.eps == [["198.51.100.1:1"]] and b.regions == ["eu"]
+    assert len(buf) == 0
+    # While the batch is being written its endpoints are still what the map shows.
+    assert buf.pending_endpoints(2) == (["198.51.100.1:1"], "eu")
+
+
+def test_failed_write_is_put_back_and_newer_observations_win() -> None:
+    buf = _buffer()
+    buf.seen(1, 3, {"peers_total": 2})
+    buf.endpoints(1, ["198.51.100.1:1"], "")
+    buf.seen(2, 5, {"peers_total": 9})
+    b = buf._take()
+    buf.seen(2, 6)  # arrives while the write is in flight
+    buf.endpoints(2, ["198.51.100.2:2"], "us")
+    buf._put_back(b)
+    again = buf._take()
+    rows = dict(zip(again.ids, again.vers, strict=True))
+    assert rows == {1: 3, 2: 6}
+    assert dict(zip(again.health_ids, again.health, strict=True)) == {
+        1: {"peers_total": 2},
+        2: {"peers_total": 9},
+    }
+    assert dict(zip(again.eps_ids, again.eps, strict=True)) == {
+        1: ["198.51.100.1:1"],
+        2: ["198.51.100.2:2"],
+    }
+
+
+def test_unchanged_health_is_not_written_again() -> None:
+    buf = _buffer()
+    buf.seen(1, 1, {"peers_total": 2})
+    buf._take()
+    buf.seen(1, 1, {"peers_total": 2})
+    assert buf._take().health_ids == []
+
+
+def test_steady_polling_reuses_one_record_per_node() -> None:
+    buf = _buffer()
+    buf.seen(1, 1)
+    record: Any = buf._obs[1]
+    for v in range(2, 50):
+        buf._take()
+        buf.seen(1, v)
+    assert buf._obs[1] is record and len(buf._obs) == 1
