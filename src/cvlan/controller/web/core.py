@@ -135,6 +135,8 @@ async def session_middleware(
     """Turn a valid session cookie into request['ui_principal'] for UI pages and for API calls made
     by the UI's scripts. API writes with a session (not a bearer token) must carry the CSRF header."""
     path = request.path
+    if path.startswith("/v1/"):
+        return await handler(request)  # the node API: certificates, never sessions (and the hot path)
     raw = request.cookies.get(sessions.COOKIE)
     if raw and (path.startswith(PREFIX + "/") or path.startswith("/api/")) and "/static/" not in path:
         ctx = request.app[CTX_KEY]
