@@ -37,15 +37,36 @@ def test_shorter_interval_respreads_polls_uniformly() -> None:
         for i, node in enumerate(fleet.nodes):  # next polls spread over an old 120 s interval
             node.next_due = now + 120 * i / len(fleet.nodes)
             node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
-        moved = fleet.respread(30.0)
+        moved = fleet.respread(30.0, 120.0)
+        done = loop.time()  # respread reads the clock itself, a little after `now`
         # Those due within the new interval keep their time; the other three quarters move into it.
         assert 1450 <= moved <= 1550
         dues = sorted(n.next_due - now for n in fleet.nodes)
-        assert dues[-1] <= 30.0
+        assert dues[-1] <= done - now + 30.0
         # Uniform: each 10 s third of the new interval holds about a third of the polls.
         thirds = [sum(1 for d in dues if k * 10 <= d < (k + 1) * 10) for k in range(3)]
         assert all(560 <= t <= 780 for t in thirds), thirds
-        assert fleet.respread(60.0) == 0  # nothing lies further than a longer interval
+    finally:
+        loop.close()
+
+
+def test_longer_interval_respreads_every_poll_over_it() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 2000)
+        now = loop.time()
+        fleet._fire = lambda node, due: None  # type: ignore[method-assign]
+        for i, node in enumerate(fleet.nodes):  # next polls spread over an old 30 s interval
+            node.next_due = now + 30 * i / len(fleet.nodes)
+            node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
+        assert fleet.respread(90.0, 30.0) == 2000
+        done = loop.time()
+        dues = [n.next_due - now for n in fleet.nodes]
+        assert max(dues) <= done - now + 90.0
+        # The fleet polls at the new, lower rate from now on: each 30 s third holds about a third,
+        # where before the change every poll fell within the first.
+        thirds = [sum(1 for d in dues if k * 30 <= d < (k + 1) * 30) for k in range(3)]
+        assert all(560 <= t <= 780 for t in thirds), thirds
     finally:
         loop.close()
 
@@ -60,6 +81,6 @@ def test_reconnect_backoff_grows_with_failures_and_is_capped() -> None:
         assert max(first) <= RECONNECT_BASE_S
         assert max(fifth) <= RECONNECT_BASE_S * 16 and sum(fifth) / 500 > 4 * sum(first) / 500
         assert max(late) <= RECONNECT_CAP_S and max(late) > RECONNECT_CAP_S / 2
-        assert min(late) >= 0  # full jitter: some retry soon, the rest spread over the window
+        assert min(late) < RECONNECT_CAP_S / 2  # full jitter: some retry well before the cap
     finally:
         loop.close()

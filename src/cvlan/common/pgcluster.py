@@ -122,6 +122,15 @@ class PgCluster:
             sql,
         )
 
+    def query(self, sql: str, db: str = "postgres") -> list[list[str]]:
+        """Rows of a query as text (psql's unaligned output)."""
+        cmd = [str(self.bindir / "psql"), "-h", str(self.sock), "-U", "postgres", "-d", db]
+        cmd += ["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql]
+        if self._user:
+            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        out = subprocess.run(cmd, check=True, timeout=60, capture_output=True, text=True).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+
     def create_db(self, name: str) -> str:
         self.psql(f'CREATE DATABASE "{name}"')
         return self.url(name)

@@ -107,6 +107,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--knee-step", type=_positive_float, default=60.0, help="seconds per knee step (default 60)"
     )
+    r.add_argument(
+        "--knee-settle",
+        type=float,
+        default=0.0,
+        help="seconds each knee rate runs unmeasured before its step, so a backlog left by the step "
+        "before does not count against it (default 0)",
+    )
     r.add_argument("--renew-after", type=float, default=0.0, help="renew certificates after S seconds")
     r.add_argument("--report-every", type=int, default=10, help="a /v1/report every N polls (0: never)")
     r.add_argument("--reg-timeout", type=_positive_float, default=3600.0, help="registration phase limit (s)")
@@ -188,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
         steady_rate=args.steady_rate,
         reg_concurrency=args.reg_concurrency,
         knee_step_s=args.knee_step,
+        knee_settle_s=max(0.0, args.knee_settle),
         renew_after_s=args.renew_after,
         report_every=args.report_every,
         reg_timeout_s=args.reg_timeout,

@@ -37,8 +37,8 @@ from cvlan.wire.pb import node_pb2 as pb
 
 CT = nodeproto.CT_PROTO
 RECONNECT_BASE_S = 1.0
-FREEZE_EVERY_S = 10
 RECONNECT_CAP_S = 30.0
+FREEZE_EVERY_S = 10
 
 
 @dataclass
@@ -376,14 +376,18 @@ class Fleet:
         node.timer = self.loop.call_at(nxt, self._fire, node, nxt)
         self._pump(node)
 
-    def respread(self, interval: float) -> int:
-        """The interval became shorter: a node whose next poll lies further away than one new interval
-        polls at a uniformly drawn time within it instead, so the fleet is at the new rate at once
-        (instead of ramping up over one old interval). Returns how many polls were moved."""
+    def respread(self, interval: float, previous: float) -> int:
+        """The poll interval changed: put the fleet at the new rate at once instead of letting it ramp
+        over one old interval. Shorter: a node whose next poll lies further away than one new interval
+        polls at a uniformly drawn time within it instead (the others are already spread uniformly
+        there). Longer: every next poll is drawn again within the new interval (otherwise they all
+        fall within the old, shorter one, and the fleet polls at the old rate, then not at all).
+        Returns how many polls were moved."""
         now = self.loop.time()
+        longer = interval > previous
         moved = 0
         for node in self.nodes:
-            if node.timer is None or node.next_due - now <= interval:
+            if node.timer is None or (not longer and node.next_due - now <= interval):
                 continue
             node.timer.cancel()
             due = now + self.rng.uniform(0, interval)
@@ -571,8 +575,8 @@ async def _worker(
             # counting; only reference cycles in it would stay, and a poll creates none that outlive it.
             gc.freeze()
         now_iv = fleet.interval()
-        if now_iv < current * 0.99:
-            fleet.respread(now_iv)
+        if abs(now_iv - current) > current * 0.01:
+            fleet.respread(now_iv, current)
         current = now_iv
         report({"t": time.time(), "iv": fleet.take_interval().to_wire()})
     fleet.stopping = True

@@ -47,6 +47,7 @@ def render(data: dict[str, Any], graphs: list[str], notes: str) -> str:
     lines += _knee(data)
     lines += _usage_table(st, "the steady state")
     lines += _usage_table(data["phase_summary"].get("register", {}), "the registration phase")
+    lines += _nodes_table(data)
     lines += _errors(data)
     lines += ["## Graphs", ""] + [f"![{g}]({g})" for g in graphs] + [""]
     lines += _cost(data, st)
@@ -133,7 +134,15 @@ def _knee(data: dict[str, Any]) -> list[str]:
     out = [
         "## Capacity knee",
         "",
-        "The poll rate was stepped up by shortening every node's interval; each step is measured on its own.",
+        "The poll rate was changed by changing every node's interval (each node's next poll is drawn "
+        "again within the new interval, so the fleet is at the new rate at once); each step is "
+        "measured on its own"
+        + (
+            f", after {settle:g} s at its rate unmeasured, so that a backlog from the step before "
+            "does not count against it."
+            if (settle := data["config"].get("knee_settle_s"))
+            else "."
+        ),
         "",
         "| step | target polls/s | achieved polls/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | "
         "controller CPU % | front CPU % |",
@@ -179,6 +188,22 @@ def _usage_table(st: dict[str, Any], what: str) -> list[str]:
             f"{_fmt(u['rss_mb_end'])} | {u['runq_wait'] if u.get('runq_wait') is not None else '-'} |"
         )
     return out + [""]
+
+
+def _nodes_table(data: dict[str, Any]) -> list[str]:
+    t = data.get("postgresql_nodes_table")
+    if not t or not t.get("updates"):
+        return []
+    hot = t["hot_updates"] / t["updates"]
+    return [
+        "## The nodes table at the end of the run",
+        "",
+        f"{t['updates']:,} row updates (liveness written back in batches), {hot:.0%} of them heap-only "
+        f"(no index touched); autovacuum ran {t['autovacuums']} times, {t['dead_rows']:,} dead rows left; "
+        f"table {t['table_mb']:,.1f} MB, indexes {t['indexes_mb']:,.1f} MB"
+        + (f"; storage options: {t['options']}." if t.get("options") else "."),
+        "",
+    ]
 
 
 def _errors(data: dict[str, Any]) -> list[str]:
@@ -297,6 +322,8 @@ def _config(data: dict[str, Any]) -> list[str]:
     if cfg.get("knee_rates"):
         rates = ",".join(f"{r:g}" for r in cfg["knee_rates"])
         args += f" --knee-rates {rates} --knee-step {cfg['knee_step_s']:g}"
+        if cfg.get("knee_settle_s"):
+            args += f" --knee-settle {cfg['knee_settle_s']:g}"
     out = [
         "## Configuration and machine",
         "",

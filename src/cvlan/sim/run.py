@@ -80,6 +80,9 @@ class RunConfig:
     reg_concurrency: int = 16
     knee_rates: list[float] = field(default_factory=list)
     knee_step_s: float = 60.0
+    knee_settle_s: float = 0.0
+    """Before each knee step is measured, the new rate runs this long unmeasured (phase settle-RATE),
+    so a backlog left by the step before does not count against it."""
     renew_after_s: float = 0.0
     report_every: int = 10
     reg_timeout_s: float = 3600.0
@@ -369,6 +372,7 @@ async def _start_stack(
         detail = err.decode(errors="replace").strip().splitlines()[-1:] or [str(e)]
         raise RunError(f"cannot start PostgreSQL: {detail[0]}") from e
     sampler.add("postgresql", lambda: [p] if (p := pg.pid()) else [], shared_memory=True)
+    info["_final_probes"] = [lambda: {"postgresql_nodes_table": _nodes_table_stats(pg)}]
     port = free_port()
     sock = _socket_path(cfg.work_dir, cleanups) if cfg.front == "haproxy" else None
     _log(cfg, f"starting the controller on 127.0.0.1:{port}")
@@ -423,6 +427,33 @@ async def _start_stack(
         if proc.poll() is not None:
             raise RunError(f"haproxy exited with status {proc.returncode}; see its log in the work dir")
     return conf, fport, "127.0.0.1"
+
+
+NODES_TABLE_STATS = (
+    "SELECT s.n_tup_upd, s.n_tup_hot_upd, s.autovacuum_count, s.autoanalyze_count, s.n_dead_tup, "
+    "pg_table_size('nodes'), pg_indexes_size('nodes'), "
+    "coalesce(array_to_string(c.reloptions, ','), '') "
+    "FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'nodes'"
+)
+
+
+def _nodes_table_stats(pg: PgCluster) -> dict[str, Any]:
+    """How the nodes table took the liveness updates: how many were heap-only (no index touched),
+    how often autovacuum ran, and its size."""
+    rows = pg.query(NODES_TABLE_STATS, db="cvlan")
+    if not rows:
+        return {}
+    upd, hot, vac, ana, dead, size, isize, opts = rows[0]
+    return {
+        "updates": int(upd),
+        "hot_updates": int(hot),
+        "autovacuums": int(vac),
+        "autoanalyzes": int(ana),
+        "dead_rows": int(dead),
+        "table_mb": round(int(size) / 2**20, 1),
+        "indexes_mb": round(int(isize) / 2**20, 1),
+        "options": opts,
+    }
 
 
 def _socket_path(work: Path, cleanups: list[Callable[[], None]]) -> Path:
@@ -495,6 +526,11 @@ async def _drive(
     rec = Recorder(t0)
     await _loop(cfg, rec, out, (stop, stop_reg), interval, sampler, procs, interrupted)
     info["phases"] = rec.phase_spans
+    for probe in info.pop("_final_probes", []):
+        try:
+            info.update(await asyncio.to_thread(probe))
+        except (subprocess.SubprocessError, OSError) as e:
+            _log(cfg, f"could not read the database's statistics: {e}")
     info["interrupted"] = interrupted.is_set()
     path = cfg.results_dir / "results.json"
     data = {**info, **_summarize(cfg, rec)}
@@ -577,11 +613,19 @@ async def _loop(
                 rec.start_phase("steady", {"poll_rate": active / float(interval.value), "nodes": active})
                 phase_end = now + cfg.steady_s
         elif now >= phase_end:
-            if steps:
-                rate = steps.pop(0)
-                interval.value = max(1, rec.total("registered")) / rate
+            if rec.phase.startswith("settle-"):
+                rate = float(rec.phase.removeprefix("settle-"))
                 rec.start_phase(f"knee-{rate:g}", {"poll_rate": rate})
                 phase_end = now + cfg.knee_step_s
+            elif steps:
+                rate = steps.pop(0)
+                interval.value = max(1, rec.total("registered")) / rate
+                if cfg.knee_settle_s > 0:
+                    rec.start_phase(f"settle-{rate:g}", {"poll_rate": rate})
+                    phase_end = now + cfg.knee_settle_s
+                else:
+                    rec.start_phase(f"knee-{rate:g}", {"poll_rate": rate})
+                    phase_end = now + cfg.knee_step_s
             else:
                 rec.start_phase("drain", {})
                 stop.set()
