@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import ssl
+from pathlib import Path
 
 import aiohttp
+import pytest
 from yarl import URL
 
 from cvlan.controller.auth import SYSTEM
@@ -84,3 +86,40 @@ async def test_lockout_after_repeated_failures_survives_the_right_password(
         assert status == 401 and "Too many failed sign-ins" in body
     r = await controller.api().get("/api/v1/audit?action=user.locked")
     assert r.ok()["total"] == 1
+
+
+async def _cookie_flags_through_front(rc: RunningController) -> str:
+    """Sign in over plain HTTP as a TLS front would forward it; the session cookie's Set-Cookie.
+    Cookies are passed by hand: a client's jar would not send a Secure cookie over http://, where
+    the browser behind the front, on https://, would."""
+    await _seed(rc)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        fwd = {"X-Forwarded-Proto": "https"}
+        async with http.get(rc.url + "/ui/signin", headers=fwd) as r:
+            csrf = re.search(r'name="_csrf" value="([^"]+)"', await r.text())
+            jar = [c.split(";", 1)[0] for c in r.headers.getall("Set-Cookie", [])]
+        assert csrf is not None
+        form = {"_csrf": csrf.group(1), "email": "ann@acme.example", "password": PW, "next": "/ui/"}
+        hdr = {**fwd, "Cookie": "; ".join(jar)}
+        async with http.post(rc.url + "/ui/signin", data=form, headers=hdr, allow_redirects=False) as r:
+            assert r.status == 303
+            (cookie,) = [c for c in r.headers.getall("Set-Cookie") if c.startswith("cvlan_session=")]
+            return cookie
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_session_cookie_is_secure_behind_a_trusted_front_given_as_a_network(
+    db_url: str, tmp_path: Path
+) -> None:
+    """trusted_proxies takes networks for the web UI as it does for the node API: a front at
+    127.0.0.1, listed as 127.0.0.0/8, saying the browser came over TLS gets a Secure cookie; the same
+    header from an address not listed is not believed."""
+    for trusted, want in ((["127.0.0.0/8"], True), (["192.0.2.0/24"], False)):
+        db = db_url.replace("cvlan.db", f"front-{want}.db")
+        rc = await RunningController(tmp_path / str(want), db, tls=False, trusted_proxies=trusted).start()
+        try:
+            assert rc.url.startswith("http://")
+            flags = [f.strip().lower() for f in (await _cookie_flags_through_front(rc)).split(";")]
+            assert ("secure" in flags) is want, flags
+        finally:
+            await rc.stop()

@@ -35,7 +35,14 @@ def test_validation_names_the_field(tmp_path: Path) -> None:
         ({"pool_cidr": "fd00::/8"}, "pool_cidr"),
         ({"cvlan_prefix": 31}, "cvlan_prefix"),
         ({"log_format": "xml"}, "log_format"),
+        ({"trusted_proxies": ["127.0.0.1", "haproxy.local"]}, "trusted_proxies"),
     ]:
         with pytest.raises(ValidationError) as e:
             load_settings(None, overrides)
         assert e.value.errors()[0]["loc"] == (field,)
+    with pytest.raises(ValidationError, match="'haproxy.local' is not an IP address or network"):
+        load_settings(None, {"trusted_proxies": ["10.0.0.0/8", "haproxy.local"]})
+    assert load_settings(None, {"trusted_proxies": ["10.0.0.0/8", "::1"]}).trusted_proxies == [
+        "10.0.0.0/8",
+        "::1",
+    ]

@@ -25,7 +25,8 @@ class ControllerSettings(BaseSettings):
     tls: bool = True
     """Terminate TLS here (the embedded default). False only behind a TLS-terminating proxy."""
     trusted_proxies: list[str] = Field(default_factory=list)
-    """Addresses whose X-Client-Cert-* headers are believed (a TLS front such as HAProxy)."""
+    """Addresses or networks (CIDR) of TLS fronts such as HAProxy whose X-Client-Cert (node API) and
+    X-Forwarded-Proto (web UI) headers are believed."""
     proxy_socket: Path | None = None
     """A Unix socket serving plain HTTP to a TLS front on this host; requests on it are trusted like
     those from trusted_proxies. Created mode 0660: only the front's user or group may connect."""
@@ -48,6 +49,16 @@ class ControllerSettings(BaseSettings):
         if net.version != 4:
             raise ValueError("only IPv4 pools are supported")
         return str(net)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (CIDR)") from None
+        return v
 
     @field_validator("cvlan_prefix")
     @classmethod

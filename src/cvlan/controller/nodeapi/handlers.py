@@ -50,9 +50,7 @@ class NodeApi:
         self.ca = ca
         self.liveness = LivenessBuffer(ctx)
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
-        self.identity = IdentityResolver(
-            ca, ctx.settings.trusted_proxies, proxy_socket=ctx.settings.proxy_socket is not None
-        )
+        self.identity = IdentityResolver(ca, ctx.proxies)
         self.ca_pem = ca.cert_pem.decode()
         self.closing = False
         ctx.on_cvlan_changed.append(self.mapper.on_changed)

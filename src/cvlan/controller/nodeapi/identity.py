@@ -10,7 +10,6 @@ because a keep-alive connection can outlive its certificate."""
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import ssl
 import urllib.parse
 import weakref
@@ -24,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 
 from cvlan.controller.ca import CertificateAuthority, identity_of
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.proxies import TrustedProxies
 
 CACHE_SIZE = 200_000
 NODE_KIND = "node"
@@ -68,19 +68,12 @@ def parse_identity(cert: x509.Certificate) -> NodeIdentity:
 class IdentityResolver:
     """Maps a request to its NodeIdentity, with a bounded cache keyed by the certificate bytes."""
 
-    def __init__(
-        self, ca: CertificateAuthority, trusted_proxies: list[str], proxy_socket: bool = False
-    ) -> None:
+    def __init__(self, ca: CertificateAuthority, proxies: TrustedProxies) -> None:
         self.ca = ca
         self._cache: OrderedDict[bytes, NodeIdentity] = OrderedDict()
         self._by_conn: weakref.WeakKeyDictionary[ssl.SSLObject, NodeIdentity] = weakref.WeakKeyDictionary()
         """Per TLS connection: keep-alive polls skip re-reading the peer certificate."""
-        self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
-        self._trusted: dict[str, bool] = {}
-        """Per peer address: is it a trusted proxy? A front has few addresses; nodes are not asked."""
-        if proxy_socket:
-            # The controller's only Unix listener is the proxy socket; its peers have no address ("").
-            self._trusted[""] = True
+        self._proxies = proxies
 
     def optional(self, request: web.Request, now: dt.datetime) -> NodeIdentity | None:
         """The caller's identity, or None if the request carries no client certificate."""
@@ -95,7 +88,7 @@ class IdentityResolver:
             self._by_conn[sslobj] = ident
         else:
             header = request.headers.get(PROXY_CERT_HEADER)
-            if not header or not self._from_proxy(request):
+            if not header or not self._proxies.believes(request.remote):
                 return None
             key = header.encode()
             ident = self._cached(key, lambda: self._verify_forwarded(header, now))
@@ -131,22 +124,6 @@ class IdentityResolver:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return ident
-
-    def _from_proxy(self, request: web.Request) -> bool:
-        remote = request.remote
-        if remote is None:
-            return False
-        trusted = self._trusted.get(remote)
-        if trusted is None:
-            try:
-                addr = ipaddress.ip_address(remote)
-            except ValueError:
-                trusted = False
-            else:
-                trusted = any(addr in net for net in self._proxies)
-            if len(self._trusted) < 1024:
-                self._trusted[remote] = trusted
-        return trusted
 
     def _verify_forwarded(self, header: str, now: dt.datetime) -> x509.Certificate:
         """A proxy-forwarded PEM (URL-escaped, as nginx $ssl_client_escaped_cert): check it is ours."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from cvlan.common.clock import Clock, SystemClock
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Tenant
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -32,6 +34,11 @@ class OpsContext:
 
     def now(self) -> dt.datetime:
         return self.clock.now()
+
+    @functools.cached_property
+    def proxies(self) -> TrustedProxies:
+        """The TLS fronts whose word about the client is believed (node API and web UI alike)."""
+        return TrustedProxies.from_settings(self.settings)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:

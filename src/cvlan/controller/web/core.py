@@ -115,13 +115,12 @@ def html_response(body: str, status: int = 200) -> web.Response:
 
 def secure(request: web.Request) -> bool:
     """Whether the browser reached us over TLS: directly, or through a trusted TLS-terminating proxy."""
-    settings = request.app[CTX_KEY].settings
-    if request.secure or settings.tls:
+    ctx = request.app[CTX_KEY]
+    if request.secure or ctx.settings.tls:
         return True
-    proxied = request.remote in settings.trusted_proxies or (
-        request.remote == "" and settings.proxy_socket is not None
+    return request.headers.get("X-Forwarded-Proto", "").lower() == "https" and ctx.proxies.believes(
+        request.remote
     )
-    return proxied and request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
 def set_cookie(resp: web.StreamResponse, request: web.Request, name: str, value: str, **kw: Any) -> None:
