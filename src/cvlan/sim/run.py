@@ -405,6 +405,9 @@ async def _start_stack(
         # About 128 connections to the controller in all: it runs one request at a time, so more
         # only fill its accept queue; requests beyond them wait in HAProxy's queue.
         backend_conns=max(8, math.ceil(BACKEND_CONNS / nproc)),
+        # A node's connection sits idle for one poll interval (plus jitter) between polls; HAProxy
+        # must not close it as idle in the meantime, or every poll pays a new TLS handshake.
+        client_timeout=max(300, math.ceil(2 * cfg.poll_interval_s * (1 + cfg.jitter))),
     )
     procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(nproc)]
 
