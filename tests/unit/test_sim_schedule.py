@@ -27,25 +27,34 @@ def _fleet(loop: asyncio.AbstractEventLoop, n: int) -> Fleet:
     return fleet
 
 
+def _spread(loop: asyncio.AbstractEventLoop, fleet: Fleet, over: float) -> float:
+    """Schedule the nodes' next polls evenly over the next `over` seconds (an old interval); the
+    scheduled polls never fire. Returns the loop time they count from."""
+    now = loop.time()
+    fleet._fire = lambda node, due: None  # type: ignore[method-assign]
+    for i, node in enumerate(fleet.nodes):
+        node.next_due = now + over * i / len(fleet.nodes)
+        node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
+    return now
+
+
+def _thirds(dues: list[float], span: float) -> list[int]:
+    return [sum(1 for d in dues if k * span / 3 <= d < (k + 1) * span / 3) for k in range(3)]
+
+
 def test_shorter_interval_respreads_polls_uniformly() -> None:
     loop = asyncio.new_event_loop()
     try:
         fleet = _fleet(loop, 2000)
-        now = loop.time()
-        fired: list[float] = []
-        fleet._fire = lambda node, due: fired.append(due)  # type: ignore[method-assign]
-        for i, node in enumerate(fleet.nodes):  # next polls spread over an old 120 s interval
-            node.next_due = now + 120 * i / len(fleet.nodes)
-            node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
+        now = _spread(loop, fleet, 120.0)
         moved = fleet.respread(30.0, 120.0)
         done = loop.time()  # respread reads the clock itself, a little after `now`
         # Those due within the new interval keep their time; the other three quarters move into it.
         assert 1450 <= moved <= 1550
-        dues = sorted(n.next_due - now for n in fleet.nodes)
-        assert dues[-1] <= done - now + 30.0
+        dues = [n.next_due - now for n in fleet.nodes]
+        assert max(dues) <= done - now + 30.0
         # Uniform: each 10 s third of the new interval holds about a third of the polls.
-        thirds = [sum(1 for d in dues if k * 10 <= d < (k + 1) * 10) for k in range(3)]
-        assert all(560 <= t <= 780 for t in thirds), thirds
+        assert all(560 <= t <= 780 for t in _thirds(dues, 30.0)), _thirds(dues, 30.0)
     finally:
         loop.close()
 
@@ -54,19 +63,14 @@ def test_longer_interval_respreads_every_poll_over_it() -> None:
     loop = asyncio.new_event_loop()
     try:
         fleet = _fleet(loop, 2000)
-        now = loop.time()
-        fleet._fire = lambda node, due: None  # type: ignore[method-assign]
-        for i, node in enumerate(fleet.nodes):  # next polls spread over an old 30 s interval
-            node.next_due = now + 30 * i / len(fleet.nodes)
-            node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
+        now = _spread(loop, fleet, 30.0)
         assert fleet.respread(90.0, 30.0) == 2000
         done = loop.time()
         dues = [n.next_due - now for n in fleet.nodes]
         assert max(dues) <= done - now + 90.0
         # The fleet polls at the new, lower rate from now on: each 30 s third holds about a third,
         # where before the change every poll fell within the first.
-        thirds = [sum(1 for d in dues if k * 30 <= d < (k + 1) * 30) for k in range(3)]
-        assert all(560 <= t <= 780 for t in thirds), thirds
+        assert all(560 <= t <= 780 for t in _thirds(dues, 90.0)), _thirds(dues, 90.0)
     finally:
         loop.close()
 
