@@ -49,7 +49,15 @@ def render(data: dict[str, Any], graphs: list[str], notes: str) -> str:
     lines += _usage_table(data["phase_summary"].get("register", {}), "the registration phase")
     lines += _nodes_table(data)
     lines += _errors(data)
-    lines += ["## Graphs", ""] + [f"![{g}]({g})" for g in graphs] + [""]
+    lines += ["## Graphs", ""]
+    if graphs:
+        lines += [
+            "Shaded: the registration phase (blue), the steady state and the knee steps (green, each "
+            "labelled with its target polls/s); the unshaded gaps between knee steps are their "
+            "unmeasured settling time.",
+            "",
+        ]
+    lines += [f"![{g}]({g})" for g in graphs] + [""]
     lines += _cost(data, st)
     lines += _config(data)
     return "\n".join(lines) + "\n"
@@ -365,7 +373,9 @@ def _graphs(results_dir: Path, data: dict[str, Any]) -> list[str]:
             if p["phase"] in ("register", "steady") or p["phase"].startswith("knee-"):
                 end = p["end"] if p["end"] is not None else t[-1]
                 ax.axvspan(p["start"], end, alpha=0.06, color="C0" if p["phase"] == "register" else "C2")
-                ax.text(p["start"], 1.0, p["phase"], transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+                # Knee steps are short and close together: label them with their rate only.
+                label = p["phase"].removeprefix("knee-")
+                ax.text(p["start"], 1.0, label, transform=ax.get_xaxis_transform(), fontsize=7, va="top")
 
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
