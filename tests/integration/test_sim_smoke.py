@@ -56,6 +56,8 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
         pytest.skip("haproxy is not installed (Debian package haproxy; `make deps` installs it)")
     nodes = 1000 if front == "none" else 200
     results = work / "results"
+    # Through HAProxy the run also steps the rate once down and once up, each after settling.
+    knee = ["--knee-rates", "20,60", "--knee-step", "5", "--knee-settle", "6"] if front == "haproxy" else []
     r = _run(
         [
             "run",
@@ -71,6 +73,7 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
             "--work-dir", str(work / "work"),
             "--results", str(results),
             "--quiet",
+            *knee,
         ],
         timeout=380,
     )  # fmt: skip
@@ -101,11 +104,22 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     assert {"controller", "postgresql", "simulator"} <= comps
     if front == "haproxy":
         assert "haproxy" in comps
+        assert [p["phase"] for p in data["phases"]][1:6] == [
+            "steady", "settle-20", "knee-20", "settle-60", "knee-60"
+        ]  # fmt: skip
+        for rate in (20, 60):  # the fleet is at each rate from the start of its measured step
+            assert 0.6 * rate <= phases[f"knee-{rate}"]["rates"]["poll"] <= 1.4 * rate, phases[f"knee-{rate}"]
+    # The liveness updates reached PostgreSQL and were read back for the report.
+    table = data["postgresql_nodes_table"]
+    assert table["updates"] >= nodes and "fillfactor=80" in table["options"]
 
     rep = _run(["report", str(results)], timeout=120)
     assert rep.returncode == 0, rep.stderr
     text = (results / "report.md").read_text()
     assert f"{nodes:,} nodes" in text and "poll latency" in text and "Projected infrastructure cost" in text
+    assert "## The nodes table at the end of the run" in text and "heap-only" in text
+    if front == "haproxy":
+        assert "| knee-20 |" in text and "after 6 s at its rate unmeasured" in text
     for png in ("rates.png", "latency.png", "cpu.png", "memory.png"):
         assert (results / png).read_bytes().startswith(b"\x89PNG")
 

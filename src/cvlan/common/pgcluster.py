@@ -56,10 +56,12 @@ class PgCluster:
             self.conf["fsync"] = "off"
         self._user = "postgres" if os.geteuid() == 0 else None
 
+    def _as_user(self, cmd: list[str]) -> list[str]:
+        """Run as the postgres user when we are root (the server refuses to run as root)."""
+        return ["runuser", "-u", self._user, "--", *cmd] if self._user else cmd
+
     def _run(self, *args: str, timeout: float = 120) -> None:
-        cmd = list(args)
-        if self._user:
-            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        cmd = self._as_user(list(args))
         subprocess.run(cmd, check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def start(self) -> PgCluster:
@@ -106,28 +108,16 @@ class PgCluster:
         """Stop the server but keep the cluster (to test a database that goes away and comes back)."""
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", timeout=60)
 
+    def _psql_cmd(self, sql: str, db: str, *opts: str) -> list[str]:
+        cmd = [str(self.bindir / "psql"), "-h", str(self.sock), "-U", "postgres", "-d", db, *opts]
+        return cmd + ["-v", "ON_ERROR_STOP=1", "-c", sql]
+
     def psql(self, sql: str, db: str = "postgres") -> None:
-        self._run(
-            str(self.bindir / "psql"),
-            "-h",
-            str(self.sock),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        )
+        self._run(*self._psql_cmd(sql, db, "-q"))
 
     def query(self, sql: str, db: str = "postgres") -> list[list[str]]:
         """Rows of a query as text (psql's unaligned output)."""
-        cmd = [str(self.bindir / "psql"), "-h", str(self.sock), "-U", "postgres", "-d", db]
-        cmd += ["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql]
-        if self._user:
-            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        cmd = self._as_user(self._psql_cmd(sql, db, "-X", "-A", "-t", "-F", "\t"))
         out = subprocess.run(cmd, check=True, timeout=60, capture_output=True, text=True).stdout
         return [line.split("\t") for line in out.splitlines() if line]
 

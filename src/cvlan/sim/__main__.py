@@ -25,13 +25,24 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    v = _number(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {v:g}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v:g}")
     return v
 
 
@@ -109,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--knee-settle",
-        type=float,
+        type=_non_negative_float,
         default=0.0,
         help="seconds each knee rate runs unmeasured before its step, so a backlog left by the step "
         "before does not count against it (default 0)",
@@ -195,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         steady_rate=args.steady_rate,
         reg_concurrency=args.reg_concurrency,
         knee_step_s=args.knee_step,
-        knee_settle_s=max(0.0, args.knee_settle),
+        knee_settle_s=args.knee_settle,
         renew_after_s=args.renew_after,
         report_every=args.report_every,
         reg_timeout_s=args.reg_timeout,

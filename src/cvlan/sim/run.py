@@ -56,6 +56,10 @@ BACKEND_CONNS = 128
 """Connections from all HAProxy processes to the controller together (see _start_stack)."""
 
 
+Probe = Callable[[], dict[str, Any]]
+"""Read once at the end of the run, before anything is stopped; its keys go into results.json."""
+
+
 class RunError(Exception):
     """The run could not start or had to stop: one line for the operator."""
 
@@ -297,6 +301,7 @@ async def run(cfg: RunConfig) -> Path:
             "use --front haproxy"
         )
     cleanups: list[Callable[[], None]] = []
+    probes: list[Probe] = []
     # SIGINT / SIGTERM end the run early but cleanly: the workers drain, results are still written.
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -305,7 +310,7 @@ async def run(cfg: RunConfig) -> Path:
     sampler = Sampler()
     info: dict[str, Any] = {"machine": machine_info(), "config": _config_view(cfg), "code": _code_version()}
     try:
-        conf, fleet_port, fleet_host = await _start_stack(cfg, sampler, cleanups, info)
+        conf, fleet_port, fleet_host = await _start_stack(cfg, sampler, cleanups, probes, info)
         plan = Plan(cfg.tenants, cfg.cvlans_per_tenant, cfg.nodes_per_cvlan)
         t = time.monotonic()
         summary, store = await provision(conf, plan, cfg.work_dir, cfg.provision_concurrency, quiet=cfg.quiet)
@@ -325,7 +330,9 @@ async def run(cfg: RunConfig) -> Path:
         tokens = [e.token for j in range(cfg.nodes_per_cvlan) for e in entries if e.nodes > j]
         if len(tokens) < cfg.nodes:
             raise RunError(f"provisioning left tokens for {len(tokens)} of {cfg.nodes} nodes")
-        result = await _drive(cfg, conf, fleet_host, fleet_port, tokens, sampler, cleanups, info, interrupted)
+        result = await _drive(
+            cfg, conf, fleet_host, fleet_port, tokens, sampler, cleanups, probes, info, interrupted
+        )
     finally:
         for c in reversed(cleanups):
             try:
@@ -350,7 +357,11 @@ def _log(cfg: RunConfig, line: str) -> None:
 
 
 async def _start_stack(
-    cfg: RunConfig, sampler: Sampler, cleanups: list[Callable[[], None]], info: dict[str, Any]
+    cfg: RunConfig,
+    sampler: Sampler,
+    cleanups: list[Callable[[], None]],
+    probes: list[Probe],
+    info: dict[str, Any],
 ) -> tuple[adminconf.AdminConf, int, str]:
     if cfg.server:
         if cfg.admin_conf is None:
@@ -372,7 +383,7 @@ async def _start_stack(
         detail = err.decode(errors="replace").strip().splitlines()[-1:] or [str(e)]
         raise RunError(f"cannot start PostgreSQL: {detail[0]}") from e
     sampler.add("postgresql", lambda: [p] if (p := pg.pid()) else [], shared_memory=True)
-    info["_final_probes"] = [lambda: {"postgresql_nodes_table": _nodes_table_stats(pg)}]
+    probes.append(lambda: {"postgresql_nodes_table": _nodes_table_stats(pg)})
     port = free_port()
     sock = _socket_path(cfg.work_dir, cleanups) if cfg.front == "haproxy" else None
     _log(cfg, f"starting the controller on 127.0.0.1:{port}")
@@ -479,6 +490,7 @@ async def _drive(
     tokens: list[str],
     sampler: Sampler,
     cleanups: list[Callable[[], None]],
+    probes: list[Probe],
     info: dict[str, Any],
     interrupted: asyncio.Event,
 ) -> Path:
@@ -529,7 +541,7 @@ async def _drive(
     rec = Recorder(t0)
     await _loop(cfg, rec, out, (stop, stop_reg), interval, sampler, procs, interrupted)
     info["phases"] = rec.phase_spans
-    for probe in info.pop("_final_probes", []):
+    for probe in probes:
         try:
             info.update(await asyncio.to_thread(probe))
         except (subprocess.SubprocessError, OSError) as e:
@@ -570,6 +582,8 @@ async def _loop(
     last_con, con_changed = -1, time.time()
     settled_logged = False
     stop_at: float | None = None
+    settling: float | None = None
+    """The knee rate running unmeasured (phase settle-RATE) before its step is measured."""
     while True:
         await asyncio.sleep(1.0 - (time.time() - rec.t0) % 1.0)
         while True:
@@ -616,14 +630,15 @@ async def _loop(
                 rec.start_phase("steady", {"poll_rate": active / float(interval.value), "nodes": active})
                 phase_end = now + cfg.steady_s
         elif now >= phase_end:
-            if rec.phase.startswith("settle-"):
-                rate = float(rec.phase.removeprefix("settle-"))
-                rec.start_phase(f"knee-{rate:g}", {"poll_rate": rate})
+            if settling is not None:  # its unmeasured time is over: measure the step
+                rec.start_phase(f"knee-{settling:g}", {"poll_rate": settling})
                 phase_end = now + cfg.knee_step_s
+                settling = None
             elif steps:
                 rate = steps.pop(0)
                 interval.value = max(1, rec.total("registered")) / rate
                 if cfg.knee_settle_s > 0:
+                    settling = rate
                     rec.start_phase(f"settle-{rate:g}", {"poll_rate": rate})
                     phase_end = now + cfg.knee_settle_s
                 else:

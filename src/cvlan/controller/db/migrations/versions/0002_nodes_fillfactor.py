@@ -2,7 +2,7 @@
 
 Every poll's liveness (last_seen, map_version, health) is written back in batches: at 100,000 nodes
 polling every 30 s that is over 3,000 row updates a second. None of those columns is indexed, so
-PostgreSQL can keep the new row version in the same page without touching the table's six indexes
+PostgreSQL can keep the new row version in the same page without touching the table's five indexes
 (a heap-only tuple update) -- but only if the page has room. With the default fill factor of 100 the
 pages are full after registration, every update goes to another page and adds an entry to every
 index, and autovacuum then has to clean all of them. A fill factor of 80 keeps a fifth of each page
