@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from cvlan.common import log as cvlog
 from cvlan.controller import usercmd
 from cvlan.controller.app import bootstrap_admin, build, server_ssl
+from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.controller.nodeapi.lean import LeanNodeServer
 from cvlan.controller.settings import load_settings
 
 log = logging.getLogger("cvlan.controller")
@@ -115,6 +117,10 @@ async def _serve(settings: object) -> int:
         )
         return 1
     runner = web.AppRunner(c.app, access_log=None, handler_cancellation=True)
+    lean = None
+    if settings.proxy_socket is not None and settings.proxy_fast_polls:
+        lean = LeanNodeServer(c.app[NODEAPI_KEY], lambda: _web_stack(runner))
+        c.app.on_shutdown.append(lean.shutdown)  # after the node API's, which wakes the long-polls
     await runner.setup()
     host, port = settings.host_port
     site = web.TCPSite(
@@ -131,9 +137,10 @@ async def _serve(settings: object) -> int:
         print(f"cvlan-controller: cannot listen on {settings.listen}: {e.strerror}", file=sys.stderr)
         await runner.cleanup()
         return 1
+    listener: asyncio.Server | None = None
     if settings.proxy_socket is not None:
         try:
-            await _start_proxy_socket(runner, settings.proxy_socket)
+            listener = await _start_proxy_socket(runner, settings.proxy_socket, lean)
         except OSError as e:
             print(
                 f"cvlan-controller: cannot listen on proxy socket {settings.proxy_socket}: {e.strerror}",
@@ -152,6 +159,8 @@ async def _serve(settings: object) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("controller stopping")
+    if listener is not None:
+        listener.close()
     await runner.cleanup()
     if settings.proxy_socket is not None:
         settings.proxy_socket.unlink(missing_ok=True)
@@ -174,17 +183,33 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def _start_proxy_socket(runner: web.AppRunner, path: Path) -> None:
-    """Listen on a Unix socket for the TLS front: a stale socket file is replaced, anything else is not."""
+async def _start_proxy_socket(
+    runner: web.AppRunner, path: Path, lean: LeanNodeServer | None
+) -> asyncio.Server | None:
+    """Listen on a Unix socket for the TLS front: a stale socket file is replaced, anything else is not.
+
+    With `lean`, polls are answered by the lean server and every other request by the web stack;
+    the returned listener is then the caller's to close. Without, the web stack's own site serves
+    the socket (stopped with the runner) and None is returned."""
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise OSError(errno.EEXIST, "exists and is not a socket")
         path.unlink()
     old = os.umask(0o117)  # the socket is created 0660, never briefly wider
     try:
+        if lean is not None:
+            return await asyncio.get_running_loop().create_unix_server(lean, str(path), backlog=4096)
         await web.UnixSite(runner, str(path), backlog=4096).start()
+        return None
     finally:
         os.umask(old)
+
+
+def _web_stack(runner: web.AppRunner) -> asyncio.Protocol:
+    """A connection handler of the web stack, for a connection the lean server hands over."""
+    server = runner.server
+    assert server is not None, "the runner is set up before the proxy socket listens"
+    return server()
 
 
 if __name__ == "__main__":

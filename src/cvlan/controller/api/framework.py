@@ -197,12 +197,15 @@ _rid_counter = itertools.count(1)
 _METRIC_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
-def _new_request_id() -> str:
-    """Unique per process start (random prefix) and cheap on the poll path (a counter, no syscall)."""
-    return f"{_RID_PREFIX}{next(_rid_counter):012x}"
+def request_id(given: str) -> str:
+    """The caller's X-Request-Id if it is a sane one, else a new id: unique per process start (random
+    prefix) and cheap on the poll path (a counter, no syscall)."""
+    if not given or len(given) > 64 or not given.replace("-", "").isalnum():
+        return f"{_RID_PREFIX}{next(_rid_counter):012x}"
+    return given
 
 
-def _metrics(route_name: str, method: str, status: int) -> tuple[Any, Any]:
+def route_metrics(route_name: str, method: str, status: int) -> tuple[Any, Any]:
     key = (route_name, method, status)
     got = _METRIC_CHILDREN.get(key)
     if got is None:
@@ -216,9 +219,7 @@ async def request_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Request id, timing, metrics, logging, and the one mapping of DomainError to HTTP."""
-    rid = request.headers.get("X-Request-Id", "")
-    if not rid or len(rid) > 64 or not rid.replace("-", "").isalnum():
-        rid = _new_request_id()
+    rid = request_id(request.headers.get("X-Request-Id", ""))
     token = request_id_var.set(rid)
     t0 = time.perf_counter()
     info = request.match_info.route.resource
@@ -240,7 +241,7 @@ async def request_middleware(
             resp = error_response(500, "internal", f"internal error (request id {rid})")
         resp.headers["X-Request-Id"] = rid
         dur = time.perf_counter() - t0
-        count, latency = _metrics(route_name, request.method, resp.status)
+        count, latency = route_metrics(route_name, request.method, resp.status)
         count.inc()
         latency.observe(dur)
         if not request.path.startswith("/v1/"):

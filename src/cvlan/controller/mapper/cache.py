@@ -209,6 +209,9 @@ class Mapper:
 
         cvlan_hint (the CVLAN in the node's certificate) spares a database lookup per node after a
         restart: loading that CVLAN's map indexes all its members at once."""
+        found = self.cached_for_node(node_id, tenant_id, wg_key, cvlan_hint)
+        if found is not None:
+            return found
         cid = self._node_cvlan.get(node_id, cvlan_hint)
         if cid is not None:
             try:
@@ -225,6 +228,19 @@ class Mapper:
         me = m.members.get(node_id)
         if me is None or me.wg_key != wg_key:
             raise revoked(node_id)
+        return m, me
+
+    def cached_for_node(
+        self, node_id: int, tenant_id: int, wg_key: bytes, cvlan_hint: int | None = None
+    ) -> tuple[CvlanMap, Member] | None:
+        """map_for_node without waiting: the answer if the node's map is loaded, else None."""
+        cid = self._node_cvlan.get(node_id, cvlan_hint)
+        m = self._maps.get(cid) if cid is not None else None
+        if m is None:
+            return None
+        me = m.members.get(node_id)
+        if me is None or me.wg_key != wg_key or me.tenant_id != tenant_id:
+            return None
         return m, me
 
     async def _lookup_node(self, node_id: int, tenant_id: int, wg_key: bytes) -> int:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cvlan import __version__
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.mapper.cache import Mapper, valid_endpoint
+from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoint
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
@@ -64,7 +64,10 @@ class NodeApi:
         ct = request.content_type if request.content_type == wire.CT_JSON else wire.CT_PROTO
         if request.content_length is not None and request.content_length > wire.MAX_REQUEST_BYTES:
             raise DomainError(Kind.TOO_LARGE, f"request body is larger than {wire.MAX_REQUEST_BYTES} bytes")
-        raw = await request.read()
+        return self.decode(cls, await request.read(), ct), ct
+
+    def decode(self, cls: type[M], raw: bytes, ct: str) -> M:
+        """A request body as its message; INVALID, TOO_LARGE or PRECONDITION (capability) if not."""
         if len(raw) > wire.MAX_REQUEST_BYTES:
             raise DomainError(Kind.TOO_LARGE, f"request body is larger than {wire.MAX_REQUEST_BYTES} bytes")
         try:
@@ -74,15 +77,10 @@ class NodeApi:
         refusal = wire.check_capver(getattr(msg, "capability_version", wire.CAPABILITY_VERSION))
         if refusal:
             raise DomainError(Kind.PRECONDITION, refusal, {"reason": "capability_version"})
-        return msg, ct
+        return msg
 
     def reply(self, msg: Message | bytes, ct: str, cls: type[Message] | None = None) -> web.Response:
-        if isinstance(msg, bytes):
-            if ct != wire.CT_JSON:
-                return web.Response(body=msg, content_type=wire.CT_PROTO)
-            assert cls is not None
-            msg = wire.decode(cls, msg)
-        return web.Response(body=wire.encode(msg, ct), content_type=ct)
+        return web.Response(body=encode(msg, ct, cls), content_type=ct)
 
     def caller(self, ident: NodeIdentity) -> registration.Caller:
         return registration.Caller(ident.node_id, ident.tenant_id, ident.wg_key)
@@ -148,7 +146,16 @@ class NodeApi:
     async def poll(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.PollRequest)
+        return self.reply(await self.answer_poll(ident, req), ct, pb.PollResponse)
+
+    async def answer_poll(self, ident: NodeIdentity, req: pb.PollRequest) -> Message | bytes:
+        """The answer to a poll (a PollResponse, or its encoded bytes): waits for a change if asked."""
         m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
+        wait = self.record_poll(ident, req, m, me)
+        return await self.wait_poll(ident, req, m, wait) if wait else self.poll_answer(ident, req, m)
+
+    def record_poll(self, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap, me: Member) -> float:
+        """Take in what a poll says (endpoints, relay region, health, liveness); how long it may wait."""
         region = req.home_relay_region or None
         if len(req.home_relay_region) > 63:
             raise DomainError(Kind.INVALID, "home_relay_region is too long", {"field": "home_relay_region"})
@@ -159,17 +166,25 @@ class NodeApi:
                 self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
         health = _health(req) if req.HasField("health") else None
         self.liveness.seen(ident.node_id, req.map_version, health)
-        wait = min(req.long_poll_s, MAX_LONG_POLL_S)
-        if req.map_version == m.token and wait > 0 and not self.closing:
-            waiter = self.mapper.waiter(m.cvlan_id)
-            try:
-                await asyncio.wait_for(waiter.wait(), wait)
-            except TimeoutError:
-                pass
-            else:
-                m, me = await self.mapper.map_for_node(
-                    ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id
-                )
+        if req.map_version == m.token and req.long_poll_s > 0 and not self.closing:
+            return float(min(req.long_poll_s, MAX_LONG_POLL_S))
+        return 0.0
+
+    async def wait_poll(
+        self, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap, wait: float
+    ) -> Message | bytes:
+        """Hold a long-poll until the node's CVLAN changes or `wait` seconds pass, then answer it."""
+        try:
+            await asyncio.wait_for(self.mapper.waiter(m.cvlan_id).wait(), wait)
+        except TimeoutError:
+            pass
+        else:
+            m, _ = await self.mapper.map_for_node(
+                ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id
+            )
+        return self.poll_answer(ident, req, m)
+
+    def poll_answer(self, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap) -> Message | bytes:
         head = pb.PollResponse(
             map_version=m.token,
             poll_interval_s=self.ctx.settings.poll_interval_s,
@@ -178,9 +193,9 @@ class NodeApi:
         if req.map_version == m.token:
             POLLS_UNCHANGED.inc()
             head.unchanged = True
-            return self.reply(head, ct)
+            return head
         POLLS_FULL.inc()
-        return self.reply(m.body_for(ident.node_id, head), ct, pb.PollResponse)
+        return m.body_for(ident.node_id, head)
 
     async def renew(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
@@ -283,6 +298,16 @@ def _flow(f: pb.DeniedFlow) -> tuple[str, str, str, int, int]:
             Kind.INVALID, f"denied flow: bad proto {f.proto[:10]!r} or port", {"field": "denied_flows"}
         )
     return src, dst, f.proto, f.dport, min(f.packets, 2**62)
+
+
+def encode(msg: Message | bytes, ct: str, cls: type[Message] | None = None) -> bytes:
+    """A reply body in the request's content type; bytes are an already encoded protobuf of cls."""
+    if isinstance(msg, bytes):
+        if ct != wire.CT_JSON:
+            return msg
+        assert cls is not None
+        msg = wire.decode(cls, msg)
+    return wire.encode(msg, ct)
 
 
 NODEAPI_KEY = web.AppKey("nodeapi", NodeApi)

@@ -88,28 +88,18 @@ class IdentityResolver:
             self._by_conn[sslobj] = ident
         else:
             header = request.headers.get(PROXY_CERT_HEADER)
-            if not header or not self._proxies.believes(request.remote):
-                return None
-            key = header.encode()
-            ident = self._cached(key, lambda: self._verify_forwarded(header, now))
-        if ident.not_after <= now:
-            raise DomainError(
-                Kind.UNAUTHENTICATED,
-                f"the node certificate expired at {ident.not_after:%Y-%m-%d %H:%M:%S}Z; "
-                "re-enrol the node with a new token",
-                {"reason": "certificate_expired"},
-            )
-        return ident
+            return self.forwarded(header.encode() if header else None, request.remote, now)
+        return _unexpired(ident, now)
+
+    def forwarded(self, header: bytes | None, remote: str | None, now: dt.datetime) -> NodeIdentity | None:
+        """The identity in a front's X-Client-Cert header, if the peer (remote) is a trusted front."""
+        if not header or not self._proxies.believes(remote):
+            return None
+        ident = self._cached(header, lambda: self._verify_forwarded(header.decode("latin-1"), now))
+        return _unexpired(ident, now)
 
     def require(self, request: web.Request, now: dt.datetime) -> NodeIdentity:
-        ident = self.optional(request, now)
-        if ident is None:
-            raise DomainError(
-                Kind.UNAUTHENTICATED,
-                "a node client certificate is required (mutual TLS)",
-                {"reason": "no_certificate"},
-            )
-        return ident
+        return required(self.optional(request, now))
 
     def _cached(self, key: bytes, load: Callable[[], x509.Certificate]) -> NodeIdentity:
         ident = self._cache.get(key)
@@ -135,3 +125,24 @@ class IdentityResolver:
         if cert.not_valid_before_utc > now:
             raise DomainError(Kind.UNAUTHENTICATED, "forwarded client certificate is not valid yet")
         return cert
+
+
+def required(ident: NodeIdentity | None) -> NodeIdentity:
+    if ident is None:
+        raise DomainError(
+            Kind.UNAUTHENTICATED,
+            "a node client certificate is required (mutual TLS)",
+            {"reason": "no_certificate"},
+        )
+    return ident
+
+
+def _unexpired(ident: NodeIdentity, now: dt.datetime) -> NodeIdentity:
+    if ident.not_after <= now:
+        raise DomainError(
+            Kind.UNAUTHENTICATED,
+            f"the node certificate expired at {ident.not_after:%Y-%m-%d %H:%M:%S}Z; "
+            "re-enrol the node with a new token",
+            {"reason": "certificate_expired"},
+        )
+    return ident

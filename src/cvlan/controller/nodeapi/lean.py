@@ -1,0 +1,307 @@
+"""A lean HTTP/1.1 server for node polls on the proxy socket.
+
+Behind a TLS front every node's poll arrives over a few reused plain-HTTP connections. The full web
+stack spends about half of the controller's time per poll on its own machinery: a task, request and
+response objects, routing and middleware for each request. This protocol answers the common request
+-- `POST /v1/poll`, a protobuf body with a Content-Length, the front's X-Client-Cert -- from the map
+cache, inline as the bytes arrive. A poll that must wait (a long-poll, a map not loaded yet) runs as
+a task, and the connection reads no further request until it is answered.
+
+Every other request (another path or method, JSON, chunked bodies, Expect, HTTP/1.0, a missing
+certificate header, a head too large...) is not parsed here: the connection, with the bytes already
+received, is handed to the full web stack for the rest of its life. So the socket serves exactly
+what the web stack serves, and this module only has to be right about the one shape it takes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+from aiohttp import web
+from google.protobuf.message import Message
+from prometheus_client import Counter
+
+from cvlan.controller.api.framework import dumps, request_id, route_metrics
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.nodeapi.handlers import NodeApi, encode
+from cvlan.controller.nodeapi.identity import required
+from cvlan.wire import nodeproto as wire
+from cvlan.wire.pb import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+POLL_LINE = b"POST /v1/poll HTTP/1.1"
+MAX_HEAD = 16 * 1024
+"""A longer head goes to the web stack, which refuses it properly."""
+CT_PROTO = wire.CT_PROTO.encode()
+ROUTE = "/v1/poll"
+REASONS = {
+    200: b"OK",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    409: b"Conflict",
+    412: b"Precondition Failed",
+    413: b"Payload Too Large",
+    422: b"Unprocessable Entity",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+Answer = Message | bytes
+FAST_POLLS = Counter("cvlan_proxy_fast_polls_total", "Node polls answered by the proxy socket's lean server")
+HANDOVERS = Counter(
+    "cvlan_proxy_handovers_total",
+    "Proxy-socket connections handed to the web stack at a request the lean server does not take",
+)
+
+
+class PollHead:
+    """What the poll's request head says (only the headers this server reads)."""
+
+    __slots__ = ("length", "cert", "rid", "close")
+
+    def __init__(self, length: int, cert: bytes, rid: str, close: bool) -> None:
+        self.length = length
+        self.cert = cert
+        self.rid = rid
+        self.close = close
+
+
+def parse_poll_head(head: bytes) -> PollHead | None:
+    """The head of a plain node poll, or None for anything else (handed to the web stack)."""
+    lines = head.split(b"\r\n")
+    if lines[0] != POLL_LINE:
+        return None
+    length, cert, rid, close = -1, b"", "", False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            return None
+        name = name.lower()
+        value = value.strip()
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"x-client-cert":
+            if cert:
+                return None
+            cert = value
+        elif name == b"content-type":
+            if value.partition(b";")[0].strip().lower() != CT_PROTO:
+                return None
+        elif name == b"x-request-id":
+            rid = value.decode("latin-1")
+        elif name == b"connection":
+            token = value.lower()
+            if token == b"close":
+                close = True
+            elif token != b"keep-alive":
+                return None
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+    if length < 0 or length > wire.MAX_REQUEST_BYTES or not cert:
+        return None
+    return PollHead(length, cert, rid, close)
+
+
+class LeanNodeServer:
+    """The proxy socket's protocol factory: its connections, and the web stack to hand others to."""
+
+    def __init__(self, api: NodeApi, web_stack: Callable[[], asyncio.Protocol]) -> None:
+        self.api = api
+        self.web_stack = web_stack
+        self.conns: set[LeanNodeConn] = set()
+        self.closing = False
+
+    def __call__(self) -> LeanNodeConn:
+        return LeanNodeConn(self)
+
+    async def shutdown(self, _: web.Application | None = None, timeout: float = 10.0) -> None:
+        """Close idle connections now; busy ones close after their answer (long-polls are woken by the
+        node API's own shutdown hook). Waits up to `timeout` for them."""
+        self.closing = True
+        tasks = []
+        for c in list(self.conns):
+            if c.task is None:
+                c.close()
+            else:
+                tasks.append(c.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+
+class LeanNodeConn(asyncio.Protocol):
+    """One connection from the front."""
+
+    __slots__ = ("server", "transport", "remote", "buf", "task")
+
+    def __init__(self, server: LeanNodeServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.buf = bytearray()
+        self.task: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        # As the web stack names the peer: the address of an IP peer, "" for a Unix-socket peer.
+        self.remote = (
+            str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer) if peer is not None else None
+        )
+        self.server.conns.add(self)
+        if self.server.closing:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.task is None:
+            self._serve()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.conns.discard(self)
+        self.transport = None
+        if self.task is not None:
+            self.task.cancel()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Answer the complete requests in the buffer, one at a time, until one must wait."""
+        while self.buf and self.task is None and self.transport is not None:
+            end = self.buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+            if end < 0:
+                if len(self.buf) >= MAX_HEAD:
+                    self._hand_over()
+                return
+            head = parse_poll_head(bytes(self.buf[:end]))
+            if head is None:
+                self._hand_over()
+                return
+            start = end + 4
+            if len(self.buf) < start + head.length:
+                return
+            body = bytes(self.buf[start : start + head.length])
+            del self.buf[: start + head.length]
+            self._poll(head, body)
+
+    def _poll(self, head: PollHead, body: bytes) -> None:
+        t0 = time.perf_counter()
+        api = self.server.api
+        waiting: Coroutine[Any, Any, Answer]
+        try:
+            ident = required(api.identity.forwarded(head.cert, self.remote, api.ctx.now()))
+            req = api.decode(pb.PollRequest, body, wire.CT_PROTO)
+            found = api.mapper.cached_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
+            if found is not None:
+                m, me = found
+                wait = api.record_poll(ident, req, m, me)
+                if not wait:
+                    self._answer(head, t0, api.poll_answer(ident, req, m))
+                    return
+                waiting = api.wait_poll(ident, req, m, wait)
+            else:
+                waiting = api.answer_poll(ident, req)
+        except DomainError as e:
+            self._refuse(head, t0, e)
+            return
+        except Exception:  # noqa: BLE001 - one bad request must not take the connection's others down
+            self._crash(head, t0)
+            return
+        self.task = asyncio.get_running_loop().create_task(self._wait(head, t0, waiting))
+
+    async def _wait(self, head: PollHead, t0: float, waiting: Coroutine[Any, Any, Answer]) -> None:
+        try:
+            answer = await waiting
+        except DomainError as e:
+            self._refuse(head, t0, e)
+        except Exception:  # noqa: BLE001
+            self._crash(head, t0)
+        else:
+            self._answer(head, t0, answer)
+        self.task = None
+        if self.server.closing:
+            self.close()
+        else:
+            self._serve()
+
+    # --- responses -----------------------------------------------------------------------------
+
+    def _answer(self, head: PollHead, t0: float, answer: Answer) -> None:
+        self._respond(head, t0, 200, CT_PROTO, encode(answer, wire.CT_PROTO, pb.PollResponse))
+        FAST_POLLS.inc()
+
+    def _refuse(self, head: PollHead, t0: float, e: DomainError) -> None:
+        extra = b"Retry-After: 2\r\n" if e.kind == Kind.UNAVAILABLE else b""
+        self._error(head, t0, e.status, e.kind.value, e.message, e.details, extra)
+
+    def _crash(self, head: PollHead, t0: float) -> None:
+        head.rid = request_id(head.rid)
+        log.exception("unhandled error", extra={"request_id": head.rid, "path": ROUTE})
+        self._error(head, t0, 500, "internal", f"internal error (request id {head.rid})")
+
+    def _error(
+        self,
+        head: PollHead,
+        t0: float,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        extra: bytes = b"",
+    ) -> None:
+        body = dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+        self._respond(head, t0, status, b"application/json", body, extra)
+
+    def _respond(
+        self, head: PollHead, t0: float, status: int, ct: bytes, body: bytes, extra: bytes = b""
+    ) -> None:
+        if self.transport is None:
+            return
+        close = head.close or self.server.closing
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n%s"
+            % (
+                status,
+                REASONS.get(status, b"Error"),
+                ct,
+                len(body),
+                request_id(head.rid).encode(),
+                extra,
+                b"Connection: close\r\n" if close else b"",
+                body,
+            )
+        )
+        count, latency = route_metrics(ROUTE, "POST", status)
+        count.inc()
+        latency.observe(time.perf_counter() - t0)
+        if close:
+            self.close()
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """Give this connection, and what it has sent so far, to the web stack for good."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.server.conns.discard(self)
+        HANDOVERS.inc()
+        self.transport = None
+        data, self.buf = bytes(self.buf), bytearray()
+        proto = self.server.web_stack()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if data:
+            proto.data_received(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,296 @@
+"""Node polls on the proxy socket are answered by the lean HTTP/1.1 server; every other request on
+that socket is handed, with its connection, to the full web stack. Raw bytes on the socket, as a
+TLS front sends them, against a real controller process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cvlan.client import tls
+from cvlan.client.controller import NodeApiClient
+from cvlan.sim import adminconf
+from cvlan.wire import nodeproto as wire
+from cvlan.wire.pb import node_pb2 as pb
+from tests.harness.controller import free_port
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Ctl:
+    proc: subprocess.Popen[bytes]
+    sock: Path
+    conf: adminconf.AdminConf
+    token: str
+    node_id: int
+    cert: bytes
+    """The node's certificate as the front forwards it (URL-escaped PEM)."""
+
+    async def metric(self, name: str) -> float:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.conf.ssl_context())) as s,
+            s.get(self.conf.server + "/metrics") as r,
+        ):
+            m = re.search(rf"^{name} (\S+)$", await r.text(), re.M)
+            return float(m.group(1)) if m else 0.0
+
+    async def register(self, hostname: str) -> int:
+        _, csr = tls.new_key_and_csr()
+        anon = NodeApiClient(self.conf.server, self.conf.ca_pem)
+        try:
+            return (await anon.register(self.token, os.urandom(32), csr, hostname)).node_id
+        finally:
+            await anon.close()
+
+
+def _start(data: Path, sock: Path, *extra_env: tuple[str, str]) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")} | dict(extra_env)
+    cmd = [str(BIN / "cvlan-controller"), "serve", "--data-dir", str(data)]
+    cmd += ["--listen", f"127.0.0.1:{free_port()}", "--proxy-socket", str(sock)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+async def _up(tmp: Path, *extra_env: tuple[str, str]) -> Ctl:
+    data, sock = tmp / "ctl", tmp / "ctl.sock"
+    proc = _start(data, sock, *extra_env)
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise AssertionError(f"controller exited: {proc.communicate()[0].decode()[-2000:]}")
+        if (data / "admin.conf").exists() and sock.exists():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("controller did not start within 30 s")
+    conf = adminconf.load(data / "admin.conf")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as api:
+        auth = {"Authorization": f"Bearer {conf.token}"}
+        for path, body in (
+            ("/api/v1/tenants", {"name": "acme"}),
+            ("/api/v1/tenants/acme/cvlans", {"name": "lan"}),
+        ):
+            async with api.post(conf.server + path, json=body, headers=auth) as r:
+                assert r.status == 201, await r.text()
+        async with api.post(
+            conf.server + "/api/v1/tenants/acme/tokens", json={"cvlan": "lan", "reusable": True}, headers=auth
+        ) as r:
+            token = (await r.json())["token"]
+    _, csr = tls.new_key_and_csr()
+    anon = NodeApiClient(conf.server, conf.ca_pem)
+    try:
+        reg = await anon.register(token, os.urandom(32), csr, "n1")
+    finally:
+        await anon.close()
+    cert = urllib.parse.quote(reg.certificate_pem).encode()
+    return Ctl(proc, sock, conf, token, reg.node_id, cert)
+
+
+def _stop(ctl: Ctl) -> float:
+    t0 = time.monotonic()
+    ctl.proc.send_signal(signal.SIGTERM)
+    ctl.proc.communicate(timeout=30)
+    assert ctl.proc.returncode == 0
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+async def ctl(tmp_path: Path) -> AsyncIterator[Ctl]:
+    c = await _up(tmp_path)
+    try:
+        yield c
+    finally:
+        if c.proc.poll() is None:
+            _stop(c)
+
+
+def poll_bytes(cert: bytes, msg: pb.PollRequest | bytes, *, extra: bytes = b"") -> bytes:
+    body = msg if isinstance(msg, bytes) else msg.SerializeToString()
+    return (
+        b"POST /v1/poll HTTP/1.1\r\nhost: front\r\ncontent-type: application/x-protobuf\r\n"
+        b"content-length: %d\r\nx-client-cert: %s\r\n%s\r\n%s" % (len(body), cert, extra, body)
+    )
+
+
+def poll_req(version: int = 0, long_poll_s: int = 0) -> pb.PollRequest:
+    return pb.PollRequest(
+        capability_version=wire.CAPABILITY_VERSION, map_version=version, long_poll_s=long_poll_s
+    )
+
+
+async def read_response(r: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    body = await asyncio.wait_for(r.readexactly(int(headers.get("content-length", "0"))), 10)
+    return status, headers, body
+
+
+async def test_polls_are_answered_by_the_lean_server_pipelined_and_in_pieces(ctl: Ctl) -> None:
+    before = await ctl.metric("cvlan_proxy_fast_polls_total")
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        # Two polls in one write (pipelined): two answers, in order, on the same connection.
+        w.write(
+            poll_bytes(ctl.cert, poll_req())
+            + poll_bytes(ctl.cert, poll_req(), extra=b"x-request-id: abc-1\r\n")
+        )
+        first = await read_response(r)
+        second = await read_response(r)
+        assert first[0] == 200 and second[0] == 200
+        full = wire.decode(pb.PollResponse, first[2])
+        assert full.map.self.node_id == ctl.node_id and not full.unchanged
+        assert second[1]["x-request-id"] == "abc-1"
+        # The node's version now: "unchanged", a byte at a time.
+        data = poll_bytes(ctl.cert, poll_req(full.map_version))
+        for i in range(len(data)):
+            w.write(data[i : i + 1])
+            await w.drain()
+        status, headers, body = await read_response(r)
+        assert status == 200 and headers["content-type"] == wire.CT_PROTO
+        assert wire.decode(pb.PollResponse, body).unchanged
+        # No web-stack headers: these answers did not go through it.
+        assert "server" not in headers
+    finally:
+        w.close()
+    assert await ctl.metric("cvlan_proxy_fast_polls_total") == before + 3
+
+
+async def test_bad_polls_get_the_same_clear_errors(ctl: Ctl) -> None:
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        w.write(poll_bytes(ctl.cert, b"\xff\xff\xff"))
+        status, headers, body = await read_response(r)
+        assert status == 422 and headers["content-type"] == "application/json"
+        assert json.loads(body)["error"]["code"] == "invalid"
+        # Another CA's certificate (here: not a certificate at all) is refused; the connection lives on.
+        w.write(poll_bytes(urllib.parse.quote("-----BEGIN CERTIFICATE-----\nAAAA\n").encode(), poll_req()))
+        status, _, body = await read_response(r)
+        assert status == 401 and json.loads(body)["error"]["code"] == "unauthenticated"
+        w.write(poll_bytes(ctl.cert, pb.PollRequest()))  # no capability version: an unknown client
+        status, _, body = await read_response(r)
+        assert status == 412 and json.loads(body)["error"]["details"]["reason"] == "capability_version"
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        assert (await read_response(r))[0] == 200
+    finally:
+        w.close()
+
+
+async def test_other_requests_hand_the_connection_to_the_web_stack(ctl: Ctl) -> None:
+    before = await ctl.metric("cvlan_proxy_handovers_total")
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        assert (await read_response(r))[0] == 200
+        # A poll without the front's certificate header: the web stack's refusal.
+        w.write(b"POST /v1/poll HTTP/1.1\r\nhost: front\r\ncontent-length: 0\r\n\r\n")
+        status, headers, body = await read_response(r)
+        assert (
+            status == 401 and "a node client certificate is required" in json.loads(body)["error"]["message"]
+        )
+        assert "server" in headers  # the web stack answered
+        # The connection stays with the web stack and serves anything, polls included.
+        w.write(b"GET /healthz HTTP/1.1\r\nhost: front\r\n\r\n")
+        status, _, body = await read_response(r)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        status, headers, body = await read_response(r)
+        assert status == 200 and "server" in headers
+        assert wire.decode(pb.PollResponse, body).map.self.node_id == ctl.node_id
+    finally:
+        w.close()
+    assert await ctl.metric("cvlan_proxy_handovers_total") == before + 1
+    # JSON polls (debugging) go the same way, answered in JSON.
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        body = json.dumps({"capability_version": wire.CAPABILITY_VERSION}).encode()
+        w.write(
+            b"POST /v1/poll HTTP/1.1\r\nhost: front\r\ncontent-type: application/json\r\n"
+            b"accept: application/json\r\ncontent-length: %d\r\nx-client-cert: %s\r\n\r\n%s"
+            % (len(body), ctl.cert, body)
+        )
+        status, headers, got = await read_response(r)
+        assert status == 200 and headers["content-type"].startswith("application/json")
+        assert int(json.loads(got)["map"]["self"]["node_id"]) == ctl.node_id
+    finally:
+        w.close()
+
+
+async def test_long_poll_is_woken_by_a_change_and_connection_close_is_honoured(ctl: Ctl) -> None:
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        version = wire.decode(pb.PollResponse, (await read_response(r))[2]).map_version
+        # Held: nothing changes within a second, and the answer says so.
+        t0 = time.monotonic()
+        w.write(poll_bytes(ctl.cert, poll_req(version, long_poll_s=1)))
+        status, _, body = await read_response(r)
+        assert status == 200 and wire.decode(pb.PollResponse, body).unchanged
+        assert time.monotonic() - t0 >= 0.9
+        # Held again; a second node joins the CVLAN: the poll returns the new map at once.
+        w.write(poll_bytes(ctl.cert, poll_req(version, long_poll_s=30)))
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        other = await ctl.register("n2")
+        status, _, body = await read_response(r)
+        got = wire.decode(pb.PollResponse, body)
+        assert status == 200 and not got.unchanged and time.monotonic() - t0 < 10
+        assert [p.node_id for p in got.map.peers] == [other]
+        # Connection: close is answered, then the connection is closed.
+        w.write(poll_bytes(ctl.cert, poll_req(got.map_version), extra=b"connection: close\r\n"))
+        status, headers, _ = await read_response(r)
+        assert status == 200 and headers["connection"] == "close"
+        assert await asyncio.wait_for(r.read(), 10) == b""
+    finally:
+        w.close()
+
+
+async def test_stop_answers_held_long_polls_and_closes_idle_connections(ctl: Ctl) -> None:
+    r1, w1 = await asyncio.open_unix_connection(str(ctl.sock))
+    r2, w2 = await asyncio.open_unix_connection(str(ctl.sock))
+    w1.write(poll_bytes(ctl.cert, poll_req()))
+    version = wire.decode(pb.PollResponse, (await read_response(r1))[2]).map_version
+    w1.write(poll_bytes(ctl.cert, poll_req(version, long_poll_s=60)))
+    w2.write(poll_bytes(ctl.cert, poll_req()))
+    await read_response(r2)  # w2 now idle between requests
+    await asyncio.sleep(0.3)
+    took = await asyncio.to_thread(_stop, ctl)
+    assert took < 15, f"stopping took {took:.1f} s with a long-poll held"
+    status, headers, body = await read_response(r1)
+    assert status == 200 and wire.decode(pb.PollResponse, body).unchanged
+    assert headers.get("connection") == "close"
+    assert await asyncio.wait_for(r2.read(), 5) == b""
+    w1.close()
+    w2.close()
+
+
+async def test_switched_off_the_web_stack_serves_polls(tmp_path: Path) -> None:
+    ctl = await _up(tmp_path, ("CVLAN_CONTROLLER_PROXY_FAST_POLLS", "false"))
+    try:
+        r, w = await asyncio.open_unix_connection(str(ctl.sock))
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        status, headers, body = await read_response(r)
+        assert status == 200 and "server" in headers
+        assert wire.decode(pb.PollResponse, body).map.self.node_id == ctl.node_id
+        w.close()
+        assert await ctl.metric("cvlan_proxy_fast_polls_total") == 0
+    finally:
+        _stop(ctl)
