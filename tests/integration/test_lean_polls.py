@@ -28,6 +28,7 @@ from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import free_port
 
 BIN = Path(sys.executable).parent
+FAST_POLLS = 'cvlan_proxy_fast_requests_total{route="/v1/poll"}'
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -46,7 +47,7 @@ class Ctl:
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.conf.ssl_context())) as s,
             s.get(self.conf.server + "/metrics") as r,
         ):
-            m = re.search(rf"^{name} (\S+)$", await r.text(), re.M)
+            m = re.search(rf"^{re.escape(name)} (\S+)$", await r.text(), re.M)
             return float(m.group(1)) if m else 0.0
 
     async def register(self, hostname: str) -> int:
@@ -145,7 +146,7 @@ async def read_response(r: asyncio.StreamReader) -> tuple[int, dict[str, str], b
 
 
 async def test_polls_are_answered_by_the_lean_server_pipelined_and_in_pieces(ctl: Ctl) -> None:
-    before = await ctl.metric("cvlan_proxy_fast_polls_total")
+    before = await ctl.metric(FAST_POLLS)
     r, w = await asyncio.open_unix_connection(str(ctl.sock))
     try:
         # Two polls in one write (pipelined): two answers, in order, on the same connection.
@@ -171,7 +172,7 @@ async def test_polls_are_answered_by_the_lean_server_pipelined_and_in_pieces(ctl
         assert "server" not in headers
     finally:
         w.close()
-    assert await ctl.metric("cvlan_proxy_fast_polls_total") == before + 3
+    assert await ctl.metric(FAST_POLLS) == before + 3
 
 
 async def test_bad_polls_get_the_same_clear_errors(ctl: Ctl) -> None:
@@ -200,17 +201,16 @@ async def test_other_requests_hand_the_connection_to_the_web_stack(ctl: Ctl) -> 
     try:
         w.write(poll_bytes(ctl.cert, poll_req()))
         assert (await read_response(r))[0] == 200
-        # A poll without the front's certificate header: the web stack's refusal.
+        # A poll without the front's certificate header: refused, the connection lives on.
         w.write(b"POST /v1/poll HTTP/1.1\r\nhost: front\r\ncontent-length: 0\r\n\r\n")
         status, headers, body = await read_response(r)
         assert (
             status == 401 and "a node client certificate is required" in json.loads(body)["error"]["message"]
         )
-        assert "server" in headers  # the web stack answered
-        # The connection stays with the web stack and serves anything, polls included.
+        # Not the node API: the web stack answers, and keeps the connection, polls included.
         w.write(b"GET /healthz HTTP/1.1\r\nhost: front\r\n\r\n")
-        status, _, body = await read_response(r)
-        assert status == 200 and json.loads(body)["status"] == "ok"
+        status, headers, body = await read_response(r)
+        assert status == 200 and json.loads(body)["status"] == "ok" and "server" in headers
         w.write(poll_bytes(ctl.cert, poll_req()))
         status, headers, body = await read_response(r)
         assert status == 200 and "server" in headers
@@ -232,6 +232,58 @@ async def test_other_requests_hand_the_connection_to_the_web_stack(ctl: Ctl) -> 
         assert int(json.loads(got)["map"]["self"]["node_id"]) == ctl.node_id
     finally:
         w.close()
+
+
+async def test_discovery_registration_and_reports_through_the_lean_server(ctl: Ctl) -> None:
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        w.write(b"GET /v1/discover HTTP/1.1\r\nhost: front\r\n\r\n")
+        status, headers, body = await read_response(r)
+        got = wire.decode(pb.DiscoverResponse, body)
+        assert status == 200 and "server" not in headers
+        assert got.ca_pem == ctl.conf.ca_pem and got.capability_version == wire.CAPABILITY_VERSION
+        _, csr = tls.new_key_and_csr()
+        reg = pb.RegisterRequest(
+            capability_version=wire.CAPABILITY_VERSION,
+            token=ctl.token,
+            wg_public_key=os.urandom(32),
+            csr_pem=csr,
+            hostname="via-socket",
+        ).SerializeToString()
+        req = b"POST /v1/register HTTP/1.1\r\nhost: front\r\ncontent-type: application/x-protobuf\r\n"
+        w.write(req + b"content-length: %d\r\n\r\n%s" % (len(reg), reg))
+        status, headers, body = await read_response(r)
+        assert status == 200, body
+        joined = wire.decode(pb.RegisterResponse, body)
+        assert joined.node_name.startswith("via-socket") and "BEGIN CERTIFICATE" in joined.certificate_pem
+        # The same token's misuse is refused clearly: a bad WireGuard key.
+        bad = pb.RegisterRequest(
+            capability_version=wire.CAPABILITY_VERSION, token=ctl.token, wg_public_key=b"short", csr_pem=csr
+        ).SerializeToString()
+        w.write(req + b"content-length: %d\r\n\r\n%s" % (len(bad), bad))
+        status, _, body = await read_response(r)
+        assert status == 422 and json.loads(body)["error"]["code"] == "invalid"
+        # A report with a denied flow, from the new node (its certificate as the front forwards it).
+        flow = pb.DeniedFlow(src="100.64.0.9", dst="100.64.0.10", proto="tcp", dport=22, packets=3)
+        rep = pb.ReportRequest(
+            capability_version=wire.CAPABILITY_VERSION, denied_flows=[flow]
+        ).SerializeToString()
+        cert = urllib.parse.quote(joined.certificate_pem).encode()
+        w.write(
+            b"POST /v1/report HTTP/1.1\r\ncontent-type: application/x-protobuf\r\n"
+            b"x-client-cert: %s\r\ncontent-length: %d\r\n\r\n%s" % (cert, len(rep), rep)
+        )
+        status, _, body = await read_response(r)
+        assert status == 200 and wire.decode(pb.ReportResponse, body).accepted == 1
+        # A renewal without a certificate is refused.
+        w.write(b"POST /v1/renew HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        status, _, body = await read_response(r)
+        assert status == 401 and json.loads(body)["error"]["details"]["reason"] == "no_certificate"
+    finally:
+        w.close()
+    assert await ctl.metric('cvlan_proxy_fast_requests_total{route="/v1/register"}') == 2
+    assert await ctl.metric('cvlan_proxy_fast_requests_total{route="/v1/report"}') == 1
+    assert await ctl.metric("cvlan_proxy_handovers_total") == 0
 
 
 async def test_long_poll_is_woken_by_a_change_and_connection_close_is_honoured(ctl: Ctl) -> None:
@@ -291,6 +343,6 @@ async def test_switched_off_the_web_stack_serves_polls(tmp_path: Path) -> None:
         assert status == 200 and "server" in headers
         assert wire.decode(pb.PollResponse, body).map.self.node_id == ctl.node_id
         w.close()
-        assert await ctl.metric("cvlan_proxy_fast_polls_total") == 0
+        assert await ctl.metric(FAST_POLLS) == 0
     finally:
         _stop(ctl)

@@ -31,8 +31,8 @@ class ControllerSettings(BaseSettings):
     """A Unix socket serving plain HTTP to a TLS front on this host; requests on it are trusted like
     those from trusted_proxies. Created mode 0660: only the front's user or group may connect."""
     proxy_fast_polls: bool = True
-    """Answer node polls on the proxy socket with the built-in lean HTTP/1.1 server (about half the
-    controller's CPU per poll); false: the full web stack serves them like every other request."""
+    """Answer node API requests on the proxy socket with the built-in lean HTTP/1.1 server (about half
+    the controller's CPU per poll); false: the full web stack serves them like every other request."""
     pool_cidr: str = "100.64.0.0/10"
     cvlan_prefix: int = 24
     address_quarantine_s: int = 3600

@@ -89,7 +89,10 @@ class NodeApi:
 
     async def discover(self, request: web.Request) -> web.Response:
         ct = wire.CT_JSON if wire.CT_JSON in request.headers.get("Accept", "") else wire.CT_PROTO
-        msg = pb.DiscoverResponse(
+        return self.reply(self.answer_discover(), ct)
+
+    def answer_discover(self) -> pb.DiscoverResponse:
+        return pb.DiscoverResponse(
             capability_version=wire.CAPABILITY_VERSION,
             min_capability_version=wire.MIN_SUPPORTED_CAPVER,
             ca_pem=self.ca_pem,
@@ -99,11 +102,16 @@ class NodeApi:
             max_long_poll_s=MAX_LONG_POLL_S,
             server_version=__version__,
         )
-        return self.reply(msg, ct)
 
     async def register(self, request: web.Request) -> web.Response:
         req, ct = await self.body(request, pb.RegisterRequest)
         ident = self.identity.optional(request, self.ctx.now())
+        return self.reply(await self.answer_register(ident, req), ct)
+
+    async def answer_register(
+        self, ident: NodeIdentity | None, req: pb.RegisterRequest
+    ) -> pb.RegisterResponse:
+        """Enrol a node with a token (ident: the caller's certificate, when it re-registers)."""
         if len(req.hostname) > 253 or len(req.os_info) > 200:
             raise DomainError(Kind.INVALID, "hostname or os_info is too long", {"field": "hostname"})
         try:
@@ -125,22 +133,19 @@ class NodeApi:
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan
         log.info("node registered", extra={"tenant_id": n.tenant_id, "node_id": n.id})
-        return self.reply(
-            pb.RegisterResponse(
-                node_id=n.id,
-                node_name=n.name,
-                address=f"{n.address}/32",
-                tenant_id=n.tenant_id,
-                cvlan_id=c.id,
-                cvlan_name=c.name,
-                cvlan_subnet=c.subnet,
-                certificate_pem=got.cert_pem,
-                certificate_not_after=int(got.not_after.timestamp()),
-                ca_pem=self.ca_pem,
-                relay_map=self.mapper.relay_map,
-                poll_interval_s=self.ctx.settings.poll_interval_s,
-            ),
-            ct,
+        return pb.RegisterResponse(
+            node_id=n.id,
+            node_name=n.name,
+            address=f"{n.address}/32",
+            tenant_id=n.tenant_id,
+            cvlan_id=c.id,
+            cvlan_name=c.name,
+            cvlan_subnet=c.subnet,
+            certificate_pem=got.cert_pem,
+            certificate_not_after=int(got.not_after.timestamp()),
+            ca_pem=self.ca_pem,
+            relay_map=self.mapper.relay_map,
+            poll_interval_s=self.ctx.settings.poll_interval_s,
         )
 
     async def poll(self, request: web.Request) -> web.Response:
@@ -200,19 +205,22 @@ class NodeApi:
     async def renew(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.RenewRequest)
+        return self.reply(await self.answer_renew(ident, req), ct)
+
+    async def answer_renew(self, ident: NodeIdentity, req: pb.RenewRequest) -> pb.RenewResponse:
         async with self._write_lock, self.ctx.tx() as s:
             pem, not_after = await registration.renew(self.ctx, s, self.ca, self.caller(ident), req.csr_pem)
         log.info("node certificate renewed", extra={"tenant_id": ident.tenant_id, "node_id": ident.node_id})
-        return self.reply(
-            pb.RenewResponse(
-                certificate_pem=pem, certificate_not_after=int(not_after.timestamp()), ca_pem=self.ca_pem
-            ),
-            ct,
+        return pb.RenewResponse(
+            certificate_pem=pem, certificate_not_after=int(not_after.timestamp()), ca_pem=self.ca_pem
         )
 
     async def report(self, request: web.Request) -> web.Response:
         ident = self.identity.require(request, self.ctx.now())
         req, ct = await self.body(request, pb.ReportRequest)
+        return self.reply(await self.answer_report(ident, req), ct)
+
+    async def answer_report(self, ident: NodeIdentity, req: pb.ReportRequest) -> pb.ReportResponse:
         m, _ = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
         if len(req.denied_flows) > wire.MAX_DENIED_FLOWS:
             raise DomainError(Kind.INVALID, f"at most {wire.MAX_DENIED_FLOWS} denied flows per report")
@@ -225,7 +233,7 @@ class NodeApi:
                 accepted = await registration.report_denied(
                     self.ctx, s, self.caller(ident), m.cvlan_id, flows
                 )
-        return self.reply(pb.ReportResponse(accepted=accepted), ct)
+        return pb.ReportResponse(accepted=accepted)
 
     # --- lifecycle -----------------------------------------------------------------------------
 

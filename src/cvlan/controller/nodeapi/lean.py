@@ -1,16 +1,17 @@
-"""A lean HTTP/1.1 server for node polls on the proxy socket.
+"""A lean HTTP/1.1 server for the node API on the proxy socket.
 
-Behind a TLS front every node's poll arrives over a few reused plain-HTTP connections. The full web
-stack spends about half of the controller's time per poll on its own machinery: a task, request and
-response objects, routing and middleware for each request. This protocol answers the common request
--- `POST /v1/poll`, a protobuf body with a Content-Length, the front's X-Client-Cert -- from the map
-cache, inline as the bytes arrive. A poll that must wait (a long-poll, a map not loaded yet) runs as
-a task, and the connection reads no further request until it is answered.
+Behind a TLS front every node's requests arrive over a few reused plain-HTTP connections. The full
+web stack spends about half of the controller's time per poll on its own machinery: a task, request
+and response objects, routing and middleware for each request. This protocol takes the node API's
+requests as nodes send them -- protobuf bodies with a Content-Length, the front's X-Client-Cert --
+and answers the common one, a poll, from the map cache, inline as the bytes arrive. Registration,
+renewal, reports, discovery and a poll that must wait (a long-poll, a map not loaded yet) run as a
+task, and the connection reads no further request until it is answered.
 
-Every other request (another path or method, JSON, chunked bodies, Expect, HTTP/1.0, a missing
-certificate header, a head too large...) is not parsed here: the connection, with the bytes already
-received, is handed to the full web stack for the rest of its life. So the socket serves exactly
-what the web stack serves, and this module only has to be right about the one shape it takes."""
+Every other request (another path or method, JSON, chunked bodies, Expect, HTTP/1.0, a head too
+large...) is not parsed here: the connection, with the bytes already received, is handed to the
+full web stack for the rest of its life. So the socket serves exactly what the web stack serves, and
+this module only has to be right about the shapes it takes."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from cvlan.controller.api.framework import dumps, request_id, route_metrics
+from cvlan.controller.audit import request_id_var
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.nodeapi.handlers import NodeApi, encode
 from cvlan.controller.nodeapi.identity import required
@@ -33,11 +35,9 @@ from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-POLL_LINE = b"POST /v1/poll HTTP/1.1"
 MAX_HEAD = 16 * 1024
 """A longer head goes to the web stack, which refuses it properly."""
 CT_PROTO = wire.CT_PROTO.encode()
-ROUTE = "/v1/poll"
 REASONS = {
     200: b"OK",
     401: b"Unauthorized",
@@ -52,29 +52,61 @@ REASONS = {
 }
 
 Answer = Message | bytes
-FAST_POLLS = Counter("cvlan_proxy_fast_polls_total", "Node polls answered by the proxy socket's lean server")
+FAST_REQUESTS = Counter(
+    "cvlan_proxy_fast_requests_total",
+    "Node API requests answered by the proxy socket's lean server",
+    ["route"],
+)
 HANDOVERS = Counter(
     "cvlan_proxy_handovers_total",
     "Proxy-socket connections handed to the web stack at a request the lean server does not take",
 )
 
 
-class PollHead:
-    """What the poll's request head says (only the headers this server reads)."""
+class Route:
+    """A node API route the lean server takes, by its exact request line."""
 
-    __slots__ = ("length", "cert", "rid", "close")
+    __slots__ = ("path", "method", "request", "fast")
 
-    def __init__(self, length: int, cert: bytes, rid: str, close: bool) -> None:
+    def __init__(self, method: str, path: str, request: type[Message] | None) -> None:
+        self.method = method
+        self.path = path
+        self.request = request
+        """The request body's message (None: no body, GET)."""
+        self.fast = FAST_REQUESTS.labels(path)
+
+
+ROUTES = {
+    f"{r.method} {r.path} HTTP/1.1".encode(): r
+    for r in (
+        Route("POST", "/v1/poll", pb.PollRequest),
+        Route("POST", "/v1/register", pb.RegisterRequest),
+        Route("POST", "/v1/renew", pb.RenewRequest),
+        Route("POST", "/v1/report", pb.ReportRequest),
+        Route("GET", "/v1/discover", None),
+    )
+}
+POLL = ROUTES[b"POST /v1/poll HTTP/1.1"]
+
+
+class Head:
+    """What a node API request's head says (only the headers this server reads)."""
+
+    __slots__ = ("route", "length", "cert", "rid", "close")
+
+    def __init__(self, route: Route, length: int, cert: bytes, rid: str, close: bool) -> None:
+        self.route = route
         self.length = length
         self.cert = cert
         self.rid = rid
         self.close = close
 
 
-def parse_poll_head(head: bytes) -> PollHead | None:
-    """The head of a plain node poll, or None for anything else (handed to the web stack)."""
+def parse_head(head: bytes) -> Head | None:
+    """The head of a node API request as nodes send it, or None for anything else (the web stack's)."""
     lines = head.split(b"\r\n")
-    if lines[0] != POLL_LINE:
+    route = ROUTES.get(lines[0])
+    if route is None:
         return None
     length, cert, rid, close = -1, b"", "", False
     for line in lines[1:]:
@@ -94,6 +126,9 @@ def parse_poll_head(head: bytes) -> PollHead | None:
         elif name == b"content-type":
             if value.partition(b";")[0].strip().lower() != CT_PROTO:
                 return None
+        elif name == b"accept":
+            if route.request is None and b"json" in value:
+                return None  # discover answers JSON to who asks for it
         elif name == b"x-request-id":
             rid = value.decode("latin-1")
         elif name == b"connection":
@@ -104,9 +139,13 @@ def parse_poll_head(head: bytes) -> PollHead | None:
                 return None
         elif name in (b"transfer-encoding", b"expect", b"upgrade"):
             return None
-    if length < 0 or length > wire.MAX_REQUEST_BYTES or not cert:
+    if route.request is None:
+        if length > 0:
+            return None
+        length = 0
+    elif length < 0 or length > wire.MAX_REQUEST_BYTES:
         return None
-    return PollHead(length, cert, rid, close)
+    return Head(route, length, cert, rid, close)
 
 
 class LeanNodeServer:
@@ -181,7 +220,7 @@ class LeanNodeConn(asyncio.Protocol):
                 if len(self.buf) >= MAX_HEAD:
                     self._hand_over()
                 return
-            head = parse_poll_head(bytes(self.buf[:end]))
+            head = parse_head(bytes(self.buf[:end]))
             if head is None:
                 self._hand_over()
                 return
@@ -190,34 +229,56 @@ class LeanNodeConn(asyncio.Protocol):
                 return
             body = bytes(self.buf[start : start + head.length])
             del self.buf[: start + head.length]
-            self._poll(head, body)
+            self._request(head, body)
 
-    def _poll(self, head: PollHead, body: bytes) -> None:
+    def _request(self, head: Head, body: bytes) -> None:
         t0 = time.perf_counter()
         api = self.server.api
+        route = head.route
         waiting: Coroutine[Any, Any, Answer]
         try:
-            ident = required(api.identity.forwarded(head.cert, self.remote, api.ctx.now()))
-            req = api.decode(pb.PollRequest, body, wire.CT_PROTO)
-            found = api.mapper.cached_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
-            if found is not None:
-                m, me = found
-                wait = api.record_poll(ident, req, m, me)
-                if not wait:
-                    self._answer(head, t0, api.poll_answer(ident, req, m))
-                    return
-                waiting = api.wait_poll(ident, req, m, wait)
+            ident = api.identity.forwarded(head.cert, self.remote, api.ctx.now())
+            if route is POLL:
+                ident = required(ident)
+                req = api.decode(pb.PollRequest, body, wire.CT_PROTO)
+                found = api.mapper.cached_for_node(
+                    ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id
+                )
+                if found is not None:
+                    m, me = found
+                    wait = api.record_poll(ident, req, m, me)
+                    if not wait:
+                        self._answer(head, t0, api.poll_answer(ident, req, m))
+                        return
+                    waiting = api.wait_poll(ident, req, m, wait)
+                else:
+                    waiting = api.answer_poll(ident, req)
+            elif route.request is None:
+                self._answer(head, t0, api.answer_discover())
+                return
+            elif route.request is pb.RegisterRequest:
+                waiting = api.answer_register(ident, api.decode(pb.RegisterRequest, body, wire.CT_PROTO))
+            elif route.request is pb.RenewRequest:
+                ident = required(ident)
+                waiting = api.answer_renew(ident, api.decode(pb.RenewRequest, body, wire.CT_PROTO))
             else:
-                waiting = api.answer_poll(ident, req)
+                ident = required(ident)
+                waiting = api.answer_report(ident, api.decode(pb.ReportRequest, body, wire.CT_PROTO))
         except DomainError as e:
             self._refuse(head, t0, e)
             return
         except Exception:  # noqa: BLE001 - one bad request must not take the connection's others down
             self._crash(head, t0)
             return
-        self.task = asyncio.get_running_loop().create_task(self._wait(head, t0, waiting))
+        # Audit records written on the way carry the request id, as through the web stack.
+        head.rid = request_id(head.rid)
+        token = request_id_var.set(head.rid)
+        try:
+            self.task = asyncio.get_running_loop().create_task(self._wait(head, t0, waiting))
+        finally:
+            request_id_var.reset(token)
 
-    async def _wait(self, head: PollHead, t0: float, waiting: Coroutine[Any, Any, Answer]) -> None:
+    async def _wait(self, head: Head, t0: float, waiting: Coroutine[Any, Any, Answer]) -> None:
         try:
             answer = await waiting
         except DomainError as e:
@@ -234,22 +295,21 @@ class LeanNodeConn(asyncio.Protocol):
 
     # --- responses -----------------------------------------------------------------------------
 
-    def _answer(self, head: PollHead, t0: float, answer: Answer) -> None:
+    def _answer(self, head: Head, t0: float, answer: Answer) -> None:
         self._respond(head, t0, 200, CT_PROTO, encode(answer, wire.CT_PROTO, pb.PollResponse))
-        FAST_POLLS.inc()
 
-    def _refuse(self, head: PollHead, t0: float, e: DomainError) -> None:
+    def _refuse(self, head: Head, t0: float, e: DomainError) -> None:
         extra = b"Retry-After: 2\r\n" if e.kind == Kind.UNAVAILABLE else b""
         self._error(head, t0, e.status, e.kind.value, e.message, e.details, extra)
 
-    def _crash(self, head: PollHead, t0: float) -> None:
+    def _crash(self, head: Head, t0: float) -> None:
         head.rid = request_id(head.rid)
-        log.exception("unhandled error", extra={"request_id": head.rid, "path": ROUTE})
+        log.exception("unhandled error", extra={"request_id": head.rid, "path": head.route.path})
         self._error(head, t0, 500, "internal", f"internal error (request id {head.rid})")
 
     def _error(
         self,
-        head: PollHead,
+        head: Head,
         t0: float,
         status: int,
         code: str,
@@ -261,7 +321,7 @@ class LeanNodeConn(asyncio.Protocol):
         self._respond(head, t0, status, b"application/json", body, extra)
 
     def _respond(
-        self, head: PollHead, t0: float, status: int, ct: bytes, body: bytes, extra: bytes = b""
+        self, head: Head, t0: float, status: int, ct: bytes, body: bytes, extra: bytes = b""
     ) -> None:
         if self.transport is None:
             return
@@ -279,7 +339,8 @@ class LeanNodeConn(asyncio.Protocol):
                 body,
             )
         )
-        count, latency = route_metrics(ROUTE, "POST", status)
+        head.route.fast.inc()
+        count, latency = route_metrics(head.route.path, head.route.method, status)
         count.inc()
         latency.observe(time.perf_counter() - t0)
         if close:
