@@ -3,6 +3,7 @@ overwriting newer ones, and steady polling reuses one record per node."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from types import SimpleNamespace
 from typing import Any, cast
@@ -81,3 +82,24 @@ def test_steady_polling_reuses_one_record_per_node() -> None:
         buf._take()
         buf.seen(1, v)
     assert buf._obs[1] is record and len(buf._obs) == 1
+
+
+async def test_stopping_lets_a_write_in_progress_finish_then_flushes_once_more() -> None:
+    buf = _buffer()
+    writes: list[str] = []
+
+    async def slow_flush() -> int:
+        writes.append("start")
+        await asyncio.sleep(0.2)  # a database write in progress
+        writes.append("done")
+        return 0
+
+    buf.flush = slow_flush  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(buf.run(0.01, stop))
+    await asyncio.sleep(0.05)
+    assert writes == ["start"]
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    # The write in progress was not cancelled; one more flush followed it; nothing is left half-done.
+    assert writes == ["start", "done", "start", "done"]

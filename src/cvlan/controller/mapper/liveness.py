@@ -6,6 +6,7 @@ something new with one UPDATE per column set, in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -166,11 +167,15 @@ class LivenessBuffer:
         self.rows_written += len(batch.ids)
         return len(batch.ids)
 
-    async def run(self, interval: float) -> None:
-        """Flush every interval seconds until cancelled (then flush once more)."""
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Flush every interval seconds until `stop` is set, then flush once more.
+
+        Stopping by the event, not by cancelling, lets a write in progress finish: cancelled, it
+        would lose its batch and leave the database driver answering a query nobody waits for."""
         try:
-            while True:
-                await asyncio.sleep(interval)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
                 await self.flush()
         finally:
             await asyncio.shield(self.flush())

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_LONG_POLL_S = 60
 RELAY_REFRESH_S = 10.0
+STOP_TIMEOUT_S = 10.0
 POLLS = Counter("cvlan_node_polls_total", "Node polls", ["result"])
 POLLS_UNCHANGED = POLLS.labels("unchanged")
 POLLS_FULL = POLLS.labels("full")
@@ -250,12 +251,19 @@ class NodeApi:
                     "map fan-out not started; run one controller process", extra={"reason": str(e)[:200]}
                 )
                 fanout = None
+        stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(self.liveness.run(self.ctx.settings.liveness_flush_s), name="liveness-flush"),
-            asyncio.create_task(self._relay_loop(), name="relay-refresh"),
+            asyncio.create_task(
+                self.liveness.run(self.ctx.settings.liveness_flush_s, stop), name="liveness-flush"
+            ),
+            asyncio.create_task(self._relay_loop(stop), name="relay-refresh"),
         ]
         yield
-        for t in tasks:
+        # Let a database write or read in progress finish (and the last liveness flush be made);
+        # cancel only what is still running after that.
+        stop.set()
+        late = (await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S))[1]
+        for t in late:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if fanout is not None:
@@ -266,9 +274,12 @@ class NodeApi:
         self.closing = True
         self.mapper.wake_all()
 
-    async def _relay_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RELAY_REFRESH_S)
+    async def _relay_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RELAY_REFRESH_S)
+            if stop.is_set():
+                return
             try:
                 await self.mapper.refresh_relays()
             except DomainError as e:
