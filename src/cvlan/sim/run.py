@@ -189,7 +189,12 @@ class Controller:
             # The TLS front forwards plain HTTP over this socket: no second TLS layer to pay for.
             self.cmd += ["--proxy-socket", str(proxy_socket)]
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # Its own session, as a service has its own scheduling group: with autogroup scheduling the
+        # controller is not queued behind the simulator's workers in the group of the shell that
+        # started the run (PostgreSQL, started by pg_ctl, has its own too). Stopped by pid as before.
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     async def wait_ready(self, timeout: float = 120) -> adminconf.AdminConf:
         conf_path = self.data_dir / "admin.conf"
