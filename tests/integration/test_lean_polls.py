@@ -315,6 +315,31 @@ async def test_long_poll_is_woken_by_a_change_and_connection_close_is_honoured(c
         w.close()
 
 
+async def test_requests_pipelined_behind_a_long_poll_wait_their_turn(ctl: Ctl) -> None:
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        version = wire.decode(pb.PollResponse, (await read_response(r))[2]).map_version
+        t0 = time.monotonic()
+        w.write(
+            poll_bytes(ctl.cert, poll_req(version, long_poll_s=1), extra=b"x-request-id: held\r\n")
+            + poll_bytes(ctl.cert, poll_req(version), extra=b"x-request-id: behind\r\n")
+        )
+        first, second = await read_response(r), await read_response(r)
+        assert first[1]["x-request-id"] == "held" and second[1]["x-request-id"] == "behind"
+        assert time.monotonic() - t0 >= 0.9
+        assert first[0] == second[0] == 200
+        # After an answer with Connection: close nothing further on that connection is answered.
+        w.write(
+            poll_bytes(ctl.cert, poll_req(version), extra=b"connection: close\r\n")
+            + poll_bytes(ctl.cert, poll_req(version))
+        )
+        assert (await read_response(r))[0] == 200
+        assert await asyncio.wait_for(r.read(), 10) == b""
+    finally:
+        w.close()
+
+
 async def test_stop_answers_held_long_polls_and_closes_idle_connections(ctl: Ctl) -> None:
     r1, w1 = await asyncio.open_unix_connection(str(ctl.sock))
     r2, w2 = await asyncio.open_unix_connection(str(ctl.sock))

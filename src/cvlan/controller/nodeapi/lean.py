@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
 """A longer head goes to the web stack, which refuses it properly."""
+MAX_BUFFERED = MAX_HEAD + wire.MAX_REQUEST_BYTES
 CT_PROTO = wire.CT_PROTO.encode()
 REASONS = {
     200: b"OK",
@@ -177,7 +178,7 @@ class LeanNodeServer:
 class LeanNodeConn(asyncio.Protocol):
     """One connection from the front."""
 
-    __slots__ = ("server", "transport", "remote", "buf", "task")
+    __slots__ = ("server", "transport", "remote", "buf", "task", "paused")
 
     def __init__(self, server: LeanNodeServer) -> None:
         self.server = server
@@ -185,6 +186,7 @@ class LeanNodeConn(asyncio.Protocol):
         self.remote: str | None = None
         self.buf = bytearray()
         self.task: asyncio.Task[None] | None = None
+        self.paused = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -203,6 +205,10 @@ class LeanNodeConn(asyncio.Protocol):
         self.buf += data
         if self.task is None:
             self._serve()
+        elif len(self.buf) > MAX_BUFFERED and self.transport is not None and not self.paused:
+            # Requests pipelined behind one that waits: read no more until it is answered.
+            self.paused = True
+            self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
@@ -214,6 +220,9 @@ class LeanNodeConn(asyncio.Protocol):
 
     def _serve(self) -> None:
         """Answer the complete requests in the buffer, one at a time, until one must wait."""
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
         while self.buf and self.task is None and self.transport is not None:
             end = self.buf.find(b"\r\n\r\n", 0, MAX_HEAD)
             if end < 0:
@@ -364,5 +373,7 @@ class LeanNodeConn(asyncio.Protocol):
             proto.data_received(data)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        """Close after what was written; no further request on this connection is read or answered."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
