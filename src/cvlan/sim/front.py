@@ -16,7 +16,10 @@ CONFIG = """\
 global
     maxconn {maxconn}
     nbthread {threads}
-    tune.ssl.cachesize 200000
+    # One TLS session per connection this process may hold. Each entry costs about 300 bytes of
+    # shared memory that is written at start: 200,000 entries made 63 MB per process before any
+    # node connected (880 MB for the 14 processes of a 100,000-node run).
+    tune.ssl.cachesize {ssl_cache}
     # HAProxy stops keeping idle backend connections once more than pool-high-fd-ratio % (default
     # 25) of its descriptors are in use; with thousands of node connections that is always, and
     # every request then opens a new connection to the controller. The node
@@ -94,6 +97,7 @@ def write_config(
             backend=backend,
             backend_conns=backend_conns,
             client_timeout=client_timeout,
+            ssl_cache=max(1_000, maxconn),
             cert_fmt=CERT_FMT,
         )
     )
