@@ -103,3 +103,27 @@ async def test_stopping_lets_a_write_in_progress_finish_then_flushes_once_more()
     await asyncio.wait_for(task, 5)
     # The write in progress was not cancelled; one more flush followed it; nothing is left half-done.
     assert writes == ["start", "done", "start", "done"]
+
+
+def test_a_poll_that_repeats_the_stored_row_is_not_written_again_until_it_ages() -> None:
+    clock = _Clock()  # one second per reading
+    buf = LivenessBuffer(cast(OpsContext, SimpleNamespace(now=clock.now)), refresh_s=30)
+    buf.seen(1, 7, {"peers_total": 2})
+    buf._stored(buf._take())  # committed
+    buf.seen(1, 7, {"peers_total": 2})  # nothing new, seconds later
+    assert len(buf) == 0
+    buf.seen(1, 8)  # a new map version is written at once
+    assert len(buf) == 1
+    buf._stored(buf._take())
+    buf.seen(2, 8)  # a node this process never wrote is written
+    buf.seen(1, 8, {"peers_total": 3})  # so is new health
+    assert sorted(buf._take().ids) == [1, 2]
+    clock.t += dt.timedelta(seconds=31)  # (the batch above was not committed: node 1 ages from its 8)
+    buf.seen(1, 8)
+    assert len(buf) == 1, "the stored last_seen aged past refresh_s: written again"
+    b = buf._take()
+    assert b.seen[0] == clock.t
+    # A failed write keeps the node pending, so its next repeat is not dropped.
+    buf._put_back(b)
+    buf.seen(1, 8)
+    assert len(buf) == 1

@@ -40,7 +40,7 @@ class ControllerSettings(BaseSettings):
     poll_interval_s: int = 30
     offline_after_s: int = 90
     max_body_bytes: int = 1 << 20
-    liveness_flush_s: float = 2.0
+    liveness_flush_s: float = 1.0
     log_level: str = "info"
     log_format: str = "text"
     db_pool_size: int = 10

@@ -35,6 +35,9 @@ class Observed:
     health: dict[str, Any] | None = None
     endpoints: list[str] | None = None
     home_relay_region: str | None = None
+    stored_seen: dt.datetime | None = None
+    """The last_seen the database holds for the node, as far as this process wrote it."""
+    stored_version: int = -1
 
 
 @dataclass
@@ -54,8 +57,10 @@ class Batch:
 class LivenessBuffer:
     """Per-node observations, newest wins; the nodes with something new are flushed by a background task."""
 
-    def __init__(self, ctx: OpsContext) -> None:
+    def __init__(self, ctx: OpsContext, refresh_s: float = 0.0) -> None:
         self.ctx = ctx
+        self.refresh_s = refresh_s
+        """A poll that says nothing new is not written while the stored last_seen is younger than this."""
         self._obs: dict[int, Observed] = {}
         """Every node seen by this process (about 100 bytes each)."""
         self._dirty: set[int] = set()
@@ -82,8 +87,19 @@ class LivenessBuffer:
                 health = None  # unchanged since last reported: nothing to write
             else:
                 self._health_hash[node_id] = h
+        now = self.ctx.now()
+        o = self._obs.get(node_id)
+        if (
+            health is None
+            and o is not None
+            and o.stored_seen is not None
+            and o.stored_version == map_version
+            and (now - o.stored_seen).total_seconds() < self.refresh_s
+            and node_id not in self._dirty
+        ):
+            return  # the stored row already says this, recently enough
         o = self._touch(node_id)
-        o.last_seen, o.map_version = self.ctx.now(), map_version
+        o.last_seen, o.map_version = now, map_version
         if health is not None:
             o.health = health
 
@@ -129,6 +145,15 @@ class LivenessBuffer:
         self._dirty = set()
         return b
 
+    def _stored(self, b: Batch) -> None:
+        """A batch was committed: remember what the rows now hold."""
+        obs = self._obs
+        for k, seen, ver in zip(b.ids, b.seen, b.vers, strict=True):
+            o = obs[k]
+            o.stored_seen = seen
+            if ver >= 0:
+                o.stored_version = ver
+
     def _put_back(self, b: Batch) -> None:
         """A failed write: pending again, except where a newer observation arrived meanwhile."""
         obs = self._obs
@@ -163,6 +188,7 @@ class LivenessBuffer:
             return 0
         finally:
             self._inflight_eps = {}
+        self._stored(batch)
         self.flushes += 1
         self.rows_written += len(batch.ids)
         return len(batch.ids)

@@ -49,7 +49,11 @@ class NodeApi:
     def __init__(self, ctx: OpsContext, ca: CertificateAuthority) -> None:
         self.ctx = ctx
         self.ca = ca
-        self.liveness = LivenessBuffer(ctx)
+        st = ctx.settings
+        # A node polling every poll_interval_s is written at least every refresh + interval (+ one
+        # flush): with refresh = offline_after - 2 x interval the stored last_seen never ages past
+        # offline_after while the node polls, and about every other unchanged poll is not written.
+        self.liveness = LivenessBuffer(ctx, max(0.0, st.offline_after_s - 2.0 * st.poll_interval_s))
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.identity = IdentityResolver(ca, ctx.proxies)
         self.ca_pem = ca.cert_pem.decode()
