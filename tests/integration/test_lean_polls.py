@@ -21,11 +21,10 @@ import aiohttp
 import pytest
 
 from cvlan.client import tls
-from cvlan.client.controller import NodeApiClient
 from cvlan.sim import adminconf
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
-from tests.harness.controller import free_port
+from tests.harness import proxysocket
 
 BIN = Path(sys.executable).parent
 FAST_POLLS = 'cvlan_proxy_fast_requests_total{route="/v1/poll"}'
@@ -51,51 +50,14 @@ class Ctl:
             return float(m.group(1)) if m else 0.0
 
     async def register(self, hostname: str) -> int:
-        _, csr = tls.new_key_and_csr()
-        anon = NodeApiClient(self.conf.server, self.conf.ca_pem)
-        try:
-            return (await anon.register(self.token, os.urandom(32), csr, hostname)).node_id
-        finally:
-            await anon.close()
-
-
-def _start(data: Path, sock: Path, *extra_env: tuple[str, str]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")} | dict(extra_env)
-    cmd = [str(BIN / "cvlan-controller"), "serve", "--data-dir", str(data)]
-    cmd += ["--listen", f"127.0.0.1:{free_port()}", "--proxy-socket", str(sock)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        return (await proxysocket.register(self.conf, self.token, hostname)).node_id
 
 
 async def _up(tmp: Path, *extra_env: tuple[str, str]) -> Ctl:
     data, sock = tmp / "ctl", tmp / "ctl.sock"
-    proc = _start(data, sock, *extra_env)
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise AssertionError(f"controller exited: {proc.communicate()[0].decode()[-2000:]}")
-        if (data / "admin.conf").exists() and sock.exists():
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("controller did not start within 30 s")
-    conf = adminconf.load(data / "admin.conf")
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as api:
-        auth = {"Authorization": f"Bearer {conf.token}"}
-        for path, body in (
-            ("/api/v1/tenants", {"name": "acme"}),
-            ("/api/v1/tenants/acme/cvlans", {"name": "lan"}),
-        ):
-            async with api.post(conf.server + path, json=body, headers=auth) as r:
-                assert r.status == 201, await r.text()
-        async with api.post(
-            conf.server + "/api/v1/tenants/acme/tokens", json={"cvlan": "lan", "reusable": True}, headers=auth
-        ) as r:
-            token = (await r.json())["token"]
-    _, csr = tls.new_key_and_csr()
-    anon = NodeApiClient(conf.server, conf.ca_pem)
-    try:
-        reg = await anon.register(token, os.urandom(32), csr, "n1")
-    finally:
-        await anon.close()
+    proc = proxysocket.serve(data, sock, *extra_env)
+    conf = await proxysocket.wait_ready(proc, data, sock)
+    token, reg = await proxysocket.enrol(conf, "n1")
     cert = urllib.parse.quote(reg.certificate_pem).encode()
     return Ctl(proc, sock, conf, token, reg.node_id, cert)
 

@@ -6,14 +6,10 @@ TCP listener from an untrusted address."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import os
 import signal
 import ssl
 import stat
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -22,43 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from cvlan.client import tls
-from cvlan.client.controller import NodeApiClient
 from cvlan.controller.ca import CertificateAuthority
-from cvlan.sim import adminconf
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
+from tests.harness import proxysocket
 from tests.harness.controller import free_port
-
-BIN = Path(sys.executable).parent
-
-
-def _serve(data: Path, port: int, sock: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")}
-    return subprocess.Popen(
-        [
-            str(BIN / "cvlan-controller"),
-            "serve",
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--proxy-socket",
-            str(sock),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-async def _wait_ready(proc: subprocess.Popen[bytes], conf: Path, sock: Path) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise AssertionError(f"controller exited: {proc.communicate()[0].decode()[-2000:]}")
-        if conf.exists() and sock.exists():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("controller did not start within 30 s")
 
 
 async def _poll_with_header(session: aiohttp.ClientSession, url: str, cert_pem: str, **kw: object) -> int:
@@ -74,29 +38,11 @@ async def _poll_with_header(session: aiohttp.ClientSession, url: str, cert_pem: 
 @pytest.mark.timeout(120)
 async def test_proxy_socket_trusts_the_forwarded_certificate(tmp_path: Path) -> None:
     data, sock, port = tmp_path / "ctl", tmp_path / "ctl.sock", free_port()
-    proc = _serve(data, port, sock)
+    proc = proxysocket.serve(data, sock, port=port)
     try:
-        await _wait_ready(proc, data / "admin.conf", sock)
+        conf = await proxysocket.wait_ready(proc, data, sock)
         assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o660
-        conf = adminconf.load(data / "admin.conf")
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as api:
-            auth = {"Authorization": f"Bearer {conf.token}"}
-            for path, body in (
-                ("/api/v1/tenants", {"name": "acme"}),
-                ("/api/v1/tenants/acme/cvlans", {"name": "office"}),
-            ):
-                async with api.post(conf.server + path, json=body, headers=auth) as r:
-                    assert r.status == 201, await r.text()
-            async with api.post(
-                conf.server + "/api/v1/tenants/acme/tokens", json={"cvlan": "office"}, headers=auth
-            ) as r:
-                token = (await r.json())["token"]
-        key_pem, csr = tls.new_key_and_csr()
-        anon = NodeApiClient(conf.server, conf.ca_pem)
-        try:
-            reg = await anon.register(token, os.urandom(32), csr, "behind-front")
-        finally:
-            await anon.close()
+        _, reg = await proxysocket.enrol(conf, "behind-front")
 
         # Through the socket, as the front forwards it: the node is recognised by its certificate.
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as front:
@@ -124,7 +70,7 @@ async def test_proxy_socket_trusts_the_forwarded_certificate(tmp_path: Path) -> 
 def test_proxy_socket_path_taken_by_a_file_is_refused(tmp_path: Path) -> None:
     sock = tmp_path / "ctl.sock"
     sock.write_text("not a socket")
-    proc = _serve(tmp_path / "ctl", free_port(), sock)
+    proc = proxysocket.serve(tmp_path / "ctl", sock)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     lines = out.decode().strip().splitlines()
