@@ -246,6 +246,9 @@ class LeanNodeConn(asyncio.Protocol):
         route = head.route
         waiting: Coroutine[Any, Any, Answer]
         try:
+            if route.request is None:  # discovery: the caller's certificate does not matter
+                self._answer(head, t0, api.answer_discover())
+                return
             ident = api.identity.forwarded(head.cert, self.remote, api.ctx.now())
             if route is POLL:
                 ident = required(ident)
@@ -262,9 +265,6 @@ class LeanNodeConn(asyncio.Protocol):
                     waiting = api.wait_poll(ident, req, m, wait)
                 else:
                     waiting = api.answer_poll(ident, req)
-            elif route.request is None:
-                self._answer(head, t0, api.answer_discover())
-                return
             elif route.request is pb.RegisterRequest:
                 waiting = api.answer_register(ident, api.decode(pb.RegisterRequest, body, wire.CT_PROTO))
             elif route.request is pb.RenewRequest:
