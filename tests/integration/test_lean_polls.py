@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 
 from cvlan.client import tls
+from cvlan.controller.nodeapi.lean import MAX_BUFFERED
 from cvlan.sim import adminconf
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
@@ -28,6 +30,8 @@ from tests.harness import proxysocket
 
 BIN = Path(sys.executable).parent
 FAST_POLLS = 'cvlan_proxy_fast_requests_total{route="/v1/poll"}'
+READ_MAX = 256 * 1024
+"""The most one read of the controller's transport takes in (uvloop: 250 kB, asyncio: 256 KiB)."""
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -298,6 +302,53 @@ async def test_requests_pipelined_behind_a_long_poll_wait_their_turn(ctl: Ctl) -
         )
         assert (await read_response(r))[0] == 200
         assert await asyncio.wait_for(r.read(), 10) == b""
+    finally:
+        w.close()
+
+
+async def test_polls_pipelined_beyond_the_buffer_limit_pause_reading_until_the_long_poll_is_answered(
+    ctl: Ctl,
+) -> None:
+    """More than MAX_BUFFERED bytes of polls behind a held long-poll: the lean server stops reading
+    (they back up to the front instead of growing its buffer) and, once the long-poll is answered,
+    reads on and answers every one, in order. Were reading not resumed, the polls still unread would
+    never be answered (read_response times out); were it not paused, nothing would back up here."""
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        version = wire.decode(pb.PollResponse, (await read_response(r))[2]).map_version
+        w.write(poll_bytes(ctl.cert, poll_req(version, long_poll_s=30), extra=b"x-request-id: held\r\n"))
+        await asyncio.sleep(0.3)  # held: what follows arrives while the connection waits
+        # Twice what can leave this side before the pause holds it back: what the server buffers (up
+        # to MAX_BUFFERED, plus the read that crosses it) and what the socket holds in between.
+        sndbuf = w.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        total = 2 * (MAX_BUFFERED + READ_MAX + sndbuf)
+
+        def behind(i: int) -> bytes:
+            return poll_bytes(ctl.cert, poll_req(version), extra=b"x-request-id: behind-%04d\r\n" % i)
+
+        polls = [behind(i) for i in range(total // len(behind(0)) + 1)]
+        assert sum(map(len, polls)) > total > MAX_BUFFERED
+        w.write(b"".join(polls))
+        await asyncio.sleep(0.5)
+        assert w.transport.get_write_buffer_size() > 0, "the server read on behind the held long-poll"
+        # A second node joins: the long-poll is answered, then every poll behind it, in order.
+        t0 = time.monotonic()
+        other = await ctl.register("n2")
+        status, headers, body = await read_response(r)
+        got = wire.decode(pb.PollResponse, body)
+        assert status == 200 and headers["x-request-id"] == "held" and time.monotonic() - t0 < 10
+        assert [p.node_id for p in got.map.peers] == [other]
+        for i in range(len(polls)):
+            status, headers, body = await read_response(r)
+            assert (status, headers["x-request-id"]) == (200, f"behind-{i:04d}"), body[:200]
+        last = wire.decode(pb.PollResponse, body)
+        assert last.map_version == got.map_version and [p.node_id for p in last.map.peers] == [other]
+        assert w.transport.get_write_buffer_size() == 0
+        # The connection goes on as before: the next poll is answered at once.
+        w.write(poll_bytes(ctl.cert, poll_req(got.map_version)))
+        status, _, body = await read_response(r)
+        assert status == 200 and wire.decode(pb.PollResponse, body).unchanged
     finally:
         w.close()
 

@@ -127,3 +127,21 @@ def test_a_poll_that_repeats_the_stored_row_is_not_written_again_until_it_ages()
     buf._put_back(b)
     buf.seen(1, 8)
     assert len(buf) == 1
+
+
+def test_a_poll_that_read_the_clock_already_passes_its_reading_down() -> None:
+    """The poll hot path reads the clock once (for the certificate's expiry) and hands it down; the
+    buffer then does not read it again."""
+    clock = _Clock()
+    start = clock.t
+    buf = LivenessBuffer(cast(OpsContext, SimpleNamespace(now=clock.now)), refresh_s=30)
+    at = start - dt.timedelta(minutes=5)
+    buf.seen(1, 7, {"peers_total": 2}, now=at)
+    b = buf._take()
+    assert b.seen == [at] and clock.t == start, "the clock was not read"
+    buf._stored(b)
+    # The refresh is judged by the poll's reading too: written again 31 s after the stored one, not 29 s.
+    buf.seen(1, 7, now=at + dt.timedelta(seconds=29))
+    assert len(buf) == 0
+    buf.seen(1, 7, now=at + dt.timedelta(seconds=31))
+    assert buf._take().seen == [at + dt.timedelta(seconds=31)] and clock.t == start

@@ -80,14 +80,23 @@ class LivenessBuffer:
         self._dirty.add(node_id)
         return o
 
-    def seen(self, node_id: int, map_version: int, health: dict[str, Any] | None = None) -> None:
+    def seen(
+        self,
+        node_id: int,
+        map_version: int,
+        health: dict[str, Any] | None = None,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """A poll from the node (now: the poll's own clock reading, if the caller took one already --
+        one reading per poll, on the hot path; read here if None)."""
         if health is not None:
             h = hash(tuple(health.values()))
             if self._health_hash.get(node_id) == h:
                 health = None  # unchanged since last reported: nothing to write
             else:
                 self._health_hash[node_id] = h
-        now = self.ctx.now()
+        if now is None:
+            now = self.ctx.now()
         o = self._obs.get(node_id)
         if (
             health is None

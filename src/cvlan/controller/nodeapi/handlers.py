@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -164,8 +165,17 @@ class NodeApi:
         wait = self.record_poll(ident, req, m, me)
         return await self.wait_poll(ident, req, m, wait) if wait else self.poll_answer(ident, req, m)
 
-    def record_poll(self, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap, me: Member) -> float:
-        """Take in what a poll says (endpoints, relay region, health, liveness); how long it may wait."""
+    def record_poll(
+        self,
+        ident: NodeIdentity,
+        req: pb.PollRequest,
+        m: CvlanMap,
+        me: Member,
+        now: dt.datetime | None = None,
+    ) -> float:
+        """Take in what a poll says (endpoints, relay region, health, liveness); how long it may wait.
+        `now`: the clock reading the caller checked the certificate with, so that a poll reads the
+        clock once (None: read when the liveness is recorded)."""
         region = req.home_relay_region or None
         if len(req.home_relay_region) > 63:
             raise DomainError(Kind.INVALID, "home_relay_region is too long", {"field": "home_relay_region"})
@@ -175,7 +185,7 @@ class NodeApi:
             if self.mapper.update_endpoints(m, me, eps or None, region):
                 self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
         health = _health(req) if req.HasField("health") else None
-        self.liveness.seen(ident.node_id, req.map_version, health)
+        self.liveness.seen(ident.node_id, req.map_version, health, now)
         if req.map_version == m.token and req.long_poll_s > 0 and not self.closing:
             return float(min(req.long_poll_s, MAX_LONG_POLL_S))
         return 0.0

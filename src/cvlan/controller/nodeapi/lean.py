@@ -64,27 +64,47 @@ HANDOVERS = Counter(
 )
 
 
+Answerer = Callable[[NodeApi, Any, Any], Coroutine[Any, Any, Answer]]
+"""A route's NodeApi.answer_* method, unbound: called with the node API, the caller's identity (None
+if it sent no certificate and the route does not require one) and the decoded request body."""
+
+
 class Route:
-    """A node API route the lean server takes, by its exact request line."""
+    """A node API route the lean server takes, by its exact request line, and all that differs in
+    answering it: the body's message, whether a client certificate is required, and the NodeApi method
+    that answers -- the one the web stack's handler calls, so both give the same answers and errors."""
 
-    __slots__ = ("path", "method", "request", "fast")
+    __slots__ = ("path", "method", "request", "answer", "cert_required", "fast")
 
-    def __init__(self, method: str, path: str, request: type[Message] | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        request: type[Message] | None,
+        answer: Answerer | None,
+        *,
+        cert_required: bool,
+    ) -> None:
         self.method = method
         self.path = path
         self.request = request
         """The request body's message (None: no body, GET)."""
+        self.answer = answer
+        """Run as a task (None: discovery, answered inline). A poll is answered inline from the map
+        cache when it need not wait; this answers it while its map is not loaded."""
+        self.cert_required = cert_required
+        """Refused (401) without the front's X-Client-Cert; registration takes one only to re-register."""
         self.fast = FAST_REQUESTS.labels(path)
 
 
 ROUTES = {
     f"{r.method} {r.path} HTTP/1.1".encode(): r
     for r in (
-        Route("POST", "/v1/poll", pb.PollRequest),
-        Route("POST", "/v1/register", pb.RegisterRequest),
-        Route("POST", "/v1/renew", pb.RenewRequest),
-        Route("POST", "/v1/report", pb.ReportRequest),
-        Route("GET", "/v1/discover", None),
+        Route("POST", "/v1/poll", pb.PollRequest, NodeApi.answer_poll, cert_required=True),
+        Route("POST", "/v1/register", pb.RegisterRequest, NodeApi.answer_register, cert_required=False),
+        Route("POST", "/v1/renew", pb.RenewRequest, NodeApi.answer_renew, cert_required=True),
+        Route("POST", "/v1/report", pb.ReportRequest, NodeApi.answer_report, cert_required=True),
+        Route("GET", "/v1/discover", None, None, cert_required=False),
     )
 }
 POLL = ROUTES[b"POST /v1/poll HTTP/1.1"]
@@ -244,13 +264,18 @@ class LeanNodeConn(asyncio.Protocol):
         t0 = time.perf_counter()
         api = self.server.api
         route = head.route
+        cls, answer = route.request, route.answer
         waiting: Coroutine[Any, Any, Answer]
         try:
-            if route.request is None:  # discovery: the caller's certificate does not matter
+            if cls is None or answer is None:  # discovery: the caller's certificate does not matter
                 self._answer(head, t0, api.answer_discover())
                 return
-            ident = api.identity.forwarded(head.cert, self.remote, api.ctx.now())
+            # One clock reading per request: the certificate's expiry and a poll's liveness share it.
+            now = api.ctx.now()
+            ident = api.identity.forwarded(head.cert, self.remote, now)
             if route is POLL:
+                # The common request: answered inline from the map cache unless it must wait. (Its
+                # route requires a certificate too, checked here where the identity itself is used.)
                 ident = required(ident)
                 req = api.decode(pb.PollRequest, body, wire.CT_PROTO)
                 found = api.mapper.cached_for_node(
@@ -258,21 +283,17 @@ class LeanNodeConn(asyncio.Protocol):
                 )
                 if found is not None:
                     m, me = found
-                    wait = api.record_poll(ident, req, m, me)
+                    wait = api.record_poll(ident, req, m, me, now)
                     if not wait:
                         self._answer(head, t0, api.poll_answer(ident, req, m))
                         return
                     waiting = api.wait_poll(ident, req, m, wait)
-                else:
-                    waiting = api.answer_poll(ident, req)
-            elif route.request is pb.RegisterRequest:
-                waiting = api.answer_register(ident, api.decode(pb.RegisterRequest, body, wire.CT_PROTO))
-            elif route.request is pb.RenewRequest:
-                ident = required(ident)
-                waiting = api.answer_renew(ident, api.decode(pb.RenewRequest, body, wire.CT_PROTO))
+                else:  # the map is not loaded yet
+                    waiting = answer(api, ident, req)
             else:
-                ident = required(ident)
-                waiting = api.answer_report(ident, api.decode(pb.ReportRequest, body, wire.CT_PROTO))
+                if route.cert_required:
+                    ident = required(ident)  # before the body is decoded, as in the web stack's handlers
+                waiting = answer(api, ident, api.decode(cls, body, wire.CT_PROTO))
         except DomainError as e:
             self._refuse(head, t0, e)
             return
