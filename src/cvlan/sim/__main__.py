@@ -119,6 +119,13 @@ def parser() -> argparse.ArgumentParser:
         "--knee-step", type=_positive_float, default=60.0, help="seconds per knee step (default 60)"
     )
     r.add_argument(
+        "--steady-settle",
+        type=_non_negative_float,
+        default=0.0,
+        help="seconds the steady rate runs unmeasured after registration before the steady state is "
+        "measured (phase settle-steady, reported on its own; default 0)",
+    )
+    r.add_argument(
         "--knee-settle",
         type=_non_negative_float,
         default=0.0,
@@ -206,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         steady_rate=args.steady_rate,
         reg_concurrency=args.reg_concurrency,
         knee_step_s=args.knee_step,
+        steady_settle_s=args.steady_settle,
         knee_settle_s=args.knee_settle,
         renew_after_s=args.renew_after,
         report_every=args.report_every,

@@ -26,6 +26,9 @@ global
     # connections are the point of the front, so keep the pool until the descriptors run out.
     tune.pool-high-fd-ratio 95
     tune.pool-low-fd-ratio 90
+    # maxconn is set from the descriptors a node connection really takes (one), not from HAProxy's
+    # own budget of two per connection: start with the open-file limit there is instead of refusing.
+    no strict-limits
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-server-verify required
 

@@ -90,7 +90,7 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
         f"+-{cfg['jitter']:.0%} jitter); poll latency p50 {lat.get('p50', 0):.2f} ms, "
         f"p90 {lat.get('p90', 0):.2f}, **p99 {lat.get('p99', 0):.2f} ms, "
         f"p99.9 {lat.get('p999', 0):.2f} ms**, max {lat.get('max', 0):.1f} ms; "
-        f"**{errs} errors**.",
+        f"**{errs} errors**." + _settle_note(data),
         f"* Controller: CPU {ctl.get('cpu_avg', 0):.0f} % of one core on average "
         f"(max {ctl.get('cpu_max', 0):.0f} %), "
         f"RSS up to {ctl.get('rss_mb_max', 0):,.0f} MB"
@@ -129,6 +129,21 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
         "",
     ]
     return out
+
+
+def _settle_note(data: dict[str, Any]) -> str:
+    """The unmeasured minute(s) before the steady state, with their own figures: not hidden."""
+    settle = data["config"].get("steady_settle_s")
+    ph = data["phase_summary"].get("settle-steady")
+    if not settle or not ph:
+        return ""
+    lat = ph.get("latency_ms", {}).get("poll", {})
+    return (
+        f" Measured after {settle:g} s at the steady rate (phase settle-steady: the switch from the "
+        f"registration phase's interval, every node's first poll at the new rate; "
+        f"{ph.get('rates', {}).get('poll', 0.0):,.0f} polls/s, p50 {lat.get('p50', 0):.2f} ms, "
+        f"p99 {lat.get('p99', 0):.2f} ms, {sum(ph.get('errors', {}).values())} errors)."
+    )
 
 
 def _knee(data: dict[str, Any]) -> list[str]:
@@ -327,6 +342,8 @@ def _config(data: dict[str, Any]) -> list[str]:
     )
     if cfg.get("steady_rate"):
         args += f" --steady-rate {cfg['steady_rate']:g}"
+    if cfg.get("steady_settle_s"):
+        args += f" --steady-settle {cfg['steady_settle_s']:g}"
     if cfg.get("knee_rates"):
         rates = ",".join(f"{r:g}" for r in cfg["knee_rates"])
         args += f" --knee-rates {rates} --knee-step {cfg['knee_step_s']:g}"

@@ -84,6 +84,10 @@ class RunConfig:
     reg_concurrency: int = 16
     knee_rates: list[float] = field(default_factory=list)
     knee_step_s: float = 60.0
+    steady_settle_s: float = 0.0
+    """After registration, the steady rate runs this long unmeasured (phase settle-steady) before the
+    steady state is measured: the switch from the registration phase's interval to the steady one
+    (every node's first poll at the new rate, every liveness row written once) is not steady state."""
     knee_settle_s: float = 0.0
     """Before each knee step is measured, the new rate runs this long unmeasured (phase settle-RATE),
     so a backlog left by the step before does not count against it."""
@@ -406,9 +410,12 @@ async def _start_stack(
         return conf, port, "127.0.0.1"
     fport = free_port()
     fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    # HAProxy reserves about 2 descriptors per connection it may accept.
-    per_proc = max(500, min(cfg.nodes + 1_000, (fds - 1_000) // 2))
-    nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.8))
+    # A node's connection takes one descriptor; the connections to the controller are a few dozen
+    # per process, shared by all requests. (HAProxy itself budgets two per connection and warns
+    # that the limit is too low; the config tells it to go on.) The kernel spreads new connections
+    # over the processes by a hash, not evenly: each is sized for 1/0.7 of its share.
+    per_proc = max(500, min(cfg.nodes + 1_000, fds - 1_000))
+    nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.7))
     assert sock is not None
     hcfg = front.write_config(
         cfg.work_dir / "front",
@@ -589,6 +596,8 @@ async def _loop(
     stop_at: float | None = None
     settling: float | None = None
     """The knee rate running unmeasured (phase settle-RATE) before its step is measured."""
+    steady_next: dict[str, Any] | None = None
+    """The steady state, running unmeasured (phase settle-steady) until it is measured."""
     while True:
         await asyncio.sleep(1.0 - (time.time() - rec.t0) % 1.0)
         while True:
@@ -632,10 +641,20 @@ async def _loop(
                 active = max(1, rec.total("registered"))
                 if cfg.steady_rate:
                     interval.value = active / cfg.steady_rate
-                rec.start_phase("steady", {"poll_rate": active / float(interval.value), "nodes": active})
-                phase_end = now + cfg.steady_s
+                extra = {"poll_rate": active / float(interval.value), "nodes": active}
+                if cfg.steady_settle_s > 0:
+                    steady_next = extra
+                    rec.start_phase("settle-steady", extra)
+                    phase_end = now + cfg.steady_settle_s
+                else:
+                    rec.start_phase("steady", extra)
+                    phase_end = now + cfg.steady_s
         elif now >= phase_end:
-            if settling is not None:  # its unmeasured time is over: measure the step
+            if steady_next is not None:  # the switch to the steady rate is behind: measure it
+                rec.start_phase("steady", steady_next)
+                phase_end = now + cfg.steady_s
+                steady_next = None
+            elif settling is not None:  # its unmeasured time is over: measure the step
                 rec.start_phase(f"knee-{settling:g}", {"poll_rate": settling})
                 phase_end = now + cfg.knee_step_s
                 settling = None

@@ -1,0 +1,387 @@
+"""Memory per idle node connection at the TLS terminator: HAProxy (the front of large installations)
+against Python's own ssl (the controller terminating TLS itself), side by side in one run.
+
+Each server holds N idle keep-alive TLS connections that each made one request, as a node's
+connection does between polls. Resident memory is read at steps of connections and the cost per
+connection is the fitted slope, so start-up memory does not count. Variants:
+
+  haproxy-mtls     HAProxy as configured by cvlan-sim and the operations guide: client certificate
+                   requested and verified (what every node presents)
+  haproxy-tls      the same without client certificates (what verification costs)
+  haproxy-nocache  mTLS with the TLS session cache off (what the cache costs per connection)
+  python-mtls      a server on Python's ssl and uvloop, as the controller runs when it terminates
+                   TLS itself, with the same certificates (no HTTP stack, so the TLS cost alone;
+                   the controller's per-connection objects come on top)
+
+The allocator variants (jemalloc, mimalloc, tcmalloc via LD_PRELOAD) run only where the library is
+installed.
+
+  .venv/bin/python bench/front/bench_front_memory.py [--conns 6000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import ipaddress
+import json
+import os
+import resource
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+from bench.common import free_port, machine  # noqa: E402
+
+ALLOCATORS = {
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "mimalloc": "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+}
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\ncontent-length: 300\r\ncontent-type: application/x-protobuf\r\n\r\n" + b"m" * 300
+)
+REQUEST = b"POST /v1/poll HTTP/1.1\r\nhost: controller\r\ncontent-length: 0\r\n\r\n"
+HANDSHAKES_IN_FLIGHT = 100
+
+
+# --- certificates: a CA, a server certificate, one node certificate (the same for every connection:
+# the server keeps one parsed copy per connection either way) ---------------------------------------
+
+
+def _cert(
+    name: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, ca: bool
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(d: Path) -> None:
+    def pem(c: x509.Certificate, k: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+        out = c.public_bytes(serialization.Encoding.PEM)
+        if k is not None:
+            out += k.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        return out
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("bench CA", ca_key, "bench CA", ca_key, True)
+    (d / "ca.pem").write_bytes(pem(ca))
+    for name in ("server", "node-3f2a9c"):
+        k = ec.generate_private_key(ec.SECP256R1())
+        path = d / f"{name.split('-')[0]}.pem"
+        path.write_bytes(pem(_cert(name, k, "bench CA", ca_key, False), k))
+        path.chmod(0o600)
+
+
+# --- servers ----------------------------------------------------------------------------------------
+
+HAPROXY_CFG = """\
+global
+    no strict-limits
+    maxconn {maxconn}
+    nbthread 1
+    tune.ssl.cachesize {cache}
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout http-keep-alive 300s
+    timeout server 30s
+
+frontend nodes
+    bind 127.0.0.1:{port} ssl crt {d}/server.pem {verify} alpn http/1.1
+    http-request set-header X-Client-Cert "%[ssl_c_der,base64]" if {{ ssl_c_used }}
+    default_backend controller
+
+backend controller
+    server ctl unix@{d}/backend.sock maxconn 8
+"""
+
+PYTHON_SERVER = """
+import asyncio, ssl, sys
+import uvloop
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=sys.argv[2] + "/ca.pem")
+ctx.load_cert_chain(sys.argv[2] + "/server.pem")
+ctx.verify_mode = ssl.CERT_REQUIRED
+ANSWER = bytes.fromhex(sys.argv[3])
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t = t
+    def data_received(self, data):
+        if data.endswith(b"\\r\\n\\r\\n"): self.t.write(ANSWER)
+async def main():
+    srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]), ssl=ctx, backlog=1024)
+    print("ready", flush=True)
+    await srv.serve_forever()
+uvloop.run(main())
+"""
+
+
+class Backend(asyncio.Protocol):
+    """The controller's place behind HAProxy: answers each request at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t: Any = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            self.buf = self.buf[end + 4 :]
+            self.t.write(ANSWER)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def hold(port: int, d: Path, n: int, conns: list[Any], client_cert: bool) -> None:
+    ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+    ctx.check_hostname = False
+    if client_cert:
+        ctx.load_cert_chain(str(d / "node.pem"))
+    sem = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
+
+    async def one() -> None:
+        async with sem:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=ctx), 30)
+            w.write(REQUEST)
+            await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            await asyncio.wait_for(r.readexactly(300), 30)
+            conns.append(w)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, str]) -> dict[str, Any]:
+    port = free_port()
+    mtls = variant != "haproxy-tls"
+    log = open(d / f"{variant}.log", "wb")
+    backend = None
+    if variant.startswith("python"):
+        script = d / "server.py"
+        script.write_text(PYTHON_SERVER)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(port), str(d), ANSWER.hex()], stdout=subprocess.PIPE, stderr=log
+        )
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"{variant}: server did not start")
+    else:
+        sock = d / "backend.sock"
+        sock.unlink(missing_ok=True)
+        backend = await asyncio.get_running_loop().create_unix_server(Backend, str(sock))
+        cfg = d / f"{variant}.cfg"
+        cfg.write_text(
+            HAPROXY_CFG.format(
+                maxconn=max(steps) + 1000,
+                cache=0 if variant.startswith("haproxy-nocache") else max(steps) + 1000,
+                port=port,
+                d=d,
+                verify="" if not mtls else f"ca-file {d}/ca.pem verify optional",
+            )
+        )
+        env = {**os.environ, **env_extra}
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], env=env, stdout=log, stderr=log)
+        await asyncio.sleep(1.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{variant}: haproxy exited; see {variant}.log")
+    conns: list[Any] = []
+    points: list[tuple[int, int]] = []
+    try:
+        await asyncio.sleep(0.5)
+        points.append((0, rss_kb(proc.pid)))
+        for target in steps:
+            await hold(port, d, target - len(conns), conns, mtls)
+            await asyncio.sleep(1.0)
+            points.append((len(conns), rss_kb(proc.pid)))
+    finally:
+        for w in conns:
+            w.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if backend is not None:
+            backend.close()
+        log.close()
+    xs, ys = [p[0] for p in points[1:]], [p[1] for p in points[1:]]
+    slope = statistics.linear_regression(xs, ys).slope if len(xs) > 1 else (ys[0] - points[0][1]) / xs[0]
+    return {"variant": variant, "points": points, "kb_per_conn": slope, "start_mb": points[0][1] / 1024}
+
+
+def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [r["variant"] for r in results]
+    vals = [r["kb_per_conn"] for r in results]
+    ax.barh(names, vals, color=["C0" if n.startswith("haproxy") else "C3" for n in names])
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.1f} KB", va="center", fontsize=8)
+    ax.set_xlabel("resident memory per idle keep-alive connection (KB)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out / "per-connection.png", dpi=110)
+    plt.close(fig)
+    by = {r["variant"]: r for r in results}
+    mtls = by["haproxy-mtls"]["kb_per_conn"]
+    lines = [
+        "# Memory per idle node connection at the TLS terminator",
+        "",
+        f"{conns:,} idle keep-alive TLS connections per server, each after one request (a node between "
+        "polls); resident memory read at steps and fitted, so start-up memory is not counted. "
+        "All variants in one run on the same machine.",
+        "",
+        "| variant | KB per connection | ratio to haproxy-mtls | RSS at start (MB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['variant']} | {r['kb_per_conn']:.1f} | {r['kb_per_conn'] / mtls:.2f} | {r['start_mb']:.1f} |"
+        )
+    at100k = (mtls * 100_000) / 2**20
+    lines += [
+        "",
+        "![per connection](per-connection.png)",
+        "",
+        "## What it means at 100,000 nodes",
+        "",
+        f"* The HAProxy front as deployed holds about {at100k:.2f} GB for 100,000 idle node connections "
+        f"({mtls:.1f} KB each), before its per-process start-up memory.",
+    ]
+    if "python-mtls" in by:
+        py = by["python-mtls"]["kb_per_conn"]
+        lines.append(
+            f"* Python's ssl on uvloop holds {py:.1f} KB per connection ({py / mtls:.2f} x HAProxy), "
+            f"{py * 100_000 / 2**20:.2f} GB at 100,000 nodes for TLS alone, in the controller's one "
+            "process; the controller's own objects per connection come on top, and one process's "
+            "open-file limit caps the connections it can hold."
+        )
+    if "haproxy-tls" in by:
+        t = by["haproxy-tls"]["kb_per_conn"]
+        lines.append(
+            f"* Verifying a client certificate costs {mtls - t:.1f} KB per connection: the server "
+            "keeps the node's parsed certificate for the life of the connection."
+        )
+    if "haproxy-nocache" in by:
+        lines.append(
+            f"* The TLS session cache adds {mtls - by['haproxy-nocache']['kb_per_conn']:.1f} KB per "
+            "connection (its entries are allocated at start and counted in the start-up memory)."
+        )
+    allocs = [r for r in results if r["variant"].startswith("haproxy-mtls-")]
+    if allocs:
+        lines.append(
+            "* Other allocators: "
+            + ", ".join(f"{r['variant'].split('-')[-1]} {r['kb_per_conn']:.1f} KB" for r in allocs)
+            + ": the memory is live TLS state, not fragmentation."
+        )
+    lines += [
+        "",
+        "## Configuration and machine",
+        "",
+        f"* Machine: {machine()}.",
+        f"* HAProxy: {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}; "
+        f"{ssl.OPENSSL_VERSION} (Python's ssl).",
+        "* Certificates: ECDSA P-256, as the controller issues; TLS 1.3 negotiated.",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "results.json").write_text(json.dumps({"conns": conns, "results": results}, indent=1))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    if not shutil.which("haproxy"):
+        raise SystemExit("bench_front_memory: haproxy is not installed (make deps installs it)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * args.conns + 1000
+    if hard < need:
+        raise SystemExit(f"bench_front_memory: the open-file limit is {hard}; {need} are needed for --conns")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    steps = [args.conns // 3, 2 * args.conns // 3, args.conns]
+    variants: list[tuple[str, dict[str, str]]] = [
+        ("haproxy-mtls", {}),
+        ("haproxy-tls", {}),
+        ("haproxy-nocache", {}),
+        ("python-mtls", {}),
+    ]
+    variants += [(f"haproxy-mtls-{n}", {"LD_PRELOAD": p}) for n, p in ALLOCATORS.items() if Path(p).exists()]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cvlan-front-bench-") as tmp:
+        d = Path(tmp)
+        make_pki(d)
+        for name, env in variants:
+            t = time.monotonic()
+            r = await measure(name, d, steps, env)
+            results.append(r)
+            print(
+                f"{name:24s} {r['kb_per_conn']:6.1f} KB/conn  start {r['start_mb']:5.1f} MB  "
+                f"({time.monotonic() - t:.0f} s)",
+                flush=True,
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    report(args.out, results, args.conns)
+    print(f"report: {args.out / 'report.md'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--conns", type=int, default=6000, help="idle connections per server (default 6000)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(f"bench/results/front-memory-{dt.date.today().isoformat()}"),
+        help="report directory (default bench/results/front-memory-DATE)",
+    )
+    args = ap.parse_args()
+    if args.conns < 30:
+        ap.error("--conns must be at least 30")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
