@@ -49,6 +49,10 @@ PG_TUNING = {
     "checkpoint_timeout": "30min",
     "autovacuum_naptime": "30s",
     "log_min_duration_statement": "1000",
+    # What the database did when a run's latency spiked: each checkpoint and autovacuum, with its
+    # duration, in WORK_DIR/postgresql.log (copied there before the cluster is removed).
+    "log_checkpoints": "on",
+    "log_autovacuum_min_duration": "0",
 }
 
 
@@ -351,6 +355,14 @@ async def run(cfg: RunConfig) -> Path:
     return result
 
 
+def _keep_log(src: Path, dst: Path) -> None:
+    """Copy a log that is about to be removed with its directory; a missing one is no error."""
+    try:
+        shutil.copyfile(src, dst)
+    except OSError:
+        pass
+
+
 def _config_view(cfg: RunConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["work_dir"] = str(cfg.work_dir.name)
@@ -384,6 +396,7 @@ async def _start_stack(
     # be able to enter the operator's (or a test's) private work directory.
     pg = PgCluster(conf=PG_TUNING)
     cleanups.append(pg.stop)
+    cleanups.append(lambda: _keep_log(pg.root / "server.log", cfg.work_dir / "postgresql.log"))
     try:
         await asyncio.to_thread(pg.start)
         db_url = await asyncio.to_thread(pg.create_db, "cvlan")
