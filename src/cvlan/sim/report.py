@@ -53,8 +53,8 @@ def render(data: dict[str, Any], graphs: list[str], notes: str) -> str:
     if graphs:
         lines += [
             "Shaded: the registration phase (blue), the steady state and the knee steps (green, each "
-            "labelled with its target polls/s); the unshaded gaps between knee steps are their "
-            "unmeasured settling time.",
+            "labelled with its target polls/s); the unshaded gaps before the steady state and "
+            "between knee steps are unmeasured settling time.",
             "",
         ]
     lines += [f"![{g}]({g})" for g in graphs] + [""]
