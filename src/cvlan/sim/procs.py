@@ -1,6 +1,7 @@
 """CPU and memory of every component of a load run, sampled with psutil.
 
-CPU % is per core (100 % = one full core), summed over a component's processes. Memory is RSS,
+CPU % is per core (100 % = one full core), summed over a component's processes; the busiest one
+is given too, to tell one process's burst from all of them busier. Memory is RSS,
 except for PostgreSQL, whose backends all map the same shared buffers: there it is the sum of each
 process's private part (RSS - shared) plus the largest shared part once."""
 
@@ -28,6 +29,7 @@ class Sampler:
     def __init__(self) -> None:
         self.components: list[Component] = []
         psutil.cpu_percent(interval=None)
+        psutil.cpu_times_percent(interval=None)
 
     def add(
         self, name: str, roots: Callable[[], list[int]], shared_memory: bool = False, recursive: bool = True
@@ -83,12 +85,15 @@ class Sampler:
             self._refresh(c)
             wait_ms = self._runq_wait_ms(c)
             cpu = 0.0
+            busiest = 0.0
             private = 0
             shared_max = 0
             for p in list(c.procs.values()):
                 try:
-                    cpu += p.cpu_percent(interval=None)
+                    one = p.cpu_percent(interval=None)
                     mi = p.memory_info()
+                    cpu += one
+                    busiest = max(busiest, one)
                 except psutil.Error:
                     continue
                 if c.shared_memory:
@@ -98,13 +103,20 @@ class Sampler:
                     private += mi.rss
             out[c.name] = {
                 "cpu": round(cpu, 1),
+                "cpu_busiest_proc": round(busiest, 1),
                 "rss_mb": round((private + shared_max) / 2**20, 1),
                 "procs": len(c.procs),
                 "runq_wait_ms": wait_ms,
             }
         vm = psutil.virtual_memory()
+        cores = psutil.cpu_count() or 1
+        times = psutil.cpu_times_percent(interval=None)
         out["machine"] = {
-            "cpu": round(psutil.cpu_percent(interval=None) * (psutil.cpu_count() or 1), 1),
+            "cpu": round(psutil.cpu_percent(interval=None) * cores, 1),
+            # CPU no component is charged for: packet processing deferred to softirq context, and
+            # time the hypervisor gave this machine's cores to someone else.
+            "softirq": round(getattr(times, "softirq", 0.0) * cores, 1),
+            "steal": round(getattr(times, "steal", 0.0) * cores, 1),
             "rss_mb": round((vm.total - vm.available) / 2**20, 1),
             "procs": 0,
         }

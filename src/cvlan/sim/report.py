@@ -210,6 +210,13 @@ def _usage_table(st: dict[str, Any], what: str) -> list[str]:
             f"| {name} | {u['cpu_avg']:.1f} | {u['cpu_max']:.1f} | {_fmt(u['rss_mb_max'])} | "
             f"{_fmt(u['rss_mb_end'])} | {u['runq_wait'] if u.get('runq_wait') is not None else '-'} |"
         )
+    m = usage.get("machine", {})
+    if m.get("softirq_avg") is not None:
+        out += [
+            "",
+            f"Of the machine's CPU, {m['softirq_avg']:.1f} % went to softirq (packet processing no "
+            f"process is charged for) and {m.get('steal_avg') or 0:.1f} % was stolen by the hypervisor.",
+        ]
     return out + [""]
 
 

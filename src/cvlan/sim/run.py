@@ -742,6 +742,9 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
                 "rss_mb_end": mems[-1] if mems else 0.0,
                 "runq_wait": _avg([s.procs[c].get("runq_wait_ms") for s in secs if c in s.procs]),
             }
+            for extra in ("softirq", "steal"):
+                if any(extra in s.procs.get(c, {}) for s in secs):
+                    usage[c][f"{extra}_avg"] = _avg([s.procs[c].get(extra) for s in secs if c in s.procs])
         phases[name] = {
             "seconds": dur,
             "poll_rate_target": span.get("poll_rate"),
