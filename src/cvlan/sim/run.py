@@ -607,10 +607,20 @@ async def _loop(
     last_con, con_changed = -1, time.time()
     settled_logged = False
     stop_at: float | None = None
-    settling: float | None = None
-    """The knee rate running unmeasured (phase settle-RATE) before its step is measured."""
-    steady_next: dict[str, Any] | None = None
-    """The steady state, running unmeasured (phase settle-steady) until it is measured."""
+    measured_next: tuple[str, dict[str, Any], float] | None = None
+    """(phase, extra, seconds) to measure once the phase running unmeasured (settle-steady,
+    settle-RATE) is over."""
+
+    def start(name: str, extra: dict[str, Any], settle_s: float, measure_s: float) -> float:
+        """Start phase `name`, first unmeasured for settle_s as settle-SUFFIX; return its end."""
+        nonlocal measured_next
+        if settle_s > 0:
+            measured_next = (name, extra, measure_s)
+            rec.start_phase("settle-" + name.removeprefix("knee-"), extra)
+            return now + settle_s
+        rec.start_phase(name, extra)
+        return now + measure_s
+
     while True:
         await asyncio.sleep(1.0 - (time.time() - rec.t0) % 1.0)
         while True:
@@ -655,32 +665,17 @@ async def _loop(
                 if cfg.steady_rate:
                     interval.value = active / cfg.steady_rate
                 extra = {"poll_rate": active / float(interval.value), "nodes": active}
-                if cfg.steady_settle_s > 0:
-                    steady_next = extra
-                    rec.start_phase("settle-steady", extra)
-                    phase_end = now + cfg.steady_settle_s
-                else:
-                    rec.start_phase("steady", extra)
-                    phase_end = now + cfg.steady_s
+                phase_end = start("steady", extra, cfg.steady_settle_s, cfg.steady_s)
         elif now >= phase_end:
-            if steady_next is not None:  # the switch to the steady rate is behind: measure it
-                rec.start_phase("steady", steady_next)
-                phase_end = now + cfg.steady_s
-                steady_next = None
-            elif settling is not None:  # its unmeasured time is over: measure the step
-                rec.start_phase(f"knee-{settling:g}", {"poll_rate": settling})
-                phase_end = now + cfg.knee_step_s
-                settling = None
+            if measured_next is not None:  # its unmeasured time is over: measure it
+                name, extra, seconds = measured_next
+                measured_next = None
+                rec.start_phase(name, extra)
+                phase_end = now + seconds
             elif steps:
                 rate = steps.pop(0)
                 interval.value = max(1, rec.total("registered")) / rate
-                if cfg.knee_settle_s > 0:
-                    settling = rate
-                    rec.start_phase(f"settle-{rate:g}", {"poll_rate": rate})
-                    phase_end = now + cfg.knee_settle_s
-                else:
-                    rec.start_phase(f"knee-{rate:g}", {"poll_rate": rate})
-                    phase_end = now + cfg.knee_step_s
+                phase_end = start(f"knee-{rate:g}", {"poll_rate": rate}, cfg.knee_settle_s, cfg.knee_step_s)
             else:
                 rec.start_phase("drain", {})
                 stop.set()
