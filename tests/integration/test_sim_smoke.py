@@ -56,8 +56,10 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
         pytest.skip("haproxy is not installed (Debian package haproxy; `make deps` installs it)")
     nodes = 1000 if front == "none" else 200
     results = work / "results"
-    # Through HAProxy the run also steps the rate once down and once up, each after settling.
-    knee = ["--knee-rates", "20,60", "--knee-step", "5", "--knee-settle", "6"] if front == "haproxy" else []
+    # Through HAProxy the steady state is measured after settling at its rate, and the run also
+    # steps the rate once down and once up, each after settling.
+    knee = ["--steady-settle", "3", "--knee-rates", "20,60", "--knee-step", "5", "--knee-settle", "6"]
+    knee = knee if front == "haproxy" else []
     r = _run(
         [
             "run",
@@ -104,11 +106,15 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     assert {"controller", "postgresql", "simulator"} <= comps
     if front == "haproxy":
         assert "haproxy" in comps
-        assert [p["phase"] for p in data["phases"]][1:6] == [
-            "steady", "settle-20", "knee-20", "settle-60", "knee-60"
+        assert [p["phase"] for p in data["phases"]][1:7] == [
+            "settle-steady", "steady", "settle-20", "knee-20", "settle-60", "knee-60"
         ]  # fmt: skip
-        for rate in (20, 60):  # the fleet is at each rate from the start of its measured step
+        # The fleet is at each rate from the first to the last second of its measured step: no
+        # second of the next step's rate is counted in it.
+        for rate in (20, 60):
+            secs = [s["ok"].get("poll", 0) for s in data["timeline"] if s["phase"] == f"knee-{rate}"]
             assert 0.6 * rate <= phases[f"knee-{rate}"]["rates"]["poll"] <= 1.4 * rate, phases[f"knee-{rate}"]
+            assert max(secs) <= 2 * rate, (rate, secs)
     # The liveness updates reached PostgreSQL and were read back for the report.
     table = data["postgresql_nodes_table"]
     assert table["updates"] >= nodes and "fillfactor=80" in table["options"]
@@ -120,6 +126,7 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     assert "## The nodes table at the end of the run" in text and "heap-only" in text
     if front == "haproxy":
         assert "| knee-20 |" in text and "after 6 s at its rate unmeasured" in text
+        assert "Measured after 3 s at the steady rate (phase settle-steady" in text
     for png in ("rates.png", "latency.png", "cpu.png", "memory.png"):
         assert (results / png).read_bytes().startswith(b"\x89PNG")
 

@@ -285,6 +285,12 @@ class Recorder:
         if self.phase_spans:
             self.phase_spans[-1]["end"] = now - self.t0
         self.phase = name
+        # The second under way belongs to the new phase: the rate a phase sets reaches the workers at
+        # their next tick, so the polls they report for this second may already run at it. Left with
+        # the old phase, a measured step's last second would count the next step's rate.
+        current = self.secs.get(int(now - self.t0))
+        if current is not None:
+            current.phase = name
         self.phase_spans.append({"phase": name, "start": now - self.t0, "end": None, **extra})
 
     def add(self, msg: dict[str, Any]) -> None:
