@@ -5,13 +5,16 @@ Each server holds N idle keep-alive TLS connections that each made one request, 
 connection does between polls. Resident memory is read at steps of connections and the cost per
 connection is the fitted slope, so start-up memory does not count. Variants:
 
-  haproxy-mtls     HAProxy as configured by cvlan-sim and the operations guide: client certificate
-                   requested and verified (what every node presents)
-  haproxy-tls      the same without client certificates (what verification costs)
-  haproxy-nocache  mTLS with the TLS session cache off (what the cache costs per connection)
-  python-mtls      a server on Python's ssl and uvloop, as the controller runs when it terminates
-                   TLS itself, with the same certificates (no HTTP stack, so the TLS cost alone;
-                   the controller's per-connection objects come on top)
+  haproxy-mtls       HAProxy as configured by cvlan-sim and the operations guide: client certificate
+                     requested and verified; every node presents a certificate issued by the
+                     controller's CA for its Ed25519 key (what cvlan-ctrl and cvlan-sim make)
+  haproxy-mtls-p256  the same with a P-256 node key (what nodes made before)
+  haproxy-tls        without client certificates (what verification costs)
+  haproxy-nocache    mTLS with the TLS session cache off (what the cache costs per connection)
+  nginx-mtls         nginx as the front instead, same certificates and header (where installed)
+  python-mtls        a server on Python's ssl and uvloop, as the controller runs when it terminates
+                     TLS itself, with the same certificates (no HTTP stack, so the TLS cost alone;
+                     the controller's per-connection objects come on top)
 
 The allocator variants (jemalloc, mimalloc, tcmalloc via LD_PRELOAD) run only where the library is
 installed.
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import ipaddress
 import json
 import os
 import resource
@@ -42,10 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 from bench.common import free_port, machine  # noqa: E402
+from cvlan.controller import ca as ca_mod  # noqa: E402
+from cvlan.controller.ca import CertificateAuthority  # noqa: E402
 
 ALLOCATORS = {
     "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -59,48 +63,44 @@ REQUEST = b"POST /v1/poll HTTP/1.1\r\nhost: controller\r\ncontent-length: 0\r\n\
 HANDSHAKES_IN_FLIGHT = 100
 
 
-# --- certificates: a CA, a server certificate, one node certificate (the same for every connection:
-# the server keeps one parsed copy per connection either way) ---------------------------------------
+# --- certificates: the controller's own CA, its server certificate and one node certificate as
+# registration issues it (the same for every connection: the server keeps one parsed copy per
+# connection either way) ------------------------------------------------------------------------------
 
 
-def _cert(
-    name: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, ca: bool
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+def make_pki(d: Path, node_key: str = "p256") -> None:
+    """ca.pem, server.pem (chain and key) and node.pem (certificate and key) in d, issued by a fresh
+    controller CA; node_key is the node's key type (p256 or ed25519)."""
+    ca = CertificateAuthority.load_or_create(d / "ca")
+    cp, kp = ca.issue_server(["127.0.0.1", "controller.example"], d / "ca")
+    (d / "ca.pem").write_bytes(ca.cert_pem)
+    (d / "server.pem").write_bytes(cp.read_bytes() + kp.read_bytes())
+    key = (
+        ed25519.Ed25519PrivateKey.generate()
+        if node_key == "ed25519"
+        else ec.generate_private_key(ec.SECP256R1())
     )
-    if not ca:
-        b = b.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def make_pki(d: Path) -> None:
-    def pem(c: x509.Certificate, k: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-        out = c.public_bytes(serialization.Encoding.PEM)
-        if k is not None:
-            out += k.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        return out
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("bench CA", ca_key, "bench CA", ca_key, True)
-    (d / "ca.pem").write_bytes(pem(ca))
-    for name in ("server", "node-3f2a9c"):
-        k = ec.generate_private_key(ec.SECP256R1())
-        path = d / f"{name.split('-')[0]}.pem"
-        path.write_bytes(pem(_cert(name, k, "bench CA", ca_key, False), k))
-        path.chmod(0o600)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-node")])
+    )
+    signed = csr.sign(key, None if node_key == "ed25519" else hashes.SHA256())
+    cert = ca.issue_client(
+        signed,
+        common_name="node-48213",
+        lifetime=dt.timedelta(days=7),
+        identity={
+            ca_mod.OID_NODE_ID: "48213",
+            ca_mod.OID_TENANT_ID: "57",
+            ca_mod.OID_CVLAN_ID: "5612",
+            ca_mod.OID_WG_KEY: os.urandom(32).hex(),
+        },
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (d / "node.pem").write_bytes(pem)
+    for f in ("server.pem", "node.pem"):
+        (d / f).chmod(0o600)
 
 
 # --- servers ----------------------------------------------------------------------------------------
@@ -129,6 +129,41 @@ frontend nodes
 
 backend controller
     server ctl unix@{d}/backend.sock maxconn 8
+"""
+
+NGINX_CFG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {d}/nginx.pid;
+error_log {d}/{variant}.error.log warn;
+events {{ worker_connections {maxconn}; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    {cache}
+    upstream controller {{ server unix:{d}/backend.sock; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {d}/server.pem;
+        ssl_certificate_key {d}/server.pem;
+        ssl_client_certificate {d}/ca.pem;
+        ssl_verify_client on;
+        location / {{
+            proxy_pass http://controller;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Client-Cert $ssl_client_escaped_cert;
+        }}
+    }}
+}}
 """
 
 PYTHON_SERVER = """
@@ -205,6 +240,25 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
         if line.strip() != b"ready":
             raise RuntimeError(f"{variant}: server did not start")
+    elif variant.startswith("nginx"):
+        sock = d / "backend.sock"
+        sock.unlink(missing_ok=True)
+        backend = await asyncio.get_running_loop().create_unix_server(Backend, str(sock))
+        cfg = d / f"{variant}.conf"
+        cfg.write_text(
+            NGINX_CFG.format(
+                nofile=max(steps) * 2 + 1000,
+                maxconn=max(steps) + 1000,
+                d=d,
+                variant=variant,
+                port=port,
+                cache="ssl_session_cache off;" if "nocache" in variant else "",
+            )
+        )
+        proc = subprocess.Popen(["nginx", "-c", str(cfg), "-p", str(d)], stdout=log, stderr=log)
+        await asyncio.sleep(1.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{variant}: nginx exited; see {variant}.log")
     else:
         sock = d / "backend.sock"
         sock.unlink(missing_ok=True)
@@ -249,6 +303,11 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
     return {"variant": variant, "points": points, "kb_per_conn": slope, "start_mb": points[0][1] / 1024}
 
 
+def _nginx_version() -> str:
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
+
+
 def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
     import matplotlib
 
@@ -258,7 +317,8 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [r["variant"] for r in results]
     vals = [r["kb_per_conn"] for r in results]
-    ax.barh(names, vals, color=["C0" if n.startswith("haproxy") else "C3" for n in names])
+    colours = {"haproxy": "C0", "nginx": "C2", "python": "C3"}
+    ax.barh(names, vals, color=[colours[n.split("-")[0]] for n in names])
     for i, v in enumerate(vals):
         ax.text(v, i, f" {v:.1f} KB", va="center", fontsize=8)
     ax.set_xlabel("resident memory per idle keep-alive connection (KB)")
@@ -300,6 +360,20 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
             "process; the controller's own objects per connection come on top, and one process's "
             "open-file limit caps the connections it can hold."
         )
+    if "haproxy-mtls-p256" in by:
+        p256 = by["haproxy-mtls-p256"]["kb_per_conn"]
+        lines.append(
+            f"* A node certificate for an Ed25519 key costs the front {p256 - mtls:.1f} KB less per "
+            f"connection than one for a P-256 key ({mtls:.1f} against {p256:.1f} KB): "
+            f"{(p256 - mtls) * 100_000 / 2**20 * 1024:,.0f} MB at 100,000 nodes. cvlan-ctrl and "
+            "cvlan-sim make Ed25519 keys."
+        )
+    if "nginx-mtls" in by:
+        ng = by["nginx-mtls"]["kb_per_conn"]
+        lines.append(
+            f"* nginx with the same certificates holds {ng:.1f} KB per connection ({ng / mtls:.2f} x "
+            "HAProxy): both keep OpenSSL's per-connection state, which is most of it."
+        )
     if "haproxy-tls" in by:
         t = by["haproxy-tls"]["kb_per_conn"]
         lines.append(
@@ -308,10 +382,11 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
         )
     if "haproxy-nocache" in by:
         lines.append(
-            f"* The TLS session cache adds {mtls - by['haproxy-nocache']['kb_per_conn']:.1f} KB per "
-            "connection (its entries are allocated at start and counted in the start-up memory)."
+            f"* The TLS session cache changes the cost per connection by "
+            f"{mtls - by['haproxy-nocache']['kb_per_conn']:+.1f} KB (its entries are allocated at start "
+            "and counted in the start-up memory)."
         )
-    allocs = [r for r in results if r["variant"].startswith("haproxy-mtls-")]
+    allocs = [r for r in results if r["variant"].removeprefix("haproxy-mtls-") in ALLOCATORS]
     if allocs:
         lines.append(
             "* Other allocators: "
@@ -324,8 +399,10 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
         "",
         f"* Machine: {machine()}.",
         f"* HAProxy: {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}; "
-        f"{ssl.OPENSSL_VERSION} (Python's ssl).",
-        "* Certificates: ECDSA P-256, as the controller issues; TLS 1.3 negotiated.",
+        f"{ssl.OPENSSL_VERSION} (Python's ssl)" + (f"; {_nginx_version()}." if "nginx-mtls" in by else "."),
+        "* Certificates: issued by the controller's own CA (ECDSA P-256) as registration issues them, "
+        "with the identity extensions; node keys Ed25519 unless the variant says P-256; TLS 1.3 "
+        "negotiated.",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
@@ -343,18 +420,23 @@ async def main_async(args: argparse.Namespace) -> None:
     steps = [args.conns // 3, 2 * args.conns // 3, args.conns]
     variants: list[tuple[str, dict[str, str]]] = [
         ("haproxy-mtls", {}),
+        ("haproxy-mtls-p256", {}),
         ("haproxy-tls", {}),
         ("haproxy-nocache", {}),
         ("python-mtls", {}),
     ]
+    if shutil.which("nginx"):
+        variants.insert(4, ("nginx-mtls", {}))
     variants += [(f"haproxy-mtls-{n}", {"LD_PRELOAD": p}) for n, p in ALLOCATORS.items() if Path(p).exists()]
     results = []
     with tempfile.TemporaryDirectory(prefix="cvlan-front-bench-") as tmp:
-        d = Path(tmp)
-        make_pki(d)
+        pki = {k: Path(tmp, k) for k in ("ed25519", "p256")}
+        for k, d in pki.items():
+            d.mkdir()
+            make_pki(d, k)
         for name, env in variants:
             t = time.monotonic()
-            r = await measure(name, d, steps, env)
+            r = await measure(name, pki["p256" if name.endswith("p256") else "ed25519"], steps, env)
             results.append(r)
             print(
                 f"{name:24s} {r['kb_per_conn']:6.1f} KB/conn  start {r['start_mb']:5.1f} MB  "

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
+from cvlan.common import bootstrap
 from cvlan.controller import ca as ca_mod
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.nodeapi import NODEAPI_KEY
@@ -112,6 +115,25 @@ async def test_renew_gives_a_working_certificate(controller: RunningController) 
     assert resp.map.self.node_id == a.node_id
     (n,) = (await controller.api().get("/api/v1/nodes")).ok()["items"]
     assert n["cert_not_after"] is not None
+    await a.client.close()
+    await b.close()
+
+
+async def test_new_nodes_get_ed25519_certificates_and_p256_keys_keep_working(
+    controller: RunningController,
+) -> None:
+    a = await enrol(controller, await make_token(controller))
+    cert = x509.load_pem_x509_certificate(a.reg.certificate_pem.encode())
+    assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
+    # A node whose key was made as P-256 (before keys were Ed25519) renews with that key and polls.
+    old_key, _ = bootstrap.new_csr("old-node", "p256")
+    r = await a.client.renew(tls.csr_for_key(old_key.decode()))
+    renewed = x509.load_pem_x509_certificate(r.certificate_pem.encode())
+    assert isinstance(renewed.public_key(), ec.EllipticCurvePublicKey)
+    b = NodeApiClient(controller.url, ca_pem(controller), r.certificate_pem, old_key.decode())
+    assert (await b.poll(0)).map.self.node_id == a.node_id
+    with pytest.raises(ValueError, match="expected p256 or ed25519"):
+        bootstrap.new_key("rsa")
     await a.client.close()
     await b.close()
 

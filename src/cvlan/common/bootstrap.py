@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 TIMEOUT_S = 15.0
@@ -43,19 +43,32 @@ def fresh(cert: x509.Certificate, now: dt.datetime) -> bool:
     return now < start + (end - start) * 2 / 3
 
 
-def csr_for(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
+SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+"""The key types the controller signs certificates for (see registration.load_csr)."""
+
+
+def csr_for(key: SigningKey, common_name: str) -> str:
     """A CSR (PEM) for key; the controller ignores the subject and signs its own identity in."""
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, hashes.SHA256())
+        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def new_csr(common_name: str) -> tuple[bytes, str]:
-    """A fresh P-256 key (PKCS#8 PEM, to be stored 0600) and a CSR for it (PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def new_key(key_type: str = "p256") -> SigningKey:
+    """A fresh key: p256 (ECDSA P-256) or ed25519."""
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if key_type == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"key type {key_type!r}: expected p256 or ed25519")
+
+
+def new_csr(common_name: str, key_type: str = "p256") -> tuple[bytes, str]:
+    """A fresh key (PKCS#8 PEM, to be stored 0600) and a CSR for it (PEM)."""
+    key = new_key(key_type)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.x509.oid import NameOID
 
+from cvlan.client.tls import NODE_KEY_TYPE
+from cvlan.common.bootstrap import SigningKey, csr_for, new_key
 from cvlan.sim.httpconn import HttpConn, build_request
 from cvlan.sim.metrics import Interval
 from cvlan.wire import nodeproto
@@ -107,7 +106,7 @@ class SimNode:
         self.polls = 0
         self.cert_issued = 0.0
         self.cert_not_after = 0.0
-        self.tls_key: ec.EllipticCurvePrivateKey | None = None
+        self.tls_key: SigningKey | None = None
         self.renewing = False
         self.connecting = False
         self.req = b""
@@ -119,12 +118,6 @@ class SimNode:
     @property
     def name(self) -> str:
         return f"sim-{self.idx:06d}"
-
-
-def _csr(key: ec.EllipticCurvePrivateKey, name: str) -> str:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _error_kind(op: str, status: int, body: bytes, err: str) -> str:
@@ -281,12 +274,12 @@ class Fleet:
 
     async def _register(self, node: SimNode, due: float) -> None:
         wg_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key(NODE_KEY_TYPE)  # as cvlan-ctrl makes them
         req = pb.RegisterRequest(
             capability_version=nodeproto.CAPABILITY_VERSION,
             token=node.token,
             wg_public_key=wg_pub,
-            csr_pem=_csr(key, node.name),
+            csr_pem=csr_for(key, node.name),
             hostname=node.name,
             os_info="cvlan-sim",
         )
@@ -475,7 +468,7 @@ class Fleet:
             return build_request("POST", "/v1/report", self._host, rep.SerializeToString(), CT)
         assert node.tls_key is not None
         ren = pb.RenewRequest(
-            capability_version=nodeproto.CAPABILITY_VERSION, csr_pem=_csr(node.tls_key, node.name)
+            capability_version=nodeproto.CAPABILITY_VERSION, csr_pem=csr_for(node.tls_key, node.name)
         )
         return build_request("POST", "/v1/renew", self._host, ren.SerializeToString(), CT)
 

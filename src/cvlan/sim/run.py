@@ -45,7 +45,7 @@ PG_TUNING = {
     "max_connections": "200",
     "shared_buffers": "512MB",
     "synchronous_commit": "off",
-    "wal_compression": "on",
+    "wal_compression": "lz4",
     "checkpoint_timeout": "30min",
     "autovacuum_naptime": "30s",
     "log_min_duration_statement": "1000",

@@ -155,14 +155,18 @@ class NodeApi:
         )
 
     async def poll(self, request: web.Request) -> web.Response:
-        ident = self.identity.require(request, self.ctx.now())
+        now = self.ctx.now()  # one clock reading: the certificate's expiry and the liveness share it
+        ident = self.identity.require(request, now)
         req, ct = await self.body(request, pb.PollRequest)
-        return self.reply(await self.answer_poll(ident, req), ct, pb.PollResponse)
+        return self.reply(await self.answer_poll(ident, req, now), ct, pb.PollResponse)
 
-    async def answer_poll(self, ident: NodeIdentity, req: pb.PollRequest) -> Message | bytes:
-        """The answer to a poll (a PollResponse, or its encoded bytes): waits for a change if asked."""
+    async def answer_poll(
+        self, ident: NodeIdentity, req: pb.PollRequest, now: dt.datetime | None = None
+    ) -> Message | bytes:
+        """The answer to a poll (a PollResponse, or its encoded bytes): waits for a change if asked.
+        `now` as for record_poll."""
         m, me = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
-        wait = self.record_poll(ident, req, m, me)
+        wait = self.record_poll(ident, req, m, me, now)
         return await self.wait_poll(ident, req, m, wait) if wait else self.poll_answer(ident, req, m)
 
     def record_poll(
