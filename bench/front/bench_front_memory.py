@@ -148,7 +148,6 @@ http {{
     scgi_temp_path {d}/nginx-scgi;
     keepalive_timeout 300s;
     keepalive_requests 1000000;
-    {cache}
     upstream controller {{ server unix:{d}/backend.sock; keepalive 8; }}
     server {{
         listen 127.0.0.1:{port} ssl;
@@ -240,44 +239,30 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
         if line.strip() != b"ready":
             raise RuntimeError(f"{variant}: server did not start")
-    elif variant.startswith("nginx"):
-        sock = d / "backend.sock"
-        sock.unlink(missing_ok=True)
-        backend = await asyncio.get_running_loop().create_unix_server(Backend, str(sock))
-        cfg = d / f"{variant}.conf"
-        cfg.write_text(
-            NGINX_CFG.format(
-                nofile=max(steps) * 2 + 1000,
-                maxconn=max(steps) + 1000,
-                d=d,
-                variant=variant,
-                port=port,
-                cache="ssl_session_cache off;" if "nocache" in variant else "",
-            )
-        )
-        proc = subprocess.Popen(["nginx", "-c", str(cfg), "-p", str(d)], stdout=log, stderr=log)
-        await asyncio.sleep(1.0)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{variant}: nginx exited; see {variant}.log")
-    else:
+    else:  # a proxy in front of the controller's place on a unix socket
         sock = d / "backend.sock"
         sock.unlink(missing_ok=True)
         backend = await asyncio.get_running_loop().create_unix_server(Backend, str(sock))
         cfg = d / f"{variant}.cfg"
-        cfg.write_text(
-            HAPROXY_CFG.format(
+        if variant.startswith("nginx"):
+            text = NGINX_CFG.format(
+                nofile=max(steps) * 2 + 1000, maxconn=max(steps) + 1000, d=d, variant=variant, port=port
+            )
+            cmd = ["nginx", "-c", str(cfg), "-p", str(d)]
+        else:
+            text = HAPROXY_CFG.format(
                 maxconn=max(steps) + 1000,
                 cache=0 if variant.startswith("haproxy-nocache") else max(steps) + 1000,
                 port=port,
                 d=d,
                 verify="" if not mtls else f"ca-file {d}/ca.pem verify optional",
             )
-        )
-        env = {**os.environ, **env_extra}
-        proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], env=env, stdout=log, stderr=log)
+            cmd = ["haproxy", "-db", "-f", str(cfg)]
+        cfg.write_text(text)
+        proc = subprocess.Popen(cmd, env={**os.environ, **env_extra}, stdout=log, stderr=log)
         await asyncio.sleep(1.0)
         if proc.poll() is not None:
-            raise RuntimeError(f"{variant}: haproxy exited; see {variant}.log")
+            raise RuntimeError(f"{variant}: {cmd[0]} exited; see {variant}.log")
     conns: list[Any] = []
     points: list[tuple[int, int]] = []
     try:

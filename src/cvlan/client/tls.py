@@ -15,7 +15,7 @@ from cvlan.common.bootstrap import csr_for, new_csr
 
 NODE_KEY_TYPE = "ed25519"
 """A node's TLS key. Ed25519 rather than P-256: the TLS front keeps every connected node's parsed
-certificate for the life of its connection, and an Ed25519 one takes less memory there (about 1.8 KB
+certificate for the life of its connection, and an Ed25519 one takes less memory there (about 1.6 KB
 per connection, bench/front/bench_front_memory.py). Keys made before keep their type: both verify."""
 
 
