@@ -42,12 +42,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from bench.common import free_port, machine  # noqa: E402
+from cvlan.common.bootstrap import KeyType, new_csr  # noqa: E402
 from cvlan.controller import ca as ca_mod  # noqa: E402
 from cvlan.controller.ca import CertificateAuthority  # noqa: E402
 
@@ -68,24 +66,16 @@ HANDSHAKES_IN_FLIGHT = 100
 # connection either way) ------------------------------------------------------------------------------
 
 
-def make_pki(d: Path, node_key: str = "p256") -> None:
+def make_pki(d: Path, node_key: KeyType = "p256") -> None:
     """ca.pem, server.pem (chain and key) and node.pem (certificate and key) in d, issued by a fresh
     controller CA; node_key is the node's key type (p256 or ed25519)."""
     ca = CertificateAuthority.load_or_create(d / "ca")
     cp, kp = ca.issue_server(["127.0.0.1", "controller.example"], d / "ca")
     (d / "ca.pem").write_bytes(ca.cert_pem)
     (d / "server.pem").write_bytes(cp.read_bytes() + kp.read_bytes())
-    key = (
-        ed25519.Ed25519PrivateKey.generate()
-        if node_key == "ed25519"
-        else ec.generate_private_key(ec.SECP256R1())
-    )
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-node")])
-    )
-    signed = csr.sign(key, None if node_key == "ed25519" else hashes.SHA256())
+    key_pem, csr = new_csr("bench-node", node_key)  # as cvlan-ctrl makes them
     cert = ca.issue_client(
-        signed,
+        csr.encode(),
         common_name="node-48213",
         lifetime=dt.timedelta(days=7),
         identity={
@@ -95,10 +85,7 @@ def make_pki(d: Path, node_key: str = "p256") -> None:
             ca_mod.OID_WG_KEY: os.urandom(32).hex(),
         },
     )
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (d / "node.pem").write_bytes(pem)
+    (d / "node.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)
     for f in ("server.pem", "node.pem"):
         (d / f).chmod(0o600)
 
@@ -350,7 +337,7 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
         lines.append(
             f"* A node certificate for an Ed25519 key costs the front {p256 - mtls:.1f} KB less per "
             f"connection than one for a P-256 key ({mtls:.1f} against {p256:.1f} KB): "
-            f"{(p256 - mtls) * 100_000 / 2**20 * 1024:,.0f} MB at 100,000 nodes. cvlan-ctrl and "
+            f"{(p256 - mtls) * 100_000 / 1024:,.0f} MB at 100,000 nodes. cvlan-ctrl and "
             "cvlan-sim make Ed25519 keys."
         )
     if "nginx-mtls" in by:
@@ -415,10 +402,11 @@ async def main_async(args: argparse.Namespace) -> None:
     variants += [(f"haproxy-mtls-{n}", {"LD_PRELOAD": p}) for n, p in ALLOCATORS.items() if Path(p).exists()]
     results = []
     with tempfile.TemporaryDirectory(prefix="cvlan-front-bench-") as tmp:
-        pki = {k: Path(tmp, k) for k in ("ed25519", "p256")}
-        for k, d in pki.items():
-            d.mkdir()
-            make_pki(d, k)
+        key_types: tuple[KeyType, ...] = ("ed25519", "p256")
+        pki = {k: Path(tmp, k) for k in key_types}
+        for k in key_types:
+            pki[k].mkdir()
+            make_pki(pki[k], k)
         for name, env in variants:
             t = time.monotonic()
             r = await measure(name, pki["p256" if name.endswith("p256") else "ed25519"], steps, env)

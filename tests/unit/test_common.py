@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from cvlan.cli.config import parse_admin_conf
 from cvlan.cli.table import cell
+from cvlan.common import bootstrap
 from cvlan.common.backoff import Backoff
 from cvlan.common.durations import parse_duration
 from cvlan.controller import credentials
 from cvlan.controller.errors import DomainError
 from cvlan.controller.ops.context import check_name
+from cvlan.controller.ops.registration import load_csr
 
 
 def test_durations() -> None:
@@ -85,3 +87,11 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert 0.5 <= delays[0] <= 1 and all(d <= 8 for d in delays) and delays[-1] >= 4
     b.reset()
     assert b.next() <= 1
+
+
+def test_csrs_for_each_key_type_verify_and_other_types_are_refused() -> None:
+    for kind in ("p256", "ed25519"):
+        _, pem = bootstrap.new_csr("node", kind)
+        assert load_csr(pem).is_signature_valid  # what the controller accepts
+    with pytest.raises(ValueError, match="expected p256 or ed25519"):
+        bootstrap.new_key("rsa")  # type: ignore[arg-type]

@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from cvlan.common.bootstrap import csr_for, new_csr
+from cvlan.common.bootstrap import KeyType, csr_for, new_csr
 
-NODE_KEY_TYPE = "ed25519"
+NODE_KEY_TYPE: KeyType = "ed25519"
 """A node's TLS key. Ed25519 rather than P-256: the TLS front keeps every connected node's parsed
 certificate for the life of its connection, and an Ed25519 one takes less memory there (about 1.6 KB
 per connection, bench/front/bench_front_memory.py). Keys made before keep their type: both verify."""

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import ssl
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from cryptography import x509
@@ -45,6 +45,7 @@ def fresh(cert: x509.Certificate, now: dt.datetime) -> bool:
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 """The key types the controller signs certificates for (see registration.load_csr)."""
+KeyType = Literal["p256", "ed25519"]
 
 
 def csr_for(key: SigningKey, common_name: str) -> str:
@@ -57,7 +58,7 @@ def csr_for(key: SigningKey, common_name: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def new_key(key_type: str = "p256") -> SigningKey:
+def new_key(key_type: KeyType = "p256") -> SigningKey:
     """A fresh key: p256 (ECDSA P-256) or ed25519."""
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
@@ -66,7 +67,7 @@ def new_key(key_type: str = "p256") -> SigningKey:
     raise ValueError(f"key type {key_type!r}: expected p256 or ed25519")
 
 
-def new_csr(common_name: str, key_type: str = "p256") -> tuple[bytes, str]:
+def new_csr(common_name: str, key_type: KeyType = "p256") -> tuple[bytes, str]:
     """A fresh key (PKCS#8 PEM, to be stored 0600) and a CSR for it (PEM)."""
     key = new_key(key_type)
     key_pem = key.private_bytes(

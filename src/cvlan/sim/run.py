@@ -617,8 +617,8 @@ async def _loop(
     """(phase, extra, seconds) to measure once the phase running unmeasured (settle-steady,
     settle-RATE) is over."""
 
-    def start(name: str, extra: dict[str, Any], settle_s: float, measure_s: float) -> float:
-        """Start phase `name`, first unmeasured for settle_s as settle-SUFFIX; return its end."""
+    def start(name: str, extra: dict[str, Any], settle_s: float, measure_s: float, now: float) -> float:
+        """Start phase `name` at `now`, first unmeasured for settle_s as settle-SUFFIX; return its end."""
         nonlocal measured_next
         if settle_s > 0:
             measured_next = (name, extra, measure_s)
@@ -671,7 +671,7 @@ async def _loop(
                 if cfg.steady_rate:
                     interval.value = active / cfg.steady_rate
                 extra = {"poll_rate": active / float(interval.value), "nodes": active}
-                phase_end = start("steady", extra, cfg.steady_settle_s, cfg.steady_s)
+                phase_end = start("steady", extra, cfg.steady_settle_s, cfg.steady_s, now)
         elif now >= phase_end:
             if measured_next is not None:  # its unmeasured time is over: measure it
                 name, extra, seconds = measured_next
@@ -681,7 +681,9 @@ async def _loop(
             elif steps:
                 rate = steps.pop(0)
                 interval.value = max(1, rec.total("registered")) / rate
-                phase_end = start(f"knee-{rate:g}", {"poll_rate": rate}, cfg.knee_settle_s, cfg.knee_step_s)
+                phase_end = start(
+                    f"knee-{rate:g}", {"poll_rate": rate}, cfg.knee_settle_s, cfg.knee_step_s, now
+                )
             else:
                 rec.start_phase("drain", {})
                 stop.set()
