@@ -12,6 +12,8 @@ connection is the fitted slope, so start-up memory does not count. Variants:
   haproxy-tls        without client certificates (what verification costs)
   haproxy-nocache    mTLS with the TLS session cache off (what the cache costs per connection)
   nginx-mtls         nginx as the front instead, same certificates and header (where installed)
+  cvlan-front        cvlan-front (one worker): OpenSSL does the handshake, then the connection keeps
+                     only its TLS 1.3 traffic keys and the node's certificate
   python-mtls        a server on Python's ssl and uvloop, as the controller runs when it terminates
                      TLS itself, with the same certificates (no HTTP stack, so the TLS cost alone;
                      the controller's per-connection objects come on top)
@@ -216,7 +218,18 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
     mtls = variant != "haproxy-tls"
     log = open(d / f"{variant}.log", "wb")
     backend = None
-    if variant.startswith("python"):
+    if variant == "cvlan-front":
+        sock = d / "backend.sock"
+        sock.unlink(missing_ok=True)
+        backend = await asyncio.get_running_loop().create_unix_server(Backend, str(sock))
+        pem = str(d / "server.pem")  # chain and key in one file
+        cmd = [sys.executable, "-m", "cvlan.front", "--listen", f"127.0.0.1:{port}", "--cert", pem,
+               "--key", pem, "--ca", str(d / "ca.pem"), "--backend", str(sock), "--log-level", "warning"]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        await asyncio.sleep(2.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{variant}: exited; see {variant}.log")
+    elif variant.startswith("python"):
         script = d / "server.py"
         script.write_text(PYTHON_SERVER)
         proc = subprocess.Popen(
@@ -275,6 +288,12 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
     return {"variant": variant, "points": points, "kb_per_conn": slope, "start_mb": points[0][1] / 1024}
 
 
+def _front_openssl() -> str:
+    from OpenSSL import SSL
+
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+
+
 def _nginx_version() -> str:
     out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
     return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
@@ -289,7 +308,7 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [r["variant"] for r in results]
     vals = [r["kb_per_conn"] for r in results]
-    colours = {"haproxy": "C0", "nginx": "C2", "python": "C3"}
+    colours = {"haproxy": "C0", "nginx": "C2", "python": "C3", "cvlan": "C1"}
     ax.barh(names, vals, color=[colours[n.split("-")[0]] for n in names])
     for i, v in enumerate(vals):
         ax.text(v, i, f" {v:.1f} KB", va="center", fontsize=8)
@@ -332,6 +351,15 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
             "process; the controller's own objects per connection come on top, and one process's "
             "open-file limit caps the connections it can hold."
         )
+    if "cvlan-front" in by:
+        cf = by["cvlan-front"]
+        kb = cf["kb_per_conn"]
+        lines.append(
+            f"* cvlan-front holds {kb:.1f} KB per connection ({kb / mtls:.2f} x HAProxy), "
+            f"{kb * 100_000 / 2**20:.2f} GB at 100,000 nodes, plus about {cf['start_mb']:.0f} MB per "
+            "worker process at start (a Python interpreter): after the handshake it frees OpenSSL's "
+            "connection object and keeps the TLS 1.3 traffic keys and the node's certificate (DER)."
+        )
     if "haproxy-mtls-p256" in by:
         p256 = by["haproxy-mtls-p256"]["kb_per_conn"]
         lines.append(
@@ -372,6 +400,8 @@ def report(out: Path, results: list[dict[str, Any]], conns: int) -> None:
         f"* Machine: {machine()}.",
         f"* HAProxy: {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}; "
         f"{ssl.OPENSSL_VERSION} (Python's ssl)" + (f"; {_nginx_version()}." if "nginx-mtls" in by else "."),
+        f"* cvlan-front: handshakes in {_front_openssl()}; the record layer in Python with the "
+        "cryptography package's AEADs.",
         "* Certificates: issued by the controller's own CA (ECDSA P-256) as registration issues them, "
         "with the identity extensions; node keys Ed25519 unless the variant says P-256; TLS 1.3 "
         "negotiated.",
@@ -399,6 +429,7 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     if shutil.which("nginx"):
         variants.insert(4, ("nginx-mtls", {}))
+    variants.insert(-1, ("cvlan-front", {}))
     variants += [(f"haproxy-mtls-{n}", {"LD_PRELOAD": p}) for n, p in ALLOCATORS.items() if Path(p).exists()]
     results = []
     with tempfile.TemporaryDirectory(prefix="cvlan-front-bench-") as tmp:

@@ -50,7 +50,7 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("front", ["none", "haproxy"])
+@pytest.mark.parametrize("front", ["none", "haproxy", "cvlan"])
 def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front: str) -> None:
     if front == "haproxy" and not any(Path(d, "haproxy").exists() for d in ("/usr/sbin", "/usr/bin")):
         pytest.skip("haproxy is not installed (Debian package haproxy; `make deps` installs it)")
@@ -104,6 +104,10 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     # Every component was sampled.
     comps = set(data["timeline"][-3]["procs"])
     assert {"controller", "postgresql", "simulator"} <= comps
+    if front == "cvlan":
+        # cvlan-front's parent and its workers, which hold the node connections
+        assert "cvlan-front" in comps and data["timeline"][-3]["procs"]["cvlan-front"]["procs"] >= 2
+        assert data["stack"]["front"].startswith("cvlan-front")
     if front == "haproxy":
         assert "haproxy" in comps
         assert [p["phase"] for p in data["phases"]][1:7] == [

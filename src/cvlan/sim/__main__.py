@@ -108,9 +108,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_positive_int, default=1, help="fleet processes (default 1)")
     r.add_argument(
         "--front",
-        choices=("none", "haproxy"),
+        choices=("none", "cvlan", "haproxy"),
         default="none",
-        help="TLS front for the node API (default none: nodes talk to the controller's own TLS)",
+        help="TLS front for the node API: cvlan (cvlan-front) or haproxy (default none: nodes talk to "
+        "the controller's own TLS)",
     )
     r.add_argument("--server", default="", help="use this running controller instead of starting one")
     r.add_argument("--admin-conf", type=Path, help="admin.conf of --server")

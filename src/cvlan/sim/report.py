@@ -63,6 +63,18 @@ def render(data: dict[str, Any], graphs: list[str], notes: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+FRONTS = {"haproxy": "HAProxy", "cvlan-front": "cvlan-front"}
+"""The components that are a TLS front (the sampler's names), and how the report names them."""
+
+
+def _front(usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, figures) of the run's TLS front in a usage or sample dict; ("", {}) if it had none."""
+    for key, name in FRONTS.items():
+        if key in usage:
+            return name, usage[key]
+    return "", {}
+
+
 def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> list[str]:
     cfg = data["config"]
     lat = st.get("latency_ms", {}).get("poll", {})
@@ -74,7 +86,7 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
     active = int(span.get("nodes", cfg["nodes"]))
     errs = sum(st.get("errors", {}).values())
     ctl = usage.get("controller", {})
-    fr = usage.get("haproxy", {})
+    fname, fr = _front(usage)
     out = [
         "## Result",
         "",
@@ -95,7 +107,7 @@ def _headline(data: dict[str, Any], st: dict[str, Any], reg: dict[str, Any]) -> 
         f"(max {ctl.get('cpu_max', 0):.0f} %), "
         f"RSS up to {ctl.get('rss_mb_max', 0):,.0f} MB"
         + (
-            f"; HAProxy: CPU {fr.get('cpu_avg', 0):.0f} %, RSS up to {fr.get('rss_mb_max', 0):,.0f} MB."
+            f"; {fname}: CPU {fr.get('cpu_avg', 0):.0f} %, RSS up to {fr.get('rss_mb_max', 0):,.0f} MB."
             if fr
             else "."
         ),
@@ -184,7 +196,7 @@ def _knee(data: dict[str, Any]) -> list[str]:
             f"| {name} | {target:,.0f} | {achieved:,.0f} | {lat.get('p50', 0):.2f} | "
             f"{lat.get('p99', 0):.2f} | {lat.get('p999', 0):.2f} | {lat.get('max', 0):.1f} | {errs} | "
             f"{u.get('controller', {}).get('cpu_avg', 0):.0f} | "
-            f"{u.get('haproxy', {}).get('cpu_avg', 0):.0f} |"
+            f"{_front(u)[1].get('cpu_avg', 0):.0f} |"
         )
     out += ["", f"Highest measured rate with p99 < 50 ms and no errors: **{knee:,.0f} polls/s**.", ""]
     return out
@@ -262,7 +274,7 @@ def _memory_growth(data: dict[str, Any], fallback_mb: float, nodes: int) -> tupl
 
     def mem(r: dict[str, Any]) -> float:
         p = r.get("procs", {})
-        return float(p.get("controller", {}).get("rss_mb", 0) + p.get("haproxy", {}).get("rss_mb", 0))
+        return float(p.get("controller", {}).get("rss_mb", 0) + _front(p)[1].get("rss_mb", 0))
 
     rows = [r for r in data["timeline"] if r.get("gauges", {}).get("connected") and r.get("procs")]
     if len(rows) >= 2:
@@ -302,8 +314,9 @@ def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
             "errors), so its CPU figures do not say what the load costs.",
             "",
         ]
-    ctl_cpu = usage.get("controller", {}).get("cpu_avg", 0) + usage.get("haproxy", {}).get("cpu_avg", 0)
-    ctl_mem = usage.get("controller", {}).get("rss_mb_max", 0) + usage.get("haproxy", {}).get("rss_mb_max", 0)
+    front = _front(usage)[1]
+    ctl_cpu = usage.get("controller", {}).get("cpu_avg", 0) + front.get("cpu_avg", 0)
+    ctl_mem = usage.get("controller", {}).get("rss_mb_max", 0) + front.get("rss_mb_max", 0)
     db_cpu = usage.get("postgresql", {}).get("cpu_avg", 0)
     base_mb, slope_kb = _memory_growth(data, ctl_mem, nodes)
     cname, ccores, cmem, cprice = INSTANCES["controller"]

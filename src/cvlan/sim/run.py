@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 import psutil
+from OpenSSL import SSL
 
 from cvlan.common.pgcluster import PgCluster
 from cvlan.sim import adminconf, front
@@ -317,7 +318,7 @@ async def run(cfg: RunConfig) -> Path:
     if cfg.front == "none" and fds < cfg.nodes + 1000:
         raise RunError(
             f"the open-file limit is {fds}: one controller process cannot hold {cfg.nodes} TLS connections; "
-            "use --front haproxy"
+            "use --front cvlan or --front haproxy"
         )
     cleanups: list[Callable[[], None]] = []
     probes: list[Probe] = []
@@ -413,7 +414,7 @@ async def _start_stack(
     sampler.add("postgresql", lambda: [p] if (p := pg.pid()) else [], shared_memory=True)
     probes.append(lambda: {"postgresql_nodes_table": _nodes_table_stats(pg)})
     port = free_port()
-    sock = _socket_path(cfg.work_dir, cleanups) if cfg.front == "haproxy" else None
+    sock = _socket_path(cfg.work_dir, cleanups) if cfg.front != "none" else None
     _log(cfg, f"starting the controller on 127.0.0.1:{port}")
     ctl = Controller(cfg.work_dir, db_url, port, sock)
     cleanups.append(ctl.stop)
@@ -425,17 +426,19 @@ async def _start_stack(
         "pg_tuning": {**pg.conf},
         "front": cfg.front,
     }
-    if cfg.front != "haproxy":
+    if cfg.front == "none":
         return conf, port, "127.0.0.1"
     fport = free_port()
     fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert sock is not None
+    if cfg.front == "cvlan":
+        return await _start_cvlan_front(cfg, ctl, conf, sock, fport, fds, sampler, cleanups, info)
     # A node's connection takes one descriptor; the connections to the controller are a few dozen
     # per process, shared by all requests. (HAProxy itself budgets two per connection and warns
     # that the limit is too low; the config tells it to go on.) The kernel spreads new connections
     # over the processes by a hash, not evenly: each is sized for 1/0.7 of its share.
     per_proc = max(500, min(cfg.nodes + 1_000, fds - 1_000))
     nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.7))
-    assert sock is not None
     hcfg = front.write_config(
         cfg.work_dir / "front",
         f"127.0.0.1:{fport}",
@@ -471,6 +474,86 @@ async def _start_stack(
     for proc in procs:
         if proc.poll() is not None:
             raise RunError(f"haproxy exited with status {proc.returncode}; see its log in the work dir")
+    return conf, fport, "127.0.0.1"
+
+
+async def _start_cvlan_front(
+    cfg: RunConfig,
+    ctl: Controller,
+    conf: adminconf.AdminConf,
+    sock: Path,
+    fport: int,
+    fds: int,
+    sampler: Sampler,
+    cleanups: list[Callable[[], None]],
+    info: dict[str, Any],
+) -> tuple[adminconf.AdminConf, int, str]:
+    """cvlan-front as the TLS front: its workers share the port (SO_REUSEPORT), each sized like an
+    HAProxy process above; it keeps a node connection's traffic keys, not OpenSSL's object."""
+    per_proc = max(500, min(cfg.nodes + 1_000, fds - 1_000))
+    nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.7))
+    work = cfg.work_dir / "front"
+    work.mkdir(parents=True, exist_ok=True)
+    ca = work / "front-ca.pem"
+    ca.write_text(conf.ca_pem)
+    binary = shutil.which("cvlan-front") or str(Path(sys.executable).parent / "cvlan-front")
+    cmd = [
+        binary,
+        "--listen",
+        f"127.0.0.1:{fport}",
+        "--cert",
+        str(ctl.data_dir / "server.crt"),
+        "--key",
+        str(ctl.data_dir / "server.key"),
+        "--ca",
+        str(ca),
+        "--backend",
+        str(sock),
+        "--workers",
+        str(nproc),
+        "--max-conns",
+        str(per_proc),
+        "--backend-conns",
+        str(max(8, math.ceil(BACKEND_CONNS / nproc))),
+        "--idle-timeout",
+        str(max(300, math.ceil(2 * cfg.poll_interval_s * (1 + cfg.jitter)))),
+        "--log-level",
+        "warning",
+    ]
+    log = (cfg.work_dir / "cvlan-front.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop_front() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+    cleanups.append(stop_front)
+    sampler.add("cvlan-front", lambda: [proc.pid])
+    openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    info["stack"]["front"] = f"cvlan-front (handshakes in {openssl})"
+    info["stack"]["front_processes"] = (
+        f"{nproc} workers x max {per_proc} connections (SO_REUSEPORT on one port)"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RunError(
+                f"cvlan-front exited with status {proc.returncode}; see cvlan-front.log in the work dir"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", fport), timeout=1):
+                break
+        except OSError:
+            await asyncio.sleep(0.2)
+    else:
+        raise RunError("cvlan-front did not start listening within 30 s")
+    await asyncio.sleep(0.5)  # every worker binds its own socket
     return conf, fport, "127.0.0.1"
 
 

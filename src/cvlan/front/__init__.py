@@ -1,0 +1,1 @@
+"""cvlan-front: the node API's TLS front for large fleets (see docs/FRONT.md)."""
