@@ -1,1 +1,3 @@
 """cvlan-front: the node API's TLS front for large fleets (see docs/FRONT.md)."""
+
+__all__: list[str] = []
