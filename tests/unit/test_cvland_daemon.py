@@ -207,3 +207,60 @@ def test_ipc_ops(daemon: Daemon) -> None:
 def test_ipc_errors_are_one_line(daemon: Daemon, req: bytes, error: str) -> None:
     ans = handle_request(daemon, req)
     assert ans["ok"] is False and ans["error"].startswith(error) and "\n" not in ans["error"]
+
+
+def test_no_local_endpoints_until_the_first_state_sets_the_port(daemon: Daemon) -> None:
+    eng, _, _ = fakes(daemon)
+    eng.state.listen_port = 40123  # the engine's own random port before the first desired state
+    assert daemon.status().local_endpoints == []
+    daemon.apply(state())
+    assert daemon.status().local_endpoints == ["10.0.0.5:51820"]
+
+
+class NoRelay:
+    """The RelayPath side of PathSelector with no relay configured (as in `make demo`)."""
+
+    generation = 0
+    mapped_endpoint = ""
+    home_region = ""
+
+    def configure(self, ds: DesiredState) -> None:
+        pass
+
+    def available(self, relay_region: str) -> bool:
+        return False
+
+    def endpoint_for(self, peer: str, relay_region: str) -> str | None:
+        return None
+
+    def is_proxy(self, endpoint: str) -> bool:
+        return False
+
+    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        pass
+
+    def direct_ok(self, peer: str) -> str | None:
+        return None
+
+
+def test_new_candidates_do_not_overwrite_where_wireguard_roamed(tmp_path: Path) -> None:
+    # Peer K1 is behind a NAT. Its handshake moved WireGuard to the NAT's address; the map update with
+    # its corrected candidate comes before the next tick. The endpoint must stay on the NAT's address.
+    clock = FakeClock()
+    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
+    d = Daemon("fake0", tmp_path / "state", b, clock, probe_s=5.0, relay=NoRelay())  # type: ignore[arg-type]
+    d.start()
+    eng, _, _ = fakes(d)
+    nat_peer = PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.1.0.6:40123"])
+    d.apply(state(peers=[nat_peer]))
+    clock.advance(1)
+    ps = eng.state.peers[K1]
+    ps.endpoint, ps.last_handshake = "198.51.100.7:1024", clock.now().timestamp()
+    n = len(eng.bodies)
+    d.apply(state(2, [nat_peer.model_copy(update={"endpoints": ["10.1.0.6:51820"]})]))
+    assert not any("endpoint=10.1.0.6:51820" in body for body in eng.bodies[n:])
+    assert eng.config is not None and eng.config.peers[0].endpoint == "198.51.100.7:1024"
+    d.tick()
+    assert eng.config.peers[0].endpoint == "198.51.100.7:1024"
+    assert d.status().peers[0].path == "direct"
+    d.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cvlan.common.clock import FakeClock
+from cvlan.cvland.paths import Choice
 from cvlan.cvland.relaypath import PathSelector
 
 K = "aa" * 32
@@ -179,3 +180,37 @@ def test_network_change_probes_relayed_peers_at_once() -> None:
     clock.advance(0.5)
     s.observe(K, _handshake(clock))
     assert len(relay.probes) == n + 1
+
+
+def test_a_roamed_endpoint_with_a_fresh_handshake_survives_new_candidates() -> None:
+    # The peer is behind a NAT: its candidate (a private address) is unreachable, but its own handshake
+    # moved WireGuard to the NAT's public address. A map update with new candidates (the peer first
+    # reported its engine's random port, then its listen port) must not move us back to a candidate.
+    clock = FakeClock()
+    s = _sel(clock, ("10.1.0.3:40123",), region="elsewhere")
+    clock.advance(1)
+    assert not s.observe(K, _handshake(clock), "198.51.100.7:1024")
+    assert s.choice(K) == Choice("198.51.100.7:1024", "direct")
+    s.set_peers({K: (("10.1.0.3:51820",), "elsewhere")})
+    assert s.choice(K).endpoint == "198.51.100.7:1024" and s.take_recreate() == set()
+
+
+def test_a_roaming_noted_before_the_tick_survives_new_candidates() -> None:
+    # The same, when the map update is applied before a tick has seen the handshake.
+    clock = FakeClock()
+    s = _sel(clock, ("10.1.0.3:40123",), region="elsewhere")
+    clock.advance(1)
+    s.note_roaming(K, _handshake(clock), "198.51.100.7:1024")
+    s.set_peers({K: (("10.1.0.3:51820",), "elsewhere")})
+    assert s.choice(K).endpoint == "198.51.100.7:1024"
+    assert not s.observe(K, _handshake(clock), "198.51.100.7:1024")
+    assert s.choice(K) == Choice("198.51.100.7:1024", "direct")
+
+
+def test_an_old_handshake_does_not_pin_a_roamed_endpoint() -> None:
+    clock = FakeClock()
+    s = _sel(clock, ("10.1.0.3:51820",), region="elsewhere")
+    clock.advance(1)
+    s.note_roaming(K, _handshake(clock) - 200, "198.51.100.7:1024")  # older than the stale limit
+    s.note_roaming(K, _handshake(clock), PROXY)  # the relay path is followed by observe, not here
+    assert s.choice(K).endpoint == "10.1.0.3:51820"

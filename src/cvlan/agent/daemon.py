@@ -239,10 +239,14 @@ class Agent:
         try:
             await self._renew_if_due()
             await self._read_status()
-            await self._push()
+            if await self._push():
+                # The state may have set the listen port (cvland reports no local endpoints until
+                # then): report what cvland has now, not what it had before the push.
+                await self._read_status()
+            reported = self._endpoints()
             resp = await self.client.poll(
                 self.held,
-                self._endpoints(),
+                reported,
                 self._health(),
                 self.status.home_relay_region if self.status else "",
                 long_poll_s=self.opts.long_poll_s,
@@ -255,10 +259,13 @@ class Agent:
             return delay
         backoff.reset()
         self.polls += 1
+        pushed = False
         if not resp.unchanged:
             self._on_map(resp.map)
-            await self._push()
+            pushed = await self._push()
         if self.opts.long_poll_s > 0:
+            return 0.0  # the next round reads cvland's status before it polls
+        if pushed and await self._endpoints_moved(reported):
             return 0.0
         interval = resp.poll_interval_s or 30
         return interval * random.uniform(0.9, 1.1)
@@ -269,9 +276,10 @@ class Agent:
         self.pending = desired_state(self.ident, m, self.opts.listen_port)
         log.info(f"new map: {len(m.peers)} peers, {len(m.vrouters)} vrouters", extra={"seq": m.version})
 
-    async def _push(self) -> None:
+    async def _push(self) -> bool:
+        """Hand the pending desired state to cvland; True if cvland applied it."""
         if self.pending is None:
-            return
+            return False
         try:
             self.applied = await self.ipc.apply(self.pending)
         except IpcError as e:
@@ -279,9 +287,20 @@ class Agent:
             if not e.retryable:
                 log.warning(e.message, extra={"reason": "cvland_refused"})
                 self.pending = None
-            return
+            return False
         self.ipc_error = ""
         self.pending = None
+        return True
+
+    async def _endpoints_moved(self, reported: list[str]) -> bool:
+        """Whether cvland's endpoints differ from those just reported, after a push.
+
+        cvland reports no local endpoints until the first desired state has set its listen port, and
+        a desired state can change the port: the endpoints then change right after a poll. Reporting
+        them only at the next poll interval would leave peers without a working candidate that long.
+        Bounded: the next poll reports them, so the following round waits the interval again."""
+        await self._read_status()
+        return self.status is not None and self._endpoints() != reported
 
     async def _read_status(self) -> None:
         try:

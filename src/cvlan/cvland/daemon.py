@@ -191,6 +191,7 @@ class Daemon:
         validate(ds)  # nothing changes for invalid input
         if self.relay is not None:
             self.relay.configure(ds)
+        self._note_roaming()
         self.selector.set_peers(
             {p.public_key.lower(): (tuple(p.endpoints), p.relay_region) for p in ds.peers}
         )
@@ -199,6 +200,18 @@ class Daemon:
             write_atomic(self.state_dir / DESIRED_FILE, ds.model_dump_json(), 0o600)
         self.desired = ds
         return ds.version
+
+    def _note_roaming(self) -> None:
+        """Let the selector see where WireGuard roamed peers since the last tick, before new
+        candidates can replace the endpoint in use (a tick comes only every tick_s)."""
+        if not isinstance(self.selector, PathSelector) or self.desired is None or not self.b.engine.alive():
+            return
+        try:
+            peers = self.b.engine.read().peers
+        except Exception:  # best effort: configuring the engine reports a broken one
+            return
+        for key, ps in peers.items():
+            self.selector.note_roaming(key, ps.last_handshake, ps.endpoint)
 
     def _plan(self, ds: DesiredState) -> Plan:
         return plan(ds, self.ifname, lambda key: self.selector.choice(key).endpoint)
@@ -283,7 +296,10 @@ class Daemon:
             engine=self.b.engine.name,
             applied_version=ds.version if ds else 0,
             listen_port=port,
-            local_endpoints=self.local_endpoints(port),
+            # Until the first desired state sets the listen port, the engine listens on a random
+            # port of its own: endpoints with that port would be out of date at once, and a peer
+            # that tried them could leave a working path for them.
+            local_endpoints=self.local_endpoints(port if ds else 0),
             mapped_endpoint=self.relay.mapped_endpoint if self.relay else "",
             home_relay_region=self.relay.home_region if self.relay else "",
             peers=peers,

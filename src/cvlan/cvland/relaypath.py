@@ -193,6 +193,30 @@ class PathSelector:
             return True
         return False
 
+    def _fresh(self, p: _Peer, last_handshake: float) -> bool:
+        """A handshake younger than stale_s that happened on the current path (after the last switch)."""
+        wall = self._clock.now().timestamp()
+        return (
+            last_handshake > 0
+            and wall - last_handshake < self._stale_s
+            and last_handshake >= p.since_wall - 1
+        )
+
+    def note_roaming(self, key: str, last_handshake: float, endpoint: str) -> None:
+        """Keep a direct endpoint WireGuard roamed to while its handshake is fresh.
+
+        Behind a NAT the peer's candidates (its local addresses) are unreachable, but the peer's own
+        handshake makes WireGuard move to the NAT's public address, which works. Without this the
+        endpoint in the plan stays a candidate, and the next plan that changes it (new candidates in
+        a map update) writes a candidate over the working address: traffic then goes nowhere while
+        the fresh handshake keeps the selector from looking further. The daemon calls this on every
+        tick and just before a new desired state is applied."""
+        p = self._peers.get(key)
+        if p is None or p.relay or not endpoint or self._relay.is_proxy(endpoint):
+            return
+        if self._fresh(p, last_handshake) and endpoint != self.choice(key).endpoint:
+            p.override = endpoint
+
     def take_recreate(self) -> set[str]:
         """Peers whose path changed since the last call: re-create them in WireGuard."""
         out, self._recreate = self._recreate, set()
@@ -214,12 +238,8 @@ class PathSelector:
         self._on_network_change()
         if endpoint and last_handshake > 0 and self._follow_roaming(key, p, endpoint):
             return True
-        now, wall = self._clock.monotonic(), self._clock.now().timestamp()
-        fresh = (
-            last_handshake > 0
-            and wall - last_handshake < self._stale_s
-            and last_handshake >= p.since_wall - 1
-        )
+        now = self._clock.monotonic()
+        fresh = self._fresh(p, last_handshake)
         has_relay = self._relay.available(p.region)
         if p.relay and p.candidates:
             # Keep probing direct while relayed, without disturbing the relayed session: cvland
@@ -234,6 +254,7 @@ class PathSelector:
                 p.override, p.retrying = ep, True
                 return True
         if fresh:
+            self.note_roaming(key, last_handshake, endpoint)
             if not p.connected:
                 p.connected = True
                 if not p.relay:

@@ -1,0 +1,88 @@
+"""cvlan-ctrl's poll round with stand-ins for cvland and the controller: prompt endpoint reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvlan.agent.daemon import Agent, Options
+from cvlan.agent.state import Identity
+from cvlan.common.backoff import Backoff
+from cvlan.wire.ipc import DesiredState, DeviceStatus
+from cvlan.wire.pb import node_pb2 as pb
+
+IDENT = Identity(
+    server="https://c",
+    ca_pem="CA",
+    wg_private_key="11" * 32,
+    tls_key_pem="K",
+    cert_pem="C",
+    node_id=5,
+    node_name="me",
+    address="100.64.0.5/32",
+    tenant_id=1,
+    cvlan_id=2,
+    cvlan_name="office",
+    cvlan_subnet="100.64.0.0/24",
+)
+
+
+class FakeCvland:
+    """Like cvland: no local endpoints until the first desired state has set the listen port."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    async def status(self) -> DeviceStatus:
+        eps = [f"192.0.2.5:{self.port}"] if self.port else []
+        return DeviceStatus(interface="cvlan0", engine="fake", listen_port=self.port, local_endpoints=eps)
+
+    async def apply(self, ds: DesiredState) -> int:
+        self.port = ds.listen_port
+        return ds.version
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeController:
+    def __init__(self) -> None:
+        self.reported: list[list[str]] = []
+
+    async def poll(self, map_version: int, endpoints: list[str], *_: object, **__: object) -> pb.PollResponse:
+        self.reported.append(list(endpoints))
+        if map_version == 7:
+            return pb.PollResponse(map_version=7, unchanged=True, poll_interval_s=30)
+        m = pb.NetworkMap(version=7, self=pb.SelfNode(node_id=5, name="me", address="100.64.0.5/32"))
+        return pb.PollResponse(map_version=7, map=m, poll_interval_s=30)
+
+
+async def _noop() -> None:
+    pass
+
+
+async def test_endpoints_set_by_the_first_state_are_reported_at_once(tmp_path: Path) -> None:
+    agent = Agent(Options(None, None, None, tmp_path, tmp_path / "sock", listen_port=51820, long_poll_s=0))
+    cvland, ctl = FakeCvland(), FakeController()
+    agent.ipc, agent.client, agent.ident = cvland, ctl, IDENT  # type: ignore[assignment]
+    agent._renew_if_due = _noop  # type: ignore[method-assign]
+    backoff = Backoff(cap=1.0)
+    # First round: cvland has no endpoints yet; the map's desired state sets the port.
+    assert await agent._step(backoff) == 0.0, "the new endpoints are reported without waiting"
+    # Second round: they are reported; nothing moved, so the poll interval applies again.
+    assert await agent._step(backoff) >= 27
+    assert ctl.reported == [[], ["192.0.2.5:51820"]]
+
+
+async def test_a_state_pushed_late_is_followed_by_its_endpoints(tmp_path: Path) -> None:
+    # cvland was not up when the map came: the state is pushed at the start of a later round, and
+    # that round's poll (a long poll that may be held) reports the endpoints the state brought.
+    agent = Agent(Options(None, None, None, tmp_path, tmp_path / "sock", listen_port=51820, long_poll_s=30))
+    cvland, ctl = FakeCvland(), FakeController()
+    agent.ipc, agent.client, agent.ident = cvland, ctl, IDENT  # type: ignore[assignment]
+    agent._renew_if_due = _noop  # type: ignore[method-assign]
+    agent.held = 7
+    agent.pending = DesiredState(
+        version=7, node_id=5, private_key="11" * 32, address="100.64.0.5/32", cvlan_subnet="100.64.0.0/24"
+    )
+    assert await agent._step(Backoff(cap=1.0)) == 0.0
+    assert ctl.reported == [["192.0.2.5:51820"]]
