@@ -3,7 +3,7 @@ tls13, and the node's HTTP/1.1 requests forwarded to the controller with the ver
 certificate in X-Client-Cert (URL-escaped PEM, what the controller believes from its proxy socket).
 
 A connection holds, between polls, its two traffic keys, the node's certificate (DER) and a few
-numbers: the point of the front is that 100,000 idle node connections fit in about 0.5 GB."""
+numbers: the point of the front is that 100,000 idle node connections fit in about 0.3 GB."""
 
 from __future__ import annotations
 
