@@ -114,7 +114,7 @@ class Backend:
 
 class Running:
     def __init__(
-        self, d: Path, ca: CertificateAuthority, port: int, backend: Backend, proc: subprocess.Popen
+        self, d: Path, ca: CertificateAuthority, port: int, backend: Backend, proc: subprocess.Popen[bytes]
     ):
         self.d, self.ca, self.port, self.backend, self.proc = d, ca, port, backend, proc
 
@@ -156,7 +156,7 @@ def front(tmp_path: Path) -> Iterator[Running]:
     shutil.copy(key, tmp_path / "server.key")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
     backend = Backend(tmp_path / "backend.sock")
-    proc, port = _start(tmp_path, backend.path, "--idle-timeout", "2")
+    proc, port = _start(tmp_path, backend.path, "--idle-timeout", "2", "--request-timeout", "1")
     try:
         yield Running(tmp_path, ca, port, backend, proc)
     finally:
@@ -208,7 +208,7 @@ def test_requests_carry_the_verified_node_certificate(front: Running) -> None:
         assert s.version() == "TLSv1.3"
         # several requests on one connection, a body and an answer spanning many records
         assert _request(s, "POST /v1/poll HTTP/1.1\nhost: c\ncontent-length: 3\n", b"abc") == (200, b"aaaaa")
-        big = os.urandom(100_000)
+        big = os.urandom(60_000)  # four records; the node API takes up to 64 KB
         status, body = _request(
             s, f"POST /v1/report HTTP/1.1\nhost: c\nx-answer-bytes: 70000\ncontent-length: {len(big)}\n", big
         )
@@ -310,6 +310,10 @@ def test_bad_requests_get_clear_errors(front: Running) -> None:
     for head, status in cases:
         with front.client(cert_path) as s:
             assert _request(s, head)[0] == status
+    with front.client(cert_path) as s:  # a request that never ends: refused after --request-timeout 1
+        s.sendall(b"POST /v1/poll HTTP/1.1\r\nhost: c\r\ncontent-length: 10\r\n\r\nabc")
+        status, body = _request(s, b"")
+        assert status == 408 and b"did not arrive in time" in body
     assert front.backend.requests == []
 
 

@@ -55,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds a node connection may sit idle (default 300; longer than the poll interval)",
     )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds from a request's first byte to its last before it is refused with 408 (default 30)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     return p
@@ -69,7 +75,9 @@ def split_hostport(text: str) -> tuple[str, int]:
 
 async def serve(args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int) -> None:
     pool = BackendPool(args.backend, size=args.backend_conns)
-    front = Front(ctx, pool, idle_timeout=args.idle_timeout, max_conns=max_conns)
+    front = Front(
+        ctx, pool, idle_timeout=args.idle_timeout, max_conns=max_conns, request_timeout=args.request_timeout
+    )
     loop = asyncio.get_running_loop()
     server = await loop.create_server(front, host, port, reuse_port=True, backlog=4096)
     front.start()
@@ -94,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     cvlog.setup(args.log_level, args.log_format)
     try:
         host, port = split_hostport(args.listen)
-        if args.workers < 1 or args.backend_conns < 1 or args.idle_timeout <= 0:
-            raise ValueError("--workers and --backend-conns must be at least 1, --idle-timeout positive")
+        if args.workers < 1 or args.backend_conns < 1 or args.idle_timeout <= 0 or args.request_timeout <= 0:
+            raise ValueError(
+                "--workers and --backend-conns must be at least 1; "
+                "--idle-timeout and --request-timeout must be positive"
+            )
         for f in (args.cert, args.key, args.ca):
             if not f.is_file():
                 raise ValueError(f"{f}: no such file")

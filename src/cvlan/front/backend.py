@@ -160,6 +160,7 @@ class BackendConn(asyncio.Protocol):
         self.pool.lost(self)
         if self.done is not None:
             self._fail("the controller closed the connection")
+        self.transport = None
 
     def _finish(self, keep: bool) -> None:
         assert self.parser is not None and self.done is not None

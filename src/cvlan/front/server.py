@@ -18,12 +18,16 @@ from OpenSSL import SSL, crypto
 
 from cvlan.front import tls13
 from cvlan.front.backend import BackendPool
+from cvlan.wire import nodeproto as wire
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
-MAX_BODY = 1024 * 1024
+MAX_BODY = wire.MAX_REQUEST_BYTES
+"""A request is buffered whole before it is forwarded: no larger than the node API takes."""
 HANDSHAKE_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 30.0
+"""Default time from a request's first byte to its last (a client that trickles one is refused)."""
 MAX_HANDSHAKE_RECORD = 2**14 + 256
 SWEEP_EVERY = 5.0
 STRIPPED = (b"x-client-cert", b"connection", b"keep-alive", b"proxy-connection")
@@ -80,11 +84,17 @@ class Front:
     """One process's listener: its TLS context, its connections and its pool to the controller."""
 
     def __init__(
-        self, ctx: SSL.Context, pool: BackendPool, idle_timeout: float = 300.0, max_conns: int = 20_000
+        self,
+        ctx: SSL.Context,
+        pool: BackendPool,
+        idle_timeout: float = 300.0,
+        max_conns: int = 20_000,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.ctx = ctx
         self.pool = pool
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
         self.max_conns = max_conns
         self.conns: set[FrontConn] = set()
         self.handshakes = 0
@@ -99,7 +109,7 @@ class Front:
 
     async def _sweep(self) -> None:
         """One timer for all connections: close those idle too long or stuck in the handshake."""
-        every = min(SWEEP_EVERY, self.idle_timeout / 2)
+        every = min(SWEEP_EVERY, self.idle_timeout / 2, self.request_timeout / 2)
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
@@ -107,6 +117,8 @@ class Front:
             for c in list(self.conns):
                 if c.state == STATE_HANDSHAKE and now - c.last > HANDSHAKE_TIMEOUT:
                     c.close()
+                elif c.state == STATE_IDLE and c.since and now - c.since > self.request_timeout:
+                    c._refuse(408, "Request Timeout", "the request did not arrive in time")
                 elif c.state == STATE_IDLE and now - c.last > self.idle_timeout:
                     c.close(tls13.CLOSE_NOTIFY)
 
@@ -132,6 +144,7 @@ class FrontConn(asyncio.Protocol):
         "records",
         "cert",
         "plain",
+        "since",
         "keep",
     )
 
@@ -150,6 +163,8 @@ class FrontConn(asyncio.Protocol):
         """The node's verified certificate (DER); empty if it sent none."""
         self.plain = b""
         """Decrypted bytes of requests not yet forwarded."""
+        self.since = 0.0
+        """When the first byte of the request in `plain` came (0: none is incomplete)."""
         self.keep = True
         """The request being answered lets the connection stay open."""
 
@@ -170,8 +185,11 @@ class FrontConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = STATE_CLOSED
         self.front.conns.discard(self)
+        if self.tls is not None:
+            self.tls.set_app_data(None)
         self.tls = None
         self.records = None
+        self.transport = None  # no cycle with the transport: freed by reference counting
 
     def close(self, alert: int | None = None) -> None:
         if self.state == STATE_CLOSED:
@@ -281,6 +299,8 @@ class FrontConn(asyncio.Protocol):
         if reply:
             self.transport.write(reply)
         if plain:
+            if not self.plain:
+                self.since = self.last
             self.plain += plain
             if self.state == STATE_IDLE:
                 self._next_request()
@@ -344,6 +364,7 @@ class FrontConn(asyncio.Protocol):
             return
         body = buf[end + 4 : total]
         self.plain = buf[total:]
+        self.since = self.last if self.plain else 0.0
         if self.cert:
             kept.append(b"X-Client-Cert: " + escaped_pem(self.cert))
         kept.append(b"\r\n")
