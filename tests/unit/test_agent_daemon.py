@@ -5,25 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvlan.agent.daemon import Agent, Options
-from cvlan.agent.state import Identity
 from cvlan.common.backoff import Backoff
 from cvlan.wire.ipc import DesiredState, DeviceStatus
 from cvlan.wire.pb import node_pb2 as pb
-
-IDENT = Identity(
-    server="https://c",
-    ca_pem="CA",
-    wg_private_key="11" * 32,
-    tls_key_pem="K",
-    cert_pem="C",
-    node_id=5,
-    node_name="me",
-    address="100.64.0.5/32",
-    tenant_id=1,
-    cvlan_id=2,
-    cvlan_name="office",
-    cvlan_subnet="100.64.0.0/24",
-)
+from tests.unit.test_agent_netmap import IDENT  # the same node identity
 
 
 class FakeCvland:
