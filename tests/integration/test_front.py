@@ -20,6 +20,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -126,7 +127,7 @@ class Running:
         if cert is not None:
             ctx.load_cert_chain(str(cert))
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return ctx.wrap_socket(raw)
+        return ctx.wrap_socket(raw, suppress_ragged_eofs=False)  # an EOF without close_notify raises
 
 
 def _start(d: Path, backend_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -245,15 +246,18 @@ def test_certificate_of_another_ca_and_tls12_are_refused(front: Running, tmp_pat
     assert front.backend.requests == []
 
 
-def test_key_update_from_the_client(front: Running) -> None:
+@pytest.mark.parametrize(
+    "suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+)
+def test_key_update_from_the_client(front: Running, suite: str) -> None:
     """openssl s_client's K command sends a KeyUpdate that asks for ours: both directions change
-    keys, and a request after it is still answered."""
+    keys, and a request after it is still answered; with each TLS 1.3 cipher suite."""
     if not shutil.which("openssl"):
         pytest.skip("openssl command not installed")
     cert_path = _node_cert(front.ca, front.d, "node-3")
     proc = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{front.port}", "-cert", str(cert_path),
-         "-CAfile", str(front.d / "ca.pem"), "-crlf", "-tls1_3"],
+         "-CAfile", str(front.d / "ca.pem"), "-crlf", "-tls1_3", "-ciphersuites", suite],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
@@ -272,6 +276,7 @@ def test_key_update_from_the_client(front: Running) -> None:
     finally:
         out = proc.communicate(timeout=10)[0].decode(errors="replace")  # closes stdin: s_client ends
     assert out.count("KEYUPDATE") == 2, out[-2000:]
+    assert f"Cipher is {suite}" in out, out[-2000:]
     assert "HTTP/1.1 200 OK" in out and "aaaaaaaaa" in out, out[-2000:]
     assert len(front.backend.requests) == 1
 
@@ -326,3 +331,32 @@ def test_command_line_errors(tmp_path: Path) -> None:
     args[1] = "nowhere"
     out = subprocess.run([*FRONT, *args, "--backend", "b"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "HOST:PORT" in out.stderr
+
+
+def test_sigterm_stops_every_worker_and_closes_connections(tmp_path: Path) -> None:
+    """With --workers 2 the parent forwards SIGTERM: each worker sends close_notify on its open
+    connections and exits, and the parent exits 0."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    crt, key = ca.issue_server(["127.0.0.1"], tmp_path / "ca")
+    shutil.copy(crt, tmp_path / "server.crt")
+    shutil.copy(key, tmp_path / "server.key")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    backend = Backend(tmp_path / "backend.sock")
+    proc, port = _start(tmp_path, backend.path, "--workers", "2")
+    try:
+        front = Running(tmp_path, ca, port, backend, proc)
+        cert_path = _node_cert(ca, tmp_path, "node-6")
+        clients = [front.client(cert_path) for _ in range(6)]  # spread over both workers
+        for s in clients:
+            assert _request(s, "POST /v1/poll HTTP/1.1\nhost: c\ncontent-length: 0\n")[0] == 200
+        assert len(psutil.Process(proc.pid).children()) == 2
+        proc.terminate()
+        assert proc.wait(15) == 0
+        for s in clients:
+            s.settimeout(5)
+            assert s.recv(100) == b""  # close_notify, not a reset
+            s.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        backend.close()

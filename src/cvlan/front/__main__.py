@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, SSL.Error) as e:
         print(f"cvlan-front: {e}", file=sys.stderr)
         return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     max_conns = args.max_conns or max(100, hard - 200)
     if args.workers == 1:

@@ -97,8 +97,6 @@ class Front:
         self.request_timeout = request_timeout
         self.max_conns = max_conns
         self.conns: set[FrontConn] = set()
-        self.handshakes = 0
-        self.handshake_failures = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     def __call__(self) -> FrontConn:
@@ -253,7 +251,6 @@ class FrontConn(asyncio.Protocol):
         return out
 
     def _handshake_failed(self, reason: str) -> None:
-        self.front.handshake_failures += 1
         log.info("TLS handshake failed", extra={"reason": reason})
         self.close()
 
@@ -279,7 +276,6 @@ class FrontConn(asyncio.Protocol):
         tls.set_app_data(None)
         self.tls = None
         self.secrets = None
-        self.front.handshakes += 1
         self.state = STATE_IDLE
         rest, self.raw = self.raw, b""
         if rest:
@@ -316,7 +312,8 @@ class FrontConn(asyncio.Protocol):
                 self._refuse(431, "Request Header Fields Too Large", "request head too large")
             return
         head = buf[:end]
-        if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b"") or b"\0" in head:
+        bare = head.replace(b"\r\n", b"")
+        if b"\n" in bare or b"\r" in bare or b"\0" in head:
             # A bare CR or LF could end a line for the controller's parser and not for ours: a header
             # it would read (a forged X-Client-Cert, a second Content-Length) that was not stripped.
             self._refuse(400, "Bad Request", "bare CR or LF in the request head")

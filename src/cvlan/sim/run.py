@@ -179,7 +179,7 @@ class Controller:
         self.data_dir = work / "controller"
         self.port = port
         self.log_path = work / "controller.log"
-        binary = shutil.which("cvlan-controller") or str(Path(sys.executable).parent / "cvlan-controller")
+        binary = _command("cvlan-controller")
         env = dict(os.environ)
         env["CVLAN_CONTROLLER_LOG_LEVEL"] = "warning"
         # Registrations and map loads each hold a pooled connection; the default 10 queues them.
@@ -429,16 +429,10 @@ async def _start_stack(
     if cfg.front == "none":
         return conf, port, "127.0.0.1"
     fport = free_port()
-    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    size = FrontSize.of(cfg)
     assert sock is not None
     if cfg.front == "cvlan":
-        return await _start_cvlan_front(cfg, ctl, conf, sock, fport, fds, sampler, cleanups, info)
-    # A node's connection takes one descriptor; the connections to the controller are a few dozen
-    # per process, shared by all requests. (HAProxy itself budgets two per connection and warns
-    # that the limit is too low; the config tells it to go on.) The kernel spreads new connections
-    # over the processes by a hash, not evenly: each is sized for 1/0.7 of its share.
-    per_proc = max(500, min(cfg.nodes + 1_000, fds - 1_000))
-    nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.7))
+        return await _start_cvlan_front(cfg, size, ctl, conf, sock, fport, sampler, cleanups, info)
     hcfg = front.write_config(
         cfg.work_dir / "front",
         f"127.0.0.1:{fport}",
@@ -446,15 +440,11 @@ async def _start_stack(
         ctl.data_dir / "server.crt",
         ctl.data_dir / "server.key",
         conf.ca_pem,
-        maxconn=per_proc,
-        # About 128 connections to the controller in all: it runs one request at a time, so more
-        # only fill its accept queue; requests beyond them wait in HAProxy's queue.
-        backend_conns=max(8, math.ceil(BACKEND_CONNS / nproc)),
-        # A node's connection sits idle for one poll interval (plus jitter) between polls; HAProxy
-        # must not close it as idle in the meantime, or every poll pays a new TLS handshake.
-        client_timeout=max(300, math.ceil(2 * cfg.poll_interval_s * (1 + cfg.jitter))),
+        maxconn=size.per_proc,
+        backend_conns=size.backend_conns,
+        client_timeout=size.idle_timeout,
     )
-    procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(nproc)]
+    procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(size.procs)]
 
     def stop_front() -> None:
         for proc in procs:
@@ -469,7 +459,7 @@ async def _start_stack(
     cleanups.append(stop_front)
     sampler.add("haproxy", lambda: [p.pid for p in procs])
     info["stack"]["front"] = _version([front.haproxy_binary(), "-v"])
-    info["stack"]["front_processes"] = f"{nproc} x maxconn {per_proc} (SO_REUSEPORT on one port)"
+    info["stack"]["front_processes"] = f"{size.procs} x maxconn {size.per_proc} (SO_REUSEPORT on one port)"
     await asyncio.sleep(0.5)
     for proc in procs:
         if proc.poll() is not None:
@@ -477,28 +467,63 @@ async def _start_stack(
     return conf, fport, "127.0.0.1"
 
 
+def _command(name: str) -> str:
+    """One of this package's commands: on PATH, or beside the running interpreter (a venv's bin)."""
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class FrontSize:
+    """How a TLS front (HAProxy or cvlan-front) is sized for the fleet."""
+
+    per_proc: int
+    """Node connections one process may hold."""
+    procs: int
+    backend_conns: int
+    """Connections to the controller per process."""
+    idle_timeout: int
+    """Seconds a node connection may sit idle."""
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> FrontSize:
+        fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # A node's connection takes one descriptor; the connections to the controller are a few
+        # dozen per process, shared by all requests. (HAProxy itself budgets two per connection and
+        # warns that the limit is too low; its config tells it to go on.) The kernel spreads new
+        # connections over the processes by a hash, not evenly: each is sized for 1/0.7 of its share.
+        per_proc = max(500, min(cfg.nodes + 1_000, fds - 1_000))
+        procs = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.7))
+        return cls(
+            per_proc=per_proc,
+            procs=procs,
+            # About 128 connections to the controller in all: it runs one request at a time, so
+            # more only fill its accept queue; requests beyond them wait in the front's queue.
+            backend_conns=max(8, math.ceil(BACKEND_CONNS / procs)),
+            # A node's connection sits idle for one poll interval (plus jitter) between polls; the
+            # front must not close it as idle in the meantime, or every poll pays a new handshake.
+            idle_timeout=max(300, math.ceil(2 * cfg.poll_interval_s * (1 + cfg.jitter))),
+        )
+
+
 async def _start_cvlan_front(
     cfg: RunConfig,
+    size: FrontSize,
     ctl: Controller,
     conf: adminconf.AdminConf,
     sock: Path,
     fport: int,
-    fds: int,
     sampler: Sampler,
     cleanups: list[Callable[[], None]],
     info: dict[str, Any],
 ) -> tuple[adminconf.AdminConf, int, str]:
-    """cvlan-front as the TLS front: its workers share the port (SO_REUSEPORT), each sized like an
-    HAProxy process above; it keeps a node connection's traffic keys, not OpenSSL's object."""
-    per_proc = max(500, min(cfg.nodes + 1_000, fds - 1_000))
-    nproc = math.ceil((cfg.nodes + 1_000) / (per_proc * 0.7))
+    """cvlan-front as the TLS front: its workers share the port (SO_REUSEPORT), sized as HAProxy's
+    processes are; it keeps a node connection's traffic keys, not OpenSSL's object."""
     work = cfg.work_dir / "front"
     work.mkdir(parents=True, exist_ok=True)
     ca = work / "front-ca.pem"
     ca.write_text(conf.ca_pem)
-    binary = shutil.which("cvlan-front") or str(Path(sys.executable).parent / "cvlan-front")
     cmd = [
-        binary,
+        _command("cvlan-front"),
         "--listen",
         f"127.0.0.1:{fport}",
         "--cert",
@@ -510,13 +535,13 @@ async def _start_cvlan_front(
         "--backend",
         str(sock),
         "--workers",
-        str(nproc),
+        str(size.procs),
         "--max-conns",
-        str(per_proc),
+        str(size.per_proc),
         "--backend-conns",
-        str(max(8, math.ceil(BACKEND_CONNS / nproc))),
+        str(size.backend_conns),
         "--idle-timeout",
-        str(max(300, math.ceil(2 * cfg.poll_interval_s * (1 + cfg.jitter)))),
+        str(size.idle_timeout),
         "--log-level",
         "warning",
     ]
@@ -538,7 +563,7 @@ async def _start_cvlan_front(
     openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
     info["stack"]["front"] = f"cvlan-front (handshakes in {openssl})"
     info["stack"]["front_processes"] = (
-        f"{nproc} workers x max {per_proc} connections (SO_REUSEPORT on one port)"
+        f"{size.procs} workers x max {size.per_proc} connections (SO_REUSEPORT on one port)"
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
