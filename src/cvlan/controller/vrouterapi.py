@@ -12,14 +12,16 @@ which members go through which vrouter:
   {"vrouter": {"id", "name", "region", "endpoint"},
    "cvlans": [{"id", "tenant_id", "name", "subnet", "mode",
                "members": [{"node_id", "name", "key", "address", "endpoints", "region",
-                            "hub", "served", "filter_rules"}]}],
+                            "hub", "hubs", "served", "filter_rules"}]}],
    "vrouters": [{"id", "name", "region", "key", "endpoint", "allowed_ips"}]}
 
-"served" members use this vrouter as their hub (it is their WireGuard peer, allowed IPs: the
-member's /32); "vrouters" are the other hubs of the same CVLANs, each carrying the /32s of the
-members it serves. "filter_rules" are the member's compiled inbound policy (empty: allow the
-CVLAN), enforced again in the vrouter's forward chain. The version is opaque: equal versions
-mean identical states.
+"hubs" are the ids of the vrouters a member may use, most preferred first ("hub": the name of
+the first); "served" members have this vrouter among them (it is their WireGuard peer). The
+vrouter routes each member's /32 to the member's first alive hub (itself: the member's own peer),
+the same choice the member makes (dataplane/hubchoice.py). "vrouters" are the other hubs of the
+same CVLANs; their "allowed_ips" list the /32s of the members that prefer them. "filter_rules"
+are the member's compiled inbound policy (empty: allow the CVLAN), enforced again in the
+vrouter's forward chain. The version is opaque: equal versions mean identical states.
 
 A bootstrap token stays valid until the vrouter is deleted (as for relays), so a vrouter that lost
 its state dir registers again; each registration replaces the certificate serial and WireGuard key
@@ -47,10 +49,11 @@ from cvlan.controller.ca import CertificateAuthority, identity_of
 from cvlan.controller.db.models import Cvlan, Region, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.infraapi import _body, _In, issue_infra_cert, peer_certificate
-from cvlan.controller.mapper.cache import CvlanMap, Mapper
+from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.ops.context import OpsContext, bump
 from cvlan.controller.ops.infra import VROUTER_KIND
+from cvlan.wire.pb import node_pb2 as pb
 
 VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
 MAX_LONG_POLL_S = 60
@@ -190,38 +193,13 @@ def build_state(me: dict[str, Any], maps: list[CvlanMap]) -> dict[str, Any]:
         by_id = {v.vrouter_id: v for v in m.vrouters}
         members = []
         for mem in sorted(m.members.values(), key=lambda x: x.node_id):
-            hub = m.hub_of(mem)
             addr = f"{mem.address}/32"
-            members.append(
-                {
-                    "node_id": mem.node_id,
-                    "name": mem.name,
-                    "key": mem.wg_key.hex(),
-                    "address": addr,
-                    "endpoints": list(mem.endpoints),
-                    "region": mem.region,
-                    "hub": hub.name if hub else "",
-                    "served": hub is not None and hub.vrouter_id == me["id"],
-                    "filter_rules": [
-                        {"action": r.action, "src": list(r.src), "proto": r.proto, "ports": list(r.ports)}
-                        for r in mem.filter_rules
-                    ],
-                }
-            )
-            if hub is not None and hub.vrouter_id != me["id"]:
-                v = by_id[hub.vrouter_id]
-                o = others.setdefault(
-                    v.vrouter_id,
-                    {
-                        "id": v.vrouter_id,
-                        "name": v.name,
-                        "region": v.region,
-                        "key": v.wg_public_key.hex(),
-                        "endpoint": v.endpoint,
-                        "allowed_ips": [],
-                    },
-                )
-                o["allowed_ips"].append(addr)
+            members.append(_member_state(mem, addr, me["id"]))
+            for i, h in enumerate(mem.hubs):
+                if h.vrouter_id != me["id"]:
+                    o = others.setdefault(h.vrouter_id, _vrouter_state(by_id[h.vrouter_id]))
+                    if i == 0:
+                        o["allowed_ips"].append(addr)
         cvlans.append(
             {
                 "id": m.cvlan_id,
@@ -236,6 +214,35 @@ def build_state(me: dict[str, Any], maps: list[CvlanMap]) -> dict[str, Any]:
     for o in vrouters:
         o["allowed_ips"].sort()
     return {"vrouter": me, "cvlans": cvlans, "vrouters": vrouters}
+
+
+def _member_state(mem: Member, addr: str, vid: int) -> dict[str, Any]:
+    return {
+        "node_id": mem.node_id,
+        "name": mem.name,
+        "key": mem.wg_key.hex(),
+        "address": addr,
+        "endpoints": list(mem.endpoints),
+        "region": mem.region,
+        "hub": mem.hubs[0].name if mem.hubs else "",
+        "hubs": [h.vrouter_id for h in mem.hubs],
+        "served": any(h.vrouter_id == vid for h in mem.hubs),
+        "filter_rules": [
+            {"action": r.action, "src": list(r.src), "proto": r.proto, "ports": list(r.ports)}
+            for r in mem.filter_rules
+        ],
+    }
+
+
+def _vrouter_state(v: pb.VrouterPeer) -> dict[str, Any]:
+    return {
+        "id": v.vrouter_id,
+        "name": v.name,
+        "region": v.region,
+        "key": v.wg_public_key.hex(),
+        "endpoint": v.endpoint,
+        "allowed_ips": [],
+    }
 
 
 def state_version(me: dict[str, Any], maps: list[CvlanMap]) -> str:

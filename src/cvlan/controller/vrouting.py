@@ -5,22 +5,27 @@ A node's region: the `region:NAME` tag its enrollment token gave it (operator's 
 without one, its home relay region (the relay region it measured closest, reported in polls);
 with neither, no region ("").
 
-A member's hub: the registered vrouter of its CVLAN in its own region (the lowest id if several).
-In hub mode a member with no vrouter in its region uses the CVLAN's first registered vrouter, so
-every member of an all-hub CVLAN has one. In mesh mode a member without a vrouter in its region
-has no hub.
+A member's hubs: the registered vrouters of its CVLAN in its own region, in a preference order
+fixed per member (rendezvous hashing of node id and vrouter id, so members spread over the
+region's vrouters and adding or removing one moves only the members that preferred it). In hub
+mode a member with no vrouter in its region uses all of the CVLAN's registered vrouters, so every
+member of an all-hub CVLAN has some. In mesh mode a member without a vrouter in its region has
+none. Which of its hubs carries traffic at a given moment is decided on the data plane (the first
+alive one, dataplane/hubchoice.py): the node and every vrouter apply the same order.
 
 Two members talk directly unless both have a hub and (the CVLAN is in hub mode, or they are in
 different regions). The relation is symmetric, which WireGuard needs: a receiver accepts a packet
 only from the peer its allowed IPs map the source address to, so if A sent to B via the vrouters,
 B must also route A's /32 to its vrouter (A's peer entry at B then has no allowed IPs).
 
-Traffic across regions: node -> its hub (the CVLAN subnet, longest-prefix match loses to direct
-/32s) -> the other region's hub (which carries that hub's members' /32s) -> node.
+Traffic across regions: node -> its active hub (the CVLAN subnet, longest-prefix match loses to
+direct /32s) -> the other member's active hub (a vrouter routes each member's /32 to that member's
+first alive hub) -> node.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,14 +48,15 @@ def node_region(tags: Iterable[str], home_relay_region: str) -> str:
     return home_relay_region
 
 
-def hub_for(region: str, mode: str, hubs: Sequence[Hub]) -> Hub | None:
-    """The vrouter a member of this region uses (hubs: the CVLAN's registered vrouters)."""
+def hubs_for(node_id: int, region: str, mode: str, hubs: Sequence[Hub]) -> tuple[Hub, ...]:
+    """The vrouters a member may use, most preferred first (hubs: the CVLAN's registered vrouters)."""
     own = [h for h in hubs if region and h.region == region]
-    if own:
-        return min(own, key=lambda h: h.vrouter_id)
-    if mode == "hub" and hubs:
-        return min(hubs, key=lambda h: h.vrouter_id)
-    return None
+    pool = own or (list(hubs) if mode == "hub" else [])
+    return tuple(sorted(pool, key=lambda h: (_rank(node_id, h.vrouter_id), h.vrouter_id)))
+
+
+def _rank(node_id: int, vrouter_id: int) -> bytes:
+    return hashlib.blake2b(f"{node_id}:{vrouter_id}".encode(), digest_size=8).digest()
 
 
 def direct(mode: str, region_a: str, hub_a: Hub | None, region_b: str, hub_b: Hub | None) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
+from cvlan.cvland.hubs import HubFailover
 from cvlan.cvland.paths import EndpointSelector
 from cvlan.cvland.reconcile import Plan, plan, validate
 from cvlan.cvland.relaypath import PathSelector, RelayPath
@@ -67,6 +68,8 @@ class Daemon:
             if relay is not None
             else EndpointSelector(clock, probe_s=probe_s)
         )
+        self.hubs = HubFailover(clock)
+        """Which vrouter peer carries the CVLAN subnet when there are several (cvland/hubs.py)."""
         self.desired: DesiredState | None = None
         self._wg_prev: WgConfig | None = None
         self._owns_host = False
@@ -195,6 +198,7 @@ class Daemon:
         self.selector.set_peers(
             {p.public_key.lower(): (tuple(p.endpoints), p.relay_region) for p in ds.peers}
         )
+        self.hubs.set_state(ds)
         self._apply_plan(self._plan(ds))
         if self.desired is None or self.desired != ds:
             write_atomic(self.state_dir / DESIRED_FILE, ds.model_dump_json(), 0o600)
@@ -214,7 +218,7 @@ class Daemon:
             self.selector.note_roaming(key, ps.last_handshake, ps.endpoint)
 
     def _plan(self, ds: DesiredState) -> Plan:
-        return plan(ds, self.ifname, lambda key: self.selector.choice(key).endpoint)
+        return plan(self.hubs.shape(ds), self.ifname, lambda key: self.selector.choice(key).endpoint)
 
     def _apply_plan(self, p: Plan) -> None:
         self.b.firewall.apply(p.ruleset)
@@ -256,12 +260,18 @@ class Daemon:
                     "trying next endpoint",
                     extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},
                 )
-        if changed:
-            self._apply_plan(self._recreate(self._plan(self.desired)))
+        if self.hubs.observe(state.peers):
+            changed = True
+            log.warning("vrouter failover", extra={"peer": short(self.hubs.active())})
+        probes = self.hubs.take_probes()
+        if changed or probes:
+            self._apply_plan(self._recreate(self._plan(self.desired), probes))
 
-    def _recreate(self, p: Plan) -> Plan:
-        """Remove peers whose path switched, so that re-adding them starts a handshake at once."""
+    def _recreate(self, p: Plan, probes: set[str] | None = None) -> Plan:
+        """Remove peers whose path switched (or vrouter peers to probe), so that re-adding them
+        starts a handshake at once."""
         keys = self.selector.take_recreate() if isinstance(self.selector, PathSelector) else set()
+        keys |= probes or set()
         if keys and self._wg_prev is not None:
             kept = tuple(x for x in self._wg_prev.peers if x.public_key not in keys)
             without = replace(self._wg_prev, peers=kept)

@@ -4,6 +4,10 @@ Apply order on every change: firewall table first (a new CVLAN's forwarding is a
 its rule exists), then WireGuard peers (diff against what was last applied), addresses and routes,
 and IP forwarding last. A step that fails leaves the previous state of that step in place and is
 retried at the next poll; the loop itself never exits on a controller or host error.
+
+Between polls, a tick every TICK_S reads the other vrouters' WireGuard counters: when one turns
+dead or alive (dataplane/hubchoice.py), the members' /32s move to their next alive hub at once,
+without waiting for the controller.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ import datetime as dt
 import json
 import logging
 import random
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cvlan.common.bootstrap import ControllerCallError, fresh, post_json
+from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.files import write_atomic
 from cvlan.dataplane.engine import WgEngine, make_engine, pick_engine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import Firewall, FirewallError, NftFirewall
+from cvlan.dataplane.hubchoice import HubLiveness
 from cvlan.dataplane.router import NetlinkRouter, Router, RouterConfig, RouterError
 from cvlan.dataplane.uapi import UapiError
-from cvlan.dataplane.wgconfig import WgConfig
+from cvlan.dataplane.wgconfig import KeyHex, WgConfig, parse_key, public_of, short
 from cvlan.vrouter import reconcile
 from cvlan.vrouter.identity import Identity, renew
 from cvlan.vrouter.settings import VrouterSettings
@@ -32,6 +40,8 @@ from cvlan.vrouter.settings import VrouterSettings
 log = logging.getLogger(__name__)
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 MTU = 1420
+TICK_S = 1.0
+"""How often the other vrouters' counters are read for failover."""
 
 
 class Vrouter:
@@ -45,6 +55,7 @@ class Vrouter:
         router: Router | None = None,
         firewall: Firewall | None = None,
         ip_forward: Path = IP_FORWARD,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.ident = ident
@@ -61,6 +72,9 @@ class Vrouter:
         self.applied: reconcile.HubConfig | None = None
         self._wg_prev: WgConfig | None = None
         self.errors = 0
+        self.liveness = HubLiveness(clock or SystemClock(), own=public_of(ident.wg_private_key))
+        self._lock = threading.Lock()
+        """apply (after a poll) and tick (failover) run in worker threads; one at a time."""
 
     @property
     def listen_port(self) -> int:
@@ -106,31 +120,72 @@ class Vrouter:
         )
         if out.get("unchanged"):
             return False
-        self.state = out["state"]
         await asyncio.to_thread(self.apply, out["state"], out["version"])
         return True
 
     def apply(self, state: dict[str, Any], version: str = "") -> None:
         """Reconcile the host with state (raises on a failed step; the version is then not taken)."""
-        cfg = reconcile.build(state, self.ident.wg_private_key, self.ifname, self.listen_port)
-        self.firewall.apply(cfg.ruleset)
-        if cfg.wg != self._wg_prev:
-            try:
-                self.engine.configure(cfg.wg, self._wg_prev)
-            except (UapiError, OSError):
-                self._wg_prev = None  # unknown device state: next time start from a full config
-                raise
-            self._wg_prev = cfg.wg
-        self.router.apply(RouterConfig(self.ifname, reconcile.HUB_ADDRESS, MTU, cfg.routes))
-        if self.ip_forward.read_text().strip() != "1":
-            self.ip_forward.write_text("1\n")
-        self.applied = cfg
-        self.version = version
+        with self._lock:
+            self.liveness.watch(parse_key(v["key"], "vrouter key") for v in state["vrouters"])
+            cfg = self._build(state)
+            self.firewall.apply(cfg.ruleset)
+            self._configure(cfg.wg)
+            self.router.apply(RouterConfig(self.ifname, reconcile.HUB_ADDRESS, MTU, cfg.routes))
+            if self.ip_forward.read_text().strip() != "1":
+                self.ip_forward.write_text("1\n")
+            self.applied = cfg
+            self.state = state
+            self.version = version
         log.info(
             "hub state applied",
             extra={"seq": self.version[:8], "reason": f"{cfg.cvlans} CVLANs, {len(cfg.wg.peers)} peers"},
         )
         self.write_status()
+
+    def _build(self, state: dict[str, Any]) -> reconcile.HubConfig:
+        return reconcile.build(
+            state, self.ident.wg_private_key, self.ifname, self.listen_port, active=self.liveness.active
+        )
+
+    def _configure(self, wg: WgConfig, recreate: set[str] | None = None) -> None:
+        """Write the WireGuard config by diff; peers in recreate are removed first, so that adding
+        them again starts a handshake at once (the liveness probe)."""
+        try:
+            if recreate and self._wg_prev is not None:
+                kept = tuple(p for p in self._wg_prev.peers if p.public_key not in recreate)
+                without = replace(self._wg_prev, peers=kept)
+                self.engine.configure(without, self._wg_prev)
+                self._wg_prev = without
+            if wg != self._wg_prev:
+                self.engine.configure(wg, self._wg_prev)
+                self._wg_prev = wg
+        except (UapiError, OSError):
+            self._wg_prev = None  # unknown device state: next time start from a full config
+            raise
+
+    def tick(self) -> bool:
+        """Feed the other vrouters' counters to the liveness tracker; when one turned dead or alive,
+        or needs a probe, rewrite the WireGuard peers. Returns whether anything was written."""
+        with self._lock:
+            if self.state is None or self.applied is None:
+                return False
+            peers = self.engine.read().peers
+            changed: list[KeyHex] = []
+            for key in self.applied.vrouter_keys:
+                p = peers.get(key)
+                if p is not None and self.liveness.observe(key, p.rx_bytes, p.last_handshake):
+                    changed.append(key)
+            probes = self.liveness.take_probes()
+            if not changed and not probes:
+                return False
+            for key in changed:
+                alive = "alive" if self.liveness.alive(key) else "dead"
+                log.warning("vrouter peer %s", alive, extra={"peer": short(key)})
+            cfg = self._build(self.state)
+            self._configure(cfg.wg, probes)
+            self.applied = cfg
+        self.write_status()
+        return True
 
     def status(self) -> dict[str, Any]:
         """What the hub looks like now: peers with counters, and the firewall's drops."""
@@ -174,7 +229,26 @@ class Vrouter:
             log.warning("status not written", extra={"reason": str(e)})
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until stop is set. Failures back off with jitter (1 s doubling to 30 s)."""
+        """Poll until stop is set (and tick meanwhile). Failures back off with jitter (1 s
+        doubling to 30 s)."""
+        ticker = asyncio.ensure_future(self._tick_loop(stop))
+        try:
+            await self._poll_loop(stop)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.tick)
+            except (UapiError, OSError, ValueError, KeyError) as e:
+                self.errors += 1
+                log.error("failover tick failed", extra={"reason": f"{type(e).__name__}: {e}"})
+            await _sleep(stop, TICK_S)
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
         delay = 1.0
         while not stop.is_set():
             poll = asyncio.ensure_future(self.poll_once())

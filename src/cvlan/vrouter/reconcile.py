@@ -1,11 +1,15 @@
 """Desired state (from the controller) -> what the hub interface should look like (pure).
 
-WireGuard peers: every member this vrouter serves (allowed IPs: its /32) and every other vrouter
-of the same CVLANs (allowed IPs: the /32s of the members it serves). Routes: each served CVLAN's
-subnet into the hub interface; WireGuard's allowed IPs pick the peer. Firewall: one nftables table
-whose forward chain passes a packet only when source and destination are in the same served CVLAN
-(subnets are unique across tenants, so this is the tenant boundary); everything else entering or
-leaving the hub interface is counted in `denied` and dropped.
+WireGuard peers: every member this vrouter serves and every other vrouter of the same CVLANs.
+Each member's /32 goes to the member's first alive hub in its preference order ("hubs"): to the
+member's own peer when that is this vrouter, else to that vrouter's peer (the member accepts
+packets only from the vrouter it routes its subnet to, and makes the same choice;
+dataplane/hubchoice.py). A member that can fail over gets keepalives, so it sees this vrouter
+alive. Routes: each served CVLAN's subnet into the hub interface; WireGuard's allowed IPs pick
+the peer. Firewall: one nftables table whose forward chain passes a packet only when source and
+destination are in the same served CVLAN (subnets are unique across tenants, so this is the
+tenant boundary); everything else entering or leaving the hub interface is counted in `denied`
+and dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +26,13 @@ from cvlan.dataplane.firewall import (
     _render_rule,  # the node's own rule syntax, so both sides agree
     table_name,
 )
-from cvlan.dataplane.wgconfig import KeyHex, WgConfig, WgPeer, parse_endpoint, parse_key
+from cvlan.dataplane.hubchoice import HUB_KEEPALIVE
+from cvlan.dataplane.wgconfig import KeyHex, WgConfig, WgPeer, parse_endpoint, parse_key, public_of
 
 HUB_ADDRESS = "169.254.77.1/32"
 """The hub interface's own address: link-local, never routed; only the source of ICMP errors."""
-VROUTER_KEEPALIVE = 25
-"""Between vrouters (either side may be the one behind a stateful firewall)."""
+VROUTER_KEEPALIVE = HUB_KEEPALIVE
+"""Between vrouters: either side may be behind a stateful firewall, and each must see the other alive."""
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,19 @@ class HubConfig:
     ruleset: str
     cvlans: int
     served: int
+    vrouter_keys: tuple[KeyHex, ...] = ()
+    """The other vrouters' keys (whose liveness decides where members' /32s go)."""
 
 
 Resolver = Callable[[str], str]
+Active = Callable[[Sequence[str]], str]
+"""Preference order of hub keys -> the one that carries traffic now (HubLiveness.active)."""
+
+
+def first(order: Sequence[str]) -> str:
+    return order[0] if order else ""
+
+
 MemberPolicy = tuple[int, str, list[dict[str, Any]]]
 """(node id, address, compiled inbound rules) of a member with a policy."""
 
@@ -70,38 +85,49 @@ def build(
     ifname: str,
     listen_port: int,
     resolve: Resolver = resolve_endpoint,
+    active: Active = first,
 ) -> HubConfig:
-    """The hub configuration for a desired state; ValueError (or FirewallError) on bad input."""
-    peers: dict[str, WgPeer] = {}
+    """The hub configuration for a desired state; ValueError (or FirewallError) on bad input.
+    active: which hub of a member's preference order carries its traffic (default: the first)."""
+    own = public_of(private_key)
+    keys = {int(state["vrouter"]["id"]): own}
+    keys |= {int(v["id"]): parse_key(v["key"], f"vrouter {v['name']}") for v in state["vrouters"]}
+    routed: dict[str, list[str]] = {k: [] for k in keys.values()}
+    members: dict[str, WgPeer] = {}
     subnets: list[tuple[int, ipaddress.IPv4Network]] = []
     policies: dict[int, list[MemberPolicy]] = {}
-    served = 0
     for c in state["cvlans"]:
         net = ipaddress.ip_network(c["subnet"])
         if not isinstance(net, ipaddress.IPv4Network):
             raise ValueError(f"CVLAN {c['name']}: only IPv4 subnets are supported")
         subnets.append((int(c["id"]), net))
         for mem in c["members"]:
-            if mem.get("filter_rules"):
-                addr = str(ipaddress.ip_interface(mem["address"]).ip)
-                policies.setdefault(int(c["id"]), []).append((int(mem["node_id"]), addr, mem["filter_rules"]))
-            if not mem["served"]:
-                continue
-            key = parse_key(mem["key"], f"member {mem['name']}")
             addr = str(ipaddress.ip_network(mem["address"]))
-            peers[key] = WgPeer(key, (addr,), first_endpoint(list(mem["endpoints"])), 0)
-            served += 1
+            if mem.get("filter_rules"):
+                ip = str(ipaddress.ip_interface(mem["address"]).ip)
+                policies.setdefault(int(c["id"]), []).append((int(mem["node_id"]), ip, mem["filter_rules"]))
+            order = [keys[int(i)] for i in mem["hubs"] if int(i) in keys]
+            via = active(order)
+            if via and via != own:
+                routed[via].append(addr)
+            if mem["served"]:
+                key = parse_key(mem["key"], f"member {mem['name']}")
+                allowed = (addr,) if via == own else ()
+                keepalive = HUB_KEEPALIVE if len(order) > 1 else 0
+                members[key] = WgPeer(key, allowed, first_endpoint(list(mem["endpoints"])), keepalive)
+    peers = dict(members)
     for v in state["vrouters"]:
-        key = parse_key(v["key"], f"vrouter {v['name']}")
+        key = keys[int(v["id"])]
         try:
             ep = resolve(v["endpoint"]) if v["endpoint"] else ""
         except (OSError, ValueError):
             ep = ""  # unresolvable now: the other side's handshakes teach us its address
-        allowed = tuple(sorted(str(ipaddress.ip_network(a)) for a in v["allowed_ips"]))
-        peers[key] = WgPeer(key, allowed, ep, VROUTER_KEEPALIVE)
+        peers[key] = WgPeer(key, tuple(sorted(routed[key])), ep, VROUTER_KEEPALIVE)
     wg = WgConfig(private_key, listen_port, tuple(peers[k] for k in sorted(peers)))
     routes = tuple(sorted(str(n) for _, n in subnets))
-    return HubConfig(wg, routes, render_ruleset(ifname, subnets, policies), len(subnets), served)
+    others = tuple(sorted(k for k in keys.values() if k != own))
+    ruleset = render_ruleset(ifname, subnets, policies)
+    return HubConfig(wg, routes, ruleset, len(subnets), len(members), others)
 
 
 def render_ruleset(

@@ -28,7 +28,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import policy as policy_ops
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.policy import MemberRef, compile_for_members
-from cvlan.controller.vrouting import Hub, direct, hub_for, node_region
+from cvlan.controller.vrouting import Hub, direct, hubs_for, node_region
 from cvlan.wire import nodeproto
 from cvlan.wire.pb import node_pb2 as pb
 
@@ -58,6 +58,8 @@ class Member:
     """vrouting.node_region of this member (set when it is encoded)."""
     chunk_via: bytes = b""
     """This member as a peer reached through the receiver's vrouter (route VIA_VROUTER, no allowed IPs)."""
+    hubs: tuple[Hub, ...] = ()
+    """vrouting.hubs_for this member, most preferred first (set when it is encoded)."""
 
 
 @dataclass
@@ -79,24 +81,25 @@ class CvlanMap:
     hubs: list[Hub] = field(default_factory=list)
     """The registered vrouters serving the CVLAN (see controller/vrouting.py)."""
     hub_parts: dict[int, bytes] = field(default_factory=dict)
-    """vrouter id -> encoded NetworkMap fragment with that vrouter as the only VrouterPeer."""
+    """vrouter id -> encoded NetworkMap fragment with that vrouter as a VrouterPeer."""
 
     def hub_of(self, mem: Member) -> Hub | None:
-        return hub_for(mem.region, self.mode, self.hubs)
+        """The member's most preferred hub (None: it has none)."""
+        return mem.hubs[0] if mem.hubs else None
 
     def body_for(self, node_id: int, head: pb.PollResponse) -> bytes:
         """The encoded PollResponse carrying node_id's full map (every member but itself as a peer).
 
-        Per receiver (vrouting.py): its own hub is its only vrouter peer, and each peer comes as
-        the direct chunk (its /32) or the via-vrouter chunk (no allowed IPs: the hub's subnet wins)."""
+        Per receiver (vrouting.py): its hubs are its vrouter peers, most preferred first (each with
+        the CVLAN subnet; the node routes it to one of them at a time), and each peer comes as the
+        direct chunk (its /32) or the via-vrouter chunk (no allowed IPs: the hub's subnet wins)."""
         me = self.members[node_id]
         parts = [self.common, me.self_part]
         if not self.hubs:
             parts += [m.chunk for nid, m in self.members.items() if nid != node_id]
             return nodeproto.compose_poll_response(head, parts)
         hub = self.hub_of(me)
-        if hub is not None:
-            parts.append(self.hub_parts[hub.vrouter_id])
+        parts += [self.hub_parts[h.vrouter_id] for h in me.hubs]
         for nid, m in self.members.items():
             if nid != node_id:
                 ok = direct(self.mode, me.region, hub, m.region, self.hub_of(m))
@@ -365,6 +368,7 @@ class Mapper:
         )
         mem.chunk = nodeproto.peer_chunk(peer)
         mem.region = node_region(mem.tags, mem.home_relay_region)
+        mem.hubs = hubs_for(mem.node_id, mem.region, m.mode, m.hubs)
         del peer.allowed_ips[:]
         peer.route = pb.PEER_ROUTE_VIA_VROUTER
         mem.chunk_via = nodeproto.peer_chunk(peer)
