@@ -13,6 +13,7 @@ import pytest
 from cvlan.common.bootstrap import ControllerCallError
 from cvlan.common.bootstrap import post_json as post
 from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.controller.vrouting import Hub, hubs_for
 from cvlan.vrouter.identity import Identity, ensure_identity
 from cvlan.vrouter.settings import VrouterSettings
 from cvlan.wire.pb import node_pb2 as pb
@@ -196,3 +197,34 @@ async def test_long_poll_answers_when_an_attachment_changes(
     out = await asyncio.wait_for(held, 45)
     assert out["unchanged"] is False
     assert sorted(c["name"] for c in out["state"]["cvlans"]) == ["lab", "office"]
+
+
+async def test_two_vrouters_in_a_region_are_all_in_the_maps_in_each_nodes_order(
+    controller: RunningController, world: dict[str, Any], tmp_path: Path
+) -> None:
+    api = world["api"]
+    east2 = await make_vrouter(controller, api, "vr-east-2", "east", tmp_path)
+    (await api.post("/api/v1/tenants/acme/cvlans/office/vrouters", {"vrouter": "vr-east-2"})).ok()
+    assert controller.c is not None
+    m = await controller.c.app[NODEAPI_KEY].mapper.get(world["cvlan"]["id"])
+    vrs = {v["name"]: v["id"] for v in (await api.get("/api/v1/vrouters")).ok()["items"]}
+    ids = {n: vrs[n] for n in ("vr-east", "vr-east-2")}
+    subnet = world["cvlan"]["subnet"]
+    for name in ("e1", "e2"):
+        nid = world["nodes"][name]["id"]
+        nm = pb.PollResponse.FromString(m.body_for(nid, pb.PollResponse())).map
+        want = [h.name for h in hubs_for(nid, "east", "mesh", [Hub(i, n, "east") for n, i in ids.items()])]
+        assert [v.name for v in nm.vrouters] == want, "both east vrouters, in the node's own order"
+        assert all(list(v.allowed_ips) == [subnet] for v in nm.vrouters)
+    w1 = pb.PollResponse.FromString(m.body_for(world["nodes"]["w1"]["id"], pb.PollResponse())).map
+    assert [v.name for v in w1.vrouters] == ["vr-west"], "another region's vrouters are never a node's peers"
+
+    for ident in (world["east"], east2):
+        st = (await poll(controller, ident))["state"]
+        members = {x["name"]: x for x in st["cvlans"][0]["members"]}
+        assert members["e1"]["served"] and members["e2"]["served"], "either may have to take them over"
+        assert not members["w1"]["served"] and members["w1"]["hubs"] == [vrs["vr-west"]]
+        assert set(members["e1"]["hubs"]) == set(ids.values())
+        assert {v["name"] for v in st["vrouters"]} == {"vr-west", "vr-east", "vr-east-2"} - {ident.name}
+    west = (await poll(controller, world["west"]))["state"]
+    assert {v["name"] for v in west["vrouters"]} == {"vr-east", "vr-east-2"}, "vr-west must reach both"

@@ -264,3 +264,51 @@ def test_new_candidates_do_not_overwrite_where_wireguard_roamed(tmp_path: Path) 
     assert eng.config.peers[0].endpoint == "198.51.100.7:1024"
     assert d.status().peers[0].path == "direct"
     d.stop()
+
+
+def test_two_vrouters_only_the_active_one_carries_the_subnet_and_it_fails_over(tmp_path: Path) -> None:
+    clock = FakeClock()
+    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=["10.0.0.5"], manage_links=False)
+    d = Daemon("fake0", tmp_path / "state", b, clock, probe_s=5.0)
+    d.start()
+    (_, v1), (_, v2) = generate_keypair(), generate_keypair()
+    hubs = [
+        PeerConfig(public_key=v, allowed_ips=["100.64.0.0/24"], endpoints=[ep], via_vrouter=True)
+        for v, ep in ((v1, "192.0.2.1:51900"), (v2, "192.0.2.2:51900"))
+    ]
+    d.apply(state(peers=[PeerConfig(public_key=K1, allowed_ips=[], endpoints=[]), *hubs]))
+    eng, _, _ = fakes(d)
+
+    def routes() -> dict[str, tuple[str, ...]]:
+        assert eng.config is not None
+        return {p.public_key: p.allowed_ips for p in eng.config.peers if p.public_key != K1}
+
+    assert routes() == {v1: ("100.64.0.0/24",), v2: ()}, "the first preference only; the other is standby"
+    for _ in range(5):  # both vrouters' keepalives arrive
+        clock.advance(1)
+        for v in (v1, v2):
+            eng.state.peers[v].rx_bytes += 32
+        d.tick()
+    assert routes()[v1] == ("100.64.0.0/24",)
+    moved_after = 0
+    for tick in range(1, 16):  # v1 is killed: only v2 is heard from
+        clock.advance(1)
+        eng.state.peers[v2].rx_bytes += 32
+        d.tick()
+        if routes() == {v1: (), v2: ("100.64.0.0/24",)}:
+            moved_after = tick
+            break
+    assert 0 < moved_after <= 6, f"failover after {moved_after} ticks"
+    assert any(f"public_key={v1}\nremove=true" in body for body in eng.bodies), "v1 was probed first"
+    for _ in range(8):  # v1 is back, but not for the hold-down time yet: no move back
+        clock.advance(1)
+        for v in (v1, v2):
+            eng.state.peers[v].rx_bytes += 32
+        d.tick()
+    assert routes()[v2] == ("100.64.0.0/24",)
+    for _ in range(4):
+        clock.advance(1)
+        for v in (v1, v2):
+            eng.state.peers[v].rx_bytes += 32
+        d.tick()
+    assert routes() == {v1: ("100.64.0.0/24",), v2: ()}, "back to the first preference after the hold"

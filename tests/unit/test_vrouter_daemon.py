@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from cvlan.common.clock import FakeClock
 from cvlan.dataplane.engine import FakeEngine
 from cvlan.dataplane.firewall import FakeFirewall, FirewallError
 from cvlan.dataplane.router import FakeRouter
@@ -29,6 +30,7 @@ def state(members: int = 1) -> dict[str, Any]:
             "endpoints": [],
             "region": "east",
             "hub": "vr",
+            "hubs": [1],
             "served": True,
         }
         for i in range(members)
@@ -80,3 +82,38 @@ def test_refused_firewall_leaves_peers_and_forwarding_alone(vr: Vrouter) -> None
     with pytest.raises(FirewallError):
         vr.apply(state())
     assert vr.engine.bodies == [] and vr.ip_forward.read_text().strip() == "0"
+
+
+def test_tick_moves_a_member_to_this_vrouter_when_its_preferred_one_dies(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ident = Identity("https://ctl", "vr", "east", "192.0.2.1:51900", PRIV, tmp_path / "c", tmp_path / "k", "")
+    fwd = tmp_path / "ip_forward"
+    fwd.write_text("0\n")
+    settings = VrouterSettings(state_dir=tmp_path, interface="hub0")
+    eng = FakeEngine("hub0")
+    vr = Vrouter(settings, ident, eng, FakeRouter(), FakeFirewall(), ip_forward=fwd, clock=clock)
+    eng.start()
+    other = generate_keypair()[1]
+    s = state()
+    s["cvlans"][0]["members"][0]["hubs"] = [2, 1]  # n0 prefers vr-2
+    s["vrouters"] = [{"id": 2, "name": "vr-2", "region": "east", "key": other, "endpoint": "192.0.2.2:51900"}]
+    vr.apply(s)
+
+    def routes() -> dict[str, tuple[str, ...]]:
+        assert eng.config is not None
+        return {p.public_key: p.allowed_ips for p in eng.config.peers}
+
+    assert routes() == {NODE: (), other: ("100.64.0.1/32",)}
+    for _ in range(5):
+        clock.advance(1)
+        eng.state.peers[other].rx_bytes += 32
+        assert not vr.tick(), "an alive peer changes nothing"
+    moved_after = 0
+    for tick in range(1, 16):  # vr-2 stops answering
+        clock.advance(1)
+        vr.tick()
+        if routes() == {NODE: ("100.64.0.1/32",), other: ()}:
+            moved_after = tick
+            break
+    assert 0 < moved_after <= 6, f"moved after {moved_after} ticks"
+    assert any(f"public_key={other}\nremove=true" in b for b in eng.bodies), "vr-2 was probed first"

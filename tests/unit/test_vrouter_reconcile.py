@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from cvlan.dataplane.firewall import FirewallError
+from cvlan.dataplane.hubchoice import HUB_KEEPALIVE
 from cvlan.dataplane.wgconfig import generate_keypair
 from cvlan.vrouter.reconcile import VROUTER_KEEPALIVE, build, render_ruleset
 
 PRIV, _ = generate_keypair()
-K = [generate_keypair()[1] for _ in range(4)]
+K = [generate_keypair()[1] for _ in range(5)]
 
 
 def state() -> dict[str, Any]:
@@ -30,7 +31,7 @@ def state() -> dict[str, Any]:
                 "subnet": "100.64.0.0/24",
                 "mode": "mesh",
                 "members": [
-                    {**member, "endpoints": ["bogus", "192.0.2.10:51820"], "hub": "vr-east", "served": True},
+                    {**member, "endpoints": ["bogus", "192.0.2.10:51820"], "hub": "vr-east", "hubs": [1], "served": True},
                     {
                         **member,
                         "node_id": 2,
@@ -39,6 +40,7 @@ def state() -> dict[str, Any]:
                         "address": "100.64.0.2/32",
                         "endpoints": [],
                         "hub": "vr-west",
+                        "hubs": [2],
                         "served": False,
                     },
                 ],
@@ -58,6 +60,7 @@ def state() -> dict[str, Any]:
                         "address": "100.64.1.1/32",
                         "endpoints": [],
                         "hub": "vr-east",
+                        "hubs": [1],
                         "served": True,
                     }
                 ],
@@ -169,3 +172,31 @@ def test_ruleset_with_policies_passes_nft_check() -> None:
     text = build(s, PRIV, "hub0", 51900, resolve=lambda _: "198.51.100.7:51900").ruleset
     r = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr + text
+
+
+def two_east_vrouters() -> dict[str, Any]:
+    """vr-east (this one, id 1) and vr-east-2 (id 3) in east, vr-west (id 2): e1 prefers vr-east-2."""
+    s = state()
+    e1 = s["cvlans"][0]["members"][0]
+    e1["hubs"], e1["hub"] = [3, 1], "vr-east-2"
+    s["vrouters"].append(
+        {"id": 3, "name": "vr-east-2", "region": "east", "key": K[4], "endpoint": "192.0.2.3:51900"}
+    )
+    return s
+
+
+def test_a_member_is_routed_through_its_active_hub() -> None:
+    s = two_east_vrouters()
+    cfg = build(s, PRIV, "hub0", 51900, resolve=lambda e: e)
+    peers = {p.public_key: p for p in cfg.wg.peers}
+    assert peers[K[0]].allowed_ips == (), "e1 uses vr-east-2: its /32 goes there, not to e1 directly"
+    assert peers[K[0]].keepalive == HUB_KEEPALIVE, "e1 can fail over to here: it must see this vrouter alive"
+    assert peers[K[4]].allowed_ips == ("100.64.0.1/32",) and peers[K[4]].keepalive == VROUTER_KEEPALIVE
+    assert peers[K[3]].allowed_ips == ("100.64.0.2/32",)
+    assert peers[K[2]].keepalive == 0, "g1 has one hub only: no keepalives needed"
+    assert set(cfg.vrouter_keys) == {K[3], K[4]} and cfg.served == 2
+
+    # vr-east-2 is dead: e1's /32 goes to e1 itself (the member makes the same choice).
+    cfg = build(s, PRIV, "hub0", 51900, resolve=lambda e: e, active=lambda order: order[-1])
+    peers = {p.public_key: p for p in cfg.wg.peers}
+    assert peers[K[0]].allowed_ips == ("100.64.0.1/32",) and peers[K[4]].allowed_ips == ()

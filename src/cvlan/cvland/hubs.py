@@ -33,13 +33,12 @@ class HubFailover:
         return ds.model_copy(update={"peers": peers})
 
     def observe(self, peers: dict[KeyHex, PeerState]) -> bool:
-        """Feed the device's counters; True if a vrouter turned dead or alive."""
-        changed = False
+        """Feed the device's counters; True if the active vrouter changed."""
         for key in self._order:
             p = peers.get(key)
-            if p is not None and self.liveness.observe(key, p.rx_bytes, p.last_handshake):
-                changed = True
-        return changed
+            if p is not None:
+                self.liveness.observe(key, p.rx_bytes, p.last_handshake)
+        return self.liveness.refresh()
 
     def active(self) -> KeyHex:
         return KeyHex(self.liveness.active(self._order) if self._order else "")

@@ -136,6 +136,17 @@ class HubLiveness:
         return pick
 
 
+    def refresh(self) -> bool:
+        """Re-evaluate the choice of every order in use; True if one moved (a peer died, or a more
+        preferred one has now been alive for the hold-down time): the caller rewrites its routes."""
+        moved = False
+        for order, cur in self._active.items():
+            pick = choose(order, cur, self.alive, self.held)
+            moved = moved or pick != cur
+            self._active[order] = pick
+        return moved
+
+
 def choose(
     order: Sequence[str], current: str | None, alive: Callable[[str], bool], held: Callable[[str], bool]
 ) -> str:

@@ -175,8 +175,9 @@ class Vrouter:
                 p = peers.get(key)
                 if p is not None and self.liveness.observe(key, p.rx_bytes, p.last_handshake):
                     changed.append(key)
+            moved = self.liveness.refresh()
             probes = self.liveness.take_probes()
-            if not changed and not probes:
+            if not moved and not probes:
                 return False
             for key in changed:
                 alive = "alive" if self.liveness.alive(key) else "dead"
