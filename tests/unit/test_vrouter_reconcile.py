@@ -31,7 +31,13 @@ def state() -> dict[str, Any]:
                 "subnet": "100.64.0.0/24",
                 "mode": "mesh",
                 "members": [
-                    {**member, "endpoints": ["bogus", "192.0.2.10:51820"], "hub": "vr-east", "hubs": [1], "served": True},
+                    {
+                        **member,
+                        "endpoints": ["bogus", "192.0.2.10:51820"],
+                        "hub": "vr-east",
+                        "hubs": [1],
+                        "served": True,
+                    },
                     {
                         **member,
                         "node_id": 2,

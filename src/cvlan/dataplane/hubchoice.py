@@ -135,7 +135,6 @@ class HubLiveness:
         self._active[key] = pick
         return pick
 
-
     def refresh(self) -> bool:
         """Re-evaluate the choice of every order in use; True if one moved (a peer died, or a more
         preferred one has now been alive for the hold-down time): the caller rewrites its routes."""
