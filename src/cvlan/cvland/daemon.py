@@ -282,7 +282,7 @@ class Daemon:
     # --- status ----------------------------------------------------------------------------------
 
     def status(self) -> DeviceStatus:
-        ds = self.desired
+        ds = self.hubs.shape(self.desired) if self.desired else None  # standby vrouters: no routes
         state = self.b.engine.read() if self.b.engine.alive() else None
         peers: list[PeerStatus] = []
         for p in ds.peers if ds else []:
