@@ -19,9 +19,9 @@ from tests.harness.vrouterstack import RunningVrouter, attach, cvlan_with_token,
 pytestmark = pytest.mark.e2e
 
 INTERVAL = 0.2
-PINGS = 100
-"""20 s of pings at INTERVAL: the kill comes after KILL_AFTER of them."""
-KILL_AFTER = 15
+PINGS = 80
+"""16 s of pings at INTERVAL: the kill comes after KILL_AFTER of them."""
+KILL_AFTER = 10
 MAX_LOST = 60
 """The bound: traffic resumes within MAX_LOST * INTERVAL = 12 s (failover takes about 6 s)."""
 

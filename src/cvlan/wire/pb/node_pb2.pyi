@@ -586,7 +586,9 @@ class NetworkMap(_message.Message):
 
     @_builtins.property
     def vrouters(self) -> _containers.RepeatedCompositeFieldContainer[Global___VrouterPeer]:
-        """Empty: no vrouter serves this CVLAN."""
+        """The node's hub vrouters, most preferred first; it routes cvlan_subnet to the first alive one
+        and keeps the others as standby peers (docs/VROUTER.md). Empty: no vrouter serves this CVLAN.
+        """
 
     @_builtins.property
     def relay_map(self) -> Global___RelayMap: ...
