@@ -117,3 +117,4 @@ def test_tick_moves_a_member_to_this_vrouter_when_its_preferred_one_dies(tmp_pat
             break
     assert 0 < moved_after <= 6, f"moved after {moved_after} ticks"
     assert any(f"public_key={other}\nremove=true" in b for b in eng.bodies), "vr-2 was probed first"
+    assert vr.status()["dead_vrouters"] == ["vrouter:vr-2"]

@@ -220,6 +220,11 @@ class Vrouter:
             "peers": peers,
             "denied_packets": self.firewall.denied(),
             "errors": self.errors,
+            "dead_vrouters": sorted(
+                names.get(k, k)
+                for k in (self.applied.vrouter_keys if self.applied else ())
+                if not self.liveness.alive(k)
+            ),
             "updated": time.time(),
         }
 
