@@ -175,13 +175,13 @@ class Vrouter:
                 p = peers.get(key)
                 if p is not None and self.liveness.observe(key, p.rx_bytes, p.last_handshake):
                     changed.append(key)
+            for key in changed:
+                alive = "alive" if self.liveness.alive(key) else "dead"
+                log.warning("vrouter peer %s", alive, extra={"peer": short(key)})
             moved = self.liveness.refresh()
             probes = self.liveness.take_probes()
             if not moved and not probes:
                 return False
-            for key in changed:
-                alive = "alive" if self.liveness.alive(key) else "dead"
-                log.warning("vrouter peer %s", alive, extra={"peer": short(key)})
             cfg = self._build(self.state)
             self._configure(cfg.wg, probes)
             self.applied = cfg
