@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import shutil
 import subprocess
@@ -121,7 +122,9 @@ def read_token(ns: argparse.Namespace, stdin: TextIO, env: dict[str, str]) -> st
             raise JoinError(f"cannot read token file {ns.token_file}: {e.strerror or e}", 2) from e
         where = f"token file {ns.token_file}"
     elif ns.token == "-":
-        text, where = stdin.readline(), "stdin"
+        # At a terminal, ask without echo; a pipe is read as it is.
+        text = getpass.getpass("enrollment token: ") if stdin.isatty() else stdin.readline()
+        where = "stdin"
     elif env.get(TOKEN_ENV):
         text, where = env[TOKEN_ENV], TOKEN_ENV
     else:
