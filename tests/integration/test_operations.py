@@ -117,7 +117,8 @@ async def test_first_start_writes_admin_conf_and_cli_uses_it(
     # The complete sequence for a fresh machine; the token only on its own line, never in a command.
     lines = r.stdout.splitlines()
     token = lines[1].strip()
-    join = f"cvlan-ctrl join --server {controller.url} --ca-pin {controller.c.ca.fingerprint if controller.c else ''}"
+    assert controller.c is not None
+    join = f"cvlan-ctrl join --server {controller.url} --ca-pin {controller.c.ca.fingerprint}"
     assert lines[0] == "Enrollment token for CVLAN lan (shown once; store it now):" and token.startswith(
         "cvet_"
     )
