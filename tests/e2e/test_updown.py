@@ -22,6 +22,7 @@ def test_down_stops_traffic_survives_a_restart_and_up_restores_the_same_address(
         node.wait_ready(peers=1)
     addr_a = a.address()
     assert a.ns.wait_ping(b.address(), timeout=30), "no tunnel to start with"
+    assert a.ns.run("nft", "list", "table", "inet", f"cvlan-{a.dp.ifname}").returncode == 0
     cli = [script("cvlancli"), "--socket", str(a.dp.socket), "--ctrl-state-dir", str(a.ctrl_state)]
 
     out = a.ns.exec(*cli, "down")
