@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 
 from cvlan.agent.daemon import Agent
 from cvlan.agent.state import StateStore
+from cvlan.dataplane.engine import kernel_has_wireguard
 from tests.harness.controller import RunningController, free_port
 from tests.harness.cvland import script
 from tests.harness.fake_cvland import FakeCvland
@@ -236,3 +238,45 @@ async def test_join_says_why_the_node_did_not_come_online(ctl: RunningController
         f"cvlan-ctrl join: joined as node laptop ({ident.address}) but not online after 1 s: "
         f"no cvland is listening on {tmp_path / 'cvland.sock'}; see `journalctl -u cvland -u cvlan-ctrl`"
     )
+
+
+async def test_no_wireguard_engine_is_said_before_anything_is_registered(
+    ctl: RunningController, tmp_path: Path
+) -> None:
+    if kernel_has_wireguard():
+        pytest.skip("this kernel has WireGuard: there is always an engine")
+    token = await make_token(ctl)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = await run_join(ctl, tmp_path, env={"CVLAN_TOKEN": token, "PATH": str(empty)})
+    assert r.status == 1
+    assert r.err.strip() == (
+        "cvlan-ctrl join: no WireGuard engine: install wireguard-go (apt-get install wireguard-go) "
+        "or load the wireguard kernel module"
+    )
+    assert no_state(tmp_path) and await node_names(ctl) == []
+
+
+async def test_under_systemd_join_enables_and_starts_both_services(
+    ctl: RunningController, tmp_path: Path
+) -> None:
+    """systemd is not running here: a stand-in systemctl records what join asks of it."""
+    token = await make_token(ctl)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wg = shutil.which("wireguard-go")
+    assert wg is not None
+    (bin_dir / "wireguard-go").symlink_to(wg)
+    calls = tmp_path / "systemctl.calls"
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    cvland = await FakeCvland(tmp_path / "cvland.sock", ["192.0.2.7:51820"]).start()
+    env = {"CVLAN_TOKEN": token, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    try:
+        job = asyncio.create_task(run_join(ctl, tmp_path, "--service-manager", "systemd", env=env))
+        r = await supervise(ctl, tmp_path, job)
+    finally:
+        await cvland.stop()
+    assert r.status == 0, r.err
+    assert calls.read_text().splitlines() == ["enable --now cvland cvlan-ctrl"]
