@@ -280,3 +280,36 @@ async def test_under_systemd_join_enables_and_starts_both_services(
         await cvland.stop()
     assert r.status == 0, r.err
     assert calls.read_text().splitlines() == ["enable --now cvland cvlan-ctrl"]
+
+
+async def test_a_state_dir_join_cannot_write_is_said_before_anything_is_registered(
+    ctl: RunningController, tmp_path: Path
+) -> None:
+    token = await make_token(ctl)
+    os.chmod(tmp_path, 0o755)
+    user = {"CVLAN_TOKEN": token}
+    argv = ["setpriv", "--reuid", str(SERVICE_UID), "--regid", str(SERVICE_UID), "--clear-groups"]
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    p = await asyncio.create_subprocess_exec(
+        *argv,
+        script("cvlan-ctrl"),
+        "join",
+        "--server",
+        ctl.url,
+        "--ca-pin",
+        pin(ctl),
+        "--state-dir",
+        str(locked / "state"),
+        "--service-manager",
+        "none",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if k != "CVLAN_TOKEN"}, **user},
+    )
+    _, err = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode == 1, err
+    assert err.decode().strip() == (
+        f"cvlan-ctrl join: cannot write to {locked / 'state'}: permission denied (run join as root)"
+    )
+    assert await node_names(ctl) == []

@@ -184,6 +184,15 @@ def check_not_joined(store: StateStore, force: bool) -> Identity | None:
     return old
 
 
+def check_writable(state_dir: Path) -> None:
+    """JoinError unless the identity can be written to state_dir (or the directory created)."""
+    d = state_dir
+    while not os.path.exists(d) and d != d.parent:  # False, not an error, where d cannot be seen
+        d = d.parent
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise JoinError(f"cannot write to {state_dir}: permission denied (run join as root)")
+
+
 def check_engine() -> None:
     """JoinError unless this host has a WireGuard engine cvland can drive."""
     if kernel_has_wireguard() or shutil.which("wireguard-go") or shutil.which("boringtun-cli"):
@@ -290,10 +299,12 @@ async def wait_online(req: JoinRequest, ident: Identity, deadline: float) -> Dev
 async def join(req: JoinRequest) -> Identity:
     deadline = time.monotonic() + req.timeout_s
     store = StateStore(req.state_dir)
+    check_writable(req.state_dir)
     old = check_not_joined(store, req.force)
     check_engine()
     ident = await enrol(req)
     save_owned(store, ident)
     start_services(req.service_manager, rejoin=old is not None)
-    await wait_online(req, ident, max(deadline, time.monotonic() + 10))
+    # An enrolment that took most of the timeout still leaves the daemons a moment to start.
+    await wait_online(req, ident, max(deadline, time.monotonic() + min(10.0, req.timeout_s)))
     return ident
