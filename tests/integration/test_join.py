@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cvlan.agent.daemon import Agent
+from cvlan.agent.join import host_address
 from cvlan.agent.state import StateStore
 from cvlan.dataplane.engine import kernel_has_wireguard
 from tests.harness.controller import RunningController, free_port
@@ -133,7 +134,7 @@ async def test_join_writes_the_identity_owned_by_the_service_user_and_waits_unti
     assert r.status == 0, r.err
     assert r.err == ""
     assert r.out.strip() == (
-        f"joined: node laptop is online in CVLAN office, overlay address {ident.address}"
+        f"joined: node laptop is online in CVLAN office, overlay address {host_address(ident)}"
     )
     st = (tmp_path / "state" / "state.db").stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (SERVICE_UID, SERVICE_UID, 0o600)
@@ -207,7 +208,7 @@ async def test_join_again_says_already_joined_and_force_joins_with_the_new_token
         r = await run_join(ctl, tmp_path, env={"CVLAN_TOKEN": second})
         assert r.status == 1
         assert r.err.strip() == (
-            f"cvlan-ctrl join: already joined: node laptop ({old.address}) in CVLAN office on {ctl.url}; "
+            f"cvlan-ctrl join: already joined: node laptop ({host_address(old)}) in CVLAN office on {ctl.url}; "
             "`cvlancli status` shows it, `join --force` joins again with the new token"
         )
         assert StateStore(tmp_path / "state").load() == old
@@ -224,7 +225,7 @@ async def test_join_again_says_already_joined_and_force_joins_with_the_new_token
     assert r.status == 0, r.err
     new = StateStore(tmp_path / "state").load()
     assert new is not None and new.node_id != old.node_id and new.wg_private_key != old.wg_private_key
-    assert r.out.strip().endswith(f"overlay address {new.address}")
+    assert r.out.strip().endswith(f"overlay address {host_address(new)}")
     assert cvland.applied[-1].node_id == new.node_id
 
 
@@ -235,7 +236,7 @@ async def test_join_says_why_the_node_did_not_come_online(ctl: RunningController
     assert ident is not None  # enrolled: the identity stays, a supervisor can start the daemons later
     assert r.status == 1
     assert r.err.strip() == (
-        f"cvlan-ctrl join: joined as node laptop ({ident.address}) but not online after 1 s: "
+        f"cvlan-ctrl join: joined as node laptop ({host_address(ident)}) but not online after 1 s: "
         f"no cvland is listening on {tmp_path / 'cvland.sock'}; see `journalctl -u cvland -u cvlan-ctrl`"
     )
 

@@ -112,7 +112,7 @@ def join_main(argv: list[str]) -> int:
         return e.status
     except KeyboardInterrupt:
         return 130
-    where = f"in CVLAN {ident.cvlan_name}, overlay address {ident.address}"
+    where = f"in CVLAN {ident.cvlan_name}, overlay address {join.host_address(ident)}"
     print(f"joined: node {ident.node_name} is online {where}")
     return 0
 

@@ -178,10 +178,15 @@ def check_not_joined(store: StateStore, force: bool) -> Identity | None:
         return None
     if old is not None and not force:
         raise JoinError(
-            f"already joined: node {old.node_name} ({old.address}) in CVLAN {old.cvlan_name} "
+            f"already joined: node {old.node_name} ({host_address(old)}) in CVLAN {old.cvlan_name} "
             f"on {old.server}; `cvlancli status` shows it, `join --force` joins again with the new token"
         )
     return old
+
+
+def host_address(ident: Identity) -> str:
+    """The node's overlay address without its /32."""
+    return ident.address.split("/")[0]
 
 
 def check_writable(state_dir: Path) -> None:
@@ -288,7 +293,7 @@ async def wait_online(req: JoinRequest, ident: Identity, deadline: float) -> Dev
                 last = e.message
             if time.monotonic() >= deadline:
                 raise JoinError(
-                    f"joined as node {ident.node_name} ({ident.address}) but not online after "
+                    f"joined as node {ident.node_name} ({host_address(ident)}) but not online after "
                     f"{req.timeout_s:g} s: {last}; see `journalctl -u cvland -u cvlan-ctrl`"
                 )
             await asyncio.sleep(0.5)
