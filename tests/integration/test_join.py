@@ -208,7 +208,8 @@ async def test_join_again_says_already_joined_and_force_joins_with_the_new_token
         r = await run_join(ctl, tmp_path, env={"CVLAN_TOKEN": second})
         assert r.status == 1
         assert r.err.strip() == (
-            f"cvlan-ctrl join: already joined: node laptop ({host_address(old)}) in CVLAN office on {ctl.url}; "
+            f"cvlan-ctrl join: already joined: node laptop ({host_address(old)}) in CVLAN office "
+            f"on {ctl.url}; "
             "`cvlancli status` shows it, `join --force` joins again with the new token"
         )
         assert StateStore(tmp_path / "state").load() == old
