@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server \
+APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
             postgresql chromium procps curl haproxy
-APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy
+APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3
 
 .PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto
 

@@ -46,7 +46,9 @@ class FakeCvland:
         if req.get("op") == "apply":
             st = DesiredState.model_validate(req["state"])
             self.applied.append(st)
-            self.status = self.status.model_copy(update={"applied_version": st.version})
+            self.status = self.status.model_copy(
+                update={"applied_version": st.version, "node_id": st.node_id, "address": st.address}
+            )
             self.changed.set()
             return {**head, "ok": True, "applied_version": st.version}
         if req.get("op") == "status":

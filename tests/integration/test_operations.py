@@ -113,7 +113,24 @@ async def test_first_start_writes_admin_conf_and_cli_uses_it(
     r = await asyncio.to_thread(
         cli, "--config", str(conf), "token", "create", "--tenant", "acme", "--cvlan", "lan"
     )
-    assert r.returncode == 0 and "cvlan-ctrl --server" in r.stdout and "--ca-pin sha256:" in r.stdout
+    assert r.returncode == 0, r.stderr
+    # The complete sequence for a fresh machine; the token only on its own line, never in a command.
+    lines = r.stdout.splitlines()
+    token = lines[1].strip()
+    assert controller.c is not None
+    join = f"cvlan-ctrl join --server {controller.url} --ca-pin {controller.c.ca.fingerprint}"
+    assert lines[0] == "Enrollment token for CVLAN lan (shown once; store it now):" and token.startswith(
+        "cvet_"
+    )
+    assert lines[3:] == [
+        "On the machine that should join, as root:",
+        "  # 1. Install the node package (Debian 12; see docs/PACKAGING.md):",
+        "  apt-get install ./cvlan-client_*.deb",
+        "  # 2. Join; paste the token when asked (it stays out of ps and shell history):",
+        f"  {join} --token -",
+        "  #    or, with the token in a root-only file:",
+        f"  {join} --token-file /root/cvlan.token",
+    ]
     r = await asyncio.to_thread(cli, "--config", str(conf), "--json", "cvlan", "list", "--tenant", "acme")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["subnet"] == "10.50.0.0/24"
     r = await asyncio.to_thread(cli, "--config", str(conf), "cvlan", "list", "--tenant", "acme")

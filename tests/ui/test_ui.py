@@ -78,12 +78,19 @@ async def test_operator_flow_cvlan_token_node_revoke_delete_audit(ui: UiEnv) -> 
     await page.check("input[name=kind][value=reusable]")
     await page.fill("#f-tags", "tag:laptop")
     await submit(page, "#create-token button[type=submit]")
-    command = (await page.inner_text("#join-command")).strip()
-    m = re.fullmatch(
-        rf"cvlan-ctrl --server {re.escape(ui.url)} --token (cvet_\S+) --ca-pin sha256:\S+", command
-    )
-    assert m is not None, command
-    token_text = m.group(1)
+    token_text = (await page.inner_text("#enrollment-token")).strip()
+    assert re.fullmatch(r"cvet_\S+", token_text), token_text
+    # The whole sequence for a fresh machine: install the package, then join with the token from
+    # stdin or a file - never the token itself on a command line.
+    steps = (await page.inner_text("#join-steps")).strip().splitlines()
+    pin = ui.rc.c.ca.fingerprint if ui.rc.c else ""
+    join = f"cvlan-ctrl join --server {ui.url} --ca-pin {pin}"
+    assert [x for x in steps if not x.startswith("#")] == [
+        "apt-get install ./cvlan-client_*.deb",
+        f"{join} --token -",
+        f"{join} --token-file /root/cvlan.token",
+    ]
+    assert token_text not in "\n".join(steps)
     await ui.shot(page, "token-created")
     await page.goto(ui.url + "/ui/t/acme/tokens")
     assert token_text not in await page.content()  # never shown again

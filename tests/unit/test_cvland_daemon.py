@@ -312,3 +312,31 @@ def test_two_vrouters_only_the_active_one_carries_the_subnet_and_it_fails_over(t
             eng.state.peers[v].rx_bytes += 32
         d.tick()
     assert routes() == {v1: ("100.64.0.0/24",), v2: ()}, "back to the first preference after the hold"
+
+
+def test_down_removes_the_tunnel_keeps_the_state_and_stays_down_across_a_restart(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    eng, rt, fw = fakes(daemon)
+    daemon.apply(state(4))
+    st = handle_request(daemon, line({"v": 1, "id": 1, "op": "down"}))
+    assert st["ok"] and st["down"] is True and st["address"] == "100.64.0.5/32" and st["node_id"] == 7
+    assert not eng.running and rt.torn_down and fw.ruleset == ""
+    # A new map while down is kept for later, not put on the host; ticks do not restart the engine.
+    assert daemon.apply(state(5)) == 5
+    daemon.tick()
+    assert not eng.running and eng.config is None
+    daemon.stop()
+
+    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
+    d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
+    d2.start()
+    eng2, rt2, _ = fakes(d2)
+    assert d2.status().down and not eng2.running and rt2.applied == []
+
+    st = handle_request(d2, line({"v": 1, "id": 2, "op": "up"}))
+    assert st["ok"] and st["down"] is False and st["applied_version"] == 5
+    assert eng2.running and eng2.config is not None
+    assert rt2.applied[-1] == RouterConfig("fake0", "100.64.0.5/32", 1280, ("100.64.0.0/24",))
+    assert handle_request(d2, line({"v": 1, "id": 3, "op": "up"}))["down"] is False  # idempotent
+    d2.stop()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
+from cvlan.agent import join
 from cvlan.agent.daemon import Agent, FatalError, Options
 from cvlan.agent.state import StateError
 from cvlan.common import log as cvlog
@@ -24,8 +26,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cvlan-ctrl",
         description=__doc__,
-        epilog="First start: the join command from `cvlan token create` (--server, --token, --ca-pin). "
-        "Later starts need no flags but --state-dir if not the default.",
+        epilog="On a packaged host, join once with `cvlan-ctrl join --server URL --ca-pin PIN "
+        "--token-file FILE` (see `cvlan-ctrl join --help`): it writes the identity and starts the services. "
+        "Run directly, the first start takes --server, --token and --ca-pin; later starts need no flags "
+        "but --state-dir if not the default.",
     )
     p.add_argument("--server", help="controller URL, e.g. https://ctl.example.net:8443")
     p.add_argument("--token", help="enrollment token (first start only)")
@@ -70,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["join"]:
+        return join_main(argv[1:])
     args = parser().parse_args(argv)
     if not 0 < args.listen_port < 65536 or not 0 <= args.long_poll <= 60:
         print("cvlan-ctrl: --listen-port must be 1-65535 and --long-poll 0-60", file=sys.stderr)
@@ -91,6 +98,23 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(opts))
     except KeyboardInterrupt:
         return 0
+
+
+def join_main(argv: list[str]) -> int:
+    """`cvlan-ctrl join`: one line on stdout when the node is online, else one line on stderr."""
+    ns = join.parser().parse_args(argv)
+    cvlog.setup("error", "text")  # join's outcome is its one last line
+    try:
+        req = join.request_from(ns, sys.stdin, dict(os.environ))
+        ident = asyncio.run(join.join(req))
+    except join.JoinError as e:
+        print(f"cvlan-ctrl join: {e.message}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    where = f"in CVLAN {ident.cvlan_name}, overlay address {join.host_address(ident)}"
+    print(f"joined: node {ident.node_name} is online {where}")
+    return 0
 
 
 async def _run(opts: Options) -> int:

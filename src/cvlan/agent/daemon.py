@@ -133,9 +133,12 @@ class Agent:
             tls.normalize_pin(self.opts.ca_pin)
         except ValueError as e:
             raise FatalError(str(e), 2) from e
-        return await self._enrol(self.opts.server.rstrip("/"), self.opts.token, self.opts.ca_pin)
+        ident = await self.enrol(self.opts.server.rstrip("/"), self.opts.token, self.opts.ca_pin)
+        self.store.save(ident)
+        return ident
 
-    async def _enrol(self, server: str, token: str, pin: str) -> Identity:
+    async def enrol(self, server: str, token: str, pin: str) -> Identity:
+        """Discover (CA checked against pin) and register; the new identity, not yet saved anywhere."""
         deadline = time.monotonic() + self.opts.enrol_timeout_s
         backoff = Backoff(cap=self.opts.backoff_cap_s)
         priv, pub = new_wg_key()
@@ -173,7 +176,6 @@ class Agent:
             cvlan_subnet=reg.cvlan_subnet,
             cert_obtained_at=time.time(),
         )
-        self.store.save(ident)
         log.info(
             f"enrolled as node {reg.node_name} ({reg.address}) in CVLAN {reg.cvlan_name}",
             extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id},
@@ -322,6 +324,8 @@ class Agent:
 
     def _health(self) -> pb.HealthSummary:
         h = pb.HealthSummary(applied_version=self.applied, dataplane_error=self.ipc_error[:200])
+        if self.status is not None and self.status.down:
+            h.dataplane_error = "taken down on the node (cvlancli down)"
         if self.status is not None:
             h.applied_version = self.status.applied_version or self.applied
             h.peers_total = len(self.status.peers)

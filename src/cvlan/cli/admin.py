@@ -79,8 +79,9 @@ def token_create(c: Client, ns: argparse.Namespace) -> Any:
         print(f"Enrollment token for CVLAN {out['cvlan']} (shown once; store it now):")
         print(f"  {out['token']}")
         print(f"expires {out['expires_at']}, uses {out['max_uses'] or 'unlimited'}")
-        print("Join a node with:")
-        print(f"  {out['join_command']}")
+        print("On the machine that should join, as root:")
+        for line in out["join_steps"]:
+            print(f"  {line}")
         return None
     return out
 

@@ -1,4 +1,5 @@
-"""cvlancli: look at this node's CVLAN data plane (status, peers, ping, netcheck).
+"""cvlancli: look at this node's CVLAN data plane (status, peers, ping, netcheck), take it off the
+network and back (down, up).
 
 Talks to the local cvland over its IPC socket (root or the socket's group) and, for controller and
 certificate facts, reads cvlan-ctrl's state directory when it is readable."""
@@ -124,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("cvlan", facts.get("cvlan_name", "?")),
         ("controller", _controller_line(facts)),
         ("certificate expires", facts.get("cert_not_after", "?")),
-        ("interface", f"{st.interface} ({st.engine}), port {st.listen_port}"),
+        ("interface", f"{st.interface} ({st.engine}), port {st.listen_port}" + (", DOWN" if st.down else "")),
         ("applied map version", str(st.applied_version)),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
         ("peers", f"{len(st.peers)} ({sum(p.path == 'direct' for p in st.peers)} direct)"),
@@ -235,6 +236,30 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_down(args: argparse.Namespace) -> int:
+    st = DeviceStatus.model_validate(ipc(args.socket, "down", timeout=30.0))
+    if args.json:
+        print(json.dumps(st.model_dump(), indent=2))
+        return 0
+    print(
+        f"down: {st.interface} removed (tunnel, routes, firewall); identity and address "
+        f"{st.address or '-'} kept; stays down across restarts until `cvlancli up`"
+    )
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0))
+    if args.json:
+        print(json.dumps(st.model_dump(), indent=2))
+        return 0
+    if not st.address:
+        print(f"up: {st.interface} running; no map from cvlan-ctrl yet (is cvlan-ctrl running?)")
+    else:
+        print(f"up: {st.interface} back on the network with address {st.address}")
+    return 0
+
+
 def _common(suppress: bool) -> argparse.ArgumentParser:
     # The options are accepted before and after the subcommand; the subcommand's copy must not
     # overwrite a value given before it with its default, hence SUPPRESS there.
@@ -272,10 +297,23 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "netcheck", parents=[common], help="endpoints, STUN mapping, relay, controller reachability"
     )
+    sub.add_parser(
+        "down",
+        parents=[common],
+        help="take this node off the network (tunnel, routes, firewall removed; identity kept) until `up`",
+    )
+    sub.add_parser("up", parents=[common], help="put this node back on the network after `down`")
     return p
 
 
-COMMANDS = {"status": cmd_status, "peers": cmd_peers, "ping": cmd_ping, "netcheck": cmd_netcheck}
+COMMANDS = {
+    "status": cmd_status,
+    "peers": cmd_peers,
+    "ping": cmd_ping,
+    "netcheck": cmd_netcheck,
+    "down": cmd_down,
+    "up": cmd_up,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

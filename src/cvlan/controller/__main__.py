@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import stat
 import sys
 from collections.abc import Coroutine
@@ -19,10 +20,11 @@ from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
 from cvlan.controller import usercmd
-from cvlan.controller.app import bootstrap_admin, build, server_ssl
+from cvlan.controller.app import bootstrap_admin, build
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.nodeapi.lean import LeanNodeServer
 from cvlan.controller.settings import load_settings
+from cvlan.controller.tlsserve import TlsKeeper
 
 log = logging.getLogger("cvlan.controller")
 
@@ -49,6 +51,13 @@ def parser() -> argparse.ArgumentParser:
         "--no-tls", action="store_true", help="serve plain HTTP (only behind a TLS-terminating proxy)"
     )
     s.add_argument(
+        "--web-listen",
+        help="HOST:PORT of a second listener for the management API and web UI with your own "
+        "certificate (--web-cert, --web-key), e.g. 0.0.0.0:443; nodes stay on --listen",
+    )
+    s.add_argument("--web-cert", type=Path, help="PEM certificate chain for --web-listen (e.g. from ACME)")
+    s.add_argument("--web-key", type=Path, help="PEM private key for --web-cert")
+    s.add_argument(
         "--proxy-socket",
         type=Path,
         help="also serve plain HTTP on this Unix socket for a TLS-terminating proxy on the same host "
@@ -71,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "public_url": args.public_url,
         "tls": False if args.no_tls else None,
         "proxy_socket": args.proxy_socket,
+        "web_listen": args.web_listen,
+        "web_cert": args.web_cert,
+        "web_key": args.web_key,
         "log_format": args.log_format,
         "log_level": args.log_level,
     }
@@ -121,20 +133,19 @@ async def _serve(settings: object) -> int:
     if settings.proxy_socket is not None and settings.proxy_fast_polls:
         lean = LeanNodeServer(c.app[NODEAPI_KEY], lambda: _web_stack(runner))
         c.app.on_shutdown.append(lean.shutdown)  # after the node API's, which wakes the long-polls
-    await runner.setup()
-    host, port = settings.host_port
-    site = web.TCPSite(
-        runner,
-        host,
-        port,
-        ssl_context=server_ssl(c) if settings.tls else None,
-        backlog=4096,
-        reuse_address=True,
-    )
     try:
-        await site.start()
+        keeper = TlsKeeper(settings, c.ca, c.ctx.clock) if settings.tls else None
+    except (OSError, ssl.SSLError) as e:
+        print(f"cvlan-controller: cannot load TLS certificate: {e}", file=sys.stderr)
+        return 1
+    await runner.setup()
+    try:
+        await _listen(runner, settings.listen, keeper.node_ctx if keeper else None)
+        if keeper is not None and keeper.web_ctx is not None:
+            await _listen(runner, settings.web_listen, keeper.web_ctx)
+            log.info("web listener with the operator's certificate", extra={"endpoint": settings.web_listen})
     except OSError as e:
-        print(f"cvlan-controller: cannot listen on {settings.listen}: {e.strerror}", file=sys.stderr)
+        print(f"cvlan-controller: cannot listen on {e.filename}: {e.strerror}", file=sys.stderr)
         await runner.cleanup()
         return 1
     listener: asyncio.Server | None = None
@@ -153,18 +164,32 @@ async def _serve(settings: object) -> int:
     if conf:
         log.info(f"first start: wrote {conf} (platform admin token; mode 0600)")
     tune_gc()
-    stop = asyncio.Event()
+    stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    tls_task = asyncio.create_task(keeper.run(stop, hup)) if keeper is not None else None
     await stop.wait()
     log.info("controller stopping")
+    if tls_task is not None:
+        await tls_task
     if listener is not None:
         listener.close()
     await runner.cleanup()
     if settings.proxy_socket is not None:
         settings.proxy_socket.unlink(missing_ok=True)
     return 0
+
+
+async def _listen(runner: web.AppRunner, listen: str, ctx: ssl.SSLContext | None) -> None:
+    """Start a TCP site on HOST:PORT; OSError with the address as filename if it cannot listen."""
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ctx, backlog=4096, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, listen) from e
 
 
 GC_THRESHOLDS = (50_000, 20, 100)

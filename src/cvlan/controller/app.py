@@ -36,6 +36,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.settings import ControllerSettings
+from cvlan.controller.tlsserve import TlsKeeper
 from cvlan.controller.web import setup as setup_web_ui
 
 log = logging.getLogger(__name__)
@@ -182,26 +183,6 @@ def write_admin_conf(path: Path, url: str, ca_pem: str, token: str) -> None:
 
 
 def server_ssl(c: Controller) -> ssl.SSLContext:
-    """TLS for the embedded listener. Client certificates are optional here (the node API requires them)."""
-    host, _ = c.settings.host_port
-    hosts = [h for h in (host, "localhost", "127.0.0.1") if h not in ("0.0.0.0", "::", "")]
-    from urllib.parse import urlparse
-
-    pub = urlparse(c.settings.url).hostname
-    if pub:
-        hosts.insert(0, pub)
-    crt, key = c.settings.data_dir / "server.crt", c.settings.data_dir / "server.key"
-    if not crt.exists() or not key.exists() or _hosts_changed(c.settings.data_dir, hosts):
-        c.ca.issue_server(hosts, c.settings.data_dir)
-        write_atomic(c.settings.data_dir / "server.hosts", "\n".join(hosts), 0o644)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(crt, key)
-    ctx.load_verify_locations(cadata=c.ca.cert_pem.decode())
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-def _hosts_changed(d: Path, hosts: list[str]) -> bool:
-    p = d / "server.hosts"
-    return not p.exists() or p.read_text().split("\n") != hosts
+    """TLS for the embedded listener: the CA-signed server certificate, issued or renewed if due
+    (tlsserve.TlsKeeper keeps it current while the controller runs)."""
+    return TlsKeeper(c.settings, c.ca, c.ctx.clock).node_ctx

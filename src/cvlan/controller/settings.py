@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,15 @@ class ControllerSettings(BaseSettings):
     """URL nodes and admins use to reach this controller. Empty: derived from listen."""
     tls: bool = True
     """Terminate TLS here (the embedded default). False only behind a TLS-terminating proxy."""
+    web_listen: str = ""
+    """HOST:PORT of a second listener for the management API and web UI with the operator's own
+    certificate (web_cert, web_key), e.g. 0.0.0.0:443. Empty: none (the main listener serves them)."""
+    web_cert: Path | None = None
+    """PEM certificate chain for web_listen (leaf first), e.g. from ACME. Reloaded when it changes."""
+    web_key: Path | None = None
+    """PEM private key of web_cert."""
+    tls_check_interval_s: float = Field(default=300.0, gt=0)
+    """How often the server certificate's age and the web certificate files are checked (and on SIGHUP)."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or networks (CIDR) of TLS fronts such as HAProxy whose X-Client-Cert (node API) and
     X-Forwarded-Proto (web UI) headers are believed."""
@@ -70,9 +79,11 @@ class ControllerSettings(BaseSettings):
             raise ValueError("must be between 8 and 30")
         return v
 
-    @field_validator("listen")
+    @field_validator("listen", "web_listen")
     @classmethod
-    def _listen(cls, v: str) -> str:
+    def _listen(cls, v: str, info: ValidationInfo) -> str:
+        if not v and info.field_name == "web_listen":
+            return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8443")
@@ -84,6 +95,15 @@ class ControllerSettings(BaseSettings):
         if v not in ("text", "json"):
             raise ValueError("must be text or json")
         return v
+
+    @model_validator(mode="after")
+    def _web(self) -> ControllerSettings:
+        given = (bool(self.web_listen), self.web_cert is not None, self.web_key is not None)
+        if any(given) and not all(given):
+            raise ValueError("web_listen, web_cert and web_key go together")
+        if self.web_listen and not self.tls:
+            raise ValueError("web_listen needs TLS (it serves the operator's certificate)")
+        return self
 
     @property
     def db_url(self) -> str:

@@ -32,6 +32,8 @@ RUN_FILE = "run.json"
 """What this run created (interface, engine PID), so the next start can clean up after a crash."""
 DESIRED_FILE = "desired.json"
 """The last applied DesiredState (0600: it holds the private key), re-applied on start."""
+DOWN_FILE = "down"
+"""Present while the operator has taken the node down (`cvlancli down`); survives restarts."""
 
 
 @dataclass
@@ -92,16 +94,45 @@ class Daemon:
             )
         self._owns_host = True
         self.cleanup_leftovers()
-        self.b.engine.start()
-        self._write_run_file()
         self._open_nflog()
         saved = self._load_desired()
+        if self.is_down:
+            self.desired = saved
+            log.info("node is down (cvlancli down); not starting the interface until `cvlancli up`")
+            return
+        self._bring_up(saved)
+
+    @property
+    def is_down(self) -> bool:
+        return (self.state_dir / DOWN_FILE).exists()
+
+    def _bring_up(self, saved: DesiredState | None) -> None:
+        """Start the engine and apply saved (the last desired state) if there is one."""
+        self.b.engine.start()
+        self._write_run_file()
         if saved is not None:
             try:
                 self.apply(saved)
                 log.info("re-applied saved desired state", extra={"seq": saved.version})
             except Exception as e:  # a bad saved file must not keep the daemon down
                 log.warning("saved desired state not applied: %s", e)
+
+    def down(self) -> DeviceStatus:
+        """Take the node off the network and remember that: interface, routes and nftables go,
+        the desired state (identity, address) stays. Idempotent."""
+        write_atomic(self.state_dir / DOWN_FILE, "taken down with cvlancli down\n", 0o600)
+        self._teardown_host()
+        log.info("node taken down", extra={"reason": "cvlancli down"})
+        return self.status()
+
+    def up(self) -> DeviceStatus:
+        """Put the node back on the network with its last desired state. Idempotent."""
+        if self.is_down:
+            (self.state_dir / DOWN_FILE).unlink()
+            self._teardown_host()  # nothing should be left, but never start over a leftover
+            self._bring_up(self.desired)
+            log.info("node brought up", extra={"reason": "cvlancli up"})
+        return self.status()
 
     def _open_nflog(self) -> None:
         try:
@@ -137,18 +168,22 @@ class Daemon:
             self.nflog.close()
             self.nflog = None
         if self._owns_host:
-            with contextlib.suppress(Exception):
-                self.b.firewall.teardown()
-            self.b.router.teardown()
-            self.b.engine.stop()
-            self._delete_link()
-            with contextlib.suppress(FileNotFoundError):
-                (self.state_dir / RUN_FILE).unlink()
+            self._teardown_host()
             self._owns_host = False
-        self._wg_prev = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _teardown_host(self) -> None:
+        """Remove the firewall table, routes, engine and link of this run."""
+        with contextlib.suppress(Exception):
+            self.b.firewall.teardown()
+        self.b.router.teardown()
+        self.b.engine.stop()
+        self._delete_link()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / RUN_FILE).unlink()
+        self._wg_prev = None
 
     def _stop_recorded_engine(self) -> None:
         try:
@@ -192,6 +227,8 @@ class Daemon:
     def apply(self, ds: DesiredState) -> int:
         """Make the host match ds; only what changed is touched. Returns the applied version."""
         validate(ds)  # nothing changes for invalid input
+        if self.is_down:
+            return self._store_desired(ds)
         if self.relay is not None:
             self.relay.configure(ds)
         self._note_roaming()
@@ -200,6 +237,9 @@ class Daemon:
         )
         self.hubs.set_state(ds)
         self._apply_plan(self._plan(ds))
+        return self._store_desired(ds)
+
+    def _store_desired(self, ds: DesiredState) -> int:
         if self.desired is None or self.desired != ds:
             write_atomic(self.state_dir / DESIRED_FILE, ds.model_dump_json(), 0o600)
         self.desired = ds
@@ -232,6 +272,8 @@ class Daemon:
 
     def tick(self) -> None:
         """Periodic work: restart a dead engine, rotate endpoints of peers without a handshake."""
+        if self.is_down:
+            return
         if not self.b.engine.alive():
             log.error("engine exited; restarting it", extra={"reason": self.b.engine.name})
             self._wg_prev = None
@@ -305,6 +347,9 @@ class Daemon:
             interface=self.ifname,
             engine=self.b.engine.name,
             applied_version=ds.version if ds else 0,
+            node_id=ds.node_id if ds else 0,
+            address=ds.address if ds else "",
+            down=self.is_down,
             listen_port=port,
             # Until the first desired state sets the listen port, the engine listens on a random
             # port of its own: endpoints with that port would be out of date at once, and a peer

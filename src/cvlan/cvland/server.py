@@ -53,6 +53,10 @@ def handle_request(daemon: Daemon, line: bytes) -> dict[str, Any]:
             return {**head, "ok": True, **daemon.status().model_dump()}
         if op == "denied":
             return {**head, "ok": True, **daemon.denied().model_dump()}
+        if op == "down":
+            return {**head, "ok": True, **daemon.down().model_dump()}
+        if op == "up":
+            return {**head, "ok": True, **daemon.up().model_dump()}
         if op == "apply":
             state = DesiredState.model_validate(req.get("state"))
             return {**head, "ok": True, "applied_version": daemon.apply(state)}

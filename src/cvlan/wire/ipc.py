@@ -14,6 +14,12 @@ Ops:
   "ping"   body: {}                       -> {}
   "denied" body: {}                       -> DeniedReport fields
            Flows the node's filter dropped since the previous "denied" call (the counts are reset).
+  "down"   body: {}                       -> DeviceStatus fields
+           Take the node off the network: the WireGuard interface (engine, address, routes) and the
+           nftables table are removed, the desired state is kept. cvland remembers it in its state
+           dir and stays down across restarts; "apply" is accepted and stored but not put on the host.
+  "up"     body: {}                       -> DeviceStatus fields
+           Undo "down": start the engine again and apply the last desired state (same address).
 """
 
 from __future__ import annotations
@@ -95,6 +101,12 @@ class DeviceStatus(_Wire):
     interface: str
     engine: str
     applied_version: int = 0
+    node_id: int = 0
+    """The node the applied desired state belongs to (0 = none applied yet)."""
+    address: str = ""
+    """The node's overlay address from the applied desired state ("" = none yet)."""
+    down: bool = False
+    """True after "down" until "up": the node is off the network on purpose."""
     listen_port: int = 0
     local_endpoints: list[str] = Field(default_factory=list)
     """This host's "ip:port" candidates (interface addresses + WireGuard port), for cvlan-ctrl to report."""

@@ -216,9 +216,24 @@ class TokenCreate(Body):
 
 
 def join_command(c: Call, token_text: str) -> str:
+    """The agent's own first-start command (a development checkout; the token is on its argv)."""
     url = c.ctx.settings.url
     pin = c.request.app[CA_PIN_KEY]
     return f"cvlan-ctrl --server {url} --token {token_text} --ca-pin {pin}"
+
+
+def join_steps(c: Call) -> list[str]:
+    """What to run, as root, on a fresh machine to put it on the CVLAN: install the node package,
+    then join with the token from stdin or a root-only file (never on the command line)."""
+    join = f"cvlan-ctrl join --server {c.ctx.settings.url} --ca-pin {c.request.app[CA_PIN_KEY]}"
+    return [
+        "# 1. Install the node package (Debian 12; see docs/PACKAGING.md):",
+        "apt-get install ./cvlan-client_*.deb",
+        "# 2. Join; paste the token when asked (it stays out of ps and shell history):",
+        f"{join} --token -",
+        "#    or, with the token in a root-only file:",
+        f"{join} --token-file /root/cvlan.token",
+    ]
 
 
 @route(
@@ -237,7 +252,12 @@ async def create_token(c: Call) -> dict[str, Any]:
         tok, cv, text = await cvlans.create_token(
             c.ctx, s, c.who, t, b.cvlan, reusable=b.reusable, max_uses=b.uses, expires_in=expires, tags=b.tags
         )
-    return {**cvlans.token_view(tok, cv.name), "token": text, "join_command": join_command(c, text)}
+    return {
+        **cvlans.token_view(tok, cv.name),
+        "token": text,
+        "join_steps": join_steps(c),
+        "join_command": join_command(c, text),
+    }
 
 
 @route("GET", T + "/tokens", summary="List enrollment tokens", tag="tokens", query=("cvlan",), paginated=True)

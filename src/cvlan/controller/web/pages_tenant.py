@@ -10,7 +10,7 @@ from aiohttp import web
 from cvlan.common.durations import parse_duration
 from cvlan.controller import audit
 from cvlan.controller.api.framework import Call
-from cvlan.controller.api.routes import join_command
+from cvlan.controller.api.routes import join_steps
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
@@ -331,8 +331,8 @@ async def token_create(p: Page) -> web.StreamResponse:
             raise
         f.fail(e, ("cvlan", "kind", "uses", "expires", "tags"), {"max_uses": "uses", "name": "tags"})
         return await _token_list(p, f, 422)
-    cmd = join_command(Call(p.request, p.ctx, p.who, None, {}), text)
-    created = {"token": text, "command": cmd, "cvlan": cv.name, "prefix": tok.prefix}
+    steps = join_steps(Call(p.request, p.ctx, p.who, None, {}))
+    created = {"token": text, "steps": "\n".join(steps), "cvlan": cv.name, "prefix": tok.prefix}
     return await _token_list(p, None, 201, created)
 
 
