@@ -56,13 +56,19 @@ SUITES = {
 
 
 class TLSAlert(Exception):
-    """The connection must end: `alert` is what to send the peer (None: nothing, it closed).
-    `plain` is the application data that came before the peer's close_notify: its last requests,
-    still to be answered."""
+    """The connection must end: `alert` is what to send the peer (None: nothing, it closed)."""
 
-    def __init__(self, message: str, alert: int | None, plain: bytes = b"") -> None:
+    def __init__(self, message: str, alert: int | None) -> None:
         super().__init__(message)
         self.alert = alert
+
+
+class PeerClosed(TLSAlert):
+    """The peer sent close_notify: it sends nothing more. `plain` is the application data that came
+    before it (its last requests, still to be answered)."""
+
+    def __init__(self, plain: bytes) -> None:
+        super().__init__("peer closed (close_notify)", None)
         self.plain = plain
 
 
@@ -219,5 +225,5 @@ def _alert(content: bytes, plain: bytes) -> None:
     if len(content) != 2:
         raise TLSAlert("malformed alert", DECODE_ERROR)
     if content[1] == CLOSE_NOTIFY:
-        raise TLSAlert("peer closed (close_notify)", None, plain)
+        raise PeerClosed(plain)
     raise TLSAlert(f"peer sent alert {content[1]}", None)
