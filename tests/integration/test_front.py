@@ -344,6 +344,19 @@ def test_bad_requests_get_clear_errors(front: Running) -> None:
 def test_command_line_errors(tmp_path: Path) -> None:
     out = subprocess.run([*FRONT, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "--backend" in out.stdout and "X-Client-Cert" in out.stdout
+    for flag in (
+        "--handshake-timeout",
+        "--max-uncertified",
+        "--max-uncertified-per-addr",
+        "--uncertified-timeout",
+    ):
+        assert flag in out.stdout
+    out = subprocess.run(
+        [*FRONT, "--listen", "127.0.0.1:1", "--cert", "c", "--key", "k", "--ca", "c", "--backend", "b",
+         "--handshake-timeout", "0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--handshake-timeout" in out.stderr
     args = ["--listen", "127.0.0.1:1", "--cert", str(tmp_path / "none.crt"), "--key", "k", "--ca", "c"]
     out = subprocess.run([*FRONT, *args, "--backend", "b"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "none.crt: no such file" in out.stderr

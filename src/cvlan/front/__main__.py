@@ -53,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=float,
         default=300.0,
-        help="seconds a node connection may sit idle (default 300; longer than the poll interval)",
+        help="seconds a node connection with a verified certificate may sit idle (default 300; longer "
+        "than the poll interval)",
     )
     p.add_argument(
         "--request-timeout",
