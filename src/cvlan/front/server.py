@@ -152,11 +152,14 @@ class Front:
 
     def admit(self, conn: FrontConn, source: str) -> bool:
         """A new connection, not yet certified: False if it must be refused. At the budget for
-        uncertified connections the oldest of them is closed to make room."""
+        uncertified connections, or at max_conns, the oldest uncertified one is closed to make room;
+        only verified connections are never pushed out."""
         lim = self.limits
-        if len(self.conns) >= lim.max_conns or self.per_source.get(source, 0) >= lim.max_uncertified_per_addr:
+        if self.per_source.get(source, 0) >= lim.max_uncertified_per_addr:
             return False
-        if len(self.uncertified) >= lim.max_uncertified:
+        if len(self.uncertified) >= lim.max_uncertified or len(self.conns) >= lim.max_conns:
+            if not self.uncertified:
+                return False
             next(iter(self.uncertified)).close()
         self.conns.add(conn)
         self.uncertified[conn] = None
