@@ -25,7 +25,7 @@ class _Conn:
 
     def close(self) -> None:
         self.closed = True
-        self.front.certified(self, self.source)  # type: ignore[arg-type]
+        self.front.release(self, self.source)  # type: ignore[arg-type]
         self.front.conns.discard(self)  # type: ignore[arg-type]
 
 
@@ -39,7 +39,7 @@ def test_budget_pushes_out_the_oldest_uncertified_never_a_verified_one() -> None
     front = server.Front(None, None, lim)  # type: ignore[arg-type]
     ok, verified = _admit(front, "192.0.2.1")
     assert ok
-    front.certified(verified, "192.0.2.1")  # its handshake ended with a certificate
+    front.release(verified, "192.0.2.1")  # its handshake ended with a certificate
     olds = [_admit(front, f"192.0.2.{i}")[1] for i in (2, 3, 4)]
     assert len(front.conns) == 4
     # all slots taken: the new connection closes the oldest uncertified one, not the verified one
@@ -53,6 +53,6 @@ def test_budget_pushes_out_the_oldest_uncertified_never_a_verified_one() -> None
         c.close()
     for i in range(3):
         ok, c = _admit(front, "198.51.100.1" if i < 2 else "198.51.100.2")
-        front.certified(c, c.source)
+        front.release(c, c.source)
     assert len(front.conns) == 4 and not front.uncertified
     assert not _admit(front, "203.0.113.1")[0]

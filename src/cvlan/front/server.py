@@ -166,7 +166,7 @@ class Front:
         self.per_source[source] = self.per_source.get(source, 0) + 1
         return True
 
-    def certified(self, conn: FrontConn, source: str) -> None:
+    def release(self, conn: FrontConn, source: str) -> None:
         """`conn` no longer counts as uncertified (it has a verified certificate, or it closed)."""
         if conn in self.uncertified:
             del self.uncertified[conn]
@@ -260,7 +260,7 @@ class FrontConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = STATE_CLOSED
-        self._certified()
+        self._release()
         self.front.conns.discard(self)
         if self.tls is not None:
             self.tls.set_app_data(None)
@@ -268,9 +268,9 @@ class FrontConn(asyncio.Protocol):
         self.records = None
         self.transport = None  # no cycle with the transport: freed by reference counting
 
-    def _certified(self) -> None:
+    def _release(self) -> None:
         if self.source:
-            self.front.certified(self, self.source)
+            self.front.release(self, self.source)
             self.source = ""
 
     def close(self, alert: int | None = None) -> None:
@@ -278,7 +278,7 @@ class FrontConn(asyncio.Protocol):
             return
         self.state = STATE_CLOSED
         self.last = time.monotonic()  # from now on: when it was closed
-        self._certified()
+        self._release()
         t = self.transport
         if t is not None and not t.is_closing():
             if alert is not None and self.records is not None:
@@ -396,7 +396,7 @@ class FrontConn(asyncio.Protocol):
         self.since = 0.0
         self.last = time.monotonic()
         if self.cert:
-            self._certified()
+            self._release()
         rest, self.raw = self.raw, b""
         if rest:
             self._records(rest)
