@@ -430,7 +430,7 @@ def test_a_client_that_reads_no_answers_is_not_buffered_for(tmp_path: Path) -> N
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # before connect: a small window
         raw.settimeout(20)
         raw.connect(("127.0.0.1", front.port))
-        n, size = 40, 512 * 1024  # 20 MB of answers; the kernel's buffers hold a few MB of them
+        n, size = 64, 512 * 1024  # 32 MB of answers; the kernel's buffers hold a few MB of them
         with ctx.wrap_socket(raw) as s:
             s.sendall(b"GET /v1/discover HTTP/1.1\r\nhost: c\r\nx-answer-bytes: %d\r\n\r\n" % size * n)
             forwarded = _settled(lambda: len(front.backend.requests))
