@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -144,14 +145,16 @@ class Running:
 
 def _start(d: Path, backend_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
-    proc = subprocess.Popen(
-        [*FRONT, "--listen", f"127.0.0.1:{port}", "--cert", str(d / "server.crt"), "--key",
-         str(d / "server.key"), "--ca", str(d / "ca.pem"), "--backend", str(backend_path), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    # the output goes to a file, not a pipe: a scan's many log lines must not fill it and stop the front
+    with (d / "front.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [*FRONT, "--listen", f"127.0.0.1:{port}", "--cert", str(d / "server.crt"), "--key",
+             str(d / "server.key"), "--ca", str(d / "ca.pem"), "--backend", str(backend_path), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert proc.poll() is None, (d / "front.log").read_text()
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc, port
@@ -514,7 +517,8 @@ def _from(addr: str, port: int) -> socket.socket:
 def test_uncertified_connections_have_their_own_small_budget(tmp_path: Path) -> None:
     """Connections without a certificate (here: handshakes never started) are limited per source
     address and in all; at the budget the oldest gives way, so they cannot shut real nodes out."""
-    flags = ("--max-uncertified", "3", "--max-uncertified-per-addr", "2", "--handshake-timeout", "30")
+    flags = ("--max-uncertified", "3", "--max-uncertified-per-addr", "2", "--handshake-timeout", "30",
+             "--uncertified-timeout", "1")  # fmt: skip
     with _running(tmp_path, *flags) as front:
         a1 = _from("127.0.0.2", front.port)
         a2 = _from("127.0.0.2", front.port)
@@ -533,6 +537,20 @@ def test_uncertified_connections_have_their_own_small_budget(tmp_path: Path) -> 
                 assert _request(s2, "POST /v1/poll HTTP/1.1\nhost: c\ncontent-length: 0\n")[0] == 200
         for c in (a1, a3, b1):
             c.close()
+        # the operator is told: one refused (a3), one pushed out (a1), in one sweep's line or two
+        assert _limit_counts(front.d / "front.log") == (1, 1)
+
+
+def _limit_counts(log: Path, limit: float = 10.0) -> tuple[int, int]:
+    """Connections refused and pushed out, summed over the front's log lines that tell them, once
+    both are non-zero (waiting up to `limit` seconds for them)."""
+    counts = (0, 0)
+    deadline = time.monotonic() + limit
+    while 0 in counts and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = re.findall(rb"(\d+) refused at accept, (\d+) uncertified pushed out", log.read_bytes())
+        counts = (sum(int(r) for r, _ in found), sum(int(p) for _, p in found))
+    return counts
 
 
 def _tlslite(front: Running, cert: Path | None, suite: str | None = None) -> TLSConnection:

@@ -30,16 +30,6 @@ def test_round_trip_in_pieces_and_many_records(suite: str) -> None:
     assert got == data and client.pending() == 0
 
 
-def test_sequence_numbers_continue_after_tickets() -> None:
-    s = tls13.SUITES["TLS_AES_256_GCM_SHA384"]
-    secret = os.urandom(48)
-    sender = tls13.RecordLayer(s, os.urandom(48), secret)
-    sender.seal(b"ticket 1")
-    sender.seal(b"ticket 2")
-    late = tls13.RecordLayer(s, os.urandom(48), secret, write_seq=2)
-    assert late.seal(b"x") == sender.seal(b"x")
-
-
 def test_tampered_record_is_refused() -> None:
     server, client = pair()
     wire = bytearray(server.seal(b"hello"))

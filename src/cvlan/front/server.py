@@ -142,6 +142,10 @@ class Front:
         """Connections in the handshake or without a client certificate, oldest first."""
         self.per_source: dict[str, int] = {}
         """How many of those each source (source_of) holds."""
+        self.refused = 0
+        """Connections refused at accept since the last sweep (told in the log then)."""
+        self.pushed_out = 0
+        """Uncertified connections closed to make room for new ones since the last sweep."""
         self._sweeper: asyncio.Task[None] | None = None
 
     def __call__(self) -> FrontConn:
@@ -156,11 +160,14 @@ class Front:
         only verified connections are never pushed out."""
         lim = self.limits
         if self.per_source.get(source, 0) >= lim.max_uncertified_per_addr:
+            self.refused += 1
             return False
         if len(self.uncertified) >= lim.max_uncertified or len(self.conns) >= lim.max_conns:
             if not self.uncertified:
+                self.refused += 1
                 return False
             next(iter(self.uncertified)).close()
+            self.pushed_out += 1
         self.conns.add(conn)
         self.uncertified[conn] = None
         self.per_source[source] = self.per_source.get(source, 0) + 1
@@ -184,6 +191,14 @@ class Front:
             self.pool.sweep(now)
             for c in list(self.conns):
                 c.check(now, self.limits)
+            if self.refused or self.pushed_out:
+                log.warning(
+                    "connection limits reached: %d refused at accept, %d uncertified pushed out (%d open)",
+                    self.refused,
+                    self.pushed_out,
+                    len(self.conns),
+                )
+                self.refused = self.pushed_out = 0
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:

@@ -126,9 +126,9 @@ class RecordLayer:
 
     __slots__ = ("read", "write", "_buf")
 
-    def __init__(self, suite: Suite, read_secret: bytes, write_secret: bytes, write_seq: int = 0) -> None:
+    def __init__(self, suite: Suite, read_secret: bytes, write_secret: bytes) -> None:
         self.read = Direction(suite, read_secret)
-        self.write = Direction(suite, write_secret, write_seq)
+        self.write = Direction(suite, write_secret)
         self._buf = b""
 
     def seal(self, data: bytes, content_type: int = CT_APPLICATION_DATA) -> bytes:
