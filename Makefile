@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+SSLYZE_VENV := .venv-sslyze
+SSLYZE := sslyze==6.3.1
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
             postgresql chromium procps curl haproxy
 APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3
@@ -20,11 +22,18 @@ sysdeps: .stamp-sysdeps
 	fi
 	@touch $@
 
-venv: $(VENV)/.stamp
+venv: $(VENV)/.stamp $(SSLYZE_VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The TLS scanner the front's tests run, in a virtualenv of its own: it pins an older cryptography
+# than the project's.
+$(SSLYZE_VENV)/.stamp: Makefile
+	@test -x $(SSLYZE_VENV)/bin/python || python3 -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip install -q '$(SSLYZE)'
 	@touch $@
 
 proto: venv
@@ -47,4 +56,4 @@ bench: deps
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf cvlan-data .stamp-sysdeps $(VENV)
+	rm -rf cvlan-data .stamp-sysdeps $(VENV) $(SSLYZE_VENV)

@@ -224,7 +224,9 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
         backend = await asyncio.get_running_loop().create_unix_server(Backend, str(sock))
         pem = str(d / "server.pem")  # chain and key in one file
         cmd = [sys.executable, "-m", "cvlan.front", "--listen", f"127.0.0.1:{port}", "--cert", pem,
-               "--key", pem, "--ca", str(d / "ca.pem"), "--backend", str(sock), "--log-level", "warning"]  # fmt: skip
+               "--key", pem, "--ca", str(d / "ca.pem"), "--backend", str(sock), "--log-level", "warning",
+               "--max-uncertified-per-addr", str(HANDSHAKES_IN_FLIGHT)]  # fmt: skip
+        # (every handshake comes from 127.0.0.1: the per-address limit must let them all in)
         proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         await asyncio.sleep(2.0)
         if proc.poll() is not None:

@@ -30,16 +30,6 @@ def test_round_trip_in_pieces_and_many_records(suite: str) -> None:
     assert got == data and client.pending() == 0
 
 
-def test_sequence_numbers_continue_after_tickets() -> None:
-    s = tls13.SUITES["TLS_AES_256_GCM_SHA384"]
-    secret = os.urandom(48)
-    sender = tls13.RecordLayer(s, os.urandom(48), secret)
-    sender.seal(b"ticket 1")
-    sender.seal(b"ticket 2")
-    late = tls13.RecordLayer(s, os.urandom(48), secret, write_seq=2)
-    assert late.seal(b"x") == sender.seal(b"x")
-
-
 def test_tampered_record_is_refused() -> None:
     server, client = pair()
     wire = bytearray(server.seal(b"hello"))
@@ -92,3 +82,47 @@ def test_other_post_handshake_messages_are_refused() -> None:
     with pytest.raises(tls13.TLSAlert) as e:
         server.open(ticket)
     assert e.value.alert == tls13.UNEXPECTED_MESSAGE
+
+
+def _sealed(sender: tls13.RecordLayer, inner: bytes) -> bytes:
+    """One protected record whose inner plaintext (content, type, padding) is `inner` as given."""
+    header = bytes([tls13.CT_APPLICATION_DATA, 3, 3]) + (len(inner) + tls13.TAG).to_bytes(2, "big")
+    w = sender.write
+    return header + w.aead().encrypt(w.nonce(), inner, header)
+
+
+def test_inner_plaintext_over_the_limit_is_refused_even_when_it_is_padding() -> None:
+    """RFC 8446 5.4: 2^14 bytes of content, the type byte and any padding at most 2^14 + 1 bytes."""
+    server, client = pair()
+    at_limit = b"a" * tls13.MAX_PLAINTEXT + bytes([tls13.CT_APPLICATION_DATA])
+    assert server.open(_sealed(client, at_limit))[0] == b"a" * tls13.MAX_PLAINTEXT
+    with pytest.raises(tls13.TLSAlert) as e:
+        server.open(_sealed(client, at_limit + bytes(200)))  # the content is still 2^14 bytes
+    assert e.value.alert == tls13.RECORD_OVERFLOW
+
+
+def test_empty_handshake_record_is_refused() -> None:
+    """RFC 8446 5.1: handshake records are never empty (application data may be)."""
+    server, client = pair()
+    assert server.open(client.seal(b"")) == (b"", b"")
+    with pytest.raises(tls13.TLSAlert) as e:
+        server.open(client.seal(b"", tls13.CT_HANDSHAKE))
+    assert e.value.alert == tls13.UNEXPECTED_MESSAGE
+
+
+def test_data_before_close_notify_in_the_same_read_is_kept() -> None:
+    server, client = pair()
+    with pytest.raises(tls13.PeerClosed) as e:
+        server.open(client.seal(b"last request") + client.alert(tls13.CLOSE_NOTIFY))
+    assert e.value.alert is None and e.value.plain == b"last request"
+    server, client = pair()
+    with pytest.raises(tls13.TLSAlert) as e:  # an error alert: the connection just ends
+        server.open(client.seal(b"request") + client.alert(tls13.DECODE_ERROR))
+    assert not isinstance(e.value, tls13.PeerClosed)
+
+
+def test_malformed_alert_is_refused() -> None:
+    server, client = pair()
+    with pytest.raises(tls13.TLSAlert) as e:
+        server.open(client.seal(b"\x01", tls13.CT_ALERT))
+    assert e.value.alert == tls13.DECODE_ERROR

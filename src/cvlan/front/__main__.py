@@ -21,7 +21,7 @@ from OpenSSL import SSL
 
 from cvlan.common import log as cvlog
 from cvlan.front.backend import BackendPool
-from cvlan.front.server import Front, tls_context
+from cvlan.front.server import Front, Limits, tls_context
 
 log = logging.getLogger("cvlan.front")
 
@@ -53,13 +53,44 @@ def parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=float,
         default=300.0,
-        help="seconds a node connection may sit idle (default 300; longer than the poll interval)",
+        help="seconds a node connection with a verified certificate may sit idle (default 300; longer "
+        "than the poll interval)",
     )
     p.add_argument(
         "--request-timeout",
         type=float,
         default=30.0,
-        help="seconds from a request's first byte to its last before it is refused with 408 (default 30)",
+        help="seconds from a request's first byte to its last before it is refused with 408; also how "
+        "long a closed connection may take to drain answers its client does not read (default 30)",
+    )
+    d = Limits()
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=d.handshake_timeout,
+        help="seconds from accept to the end of the TLS handshake, however the client paces it "
+        f"(default {d.handshake_timeout:g})",
+    )
+    p.add_argument(
+        "--max-uncertified",
+        type=int,
+        default=d.max_uncertified,
+        help="connections per worker in the handshake or without a client certificate; beyond it the "
+        f"oldest of them is closed for the new one (default {d.max_uncertified}, at most --max-conns)",
+    )
+    p.add_argument(
+        "--max-uncertified-per-addr",
+        type=int,
+        default=d.max_uncertified_per_addr,
+        help="of those, from one IPv4 address or IPv6 /64 per worker; beyond it a new connection is "
+        f"closed at once (default {d.max_uncertified_per_addr})",
+    )
+    p.add_argument(
+        "--uncertified-timeout",
+        type=float,
+        default=d.uncertified_timeout,
+        help="seconds a connection without a client certificate (discovery, registration) may sit idle "
+        f"(default {d.uncertified_timeout:g})",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
@@ -73,11 +104,21 @@ def split_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def limits(args: argparse.Namespace, max_conns: int) -> Limits:
+    return Limits(
+        max_conns=max_conns,
+        idle_timeout=args.idle_timeout,
+        request_timeout=args.request_timeout,
+        handshake_timeout=args.handshake_timeout,
+        max_uncertified=min(args.max_uncertified, max_conns),
+        max_uncertified_per_addr=args.max_uncertified_per_addr,
+        uncertified_timeout=args.uncertified_timeout,
+    )
+
+
 async def serve(args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int) -> None:
     pool = BackendPool(args.backend, size=args.backend_conns)
-    front = Front(
-        ctx, pool, idle_timeout=args.idle_timeout, max_conns=max_conns, request_timeout=args.request_timeout
-    )
+    front = Front(ctx, pool, limits(args, max_conns))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(front, host, port, reuse_port=True, backlog=4096)
     front.start()
@@ -102,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     cvlog.setup(args.log_level, args.log_format)
     try:
         host, port = split_hostport(args.listen)
-        if args.workers < 1 or args.backend_conns < 1 or args.idle_timeout <= 0 or args.request_timeout <= 0:
+        counts = (args.workers, args.backend_conns, args.max_uncertified, args.max_uncertified_per_addr)
+        timeouts = (args.idle_timeout, args.request_timeout, args.handshake_timeout, args.uncertified_timeout)
+        if min(counts) < 1 or min(timeouts) <= 0:
             raise ValueError(
-                "--workers and --backend-conns must be at least 1; "
-                "--idle-timeout and --request-timeout must be positive"
+                "--workers, --backend-conns, --max-uncertified and --max-uncertified-per-addr must be "
+                "at least 1; --idle-timeout, --request-timeout, --handshake-timeout and "
+                "--uncertified-timeout must be positive"
             )
         for f in (args.cert, args.key, args.ca):
             if not f.is_file():

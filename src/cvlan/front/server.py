@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,59 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 MAX_BODY = wire.MAX_REQUEST_BYTES
 """A request is buffered whole before it is forwarded: no larger than the node API takes."""
-HANDSHAKE_TIMEOUT = 30.0
-REQUEST_TIMEOUT = 30.0
-"""Default time from a request's first byte to its last (a client that trickles one is refused)."""
 MAX_HANDSHAKE_RECORD = 2**14 + 256
+WRITE_HIGH_WATER = 64 * 1024
+"""Answers not yet taken by the client above this: the connection reads nothing more (and forwards
+no further pipelined request) until they drain below a quarter of it."""
 SWEEP_EVERY = 5.0
 STRIPPED = (b"x-client-cert", b"connection", b"keep-alive", b"proxy-connection")
+NODE_PATHS = frozenset((b"/v1/discover", b"/v1/register", b"/v1/poll", b"/v1/renew", b"/v1/report"))
+"""The node API (NODE-PROTOCOL.md, "Calls"): the only paths forwarded; anything else is 404 here."""
+TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""RFC 9110 5.6.2: what a token (a method, a header name) is made of."""
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters, which have no place in a request head except HTAB (and CRLF ending lines)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one worker holds at most, and for how long (the command line's flags)."""
+
+    max_conns: int = 20_000
+    idle_timeout: float = 300.0
+    """An idle connection with a verified client certificate is closed after this."""
+    request_timeout: float = 30.0
+    """From a request's first byte to its last (a client that trickles one is refused with 408)."""
+    handshake_timeout: float = 10.0
+    """From accept to the end of the handshake, however the client paces its bytes."""
+    max_uncertified: int = 1_000
+    """Connections in the handshake or without a client certificate; the oldest gives way to a new
+    one beyond this, so they never take more than this many of the max_conns slots."""
+    max_uncertified_per_addr: int = 64
+    """Of those, from one IPv4 address or IPv6 /64; a new one beyond this is closed at accept."""
+    uncertified_timeout: float = 10.0
+    """An idle connection without a client certificate (discovery, registration) is closed after this."""
+
+    def sweep_every(self) -> float:
+        """The sweeper's period: fine enough for the shortest timeout."""
+        timeouts = (self.idle_timeout, self.request_timeout, self.handshake_timeout, self.uncertified_timeout)
+        return min(SWEEP_EVERY, min(timeouts) / 2)
+
+
+def source_of(peer: object) -> str:
+    """The source a per-address limit counts by: the IPv4 address, or the IPv6 /64 (one host's
+    share of a network; a host has a whole /64 to pick addresses from)."""
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
 
 STATE_HANDSHAKE, STATE_IDLE, STATE_FORWARDING, STATE_CLOSED = range(4)
 
@@ -83,20 +133,19 @@ def plain_response(status: int, reason: str, message: str) -> bytes:
 class Front:
     """One process's listener: its TLS context, its connections and its pool to the controller."""
 
-    def __init__(
-        self,
-        ctx: SSL.Context,
-        pool: BackendPool,
-        idle_timeout: float = 300.0,
-        max_conns: int = 20_000,
-        request_timeout: float = REQUEST_TIMEOUT,
-    ) -> None:
+    def __init__(self, ctx: SSL.Context, pool: BackendPool, limits: Limits | None = None) -> None:
         self.ctx = ctx
         self.pool = pool
-        self.idle_timeout = idle_timeout
-        self.request_timeout = request_timeout
-        self.max_conns = max_conns
+        self.limits = limits or Limits()
         self.conns: set[FrontConn] = set()
+        self.uncertified: dict[FrontConn, None] = {}
+        """Connections in the handshake or without a client certificate, oldest first."""
+        self.per_source: dict[str, int] = {}
+        """How many of those each source (source_of) holds."""
+        self.refused = 0
+        """Connections refused at accept since the last sweep (told in the log then)."""
+        self.pushed_out = 0
+        """Uncertified connections closed to make room for new ones since the last sweep."""
         self._sweeper: asyncio.Task[None] | None = None
 
     def __call__(self) -> FrontConn:
@@ -105,20 +154,51 @@ class Front:
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
+    def admit(self, conn: FrontConn, source: str) -> bool:
+        """A new connection, not yet certified: False if it must be refused. At the budget for
+        uncertified connections, or at max_conns, the oldest uncertified one is closed to make room;
+        only verified connections are never pushed out."""
+        lim = self.limits
+        if self.per_source.get(source, 0) >= lim.max_uncertified_per_addr:
+            self.refused += 1
+            return False
+        if len(self.uncertified) >= lim.max_uncertified or len(self.conns) >= lim.max_conns:
+            if not self.uncertified:
+                self.refused += 1
+                return False
+            next(iter(self.uncertified)).close()
+            self.pushed_out += 1
+        self.conns.add(conn)
+        self.uncertified[conn] = None
+        self.per_source[source] = self.per_source.get(source, 0) + 1
+        return True
+
+    def release(self, conn: FrontConn, source: str) -> None:
+        """`conn` no longer counts as uncertified (it has a verified certificate, or it closed)."""
+        if conn in self.uncertified:
+            del self.uncertified[conn]
+            left = self.per_source[source] - 1
+            if left:
+                self.per_source[source] = left
+            else:
+                del self.per_source[source]
+
     async def _sweep(self) -> None:
-        """One timer for all connections: close those idle too long or stuck in the handshake."""
-        every = min(SWEEP_EVERY, self.idle_timeout / 2, self.request_timeout / 2)
+        """One timer for all connections: close those idle too long or past a deadline."""
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self.limits.sweep_every())
             now = time.monotonic()
             self.pool.sweep(now)
             for c in list(self.conns):
-                if c.state == STATE_HANDSHAKE and now - c.last > HANDSHAKE_TIMEOUT:
-                    c.close()
-                elif c.state == STATE_IDLE and c.since and now - c.since > self.request_timeout:
-                    c._refuse(408, "Request Timeout", "the request did not arrive in time")
-                elif c.state == STATE_IDLE and now - c.last > self.idle_timeout:
-                    c.close(tls13.CLOSE_NOTIFY)
+                c.check(now, self.limits)
+            if self.refused or self.pushed_out:
+                log.warning(
+                    "connection limits reached: %d refused at accept, %d uncertified pushed out (%d open)",
+                    self.refused,
+                    self.pushed_out,
+                    len(self.conns),
+                )
+                self.refused = self.pushed_out = 0
 
     async def shutdown(self) -> None:
         if self._sweeper is not None:
@@ -144,6 +224,9 @@ class FrontConn(asyncio.Protocol):
         "plain",
         "since",
         "keep",
+        "source",
+        "paused",
+        "ending",
     )
 
     def __init__(self, front: Front) -> None:
@@ -161,20 +244,30 @@ class FrontConn(asyncio.Protocol):
         """The node's verified certificate (DER); empty if it sent none."""
         self.plain = b""
         """Decrypted bytes of requests not yet forwarded."""
-        self.since = 0.0
-        """When the first byte of the request in `plain` came (0: none is incomplete)."""
+        self.since = self.last
+        """In the handshake: when the connection was accepted. Then: when the first byte of the
+        request in `plain` came (0: none is incomplete)."""
         self.keep = True
         """The request being answered lets the connection stay open."""
+        self.source = ""
+        """Where it comes from (source_of) while it counts as uncertified; empty after."""
+        self.paused = False
+        """The client is not taking its answers: above WRITE_HIGH_WATER unsent."""
+        self.ending = False
+        """The client sent close_notify: answer what it sent before, then close."""
 
     # --- connection -----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if len(self.front.conns) >= self.front.max_conns:
-            transport.close()
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = t
+        source = source_of(t.get_extra_info("peername"))
+        if not self.front.admit(self, source):
+            t.close()
             self.state = STATE_CLOSED
             return
-        self.front.conns.add(self)
+        self.source = source
+        t.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         tls = SSL.Connection(self.front.ctx, None)
         tls.set_accept_state()
         tls.set_app_data(self)
@@ -182,6 +275,7 @@ class FrontConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = STATE_CLOSED
+        self._release()
         self.front.conns.discard(self)
         if self.tls is not None:
             self.tls.set_app_data(None)
@@ -189,10 +283,17 @@ class FrontConn(asyncio.Protocol):
         self.records = None
         self.transport = None  # no cycle with the transport: freed by reference counting
 
+    def _release(self) -> None:
+        if self.source:
+            self.front.release(self, self.source)
+            self.source = ""
+
     def close(self, alert: int | None = None) -> None:
         if self.state == STATE_CLOSED:
             return
         self.state = STATE_CLOSED
+        self.last = time.monotonic()  # from now on: when it was closed
+        self._release()
         t = self.transport
         if t is not None and not t.is_closing():
             if alert is not None and self.records is not None:
@@ -202,12 +303,41 @@ class FrontConn(asyncio.Protocol):
                     pass
             t.close()
 
+    def check(self, now: float, lim: Limits) -> None:
+        """The sweeper's look at this connection: end it if it is past a deadline."""
+        if self.state == STATE_HANDSHAKE:
+            if now - self.since > lim.handshake_timeout:  # counted from accept, not the last byte
+                self._handshake_failed("handshake not done in time")
+        elif self.state == STATE_CLOSED:
+            # closed, but the answers and the alert are still unsent: a client that reads nothing
+            if self.transport is not None and now - self.last > lim.request_timeout:
+                self.transport.abort()
+        elif self.state == STATE_IDLE:
+            if self.since and now - self.since > lim.request_timeout:
+                self._refuse(408, "Request Timeout", "the request did not arrive in time")
+            elif now - self.last > (lim.idle_timeout if self.cert else lim.uncertified_timeout):
+                self.close(tls13.CLOSE_NOTIFY)
+
     def data_received(self, data: bytes) -> None:
-        self.last = time.monotonic()
         if self.state == STATE_HANDSHAKE:
             self._handshake(data)
-        elif self.state != STATE_CLOSED:
+        elif self.state != STATE_CLOSED and not self.ending:
             self._records(data)
+
+    def pause_writing(self) -> None:
+        """The client does not take its answers: read nothing more from it until it does."""
+        self.paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.state == STATE_CLOSED or self.transport is None:
+            return
+        if not self.ending:
+            self.transport.resume_reading()
+        if self.state == STATE_IDLE:
+            self._next_request()
 
     # --- handshake ------------------------------------------------------------------------------
 
@@ -259,10 +389,11 @@ class FrontConn(asyncio.Protocol):
         connection, and go on with the record layer."""
         tls = self.tls
         assert tls is not None
-        # What OpenSSL wrote while finishing are session tickets, protected with the server's first
-        # traffic key: they are the first records of our sequence.
-        tickets = self._flush_tls()
-        sent = _count_records(tickets)
+        # What OpenSSL wrote after the client's Finished are session tickets (pyOpenSSL cannot set
+        # num_tickets to 0, and SSL_OP_NO_TICKET only makes them stateful). The front resumes no
+        # session: they are dropped unsent, so our first record is number 0 of the server's
+        # application traffic key, as the client expects.
+        _drain(tls)
         suite = tls13.SUITES.get(tls.get_cipher_name() or "")
         secrets = self.secrets or {}
         client = secrets.get(b"CLIENT_TRAFFIC_SECRET_0")
@@ -272,11 +403,15 @@ class FrontConn(asyncio.Protocol):
             return
         peer = tls.get_peer_certificate()
         self.cert = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer) if peer is not None else b""
-        self.records = tls13.RecordLayer(suite, client, server, write_seq=sent)
+        self.records = tls13.RecordLayer(suite, client, server)
         tls.set_app_data(None)
         self.tls = None
         self.secrets = None
         self.state = STATE_IDLE
+        self.since = 0.0
+        self.last = time.monotonic()
+        if self.cert:
+            self._release()
         rest, self.raw = self.raw, b""
         if rest:
             self._records(rest)
@@ -287,21 +422,30 @@ class FrontConn(asyncio.Protocol):
         assert self.records is not None and self.transport is not None
         try:
             plain, reply = self.records.open(data)
+        except tls13.PeerClosed as e:
+            # The client is done sending (TLS 1.3 close_notify closes one direction): answer what
+            # it sent before, then close.
+            plain, reply = e.plain, b""
+            self.ending = True
+            self.transport.pause_reading()
         except tls13.TLSAlert as e:
-            if e.alert not in (None, tls13.CLOSE_NOTIFY):
+            if e.alert is not None:
                 log.info("TLS connection ended", extra={"reason": str(e)})
             self.close(e.alert)
             return
         if reply:
             self.transport.write(reply)
-        if plain:
+        if plain:  # only application bytes count as activity: empty records do not
+            self.last = time.monotonic()
             if not self.plain:
                 self.since = self.last
             self.plain += plain
-            if self.state == STATE_IDLE:
+            if self.state == STATE_IDLE and not self.paused:
                 self._next_request()
             elif len(self.plain) > MAX_HEAD + MAX_BODY:
                 self.close(tls13.CLOSE_NOTIFY)  # a client that floods while its request is answered
+        elif self.ending and self.state == STATE_IDLE and not self.paused:
+            self._next_request()  # nothing left to answer: closes
 
     def _next_request(self) -> None:
         """Forward the next complete request in `plain`, if there is one."""
@@ -310,19 +454,24 @@ class FrontConn(asyncio.Protocol):
         if end < 0:
             if len(buf) > MAX_HEAD:
                 self._refuse(431, "Request Header Fields Too Large", "request head too large")
+            elif self.ending:
+                self.close(tls13.CLOSE_NOTIFY)  # the client is done and sent no further request
             return
         head = buf[:end]
         bare = head.replace(b"\r\n", b"")
-        if b"\n" in bare or b"\r" in bare or b"\0" in head:
+        if b"\n" in bare or b"\r" in bare or CONTROL.search(bare):
             # A bare CR or LF could end a line for the controller's parser and not for ours: a header
             # it would read (a forged X-Client-Cert, a second Content-Length) that was not stripped.
-            self._refuse(400, "Bad Request", "bare CR or LF in the request head")
+            self._refuse(400, "Bad Request", "bare CR or LF, or a control character, in the request head")
             return
         lines = head.split(b"\r\n")
         request_line = lines[0]
         parts = request_line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not _is_token(parts[0]):
             self._refuse(400, "Bad Request", "malformed request line")
+            return
+        if parts[1].partition(b"?")[0] not in NODE_PATHS:
+            self._refuse(404, "Not Found", "not a node API path: cvlan-front forwards only the node API")
             return
         keep = parts[2] == b"HTTP/1.1"
         length = 0
@@ -330,9 +479,10 @@ class FrontConn(asyncio.Protocol):
         kept = [request_line]
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or b" " in name or b"\t" in name:
-                # no folded lines, no space before the colon: one reading of a header, ours
-                self._refuse(400, "Bad Request", "malformed header line")
+            if not sep or not _is_token(name):
+                # RFC 9110 names only: no folded lines, no space before the colon, nothing a parser
+                # behind could read as another header than ours
+                self._refuse(400, "Bad Request", "malformed header line (the name is not a token)")
                 return
             lname = name.lower()
             if lname == b"content-length":
@@ -358,6 +508,8 @@ class FrontConn(asyncio.Protocol):
             return
         total = end + 4 + length
         if len(buf) < total:
+            if self.ending:
+                self.close(tls13.CLOSE_NOTIFY)  # cut short by the client's close_notify
             return
         body = buf[end + 4 : total]
         self.plain = buf[total:]
@@ -386,7 +538,7 @@ class FrontConn(asyncio.Protocol):
             self.close(tls13.CLOSE_NOTIFY)
             return
         self.state = STATE_IDLE
-        if self.plain:
+        if not self.paused and (self.plain or self.ending):
             self._next_request()
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
@@ -395,12 +547,17 @@ class FrontConn(asyncio.Protocol):
         self.close(tls13.CLOSE_NOTIFY)
 
 
-def _count_records(data: bytes) -> int:
-    n = pos = 0
-    while pos + tls13.HEADER <= len(data):
-        pos += tls13.HEADER + int.from_bytes(data[pos + 3 : pos + 5], "big")
-        n += 1
-    return n
+def _is_token(name: bytes) -> bool:
+    return bool(name) and not name.translate(None, TCHAR)
+
+
+def _drain(tls: SSL.Connection) -> None:
+    """Read and drop what OpenSSL has written."""
+    while True:
+        try:
+            tls.bio_read(65536)
+        except SSL.WantReadError:
+            return
 
 
 def _ssl_reason(e: SSL.Error) -> str:

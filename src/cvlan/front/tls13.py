@@ -7,8 +7,10 @@ takes a connection over from a user-space library. OpenSSL's per-connection obje
 with a verified client certificate) is freed; what remains is a few hundred bytes.
 
 What is done here: application data in both directions, alerts (close_notify and errors end the
-connection), and KeyUpdate from the peer (the read key is updated and, when the peer asks, ours
-too). Any other post-handshake message or record type is a protocol error."""
+connection; application data that came before a close_notify is handed over with it), and KeyUpdate
+from the peer (the read key is updated and, when the peer asks, ours too). Any other post-handshake
+message or record type, an empty handshake record, and an inner plaintext over 2^14 + 1 bytes
+(content, type and padding: RFC 8446 section 5.4) are protocol errors."""
 
 from __future__ import annotations
 
@@ -59,6 +61,15 @@ class TLSAlert(Exception):
     def __init__(self, message: str, alert: int | None) -> None:
         super().__init__(message)
         self.alert = alert
+
+
+class PeerClosed(TLSAlert):
+    """The peer sent close_notify: it sends nothing more. `plain` is the application data that came
+    before it (its last requests, still to be answered)."""
+
+    def __init__(self, plain: bytes) -> None:
+        super().__init__("peer closed (close_notify)", None)
+        self.plain = plain
 
 
 # alert descriptions (RFC 8446 section 6)
@@ -115,9 +126,9 @@ class RecordLayer:
 
     __slots__ = ("read", "write", "_buf")
 
-    def __init__(self, suite: Suite, read_secret: bytes, write_secret: bytes, write_seq: int = 0) -> None:
+    def __init__(self, suite: Suite, read_secret: bytes, write_secret: bytes) -> None:
         self.read = Direction(suite, read_secret)
-        self.write = Direction(suite, write_secret, write_seq)
+        self.write = Direction(suite, write_secret)
         self._buf = b""
 
     def seal(self, data: bytes, content_type: int = CT_APPLICATION_DATA) -> bytes:
@@ -157,20 +168,21 @@ class RecordLayer:
                 inner = self.read.aead().decrypt(self.read.nonce(), body, header)
             except Exception as e:  # InvalidTag, or a body shorter than the tag
                 raise TLSAlert("record failed authentication", BAD_RECORD_MAC) from e
+            if len(inner) > MAX_PLAINTEXT + 1:
+                # the limit holds for the content, its type and the padding together
+                raise TLSAlert("inner plaintext too long", RECORD_OVERFLOW)
             end = len(inner.rstrip(b"\x00"))
             if end == 0:
                 raise TLSAlert("record without a content type", UNEXPECTED_MESSAGE)
             ctype = inner[end - 1]
             content = inner[: end - 1]
-            if len(content) > MAX_PLAINTEXT:
-                raise TLSAlert("plaintext too long", RECORD_OVERFLOW)
             if ctype == CT_APPLICATION_DATA:
                 plain.append(content)
             elif ctype == CT_ALERT:
-                if content[:2] == bytes([1, CLOSE_NOTIFY]):
-                    raise TLSAlert("peer closed (close_notify)", None)
-                raise TLSAlert(f"peer sent alert {content[1:2].hex() or '?'}", None)
+                _alert(content, b"".join(plain))
             elif ctype == CT_HANDSHAKE:
+                if not content:
+                    raise TLSAlert("empty handshake record", UNEXPECTED_MESSAGE)  # RFC 8446 5.1
                 reply += self._handshake(content)
             else:
                 raise TLSAlert(f"record of content type {ctype}", UNEXPECTED_MESSAGE)
@@ -206,3 +218,12 @@ class RecordLayer:
     def pending(self) -> int:
         """Bytes of an incomplete record held."""
         return len(self._buf)
+
+
+def _alert(content: bytes, plain: bytes) -> None:
+    """The peer's alert ends the connection; after a close_notify, what it sent before still counts."""
+    if len(content) != 2:
+        raise TLSAlert("malformed alert", DECODE_ERROR)
+    if content[1] == CLOSE_NOTIFY:
+        raise PeerClosed(plain)
+    raise TLSAlert(f"peer sent alert {content[1]}", None)
