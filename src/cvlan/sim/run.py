@@ -542,6 +542,9 @@ async def _start_cvlan_front(
         str(size.backend_conns),
         "--idle-timeout",
         str(size.idle_timeout),
+        # The whole simulated fleet connects from 127.0.0.1: one address may hold every slot.
+        "--max-uncertified-per-addr",
+        str(size.per_proc),
         "--log-level",
         "warning",
     ]
