@@ -16,7 +16,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from cvlan.common.backoff import Backoff
+from cvlan.common.framequeue import FrameQueue
 from cvlan.wire import relayproto as rp
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,13 @@ class RelayClient:
         on_packet: PacketHandler,
         *,
         queue_len: int = 512,
+        queue_bytes: int = 1 << 20,
         max_backoff: float = 2.0,
     ) -> None:
         self.url = ws_url(url)
         self._ssl = ssl_ctx
         self.on_packet = on_packet
-        self._queue: deque[bytes] = deque()
-        self._queue_len = queue_len
+        self._queue = FrameQueue(queue_len, queue_bytes)
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
         self.region = ""
@@ -113,10 +113,7 @@ class RelayClient:
         if not self.connected.is_set():
             self.stats.dropped_offline += 1
             return
-        if len(self._queue) >= self._queue_len:
-            self._queue.popleft()
-            self.stats.dropped_queue += 1
-        self._queue.append(rp.send_packet(dst, packet))
+        self.stats.dropped_queue += self._queue.push(rp.send_packet(dst, packet))
         self.stats.sent += 1
         self._wake.set()
 
@@ -127,7 +124,7 @@ class RelayClient:
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pings[data] = fut
         t0 = time.monotonic()
-        self._queue.append(rp.pack_frame(rp.Ping(data)))
+        self._queue.push(rp.pack_frame(rp.Ping(data)))
         self._wake.set()
         try:
             return await asyncio.wait_for(fut, timeout) - t0
@@ -197,7 +194,7 @@ class RelayClient:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await ws.send_bytes(self._queue.popleft())
+            await ws.send_bytes(self._queue.pop())
 
 
 class RelayProxy:
