@@ -33,6 +33,10 @@ SOCKET_BUFFER = 4 << 20
 
 PacketHandler = Callable[[bytes, bytes], None]
 """(source key, packet) for each packet a relay delivers."""
+HEARTBEAT_S = 10.0
+"""WebSocket ping interval; a relay that does not answer within half of it is taken as dead."""
+CONNECT_TIMEOUT_S = 5.0
+"""TCP connect to a relay; a host that does not answer within it counts as down."""
 
 
 def node_ssl(cert_pem: str, key_pem: str, ca_pem: str) -> ssl.SSLContext:
@@ -81,6 +85,7 @@ class RelayClient:
         queue_len: int = 512,
         queue_bytes: int = 1 << 20,
         max_backoff: float = 2.0,
+        on_state: Callable[[], None] | None = None,
     ) -> None:
         self.url = ws_url(url)
         self._ssl = ssl_ctx
@@ -94,6 +99,14 @@ class RelayClient:
         self._task: asyncio.Task[None] | None = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self.failures = 0
+        """Connection attempts that failed since the last successful one."""
+        self._on_state = on_state or (lambda: None)
+
+    @property
+    def down(self) -> bool:
+        """Disconnected, and at least one attempt to connect again failed."""
+        return not self.connected.is_set() and self.failures > 0
 
     def start(self) -> RelayClient:
         if self._task is None:
@@ -132,14 +145,22 @@ class RelayClient:
             self._pings.pop(data, None)
 
     async def _run(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_S, connect=2 * CONNECT_TIMEOUT_S
+        )
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                was = self.connected.is_set()
                 try:
                     await self._connect_once(session)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.debug("relay connection failed", extra={"endpoint": self.url, "reason": str(e)})
+                    if not self.connected.is_set():
+                        self.failures += 1
                 self.connected.clear()
                 self._queue.clear()
+                if was or self.failures == 1:
+                    self._on_state()  # lost, or found down: whoever routes through us looks again
                 await asyncio.sleep(self._backoff.next())
 
     async def _connect_once(self, session: aiohttp.ClientSession) -> None:
@@ -147,14 +168,16 @@ class RelayClient:
             self.url,
             ssl=self._ssl,
             protocols=(rp.WS_PROTOCOL,),
-            heartbeat=30,
+            heartbeat=HEARTBEAT_S,
             max_msg_size=rp.FRAME_HEADER_LEN + rp.KEY_LEN + rp.MAX_PACKET,
             timeout=aiohttp.ClientWSTimeout(ws_close=5),
         ) as ws:
             self._ws = ws
             self.stats.connects += 1
             self._backoff.reset()
+            self.failures = 0
             self.connected.set()
+            self._on_state()
             log.info("relay connected", extra={"endpoint": self.url})
             writer = asyncio.create_task(self._writer(ws))
             try:
@@ -303,17 +326,34 @@ class RelayProxy:
 class RelayPool:
     """One RelayClient per relay URL in use, all delivering into one proxy."""
 
-    def __init__(self, ssl_ctx: ssl.SSLContext, proxy: RelayProxy) -> None:
-        """Runs on the event loop."""
+    def __init__(
+        self, ssl_ctx: ssl.SSLContext, proxy: RelayProxy, on_change: Callable[[], None] | None = None
+    ) -> None:
+        """Runs on the event loop. on_change is called when a client connects or is found down."""
         self.ssl_ctx = ssl_ctx
         self.proxy = proxy
         self.clients: dict[str, RelayClient] = {}
+        self.on_change = on_change
+
+    def down(self, url: str) -> bool:
+        """Whether the relay at url is known to be unreachable from here (never tried: no)."""
+        c = self.clients.get(url)
+        return c is not None and c.down
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def get(self, url: str) -> RelayClient:
         c = self.clients.get(url)
         if c is None:
             holder: list[RelayClient] = []
-            c = RelayClient(url, self.ssl_ctx, lambda src, pkt: self.proxy.deliver(src, pkt, holder[0]))
+            c = RelayClient(
+                url,
+                self.ssl_ctx,
+                lambda src, pkt: self.proxy.deliver(src, pkt, holder[0]),
+                on_state=self._changed,
+            )
             holder.append(c)
             self.clients[url] = c.start()
         return c
