@@ -26,9 +26,15 @@ class Scripted(ControllerChecker):
         super().__init__("https://ctrl.example.net", ident, ttl=60.0, fail_open_s=fail_open_s, now=0.0)
         self.answer: bool | ControllerCallError = True
         self.batches: list[int] = []
+        self.ident = ident
+        self.renew_once = False
 
     async def _post(self, nodes: list[NodeIdentity]) -> list[bool]:
         self.batches.append(len(nodes))
+        if self.renew_once:  # the relay renewed while this check was on its way: refused once
+            self.renew_once = False
+            self.use(self.ident)
+            raise ControllerCallError("http 401: relay certificate is no longer current", status=401)
         if isinstance(self.answer, ControllerCallError):
             raise self.answer
         return [self.answer] * len(nodes)
@@ -56,6 +62,13 @@ async def test_definite_refusal_fails_closed_at_once(tmp_path: Path) -> None:
     c = Scripted(tmp_path)
     c.answer = ControllerCallError("http 401: relay certificate is no longer current", status=401)
     assert (await c.check([_node(1)], 1.0))[0] == [Verdict.REFUSED]
+
+
+async def test_refusal_of_a_check_that_crossed_a_renewal_is_asked_again(tmp_path: Path) -> None:
+    c = Scripted(tmp_path)
+    c.renew_once = True
+    assert (await c.check([_node(1)], 1.0)) == ([Verdict.VALID], "")
+    assert c.batches == [1, 1]
 
 
 async def test_checks_go_in_batches_the_controller_accepts(tmp_path: Path) -> None:

@@ -134,11 +134,7 @@ class ControllerChecker:
         refused: set[NodeIdentity] = set()
         if todo:
             try:
-                valid = [
-                    v
-                    for i in range(0, len(todo), CHECK_BATCH)
-                    for v in await self._post(todo[i : i + CHECK_BATCH])
-                ]
+                valid = await self._ask(todo)
             except ControllerCallError as e:
                 error = str(e)
                 if not e.retryable:
@@ -155,6 +151,24 @@ class ControllerChecker:
                     self._cache[n] = (now, ok)
                 self._prune(now)
         return [self._verdict(n, now, n in refused, bool(error)) for n in nodes], error
+
+    async def _ask(self, todo: list[NodeIdentity]) -> list[bool]:
+        """The controller's answers for todo. A refusal of a check sent with a certificate that was
+        renewed meanwhile (the controller accepts only the newest) is asked again with the new one,
+        so that a renewal cannot look like a definite refusal."""
+        ctx = self._ssl
+        try:
+            return await self._batches(todo)
+        except ControllerCallError as e:
+            if e.retryable or ctx is self._ssl:
+                raise
+        return await self._batches(todo)
+
+    async def _batches(self, todo: list[NodeIdentity]) -> list[bool]:
+        """In requests the controller accepts (CHECK_BATCH nodes at most)."""
+        return [
+            v for i in range(0, len(todo), CHECK_BATCH) for v in await self._post(todo[i : i + CHECK_BATCH])
+        ]
 
     def _stale(self, n: NodeIdentity, now: float) -> bool:
         got = self._cache.get(n)
