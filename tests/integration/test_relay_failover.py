@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cvlan.cvland.relaychoice import rendezvous
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.wire.ipc import DesiredState, PeerConfig, RelayInfo
 from tests.harness.controller import RunningController
@@ -98,4 +99,44 @@ async def test_pair_moves_to_the_regions_other_relay_when_theirs_stops(
         wa.close()
         wb.close()
         for r in (r1, r2):
+            await r.stop()
+
+
+async def test_sender_finds_the_receiver_on_another_relay_after_peer_gone(
+    rc: RunningController, tmp_path: Path
+) -> None:
+    """The two ends disagree on the receiver's relay (here: the receiver's map does not list the
+    new relay yet, as while a relay is being added): the new relay answers PEER_GONE and the sender
+    moves to the next relay of the order, where the receiver is."""
+    loop = asyncio.get_running_loop()
+    old = await (await RunningRelay(rc, tmp_path / "r1", name="r1").create()).start()
+    new = await (await RunningRelay(rc, tmp_path / "r2", name="r2").create()).start()
+    fleet = await Fleet.create(rc, "acme", ["office"])
+    a = await fleet.node("office", "a")
+    for i in range(40):  # a receiver whose first choice is the new relay (each key: one in two)
+        b = await fleet.node("office", f"b{i}")
+        if rendezvous(b.wg_key, [old.url, new.url])[0] == new.url:
+            break
+    else:
+        raise AssertionError("no key ranks the new relay first")
+    wa, wb = _udp(), _udp()
+    pa, pb = RelayPath(loop), RelayPath(loop)
+    both = [RelayInfo(region="eu", url=r.url) for r in (old, new)]
+    try:
+        pa.configure(_state(a, b, wa.getsockname()[1], both))
+        pb.configure(_state(b, a, wb.getsockname()[1], both[:1]))
+        await asyncio.sleep(0)
+        ep = pa.endpoint_for(b.wg_key.hex(), "eu")
+        assert ep is not None
+        sent = await _send_until_received(wa, wb, ep, 10)
+        print(f"{sent} datagrams sent (50 ms apart) before one reached the receiver")
+        m = await metrics(new)
+        assert m['cvlan_relay_drops_total{reason="unknown_dest"}'] >= 1
+        assert pb.home_url == old.url
+    finally:
+        await pa.close()
+        await pb.close()
+        wa.close()
+        wb.close()
+        for r in (old, new):
             await r.stop()

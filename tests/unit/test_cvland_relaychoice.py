@@ -52,3 +52,10 @@ def test_peer_whose_region_is_down_is_reached_through_our_home() -> None:
     assert _choice(set(US)).for_peer(_key(2), "us", home=EU[2]) == EU[2]
     # A peer without a home region: our region's relays, in the peer's order.
     assert _choice().for_peer(_key(2), "", home=EU[0]) == rendezvous(_key(2), EU)[0]
+
+
+def test_relay_that_said_peer_gone_is_passed_over_while_another_is_up() -> None:
+    first, second = rendezvous(_key(3), EU)[:2]
+    assert _choice().for_peer(_key(3), "eu", home=EU[0], skip=frozenset({first})) == second
+    # Every relay passed over or down: back to the order (the peer may have returned).
+    assert _choice(set(EU) - {first}).for_peer(_key(3), "eu", home=EU[0], skip=frozenset({first})) == first

@@ -86,6 +86,7 @@ class RelayClient:
         queue_bytes: int = 1 << 20,
         max_backoff: float = 2.0,
         on_state: Callable[[], None] | None = None,
+        on_gone: Callable[[bytes], None] | None = None,
     ) -> None:
         self.url = ws_url(url)
         self._ssl = ssl_ctx
@@ -102,6 +103,7 @@ class RelayClient:
         self.failures = 0
         """Connection attempts that failed since the last successful one."""
         self._on_state = on_state or (lambda: None)
+        self._on_gone = on_gone or (lambda _: None)
 
     @property
     def down(self) -> bool:
@@ -210,6 +212,7 @@ class RelayClient:
                 fut.set_result(time.monotonic())
         elif isinstance(frame, rp.PeerGone):
             self.stats.gone[frame.key] = time.monotonic()
+            self._on_gone(frame.key)
 
     async def _writer(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -277,6 +280,10 @@ class RelayProxy:
     def set_route(self, key: bytes, client: RelayClient) -> None:
         self._routes[key] = client
 
+    def route_of(self, key: bytes) -> RelayClient | None:
+        """The relay client key's packets go out through, if any."""
+        return self._routes.get(key)
+
     def has_port(self, port: int) -> bool:
         with self._lock:
             return any(s.getsockname()[1] == port for s in self._socks.values())
@@ -327,13 +334,19 @@ class RelayPool:
     """One RelayClient per relay URL in use, all delivering into one proxy."""
 
     def __init__(
-        self, ssl_ctx: ssl.SSLContext, proxy: RelayProxy, on_change: Callable[[], None] | None = None
+        self,
+        ssl_ctx: ssl.SSLContext,
+        proxy: RelayProxy,
+        on_change: Callable[[], None] | None = None,
+        on_gone: Callable[[str, bytes], None] | None = None,
     ) -> None:
-        """Runs on the event loop. on_change is called when a client connects or is found down."""
+        """Runs on the event loop. on_change is called when a client connects or is found down;
+        on_gone(url, key) when the relay at url says key is not connected there."""
         self.ssl_ctx = ssl_ctx
         self.proxy = proxy
         self.clients: dict[str, RelayClient] = {}
         self.on_change = on_change
+        self.on_gone = on_gone
 
     def down(self, url: str) -> bool:
         """Whether the relay at url is known to be unreachable from here (never tried: no)."""
@@ -344,6 +357,10 @@ class RelayPool:
         if self.on_change is not None:
             self.on_change()
 
+    def _gone(self, url: str, key: bytes) -> None:
+        if self.on_gone is not None:
+            self.on_gone(url, key)
+
     def get(self, url: str) -> RelayClient:
         c = self.clients.get(url)
         if c is None:
@@ -353,6 +370,7 @@ class RelayPool:
                 self.ssl_ctx,
                 lambda src, pkt: self.proxy.deliver(src, pkt, holder[0]),
                 on_state=self._changed,
+                on_gone=lambda key: self._gone(url, key),
             )
             holder.append(c)
             self.clients[url] = c.start()

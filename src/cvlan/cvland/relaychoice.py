@@ -14,6 +14,10 @@ If every relay of the node's home region is down, the home moves to the region w
 STUN round-trip time that has a relay up (reported to the controller as ``home_relay_region``;
 peers follow with their next map). Until then a peer whose region has no relay up sends through
 its own home relay, where the node is connected if it relays to that peer.
+
+A relay reachable from one end but not from the other (a partial outage) would leave the ends
+disagreeing; the relay then answers the sender's packets with PEER_GONE, and the sender passes that
+relay over for the peer (for ``GONE_SKIP_S`` in cvland) and tries the next of the order.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ class RelayChoice:
         self.regions = regions
         self._down = down
 
-    def first_up(self, key: bytes, region: str) -> str | None:
-        """The first relay of region, in key's order, that is not down."""
-        return next((u for u in rendezvous(key, self.regions.get(region, ())) if not self._down(u)), None)
+    def first_up(self, key: bytes, region: str, skip: frozenset[str] = frozenset()) -> str | None:
+        """The first relay of region, in key's order, that is not down (nor in skip)."""
+        order = rendezvous(key, self.regions.get(region, ()))
+        return next((u for u in order if not self._down(u) and u not in skip), None)
 
     def home(self, own: bytes, preferred: str, rtts: dict[str, float]) -> tuple[str, str]:
         """(region, url) of this node's home relay: the preferred region's first relay up, else the
@@ -52,11 +57,12 @@ class RelayChoice:
         order = rendezvous(own, self.regions.get(region, ()))
         return region, order[0] if order else ""
 
-    def for_peer(self, peer: bytes, region: str, home: str) -> str | None:
+    def for_peer(self, peer: bytes, region: str, home: str, skip: frozenset[str] = frozenset()) -> str | None:
         """The relay that reaches peer (homed in region): its region's first relay up in the peer's
-        order; else our home relay (home), where the peer is connected if it relays to us."""
+        order; else our home relay (home), where the peer is connected if it relays to us. Relays
+        in skip (they said lately that the peer is not there) are passed over while another is up."""
         if region in self.regions:
-            url = self.first_up(peer, region)
+            url = self.first_up(peer, region, skip) or self.first_up(peer, region)
             if url is not None:
                 return url
             return home or None

@@ -33,6 +33,8 @@ PROBE_EVERY = 5.0
 """How often a relayed peer's direct candidates are probed (cheap: one STUN request each)."""
 STUN_INTERVAL = 30.0
 """Re-probe the WireGuard port's mapping this often (also keeps the NAT mapping alive)."""
+GONE_SKIP_S = 30.0
+"""After a relay said a peer is not connected there, pass it over for that peer this long."""
 STUN_RETRY_FIRST = 2.0
 """After a round where no STUN server answered, retry this soon; doubles up to STUN_INTERVAL."""
 
@@ -325,6 +327,8 @@ class RelayPath:
         """The region with the best STUN round-trip time (home unless all its relays are down)."""
         self._routed: dict[bytes, str] = {}
         """Relayed peers (key -> home region), routed again whenever a relay comes or goes."""
+        self._gone: dict[bytes, dict[str, float]] = {}
+        """Per peer: relays that said (PEER_GONE) it is not there, and when."""
         self.mapped_endpoint = ""
         self.rtts: dict[str, float] = {}
         self.generation = 0
@@ -392,7 +396,7 @@ class RelayPath:
                 log.warning("relay credentials unusable", extra={"reason": str(e)})
                 return
             old = self.pool
-            self.pool = RelayPool(ctx, self.proxy, on_change=self._reroute)
+            self.pool = RelayPool(ctx, self.proxy, on_change=self._reroute, on_gone=self._peer_gone)
             self._creds = creds
             if old is not None:
                 self.loop.create_task(old.retain(set()))
@@ -401,6 +405,7 @@ class RelayPath:
                 urls = {i.url for infos in self._relays.values() for i in infos}
             self.loop.create_task(self.pool.retain(urls))
         self._routed = {k: r for k, r in self._routed.items() if k in self.proxy.allowed}
+        self._gone = {k: g for k, g in self._gone.items() if k in self._routed}
         self._reroute()
         if self._stun_task is None:
             self._stun_task = self.loop.create_task(self._stun_loop())
@@ -433,9 +438,22 @@ class RelayPath:
             self._set_route(choice, key, peer_region)
 
     def _set_route(self, choice: RelayChoice, key: bytes, region: str) -> None:
-        url = choice.for_peer(key, region, self.home_url)
+        now = self.loop.time()
+        skip = frozenset(u for u, t in self._gone.get(key, {}).items() if now - t < GONE_SKIP_S)
+        url = choice.for_peer(key, region, self.home_url, skip)
         if url is not None and self.pool is not None:
             self.proxy.set_route(key, self.pool.get(url))
+
+    def _peer_gone(self, url: str, key: bytes) -> None:
+        """The relay at url says key is not connected there: if we route key through it, try the
+        next relay of the key's order (the peer sees that relay as down, we do not)."""
+        region = self._routed.get(key)
+        if region is None or self.pool is None or self.proxy.route_of(key) is not self.pool.clients.get(url):
+            return
+        gone = self._gone.setdefault(key, {})
+        gone[url] = self.loop.time()
+        log.info("peer not at its relay; trying the next", extra={"peer": key.hex()[:8], "endpoint": url})
+        self._set_route(self._choice(), key, region)
 
     def _route(self, key: bytes, region: str) -> None:
         self._routed[key] = region
