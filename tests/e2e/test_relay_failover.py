@@ -12,8 +12,8 @@ import time
 import pytest
 
 from tests.harness.netns import Lab
-from tests.harness.relaystack import RelayProc, start_relay
-from tests.harness.stack import start_controller, start_node, wait_until
+from tests.harness.relaystack import RelayProc, peer_paths, start_relay
+from tests.harness.stack import Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -36,11 +36,28 @@ def test_pair_moves_to_the_regions_other_relay_when_theirs_is_killed(lab: Lab) -
     b = start_node(lab, b_ns, "b", join)
     a.wait_ready(peers=1)
     b.wait_ready(peers=1)
-    wait_until("a pings b through a relay", lambda: a.ns.ping(b.address(), wait=0.5), 30, 0.1)
+    wait_until(
+        "relayed both ways, a pings b",
+        lambda: (
+            peer_paths(a) == {"b": "relay"}
+            and peer_paths(b) == {"a": "relay"}
+            and a.ns.ping(b.address(), wait=0.5)
+        ),
+        60,
+        0.2,
+    )
+    try:
+        _kill_and_count(a, b, relays)
+    except AssertionError:
+        for n in (a, b):  # what each cvland did with its relays
+            lines = [x for x in n.dp.proc.output().splitlines() if "relay" in x or "peer" in x]
+            print(f"--- {n.name} cvland\n" + "\n".join(lines[-40:]))
+        raise
 
+
+def _kill_and_count(a: Node, b: Node, relays: list[RelayProc]) -> None:
     before = [r.forwarded_bytes() for r in relays]
-    for _ in range(5):
-        assert a.ns.ping(b.address())
+    a.ns.ping(b.address(), count=5, wait=0.5)
     grew = [r.forwarded_bytes() - x for r, x in zip(relays, before, strict=True)]
     used: RelayProc = relays[grew.index(max(grew))]
     other = relays[1 - relays.index(used)]
