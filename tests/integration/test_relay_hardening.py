@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from cvlan.client.relay import ws_url
+from cvlan.relay.revocation import FrontError
 from cvlan.relay.settings import MIN_QUEUE_BYTES
 from cvlan.wire import relayproto as rp
 from tests.harness.controller import RunningController
@@ -110,7 +111,7 @@ async def test_relay_pointed_at_a_plain_listener_is_refused_at_start(
         tmp_path / "ctrl", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", tls=False
     ).start()
     try:
-        with pytest.raises(Exception) as err:
+        with pytest.raises(FrontError) as err:
             await r.start(server=f"http://127.0.0.1:{plain.port}", token="")
         text = str(err.value)
         assert "http 412" in text and "controller's own listener" in text and "\n" not in text
