@@ -210,7 +210,7 @@ async def relay_capacity(
     relayed throughput and the relay's CPU, without WireGuard or cvland in the path."""
     a, b = await fleet.node("idle0", "blast-a"), await fleet.node("idle0", "blast-b")
     got = [0]
-    ca = RelayClient(relay.url, a.ssl(), lambda s, q: None, queue_len=4096).start()
+    ca = RelayClient(relay.url, a.ssl(), lambda s, q: None, queue_len=4096, queue_bytes=4096 * 1600).start()
     cb = RelayClient(relay.url, b.ssl(), lambda s, q: got.__setitem__(0, got[0] + 1)).start()
     try:
         await asyncio.wait_for(asyncio.gather(ca.connected.wait(), cb.connected.wait()), 20)

@@ -40,6 +40,7 @@ class NodeCreds:
     cert_pem: str
     key_pem: str
     ca_pem: str
+    wg_private: bytes = b""
 
     def ssl(self) -> ssl.SSLContext:
         return node_ssl(self.cert_pem, self.key_pem, self.ca_pem)
@@ -69,7 +70,8 @@ async def enroll_node(
     controller CA, carrying the identity extensions node certificates carry."""
     assert rc.c is not None
     ctx = rc.c.ctx
-    wg = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    wg_priv = x25519.X25519PrivateKey.generate()
+    wg = wg_priv.public_key().public_bytes_raw()
     async with ctx.tx() as s:
         tok = await cvlans.consume_token(ctx, s, token)
         n = await nodes.create(ctx, s, tok, wg, name)
@@ -91,6 +93,7 @@ async def enroll_node(
         cert.public_bytes(serialization.Encoding.PEM).decode(),
         key_pem,
         rc.c.ca.cert_pem.decode(),
+        wg_priv.private_bytes_raw(),
     )
 
 

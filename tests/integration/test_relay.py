@@ -204,7 +204,7 @@ async def test_slow_receiver_loses_oldest_frames_first(rc: RunningController, tm
     r = await (await RunningRelay(rc, tmp_path / "relay").create()).start(queue_len=8)
     fleet = await Fleet.create(rc, "acme", ["office"])
     a, b = await fleet.node("office", "a"), await fleet.node("office", "b")
-    ca, _ = await connect(r, a, queue_len=1_000_000)
+    ca, _ = await connect(r, a, queue_len=1_000_000, queue_bytes=1 << 30)
     n, size = 20_000, 1200
     try:
         async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(r.url), ssl=b.ssl()) as wsb:

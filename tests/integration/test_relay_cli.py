@@ -26,6 +26,8 @@ def test_help_lists_every_flag() -> None:
         "--stun-listen",
         "--state-dir",
         "--queue-len",
+        "--queue-bytes",
+        "--fail-open-s",
     ):
         assert flag in r.stdout
 
@@ -45,6 +47,15 @@ def test_help_lists_every_flag() -> None:
         (
             ("--server", "https://x", "--listen", "nope"),
             "cvlan-relay: invalid setting listen: Value error, expected HOST:PORT, e.g. 0.0.0.0:443",
+        ),
+        (
+            ("--server", "https://x", "--queue-bytes", "4096"),
+            "cvlan-relay: invalid setting queue_bytes: Value error, must be at least 65636 "
+            "(one largest frame)",
+        ),
+        (
+            ("--server", "https://x", "--fail-open-s", "-1"),
+            "cvlan-relay: invalid setting fail_open_s: Value error, must be between 0 and 86400 seconds",
         ),
     ],
 )

@@ -16,7 +16,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from cvlan.common.backoff import Backoff
+from cvlan.common.framequeue import FrameQueue
 from cvlan.wire import relayproto as rp
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ SOCKET_BUFFER = 4 << 20
 
 PacketHandler = Callable[[bytes, bytes], None]
 """(source key, packet) for each packet a relay delivers."""
+HEARTBEAT_S = 10.0
+"""WebSocket ping interval; a relay that does not answer within half of it is taken as dead."""
+CONNECT_TIMEOUT_S = 5.0
+"""TCP connect to a relay; a host that does not answer within it counts as down."""
 
 
 def node_ssl(cert_pem: str, key_pem: str, ca_pem: str) -> ssl.SSLContext:
@@ -79,13 +83,15 @@ class RelayClient:
         on_packet: PacketHandler,
         *,
         queue_len: int = 512,
+        queue_bytes: int = 1 << 20,
         max_backoff: float = 2.0,
+        on_state: Callable[[], None] | None = None,
+        on_gone: Callable[[bytes], None] | None = None,
     ) -> None:
         self.url = ws_url(url)
         self._ssl = ssl_ctx
         self.on_packet = on_packet
-        self._queue: deque[bytes] = deque()
-        self._queue_len = queue_len
+        self._queue = FrameQueue(queue_len, queue_bytes)
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
         self.region = ""
@@ -94,6 +100,15 @@ class RelayClient:
         self._task: asyncio.Task[None] | None = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self.failures = 0
+        """Connection attempts that failed since the last successful one."""
+        self._on_state = on_state or (lambda: None)
+        self._on_gone = on_gone or (lambda _: None)
+
+    @property
+    def down(self) -> bool:
+        """Disconnected, and at least one attempt to connect again failed."""
+        return not self.connected.is_set() and self.failures > 0
 
     def start(self) -> RelayClient:
         if self._task is None:
@@ -113,10 +128,7 @@ class RelayClient:
         if not self.connected.is_set():
             self.stats.dropped_offline += 1
             return
-        if len(self._queue) >= self._queue_len:
-            self._queue.popleft()
-            self.stats.dropped_queue += 1
-        self._queue.append(rp.send_packet(dst, packet))
+        self.stats.dropped_queue += self._queue.push(rp.send_packet(dst, packet))
         self.stats.sent += 1
         self._wake.set()
 
@@ -127,7 +139,7 @@ class RelayClient:
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pings[data] = fut
         t0 = time.monotonic()
-        self._queue.append(rp.pack_frame(rp.Ping(data)))
+        self._queue.push(rp.pack_frame(rp.Ping(data)))
         self._wake.set()
         try:
             return await asyncio.wait_for(fut, timeout) - t0
@@ -135,14 +147,22 @@ class RelayClient:
             self._pings.pop(data, None)
 
     async def _run(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_S, connect=2 * CONNECT_TIMEOUT_S
+        )
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                was = self.connected.is_set()
                 try:
                     await self._connect_once(session)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.debug("relay connection failed", extra={"endpoint": self.url, "reason": str(e)})
+                    if not self.connected.is_set():
+                        self.failures += 1
                 self.connected.clear()
                 self._queue.clear()
+                if was or self.failures == 1:
+                    self._on_state()  # lost, or found down: whoever routes through us looks again
                 await asyncio.sleep(self._backoff.next())
 
     async def _connect_once(self, session: aiohttp.ClientSession) -> None:
@@ -150,14 +170,16 @@ class RelayClient:
             self.url,
             ssl=self._ssl,
             protocols=(rp.WS_PROTOCOL,),
-            heartbeat=30,
+            heartbeat=HEARTBEAT_S,
             max_msg_size=rp.FRAME_HEADER_LEN + rp.KEY_LEN + rp.MAX_PACKET,
             timeout=aiohttp.ClientWSTimeout(ws_close=5),
         ) as ws:
             self._ws = ws
             self.stats.connects += 1
             self._backoff.reset()
+            self.failures = 0
             self.connected.set()
+            self._on_state()
             log.info("relay connected", extra={"endpoint": self.url})
             writer = asyncio.create_task(self._writer(ws))
             try:
@@ -190,6 +212,7 @@ class RelayClient:
                 fut.set_result(time.monotonic())
         elif isinstance(frame, rp.PeerGone):
             self.stats.gone[frame.key] = time.monotonic()
+            self._on_gone(frame.key)
 
     async def _writer(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -197,7 +220,7 @@ class RelayClient:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await ws.send_bytes(self._queue.popleft())
+            await ws.send_bytes(self._queue.pop())
 
 
 class RelayProxy:
@@ -257,6 +280,10 @@ class RelayProxy:
     def set_route(self, key: bytes, client: RelayClient) -> None:
         self._routes[key] = client
 
+    def route_of(self, key: bytes) -> RelayClient | None:
+        """The relay client key's packets go out through, if any."""
+        return self._routes.get(key)
+
     def has_port(self, port: int) -> bool:
         with self._lock:
             return any(s.getsockname()[1] == port for s in self._socks.values())
@@ -306,17 +333,45 @@ class RelayProxy:
 class RelayPool:
     """One RelayClient per relay URL in use, all delivering into one proxy."""
 
-    def __init__(self, ssl_ctx: ssl.SSLContext, proxy: RelayProxy) -> None:
-        """Runs on the event loop."""
+    def __init__(
+        self,
+        ssl_ctx: ssl.SSLContext,
+        proxy: RelayProxy,
+        on_change: Callable[[], None] | None = None,
+        on_gone: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        """Runs on the event loop. on_change is called when a client connects or is found down;
+        on_gone(url, key) when the relay at url says key is not connected there."""
         self.ssl_ctx = ssl_ctx
         self.proxy = proxy
         self.clients: dict[str, RelayClient] = {}
+        self.on_change = on_change
+        self.on_gone = on_gone
+
+    def down(self, url: str) -> bool:
+        """Whether the relay at url is known to be unreachable from here (never tried: no)."""
+        c = self.clients.get(url)
+        return c is not None and c.down
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _gone(self, url: str, key: bytes) -> None:
+        if self.on_gone is not None:
+            self.on_gone(url, key)
 
     def get(self, url: str) -> RelayClient:
         c = self.clients.get(url)
         if c is None:
             holder: list[RelayClient] = []
-            c = RelayClient(url, self.ssl_ctx, lambda src, pkt: self.proxy.deliver(src, pkt, holder[0]))
+            c = RelayClient(
+                url,
+                self.ssl_ctx,
+                lambda src, pkt: self.proxy.deliver(src, pkt, holder[0]),
+                on_state=self._changed,
+                on_gone=lambda key: self._gone(url, key),
+            )
             holder.append(c)
             self.clients[url] = c.start()
         return c

@@ -24,11 +24,18 @@ TIMEOUT_S = 15.0
 
 
 class ControllerCallError(Exception):
-    """A call to the controller failed. ``retryable`` says whether trying again may help."""
+    """A call to the controller failed. ``retryable`` says whether trying again may help; ``status``
+    is the HTTP status when the controller (or whatever answered at its URL) answered, else 0."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, retryable: bool = False, status: int = 0) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP error status may go away by itself (server trouble, overload, timeout)."""
+    return status >= 500 or status in (408, 429)
 
 
 def ca_fingerprint(ca_pem: str) -> str:
@@ -92,7 +99,9 @@ async def fetch_pinned_ca(url: str, pin: str) -> str:
             s.get(url, ssl=insecure) as r,
         ):
             if r.status != 200:
-                raise ControllerCallError(f"fetch controller CA: http {r.status}", retryable=r.status >= 500)
+                raise ControllerCallError(
+                    f"fetch controller CA: http {r.status}", retryable_status(r.status), r.status
+                )
             pem = await r.text()
     except (aiohttp.ClientError, TimeoutError) as e:
         raise ControllerCallError(f"fetch controller CA: {e or type(e).__name__}", retryable=True) from e
@@ -114,7 +123,9 @@ async def post_json(url: str, body: dict[str, Any], ctx: ssl.SSLContext, timeout
                     msg = json.loads(text)["error"]["message"]
                 except (ValueError, KeyError, TypeError):
                     msg = text[:200]
-                raise ControllerCallError(f"{url}: http {r.status}: {msg}", retryable=r.status >= 500)
+                raise ControllerCallError(
+                    f"{url}: http {r.status}: {msg}", retryable_status(r.status), r.status
+                )
             return json.loads(text)
     except (aiohttp.ClientError, TimeoutError) as e:
         raise ControllerCallError(f"{url}: {e or type(e).__name__}", retryable=True) from e

@@ -141,6 +141,14 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
 
 
 async def _relay_for_cert(s: AsyncSession, request: web.Request) -> Relay:
+    if request.transport is None or request.transport.get_extra_info("ssl_object") is None:
+        # A TLS front terminated the relay's TLS (it reached the proxy socket or a plain listener):
+        # the relay's certificate is not here. Say so, so that the relay can tell its operator.
+        raise DomainError(
+            Kind.PRECONDITION,
+            "relay calls must reach the controller's own TLS listener, not a TLS front",
+            {"reason": "behind_front"},
+        )
     cert = peer_certificate(request)
     if cert is None or identity_of(cert).get("kind") != "relay":
         raise DomainError(Kind.UNAUTHENTICATED, "this call needs the relay's client certificate")

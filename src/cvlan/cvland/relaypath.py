@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cvlan.client.relay import RelayPool, RelayProxy, node_ssl
-from cvlan.client.stun import RawStunProber
+from cvlan.client.stun import RawStunProber, StunResult
 from cvlan.common.clock import Clock
 from cvlan.cvland.paths import PROBE_SECONDS, STALE_SECONDS, Choice
+from cvlan.cvland.relaychoice import RelayChoice
+from cvlan.dataplane.wgconfig import KeyHex, public_of
 from cvlan.wire.ipc import DesiredState, RelayInfo
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ PROBE_EVERY = 5.0
 """How often a relayed peer's direct candidates are probed (cheap: one STUN request each)."""
 STUN_INTERVAL = 30.0
 """Re-probe the WireGuard port's mapping this often (also keeps the NAT mapping alive)."""
+GONE_SKIP_S = 30.0
+"""After a relay said a peer is not connected there, pass it over for that peer this long."""
 STUN_RETRY_FIRST = 2.0
 """After a round where no STUN server answered, retry this soon; doubles up to STUN_INTERVAL."""
 
@@ -283,8 +287,24 @@ def _report_exit(task: asyncio.Task[None]) -> None:
         log.error("STUN of the WireGuard port stopped", extra={"reason": repr(exc)})
 
 
-def _stun_servers(relays: dict[str, RelayInfo]) -> set[tuple[str, str]]:
-    return {(region, info.stun) for region, info in relays.items() if info.stun}
+def _stun_servers(relays: dict[str, list[RelayInfo]]) -> set[tuple[str, str]]:
+    return {(region, info.stun) for region, infos in relays.items() for info in infos if info.stun}
+
+
+def _public_key(private_hex: str) -> bytes:
+    """Our WireGuard public key (empty for a private key that is not one: no relay order then)."""
+    try:
+        return bytes.fromhex(public_of(KeyHex(private_hex)))
+    except ValueError:
+        return b""
+
+
+def _by_region(relays: list[RelayInfo]) -> dict[str, list[RelayInfo]]:
+    """Every relay of the map, grouped by region (each region's in URL order)."""
+    out: dict[str, list[RelayInfo]] = {}
+    for r in sorted(relays, key=lambda r: r.url):
+        out.setdefault(r.region, []).append(r)
+    return out
 
 
 class RelayPath:
@@ -296,10 +316,19 @@ class RelayPath:
         self.proxy = RelayProxy(loop, 0)
         self.pool: RelayPool | None = None
         self._lock = threading.Lock()
-        self._relays: dict[str, RelayInfo] = {}
+        self._relays: dict[str, list[RelayInfo]] = {}
         self._creds: tuple[str, str, str] = ("", "", "")
         self._listen_port = 0
+        self._own = b""
+        """Our WireGuard public key: it places us on our home region's relays."""
         self.home_region = ""
+        self.home_url = ""
+        self._stun_best = ""
+        """The region with the best STUN round-trip time (home unless all its relays are down)."""
+        self._routed: dict[bytes, str] = {}
+        """Relayed peers (key -> home region), routed again whenever a relay comes or goes."""
+        self._gone: dict[bytes, dict[str, float]] = {}
+        """Per peer: relays that said (PEER_GONE) it is not there, and when."""
         self.mapped_endpoint = ""
         self.rtts: dict[str, float] = {}
         self.generation = 0
@@ -312,10 +341,9 @@ class RelayPath:
     # --- called from the daemon's worker thread -----------------------------------------------------
 
     def configure(self, ds: DesiredState) -> None:
-        relays: dict[str, RelayInfo] = {}
-        for r in ds.relays:
-            relays.setdefault(r.region, r)
+        relays = _by_region(ds.relays)
         with self._lock:
+            self._own = _public_key(ds.private_key)
             if self.home_region not in relays:
                 self.home_region = next(iter(relays), "")
             # A new port or a new set of STUN servers (e.g. the first map that lists relays) is
@@ -329,10 +357,9 @@ class RelayPath:
         creds = (ds.tls_cert_pem, ds.tls_key_pem, ds.ca_pem)
         self.loop.call_soon_threadsafe(self._on_loop_configure, creds, restun)
 
-    def _url_for(self, region: str) -> str | None:
+    def _has_relay(self, region: str) -> bool:
         with self._lock:
-            info = self._relays.get(region) or self._relays.get(self.home_region)
-        return info.url if info else None
+            return bool(self._relays.get(region) or self._relays.get(self.home_region))
 
     def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
         self.loop.call_soon_threadsafe(self._start_probe, peer, candidates)
@@ -348,16 +375,15 @@ class RelayPath:
         return host == self.proxy.host and port.isdigit() and self.proxy.has_port(int(port))
 
     def available(self, relay_region: str) -> bool:
-        return self._url_for(relay_region) is not None and all(self._creds) and self._listen_port > 0
+        return self._has_relay(relay_region) and all(self._creds) and self._listen_port > 0
 
     def endpoint_for(self, peer: str, relay_region: str) -> str | None:
-        """127.0.0.1:<proxy port> for peer, sending through the peer's home relay (ours if unknown)."""
-        url = self._url_for(relay_region)
-        if url is None or not all(self._creds) or self._listen_port <= 0:
+        """127.0.0.1:<proxy port> for peer, sending through the peer's home relay (see relaychoice)."""
+        if not self.available(relay_region):
             return None
         key = bytes.fromhex(peer)
         port = self.proxy.add_peer(key, None)
-        self.loop.call_soon_threadsafe(self._route, key, url)
+        self.loop.call_soon_threadsafe(self._route, key, relay_region)
         return f"{self.proxy.host}:{port}"
 
     # --- on the event loop --------------------------------------------------------------------------
@@ -370,26 +396,68 @@ class RelayPath:
                 log.warning("relay credentials unusable", extra={"reason": str(e)})
                 return
             old = self.pool
-            self.pool = RelayPool(ctx, self.proxy)
+            self.pool = RelayPool(ctx, self.proxy, on_change=self._reroute, on_gone=self._peer_gone)
             self._creds = creds
             if old is not None:
                 self.loop.create_task(old.retain(set()))
-        self._keep_home()
+        if self.pool is not None:
+            with self._lock:
+                urls = {i.url for infos in self._relays.values() for i in infos}
+            self.loop.create_task(self.pool.retain(urls))
+        self._routed = {k: r for k, r in self._routed.items() if k in self.proxy.allowed}
+        self._gone = {k: g for k, g in self._gone.items() if k in self._routed}
+        self._reroute()
         if self._stun_task is None:
             self._stun_task = self.loop.create_task(self._stun_loop())
             self._stun_task.add_done_callback(_report_exit)
         elif restun:
             self._stun_wake.set()
 
-    def _keep_home(self) -> None:
-        """Stay connected to our home relay: peers reach us through it."""
-        url = self._url_for(self.home_region)
-        if self.pool is not None and url is not None:
-            self.pool.get(url)
+    def _choice(self) -> RelayChoice:
+        pool = self.pool
+        with self._lock:
+            regions = {r: [i.url for i in infos] for r, infos in self._relays.items()}
+        return RelayChoice(regions, pool.down if pool is not None else lambda _: False)
 
-    def _route(self, key: bytes, url: str) -> None:
-        if self.pool is not None:
+    def _reroute(self) -> None:
+        """Choose the home relay and every relayed peer's relay again (a relay came or went, the
+        map or the STUN ranking changed). Stays connected to the home relay: peers reach us there."""
+        if self.pool is None:
+            return
+        choice = self._choice()
+        with self._lock:
+            preferred = self._stun_best if self._stun_best in choice.regions else self.home_region
+        region, url = choice.home(self._own, preferred, self.rtts)
+        if (region, url) != (self.home_region, self.home_url):
+            log.info("home relay chosen", extra={"relay_region": region, "endpoint": url})
+            with self._lock:
+                self.home_region, self.home_url = region, url
+        if url:
+            self.pool.get(url)
+        for key, peer_region in list(self._routed.items()):
+            self._set_route(choice, key, peer_region)
+
+    def _set_route(self, choice: RelayChoice, key: bytes, region: str) -> None:
+        now = self.loop.time()
+        skip = frozenset(u for u, t in self._gone.get(key, {}).items() if now - t < GONE_SKIP_S)
+        url = choice.for_peer(key, region, self.home_url, skip)
+        if url is not None and self.pool is not None:
             self.proxy.set_route(key, self.pool.get(url))
+
+    def _peer_gone(self, url: str, key: bytes) -> None:
+        """The relay at url says key is not connected there: if we route key through it, try the
+        next relay of the key's order (the peer sees that relay as down, we do not)."""
+        region = self._routed.get(key)
+        if region is None or self.pool is None or self.proxy.route_of(key) is not self.pool.clients.get(url):
+            return
+        gone = self._gone.setdefault(key, {})
+        gone[url] = self.loop.time()
+        log.info("peer not at its relay; trying the next", extra={"peer": key.hex()[:8], "endpoint": url})
+        self._set_route(self._choice(), key, region)
+
+    def _route(self, key: bytes, region: str) -> None:
+        self._routed[key] = region
+        self._set_route(self._choice(), key, region)
 
     def _start_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
         if self._prober is None or peer in self._probing:
@@ -427,7 +495,7 @@ class RelayPath:
         try:
             while True:
                 with self._lock:
-                    relays = {r: i for r, i in self._relays.items() if i.stun}
+                    relays = {r: [i for i in infos if i.stun] for r, infos in self._relays.items()}
                     want = self._listen_port
                 if want != port and prober is not None:
                     prober.close()
@@ -442,7 +510,7 @@ class RelayPath:
                         log.warning("STUN of the WireGuard port needs CAP_NET_RAW; not probing")
                         return
                 wait = self.stun_interval
-                if prober is not None and relays:
+                if prober is not None and any(relays.values()):
                     if await self._probe_all(prober, relays):
                         retry = STUN_RETRY_FIRST
                     else:  # no STUN server answered: try again sooner than the interval
@@ -457,15 +525,20 @@ class RelayPath:
             if prober is not None:
                 prober.close()
 
-    async def _probe_all(self, prober: RawStunProber, relays: dict[str, RelayInfo]) -> bool:
-        """Probe every region's STUN server; False if none answered."""
-        results = {}
-        for region, info in relays.items():
-            host, _, port = info.stun.rpartition(":")
-            try:
-                results[region] = await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
-            except (OSError, TimeoutError, ValueError) as e:
-                log.info("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
+    async def _probe_all(self, prober: RawStunProber, relays: dict[str, list[RelayInfo]]) -> bool:
+        """Probe every relay's STUN server (a region's round-trip time is its best); False if none
+        answered."""
+        results: dict[str, StunResult] = {}
+        for region, infos in relays.items():
+            for info in infos:
+                host, _, port = info.stun.rpartition(":")
+                try:
+                    res = await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+                except (OSError, TimeoutError, ValueError) as e:
+                    log.info("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
+                    continue
+                if region not in results or res.rtt < results[region].rtt:
+                    results[region] = res
         if not results:
             return False
         self.rtts = {r: res.rtt for r, res in results.items()}
@@ -477,11 +550,10 @@ class RelayPath:
                 log.info("public mapping changed", extra={"endpoint": text})
                 self.generation += 1
             self.mapped_endpoint = text
-        if home != self.home_region:
-            log.info("home relay chosen", extra={"relay_region": home})
+        if home != self._stun_best:
             with self._lock:
-                self.home_region = home
-            self._keep_home()
+                self._stun_best = home
+            self._reroute()
         return True
 
     async def close(self) -> None:

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
 from cvlan.common.bootstrap import ControllerCallError
-from cvlan.relay.bootstrap import ControllerChecker, RelayIdentity, ensure_identity
+from cvlan.relay.bootstrap import RelayIdentity, ensure_identity
+from cvlan.relay.revocation import ControllerChecker, front_hint
 from cvlan.relay.server import RelayServer
 from cvlan.relay.settings import RelaySettings, split_hostport
 from cvlan.relay.stunserver import start_stun
@@ -41,14 +42,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", type=Path, help="where the key and certificates live (default ./cvlan-relay)"
     )
-    p.add_argument("--queue-len", type=int, help="frames queued per client before the oldest is dropped")
+    p.add_argument(
+        "--queue-len", type=int, help="frames queued per client before the oldest is dropped (512)"
+    )
+    p.add_argument(
+        "--queue-bytes",
+        type=int,
+        help="bytes queued per client before the oldest frame is dropped (1048576; a frame counts 64 more)",
+    )
+    p.add_argument(
+        "--fail-open-s",
+        type=float,
+        help="while the controller cannot be reached, keep accepting nodes for this many seconds "
+        "after its last answer (300; 0 refuses at once)",
+    )
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level")
     return p
 
 
 def load_settings(args: argparse.Namespace) -> RelaySettings:
-    names = ("server", "token", "ca_pin", "listen", "stun_listen", "state_dir", "queue_len")
+    names = (
+        "server",
+        "token",
+        "ca_pin",
+        "listen",
+        "stun_listen",
+        "state_dir",
+        "queue_len",
+        "queue_bytes",
+        "fail_open_s",
+    )
     given = {k: getattr(args, k) for k in (*names, "log_format", "log_level") if getattr(args, k) is not None}
     return RelaySettings(**given)
 
@@ -82,11 +106,18 @@ async def serve(settings: RelaySettings, stop: asyncio.Event | None = None) -> i
     # idle connections; a 16 KiB buffer (one TLS record) saves memory and larger frames just take
     # several reads.
     asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
-    ident = await ensure_identity(settings)
-    checker = ControllerChecker(settings.server, ident, ttl=settings.revalidate_s)
+    try:
+        ident = await ensure_identity(settings)
+    except ControllerCallError as e:
+        raise front_hint(settings.server, e) from e
+    checker = ControllerChecker(
+        settings.server, ident, ttl=settings.revalidate_s, fail_open_s=settings.fail_open_s
+    )
+    await checker.probe()
     relay = RelayServer(
         ident.region,
         queue_len=settings.queue_len,
+        queue_bytes=settings.queue_bytes,
         keepalive_s=settings.keepalive_s,
         checker=checker.check,
         revalidate_s=settings.revalidate_s,

@@ -1,8 +1,8 @@
 """The relay's identity: registered with the controller once, then kept in the state dir (0600).
 
 The relay talks to the controller through cvlan.common.bootstrap (it may not import cvlan.client). Calls:
-GET /v1/relay/ca (checked against --ca-pin before anything secret is sent), POST
-/v1/relay/register, and POST /v1/relay/check with the relay certificate as client certificate.
+GET /v1/relay/ca (checked against --ca-pin before anything secret is sent) and POST
+/v1/relay/register; revocation checks are in cvlan.relay.revocation.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from cvlan.common.bootstrap import (
 )
 from cvlan.common.files import write_atomic
 from cvlan.relay.settings import RelaySettings
-from cvlan.wire.certid import NodeIdentity
 
 log = logging.getLogger(__name__)
 
@@ -103,44 +102,3 @@ async def ensure_identity(settings: RelaySettings, now: dt.datetime | None = Non
     if ident is not None and fresh(ident.cert, now):
         return ident
     return await register(settings, now)
-
-
-class ControllerChecker:
-    """Asks the controller which node certificates are still good (deleted, disabled or moved nodes
-    are not). Answers are cached for ``ttl`` seconds. When the controller cannot be reached the
-    answer is None and the caller keeps relying on the CA signature and expiry (fail open)."""
-
-    def __init__(self, server: str, identity: RelayIdentity, ttl: float = 60.0) -> None:
-        self._url = server + "/v1/relay/check"
-        self._ssl = controller_ssl(identity.ca_pem, identity)
-        self._ttl = ttl
-        self._cache: dict[NodeIdentity, tuple[float, bool]] = {}
-
-    def use(self, identity: RelayIdentity) -> None:
-        """Authenticate later checks with a renewed relay certificate."""
-        self._ssl = controller_ssl(identity.ca_pem, identity)
-
-    async def check(self, nodes: list[NodeIdentity], now: float, fresh: bool = False) -> list[bool] | None:
-        todo = [n for n in nodes if fresh or n not in self._cache or self._cache[n][0] + self._ttl < now]
-        if todo:
-            body = {
-                "nodes": [
-                    {
-                        "node_id": n.node_id,
-                        "tenant_id": n.tenant_id,
-                        "cvlan_id": n.cvlan_id,
-                        "wg_key": n.wg_key.hex(),
-                    }
-                    for n in dict.fromkeys(todo)
-                ]
-            }
-            try:
-                out = await post_json(self._url, body, self._ssl)
-            except ControllerCallError as e:
-                log.warning("revocation check failed; relying on the CA signature", extra={"reason": str(e)})
-                return None
-            for n, ok in zip(dict.fromkeys(todo), out["valid"], strict=True):
-                self._cache[n] = (now, bool(ok))
-        if len(self._cache) > 100_000:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] + self._ttl >= now}
-        return [self._cache[n][1] for n in nodes]

@@ -13,7 +13,6 @@ import logging
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from cryptography import x509
 
+from cvlan.common.framequeue import FrameQueue
 from cvlan.relay.metrics import RelayMetrics
+from cvlan.relay.revocation import Verdict
 from cvlan.wire import relayproto as rp
 from cvlan.wire.certid import CertIdentityError, NodeIdentity, node_identity
 
@@ -56,18 +57,27 @@ class RefuseReason(StrEnum):
     """TLS failed before HTTP: a certificate not signed by the CA, expired, or no TLS at all."""
     NOT_NODE = "not_node_cert"
     REVOKED = "revoked"
+    CHECK_REFUSED = "check_refused"
+    """The controller refused the relay's revocation check (fail closed)."""
+    UNCHECKED = "unchecked"
+    """The controller has been silent for longer than the fail-open window."""
     NOT_WEBSOCKET = "not_websocket"
 
 
-Checker = Callable[[list[NodeIdentity], float, bool], Awaitable[list[bool] | None]]
-"""(identities, now, fresh) -> validity per identity, or None when the controller is unreachable."""
+Checker = Callable[[list[NodeIdentity], float, bool], Awaitable[tuple[list[Verdict], str]]]
+"""(identities, now, fresh) -> (a verdict per identity, why the controller gave no answer or "")."""
+REFUSALS = {
+    Verdict.REVOKED: (RefuseReason.REVOKED, 403, "node certificate has been revoked"),
+    Verdict.REFUSED: (RefuseReason.CHECK_REFUSED, 503, "the controller refused this relay's check"),
+    Verdict.UNCHECKED: (RefuseReason.UNCHECKED, 503, "the controller has not confirmed this node lately"),
+}
 
 
 @dataclass(eq=False)
 class Client:
     ident: NodeIdentity
     ws: web.WebSocketResponse
-    queue: deque[bytes] = field(default_factory=deque)
+    queue: FrameQueue
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     gone_sent: dict[bytes, float] = field(default_factory=dict)
     closed: bool = False
@@ -86,6 +96,7 @@ class RelayServer:
         region: str,
         *,
         queue_len: int = 512,
+        queue_bytes: int = 1 << 20,
         keepalive_s: int = 30,
         checker: Checker | None = None,
         revalidate_s: float = 60.0,
@@ -93,6 +104,7 @@ class RelayServer:
     ) -> None:
         self.region = region
         self.queue_len = queue_len
+        self.queue_bytes = queue_bytes
         self.keepalive_s = keepalive_s
         self.checker = checker
         self.revalidate_s = revalidate_s
@@ -163,11 +175,11 @@ class RelayServer:
         except CertIdentityError as e:
             return self._refuse(RefuseReason.NOT_NODE, 403, str(e))
         if self.checker is not None:
-            ok = await self.checker([ident], time.monotonic(), False)
-            if ok is None:
+            verdicts, error = await self.checker([ident], time.monotonic(), False)
+            if error:
                 self.metrics.check_errors.inc()
-            elif not ok[0]:
-                return self._refuse(RefuseReason.REVOKED, 403, "node certificate has been revoked")
+            if verdicts[0] is not Verdict.VALID:
+                return self._refuse(*REFUSALS[verdicts[0]])
         return ident
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
@@ -184,8 +196,8 @@ class RelayServer:
         if not ws.can_prepare(request).ok:
             return self._refuse(RefuseReason.NOT_WEBSOCKET, 400, "expected a WebSocket upgrade")
         await ws.prepare(request)
-        c = Client(ident, ws)
-        c.queue.append(rp.pack_frame(rp.ServerInfo(rp.PROTOCOL_VERSION, self.keepalive_s, self.region)))
+        c = Client(ident, ws, FrameQueue(self.queue_len, self.queue_bytes))
+        c.queue.push(rp.pack_frame(rp.ServerInfo(rp.PROTOCOL_VERSION, self.keepalive_s, self.region)))
         c.reader = asyncio.create_task(self._reader(c))
         writer = asyncio.create_task(self._writer(c))
         self._register(c)
@@ -231,8 +243,7 @@ class RelayServer:
             return
         c.closed = True
         if c.queue:
-            self.metrics.drops.labels(reason).inc(len(c.queue))
-            c.queue.clear()
+            self.metrics.drops.labels(reason).inc(c.queue.clear())
         c.wake.set()
         if c.reader is not None:
             c.reader.cancel()
@@ -243,10 +254,9 @@ class RelayServer:
         if c.closed:
             self.metrics.drops.labels(DropReason.GONE).inc()
             return
-        if len(c.queue) >= self.queue_len:
-            c.queue.popleft()
-            self.metrics.drop_queue_head.inc()
-        c.queue.append(frame)
+        dropped = c.queue.push(frame)
+        if dropped:
+            self.metrics.drop_queue_head.inc(dropped)
         c.wake.set()
 
     def forward(self, src: Client, dst_key: bytes, packet: bytes) -> None:
@@ -314,9 +324,9 @@ class RelayServer:
                     try:
                         await asyncio.wait_for(c.wake.wait(), timeout)
                     except TimeoutError:
-                        c.queue.append(keepalive)
+                        c.queue.push(keepalive)
                     continue
-                frame = c.queue.popleft()
+                frame = c.queue.pop()
                 await c.ws.send_bytes(frame)
                 self.metrics.frames_out.inc()
                 self.metrics.bytes_out.inc(len(frame))
@@ -327,20 +337,21 @@ class RelayServer:
     # --- revocation -----------------------------------------------------------------------------
 
     async def revalidate_once(self) -> int:
-        """Re-check every connected certificate with the controller; close revoked ones."""
+        """Re-check every connected certificate with the controller; close those it no longer
+        accepts (or, past the fail-open window, every one: see cvlan.relay.revocation)."""
         if self.checker is None or not self.clients:
             return 0
         clients = list(self.clients.values())
-        ok = await self.checker([c.ident for c in clients], time.monotonic(), True)
-        if ok is None:
+        verdicts, error = await self.checker([c.ident for c in clients], time.monotonic(), True)
+        if error:
             self.metrics.check_errors.inc()
-            return 0
         closed = 0
-        for c, good in zip(clients, ok, strict=True):
-            if not good and not c.closed:
-                self.metrics.refused.labels(RefuseReason.REVOKED).inc()
+        for c, verdict in zip(clients, verdicts, strict=True):
+            if verdict is not Verdict.VALID and not c.closed:
+                self.metrics.refused.labels(REFUSALS[verdict][0]).inc()
                 log.info(
-                    "closing revoked client", extra={"node_id": c.ident.node_id, "peer": c.ident.short()}
+                    "closing client",
+                    extra={"node_id": c.ident.node_id, "peer": c.ident.short(), "reason": verdict.value},
                 )
                 self._unregister(c, DropReason.GONE)
                 closed += 1

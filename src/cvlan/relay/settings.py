@@ -7,6 +7,11 @@ from pathlib import Path
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cvlan.common.framequeue import FRAME_OVERHEAD
+from cvlan.wire import relayproto as rp
+
+MIN_QUEUE_BYTES = rp.FRAME_HEADER_LEN + rp.KEY_LEN + rp.MAX_PACKET + FRAME_OVERHEAD
+
 
 def split_hostport(v: str) -> tuple[str, int]:
     host, sep, port = v.rpartition(":")
@@ -32,9 +37,13 @@ class RelaySettings(BaseSettings):
     state_dir: Path = Path("./cvlan-relay")
     queue_len: int = 512
     """Frames queued per client before the oldest is dropped."""
+    queue_bytes: int = 1 << 20
+    """Bytes queued per client (frame lengths + 64 each) before the oldest frame is dropped."""
     keepalive_s: int = 30
     revalidate_s: float = 60.0
     """How often connected node certificates are re-checked against the controller."""
+    fail_open_s: float = 300.0
+    """How long after the controller's last answer the relay keeps accepting nodes it cannot check."""
     log_level: str = "info"
     log_format: str = "text"
 
@@ -64,6 +73,20 @@ class RelaySettings(BaseSettings):
         if v and (not v.startswith("sha256:") or len(v) != 71):
             raise ValueError("expected sha256: followed by 64 hex digits")
         return v.lower()
+
+    @field_validator("fail_open_s")
+    @classmethod
+    def _fail_open(cls, v: float) -> float:
+        if not 0 <= v <= 86400:
+            raise ValueError("must be between 0 and 86400 seconds")
+        return v
+
+    @field_validator("queue_bytes")
+    @classmethod
+    def _queue_bytes(cls, v: int) -> int:
+        if v < MIN_QUEUE_BYTES:
+            raise ValueError(f"must be at least {MIN_QUEUE_BYTES} (one largest frame)")
+        return v
 
     @field_validator("queue_len", "keepalive_s")
     @classmethod
