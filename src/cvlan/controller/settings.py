@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cvlan.common.numbers import parse_uint
+
 
 class ControllerSettings(BaseSettings):
     """Everything the controller process needs, validated at start."""
@@ -74,7 +76,7 @@ class ControllerSettings(BaseSettings):
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        if not sep or not host or parse_uint(port, 65535) is None:
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8443")
         return v
 

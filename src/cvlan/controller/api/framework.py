@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cvlan.common.numbers import parse_uint
 from cvlan.controller.audit import request_id_var
 from cvlan.controller.auth import Principal
 from cvlan.controller.errors import DomainError, Kind
@@ -112,14 +113,20 @@ def route(
     return deco
 
 
+MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000_000
+"""Bounds of a listing's page: limit 1-1000 (default 100), offset 0-1,000,000,000 (default 0)."""
+
+
 def parse_page(request: web.Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query.get("limit", "100"))
-        offset = int(request.query.get("offset", "0"))
-    except ValueError as e:
-        raise DomainError(Kind.INVALID, "limit and offset must be integers") from e
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise DomainError(Kind.INVALID, "limit must be 1-1000 and offset >= 0")
+    limit = parse_uint(request.query.get("limit", "100"), MAX_LIMIT)
+    offset = parse_uint(request.query.get("offset", "0"), MAX_OFFSET)
+    if limit is None or limit < 1 or offset is None:
+        raise DomainError(
+            Kind.INVALID,
+            f"limit must be a whole number 1-{MAX_LIMIT} and offset 0-{MAX_OFFSET} (ASCII digits)",
+            {"field": "offset" if limit else "limit"},
+        )
     return limit, offset
 
 
@@ -290,9 +297,13 @@ def openapi(title: str, version: str) -> dict[str, Any]:
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
                     },
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    },
                 ]
                 if r.paginated
                 else []

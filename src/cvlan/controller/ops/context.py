@@ -8,19 +8,24 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, false, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import QueryableAttribute
 
 from cvlan.common.clock import Clock, SystemClock
+from cvlan.common.numbers import parse_uint
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
 
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+"""A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
+R = TypeVar("R", bound=Any)
 
 
 @dataclass
@@ -62,7 +67,7 @@ class OpsContext:
 
 def check_name(kind: str, name: str) -> str:
     """A name is 1-63 letters, digits, '.', '_' or '-', starting and ending alphanumeric, not all digits."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name.isdigit():
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.isdigit():
         raise DomainError(
             Kind.INVALID,
             f"{kind} name {name!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
@@ -72,12 +77,21 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def where_ref(
+    stmt: Select[R], ref: str, id_column: QueryableAttribute[int], by_name: ColumnElement[bool]
+) -> Select[R]:
+    """stmt narrowed to the row a reference names: ASCII digits are an id (up to 2^63-1), anything
+    else the name (by_name). A reference with control characters matches nothing."""
+    if not ref.isprintable():
+        return stmt.where(false())
+    number = parse_uint(ref)
+    return stmt.where(id_column == number) if number is not None else stmt.where(by_name)
+
+
 async def resolve_tenant(session: AsyncSession, who: Principal, ref: str | int) -> Tenant:
     """The tenant named or numbered ref, if the caller has any role in it; NOT_FOUND otherwise."""
     s = str(ref)
-    stmt = (
-        select(Tenant).where(Tenant.id == int(s)) if s.isdigit() else select(Tenant).where(Tenant.name == s)
-    )
+    stmt = where_ref(select(Tenant), s, Tenant.id, Tenant.name == s)
     tenant = await session.scalar(stmt)
     if tenant is None or who.level_in(tenant.id) is None:
         raise DomainError(Kind.NOT_FOUND, f"tenant {s!r} not found")
@@ -89,7 +103,7 @@ async def resolve_cvlan(
 ) -> Cvlan:
     s = str(ref)
     stmt = select(Cvlan).where(Cvlan.tenant_id == tenant_id)
-    stmt = stmt.where(Cvlan.id == int(s)) if s.isdigit() else stmt.where(Cvlan.name == s)
+    stmt = where_ref(stmt, s, Cvlan.id, Cvlan.name == s)
     cvlan = await session.scalar(stmt.with_for_update() if lock else stmt)
     if cvlan is None:
         raise DomainError(Kind.NOT_FOUND, f"CVLAN {s!r} not found")

@@ -12,7 +12,7 @@ from cvlan.controller import audit, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
+from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan, where_ref
 
 
 def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
@@ -114,7 +114,7 @@ async def create(
 
 async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = False) -> Node:
     stmt = select(Node).where(Node.tenant_id == tenant_id)
-    stmt = stmt.where(Node.id == int(ref)) if ref.isdigit() else stmt.where(Node.name == ref)
+    stmt = where_ref(stmt, ref, Node.id, Node.name == ref)
     n = await s.scalar(stmt.with_for_update() if lock else stmt)
     if n is None:
         raise DomainError(Kind.NOT_FOUND, f"node {ref!r} not found")
