@@ -22,6 +22,9 @@ class ControllerSettings(BaseSettings):
     db: str = ""
     """SQLAlchemy URL. Empty means SQLite in data_dir (cvlan.db)."""
     listen: str = "127.0.0.1:8443"
+    metrics_listen: str = "127.0.0.1:9464"
+    """HOST:PORT of the plain-HTTP Prometheus listener (GET /metrics, no authentication: keep it on
+    loopback or a management network). Empty: no metrics listener."""
     public_url: str = ""
     """URL nodes and admins use to reach this controller. Empty: derived from listen."""
     tls: bool = True
@@ -75,9 +78,14 @@ class ControllerSettings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or parse_uint(port, 65535) is None:
-            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8443")
+        split_host_port(v)
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str) -> str:
+        if v:
+            split_host_port(v, "127.0.0.1:9464")
         return v
 
     @field_validator("log_format")
@@ -93,8 +101,11 @@ class ControllerSettings(BaseSettings):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_host_port(self.listen)
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        return split_host_port(self.metrics_listen) if self.metrics_listen else None
 
     @property
     def url(self) -> str:
@@ -104,6 +115,15 @@ class ControllerSettings(BaseSettings):
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+
+def split_host_port(text: str, example: str = "127.0.0.1:8443") -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); ValueError naming the form otherwise."""
+    host, sep, port = text.rpartition(":")
+    number = parse_uint(port, 65535)
+    if not sep or not host or number is None:
+        raise ValueError(f"expected HOST:PORT, e.g. {example}")
+    return host.strip("[]"), number
 
 
 def load_settings(config_file: Path | None, overrides: dict[str, Any]) -> ControllerSettings:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, false, select
+from sqlalchemy import ColumnElement, Select, false, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import QueryableAttribute
@@ -18,7 +18,7 @@ from sqlalchemy.orm import QueryableAttribute
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.numbers import parse_uint
 from cvlan.controller.auth import Principal
-from cvlan.controller.db.models import Cvlan, Tenant
+from cvlan.controller.db.models import Cvlan, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
@@ -26,6 +26,7 @@ from cvlan.controller.settings import ControllerSettings
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 """A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
 R = TypeVar("R", bound=Any)
+COUNTED = ("tenants", "cvlans", "nodes")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class OpsContext:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock = field(default_factory=SystemClock)
     on_cvlan_changed: list[Callable[[set[int]], None]] = field(default_factory=list)
+    objects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+    """How many tenants, CVLANs and nodes exist: counted once at start (count_objects), then kept
+    up to date by every committed transaction that adds or removes one (count_change)."""
 
     def now(self) -> dt.datetime:
         return self.clock.now()
@@ -54,15 +58,31 @@ class OpsContext:
             async with self.sessions() as session, session.begin():
                 yield session
                 changed: set[int] = session.info.get("changed_cvlans", set())
+                counted: dict[str, int] = session.info.get("counted", {})
         except IntegrityError as e:
             raise DomainError(Kind.CONFLICT, "the change conflicts with an existing object") from e
         except (OperationalError, DBAPIError, OSError) as e:
             if isinstance(e, DBAPIError) and not _is_connection_error(e):
                 raise
             raise DomainError(Kind.UNAVAILABLE, "database unavailable; retry shortly") from e
+        for what, delta in counted.items():
+            self.objects[what] += delta
         if changed:
             for hook in self.on_cvlan_changed:
                 hook(changed)
+
+    async def count_objects(self) -> None:
+        """Count tenants, CVLANs and nodes in the database (once, at start)."""
+        async with self.tx() as s:
+            for what, model in zip(COUNTED, (Tenant, Cvlan, Node), strict=True):
+                self.objects[what] = await s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def count_change(session: AsyncSession, what: str, delta: int) -> None:
+    """Record that this transaction adds (+1) or removes (-1) one of COUNTED; OpsContext.objects
+    changes only when the transaction commits."""
+    counted: dict[str, int] = session.info.setdefault("counted", {})
+    counted[what] = counted.get(what, 0) + delta
 
 
 def check_name(kind: str, name: str) -> str:

@@ -12,7 +12,7 @@ from cvlan.controller import audit, credentials, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan, where_ref
+from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
 
 MODES = ("mesh", "hub")
 ENROLL_KIND = "cvet"
@@ -67,6 +67,7 @@ async def create(
     )
     s.add(c)
     await s.flush()
+    count_change(s, "cvlans", 1)
     audit.record(s, who, "cvlan.create", "cvlan", c.id, tenant_id=tenant.id, after=_audit(c))
     return c
 
@@ -130,6 +131,7 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     audit.record(s, who, "cvlan.delete", "cvlan", c.id, tenant_id=tenant.id, before=_audit(c))
     bump(s, c)
     await s.delete(c)
+    count_change(s, "cvlans", -1)
 
 
 # --- enrollment tokens ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from cvlan.controller import audit, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan, where_ref
+from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
 
 
 def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
@@ -98,6 +98,7 @@ async def create(
         health={},
     )
     s.add(node)
+    count_change(s, "nodes", 1)
     await s.flush()
     bump(s, cvlan)
     audit.record(
@@ -207,4 +208,5 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     bump(s, cvlan)
     audit.record(s, who, "node.delete", "node", n.id, tenant_id=tenant.id, before=_audit(n))
     await s.delete(n)
+    count_change(s, "nodes", -1)
     return n
