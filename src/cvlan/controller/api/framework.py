@@ -280,7 +280,18 @@ def openapi(title: str, version: str) -> dict[str, Any]:
                     "required": ["code", "message"],
                 }
             },
-        }
+        },
+        "Page": {
+            "type": "object",
+            "properties": {
+                "items": {"type": "array", "items": {"type": "object"}},
+                "total": {"type": "integer", "minimum": 0},
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+            },
+            "required": ["items", "total", "limit", "offset"],
+        },
+        "Object": {"type": "object"},
     }
     for r in ROUTES:
         op: dict[str, Any] = {
@@ -309,7 +320,7 @@ def openapi(title: str, version: str) -> dict[str, Any]:
                 else []
             ),
             "responses": {
-                str(r.status): {"description": "success"},
+                str(r.status): _success(r),
                 "default": {
                     "description": "error",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -335,6 +346,14 @@ def openapi(title: str, version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _success(r: Route) -> dict[str, Any]:
+    """The documented success answer: nothing (204), a page of a listing, or one JSON object."""
+    if r.status == 204:
+        return {"description": "done; no content"}
+    ref = "#/components/schemas/" + ("Page" if r.paginated else "Object")
+    return {"description": "success", "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
 def _path_params(path: str) -> list[str]:
