@@ -210,3 +210,26 @@ async def test_names_with_a_trailing_newline_are_refused(api: Api, name: str) ->
         assert res.status == 422 and "is not valid" in res.body["error"]["message"], (path, res.body)
     assert await _state(api) == before
     assert (await api.get("/api/v1/regions")).ok()["total"] == 0
+
+
+async def test_nul_characters_are_refused(api: Api) -> None:
+    """PostgreSQL stores no NUL in text: such input was a 500 there."""
+    before = await _state(api)
+    for path, body, field in [
+        ("/api/v1/tenants", {"name": "acme2", "display_name": "a\x00b"}, "display_name"),
+        (BASE + "/tokens", {"cvlan": "taken", "tags": ["ok", "x\x00"]}, "tags.1"),
+        (
+            BASE + "/cvlans/taken/policy",
+            {"rules": [{"src": ["*"], "dst": ["*"], "comment": "\x00"}]},
+            "rules.0",
+        ),
+    ]:
+        res = await api.request("PUT" if path.endswith("policy") else "POST", path, json=body)
+        assert res.status == 422, (path, res.body)
+        assert res.body["error"]["message"].startswith(field) and "NUL" in res.body["error"]["message"]
+    for query in ["actor=a%00b", "action=%00", "since=1h%00"]:
+        res = await api.get(f"/api/v1/audit?{query}")
+        assert res.status == 422 and "NUL" in res.body["error"]["message"], (query, res.body)
+    res = await api.get(BASE + "/nodes?cvlan=a%00")
+    assert res.status == 422
+    assert await _state(api) == before

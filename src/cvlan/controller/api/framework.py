@@ -59,6 +59,8 @@ class Call:
 
     def q(self, name: str) -> str | None:
         v = self.request.query.get(name)
+        if v and "\x00" in v:
+            raise DomainError(Kind.INVALID, f"{name}: must not contain NUL characters", {"field": name})
         return v if v else None
 
     @property
@@ -175,11 +177,36 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise DomainError(Kind.INVALID, f"request body is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise DomainError(Kind.INVALID, "request body must be a JSON object")
+    where = _nul_in(data, "")
+    if where is not None:
+        raise DomainError(
+            Kind.INVALID, f"{where or 'body'}: strings must not contain NUL characters", {"field": where}
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:
         msg, details = _validation_message(e)
         raise DomainError(Kind.INVALID, msg, details) from e
+
+
+def _nul_in(value: object, at: str) -> str | None:
+    """Where in a parsed JSON document a string (key or value) holds a NUL character, if anywhere.
+    No store keeps NUL in text (PostgreSQL refuses it), and no field of this API needs one."""
+    if isinstance(value, str):
+        return at if "\x00" in value else None
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                return at or "body"
+            items.append((f"{at}.{k}" if at else k, v))
+    elif isinstance(value, list):
+        items = [(f"{at}.{i}", v) for i, v in enumerate(value)]
+    for path, v in items:
+        found = _nul_in(v, path)
+        if found is not None:
+            return found
+    return None
 
 
 def make_handler(
