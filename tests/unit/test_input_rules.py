@@ -100,3 +100,13 @@ def test_longest_duration_fits_a_datetime() -> None:
     longest = parse_duration(f"{MAX_DAYS}d")
     now = dt.datetime.now(dt.UTC)
     assert (now + longest).year > now.year + 99 and (now - longest).year < now.year - 99
+
+
+def test_lean_server_leaves_an_absurd_content_length_to_the_web_stack() -> None:
+    """A head the lean node server does not take is the web stack's (which answers 400/413)."""
+    from cvlan.controller.nodeapi.lean import parse_head
+
+    head = b"POST /v1/poll HTTP/1.1\r\ncontent-type: application/x-protobuf\r\ncontent-length: "
+    assert parse_head(head + b"12") is not None
+    for length in (b"9" * 5000, "²".encode(), b"-1", b"1_0"):
+        assert parse_head(head + length) is None
