@@ -101,8 +101,9 @@ def where_ref(
     stmt: Select[R], ref: str, id_column: QueryableAttribute[int], by_name: ColumnElement[bool]
 ) -> Select[R]:
     """stmt narrowed to the row a reference names: ASCII digits are an id (up to 2^63-1), anything
-    else the name (by_name). A reference with control characters matches nothing."""
-    if not ref.isprintable():
+    else the name (by_name). A reference holding a NUL character matches nothing (PostgreSQL would
+    refuse the query: no text it stores holds one)."""
+    if "\x00" in ref:
         return stmt.where(false())
     number = parse_uint(ref)
     return stmt.where(id_column == number) if number is not None else stmt.where(by_name)
