@@ -93,7 +93,7 @@ class RunningController:
 
     def __init__(self, data_dir: Path, db_url: str, clock: Clock | None = None, **overrides: Any) -> None:
         self.port = overrides.pop("port", None) or free_port()
-        overrides.setdefault("metrics_listen", f"127.0.0.1:{free_port()}")
+        overrides.setdefault("metrics_listen", "127.0.0.1:0")  # any free port: see metrics_url
         self.settings = ControllerSettings(
             data_dir=data_dir, db=db_url, listen=f"127.0.0.1:{self.port}", **overrides
         )
@@ -133,7 +133,9 @@ class RunningController:
     @property
     def metrics_url(self) -> str:
         """The plain-HTTP Prometheus endpoint (the controller's metrics listener)."""
-        return f"http://{self.settings.metrics_listen}/metrics"
+        assert self._metrics is not None, "the metrics listener is off (metrics_listen empty)"
+        host, port = self._metrics.addresses[0][:2]
+        return f"http://{host}:{port}/metrics"
 
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as s, s.get(self.metrics_url) as r:
