@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cvlan.common.clock import Clock
-from cvlan.controller.app import Controller, bootstrap_admin, build, server_ssl
+from cvlan.controller.app import Controller, bootstrap_admin, build, metrics_app, server_ssl
 from cvlan.controller.settings import ControllerSettings
 
 
@@ -93,12 +93,14 @@ class RunningController:
 
     def __init__(self, data_dir: Path, db_url: str, clock: Clock | None = None, **overrides: Any) -> None:
         self.port = overrides.pop("port", None) or free_port()
+        overrides.setdefault("metrics_listen", "127.0.0.1:0")  # any free port: see metrics_url
         self.settings = ControllerSettings(
             data_dir=data_dir, db=db_url, listen=f"127.0.0.1:{self.port}", **overrides
         )
         self.clock = clock
         self.c: Controller | None = None
         self._runner: web.AppRunner | None = None
+        self._metrics: web.AppRunner | None = None
         self.admin_token = ""
         self._apis: list[Api] = []
 
@@ -122,7 +124,23 @@ class RunningController:
             ssl_context=server_ssl(self.c) if self.settings.tls else None,
         )
         await site.start()
+        if self.settings.metrics_host_port is not None:
+            self._metrics = web.AppRunner(metrics_app(self.c), access_log=None)
+            await self._metrics.setup()
+            await web.TCPSite(self._metrics, *self.settings.metrics_host_port).start()
         return self
+
+    @property
+    def metrics_url(self) -> str:
+        """The plain-HTTP Prometheus endpoint (the controller's metrics listener)."""
+        assert self._metrics is not None, "the metrics listener is off (metrics_listen empty)"
+        host, port = self._metrics.addresses[0][:2]
+        return f"http://{host}:{port}/metrics"
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as s, s.get(self.metrics_url) as r:
+            assert r.status == 200, r.status
+            return await r.text()
 
     def client_ssl(self) -> ssl.SSLContext:
         assert self.c is not None
@@ -137,6 +155,9 @@ class RunningController:
     async def stop(self) -> None:
         for a in self._apis:
             await a.close()
+        if self._metrics is not None:
+            await self._metrics.cleanup()
+            self._metrics = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

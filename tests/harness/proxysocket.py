@@ -19,11 +19,15 @@ from tests.harness.controller import free_port
 BIN = Path(sys.executable).parent
 
 
-def serve(data: Path, sock: Path, *extra_env: tuple[str, str], port: int = 0) -> subprocess.Popen[bytes]:
-    """Start the controller with its proxy socket (and a TLS listener on `port`, any free one if 0)."""
+def serve(
+    data: Path, sock: Path, *extra_env: tuple[str, str], port: int = 0, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
+    """Start the controller with its proxy socket, a TLS listener on `port` and the metrics listener
+    on `metrics_port` (any free ones if 0)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")} | dict(extra_env)
     cmd = [str(BIN / "cvlan-controller"), "serve", "--data-dir", str(data)]
     cmd += ["--listen", f"127.0.0.1:{port or free_port()}", "--proxy-socket", str(sock)]
+    cmd += ["--metrics-listen", f"127.0.0.1:{metrics_port or free_port()}"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 

@@ -112,3 +112,124 @@ async def test_fuzzed_bodies_never_500_and_refusals_write_nothing(api: Api, body
         assert await _state(api) == before
     else:
         await api.delete(BASE + f"/cvlans/{res.body['id']}")
+
+
+BAD_REFS = ["²", "٣", "1²", "564800767201586710577152", "9223372036854775808", "a%00b"]
+"""References that are not ASCII-digit ids within 64 bits, nor a name anything can have."""
+
+
+def _ref_paths(ref: str) -> list[tuple[str, str]]:
+    t = f"/api/v1/tenants/{ref}"
+    c = BASE + f"/cvlans/{ref}"
+    return [
+        ("GET", t),
+        ("DELETE", t),
+        ("GET", t + "/cvlans"),
+        ("GET", c),
+        ("DELETE", c),
+        ("GET", c + "/policy"),
+        ("DELETE", c + "/policy"),
+        ("GET", BASE + f"/nodes/{ref}"),
+        ("DELETE", BASE + f"/nodes/{ref}"),
+        ("DELETE", BASE + f"/tokens/{ref}"),
+        ("DELETE", BASE + f"/users/{ref}"),
+        ("DELETE", BASE + f"/apitokens/{ref}"),
+        ("DELETE", f"/api/v1/regions/{ref}"),
+        ("DELETE", f"/api/v1/relays/{ref}"),
+        ("DELETE", f"/api/v1/vrouters/{ref}"),
+    ]
+
+
+@pytest.mark.parametrize("ref", BAD_REFS)
+async def test_odd_references_are_not_found(api: Api, ref: str) -> None:
+    before = await _state(api)
+    for method, path in _ref_paths(ref):
+        res = await api.request(method, path)
+        assert res.status == 404, (method, path, res.status, res.body)
+        assert res.body["error"]["code"] == "not_found"
+    assert await _state(api) == before
+
+
+PAGINATED = [
+    "/api/v1/audit",
+    "/api/v1/nodes",
+    "/api/v1/regions",
+    "/api/v1/relays",
+    "/api/v1/vrouters",
+    "/api/v1/tenants",
+    BASE + "/cvlans",
+    BASE + "/nodes",
+    BASE + "/tokens",
+    BASE + "/users",
+    BASE + "/apitokens",
+    BASE + "/audit",
+    BASE + "/denied",
+]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "offset=564800767201586710577152",
+        "offset=1000000001",
+        "limit=18446744073709551617",
+        "limit=1001",
+        "limit=²",
+        "offset=٣",
+        "offset=1_0",
+        "offset=-1",
+    ],
+)
+async def test_pages_beyond_the_bounds_are_refused(api: Api, query: str) -> None:
+    for path in PAGINATED:
+        res = await api.get(f"{path}?{query}")
+        assert res.status == 422, (path, query, res.status, res.body)
+        assert "offset 0-1000000000" in res.body["error"]["message"]
+    last = await api.get("/api/v1/audit?offset=1000000000&limit=1000")
+    assert last.ok()["items"] == [] and last.ok()["offset"] == 1_000_000_000
+
+
+async def test_durations_and_times_out_of_range_are_refused(api: Api) -> None:
+    before = await _state(api)
+    for body in [{"cvlan": "taken", "expires": "9999999d"}, {"cvlan": "taken", "uses": 10**30}]:
+        res = await api.post(BASE + "/tokens", body)
+        assert res.status == 422, res.body
+    res = await api.post(BASE + "/apitokens", {"role": "viewer", "expires": "999999999w"})
+    assert res.status == 422, res.body
+    for query in ["since=9999999d", "since=0001-01-01T00:00:00%2B01:00", "until=99999999w"]:
+        res = await api.get(f"/api/v1/audit?{query}")
+        assert res.status == 422 and res.body["error"]["code"] == "invalid", (query, res.body)
+    assert await _state(api) == before
+
+
+@pytest.mark.parametrize("name", ["0\n", "acme\n"])
+async def test_names_with_a_trailing_newline_are_refused(api: Api, name: str) -> None:
+    before = await _state(api)
+    for path in ["/api/v1/tenants", BASE + "/cvlans", "/api/v1/regions"]:
+        res = await api.post(path, {"name": name})
+        assert res.status == 422 and "is not valid" in res.body["error"]["message"], (path, res.body)
+    assert await _state(api) == before
+    assert (await api.get("/api/v1/regions")).ok()["total"] == 0
+
+
+async def test_nul_characters_are_refused(api: Api) -> None:
+    """PostgreSQL stores no NUL in text: such input was a 500 there."""
+    before = await _state(api)
+    for path, body, field in [
+        ("/api/v1/tenants", {"name": "acme2", "display_name": "a\x00b"}, "display_name"),
+        (BASE + "/tokens", {"cvlan": "taken", "tags": ["ok", "x\x00"]}, "tags.1"),
+        (
+            BASE + "/cvlans/taken/policy",
+            {"rules": [{"src": ["*"], "dst": ["*"], "comment": "\x00"}]},
+            "rules.0",
+        ),
+    ]:
+        res = await api.request("PUT" if path.endswith("policy") else "POST", path, json=body)
+        assert res.status == 422, (path, res.body)
+        assert res.body["error"]["message"].startswith(field) and "NUL" in res.body["error"]["message"]
+    for query in ["actor=a%00b", "action=%00", "since=1h%00"]:
+        res = await api.get(f"/api/v1/audit?{query}")
+        assert res.status == 422 and "NUL" in res.body["error"]["message"], (query, res.body)
+    res = await api.get(BASE + "/nodes?cvlan=a%00")
+    assert res.status == 422
+    assert await _state(api) == before

@@ -27,6 +27,7 @@ from cvlan.sim import adminconf
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
+from tests.harness.controller import free_port
 
 BIN = Path(sys.executable).parent
 FAST_POLLS = 'cvlan_proxy_fast_requests_total{route="/v1/poll"}'
@@ -44,11 +45,12 @@ class Ctl:
     node_id: int
     cert: bytes
     """The node's certificate as the front forwards it (URL-escaped PEM)."""
+    metrics_port: int
 
     async def metric(self, name: str) -> float:
         async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.conf.ssl_context())) as s,
-            s.get(self.conf.server + "/metrics") as r,
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r,
         ):
             m = re.search(rf"^{re.escape(name)} (\S+)$", await r.text(), re.M)
             return float(m.group(1)) if m else 0.0
@@ -59,11 +61,12 @@ class Ctl:
 
 async def _up(tmp: Path, *extra_env: tuple[str, str]) -> Ctl:
     data, sock = tmp / "ctl", tmp / "ctl.sock"
-    proc = proxysocket.serve(data, sock, *extra_env)
+    metrics_port = free_port()
+    proc = proxysocket.serve(data, sock, *extra_env, metrics_port=metrics_port)
     conf = await proxysocket.wait_ready(proc, data, sock)
     token, reg = await proxysocket.enrol(conf, "n1")
     cert = urllib.parse.quote(reg.certificate_pem).encode()
-    return Ctl(proc, sock, conf, token, reg.node_id, cert)
+    return Ctl(proc, sock, conf, token, reg.node_id, cert, metrics_port)
 
 
 def _stop(ctl: Ctl) -> float:

@@ -173,7 +173,7 @@ async def test_first_start_writes_admin_conf_and_cli_uses_it(
 async def test_metrics_and_openapi(controller: RunningController) -> None:
     api = controller.api()
     await api.post("/api/v1/tenants", {"name": "acme"})
-    text = (await api.get("/metrics")).body
+    text = await controller.metrics()
     assert 'cvlan_http_requests_total{method="POST",route="/api/v1/tenants",status="201"}' in text
     assert "cvlan_tenants 1.0" in text and "cvlan_db_pool_size" in text
     doc = (await api.get("/api/v1/openapi.json")).ok()

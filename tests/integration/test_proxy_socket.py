@@ -7,9 +7,11 @@ TCP listener from an untrusted address."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import ssl
 import stat
+import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -76,3 +78,54 @@ def test_proxy_socket_path_taken_by_a_file_is_refused(tmp_path: Path) -> None:
     lines = out.decode().strip().splitlines()
     assert any(f"cannot listen on proxy socket {sock}" in line for line in lines), lines
     assert sock.read_text() == "not a socket"
+
+
+def _serve_stderr(data: Path, sock: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")}
+    cmd = [str(proxysocket.BIN / "cvlan-controller"), "serve", "--data-dir", str(data)]
+    cmd += ["--listen", f"127.0.0.1:{free_port()}", "--proxy-socket", str(sock), "--metrics-listen", ""]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "why"),
+    [
+        (0o777, 0, "writable by group and others"),
+        (0o770, 0, "writable by group"),
+        (0o757, 0, "writable by others"),
+        (0o755, 65534, "owned by uid 65534"),
+    ],
+)
+def test_proxy_socket_in_a_directory_others_may_write_is_refused(
+    tmp_path: Path, mode: int, owner: int, why: str
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, owner, -1)
+    shared.chmod(mode)
+    for sock in (shared / "ctl.sock", shared / "deeper" / "ctl.sock"):
+        if sock.parent != shared:
+            sock.parent.mkdir(mode=0o755)
+            sock.parent.chmod(0o755)
+        r = _serve_stderr(tmp_path / "ctl", sock)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"refusing proxy socket {sock}" in lines[0] and why in lines[0], lines
+        assert f"directory {shared} " in lines[0], lines
+        assert not sock.exists() and not (tmp_path / "ctl").exists(), "nothing is created"
+
+
+@pytest.mark.timeout(120)
+async def test_proxy_socket_in_a_sticky_shared_directory_is_accepted(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    sock = shared / "ctl.sock"
+    proc = proxysocket.serve(tmp_path / "ctl", sock)
+    try:
+        await proxysocket.wait_ready(proc, tmp_path / "ctl", sock)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -123,3 +123,14 @@ async def test_session_cookie_is_secure_behind_a_trusted_front_given_as_a_networ
             assert ("secure" in flags) is want, flags
         finally:
             await rc.stop()
+
+
+async def test_audit_page_number_of_odd_digits_shows_the_first_page(controller: RunningController) -> None:
+    """'²' passed str.isdigit() and int() then raised: the page was a 500."""
+    await _seed(controller)
+    url = controller.url
+    async with _client(controller) as http:
+        assert (await _sign_in(http, url, PW))[0] == 303
+        for pg in ("²", "٣", "99999999999999999999999", "1"):
+            async with http.get(url + "/ui/t/acme/audit", params={"page": pg}) as r:
+                assert r.status == 200, (pg, r.status)

@@ -6,7 +6,7 @@ import datetime as dt
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cvlan.cli.config import parse_admin_conf
@@ -36,6 +36,8 @@ def test_durations() -> None:
 
 
 @given(st.text(max_size=80))
+@example("0\n")
+@example("acme\n")
 def test_names_accept_only_safe_labels(name: str) -> None:
     try:
         check_name("x", name)

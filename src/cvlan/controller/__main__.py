@@ -20,10 +20,10 @@ from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
 from cvlan.controller import usercmd
-from cvlan.controller.app import bootstrap_admin, build
+from cvlan.controller.app import Controller, bootstrap_admin, build, metrics_app
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.nodeapi.lean import LeanNodeServer
-from cvlan.controller.settings import load_settings
+from cvlan.controller.settings import load_settings, split_host_port
 from cvlan.controller.tlsserve import TlsKeeper
 
 log = logging.getLogger("cvlan.controller")
@@ -45,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
         "e.g. postgresql+asyncpg://user@/cvlan?host=/run/postgresql",
     )
     s.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8443)")
+    s.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="plain-HTTP listener for Prometheus (GET /metrics, no authentication; default "
+        "127.0.0.1:9464); an empty value turns it off",
+    )
     s.add_argument("--public-url", help="URL nodes and admins use to reach this controller")
     s.add_argument("--config", type=Path, help="TOML file with settings (same names as the flags)")
     s.add_argument(
@@ -61,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
         "--proxy-socket",
         type=Path,
         help="also serve plain HTTP on this Unix socket for a TLS-terminating proxy on the same host "
-        "(its X-Client-Cert header is believed; the socket is created mode 0660)",
+        "(its X-Client-Cert header is believed; the socket is created mode 0660). Its directory and "
+        "every directory above must be owned by root or this user and not writable by group or others "
+        "unless sticky (like /tmp), else the controller refuses to start",
     )
     s.add_argument("--log-format", choices=("text", "json"))
     s.add_argument("--log-level")
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_dir": args.data_dir,
         "db": args.db,
         "listen": args.listen,
+        "metrics_listen": args.metrics_listen,
         "public_url": args.public_url,
         "tls": False if args.no_tls else None,
         "proxy_socket": args.proxy_socket,
@@ -119,6 +128,13 @@ async def _serve(settings: object) -> int:
     from cvlan.controller.settings import ControllerSettings
 
     assert isinstance(settings, ControllerSettings)
+    if settings.proxy_socket is not None:
+        unsafe = unsafe_socket_dir(settings.proxy_socket)
+        if unsafe:
+            print(
+                f"cvlan-controller: refusing proxy socket {settings.proxy_socket}: {unsafe}", file=sys.stderr
+            )
+            return 1
     try:
         c = await build(settings)
         conf = await bootstrap_admin(c)
@@ -148,6 +164,10 @@ async def _serve(settings: object) -> int:
         print(f"cvlan-controller: cannot listen on {e.filename}: {e.strerror}", file=sys.stderr)
         await runner.cleanup()
         return 1
+    metrics = await _start_metrics(c)
+    if metrics is None:
+        await runner.cleanup()
+        return 1
     listener: asyncio.Server | None = None
     if settings.proxy_socket is not None:
         try:
@@ -157,6 +177,7 @@ async def _serve(settings: object) -> int:
                 f"cvlan-controller: cannot listen on proxy socket {settings.proxy_socket}: {e.strerror}",
                 file=sys.stderr,
             )
+            await metrics.cleanup()
             await runner.cleanup()
             return 1
         log.info("controller listening for its TLS front", extra={"endpoint": str(settings.proxy_socket)})
@@ -176,6 +197,7 @@ async def _serve(settings: object) -> int:
         await tls_task
     if listener is not None:
         listener.close()
+    await metrics.cleanup()
     await runner.cleanup()
     if settings.proxy_socket is not None:
         settings.proxy_socket.unlink(missing_ok=True)
@@ -184,12 +206,64 @@ async def _serve(settings: object) -> int:
 
 async def _listen(runner: web.AppRunner, listen: str, ctx: ssl.SSLContext | None) -> None:
     """Start a TCP site on HOST:PORT; OSError with the address as filename if it cannot listen."""
-    host, _, port = listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ctx, backlog=4096, reuse_address=True)
+    host, port = split_host_port(listen)
+    site = web.TCPSite(runner, host, port, ssl_context=ctx, backlog=4096, reuse_address=True)
     try:
         await site.start()
     except OSError as e:
         raise OSError(e.errno, e.strerror, listen) from e
+
+
+async def _start_metrics(c: Controller) -> web.AppRunner | None:
+    """The Prometheus listener (plain HTTP, settings.metrics_listen). A runner with no site when the
+    setting is empty; None (after one line on stderr) when the address cannot be bound."""
+    runner = web.AppRunner(metrics_app(c), access_log=None)
+    await runner.setup()
+    where = c.settings.metrics_host_port
+    if where is None:
+        return runner
+    try:
+        await web.TCPSite(runner, where[0], where[1], reuse_address=True).start()
+    except OSError as e:
+        print(
+            f"cvlan-controller: cannot listen for metrics on {c.settings.metrics_listen}: {e.strerror}",
+            file=sys.stderr,
+        )
+        await runner.cleanup()
+        return None
+    log.info("metrics listening", extra={"endpoint": f"http://{c.settings.metrics_listen}/metrics"})
+    return runner
+
+
+def unsafe_socket_dir(path: Path) -> str | None:
+    """Why the proxy socket's directory would let another user replace or intercept the socket, or None.
+
+    Whoever may write to a directory on the path may rename or remove the socket and bind their own,
+    then read every request the TLS front forwards (node certificates, API tokens, sessions). So the
+    socket's directory and every directory above it must be owned by root or by this process's user,
+    and must not be writable by group or others - unless the sticky bit is set (as on /tmp), which
+    keeps others from removing or renaming what this user created there."""
+    me = os.geteuid()
+    given, real = path.parent.absolute(), path.parent.resolve()
+    for directory in dict.fromkeys((given, *given.parents, real, *real.parents)):
+        try:
+            st = directory.stat()
+        except OSError as e:
+            return f"cannot check directory {directory}: {e.strerror}"
+        if st.st_uid not in (0, me):
+            return f"directory {directory} is owned by uid {st.st_uid}, not by root or this user (uid {me})"
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and not st.st_mode & stat.S_ISVTX:
+            who = (
+                "group and others"
+                if writable == stat.S_IWGRP | stat.S_IWOTH
+                else ("group" if writable == stat.S_IWGRP else "others")
+            )
+            return (
+                f"directory {directory} (mode {stat.S_IMODE(st.st_mode):04o}) is writable by {who}: "
+                "make it writable by its owner only (chmod go-w) or sticky (chmod +t)"
+            )
+    return None
 
 
 GC_THRESHOLDS = (50_000, 20, 100)

@@ -31,7 +31,7 @@ from cvlan.controller.api.framework import (
 from cvlan.controller.auth import Principal
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db import engine as dbengine
-from cvlan.controller.db.models import ApiToken, Cvlan, KeyValue, Node, Tenant
+from cvlan.controller.db.models import ApiToken, KeyValue
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
@@ -89,22 +89,25 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    ctx = request.app[CTX_KEY]
-    try:
-        async with ctx.tx() as s:
-            G_TENANTS.set(await s.scalar(select(func.count()).select_from(Tenant)) or 0)
-            G_CVLANS.set(await s.scalar(select(func.count()).select_from(Cvlan)) or 0)
-            G_NODES.set(await s.scalar(select(func.count()).select_from(Node)) or 0)
-    except DomainError:
-        pass
-    pool: Any = request.app[ENGINE_KEY].pool
-    if hasattr(pool, "checkedout"):
-        G_POOL.set(pool.checkedout())
-        G_POOL_SIZE.set(pool.size())
-    resp = web.Response(body=generate_latest())
-    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return resp
+def metrics_app(c: Controller) -> web.Application:
+    """The Prometheus endpoint, served on its own listener (settings.metrics_listen), never on the
+    public one. A scrape reads only what is in memory: no database query."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        G_TENANTS.set(c.ctx.objects["tenants"])
+        G_CVLANS.set(c.ctx.objects["cvlans"])
+        G_NODES.set(c.ctx.objects["nodes"])
+        pool: Any = c.engine.pool
+        if hasattr(pool, "checkedout"):
+            G_POOL.set(pool.checkedout())
+            G_POOL_SIZE.set(pool.size())
+        resp = web.Response(body=generate_latest())
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
 
 
 async def build(
@@ -119,6 +122,7 @@ async def build(
         settings=settings, sessions=dbengine.session_factory(engine), clock=clock or SystemClock()
     )
     ca = CertificateAuthority.load_or_create(settings.data_dir)
+    await ctx.count_objects()
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_middleware])
     app[CTX_KEY] = ctx
     app[ENGINE_KEY] = engine
@@ -130,7 +134,6 @@ async def build(
         app.router.add_route(r.method, r.path, make_handler(r, authenticate), name=r.handler.__name__)
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler)
     infraapi.add_routes(app, ca)
     nodeapi.install(app, ctx, ca)
     vrouterapi.install(app, ca)

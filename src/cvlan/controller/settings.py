@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cvlan.common.numbers import parse_uint
+
 
 class ControllerSettings(BaseSettings):
     """Everything the controller process needs, validated at start."""
@@ -20,6 +22,9 @@ class ControllerSettings(BaseSettings):
     db: str = ""
     """SQLAlchemy URL. Empty means SQLite in data_dir (cvlan.db)."""
     listen: str = "127.0.0.1:8443"
+    metrics_listen: str = "127.0.0.1:9464"
+    """HOST:PORT of the plain-HTTP Prometheus listener (GET /metrics, no authentication: keep it on
+    loopback or a management network). Empty: no metrics listener."""
     public_url: str = ""
     """URL nodes and admins use to reach this controller. Empty: derived from listen."""
     tls: bool = True
@@ -84,9 +89,14 @@ class ControllerSettings(BaseSettings):
     def _listen(cls, v: str, info: ValidationInfo) -> str:
         if not v and info.field_name == "web_listen":
             return v
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8443")
+        split_host_port(v)
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str) -> str:
+        if v:
+            split_host_port(v, "127.0.0.1:9464")
         return v
 
     @field_validator("log_format")
@@ -111,8 +121,11 @@ class ControllerSettings(BaseSettings):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_host_port(self.listen)
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        return split_host_port(self.metrics_listen) if self.metrics_listen else None
 
     @property
     def url(self) -> str:
@@ -122,6 +135,15 @@ class ControllerSettings(BaseSettings):
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+
+def split_host_port(text: str, example: str = "127.0.0.1:8443") -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); ValueError naming the form otherwise."""
+    host, sep, port = text.rpartition(":")
+    number = parse_uint(port, 65535)
+    if not sep or not host or number is None:
+        raise ValueError(f"expected HOST:PORT, e.g. {example}")
+    return host.strip("[]"), number
 
 
 def load_settings(config_file: Path | None, overrides: dict[str, Any]) -> ControllerSettings:

@@ -59,7 +59,7 @@ VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
 MAX_LONG_POLL_S = 60
 RECHECK_S = 1.0
 POLL_INTERVAL_S = 10
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class RegisterIn(_In):
@@ -95,7 +95,7 @@ class VrouterApi:
 
     async def register(self, request: web.Request) -> web.Response:
         body: RegisterIn = await _body(request, RegisterIn)
-        if not _HEX64.match(body.wg_public_key):
+        if not _HEX64.fullmatch(body.wg_public_key):
             raise DomainError(
                 Kind.INVALID, "wg_public_key: expected 64 hex characters", {"field": "wg_public_key"}
             )

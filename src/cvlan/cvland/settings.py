@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class CvlandSettings(BaseSettings):
@@ -33,7 +33,7 @@ class CvlandSettings(BaseSettings):
     @field_validator("interface")
     @classmethod
     def _ifname(cls, v: str) -> str:
-        if not _IFNAME.match(v):
+        if not _IFNAME.fullmatch(v):
             raise ValueError("expected 1-15 characters of A-Z a-z 0-9 _ . -")
         return v
 

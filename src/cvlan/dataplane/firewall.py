@@ -26,7 +26,7 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _PROTOS = ("any", "tcp", "udp", "icmp")
 DENY_LOG_GROUP = 1117
 """NFLOG group every dropped packet is logged to (read by cvland, see dataplane/nflog.py)."""
@@ -46,7 +46,7 @@ def table_name(ifname: str) -> str:
 
 def render_ruleset(ifname: str, subnet: str, rules: Sequence[Mapping[str, object]]) -> str:
     """The complete nft file for interface ifname; FirewallError on a bad rule or name."""
-    if not _IFNAME.match(ifname):
+    if not _IFNAME.fullmatch(ifname):
         raise FirewallError(f"interface name {ifname!r}: expected 1-15 of A-Z a-z 0-9 _ . -")
     net = _network(subnet, "cvlan subnet")
     table = table_name(ifname)
@@ -113,7 +113,7 @@ def _as_list(i: int, v: object) -> list[object]:
 
 def _port(i: int, p: object) -> str:
     text = str(p)
-    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", text)
+    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", text)
     if isinstance(p, bool) or not m:
         raise FirewallError(f"filter rule {i}: port {p!r}: expected N or N-M")
     lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))

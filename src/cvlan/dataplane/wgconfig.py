@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 KeyHex = NewType("KeyHex", str)
 """A 32-byte WireGuard key as 64 lowercase hex characters (the UAPI's form)."""
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_key(text: str, what: str = "key") -> KeyHex:
     """Return text as a KeyHex, or raise ValueError naming what was wrong."""
     t = text.strip().lower()
-    if not _HEX64.match(t):
+    if not _HEX64.fullmatch(t):
         raise ValueError(f"{what}: expected 64 hex characters, got {len(t)} characters")
     return KeyHex(t)
 

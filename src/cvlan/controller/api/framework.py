@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cvlan.common.numbers import parse_uint
 from cvlan.controller.audit import request_id_var
 from cvlan.controller.auth import Principal
 from cvlan.controller.errors import DomainError, Kind
@@ -58,6 +59,8 @@ class Call:
 
     def q(self, name: str) -> str | None:
         v = self.request.query.get(name)
+        if v and "\x00" in v:
+            raise DomainError(Kind.INVALID, f"{name}: must not contain NUL characters", {"field": name})
         return v if v else None
 
     @property
@@ -112,14 +115,20 @@ def route(
     return deco
 
 
+MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000_000
+"""Bounds of a listing's page: limit 1-1000 (default 100), offset 0-1,000,000,000 (default 0)."""
+
+
 def parse_page(request: web.Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query.get("limit", "100"))
-        offset = int(request.query.get("offset", "0"))
-    except ValueError as e:
-        raise DomainError(Kind.INVALID, "limit and offset must be integers") from e
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise DomainError(Kind.INVALID, "limit must be 1-1000 and offset >= 0")
+    limit = parse_uint(request.query.get("limit", "100"), MAX_LIMIT)
+    offset = parse_uint(request.query.get("offset", "0"), MAX_OFFSET)
+    if limit is None or limit < 1 or offset is None:
+        raise DomainError(
+            Kind.INVALID,
+            f"limit must be a whole number 1-{MAX_LIMIT} and offset 0-{MAX_OFFSET} (ASCII digits)",
+            {"field": "offset" if limit else "limit"},
+        )
     return limit, offset
 
 
@@ -168,11 +177,36 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise DomainError(Kind.INVALID, f"request body is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise DomainError(Kind.INVALID, "request body must be a JSON object")
+    where = _nul_in(data, "")
+    if where is not None:
+        raise DomainError(
+            Kind.INVALID, f"{where or 'body'}: strings must not contain NUL characters", {"field": where}
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:
         msg, details = _validation_message(e)
         raise DomainError(Kind.INVALID, msg, details) from e
+
+
+def _nul_in(value: object, at: str) -> str | None:
+    """Where in a parsed JSON document a string (key or value) holds a NUL character, if anywhere.
+    No store keeps NUL in text (PostgreSQL refuses it), and no field of this API needs one."""
+    if isinstance(value, str):
+        return at if "\x00" in value else None
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                return at or "body"
+            items.append((f"{at}.{k}" if at else k, v))
+    elif isinstance(value, list):
+        items = [(f"{at}.{i}", v) for i, v in enumerate(value)]
+    for path, v in items:
+        found = _nul_in(v, path)
+        if found is not None:
+            return found
+    return None
 
 
 def make_handler(
@@ -273,7 +307,18 @@ def openapi(title: str, version: str) -> dict[str, Any]:
                     "required": ["code", "message"],
                 }
             },
-        }
+        },
+        "Page": {
+            "type": "object",
+            "properties": {
+                "items": {"type": "array", "items": {"type": "object"}},
+                "total": {"type": "integer", "minimum": 0},
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+            },
+            "required": ["items", "total", "limit", "offset"],
+        },
+        "Object": {"type": "object"},
     }
     for r in ROUTES:
         op: dict[str, Any] = {
@@ -290,15 +335,19 @@ def openapi(title: str, version: str) -> dict[str, Any]:
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
                     },
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    },
                 ]
                 if r.paginated
                 else []
             ),
             "responses": {
-                str(r.status): {"description": "success"},
+                str(r.status): _success(r),
                 "default": {
                     "description": "error",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -324,6 +373,14 @@ def openapi(title: str, version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _success(r: Route) -> dict[str, Any]:
+    """The documented success answer: nothing (204), a page of a listing, or one JSON object."""
+    if r.status == 204:
+        return {"description": "done; no content"}
+    ref = "#/components/schemas/" + ("Page" if r.paginated else "Object")
+    return {"description": "success", "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
 def _path_params(path: str) -> list[str]:

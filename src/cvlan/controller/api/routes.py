@@ -210,7 +210,7 @@ async def list_denied(c: Call) -> dict[str, Any]:
 class TokenCreate(Body):
     cvlan: str = Field(max_length=63)
     reusable: bool = False
-    uses: int | None = Field(default=None, ge=1, le=1_000_000)
+    uses: int | None = Field(default=None, ge=1, le=cvlans.MAX_TOKEN_USES)
     expires: str | None = Field(default=None, max_length=20, description="duration such as 24h or 7d")
     tags: list[str] = Field(default_factory=list)
 
@@ -442,11 +442,11 @@ def _time(field: str, v: str | None) -> dt.datetime | None:
         pass
     try:
         t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError as e:
+        return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError) as e:
         raise DomainError(
             Kind.INVALID, f"{field} {v!r}: expected an ISO time or a duration such as 24h"
         ) from e
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def audit_view(e: Any) -> dict[str, Any]:

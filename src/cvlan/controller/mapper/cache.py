@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cvlan.common.numbers import parse_uint
 from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import policy as policy_ops
@@ -451,7 +452,7 @@ async def _vrouters(s: AsyncSession, c: Cvlan) -> list[pb.VrouterPeer]:
 def valid_endpoint(text: str) -> bool:
     """ip:port with an IPv4 or [IPv6] address and a port in 1..65535."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not 0 < (parse_uint(port) or 0) < 65536:
         return False
     try:
         ipaddress.ip_address(host.strip("[]"))

@@ -8,19 +8,25 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, false, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import QueryableAttribute
 
 from cvlan.common.clock import Clock, SystemClock
+from cvlan.common.numbers import parse_uint
 from cvlan.controller.auth import Principal
-from cvlan.controller.db.models import Cvlan, Tenant
+from cvlan.controller.db.models import Cvlan, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
 
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+"""A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
+R = TypeVar("R", bound=Any)
+COUNTED = ("tenants", "cvlans", "nodes")
 
 
 @dataclass
@@ -31,6 +37,9 @@ class OpsContext:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock = field(default_factory=SystemClock)
     on_cvlan_changed: list[Callable[[set[int]], None]] = field(default_factory=list)
+    objects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+    """How many tenants, CVLANs and nodes exist: counted once at start (count_objects), then kept
+    up to date by every committed transaction that adds or removes one (count_change)."""
 
     def now(self) -> dt.datetime:
         return self.clock.now()
@@ -49,20 +58,36 @@ class OpsContext:
             async with self.sessions() as session, session.begin():
                 yield session
                 changed: set[int] = session.info.get("changed_cvlans", set())
+                counted: dict[str, int] = session.info.get("counted", {})
         except IntegrityError as e:
             raise DomainError(Kind.CONFLICT, "the change conflicts with an existing object") from e
         except (OperationalError, DBAPIError, OSError) as e:
             if isinstance(e, DBAPIError) and not _is_connection_error(e):
                 raise
             raise DomainError(Kind.UNAVAILABLE, "database unavailable; retry shortly") from e
+        for what, delta in counted.items():
+            self.objects[what] += delta
         if changed:
             for hook in self.on_cvlan_changed:
                 hook(changed)
 
+    async def count_objects(self) -> None:
+        """Count tenants, CVLANs and nodes in the database (once, at start)."""
+        async with self.tx() as s:
+            for what, model in zip(COUNTED, (Tenant, Cvlan, Node), strict=True):
+                self.objects[what] = await s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def count_change(session: AsyncSession, what: str, delta: int) -> None:
+    """Record that this transaction adds (+1) or removes (-1) one of COUNTED; OpsContext.objects
+    changes only when the transaction commits."""
+    counted: dict[str, int] = session.info.setdefault("counted", {})
+    counted[what] = counted.get(what, 0) + delta
+
 
 def check_name(kind: str, name: str) -> str:
     """A name is 1-63 letters, digits, '.', '_' or '-', starting and ending alphanumeric, not all digits."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name.isdigit():
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.isdigit():
         raise DomainError(
             Kind.INVALID,
             f"{kind} name {name!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
@@ -72,12 +97,22 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def where_ref(
+    stmt: Select[R], ref: str, id_column: QueryableAttribute[int], by_name: ColumnElement[bool]
+) -> Select[R]:
+    """stmt narrowed to the row a reference names: ASCII digits are an id (up to 2^63-1), anything
+    else the name (by_name). A reference holding a NUL character matches nothing (PostgreSQL would
+    refuse the query: no text it stores holds one)."""
+    if "\x00" in ref:
+        return stmt.where(false())
+    number = parse_uint(ref)
+    return stmt.where(id_column == number) if number is not None else stmt.where(by_name)
+
+
 async def resolve_tenant(session: AsyncSession, who: Principal, ref: str | int) -> Tenant:
     """The tenant named or numbered ref, if the caller has any role in it; NOT_FOUND otherwise."""
     s = str(ref)
-    stmt = (
-        select(Tenant).where(Tenant.id == int(s)) if s.isdigit() else select(Tenant).where(Tenant.name == s)
-    )
+    stmt = where_ref(select(Tenant), s, Tenant.id, Tenant.name == s)
     tenant = await session.scalar(stmt)
     if tenant is None or who.level_in(tenant.id) is None:
         raise DomainError(Kind.NOT_FOUND, f"tenant {s!r} not found")
@@ -89,7 +124,7 @@ async def resolve_cvlan(
 ) -> Cvlan:
     s = str(ref)
     stmt = select(Cvlan).where(Cvlan.tenant_id == tenant_id)
-    stmt = stmt.where(Cvlan.id == int(s)) if s.isdigit() else stmt.where(Cvlan.name == s)
+    stmt = where_ref(stmt, s, Cvlan.id, Cvlan.name == s)
     cvlan = await session.scalar(stmt.with_for_update() if lock else stmt)
     if cvlan is None:
         raise DomainError(Kind.NOT_FOUND, f"CVLAN {s!r} not found")

@@ -12,7 +12,7 @@ from cvlan.controller import audit, credentials, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
+from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
 
 MODES = ("mesh", "hub")
 ENROLL_KIND = "cvet"
@@ -67,6 +67,7 @@ async def create(
     )
     s.add(c)
     await s.flush()
+    count_change(s, "cvlans", 1)
     audit.record(s, who, "cvlan.create", "cvlan", c.id, tenant_id=tenant.id, after=_audit(c))
     return c
 
@@ -130,6 +131,7 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     audit.record(s, who, "cvlan.delete", "cvlan", c.id, tenant_id=tenant.id, before=_audit(c))
     bump(s, c)
     await s.delete(c)
+    count_change(s, "cvlans", -1)
 
 
 # --- enrollment tokens ------------------------------------------------------------------
@@ -163,6 +165,10 @@ def check_tags(tags: list[str]) -> list[str]:
     return sorted(set(tags))
 
 
+MAX_TOKEN_USES = 1_000_000
+"""The most registrations one enrollment token may allow."""
+
+
 async def create_token(
     ctx: OpsContext,
     s: AsyncSession,
@@ -178,8 +184,8 @@ async def create_token(
     """Issue an enrollment token for a CVLAN; the secret text is returned once and stored hashed."""
     who.require(tenant.id, Level.OPERATE, "create enrollment token")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref)
-    if max_uses is not None and max_uses < 1:
-        raise DomainError(Kind.INVALID, "uses must be at least 1", {"field": "max_uses"})
+    if max_uses is not None and not 1 <= max_uses <= MAX_TOKEN_USES:
+        raise DomainError(Kind.INVALID, f"uses must be 1-{MAX_TOKEN_USES:,}", {"field": "max_uses"})
     if max_uses is not None and max_uses > 1:
         reusable = True
     issued = credentials.issue(ENROLL_KIND)
@@ -234,11 +240,7 @@ async def revoke_token(
 ) -> EnrollmentToken:
     who.require(tenant.id, Level.OPERATE, "revoke enrollment token")
     stmt = select(EnrollmentToken).where(EnrollmentToken.tenant_id == tenant.id)
-    stmt = (
-        stmt.where(EnrollmentToken.id == int(ref))
-        if ref.isdigit()
-        else stmt.where(EnrollmentToken.prefix == ref)
-    )
+    stmt = where_ref(stmt, ref, EnrollmentToken.id, EnrollmentToken.prefix == ref)
     t = await s.scalar(stmt)
     if t is None:
         raise DomainError(Kind.NOT_FOUND, f"enrollment token {ref!r} not found")

@@ -7,11 +7,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cvlan.common.numbers import parse_uint
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name
+from cvlan.controller.ops.context import OpsContext, bump, check_name, where_ref
 
 RELAY_KIND = "cvrb"
 VROUTER_KIND = "cvvb"
@@ -19,13 +20,7 @@ VROUTER_KIND = "cvvb"
 
 def check_hostport(field: str, value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if (
-        not sep
-        or not host
-        or not port.isdigit()
-        or not 0 < int(port) < 65536
-        or any(c.isspace() for c in value)
-    ):
+    if not sep or not host or not 0 < (parse_uint(port) or 0) < 65536 or any(c.isspace() for c in value):
         raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field})
     return value
 
@@ -37,11 +32,7 @@ def check_url(field: str, value: str) -> str:
 
 
 async def _region(s: AsyncSession, ref: str) -> Region:
-    stmt = (
-        select(Region).where(Region.id == int(ref))
-        if ref.isdigit()
-        else select(Region).where(Region.name == ref)
-    )
+    stmt = where_ref(select(Region), ref, Region.id, Region.name == ref)
     r = await s.scalar(stmt)
     if r is None:
         raise DomainError(Kind.NOT_FOUND, f"region {ref!r} not found", {"field": "region"})
@@ -153,9 +144,7 @@ async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tu
 
 async def delete_relay(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
     who.require_platform("delete relay")
-    stmt = (
-        select(Relay).where(Relay.id == int(ref)) if ref.isdigit() else select(Relay).where(Relay.name == ref)
-    )
+    stmt = where_ref(select(Relay), ref, Relay.id, Relay.name == ref)
     x = await s.scalar(stmt)
     if x is None:
         raise DomainError(Kind.NOT_FOUND, f"relay {ref!r} not found")
@@ -207,11 +196,7 @@ async def list_vrouters(s: AsyncSession, limit: int, offset: int) -> tuple[list[
 
 async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
     who.require_platform("delete vrouter")
-    stmt = (
-        select(Vrouter).where(Vrouter.id == int(ref))
-        if ref.isdigit()
-        else select(Vrouter).where(Vrouter.name == ref)
-    )
+    stmt = where_ref(select(Vrouter), ref, Vrouter.id, Vrouter.name == ref)
     x = await s.scalar(stmt)
     if x is None:
         raise DomainError(Kind.NOT_FOUND, f"vrouter {ref!r} not found")

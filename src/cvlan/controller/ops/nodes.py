@@ -12,7 +12,7 @@ from cvlan.controller import audit, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
+from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
 
 
 def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
@@ -98,6 +98,7 @@ async def create(
         health={},
     )
     s.add(node)
+    count_change(s, "nodes", 1)
     await s.flush()
     bump(s, cvlan)
     audit.record(
@@ -114,7 +115,7 @@ async def create(
 
 async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = False) -> Node:
     stmt = select(Node).where(Node.tenant_id == tenant_id)
-    stmt = stmt.where(Node.id == int(ref)) if ref.isdigit() else stmt.where(Node.name == ref)
+    stmt = where_ref(stmt, ref, Node.id, Node.name == ref)
     n = await s.scalar(stmt.with_for_update() if lock else stmt)
     if n is None:
         raise DomainError(Kind.NOT_FOUND, f"node {ref!r} not found")
@@ -207,4 +208,5 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     bump(s, cvlan)
     audit.record(s, who, "node.delete", "node", n.id, tenant_id=tenant.id, before=_audit(n))
     await s.delete(n)
+    count_change(s, "nodes", -1)
     return n

@@ -9,7 +9,7 @@ from cvlan.controller import audit
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, check_name, resolve_tenant
+from cvlan.controller.ops.context import OpsContext, check_name, count_change, resolve_tenant
 
 
 def view(t: Tenant) -> dict[str, object]:
@@ -26,6 +26,7 @@ async def create(
     t = Tenant(name=name, display_name=display_name, created_at=ctx.now())
     s.add(t)
     await s.flush()
+    count_change(s, "tenants", 1)
     audit.record(s, who, "tenant.create", "tenant", t.id, tenant_id=t.id, after=_audit(t))
     return t
 
@@ -56,6 +57,7 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> 
         )
     audit.record(s, who, "tenant.delete", "tenant", t.id, tenant_id=t.id, before=_audit(t))
     await s.delete(t)
+    count_change(s, "tenants", -1)
 
 
 def _audit(t: Tenant) -> dict[str, object]:

@@ -12,15 +12,15 @@ from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Level, Principal, Role, parse_tenant_role
 from cvlan.controller.db.models import ApiToken, Membership, Tenant, User
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext
+from cvlan.controller.ops.context import OpsContext, where_ref
 
-EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}$")
+EMAIL_RE = re.compile(r"[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}")
 API_TOKEN_KIND = "cvat"
 MIN_PASSWORD = 10
 
 
 def check_email(email: str) -> str:
-    if not EMAIL_RE.match(email or ""):
+    if not EMAIL_RE.fullmatch(email or ""):
         raise DomainError(Kind.INVALID, f"email {email!r} is not a valid address", {"field": "email"})
     return email.lower()
 
@@ -94,7 +94,7 @@ async def remove_user(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: 
     """Remove a user's role in the tenant; a user left with no role and no platform rights is deleted."""
     who.require(tenant.id, Level.ADMIN, "delete user")
     stmt = select(User).join(Membership).where(Membership.tenant_id == tenant.id)
-    stmt = stmt.where(User.id == int(ref)) if ref.isdigit() else stmt.where(User.email == ref.lower())
+    stmt = where_ref(stmt, ref, User.id, User.email == ref.lower())
     user = await s.scalar(stmt)
     if user is None:
         raise DomainError(Kind.NOT_FOUND, f"user {ref!r} not found")
@@ -202,7 +202,7 @@ async def revoke_api_token(
 ) -> ApiToken:
     who.require(tenant.id, Level.ADMIN, "revoke API token")
     stmt = select(ApiToken).where(ApiToken.tenant_id == tenant.id)
-    stmt = stmt.where(ApiToken.id == int(ref)) if ref.isdigit() else stmt.where(ApiToken.prefix == ref)
+    stmt = where_ref(stmt, ref, ApiToken.id, ApiToken.prefix == ref)
     tok = await s.scalar(stmt)
     if tok is None:
         raise DomainError(Kind.NOT_FOUND, f"API token {ref!r} not found")

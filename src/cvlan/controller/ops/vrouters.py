@@ -16,15 +16,11 @@ from cvlan.controller import audit
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Region, Tenant, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan
+from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
 
 
 async def resolve_vrouter(s: AsyncSession, ref: str) -> Vrouter:
-    stmt = (
-        select(Vrouter).where(Vrouter.id == int(ref))
-        if ref.isdigit()
-        else select(Vrouter).where(Vrouter.name == ref)
-    )
+    stmt = where_ref(select(Vrouter), ref, Vrouter.id, Vrouter.name == ref)
     v = await s.scalar(stmt)
     if v is None:
         raise DomainError(Kind.NOT_FOUND, f"vrouter {ref!r} not found", {"field": "vrouter"})

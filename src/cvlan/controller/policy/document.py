@@ -25,13 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cvlan.controller.errors import DomainError, Kind
 
-_SELECTOR = re.compile(r"^(\*|tag:[A-Za-z0-9][A-Za-z0-9._-]{0,62}|node:[A-Za-z0-9][A-Za-z0-9._-]{0,62})$")
-_PORT = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+_SELECTOR = re.compile(r"\*|tag:[A-Za-z0-9][A-Za-z0-9._-]{0,62}|node:[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 MAX_RULES = 500
 
 
 def _check_selector(v: str, allow_cidr: bool) -> str:
-    if _SELECTOR.match(v):
+    if _SELECTOR.fullmatch(v):
         return v
     if allow_cidr:
         try:
@@ -68,7 +68,7 @@ class PolicyRule(BaseModel):
     @classmethod
     def _ports(cls, v: list[str]) -> list[str]:
         for p in v:
-            m = _PORT.match(p)
+            m = _PORT.fullmatch(p)
             lo = int(m.group(1)) if m else 0
             hi = int(m.group(2) or lo) if m else 0
             if not m or not 1 <= lo <= hi <= 65535:

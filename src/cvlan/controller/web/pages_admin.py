@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from cvlan.common.durations import parse_duration
+from cvlan.common.numbers import parse_uint
 from cvlan.controller import audit
 from cvlan.controller.api.framework import CA_PIN_KEY
 from cvlan.controller.auth import TENANT_ROLES, Level
@@ -153,6 +154,9 @@ async def apitoken_revoke(p: Page) -> web.StreamResponse:
 # --- audit --------------------------------------------------------------------------------
 
 
+MAX_AUDIT_PAGE = 1_000_000
+
+
 def _audit_filters(p: Page) -> tuple[dict[str, str], dict[str, Any], int]:
     q = p.request.query
     f = {k: q.get(k, "").strip() for k in ("actor", "action", "since")}
@@ -162,7 +166,7 @@ def _audit_filters(p: Page) -> tuple[dict[str, str], dict[str, Any], int]:
     else:
         f["since"] = ""
     pg = q.get("page", "1")
-    return f, kw, max(1, int(pg)) if pg.isdigit() else 1
+    return f, kw, max(1, parse_uint(pg, MAX_AUDIT_PAGE) or 1)
 
 
 async def _audit_page(p: Page, tenant_ids: list[int] | None, nav: str) -> web.Response:

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from cvlan.common.durations import parse_duration
+from cvlan.common.numbers import parse_uint
 from cvlan.controller import audit
 from cvlan.controller.api.framework import Call
 from cvlan.controller.api.routes import join_steps
@@ -290,11 +291,14 @@ def _uses(f: Form) -> int | None:
     text = f.get("uses")
     if not text:
         return None
-    if not text.isdigit():
+    uses = parse_uint(text, cvlans.MAX_TOKEN_USES)
+    if uses is None:
         raise DomainError(
-            Kind.INVALID, "uses must be a whole number, or empty for no limit", {"field": "uses"}
+            Kind.INVALID,
+            f"uses must be a whole number up to {cvlans.MAX_TOKEN_USES:,}, or empty for no limit",
+            {"field": "uses"},
         )
-    return int(text)
+    return uses
 
 
 def _expiry(f: Form) -> dt.timedelta:
