@@ -45,7 +45,7 @@ def run_rounds(args: argparse.Namespace, out: Path) -> None:
 def load(out: Path) -> dict[str, list[dict[str, Any]]]:
     got: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     for p in sorted((out / "runs").glob("*.json")):
-        got[p.name.split("-")[0]].append(json.loads(p.read_text()))
+        got[p.name.split("-")[0]].append({**json.loads(p.read_text()), "run": p.stem})
     return got
 
 
@@ -53,7 +53,7 @@ def med(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def report(out: Path, old_label: str) -> None:
+def report(out: Path, old_label: str, notes: Path | None = None) -> None:
     got = load(out)
     old, new = got["old"], got["new"]
     lines = [
@@ -76,9 +76,9 @@ def report(out: Path, old_label: str) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, rows in (("old", old), ("new", new)):
-        for i, r in enumerate(rows):
+        for r in rows:
             lines.append(
-                f"| {label}-{i} | {label} | {r['nodes']:,} | {r['ok']:,} | {sum(r['errors'].values())} | "
+                f"| {r['run']} | {label} | {r['nodes']:,} | {r['ok']:,} | {sum(r['errors'].values())} | "
                 f"{r['wall_s']:.0f} | {r['per_s']:.0f} | {r['cpu_ms_per_reg']:.2f} | {r['cpu_bound_per_s']:.0f} | "
                 f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['load_1m']:.1f} |"
             )
@@ -98,6 +98,9 @@ def report(out: Path, old_label: str) -> None:
             f"{FLEET * cn / 1e3 / 60:.1f} min | |",
             f"| 100,000 at the wall rate reached here | {FLEET / wo / 60:.1f} min | {FLEET / wn / 60:.1f} min | |",
         ]
+    lines += ["", "![CPU per registration and rate per core, old and new](registration.png)"]
+    if notes is not None:
+        lines += ["", notes.read_text().rstrip()]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     chart(out, old, new)
 
@@ -132,6 +135,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--notes", type=Path, help="markdown appended to the report (profile, findings)")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.report_only:
@@ -139,7 +143,7 @@ def main() -> int:
             ap.error("--old-src is required unless --report-only")
         os.sched_setaffinity(0, {0})
         run_rounds(args, out)
-    report(out, args.old_label)
+    report(out, args.old_label, args.notes)
     return 0
 
 
