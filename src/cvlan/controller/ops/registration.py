@@ -74,6 +74,13 @@ def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def _checked(wg_public_key: bytes, csr_pem: str) -> x509.CertificateSigningRequest:
+    """The parsed CSR of a registration whose key and CSR are well formed; INVALID if not."""
+    if len(wg_public_key) != 32:
+        raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
+    return load_csr(csr_pem)
+
+
 def clean_hostname(hostname: str) -> str:
     """A valid node name derived from a machine's hostname (first label, odd characters to '-')."""
     first = hostname.strip().split(".")[0]
@@ -118,9 +125,7 @@ async def register(
     caller: Caller | None,
 ) -> Issued:
     """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent)."""
-    if len(wg_public_key) != 32:
-        raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
-    csr = load_csr(csr_pem)
+    csr = _checked(wg_public_key, csr_pem)
     # Only a caller with a certificate can re-register; for anyone else nodes.create refuses the key.
     existing = None
     if caller is not None:
@@ -196,9 +201,7 @@ async def enrol_many(
     csrs: dict[int, x509.CertificateSigningRequest] = {}
     for i, e in enumerate(todo):
         try:
-            if len(e.wg_public_key) != 32:
-                raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
-            csrs[i] = load_csr(e.csr_pem)
+            csrs[i] = _checked(e.wg_public_key, e.csr_pem)
             if not e.token:
                 raise DomainError(Kind.UNAUTHENTICATED, "an enrollment token is required", {"field": "token"})
         except DomainError as err:
