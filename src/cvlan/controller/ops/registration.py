@@ -195,8 +195,8 @@ async def enrol_many(
 ) -> list[Issued | DomainError | None]:
     """register for many nodes without a certificate in one transaction, with one query per step for
     all of them (group commit): each gets its node and certificate, or the error that refused it and
-    nothing written for it. None: a node whose key is already registered (a retry after a lost answer,
-    or a conflict): run register for it alone."""
+    nothing written for it. None: a node whose key is already registered or came earlier in the batch
+    (a retry after a lost answer, or a conflict): run register for it alone."""
     out: list[Issued | DomainError | None] = []
     csrs: dict[int, x509.CertificateSigningRequest] = {}
     for i, e in enumerate(todo):
@@ -210,7 +210,13 @@ async def enrol_many(
         out.append(None)
     keys = [todo[i].wg_public_key for i in csrs]
     known = set(await s.scalars(select(Node.wg_public_key).where(Node.wg_public_key.in_(keys))))
-    go = [i for i in csrs if todo[i].wg_public_key not in known]
+    go = []
+    for i in csrs:
+        # A key already registered, or twice in this batch (a retry of a request still in flight),
+        # is registered alone after the batch: as a lost-answer retry, or refused.
+        if todo[i].wg_public_key not in known:
+            known.add(todo[i].wg_public_key)
+            go.append(i)
     toks = await cvlans.consume_tokens(ctx, s, [todo[i].token for i in go])
     new: list[tuple[int, EnrollmentToken]] = []
     refused: list[int] = []
