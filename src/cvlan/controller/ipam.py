@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.db.models import Cvlan, IpAllocation
@@ -97,8 +97,75 @@ async def allocate_address(
     session: AsyncSession, cvlan: Cvlan, holder: str, quarantine: dt.timedelta, now: dt.datetime
 ) -> str:
     """Allocate a /32 in the CVLAN: the lowest never-used address, else the longest-released one."""
-    if _dialect(session) == "postgresql":
-        await session.execute(select(Cvlan.id).where(Cvlan.id == cvlan.id).with_for_update())
+    got = (await allocate_addresses(session, [(cvlan, holder)], quarantine, now))[0]
+    if isinstance(got, DomainError):
+        raise got
+    return got
+
+
+async def allocate_addresses(
+    session: AsyncSession,
+    wants: list[tuple[Cvlan, str]],
+    quarantine: dt.timedelta,
+    now: dt.datetime,
+    *,
+    locked: bool = False,
+) -> list[str | DomainError]:
+    """allocate_address for each (CVLAN, holder) in order, in one lock and one query for all their
+    CVLANs: an address, or the error for that holder (nothing added to the session for it).
+
+    Addresses are handed out lowest first, so a CVLAN whose allocations fill first..max without a gap
+    (the common case; one aggregate query tells) gets max + 1 without reading its rows. A CVLAN with
+    gaps, or whose never-used addresses are all taken, is scanned row by row. `locked`: the caller
+    already holds the CVLAN rows (SELECT ... FOR UPDATE in this transaction)."""
+    ids = sorted({c.id for c, _ in wants})
+    if not locked and _dialect(session) == "postgresql":
+        await session.execute(select(Cvlan.id).where(Cvlan.id.in_(ids)).order_by(Cvlan.id).with_for_update())
+    stats: dict[int, tuple[int, int, int]] = {
+        cid: (n, lo, hi)
+        for cid, n, lo, hi in (
+            await session.execute(
+                select(
+                    IpAllocation.cvlan_id,
+                    func.count(),
+                    func.min(IpAllocation.address),
+                    func.max(IpAllocation.address),
+                )
+                .where(IpAllocation.cvlan_id.in_(ids))
+                .group_by(IpAllocation.cvlan_id)
+            )
+        ).all()
+    }
+    following: dict[int, int | None] = {}
+    for c in {c.id: c for c, _ in wants}.values():
+        n, lo, hi = stats.get(c.id, (0, 0, 0))
+        first = c.net_start + 1
+        following[c.id] = first if n == 0 else hi + 1 if lo == first and hi - first + 1 == n else None
+    out: list[str | DomainError] = []
+    for cvlan, holder in wants:
+        addr = following[cvlan.id]
+        if addr is None or addr > cvlan.net_end - 1:
+            following[cvlan.id] = None  # rows with gaps, or no never-used address left: scan
+            out.append(await _allocate_scanning(session, cvlan, holder, quarantine, now))
+            continue
+        following[cvlan.id] = addr + 1
+        _add(session, cvlan, addr, holder, now)
+        out.append(str(ipaddress.IPv4Address(addr)))
+    return out
+
+
+def _add(session: AsyncSession, cvlan: Cvlan, addr: int, holder: str, now: dt.datetime) -> None:
+    session.add(
+        IpAllocation(
+            tenant_id=cvlan.tenant_id, cvlan_id=cvlan.id, address=addr, holder=holder, allocated_at=now
+        )
+    )
+
+
+async def _allocate_scanning(
+    session: AsyncSession, cvlan: Cvlan, holder: str, quarantine: dt.timedelta, now: dt.datetime
+) -> str | DomainError:
+    """The lowest never-used address from all the CVLAN's rows, else the longest-released one."""
     rows = (
         await session.execute(
             select(IpAllocation.address, IpAllocation.released_at).where(IpAllocation.cvlan_id == cvlan.id)
@@ -108,15 +175,7 @@ async def allocate_address(
     first, last = cvlan.net_start + 1, cvlan.net_end - 1
     for addr in range(first, last + 1):
         if addr not in used:
-            session.add(
-                IpAllocation(
-                    tenant_id=cvlan.tenant_id,
-                    cvlan_id=cvlan.id,
-                    address=addr,
-                    holder=holder,
-                    allocated_at=now,
-                )
-            )
+            _add(session, cvlan, addr, holder, now)
             return str(ipaddress.IPv4Address(addr))
         if len(used) >= last - first + 1:
             break
@@ -131,7 +190,7 @@ async def allocate_address(
         alloc.holder = holder
         alloc.allocated_at = now
         return str(ipaddress.IPv4Address(addr))
-    raise DomainError(
+    return DomainError(
         Kind.EXHAUSTED,
         f"CVLAN {cvlan.name} ({cvlan.subnet}) has no free address; released addresses return "
         "after the quarantine",

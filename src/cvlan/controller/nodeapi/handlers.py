@@ -20,11 +20,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan import __version__
+from cvlan.controller.audit import request_id_var
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoint
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
+from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
 from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
 from cvlan.controller.ops import registration
 from cvlan.controller.ops.context import OpsContext
@@ -63,6 +65,7 @@ class NodeApi:
         # SQLite has one writer; queueing registrations here avoids its busy-wait sleeps (up to 100 ms
         # each) when many transactions contend for the write lock. PostgreSQL runs them concurrently.
         self._write_lock = contextlib.nullcontext() if "postgresql" in ctx.settings.db_url else asyncio.Lock()
+        self.enrolments = EnrolmentBatcher(ctx, ca, self._write_lock, self.register_alone)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -120,19 +123,15 @@ class NodeApi:
         """Enrol a node with a token (ident: the caller's certificate, when it re-registers)."""
         if len(req.hostname) > 253 or len(req.os_info) > 200:
             raise DomainError(Kind.INVALID, "hostname or os_info is too long", {"field": "hostname"})
+        enrol = registration.Enrolment(
+            req.token, req.wg_public_key, req.csr_pem, req.hostname, req.os_info, request_id_var.get()
+        )
         try:
-            async with self._write_lock, self.ctx.tx() as s:
-                got = await registration.register(
-                    self.ctx,
-                    s,
-                    self.ca,
-                    token=req.token,
-                    wg_public_key=req.wg_public_key,
-                    csr_pem=req.csr_pem,
-                    hostname=req.hostname,
-                    os_info=req.os_info,
-                    caller=self.caller(ident) if ident else None,
-                )
+            # A node with a certificate re-registers alone; enrolments with a token go in batches.
+            if ident is None and req.token:
+                got = await self.enrolments.submit(enrol)
+            else:
+                got = await self.register_alone(enrol, ident)
         except DomainError as e:
             REGISTRATIONS.labels(e.kind.value).inc()
             raise
@@ -153,6 +152,23 @@ class NodeApi:
             relay_map=self.mapper.relay_map,
             poll_interval_s=self.ctx.settings.poll_interval_s,
         )
+
+    async def register_alone(
+        self, e: registration.Enrolment, ident: NodeIdentity | None = None
+    ) -> registration.Issued:
+        """Register one node in its own transaction."""
+        async with self._write_lock, self.ctx.tx() as s:
+            return await registration.register(
+                self.ctx,
+                s,
+                self.ca,
+                token=e.token,
+                wg_public_key=e.wg_public_key,
+                csr_pem=e.csr_pem,
+                hostname=e.hostname,
+                os_info=e.os_info,
+                caller=self.caller(ident) if ident else None,
+            )
 
     async def poll(self, request: web.Request) -> web.Response:
         now = self.ctx.now()  # one clock reading: the certificate's expiry and the liveness share it

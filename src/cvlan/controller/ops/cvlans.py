@@ -253,34 +253,50 @@ async def revoke_token(
 
 
 async def consume_token(ctx: OpsContext, s: AsyncSession, text: str) -> EnrollmentToken:
-    """Check an enrollment token and count one use, atomically (a conditional UPDATE).
+    """Check an enrollment token and count one use, atomically (see consume_tokens)."""
+    got = (await consume_tokens(ctx, s, [text]))[0]
+    if isinstance(got, DomainError):
+        raise got
+    return got
 
-    Two registrations racing for a single-use token: exactly one UPDATE matches."""
-    from sqlalchemy import or_, update
 
+async def consume_tokens(
+    ctx: OpsContext, s: AsyncSession, texts: list[str]
+) -> list[EnrollmentToken | DomainError]:
+    """Check each enrollment token and count one use of it: the token, or why it is refused.
+
+    Atomic: the token rows are read FOR UPDATE (on SQLite the transaction holds the write lock), so
+    two registrations racing for a single-use token have exactly one winner. A token named several
+    times is counted once per use, in order, up to its limit. The counts are written with the
+    transaction; a caller that then refuses a node gives its use back with release_token."""
     bad = DomainError(Kind.UNAUTHENTICATED, "enrollment token is not valid")
-    parts = credentials.split(text, ENROLL_KIND)
-    if parts is None:
-        raise bad
-    t = await s.scalar(select(EnrollmentToken).where(EnrollmentToken.prefix == parts[0]))
-    if t is None or not credentials.check_secret(parts[1], t.secret_hash):
-        raise bad
-    now = ctx.now()
-    if t.revoked_at is not None:
-        raise DomainError(Kind.UNAUTHENTICATED, "enrollment token has been revoked")
-    if t.expires_at is not None and t.expires_at <= now:
-        raise DomainError(Kind.UNAUTHENTICATED, "enrollment token has expired")
-    res = await s.execute(
-        update(EnrollmentToken)
-        .where(
-            EnrollmentToken.id == t.id,
-            EnrollmentToken.revoked_at.is_(None),
-            or_(EnrollmentToken.max_uses.is_(None), EnrollmentToken.uses < EnrollmentToken.max_uses),
-        )
-        .values(uses=EnrollmentToken.uses + 1)
-        .execution_options(synchronize_session=False)
+    parts = [credentials.split(t, ENROLL_KIND) for t in texts]
+    prefixes = {p[0] for p in parts if p is not None}
+    rows = await s.scalars(
+        select(EnrollmentToken)
+        .where(EnrollmentToken.prefix.in_(prefixes))
+        .order_by(EnrollmentToken.id)
+        .with_for_update()
     )
-    if res.rowcount != 1:  # type: ignore[attr-defined]
-        raise DomainError(Kind.UNAUTHENTICATED, "enrollment token has no uses left")
-    await s.refresh(t)
-    return t
+    found = {t.prefix: t for t in rows}
+    now = ctx.now()
+    out: list[EnrollmentToken | DomainError] = []
+    for p in parts:
+        t = found.get(p[0]) if p is not None else None
+        if p is None or t is None or not credentials.check_secret(p[1], t.secret_hash):
+            out.append(bad)
+        elif t.revoked_at is not None:
+            out.append(DomainError(Kind.UNAUTHENTICATED, "enrollment token has been revoked"))
+        elif t.expires_at is not None and t.expires_at <= now:
+            out.append(DomainError(Kind.UNAUTHENTICATED, "enrollment token has expired"))
+        elif t.max_uses is not None and t.uses >= t.max_uses:
+            out.append(DomainError(Kind.UNAUTHENTICATED, "enrollment token has no uses left"))
+        else:
+            t.uses += 1
+            out.append(t)
+    return out
+
+
+def release_token(token: EnrollmentToken) -> None:
+    """Give back a use counted by consume_tokens in this transaction (the node was refused)."""
+    token.uses -= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,18 +47,32 @@ def _audit(n: Node) -> dict[str, Any]:
     return {"name": n.name, "cvlan_id": n.cvlan_id, "address": n.address, "tags": n.tags}
 
 
-async def _unique_name(s: AsyncSession, tenant_id: int, wanted: str) -> str:
-    """Hostnames may collide across machines; the second gets -2, the third -3 (headscale-style)."""
+async def _unique_name(s: AsyncSession, tenant_id: int, wanted: str, also_taken: Collection[str] = ()) -> str:
+    """Hostnames may collide across machines; the second gets -2, the third -3 (headscale-style).
+    also_taken: names given in this transaction but not written yet."""
     base = check_name("node", wanted[:55])
     taken = set(
         await s.scalars(select(Node.name).where(Node.tenant_id == tenant_id, Node.name.like(f"{base}%")))
     )
+    taken.update(also_taken)
     if base not in taken:
         return base
     for i in range(2, 10_000):
         if f"{base}-{i}" not in taken:
             return f"{base}-{i}"
     raise DomainError(Kind.CONFLICT, f"too many nodes named {base!r}")
+
+
+@dataclass(frozen=True)
+class NewNode:
+    """A node to create: the token that enrols it (its use already counted), its key and hostname."""
+
+    token: EnrollmentToken
+    wg_public_key: bytes
+    hostname: str
+    os_info: str = ""
+    request_id: str | None = None
+    """Of the request that enrols it, for its audit record (None: the current request's)."""
 
 
 async def create(
@@ -68,49 +84,128 @@ async def create(
     os_info: str = "",
 ) -> Node:
     """Create a node enrolled by token: a unique name in the tenant, a fresh /32 in the CVLAN."""
-    if len(wg_public_key) != 32:
-        raise DomainError(Kind.INVALID, "WireGuard public key must be 32 bytes", {"field": "wg_public_key"})
-    if await s.scalar(select(Node.id).where(Node.wg_public_key == wg_public_key)):
-        raise DomainError(Kind.CONFLICT, "a node with this WireGuard key is already registered")
-    cvlan = await s.get(Cvlan, token.cvlan_id)
-    if cvlan is None:
-        raise DomainError(Kind.NOT_FOUND, "the token's CVLAN no longer exists")
-    name = await _unique_name(s, token.tenant_id, hostname)
+    got = (await create_many(ctx, s, [NewNode(token, wg_public_key, hostname, os_info)]))[0]
+    if isinstance(got, DomainError):
+        raise got
+    return got
+
+
+async def create_many(ctx: OpsContext, s: AsyncSession, todo: list[NewNode]) -> list[Node | DomainError]:
+    """create for each new node, in order, with one query per step for all of them: the node, or the
+    error that refused it. Every refusal is decided before anything is written for that node."""
+    out: list[Node | DomainError | None] = [_bad_key(n.wg_public_key) for n in todo]
+    keys = [n.wg_public_key for n in todo]
+    known = set(await s.scalars(select(Node.wg_public_key).where(Node.wg_public_key.in_(keys))))
+    cvlans = {
+        c.id: c
+        for c in await s.scalars(
+            select(Cvlan)
+            .where(Cvlan.id.in_({n.token.cvlan_id for n in todo}))
+            .order_by(Cvlan.id)
+            .with_for_update()
+        )
+    }
+    for i, n in enumerate(todo):
+        if out[i] is None and n.wg_public_key in known:
+            out[i] = DomainError(Kind.CONFLICT, "a node with this WireGuard key is already registered")
+        elif out[i] is None and n.token.cvlan_id not in cvlans:
+            out[i] = DomainError(Kind.NOT_FOUND, "the token's CVLAN no longer exists")
+        known.add(n.wg_public_key)
+    names = await _unique_names(s, todo, out)
+    ok = [i for i, r in enumerate(out) if r is None]
     now = ctx.now()
-    addr = await ipam.allocate_address(
+    addrs = await ipam.allocate_addresses(
         s,
-        cvlan,
-        f"key:{wg_public_key.hex()[:16]}",
+        [(cvlans[todo[i].token.cvlan_id], f"key:{todo[i].wg_public_key.hex()[:16]}") for i in ok],
         dt.timedelta(seconds=ctx.settings.address_quarantine_s),
         now,
+        locked=True,
     )
-    node = Node(
-        tenant_id=token.tenant_id,
-        cvlan_id=cvlan.id,
-        name=name,
-        wg_public_key=wg_public_key,
-        address=addr,
-        tags=list(token.tags or []),
-        os_info=os_info[:200],
-        token_id=token.id,
-        created_at=now,
-        endpoints=[],
-        health={},
-    )
-    s.add(node)
-    count_change(s, "nodes", 1)
+    for i, addr in zip(ok, addrs, strict=True):
+        n = todo[i]
+        out[i] = (
+            addr
+            if isinstance(addr, DomainError)
+            else Node(
+                tenant_id=n.token.tenant_id,
+                cvlan_id=n.token.cvlan_id,
+                name=names[i],
+                wg_public_key=n.wg_public_key,
+                address=addr,
+                tags=list(n.token.tags or []),
+                os_info=n.os_info[:200],
+                token_id=n.token.id,
+                created_at=now,
+                endpoints=[],
+                health={},
+            )
+        )
+    made = [(todo[i], r) for i, r in enumerate(out) if isinstance(r, Node)]
+    s.add_all([node for _, node in made])
+    count_change(s, "nodes", len(made))
     await s.flush()
-    bump(s, cvlan)
-    audit.record(
-        s,
-        Principal(actor=f"node:{name}"),
-        "node.register",
-        "node",
-        node.id,
-        tenant_id=token.tenant_id,
-        after={**_audit(node), "token": token.prefix},
+    for n, node in made:
+        bump(s, cvlans[node.cvlan_id])
+        rid = audit.request_id_var.set(n.request_id) if n.request_id is not None else None
+        audit.record(
+            s,
+            Principal(actor=f"node:{node.name}"),
+            "node.register",
+            "node",
+            node.id,
+            tenant_id=node.tenant_id,
+            after={**_audit(node), "token": n.token.prefix},
+        )
+        if rid is not None:
+            audit.request_id_var.reset(rid)
+    return [r for r in out if r is not None]  # every entry is set by now
+
+
+def _bad_key(key: bytes) -> DomainError | None:
+    if len(key) != 32:
+        return DomainError(Kind.INVALID, "WireGuard public key must be 32 bytes", {"field": "wg_public_key"})
+    return None
+
+
+async def _unique_names(
+    s: AsyncSession, todo: list[NewNode], out: list[Node | DomainError | None]
+) -> dict[int, str]:
+    """A unique name in its tenant for each node still to create (by index); a refusal goes to out.
+
+    One exact lookup of all the wanted names; only a name already taken (in the database or earlier
+    in this batch) needs _unique_name's search for a free suffix."""
+    bases: dict[int, str] = {}
+    for i, n in enumerate(todo):
+        if out[i] is None:
+            try:
+                bases[i] = check_name("node", n.hostname[:55])
+            except DomainError as e:
+                out[i] = e
+    taken = set(
+        (
+            await s.execute(
+                select(Node.tenant_id, Node.name).where(
+                    Node.tenant_id.in_({todo[i].token.tenant_id for i in bases}),
+                    Node.name.in_(set(bases.values())),
+                )
+            )
+        ).all()
     )
-    return node
+    given: dict[int, set[str]] = {}
+    names: dict[int, str] = {}
+    for i, base in bases.items():
+        tenant = todo[i].token.tenant_id
+        mine = given.setdefault(tenant, set())
+        if (tenant, base) in taken or base in mine:
+            try:
+                names[i] = await _unique_name(s, tenant, base, mine)
+            except DomainError as e:
+                out[i] = e
+                continue
+        else:
+            names[i] = base
+        mine.add(names[i])
+    return names
 
 
 async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = False) -> Node:

@@ -74,6 +74,13 @@ def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def _checked(wg_public_key: bytes, csr_pem: str) -> x509.CertificateSigningRequest:
+    """The parsed CSR of a registration whose key and CSR are well formed; INVALID if not."""
+    if len(wg_public_key) != 32:
+        raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
+    return load_csr(csr_pem)
+
+
 def clean_hostname(hostname: str) -> str:
     """A valid node name derived from a machine's hostname (first label, odd characters to '-')."""
     first = hostname.strip().split(".")[0]
@@ -118,9 +125,7 @@ async def register(
     caller: Caller | None,
 ) -> Issued:
     """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent)."""
-    if len(wg_public_key) != 32:
-        raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
-    csr = load_csr(csr_pem)
+    csr = _checked(wg_public_key, csr_pem)
     # Only a caller with a certificate can re-register; for anyone else nodes.create refuses the key.
     existing = None
     if caller is not None:
@@ -156,10 +161,99 @@ async def register(
             Kind.FORBIDDEN, "this enrollment token belongs to another tenant than the calling node"
         )
     node = await nodes.create(ctx, s, tok, wg_public_key, clean_hostname(hostname), os_info)
+    return await _issued(ctx, s, authority, node, csr)
+
+
+async def _issued(
+    ctx: OpsContext,
+    s: AsyncSession,
+    authority: CertificateAuthority,
+    node: Node,
+    csr: x509.CertificateSigningRequest,
+) -> Issued:
     pem, not_after = issue_cert(ctx, authority, node, csr)
     c = await s.get(Cvlan, node.cvlan_id)
     assert c is not None
     return Issued(node, c, pem, not_after)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A registration with a token from a node without a certificate (the common one)."""
+
+    token: str
+    wg_public_key: bytes
+    csr_pem: str
+    hostname: str
+    os_info: str
+    request_id: str = ""
+    """Of the request, for the node's audit record."""
+
+
+async def enrol_many(
+    ctx: OpsContext, s: AsyncSession, authority: CertificateAuthority, todo: list[Enrolment]
+) -> list[Issued | DomainError | None]:
+    """register for many nodes without a certificate in one transaction, with one query per step for
+    all of them (group commit): each gets its node and certificate, or the error that refused it and
+    nothing written for it. None: a node whose key is already registered or came earlier in the batch
+    (a retry after a lost answer, or a conflict): run register for it alone."""
+    out: list[Issued | DomainError | None] = []
+    csrs: dict[int, x509.CertificateSigningRequest] = {}
+    for i, e in enumerate(todo):
+        try:
+            csrs[i] = _checked(e.wg_public_key, e.csr_pem)
+            if not e.token:
+                raise DomainError(Kind.UNAUTHENTICATED, "an enrollment token is required", {"field": "token"})
+        except DomainError as err:
+            out.append(err)
+            continue
+        out.append(None)
+    keys = [todo[i].wg_public_key for i in csrs]
+    known = set(await s.scalars(select(Node.wg_public_key).where(Node.wg_public_key.in_(keys))))
+    go = []
+    for i in csrs:
+        # A key already registered, or twice in this batch (a retry of a request still in flight),
+        # is registered alone after the batch: as a lost-answer retry, or refused.
+        if todo[i].wg_public_key not in known:
+            known.add(todo[i].wg_public_key)
+            go.append(i)
+    toks = await cvlans.consume_tokens(ctx, s, [todo[i].token for i in go])
+    new: list[tuple[int, EnrollmentToken]] = []
+    refused: list[int] = []
+    for i, t in zip(go, toks, strict=True):
+        if isinstance(t, DomainError):
+            out[i] = t
+            refused.append(i)
+        else:
+            new.append((i, t))
+    made = await nodes.create_many(
+        ctx,
+        s,
+        [
+            nodes.NewNode(
+                t,
+                todo[i].wg_public_key,
+                clean_hostname(todo[i].hostname),
+                todo[i].os_info,
+                todo[i].request_id,
+            )
+            for i, t in new
+        ],
+    )
+    given_back: set[str] = set()
+    for (i, t), node in zip(new, made, strict=True):
+        if isinstance(node, DomainError):
+            cvlans.release_token(t)
+            given_back.add(t.prefix)
+            out[i] = node
+        else:
+            out[i] = await _issued(ctx, s, authority, node, csrs[i])
+    # A use given back may be the one a refused node of the same token lacked: that node runs alone.
+    for i in refused:
+        parts = credentials.split(todo[i].token, cvlans.ENROLL_KIND)
+        if parts is not None and parts[0] in given_back:
+            out[i] = None
+    return out
 
 
 RETRY_WINDOW = dt.timedelta(minutes=10)
