@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common import bootstrap
-from cvlan.controller import ca as ca_mod
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.wire import certid
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
@@ -265,11 +265,11 @@ async def test_certificate_from_another_ca_is_refused(controller: RunningControl
         common_name="x",
         lifetime=dt.timedelta(days=1),
         identity={
-            ca_mod.OID_NODE_ID: str(a.node_id),
-            ca_mod.OID_TENANT_ID: str(a.reg.tenant_id),
-            ca_mod.OID_CVLAN_ID: str(a.reg.cvlan_id),
-            ca_mod.OID_WG_KEY: a.wg_key.hex(),
-            ca_mod.OID_KIND: "node",
+            certid.OID_NODE_ID: str(a.node_id),
+            certid.OID_TENANT_ID: str(a.reg.tenant_id),
+            certid.OID_CVLAN_ID: str(a.reg.cvlan_id),
+            certid.OID_WG_KEY: a.wg_key.hex(),
+            certid.OID_KIND: "node",
         },
     )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -148,7 +148,7 @@ def _other_ca_cert(tmp: Path, creds: NodeCreds) -> ssl.SSLContext:
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
         .sign(key, hashes.SHA256())
     )
-    from cvlan.controller.ca import OID_CVLAN_ID, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
+    from cvlan.wire.certid import OID_CVLAN_ID, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
 
     ident = {
         OID_NODE_ID: str(creds.node_id),

@@ -25,10 +25,11 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoint
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
-from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
+from cvlan.controller.nodeapi.identity import IdentityResolver
 from cvlan.controller.ops import registration
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
+from cvlan.wire.certid import NodeIdentity
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
