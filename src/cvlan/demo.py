@@ -27,6 +27,7 @@ from typing import Any
 from cvlan.cli.config import load_admin_conf
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
+from cvlan.wire.endpoint import split_hostport
 
 TENANT, CVLAN = "demo", "office"
 
@@ -218,7 +219,7 @@ def full_demo(args: argparse.Namespace) -> int:
     from cvlan.lab.netns import Lab
     from cvlan.lab.nsconnect import TcpForwarder
 
-    host, _, port = args.listen.rpartition(":")
+    host, port = split_hostport(args.listen, any_port=True)
     lab = Lab()
     forwarder: TcpForwarder | None = None
     try:
@@ -233,7 +234,7 @@ def full_demo(args: argparse.Namespace) -> int:
             f"{ctl.ip}:8443",
         )
         try:
-            forwarder = TcpForwarder((host, int(port)), ctl.name, (ctl.ip, 8443)).start()
+            forwarder = TcpForwarder((host, port), ctl.name, (ctl.ip, 8443)).start()
         except OSError as e:
             raise SystemExit(f"demo: cannot listen on {args.listen}: {e.strerror} (use --listen)") from None
         conf_path = args.data_dir / "admin.conf"

@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cvlan.wire.endpoint import split_hostport
+
 
 class ControllerSettings(BaseSettings):
     """Everything the controller process needs, validated at start."""
@@ -73,9 +75,7 @@ class ControllerSettings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8443")
+        split_hostport(v, any_port=True, example="127.0.0.1:8443")
         return v
 
     @field_validator("log_format")
@@ -91,8 +91,7 @@ class ControllerSettings(BaseSettings):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_hostport(self.listen, any_port=True)
 
     @property
     def url(self) -> str:

@@ -22,8 +22,9 @@ from cvlan.dataplane.firewall import DENY_LOG_GROUP, DENY_LOG_PREFIX, Firewall
 from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
-from cvlan.dataplane.wgconfig import KeyHex, WgConfig, short
+from cvlan.dataplane.wgconfig import WgConfig
 from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerStatus
+from cvlan.wire.keys import KeyHex, short
 
 log = logging.getLogger(__name__)
 

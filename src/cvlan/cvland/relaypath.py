@@ -20,6 +20,7 @@ from cvlan.client.relay import RelayPool, RelayProxy, node_ssl
 from cvlan.client.stun import RawStunProber
 from cvlan.common.clock import Clock
 from cvlan.cvland.paths import PROBE_SECONDS, STALE_SECONDS, Choice
+from cvlan.wire.endpoint import split_hostport
 from cvlan.wire.ipc import DesiredState, RelayInfo
 
 log = logging.getLogger(__name__)
@@ -344,8 +345,11 @@ class RelayPath:
         return got[0]
 
     def is_proxy(self, endpoint: str) -> bool:
-        host, _, port = endpoint.rpartition(":")
-        return host == self.proxy.host and port.isdigit() and self.proxy.has_port(int(port))
+        try:
+            host, port = split_hostport(endpoint)
+        except ValueError:
+            return False
+        return host == self.proxy.host and self.proxy.has_port(port)
 
     def available(self, relay_region: str) -> bool:
         return self._url_for(relay_region) is not None and all(self._creds) and self._listen_port > 0
@@ -402,8 +406,7 @@ class RelayPath:
         """Send one Binding request to every candidate at once; the first answer wins."""
 
         async def one(ep: str) -> str:
-            host, _, port = ep.rpartition(":")
-            await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+            await prober.probe(split_hostport(ep), timeout=1.0, attempts=2)
             return ep
 
         tasks = [asyncio.ensure_future(one(ep)) for ep in candidates if not ep.startswith("[")]
@@ -461,9 +464,8 @@ class RelayPath:
         """Probe every region's STUN server; False if none answered."""
         results = {}
         for region, info in relays.items():
-            host, _, port = info.stun.rpartition(":")
             try:
-                results[region] = await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+                results[region] = await prober.probe(split_hostport(info.stun), timeout=1.0, attempts=2)
             except (OSError, TimeoutError, ValueError) as e:
                 log.info("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
         if not results:

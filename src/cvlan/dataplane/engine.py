@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Protocol
 
 from cvlan.dataplane.uapi import SOCKET_DIR, UapiClient, UapiError, to_uapi
-from cvlan.dataplane.wgconfig import DeviceState, KeyHex, PeerState, WgConfig
+from cvlan.dataplane.wgconfig import DeviceState, PeerState, WgConfig
+from cvlan.wire.endpoint import split_hostport
+from cvlan.wire.keys import KeyHex
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +229,7 @@ class KernelEngine:
                     "persistent_keepalive": p.keepalive,
                 }
                 if p.endpoint:
-                    host, _, port = p.endpoint.rpartition(":")
-                    peer["endpoint_addr"] = host.strip("[]")
-                    peer["endpoint_port"] = int(port)
+                    peer["endpoint_addr"], peer["endpoint_port"] = split_hostport(p.endpoint)
                 wg.set(self.ifname, peer=peer)
 
     def read(self) -> DeviceState:

@@ -22,6 +22,7 @@ from OpenSSL import SSL
 from cvlan.common import log as cvlog
 from cvlan.front.backend import BackendPool
 from cvlan.front.server import Front, tls_context
+from cvlan.wire.endpoint import split_hostport
 
 log = logging.getLogger("cvlan.front")
 
@@ -66,13 +67,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--listen must be HOST:PORT, not {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 async def serve(args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int) -> None:
     pool = BackendPool(args.backend, size=args.backend_conns)
     front = Front(
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cvlog.setup(args.log_level, args.log_format)
     try:
-        host, port = split_hostport(args.listen)
+        host, port = split_hostport(args.listen, default_host="0.0.0.0")
         if args.workers < 1 or args.backend_conns < 1 or args.idle_timeout <= 0 or args.request_timeout <= 0:
             raise ValueError(
                 "--workers and --backend-conns must be at least 1; "

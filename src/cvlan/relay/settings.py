@@ -7,12 +7,7 @@ from pathlib import Path
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def split_hostport(v: str) -> tuple[str, int]:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:443")
-    return host.strip("[]"), int(port)
+from cvlan.wire.endpoint import split_hostport
 
 
 class RelaySettings(BaseSettings):
@@ -41,14 +36,14 @@ class RelaySettings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        split_hostport(v)
+        split_hostport(v, any_port=True)
         return v
 
     @field_validator("stun_listen")
     @classmethod
     def _stun(cls, v: str) -> str:
         if v:
-            split_hostport(v)
+            split_hostport(v, any_port=True)
         return v
 
     @field_validator("server")

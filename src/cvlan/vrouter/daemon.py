@@ -28,6 +28,7 @@ from cvlan.dataplane.wgconfig import WgConfig
 from cvlan.vrouter import reconcile
 from cvlan.vrouter.identity import Identity, renew
 from cvlan.vrouter.settings import VrouterSettings
+from cvlan.wire.endpoint import split_hostport
 
 log = logging.getLogger(__name__)
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -64,7 +65,7 @@ class Vrouter:
 
     @property
     def listen_port(self) -> int:
-        return self.settings.listen_port or int(self.ident.endpoint.rpartition(":")[2])
+        return self.settings.listen_port or split_hostport(self.ident.endpoint)[1]
 
     # --- lifecycle -------------------------------------------------------------------------------
 

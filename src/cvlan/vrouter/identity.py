@@ -29,8 +29,8 @@ from cvlan.common.bootstrap import (
     verifying_context,
 )
 from cvlan.common.files import write_atomic
-from cvlan.dataplane.wgconfig import KeyHex, generate_keypair, parse_key, public_of
 from cvlan.vrouter.settings import VrouterSettings
+from cvlan.wire.keys import KeyHex, generate_keypair, parse_key, public_of
 
 log = logging.getLogger(__name__)
 

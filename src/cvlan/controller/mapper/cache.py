@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.policy import MemberRef, compile_for_members
 from cvlan.controller.vrouting import Hub, direct, hub_for, node_region
 from cvlan.wire import nodeproto
+from cvlan.wire.endpoint import is_endpoint
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -446,11 +446,4 @@ async def _vrouters(s: AsyncSession, c: Cvlan) -> list[pb.VrouterPeer]:
 
 def valid_endpoint(text: str) -> bool:
     """ip:port with an IPv4 or [IPv6] address and a port in 1..65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return False
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return is_endpoint(text)

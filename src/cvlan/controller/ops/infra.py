@@ -12,21 +12,17 @@ from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name
+from cvlan.wire.endpoint import split_hostport
 
 RELAY_KIND = "cvrb"
 VROUTER_KIND = "cvvb"
 
 
 def check_hostport(field: str, value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if (
-        not sep
-        or not host
-        or not port.isdigit()
-        or not 0 < int(port) < 65536
-        or any(c.isspace() for c in value)
-    ):
-        raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field})
+    try:
+        split_hostport(value)
+    except ValueError:
+        raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field}) from None
     return value
 
 
