@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvlan.cli.config import load_admin_conf
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
+from cvlan.common import adminconf
 from cvlan.wire.endpoint import split_hostport
 
 TENANT, CVLAN = "demo", "office"
@@ -96,7 +96,7 @@ def controller_only(args: argparse.Namespace) -> int:
     try:
         if not conf_path.exists():
             wait_for_admin_conf(conf_path, lambda: proc.poll() is None)
-        conf = load_admin_conf(conf_path)
+        conf = adminconf.load(conf_path)
         client = Client(conf.server, conf.token, conf.ca_pem)
         wait_healthy(client)
         tok = provision(client, 10)
@@ -241,7 +241,8 @@ def full_demo(args: argparse.Namespace) -> int:
         ctl_proc = lab.procs[-1]
         wait_for_admin_conf(conf_path, ctl_proc.alive, log=f"in {ctl_proc.log}")
         server = f"https://{args.listen}"
-        client = Client(server, load_admin_conf(conf_path).token, load_admin_conf(conf_path).ca_pem)
+        conf = adminconf.load(conf_path)
+        client = Client(server, conf.token, conf.ca_pem)
         wait_healthy(client)
         tok = provision(client, 3)
         words = str(tok["join_command"]).split()

@@ -34,8 +34,9 @@ import aiohttp
 import psutil
 from OpenSSL import SSL
 
+from cvlan.common import adminconf
 from cvlan.common.pgcluster import PgCluster
-from cvlan.sim import adminconf, front
+from cvlan.sim import front
 from cvlan.sim.fleet import FleetConfig, run_worker
 from cvlan.sim.metrics import Histogram, Interval
 from cvlan.sim.procs import Sampler
