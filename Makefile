@@ -31,7 +31,7 @@ proto: venv
 	$(PY) scripts/gen_proto.py
 
 demo: deps
-	$(PY) -m cvlan.demo
+	$(PY) -m cvlan.devtools.demo
 
 check: venv
 	bash scripts/check

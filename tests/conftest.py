@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cvlan.common.pgcluster import PgCluster
+from cvlan.devtools.pgcluster import PgCluster
 from tests.harness.controller import RunningController
 
 _db_counter = itertools.count()

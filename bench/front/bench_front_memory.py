@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from bench.common import free_port, machine  # noqa: E402
-from cvlan.common.bootstrap import KeyType, new_csr  # noqa: E402
-from cvlan.controller import ca as ca_mod  # noqa: E402
+from cvlan.common.pki import KeyType, new_csr  # noqa: E402
 from cvlan.controller.ca import CertificateAuthority  # noqa: E402
+from cvlan.wire import certid  # noqa: E402
 
 ALLOCATORS = {
     "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -81,10 +81,10 @@ def make_pki(d: Path, node_key: KeyType = "p256") -> None:
         common_name="node-48213",
         lifetime=dt.timedelta(days=7),
         identity={
-            ca_mod.OID_NODE_ID: "48213",
-            ca_mod.OID_TENANT_ID: "57",
-            ca_mod.OID_CVLAN_ID: "5612",
-            ca_mod.OID_WG_KEY: os.urandom(32).hex(),
+            certid.OID_NODE_ID: "48213",
+            certid.OID_TENANT_ID: "57",
+            certid.OID_CVLAN_ID: "5612",
+            certid.OID_WG_KEY: os.urandom(32).hex(),
         },
     )
     (d / "node.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)

@@ -25,7 +25,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cvlan.common.bootstrap import new_csr
+from cvlan.common.pki import new_csr
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.wire import certid
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
-from cvlan.common import bootstrap
+from cvlan.common import pki
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.wire import certid
@@ -126,7 +126,7 @@ async def test_new_nodes_get_ed25519_certificates_and_p256_keys_keep_working(
     cert = x509.load_pem_x509_certificate(a.reg.certificate_pem.encode())
     assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
     # A node whose key was made as P-256 (before keys were Ed25519) renews with that key and polls.
-    old_key, _ = bootstrap.new_csr("old-node", "p256")
+    old_key, _ = pki.new_csr("old-node", "p256")
     r = await a.client.renew(tls.csr_for_key(old_key.decode()))
     renewed = x509.load_pem_x509_certificate(r.certificate_pem.encode())
     assert isinstance(renewed.public_key(), ec.EllipticCurvePublicKey)

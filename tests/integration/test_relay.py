@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.client.relay import RelayClient, node_ssl, ws_url
-from cvlan.common.bootstrap import ControllerCallError
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.relay.bootstrap import ensure_identity
 from cvlan.wire import relayproto as rp

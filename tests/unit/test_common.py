@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cvlan.cli.table import cell
-from cvlan.common import adminconf, bootstrap
+from cvlan.common import adminconf, pki
 from cvlan.common.backoff import Backoff
 from cvlan.common.durations import parse_duration
 from cvlan.controller import credentials
@@ -96,7 +96,7 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
 
 def test_csrs_for_each_key_type_verify_and_other_types_are_refused() -> None:
     for kind in ("p256", "ed25519"):
-        _, pem = bootstrap.new_csr("node", kind)
+        _, pem = pki.new_csr("node", kind)
         assert load_csr(pem).is_signature_valid  # what the controller accepts
     with pytest.raises(ValueError, match="expected p256 or ed25519"):
-        bootstrap.new_key("rsa")  # type: ignore[arg-type]
+        pki.new_key("rsa")  # type: ignore[arg-type]

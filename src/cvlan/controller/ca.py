@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from cvlan.common.bootstrap import ca_fingerprint
 from cvlan.common.files import write_atomic
+from cvlan.common.pki import ca_fingerprint
 
 
 @dataclass

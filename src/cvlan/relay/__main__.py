@@ -15,8 +15,8 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import ValidationError
 
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
-from cvlan.common.bootstrap import ControllerCallError
 from cvlan.relay.bootstrap import ControllerChecker, RelayIdentity, ensure_identity
 from cvlan.relay.server import RelayServer
 from cvlan.relay.settings import RelaySettings

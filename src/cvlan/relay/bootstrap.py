@@ -1,6 +1,6 @@
 """The relay's identity: registered with the controller once, then kept in the state dir (0600).
 
-The relay talks to the controller through cvlan.common.bootstrap (it may not import cvlan.client). Calls:
+The relay talks to the controller through cvlan.client.bootstrap. Calls:
 GET /v1/relay/ca (checked against --ca-pin before anything secret is sent), POST
 /v1/relay/register, and POST /v1/relay/check with the relay certificate as client certificate.
 """
@@ -16,15 +16,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from cvlan.common.bootstrap import (
-    ControllerCallError,
-    fetch_pinned_ca,
-    fresh,
-    new_csr,
-    post_json,
-    verifying_context,
-)
+from cvlan.client.bootstrap import ControllerCallError, fetch_pinned_ca, post_json, verifying_context
 from cvlan.common.files import write_atomic
+from cvlan.common.pki import fresh, new_csr
 from cvlan.relay.settings import RelaySettings
 from cvlan.wire.certid import NodeIdentity
 

@@ -34,7 +34,7 @@ import psutil
 from OpenSSL import SSL
 
 from cvlan.common import adminconf
-from cvlan.common.pgcluster import PgCluster
+from cvlan.devtools.pgcluster import PgCluster
 from cvlan.sim import front
 from cvlan.sim.fleet import FleetConfig, run_worker
 from cvlan.sim.metrics import Histogram, Interval

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
-from cvlan.common.bootstrap import ControllerCallError
 from cvlan.dataplane.engine import EngineError
 from cvlan.vrouter.daemon import Vrouter
 from cvlan.vrouter.identity import ensure_identity

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvlan.common.bootstrap import ControllerCallError, fresh, post_json
+from cvlan.client.bootstrap import ControllerCallError, post_json
 from cvlan.common.files import write_atomic
+from cvlan.common.pki import fresh
 from cvlan.dataplane.engine import WgEngine, make_engine, pick_engine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import Firewall, FirewallError, NftFirewall
 from cvlan.dataplane.router import NetlinkRouter, Router, RouterConfig, RouterError

@@ -5,7 +5,7 @@ State dir (0700; every file 0600): wg.key (WireGuard private key, hex), vrouter.
 token (the bootstrap token, kept so the vrouter can register again when its certificate nears
 expiry; the controller accepts it until the vrouter is deleted). A restart needs no token.
 
-Calls (through cvlan.common.bootstrap): GET /v1/vrouter/ca (checked against --ca-pin before
+Calls (through cvlan.client.bootstrap): GET /v1/vrouter/ca (checked against --ca-pin before
 anything secret is sent), POST /v1/vrouter/register, POST /v1/vrouter/poll (mutual TLS).
 """
 
@@ -20,15 +20,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from cvlan.common.bootstrap import (
-    ControllerCallError,
-    fetch_pinned_ca,
-    fresh,
-    new_csr,
-    post_json,
-    verifying_context,
-)
+from cvlan.client.bootstrap import ControllerCallError, fetch_pinned_ca, post_json, verifying_context
 from cvlan.common.files import write_atomic
+from cvlan.common.pki import fresh, new_csr
 from cvlan.vrouter.settings import VrouterSettings
 from cvlan.wire.keys import KeyHex, generate_keypair, parse_key, public_of
 

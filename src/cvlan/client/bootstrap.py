@@ -4,21 +4,19 @@ A daemon is started once with a bootstrap token and the CA pin: it fetches the c
 an unauthenticated TLS connection and accepts it only if its fingerprint equals the pin (trust on
 first use, with a pin, as kubeadm does), then posts a CSR with the token and stores the answer in
 its state dir, every file 0600. It registers again when two thirds of the certificate's lifetime
-have passed."""
+have passed (cvlan.common.pki.fresh)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import ssl
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
+
+from cvlan.common.pki import ca_fingerprint
+
+__all__ = ["TIMEOUT_S", "ControllerCallError", "fetch_pinned_ca", "post_json", "verifying_context"]
 
 TIMEOUT_S = 15.0
 
@@ -29,51 +27,6 @@ class ControllerCallError(Exception):
     def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
-
-
-def ca_fingerprint(ca_pem: str) -> str:
-    """sha256:HEX of the CA certificate's DER, the form `--ca-pin` takes."""
-    der = x509.load_pem_x509_certificate(ca_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
-def fresh(cert: x509.Certificate, now: dt.datetime) -> bool:
-    """True while less than two thirds of the certificate's lifetime has passed."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return now < start + (end - start) * 2 / 3
-
-
-SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-"""The key types the controller signs certificates for (see registration.load_csr)."""
-KeyType = Literal["p256", "ed25519"]
-
-
-def csr_for(key: SigningKey, common_name: str) -> str:
-    """A CSR (PEM) for key; the controller ignores the subject and signs its own identity in."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def new_key(key_type: KeyType = "p256") -> SigningKey:
-    """A fresh key: p256 (ECDSA P-256) or ed25519."""
-    if key_type == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    if key_type == "p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise ValueError(f"key type {key_type!r}: expected p256 or ed25519")
-
-
-def new_csr(common_name: str, key_type: KeyType = "p256") -> tuple[bytes, str]:
-    """A fresh key (PKCS#8 PEM, to be stored 0600) and a CSR for it (PEM)."""
-    key = new_key(key_type)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, csr_for(key, common_name)
 
 
 def verifying_context(ca_pem: str | None) -> ssl.SSLContext:

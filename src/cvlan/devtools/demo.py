@@ -216,8 +216,8 @@ def ping_all(nodes: list[DemoNode]) -> bool:
 
 
 def full_demo(args: argparse.Namespace) -> int:
-    from cvlan.lab.netns import Lab
-    from cvlan.lab.nsconnect import TcpForwarder
+    from cvlan.devtools.lab.netns import Lab
+    from cvlan.devtools.lab.nsconnect import TcpForwarder
 
     host, port = split_hostport(args.listen, any_port=True)
     lab = Lab()
