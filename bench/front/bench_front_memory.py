@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from bench.common import free_port, machine  # noqa: E402
 from cvlan.common.pki import KeyType, new_csr  # noqa: E402
 from cvlan.controller.ca import CertificateAuthority  # noqa: E402
+from cvlan.sim import front  # noqa: E402
 from cvlan.wire import certid  # noqa: E402
 
 ALLOCATORS = {
@@ -93,32 +94,6 @@ def make_pki(d: Path, node_key: KeyType = "p256") -> None:
 
 
 # --- servers ----------------------------------------------------------------------------------------
-
-HAPROXY_CFG = """\
-global
-    no strict-limits
-    maxconn {maxconn}
-    nbthread 1
-    tune.ssl.cachesize {cache}
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout http-keep-alive 300s
-    timeout server 30s
-
-frontend nodes
-    bind 127.0.0.1:{port} ssl crt {d}/server.pem {verify} alpn http/1.1
-    http-request set-header X-Client-Cert "%[ssl_c_der,base64]" if {{ ssl_c_used }}
-    default_backend controller
-
-backend controller
-    server ctl unix@{d}/backend.sock maxconn 8
-"""
 
 NGINX_CFG = """\
 daemon off;
@@ -250,12 +225,14 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
             )
             cmd = ["nginx", "-c", str(cfg), "-p", str(d)]
         else:
-            text = HAPROXY_CFG.format(
+            text = front.render_config(
+                f"127.0.0.1:{port}",
+                d / "server.pem",
+                d / "ca.pem" if mtls else None,
+                d / "backend.sock",
                 maxconn=max(steps) + 1000,
-                cache=0 if variant.startswith("haproxy-nocache") else max(steps) + 1000,
-                port=port,
-                d=d,
-                verify="" if not mtls else f"ca-file {d}/ca.pem verify optional",
+                backend_conns=8,
+                ssl_cache=0 if variant.startswith("haproxy-nocache") else max(steps) + 1000,
             )
             cmd = ["haproxy", "-db", "-f", str(cfg)]
         cfg.write_text(text)
