@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 
 from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from cvlan.common.settings import DaemonSettings
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
-class CvlandSettings(BaseSettings):
+class CvlandSettings(DaemonSettings):
     model_config = SettingsConfigDict(env_prefix="CVLAND_", extra="forbid")
 
     socket: Path = Path("/run/cvlan/cvland.sock")
@@ -27,8 +29,6 @@ class CvlandSettings(BaseSettings):
     """How often the WireGuard port's public mapping is probed (STUN to every relay)."""
     """While a peer is relayed, first wait before trying direct again (doubles up to 300 s)."""
     tick_s: float = 1.0
-    log_level: str = "info"
-    log_format: str = "text"
 
     @field_validator("interface")
     @classmethod

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
+from cvlan.common.settings import invalid_setting
 from cvlan.relay.bootstrap import ControllerChecker, RelayIdentity, ensure_identity
 from cvlan.relay.server import RelayServer
 from cvlan.relay.settings import RelaySettings
@@ -59,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(map(str, err["loc"])) or "settings"
-        msg = "missing (give --server or CVLAN_RELAY_SERVER)" if err["type"] == "missing" else err["msg"]
-        print(f"cvlan-relay: invalid setting {field}: {msg}", file=sys.stderr)
+        print(invalid_setting("cvlan-relay", e, "CVLAN_RELAY_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
     try:
