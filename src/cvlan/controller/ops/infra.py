@@ -18,6 +18,11 @@ RELAY_KIND = "cvrb"
 VROUTER_KIND = "cvvb"
 
 
+def start_command(program: str, server: str, token: str, ca_pin: str) -> str:
+    """The command that starts a new relay or vrouter (program), as the API and the web UI print it."""
+    return f"{program} --server {server} --token {token} --ca-pin {ca_pin}"
+
+
 def check_hostport(field: str, value: str) -> str:
     try:
         split_hostport(value)
