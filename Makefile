@@ -3,10 +3,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server \
-            postgresql chromium procps curl haproxy
-APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy
+            postgresql chromium procps curl haproxy graphviz
+APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy dot
 
-.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto
+.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams
 
 deps: sysdeps venv
 
@@ -29,6 +29,12 @@ $(VENV)/.stamp: pyproject.toml
 
 proto: venv
 	$(PY) scripts/gen_proto.py
+
+# docs/diagrams/*.dot -> *.svg, and the sources' hashes that scripts/check compares.
+# (dot comes with the Debian packages; a checkout whose .stamp-sysdeps predates graphviz gets it here.)
+diagrams: sysdeps
+	@command -v dot >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends graphviz
+	bash scripts/diagrams.sh build
 
 demo: deps
 	$(PY) -m cvlan.devtools.demo
