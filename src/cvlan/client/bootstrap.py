@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import json
 import ssl
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from cvlan.common.files import write_atomic
 from cvlan.common.pki import ca_fingerprint
 
-__all__ = ["TIMEOUT_S", "ControllerCallError", "fetch_pinned_ca", "post_json", "verifying_context"]
+__all__ = [
+    "TIMEOUT_S",
+    "ControllerCallError",
+    "StateDir",
+    "fetch_pinned_ca",
+    "post_json",
+    "verifying_context",
+]
 
 TIMEOUT_S = 15.0
 
@@ -71,3 +81,49 @@ async def post_json(url: str, body: dict[str, Any], ctx: ssl.SSLContext, timeout
             return json.loads(text)
     except (aiohttp.ClientError, TimeoutError) as e:
         raise ControllerCallError(f"{url}: {e or type(e).__name__}", retryable=True) from e
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Where an infrastructure daemon keeps the identity the controller gave it, by kind ("relay",
+    "vrouter"): KIND.key and KIND.crt (TLS client key and certificate), ca.crt, KIND.json (what the
+    controller said about it) and token (the bootstrap token, so that the daemon can register again
+    when its certificate nears expiry; the controller accepts it until the daemon is deleted). The
+    directory is 0700 and every file 0600."""
+
+    path: Path
+    kind: str
+
+    @property
+    def key_file(self) -> Path:
+        return self.path / f"{self.kind}.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.path / f"{self.kind}.crt"
+
+    def save(self, key_pem: bytes, answer: dict[str, Any], meta: dict[str, Any], token: str) -> None:
+        """Store a registration: the new key, the answer's certificate and CA, meta and the token."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.chmod(0o700)
+        write_atomic(self.key_file, key_pem, 0o600)
+        write_atomic(self.cert_file, answer["cert_pem"], 0o600)
+        write_atomic(self.path / "ca.crt", answer["ca_pem"], 0o600)
+        write_atomic(self.path / "token", token, 0o600)
+        write_atomic(self.path / f"{self.kind}.json", json.dumps(meta, indent=1), 0o600)
+
+    def meta(self) -> dict[str, Any] | None:
+        """What the last registration stored, or None before the first."""
+        path = self.path / f"{self.kind}.json"
+        if not path.exists():
+            return None
+        info: dict[str, Any] = json.loads(path.read_text())
+        return info
+
+    def ca_pem(self) -> str:
+        return (self.path / "ca.crt").read_text()
+
+    def saved_token(self) -> str:
+        """The bootstrap token of the last registration ("" if none was kept)."""
+        path = self.path / "token"
+        return path.read_text().strip() if path.exists() else ""
