@@ -1,3 +1,3 @@
 """cvlan.common."""
 
-__all__: list[str] = []
+__all__ = ["adminconf", "backoff", "clock", "durations", "files", "log", "pki", "settings"]

@@ -4,4 +4,4 @@ The namespace lab (`lab`), the ephemeral PostgreSQL starter (`pgcluster`) and `m
 shared by the tests, the benchmarks and the simulator. No product layer imports this package (an
 import-linter contract in pyproject.toml); cvlan-sim, itself a bench tool, starts PostgreSQL with it."""
 
-__all__: list[str] = []
+__all__ = ["demo", "lab", "pgcluster"]

@@ -2,4 +2,4 @@
 
 Not used by any daemon: it builds throwaway namespaces on a test or demo machine (root only)."""
 
-__all__: list[str] = []
+__all__ = ["netns", "nsconnect"]
