@@ -1,3 +1,3 @@
 """cvlan.common."""
 
-__all__ = ["adminconf", "backoff", "clock", "durations", "files", "log", "pki", "settings"]
+__all__ = ["adminconf", "backoff", "clock", "durations", "files", "host", "log", "pki", "settings"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import field_validator
 from pydantic_settings import SettingsConfigDict
 
+from cvlan.common.host import check_interface_name
 from cvlan.common.settings import DaemonSettings
-
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 class CvlandSettings(DaemonSettings):
@@ -33,9 +31,7 @@ class CvlandSettings(DaemonSettings):
     @field_validator("interface")
     @classmethod
     def _ifname(cls, v: str) -> str:
-        if not _IFNAME.match(v):
-            raise ValueError("expected 1-15 characters of A-Z a-z 0-9 _ . -")
-        return v
+        return check_interface_name(v)
 
     @field_validator("engine")
     @classmethod

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from cvlan.common.host import pid_alive
 from cvlan.dataplane.uapi import SOCKET_DIR, UapiClient, UapiError, to_uapi
 from cvlan.dataplane.wgconfig import DeviceState, PeerState, WgConfig
 from cvlan.wire.endpoint import split_hostport
@@ -142,7 +143,7 @@ def stop_pid(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float
         if proc is not None:
             if proc.poll() is not None:
                 return
-        elif not _pid_alive(pid):
+        elif not pid_alive(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -150,16 +151,6 @@ def stop_pid(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def pid_cmdline(pid: int) -> list[str]:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cvlan.common.host import pid_alive
+
 PREFIX = "cvlt"
 _TAG_RE = re.compile(rf"^{PREFIX}([0-9a-f]+)x[0-9a-f]+-")
 
@@ -37,23 +39,13 @@ def sh(*argv: str, check: bool = True, timeout: float = 30, input: str | None = 
     return r.stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale() -> list[str]:
     """Delete namespaces left by earlier runs whose test process no longer exists."""
     removed = []
     for line in sh("ip", "netns", "list").splitlines():
         name = line.split()[0] if line.strip() else ""
         m = _TAG_RE.match(name)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             _kill_ns_pids(name)
             sh("ip", "netns", "del", name, check=False)
             removed.append(name)
