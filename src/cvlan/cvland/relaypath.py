@@ -61,6 +61,27 @@ class RelayPaths(Protocol):
         ...
 
 
+class NoRelayPaths:
+    """RelayPaths where no relay is configured: every peer is tried on its direct candidates only."""
+
+    generation = 0
+
+    def available(self, relay_region: str) -> bool:
+        return False
+
+    def endpoint_for(self, peer: str, relay_region: str) -> str | None:
+        return None
+
+    def is_proxy(self, endpoint: str) -> bool:
+        return False
+
+    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        pass
+
+    def direct_ok(self, peer: str) -> str | None:
+        return None
+
+
 @dataclass(slots=True)
 class _Peer:
     candidates: tuple[str, ...]
@@ -289,7 +310,7 @@ def _stun_servers(relays: dict[str, RelayInfo]) -> set[tuple[str, str]]:
 
 
 class RelayPath:
-    """Relay connections, the proxy and STUN for one cvland; the ``RelayFallback`` of PathSelector."""
+    """Relay connections, the proxy and STUN for one cvland; the ``RelayPaths`` of PathSelector."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stun_interval: float = STUN_INTERVAL) -> None:
         self.loop = loop
