@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 SSLYZE_VENV := .venv-sslyze
 SSLYZE := sslyze==6.3.1
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
-            postgresql chromium procps curl haproxy
-APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3
+            postgresql chromium procps curl haproxy graphviz
+APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3 dot
 
-.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto
+.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams
 
 deps: sysdeps venv
 
@@ -39,15 +39,23 @@ $(SSLYZE_VENV)/.stamp: Makefile
 proto: venv
 	$(PY) scripts/gen_proto.py
 
+# docs/diagrams/*.dot -> *.svg, and the sources' hashes that scripts/check compares.
+# (dot comes with the Debian packages; a checkout whose .stamp-sysdeps predates graphviz gets it here.)
+diagrams: sysdeps
+	@command -v dot >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends graphviz
+	bash scripts/diagrams.sh build
+
 demo: deps
-	$(PY) -m cvlan.demo
+	$(PY) -m cvlan.devtools.demo
 
 check: venv
 	bash scripts/check
 
+# The suite under coverage; fails below the floor in pyproject.toml (docs/TESTING.md, "Coverage floor").
 test: deps
 	bash scripts/check
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m coverage run -m pytest -q -p no:cacheprovider tests
+	$(PY) -m coverage report --format=total
 
 ui: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/ui

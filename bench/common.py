@@ -67,8 +67,8 @@ def start_controller(
     data_dir: Path, db: str = "", taskset: str | None = None, extra_env: dict[str, str] | None = None
 ) -> ControllerProc:
     """Start `cvlan-controller serve` and wait until it has written admin.conf and answers."""
-    from cvlan.cli.config import load_admin_conf
     from cvlan.cli.http import ApiError, Client
+    from cvlan.common import adminconf
 
     port = free_port()
     cmd = [
@@ -93,7 +93,7 @@ def start_controller(
         if proc.poll() is not None:
             raise RuntimeError(f"controller exited with {proc.returncode}")
         if conf.exists():
-            c = load_admin_conf(conf)
+            c = adminconf.load(conf)
             try:
                 Client(c.server, c.token, c.ca_pem, timeout=2).call("GET", "/api/v1/whoami")
                 return ControllerProc(proc, c.server, c.token, c.ca_pem, data_dir)

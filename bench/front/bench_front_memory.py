@@ -47,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from bench.common import free_port, machine  # noqa: E402
-from cvlan.common.bootstrap import KeyType, new_csr  # noqa: E402
-from cvlan.controller import ca as ca_mod  # noqa: E402
+from cvlan.common.pki import KeyType, new_csr  # noqa: E402
 from cvlan.controller.ca import CertificateAuthority  # noqa: E402
+from cvlan.sim import front  # noqa: E402
+from cvlan.wire import certid  # noqa: E402
 
 ALLOCATORS = {
     "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -81,10 +82,10 @@ def make_pki(d: Path, node_key: KeyType = "p256") -> None:
         common_name="node-48213",
         lifetime=dt.timedelta(days=7),
         identity={
-            ca_mod.OID_NODE_ID: "48213",
-            ca_mod.OID_TENANT_ID: "57",
-            ca_mod.OID_CVLAN_ID: "5612",
-            ca_mod.OID_WG_KEY: os.urandom(32).hex(),
+            certid.OID_NODE_ID: "48213",
+            certid.OID_TENANT_ID: "57",
+            certid.OID_CVLAN_ID: "5612",
+            certid.OID_WG_KEY: os.urandom(32).hex(),
         },
     )
     (d / "node.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)
@@ -93,32 +94,6 @@ def make_pki(d: Path, node_key: KeyType = "p256") -> None:
 
 
 # --- servers ----------------------------------------------------------------------------------------
-
-HAPROXY_CFG = """\
-global
-    no strict-limits
-    maxconn {maxconn}
-    nbthread 1
-    tune.ssl.cachesize {cache}
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout http-keep-alive 300s
-    timeout server 30s
-
-frontend nodes
-    bind 127.0.0.1:{port} ssl crt {d}/server.pem {verify} alpn http/1.1
-    http-request set-header X-Client-Cert "%[ssl_c_der,base64]" if {{ ssl_c_used }}
-    default_backend controller
-
-backend controller
-    server ctl unix@{d}/backend.sock maxconn 8
-"""
 
 NGINX_CFG = """\
 daemon off;
@@ -252,12 +227,14 @@ async def measure(variant: str, d: Path, steps: list[int], env_extra: dict[str, 
             )
             cmd = ["nginx", "-c", str(cfg), "-p", str(d)]
         else:
-            text = HAPROXY_CFG.format(
+            text = front.render_config(
+                f"127.0.0.1:{port}",
+                d / "server.pem",
+                d / "ca.pem" if mtls else None,
+                d / "backend.sock",
                 maxconn=max(steps) + 1000,
-                cache=0 if variant.startswith("haproxy-nocache") else max(steps) + 1000,
-                port=port,
-                d=d,
-                verify="" if not mtls else f"ca-file {d}/ca.pem verify optional",
+                backend_conns=8,
+                ssl_cache=0 if variant.startswith("haproxy-nocache") else max(steps) + 1000,
             )
             cmd = ["haproxy", "-db", "-f", str(cfg)]
         cfg.write_text(text)

@@ -20,7 +20,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import ControllerProc, machine, pct, start_controller  # noqa: E402
-from cvlan.common.pgcluster import PgCluster  # noqa: E402
+from cvlan.devtools.pgcluster import PgCluster  # noqa: E402
 
 
 async def drive(c: ControllerProc, tenants: int, cvlans: int, conc: int) -> dict[str, object]:

@@ -34,7 +34,7 @@ import psutil  # noqa: E402
 from bench.common import ControllerProc, machine, pct, start_controller  # noqa: E402
 from cvlan.client import tls  # noqa: E402
 from cvlan.client.controller import NodeApiClient  # noqa: E402
-from cvlan.common.pgcluster import PgCluster  # noqa: E402
+from cvlan.devtools.pgcluster import PgCluster  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
 from cvlan.wire.pb import node_pb2 as pb  # noqa: E402
 

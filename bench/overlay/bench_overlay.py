@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import psutil  # noqa: E402
 
 from bench.common import machine  # noqa: E402
-from cvlan.dataplane.wgconfig import generate_keypair  # noqa: E402
-from cvlan.lab.netns import Lab, Netns, Proc, sh  # noqa: E402
+from cvlan.devtools.lab.netns import Lab, Netns, Proc, sh  # noqa: E402
+from cvlan.wire.keys import generate_keypair  # noqa: E402
 from tests.harness.stack import Controller, start_node  # noqa: E402
 
 STREAMS = (1, 4)

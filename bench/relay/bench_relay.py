@@ -37,7 +37,7 @@ import psutil  # noqa: E402
 
 from bench.common import machine  # noqa: E402
 from cvlan.client.relay import RelayClient, ws_url  # noqa: E402
-from cvlan.lab.netns import Lab, Netns  # noqa: E402
+from cvlan.devtools.lab.netns import Lab, Netns  # noqa: E402
 from tests.harness.controller import RunningController  # noqa: E402
 from tests.harness.relay import Fleet, RunningRelay  # noqa: E402
 from tests.harness.relaystack import peer_paths, start_relay  # noqa: E402

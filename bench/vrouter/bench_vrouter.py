@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import machine  # noqa: E402
-from cvlan.dataplane.wgconfig import parse_key, public_of  # noqa: E402
-from cvlan.lab.netns import Lab  # noqa: E402
+from cvlan.devtools.lab.netns import Lab  # noqa: E402
+from cvlan.wire.keys import parse_key, public_of  # noqa: E402
 from tests.harness.stack import Node, start_controller, start_node  # noqa: E402
 from tests.harness.vrouterstack import (  # noqa: E402
     RunningVrouter,

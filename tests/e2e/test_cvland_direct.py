@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from cvlan.dataplane.wgconfig import generate_keypair
 from cvlan.wire.ipc import DesiredState, PeerConfig
+from cvlan.wire.keys import generate_keypair
 from tests.harness import ipcclient
 from tests.harness.cvland import Dataplane, start_cvland
 from tests.harness.netns import Lab

@@ -20,7 +20,7 @@ def test_demo_builds_the_mesh_pings_across_and_cleans_up(lab: object, tmp_path: 
         [
             sys.executable,
             "-m",
-            "cvlan.demo",
+            "cvlan.devtools.demo",
             "--check",
             "--data-dir",
             str(tmp_path / "data"),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cvlan.dataplane.wgconfig import parse_key, public_of
+from cvlan.wire.keys import parse_key, public_of
 from tests.harness.netns import Lab, Netns
 from tests.harness.stack import Node, start_controller, start_node, wait_until
 from tests.harness.vrouterstack import RunningVrouter, attach, cvlan_with_token, start_vrouter

@@ -1,34 +1,19 @@
-"""A minimal blocking client of the cvland IPC socket, for tests that drive cvland directly."""
+"""Helpers for tests that drive cvland's IPC socket directly, over the product's one-shot request."""
 
 from __future__ import annotations
 
-import itertools
-import json
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cvlan.wire.ipc import IPC_VERSION, DesiredState, DeviceStatus
-
-_ids = itertools.count(1)
+from cvlan.client.ipc import request_once
+from cvlan.wire.ipc import DesiredState, DeviceStatus
 
 
 def request(path: Path, op: str, timeout: float = 10.0, **body: Any) -> dict[str, Any]:
     """Send one request line and return the answer object (ok or not)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(json.dumps({"v": IPC_VERSION, "id": next(_ids), "op": op, **body}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    answer: dict[str, Any] = json.loads(buf)
-    return answer
+    return request_once(path, op, timeout, **body)
 
 
 def apply(path: Path, state: DesiredState) -> dict[str, Any]:

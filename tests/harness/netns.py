@@ -1,5 +1,5 @@
-"""The namespace lab for tests: re-exported from cvlan.lab.netns (shared with `make demo` and bench/)."""
+"""The namespace lab for tests: re-exported from cvlan.devtools.lab.netns (shared with `make demo`, bench)."""
 
-from cvlan.lab.netns import PREFIX, Lab, Netns, Proc, sh, sweep_stale
+from cvlan.devtools.lab.netns import PREFIX, Lab, Netns, Proc, sh, sweep_stale
 
 __all__ = ["PREFIX", "Lab", "Netns", "Proc", "sh", "sweep_stale"]

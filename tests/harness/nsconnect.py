@@ -1,5 +1,5 @@
 """An HTTPS JSON client of the management API whose connections are opened inside a namespace
-(cvlan.lab.nsconnect), so the test process stays in the root namespace and adds no address there."""
+(cvlan.devtools.lab.nsconnect), so the test process stays in the root namespace and adds no address there."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import ssl
 from typing import Any
 
-from cvlan.lab.nsconnect import socket_in_netns
+from cvlan.devtools.lab.nsconnect import socket_in_netns
 
 
 class _NsHTTPSConnection(http.client.HTTPSConnection):

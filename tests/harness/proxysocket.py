@@ -12,7 +12,7 @@ import aiohttp
 
 from cvlan.client import tls
 from cvlan.client.controller import NodeApiClient
-from cvlan.sim import adminconf
+from cvlan.common import adminconf
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import free_port
 

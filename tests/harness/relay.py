@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
 from cvlan.client.relay import node_ssl
-from cvlan.controller.ca import OID_CVLAN_ID, OID_KIND, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
 from cvlan.controller.ops import cvlans, nodes
 from cvlan.relay.__main__ import serve
 from cvlan.relay.settings import RelaySettings
+from cvlan.wire.certid import OID_CVLAN_ID, OID_KIND, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
 from tests.harness.controller import RunningController, free_port
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvlan.cli.config import parse_admin_conf
+from cvlan.common import adminconf
 from cvlan.wire.ipc import DeviceStatus
 from tests.harness.cvland import Dataplane, script, start_cvland
 from tests.harness.netns import Lab, Netns, Proc
@@ -64,7 +64,7 @@ class Controller:
         wait_until("controller wrote admin.conf", lambda: conf_path.exists() or not self._alive(), 60)
         if not self._alive():
             raise RuntimeError(f"controller exited:\n{self.proc.output()}")
-        conf = parse_admin_conf(conf_path.read_text())
+        conf = adminconf.load(conf_path)
         self.api = NsApi(self.ns.name, self.url, conf.token, conf.ca_pem)
         wait_until(
             "controller answers /healthz",

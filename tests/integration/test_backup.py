@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cvlan.client.controller import NodeApiClient
-from cvlan.common.pgcluster import PgCluster
+from cvlan.devtools.pgcluster import PgCluster
 from tests.harness.controller import RunningController
 from tests.harness.nodes import enrol, make_token
 

@@ -32,9 +32,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cvlan.common.bootstrap import new_csr
-from cvlan.controller import ca as ca_mod
+from cvlan.common.pki import new_csr
 from cvlan.controller.ca import CertificateAuthority
+from cvlan.wire import certid
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # tlslite-ng imports asyncore
@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 def _node_cert(ca: CertificateAuthority, d: Path, name: str) -> Path:
     key_pem, csr = new_csr(name, "ed25519")
-    ident = {ca_mod.OID_NODE_ID: "7", ca_mod.OID_TENANT_ID: "1", ca_mod.OID_CVLAN_ID: "1"}
+    ident = {certid.OID_NODE_ID: "7", certid.OID_TENANT_ID: "1", certid.OID_CVLAN_ID: "1"}
     cert = ca.issue_client(csr.encode(), common_name=name, lifetime=dt.timedelta(days=1), identity=ident)
     path = d / f"{name}.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)

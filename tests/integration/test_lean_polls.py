@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 
 from cvlan.client import tls
+from cvlan.common import adminconf
 from cvlan.controller.nodeapi.lean import MAX_BUFFERED
-from cvlan.sim import adminconf
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
-from cvlan.common import bootstrap
-from cvlan.controller import ca as ca_mod
+from cvlan.common import pki
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.wire import certid
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
@@ -126,7 +126,7 @@ async def test_new_nodes_get_ed25519_certificates_and_p256_keys_keep_working(
     cert = x509.load_pem_x509_certificate(a.reg.certificate_pem.encode())
     assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
     # A node whose key was made as P-256 (before keys were Ed25519) renews with that key and polls.
-    old_key, _ = bootstrap.new_csr("old-node", "p256")
+    old_key, _ = pki.new_csr("old-node", "p256")
     r = await a.client.renew(tls.csr_for_key(old_key.decode()))
     renewed = x509.load_pem_x509_certificate(r.certificate_pem.encode())
     assert isinstance(renewed.public_key(), ec.EllipticCurvePublicKey)
@@ -265,11 +265,11 @@ async def test_certificate_from_another_ca_is_refused(controller: RunningControl
         common_name="x",
         lifetime=dt.timedelta(days=1),
         identity={
-            ca_mod.OID_NODE_ID: str(a.node_id),
-            ca_mod.OID_TENANT_ID: str(a.reg.tenant_id),
-            ca_mod.OID_CVLAN_ID: str(a.reg.cvlan_id),
-            ca_mod.OID_WG_KEY: a.wg_key.hex(),
-            ca_mod.OID_KIND: "node",
+            certid.OID_NODE_ID: str(a.node_id),
+            certid.OID_TENANT_ID: str(a.reg.tenant_id),
+            certid.OID_CVLAN_ID: str(a.reg.cvlan_id),
+            certid.OID_WG_KEY: a.wg_key.hex(),
+            certid.OID_KIND: "node",
         },
     )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cvlan.common.pgcluster import PgCluster
+from cvlan.devtools.pgcluster import PgCluster
 from tests.harness.controller import RunningController, free_port
 
 BIN = Path(sys.executable).parent

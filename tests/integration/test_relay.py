@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.client.relay import RelayClient, node_ssl, ws_url
-from cvlan.common.bootstrap import ControllerCallError
 from cvlan.controller.ca import CertificateAuthority
-from cvlan.relay.bootstrap import ensure_identity
+from cvlan.relay.bootstrap import ensure_identity, load_identity
 from cvlan.wire import relayproto as rp
 from tests.harness.controller import RunningController
 from tests.harness.relay import Fleet, NodeCreds, RunningRelay, enroll_node, parse_metrics
@@ -78,7 +78,7 @@ async def connect(r: RunningRelay, creds: NodeCreds, **kw: object) -> tuple[Rela
 
 async def test_bootstrap_writes_private_state_and_start_command(relay: RunningRelay) -> None:
     assert relay.command.startswith("cvlan-relay --server https://127.0.0.1:")
-    for name in ("relay.key", "relay.crt", "ca.crt", "relay.json"):
+    for name in ("relay.key", "relay.crt", "ca.crt", "relay.json", "token"):
         mode = stat.S_IMODE(os.stat(relay.state_dir / name).st_mode)
         assert mode == 0o600, (name, oct(mode))
     cert = x509.load_pem_x509_certificate((relay.state_dir / "relay.crt").read_bytes())
@@ -148,7 +148,7 @@ def _other_ca_cert(tmp: Path, creds: NodeCreds) -> ssl.SSLContext:
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
         .sign(key, hashes.SHA256())
     )
-    from cvlan.controller.ca import OID_CVLAN_ID, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
+    from cvlan.wire.certid import OID_CVLAN_ID, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
 
     ident = {
         OID_NODE_ID: str(creds.node_id),
@@ -303,6 +303,17 @@ async def test_deleted_node_is_disconnected_and_refused(
         assert m['cvlan_relay_refused_connections_total{reason="revoked"}'] >= 2
     finally:
         await r.stop()
+
+
+async def test_a_stale_certificate_is_renewed_with_the_kept_token(relay: RunningRelay) -> None:
+    """The relay keeps its bootstrap token, as the vrouter does: renewal needs no --token."""
+    assert relay.settings is not None
+    before = load_identity(relay.state_dir)
+    assert before is not None
+    serial = before.cert.serial_number  # .cert reads the file, which renewal replaces
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)  # the certificate is no longer fresh
+    renewed = await ensure_identity(relay.settings.model_copy(update={"token": ""}), later)
+    assert renewed.cert.serial_number != serial
 
 
 async def test_bootstrap_refuses_wrong_pin_and_bad_token(rc: RunningController, tmp_path: Path) -> None:

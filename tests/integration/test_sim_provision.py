@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cvlan.sim import adminconf
+from cvlan.common import adminconf
 from cvlan.sim.provision import Plan, ProvisionError, provision
 from tests.harness.controller import RunningController
 

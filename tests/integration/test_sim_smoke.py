@@ -6,7 +6,6 @@ errors), never timing: performance is measured by the benchmark runs, not by tes
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -14,9 +13,10 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from cvlan.sim import report
 
 pytestmark = pytest.mark.pg
 
@@ -80,7 +80,7 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
         timeout=380,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    data: dict[str, Any] = json.loads((results / "results.json").read_text())
+    data = report.load_results(results)
     reg = data["registration"]
     assert reg["registered"] == nodes
     phases = data["phase_summary"]

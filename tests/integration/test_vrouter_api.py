@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cvlan.common.bootstrap import ControllerCallError
-from cvlan.common.bootstrap import post_json as post
+from cvlan.client.bootstrap import ControllerCallError
+from cvlan.client.bootstrap import post_json as post
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.vrouting import Hub, hubs_for
 from cvlan.vrouter.identity import Identity, ensure_identity

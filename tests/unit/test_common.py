@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cvlan.cli.config import parse_admin_conf
 from cvlan.cli.table import cell
-from cvlan.common import bootstrap
+from cvlan.common import adminconf, pki
 from cvlan.common.backoff import Backoff
 from cvlan.common.durations import parse_duration
 from cvlan.controller import credentials
@@ -64,18 +64,23 @@ def test_passwords_use_argon2() -> None:
     assert not credentials.check_password("wrong", h) and not credentials.check_password("x", "garbage")
 
 
-def test_admin_conf_round_trip() -> None:
-    text = (
-        "# c\nserver = https://h:1\ntoken = cvat_a_b\nca =\n  -----BEGIN CERTIFICATE-----\n  AAA\n"
-        "  -----END CERTIFICATE-----\n"
-    )
-    c = parse_admin_conf(text)
-    assert c.server == "https://h:1" and c.token == "cvat_a_b"
-    assert c.ca_pem == "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
-    with pytest.raises(ValueError, match="unknown key 'colour'"):
-        parse_admin_conf("colour = red\n")
-    with pytest.raises(ValueError, match="expected 'key = value'"):
-        parse_admin_conf("justtext\n")
+def test_admin_conf_round_trip(tmp_path: Path) -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
+    adminconf.write(tmp_path / "admin.conf", "https://h:1", "cvat_a_b", pem)
+    assert (tmp_path / "admin.conf").stat().st_mode & 0o777 == 0o600
+    assert adminconf.load(tmp_path / "admin.conf") == adminconf.AdminConf("https://h:1", "cvat_a_b", pem)
+
+
+def test_admin_conf_errors(tmp_path: Path) -> None:
+    with pytest.raises(adminconf.AdminConfError, match="^admin.conf line 1: unknown key 'colour'$"):
+        adminconf.parse("colour = red\n")
+    with pytest.raises(adminconf.AdminConfError, match="^admin.conf line 2: expected 'key = value'$"):
+        adminconf.parse("# c\njusttext\n")
+    with pytest.raises(adminconf.AdminConfError, match="^admin.conf: missing 'token = ...'$"):
+        adminconf.parse("server = https://h:1\n")
+    assert adminconf.parse("token = t\n", complete=False) == adminconf.AdminConf("", "t", "")
+    with pytest.raises(adminconf.AdminConfError, match="^cannot read .*none.conf: No such file"):
+        adminconf.load(tmp_path / "none.conf")
 
 
 def test_table_cells() -> None:
@@ -93,7 +98,7 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
 
 def test_csrs_for_each_key_type_verify_and_other_types_are_refused() -> None:
     for kind in ("p256", "ed25519"):
-        _, pem = bootstrap.new_csr("node", kind)
+        _, pem = pki.new_csr("node", kind)
         assert load_csr(pem).is_signature_valid  # what the controller accepts
     with pytest.raises(ValueError, match="expected p256 or ed25519"):
-        bootstrap.new_key("rsa")  # type: ignore[arg-type]
+        pki.new_key("rsa")  # type: ignore[arg-type]

@@ -14,8 +14,8 @@ from cvlan.cvland.server import handle_request
 from cvlan.dataplane.engine import EngineError, FakeEngine
 from cvlan.dataplane.firewall import FakeFirewall
 from cvlan.dataplane.router import FakeRouter, RouterConfig
-from cvlan.dataplane.wgconfig import generate_keypair
 from cvlan.wire.ipc import DesiredState, PeerConfig
+from cvlan.wire.keys import generate_keypair
 
 PRIV, _ = generate_keypair()
 _, K1 = generate_keypair()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cvlan.dataplane.uapi import UapiError, parse_get, parse_set_reply, to_uapi
-from cvlan.dataplane.wgconfig import KeyHex, WgConfig, WgPeer, parse_endpoint, parse_key, public_of
+from cvlan.dataplane.wgconfig import WgConfig, WgPeer
+from cvlan.wire.endpoint import parse_endpoint
+from cvlan.wire.keys import KeyHex, parse_key, public_of
 
 PRIV = KeyHex("a0" * 32)
 K1, K2, K3 = KeyHex("11" * 32), KeyHex("22" * 32), KeyHex("33" * 32)

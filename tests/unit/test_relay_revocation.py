@@ -3,17 +3,22 @@ are the integration tests'): a kept "revoked", the fail-open window, batches of 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
-from cvlan.common.bootstrap import ControllerCallError
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.relay.bootstrap import RelayIdentity
 from cvlan.relay.revocation import CHECK_BATCH, ControllerChecker, FrontError, Verdict, front_hint
 from cvlan.wire.certid import NodeIdentity
 
+NOT_AFTER = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
 
 def _node(i: int) -> NodeIdentity:
-    return NodeIdentity(node_id=i, tenant_id=1, cvlan_id=1, wg_key=i.to_bytes(32, "big"), serial=i)
+    return NodeIdentity(
+        node_id=i, tenant_id=1, cvlan_id=1, wg_key=i.to_bytes(32, "big"), serial=i, not_after=NOT_AFTER
+    )
 
 
 class Scripted(ControllerChecker):

@@ -11,10 +11,10 @@ from cvlan.common.clock import FakeClock
 from cvlan.dataplane.engine import FakeEngine
 from cvlan.dataplane.firewall import FakeFirewall, FirewallError
 from cvlan.dataplane.router import FakeRouter
-from cvlan.dataplane.wgconfig import generate_keypair
 from cvlan.vrouter.daemon import Vrouter
 from cvlan.vrouter.identity import Identity
 from cvlan.vrouter.settings import VrouterSettings
+from cvlan.wire.keys import generate_keypair
 
 PRIV, _ = generate_keypair()
 NODE = generate_keypair()[1]

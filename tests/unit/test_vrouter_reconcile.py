@@ -12,8 +12,8 @@ import pytest
 
 from cvlan.dataplane.firewall import FirewallError
 from cvlan.dataplane.hubchoice import HUB_KEEPALIVE
-from cvlan.dataplane.wgconfig import generate_keypair
 from cvlan.vrouter.reconcile import VROUTER_KEEPALIVE, build, render_ruleset
+from cvlan.wire.keys import generate_keypair
 
 PRIV, _ = generate_keypair()
 K = [generate_keypair()[1] for _ in range(5)]

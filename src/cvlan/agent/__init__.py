@@ -1,3 +1,3 @@
 """cvlan.agent."""
 
-__all__: list[str] = []
+__all__ = ["daemon", "join", "netmap", "state"]

@@ -1,3 +1,3 @@
 """cvlan.cli."""
 
-__all__: list[str] = []
+__all__ = ["admin", "http", "node", "table"]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cvlan.cli.config import AdminConfig, load_admin_conf
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
+from cvlan.common import adminconf
 
 Cmd = Callable[[Client, argparse.Namespace], Any]
 
@@ -458,13 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_client(ns: argparse.Namespace) -> Client:
-    conf = AdminConfig()
+    conf = adminconf.AdminConf()
     path = ns.config or (Path(os.environ["CVLAN_CONFIG"]) if os.environ.get("CVLAN_CONFIG") else None)
     if path is not None:
         try:
-            conf = load_admin_conf(path)
-        except (OSError, ValueError) as e:
-            raise ApiError(0, "usage", f"cannot read config {path}: {e}") from None
+            conf = adminconf.load(path, complete=False)
+        except adminconf.AdminConfError as e:
+            raise ApiError(0, "usage", str(e)) from None
     server = ns.server or os.environ.get("CVLAN_SERVER") or conf.server
     token = ns.token or os.environ.get("CVLAN_TOKEN") or conf.token
     if not server or not token:

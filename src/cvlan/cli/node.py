@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cvlan.cli.table import print_table
-from cvlan.wire.ipc import IPC_VERSION, DeviceStatus, PeerStatus
+from cvlan.client.ipc import IpcError, request_once
+from cvlan.wire.ipc import DeviceStatus, PeerStatus
 
 DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
 DEFAULT_CTRL_STATE = Path("/var/lib/cvlan-ctrl")
@@ -32,25 +32,14 @@ class CliError(Exception):
 def ipc(path: Path, op: str, timeout: float = 5.0) -> dict[str, Any]:
     """One request to cvland; CliError with a clear line if it is not there or refuses."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(json.dumps({"v": IPC_VERSION, "id": 1, "op": op}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+        ans = request_once(path, op, timeout)
     except FileNotFoundError:
         raise CliError(f"cvland is not running (no socket at {path})") from None
     except PermissionError:
         raise CliError(f"no permission to open {path} (run as root or in the socket's group)") from None
     except OSError as e:
         raise CliError(f"cvland on {path}: {e.strerror or e}") from None
-    try:
-        ans: dict[str, Any] = json.loads(buf)
-    except ValueError:
+    except IpcError:
         raise CliError(f"cvland on {path} sent no valid answer") from None
     if not ans.get("ok"):
         raise CliError(f"cvland refused {op}: {ans.get('error', 'no reason given')}")

@@ -1,3 +1,3 @@
 """cvlan.client."""
 
-__all__: list[str] = []
+__all__ = ["bootstrap", "controller", "ipc", "relay", "stun", "tls"]

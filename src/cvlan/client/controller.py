@@ -15,7 +15,7 @@ import aiohttp
 from google.protobuf.message import Message
 
 from cvlan.client import tls
-from cvlan.common.bootstrap import ca_fingerprint
+from cvlan.common.pki import ca_fingerprint
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 

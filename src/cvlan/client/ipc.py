@@ -1,7 +1,10 @@
 """Client side of the cvlan-ctrl <-> cvland IPC contract (cvlan.wire.ipc; docs/IPC.md).
 
 One Unix stream socket, newline-delimited JSON, one request in flight at a time. Failures are
-IpcError with .retryable: "no cvland listening" can be retried, a refusal by cvland cannot."""
+IpcError with .retryable: "no cvland listening" can be retried, a refusal by cvland cannot.
+
+IpcClient is cvlan-ctrl's long-lived connection; request_once is the blocking one-shot request of
+cvlancli and the tests."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import asyncio
 import itertools
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +75,8 @@ class IpcClient:
                 await self._connect()
             assert self._reader is not None and self._writer is not None
             rid = next(self._ids)
-            line = json.dumps({"v": IPC_VERSION, "id": rid, "op": op, **body}, separators=(",", ":")).encode()
             try:
-                self._writer.write(line + b"\n")
+                self._writer.write(_request_line(rid, op, body))
                 await self._writer.drain()
                 raw = await asyncio.wait_for(self._reader.readline(), self.timeout)
             except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
@@ -109,3 +112,31 @@ class IpcClient:
 
     async def ping(self) -> None:
         await self.call("ping")
+
+
+def request_once(path: Path, op: str, timeout: float = 5.0, **body: Any) -> dict[str, Any]:
+    """One blocking request on a fresh connection: the answer object, whether ok or not.
+
+    OSError (FileNotFoundError, PermissionError, ...) when the socket cannot be reached or the
+    connection fails; IpcError when the answer is not a JSON object."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(_request_line(1, op, body))
+        buf = b""
+        while not buf.endswith(b"\n") and len(buf) <= MAX_LINE:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    try:
+        ans = json.loads(buf)
+    except ValueError:
+        ans = None
+    if not isinstance(ans, dict):
+        raise IpcError(f"cvland on {path} sent no valid answer to {op}", retryable=True)
+    return ans
+
+
+def _request_line(rid: int, op: str, body: dict[str, Any]) -> bytes:
+    return json.dumps({"v": IPC_VERSION, "id": rid, "op": op, **body}, separators=(",", ":")).encode() + b"\n"

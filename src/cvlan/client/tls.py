@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from cvlan.common.bootstrap import KeyType, csr_for, new_csr
+from cvlan.common.pki import KeyType, csr_for, new_csr
 
 NODE_KEY_TYPE: KeyType = "ed25519"
 """A node's TLS key. Ed25519 rather than P-256: the TLS front keeps every connected node's parsed

@@ -1,3 +1,15 @@
 """cvlan.common."""
 
-__all__: list[str] = []
+__all__ = [
+    "adminconf",
+    "backoff",
+    "clock",
+    "durations",
+    "files",
+    "framequeue",
+    "host",
+    "log",
+    "numbers",
+    "pki",
+    "settings",
+]

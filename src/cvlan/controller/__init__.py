@@ -1,3 +1,25 @@
 """cvlan.controller."""
 
-__all__: list[str] = []
+__all__ = [
+    "api",
+    "app",
+    "audit",
+    "auth",
+    "ca",
+    "credentials",
+    "db",
+    "errors",
+    "infraapi",
+    "ipam",
+    "mapper",
+    "nodeapi",
+    "ops",
+    "policy",
+    "proxies",
+    "settings",
+    "tlsserve",
+    "usercmd",
+    "vrouterapi",
+    "vrouting",
+    "web",
+]

@@ -23,8 +23,9 @@ from cvlan.controller import usercmd
 from cvlan.controller.app import Controller, bootstrap_admin, build, metrics_app
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.nodeapi.lean import LeanNodeServer
-from cvlan.controller.settings import load_settings, split_host_port
+from cvlan.controller.settings import load_settings
 from cvlan.controller.tlsserve import TlsKeeper
+from cvlan.wire.endpoint import split_hostport
 
 log = logging.getLogger("cvlan.controller")
 
@@ -206,7 +207,7 @@ async def _serve(settings: object) -> int:
 
 async def _listen(runner: web.AppRunner, listen: str, ctx: ssl.SSLContext | None) -> None:
     """Start a TCP site on HOST:PORT; OSError with the address as filename if it cannot listen."""
-    host, port = split_host_port(listen)
+    host, port = split_hostport(listen, any_port=True)
     site = web.TCPSite(runner, host, port, ssl_context=ctx, backlog=4096, reuse_address=True)
     try:
         await site.start()

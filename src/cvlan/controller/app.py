@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan import __version__
+from cvlan.common import adminconf
 from cvlan.common.clock import Clock, SystemClock
-from cvlan.common.files import write_atomic
 from cvlan.controller import credentials, infraapi, nodeapi, vrouterapi
 from cvlan.controller.api import framework, routes, vrouter_routes  # noqa: F401  (routes register themselves)
 from cvlan.controller.api.framework import (
@@ -169,20 +169,8 @@ async def bootstrap_admin(c: Controller) -> Path | None:
         )
         s.add(KeyValue(key="bootstrapped", value=ctx.now().isoformat()))
         path = c.settings.data_dir / "admin.conf"
-        write_admin_conf(path, c.settings.url, c.ca.cert_pem.decode(), issued.text)
+        adminconf.write(path, c.settings.url, issued.text, c.ca.cert_pem.decode())
     return path
-
-
-def write_admin_conf(path: Path, url: str, ca_pem: str, token: str) -> None:
-    ca_lines = "\n".join("  " + line for line in ca_pem.strip().splitlines())
-    text = (
-        "# CVLAN admin configuration: read by `cvlan --config FILE`. Keep it secret (mode 0600).\n"
-        f"server = {url}\n"
-        f"token = {token}\n"
-        "ca =\n"
-        f"{ca_lines}\n"
-    )
-    write_atomic(path, text, 0o600)
 
 
 def server_ssl(c: Controller) -> ssl.SSLContext:

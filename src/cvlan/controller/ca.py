@@ -14,16 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from cvlan.common.bootstrap import ca_fingerprint
 from cvlan.common.files import write_atomic
-
-# Private-arc OIDs for node identity inside certificates (node id, tenant, CVLAN, WireGuard key).
-OID_BASE = "1.3.6.1.4.1.59999.1"
-OID_NODE_ID = ObjectIdentifier(OID_BASE + ".1")
-OID_TENANT_ID = ObjectIdentifier(OID_BASE + ".2")
-OID_CVLAN_ID = ObjectIdentifier(OID_BASE + ".3")
-OID_WG_KEY = ObjectIdentifier(OID_BASE + ".4")
-OID_KIND = ObjectIdentifier(OID_BASE + ".5")
+from cvlan.common.pki import ca_fingerprint
 
 
 @dataclass
@@ -163,19 +155,3 @@ def _sans(hosts: list[str]) -> list[x509.GeneralName]:
         except ValueError:
             sans.append(x509.DNSName(h))
     return sans
-
-
-def identity_of(cert: x509.Certificate) -> dict[str, str]:
-    """The identity extensions of a certificate this CA issued, by short name."""
-    names = {
-        OID_NODE_ID: "node_id",
-        OID_TENANT_ID: "tenant_id",
-        OID_CVLAN_ID: "cvlan_id",
-        OID_WG_KEY: "wg_key",
-        OID_KIND: "kind",
-    }
-    out: dict[str, str] = {}
-    for ext in cert.extensions:
-        if ext.oid in names and isinstance(ext.value, x509.UnrecognizedExtension):
-            out[names[ext.oid]] = ext.value.value.decode()
-    return out

@@ -24,11 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import credentials
 from cvlan.controller.api.framework import CTX_KEY
-from cvlan.controller.ca import OID_KIND, CertificateAuthority, identity_of
+from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Node, Region, Relay
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import registration
 from cvlan.controller.ops.infra import RELAY_KIND
+from cvlan.wire.certid import OID_KIND, extensions_of
 
 RELAY_CERT_LIFETIME = dt.timedelta(days=90)
 CHECK_BATCH_MAX = 1000
@@ -150,7 +151,7 @@ async def _relay_for_cert(s: AsyncSession, request: web.Request) -> Relay:
             {"reason": "behind_front"},
         )
     cert = peer_certificate(request)
-    if cert is None or identity_of(cert).get("kind") != "relay":
+    if cert is None or extensions_of(cert).get("kind") != "relay":
         raise DomainError(Kind.UNAUTHENTICATED, "this call needs the relay's client certificate")
     relay = await s.scalar(select(Relay).where(Relay.cert_serial == format(cert.serial_number, "x")))
     if relay is None:

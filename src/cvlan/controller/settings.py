@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cvlan.common.numbers import parse_uint
+from cvlan.wire.endpoint import split_hostport
 
 
 class ControllerSettings(BaseSettings):
@@ -89,14 +89,14 @@ class ControllerSettings(BaseSettings):
     def _listen(cls, v: str, info: ValidationInfo) -> str:
         if not v and info.field_name == "web_listen":
             return v
-        split_host_port(v)
+        split_hostport(v, any_port=True, example="127.0.0.1:8443")
         return v
 
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen(cls, v: str) -> str:
         if v:
-            split_host_port(v, "127.0.0.1:9464")
+            split_hostport(v, any_port=True, example="127.0.0.1:9464")
         return v
 
     @field_validator("log_format")
@@ -121,11 +121,11 @@ class ControllerSettings(BaseSettings):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        return split_host_port(self.listen)
+        return split_hostport(self.listen, any_port=True)
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
-        return split_host_port(self.metrics_listen) if self.metrics_listen else None
+        return split_hostport(self.metrics_listen, any_port=True) if self.metrics_listen else None
 
     @property
     def url(self) -> str:
@@ -135,15 +135,6 @@ class ControllerSettings(BaseSettings):
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
-
-
-def split_host_port(text: str, example: str = "127.0.0.1:8443") -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) as (host, port); ValueError naming the form otherwise."""
-    host, sep, port = text.rpartition(":")
-    number = parse_uint(port, 65535)
-    if not sep or not host or number is None:
-        raise ValueError(f"expected HOST:PORT, e.g. {example}")
-    return host.strip("[]"), number
 
 
 def load_settings(config_file: Path | None, overrides: dict[str, Any]) -> ControllerSettings:

@@ -32,9 +32,9 @@ from urllib.parse import urlparse
 
 from cryptography import x509
 
-from cvlan.common.bootstrap import fresh
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
+from cvlan.common.pki import fresh
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.settings import ControllerSettings
 

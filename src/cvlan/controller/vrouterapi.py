@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import credentials
 from cvlan.controller.api.framework import CTX_KEY
-from cvlan.controller.ca import CertificateAuthority, identity_of
+from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Cvlan, Region, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.infraapi import _body, _In, issue_infra_cert, peer_certificate
@@ -53,6 +53,7 @@ from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.ops.context import OpsContext, bump
 from cvlan.controller.ops.infra import VROUTER_KIND
+from cvlan.wire.certid import extensions_of
 from cvlan.wire.pb import node_pb2 as pb
 
 VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
@@ -274,7 +275,7 @@ async def _vrouter_for_token(s: AsyncSession, text: str) -> Vrouter:
 
 async def _vrouter_for_cert(s: AsyncSession, request: web.Request) -> Vrouter:
     cert = peer_certificate(request)
-    if cert is None or identity_of(cert).get("kind") != "vrouter":
+    if cert is None or extensions_of(cert).get("kind") != "vrouter":
         raise DomainError(Kind.UNAUTHENTICATED, "this call needs the vrouter's client certificate")
     vr = await s.scalar(select(Vrouter).where(Vrouter.cert_serial == format(cert.serial_number, "x")))
     if vr is None:

@@ -1,3 +1,3 @@
 """cvlan.cvland."""
 
-__all__: list[str] = []
+__all__ = ["daemon", "hubs", "paths", "reconcile", "relaychoice", "relaypath", "server", "settings"]

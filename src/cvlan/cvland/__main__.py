@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
 from cvlan.common.clock import SystemClock
+from cvlan.common.settings import invalid_setting
 from cvlan.cvland.daemon import Backends, Daemon
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
@@ -55,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = CvlandSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
-        err = e.errors()[0]
-        print(f"cvland: invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        print(invalid_setting("cvland", e, "CVLAND_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
     try:

@@ -15,16 +15,16 @@ from pathlib import Path
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
 from cvlan.cvland.hubs import HubFailover
-from cvlan.cvland.paths import EndpointSelector
 from cvlan.cvland.reconcile import Plan, plan, validate
-from cvlan.cvland.relaypath import PathSelector, RelayPath
+from cvlan.cvland.relaypath import NoRelayPaths, PathSelector, RelayPath
 from cvlan.dataplane.engine import EngineError, WgEngine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import DENY_LOG_GROUP, DENY_LOG_PREFIX, Firewall
 from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
-from cvlan.dataplane.wgconfig import KeyHex, WgConfig, short
+from cvlan.dataplane.wgconfig import WgConfig
 from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerStatus
+from cvlan.wire.keys import KeyHex, short
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,8 @@ class Daemon:
         self.b = backends
         self.clock = clock
         self.relay = relay
-        self.selector: EndpointSelector | PathSelector = (
-            PathSelector(clock, relay, probe_s=probe_s, retry_s=direct_retry_s)
-            if relay is not None
-            else EndpointSelector(clock, probe_s=probe_s)
-        )
+        paths = relay if relay is not None else NoRelayPaths()
+        self.selector = PathSelector(clock, paths, probe_s=probe_s, retry_s=direct_retry_s)
         self.hubs = HubFailover(clock)
         """Which vrouter peer carries the CVLAN subnet when there are several (cvland/hubs.py)."""
         self.desired: DesiredState | None = None
@@ -248,7 +245,7 @@ class Daemon:
     def _note_roaming(self) -> None:
         """Let the selector see where WireGuard roamed peers since the last tick, before new
         candidates can replace the endpoint in use (a tick comes only every tick_s)."""
-        if not isinstance(self.selector, PathSelector) or self.desired is None or not self.b.engine.alive():
+        if self.desired is None or not self.b.engine.alive():
             return
         try:
             peers = self.b.engine.read().peers
@@ -292,11 +289,7 @@ class Daemon:
         state = self.b.engine.read()
         changed = False
         for key, ps in state.peers.items():
-            if (
-                self.selector.observe(key, ps.last_handshake, ps.endpoint)
-                if isinstance(self.selector, PathSelector)
-                else self.selector.observe(key, ps.last_handshake)
-            ):
+            if self.selector.observe(key, ps.last_handshake, ps.endpoint):
                 changed = True
                 log.info(
                     "trying next endpoint",
@@ -312,8 +305,7 @@ class Daemon:
     def _recreate(self, p: Plan, probes: set[str] | None = None) -> Plan:
         """Remove peers whose path switched (or vrouter peers to probe), so that re-adding them
         starts a handshake at once."""
-        keys = self.selector.take_recreate() if isinstance(self.selector, PathSelector) else set()
-        keys |= probes or set()
+        keys = self.selector.take_recreate() | (probes or set())
         if keys and self._wg_prev is not None:
             kept = tuple(x for x in self._wg_prev.peers if x.public_key not in keys)
             without = replace(self._wg_prev, peers=kept)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from cvlan.common.clock import Clock
 from cvlan.dataplane.hubchoice import HubLiveness
-from cvlan.dataplane.wgconfig import KeyHex, PeerState
+from cvlan.dataplane.wgconfig import PeerState
 from cvlan.wire.ipc import DesiredState
+from cvlan.wire.keys import KeyHex
 
 
 class HubFailover:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from cvlan.dataplane.firewall import FirewallError, render_ruleset
 from cvlan.dataplane.router import RouterConfig
-from cvlan.dataplane.wgconfig import WgConfig, WgPeer, parse_endpoint, parse_key
+from cvlan.dataplane.wgconfig import WgConfig, WgPeer
+from cvlan.wire.endpoint import parse_endpoint
 from cvlan.wire.ipc import DesiredState
+from cvlan.wire.keys import parse_key
 
 
 class InvalidState(ValueError):

@@ -21,8 +21,9 @@ from cvlan.client.stun import RawStunProber, StunResult
 from cvlan.common.clock import Clock
 from cvlan.cvland.paths import PROBE_SECONDS, STALE_SECONDS, Choice
 from cvlan.cvland.relaychoice import RelayChoice
-from cvlan.dataplane.wgconfig import KeyHex, public_of
+from cvlan.wire.endpoint import split_hostport
 from cvlan.wire.ipc import DesiredState, RelayInfo
+from cvlan.wire.keys import KeyHex, public_of
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,27 @@ class RelayPaths(Protocol):
     def direct_ok(self, peer: str) -> str | None:
         """A candidate of peer that answered a probe recently (taken once), or None."""
         ...
+
+
+class NoRelayPaths:
+    """RelayPaths where no relay is configured: every peer is tried on its direct candidates only."""
+
+    generation = 0
+
+    def available(self, relay_region: str) -> bool:
+        return False
+
+    def endpoint_for(self, peer: str, relay_region: str) -> str | None:
+        return None
+
+    def is_proxy(self, endpoint: str) -> bool:
+        return False
+
+    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
+        pass
+
+    def direct_ok(self, peer: str) -> str | None:
+        return None
 
 
 @dataclass(slots=True)
@@ -308,7 +330,7 @@ def _by_region(relays: list[RelayInfo]) -> dict[str, list[RelayInfo]]:
 
 
 class RelayPath:
-    """Relay connections, the proxy and STUN for one cvland; the ``RelayFallback`` of PathSelector."""
+    """Relay connections, the proxy and STUN for one cvland; the ``RelayPaths`` of PathSelector."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stun_interval: float = STUN_INTERVAL) -> None:
         self.loop = loop
@@ -371,8 +393,11 @@ class RelayPath:
         return got[0]
 
     def is_proxy(self, endpoint: str) -> bool:
-        host, _, port = endpoint.rpartition(":")
-        return host == self.proxy.host and port.isdigit() and self.proxy.has_port(int(port))
+        try:
+            host, port = split_hostport(endpoint)
+        except ValueError:
+            return False
+        return host == self.proxy.host and self.proxy.has_port(port)
 
     def available(self, relay_region: str) -> bool:
         return self._has_relay(relay_region) and all(self._creds) and self._listen_port > 0
@@ -470,8 +495,7 @@ class RelayPath:
         """Send one Binding request to every candidate at once; the first answer wins."""
 
         async def one(ep: str) -> str:
-            host, _, port = ep.rpartition(":")
-            await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+            await prober.probe(split_hostport(ep), timeout=1.0, attempts=2)
             return ep
 
         tasks = [asyncio.ensure_future(one(ep)) for ep in candidates if not ep.startswith("[")]
@@ -531,9 +555,8 @@ class RelayPath:
         results: dict[str, StunResult] = {}
         for region, infos in relays.items():
             for info in infos:
-                host, _, port = info.stun.rpartition(":")
                 try:
-                    res = await prober.probe((host.strip("[]"), int(port)), timeout=1.0, attempts=2)
+                    res = await prober.probe(split_hostport(info.stun), timeout=1.0, attempts=2)
                 except (OSError, TimeoutError, ValueError) as e:
                     log.info("STUN probe failed", extra={"relay_region": region, "reason": str(e)})
                     continue

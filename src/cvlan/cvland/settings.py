@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+from cvlan.common.host import check_interface_name
+from cvlan.common.settings import DaemonSettings
 
 
-class CvlandSettings(BaseSettings):
+class CvlandSettings(DaemonSettings):
     model_config = SettingsConfigDict(env_prefix="CVLAND_", extra="forbid")
 
     socket: Path = Path("/run/cvlan/cvland.sock")
@@ -27,15 +27,11 @@ class CvlandSettings(BaseSettings):
     """How often the WireGuard port's public mapping is probed (STUN to every relay)."""
     """While a peer is relayed, first wait before trying direct again (doubles up to 300 s)."""
     tick_s: float = 1.0
-    log_level: str = "info"
-    log_format: str = "text"
 
     @field_validator("interface")
     @classmethod
     def _ifname(cls, v: str) -> str:
-        if not _IFNAME.fullmatch(v):
-            raise ValueError("expected 1-15 characters of A-Z a-z 0-9 _ . -")
-        return v
+        return check_interface_name(v)
 
     @field_validator("engine")
     @classmethod

@@ -1,3 +1,3 @@
 """cvlan.dataplane."""
 
-__all__: list[str] = []
+__all__ = ["engine", "firewall", "hubchoice", "nflog", "router", "uapi", "wgconfig"]

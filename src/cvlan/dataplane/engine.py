@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from cvlan.common.host import pid_alive
 from cvlan.dataplane.uapi import SOCKET_DIR, UapiClient, UapiError, to_uapi
-from cvlan.dataplane.wgconfig import DeviceState, KeyHex, PeerState, WgConfig
+from cvlan.dataplane.wgconfig import DeviceState, PeerState, WgConfig
+from cvlan.wire.endpoint import split_hostport
+from cvlan.wire.keys import KeyHex
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ def stop_pid(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float
         if proc is not None:
             if proc.poll() is not None:
                 return
-        elif not _pid_alive(pid):
+        elif not pid_alive(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -148,16 +151,6 @@ def stop_pid(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def pid_cmdline(pid: int) -> list[str]:
@@ -227,9 +220,7 @@ class KernelEngine:
                     "persistent_keepalive": p.keepalive,
                 }
                 if p.endpoint:
-                    host, _, port = p.endpoint.rpartition(":")
-                    peer["endpoint_addr"] = host.strip("[]")
-                    peer["endpoint_port"] = int(port)
+                    peer["endpoint_addr"], peer["endpoint_port"] = split_hostport(p.endpoint)
                 wg.set(self.ifname, peer=peer)
 
     def read(self) -> DeviceState:

@@ -24,9 +24,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from cvlan.common.host import check_interface_name
+
 log = logging.getLogger(__name__)
 
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _PROTOS = ("any", "tcp", "udp", "icmp")
 DENY_LOG_GROUP = 1117
 """NFLOG group every dropped packet is logged to (read by cvland, see dataplane/nflog.py)."""
@@ -46,8 +47,10 @@ def table_name(ifname: str) -> str:
 
 def render_ruleset(ifname: str, subnet: str, rules: Sequence[Mapping[str, object]]) -> str:
     """The complete nft file for interface ifname; FirewallError on a bad rule or name."""
-    if not _IFNAME.fullmatch(ifname):
-        raise FirewallError(f"interface name {ifname!r}: expected 1-15 of A-Z a-z 0-9 _ . -")
+    try:
+        check_interface_name(ifname)
+    except ValueError as e:
+        raise FirewallError(f"interface name {ifname!r}: {e}") from None
     net = _network(subnet, "cvlan subnet")
     table = table_name(ifname)
     accepts = [_render_rule(i, r, net) for i, r in enumerate(rules)] or [f"ip saddr {net} accept"]

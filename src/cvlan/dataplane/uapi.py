@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from cvlan.dataplane.wgconfig import DeviceState, KeyHex, PeerState, WgConfig, WgPeer, public_of
+from cvlan.dataplane.wgconfig import DeviceState, PeerState, WgConfig, WgPeer
+from cvlan.wire.keys import KeyHex, public_of
 
 SOCKET_DIR = Path("/var/run/wireguard")
 _MAX_REPLY = 16 << 20

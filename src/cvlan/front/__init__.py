@@ -1,3 +1,3 @@
 """cvlan-front: the node API's TLS front for large fleets (see docs/FRONT.md)."""
 
-__all__: list[str] = []
+__all__ = ["backend", "server", "tls13"]

@@ -22,6 +22,7 @@ from OpenSSL import SSL
 from cvlan.common import log as cvlog
 from cvlan.front.backend import BackendPool
 from cvlan.front.server import Front, Limits, tls_context
+from cvlan.wire.endpoint import split_hostport
 
 log = logging.getLogger("cvlan.front")
 
@@ -97,13 +98,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--listen must be HOST:PORT, not {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def limits(args: argparse.Namespace, max_conns: int) -> Limits:
     return Limits(
         max_conns=max_conns,
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cvlog.setup(args.log_level, args.log_format)
     try:
-        host, port = split_hostport(args.listen)
+        host, port = split_hostport(args.listen, default_host="0.0.0.0")
         counts = (args.workers, args.backend_conns, args.max_uncertified, args.max_uncertified_per_addr)
         timeouts = (args.idle_timeout, args.request_timeout, args.handshake_timeout, args.uncertified_timeout)
         if min(counts) < 1 or min(timeouts) <= 0:

@@ -1,3 +1,3 @@
 """cvlan.relay."""
 
-__all__: list[str] = []
+__all__ = ["bootstrap", "metrics", "revocation", "server", "settings", "stunserver"]

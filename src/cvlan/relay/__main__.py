@@ -15,13 +15,15 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import ValidationError
 
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
-from cvlan.common.bootstrap import ControllerCallError
+from cvlan.common.settings import invalid_setting
 from cvlan.relay.bootstrap import RelayIdentity, ensure_identity
 from cvlan.relay.revocation import ControllerChecker, front_hint
 from cvlan.relay.server import RelayServer
-from cvlan.relay.settings import RelaySettings, split_hostport
+from cvlan.relay.settings import RelaySettings
 from cvlan.relay.stunserver import start_stun
+from cvlan.wire.endpoint import split_hostport
 
 log = logging.getLogger("cvlan.relay")
 RENEW_CHECK_S = 3600.0
@@ -82,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(map(str, err["loc"])) or "settings"
-        msg = "missing (give --server or CVLAN_RELAY_SERVER)" if err["type"] == "missing" else err["msg"]
-        print(f"cvlan-relay: invalid setting {field}: {msg}", file=sys.stderr)
+        print(invalid_setting("cvlan-relay", e, "CVLAN_RELAY_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
     try:
@@ -124,12 +123,12 @@ async def serve(settings: RelaySettings, stop: asyncio.Event | None = None) -> i
     )
     runner = web.AppRunner(relay.app(), access_log=None, shutdown_timeout=5)
     await runner.setup()
-    host, port = split_hostport(settings.listen)
+    host, port = split_hostport(settings.listen, any_port=True)
     tls = relay.ssl_context(str(ident.cert_file), str(ident.key_file), ident.ca_pem)
     await web.TCPSite(runner, host, port, ssl_context=tls).start()
     stun_transport = None
     if settings.stun_listen:
-        shost, sport = split_hostport(settings.stun_listen)
+        shost, sport = split_hostport(settings.stun_listen, any_port=True)
         stun_transport = await start_stun(shost, sport, relay.metrics)
     log.info("relay serving", extra={"relay_region": ident.region, "endpoint": settings.listen})
     stop = stop or asyncio.Event()

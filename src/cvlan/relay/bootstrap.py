@@ -1,14 +1,15 @@
-"""The relay's identity: registered with the controller once, then kept in the state dir (0600).
+"""The relay's identity: registered with the controller once, then kept in the state dir
+(cvlan.client.bootstrap.StateDir: relay.key, relay.crt, ca.crt, relay.json and the bootstrap token,
+all 0600), so a restart or a certificate renewal needs no token.
 
-The relay talks to the controller through cvlan.common.bootstrap (it may not import cvlan.client). Calls:
+The relay talks to the controller through cvlan.client.bootstrap. Calls:
 GET /v1/relay/ca (checked against --ca-pin before anything secret is sent) and POST
-/v1/relay/register; revocation checks are in cvlan.relay.revocation.
+/v1/relay/register; revocation checks (POST /v1/relay/check) are in cvlan.relay.revocation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -16,15 +17,14 @@ from pathlib import Path
 
 from cryptography import x509
 
-from cvlan.common.bootstrap import (
+from cvlan.client.bootstrap import (
     ControllerCallError,
+    StateDir,
     fetch_pinned_ca,
-    fresh,
-    new_csr,
     post_json,
     verifying_context,
 )
-from cvlan.common.files import write_atomic
+from cvlan.common.pki import fresh, new_csr
 from cvlan.relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -46,18 +46,18 @@ class RelayIdentity:
 
 
 def load_identity(state_dir: Path) -> RelayIdentity | None:
-    meta = state_dir / "relay.json"
-    if not meta.exists():
+    store = StateDir(state_dir, "relay")
+    info = store.meta()
+    if info is None:
         return None
-    info = json.loads(meta.read_text())
     return RelayIdentity(
         info["name"],
         info["region"],
         info["url"],
         info["stun"],
-        state_dir / "relay.crt",
-        state_dir / "relay.key",
-        (state_dir / "ca.crt").read_text(),
+        store.cert_file,
+        store.key_file,
+        store.ca_pem(),
     )
 
 
@@ -69,25 +69,21 @@ def controller_ssl(ca_pem: str | None, identity: RelayIdentity | None = None) ->
 
 
 async def register(settings: RelaySettings, now: dt.datetime) -> RelayIdentity:
-    """Send a CSR with the bootstrap token; write key, certificate, CA and metadata (all 0600)."""
-    if not settings.token:
+    """Send a CSR with the bootstrap token (given, or kept from the last registration); store the
+    answer (StateDir, all 0600)."""
+    store = StateDir(settings.state_dir, "relay")
+    token = settings.token or store.saved_token()
+    if not token:
         raise ControllerCallError(f"no current relay identity in {settings.state_dir} and no --token given")
     ca_pem = (
         await fetch_pinned_ca(settings.server + "/v1/relay/ca", settings.ca_pin) if settings.ca_pin else None
     )
     key_pem, csr_pem = new_csr("cvlan-relay")
-    body = {"token": settings.token, "csr_pem": csr_pem}
+    body = {"token": token, "csr_pem": csr_pem}
     out = await post_json(settings.server + "/v1/relay/register", body, controller_ssl(ca_pem))
-    d = settings.state_dir
-    d.mkdir(parents=True, exist_ok=True)
-    d.chmod(0o700)
-    write_atomic(d / "relay.key", key_pem, 0o600)
-    write_atomic(d / "relay.crt", out["cert_pem"], 0o600)
-    write_atomic(d / "ca.crt", out["ca_pem"], 0o600)
-    meta = {k: out[k] for k in ("name", "region", "url", "stun")}
-    write_atomic(d / "relay.json", json.dumps(meta, indent=1), 0o600)
+    store.save(key_pem, out, {k: out[k] for k in ("name", "region", "url", "stun")}, token)
     log.info("relay registered", extra={"relay_region": out["region"]})
-    ident = load_identity(d)
+    ident = load_identity(settings.state_dir)
     assert ident is not None
     return ident
 

@@ -20,7 +20,7 @@ import logging
 import time
 from enum import StrEnum
 
-from cvlan.common.bootstrap import ControllerCallError, post_json
+from cvlan.client.bootstrap import ControllerCallError, post_json
 from cvlan.relay.bootstrap import RelayIdentity, controller_ssl
 from cvlan.wire.certid import NodeIdentity
 

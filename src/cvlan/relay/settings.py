@@ -5,32 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from cvlan.common.framequeue import FRAME_OVERHEAD
+from cvlan.common.settings import InfraSettings
 from cvlan.wire import relayproto as rp
+from cvlan.wire.endpoint import split_hostport
 
 MIN_QUEUE_BYTES = rp.FRAME_HEADER_LEN + rp.KEY_LEN + rp.MAX_PACKET + FRAME_OVERHEAD
 
 
-def split_hostport(v: str) -> tuple[str, int]:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:443")
-    return host.strip("[]"), int(port)
-
-
-class RelaySettings(BaseSettings):
+class RelaySettings(InfraSettings):
     """Everything one relay process needs, validated at start."""
 
     model_config = SettingsConfigDict(env_prefix="CVLAN_RELAY_", extra="forbid")
 
     server: str
-    """The controller URL (https://...)."""
-    token: str = ""
-    """Bootstrap token (cvrb_...). Needed only until the state dir holds a current identity."""
-    ca_pin: str = ""
-    """sha256:HEX of the controller CA, checked before the token is sent. Empty: system trust."""
+    """The controller URL (https://...); required. token (cvrb_...) and ca_pin: see InfraSettings."""
     listen: str = "0.0.0.0:443"
     stun_listen: str = "0.0.0.0:3478"
     """UDP HOST:PORT of the STUN responder; empty disables it."""
@@ -44,35 +35,19 @@ class RelaySettings(BaseSettings):
     """How often connected node certificates are re-checked against the controller."""
     fail_open_s: float = 300.0
     """How long after the controller's last answer the relay keeps accepting nodes it cannot check."""
-    log_level: str = "info"
-    log_format: str = "text"
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        split_hostport(v)
+        split_hostport(v, any_port=True)
         return v
 
     @field_validator("stun_listen")
     @classmethod
     def _stun(cls, v: str) -> str:
         if v:
-            split_hostport(v)
+            split_hostport(v, any_port=True)
         return v
-
-    @field_validator("server")
-    @classmethod
-    def _server(cls, v: str) -> str:
-        if not v.startswith(("https://", "http://")):
-            raise ValueError("expected an http(s):// URL")
-        return v.rstrip("/")
-
-    @field_validator("ca_pin")
-    @classmethod
-    def _pin(cls, v: str) -> str:
-        if v and (not v.startswith("sha256:") or len(v) != 71):
-            raise ValueError("expected sha256: followed by 64 hex digits")
-        return v.lower()
 
     @field_validator("fail_open_s")
     @classmethod

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cvlan.sim import adminconf
+from cvlan.common import adminconf
 from cvlan.sim.provision import Plan, ProvisionError, provision
 
 PROG = "cvlan-sim"

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cvlan.client.tls import NODE_KEY_TYPE
-from cvlan.common.bootstrap import SigningKey, csr_for, new_key
+from cvlan.common.pki import SigningKey, csr_for, new_key
 from cvlan.sim.httpconn import HttpConn, build_request
 from cvlan.sim.metrics import Interval
 from cvlan.wire import nodeproto

@@ -17,9 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from cvlan.common.adminconf import AdminConf
 from cvlan.common.backoff import Backoff
 from cvlan.common.files import write_atomic
-from cvlan.sim.adminconf import AdminConf
 from cvlan.sim.progress import Progress
 
 TOKENS_FILE = "tokens.json"

@@ -1,7 +1,12 @@
-"""`cvlan-sim report`: results.json -> report.md with PNG graphs and a projected infrastructure cost."""
+"""`cvlan-sim report`: results.json -> report.md with PNG graphs and a projected infrastructure cost.
+
+A run's results are two files: results.json (the figures: configuration, phases, per-phase summary)
+and timeline.jsonl.gz (one JSON object per second, gzip'd). Older runs kept the timeline inside
+results.json; load_results reads both forms."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -20,8 +25,32 @@ HEADROOM = 2.0
 CRITERIA = {"poll_p99_ms": 50.0, "controller_rss_mb": 2048.0, "machine_cpu_share": 0.5}
 
 
+RESULTS = "results.json"
+TIMELINE = "timeline.jsonl.gz"
+
+
+def save_results(results_dir: Path, data: dict[str, Any]) -> Path:
+    """Write data's per-second timeline to TIMELINE and everything else to RESULTS; return RESULTS."""
+    summary = {k: v for k, v in data.items() if k != "timeline"}
+    with gzip.open(results_dir / TIMELINE, "wt", encoding="utf-8") as f:
+        for second in data.get("timeline", []):
+            f.write(json.dumps(second, separators=(",", ":"), default=str) + "\n")
+    path = results_dir / RESULTS
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    return path
+
+
+def load_results(results_dir: Path) -> dict[str, Any]:
+    """A run's results with its timeline, from either form (see the module docstring)."""
+    data: dict[str, Any] = json.loads((results_dir / RESULTS).read_text())
+    if (results_dir / TIMELINE).exists():
+        with gzip.open(results_dir / TIMELINE, "rt", encoding="utf-8") as f:
+            data["timeline"] = [json.loads(line) for line in f if line.strip()]
+    return data
+
+
 def write_report(results_dir: Path, notes: str = "") -> Path:
-    data = json.loads((results_dir / "results.json").read_text())
+    data = load_results(results_dir)
     graphs = _graphs(results_dir, data)
     out = results_dir / "report.md"
     out.write_text(render(data, graphs, notes))

@@ -8,7 +8,6 @@ poll rate up to find the capacity knee, and samples everything once a second."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import multiprocessing as mp
 import os
@@ -34,12 +33,14 @@ import aiohttp
 import psutil
 from OpenSSL import SSL
 
-from cvlan.common.pgcluster import PgCluster
-from cvlan.sim import adminconf, front
+from cvlan.common import adminconf
+from cvlan.devtools.pgcluster import PgCluster
+from cvlan.sim import front
 from cvlan.sim.fleet import FleetConfig, run_worker
 from cvlan.sim.metrics import Histogram, Interval
 from cvlan.sim.procs import Sampler
 from cvlan.sim.provision import Plan, provision
+from cvlan.sim.report import save_results
 
 # PostgreSQL settings for the run on top of PgCluster's DEFAULT_CONF (see docs/SIMULATION.md).
 PG_TUNING = {
@@ -689,10 +690,7 @@ async def _drive(
         except (subprocess.SubprocessError, OSError) as e:
             _log(cfg, f"could not read the database's statistics: {e}")
     info["interrupted"] = interrupted.is_set()
-    path = cfg.results_dir / "results.json"
-    data = {**info, **_summarize(cfg, rec)}
-    path.write_text(json.dumps(data, indent=1, default=str))
-    return path
+    return save_results(cfg.results_dir, {**info, **_summarize(cfg, rec)})
 
 
 CONNECTED_STILL_S = 15.0

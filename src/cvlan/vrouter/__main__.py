@@ -16,8 +16,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
-from cvlan.common.bootstrap import ControllerCallError
+from cvlan.common.settings import invalid_setting
 from cvlan.dataplane.engine import EngineError
 from cvlan.vrouter.daemon import Vrouter
 from cvlan.vrouter.identity import ensure_identity
@@ -57,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(map(str, err["loc"])) or "settings"
-        print(f"cvlan-vrouter: invalid setting {field}: {err['msg']}", file=sys.stderr)
+        print(invalid_setting("cvlan-vrouter", e, "CVLAN_VROUTER_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
     try:

@@ -24,18 +24,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cvlan.common.bootstrap import ControllerCallError, fresh, post_json
+from cvlan.client.bootstrap import ControllerCallError, post_json
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.files import write_atomic
+from cvlan.common.pki import fresh
 from cvlan.dataplane.engine import WgEngine, make_engine, pick_engine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import Firewall, FirewallError, NftFirewall
 from cvlan.dataplane.hubchoice import HubLiveness
 from cvlan.dataplane.router import NetlinkRouter, Router, RouterConfig, RouterError
 from cvlan.dataplane.uapi import UapiError
-from cvlan.dataplane.wgconfig import KeyHex, WgConfig, parse_key, public_of, short
+from cvlan.dataplane.wgconfig import WgConfig
 from cvlan.vrouter import reconcile
 from cvlan.vrouter.identity import Identity, renew
 from cvlan.vrouter.settings import VrouterSettings
+from cvlan.wire.endpoint import split_hostport
+from cvlan.wire.keys import KeyHex, parse_key, public_of, short
 
 log = logging.getLogger(__name__)
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -78,7 +81,7 @@ class Vrouter:
 
     @property
     def listen_port(self) -> int:
-        return self.settings.listen_port or int(self.ident.endpoint.rpartition(":")[2])
+        return self.settings.listen_port or split_hostport(self.ident.endpoint)[1]
 
     # --- lifecycle -------------------------------------------------------------------------------
 

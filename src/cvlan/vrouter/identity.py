@@ -5,14 +5,13 @@ State dir (0700; every file 0600): wg.key (WireGuard private key, hex), vrouter.
 token (the bootstrap token, kept so the vrouter can register again when its certificate nears
 expiry; the controller accepts it until the vrouter is deleted). A restart needs no token.
 
-Calls (through cvlan.common.bootstrap): GET /v1/vrouter/ca (checked against --ca-pin before
+Calls (through cvlan.client.bootstrap): GET /v1/vrouter/ca (checked against --ca-pin before
 anything secret is sent), POST /v1/vrouter/register, POST /v1/vrouter/poll (mutual TLS).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -20,17 +19,17 @@ from pathlib import Path
 
 from cryptography import x509
 
-from cvlan.common.bootstrap import (
+from cvlan.client.bootstrap import (
     ControllerCallError,
+    StateDir,
     fetch_pinned_ca,
-    fresh,
-    new_csr,
     post_json,
     verifying_context,
 )
 from cvlan.common.files import write_atomic
-from cvlan.dataplane.wgconfig import KeyHex, generate_keypair, parse_key, public_of
+from cvlan.common.pki import fresh, new_csr
 from cvlan.vrouter.settings import VrouterSettings
+from cvlan.wire.keys import KeyHex, generate_keypair, parse_key, public_of
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +63,19 @@ class Identity:
 
 
 def load_identity(d: Path) -> Identity | None:
-    meta = d / "vrouter.json"
-    if not meta.exists():
+    store = StateDir(d, "vrouter")
+    info = store.meta()
+    if info is None:
         return None
-    info = json.loads(meta.read_text())
     return Identity(
         info["server"],
         info["name"],
         info["region"],
         info["endpoint"],
         parse_key((d / "wg.key").read_text(), "wg.key"),
-        d / "vrouter.crt",
-        d / "vrouter.key",
-        (d / "ca.crt").read_text(),
+        store.cert_file,
+        store.key_file,
+        store.ca_pem(),
     )
 
 
@@ -100,12 +99,8 @@ async def register(settings: VrouterSettings, server: str, token: str) -> Identi
     key_pem, csr_pem = new_csr("cvlan-vrouter")
     body = {"token": token, "wg_public_key": public_of(wg), "csr_pem": csr_pem}
     out = await post_json(server + "/v1/vrouter/register", body, verifying_context(ca_pem))
-    write_atomic(d / "vrouter.key", key_pem, 0o600)
-    write_atomic(d / "vrouter.crt", out["cert_pem"], 0o600)
-    write_atomic(d / "ca.crt", out["ca_pem"], 0o600)
-    write_atomic(d / "token", token, 0o600)
     meta = {"server": server, **{k: out[k] for k in ("name", "region", "endpoint")}}
-    write_atomic(d / "vrouter.json", json.dumps(meta, indent=1), 0o600)
+    StateDir(d, "vrouter").save(key_pem, out, meta, token)
     log.info("vrouter registered", extra={"relay_region": out["region"]})
     ident = load_identity(d)
     assert ident is not None
@@ -119,7 +114,7 @@ async def ensure_identity(settings: VrouterSettings, now: dt.datetime | None = N
     d = settings.state_dir
     try:
         ident = load_identity(d)
-        saved_token = (d / "token").read_text().strip() if (d / "token").exists() else ""
+        saved_token = StateDir(d, "vrouter").saved_token()
     except (OSError, ValueError, KeyError) as e:
         raise ControllerCallError(f"read vrouter state in {d}: {e}") from e
     if ident is not None and not settings.token and fresh(ident.cert, now):

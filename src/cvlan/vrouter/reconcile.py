@@ -27,7 +27,9 @@ from cvlan.dataplane.firewall import (
     table_name,
 )
 from cvlan.dataplane.hubchoice import HUB_KEEPALIVE
-from cvlan.dataplane.wgconfig import KeyHex, WgConfig, WgPeer, parse_endpoint, parse_key, public_of
+from cvlan.dataplane.wgconfig import WgConfig, WgPeer
+from cvlan.wire.endpoint import parse_endpoint, split_hostport
+from cvlan.wire.keys import KeyHex, parse_key, public_of
 
 HUB_ADDRESS = "169.254.77.1/32"
 """The hub interface's own address: link-local, never routed; only the source of ICMP errors."""
@@ -65,8 +67,8 @@ def resolve_endpoint(text: str) -> str:
         return parse_endpoint(text)
     except ValueError:
         pass
-    host, _, port = text.rpartition(":")
-    infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_DGRAM)
+    host, port = split_hostport(text)
+    infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
     return f"{infos[0][4][0]}:{port}"
 
 

@@ -1,3 +1,3 @@
 """cvlan.wire."""
 
-__all__: list[str] = []
+__all__ = ["certid", "endpoint", "ipc", "keys", "nodeproto", "pb", "relayproto", "stun"]

@@ -1,11 +1,12 @@
 """The identity a controller-issued certificate carries, read by services that are not the controller.
 
-The values are the private-arc extensions the controller CA writes (they must stay equal to
-cvlan.controller.ca.OID_*; a unit test checks this). Each extension value is UTF-8 text.
+The controller CA writes these private-arc extensions and every reader (controller node API, relay)
+parses them here: this module is their one definition. Each extension value is UTF-8 text.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -52,9 +53,14 @@ class NodeIdentity:
     cvlan_id: int
     wg_key: bytes
     serial: int
+    not_after: dt.datetime
 
     def short(self) -> str:
         return self.wg_key.hex()[:8]
+
+    @property
+    def not_after_unix(self) -> int:
+        return int(self.not_after.timestamp())
 
 
 def node_identity(cert: x509.Certificate) -> NodeIdentity:
@@ -65,7 +71,12 @@ def node_identity(cert: x509.Certificate) -> NodeIdentity:
     try:
         key = bytes.fromhex(ext["wg_key"])
         ident = NodeIdentity(
-            int(ext["node_id"]), int(ext["tenant_id"]), int(ext["cvlan_id"]), key, cert.serial_number
+            int(ext["node_id"]),
+            int(ext["tenant_id"]),
+            int(ext["cvlan_id"]),
+            key,
+            cert.serial_number,
+            cert.not_valid_after_utc,
         )
     except (KeyError, ValueError) as e:
         raise CertIdentityError("certificate does not carry a complete node identity") from e

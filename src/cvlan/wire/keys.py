@@ -1,77 +1,43 @@
-"""WireGuard keys as typed values: parsed at the boundary, printed safely in logs."""
+"""WireGuard keys as the UAPI writes them (64 lowercase hex characters), parsed at the boundary."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-from dataclasses import dataclass
+import re
+from typing import NewType
 
-KEY_LEN = 32
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+__all__ = ["KeyHex", "generate_keypair", "parse_key", "public_of", "short"]
 
-class KeyError_(ValueError):
-    """A key that is not 32 bytes of hex or base64."""
+KeyHex = NewType("KeyHex", str)
+"""A 32-byte WireGuard key as 64 lowercase hex characters (the UAPI's form)."""
 
-
-@dataclass(frozen=True, slots=True)
-class WgPublicKey:
-    """A WireGuard (Curve25519) public key."""
-
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.raw) != KEY_LEN:
-            raise KeyError_(f"WireGuard public key must be {KEY_LEN} bytes, got {len(self.raw)}")
-
-    @classmethod
-    def parse(cls, text: str) -> WgPublicKey:
-        """From 64 hex characters (UAPI form) or 44 base64 characters (wg(8) form)."""
-        return cls(_parse(text))
-
-    def __str__(self) -> str:
-        return "nodekey:" + self.raw.hex()
-
-    def short(self) -> str:
-        """The first 8 hex characters, for logs."""
-        return self.raw.hex()[:8]
-
-    def wg_hex(self) -> str:
-        return self.raw.hex()
-
-    def b64(self) -> str:
-        return base64.b64encode(self.raw).decode()
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True, slots=True)
-class WgPrivateKey:
-    """A WireGuard private key. Its repr never shows the key."""
-
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.raw) != KEY_LEN:
-            raise KeyError_(f"WireGuard private key must be {KEY_LEN} bytes, got {len(self.raw)}")
-
-    def __repr__(self) -> str:
-        return "WgPrivateKey(<redacted>)"
-
-    __str__ = __repr__
-
-    def wg_hex(self) -> str:
-        return self.raw.hex()
+def parse_key(text: str, what: str = "key") -> KeyHex:
+    """Return text as a KeyHex, or raise ValueError naming what was wrong."""
+    t = text.strip().lower()
+    if not _HEX64.fullmatch(t):
+        raise ValueError(f"{what}: expected 64 hex characters, got {len(t)} characters")
+    return KeyHex(t)
 
 
-def _parse(text: str) -> bytes:
-    t = text.strip()
-    if len(t) == 2 * KEY_LEN:
-        try:
-            return bytes.fromhex(t)
-        except ValueError as e:
-            raise KeyError_(f"key {t[:8]}...: not valid hex") from e
-    try:
-        raw = base64.b64decode(t, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise KeyError_("key is neither 64 hex nor 44 base64 characters") from e
-    if len(raw) != KEY_LEN:
-        raise KeyError_(f"key decodes to {len(raw)} bytes, expected {KEY_LEN}")
-    return raw
+def short(key: KeyHex) -> str:
+    """The first 8 hex characters, for logs (never log private keys at all)."""
+    return key[:8]
+
+
+def generate_keypair() -> tuple[KeyHex, KeyHex]:
+    """A fresh (private, public) X25519 key pair in hex."""
+    priv = X25519PrivateKey.generate()
+    raw = priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    pub = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return KeyHex(raw.hex()), KeyHex(pub.hex())
+
+
+def public_of(private: KeyHex) -> KeyHex:
+    """The public key of a hex private key."""
+    priv = X25519PrivateKey.from_private_bytes(bytes.fromhex(private))
+    return KeyHex(priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex())

@@ -1,3 +1,3 @@
 """cvlan.controller.api."""
 
-__all__: list[str] = []
+__all__ = ["framework", "routes", "vrouter_routes"]

@@ -558,7 +558,7 @@ async def create_relay(c: Call) -> dict[str, Any]:
     b: RelayCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_relay(c.ctx, s, c.who, b.region, b.name, b.url, b.stun)
-    cmd = f"cvlan-relay --server {c.ctx.settings.url} --token {text} --ca-pin {c.request.app[CA_PIN_KEY]}"
+    cmd = infra.start_command("cvlan-relay", c.ctx.settings.url, text, c.request.app[CA_PIN_KEY])
     return {**infra.relay_view(x, b.region), "token": text, "command": cmd}
 
 
@@ -588,7 +588,7 @@ async def create_vrouter(c: Call) -> dict[str, Any]:
     b: VrouterCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_vrouter(c.ctx, s, c.who, b.region, b.name, b.endpoint)
-    cmd = f"cvlan-vrouter --server {c.ctx.settings.url} --token {text} --ca-pin {c.request.app[CA_PIN_KEY]}"
+    cmd = infra.start_command("cvlan-vrouter", c.ctx.settings.url, text, c.request.app[CA_PIN_KEY])
     return {**infra.vrouter_view(x, b.region), "token": text, "command": cmd}
 
 

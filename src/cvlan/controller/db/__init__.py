@@ -1,3 +1,3 @@
 """cvlan.controller.db."""
 
-__all__: list[str] = []
+__all__ = ["engine", "migrations", "models"]

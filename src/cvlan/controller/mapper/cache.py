@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.common.numbers import parse_uint
 from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import policy as policy_ops
@@ -31,6 +29,7 @@ from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.policy import MemberRef, compile_for_members
 from cvlan.controller.vrouting import Hub, direct, hubs_for, node_region
 from cvlan.wire import nodeproto
+from cvlan.wire.endpoint import is_endpoint
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -451,11 +450,4 @@ async def _vrouters(s: AsyncSession, c: Cvlan) -> list[pb.VrouterPeer]:
 
 def valid_endpoint(text: str) -> bool:
     """ip:port with an IPv4 or [IPv6] address and a port in 1..65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not 0 < (parse_uint(port) or 0) < 65536:
-        return False
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return is_endpoint(text)

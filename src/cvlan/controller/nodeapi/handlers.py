@@ -27,10 +27,11 @@ from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoi
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
-from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
+from cvlan.controller.nodeapi.identity import IdentityResolver
 from cvlan.controller.ops import registration
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
+from cvlan.wire.certid import NodeIdentity
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)

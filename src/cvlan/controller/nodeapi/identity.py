@@ -15,51 +15,27 @@ import urllib.parse
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from cvlan.controller.ca import CertificateAuthority, identity_of
+from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
+from cvlan.wire.certid import CertIdentityError, NodeIdentity, extensions_of, node_identity
 
 CACHE_SIZE = 200_000
 NODE_KIND = "node"
 PROXY_CERT_HEADER = "X-Client-Cert"
 
 
-@dataclass(frozen=True, slots=True)
-class NodeIdentity:
-    """The node a request comes from, as its certificate says."""
-
-    node_id: int
-    tenant_id: int
-    cvlan_id: int
-    wg_key: bytes
-    serial: int
-    not_after: dt.datetime
-
-    @property
-    def not_after_unix(self) -> int:
-        return int(self.not_after.timestamp())
-
-
 def parse_identity(cert: x509.Certificate) -> NodeIdentity:
-    ident = identity_of(cert)
-    if ident.get("kind") != NODE_KIND:
+    if extensions_of(cert).get("kind") != NODE_KIND:
         raise DomainError(Kind.FORBIDDEN, "this certificate is not a node certificate")
     try:
-        return NodeIdentity(
-            node_id=int(ident["node_id"]),
-            tenant_id=int(ident["tenant_id"]),
-            cvlan_id=int(ident["cvlan_id"]),
-            wg_key=bytes.fromhex(ident["wg_key"]),
-            serial=cert.serial_number,
-            not_after=cert.not_valid_after_utc,
-        )
-    except (KeyError, ValueError) as e:
+        return node_identity(cert)
+    except CertIdentityError as e:
         raise DomainError(
             Kind.UNAUTHENTICATED, "client certificate lacks the node identity extensions"
         ) from e

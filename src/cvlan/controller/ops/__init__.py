@@ -3,4 +3,14 @@
 The management API, the web UI and the node API call these; none of them touches the ORM for writes.
 """
 
-__all__: list[str] = []
+__all__ = [
+    "context",
+    "cvlans",
+    "infra",
+    "nodes",
+    "policy",
+    "registration",
+    "tenants",
+    "users",
+    "vrouters",
+]

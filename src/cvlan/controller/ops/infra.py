@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.common.numbers import parse_uint
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name, where_ref
+from cvlan.wire.endpoint import split_hostport
 
 RELAY_KIND = "cvrb"
 VROUTER_KIND = "cvvb"
 
 
+def start_command(program: str, server: str, token: str, ca_pin: str) -> str:
+    """The command that starts a new relay or vrouter (program), as the API and the web UI print it."""
+    return f"{program} --server {server} --token {token} --ca-pin {ca_pin}"
+
+
 def check_hostport(field: str, value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not 0 < (parse_uint(port) or 0) < 65536 or any(c.isspace() for c in value):
-        raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field})
+    try:
+        split_hostport(value)
+    except ValueError:
+        raise DomainError(Kind.INVALID, f"{field} {value!r}: expected HOST:PORT", {"field": field}) from None
     return value
 
 
@@ -106,30 +112,7 @@ async def create_relay(
     check_url("url", url)
     if stun:
         check_hostport("stun", stun)
-    if await s.scalar(select(Relay.id).where(Relay.name == name)):
-        raise DomainError(Kind.CONFLICT, f"a relay named {name!r} already exists", {"field": "name"})
-    issued = credentials.issue(RELAY_KIND)
-    x = Relay(
-        region_id=r.id,
-        name=name,
-        url=url,
-        stun=stun,
-        bootstrap_prefix=issued.prefix,
-        bootstrap_hash=issued.digest,
-        created_at=ctx.now(),
-    )
-    s.add(x)
-    await s.flush()
-    audit.record(
-        s,
-        who,
-        "relay.create",
-        "relay",
-        x.id,
-        tenant_id=None,
-        after={"name": name, "region": r.name, "url": url, "stun": stun},
-    )
-    return x, issued.text
+    return await _create(ctx, s, who, Relay, "relay", RELAY_KIND, r, name, {"url": url, "stun": stun})
 
 
 async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Relay, str]], int]:
@@ -159,28 +142,40 @@ async def create_vrouter(
     r = await _region(s, region)
     check_name("vrouter", name)
     check_hostport("endpoint", endpoint)
-    if await s.scalar(select(Vrouter.id).where(Vrouter.name == name)):
-        raise DomainError(Kind.CONFLICT, f"a vrouter named {name!r} already exists", {"field": "name"})
-    issued = credentials.issue(VROUTER_KIND)
-    x = Vrouter(
-        region_id=r.id,
+    return await _create(ctx, s, who, Vrouter, "vrouter", VROUTER_KIND, r, name, {"endpoint": endpoint})
+
+
+Infra = TypeVar("Infra", Relay, Vrouter)
+
+
+async def _create(
+    ctx: OpsContext,
+    s: AsyncSession,
+    who: Principal,
+    model: type[Infra],
+    kind: str,
+    token_kind: str,
+    region: Region,
+    name: str,
+    fields: dict[str, str],
+) -> tuple[Infra, str]:
+    """The flow relays and vrouters share: a unique name, a bootstrap token (shown once, stored
+    hashed), the row, the audit record."""
+    if await s.scalar(select(model.id).where(model.name == name)):
+        raise DomainError(Kind.CONFLICT, f"a {kind} named {name!r} already exists", {"field": "name"})
+    issued = credentials.issue(token_kind)
+    x = model(
+        region_id=region.id,
         name=name,
-        endpoint=endpoint,
         bootstrap_prefix=issued.prefix,
         bootstrap_hash=issued.digest,
         created_at=ctx.now(),
+        **fields,
     )
     s.add(x)
     await s.flush()
-    audit.record(
-        s,
-        who,
-        "vrouter.create",
-        "vrouter",
-        x.id,
-        tenant_id=None,
-        after={"name": name, "region": r.name, "endpoint": endpoint},
-    )
+    after = {"name": name, "region": region.name, **fields}
+    audit.record(s, who, f"{kind}.create", kind, x.id, tenant_id=None, after=after)
     return x, issued.text
 
 

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.controller import ca as ca_mod
 from cvlan.controller import credentials
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import cvlans, nodes
 from cvlan.controller.ops.context import OpsContext
+from cvlan.wire import certid
 
 MAX_CSR_BYTES = 8192
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -99,11 +99,11 @@ def issue_cert(
         common_name=f"node-{node.id}",
         lifetime=dt.timedelta(seconds=ctx.settings.node_cert_lifetime_s),
         identity={
-            ca_mod.OID_NODE_ID: str(node.id),
-            ca_mod.OID_TENANT_ID: str(node.tenant_id),
-            ca_mod.OID_CVLAN_ID: str(node.cvlan_id),
-            ca_mod.OID_WG_KEY: node.wg_public_key.hex(),
-            ca_mod.OID_KIND: "node",
+            certid.OID_NODE_ID: str(node.id),
+            certid.OID_TENANT_ID: str(node.tenant_id),
+            certid.OID_CVLAN_ID: str(node.cvlan_id),
+            certid.OID_WG_KEY: node.wg_public_key.hex(),
+            certid.OID_KIND: "node",
         },
         now=now,
     )

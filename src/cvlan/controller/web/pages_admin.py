@@ -311,12 +311,12 @@ async def infra_create(p: Page) -> web.StreamResponse:
                 _, text = await infra.create_relay(
                     p.ctx, s, p.who, f.get("region"), f.get("name"), f.get("url"), f.get("stun")
                 )
-                cmd = f"cvlan-relay --server {url} --token {text} --ca-pin {pin}"
+                cmd = infra.start_command("cvlan-relay", url, text, pin)
             elif kind == "vrouter":
                 _, text = await infra.create_vrouter(
                     p.ctx, s, p.who, f.get("region"), f.get("name"), f.get("endpoint")
                 )
-                cmd = f"cvlan-vrouter --server {url} --token {text} --ca-pin {pin}"
+                cmd = infra.start_command("cvlan-vrouter", url, text, pin)
             else:
                 raise DomainError(Kind.INVALID, "unknown form")
     except DomainError as e:
