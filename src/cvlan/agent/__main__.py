@@ -13,6 +13,7 @@ from pathlib import Path
 from cvlan.agent.daemon import Agent, FatalError, Options
 from cvlan.agent.state import StateError
 from cvlan.common import log as cvlog
+from cvlan.common.version import add_version_flag
 
 log = logging.getLogger("cvlan.agent")
 
@@ -27,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="First start: the join command from `cvlan token create` (--server, --token, --ca-pin). "
         "Later starts need no flags but --state-dir if not the default.",
     )
+    add_version_flag(p)
     p.add_argument("--server", help="controller URL, e.g. https://ctl.example.net:8443")
     p.add_argument("--token", help="enrollment token (first start only)")
     p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA (first start only)")

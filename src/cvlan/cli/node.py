@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cvlan.cli.table import print_table
+from cvlan.common.version import add_version_flag
 from cvlan.wire.ipc import IPC_VERSION, DeviceStatus, PeerStatus
 
 DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
@@ -261,6 +262,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
 def parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
     p = argparse.ArgumentParser(prog="cvlancli", description=__doc__, parents=[_common(suppress=False)])
+    add_version_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser(
         "status", parents=[common], help="this node: address, CVLAN, controller, certificate, interface"

@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
+from cvlan.common.version import add_version_flag
 from cvlan.controller import usercmd
 from cvlan.controller.app import bootstrap_admin, build, server_ssl
 from cvlan.controller.nodeapi import NODEAPI_KEY
@@ -29,6 +30,7 @@ log = logging.getLogger("cvlan.controller")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvlan-controller", description=__doc__)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser(
         "serve",

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cvlan.common.version import add_version_flag
 from cvlan.sim import adminconf
 from cvlan.sim.provision import Plan, ProvisionError, provision
 
@@ -67,6 +68,7 @@ def scale_name(nodes: int) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pv = sub.add_parser(
