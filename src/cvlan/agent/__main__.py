@@ -18,7 +18,7 @@ from cvlan.common.version import add_version_flag
 log = logging.getLogger("cvlan.agent")
 
 DEFAULT_STATE = Path("/var/lib/cvlan-ctrl")
-DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
+DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 
 
 def parser() -> argparse.ArgumentParser:

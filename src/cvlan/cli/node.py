@@ -21,7 +21,7 @@ from cvlan.cli.table import print_table
 from cvlan.common.version import add_version_flag
 from cvlan.wire.ipc import IPC_VERSION, DeviceStatus, PeerStatus
 
-DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
+DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 DEFAULT_CTRL_STATE = Path("/var/lib/cvlan-ctrl")
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger("cvlan.cvland")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvland", description=__doc__)
     add_version_flag(p)
-    p.add_argument("--socket", type=Path, help="IPC socket path (default /run/cvlan/cvland.sock)")
+    p.add_argument("--socket", type=Path, help="IPC socket path (default /run/cvland/cvland.sock)")
     p.add_argument("--interface", help="WireGuard interface name, at most 15 characters (default cvlan0)")
     p.add_argument(
         "--engine",
