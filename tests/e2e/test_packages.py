@@ -150,7 +150,7 @@ def start_controller(box: debroot.Booted, ip: str = "127.0.0.1") -> dict[str, st
 def join(box: debroot.Booted, token: dict[str, str], server: str = "https://127.0.0.1:8443") -> None:
     """Join with `cvlan-ctrl join` where it exists; else enrol with the first-start flags, then let the
     units run the node (the identity is in /var/lib/cvlan-ctrl either way)."""
-    has_join = box.run("cvlan-ctrl", "join", "--help", check=False).returncode == 0
+    has_join = "--service-manager" in box.run("cvlan-ctrl", "join", "--help", check=False).stdout
     if has_join:
         box.run(
             "cvlan-ctrl",
@@ -181,14 +181,24 @@ def join(box: debroot.Booted, token: dict[str, str], server: str = "https://127.
 
 
 def identity(box: debroot.Booted) -> tuple[object, ...]:
-    """(node id, overlay address, WireGuard public key) once the node is up through its units."""
+    """(node id, overlay address, WireGuard key) once the node is up through its units."""
     out = wait_for(
         box,
         'cvlancli status --json | grep -q \'"address": "100\\.\' && cvlancli status --json',
         "node is online",
     )
     st = json.loads(out)
-    return st["node_id"], st["address"], st["device"]["public_key"]
+    # A digest of the WireGuard private key as stored in the node's state.db (read with the package's python).
+    key = box.run(
+        "/opt/cvlan/client/bin/python",
+        "-c",
+        "import hashlib, sqlite3; print(hashlib.sha256(sqlite3.connect("
+        "'file:/var/lib/cvlan-ctrl/state.db?mode=ro', uri=True)"
+        ".execute(\"SELECT value FROM kv WHERE key = 'wg_private_key'\")"
+        ".fetchone()[0].encode()).hexdigest())",
+    ).stdout.strip()
+    assert key
+    return st["node_id"], st["address"], key
 
 
 def main_pids(box: debroot.Booted, units: tuple[str, ...]) -> list[str]:
