@@ -89,7 +89,11 @@ class Booted:
 
     def __init__(self, root: Path, name: str, binds: dict[Path, str], netns: str | None = None) -> None:
         self.root = root
-        net = [f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]
+        # --private-network grants the container CAP_NET_ADMIN; a given namespace does not by itself
+        # (without it wireguard-go cannot create its TUN device).
+        net = ["--private-network"]
+        if netns:
+            net = [f"--network-namespace-path=/run/netns/{netns}", "--capability=CAP_NET_ADMIN"]
         argv = [
             "systemd-nspawn",
             "--quiet",
@@ -97,6 +101,7 @@ class Booted:
             "--register=no",
             "--keep-unit",
             f"--machine={name}",
+            f"--hostname={name}",
             f"--directory={root}",
             "--bind=/dev/net/tun",
             *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()],
@@ -140,7 +145,8 @@ class Booted:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
         r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
         if check and r.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
+            out = f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+            raise AssertionError(f"{' '.join(argv)}: exit {r.returncode}\n{out}")
         return r
 
     def sh(self, script: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
