@@ -5,15 +5,17 @@ PY := $(VENV)/bin/python
 SSLYZE_VENV := .venv-sslyze
 SSLYZE := sslyze==6.3.1
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
-            postgresql chromium procps curl haproxy graphviz
-APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3 dot
+            postgresql chromium procps curl haproxy graphviz \
+            debhelper dh-virtualenv python3-venv lintian mmdebstrap systemd systemd-container
+APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3 dot \
+            dh dh_virtualenv lintian mmdebstrap systemd-analyze systemd-nspawn
 
-.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams
+.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams deb
 
 deps: sysdeps venv
 
 sysdeps: .stamp-sysdeps
-.stamp-sysdeps:
+.stamp-sysdeps: Makefile
 	@missing=""; for b in $(APT_BINS); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	pgbin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1); [ -x "$$pgbin/initdb" ] || missing="$$missing postgres"; \
 	if [ -n "$$missing" ]; then \
@@ -60,8 +62,12 @@ test: deps
 ui: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/ui
 
+# Debian packages cvlan-client and cvlan-server in dist/, with lintian's report (docs/PACKAGING.md).
+deb: sysdeps
+	CVLAN_LINTIAN=1 packaging/build-deb dist
+
 bench: deps
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf cvlan-data .stamp-sysdeps $(VENV) $(SSLYZE_VENV)
+	rm -rf cvlan-data .stamp-sysdeps $(VENV) $(SSLYZE_VENV) build dist

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,17 @@ def test_cvland_refuses_bad_settings_with_status_2(
 ) -> None:
     assert cvland_main(argv) == 2
     assert capsys.readouterr().err.startswith(message)
+
+
+def test_cvland_on_a_host_without_wireguard_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Neither the kernel module nor wireguard-go: the packaged unit must see status 2 (not restarted)
+    # and one line naming the fix, before cvland touches the host (no state dir is made).
+    monkeypatch.setattr(eng, "kernel_has_wireguard", lambda: False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    state = tmp_path / "state"
+    assert cvland_main(["--state-dir", str(state), "--socket", str(tmp_path / "s.sock")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cvland: {eng.NO_WIREGUARD}\n"
+    assert not state.exists()

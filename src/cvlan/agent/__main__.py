@@ -15,11 +15,12 @@ from cvlan.agent import join
 from cvlan.agent.daemon import Agent, FatalError, Options
 from cvlan.agent.state import StateError
 from cvlan.common import log as cvlog
+from cvlan.common.version import add_version_flag
 
 log = logging.getLogger("cvlan.agent")
 
 DEFAULT_STATE = Path("/var/lib/cvlan-ctrl")
-DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
+DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
         "Run directly, the first start takes --server, --token and --ca-pin; later starts need no flags "
         "but --state-dir if not the default.",
     )
+    add_version_flag(p)
     p.add_argument("--server", help="controller URL, e.g. https://ctl.example.net:8443")
     p.add_argument("--token", help="enrollment token (first start only)")
     p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA (first start only)")

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
+from cvlan.common.version import add_version_flag
 
 Cmd = Callable[[Client, argparse.Namespace], Any]
 
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    add_version_flag(p)
     p.add_argument("--config", type=Path, help="admin.conf written by the controller (or CVLAN_CONFIG)")
     p.add_argument("--server", help="controller URL (or CVLAN_SERVER)")
     p.add_argument("--token", help="API token (or CVLAN_TOKEN)")

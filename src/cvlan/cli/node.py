@@ -19,9 +19,10 @@ from typing import Any
 
 from cvlan.cli.table import print_table
 from cvlan.client.ipc import IpcError, request_once
+from cvlan.common.version import add_version_flag
 from cvlan.wire.ipc import DeviceStatus, PeerStatus
 
-DEFAULT_SOCKET = Path("/run/cvlan/cvland.sock")
+DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 DEFAULT_CTRL_STATE = Path("/var/lib/cvlan-ctrl")
 
 
@@ -275,6 +276,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
 def parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
     p = argparse.ArgumentParser(prog="cvlancli", description=__doc__, parents=[_common(suppress=False)])
+    add_version_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser(
         "status", parents=[common], help="this node: address, CVLAN, controller, certificate, interface"

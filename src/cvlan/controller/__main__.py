@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
+from cvlan.common.version import add_version_flag
 from cvlan.controller import usercmd
 from cvlan.controller.app import Controller, bootstrap_admin, build, metrics_app
 from cvlan.controller.nodeapi import NODEAPI_KEY
@@ -32,6 +33,7 @@ log = logging.getLogger("cvlan.controller")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvlan-controller", description=__doc__)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser(
         "serve",

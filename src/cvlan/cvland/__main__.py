@@ -15,11 +15,12 @@ from pydantic import ValidationError
 from cvlan.common import log as cvlog
 from cvlan.common.clock import SystemClock
 from cvlan.common.settings import invalid_setting
+from cvlan.common.version import add_version_flag
 from cvlan.cvland.daemon import Backends, Daemon
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import CvlandSettings
-from cvlan.dataplane.engine import EngineError, make_engine, pick_engine
+from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
 from cvlan.dataplane.router import NetlinkRouter
 
@@ -28,7 +29,8 @@ log = logging.getLogger("cvlan.cvland")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvland", description=__doc__)
-    p.add_argument("--socket", type=Path, help="IPC socket path (default /run/cvlan/cvland.sock)")
+    add_version_flag(p)
+    p.add_argument("--socket", type=Path, help="IPC socket path (default /run/cvland/cvland.sock)")
     p.add_argument("--interface", help="WireGuard interface name, at most 15 characters (default cvlan0)")
     p.add_argument(
         "--engine",
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 async def run(settings: CvlandSettings) -> int:
     try:
         engine_name = pick_engine(settings.engine)
+        check_engine(engine_name)
     except EngineError as e:
         print(f"cvland: {e}", file=sys.stderr)
         return 2

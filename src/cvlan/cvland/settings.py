@@ -14,7 +14,7 @@ from cvlan.common.settings import DaemonSettings
 class CvlandSettings(DaemonSettings):
     model_config = SettingsConfigDict(env_prefix="CVLAND_", extra="forbid")
 
-    socket: Path = Path("/run/cvlan/cvland.sock")
+    socket: Path = Path("/run/cvland/cvland.sock")
     interface: str = "cvlan0"
     engine: str = "auto"
     """auto (kernel where available, else wireguard-go), wireguard-go, kernel or boringtun."""

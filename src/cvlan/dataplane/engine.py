@@ -59,6 +59,26 @@ def pick_engine(choice: str) -> str:
     return choice
 
 
+NO_WIREGUARD = (
+    "no WireGuard on this host: the kernel has no wireguard module and wireguard-go is not installed "
+    "(install the wireguard-go package or use a kernel with WireGuard)"
+)
+
+
+def check_engine(name: str) -> None:
+    """Raise EngineError with one line when engine `name` (resolved by pick_engine) cannot run here.
+
+    Checked before anything is changed on the host, so a host without WireGuard gets a clear refusal
+    (cvland exits 2, which its systemd unit does not restart) instead of a crash loop."""
+    if name == "wireguard-go" and shutil.which("wireguard-go") is None:
+        kernel = kernel_has_wireguard()
+        raise EngineError("engine wireguard-go: not installed" if kernel else NO_WIREGUARD)
+    if name == "boringtun" and not (shutil.which("boringtun-cli") or shutil.which("boringtun")):
+        raise EngineError("engine boringtun: boringtun-cli is not installed")
+    if name == "kernel" and not kernel_has_wireguard():
+        raise EngineError("engine kernel: the running kernel has no wireguard module")
+
+
 def make_engine(name: str, ifname: str, log_path: Path | None = None) -> WgEngine:
     """Build the engine `name` (already resolved by pick_engine) for interface ifname."""
     if name == "wireguard-go":

@@ -20,6 +20,7 @@ from pathlib import Path
 from OpenSSL import SSL
 
 from cvlan.common import log as cvlog
+from cvlan.common.version import add_version_flag
 from cvlan.front.backend import BackendPool
 from cvlan.front.server import Front, Limits, tls_context
 from cvlan.wire.endpoint import split_hostport
@@ -29,6 +30,7 @@ log = logging.getLogger("cvlan.front")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvlan-front", description=__doc__)
+    add_version_flag(p)
     p.add_argument("--listen", required=True, help="HOST:PORT the nodes connect to, e.g. 0.0.0.0:8443")
     p.add_argument("--cert", type=Path, required=True, help="server certificate chain (PEM)")
     p.add_argument("--key", type=Path, required=True, help="its private key (PEM; keep it mode 0600)")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
 from cvlan.common.settings import invalid_setting
+from cvlan.common.version import add_version_flag
 from cvlan.relay.bootstrap import RelayIdentity, ensure_identity
 from cvlan.relay.revocation import ControllerChecker, front_hint
 from cvlan.relay.server import RelayServer
@@ -36,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         epilog="Every flag can also be given as CVLAN_RELAY_<NAME> in the environment (flags win).",
     )
+    add_version_flag(p)
     p.add_argument("--server", help="controller URL, e.g. https://ctrl.example.net:8443")
     p.add_argument("--token", help="bootstrap token (cvrb_...); needed only on first start")
     p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA, checked before registering")

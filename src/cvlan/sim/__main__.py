@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cvlan.common import adminconf
+from cvlan.common.version import add_version_flag
 from cvlan.sim.provision import Plan, ProvisionError, provision
 
 PROG = "cvlan-sim"
@@ -67,6 +68,7 @@ def scale_name(nodes: int) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_version_flag(p)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pv = sub.add_parser(

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
 from cvlan.common.settings import invalid_setting
+from cvlan.common.version import add_version_flag
 from cvlan.dataplane.engine import EngineError
 from cvlan.vrouter.daemon import Vrouter
 from cvlan.vrouter.identity import ensure_identity
@@ -34,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every flag can also be given as CVLAN_VROUTER_<NAME> in the environment (flags win).",
     )
+    add_version_flag(p)
     p.add_argument("--server", help="controller URL, e.g. https://ctrl.example.net:8443 (first start)")
     p.add_argument("--token", help="bootstrap token (cvvb_...); needed only on first start")
     p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA, checked before registering")
