@@ -27,6 +27,8 @@ class CvlandSettings(BaseSettings):
     """How often the WireGuard port's public mapping is probed (STUN to every relay)."""
     """While a peer is relayed, first wait before trying direct again (doubles up to 300 s)."""
     tick_s: float = 1.0
+    metrics_listen: str = "127.0.0.1:9371"
+    """HOST:PORT of the Prometheus /metrics listener, or "off" (docs/METRICS.md)."""
     log_level: str = "info"
     log_format: str = "text"
 

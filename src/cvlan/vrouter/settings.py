@@ -31,6 +31,8 @@ class VrouterSettings(BaseSettings):
     """UDP port of the hub. 0: the port of the vrouter's registered endpoint."""
     long_poll_s: int = 25
     """How long the controller may hold a poll open while nothing changes."""
+    metrics_listen: str = "127.0.0.1:9373"
+    """HOST:PORT of the Prometheus /metrics listener, or "off" (docs/METRICS.md)."""
     log_level: str = "info"
     log_format: str = "text"
 
