@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 SSLYZE_VENV := .venv-sslyze
 SSLYZE := sslyze==6.3.1
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
-            postgresql chromium procps curl haproxy
-APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3
+            postgresql chromium procps curl haproxy prometheus
+APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3 promtool
 
 .PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto
 
