@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -35,7 +34,7 @@ def take(daemon: Daemon) -> Snapshot:
     proxy = daemon.relay.proxy if daemon.relay is not None else None
     return Snapshot(
         status=daemon.status(),
-        now=time.time(),
+        now=daemon.clock.now().timestamp(),
         path_changes=daemon.path_changes,
         denied_packets=daemon.denied_flows.total,
         relay_bytes={
