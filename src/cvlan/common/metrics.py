@@ -95,9 +95,7 @@ class MetricsListener:
             log.warning("metrics listener not started: port in use", extra={"endpoint": listen})
             return False
         self._runner = runner
-        server = site._server
-        socks = getattr(server, "sockets", None) or []
-        self.port = socks[0].getsockname()[1] if socks else hp[1]
+        self.port = int(runner.addresses[0][1]) if runner.addresses else hp[1]
         log.info("serving metrics", extra={"endpoint": f"{hp[0]}:{self.port}"})
         return True
 
