@@ -9,6 +9,8 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cvlan.front.tls13 import MAX_PLAINTEXT
+
 
 class HandshakeFailure(StrEnum):
     """Why a TLS handshake failed (a bounded label; the log line carries OpenSSL's own words)."""
@@ -53,6 +55,13 @@ class FrontMetrics:
         self.forwarded, self.refused_requests, self.bad_gateway = (
             requests.labels(x) for x in ("forwarded", "refused", "bad_gateway")
         )
+        records = Counter(
+            "cvlan_front_tls_records",
+            "Protected TLS records opened (in) and sealed for answers (out) after the handshake",
+            ["direction"],
+            registry=r,
+        )
+        self.records_in, self.records_out = records.labels("in"), records.labels("out")
         self.connections = Gauge("cvlan_front_connections", "Open node connections", registry=r)
         self.uncertified = Gauge(
             "cvlan_front_uncertified_connections",
@@ -65,6 +74,10 @@ class FrontMetrics:
         self.backend_conns = Gauge(
             "cvlan_front_backend_connections", "Open connections to the controller's proxy socket", registry=r
         )
+
+    def sealed(self, n_bytes: int) -> None:
+        """An answer of n_bytes went out: one record per 16 KB of it, at least one."""
+        self.records_out.inc(max(1, -(-n_bytes // MAX_PLAINTEXT)))
 
     def watch(
         self,

@@ -436,6 +436,7 @@ class FrontConn(asyncio.Protocol):
 
     def _records(self, data: bytes) -> None:
         assert self.records is not None and self.transport is not None
+        seq = self.records.read.seq
         try:
             plain, reply = self.records.open(data)
         except tls13.PeerClosed as e:
@@ -449,6 +450,8 @@ class FrontConn(asyncio.Protocol):
                 log.info("TLS connection ended", extra={"reason": str(e)})
             self.close(e.alert)
             return
+        # the records this call opened (a KeyUpdate restarts the sequence: those before it are missed)
+        self.front.metrics.records_in.inc(max(0, self.records.read.seq - seq))
         if reply:
             self.transport.write(reply)
         if plain:  # only application bytes count as activity: empty records do not
@@ -549,6 +552,7 @@ class FrontConn(asyncio.Protocol):
             self.front.metrics.forwarded.inc()
         try:
             self.transport.write(self.records.seal(response))
+            self.front.metrics.sealed(len(response))
         except tls13.TLSAlert:
             self.close()
             return
@@ -563,7 +567,9 @@ class FrontConn(asyncio.Protocol):
     def _refuse(self, status: int, reason: str, message: str) -> None:
         assert self.records is not None and self.transport is not None
         self.front.metrics.refused_requests.inc()
-        self.transport.write(self.records.seal(plain_response(status, reason, message)))
+        answer = plain_response(status, reason, message)
+        self.transport.write(self.records.seal(answer))
+        self.front.metrics.sealed(len(answer))
         self.close(tls13.CLOSE_NOTIFY)
 
 
