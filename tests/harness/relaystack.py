@@ -77,7 +77,16 @@ class RelayProc:
             self.proc = None
 
     def metrics(self) -> dict[str, float]:
-        """/metrics read from inside the relay's namespace (trusting the controller CA)."""
+        """/metrics read from inside the relay's namespace, as {'name{labels}': value}."""
+        out: dict[str, float] = {}
+        for line in self.metrics_text().splitlines():
+            if line and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                out[k] = float(v)
+        return out
+
+    def metrics_text(self) -> str:
+        """/metrics as served, read from inside the relay's namespace (trusting the controller CA)."""
         ctx = ssl.create_default_context(cadata=ca_pem_of(self.ctl))
         sock = socket_in_netns(self.ns.name)
         sock.settimeout(10)
@@ -91,13 +100,7 @@ class RelayProc:
                 if not chunk:
                     break
                 data += chunk
-        body = data.split(b"\r\n\r\n", 1)[1].decode()
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                k, _, v = line.rpartition(" ")
-                out[k] = float(v)
-        return out
+        return data.split(b"\r\n\r\n", 1)[1].decode()
 
     def forwarded_bytes(self) -> float:
         return self.metrics().get('cvlan_relay_bytes_total{direction="forwarded"}', 0.0)

@@ -44,6 +44,8 @@ class Controller:
     proc: Proc | None = None
     api: NsApi | None = None
     ca_pin: str = ""
+    args: tuple[str, ...] = ()
+    """More `serve` flags (e.g. --proxy-socket)."""
 
     @property
     def url(self) -> str:
@@ -58,6 +60,7 @@ class Controller:
             str(self.data_dir),
             "--listen",
             f"{self.ns.ip}:{CONTROLLER_PORT}",
+            *self.args,
             env=self.env,
         )
         conf_path = self.data_dir / "admin.conf"
@@ -98,11 +101,11 @@ class Controller:
         return items
 
 
-def start_controller(lab: Lab, poll_interval_s: int = 5) -> Controller:
+def start_controller(lab: Lab, poll_interval_s: int = 5, args: tuple[str, ...] = ()) -> Controller:
     """A controller on the fake internet at a public address, SQLite, plain defaults otherwise."""
     ns = lab.public_host("ctl")
     env = {"CVLAN_CONTROLLER_POLL_INTERVAL_S": str(poll_interval_s)}
-    return Controller(lab, ns, lab.dir / "controller", env).start()
+    return Controller(lab, ns, lab.dir / "controller", env, args=args).start()
 
 
 @dataclass

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
 from cvlan.agent.daemon import Agent, Options
+from cvlan.client.controller import ControlError
 from cvlan.common.backoff import Backoff
 from cvlan.wire.ipc import DesiredState, DeviceStatus
 from cvlan.wire.pb import node_pb2 as pb
@@ -71,3 +74,38 @@ async def test_a_state_pushed_late_is_followed_by_its_endpoints(tmp_path: Path) 
     )
     assert await agent._step(Backoff(cap=1.0)) == 0.0
     assert ctl.reported == [["192.0.2.5:51820"]]
+
+
+class FlakyController(FakeController):
+    """Answers every other poll with the error a dead network gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def poll(self, map_version: int, endpoints: list[str], *a: object, **kw: object) -> pb.PollResponse:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise ControlError(
+                "cannot reach controller https://ctl: refused", retryable=True, reason="unreachable"
+            )
+        return await super().poll(map_version, endpoints, *a, **kw)
+
+
+async def test_metrics_count_polls_maps_and_errors_by_reason(tmp_path: Path) -> None:
+    agent = Agent(Options(None, None, None, tmp_path, tmp_path / "sock", listen_port=51820, long_poll_s=30))
+    ctl = FlakyController()
+    agent.ipc, agent.client, agent.ident = FakeCvland(), ctl, IDENT  # type: ignore[assignment]
+    agent._renew_if_due = _noop  # type: ignore[method-assign]
+    for _ in range(4):  # changed, error, unchanged, error
+        await agent._step(Backoff(cap=1.0))
+    text = generate_latest(agent.metrics.registry).decode()
+    for series in (
+        'cvlan_ctrl_polls_total{result="changed"} 1.0',
+        'cvlan_ctrl_polls_total{result="unchanged"} 1.0',
+        'cvlan_ctrl_polls_total{result="error"} 2.0',
+        'cvlan_ctrl_errors_total{reason="unreachable"} 2.0',
+        "cvlan_ctrl_maps_applied_total 1.0",
+        "cvlan_ctrl_applied_version 7.0",
+    ):
+        assert series in text, f"{series} not in\n{text}"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from cvlan.common.clock import FakeClock
 from cvlan.dataplane.engine import FakeEngine
@@ -13,8 +14,9 @@ from cvlan.dataplane.firewall import FakeFirewall, FirewallError
 from cvlan.dataplane.router import FakeRouter
 from cvlan.vrouter.daemon import Vrouter
 from cvlan.vrouter.identity import Identity
+from cvlan.vrouter.metrics import VrouterCollector, registry
 from cvlan.vrouter.settings import VrouterSettings
-from cvlan.wire.keys import generate_keypair
+from cvlan.wire.keys import KeyHex, generate_keypair
 
 PRIV, _ = generate_keypair()
 NODE = generate_keypair()[1]
@@ -118,3 +120,33 @@ def test_tick_moves_a_member_to_this_vrouter_when_its_preferred_one_dies(tmp_pat
     assert 0 < moved_after <= 6, f"moved after {moved_after} ticks"
     assert any(f"public_key={other}\nremove=true" in b for b in eng.bodies), "vr-2 was probed first"
     assert vr.status()["dead_vrouters"] == ["vrouter:vr-2"]
+
+
+async def test_metrics_sum_peer_counters_per_cvlan(vr: Vrouter) -> None:
+    st = state(members=3)
+    other = {
+        **st["cvlans"][0],
+        "id": 8,
+        "subnet": "100.64.1.0/24",
+        "members": [st["cvlans"][0]["members"].pop()],
+    }
+    other["members"][0]["address"] = "100.64.1.2/32"
+    st["cvlans"].append(other)
+    vr.engine.start()
+    vr.apply(st)
+    eng = vr.engine
+    assert isinstance(eng, FakeEngine)
+    c = VrouterCollector(vr)
+    counts = {7: (100, 200), 8: (1000, 2000)}
+    for cv in st["cvlans"]:
+        for m in cv["members"]:
+            eng.state.peers[KeyHex(m["key"])].rx_bytes, eng.state.peers[KeyHex(m["key"])].tx_bytes = counts[
+                cv["id"]
+            ]
+    await c.refresh()
+    text = generate_latest(registry(c)).decode()
+    assert 'cvlan_vrouter_forwarded_bytes_total{cvlan="7",direction="rx"} 200.0' in text  # two members
+    assert 'cvlan_vrouter_forwarded_bytes_total{cvlan="7",direction="tx"} 400.0' in text
+    assert 'cvlan_vrouter_forwarded_bytes_total{cvlan="8",direction="rx"} 1000.0' in text
+    assert 'cvlan_vrouter_peers{connected="no",kind="member"} 3.0' in text
+    assert "cvlan_vrouter_cvlans 2.0" in text

@@ -1,3 +1,3 @@
 """cvlan.agent."""
 
-__all__ = ["daemon", "join", "netmap", "state"]
+__all__ = ["daemon", "join", "metrics", "netmap", "state"]

@@ -15,12 +15,14 @@ from cvlan.agent import join
 from cvlan.agent.daemon import Agent, FatalError, Options
 from cvlan.agent.state import StateError
 from cvlan.common import log as cvlog
+from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.version import add_version_flag
 
 log = logging.getLogger("cvlan.agent")
 
 DEFAULT_STATE = Path("/var/lib/cvlan-ctrl")
 DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
+DEFAULT_METRICS = "127.0.0.1:9372"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often denied flows are reported to the controller (default 10)",
     )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help=f"Prometheus /metrics listener, or off (default {DEFAULT_METRICS}; if that port is taken, "
+        "cvlan-ctrl runs without metrics and says so)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     return p
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         report_interval_s=max(1.0, args.report_interval),
     )
     try:
-        return asyncio.run(_run(opts))
+        return asyncio.run(_run(opts, args.metrics_listen))
     except KeyboardInterrupt:
         return 0
 
@@ -119,19 +127,29 @@ def join_main(argv: list[str]) -> int:
     return 0
 
 
-async def _run(opts: Options) -> int:
+async def _run(opts: Options, metrics_listen: str | None = None) -> int:
+    """Run the agent until SIGTERM; metrics_listen None means the default address (a taken port is
+    then only a warning), a value the operator gave must work."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    agent = Agent(opts)
+    metrics = MetricsListener(agent.metrics.registry)
     try:
-        await Agent(opts).run(stop)
+        await metrics.start(metrics_listen or DEFAULT_METRICS, required=metrics_listen is not None)
+        await agent.run(stop)
+    except MetricsListenError as e:
+        print(f"cvlan-ctrl: {e}", file=sys.stderr)
+        return 1
     except FatalError as e:
         print(f"cvlan-ctrl: {e.message}", file=sys.stderr)
         return e.status
     except StateError as e:
         print(f"cvlan-ctrl: {e}", file=sys.stderr)
         return 1
+    finally:
+        await metrics.close()
     return 0
 
 

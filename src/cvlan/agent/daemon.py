@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from cvlan.agent.metrics import AgentMetrics
 from cvlan.agent.netmap import desired_state
 from cvlan.agent.state import Identity, StateStore
 from cvlan.client import tls
@@ -96,6 +97,7 @@ class Agent:
         self.status: DeviceStatus | None = None
         self.ipc_error = ""
         self.polls = 0
+        self.metrics = AgentMetrics()
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class Agent:
         )
         log.info(
             f"enrolled as node {reg.node_name} ({reg.address}) in CVLAN {reg.cvlan_name}",
-            extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id},
+            extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id, "cvlan": reg.cvlan_id},
         )
         return ident
 
@@ -190,7 +192,15 @@ class Agent:
             self.ident.server, self.ident.ca_pem, self.ident.cert_pem, self.ident.tls_key_pem
         )
         backoff = Backoff(cap=self.opts.backoff_cap_s)
-        log.info(f"running as node {self.ident.node_name}", extra={"node_id": self.ident.node_id})
+        self.metrics.cert_expiry.set(tls.cert_not_after(self.ident.cert_pem))
+        log.info(
+            f"running as node {self.ident.node_name}",
+            extra={
+                "node_id": self.ident.node_id,
+                "tenant_id": self.ident.tenant_id,
+                "cvlan": self.ident.cvlan_id,
+            },
+        )
         reporter = asyncio.create_task(self._report_denied_loop(stop))
         try:
             while not stop.is_set():
@@ -254,6 +264,8 @@ class Agent:
                 long_poll_s=self.opts.long_poll_s,
             )
         except ControlError as e:
+            self.metrics.polls["error"].inc()
+            self.metrics.errors.labels(e.reason or (f"http_{e.status}" if e.status else "retry")).inc()
             if not e.retryable:
                 raise fatal_for(e, self.ident.server) from e
             delay = backoff.next()
@@ -261,6 +273,7 @@ class Agent:
             return delay
         backoff.reset()
         self.polls += 1
+        self.metrics.polls["unchanged" if resp.unchanged else "changed"].inc()
         pushed = False
         if not resp.unchanged:
             self._on_map(resp.map)
@@ -276,7 +289,10 @@ class Agent:
         assert self.ident is not None
         self.held = m.version
         self.pending = desired_state(self.ident, m, self.opts.listen_port)
-        log.info(f"new map: {len(m.peers)} peers, {len(m.vrouters)} vrouters", extra={"seq": m.version})
+        log.info(
+            f"new map: {len(m.peers)} peers, {len(m.vrouters)} vrouters",
+            extra={"seq": m.version, "cvlan": self.ident.cvlan_id},
+        )
 
     async def _push(self) -> bool:
         """Hand the pending desired state to cvland; True if cvland applied it."""
@@ -286,12 +302,15 @@ class Agent:
             self.applied = await self.ipc.apply(self.pending)
         except IpcError as e:
             self.ipc_error = e.message
+            self.metrics.errors.labels("cvland_unreachable" if e.retryable else "cvland_refused").inc()
             if not e.retryable:
                 log.warning(e.message, extra={"reason": "cvland_refused"})
                 self.pending = None
             return False
         self.ipc_error = ""
         self.pending = None
+        self.metrics.maps_applied.inc()
+        self.metrics.applied_version.set(self.applied)
         return True
 
     async def _endpoints_moved(self, reported: list[str]) -> bool:
@@ -353,6 +372,7 @@ class Agent:
         self.ident.cert_obtained_at = now
         self.store.save(self.ident)
         self.client.set_identity(r.certificate_pem, key_pem)
+        self.metrics.cert_expiry.set(tls.cert_not_after(r.certificate_pem))
         if self.pending is None and self.held:
             self.held = 0  # fetch the map again so cvland gets the new relay credentials
         log.info("certificate renewed", extra={"node_id": self.ident.node_id})

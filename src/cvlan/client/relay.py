@@ -241,6 +241,10 @@ class RelayProxy:
         self.dropped_unknown = 0
         self.dropped_foreign = 0
         self.delivered = 0
+        self.bytes_to_relay = 0
+        """WireGuard packet bytes sent out through a relay (cvland's relay-proxied traffic, out)."""
+        self.bytes_from_relay = 0
+        """Packet bytes that came from a relay and were handed to WireGuard (in)."""
 
     def add_peer(self, key: bytes, client: RelayClient | None) -> int:
         """The proxy port for key (created once); packets from WireGuard go out through client."""
@@ -275,6 +279,7 @@ class RelayProxy:
             if addr[1] != self.wg_port or client is None:
                 self.dropped_foreign += 1
                 continue
+            self.bytes_to_relay += len(data)
             client.send(key, data)
 
     def set_route(self, key: bytes, client: RelayClient) -> None:
@@ -322,6 +327,7 @@ class RelayProxy:
         try:
             sock.sendto(packet, (self.host, self.wg_port))
             self.delivered += 1
+            self.bytes_from_relay += len(packet)
         except OSError:
             self.dropped_unknown += 1
 

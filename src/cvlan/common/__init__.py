@@ -9,6 +9,7 @@ __all__ = [
     "framequeue",
     "host",
     "log",
+    "metrics",
     "numbers",
     "pki",
     "settings",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
+from datetime import UTC, datetime
 from typing import Any
 
 FIELDS = (
     "tenant_id",
+    "cvlan",
     "node_id",
     "peer",
     "seq",
@@ -47,11 +48,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def timestamp(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds, e.g. 2026-12-06T04:17:11.042Z (sorts as text, no zone
+    guessing when lines of several hosts are put side by side)."""
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class TextFormatter(logging.Formatter):
     """Human-readable lines with the known fields appended as key=value."""
 
     def format(self, record: logging.LogRecord) -> str:
-        t = time.strftime("%H:%M:%S", time.localtime(record.created))
+        t = timestamp(record.created)
         extra = " ".join(f"{f}={record.__dict__[f]}" for f in FIELDS if record.__dict__.get(f) is not None)
         line = f"{t} {record.levelname[0]} {record.name}: {record.getMessage()}"
         if extra:

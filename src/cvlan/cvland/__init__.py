@@ -1,3 +1,13 @@
 """cvlan.cvland."""
 
-__all__ = ["daemon", "hubs", "paths", "reconcile", "relaychoice", "relaypath", "server", "settings"]
+__all__ = [
+    "daemon",
+    "hubs",
+    "metrics",
+    "paths",
+    "reconcile",
+    "relaychoice",
+    "relaypath",
+    "server",
+    "settings",
+]

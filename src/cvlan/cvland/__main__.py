@@ -14,9 +14,11 @@ from pydantic import ValidationError
 
 from cvlan.common import log as cvlog
 from cvlan.common.clock import SystemClock
+from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.settings import invalid_setting
 from cvlan.common.version import add_version_flag
 from cvlan.cvland.daemon import Backends, Daemon
+from cvlan.cvland.metrics import CvlandCollector, registry
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import CvlandSettings
@@ -39,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/cvland)")
     p.add_argument("--socket-group", help="make the socket 0660 for this group (default: 0600, root only)")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="Prometheus /metrics listener, or off (default 127.0.0.1:9371; if that port is taken, "
+        "cvland runs without metrics and says so)",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
     p.add_argument("--log-format", choices=("text", "json"))
     return p
@@ -54,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "socket_group": args.socket_group,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "metrics_listen": args.metrics_listen,
     }
     try:
         settings = CvlandSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -109,6 +118,14 @@ async def _run(settings: CvlandSettings, daemon: Daemon, serial: Serial, engine_
     except (SocketInUse, OSError, KeyError) as e:
         print(f"cvland: {e}", file=sys.stderr)
         return 1
+    collector = CvlandCollector(daemon, serial)
+    metrics = MetricsListener(registry(collector), collector.refresh)
+    try:
+        await metrics.start(settings.metrics_listen, required="metrics_listen" in settings.model_fields_set)
+    except MetricsListenError as e:
+        server.close()
+        print(f"cvland: {e}", file=sys.stderr)
+        return 1
     log.info("cvland ready", extra={"reason": f"{engine_name} {settings.interface} {settings.socket}"})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +134,7 @@ async def _run(settings: CvlandSettings, daemon: Daemon, serial: Serial, engine_
     try:
         await _loop(daemon, serial, stop, settings.tick_s)
     finally:
+        await metrics.close()
         server.close()
         settings.socket.unlink(missing_ok=True)
     return 0

@@ -75,6 +75,8 @@ class Daemon:
         self._lock_fd: int | None = None
         self.nflog: NflogReader | None = None
         self.denied_flows = Aggregator()
+        self.path_changes = 0
+        """Times a peer was moved to another endpoint or path since start (a metric)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -291,6 +293,7 @@ class Daemon:
         for key, ps in state.peers.items():
             if self.selector.observe(key, ps.last_handshake, ps.endpoint):
                 changed = True
+                self.path_changes += 1
                 log.info(
                     "trying next endpoint",
                     extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},

@@ -23,10 +23,12 @@ class CvlandSettings(DaemonSettings):
     """If set, the socket is mode 0660 owned by this group (so an unprivileged cvlan-ctrl can use it)."""
     probe_s: float = 5.0
     direct_retry_s: float = 15.0
+    """While a peer is relayed, first wait before trying direct again (doubles up to 300 s)."""
     stun_interval_s: float = 30.0
     """How often the WireGuard port's public mapping is probed (STUN to every relay)."""
-    """While a peer is relayed, first wait before trying direct again (doubles up to 300 s)."""
     tick_s: float = 1.0
+    metrics_listen: str = "127.0.0.1:9371"
+    """HOST:PORT of the Prometheus /metrics listener, or "off" (docs/METRICS.md)."""
 
     @field_validator("interface")
     @classmethod

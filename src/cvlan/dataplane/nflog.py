@@ -146,8 +146,11 @@ class Aggregator:
         self.max_flows = max_flows
         self.flows: dict[Flow, int] = {}
         self.overflow = 0
+        self.total = 0
+        """Packets added since this aggregator was made (never reset: the denied-packets counter)."""
 
     def add(self, flow: Flow, n: int = 1) -> None:
+        self.total += n
         if flow in self.flows or len(self.flows) < self.max_flows:
             self.flows[flow] = self.flows.get(flow, 0) + n
         else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from OpenSSL import SSL
 
 from cvlan.common import log as cvlog
+from cvlan.common.metrics import MetricsListener, MetricsListenError, offset
 from cvlan.common.version import add_version_flag
 from cvlan.front.backend import BackendPool
 from cvlan.front.server import Front, Limits, tls_context
@@ -95,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
         help="seconds a connection without a client certificate (discovery, registration) may sit idle "
         f"(default {d.uncertified_timeout:g})",
     )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="off",
+        help="Prometheus /metrics of each worker process: worker N (from 0) listens on PORT+N "
+        "(default off; e.g. 127.0.0.1:9374)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     return p
@@ -112,25 +120,36 @@ def limits(args: argparse.Namespace, max_conns: int) -> Limits:
     )
 
 
-async def serve(args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int) -> None:
+async def serve(
+    args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int, worker: int = 0
+) -> None:
     pool = BackendPool(args.backend, size=args.backend_conns)
     front = Front(ctx, pool, limits(args, max_conns))
+    metrics = MetricsListener(front.metrics.registry)
+    await metrics.start(offset(args.metrics_listen, worker), required=True)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(front, host, port, reuse_port=True, backlog=4096)
     front.start()
-    log.info("listening", extra={"listen": f"{host}:{port}"})
+    log.info("listening", extra={"endpoint": f"{host}:{port}"})
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.close()
     await front.shutdown()
+    await metrics.close()
 
 
-def run_worker(args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int) -> int:
+def run_worker(
+    args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int, worker: int = 0
+) -> int:
     import uvloop
 
-    uvloop.run(serve(args, ctx, host, port, max_conns))
+    try:
+        uvloop.run(serve(args, ctx, host, port, max_conns, worker))
+    except MetricsListenError as e:
+        print(f"cvlan-front: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -139,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     cvlog.setup(args.log_level, args.log_format)
     try:
         host, port = split_hostport(args.listen, default_host="0.0.0.0")
+        offset(args.metrics_listen, args.workers - 1)  # a bad address or port range fails here, once
         counts = (args.workers, args.backend_conns, args.max_uncertified, args.max_uncertified_per_addr)
         timeouts = (args.idle_timeout, args.request_timeout, args.handshake_timeout, args.uncertified_timeout)
         if min(counts) < 1 or min(timeouts) <= 0:
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             if not f.is_file():
                 raise ValueError(f"{f}: no such file")
         ctx = tls_context(args.cert, args.key, args.ca)
-    except (ValueError, SSL.Error) as e:
+    except (ValueError, SSL.Error, MetricsListenError) as e:
         print(f"cvlan-front: {e}", file=sys.stderr)
         return 2
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -160,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers == 1:
         return run_worker(args, ctx, host, port, max_conns)
     children: list[int] = []
-    for _ in range(args.workers):
+    for worker in range(args.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = run_worker(args, ctx, host, port, max_conns)
+                code = run_worker(args, ctx, host, port, max_conns, worker)
             finally:
                 os._exit(code)
         children.append(pid)

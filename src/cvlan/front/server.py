@@ -21,6 +21,7 @@ from OpenSSL import SSL, crypto
 
 from cvlan.front import tls13
 from cvlan.front.backend import BackendPool
+from cvlan.front.metrics import FrontMetrics, HandshakeFailure, Refusal
 from cvlan.wire import nodeproto as wire
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,13 @@ class Front:
         self.pushed_out = 0
         """Uncertified connections closed to make room for new ones since the last sweep."""
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = FrontMetrics()
+        self.metrics.watch(
+            lambda: len(self.conns),
+            lambda: len(self.uncertified),
+            lambda: len(self.pool.waiting),
+            lambda: len(self.pool.conns),
+        )
 
     def __call__(self) -> FrontConn:
         return FrontConn(self)
@@ -161,13 +169,17 @@ class Front:
         lim = self.limits
         if self.per_source.get(source, 0) >= lim.max_uncertified_per_addr:
             self.refused += 1
+            self.metrics.refused[Refusal.PER_ADDRESS].inc()
             return False
         if len(self.uncertified) >= lim.max_uncertified or len(self.conns) >= lim.max_conns:
             if not self.uncertified:
                 self.refused += 1
+                self.metrics.refused[Refusal.FULL].inc()
                 return False
             next(iter(self.uncertified)).close()
             self.pushed_out += 1
+            self.metrics.refused[Refusal.PUSHED_OUT].inc()
+        self.metrics.accepted.inc()
         self.conns.add(conn)
         self.uncertified[conn] = None
         self.per_source[source] = self.per_source.get(source, 0) + 1
@@ -307,7 +319,7 @@ class FrontConn(asyncio.Protocol):
         """The sweeper's look at this connection: end it if it is past a deadline."""
         if self.state == STATE_HANDSHAKE:
             if now - self.since > lim.handshake_timeout:  # counted from accept, not the last byte
-                self._handshake_failed("handshake not done in time")
+                self._handshake_failed("handshake not done in time", HandshakeFailure.TIMEOUT)
         elif self.state == STATE_CLOSED:
             # closed, but the answers and the alert are still unsent: a client that reads nothing
             if self.transport is not None and now - self.last > lim.request_timeout:
@@ -350,7 +362,7 @@ class FrontConn(asyncio.Protocol):
         while self.state == STATE_HANDSHAKE and len(self.raw) >= tls13.HEADER:
             length = int.from_bytes(self.raw[3:5], "big")
             if length > MAX_HANDSHAKE_RECORD:
-                self._handshake_failed("handshake record too long")
+                self._handshake_failed("handshake record too long", HandshakeFailure.RECORD_TOO_LONG)
                 return
             if len(self.raw) < tls13.HEADER + length:
                 break
@@ -364,7 +376,7 @@ class FrontConn(asyncio.Protocol):
                 continue
             except SSL.Error as e:
                 self._flush_tls()  # OpenSSL's alert
-                self._handshake_failed(_ssl_reason(e))
+                self._handshake_failed(_ssl_reason(e), HandshakeFailure.TLS_ERROR)
                 return
             self._established()
 
@@ -380,7 +392,8 @@ class FrontConn(asyncio.Protocol):
             self.transport.write(out)
         return out
 
-    def _handshake_failed(self, reason: str) -> None:
+    def _handshake_failed(self, reason: str, kind: HandshakeFailure) -> None:
+        self.front.metrics.handshake_failures[kind].inc()
         log.info("TLS handshake failed", extra={"reason": reason})
         self.close()
 
@@ -399,7 +412,9 @@ class FrontConn(asyncio.Protocol):
         client = secrets.get(b"CLIENT_TRAFFIC_SECRET_0")
         server = secrets.get(b"SERVER_TRAFFIC_SECRET_0")
         if tls.get_protocol_version_name() != "TLSv1.3" or suite is None or not client or not server:
-            self._handshake_failed(f"unsupported session {tls.get_protocol_version_name()} {suite}")
+            self._handshake_failed(
+                f"unsupported session {tls.get_protocol_version_name()} {suite}", HandshakeFailure.UNSUPPORTED
+            )
             return
         peer = tls.get_peer_certificate()
         self.cert = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer) if peer is not None else b""
@@ -410,6 +425,7 @@ class FrontConn(asyncio.Protocol):
         self.state = STATE_IDLE
         self.since = 0.0
         self.last = time.monotonic()
+        self.front.metrics.handshakes.inc()
         if self.cert:
             self._release()
         rest, self.raw = self.raw, b""
@@ -420,6 +436,7 @@ class FrontConn(asyncio.Protocol):
 
     def _records(self, data: bytes) -> None:
         assert self.records is not None and self.transport is not None
+        seq = self.records.read.seq
         try:
             plain, reply = self.records.open(data)
         except tls13.PeerClosed as e:
@@ -433,6 +450,8 @@ class FrontConn(asyncio.Protocol):
                 log.info("TLS connection ended", extra={"reason": str(e)})
             self.close(e.alert)
             return
+        # the records this call opened (a KeyUpdate restarts the sequence: those before it are missed)
+        self.front.metrics.records_in.inc(max(0, self.records.read.seq - seq))
         if reply:
             self.transport.write(reply)
         if plain:  # only application bytes count as activity: empty records do not
@@ -526,10 +545,14 @@ class FrontConn(asyncio.Protocol):
         if self.state == STATE_CLOSED or self.records is None or self.transport is None:
             return
         if response is None:
+            self.front.metrics.bad_gateway.inc()
             response = plain_response(502, "Bad Gateway", "the controller did not answer")
             keep = False
+        else:
+            self.front.metrics.forwarded.inc()
         try:
             self.transport.write(self.records.seal(response))
+            self.front.metrics.sealed(len(response))
         except tls13.TLSAlert:
             self.close()
             return
@@ -543,7 +566,10 @@ class FrontConn(asyncio.Protocol):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         assert self.records is not None and self.transport is not None
-        self.transport.write(self.records.seal(plain_response(status, reason, message)))
+        self.front.metrics.refused_requests.inc()
+        answer = plain_response(status, reason, message)
+        self.transport.write(self.records.seal(answer))
+        self.front.metrics.sealed(len(answer))
         self.close(tls13.CLOSE_NOTIFY)
 
 

@@ -228,14 +228,22 @@ class RelayServer:
             self._close(old, DropReason.DUP_CLIENT)
         log.info(
             "client connected",
-            extra={"node_id": c.ident.node_id, "tenant_id": c.ident.tenant_id, "peer": c.ident.short()},
+            extra={
+                "node_id": c.ident.node_id,
+                "tenant_id": c.ident.tenant_id,
+                "cvlan": c.ident.cvlan_id,
+                "peer": c.ident.short(),
+            },
         )
 
     def _unregister(self, c: Client, reason: DropReason) -> None:
         if self.clients.get(c.key) is c:
             del self.clients[c.key]
             self.metrics.clients.set(len(self.clients))
-            log.info("client disconnected", extra={"node_id": c.ident.node_id, "peer": c.ident.short()})
+            log.info(
+                "client disconnected",
+                extra={"node_id": c.ident.node_id, "cvlan": c.ident.cvlan_id, "peer": c.ident.short()},
+            )
         self._close(c, reason)
 
     def _close(self, c: Client, reason: DropReason) -> None:

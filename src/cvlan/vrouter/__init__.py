@@ -1,3 +1,3 @@
 """cvlan.vrouter: the hub router app (controller client + dataplane)."""
 
-__all__ = ["daemon", "identity", "reconcile", "settings"]
+__all__ = ["daemon", "identity", "metrics", "reconcile", "settings"]

@@ -18,11 +18,13 @@ from pydantic import ValidationError
 
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
+from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.settings import invalid_setting
 from cvlan.common.version import add_version_flag
 from cvlan.dataplane.engine import EngineError
 from cvlan.vrouter.daemon import Vrouter
 from cvlan.vrouter.identity import ensure_identity
+from cvlan.vrouter.metrics import VrouterCollector, registry
 from cvlan.vrouter.settings import VrouterSettings
 
 log = logging.getLogger("cvlan.vrouter")
@@ -44,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("auto", "wireguard-go", "boringtun", "kernel"))
     p.add_argument("--listen-port", type=int, help="UDP port of the hub (default: the registered endpoint's)")
     p.add_argument("--long-poll", type=int, dest="long_poll_s", help="seconds a poll may be held (0-60)")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="Prometheus /metrics listener, or off (default 127.0.0.1:9373; if that port is taken, the "
+        "vrouter runs without metrics and says so)",
+    )
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level")
     return p
@@ -51,7 +59,11 @@ def parser() -> argparse.ArgumentParser:
 
 def load_settings(args: argparse.Namespace) -> VrouterSettings:
     names = ("server", "token", "ca_pin", "state_dir", "interface", "engine", "listen_port", "long_poll_s")
-    given = {k: getattr(args, k) for k in (*names, "log_format", "log_level") if getattr(args, k) is not None}
+    given = {
+        k: getattr(args, k)
+        for k in (*names, "log_format", "log_level", "metrics_listen")
+        if getattr(args, k) is not None
+    }
     return VrouterSettings(**given)
 
 
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     cvlog.setup(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
-    except (ControllerCallError, EngineError, OSError) as e:
+    except (ControllerCallError, EngineError, OSError, MetricsListenError) as e:
         print(f"cvlan-vrouter: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -76,6 +88,9 @@ async def serve(settings: VrouterSettings, stop: asyncio.Event | None = None) ->
     """Load or obtain the identity, start the hub interface, and reconcile until stopped."""
     ident = await ensure_identity(settings)
     vr = Vrouter(settings, ident)
+    collector = VrouterCollector(vr)
+    metrics = MetricsListener(registry(collector), collector.refresh)
+    await metrics.start(settings.metrics_listen, required="metrics_listen" in settings.model_fields_set)
     await asyncio.to_thread(vr.start)
     log.info("vrouter running", extra={"relay_region": ident.region, "endpoint": ident.endpoint})
     stop = stop or asyncio.Event()
@@ -85,6 +100,7 @@ async def serve(settings: VrouterSettings, stop: asyncio.Event | None = None) ->
     try:
         await vr.run(stop)
     finally:
+        await metrics.close()
         await asyncio.to_thread(vr.stop)
     return 0
 

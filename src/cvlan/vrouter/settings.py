@@ -26,6 +26,8 @@ class VrouterSettings(InfraSettings):
     """UDP port of the hub. 0: the port of the vrouter's registered endpoint."""
     long_poll_s: int = 25
     """How long the controller may hold a poll open while nothing changes."""
+    metrics_listen: str = "127.0.0.1:9373"
+    """HOST:PORT of the Prometheus /metrics listener, or "off" (docs/METRICS.md)."""
 
     @field_validator("interface")
     @classmethod

@@ -138,7 +138,7 @@ class NodeApi:
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan
-        log.info("node registered", extra={"tenant_id": n.tenant_id, "node_id": n.id})
+        log.info("node registered", extra={"tenant_id": n.tenant_id, "cvlan": c.id, "node_id": n.id})
         return pb.RegisterResponse(
             node_id=n.id,
             node_name=n.name,
@@ -246,7 +246,10 @@ class NodeApi:
     async def answer_renew(self, ident: NodeIdentity, req: pb.RenewRequest) -> pb.RenewResponse:
         async with self._write_lock, self.ctx.tx() as s:
             pem, not_after = await registration.renew(self.ctx, s, self.ca, self.caller(ident), req.csr_pem)
-        log.info("node certificate renewed", extra={"tenant_id": ident.tenant_id, "node_id": ident.node_id})
+        log.info(
+            "node certificate renewed",
+            extra={"tenant_id": ident.tenant_id, "cvlan": ident.cvlan_id, "node_id": ident.node_id},
+        )
         return pb.RenewResponse(
             certificate_pem=pem, certificate_not_after=int(not_after.timestamp()), ca_pem=self.ca_pem
         )
