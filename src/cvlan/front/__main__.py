@@ -50,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
         "--backend-conns", type=int, default=16, help="connections to the controller per worker (default 16)"
     )
     p.add_argument(
+        "--no-park",
+        action="store_true",
+        help="forward long-polls for the controller to hold (one backend connection each while they "
+        "wait) instead of holding them here; for a controller without the event stream",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=float,
         default=300.0,
@@ -118,7 +124,7 @@ def limits(args: argparse.Namespace, max_conns: int) -> Limits:
 
 async def serve(args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int) -> None:
     pool = BackendPool(args.backend, size=args.backend_conns)
-    front = Front(ctx, pool, limits(args, max_conns))
+    front = Front(ctx, pool, limits(args, max_conns), park=not args.no_park)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(front, host, port, reuse_port=True, backlog=4096)
     front.start()
