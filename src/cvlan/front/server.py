@@ -145,8 +145,9 @@ class Front:
     ) -> None:
         self.ctx = ctx
         self.pool = pool
-        self.parking: Parking | None = Parking(pool.path) if park else None
-        """Long-polls held here (park.py); None: forwarded and held by the controller."""
+        self.park = park
+        self.parking: Parking | None = None
+        """Long-polls held here (park.py), from start() on if `park`; None: the controller holds them."""
         self.limits = limits or Limits()
         self.conns: set[FrontConn] = set()
         self.uncertified: dict[FrontConn, None] = {}
@@ -164,7 +165,8 @@ class Front:
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        if self.parking is not None:
+        if self.park:
+            self.parking = Parking(self.pool.path)
             self.parking.start()
 
     def admit(self, conn: FrontConn, source: str) -> bool:
