@@ -98,6 +98,8 @@ class RunConfig:
     so a backlog left by the step before does not count against it."""
     renew_after_s: float = 0.0
     report_every: int = 10
+    long_poll_s: int = 30
+    """Nodes long-poll as cvlan-ctrl does, for this long; 0: plain polling every poll interval."""
     reg_timeout_s: float = 3600.0
     provision_concurrency: int = 16
     quiet: bool = False
@@ -661,6 +663,7 @@ async def _drive(
             jitter=cfg.jitter,
             report_every=cfg.report_every,
             renew_after_s=cfg.renew_after_s,
+            long_poll_s=cfg.long_poll_s,
             local_ips=ips,
             reg_conns=max(1, cfg.reg_concurrency // w),
         )
