@@ -7,11 +7,12 @@ from a change to every waiting member answered. Variants, one after the other in
               the controller holds every long-poll, as before parking -- what it costs when the pool
               is large enough (with the default 16 connections it does not work at all)
 
-N nodes of one CVLAN register, each opens its own mutual-TLS connection through the front and polls
-once (full map), then all send a 50 s long-poll at once. Resident memory of the front and the
-controller is read with every connection idle, then with every long-poll waiting; the difference per
-node is what a waiting long-poll costs. Then one more node joins (a change to the CVLAN) and the time
-from the join's answer to the last waiting member's new map is taken. Plain polling, for comparison,
+N nodes register in CVLANs of --cvlan-size members (0: all in one), each opens its own mutual-TLS
+connection through the front and polls once (full map), then all send a 50 s long-poll at once.
+Resident memory of the front and the controller is read with every connection idle, then with every
+long-poll waiting; the difference per node is what a waiting long-poll costs. Then one more node
+joins the first CVLAN (a change to it) and the time from the join's answer to the last of that
+CVLAN's waiting members having its new map is taken; the members of other CVLANs must still wait. Plain polling, for comparison,
 is not run: a change reaches the last member after up to one poll interval (30 s, +-10 % jitter).
 
   .venv/bin/python bench/front/bench_front_longpoll.py [--nodes 2000] [--out DIR]
@@ -70,15 +71,15 @@ async def answer(r: asyncio.StreamReader) -> pb.PollResponse:
     return wire.decode(pb.PollResponse, await r.readexactly(length))
 
 
-async def register(url: str, ca_pem: str, token: str, n: int, tmp: Path) -> list[Path]:
-    """n nodes; the path of each one's certificate and key (PEM)."""
+async def register(url: str, ca_pem: str, tokens: list[str], size: int, n: int, tmp: Path) -> list[Path]:
+    """n nodes, `size` per token's CVLAN; the path of each one's certificate and key (PEM)."""
     sem = asyncio.Semaphore(16)
     client = NodeApiClient(url, ca_pem)
 
     async def one(i: int) -> Path:
         key_pem, csr = tls.new_key_and_csr()
         async with sem:
-            reg = await client.register(token, os.urandom(32), csr, f"b{i}")
+            reg = await client.register(tokens[i // size], os.urandom(32), csr, f"b{i}")
         p = tmp / f"n{i}.pem"
         p.write_text(reg.certificate_pem + key_pem)
         return p
@@ -106,7 +107,7 @@ def start_front(tmp: Path, data: Path, sock: Path, *flags: str) -> tuple[subproc
 
 
 async def variant(
-    name: str, ctl: Any, sock: Path, tmp: Path, certs: list[Path], token: str
+    name: str, ctl: Any, sock: Path, tmp: Path, certs: list[Path], token: str, size: int
 ) -> dict[str, Any]:
     n = len(certs)
     flags = ["--no-park", "--backend-conns", str(n + 16)] if name == "held" else []
@@ -119,13 +120,13 @@ async def variant(
             ctx.check_hostname = False
             ctx.load_cert_chain(str(c))
             conns.append(await asyncio.open_connection("127.0.0.1", port, ssl=ctx))
-        version = 0
+        versions = []
         for r, w in conns:
             w.write(poll_request(0, 0))
-            version = (await answer(r)).map_version
+            versions.append((await answer(r)).map_version)
         await asyncio.sleep(2.0)
         idle = (rss_mb(front.pid), rss_mb(ctl.proc.pid))
-        waits = [asyncio.create_task(_long_poll(r, w, version)) for r, w in conns]
+        waits = [asyncio.create_task(_long_poll(r, w, v)) for (r, w), v in zip(conns, versions, strict=True)]
         await asyncio.sleep(5.0)  # every long-poll reached the front, and the controller
         assert not any(t.done() for t in waits)
         waiting = (rss_mb(front.pid), rss_mb(ctl.proc.pid))
@@ -136,14 +137,18 @@ async def variant(
         finally:
             await client.close()
         t0 = time.monotonic()
-        done = await asyncio.wait_for(asyncio.gather(*waits), 60)
+        done = await asyncio.wait_for(asyncio.gather(*waits[:size]), 60)
         times = sorted(t - t0 for t, _ in done)
-        assert all(not a.unchanged and a.map_version != version for _, a in done)
+        assert all(not a.unchanged and a.map_version != versions[0] for _, a in done)
+        assert not any(t.done() for t in waits[size:]), "a member of another CVLAN was answered"
+        for t in waits[size:]:
+            t.cancel()
         for _, w in conns:
             w.close()
         return {
             "variant": name,
             "nodes": n,
+            "cvlan_size": size,
             "front_rss_mb": {"idle": idle[0], "waiting": waiting[0]},
             "controller_rss_mb": {"idle": idle[1], "waiting": waiting[1]},
             "front_kb_per_waiting_poll": round((waiting[0] - idle[0]) * 1024 / n, 2),
@@ -175,11 +180,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         api = Client(ctl.url, ctl.token, ctl.ca_pem)
         api.call("POST", "/api/v1/tenants", {"name": "bench"})
-        api.call("POST", "/api/v1/tenants/bench/cvlans", {"name": "lan"})
-        tok = api.call("POST", "/api/v1/tenants/bench/tokens", {"cvlan": "lan", "reusable": True})
-        token = str(tok["token"])
-        certs = await register(ctl.url, ctl.ca_pem, token, args.nodes, tmp)
-        out = [await variant(v, ctl, sock, tmp, certs, token) for v in ("parked", "held")]
+        size = args.cvlan_size or args.nodes
+        tokens = []
+        for k in range(-(-args.nodes // size)):
+            api.call("POST", "/api/v1/tenants/bench/cvlans", {"name": f"c{k}"})
+            tok = api.call("POST", "/api/v1/tenants/bench/tokens", {"cvlan": f"c{k}", "reusable": True})
+            tokens.append(str(tok["token"]))
+        certs = await register(ctl.url, ctl.ca_pem, tokens, size, args.nodes, tmp)
+        out = [await variant(v, ctl, sock, tmp, certs, tokens[0], size) for v in ("parked", "held")]
     finally:
         ctl.stop()
     return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(), "runs": out}
@@ -188,11 +196,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=2000)
+    p.add_argument("--cvlan-size", type=int, default=10, help="members per CVLAN (0: all in one)")
     p.add_argument("--out", type=Path, default=Path("bench/results") / f"front-longpoll-{dt.date.today()}")
     args = p.parse_args()
     res = asyncio.run(main_async(args))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    name = "results.json" if args.cvlan_size else "results-one-cvlan.json"
+    (args.out / name).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 
 

@@ -61,9 +61,9 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     # steps the rate once down and once up, each after settling.
     knee = ["--steady-settle", "3", "--knee-rates", "20,60", "--knee-step", "5", "--knee-settle", "6"]
     knee = knee if front == "haproxy" else []
-    # Long-polls of 3 s: the 15 s steady state sees waits end "unchanged"; HAProxy's run steps the
+    # Long-polls of 5 s: the 15 s steady state sees waits end "unchanged"; HAProxy's run steps the
     # rate of plain polls.
-    mode = ["--poll-mode", "plain"] if front == "haproxy" else ["--long-poll", "3"]
+    mode = ["--poll-mode", "plain"] if front == "haproxy" else ["--long-poll", "5"]
     r = _run(
         [
             "run",

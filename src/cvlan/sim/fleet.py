@@ -489,16 +489,10 @@ class Fleet:
             if not node.req:
                 # Endpoints in documentation space: nobody dials them; the controller only stores them.
                 ep = f"198.51.100.{node.idx % 250 + 1}:{41641 + node.idx % 20000}"
-                req = pb.PollRequest(
-                    capability_version=nodeproto.CAPABILITY_VERSION,
-                    map_version=node.map_version,
-                    long_poll_s=self.cfg.long_poll_s,
-                    endpoints=[ep],
-                    home_relay_region="",
-                    health=pb.HealthSummary(
-                        peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
-                    ),
+                health = pb.HealthSummary(
+                    peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
                 )
+                req = nodeproto.poll_request(node.map_version, [ep], health, "", self.cfg.long_poll_s)
                 node.req = build_request("POST", "/v1/poll", self._host, req.SerializeToString(), CT)
             return node.req
         if op == "report":
@@ -508,9 +502,7 @@ class Fleet:
             )
             return build_request("POST", "/v1/report", self._host, rep.SerializeToString(), CT)
         assert node.tls_key is not None
-        ren = pb.RenewRequest(
-            capability_version=nodeproto.CAPABILITY_VERSION, csr_pem=csr_for(node.tls_key, node.name)
-        )
+        ren = nodeproto.renew_request(csr_for(node.tls_key, node.name))
         return build_request("POST", "/v1/renew", self._host, ren.SerializeToString(), CT)
 
     def _done(self, node: SimNode, op: str, due: float, status: int, body: bytes, err: str) -> bool:
