@@ -50,21 +50,23 @@ class Stack:
     url: str
     """The front's."""
     data: Path
+    procs: list[subprocess.Popen[bytes]]
+    """The controller's, then the front's (stopped in reverse)."""
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     data, sock = tmp_path / "ctl", tmp_path / "ctl.sock"
-    ctl = proxysocket.serve(data, sock)
-    front: subprocess.Popen[bytes] | None = None
+    procs = [proxysocket.serve(data, sock)]
     try:
-        conf = await proxysocket.wait_ready(ctl, data, sock)
+        conf = await proxysocket.wait_ready(procs[0], data, sock)
         token, _ = await proxysocket.enrol(conf, "n0")
         front, port = await _front(tmp_path, data, sock)
-        yield Stack(conf, token, f"https://127.0.0.1:{port}", data)
+        procs.append(front)
+        yield Stack(conf, token, f"https://127.0.0.1:{port}", data, procs)
     finally:
-        for p in (front, ctl):
-            if p is not None and p.poll() is None:
+        for p in reversed(procs):
+            if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 try:
                     p.wait(20)
@@ -220,4 +222,32 @@ async def test_a_change_reaches_every_waiting_node_and_nobody_waits_behind_them(
         assert r.unchanged and r.map_version == new
     finally:
         for n in everyone:
+            await n.client.close()
+
+
+async def test_parked_polls_get_current_answers_after_the_controller_restarts(stack: Stack) -> None:
+    # The front's event stream ends with the controller; what it parked stays parked, and is asked
+    # again when the stream is back: the restarted controller's maps have new versions.
+    nodes = [await _node(stack, f"r{i}") for i in range(3)]
+    try:
+        version = (await _poll(nodes[-1], 0)).map_version
+        for n in nodes:
+            assert (await _poll(n, 0)).map_version == version
+        before = await _fast_polls(stack.conf)
+        waiting = [asyncio.create_task(_poll(n, version, LONG_POLL_S)) for n in nodes]
+
+        async def all_asked() -> bool:
+            return await _fast_polls(stack.conf) >= before + len(nodes)
+
+        await _until(all_asked, "every long-poll reached the controller")
+        ctl = stack.procs[0]
+        ctl.send_signal(signal.SIGTERM)
+        assert ctl.wait(30) == 0
+        assert not any(t.done() for t in waiting)
+        stack.procs[0] = proxysocket.serve(stack.data, stack.data.parent / "ctl.sock")
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 40)  # before the 50 s waits end
+        for n, r in zip(nodes, answers, strict=True):
+            assert not r.unchanged and r.map_version != version and r.map.self.node_id == n.node_id
+    finally:
+        for n in nodes:
             await n.client.close()
