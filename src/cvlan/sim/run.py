@@ -443,7 +443,9 @@ async def _start_stack(
         ctl.data_dir / "server.key",
         conf.ca_pem,
         maxconn=size.per_proc,
-        backend_conns=size.backend_conns,
+        # HAProxy holds a long-poll with a connection to the controller for as long as it waits:
+        # one for each node it holds, or the waits starve every other request (docs/FRONT.md).
+        backend_conns=size.backend_conns + (size.per_proc if cfg.long_poll_s else 0),
         client_timeout=size.idle_timeout,
     )
     procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(size.procs)]
