@@ -50,6 +50,7 @@ frontend nodes
     maxconn {maxconn}
     # Never trust a client's own X-Client-Cert: only the one set here from the verified handshake.
     http-request del-header X-Client-Cert
+    http-request del-header X-Cvlan-Park
     http-request set-header X-Client-Cert "{cert_fmt}" if {{ ssl_c_used }}
     default_backend controller
 
