@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from cvlan.front.backend import BackendPool
 from cvlan.front.park import EventStream, Parking, parked_answer
 
 
@@ -116,3 +118,28 @@ def test_the_event_stream_is_read_line_by_line_in_any_pieces() -> None:
         s.data_received(data[i : i + 1])
     assert p.ready and p.latest == {4: 1, 9: 2}
     assert c.forwarded == 1  # at ready (parked before it); nothing parked under 9 after that
+
+
+def test_woken_polls_queue_behind_every_other_request() -> None:
+    # A CVLAN of thousands woken at once: its polls go to the controller when nothing else waits, so
+    # an unrelated request waits for at most the one in progress, not for all of them.
+    pool = BackendPool(Path("/nonexistent"), size=0)  # no connection of its own opens
+    sent: list[bytes] = []
+
+    class Conn:
+        def start(self, request: bytes, no_body: bool, done: object) -> None:
+            sent.append(request)
+
+    for i in range(3):
+        pool.submit(b"woken-%d" % i, False, lambda *_: None, later=True)
+    pool.submit(b"discover", False, lambda *_: None)
+    conn = Conn()
+    for _ in range(4):
+        pool.release(conn)  # type: ignore[arg-type]
+    assert sent == [b"discover", b"woken-0", b"woken-1", b"woken-2"]
+    # and both queues are answered 502 when they waited too long
+    answered: list[object] = []
+    pool.submit(b"a", False, lambda r, k: answered.append(r), later=True)
+    pool.submit(b"b", False, lambda r, k: answered.append(r))
+    pool.sweep(time.monotonic() + pool.queue_timeout + 1)
+    assert answered == [None, None]

@@ -604,7 +604,8 @@ class FrontConn(asyncio.Protocol):
         head = REFORWARD_HEAD % len(body)
         cert = b"X-Client-Cert: " + escaped_pem(self.cert) + b"\r\n"
         self.poll_gen = parking.gen
-        self.front.pool.submit(head + cert + b"X-Cvlan-Park: 1\r\n\r\n" + body, False, self._answered)
+        request = head + cert + b"X-Cvlan-Park: 1\r\n\r\n" + body
+        self.front.pool.submit(request, False, self._answered, later=True)
 
     def park_expired(self) -> None:
         """The parked poll's wait is over: answer it "unchanged" as the controller would have."""
