@@ -103,8 +103,12 @@ class Backend:
                     length = int(headers.get("content-length", "0"))
                     if len(self.buf) < end + 4 + length:
                         return
-                    backend.requests.append(self.buf[: end + 4 + length])
-                    self.buf = self.buf[end + 4 + length :]
+                    request, self.buf = self.buf[: end + 4 + length], self.buf[end + 4 + length :]
+                    if request.startswith(b"GET /v1/front/events "):
+                        # a controller without the event stream: the front keeps asking, now and then
+                        self.t.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        continue
+                    backend.requests.append(request)
                     body = b"a" * int(headers.get("x-answer-bytes", "5"))
                     self.t.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
 
@@ -246,6 +250,7 @@ def test_requests_carry_the_verified_node_certificate(front: Running) -> None:
 
 def test_a_header_the_client_made_up_is_not_forwarded(front: Running) -> None:
     forged = "X-Client-Cert: -----BEGIN%20CERTIFICATE-----%0AMIIforged%0A-----END%20CERTIFICATE-----%0A"
+    forged += "\nX-Cvlan-Park: 1"  # only the front parks polls (docs/FRONT.md, "Long-polls")
     with front.client(None) as s:  # registration comes without a certificate
         assert _request(s, f"POST /v1/register HTTP/1.1\nhost: c\n{forged}\ncontent-length: 0\n")[0] == 200
     cert_path = _node_cert(front.ca, front.d, "node-2")
@@ -254,6 +259,8 @@ def test_a_header_the_client_made_up_is_not_forwarded(front: Running) -> None:
     without, with_cert = front.backend.requests
     assert _forwarded_cert(without) is None
     assert _forwarded_cert(with_cert) == x509.load_pem_x509_certificate(cert_path.read_bytes())
+    parks = [r.split(b"\r\n\r\n")[0].lower().count(b"\r\nx-cvlan-park:") for r in (without, with_cert)]
+    assert parks == [0, 1]  # the front's own on the poll, none from the client
 
 
 def test_certificate_of_another_ca_and_tls12_are_refused(front: Running, tmp_path: Path) -> None:

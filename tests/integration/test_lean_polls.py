@@ -387,3 +387,33 @@ async def test_switched_off_the_web_stack_serves_polls(tmp_path: Path) -> None:
         assert await ctl.metric(FAST_POLLS) == 0
     finally:
         _stop(ctl)
+
+
+async def test_a_parking_fronts_poll_is_answered_at_once_and_its_stream_tells_the_wake(ctl: Ctl) -> None:
+    # cvlan-front's side of the socket (docs/FRONT.md, "Long-polls"): its event stream, then a poll
+    # that would wait, marked X-Cvlan-Park: answered "unchanged" at once with what it waits for.
+    er, ew = await asyncio.open_unix_connection(str(ctl.sock))
+    r, w = await asyncio.open_unix_connection(str(ctl.sock))
+    try:
+        ew.write(b"GET /v1/front/events HTTP/1.1\r\nhost: front\r\n\r\n")
+        assert (await asyncio.wait_for(er.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200 ")
+        assert await asyncio.wait_for(er.readline(), 10) == b"ready\n"
+        w.write(poll_bytes(ctl.cert, poll_req()))
+        version = wire.decode(pb.PollResponse, (await read_response(r))[2]).map_version
+        w.write(poll_bytes(ctl.cert, poll_req(version, 30), extra=b"x-cvlan-park: 1\r\n"))
+        status, headers, body = await read_response(r)  # within 10 s: not held for 30
+        assert status == 200 and wire.decode(pb.PollResponse, body).unchanged
+        cid, wakes, wait = (int(x) for x in headers["x-cvlan-parked"].split())
+        assert wait == 30
+        # A change to the CVLAN: one line on the stream, with a higher wake count.
+        await ctl.register("n2")
+        line = await asyncio.wait_for(er.readline(), 10)
+        got_cid, got_wakes = (int(x) for x in line.split())
+        assert got_cid == cid and got_wakes > wakes
+        # Asked again, the poll gets the new map.
+        w.write(poll_bytes(ctl.cert, poll_req(version, 30), extra=b"x-cvlan-park: 1\r\n"))
+        status, headers, body = await read_response(r)
+        assert not wire.decode(pb.PollResponse, body).unchanged and "x-cvlan-parked" not in headers
+    finally:
+        w.close()
+        ew.close()

@@ -475,3 +475,17 @@ async def test_moved_node_gets_its_new_cvlan_and_old_peers_lose_it(controller: R
     assert r.map.self.cvlan_name == "lab" and r.map.self.address == f"{moved['address']}/32"
     await a.client.close()
     await b.client.close()
+
+
+async def test_plain_polling_setting_is_advertised_and_holds_no_poll(db_url: str, tmp_path: Path) -> None:
+    # max_long_poll_s = 0: nodes are told to poll plainly, and a long-poll is answered at once.
+    rc = await RunningController(tmp_path / "d", db_url, max_long_poll_s=0).start()
+    try:
+        a = await enrol(rc, await make_token(rc))
+        assert (await a.client.discover()).max_long_poll_s == 0
+        held = (await a.client.poll(0)).map_version
+        got = await asyncio.wait_for(a.client.poll(held, long_poll_s=30), 10)  # not held 30 s
+        assert got.unchanged and got.map_version == held
+        await a.client.close()
+    finally:
+        await rc.stop()

@@ -1,8 +1,9 @@
 """A small load run end to end: `cvlan-sim run` on a real PostgreSQL and controller, then `report`.
 
-About 1,000 simulated nodes register with tokens, hold mutual-TLS keep-alive connections, poll,
-report and renew. Asserts correctness only (every node registered, every poll answered, no
-errors), never timing: performance is measured by the benchmark runs, not by tests."""
+About 1,000 simulated nodes register with tokens, hold mutual-TLS keep-alive connections, long-poll
+as cvlan-ctrl does (plain polling through HAProxy, whose run steps the poll rate), report and renew.
+Asserts correctness only (every node registered, every poll answered, every change reached every
+member, no errors), never timing: performance is measured by the benchmark runs, not by tests."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     # steps the rate once down and once up, each after settling.
     knee = ["--steady-settle", "3", "--knee-rates", "20,60", "--knee-step", "5", "--knee-settle", "6"]
     knee = knee if front == "haproxy" else []
+    # Long-polls of 5 s: the 15 s steady state sees waits end "unchanged"; HAProxy's run steps the
+    # rate of plain polls.
+    mode = ["--poll-mode", "plain"] if front == "haproxy" else ["--long-poll", "5"]
     r = _run(
         [
             "run",
@@ -76,6 +80,7 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
             "--results", str(results),
             "--quiet",
             *knee,
+            *mode,
         ],
         timeout=380,
     )  # fmt: skip
@@ -101,6 +106,8 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     assert ok["poll"] >= 2 * nodes
     assert phases["steady"]["ok"].get("poll_unchanged", 0) > 0
     assert ok.get("renew", 0) >= 1 and ok.get("report", 0) >= 1
+    # Every change reached every member: at the end each node holds its CVLAN's map, all its peers.
+    assert ok["map_current"] == nodes
     # Every component was sampled.
     comps = set(data["timeline"][-3]["procs"])
     assert {"controller", "postgresql", "simulator"} <= comps

@@ -33,11 +33,19 @@ class FakeCvland:
 
 
 class FakeController:
-    def __init__(self) -> None:
+    def __init__(self, max_long_poll_s: int = 60) -> None:
         self.reported: list[list[str]] = []
+        self.long_polls: list[int] = []
+        self.max_long_poll_s = max_long_poll_s
 
-    async def poll(self, map_version: int, endpoints: list[str], *_: object, **__: object) -> pb.PollResponse:
+    async def discover(self) -> pb.DiscoverResponse:
+        return pb.DiscoverResponse(max_long_poll_s=self.max_long_poll_s, poll_interval_s=30)
+
+    async def poll(
+        self, map_version: int, endpoints: list[str], *_: object, long_poll_s: int = 0
+    ) -> pb.PollResponse:
         self.reported.append(list(endpoints))
+        self.long_polls.append(long_poll_s)
         if map_version == 7:
             return pb.PollResponse(map_version=7, unchanged=True, poll_interval_s=30)
         m = pb.NetworkMap(version=7, self=pb.SelfNode(node_id=5, name="me", address="100.64.0.5/32"))
@@ -109,3 +117,19 @@ async def test_metrics_count_polls_maps_and_errors_by_reason(tmp_path: Path) -> 
         "cvlan_ctrl_applied_version 7.0",
     ):
         assert series in text, f"{series} not in\n{text}"
+
+
+async def test_a_controller_that_wants_plain_polling_gets_it(tmp_path: Path) -> None:
+    # The controller's max_long_poll_s is 0 (discover): the agent asks for no long-poll and waits its
+    # poll interval between polls, instead of asking again at once.
+    agent = Agent(Options(None, None, None, tmp_path, tmp_path / "sock", listen_port=51820, long_poll_s=30))
+    cvland, ctl = FakeCvland(), FakeController(max_long_poll_s=0)
+    agent.ipc, agent.client, agent.ident = cvland, ctl, IDENT  # type: ignore[assignment]
+    agent._renew_if_due = _noop  # type: ignore[method-assign]
+    agent.held = 7
+    assert await agent._step(Backoff(cap=1.0)) >= 27
+    assert ctl.long_polls == [0]
+    # one that holds polls: the agent's own 30 s, at most the controller's limit
+    ctl.max_long_poll_s, agent.discovered = 20, False
+    assert await agent._step(Backoff(cap=1.0)) == 0.0
+    assert ctl.long_polls == [0, 20]

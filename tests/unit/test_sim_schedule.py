@@ -6,11 +6,11 @@ import asyncio
 import os
 import time
 
-from cvlan.sim.fleet import RECONNECT_BASE_S, RECONNECT_CAP_S, Fleet, FleetConfig
+from cvlan.sim.fleet import RECONNECT_BASE_S, RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig
 
 
-def _fleet(loop: asyncio.AbstractEventLoop, n: int) -> Fleet:
-    """A fleet that never connects: only its scheduling is exercised."""
+def _fleet(loop: asyncio.AbstractEventLoop, n: int, long_poll_s: int = 0) -> Fleet:
+    """A fleet that never connects: only its scheduling is exercised (plain polling unless asked)."""
     cfg = FleetConfig(
         host="127.0.0.1",
         port=1,
@@ -21,6 +21,7 @@ def _fleet(loop: asyncio.AbstractEventLoop, n: int) -> Fleet:
         index_step=1,
         reg_rate=1.0,
         t0_wall=time.time(),
+        long_poll_s=long_poll_s,
     )
     fleet = Fleet(cfg, loop)
     os.rmdir(fleet._tmp)  # its scratch directory for certificates is not needed here
@@ -86,5 +87,29 @@ def test_reconnect_backoff_grows_with_failures_and_is_capped() -> None:
         assert max(fifth) <= RECONNECT_BASE_S * 16 and sum(fifth) / 500 > 4 * sum(first) / 500
         assert max(late) <= RECONNECT_CAP_S and max(late) > RECONNECT_CAP_S / 2
         assert min(late) < RECONNECT_CAP_S / 2  # full jitter: some retry well before the cap
+    finally:
+        loop.close()
+
+
+def test_a_long_poll_follows_its_answer_and_a_failed_one_backs_off_as_the_agent() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 1, long_poll_s=30)
+        node = fleet.nodes[0]
+        # answered: the next long-poll goes out at once, with no timer
+        fleet._next_long_poll(node, True)
+        assert node.timer is None and node.poll_failures == 0
+        # failed, again and again: cvlan-ctrl's backoff, from 0.5 s doubling to the 30 s cap, each
+        # delay between half and all of it (jitter), and it starts over after a success
+        for k in range(9):
+            fleet._next_long_poll(node, False)
+            assert node.timer is not None
+            d = min(RECONNECT_CAP_S, RETRY_BASE_S * 2**k)
+            assert d / 2 - 0.01 <= node.timer.when() - loop.time() <= d + 0.01
+            node.timer.cancel()
+        fleet._next_long_poll(node, True)
+        assert node.poll_failures == 0
+        # a long-polling fleet keeps no interval schedule to respread
+        assert fleet.respread(5.0, 30.0) == 0
     finally:
         loop.close()

@@ -98,6 +98,11 @@ class Agent:
         self.ipc_error = ""
         self.polls = 0
         self.metrics = AgentMetrics()
+        self.long_poll_s = opts.long_poll_s
+        """What is asked for: --long-poll, at most the controller's max_long_poll_s (0: plain polling)."""
+        self.discovered = False
+        """The controller's long-poll setting is known; read again after a failed round (it may have
+        restarted with another)."""
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -250,6 +255,8 @@ class Agent:
         assert self.ident is not None and self.client is not None
         try:
             await self._renew_if_due()
+            if not self.discovered:
+                await self._discover()
             await self._read_status()
             if await self._push():
                 # The state may have set the listen port (cvland reports no local endpoints until
@@ -261,11 +268,12 @@ class Agent:
                 reported,
                 self._health(),
                 self.status.home_relay_region if self.status else "",
-                long_poll_s=self.opts.long_poll_s,
+                long_poll_s=self.long_poll_s,
             )
         except ControlError as e:
             self.metrics.polls["error"].inc()
             self.metrics.errors.labels(e.reason or (f"http_{e.status}" if e.status else "retry")).inc()
+            self.discovered = False
             if not e.retryable:
                 raise fatal_for(e, self.ident.server) from e
             delay = backoff.next()
@@ -278,12 +286,20 @@ class Agent:
         if not resp.unchanged:
             self._on_map(resp.map)
             pushed = await self._push()
-        if self.opts.long_poll_s > 0:
+        if self.long_poll_s > 0:
             return 0.0  # the next round reads cvland's status before it polls
         if pushed and await self._endpoints_moved(reported):
             return 0.0
         interval = resp.poll_interval_s or 30
         return interval * random.uniform(0.9, 1.1)
+
+    async def _discover(self) -> None:
+        """Long-poll only as long as the controller holds polls (its max_long_poll_s; 0: it wants plain
+        polling every poll interval, e.g. behind a proxy that cannot hold many waiting requests)."""
+        assert self.client is not None
+        d = await self.client.discover()
+        self.long_poll_s = min(self.opts.long_poll_s, d.max_long_poll_s)
+        self.discovered = True
 
     def _on_map(self, m: pb.NetworkMap) -> None:
         assert self.ident is not None

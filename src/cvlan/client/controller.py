@@ -172,19 +172,11 @@ class NodeApiClient:
         home_relay_region: str = "",
         long_poll_s: int = 0,
     ) -> pb.PollResponse:
-        req = pb.PollRequest(
-            capability_version=wire.CAPABILITY_VERSION,
-            map_version=map_version,
-            endpoints=endpoints or [],
-            home_relay_region=home_relay_region,
-            long_poll_s=long_poll_s,
-        )
-        if health is not None:
-            req.health.CopyFrom(health)
+        req = wire.poll_request(map_version, endpoints, health, home_relay_region, long_poll_s)
         return await self._call("/v1/poll", req, pb.PollResponse, timeout=self.timeout + long_poll_s)
 
     async def renew(self, csr_pem: str) -> pb.RenewResponse:
-        req = pb.RenewRequest(capability_version=wire.CAPABILITY_VERSION, csr_pem=csr_pem)
+        req = wire.renew_request(csr_pem)
         return await self._call("/v1/renew", req, pb.RenewResponse)
 
     async def report(

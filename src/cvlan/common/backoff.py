@@ -15,9 +15,16 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        d = min(self.cap, self.base * (2**self.attempt))
+        d = delay(self.attempt, self.base, self.cap, self._rng)
         self.attempt += 1
-        return self._rng.uniform(d / 2, d)
+        return d
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """The delay before retry number `attempt` (0 first): what Backoff.next draws, for callers that keep
+    only the attempt count (the simulator's 100,000 nodes)."""
+    d = min(cap, base * (2 ** min(attempt, 64)))
+    return rng.uniform(d / 2, d)

@@ -52,6 +52,9 @@ class ControllerSettings(BaseSettings):
     address_quarantine_s: int = 3600
     node_cert_lifetime_s: int = 7 * 86400
     poll_interval_s: int = 30
+    max_long_poll_s: int = Field(default=60, ge=0, le=60)
+    """The longest a poll is held waiting for a change (advertised in discover; nodes ask for 30 s).
+    0: no long-poll, nodes poll every poll_interval_s (plain keep-alive polling)."""
     offline_after_s: int = 90
     max_body_bytes: int = 1 << 20
     liveness_flush_s: float = 1.0

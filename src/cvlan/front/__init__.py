@@ -1,3 +1,3 @@
 """cvlan-front: the node API's TLS front for large fleets (see docs/FRONT.md)."""
 
-__all__ = ["backend", "metrics", "server", "tls13"]
+__all__ = ["backend", "metrics", "park", "server", "tls13"]

@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         "--backend-conns", type=int, default=16, help="connections to the controller per worker (default 16)"
     )
     p.add_argument(
+        "--no-park",
+        action="store_true",
+        help="forward long-polls for the controller to hold (one backend connection each while they "
+        "wait) instead of holding them here; for a controller without the event stream",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=float,
         default=300.0,
@@ -124,7 +130,7 @@ async def serve(
     args: argparse.Namespace, ctx: SSL.Context, host: str, port: int, max_conns: int, worker: int = 0
 ) -> None:
     pool = BackendPool(args.backend, size=args.backend_conns)
-    front = Front(ctx, pool, limits(args, max_conns))
+    front = Front(ctx, pool, limits(args, max_conns), park=not args.no_park)
     metrics = MetricsListener(front.metrics.registry)
     await metrics.start(offset(args.metrics_listen, worker), required=True)
     loop = asyncio.get_running_loop()

@@ -188,7 +188,9 @@ class BackendConn(asyncio.Protocol):
 
 
 class BackendPool:
-    """Up to `size` connections to the controller's proxy socket; requests beyond them queue."""
+    """Up to `size` connections to the controller's proxy socket; requests beyond them queue. Parked
+    long-polls woken together (park.py) queue behind every other request: a CVLAN of thousands that
+    changed delays no one else's request by more than the one in progress."""
 
     def __init__(self, path: Path, size: int = 16, queue_timeout: float = 30.0, timeout: float = 120.0):
         self.path = path
@@ -199,12 +201,14 @@ class BackendPool:
         self.conns: set[BackendConn] = set()
         self.opening = 0
         self.waiting: deque[tuple[float, bytes, bool, Done]] = deque()
+        self.later: deque[tuple[float, bytes, bool, Done]] = deque()
+        """Requests that go when no other waits (woken long-polls)."""
 
-    def submit(self, request: bytes, no_body: bool, done: Done) -> None:
+    def submit(self, request: bytes, no_body: bool, done: Done, later: bool = False) -> None:
         if self.idle:
             self.idle.pop().start(request, no_body, done)
             return
-        self.waiting.append((time.monotonic(), request, no_body, done))
+        (self.later if later else self.waiting).append((time.monotonic(), request, no_body, done))
         if len(self.conns) + self.opening < self.size:
             self.opening += 1
             asyncio.get_running_loop().create_task(self._open())
@@ -218,16 +222,18 @@ class BackendPool:
             self.opening -= 1
             log.warning("cannot reach the controller", extra={"reason": str(e)})
             if not self.conns:  # nothing will free up: answer everyone waiting now
-                while self.waiting:
-                    self.waiting.popleft()[3](None, False)
+                for queue in (self.waiting, self.later):
+                    while queue:
+                        queue.popleft()[3](None, False)
             return
         self.opening -= 1
         self.conns.add(conn)
         self.release(conn)
 
     def release(self, conn: BackendConn) -> None:
-        if self.waiting:
-            _, request, no_body, done = self.waiting.popleft()
+        queue = self.waiting or self.later
+        if queue:
+            _, request, no_body, done = queue.popleft()
             conn.start(request, no_body, done)
         else:
             self.idle.append(conn)
@@ -236,14 +242,15 @@ class BackendPool:
         self.conns.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
-        if self.waiting and len(self.conns) + self.opening < self.size:
+        if (self.waiting or self.later) and len(self.conns) + self.opening < self.size:
             self.opening += 1
             asyncio.get_running_loop().create_task(self._open())
 
     def sweep(self, now: float) -> None:
         """Fail requests that waited in the queue or at the controller too long."""
-        while self.waiting and now - self.waiting[0][0] > self.queue_timeout:
-            self.waiting.popleft()[3](None, False)
+        for queue in (self.waiting, self.later):
+            while queue and now - queue[0][0] > self.queue_timeout:
+                queue.popleft()[3](None, False)
         for c in list(self.conns):
             if c.timed_out(now, self.timeout):
                 c._fail("no answer from the controller in time")

@@ -22,6 +22,7 @@ from OpenSSL import SSL, crypto
 from cvlan.front import tls13
 from cvlan.front.backend import BackendPool
 from cvlan.front.metrics import FrontMetrics, HandshakeFailure, Refusal
+from cvlan.front.park import Parking, parked_answer
 from cvlan.wire import nodeproto as wire
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,13 @@ WRITE_HIGH_WATER = 64 * 1024
 """Answers not yet taken by the client above this: the connection reads nothing more (and forwards
 no further pipelined request) until they drain below a quarter of it."""
 SWEEP_EVERY = 5.0
-STRIPPED = (b"x-client-cert", b"connection", b"keep-alive", b"proxy-connection")
+STRIPPED = (b"x-client-cert", b"x-cvlan-park", b"connection", b"keep-alive", b"proxy-connection")
+POLL_PATH = b"/v1/poll"
+REFORWARD_HEAD = (
+    b"POST /v1/poll HTTP/1.1\r\nHost: cvlan-front\r\nContent-Type: " + wire.CT_PROTO.encode() + b"\r\n"
+    b"Content-Length: %d\r\n"
+)
+"""A parked poll forwarded again: its body, the node's certificate and X-Cvlan-Park follow."""
 NODE_PATHS = frozenset((b"/v1/discover", b"/v1/register", b"/v1/poll", b"/v1/renew", b"/v1/report"))
 """The node API (NODE-PROTOCOL.md, "Calls"): the only paths forwarded; anything else is 404 here."""
 TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -134,9 +141,14 @@ def plain_response(status: int, reason: str, message: str) -> bytes:
 class Front:
     """One process's listener: its TLS context, its connections and its pool to the controller."""
 
-    def __init__(self, ctx: SSL.Context, pool: BackendPool, limits: Limits | None = None) -> None:
+    def __init__(
+        self, ctx: SSL.Context, pool: BackendPool, limits: Limits | None = None, park: bool = True
+    ) -> None:
         self.ctx = ctx
         self.pool = pool
+        self.park = park
+        self.parking: Parking | None = None
+        """Long-polls held here (park.py), from start() on if `park`; None: the controller holds them."""
         self.limits = limits or Limits()
         self.conns: set[FrontConn] = set()
         self.uncertified: dict[FrontConn, None] = {}
@@ -161,6 +173,9 @@ class Front:
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        if self.park:
+            self.parking = Parking(self.pool.path)
+            self.parking.start()
 
     def admit(self, conn: FrontConn, source: str) -> bool:
         """A new connection, not yet certified: False if it must be refused. At the budget for
@@ -215,6 +230,8 @@ class Front:
     async def shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.parking is not None:
+            self.parking.stop()
         for c in list(self.conns):
             c.close(tls13.CLOSE_NOTIFY)
         self.pool.close()
@@ -239,6 +256,11 @@ class FrontConn(asyncio.Protocol):
         "source",
         "paused",
         "ending",
+        "poll_body",
+        "poll_gen",
+        "park_cid",
+        "park_until",
+        "park_answer",
     )
 
     def __init__(self, front: Front) -> None:
@@ -267,6 +289,15 @@ class FrontConn(asyncio.Protocol):
         """The client is not taking its answers: above WRITE_HIGH_WATER unsent."""
         self.ending = False
         """The client sent close_notify: answer what it sent before, then close."""
+        self.poll_body = b""
+        """The body of the poll being answered, forwarded for parking (empty: another request)."""
+        self.poll_gen = 0
+        """The event stream's generation (Parking.gen) when that poll was last forwarded."""
+        self.park_cid = -1
+        """The CVLAN whose wake the parked poll waits for (-1: not parked)."""
+        self.park_until = 0.0
+        self.park_answer = b""
+        """The parked poll's answer when its wait is over ("unchanged", from the controller)."""
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -288,6 +319,7 @@ class FrontConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = STATE_CLOSED
         self._release()
+        self._unpark()
         self.front.conns.discard(self)
         if self.tls is not None:
             self.tls.set_app_data(None)
@@ -306,6 +338,7 @@ class FrontConn(asyncio.Protocol):
         self.state = STATE_CLOSED
         self.last = time.monotonic()  # from now on: when it was closed
         self._release()
+        self._unpark()
         t = self.transport
         if t is not None and not t.is_closing():
             if alert is not None and self.records is not None:
@@ -535,6 +568,11 @@ class FrontConn(asyncio.Protocol):
         self.since = self.last if self.plain else 0.0
         if self.cert:
             kept.append(b"X-Client-Cert: " + escaped_pem(self.cert))
+        parking = self.front.parking
+        self.poll_body = b""
+        if parking is not None and self.cert and parts[0] == b"POST" and parts[1] == POLL_PATH:
+            kept.append(b"X-Cvlan-Park: 1")
+            self.poll_body, self.poll_gen = body, parking.gen
         kept.append(b"\r\n")
         self.state = STATE_FORWARDING
         self.keep = keep
@@ -544,6 +582,9 @@ class FrontConn(asyncio.Protocol):
     def _answered(self, response: bytes | None, keep: bool) -> None:
         if self.state == STATE_CLOSED or self.records is None or self.transport is None:
             return
+        if self.poll_body and response is not None and self._park(response):
+            return
+        self.poll_body = self.park_answer = b""
         if response is None:
             self.front.metrics.bad_gateway.inc()
             response = plain_response(502, "Bad Gateway", "the controller did not answer")
@@ -563,6 +604,41 @@ class FrontConn(asyncio.Protocol):
         self.state = STATE_IDLE
         if not self.paused and (self.plain or self.ending):
             self._next_request()
+
+    # --- parked long-polls (park.py) ------------------------------------------------------------
+
+    def _park(self, response: bytes) -> bool:
+        """Hold the poll here if the controller said it may wait; True if it is held (or forwarded again)."""
+        parking = self.front.parking
+        got = parked_answer(response)
+        if got is None or parking is None:
+            return False
+        self.park_answer, cid, wakes, wait = got
+        if not parking.park(self, cid, wakes, wait):
+            self.reforward()
+        return True
+
+    def reforward(self) -> None:
+        """Forward the parked poll again: the CVLAN changed, or the event stream was (re)established."""
+        parking = self.front.parking
+        if self.state != STATE_FORWARDING or parking is None:
+            return
+        body = self.poll_body
+        head = REFORWARD_HEAD % len(body)
+        cert = b"X-Client-Cert: " + escaped_pem(self.cert) + b"\r\n"
+        self.poll_gen = parking.gen
+        request = head + cert + b"X-Cvlan-Park: 1\r\n\r\n" + body
+        self.front.pool.submit(request, False, self._answered, later=True)
+
+    def park_expired(self) -> None:
+        """The parked poll's wait is over: answer it "unchanged" as the controller would have."""
+        answer = self.park_answer
+        self.poll_body = b""
+        self._answered(answer, True)
+
+    def _unpark(self) -> None:
+        if self.park_cid >= 0 and self.front.parking is not None:
+            self.front.parking.unpark(self)
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         assert self.records is not None and self.transport is not None

@@ -106,6 +106,19 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--reg-concurrency", type=_positive_int, default=16, help="registrations in flight (default 16)"
     )
+    r.add_argument(
+        "--poll-mode",
+        choices=("long", "plain"),
+        default="long",
+        help="long: poll as cvlan-ctrl does, a long-poll asked again as soon as it is answered (default); "
+        "plain: a poll every --poll-interval, the request rate set by the interval",
+    )
+    r.add_argument(
+        "--long-poll",
+        type=_positive_int,
+        default=30,
+        help="seconds a long-poll asks to be held (default 30, as cvlan-ctrl)",
+    )
     r.add_argument("--jitter", type=float, default=0.1, help="poll interval jitter fraction (default 0.1)")
     r.add_argument("--workers", type=_positive_int, default=1, help="fleet processes (default 1)")
     r.add_argument(
@@ -219,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         steady_settle_s=args.steady_settle,
         knee_settle_s=args.knee_settle,
         renew_after_s=args.renew_after,
+        long_poll_s=args.long_poll if args.poll_mode == "long" else 0,
         report_every=args.report_every,
         reg_timeout_s=args.reg_timeout,
         quiet=args.quiet,

@@ -1,11 +1,15 @@
 """Simulated nodes: what cvlan-ctrl does on the wire, without WireGuard.
 
 Each node generates its own WireGuard key and TLS key, registers with an enrollment token and a CSR,
-then keeps one mutual-TLS keep-alive connection with its certificate and polls on its interval
-with jitter, carrying its endpoints and a health summary; it sends reports and renews its
-certificate at 2/3 of its lifetime. Scheduling is open loop: every request has a scheduled send
-time fixed in advance and its latency is measured from that time, so a slow controller shows up
-as latency instead of silently lowering the request rate."""
+then keeps one mutual-TLS keep-alive connection with its certificate, carrying its endpoints and a
+health summary in every poll; it sends reports and renews its certificate at 2/3 of its lifetime.
+
+By default a node long-polls as cvlan-ctrl does (long_poll_s = 30): it asks again as soon as it has
+an answer, and after a failed poll it waits as cvlan-ctrl's backoff would (exponential, jittered,
+the same formula), so that a fleet thrown off by an overload does not come back all at once. In
+plain mode (long_poll_s = 0) it polls on its interval with jitter; scheduling is then open loop:
+every request has a scheduled send time fixed in advance and its latency is measured from that
+time, so a slow controller shows up as latency instead of silently lowering the request rate."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cvlan.client.tls import NODE_KEY_TYPE
+from cvlan.common import backoff
 from cvlan.common.pki import SigningKey, csr_for, new_key
 from cvlan.sim.httpconn import HttpConn, build_request
 from cvlan.sim.metrics import Interval
@@ -37,6 +42,8 @@ from cvlan.wire.pb import node_pb2 as pb
 CT = nodeproto.CT_PROTO
 RECONNECT_BASE_S = 1.0
 RECONNECT_CAP_S = 30.0
+RETRY_BASE_S = 0.5
+"""A failed poll is retried after cvlan-ctrl's backoff (common.backoff, from this to RECONNECT_CAP_S)."""
 FREEZE_EVERY_S = 10
 
 
@@ -68,6 +75,8 @@ class FleetConfig:
     reg_conns: int = 8
     local_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     max_retries: int = 5
+    long_poll_s: int = 30
+    """Long-poll as cvlan-ctrl does, asking for this many seconds; 0: plain polling on the interval."""
 
 
 class SimNode:
@@ -92,6 +101,8 @@ class SimNode:
         "timer",
         "next_due",
         "failures",
+        "poll_failures",
+        "cvlan_id",
     )
 
     def __init__(self, idx: int, token: str) -> None:
@@ -114,6 +125,9 @@ class SimNode:
         self.next_due = 0.0
         self.failures = 0
         """Consecutive failed connection attempts: the reconnect backoff grows with them."""
+        self.poll_failures = 0
+        self.cvlan_id = 0
+        """Consecutive failed long-polls: the retry backoff grows with them."""
 
     @property
     def name(self) -> str:
@@ -303,6 +317,7 @@ class Fleet:
                 self.iv.ok["register"] += 1
                 self.registered += 1
                 node.node_id = resp.node_id
+                node.cvlan_id = resp.cvlan_id
                 node.tls_key = key
                 self._set_cert(node, resp.certificate_pem, resp.certificate_not_after)
                 node.token = ""
@@ -352,10 +367,13 @@ class Fleet:
         return self.interval() * self.rng.uniform(1 - j, 1 + j)
 
     def _fire(self, node: SimNode, due: float) -> None:
-        """A scheduled poll: queue it on the node and schedule the next one."""
+        """A scheduled poll: queue it on the node and schedule the next one (plain polling; a long-poll
+        is followed by the next when it is answered)."""
         if self.stopping:
             return
-        node.queue.append(("poll", due))
+        long = self.cfg.long_poll_s > 0
+        if not long:
+            node.queue.append(("poll", due))
         node.polls += 1
         # Each node reports at its own phase: nodes whose poll counts run in step (all moved to a
         # new interval at once) must not all report in the same second.
@@ -364,6 +382,10 @@ class Fleet:
         if self._renew_due(node):
             node.renewing = True
             node.queue.append(("renew", due))
+        if long:  # as cvlan-ctrl: renew (and report) first, then the poll that may be held
+            node.queue.append(("poll", due))
+            self._pump(node)
+            return
         nxt = due + self._next_interval()
         node.next_due = nxt
         node.timer = self.loop.call_at(nxt, self._fire, node, nxt)
@@ -376,6 +398,8 @@ class Fleet:
         there). Longer: every next poll is drawn again within the new interval (otherwise they all
         fall within the old, shorter one, and the fleet polls at the old rate, then not at all).
         Returns how many polls were moved."""
+        if self.cfg.long_poll_s:
+            return 0  # long-polls follow one another, not the interval
         now = self.loop.time()
         longer = interval > previous
         moved = 0
@@ -413,15 +437,31 @@ class Fleet:
         data = self._body(node, op)
         self.inflight += 1
         self.iv.ok[f"{op}_sent"] += 1
-        timer = self.loop.call_later(self.cfg.timeout_s, conn.abort, "timeout")
+        held = self.cfg.long_poll_s if op == "poll" else 0  # as cvlan-ctrl: its timeout plus the wait
+        timer = self.loop.call_later(self.cfg.timeout_s + held, conn.abort, "timeout")
 
         def done(status: int, body: bytes, err: str) -> None:
             timer.cancel()
             self.inflight -= 1
-            self._done(node, op, due, status, body, err)
+            ok = self._done(node, op, due, status, body, err)
+            if held:
+                self._next_long_poll(node, ok)
             self._pump(node)
 
         conn.request(data, done)
+
+    def _next_long_poll(self, node: SimNode, ok: bool) -> None:
+        """A long-poll was answered: the next one at once, or after cvlan-ctrl's backoff if it failed."""
+        if ok:
+            node.poll_failures = 0
+            self.loop.call_soon(self._fire_now, node)
+            return
+        wait = backoff.delay(node.poll_failures, RETRY_BASE_S, RECONNECT_CAP_S, self.rng)
+        node.poll_failures += 1
+        node.timer = self.loop.call_later(wait, self._fire_now, node)
+
+    def _fire_now(self, node: SimNode) -> None:
+        self._fire(node, self.loop.time())
 
     def reconnect_delay(self, failures: int) -> float:
         """Exponential backoff with full jitter, as cvlan-ctrl does: a front that drops many
@@ -449,15 +489,10 @@ class Fleet:
             if not node.req:
                 # Endpoints in documentation space: nobody dials them; the controller only stores them.
                 ep = f"198.51.100.{node.idx % 250 + 1}:{41641 + node.idx % 20000}"
-                req = pb.PollRequest(
-                    capability_version=nodeproto.CAPABILITY_VERSION,
-                    map_version=node.map_version,
-                    endpoints=[ep],
-                    home_relay_region="",
-                    health=pb.HealthSummary(
-                        peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
-                    ),
+                health = pb.HealthSummary(
+                    peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
                 )
+                req = nodeproto.poll_request(node.map_version, [ep], health, "", self.cfg.long_poll_s)
                 node.req = build_request("POST", "/v1/poll", self._host, req.SerializeToString(), CT)
             return node.req
         if op == "report":
@@ -467,17 +502,16 @@ class Fleet:
             )
             return build_request("POST", "/v1/report", self._host, rep.SerializeToString(), CT)
         assert node.tls_key is not None
-        ren = pb.RenewRequest(
-            capability_version=nodeproto.CAPABILITY_VERSION, csr_pem=csr_for(node.tls_key, node.name)
-        )
+        ren = nodeproto.renew_request(csr_for(node.tls_key, node.name))
         return build_request("POST", "/v1/renew", self._host, ren.SerializeToString(), CT)
 
-    def _done(self, node: SimNode, op: str, due: float, status: int, body: bytes, err: str) -> None:
+    def _done(self, node: SimNode, op: str, due: float, status: int, body: bytes, err: str) -> bool:
+        """Count an answer; whether it was a good one."""
         if status != 200:
             self._err(_error_kind(op, status, body, err), body.decode(errors="replace"))
             if op == "renew":
                 node.renewing = False
-            return
+            return False
         try:
             if op == "poll":
                 self._poll_answer(node, nodeproto.decode(pb.PollResponse, body))
@@ -487,9 +521,10 @@ class Fleet:
                 node.renewing = False
         except (nodeproto.WireError, ValueError, ssl.SSLError) as e:
             self._err(f"{op}_bad_answer_{type(e).__name__}", str(e))
-            return
+            return False
         self.iv.hist[op].record(self.loop.time() - due)
         self.iv.ok[op] += 1
+        return True
 
     def _poll_answer(self, node: SimNode, r: Any) -> None:
         if r.unchanged:
@@ -506,12 +541,36 @@ class Fleet:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def check_maps(self) -> None:
+        """Every change reached every member: the nodes of a CVLAN hold one version, with as many peers
+        as the most any of them sees (all the other members, when one worker holds the whole fleet).
+        Counted as ok map_current, or as the error map_stale."""
+        groups: dict[int, list[SimNode]] = {}
+        for n in self.nodes:
+            if n.node_id:
+                groups.setdefault(n.cvlan_id, []).append(n)
+        whole = self.cfg.index_step == 1
+        for cid, members in groups.items():
+            versions = [n.map_version for n in members]
+            current = max(set(versions), key=versions.count)
+            peers = len(members) - 1 if whole else max(n.peers for n in members)
+            for n in members:
+                if n.map_version == current and n.peers == peers:
+                    self.iv.ok["map_current"] += 1
+                else:
+                    self._err(
+                        "map_stale",
+                        f"{n.name} in CVLAN {cid} holds version {n.map_version} with {n.peers} peers; "
+                        f"the others hold {current} with {peers}",
+                    )
+
     async def drain(self, timeout: float) -> None:
-        """Stop scheduling; wait for answers in flight, then close every connection."""
+        """Stop scheduling; wait for answers in flight, check the maps, then close every connection."""
         self.stopping = True
         deadline = self.loop.time() + timeout
         while self.inflight and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        self.check_maps()
         for n in self.nodes:
             n.queue.clear()
             if n.conn is not None:

@@ -55,6 +55,8 @@ frontend nodes
     maxconn {maxconn}
     # Never trust a client's own X-Client-Cert: only the one set here from the verified handshake.
     http-request del-header X-Client-Cert
+    # Only a TLS front that parks long-polls itself may ask the controller not to hold one.
+    http-request del-header X-Cvlan-Park
 {set_cert}    default_backend controller
 
 backend controller

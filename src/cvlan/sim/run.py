@@ -99,6 +99,8 @@ class RunConfig:
     so a backlog left by the step before does not count against it."""
     renew_after_s: float = 0.0
     report_every: int = 10
+    long_poll_s: int = 30
+    """Nodes long-poll as cvlan-ctrl does, for this long; 0: plain polling every poll interval."""
     reg_timeout_s: float = 3600.0
     provision_concurrency: int = 16
     quiet: bool = False
@@ -442,7 +444,9 @@ async def _start_stack(
         ctl.data_dir / "server.key",
         conf.ca_pem,
         maxconn=size.per_proc,
-        backend_conns=size.backend_conns,
+        # HAProxy holds a long-poll with a connection to the controller for as long as it waits:
+        # one for each node it holds, or the waits starve every other request (docs/FRONT.md).
+        backend_conns=size.backend_conns + (size.per_proc if cfg.long_poll_s else 0),
         client_timeout=size.idle_timeout,
     )
     procs = [front.start(hcfg, cfg.work_dir / f"haproxy-{i}.log") for i in range(size.procs)]
@@ -662,6 +666,7 @@ async def _drive(
             jitter=cfg.jitter,
             report_every=cfg.report_every,
             renew_after_s=cfg.renew_after_s,
+            long_poll_s=cfg.long_poll_s,
             local_ips=ips,
             reg_conns=max(1, cfg.reg_concurrency // w),
         )

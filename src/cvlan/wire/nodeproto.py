@@ -58,6 +58,30 @@ def encode(msg: Message, content_type: str = CT_PROTO) -> bytes:
     return msg.SerializeToString()
 
 
+def poll_request(
+    map_version: int,
+    endpoints: list[str] | None = None,
+    health: pb.HealthSummary | None = None,
+    home_relay_region: str = "",
+    long_poll_s: int = 0,
+) -> pb.PollRequest:
+    """A node's poll, as cvlan-ctrl and cvlan-sim send it."""
+    req = pb.PollRequest(
+        capability_version=CAPABILITY_VERSION,
+        map_version=map_version,
+        endpoints=endpoints or [],
+        home_relay_region=home_relay_region,
+        long_poll_s=long_poll_s,
+    )
+    if health is not None:
+        req.health.CopyFrom(health)
+    return req
+
+
+def renew_request(csr_pem: str) -> pb.RenewRequest:
+    return pb.RenewRequest(capability_version=CAPABILITY_VERSION, csr_pem=csr_pem)
+
+
 def check_capver(v: int) -> str | None:
     """None if a peer speaking capability version v is served, else the refusal message."""
     if v == 0:

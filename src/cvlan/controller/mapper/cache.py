@@ -121,6 +121,11 @@ class Mapper:
         self._epochs: dict[int, int] = {}
         self._node_cvlan: dict[int, int] = {}
         self._wakers: dict[int, asyncio.Event] = {}
+        self.wakes: dict[int, int] = {}
+        """How many times each CVLAN's long-polls were woken: a poll parked by a front (lean.py) carries
+        the count it was parked at, so that a wake the front heard of first is not missed."""
+        self.wake_listeners: set[Callable[[int, int], None]] = set()
+        """Told (CVLAN id, wake count) at every wake: the fronts' event streams."""
         self.relay_map = pb.RelayMap()
         self._relay_bytes = b""
         self.loads = 0
@@ -159,6 +164,9 @@ class Mapper:
         ev = self._wakers.pop(cid, None)
         if ev is not None:
             ev.set()
+        n = self.wakes[cid] = self.wakes.get(cid, 0) + 1
+        for tell in list(self.wake_listeners):
+            tell(cid, n)
 
     def wake_all(self) -> None:
         for cid in list(self._wakers):

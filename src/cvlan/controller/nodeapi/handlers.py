@@ -109,7 +109,7 @@ class NodeApi:
             ca_fingerprint=self.ca.fingerprint,
             relay_map=self.mapper.relay_map,
             poll_interval_s=self.ctx.settings.poll_interval_s,
-            max_long_poll_s=MAX_LONG_POLL_S,
+            max_long_poll_s=min(MAX_LONG_POLL_S, self.ctx.settings.max_long_poll_s),
             server_version=__version__,
         )
 
@@ -207,8 +207,9 @@ class NodeApi:
                 self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
         health = _health(req) if req.HasField("health") else None
         self.liveness.seen(ident.node_id, req.map_version, health, now)
-        if req.map_version == m.token and req.long_poll_s > 0 and not self.closing:
-            return float(min(req.long_poll_s, MAX_LONG_POLL_S))
+        longest = min(MAX_LONG_POLL_S, self.ctx.settings.max_long_poll_s)
+        if req.map_version == m.token and req.long_poll_s > 0 and longest > 0 and not self.closing:
+            return float(min(req.long_poll_s, longest))
         return 0.0
 
     async def wait_poll(

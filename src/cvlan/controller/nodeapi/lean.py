@@ -28,9 +28,11 @@ from prometheus_client import Counter
 from cvlan.controller.api.framework import dumps, request_id, route_metrics
 from cvlan.controller.audit import request_id_var
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.mapper.cache import CvlanMap, Member
 from cvlan.controller.nodeapi.handlers import NodeApi, encode
 from cvlan.controller.nodeapi.identity import required
 from cvlan.wire import nodeproto as wire
+from cvlan.wire.certid import NodeIdentity
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -110,17 +112,31 @@ ROUTES = {
 POLL = ROUTES[b"POST /v1/poll HTTP/1.1"]
 
 
+EVENTS = b"GET /v1/front/events HTTP/1.1"
+"""A parking front's event stream (docs/FRONT.md, "Long-polls"): one per front worker, on this socket only."""
+PARK = b"x-cvlan-park"
+"""A poll from a front that parks long-polls itself: answered at once, never held here."""
+PARKED = b"X-Cvlan-Parked: %d %d %d\r\n"
+"""On the "unchanged" answer to such a poll that would have waited: the CVLAN id, its wake count and
+the seconds to wait. The front holds the poll until the CVLAN is woken, or answers this after them."""
+STREAM_BACKLOG = 4 * 1024 * 1024
+"""Event lines a front has not read, above which its stream is closed (it then re-forwards what it parks)."""
+
+
 class Head:
     """What a node API request's head says (only the headers this server reads)."""
 
-    __slots__ = ("route", "length", "cert", "rid", "close")
+    __slots__ = ("route", "length", "cert", "rid", "close", "park", "extra")
 
-    def __init__(self, route: Route, length: int, cert: bytes, rid: str, close: bool) -> None:
+    def __init__(self, route: Route, length: int, cert: bytes, rid: str, close: bool, park: bool) -> None:
         self.route = route
         self.length = length
         self.cert = cert
         self.rid = rid
         self.close = close
+        self.park = park
+        self.extra = b""
+        """Header lines added to the answer (PARKED)."""
 
 
 def parse_head(head: bytes) -> Head | None:
@@ -129,7 +145,7 @@ def parse_head(head: bytes) -> Head | None:
     route = ROUTES.get(lines[0])
     if route is None:
         return None
-    length, cert, rid, close = -1, b"", "", False
+    length, cert, rid, close, park = -1, b"", "", False, False
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
@@ -150,6 +166,8 @@ def parse_head(head: bytes) -> Head | None:
         elif name == b"accept":
             if route.request is None and b"json" in value:
                 return None  # discover answers JSON to who asks for it
+        elif name == PARK:
+            park = route is POLL
         elif name == b"x-request-id":
             rid = value.decode("latin-1")
         elif name == b"connection":
@@ -166,7 +184,28 @@ def parse_head(head: bytes) -> Head | None:
         length = 0
     elif length < 0 or length > wire.MAX_REQUEST_BYTES:
         return None
-    return Head(route, length, cert, rid, close)
+    return Head(route, length, cert, rid, close, park)
+
+
+def _poll(
+    api: NodeApi, head: Head, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap, me: Member, now: Any
+) -> Answer | Coroutine[Any, Any, Answer]:
+    """The answer to a poll whose map is loaded, or the wait for it (a long-poll held here). A parking
+    front's poll is never held: it gets the "unchanged" answer with PARKED, and the front holds it."""
+    wait = api.record_poll(ident, req, m, me, now)
+    if not wait:
+        return api.poll_answer(ident, req, m)
+    if head.park:
+        head.extra = PARKED % (m.cvlan_id, api.mapper.wakes.get(m.cvlan_id, 0), int(wait))
+        return api.poll_answer(ident, req, m)
+    return api.wait_poll(ident, req, m, wait)
+
+
+async def _load_poll(api: NodeApi, head: Head, ident: NodeIdentity, req: pb.PollRequest) -> Answer:
+    """A poll whose map is not loaded yet: load it, then as _poll."""
+    m, me = await api.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
+    got = _poll(api, head, ident, req, m, me, None)
+    return await got if isinstance(got, Coroutine) else got
 
 
 class LeanNodeServer:
@@ -198,7 +237,7 @@ class LeanNodeServer:
 class LeanNodeConn(asyncio.Protocol):
     """One connection from the front."""
 
-    __slots__ = ("server", "transport", "remote", "buf", "task", "paused")
+    __slots__ = ("server", "transport", "remote", "buf", "task", "paused", "stream")
 
     def __init__(self, server: LeanNodeServer) -> None:
         self.server = server
@@ -207,6 +246,8 @@ class LeanNodeConn(asyncio.Protocol):
         self.buf = bytearray()
         self.task: asyncio.Task[None] | None = None
         self.paused = False
+        self.stream = False
+        """A front's event stream: what it sends is not read any more."""
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -222,6 +263,8 @@ class LeanNodeConn(asyncio.Protocol):
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.stream:
+            return
         self.buf += data
         if self.task is None:
             self._serve()
@@ -232,6 +275,7 @@ class LeanNodeConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
+        self.server.api.mapper.wake_listeners.discard(self._event)
         self.transport = None
         if self.task is not None:
             self.task.cancel()
@@ -249,7 +293,11 @@ class LeanNodeConn(asyncio.Protocol):
                 if len(self.buf) >= MAX_HEAD:
                     self._hand_over()
                 return
-            head = parse_head(bytes(self.buf[:end]))
+            raw = bytes(self.buf[:end])
+            if raw.partition(b"\r\n")[0] == EVENTS:
+                self._stream()
+                return
+            head = parse_head(raw)
             if head is None:
                 self._hand_over()
                 return
@@ -281,15 +329,14 @@ class LeanNodeConn(asyncio.Protocol):
                 found = api.mapper.cached_for_node(
                     ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id
                 )
-                if found is not None:
-                    m, me = found
-                    wait = api.record_poll(ident, req, m, me, now)
-                    if not wait:
-                        self._answer(head, t0, api.poll_answer(ident, req, m))
+                if found is None:  # the map is not loaded yet
+                    waiting = _load_poll(api, head, ident, req)
+                else:
+                    got = _poll(api, head, ident, req, *found, now)
+                    if not isinstance(got, Coroutine):
+                        self._answer(head, t0, got)
                         return
-                    waiting = api.wait_poll(ident, req, m, wait)
-                else:  # the map is not loaded yet
-                    waiting = answer(api, ident, req)
+                    waiting = got
             else:
                 if route.cert_required:
                     ident = required(ident)  # before the body is decoded, as in the web stack's handlers
@@ -326,7 +373,7 @@ class LeanNodeConn(asyncio.Protocol):
     # --- responses -----------------------------------------------------------------------------
 
     def _answer(self, head: Head, t0: float, answer: Answer) -> None:
-        self._respond(head, t0, 200, CT_PROTO, encode(answer, wire.CT_PROTO, pb.PollResponse))
+        self._respond(head, t0, 200, CT_PROTO, encode(answer, wire.CT_PROTO, pb.PollResponse), head.extra)
 
     def _refuse(self, head: Head, t0: float, e: DomainError) -> None:
         extra = b"Retry-After: 2\r\n" if e.kind == Kind.UNAVAILABLE else b""
@@ -374,6 +421,32 @@ class LeanNodeConn(asyncio.Protocol):
         count.inc()
         latency.observe(time.perf_counter() - t0)
         if close:
+            self.close()
+
+    # --- a front's event stream ----------------------------------------------------------------
+
+    def _stream(self) -> None:
+        """Become a parking front's event stream: after "ready", a line "<CVLAN id> <wake count>" at
+        every wake of a CVLAN's long-polls (Mapper._wake: a change, new endpoints, the relay map),
+        until either side closes it."""
+        assert self.transport is not None
+        self.stream = True
+        self.buf = bytearray()
+        self.server.api.mapper.wake_listeners.add(self._event)
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nready\n"
+        )
+        log.info("a front subscribed to map changes")
+
+    def _event(self, cid: int, wakes: int) -> None:
+        t = self.transport
+        if t is None:
+            return
+        t.write(b"%d %d\n" % (cid, wakes))
+        if t.get_write_buffer_size() > STREAM_BACKLOG:
+            # The front does not read its events: it learns of the loss and asks again for what it holds.
+            log.warning("a front's event stream is not read; closing it")
+            self.server.api.mapper.wake_listeners.discard(self._event)
             self.close()
 
     # --- connection ----------------------------------------------------------------------------
