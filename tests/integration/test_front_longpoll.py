@@ -21,7 +21,7 @@ import pytest
 
 from cvlan.client import tls
 from cvlan.client.controller import NodeApiClient
-from cvlan.sim import adminconf
+from cvlan.common import adminconf
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
@@ -52,18 +52,22 @@ class Stack:
     data: Path
     procs: list[subprocess.Popen[bytes]]
     """The controller's, then the front's (stopped in reverse)."""
+    metrics_url: str
+    """The controller's metrics listener."""
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    data, sock = tmp_path / "ctl", tmp_path / "ctl.sock"
-    procs = [proxysocket.serve(data, sock)]
+    data, sock, mport = tmp_path / "ctl", tmp_path / "ctl.sock", free_port()
+    procs = [proxysocket.serve(data, sock, metrics_port=mport)]
     try:
         conf = await proxysocket.wait_ready(procs[0], data, sock)
         token, _ = await proxysocket.enrol(conf, "n0")
         front, port = await _front(tmp_path, data, sock)
         procs.append(front)
-        yield Stack(conf, token, f"https://127.0.0.1:{port}", data, procs)
+        yield Stack(
+            conf, token, f"https://127.0.0.1:{port}", data, procs, f"http://127.0.0.1:{mport}/metrics"
+        )
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -118,12 +122,9 @@ async def _poll(n: Node, version: int, long_poll_s: int = 0) -> pb.PollResponse:
     return await n.client.poll(version, [], pb.HealthSummary(), "", long_poll_s=long_poll_s)
 
 
-async def _fast_polls(conf: adminconf.AdminConf) -> float:
+async def _fast_polls(st: Stack) -> float:
     """Polls the controller answered (the parked ones included: it answers them at once)."""
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as s,
-        s.get(conf.server + "/metrics") as r,
-    ):
+    async with aiohttp.ClientSession() as s, s.get(st.metrics_url) as r:
         for line in (await r.text()).splitlines():
             if line.startswith('cvlan_proxy_fast_requests_total{route="/v1/poll"} '):
                 return float(line.split()[1])
@@ -181,7 +182,7 @@ async def test_a_change_reaches_every_waiting_node_and_nobody_waits_behind_them(
         version = (await _poll(nodes[0], 0)).map_version
         for n in nodes:
             assert (await _poll(n, 0)).map_version == version  # every member holds the current map
-        before = await _fast_polls(stack.conf)
+        before = await _fast_polls(stack)
         # Two clients that read nothing: one waits in a long-poll; the other pipelines 300 discovers
         # whose answers (about 1 MB) it never takes.
         silent = [
@@ -192,7 +193,7 @@ async def test_a_change_reaches_every_waiting_node_and_nobody_waits_behind_them(
             waiting = [asyncio.create_task(_poll(n, version, LONG_POLL_S)) for n in nodes]
 
             async def all_asked() -> bool:
-                return await _fast_polls(stack.conf) >= before + NODES + 1
+                return await _fast_polls(stack) >= before + NODES + 1
 
             # The controller has answered all of them, and none is answered to its node: they wait
             # at the front, six times as many as it has connections to the controller.
@@ -233,11 +234,11 @@ async def test_parked_polls_get_current_answers_after_the_controller_restarts(st
         version = (await _poll(nodes[-1], 0)).map_version
         for n in nodes:
             assert (await _poll(n, 0)).map_version == version
-        before = await _fast_polls(stack.conf)
+        before = await _fast_polls(stack)
         waiting = [asyncio.create_task(_poll(n, version, LONG_POLL_S)) for n in nodes]
 
         async def all_asked() -> bool:
-            return await _fast_polls(stack.conf) >= before + len(nodes)
+            return await _fast_polls(stack) >= before + len(nodes)
 
         await _until(all_asked, "every long-poll reached the controller")
         ctl = stack.procs[0]
