@@ -17,6 +17,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "update_cvlan": {"name": "renamed"},
     "create_token": {"cvlan": "a-lan"},
     "update_node": {"name": "renamed"},
+    "set_node_tags": {"tags": ["tag:intruder"]},
     "create_user": {"email": "intruder@b.example", "role": "admin"},
     "create_apitoken": {"role": "admin"},
     "set_policy": {"rules": []},

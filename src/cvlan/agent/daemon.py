@@ -96,6 +96,8 @@ class Agent:
         self.status: DeviceStatus | None = None
         self.ipc_error = ""
         self.polls = 0
+        self.disabled = False
+        """The controller refuses this node until an administrator enables it again."""
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -254,6 +256,8 @@ class Agent:
                 long_poll_s=self.opts.long_poll_s,
             )
         except ControlError as e:
+            if e.reason == "disabled":
+                return await self._on_disabled(e, backoff)
             if not e.retryable:
                 raise fatal_for(e, self.ident.server) from e
             delay = backoff.next()
@@ -261,6 +265,9 @@ class Agent:
             return delay
         backoff.reset()
         self.polls += 1
+        if self.disabled:
+            self.disabled = False
+            log.info("the node is enabled again", extra={"node_id": self.ident.node_id})
         pushed = False
         if not resp.unchanged:
             self._on_map(resp.map)
@@ -271,6 +278,23 @@ class Agent:
             return 0.0
         interval = resp.poll_interval_s or 30
         return interval * random.uniform(0.9, 1.1)
+
+    async def _on_disabled(self, e: ControlError, backoff: Backoff) -> float:
+        """The node was disabled: drop every peer (its tunnels are gone on the peers' side anyway) and
+        keep asking, so it comes back with the same identity once enabled. Logged once per change."""
+        assert self.ident is not None
+        delay = backoff.next()
+        if not self.disabled:
+            self.disabled = True
+            msg = e.message.removeprefix("controller refused: ")
+            log.warning(
+                f"{msg}; asking again every {self.opts.backoff_cap_s:g}s at most",
+                extra={"reason": "disabled", "node_id": self.ident.node_id},
+            )
+            self.held = 0
+            self.pending = desired_state(self.ident, pb.NetworkMap(), self.opts.listen_port)
+            await self._push()
+        return delay
 
     def _on_map(self, m: pb.NetworkMap) -> None:
         assert self.ident is not None

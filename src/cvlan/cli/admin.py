@@ -69,7 +69,12 @@ def cvlan_delete(c: Client, ns: argparse.Namespace) -> Any:
 
 
 def token_create(c: Client, ns: argparse.Namespace) -> Any:
-    body: dict[str, Any] = {"cvlan": ns.cvlan, "reusable": ns.reusable, "tags": ns.tag or []}
+    body: dict[str, Any] = {
+        "cvlan": ns.cvlan,
+        "reusable": ns.reusable,
+        "tags": ns.tag or [],
+        "ephemeral": ns.ephemeral,
+    }
     if ns.uses is not None:
         body["uses"] = ns.uses
     if ns.expires:
@@ -111,6 +116,7 @@ NODE_COLS = [
     "endpoints",
     "map_version",
     "cert_not_after",
+    "disabled",
 ]
 
 
@@ -139,6 +145,18 @@ def node_rename(c: Client, ns: argparse.Namespace) -> Any:
 
 def node_move(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("PATCH", _t(ns) + f"/nodes/{_q(ns.node)}", {"cvlan": ns.cvlan})
+
+
+def node_disable(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/disable")
+
+
+def node_enable(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/enable")
+
+
+def node_tag(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/tags", {"tags": ns.tags})
 
 
 def user_create(c: Client, ns: argparse.Namespace) -> Any:
@@ -368,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cvlan", required=True)
     x.add_argument("--reusable", action="store_true", help="allow several nodes to join with it")
     x.add_argument("--uses", type=int, help="maximum number of nodes (implies --reusable when > 1)")
+    x.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="its nodes are removed after being offline for ephemeral_offline_s (CI runners, containers)",
+    )
     x.add_argument("--expires", help="lifetime such as 1h, 24h (default), 7d")
     x.add_argument("--tag", action="append", help="tag for the nodes it enrols (repeatable)")
     leaf(g, "list", token_list, "list enrollment tokens").add_argument("--cvlan")
@@ -386,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     x = leaf(g, "move", node_move, "move a node to another CVLAN of the tenant")
     x.add_argument("node")
     x.add_argument("--cvlan", required=True)
+    leaf(
+        g, "disable", node_disable, "disable a node: refused at once, its peers drop it; keeps its identity"
+    ).add_argument("node")
+    leaf(g, "enable", node_enable, "enable a disabled node again (same id, address and name)").add_argument(
+        "node"
+    )
+    x = leaf(g, "tag", node_tag, "replace a node's tags (admin); no TAG clears them")
+    x.add_argument("node")
+    x.add_argument("tags", nargs="*", metavar="TAG", help="e.g. tag:web (policies follow at once)")
 
     g = group("user", "manage users of a tenant")
     x = leaf(g, "create", user_create, "create a user (a password is generated unless --password-stdin)")

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -140,6 +141,8 @@ class EnrollmentToken(Base):
     max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
     uses: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Nodes it enrols are removed after being offline for ephemeral_offline_s (CI runners, containers)."""
     created_by: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[dt.datetime] = mapped_column(TS)
     expires_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
@@ -157,6 +160,7 @@ class Node(Base):
     address: Mapped[str] = mapped_column(String(43))
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cert_serial: Mapped[str] = mapped_column(String(64), default="")
     cert_not_after: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
     endpoints: Mapped[list[Any]] = mapped_column(JSON, default=list)

@@ -1,4 +1,4 @@
-"""Nodes: creation at registration, listing with status, rename, move, delete."""
+"""Nodes: creation at registration, listing with status, rename, move, disable/enable, tags, delete."""
 
 from __future__ import annotations
 
@@ -13,10 +13,20 @@ from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
+from cvlan.controller.ops.cvlans import check_tags
 
 
 def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
     return n.last_seen is not None and (now - n.last_seen).total_seconds() < offline_after_s
+
+
+def disabled_error(node_id: int) -> DomainError:
+    """What a disabled node's requests get: the agent logs it and keeps asking until enabled."""
+    return DomainError(
+        Kind.FORBIDDEN,
+        f"node {node_id} is disabled by an administrator; it is refused until it is enabled again",
+        {"reason": "disabled"},
+    )
 
 
 def view(n: Node, ctx: OpsContext, cvlan_name: str = "") -> dict[str, Any]:
@@ -36,6 +46,7 @@ def view(n: Node, ctx: OpsContext, cvlan_name: str = "") -> dict[str, Any]:
         "map_version": n.map_version,
         "cert_not_after": n.cert_not_after,
         "disabled": n.disabled,
+        "ephemeral": n.ephemeral,
         "health": n.health,
         "created_at": n.created_at,
     }
@@ -91,6 +102,7 @@ async def create(
         wg_public_key=wg_public_key,
         address=addr,
         tags=list(token.tags or []),
+        ephemeral=token.ephemeral,
         os_info=os_info[:200],
         token_id=token.id,
         created_at=now,
@@ -194,6 +206,46 @@ async def move(
     bump(s, src)
     bump(s, dst)
     audit.record(s, who, "node.move", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
+    return n
+
+
+async def set_disabled(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, disabled: bool
+) -> Node:
+    """Disable a node (refused from its next request, dropped from its peers' maps at once) or
+    enable it again with the same id, address, name and keys. Setting the current state is a no-op."""
+    who.require(tenant.id, Level.OPERATE, "disable node" if disabled else "enable node")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    if n.disabled == disabled:
+        return n
+    before = {**_audit(n), "disabled": n.disabled}
+    n.disabled = disabled
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None
+    bump(s, cvlan)
+    action = "node.disable" if disabled else "node.enable"
+    after = {**_audit(n), "disabled": n.disabled}
+    audit.record(s, who, action, "node", n.id, tenant_id=tenant.id, before=before, after=after)
+    return n
+
+
+async def set_tags(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, tags: list[str]
+) -> Node:
+    """Replace a node's tags; its CVLAN's policy is compiled again for the new tags at once."""
+    who.require(tenant.id, Level.ADMIN, "change node tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise DomainError(Kind.INVALID, "tags must be a list of strings", {"field": "tags"})
+    wanted = check_tags(tags)
+    n = await resolve(s, tenant.id, ref, lock=True)
+    if sorted(n.tags or []) == wanted:
+        return n
+    before = _audit(n)
+    n.tags = wanted
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None
+    bump(s, cvlan)
+    audit.record(s, who, "node.tags", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
     return n
 
 

@@ -200,10 +200,12 @@ async def renew(
     node = await s.scalar(
         select(Node).where(Node.id == caller.node_id, Node.tenant_id == caller.tenant_id).with_for_update()
     )
-    if node is None or node.disabled or node.wg_public_key != caller.wg_key:
+    if node is not None and node.disabled and node.wg_public_key == caller.wg_key:
+        raise nodes.disabled_error(node.id)
+    if node is None or node.wg_public_key != caller.wg_key:
         raise DomainError(
             Kind.UNAUTHENTICATED,
-            f"node {caller.node_id} has been deleted or disabled; re-enrol it with a new token",
+            f"node {caller.node_id} has been deleted; re-enrol it with a new token",
             {"reason": "revoked"},
         )
     return issue_cert(ctx, authority, node, csr)

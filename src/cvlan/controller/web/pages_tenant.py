@@ -214,7 +214,7 @@ async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int 
         node=node_row(p, n, cn),
         os_info=n.os_info,
         cvlans=[c for c, _ in all_cvlans],
-        form=form or Form({"name": n.name, "cvlan": cn}),
+        form=form or Form({"name": n.name, "cvlan": cn, "tags": " ".join(n.tags or [])}),
         nav="nodes",
     )
 
@@ -244,6 +244,41 @@ async def node_update(p: Page) -> web.StreamResponse:
         f.fail(e, ("name", "cvlan"), {"CVLAN": "cvlan"})
         return await _node_detail(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), msg)
+
+
+@page(tenant=True)
+async def node_disable(p: Page) -> web.StreamResponse:
+    return await _node_set_disabled(p, True)
+
+
+@page(tenant=True)
+async def node_enable(p: Page) -> web.StreamResponse:
+    return await _node_set_disabled(p, False)
+
+
+async def _node_set_disabled(p: Page, disabled: bool) -> web.StreamResponse:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        n = await nodes.set_disabled(p.ctx, s, p.who, p.tenant, p.request.match_info["node"], disabled)
+    if disabled:
+        return p.redirect(p.url(f"nodes/{n.name}"), f"Node {n.name} disabled; its peers no longer see it.")
+    return p.redirect(p.url(f"nodes/{n.name}"), f"Node {n.name} enabled; it keeps its address {n.address}.")
+
+
+@page(tenant=True)
+async def node_tags(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    ref = p.request.match_info["node"]
+    f = await p.form()
+    try:
+        async with p.ctx.tx() as s:
+            n = await nodes.set_tags(p.ctx, s, p.who, p.tenant, ref, f.get("tags").split())
+    except DomainError as e:
+        if e.kind != Kind.INVALID:
+            raise
+        f.fail(e, ("tags",))
+        return await _node_detail(p, ref, f, 422)
+    return p.redirect(p.url(f"nodes/{n.name}"), f"Tags of {n.name} saved.")
 
 
 @page(tenant=True)
@@ -358,6 +393,9 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.get(t + "/nodes/{node}", node_detail),
         web.post(t + "/nodes/{node}/edit", node_update),
         web.post(t + "/nodes/{node}/delete", node_delete),
+        web.post(t + "/nodes/{node}/disable", node_disable),
+        web.post(t + "/nodes/{node}/enable", node_enable),
+        web.post(t + "/nodes/{node}/tags", node_tags),
         web.get(t + "/tokens", token_list),
         web.post(t + "/tokens", token_create),
         web.post(t + "/tokens/{token}/revoke", token_revoke),

@@ -50,6 +50,7 @@
     const a = el("a", "node-name", n.name);
     a.href = base + encodeURIComponent(n.name);
     name.append(dot, a);
+    if (n.disabled) name.append(" ", el("span", "status status-revoked", "disabled"));
     for (const t of n.tags || []) name.append(el("span", "tag", t));
     tr.append(name, el("td", "mono", n.address));
     if (table.dataset.showCvlan) {

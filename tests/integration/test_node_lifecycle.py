@@ -1,0 +1,125 @@
+"""A node's life after enrolment: disabled and enabled again, tags changed by an admin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvlan.client import tls
+from cvlan.client.controller import ControlError
+from cvlan.wire.pb import node_pb2 as pb
+from tests.harness.controller import RunningController
+from tests.harness.fake_cvland import FakeCvland
+from tests.harness.nodes import enrol, make_token
+from tests.harness.seed import seed_tenant
+from tests.integration.test_agent import Agent, nodes, opts, running, until
+
+NODES = "/api/v1/tenants/acme/nodes"
+
+
+async def test_disabled_node_is_dropped_at_once_and_comes_back_when_enabled(
+    controller: RunningController, tmp_path: Path
+) -> None:
+    token = await make_token(controller, uses=2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ca = await FakeCvland(tmp_path / "a" / "cvland.sock", ["192.0.2.1:51820"]).start()
+    cb = await FakeCvland(tmp_path / "b" / "cvland.sock", ["192.0.2.2:51820"]).start()
+    a = Agent(opts(controller, tmp_path / "a", token, hostname="a"))
+    b = Agent(opts(controller, tmp_path / "b", token, hostname="b"))
+    api = controller.api()
+    async with running(a), running(b) as b_task:
+        await until(lambda: bool(ca.applied) and {p.name for p in ca.applied[-1].peers} == {"b"})
+        await until(lambda: bool(cb.applied) and {p.name for p in cb.applied[-1].peers} == {"a"})
+        before = {n["name"]: n for n in await nodes(controller)}["b"]
+        got = (await api.post(f"{NODES}/b/disable", {})).ok()
+        assert got["disabled"] is True and got["id"] == before["id"]
+        # The peer's long-poll is woken: b leaves its map; b itself is refused, drops its peers and
+        # keeps running, asking again.
+        await until(lambda: ca.applied[-1].peers == [])
+        await until(lambda: b.disabled and cb.applied[-1].peers == [])
+        assert not b_task.done()
+        # Disabling twice changes nothing and is not audited twice.
+        assert (await api.post(f"{NODES}/b/disable", {})).ok()["disabled"] is True
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.disable")).ok()["items"]
+        assert entry["before"]["disabled"] is False and entry["after"]["disabled"] is True
+        assert (await api.post(f"{NODES}/b/enable", {})).ok()["disabled"] is False
+        await until(lambda: {p.name for p in ca.applied[-1].peers} == {"b"})
+        await until(lambda: not b.disabled and {p.name for p in cb.applied[-1].peers} == {"a"})
+    after = {n["name"]: n for n in await nodes(controller)}["b"]
+    assert (after["id"], after["address"], after["wg_public_key"]) == (
+        before["id"],
+        before["address"],
+        before["wg_public_key"],
+    )
+    assert cb.applied[-1].node_id == before["id"] and cb.applied[-1].address.startswith(before["address"])
+    (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.enable")).ok()["items"]
+    assert entry["after"]["disabled"] is False
+    await ca.stop()
+    await cb.stop()
+
+
+async def test_disabled_node_requests_are_refused_with_the_reason(controller: RunningController) -> None:
+    token = await make_token(controller)
+    n = await enrol(controller, token, "box")
+    first = await n.client.poll(0)
+    assert (await controller.api().post(f"{NODES}/{n.node_id}/disable", {})).status == 200
+    csr = tls.new_key_and_csr()[1]
+    for call in (lambda: n.client.poll(first.map_version), lambda: n.client.renew(csr)):
+        try:
+            await call()
+        except ControlError as e:
+            assert e.status == 403 and e.reason == "disabled" and "disabled by an administrator" in e.message
+        else:
+            raise AssertionError("a disabled node was answered")
+    assert (await controller.api().post(f"{NODES}/{n.node_id}/enable", {})).status == 200
+    again = await n.client.poll(0)
+    assert again.map.self.node_id == n.node_id and again.map.self.address == first.map.self.address
+    await n.client.close()
+
+
+def _rules(resp: pb.PollResponse) -> list[tuple[str, list[str], str, list[str]]]:
+    return [(r.action, sorted(r.src), r.proto, list(r.ports)) for r in resp.map.filter_rules]
+
+
+async def test_admin_edits_tags_policy_follows_and_audit_has_before_and_after(
+    controller: RunningController,
+) -> None:
+    db_tok = await make_token(controller, tags=["tag:db"])
+    web = await enrol(controller, await make_token(controller), "web1")
+    db = await enrol(controller, db_tok, "db1")
+    api = controller.api()
+    doc = {"rules": [{"src": ["tag:web"], "dst": ["tag:db"], "proto": "tcp", "ports": ["5432"]}]}
+    (await api.request("PUT", "/api/v1/tenants/acme/cvlans/office/policy", json=doc)).ok()
+    first = await db.client.poll(0)
+    closed = _rules(first)
+    assert [r[0] for r in closed] == ["drop"]  # no node is tagged web yet: nothing is accepted
+    res = (await api.request("PUT", f"{NODES}/web1/tags", json={"tags": ["tag:web", "tag:web"]})).ok()
+    assert res["tags"] == ["tag:web"]
+    got = await db.client.poll(first.map_version)
+    assert _rules(got) == [("accept", [web.reg.address], "tcp", ["5432"])]
+    (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.tags")).ok()["items"]
+    assert entry["before"]["tags"] == [] and entry["after"]["tags"] == ["tag:web"]
+    # Bad tags: a clear error, nothing changed, nothing audited.
+    for bad in (["bad tag"], ["region:a", "region:b"], "tag:web", [3]):
+        r = await api.request("PUT", f"{NODES}/web1/tags", json={"tags": bad})
+        assert r.status == 422, (bad, r.body)
+    assert (await api.get(f"{NODES}/web1")).ok()["tags"] == ["tag:web"]
+    assert (await db.client.poll(got.map_version)).unchanged
+    # Clearing the tags closes the port again.
+    assert (await api.request("PUT", f"{NODES}/web1/tags", json={"tags": []})).ok()["tags"] == []
+    assert _rules(await db.client.poll(got.map_version)) == closed
+    assert (await api.get("/api/v1/tenants/acme/audit?action=node.tags")).ok()["total"] == 2
+    await web.client.close()
+    await db.client.close()
+
+
+async def test_only_admins_edit_tags_operators_disable(controller: RunningController) -> None:
+    t = await seed_tenant(controller, controller.api(), "acme")
+    node = f"{NODES}/{t.node['id']}"
+    auditor, operator, admin = (controller.api(t.tokens[r]) for r in ("auditor", "operator", "admin"))
+    assert (await auditor.post(node + "/disable", {})).status == 403
+    assert (await operator.request("PUT", node + "/tags", json={"tags": ["tag:x"]})).status == 403
+    assert (await operator.post(node + "/disable", {})).ok()["disabled"] is True
+    assert (await operator.post(node + "/enable", {})).ok()["disabled"] is False
+    assert (await admin.request("PUT", node + "/tags", json={"tags": ["tag:x"]})).ok()["tags"] == ["tag:x"]
+    assert (await admin.post(f"{NODES}/no-such-node/disable", {})).status == 404
