@@ -1,11 +1,15 @@
-"""A node's life after enrolment: disabled and enabled again, tags changed by an admin."""
+"""A node's life after enrolment: disabled and enabled again, tags changed by an admin, ephemeral
+nodes removed once offline."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from cvlan.client import tls
 from cvlan.client.controller import ControlError
+from cvlan.common.clock import FakeClock
+from cvlan.controller.ops import nodes as node_ops
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
 from tests.harness.fake_cvland import FakeCvland
@@ -123,3 +127,63 @@ async def test_only_admins_edit_tags_operators_disable(controller: RunningContro
     assert (await operator.post(node + "/enable", {})).ok()["disabled"] is False
     assert (await admin.request("PUT", node + "/tags", json={"tags": ["tag:x"]})).ok()["tags"] == ["tag:x"]
     assert (await admin.post(f"{NODES}/no-such-node/disable", {})).status == 404
+
+
+async def test_ephemeral_node_is_removed_after_its_offline_time(db_url: str, tmp_path: Path) -> None:
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock, ephemeral_offline_s=60).start()
+    try:
+        api = rc.api()
+        eph_tok = await make_token(rc, uses=3, ephemeral=True)
+        assert (await api.get("/api/v1/tenants/acme/tokens")).ok()["items"][0]["ephemeral"] is True
+        server = await enrol(rc, await make_token(rc), "server")
+        runner = await enrol(rc, eph_tok, "runner")
+        busy = await enrol(rc, eph_tok, "busy")
+        for n in (server, runner, busy):
+            await n.client.poll(0)
+        await until(lambda: _all_seen(rc))
+        assert {n["name"]: n["ephemeral"] for n in await nodes(rc)} == {
+            "server": False,
+            "runner": True,
+            "busy": True,
+        }
+        clock.advance(59)
+        await busy.client.poll(0)  # still polling: stays
+        await until(lambda: _seen_after(rc, "busy", clock.now()))
+        assert await _sweep(rc) == []  # nobody has been offline 60 s yet
+        clock.advance(2)
+        before = await server.client.poll(0)
+        assert await _sweep(rc) == ["runner"]
+        assert sorted(n["name"] for n in await nodes(rc)) == ["busy", "server"]
+        # Its peers drop it at once; its address stays quarantined; the removal is audited.
+        after = await server.client.poll(before.map_version)
+        assert [p.name for p in after.map.peers] == ["busy"]
+        again = await enrol(rc, eph_tok, "runner")
+        assert again.reg.address != runner.reg.address
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.ephemeral_remove")).ok()["items"]
+        assert entry["before"]["name"] == "runner" and entry["actor"] == "controller:ephemeral-sweeper"
+        try:
+            await runner.client.poll(0)
+        except ControlError as e:
+            assert e.reason == "revoked"
+        else:
+            raise AssertionError("a removed ephemeral node was answered")
+        for n in (server, runner, busy, again):
+            await n.client.close()
+    finally:
+        await rc.stop()
+
+
+async def _all_seen(rc: RunningController) -> bool:
+    return all(n["last_seen"] for n in await nodes(rc))
+
+
+async def _seen_after(rc: RunningController, name: str, t: dt.datetime) -> bool:
+    n = (await rc.api().get(f"{NODES}/{name}")).ok()
+    return bool(n["last_seen"]) and dt.datetime.fromisoformat(n["last_seen"]) >= t
+
+
+async def _sweep(rc: RunningController) -> list[str]:
+    assert rc.c is not None
+    async with rc.c.ctx.tx() as s:
+        return [n.name for n in await node_ops.sweep_ephemeral(rc.c.ctx, s)]

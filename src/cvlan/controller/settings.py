@@ -48,7 +48,7 @@ class ControllerSettings(BaseSettings):
     node_cert_lifetime_s: int = 7 * 86400
     poll_interval_s: int = 30
     offline_after_s: int = 90
-    ephemeral_offline_s: int = Field(default=600, gt=0)
+    ephemeral_offline_s: int = Field(default=600, ge=60)
     """A node enrolled with an ephemeral token is removed after being offline this long."""
     max_body_bytes: int = 1 << 20
     liveness_flush_s: float = 1.0

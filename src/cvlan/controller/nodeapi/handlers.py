@@ -26,7 +26,7 @@ from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoi
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
-from cvlan.controller.ops import registration
+from cvlan.controller.ops import nodes, registration
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
@@ -275,6 +275,7 @@ class NodeApi:
                 self.liveness.run(self.ctx.settings.liveness_flush_s, stop), name="liveness-flush"
             ),
             asyncio.create_task(self._relay_loop(stop), name="relay-refresh"),
+            asyncio.create_task(nodes.run_ephemeral_sweeper(self.ctx, stop), name="ephemeral-sweep"),
         ]
         yield
         # Let a database write or read in progress finish (and the last liveness flush be made);

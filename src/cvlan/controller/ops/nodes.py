@@ -1,11 +1,15 @@
-"""Nodes: creation at registration, listing with status, rename, move, disable/enable, tags, delete."""
+"""Nodes: creation at registration, listing with status, rename, move, disable/enable, tags, delete,
+and the removal of ephemeral nodes gone offline."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit, ipam
@@ -14,6 +18,10 @@ from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name, resolve_cvlan
 from cvlan.controller.ops.cvlans import check_tags
+
+log = logging.getLogger(__name__)
+SWEEPER = Principal(actor="controller:ephemeral-sweeper")
+SWEEP_BATCH = 500
 
 
 def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
@@ -253,10 +261,53 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
     """Delete a node: its certificate is refused from the next request, its address quarantined."""
     who.require(tenant.id, Level.OPERATE, "delete node")
     n = await resolve(s, tenant.id, ref, lock=True)
+    await _remove(ctx, s, who, n, "node.delete")
+    return n
+
+
+async def _remove(
+    ctx: OpsContext, s: AsyncSession, who: Principal, n: Node, action: str, why: str | None = None
+) -> None:
     cvlan = await s.get(Cvlan, n.cvlan_id)
     assert cvlan is not None
     await ipam.release_address(s, cvlan.id, n.address, ctx.now())
     bump(s, cvlan)
-    audit.record(s, who, "node.delete", "node", n.id, tenant_id=tenant.id, before=_audit(n))
+    after = {"reason": why} if why else None
+    audit.record(s, who, action, "node", n.id, tenant_id=n.tenant_id, before=_audit(n), after=after)
     await s.delete(n)
-    return n
+
+
+async def sweep_ephemeral(ctx: OpsContext, s: AsyncSession) -> list[Node]:
+    """Remove the ephemeral nodes offline for longer than ephemeral_offline_s (a node that never
+    polled: since it enrolled), like a delete: address quarantined, peers' maps updated, audited."""
+    limit = ctx.settings.ephemeral_offline_s
+    cutoff = ctx.now() - dt.timedelta(seconds=limit)
+    offline = or_(Node.last_seen < cutoff, and_(Node.last_seen.is_(None), Node.created_at < cutoff))
+    stmt = select(Node).where(Node.ephemeral.is_(True), offline).order_by(Node.id).limit(SWEEP_BATCH)
+    gone = list(await s.scalars(stmt.with_for_update()))
+    for n in gone:
+        await _remove(
+            ctx, s, SWEEPER, n, "node.ephemeral_remove", f"ephemeral node offline for over {limit}s"
+        )
+    return gone
+
+
+async def run_ephemeral_sweeper(ctx: OpsContext, stop: asyncio.Event) -> None:
+    """Sweep ephemeral nodes every quarter of ephemeral_offline_s (at most every minute) until stop."""
+    every = min(60.0, ctx.settings.ephemeral_offline_s / 4)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            async with ctx.tx() as s:
+                gone = await sweep_ephemeral(ctx, s)
+        except DomainError as e:
+            log.warning("ephemeral node sweep failed; retrying", extra={"reason": e.message})
+            continue
+        for n in gone:
+            log.info(
+                f"ephemeral node {n.name} removed after being offline",
+                extra={"node_id": n.id, "tenant_id": n.tenant_id},
+            )

@@ -360,6 +360,7 @@ async def token_create(p: Page) -> web.StreamResponse:
                 max_uses=uses,
                 expires_in=expires,
                 tags=tags,
+                ephemeral=f.get("ephemeral") == "yes",
             )
     except DomainError as e:
         if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" not in e.message):
