@@ -116,8 +116,10 @@ class Agent:
                     f"cvlan-ctrl --server {ident.server} --token TOKEN --ca-pin PIN",
                     1,
                 )
-            log.warning("node certificate expired; enrolling again with the given token")
-            ident = None
+            log.warning("node certificate expired; re-authenticating as the same node with the given token")
+            ident = await self.reauthenticate(ident, self.opts.token)
+            self.store.save(ident)
+            return ident
         if ident is not None:
             if self.opts.token:
                 log.info("already enrolled; ignoring --token", extra={"node_id": ident.node_id})
@@ -180,6 +182,31 @@ class Agent:
         )
         log.info(
             f"enrolled as node {reg.node_name} ({reg.address}) in CVLAN {reg.cvlan_name}",
+            extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id},
+        )
+        return ident
+
+    async def reauthenticate(self, ident: Identity, token: str) -> Identity:
+        """Get a new certificate for the same node (id, name, address, WireGuard key) after the old
+        one expired: the token, the old certificate and a signature by its key prove who we are."""
+        key_pem, csr = tls.new_key_and_csr()
+        try:
+            c = NodeApiClient(ident.server, ident.ca_pem)
+            try:
+                reg = await c.reauthenticate(
+                    token, wg_public(ident.wg_private_key), csr, ident.cert_pem, ident.tls_key_pem
+                )
+            finally:
+                await c.close()
+        except ControlError as e:
+            raise FatalError(
+                f"re-authentication refused: {e.message.removeprefix('controller refused: ')}"
+            ) from e
+        ident.cert_pem, ident.tls_key_pem = reg.certificate_pem, key_pem
+        ident.ca_pem = reg.ca_pem or ident.ca_pem
+        ident.cert_obtained_at = time.time()
+        log.info(
+            f"re-authenticated as node {reg.node_name} ({reg.address})",
             extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id},
         )
         return ident
@@ -291,8 +318,9 @@ class Agent:
                 f"{msg}; asking again every {self.opts.backoff_cap_s:g}s at most",
                 extra={"reason": "disabled", "node_id": self.ident.node_id},
             )
+            # The same version, no peers: cvland keeps the interface and address, with no tunnel.
+            self.pending = desired_state(self.ident, pb.NetworkMap(version=self.held), self.opts.listen_port)
             self.held = 0
-            self.pending = desired_state(self.ident, pb.NetworkMap(), self.opts.listen_port)
             await self._push()
         return delay
 

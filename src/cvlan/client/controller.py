@@ -164,6 +164,21 @@ class NodeApiClient:
         )
         return await self._call("/v1/register", req, pb.RegisterResponse)
 
+    async def reauthenticate(
+        self, token: str, wg_public_key: bytes, csr_pem: str, old_cert_pem: str, old_key_pem: str
+    ) -> pb.RegisterResponse:
+        """Register again as the same node after its certificate expired: a new token, plus the last
+        certificate and a signature by its key (proof that this is the node's machine)."""
+        req = pb.RegisterRequest(
+            capability_version=wire.CAPABILITY_VERSION,
+            token=token,
+            wg_public_key=wg_public_key,
+            csr_pem=csr_pem,
+            previous_certificate_pem=old_cert_pem,
+            previous_key_signature=tls.sign(old_key_pem, wire.reauth_message(token, wg_public_key, csr_pem)),
+        )
+        return await self._call("/v1/register", req, pb.RegisterResponse)
+
     async def poll(
         self,
         map_version: int,

@@ -29,6 +29,13 @@ MAX_ENDPOINT_LEN = 64
 MAX_HOSTNAME_LEN = 63
 MAX_DENIED_FLOWS = 1000
 
+
+def reauth_message(token: str, wg_public_key: bytes, csr_pem: str) -> bytes:
+    """What a node whose certificate expired signs with that certificate's key to re-authenticate:
+    binds the proof to this request's token, WireGuard key and new CSR (replaying it gains nothing)."""
+    return b"\0".join([b"cvlan-reauth-v1", token.encode(), wg_public_key, csr_pem.encode()])
+
+
 M = TypeVar("M", bound=Message)
 
 

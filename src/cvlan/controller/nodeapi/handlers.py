@@ -26,7 +26,7 @@ from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoi
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.identity import IdentityResolver, NodeIdentity
-from cvlan.controller.ops import nodes, registration
+from cvlan.controller.ops import nodes, reauth, registration
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
@@ -132,9 +132,14 @@ class NodeApi:
                     hostname=req.hostname,
                     os_info=req.os_info,
                     caller=self.caller(ident) if ident else None,
+                    previous_cert_pem=req.previous_certificate_pem,
+                    previous_key_signature=req.previous_key_signature,
                 )
         except DomainError as e:
             REGISTRATIONS.labels(e.kind.value).inc()
+            if isinstance(e, reauth.ReauthRefused):
+                await reauth.record_refusal(self.ctx, e)
+                log.warning("node re-authentication refused", extra={"reason": e.message[:200]})
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan

@@ -23,7 +23,7 @@ from cvlan.controller import credentials
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.ops import cvlans, nodes, reauth
 from cvlan.controller.ops.context import OpsContext
 
 MAX_CSR_BYTES = 8192
@@ -116,11 +116,29 @@ async def register(
     hostname: str,
     os_info: str,
     caller: Caller | None,
+    previous_cert_pem: str = "",
+    previous_key_signature: bytes = b"",
 ) -> Issued:
-    """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent)."""
+    """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent),
+    or re-authenticate a node whose certificate expired (ops.reauth) as the same node."""
     if len(wg_public_key) != 32:
         raise DomainError(Kind.INVALID, "wg_public_key must be 32 bytes", {"field": "wg_public_key"})
     csr = load_csr(csr_pem)
+    if previous_cert_pem:
+        node = await reauth.reauthenticate(
+            ctx,
+            s,
+            authority,
+            token=token,
+            wg_public_key=wg_public_key,
+            csr_pem=csr_pem,
+            previous_cert_pem=previous_cert_pem,
+            signature=previous_key_signature,
+        )
+        pem, not_after = issue_cert(ctx, authority, node, csr)
+        c = await s.get(Cvlan, node.cvlan_id)
+        assert c is not None
+        return Issued(node, c, pem, not_after)
     # Only a caller with a certificate can re-register; for anyone else nodes.create refuses the key.
     existing = None
     if caller is not None:

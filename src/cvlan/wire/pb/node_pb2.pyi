@@ -201,6 +201,8 @@ class RegisterRequest(_message.Message):
     CSR_PEM_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     OS_INFO_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    PREVIOUS_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     """The node's capability version. 0 (absent) is refused as "unknown version"."""
     token: _builtins.str
@@ -213,6 +215,14 @@ class RegisterRequest(_message.Message):
     """Wanted node name; the controller may add a suffix (-2, -3) if it is taken in the tenant."""
     os_info: _builtins.str
     """Free text such as "linux x86_64 Debian 12", for display. Empty: unknown."""
+    previous_certificate_pem: _builtins.str
+    """Re-authentication of an existing node whose certificate expired (with a new token): the node's
+    last certificate, PEM. The node keeps its id, name and address. Empty: enrol a new node.
+    """
+    previous_key_signature: _builtins.bytes
+    """Signature by the previous certificate's key over nodeproto.reauth_message(token, wg_public_key,
+    csr_pem): proves the node still holds that key.
+    """
     def __init__(
         self,
         *,
@@ -222,10 +232,12 @@ class RegisterRequest(_message.Message):
         csr_pem: _builtins.str = ...,
         hostname: _builtins.str = ...,
         os_info: _builtins.str = ...,
+        previous_certificate_pem: _builtins.str = ...,
+        previous_key_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "token", b"token", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "previous_certificate_pem", b"previous_certificate_pem", "previous_key_signature", b"previous_key_signature", "token", b"token", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
