@@ -4,10 +4,14 @@ nodes removed once offline."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
+import pytest
+
+from cvlan.agent.daemon import wg_public
 from cvlan.client import tls
-from cvlan.client.controller import ControlError
+from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common.clock import FakeClock
 from cvlan.controller.ops import nodes as node_ops
 from cvlan.wire.pb import node_pb2 as pb
@@ -187,3 +191,56 @@ async def _sweep(rc: RunningController) -> list[str]:
     assert rc.c is not None
     async with rc.c.ctx.tx() as s:
         return [n.name for n in await node_ops.sweep_ephemeral(rc.c.ctx, s)]
+
+
+async def test_expired_node_reauthenticates_as_itself_and_bad_attempts_are_refused_and_audited(
+    db_url: str, tmp_path: Path
+) -> None:
+    week_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
+    clock = FakeClock(week_ago)  # the certificates issued now have expired by the real clock
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
+    try:
+        api = rc.api()
+        laptop = Agent(opts(rc, tmp_path, await make_token(rc), hostname="laptop"))
+        old = await laptop.load_or_enrol()
+        other_tenant_token = await make_token(rc, tenant="globex")
+        clock.advance(8 * 86400)
+        peer = await enrol(rc, await make_token(rc), "peer")
+        fresh = await make_token(rc)
+        wg = wg_public(old.wg_private_key)
+        key_pem, csr = tls.new_key_and_csr()
+        stranger_key = tls.new_key_and_csr()[0]
+        anon = NodeApiClient(rc.url, old.ca_pem)
+        refused = [
+            (fresh, wg, old.cert_pem, stranger_key),  # a TLS key the node does not hold
+            (fresh, os.urandom(32), old.cert_pem, old.tls_key_pem),  # another WireGuard key
+            (other_tenant_token, wg, old.cert_pem, old.tls_key_pem),  # a token of another tenant
+            (fresh, wg, peer.reg.certificate_pem, peer.key_pem),  # another node's certificate
+        ]
+        for token, key, cert, signer in refused:
+            with pytest.raises(ControlError) as e:
+                await anon.reauthenticate(token, key, csr, cert, signer)
+            assert e.value.status in (401, 403) and e.value.reason == "reauth_refused", e.value.message
+        await anon.close()
+        audited = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth_refused")).ok()["items"]
+        # Each refusal is audited in the tenant of the node the certificate names.
+        assert sorted(a["actor"] for a in audited) == sorted(
+            [f"node:{old.node_id}"] * 3 + [f"node:{peer.node_id}"]
+        )
+        # The real node, with the same single-use token (the refusals did not use it up).
+        cvland = await FakeCvland(tmp_path / "cvland.sock", ["192.0.2.7:51820"]).start()
+        back = Agent(opts(rc, tmp_path, fresh, ca_pin=None, hostname="laptop"))
+        async with running(back):
+            await until(lambda: bool(cvland.applied) and cvland.applied[-1].peers != [])
+        st = cvland.applied[-1]
+        assert st.node_id == old.node_id and st.address == old.address
+        assert [p.name for p in st.peers] == ["peer"]
+        assert [n["id"] for n in await nodes(rc) if n["name"] == "laptop"] == [old.node_id]
+        seen = await peer.client.poll(0)
+        assert [(p.name, list(p.allowed_ips)) for p in seen.map.peers] == [("laptop", [old.address])]
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth")).ok()["items"]
+        assert entry["target_id"] == str(old.node_id)
+        await peer.client.close()
+        await cvland.stop()
+    finally:
+        await rc.stop()
