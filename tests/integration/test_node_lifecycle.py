@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,3 +246,13 @@ async def test_expired_node_reauthenticates_as_itself_and_bad_attempts_are_refus
         await cvland.stop()
     finally:
         await rc.stop()
+
+
+def test_agent_token_file_errors_are_one_line(tmp_path: Path) -> None:
+    """The token for re-authentication comes the way `cvlan-ctrl join` takes it: file, stdin or env."""
+    cmd = [sys.executable, "-m", "cvlan.agent", "--state-dir", str(tmp_path), "--token-file"]
+    r = subprocess.run([*cmd, str(tmp_path / "missing")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip().startswith("cvlan-ctrl: cannot read token file")
+    (tmp_path / "two").write_text("cvet_a_b cvet_c_d\n")
+    r = subprocess.run([*cmd, str(tmp_path / "two")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "does not hold one enrollment token" in r.stderr
