@@ -18,6 +18,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "create_token": {"cvlan": "a-lan"},
     "update_node": {"name": "renamed"},
     "set_node_tags": {"tags": ["tag:intruder"]},
+    "set_node_key_expiry": {"disabled": True},
+    "set_key_expiry_policy": {"node_cert_lifetime": "1d"},
     "create_user": {"email": "intruder@b.example", "role": "admin"},
     "create_apitoken": {"role": "admin"},
     "set_policy": {"rules": []},

@@ -256,3 +256,36 @@ def test_agent_token_file_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "two").write_text("cvet_a_b cvet_c_d\n")
     r = subprocess.run([*cmd, str(tmp_path / "two")], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "does not hold one enrollment token" in r.stderr
+
+
+async def test_key_expiry_policy_per_tenant_and_disabled_for_a_server(controller: RunningController) -> None:
+    t = await seed_tenant(controller, controller.api(), "acme")
+    operator, admin = (controller.api(t.tokens[r]) for r in ("operator", "admin"))
+    policy = "/api/v1/tenants/acme/key-expiry"
+    assert (await operator.request("PUT", policy, json={"node_cert_lifetime": "1d"})).status == 403
+    for bad in ("10m", "400d", "soon"):
+        r = await admin.request("PUT", policy, json={"node_cert_lifetime": bad})
+        assert r.status == 422 and r.body["error"]["details"]["field"] == "node_cert_lifetime", (bad, r.body)
+    assert (await admin.get("/api/v1/tenants/acme")).ok()["node_cert_lifetime_s"] is None
+    r = await admin.request("PUT", policy, json={"node_cert_lifetime": "1d"})
+    assert r.ok()["node_cert_lifetime_s"] == 86400
+    n = await enrol(
+        controller, (await admin.post("/api/v1/tenants/acme/tokens", {"cvlan": "acme-lan"})).ok()["token"]
+    )
+    shown = (await admin.get(f"{NODES}/{n.node_id}")).ok()
+    assert 86000 < shown["expires_in_s"] <= 86400 and shown["key_expiry_disabled"] is False
+    # A server: expiry disabled by an admin, its next certificate lasts ten years.
+    path = f"{NODES}/{n.node_id}/key-expiry"
+    assert (await operator.request("PUT", path, json={"disabled": True})).status == 403
+    assert (await admin.request("PUT", path, json={"disabled": True})).ok()["key_expiry_disabled"] is True
+    got = await n.client.renew(tls.csr_for_key(n.key_pem))
+    assert got.certificate_not_after - dt.datetime.now(dt.UTC).timestamp() > 9 * 365 * 86400
+    assert (await admin.get(f"{NODES}/{n.node_id}")).ok()["expires_in_s"] > 9 * 365 * 86400
+    (entry,) = (await admin.get("/api/v1/tenants/acme/audit?action=node.key_expiry")).ok()["items"]
+    assert entry["before"]["key_expiry_disabled"] is False and entry["after"]["key_expiry_disabled"] is True
+    (entry,) = (await admin.get("/api/v1/tenants/acme/audit?action=tenant.key_expiry")).ok()["items"]
+    assert entry["before"]["node_cert_lifetime_s"] is None and entry["after"]["node_cert_lifetime_s"] == 86400
+    assert (await admin.request("PUT", policy, json={"node_cert_lifetime": None})).ok()[
+        "node_cert_lifetime_s"
+    ] is None
+    await n.client.close()

@@ -155,6 +155,15 @@ def node_enable(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/enable")
 
 
+def node_key_expiry(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/key-expiry", {"disabled": ns.state == "off"})
+
+
+def tenant_key_expiry(c: Client, ns: argparse.Namespace) -> Any:
+    life = None if ns.lifetime == "default" else ns.lifetime
+    return c.call("PUT", _t(ns) + "/key-expiry", {"node_cert_lifetime": life})
+
+
 def node_tag(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/tags", {"tags": ns.tags})
 
@@ -371,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "list", tenant_list, "list tenants", False)
     leaf(g, "show", tenant_show, "show a tenant", False).add_argument("name")
     leaf(g, "delete", tenant_delete, "delete an empty tenant", False).add_argument("name")
+    x = leaf(g, "key-expiry", tenant_key_expiry, "how long the tenant's node certificates last (admin)")
+    x.add_argument("lifetime", help="a duration such as 7d or 30d (1h-365d), or 'default'")
 
     g = group("cvlan", "manage CVLANs of a tenant")
     x = leaf(g, "create", cvlan_create, "create a CVLAN")
@@ -415,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "enable", node_enable, "enable a disabled node again (same id, address and name)").add_argument(
         "node"
     )
+    x = leaf(g, "key-expiry", node_key_expiry, "key expiry of a node (admin): off for servers, on again")
+    x.add_argument("node")
+    x.add_argument("state", choices=("on", "off"), help="off: its certificates last ten years")
     x = leaf(g, "tag", node_tag, "replace a node's tags (admin); no TAG clears them")
     x.add_argument("node")
     x.add_argument("tags", nargs="*", metavar="TAG", help="e.g. tag:web (policies follow at once)")

@@ -82,6 +82,27 @@ async def delete_tenant(c: Call) -> None:
         await tenants.delete(c.ctx, s, c.who, c.params["tenant"])
 
 
+class KeyExpiryPolicy(Body):
+    node_cert_lifetime: str | None = Field(
+        default=None, max_length=20, description="e.g. 7d, 30d; null: the controller's default"
+    )
+
+
+@route(
+    "PUT",
+    T + "/key-expiry",
+    summary="Set the tenant's key expiry policy: how long node certificates last (admin)",
+    tag="tenants",
+    body=KeyExpiryPolicy,
+)
+async def set_key_expiry_policy(c: Call) -> dict[str, Any]:
+    lifetime = _duration("node_cert_lifetime", c.body.node_cert_lifetime)
+    seconds = int(lifetime.total_seconds()) if lifetime is not None else None
+    async with c.ctx.tx() as s:
+        t = await tenants.set_cert_lifetime(c.ctx, s, c.who, c.params["tenant"], seconds)
+    return tenants.view(t)
+
+
 # --- CVLANs -------------------------------------------------------------------------------
 
 
@@ -384,6 +405,25 @@ async def disable_node(c: Call) -> dict[str, Any]:
 )
 async def enable_node(c: Call) -> dict[str, Any]:
     return await _set_disabled(c, False)
+
+
+class NodeKeyExpiry(Body):
+    disabled: bool
+
+
+@route(
+    "PUT",
+    T + "/nodes/{node}/key-expiry",
+    summary="Disable key expiry for a node (servers) or enable it again (admin)",
+    tag="nodes",
+    body=NodeKeyExpiry,
+)
+async def set_node_key_expiry(c: Call) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        n = await nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled)
+        n, cn = await nodes.get(s, c.who, t, str(n.id))
+    return nodes.view(n, c.ctx, cn)
 
 
 class NodeTags(Body):

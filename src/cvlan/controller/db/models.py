@@ -63,6 +63,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
+    node_cert_lifetime_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Key expiry policy: lifetime of the tenant's node certificates (None: the controller's setting)."""
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
@@ -161,6 +163,7 @@ class Node(Base):
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    key_expiry_disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cert_serial: Mapped[str] = mapped_column(String(64), default="")
     cert_not_after: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
     endpoints: Mapped[list[Any]] = mapped_column(JSON, default=list)

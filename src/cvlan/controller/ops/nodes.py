@@ -28,6 +28,22 @@ def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
     return n.last_seen is not None and (now - n.last_seen).total_seconds() < offline_after_s
 
 
+NO_EXPIRY = dt.timedelta(days=3650)
+"""The lifetime of the certificates of a node whose key expiry is disabled."""
+MIN_CERT_LIFETIME_S = 3600
+MAX_CERT_LIFETIME_S = 365 * 86400
+
+
+async def cert_lifetime(ctx: OpsContext, s: AsyncSession, n: Node) -> dt.timedelta:
+    """The key expiry policy: ten years if disabled for the node, else its tenant's lifetime, else the
+    controller's node_cert_lifetime_s."""
+    if n.key_expiry_disabled:
+        return NO_EXPIRY
+    t = await s.get(Tenant, n.tenant_id)
+    seconds = t.node_cert_lifetime_s if t is not None and t.node_cert_lifetime_s else None
+    return dt.timedelta(seconds=seconds or ctx.settings.node_cert_lifetime_s)
+
+
 def disabled_error(node_id: int) -> DomainError:
     """What a disabled node's requests get: the agent logs it and keeps asking until enabled."""
     return DomainError(
@@ -53,11 +69,18 @@ def view(n: Node, ctx: OpsContext, cvlan_name: str = "") -> dict[str, Any]:
         "home_relay_region": n.home_relay_region,
         "map_version": n.map_version,
         "cert_not_after": n.cert_not_after,
+        "expires_in_s": _expires_in(n, ctx.now()),
+        "key_expiry_disabled": n.key_expiry_disabled,
         "disabled": n.disabled,
         "ephemeral": n.ephemeral,
         "health": n.health,
         "created_at": n.created_at,
     }
+
+
+def _expires_in(n: Node, now: dt.datetime) -> int | None:
+    """Seconds until the node's certificate expires (negative: expired); None if never issued."""
+    return int((n.cert_not_after - now).total_seconds()) if n.cert_not_after is not None else None
 
 
 def _audit(n: Node) -> dict[str, Any]:
@@ -254,6 +277,22 @@ async def set_tags(
     assert cvlan is not None
     bump(s, cvlan)
     audit.record(s, who, "node.tags", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
+    return n
+
+
+async def set_key_expiry(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, disabled: bool
+) -> Node:
+    """Disable key expiry for a node (servers: its next certificate lasts ten years) or enable it
+    again (its next certificate gets the tenant's lifetime). Disabling or deleting it still works at once."""
+    who.require(tenant.id, Level.ADMIN, "change node key expiry")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    if n.key_expiry_disabled == disabled:
+        return n
+    before = {**_audit(n), "key_expiry_disabled": n.key_expiry_disabled}
+    n.key_expiry_disabled = disabled
+    after = {**_audit(n), "key_expiry_disabled": n.key_expiry_disabled}
+    audit.record(s, who, "node.key_expiry", "node", n.id, tenant_id=tenant.id, before=before, after=after)
     return n
 
 

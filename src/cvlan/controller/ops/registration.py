@@ -84,13 +84,18 @@ def clean_hostname(hostname: str) -> str:
 
 
 def issue_cert(
-    ctx: OpsContext, authority: CertificateAuthority, node: Node, csr: x509.CertificateSigningRequest
+    ctx: OpsContext,
+    authority: CertificateAuthority,
+    node: Node,
+    csr: x509.CertificateSigningRequest,
+    lifetime: dt.timedelta | None = None,
 ) -> tuple[str, dt.datetime]:
+    """Sign the node's certificate; lifetime from nodes.cert_lifetime (default: the controller's)."""
     now = ctx.now()
     cert = authority.issue_client(
         csr,
         common_name=f"node-{node.id}",
-        lifetime=dt.timedelta(seconds=ctx.settings.node_cert_lifetime_s),
+        lifetime=lifetime or dt.timedelta(seconds=ctx.settings.node_cert_lifetime_s),
         identity={
             ca_mod.OID_NODE_ID: str(node.id),
             ca_mod.OID_TENANT_ID: str(node.tenant_id),
@@ -135,7 +140,7 @@ async def register(
             previous_cert_pem=previous_cert_pem,
             signature=previous_key_signature,
         )
-        pem, not_after = issue_cert(ctx, authority, node, csr)
+        pem, not_after = issue_cert(ctx, authority, node, csr, await nodes.cert_lifetime(ctx, s, node))
         c = await s.get(Cvlan, node.cvlan_id)
         assert c is not None
         return Issued(node, c, pem, not_after)
@@ -148,7 +153,9 @@ async def register(
         if retried is not None:
             c = await s.get(Cvlan, retried.cvlan_id)
             assert c is not None
-            pem, not_after = issue_cert(ctx, authority, retried, csr)
+            pem, not_after = issue_cert(
+                ctx, authority, retried, csr, await nodes.cert_lifetime(ctx, s, retried)
+            )
             return Issued(retried, c, pem, not_after)
     if existing is not None:
         if (
@@ -164,7 +171,9 @@ async def register(
             )
         c = await s.get(Cvlan, existing.cvlan_id)
         assert c is not None
-        pem, not_after = issue_cert(ctx, authority, existing, csr)
+        pem, not_after = issue_cert(
+            ctx, authority, existing, csr, await nodes.cert_lifetime(ctx, s, existing)
+        )
         return Issued(existing, c, pem, not_after)
     if not token:
         raise DomainError(Kind.UNAUTHENTICATED, "an enrollment token is required", {"field": "token"})
@@ -174,7 +183,7 @@ async def register(
             Kind.FORBIDDEN, "this enrollment token belongs to another tenant than the calling node"
         )
     node = await nodes.create(ctx, s, tok, wg_public_key, clean_hostname(hostname), os_info)
-    pem, not_after = issue_cert(ctx, authority, node, csr)
+    pem, not_after = issue_cert(ctx, authority, node, csr, await nodes.cert_lifetime(ctx, s, node))
     c = await s.get(Cvlan, node.cvlan_id)
     assert c is not None
     return Issued(node, c, pem, not_after)
@@ -226,7 +235,7 @@ async def renew(
             f"node {caller.node_id} has been deleted; re-enrol it with a new token",
             {"reason": "revoked"},
         )
-    return issue_cert(ctx, authority, node, csr)
+    return issue_cert(ctx, authority, node, csr, await nodes.cert_lifetime(ctx, s, node))
 
 
 async def report_denied(

@@ -266,6 +266,19 @@ async def _node_set_disabled(p: Page, disabled: bool) -> web.StreamResponse:
 
 
 @page(tenant=True)
+async def node_key_expiry(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    f = await p.form()
+    off = f.get("disabled") == "yes"
+    async with p.ctx.tx() as s:
+        n = await nodes.set_key_expiry(p.ctx, s, p.who, p.tenant, p.request.match_info["node"], off)
+    msg = "its next certificate lasts ten years" if off else "its next certificate gets the tenant's lifetime"
+    return p.redirect(
+        p.url(f"nodes/{n.name}"), f"Key expiry of {n.name} {'disabled' if off else 'enabled'}: {msg}."
+    )
+
+
+@page(tenant=True)
 async def node_tags(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
     ref = p.request.match_info["node"]
@@ -397,6 +410,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.post(t + "/nodes/{node}/disable", node_disable),
         web.post(t + "/nodes/{node}/enable", node_enable),
         web.post(t + "/nodes/{node}/tags", node_tags),
+        web.post(t + "/nodes/{node}/key-expiry", node_key_expiry),
         web.get(t + "/tokens", token_list),
         web.post(t + "/tokens", token_create),
         web.post(t + "/tokens/{token}/revoke", token_revoke),

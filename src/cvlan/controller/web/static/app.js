@@ -67,7 +67,7 @@
     tr.append(p);
     const seen = el("td", "muted", ago(n.last_seen));
     seen.dataset.time = n.last_seen || "";
-    tr.append(seen, el("td", "muted", until(n.cert_not_after)));
+    tr.append(seen, el("td", "muted", until(n.cert_not_after) + (n.key_expiry_disabled ? " (expiry off)" : "")));
     return tr;
   }
 
