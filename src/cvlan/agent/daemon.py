@@ -391,6 +391,14 @@ class Agent:
         # Measured from when we got it, not from notBefore (the CA back-dates that for clock skew).
         nb = self.ident.cert_obtained_at or tls.cert_not_before(self.ident.cert_pem)
         now = time.time()
+        if now >= na and self.opts.token:
+            # Expired while the controller was out of reach: come back as the same node.
+            log.warning("node certificate expired; re-authenticating as the same node with the given token")
+            self.ident = await self.reauthenticate(self.ident, self.opts.token)
+            self.store.save(self.ident)
+            self.client.set_identity(self.ident.cert_pem, self.ident.tls_key_pem)
+            self.held = 0
+            return
         if now >= na:
             raise FatalError(
                 "the node certificate expired; re-enrol the node with a new token "

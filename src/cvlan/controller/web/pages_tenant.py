@@ -289,7 +289,7 @@ async def node_tags(p: Page) -> web.StreamResponse:
     except DomainError as e:
         if e.kind != Kind.INVALID:
             raise
-        f.fail(e, ("tags",))
+        f.fail(e, ("tags",), {"name": "tags"})
         return await _node_detail(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), f"Tags of {n.name} saved.")
 
