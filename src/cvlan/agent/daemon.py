@@ -248,6 +248,8 @@ class Agent:
 
     async def _report_denied(self) -> None:
         assert self.client is not None
+        if self.disabled:
+            return  # refused until enabled; the poll loop has said so once
         try:
             rep = await asyncio.wait_for(self.ipc.denied(), STATUS_TIMEOUT_S)
         except (IpcError, TimeoutError):
