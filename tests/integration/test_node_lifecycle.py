@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cvlan.agent.daemon import wg_public
+from cvlan.agent.daemon import FatalError, wg_public
+from cvlan.agent.state import StateStore
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common.clock import FakeClock
@@ -289,3 +290,33 @@ async def test_key_expiry_policy_per_tenant_and_disabled_for_a_server(controller
         "node_cert_lifetime_s"
     ] is None
     await n.client.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_certificate_expiring_while_running_is_replaced_by_reauthentication(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The controller was out of reach until the certificate expired: with a token the agent
+    re-authenticates in place; without one it stops with the reason."""
+    clock = FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=8))
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
+    try:
+        agent = Agent(opts(rc, tmp_path, await make_token(rc)))
+        old = await agent.load_or_enrol()
+        old_cert = old.cert_pem
+        clock.advance(8 * 86400)
+        agent.ident = old
+        agent.client = NodeApiClient(old.server, old.ca_pem, old.cert_pem, old.tls_key_pem)
+        agent.opts.token = None
+        with pytest.raises(FatalError, match="certificate expired"):
+            await agent._renew_if_due()
+        agent.opts.token = await make_token(rc)
+        await agent._renew_if_due()
+        assert agent.ident.cert_pem != old_cert and agent.ident.node_id == old.node_id
+        resp = await agent.client.poll(0)  # the client uses the new certificate
+        assert resp.map.self.node_id == old.node_id and resp.map.self.address == old.address
+        saved = StateStore(tmp_path / "state").load()
+        assert saved is not None and saved.cert_pem == agent.ident.cert_pem
+        await agent.client.close()
+    finally:
+        await rc.stop()
