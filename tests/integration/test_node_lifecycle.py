@@ -3,6 +3,7 @@ nodes removed once offline."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -320,3 +321,33 @@ async def test_certificate_expiring_while_running_is_replaced_by_reauthenticatio
         await agent.client.close()
     finally:
         await rc.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_cli_disables_tags_and_shows_expires_in(controller: RunningController) -> None:
+    n = await enrol(controller, await make_token(controller), "box")
+    conf = str(controller.settings.data_dir / "admin.conf")
+    cvlan = str(Path(sys.executable).parent / "cvlan")
+
+    def cli(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cvlan, "--config", conf, *a], capture_output=True, text=True, timeout=60)
+
+    for args in (
+        ("node", "disable", "--tenant", "acme", "box"),
+        ("node", "tag", "--tenant", "acme", "box", "tag:web", "tag:ci"),
+        ("node", "key-expiry", "--tenant", "acme", "box", "off"),
+        ("tenant", "key-expiry", "--tenant", "acme", "30d"),
+    ):
+        r = await asyncio.to_thread(cli, *args)
+        assert r.returncode == 0, (args, r.stderr)
+    r = await asyncio.to_thread(cli, "node", "tag", "--tenant", "acme", "box", "no good")
+    assert r.returncode == 1 and "not valid" in r.stderr
+    r = await asyncio.to_thread(cli, "node", "list", "--tenant", "acme")
+    head, row = r.stdout.splitlines()
+    assert "EXPIRES_IN" in head and "DISABLED" in head
+    assert "(expiry off)" in row and row.split()[-1] == "yes"
+    got = (await controller.api().get(f"{NODES}/box")).ok()
+    assert got["tags"] == ["tag:ci", "tag:web"] and got["disabled"] and got["key_expiry_disabled"]
+    r = await asyncio.to_thread(cli, "node", "enable", "--tenant", "acme", "box")
+    assert r.returncode == 0 and not (await controller.api().get(f"{NODES}/box")).ok()["disabled"]
+    await n.client.close()

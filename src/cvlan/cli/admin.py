@@ -115,9 +115,23 @@ NODE_COLS = [
     "last_seen",
     "endpoints",
     "map_version",
-    "cert_not_after",
+    "expires_in",
     "disabled",
 ]
+
+
+def expires_in(n: dict[str, Any]) -> str:
+    """'6d 23h', '5h 10m', 'expired', 'not issued'; '(expiry off)' added for a server."""
+    s = n.get("expires_in_s")
+    if s is None:
+        return "not issued"
+    if s <= 0:
+        text = "expired"
+    elif s >= 86400:
+        text = f"{s // 86400}d {s % 86400 // 3600}h"
+    else:
+        text = f"{s // 3600}h {s % 3600 // 60}m"
+    return text + (" (expiry off)" if n.get("key_expiry_disabled") else "")
 
 
 def node_list(c: Client, ns: argparse.Namespace) -> Any:
@@ -127,6 +141,8 @@ def node_list(c: Client, ns: argparse.Namespace) -> Any:
         if ns.cvlan:
             raise ApiError(0, "usage", "--cvlan needs --tenant")
         rows = c.pages("/api/v1/nodes")
+    for r in rows:
+        r["expires_in"] = expires_in(r)
     return rows, (["tenant_id", *NODE_COLS] if not ns.tenant else NODE_COLS)
 
 
