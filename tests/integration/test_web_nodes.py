@@ -1,4 +1,5 @@
-"""The node page's lifecycle forms over HTTP: disable/enable, tags and key expiry, as a tenant admin."""
+"""The lifecycle forms over HTTP, as a tenant admin: a node's disable/enable, tags and key expiry, and
+the tenant's key expiry policy."""
 
 from __future__ import annotations
 
@@ -60,5 +61,16 @@ async def test_node_page_disables_enables_tags_and_turns_key_expiry_off(
             assert r.status == 303
         body, _ = await page()
         assert '<span class="tag">tag:web</span>' in body and "certificates last ten years" in body
+        # The tenant's key expiry policy, on the overview page.
+        home = f"{controller.url}/ui/t/acme/"
+        async with http.post(home + "key-expiry", data={"_csrf": csrf, "lifetime": "10m"}) as r:
+            assert r.status == 422 and 'id="err-lifetime"' in await r.text()
+        async with http.post(
+            home + "key-expiry", data={"_csrf": csrf, "lifetime": "30d"}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        async with http.get(home) as r:
+            assert 'name="lifetime" type="text" value="30d"' in await r.text()
+    assert (await controller.api().get("/api/v1/tenants/acme")).ok()["node_cert_lifetime_s"] == 30 * 86400
     got = (await controller.api().get(f"/api/v1/tenants/acme/nodes/{node['id']}")).ok()
     assert (got["disabled"], got["tags"], got["key_expiry_disabled"]) == (False, ["tag:web"], True)

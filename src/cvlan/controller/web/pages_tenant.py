@@ -14,7 +14,7 @@ from cvlan.controller.api.routes import join_steps
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, infra, nodes, vrouters
+from cvlan.controller.ops import cvlans, infra, nodes, tenants, vrouters
 from cvlan.controller.web.core import Form, Page, page
 
 LIST_LIMIT = 1000
@@ -57,6 +57,10 @@ def token_status(t: EnrollmentToken, now: dt.datetime) -> str:
 
 @page(tenant=True)
 async def dashboard(p: Page) -> web.StreamResponse:
+    return await _dashboard(p)
+
+
+async def _dashboard(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         cv_rows, cv_total = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
@@ -70,7 +74,43 @@ async def dashboard(p: Page) -> web.StreamResponse:
         cvlans=cv_rows,
         events=events,
         nav="dashboard",
+        status=status,
+        form=form or Form({"lifetime": _lifetime_text(p.tenant.node_cert_lifetime_s)}),
+        default_lifetime=_lifetime_text(p.ctx.settings.node_cert_lifetime_s),
     )
+
+
+def _lifetime_text(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    return (
+        f"{seconds // 86400}d"
+        if seconds % 86400 == 0
+        else f"{seconds // 3600}h"
+        if seconds % 3600 == 0
+        else f"{seconds}s"
+    )
+
+
+@page(tenant=True)
+async def tenant_key_expiry(p: Page) -> web.StreamResponse:
+    """The tenant's key expiry policy: a lifetime such as 30d, or empty for the controller's default."""
+    assert p.tenant is not None
+    f = await p.form()
+    text = f.get("lifetime").strip()
+    try:
+        try:
+            seconds = int(parse_duration(text).total_seconds()) if text else None
+        except ValueError as e:
+            raise DomainError(Kind.INVALID, str(e), {"field": "node_cert_lifetime"}) from e
+        async with p.ctx.tx() as s:
+            await tenants.set_cert_lifetime(p.ctx, s, p.who, str(p.tenant.id), seconds)
+    except DomainError as e:
+        if e.kind != Kind.INVALID:
+            raise
+        f.fail(e, ("lifetime",), {"node_cert_lifetime": "lifetime"})
+        return await _dashboard(p, f, 422)
+    return p.redirect(p.url(""), "Key expiry policy saved; it applies from each node's next certificate.")
 
 
 async def _cvlan_list(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
@@ -411,6 +451,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.post(t + "/nodes/{node}/enable", node_enable),
         web.post(t + "/nodes/{node}/tags", node_tags),
         web.post(t + "/nodes/{node}/key-expiry", node_key_expiry),
+        web.post(t + "/key-expiry", tenant_key_expiry),
         web.get(t + "/tokens", token_list),
         web.post(t + "/tokens", token_create),
         web.post(t + "/tokens/{token}/revoke", token_revoke),
