@@ -18,6 +18,7 @@ from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common.clock import FakeClock
 from cvlan.controller.ops import nodes as node_ops
+from cvlan.wire.nodeproto import CAPABILITY_VERSION, reauth_message, wg_key_proof
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
 from tests.harness.fake_cvland import FakeCvland
@@ -215,21 +216,35 @@ async def test_expired_node_reauthenticates_as_itself_and_bad_attempts_are_refus
         key_pem, csr = tls.new_key_and_csr()
         stranger_key = tls.new_key_and_csr()[0]
         anon = NodeApiClient(rc.url, old.ca_pem)
+        priv = bytes.fromhex(old.wg_private_key)
         refused = [
-            (fresh, wg, old.cert_pem, stranger_key),  # a TLS key the node does not hold
+            (fresh, priv, old.cert_pem, stranger_key),  # a TLS key the node does not hold
             (fresh, os.urandom(32), old.cert_pem, old.tls_key_pem),  # another WireGuard key
-            (other_tenant_token, wg, old.cert_pem, old.tls_key_pem),  # a token of another tenant
-            (fresh, wg, peer.reg.certificate_pem, peer.key_pem),  # another node's certificate
+            (other_tenant_token, priv, old.cert_pem, old.tls_key_pem),  # a token of another tenant
+            (fresh, priv, peer.reg.certificate_pem, peer.key_pem),  # another node's certificate
         ]
         for token, key, cert, signer in refused:
             with pytest.raises(ControlError) as e:
                 await anon.reauthenticate(token, key, csr, cert, signer)
             assert e.value.status in (401, 403) and e.value.reason == "reauth_refused", e.value.message
+        # The node's public WireGuard key, without its private key: the proof does not verify.
+        message = reauth_message(fresh, wg, csr)
+        forged = pb.RegisterRequest(
+            capability_version=CAPABILITY_VERSION,
+            token=fresh,
+            wg_public_key=wg,
+            csr_pem=csr,
+            previous_certificate_pem=old.cert_pem,
+            previous_key_signature=tls.sign(old.tls_key_pem, message),
+            wg_key_proof=wg_key_proof(os.urandom(32), message),
+        )
+        with pytest.raises(ControlError, match="does not hold this WireGuard key"):
+            await anon._call("/v1/register", forged, pb.RegisterResponse)
         await anon.close()
         audited = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth_refused")).ok()["items"]
         # Each refusal is audited in the tenant of the node the certificate names.
         assert sorted(a["actor"] for a in audited) == sorted(
-            [f"node:{old.node_id}"] * 3 + [f"node:{peer.node_id}"]
+            [f"node:{old.node_id}"] * 4 + [f"node:{peer.node_id}"]
         )
         # The real node, with the same single-use token (the refusals did not use it up).
         cvland = await FakeCvland(tmp_path / "cvland.sock", ["192.0.2.7:51820"]).start()

@@ -194,7 +194,7 @@ class Agent:
             c = NodeApiClient(ident.server, ident.ca_pem)
             try:
                 reg = await c.reauthenticate(
-                    token, wg_public(ident.wg_private_key), csr, ident.cert_pem, ident.tls_key_pem
+                    token, bytes.fromhex(ident.wg_private_key), csr, ident.cert_pem, ident.tls_key_pem
                 )
             finally:
                 await c.close()

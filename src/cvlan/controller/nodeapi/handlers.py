@@ -58,6 +58,7 @@ class NodeApi:
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.identity = IdentityResolver(ca, ctx.proxies)
         self.ca_pem = ca.cert_pem.decode()
+        self.reauth_public = ca.reauth_public()
         self.closing = False
         ctx.on_cvlan_changed.append(self.mapper.on_changed)
         # SQLite has one writer; queueing registrations here avoids its busy-wait sleeps (up to 100 ms
@@ -107,6 +108,7 @@ class NodeApi:
             poll_interval_s=self.ctx.settings.poll_interval_s,
             max_long_poll_s=MAX_LONG_POLL_S,
             server_version=__version__,
+            reauth_public_key=self.reauth_public,
         )
 
     async def register(self, request: web.Request) -> web.Response:
@@ -134,6 +136,7 @@ class NodeApi:
                     caller=self.caller(ident) if ident else None,
                     previous_cert_pem=req.previous_certificate_pem,
                     previous_key_signature=req.previous_key_signature,
+                    wg_key_proof=req.wg_key_proof,
                 )
         except DomainError as e:
             REGISTRATIONS.labels(e.kind.value).inc()

@@ -7,12 +7,13 @@ transaction rolls back."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,7 +25,7 @@ from cvlan.controller.db.models import Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import cvlans
 from cvlan.controller.ops.context import OpsContext
-from cvlan.wire.nodeproto import reauth_message
+from cvlan.wire.nodeproto import reauth_message, wg_key_proof
 
 
 class ReauthRefused(DomainError):
@@ -91,6 +92,7 @@ async def reauthenticate(
     csr_pem: str,
     previous_cert_pem: str,
     signature: bytes,
+    wg_proof: bytes,
 ) -> Node:
     """The existing node, once the request proves it: the certificate is the node's last one, the
     WireGuard key is the node's, the signature checks, and the token is a valid one of its tenant."""
@@ -116,7 +118,16 @@ async def reauthenticate(
             node.tenant_id,
             node.id,
         )
-    if not _check_signature(claim.cert, signature, reauth_message(token, wg_public_key, csr_pem)):
+    message = reauth_message(token, wg_public_key, csr_pem)
+    shared = authority.reauth_key().exchange(x25519.X25519PublicKey.from_public_bytes(wg_public_key))
+    if not hmac.compare_digest(wg_key_proof(shared, message), wg_proof):
+        raise ReauthRefused(
+            Kind.UNAUTHENTICATED,
+            "wg_key_proof does not verify: the node does not hold this WireGuard key",
+            node.tenant_id,
+            node.id,
+        )
+    if not _check_signature(claim.cert, signature, message):
         raise ReauthRefused(
             Kind.UNAUTHENTICATED,
             "previous_key_signature does not verify with the previous certificate's key",

@@ -123,6 +123,7 @@ async def register(
     caller: Caller | None,
     previous_cert_pem: str = "",
     previous_key_signature: bytes = b"",
+    wg_key_proof: bytes = b"",
 ) -> Issued:
     """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent),
     or re-authenticate a node whose certificate expired (ops.reauth) as the same node."""
@@ -139,6 +140,7 @@ async def register(
             csr_pem=csr_pem,
             previous_cert_pem=previous_cert_pem,
             signature=previous_key_signature,
+            wg_proof=wg_key_proof,
         )
         pem, not_after = issue_cert(ctx, authority, node, csr, await nodes.cert_lifetime(ctx, s, node))
         c = await s.get(Cvlan, node.cvlan_id)
