@@ -120,7 +120,9 @@ class Node:
     listen_port: int = 51820
     tag: str = ""
 
-    def start_ctrl(self, server: str = "", token: str = "", ca_pin: str = "") -> Proc:
+    def start_ctrl(
+        self, server: str = "", token: str = "", ca_pin: str = "", token_file: Path | None = None
+    ) -> Proc:
         argv = [
             script("cvlan-ctrl"),
             "--state-dir",
@@ -138,6 +140,8 @@ class Node:
             argv += ["--server", server]
         if token:
             argv += ["--token", token, "--ca-pin", ca_pin]
+        if token_file is not None:
+            argv += ["--token-file", str(token_file)]
         self.ctrl = self.ns.spawn(f"cvlan-ctrl{self.tag}", *argv)
         return self.ctrl
 

@@ -142,7 +142,7 @@ async def test_revoked_node_stops_with_clear_error(controller: RunningController
         await until(lambda: agent.polls >= 1)
         (n,) = await nodes(controller)
         assert (await controller.api().delete(f"/api/v1/tenants/acme/nodes/{n['id']}")).status == 204
-        with pytest.raises(FatalError, match="deleted or disabled"):
+        with pytest.raises(FatalError, match="has been deleted; re-enrol"):
             await asyncio.wait_for(task, 15)
 
 

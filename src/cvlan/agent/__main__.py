@@ -36,7 +36,17 @@ def parser() -> argparse.ArgumentParser:
     )
     add_version_flag(p)
     p.add_argument("--server", help="controller URL, e.g. https://ctl.example.net:8443")
-    p.add_argument("--token", help="enrollment token (first start only)")
+    p.add_argument(
+        "--token",
+        help="enrollment token: at the first start, or to re-authenticate as the same node after the "
+        "certificate expired; '-' reads it from stdin",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"read the enrollment token from FILE (or set {join.TOKEN_ENV}); keeps it out of ps",
+    )
     p.add_argument("--ca-pin", help="sha256:HEX fingerprint of the controller CA (first start only)")
     p.add_argument(
         "--state-dir", type=Path, default=DEFAULT_STATE, help=f"identity directory (default {DEFAULT_STATE})"
@@ -92,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         print("cvlan-ctrl: --listen-port must be 1-65535 and --long-poll 0-60", file=sys.stderr)
         return 2
     cvlog.setup(args.log_level, args.log_format)
+    token = args.token
+    if token == "-" or args.token_file is not None or (token is None and os.environ.get(join.TOKEN_ENV)):
+        try:
+            token = join.read_token(args, sys.stdin, dict(os.environ))
+        except join.JoinError as e:
+            print(f"cvlan-ctrl: {e.message}", file=sys.stderr)
+            return e.status
     opts = Options(
         server=args.server,
-        token=args.token,
+        token=token,
         ca_pin=args.ca_pin,
         state_dir=args.state_dir,
         cvland_socket=args.cvland_socket,

@@ -103,6 +103,8 @@ class Agent:
         self.discovered = False
         """The controller's long-poll setting is known; read again after a failed round (it may have
         restarted with another)."""
+        self.disabled = False
+        """The controller refuses this node until an administrator enables it again."""
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -121,8 +123,10 @@ class Agent:
                     f"cvlan-ctrl --server {ident.server} --token TOKEN --ca-pin PIN",
                     1,
                 )
-            log.warning("node certificate expired; enrolling again with the given token")
-            ident = None
+            log.warning("node certificate expired; re-authenticating as the same node with the given token")
+            ident = await self.reauthenticate(ident, self.opts.token)
+            self.store.save(ident)
+            return ident
         if ident is not None:
             if self.opts.token:
                 log.info("already enrolled; ignoring --token", extra={"node_id": ident.node_id})
@@ -189,6 +193,31 @@ class Agent:
         )
         return ident
 
+    async def reauthenticate(self, ident: Identity, token: str) -> Identity:
+        """Get a new certificate for the same node (id, name, address, WireGuard key) after the old
+        one expired: the token, the old certificate and a signature by its key prove who we are."""
+        key_pem, csr = tls.new_key_and_csr()
+        try:
+            c = NodeApiClient(ident.server, ident.ca_pem)
+            try:
+                reg = await c.reauthenticate(
+                    token, bytes.fromhex(ident.wg_private_key), csr, ident.cert_pem, ident.tls_key_pem
+                )
+            finally:
+                await c.close()
+        except ControlError as e:
+            raise FatalError(
+                f"re-authentication refused: {e.message.removeprefix('controller refused: ')}"
+            ) from e
+        ident.cert_pem, ident.tls_key_pem = reg.certificate_pem, key_pem
+        ident.ca_pem = reg.ca_pem or ident.ca_pem
+        ident.cert_obtained_at = time.time()
+        log.info(
+            f"re-authenticated as node {reg.node_name} ({reg.address})",
+            extra={"node_id": reg.node_id, "tenant_id": reg.tenant_id},
+        )
+        return ident
+
     # --- running -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -234,6 +263,8 @@ class Agent:
 
     async def _report_denied(self) -> None:
         assert self.client is not None
+        if self.disabled:
+            return  # refused until enabled; the poll loop has said so once
         try:
             rep = await asyncio.wait_for(self.ipc.denied(), STATUS_TIMEOUT_S)
         except (IpcError, TimeoutError):
@@ -274,6 +305,8 @@ class Agent:
             self.metrics.polls["error"].inc()
             self.metrics.errors.labels(e.reason or (f"http_{e.status}" if e.status else "retry")).inc()
             self.discovered = False
+            if e.reason == "disabled":
+                return await self._on_disabled(e, backoff)
             if not e.retryable:
                 raise fatal_for(e, self.ident.server) from e
             delay = backoff.next()
@@ -282,6 +315,9 @@ class Agent:
         backoff.reset()
         self.polls += 1
         self.metrics.polls["unchanged" if resp.unchanged else "changed"].inc()
+        if self.disabled:
+            self.disabled = False
+            log.info("the node is enabled again", extra={"node_id": self.ident.node_id})
         pushed = False
         if not resp.unchanged:
             self._on_map(resp.map)
@@ -300,6 +336,24 @@ class Agent:
         d = await self.client.discover()
         self.long_poll_s = min(self.opts.long_poll_s, d.max_long_poll_s)
         self.discovered = True
+
+    async def _on_disabled(self, e: ControlError, backoff: Backoff) -> float:
+        """The node was disabled: drop every peer (its tunnels are gone on the peers' side anyway) and
+        keep asking, so it comes back with the same identity once enabled. Logged once per change."""
+        assert self.ident is not None
+        delay = backoff.next()
+        if not self.disabled:
+            self.disabled = True
+            msg = e.message.removeprefix("controller refused: ")
+            log.warning(
+                f"{msg}; asking again every {self.opts.backoff_cap_s:g}s at most",
+                extra={"reason": "disabled", "node_id": self.ident.node_id},
+            )
+            # The same version, no peers: cvland keeps the interface and address, with no tunnel.
+            self.pending = desired_state(self.ident, pb.NetworkMap(version=self.held), self.opts.listen_port)
+            self.held = 0
+            await self._push()
+        return delay
 
     def _on_map(self, m: pb.NetworkMap) -> None:
         assert self.ident is not None
@@ -374,6 +428,14 @@ class Agent:
         # Measured from when we got it, not from notBefore (the CA back-dates that for clock skew).
         nb = self.ident.cert_obtained_at or tls.cert_not_before(self.ident.cert_pem)
         now = time.time()
+        if now >= na and self.opts.token:
+            # Expired while the controller was out of reach: come back as the same node.
+            log.warning("node certificate expired; re-authenticating as the same node with the given token")
+            self.ident = await self.reauthenticate(self.ident, self.opts.token)
+            self.store.save(self.ident)
+            self.client.set_identity(self.ident.cert_pem, self.ident.tls_key_pem)
+            self.held = 0
+            return
         if now >= na:
             raise FatalError(
                 "the node certificate expired; re-enrol the node with a new token "

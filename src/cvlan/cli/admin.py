@@ -70,7 +70,12 @@ def cvlan_delete(c: Client, ns: argparse.Namespace) -> Any:
 
 
 def token_create(c: Client, ns: argparse.Namespace) -> Any:
-    body: dict[str, Any] = {"cvlan": ns.cvlan, "reusable": ns.reusable, "tags": ns.tag or []}
+    body: dict[str, Any] = {
+        "cvlan": ns.cvlan,
+        "reusable": ns.reusable,
+        "tags": ns.tag or [],
+        "ephemeral": ns.ephemeral,
+    }
     if ns.uses is not None:
         body["uses"] = ns.uses
     if ns.expires:
@@ -111,8 +116,23 @@ NODE_COLS = [
     "last_seen",
     "endpoints",
     "map_version",
-    "cert_not_after",
+    "expires_in",
+    "disabled",
 ]
+
+
+def expires_in(n: dict[str, Any]) -> str:
+    """'6d 23h', '5h 10m', 'expired', 'not issued'; '(expiry off)' added for a server."""
+    s = n.get("expires_in_s")
+    if s is None:
+        return "not issued"
+    if s <= 0:
+        text = "expired"
+    elif s >= 86400:
+        text = f"{s // 86400}d {s % 86400 // 3600}h"
+    else:
+        text = f"{s // 3600}h {s % 3600 // 60}m"
+    return text + (" (expiry off)" if n.get("key_expiry_disabled") else "")
 
 
 def node_list(c: Client, ns: argparse.Namespace) -> Any:
@@ -122,6 +142,8 @@ def node_list(c: Client, ns: argparse.Namespace) -> Any:
         if ns.cvlan:
             raise ApiError(0, "usage", "--cvlan needs --tenant")
         rows = c.pages("/api/v1/nodes")
+    for r in rows:
+        r["expires_in"] = expires_in(r)
     return rows, (["tenant_id", *NODE_COLS] if not ns.tenant else NODE_COLS)
 
 
@@ -140,6 +162,27 @@ def node_rename(c: Client, ns: argparse.Namespace) -> Any:
 
 def node_move(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("PATCH", _t(ns) + f"/nodes/{_q(ns.node)}", {"cvlan": ns.cvlan})
+
+
+def node_disable(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/disable")
+
+
+def node_enable(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/enable")
+
+
+def node_key_expiry(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/key-expiry", {"disabled": ns.state == "off"})
+
+
+def tenant_key_expiry(c: Client, ns: argparse.Namespace) -> Any:
+    life = None if ns.lifetime == "default" else ns.lifetime
+    return c.call("PUT", _t(ns) + "/key-expiry", {"node_cert_lifetime": life})
+
+
+def node_tag(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/tags", {"tags": ns.tags})
 
 
 def user_create(c: Client, ns: argparse.Namespace) -> Any:
@@ -355,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "list", tenant_list, "list tenants", False)
     leaf(g, "show", tenant_show, "show a tenant", False).add_argument("name")
     leaf(g, "delete", tenant_delete, "delete an empty tenant", False).add_argument("name")
+    x = leaf(g, "key-expiry", tenant_key_expiry, "how long the tenant's node certificates last (admin)")
+    x.add_argument("lifetime", help="a duration such as 7d or 30d (1h-365d), or 'default'")
 
     g = group("cvlan", "manage CVLANs of a tenant")
     x = leaf(g, "create", cvlan_create, "create a CVLAN")
@@ -370,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cvlan", required=True)
     x.add_argument("--reusable", action="store_true", help="allow several nodes to join with it")
     x.add_argument("--uses", type=int, help="maximum number of nodes (implies --reusable when > 1)")
+    x.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="its nodes are removed after being offline for ephemeral_offline_s (CI runners, containers)",
+    )
     x.add_argument("--expires", help="lifetime such as 1h, 24h (default), 7d")
     x.add_argument("--tag", action="append", help="tag for the nodes it enrols (repeatable)")
     leaf(g, "list", token_list, "list enrollment tokens").add_argument("--cvlan")
@@ -388,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     x = leaf(g, "move", node_move, "move a node to another CVLAN of the tenant")
     x.add_argument("node")
     x.add_argument("--cvlan", required=True)
+    leaf(
+        g, "disable", node_disable, "disable a node: refused at once, its peers drop it; keeps its identity"
+    ).add_argument("node")
+    leaf(g, "enable", node_enable, "enable a disabled node again (same id, address and name)").add_argument(
+        "node"
+    )
+    x = leaf(g, "key-expiry", node_key_expiry, "key expiry of a node (admin): off for servers, on again")
+    x.add_argument("node")
+    x.add_argument("state", choices=("on", "off"), help="off: its certificates last ten years")
+    x = leaf(g, "tag", node_tag, "replace a node's tags (admin); no TAG clears them")
+    x.add_argument("node")
+    x.add_argument("tags", nargs="*", metavar="TAG", help="e.g. tag:web (policies follow at once)")
 
     g = group("user", "manage users of a tenant")
     x = leaf(g, "create", user_create, "create a user (a password is generated unless --password-stdin)")

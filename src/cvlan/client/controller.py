@@ -12,6 +12,8 @@ import time
 from typing import TypeVar
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.message import Message
 
 from cvlan.client import tls
@@ -161,6 +163,29 @@ class NodeApiClient:
             csr_pem=csr_pem,
             hostname=hostname,
             os_info=os_info,
+        )
+        return await self._call("/v1/register", req, pb.RegisterResponse)
+
+    async def reauthenticate(
+        self, token: str, wg_private_key: bytes, csr_pem: str, old_cert_pem: str, old_key_pem: str
+    ) -> pb.RegisterResponse:
+        """Register again as the same node after its certificate expired: a new token, the last
+        certificate and a signature by its key, and a proof that we hold the WireGuard private key."""
+        d = await self.discover()
+        if len(d.reauth_public_key) != 32:
+            raise ControlError("this controller does not support re-authentication", retryable=False)
+        wg = x25519.X25519PrivateKey.from_private_bytes(wg_private_key)
+        wg_public = wg.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        message = wire.reauth_message(token, wg_public, csr_pem)
+        shared = wg.exchange(x25519.X25519PublicKey.from_public_bytes(d.reauth_public_key))
+        req = pb.RegisterRequest(
+            capability_version=wire.CAPABILITY_VERSION,
+            token=token,
+            wg_public_key=wg_public,
+            csr_pem=csr_pem,
+            previous_certificate_pem=old_cert_pem,
+            previous_key_signature=tls.sign(old_key_pem, message),
+            wg_key_proof=wire.wg_key_proof(shared, message),
         )
         return await self._call("/v1/register", req, pb.RegisterResponse)
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from cvlan.common.pki import KeyType, csr_for, new_csr
@@ -29,6 +29,15 @@ def csr_for_key(key_pem: str, common_name: str = "cvlan-node") -> str:
     key = serialization.load_pem_private_key(key_pem.encode(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
     return csr_for(key, common_name)
+
+
+def sign(key_pem: str, message: bytes) -> bytes:
+    """A signature of message with a node key (Ed25519, or ECDSA P-256 with SHA-256)."""
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(message)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key.sign(message, ec.ECDSA(hashes.SHA256()))
 
 
 def normalize_pin(pin: str) -> str:

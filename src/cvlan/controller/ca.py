@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from cvlan.common.files import write_atomic
@@ -31,6 +32,22 @@ class CertificateAuthority:
     def fingerprint(self) -> str:
         """sha256:HEX of the CA certificate: what a node pins before it trusts a controller."""
         return ca_fingerprint(self.cert_pem.decode())
+
+    def reauth_key(self) -> x25519.X25519PrivateKey:
+        """The X25519 key re-authenticating nodes prove their WireGuard key against (NODES.md). Derived
+        from the CA key, so every controller process sharing the CA has the same one."""
+        der = self.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cvlan-reauth-x25519").derive(der)
+        return x25519.X25519PrivateKey.from_private_bytes(seed)
+
+    def reauth_public(self) -> bytes:
+        return (
+            self.reauth_key()
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
 
     @classmethod
     def load_or_create(cls, directory: Path, now: dt.datetime | None = None) -> CertificateAuthority:

@@ -56,6 +56,8 @@ class ControllerSettings(BaseSettings):
     """The longest a poll is held waiting for a change (advertised in discover; nodes ask for 30 s).
     0: no long-poll, nodes poll every poll_interval_s (plain keep-alive polling)."""
     offline_after_s: int = 90
+    ephemeral_offline_s: int = Field(default=600, ge=60)
+    """A node enrolled with an ephemeral token is removed after being offline this long."""
     max_body_bytes: int = 1 << 20
     liveness_flush_s: float = 1.0
     log_level: str = "info"

@@ -4,6 +4,8 @@ The messages themselves are generated from proto/cvlan/v1/node.proto into cvlan.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TypeVar
 
 from google.protobuf import json_format
@@ -28,6 +30,19 @@ MAX_ENDPOINTS = 16
 MAX_ENDPOINT_LEN = 64
 MAX_HOSTNAME_LEN = 63
 MAX_DENIED_FLOWS = 1000
+
+
+def wg_key_proof(shared_secret: bytes, message: bytes) -> bytes:
+    """The proof a re-authenticating node holds its WireGuard private key: HMAC-SHA256 keyed with the
+    X25519 secret it shares with the controller's reauth key, over reauth_message."""
+    return hmac.new(shared_secret, message, hashlib.sha256).digest()
+
+
+def reauth_message(token: str, wg_public_key: bytes, csr_pem: str) -> bytes:
+    """What a node whose certificate expired signs with that certificate's key to re-authenticate:
+    binds the proof to this request's token, WireGuard key and new CSR (replaying it gains nothing)."""
+    return b"\0".join([b"cvlan-reauth-v1", token.encode(), wg_public_key, csr_pem.encode()])
+
 
 M = TypeVar("M", bound=Message)
 

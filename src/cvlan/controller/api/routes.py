@@ -82,6 +82,27 @@ async def delete_tenant(c: Call) -> None:
         await tenants.delete(c.ctx, s, c.who, c.params["tenant"])
 
 
+class KeyExpiryPolicy(Body):
+    node_cert_lifetime: str | None = Field(
+        default=None, max_length=20, description="e.g. 7d, 30d; null: the controller's default"
+    )
+
+
+@route(
+    "PUT",
+    T + "/key-expiry",
+    summary="Set the tenant's key expiry policy: how long node certificates last (admin)",
+    tag="tenants",
+    body=KeyExpiryPolicy,
+)
+async def set_key_expiry_policy(c: Call) -> dict[str, Any]:
+    lifetime = _duration("node_cert_lifetime", c.body.node_cert_lifetime)
+    seconds = int(lifetime.total_seconds()) if lifetime is not None else None
+    async with c.ctx.tx() as s:
+        t = await tenants.set_cert_lifetime(c.ctx, s, c.who, c.params["tenant"], seconds)
+    return tenants.view(t)
+
+
 # --- CVLANs -------------------------------------------------------------------------------
 
 
@@ -213,6 +234,9 @@ class TokenCreate(Body):
     uses: int | None = Field(default=None, ge=1, le=cvlans.MAX_TOKEN_USES)
     expires: str | None = Field(default=None, max_length=20, description="duration such as 24h or 7d")
     tags: list[str] = Field(default_factory=list)
+    ephemeral: bool = Field(
+        default=False, description="nodes it enrols are removed after ephemeral_offline_s offline"
+    )
 
 
 def join_command(c: Call, token_text: str) -> str:
@@ -250,7 +274,16 @@ async def create_token(c: Call) -> dict[str, Any]:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
         tok, cv, text = await cvlans.create_token(
-            c.ctx, s, c.who, t, b.cvlan, reusable=b.reusable, max_uses=b.uses, expires_in=expires, tags=b.tags
+            c.ctx,
+            s,
+            c.who,
+            t,
+            b.cvlan,
+            reusable=b.reusable,
+            max_uses=b.uses,
+            expires_in=expires,
+            tags=b.tags,
+            ephemeral=b.ephemeral,
         )
     return {
         **cvlans.token_view(tok, cv.name),
@@ -344,6 +377,72 @@ async def delete_node(c: Call) -> None:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
         await nodes.delete(c.ctx, s, c.who, t, c.params["node"])
+
+
+async def _set_disabled(c: Call, disabled: bool) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        n = await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], disabled)
+        n, cn = await nodes.get(s, c.who, t, str(n.id))
+    return nodes.view(n, c.ctx, cn)
+
+
+@route(
+    "POST",
+    T + "/nodes/{node}/disable",
+    summary="Disable a node: refused from its next request, dropped from its peers' maps at once",
+    tag="nodes",
+)
+async def disable_node(c: Call) -> dict[str, Any]:
+    return await _set_disabled(c, True)
+
+
+@route(
+    "POST",
+    T + "/nodes/{node}/enable",
+    summary="Enable a disabled node again, with the same id, address and name",
+    tag="nodes",
+)
+async def enable_node(c: Call) -> dict[str, Any]:
+    return await _set_disabled(c, False)
+
+
+class NodeKeyExpiry(Body):
+    disabled: bool
+
+
+@route(
+    "PUT",
+    T + "/nodes/{node}/key-expiry",
+    summary="Disable key expiry for a node (servers) or enable it again (admin)",
+    tag="nodes",
+    body=NodeKeyExpiry,
+)
+async def set_node_key_expiry(c: Call) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        n = await nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled)
+        n, cn = await nodes.get(s, c.who, t, str(n.id))
+    return nodes.view(n, c.ctx, cn)
+
+
+class NodeTags(Body):
+    tags: list[str] = Field(max_length=cvlans.MAX_TAGS)
+
+
+@route(
+    "PUT",
+    T + "/nodes/{node}/tags",
+    summary="Replace a node's tags (admin); the CVLAN's policy follows at once",
+    tag="nodes",
+    body=NodeTags,
+)
+async def set_node_tags(c: Call) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        t = await resolve_tenant(s, c.who, c.params["tenant"])
+        n = await nodes.set_tags(c.ctx, s, c.who, t, c.params["node"], c.body.tags)
+        n, cn = await nodes.get(s, c.who, t, str(n.id))
+    return nodes.view(n, c.ctx, cn)
 
 
 # --- users and API tokens -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -62,6 +63,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
+    node_cert_lifetime_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Key expiry policy: lifetime of the tenant's node certificates (None: the controller's setting)."""
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
@@ -140,6 +143,8 @@ class EnrollmentToken(Base):
     max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
     uses: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Nodes it enrols are removed after being offline for ephemeral_offline_s (CI runners, containers)."""
     created_by: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[dt.datetime] = mapped_column(TS)
     expires_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
@@ -157,6 +162,8 @@ class Node(Base):
     address: Mapped[str] = mapped_column(String(43))
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    key_expiry_disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cert_serial: Mapped[str] = mapped_column(String(64), default="")
     cert_not_after: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
     endpoints: Mapped[list[Any]] = mapped_column(JSON, default=list)

@@ -26,6 +26,7 @@ from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vro
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import policy as policy_ops
 from cvlan.controller.ops.context import OpsContext
+from cvlan.controller.ops.nodes import disabled_error
 from cvlan.controller.policy import MemberRef, compile_for_members
 from cvlan.controller.vrouting import Hub, direct, hubs_for, node_region
 from cvlan.wire import nodeproto
@@ -216,7 +217,8 @@ class Mapper:
     async def map_for_node(
         self, node_id: int, tenant_id: int, wg_key: bytes, cvlan_hint: int | None = None
     ) -> tuple[CvlanMap, Member]:
-        """The map of the node's CVLAN and the node's entry. UNAUTHENTICATED if it was deleted or disabled.
+        """The map of the node's CVLAN and the node's entry. UNAUTHENTICATED if it was deleted,
+        FORBIDDEN (reason "disabled") while it is disabled.
 
         cvlan_hint (the CVLAN in the node's certificate) spares a database lookup per node after a
         restart: loading that CVLAN's map indexes all its members at once."""
@@ -265,6 +267,8 @@ class Mapper:
             ).first()
         if row is None or row.disabled or row.wg_public_key != wg_key:
             self._node_cvlan.pop(node_id, None)
+            if row is not None and row.disabled and row.wg_public_key == wg_key:
+                raise disabled_error(node_id)
             raise revoked(node_id)
         return int(row.cvlan_id)
 
@@ -428,7 +432,7 @@ class Mapper:
 def revoked(node_id: int) -> DomainError:
     return DomainError(
         Kind.UNAUTHENTICATED,
-        f"node {node_id} has been deleted or disabled; re-enrol it with a new token",
+        f"node {node_id} has been deleted; re-enrol it with a new token",
         {"reason": "revoked"},
     )
 

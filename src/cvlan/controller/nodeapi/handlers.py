@@ -28,7 +28,7 @@ from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
 from cvlan.controller.nodeapi.identity import IdentityResolver
-from cvlan.controller.ops import registration
+from cvlan.controller.ops import nodes, reauth, registration
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
@@ -61,6 +61,7 @@ class NodeApi:
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.identity = IdentityResolver(ca, ctx.proxies)
         self.ca_pem = ca.cert_pem.decode()
+        self.reauth_public = ca.reauth_public()
         self.closing = False
         ctx.on_cvlan_changed.append(self.mapper.on_changed)
         # SQLite has one writer; queueing registrations here avoids its busy-wait sleeps (up to 100 ms
@@ -111,6 +112,7 @@ class NodeApi:
             poll_interval_s=self.ctx.settings.poll_interval_s,
             max_long_poll_s=min(MAX_LONG_POLL_S, self.ctx.settings.max_long_poll_s),
             server_version=__version__,
+            reauth_public_key=self.reauth_public,
         )
 
     async def register(self, request: web.Request) -> web.Response:
@@ -128,13 +130,17 @@ class NodeApi:
             req.token, req.wg_public_key, req.csr_pem, req.hostname, req.os_info, request_id_var.get()
         )
         try:
-            # A node with a certificate re-registers alone; enrolments with a token go in batches.
-            if ident is None and req.token:
+            # A node with a certificate re-registers alone, and so does one that re-authenticates
+            # (reauth.py); enrolments with a token go in batches.
+            if ident is None and req.token and not req.previous_certificate_pem:
                 got = await self.enrolments.submit(enrol)
             else:
-                got = await self.register_alone(enrol, ident)
+                got = await self.register_alone(enrol, ident, req)
         except DomainError as e:
             REGISTRATIONS.labels(e.kind.value).inc()
+            if isinstance(e, reauth.ReauthRefused):
+                await reauth.record_refusal(self.ctx, e)
+                log.warning("node re-authentication refused", extra={"reason": e.message[:200]})
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan
@@ -155,9 +161,13 @@ class NodeApi:
         )
 
     async def register_alone(
-        self, e: registration.Enrolment, ident: NodeIdentity | None = None
+        self,
+        e: registration.Enrolment,
+        ident: NodeIdentity | None = None,
+        req: pb.RegisterRequest | None = None,
     ) -> registration.Issued:
-        """Register one node in its own transaction."""
+        """Register one node in its own transaction (req: its re-authentication proofs, if any)."""
+        proofs = req or pb.RegisterRequest()
         async with self._write_lock, self.ctx.tx() as s:
             return await registration.register(
                 self.ctx,
@@ -169,6 +179,9 @@ class NodeApi:
                 hostname=e.hostname,
                 os_info=e.os_info,
                 caller=self.caller(ident) if ident else None,
+                previous_cert_pem=proofs.previous_certificate_pem,
+                previous_key_signature=proofs.previous_key_signature,
+                wg_key_proof=proofs.wg_key_proof,
             )
 
     async def poll(self, request: web.Request) -> web.Response:
@@ -296,6 +309,7 @@ class NodeApi:
                 self.liveness.run(self.ctx.settings.liveness_flush_s, stop), name="liveness-flush"
             ),
             asyncio.create_task(self._relay_loop(stop), name="relay-refresh"),
+            asyncio.create_task(nodes.run_ephemeral_sweeper(self.ctx, stop), name="ephemeral-sweep"),
         ]
         yield
         # Let a database write or read in progress finish (and the last liveness flush be made);

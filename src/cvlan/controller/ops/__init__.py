@@ -9,6 +9,7 @@ __all__ = [
     "infra",
     "nodes",
     "policy",
+    "reauth",
     "registration",
     "tenants",
     "users",

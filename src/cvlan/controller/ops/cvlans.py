@@ -147,6 +147,7 @@ def token_view(t: EnrollmentToken, cvlan_name: str = "") -> dict[str, Any]:
         "max_uses": t.max_uses,
         "uses": t.uses,
         "tags": t.tags,
+        "ephemeral": t.ephemeral,
         "created_by": t.created_by,
         "created_at": t.created_at,
         "expires_at": t.expires_at,
@@ -180,6 +181,7 @@ async def create_token(
     max_uses: int | None,
     expires_in: dt.timedelta | None,
     tags: list[str],
+    ephemeral: bool = False,
 ) -> tuple[EnrollmentToken, Cvlan, str]:
     """Issue an enrollment token for a CVLAN; the secret text is returned once and stored hashed."""
     who.require(tenant.id, Level.OPERATE, "create enrollment token")
@@ -198,6 +200,7 @@ async def create_token(
         max_uses=max_uses if reusable else 1,
         uses=0,
         tags=check_tags(tags),
+        ephemeral=ephemeral,
         created_by=who.actor,
         created_at=ctx.now(),
         expires_at=ctx.now() + (expires_in or dt.timedelta(days=1)),
@@ -217,6 +220,7 @@ async def create_token(
             "reusable": t.reusable,
             "max_uses": t.max_uses,
             "tags": t.tags,
+            "ephemeral": t.ephemeral,
         },
     )
     return t, c, issued.text

@@ -1,13 +1,17 @@
-"""Nodes: creation at registration, listing with status, rename, move, delete."""
+"""Nodes: creation at registration, listing with status, rename, move, disable/enable, tags, delete,
+and the removal of ephemeral nodes gone offline."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit, ipam
@@ -15,10 +19,40 @@ from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
+from cvlan.controller.ops.cvlans import check_tags
+
+log = logging.getLogger(__name__)
+SWEEPER = Principal(actor="controller:ephemeral-sweeper")
+SWEEP_BATCH = 500
 
 
 def is_online(n: Node, now: dt.datetime, offline_after_s: int) -> bool:
     return n.last_seen is not None and (now - n.last_seen).total_seconds() < offline_after_s
+
+
+NO_EXPIRY = dt.timedelta(days=3650)
+"""The lifetime of the certificates of a node whose key expiry is disabled."""
+MIN_CERT_LIFETIME_S = 3600
+MAX_CERT_LIFETIME_S = 365 * 86400
+
+
+async def cert_lifetime(ctx: OpsContext, s: AsyncSession, n: Node) -> dt.timedelta:
+    """The key expiry policy: ten years if disabled for the node, else its tenant's lifetime, else the
+    controller's node_cert_lifetime_s."""
+    if n.key_expiry_disabled:
+        return NO_EXPIRY
+    t = await s.get(Tenant, n.tenant_id)
+    seconds = t.node_cert_lifetime_s if t is not None and t.node_cert_lifetime_s else None
+    return dt.timedelta(seconds=seconds or ctx.settings.node_cert_lifetime_s)
+
+
+def disabled_error(node_id: int) -> DomainError:
+    """What a disabled node's requests get: the agent logs it and keeps asking until enabled."""
+    return DomainError(
+        Kind.FORBIDDEN,
+        f"node {node_id} is disabled by an administrator; it is refused until it is enabled again",
+        {"reason": "disabled"},
+    )
 
 
 def view(n: Node, ctx: OpsContext, cvlan_name: str = "") -> dict[str, Any]:
@@ -37,10 +71,18 @@ def view(n: Node, ctx: OpsContext, cvlan_name: str = "") -> dict[str, Any]:
         "home_relay_region": n.home_relay_region,
         "map_version": n.map_version,
         "cert_not_after": n.cert_not_after,
+        "expires_in_s": _expires_in(n, ctx.now()),
+        "key_expiry_disabled": n.key_expiry_disabled,
         "disabled": n.disabled,
+        "ephemeral": n.ephemeral,
         "health": n.health,
         "created_at": n.created_at,
     }
+
+
+def _expires_in(n: Node, now: dt.datetime) -> int | None:
+    """Seconds until the node's certificate expires (negative: expired); None if never issued."""
+    return int((n.cert_not_after - now).total_seconds()) if n.cert_not_after is not None else None
 
 
 def _audit(n: Node) -> dict[str, Any]:
@@ -133,6 +175,7 @@ async def create_many(ctx: OpsContext, s: AsyncSession, todo: list[NewNode]) -> 
                 wg_public_key=n.wg_public_key,
                 address=addr,
                 tags=list(n.token.tags or []),
+                ephemeral=n.token.ephemeral,
                 os_info=n.os_info[:200],
                 token_id=n.token.id,
                 created_at=now,
@@ -293,15 +336,114 @@ async def move(
     return n
 
 
+async def set_disabled(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, disabled: bool
+) -> Node:
+    """Disable a node (refused from its next request, dropped from its peers' maps at once) or
+    enable it again with the same id, address, name and keys. Setting the current state is a no-op."""
+    who.require(tenant.id, Level.OPERATE, "disable node" if disabled else "enable node")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    if n.disabled == disabled:
+        return n
+    before = {**_audit(n), "disabled": n.disabled}
+    n.disabled = disabled
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None
+    bump(s, cvlan)
+    action = "node.disable" if disabled else "node.enable"
+    after = {**_audit(n), "disabled": n.disabled}
+    audit.record(s, who, action, "node", n.id, tenant_id=tenant.id, before=before, after=after)
+    return n
+
+
+async def set_tags(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, tags: list[str]
+) -> Node:
+    """Replace a node's tags; its CVLAN's policy is compiled again for the new tags at once."""
+    who.require(tenant.id, Level.ADMIN, "change node tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise DomainError(Kind.INVALID, "tags must be a list of strings", {"field": "tags"})
+    wanted = check_tags(tags)
+    n = await resolve(s, tenant.id, ref, lock=True)
+    if sorted(n.tags or []) == wanted:
+        return n
+    before = _audit(n)
+    n.tags = wanted
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None
+    bump(s, cvlan)
+    audit.record(s, who, "node.tags", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
+    return n
+
+
+async def set_key_expiry(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, disabled: bool
+) -> Node:
+    """Disable key expiry for a node (servers: its next certificate lasts ten years) or enable it
+    again (its next certificate gets the tenant's lifetime). Disabling or deleting it still works at once."""
+    who.require(tenant.id, Level.ADMIN, "change node key expiry")
+    n = await resolve(s, tenant.id, ref, lock=True)
+    if n.key_expiry_disabled == disabled:
+        return n
+    before = {**_audit(n), "key_expiry_disabled": n.key_expiry_disabled}
+    n.key_expiry_disabled = disabled
+    after = {**_audit(n), "key_expiry_disabled": n.key_expiry_disabled}
+    audit.record(s, who, "node.key_expiry", "node", n.id, tenant_id=tenant.id, before=before, after=after)
+    return n
+
+
 async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> Node:
     """Delete a node: its certificate is refused from the next request, its address quarantined."""
     who.require(tenant.id, Level.OPERATE, "delete node")
     n = await resolve(s, tenant.id, ref, lock=True)
+    await _remove(ctx, s, who, n, "node.delete")
+    return n
+
+
+async def _remove(
+    ctx: OpsContext, s: AsyncSession, who: Principal, n: Node, action: str, why: str | None = None
+) -> None:
     cvlan = await s.get(Cvlan, n.cvlan_id)
     assert cvlan is not None
     await ipam.release_address(s, cvlan.id, n.address, ctx.now())
     bump(s, cvlan)
-    audit.record(s, who, "node.delete", "node", n.id, tenant_id=tenant.id, before=_audit(n))
+    after = {"reason": why} if why else None
+    audit.record(s, who, action, "node", n.id, tenant_id=n.tenant_id, before=_audit(n), after=after)
     await s.delete(n)
     count_change(s, "nodes", -1)
-    return n
+
+
+async def sweep_ephemeral(ctx: OpsContext, s: AsyncSession) -> list[Node]:
+    """Remove the ephemeral nodes offline for longer than ephemeral_offline_s (a node that never
+    polled: since it enrolled), like a delete: address quarantined, peers' maps updated, audited."""
+    limit = ctx.settings.ephemeral_offline_s
+    cutoff = ctx.now() - dt.timedelta(seconds=limit)
+    offline = or_(Node.last_seen < cutoff, and_(Node.last_seen.is_(None), Node.created_at < cutoff))
+    stmt = select(Node).where(Node.ephemeral.is_(True), offline).order_by(Node.id).limit(SWEEP_BATCH)
+    gone = list(await s.scalars(stmt.with_for_update()))
+    for n in gone:
+        await _remove(
+            ctx, s, SWEEPER, n, "node.ephemeral_remove", f"ephemeral node offline for over {limit}s"
+        )
+    return gone
+
+
+async def run_ephemeral_sweeper(ctx: OpsContext, stop: asyncio.Event) -> None:
+    """Sweep ephemeral nodes every quarter of ephemeral_offline_s (at most every minute) until stop."""
+    every = min(60.0, ctx.settings.ephemeral_offline_s / 4)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            async with ctx.tx() as s:
+                gone = await sweep_ephemeral(ctx, s)
+        except DomainError as e:
+            log.warning("ephemeral node sweep failed; retrying", extra={"reason": e.message})
+            continue
+        for n in gone:
+            log.info(
+                f"ephemeral node {n.name} removed after being offline",
+                extra={"node_id": n.id, "tenant_id": n.tenant_id},
+            )

@@ -22,7 +22,7 @@ from cvlan.controller import credentials
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.ops import cvlans, nodes, reauth
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import certid
 
@@ -91,13 +91,18 @@ def clean_hostname(hostname: str) -> str:
 
 
 def issue_cert(
-    ctx: OpsContext, authority: CertificateAuthority, node: Node, csr: x509.CertificateSigningRequest
+    ctx: OpsContext,
+    authority: CertificateAuthority,
+    node: Node,
+    csr: x509.CertificateSigningRequest,
+    lifetime: dt.timedelta | None = None,
 ) -> tuple[str, dt.datetime]:
+    """Sign the node's certificate; lifetime from nodes.cert_lifetime (default: the controller's)."""
     now = ctx.now()
     cert = authority.issue_client(
         csr,
         common_name=f"node-{node.id}",
-        lifetime=dt.timedelta(seconds=ctx.settings.node_cert_lifetime_s),
+        lifetime=lifetime or dt.timedelta(seconds=ctx.settings.node_cert_lifetime_s),
         identity={
             certid.OID_NODE_ID: str(node.id),
             certid.OID_TENANT_ID: str(node.tenant_id),
@@ -123,9 +128,26 @@ async def register(
     hostname: str,
     os_info: str,
     caller: Caller | None,
+    previous_cert_pem: str = "",
+    previous_key_signature: bytes = b"",
+    wg_key_proof: bytes = b"",
 ) -> Issued:
-    """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent)."""
+    """Enrol a node with a token, or re-issue the certificate of the caller's own node (idempotent),
+    or re-authenticate a node whose certificate expired (ops.reauth) as the same node."""
     csr = _checked(wg_public_key, csr_pem)
+    if previous_cert_pem:
+        node = await reauth.reauthenticate(
+            ctx,
+            s,
+            authority,
+            token=token,
+            wg_public_key=wg_public_key,
+            csr_pem=csr_pem,
+            previous_cert_pem=previous_cert_pem,
+            signature=previous_key_signature,
+            wg_proof=wg_key_proof,
+        )
+        return await _issued(ctx, s, authority, node, csr)
     # Only a caller with a certificate can re-register; for anyone else nodes.create refuses the key.
     existing = None
     if caller is not None:
@@ -135,7 +157,9 @@ async def register(
         if retried is not None:
             c = await s.get(Cvlan, retried.cvlan_id)
             assert c is not None
-            pem, not_after = issue_cert(ctx, authority, retried, csr)
+            pem, not_after = issue_cert(
+                ctx, authority, retried, csr, await nodes.cert_lifetime(ctx, s, retried)
+            )
             return Issued(retried, c, pem, not_after)
     if existing is not None:
         if (
@@ -151,7 +175,9 @@ async def register(
             )
         c = await s.get(Cvlan, existing.cvlan_id)
         assert c is not None
-        pem, not_after = issue_cert(ctx, authority, existing, csr)
+        pem, not_after = issue_cert(
+            ctx, authority, existing, csr, await nodes.cert_lifetime(ctx, s, existing)
+        )
         return Issued(existing, c, pem, not_after)
     if not token:
         raise DomainError(Kind.UNAUTHENTICATED, "an enrollment token is required", {"field": "token"})
@@ -171,7 +197,7 @@ async def _issued(
     node: Node,
     csr: x509.CertificateSigningRequest,
 ) -> Issued:
-    pem, not_after = issue_cert(ctx, authority, node, csr)
+    pem, not_after = issue_cert(ctx, authority, node, csr, await nodes.cert_lifetime(ctx, s, node))
     c = await s.get(Cvlan, node.cvlan_id)
     assert c is not None
     return Issued(node, c, pem, not_after)
@@ -294,13 +320,15 @@ async def renew(
     node = await s.scalar(
         select(Node).where(Node.id == caller.node_id, Node.tenant_id == caller.tenant_id).with_for_update()
     )
-    if node is None or node.disabled or node.wg_public_key != caller.wg_key:
+    if node is not None and node.disabled and node.wg_public_key == caller.wg_key:
+        raise nodes.disabled_error(node.id)
+    if node is None or node.wg_public_key != caller.wg_key:
         raise DomainError(
             Kind.UNAUTHENTICATED,
-            f"node {caller.node_id} has been deleted or disabled; re-enrol it with a new token",
+            f"node {caller.node_id} has been deleted; re-enrol it with a new token",
             {"reason": "revoked"},
         )
-    return issue_cert(ctx, authority, node, csr)
+    return issue_cert(ctx, authority, node, csr, await nodes.cert_lifetime(ctx, s, node))
 
 
 async def report_denied(

@@ -6,14 +6,51 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit
-from cvlan.controller.auth import Principal
+from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, check_name, count_change, resolve_tenant
+from cvlan.controller.ops.nodes import MAX_CERT_LIFETIME_S, MIN_CERT_LIFETIME_S
 
 
 def view(t: Tenant) -> dict[str, object]:
-    return {"id": t.id, "name": t.name, "display_name": t.display_name, "created_at": t.created_at}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "display_name": t.display_name,
+        "node_cert_lifetime_s": t.node_cert_lifetime_s,
+        "created_at": t.created_at,
+    }
+
+
+async def set_cert_lifetime(
+    ctx: OpsContext, s: AsyncSession, who: Principal, ref: str, seconds: int | None
+) -> Tenant:
+    """The tenant's key expiry policy: how long its nodes' certificates last (None: the controller's
+    default). Applies from each node's next certificate (renewal at 2/3 of the current one)."""
+    t = await resolve_tenant(s, who, ref)
+    who.require(t.id, Level.ADMIN, "change the key expiry policy")
+    if seconds is not None and not MIN_CERT_LIFETIME_S <= seconds <= MAX_CERT_LIFETIME_S:
+        raise DomainError(
+            Kind.INVALID,
+            "node_cert_lifetime must be between 1h and 365d",
+            {"field": "node_cert_lifetime"},
+        )
+    if t.node_cert_lifetime_s == seconds:
+        return t
+    before = {"node_cert_lifetime_s": t.node_cert_lifetime_s}
+    t.node_cert_lifetime_s = seconds
+    audit.record(
+        s,
+        who,
+        "tenant.key_expiry",
+        "tenant",
+        t.id,
+        tenant_id=t.id,
+        before=before,
+        after={"node_cert_lifetime_s": seconds},
+    )
+    return t
 
 
 async def create(

@@ -15,7 +15,7 @@ from cvlan.controller.api.routes import join_steps
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, infra, nodes, vrouters
+from cvlan.controller.ops import cvlans, infra, nodes, tenants, vrouters
 from cvlan.controller.web.core import Form, Page, page
 
 LIST_LIMIT = 1000
@@ -58,6 +58,10 @@ def token_status(t: EnrollmentToken, now: dt.datetime) -> str:
 
 @page(tenant=True)
 async def dashboard(p: Page) -> web.StreamResponse:
+    return await _dashboard(p)
+
+
+async def _dashboard(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         cv_rows, cv_total = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
@@ -71,7 +75,43 @@ async def dashboard(p: Page) -> web.StreamResponse:
         cvlans=cv_rows,
         events=events,
         nav="dashboard",
+        status=status,
+        form=form or Form({"lifetime": _lifetime_text(p.tenant.node_cert_lifetime_s)}),
+        default_lifetime=_lifetime_text(p.ctx.settings.node_cert_lifetime_s),
     )
+
+
+def _lifetime_text(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    return (
+        f"{seconds // 86400}d"
+        if seconds % 86400 == 0
+        else f"{seconds // 3600}h"
+        if seconds % 3600 == 0
+        else f"{seconds}s"
+    )
+
+
+@page(tenant=True)
+async def tenant_key_expiry(p: Page) -> web.StreamResponse:
+    """The tenant's key expiry policy: a lifetime such as 30d, or empty for the controller's default."""
+    assert p.tenant is not None
+    f = await p.form()
+    text = f.get("lifetime").strip()
+    try:
+        try:
+            seconds = int(parse_duration(text).total_seconds()) if text else None
+        except ValueError as e:
+            raise DomainError(Kind.INVALID, str(e), {"field": "node_cert_lifetime"}) from e
+        async with p.ctx.tx() as s:
+            await tenants.set_cert_lifetime(p.ctx, s, p.who, str(p.tenant.id), seconds)
+    except DomainError as e:
+        if e.kind != Kind.INVALID:
+            raise
+        f.fail(e, ("lifetime",), {"node_cert_lifetime": "lifetime"})
+        return await _dashboard(p, f, 422)
+    return p.redirect(p.url(""), "Key expiry policy saved; it applies from each node's next certificate.")
 
 
 async def _cvlan_list(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
@@ -215,7 +255,7 @@ async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int 
         node=node_row(p, n, cn),
         os_info=n.os_info,
         cvlans=[c for c, _ in all_cvlans],
-        form=form or Form({"name": n.name, "cvlan": cn}),
+        form=form or Form({"name": n.name, "cvlan": cn, "tags": " ".join(n.tags or [])}),
         nav="nodes",
     )
 
@@ -245,6 +285,54 @@ async def node_update(p: Page) -> web.StreamResponse:
         f.fail(e, ("name", "cvlan"), {"CVLAN": "cvlan"})
         return await _node_detail(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), msg)
+
+
+@page(tenant=True)
+async def node_disable(p: Page) -> web.StreamResponse:
+    return await _node_set_disabled(p, True)
+
+
+@page(tenant=True)
+async def node_enable(p: Page) -> web.StreamResponse:
+    return await _node_set_disabled(p, False)
+
+
+async def _node_set_disabled(p: Page, disabled: bool) -> web.StreamResponse:
+    assert p.tenant is not None
+    async with p.ctx.tx() as s:
+        n = await nodes.set_disabled(p.ctx, s, p.who, p.tenant, p.request.match_info["node"], disabled)
+    if disabled:
+        return p.redirect(p.url(f"nodes/{n.name}"), f"Node {n.name} disabled; its peers no longer see it.")
+    return p.redirect(p.url(f"nodes/{n.name}"), f"Node {n.name} enabled; it keeps its address {n.address}.")
+
+
+@page(tenant=True)
+async def node_key_expiry(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    f = await p.form()
+    off = f.get("disabled") == "yes"
+    async with p.ctx.tx() as s:
+        n = await nodes.set_key_expiry(p.ctx, s, p.who, p.tenant, p.request.match_info["node"], off)
+    msg = "its next certificate lasts ten years" if off else "its next certificate gets the tenant's lifetime"
+    return p.redirect(
+        p.url(f"nodes/{n.name}"), f"Key expiry of {n.name} {'disabled' if off else 'enabled'}: {msg}."
+    )
+
+
+@page(tenant=True)
+async def node_tags(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    ref = p.request.match_info["node"]
+    f = await p.form()
+    try:
+        async with p.ctx.tx() as s:
+            n = await nodes.set_tags(p.ctx, s, p.who, p.tenant, ref, f.get("tags").split())
+    except DomainError as e:
+        if e.kind != Kind.INVALID:
+            raise
+        f.fail(e, ("tags",), {"name": "tags"})
+        return await _node_detail(p, ref, f, 422)
+    return p.redirect(p.url(f"nodes/{n.name}"), f"Tags of {n.name} saved.")
 
 
 @page(tenant=True)
@@ -329,6 +417,7 @@ async def token_create(p: Page) -> web.StreamResponse:
                 max_uses=uses,
                 expires_in=expires,
                 tags=tags,
+                ephemeral=f.get("ephemeral") == "yes",
             )
     except DomainError as e:
         if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" not in e.message):
@@ -362,6 +451,11 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.get(t + "/nodes/{node}", node_detail),
         web.post(t + "/nodes/{node}/edit", node_update),
         web.post(t + "/nodes/{node}/delete", node_delete),
+        web.post(t + "/nodes/{node}/disable", node_disable),
+        web.post(t + "/nodes/{node}/enable", node_enable),
+        web.post(t + "/nodes/{node}/tags", node_tags),
+        web.post(t + "/nodes/{node}/key-expiry", node_key_expiry),
+        web.post(t + "/key-expiry", tenant_key_expiry),
         web.get(t + "/tokens", token_list),
         web.post(t + "/tokens", token_create),
         web.post(t + "/tokens/{token}/revoke", token_revoke),

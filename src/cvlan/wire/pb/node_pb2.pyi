@@ -147,6 +147,7 @@ class DiscoverResponse(_message.Message):
     POLL_INTERVAL_S_FIELD_NUMBER: _builtins.int
     MAX_LONG_POLL_S_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    REAUTH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     """The controller's capability version; a node refuses a controller below its own minimum."""
     min_capability_version: _builtins.int
@@ -163,6 +164,10 @@ class DiscoverResponse(_message.Message):
     """The longest long-poll hold the controller grants; longer requests are capped to it."""
     server_version: _builtins.str
     """Controller software version, for display."""
+    reauth_public_key: _builtins.bytes
+    """X25519 public key (32 bytes) a re-authenticating node combines with its WireGuard private key
+    to prove it holds that key (RegisterRequest.wg_key_proof).
+    """
     @_builtins.property
     def relay_map(self) -> Global___RelayMap: ...
     def __init__(
@@ -176,10 +181,11 @@ class DiscoverResponse(_message.Message):
         poll_interval_s: _builtins.int = ...,
         max_long_poll_s: _builtins.int = ...,
         server_version: _builtins.str = ...,
+        reauth_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["relay_map", b"relay_map"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_fingerprint", b"ca_fingerprint", "ca_pem", b"ca_pem", "capability_version", b"capability_version", "max_long_poll_s", b"max_long_poll_s", "min_capability_version", b"min_capability_version", "poll_interval_s", b"poll_interval_s", "relay_map", b"relay_map", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_fingerprint", b"ca_fingerprint", "ca_pem", b"ca_pem", "capability_version", b"capability_version", "max_long_poll_s", b"max_long_poll_s", "min_capability_version", b"min_capability_version", "poll_interval_s", b"poll_interval_s", "reauth_public_key", b"reauth_public_key", "relay_map", b"relay_map", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -201,6 +207,9 @@ class RegisterRequest(_message.Message):
     CSR_PEM_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     OS_INFO_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    PREVIOUS_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    WG_KEY_PROOF_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     """The node's capability version. 0 (absent) is refused as "unknown version"."""
     token: _builtins.str
@@ -213,6 +222,18 @@ class RegisterRequest(_message.Message):
     """Wanted node name; the controller may add a suffix (-2, -3) if it is taken in the tenant."""
     os_info: _builtins.str
     """Free text such as "linux x86_64 Debian 12", for display. Empty: unknown."""
+    previous_certificate_pem: _builtins.str
+    """Re-authentication of an existing node whose certificate expired (with a new token): the node's
+    last certificate, PEM. The node keeps its id, name and address. Empty: enrol a new node.
+    """
+    previous_key_signature: _builtins.bytes
+    """Signature by the previous certificate's key over nodeproto.reauth_message(token, wg_public_key,
+    csr_pem): proves the node still holds that key.
+    """
+    wg_key_proof: _builtins.bytes
+    """HMAC-SHA256 keyed with X25519(WireGuard private key, DiscoverResponse.reauth_public_key) over the
+    same message: proves the node holds its WireGuard private key.
+    """
     def __init__(
         self,
         *,
@@ -222,10 +243,13 @@ class RegisterRequest(_message.Message):
         csr_pem: _builtins.str = ...,
         hostname: _builtins.str = ...,
         os_info: _builtins.str = ...,
+        previous_certificate_pem: _builtins.str = ...,
+        previous_key_signature: _builtins.bytes = ...,
+        wg_key_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "token", b"token", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "previous_certificate_pem", b"previous_certificate_pem", "previous_key_signature", b"previous_key_signature", "token", b"token", "wg_key_proof", b"wg_key_proof", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

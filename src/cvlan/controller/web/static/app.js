@@ -50,6 +50,7 @@
     const a = el("a", "node-name", n.name);
     a.href = base + encodeURIComponent(n.name);
     name.append(dot, a);
+    if (n.disabled) name.append(" ", el("span", "status status-revoked", "disabled"));
     for (const t of n.tags || []) name.append(el("span", "tag", t));
     tr.append(name, el("td", "mono", n.address));
     if (table.dataset.showCvlan) {
@@ -66,7 +67,7 @@
     tr.append(p);
     const seen = el("td", "muted", ago(n.last_seen));
     seen.dataset.time = n.last_seen || "";
-    tr.append(seen, el("td", "muted", until(n.cert_not_after)));
+    tr.append(seen, el("td", "muted", until(n.cert_not_after) + (n.key_expiry_disabled ? " (expiry off)" : "")));
     return tr;
   }
 

@@ -1,0 +1,76 @@
+"""The lifecycle forms over HTTP, as a tenant admin: a node's disable/enable, tags and key expiry, and
+the tenant's key expiry policy."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cvlan.controller.auth import SYSTEM
+from cvlan.controller.ops import cvlans, tenants, users
+from tests.harness.controller import RunningController
+from tests.harness.seed import enrol_node
+from tests.integration.test_web_session import PW, _client, _sign_in
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+async def test_node_page_disables_enables_tags_and_turns_key_expiry_off(
+    controller: RunningController,
+) -> None:
+    ctx = controller.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await tenants.create(ctx, s, SYSTEM, "acme")
+        await users.create_user(ctx, s, SYSTEM, t, "ann@acme.example", "admin", PW)
+        c = await cvlans.create(ctx, s, SYSTEM, t, "office", None, "mesh")
+        _, _, text = await cvlans.create_token(
+            ctx, s, SYSTEM, t, c.name, reusable=False, max_uses=None, expires_in=None, tags=[]
+        )
+    node = await enrol_node(controller, text, "box")
+    base = f"{controller.url}/ui/t/acme/nodes/{node['id']}"
+    async with _client(controller) as http:
+        assert (await _sign_in(http, controller.url, PW))[0] == 303
+
+        async def page() -> tuple[str, str]:
+            async with http.get(base) as r:
+                body = await r.text()
+            m = re.search(r'name="_csrf" value="([^"]+)"', body)
+            assert r.status == 200 and m is not None
+            return body, m.group(1)
+
+        body, csrf = await page()
+        assert 'id="disable-node"' in body and 'id="node-disabled"' not in body
+        async with http.post(base + "/disable", data={"_csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303
+        body, csrf = await page()
+        assert 'id="node-disabled"' in body and 'id="enable-node"' in body
+        async with http.post(base + "/enable", data={"_csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303
+        body, csrf = await page()
+        assert 'id="node-disabled"' not in body
+        async with http.post(base + "/tags", data={"_csrf": csrf, "tags": "tag:web bad!tag"}) as r:
+            assert r.status == 422 and 'id="err-tags"' in await r.text()
+        async with http.post(
+            base + "/tags", data={"_csrf": csrf, "tags": "tag:web"}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        async with http.post(
+            base + "/key-expiry", data={"_csrf": csrf, "disabled": "yes"}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        body, _ = await page()
+        assert '<span class="tag">tag:web</span>' in body and "certificates last ten years" in body
+        # The tenant's key expiry policy, on the overview page.
+        home = f"{controller.url}/ui/t/acme/"
+        async with http.post(home + "key-expiry", data={"_csrf": csrf, "lifetime": "10m"}) as r:
+            assert r.status == 422 and 'id="err-lifetime"' in await r.text()
+        async with http.post(
+            home + "key-expiry", data={"_csrf": csrf, "lifetime": "30d"}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        async with http.get(home) as r:
+            assert 'name="lifetime" type="text" value="30d"' in await r.text()
+    assert (await controller.api().get("/api/v1/tenants/acme")).ok()["node_cert_lifetime_s"] == 30 * 86400
+    got = (await controller.api().get(f"/api/v1/tenants/acme/nodes/{node['id']}")).ok()
+    assert (got["disabled"], got["tags"], got["key_expiry_disabled"]) == (False, ["tag:web"], True)
