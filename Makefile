@@ -56,7 +56,7 @@ check: venv
 # The suite under coverage; fails below the floor in pyproject.toml (docs/TESTING.md, "Coverage floor").
 test: deps
 	bash scripts/check
-	$(PY) -m coverage run -m pytest -q -p no:cacheprovider tests
+	$(PY) -m coverage run -m pytest -q -p no:cacheprovider --durations=25 tests
 	$(PY) -m coverage report --format=total
 
 ui: deps
