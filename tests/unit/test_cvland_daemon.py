@@ -217,38 +217,12 @@ def test_no_local_endpoints_until_the_first_state_sets_the_port(daemon: Daemon) 
     assert daemon.status().local_endpoints == ["10.0.0.5:51820"]
 
 
-class NoRelay:
-    """The RelayPath side of PathSelector with no relay configured (as in `make demo`)."""
-
-    generation = 0
-    mapped_endpoint = ""
-    home_region = ""
-
-    def configure(self, ds: DesiredState) -> None:
-        pass
-
-    def available(self, relay_region: str) -> bool:
-        return False
-
-    def endpoint_for(self, peer: str, relay_region: str) -> str | None:
-        return None
-
-    def is_proxy(self, endpoint: str) -> bool:
-        return False
-
-    def request_probe(self, peer: str, candidates: tuple[str, ...]) -> None:
-        pass
-
-    def direct_ok(self, peer: str) -> str | None:
-        return None
-
-
 def test_new_candidates_do_not_overwrite_where_wireguard_roamed(tmp_path: Path) -> None:
     # Peer K1 is behind a NAT. Its handshake moved WireGuard to the NAT's address; the map update with
     # its corrected candidate comes before the next tick. The endpoint must stay on the NAT's address.
     clock = FakeClock()
     b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
-    d = Daemon("fake0", tmp_path / "state", b, clock, probe_s=5.0, relay=NoRelay())  # type: ignore[arg-type]
+    d = Daemon("fake0", tmp_path / "state", b, clock, probe_s=5.0)  # no relay: PathSelector over NoRelayPaths
     d.start()
     eng, _, _ = fakes(d)
     nat_peer = PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.1.0.6:40123"])
