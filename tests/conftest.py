@@ -47,3 +47,13 @@ async def controller(db_url: str, tmp_path: Path) -> AsyncIterator[RunningContro
         yield rc
     finally:
         await rc.stop()
+
+
+@pytest.fixture
+async def sqlite_controller(tmp_path: Path) -> AsyncIterator[RunningController]:
+    """A controller on SQLite only, for tests whose subject is not the database (relays, join)."""
+    rc = await RunningController(tmp_path / "ctrl", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}").start()
+    try:
+        yield rc
+    finally:
+        await rc.stop()

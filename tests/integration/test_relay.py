@@ -28,12 +28,8 @@ from tests.harness.relay import Fleet, NodeCreds, RunningRelay, enroll_node, par
 
 
 @pytest.fixture
-async def rc(tmp_path: Path) -> AsyncIterator[RunningController]:
-    c = await RunningController(tmp_path / "ctrl", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}").start()
-    try:
-        yield c
-    finally:
-        await c.stop()
+def rc(sqlite_controller: RunningController) -> RunningController:
+    return sqlite_controller
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,8 @@ from tests.integration.test_relay import metrics
 
 
 @pytest.fixture
-async def rc(tmp_path: Path) -> AsyncIterator[RunningController]:
-    c = await RunningController(tmp_path / "ctrl", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}").start()
-    try:
-        yield c
-    finally:
-        await c.stop()
+def rc(sqlite_controller: RunningController) -> RunningController:
+    return sqlite_controller
 
 
 def _udp() -> socket.socket:

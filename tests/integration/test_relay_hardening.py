@@ -5,7 +5,6 @@ per-receiver queue bounded in bytes. Every count is read from /metrics. About 25
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,12 +22,8 @@ REFUSED = "cvlan_relay_refused_connections_total"
 
 
 @pytest.fixture
-async def rc(tmp_path: Path) -> AsyncIterator[RunningController]:
-    c = await RunningController(tmp_path / "ctrl", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}").start()
-    try:
-        yield c
-    finally:
-        await c.stop()
+def rc(sqlite_controller: RunningController) -> RunningController:
+    return sqlite_controller
 
 
 async def _relay(rc: RunningController, tmp_path: Path, **settings: object) -> RunningRelay:
