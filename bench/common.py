@@ -31,6 +31,22 @@ def machine() -> str:
     )
 
 
+def take_response(buf: bytearray) -> tuple[int, bytes] | None:
+    """The first complete HTTP/1.1 response in buf as (status, body), removed from buf; None while
+    it is incomplete. For the benches' own minimal clients (Content-Length bodies only)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end])
+    i = head.lower().find(b"content-length:")
+    length = int(head[i + 15 :].split(b"\r\n", 1)[0]) if i >= 0 else 0
+    if len(buf) < end + 4 + length:
+        return None
+    body = bytes(buf[end + 4 : end + 4 + length])
+    del buf[: end + 4 + length]
+    return int(head[9:12]), body
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

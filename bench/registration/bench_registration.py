@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import psutil  # noqa: E402
 
-from bench.common import BIN, machine, pct  # noqa: E402
+from bench.common import BIN, machine, pct, take_response  # noqa: E402
 from cvlan.client import tls  # noqa: E402
 from cvlan.devtools.pgcluster import PgCluster  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
@@ -66,18 +66,9 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buf[:end])
-        i = head.lower().find(b"content-length:")
-        length = int(head[i + 15 :].split(b"\r\n", 1)[0]) if i >= 0 else 0
-        if len(self.buf) < end + 4 + length:
-            return
-        body = bytes(self.buf[end + 4 : end + 4 + length])
-        del self.buf[: end + 4 + length]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((int(head[9:12]), body))
+        got = take_response(self.buf)
+        if got is not None and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(got)
 
 
 def start_controller(data: Path, db: str, sock: Path, src: str | None) -> subprocess.Popen[bytes]:
