@@ -10,17 +10,12 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
-from cryptography.x509.oid import NameOID
-
-from cvlan.client.relay import node_ssl
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.common.clock import FakeClock
+from cvlan.devtools.harness.controller import free_port
+from cvlan.devtools.harness.enrol import EnrolledNode, make_token, register
+from cvlan.devtools.harness.inprocess import RunningController
 from cvlan.relay.__main__ import serve
 from cvlan.relay.settings import RelaySettings
-from cvlan.wire.certid import OID_CVLAN_ID, OID_KIND, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
-from tests.harness.controller import RunningController, free_port
 
 
 def free_udp_port() -> int:
@@ -31,70 +26,17 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class NodeCreds:
-    node_id: int
-    tenant_id: int
-    cvlan_id: int
-    wg_key: bytes
-    cert_pem: str
-    key_pem: str
-    ca_pem: str
-    wg_private: bytes = b""
-
-    def ssl(self) -> ssl.SSLContext:
-        return node_ssl(self.cert_pem, self.key_pem, self.ca_pem)
-
-
-def _csr() -> tuple[bytes, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node")]))
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return csr.public_bytes(serialization.Encoding.PEM), pem
-
-
-async def enroll_node(
-    rc: RunningController,
-    token: str,
-    name: str,
-    lifetime: dt.timedelta = dt.timedelta(days=1),
-    now: dt.datetime | None = None,
-) -> NodeCreds:
-    """Register a node with an enrollment token (domain operation) and sign its certificate with the
-    controller CA, carrying the identity extensions node certificates carry."""
+async def enrol_at(rc: RunningController, token: str, name: str, when: dt.datetime) -> EnrolledNode:
+    """Register a node through the node API while the controller's clock reads `when`: its
+    certificate is issued then (an expired one, for a time long enough ago)."""
     assert rc.c is not None
     ctx = rc.c.ctx
-    wg_priv = x25519.X25519PrivateKey.generate()
-    wg = wg_priv.public_key().public_bytes_raw()
-    async with ctx.tx() as s:
-        tok = await cvlans.consume_token(ctx, s, token)
-        n = await nodes.create(ctx, s, tok, wg, name)
-        ident = {
-            OID_NODE_ID: str(n.id),
-            OID_TENANT_ID: str(n.tenant_id),
-            OID_CVLAN_ID: str(n.cvlan_id),
-            OID_WG_KEY: wg.hex(),
-            OID_KIND: "node",
-        }
-        node_id, tenant_id, cvlan_id = n.id, n.tenant_id, n.cvlan_id
-    csr, key_pem = _csr()
-    cert = rc.c.ca.issue_client(csr, common_name=f"node:{name}", lifetime=lifetime, identity=ident, now=now)
-    return NodeCreds(
-        node_id,
-        tenant_id,
-        cvlan_id,
-        wg,
-        cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key_pem,
-        rc.c.ca.cert_pem.decode(),
-        wg_priv.private_bytes_raw(),
-    )
+    real = ctx.clock
+    ctx.clock = FakeClock(when)
+    try:
+        return await register(rc.url, rc.c.ca.cert_pem.decode(), token, name)
+    finally:
+        ctx.clock = real
 
 
 @dataclass
@@ -108,16 +50,14 @@ class Fleet:
     @classmethod
     async def create(cls, rc: RunningController, tenant: str, cvlan_names: list[str]) -> Fleet:
         api = rc.api()
-        api_ok = (await api.post("/api/v1/tenants", {"name": tenant})).ok()
-        f = cls(rc, api_ok["name"])
+        f = cls(rc, tenant)
         for cv in cvlan_names:
-            (await api.post(f"/api/v1/tenants/{tenant}/cvlans", {"name": cv})).ok()
-            tok = (await api.post(f"/api/v1/tenants/{tenant}/tokens", {"cvlan": cv, "reusable": True})).ok()
-            f.tokens[cv] = tok["token"]
+            f.tokens[cv] = str((await make_token(api.call, tenant, cv, reusable=True))["token"])
         return f
 
-    async def node(self, cvlan: str, name: str) -> NodeCreds:
-        return await enroll_node(self.rc, self.tokens[cvlan], name)
+    async def node(self, cvlan: str, name: str) -> EnrolledNode:
+        assert self.rc.c is not None
+        return await register(self.rc.url, self.rc.c.ca.cert_pem.decode(), self.tokens[cvlan], name)
 
 
 class RunningRelay:

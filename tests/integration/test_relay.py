@@ -21,10 +21,11 @@ from cryptography.x509.oid import NameOID
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.client.relay import RelayClient, node_ssl, ws_url
 from cvlan.controller.ca import CertificateAuthority
+from cvlan.devtools.harness.enrol import EnrolledNode
 from cvlan.relay.bootstrap import ensure_identity, load_identity
 from cvlan.wire import relayproto as rp
 from tests.harness.controller import RunningController
-from tests.harness.relay import Fleet, NodeCreds, RunningRelay, enroll_node, parse_metrics
+from tests.harness.relay import Fleet, RunningRelay, enrol_at, parse_metrics
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ class Inbox:
                 await self.event.wait()
 
 
-async def connect(r: RunningRelay, creds: NodeCreds, **kw: object) -> tuple[RelayClient, Inbox]:
+async def connect(r: RunningRelay, creds: EnrolledNode, **kw: object) -> tuple[RelayClient, Inbox]:
     inbox = Inbox()
     c = RelayClient(r.url, creds.ssl(), inbox, **kw).start()  # type: ignore[arg-type]
     await asyncio.wait_for(c.connected.wait(), 5)
@@ -136,7 +137,7 @@ async def test_send_to_another_cvlan_is_refused_and_counted(
             await x.close()
 
 
-def _other_ca_cert(tmp: Path, creds: NodeCreds) -> ssl.SSLContext:
+def _other_ca_cert(tmp: Path, creds: EnrolledNode) -> ssl.SSLContext:
     other = CertificateAuthority.load_or_create(tmp)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -184,8 +185,8 @@ async def test_clients_without_a_valid_certificate_are_refused(
     a = await fleet.node("office", "a")
     assert await _ws_status(relay, relay.anon_ssl()) == 401
     assert await _ws_status(relay, _other_ca_cert(tmp_path / "other", a)) != 101
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-    expired = await enroll_node(rc, fleet.tokens["office"], "old", now=past)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)  # beyond the 7-day certificate lifetime
+    expired = await enrol_at(rc, fleet.tokens["office"], "old", past)
     assert await _ws_status(relay, expired.ssl()) != 101
     assert await _ws_status(relay, a.ssl()) == 101
     m = await metrics(relay)
