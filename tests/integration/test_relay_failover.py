@@ -16,8 +16,7 @@ from cvlan.cvland.relaypath import RelayPath
 from cvlan.devtools.harness.enrol import EnrolledNode
 from cvlan.wire.ipc import DesiredState, PeerConfig, RelayInfo
 from tests.harness.controller import RunningController
-from tests.harness.relay import Fleet, RunningRelay
-from tests.integration.test_relay import metrics
+from tests.harness.relay import Fleet, RunningRelay, metrics
 
 
 @pytest.fixture
