@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import struct
+from typing import cast
 
 import dns.asyncquery
 import dns.exception
@@ -157,8 +158,7 @@ class _Udp(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if len(self._tasks) >= MAX_PENDING:

@@ -166,6 +166,8 @@ def start_node(lab: Any, ns: Any, name: str, join: dict[str, str]) -> DemoNode:
         lab.wg_ifname(),
         "--state-dir",
         str(lab.dir / f"{name}-cvland"),
+        "--dns-mode",
+        "off",  # the demo's namespaces share the host's /etc/resolv.conf: leave it alone
     )
     ns.spawn(
         "cvlan-ctrl",
