@@ -42,6 +42,7 @@ class Resolver:
         self.local: frozenset[str] = frozenset()
         """Source addresses allowed to ask besides loopback (the node's own addresses)."""
         self.address = ""
+        self.upstream_port = PORT
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_conns = 0
@@ -98,7 +99,7 @@ class Resolver:
         got = route(self.table, q, self.upstreams)
         if isinstance(got, Forward):
             self.forwarded += 1
-            return await forward(q, got.servers, tcp)
+            return await forward(q, got.servers, tcp, self.upstream_port)
         return _to_wire(got, q, tcp)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -135,14 +136,16 @@ def _to_wire(r: dns.message.Message, q: dns.message.Message, tcp: bool) -> bytes
         return cut.to_wire()
 
 
-async def forward(q: dns.message.Message, servers: tuple[str, ...], tcp: bool) -> bytes:
-    """Ask each server in turn; SERVFAIL if none answers."""
+async def forward(q: dns.message.Message, servers: tuple[str, ...], tcp: bool, port: int = PORT) -> bytes:
+    """Ask each server in turn (over the transport the client used); SERVFAIL if none answers."""
     for server in servers[:MAX_UPSTREAMS]:
         try:
             if tcp:
-                r = await dns.asyncquery.tcp(q, server, timeout=FORWARD_TIMEOUT_S)
+                r = await dns.asyncquery.tcp(q, server, timeout=FORWARD_TIMEOUT_S, port=port)
             else:
-                r = await dns.asyncquery.udp(q, server, timeout=FORWARD_TIMEOUT_S, ignore_trailing=True)
+                r = await dns.asyncquery.udp(
+                    q, server, timeout=FORWARD_TIMEOUT_S, port=port, ignore_trailing=True
+                )
             return _to_wire(r, q, tcp)
         except (dns.exception.DNSException, OSError) as e:
             log.debug("upstream %s did not answer: %s", server, e)

@@ -59,13 +59,18 @@ class Table:
         if len(parts) < 3:
             raise ValueError(f"zone {state.zone!r}: expected <cvlan>.<tenant>.<domain>")
         t = cls(zone=dns.name.from_text(zone_text), domain=dns.name.from_text(parts[2]))
-        ipaddress.IPv4Address(state.resolver)
+        try:
+            ipaddress.IPv4Address(state.resolver)
+        except ValueError:
+            raise ValueError(f"resolver {state.resolver!r}: expected an IPv4 address") from None
         for h in state.hosts:
             t._add_host(h.name, h.address)
         for r in state.records:
             owner, rtype, value, ttl = dnsnames.check_record(r.name, r.type, r.value, r.ttl)
             name = t.zone if owner == "@" else dns.name.from_text(owner, origin=t.zone)
-            rd = dns.rdata.from_text(IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root)
+            rd = dns.rdata.from_text(
+                IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root, relativize=False
+            )
             t._add(name, rd, ttl or dnsnames.DEFAULT_TTL)
         for f in sorted(state.forwarders, key=lambda f: -len(f.domain)):
             servers = tuple(dnsnames.check_server(x) for x in f.servers)
@@ -76,7 +81,10 @@ class Table:
         name = dns.name.from_text(dnsnames.check_domain(fqdn, "host name"))
         if not name.is_subdomain(self.zone):
             raise ValueError(f"host name {fqdn!r} is outside the zone {self.zone}")
-        ip = ipaddress.ip_address(address)
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"host {fqdn}: address {address!r} is not an IP address") from None
         rtype = "A" if ip.version == 4 else "AAAA"
         self._add(name, dns.rdata.from_text(IN, rtype, str(ip)), dnsnames.DEFAULT_TTL)
         ptr = dns.rdata.from_text(IN, "PTR", name.to_text())

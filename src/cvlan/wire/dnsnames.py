@@ -93,7 +93,9 @@ def check_record(name: str, rtype: str, value: str, ttl: int) -> tuple[str, str,
     if not 0 <= ttl <= MAX_TTL:
         raise DnsNameError(f"record ttl {ttl}: expected 0..{MAX_TTL} seconds (0: {DEFAULT_TTL})")
     try:
-        rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(t), value, origin=dns.name.root)
+        rd = dns.rdata.from_text(
+            dns.rdataclass.IN, dns.rdatatype.from_text(t), value, origin=dns.name.root, relativize=False
+        )
     except (dns.exception.DNSException, ValueError) as e:
         raise DnsNameError(f"record value {value!r} is not valid {t} data: {e}") from None
     return owner, t, rd.to_text(), ttl
