@@ -13,7 +13,7 @@ from cvlan.controller.api.framework import CA_PIN_KEY, Body, Call, page, route
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops import cvlans, infra, nodes, policy, tenants, users
+from cvlan.controller.ops import cvlans, dns, infra, nodes, policy, tenants, users
 from cvlan.controller.ops.context import resolve_tenant
 
 T = "/api/v1/tenants/{tenant}"
@@ -346,7 +346,8 @@ async def show_node(c: Call) -> dict[str, Any]:
     async with c.ctx.tx() as s:
         t = await resolve_tenant(s, c.who, c.params["tenant"])
         n, cn = await nodes.get(s, c.who, t, c.params["node"])
-    return nodes.view(n, c.ctx, cn)
+        dns_name = await dns.node_dns_name(c.ctx, s, t, n, cn)
+    return {**nodes.view(n, c.ctx, cn), "dns_name": dns_name}
 
 
 @route(

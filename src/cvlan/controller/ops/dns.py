@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit
 from cvlan.controller.auth import Level, Principal
-from cvlan.controller.db.models import Cvlan, DnsForwarder, DnsRecord, Tenant
+from cvlan.controller.db.models import Cvlan, DnsForwarder, DnsRecord, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan
 from cvlan.wire import dnsnames
@@ -206,3 +206,14 @@ async def load_for_map(s: AsyncSession, cvlan_id: int) -> tuple[list[DnsRecord],
         select(DnsForwarder).where(DnsForwarder.cvlan_id == cvlan_id).order_by(DnsForwarder.domain)
     )
     return list(recs), list(fwds)
+
+
+async def node_dns_name(ctx: OpsContext, s: AsyncSession, tenant: Tenant, n: Node, cvlan_name: str) -> str:
+    """The node's name as its CVLAN's map gives it (clash suffixes included; "" while disabled)."""
+    if n.disabled:
+        return ""
+    rows = await s.execute(
+        select(Node.id, Node.name).where(Node.cvlan_id == n.cvlan_id, Node.disabled.is_(False))
+    )
+    labels = dnsnames.assign_labels((int(i), str(name)) for i, name in rows.all())
+    return f"{labels[n.id]}.{dnsnames.zone(cvlan_name, tenant.name, ctx.settings.dns_domain)}"
