@@ -1,19 +1,21 @@
-"""Management API of a CVLAN's DNS: zone, tenant-defined records, split-DNS forwarders (docs/DNS.md)."""
+"""Management API: a CVLAN's DNS zone, tenant-defined records and split-DNS forwarders (docs/DNS.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.common.numbers import parse_uint
-from cvlan.controller.api.framework import Body, Call, route
+from cvlan.controller.api.common import tenant_route
+from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import Body, Call
 from cvlan.controller.ops import dns
-from cvlan.controller.ops.context import resolve_tenant
 from cvlan.wire.dnsnames import MAX_TTL
 
-D = "/api/v1/tenants/{tenant}/cvlans/{cvlan}/dns"
+D = "/cvlans/{cvlan}/dns"
 
 
 class RecordCreate(Body):
@@ -29,14 +31,12 @@ class ForwarderSet(Body):
     )
 
 
-@route("GET", D, summary="Show a CVLAN's DNS zone, records and forwarders", tag="dns")
-async def show_dns(c: Call) -> dict[str, Any]:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        return await dns.show(c.ctx, s, c.who, t, c.params["cvlan"])
+@tenant_route("GET", D, summary="Show a CVLAN's DNS zone, records and forwarders", tag="dns")
+async def show_dns(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+    return await dns.show(c.ctx, s, c.who, t, c.params["cvlan"])
 
 
-@route(
+@tenant_route(
     "POST",
     D + "/records",
     summary="Add a DNS record to a CVLAN's zone",
@@ -44,40 +44,34 @@ async def show_dns(c: Call) -> dict[str, Any]:
     body=RecordCreate,
     status=201,
 )
-async def add_dns_record(c: Call) -> dict[str, Any]:
+async def add_dns_record(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     b = c.body
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        r = await dns.add_record(c.ctx, s, c.who, t, c.params["cvlan"], b.name, b.type, b.value, b.ttl)
-        return dns.record_view(r)
+    r = await dns.add_record(c.ctx, s, c.who, t, c.params["cvlan"], b.name, b.type, b.value, b.ttl)
+    return dns.record_view(r)
 
 
-@route("DELETE", D + "/records/{record}", summary="Delete a DNS record (by id)", tag="dns", status=204)
-async def delete_dns_record(c: Call) -> None:
+@tenant_route("DELETE", D + "/records/{record}", summary="Delete a DNS record (by id)", tag="dns", status=204)
+async def delete_dns_record(c: Call, s: AsyncSession, t: Tenant) -> None:
     rid = parse_uint(c.params["record"])
     if rid is None:
         raise DomainError(Kind.NOT_FOUND, f"dns record {c.params['record']!r}")
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        await dns.delete_record(c.ctx, s, c.who, t, c.params["cvlan"], rid)
+    await dns.delete_record(c.ctx, s, c.who, t, c.params["cvlan"], rid)
 
 
-@route(
+@tenant_route(
     "PUT",
     D + "/forwarders/{domain}",
     summary="Send a domain's queries from the CVLAN's nodes to these DNS servers (split DNS)",
     tag="dns",
     body=ForwarderSet,
 )
-async def set_dns_forwarder(c: Call) -> dict[str, Any]:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        f = await dns.set_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"], c.body.servers)
-        return dns.forwarder_view(f)
+async def set_dns_forwarder(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+    f = await dns.set_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"], c.body.servers)
+    return dns.forwarder_view(f)
 
 
-@route("DELETE", D + "/forwarders/{domain}", summary="Remove a domain's forwarder", tag="dns", status=204)
-async def delete_dns_forwarder(c: Call) -> None:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        await dns.delete_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"])
+@tenant_route(
+    "DELETE", D + "/forwarders/{domain}", summary="Remove a domain's forwarder", tag="dns", status=204
+)
+async def delete_dns_forwarder(c: Call, s: AsyncSession, t: Tenant) -> None:
+    await dns.delete_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"])
