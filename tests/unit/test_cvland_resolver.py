@@ -26,6 +26,7 @@ STATE = DnsState(
     ],
     records=[
         DnsRecordSpec(name="git", type="A", value="10.1.0.7"),
+        DnsRecordSpec(name="n0", type="A", value="10.9.9.9"),  # a node's own name wins
         DnsRecordSpec(name="git", type="AAAA", value="fd00::7"),
         DnsRecordSpec(name="www", type="CNAME", value=f"git.{ZONE}."),
         DnsRecordSpec(name="docs", type="CNAME", value="docs.example.org."),

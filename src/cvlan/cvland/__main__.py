@@ -25,7 +25,7 @@ from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import DNS_MODES, CvlandSettings
 from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
-from cvlan.dataplane.hostdns import make_host_dns
+from cvlan.dataplane.hostdns import HostDnsError, ResolvConf, make_host_dns
 from cvlan.dataplane.router import NetlinkRouter
 
 log = logging.getLogger("cvlan.cvland")
@@ -55,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
         help="point the host's resolver at the node's for overlay names: auto (systemd-resolved where it "
         "runs, else /etc/resolv.conf, saved and restored), or off (default auto; docs/DNS.md)",
     )
+    p.add_argument(
+        "--restore-dns",
+        action="store_true",
+        help="put back the resolv.conf a cvland that did not stop cleanly left pointing at its resolver, "
+        "then exit (the packages' removal scripts run it; a normal start does it too)",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
     p.add_argument("--log-format", choices=("text", "json"))
     return p
@@ -79,10 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         print(invalid_setting("cvland", e, "CVLAND_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
+    if args.restore_dns:
+        return restore_dns(settings)
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def restore_dns(settings: CvlandSettings) -> int:
+    try:
+        ResolvConf(settings.resolv_conf, settings.state_dir).restore()
+    except (OSError, HostDnsError) as e:
+        print(f"cvland: restore {settings.resolv_conf}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def run(settings: CvlandSettings) -> int:

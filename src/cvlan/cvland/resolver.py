@@ -65,9 +65,12 @@ class Table:
             raise ValueError(f"resolver {state.resolver!r}: expected an IPv4 address") from None
         for h in state.hosts:
             t._add_host(h.name, h.address)
+        hosts = set(t.names)
         for r in state.records:
             owner, rtype, value, ttl = dnsnames.check_record(r.name, r.type, r.value, r.ttl)
             name = t.zone if owner == "@" else dns.name.from_text(owner, origin=t.zone)
+            if name in hosts:
+                continue  # a node's own name wins over a record of the same name
             rd = dns.rdata.from_text(
                 IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root, relativize=False
             )
