@@ -167,3 +167,26 @@ async def test_the_cli_manages_records_and_forwarders(controller: RunningControl
     assert r.returncode == 0, r.stderr
     r = await asyncio.to_thread(cli, "record-list", "--json")
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_no_cvlan_subnet_ever_holds_the_resolver_address(db_url: str, tmp_path: Path) -> None:
+    rc = await RunningController(tmp_path / "d", db_url, pool_cidr="100.100.100.0/23").start()
+    try:
+        api = rc.api()
+        await api.post("/api/v1/tenants", {"name": "acme"})
+        res = await api.post("/api/v1/tenants/acme/cvlans", {"name": "mine", "subnet": "100.100.100.0/25"})
+        assert res.status == 422 and "contains 100.100.100.100" in res.body["error"]["message"]
+        # The pool's first block holds it: the first CVLAN gets the next one, and then the pool is full.
+        assert (await api.post("/api/v1/tenants/acme/cvlans", {"name": "one"})).ok()[
+            "subnet"
+        ] == "100.100.101.0/24"
+        res = await api.post("/api/v1/tenants/acme/cvlans", {"name": "two"})
+        assert res.status == 503 or "no free" in res.body["error"]["message"], res.body
+        # The gap walk skips it too.
+        assert (await api.delete("/api/v1/tenants/acme/cvlans/one")).status == 204
+        (await api.post("/api/v1/tenants/acme/cvlans", {"name": "low", "subnet": "100.100.101.128/25"})).ok()
+        res = await api.post("/api/v1/tenants/acme/cvlans", {"name": "three"})
+        assert "no free" in res.body["error"]["message"], res.body
+    finally:
+        await rc.stop()
