@@ -133,7 +133,14 @@ class Node:
         """Stop cvlan-ctrl and cvland (SIGTERM), start both again from their state dirs, no token."""
         self.stop_ctrl()
         self.dp.proc.stop()
-        self.dp = start_cvland(lab, self.ns, ifname=self.dp.ifname, state_dir=self.dp.state_dir, tag=self.tag)
+        self.dp = start_cvland(
+            lab,
+            self.ns,
+            ifname=self.dp.ifname,
+            state_dir=self.dp.state_dir,
+            tag=self.tag,
+            dns_mode=self.dp.dns_mode,
+        )
         self.start_ctrl()
 
     def address(self) -> str:
@@ -164,12 +171,18 @@ class Node:
 
 
 def start_node(
-    lab: Lab, ns: Netns, name: str, join_command: str, listen_port: int = 51820, tag: str = ""
+    lab: Lab,
+    ns: Netns,
+    name: str,
+    join_command: str,
+    listen_port: int = 51820,
+    tag: str = "",
+    dns_mode: str = "off",
 ) -> Node:
     """Start cvland then cvlan-ctrl (enrolling with the join command) in ns.
 
     Several nodes may share a namespace (one per CVLAN) with distinct tags and listen ports."""
-    dp = start_cvland(lab, ns, tag=tag)
+    dp = start_cvland(lab, ns, tag=tag, dns_mode=dns_mode)
     node = Node(ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag)
     node.start_ctrl(join_command)
     return node
