@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cvlan.cli import routes as routes_cli
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
@@ -148,7 +149,9 @@ def node_list(c: Client, ns: argparse.Namespace) -> Any:
 
 
 def node_show(c: Client, ns: argparse.Namespace) -> Any:
-    return c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    node = c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    routes = c.call("GET", _t(ns) + "/routes", None, {"node": str(node["id"])})["items"]
+    return {**node, "routes": routes if ns.json else routes_cli.summary(routes)}
 
 
 def node_delete(c: Client, ns: argparse.Namespace) -> Any:
@@ -502,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "clear", policy_clear, "remove the policy (all members reach each other)").add_argument(
         "--cvlan", required=True
     )
+    routes_cli.register(group, leaf)
     g = group("denied", "traffic denied by policy, as reported by nodes")
     x = leaf(g, "list", denied_list, "denied flows, most packets first")
     x.add_argument("--cvlan")

@@ -17,6 +17,7 @@ __all__ = [
     "policy",
     "proxies",
     "settings",
+    "subnetroutes",
     "tlsserve",
     "usercmd",
     "vrouterapi",

@@ -10,4 +10,5 @@ __all__ = [
     "relaypath",
     "server",
     "settings",
+    "subnets",
 ]

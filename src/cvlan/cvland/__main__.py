@@ -24,6 +24,8 @@ from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import CvlandSettings
 from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
+from cvlan.dataplane.forwarding import SysctlForwarding
+from cvlan.dataplane.policyroute import IpPolicyRouter
 from cvlan.dataplane.router import NetlinkRouter
 
 log = logging.getLogger("cvlan.cvland")
@@ -85,7 +87,13 @@ async def run(settings: CvlandSettings) -> int:
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(engine_name, settings.interface, settings.state_dir / "engine.log")
-    backends = Backends(engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface))
+    backends = Backends(
+        engine=engine,
+        router=NetlinkRouter(),
+        firewall=NftFirewall(settings.interface),
+        policy=IpPolicyRouter(),
+        forwarding=SysctlForwarding(settings.state_dir),
+    )
     # Relay fallback, relay proxy and STUN of the WireGuard port (docs/RELAY.md).
     relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)
     daemon = Daemon(

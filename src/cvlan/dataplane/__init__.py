@@ -1,3 +1,13 @@
 """cvlan.dataplane."""
 
-__all__ = ["engine", "firewall", "hubchoice", "nflog", "router", "uapi", "wgconfig"]
+__all__ = [
+    "engine",
+    "firewall",
+    "forwarding",
+    "hubchoice",
+    "nflog",
+    "policyroute",
+    "router",
+    "uapi",
+    "wgconfig",
+]

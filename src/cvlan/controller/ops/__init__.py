@@ -11,6 +11,7 @@ __all__ = [
     "policy",
     "reauth",
     "registration",
+    "subnets",
     "tenants",
     "users",
     "vrouters",
