@@ -49,6 +49,8 @@ class Backends:
     firewall: Firewall
     local_addresses: list[str] | None = field(default=None)
     """Fixed local addresses for tests; None = read this namespace's interfaces."""
+    local_networks: list[str] | None = field(default=None)
+    """Fixed connected networks for tests; None = read them (none without real links)."""
     manage_links: bool = True
     """Delete the interface by name on start/stop (False with fakes: there is no real link)."""
     policy: PolicyRouter | None = None
@@ -284,9 +286,19 @@ class Daemon:
             {p.public_key.lower(): (tuple(p.endpoints), p.relay_region) for p in ds.peers}
         )
         self.hubs.set_state(ds)
-        self.routes.set_state(ds)
+        self.routes.set_state(ds, self._connected())
         self._apply_plan(self._plan(ds))
         return self._store_desired(ds)
+
+    def _connected(self) -> list[str]:
+        """The host's connected networks (a peer's subnet route never replaces one of them)."""
+        if self.b.local_networks is not None:
+            return self.b.local_networks
+        if not self.b.manage_links:
+            return []
+        from cvlan.dataplane.router import connected_networks
+
+        return connected_networks(exclude_ifnames=(self.ifname,))
 
     def _store_desired(self, ds: DesiredState) -> int:
         if self.desired is None or self.desired != ds:

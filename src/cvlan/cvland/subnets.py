@@ -11,6 +11,7 @@ HUB_KEEPALIVE seconds, so its peers hear it even when idle."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from cvlan.common.clock import Clock
 from cvlan.dataplane.hubchoice import HUB_KEEPALIVE, HubLiveness
@@ -20,10 +21,11 @@ from cvlan.wire.keys import KeyHex
 from cvlan.wire.routes import EXIT_ROUTE
 
 
-def carriers(ds: DesiredState) -> dict[str, tuple[KeyHex, ...]]:
+def carriers(ds: DesiredState, local: Iterable[str] = ()) -> dict[str, tuple[KeyHex, ...]]:
     """Each approved route of the peers -> the peers that carry it, in node id order. A route that
-    overlaps one this node serves itself is left out: the node reaches that network directly."""
-    own = [ipaddress.ip_network(r, strict=False) for r in ds.routes]
+    overlaps one this node serves itself, or a network it is connected to (local), is left out: the
+    node reaches that network directly, and routing it into the tunnel would cut it off."""
+    own = [ipaddress.ip_network(r, strict=False) for r in [*ds.routes, *local]]
     out: dict[str, list[PeerConfig]] = {}
     for p in ds.peers:
         for r in p.routes:
@@ -55,8 +57,9 @@ class RouteFailover:
         self.liveness = HubLiveness(clock)
         self._groups: dict[str, tuple[KeyHex, ...]] = {}
 
-    def set_state(self, ds: DesiredState) -> None:
-        self._groups = carriers(ds)
+    def set_state(self, ds: DesiredState, local: Iterable[str] = ()) -> None:
+        """Take the peers' routes of a new desired state; local: the host's connected networks."""
+        self._groups = carriers(ds, local)
         self.liveness.watch({k for ks in self._groups.values() if len(ks) > 1 for k in ks})
 
     def carrier(self, route: str) -> KeyHex:
