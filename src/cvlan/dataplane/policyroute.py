@@ -129,6 +129,7 @@ class FakePolicyRouter:
     def __init__(self) -> None:
         self.plan: ExitPlan | None = None
         self.applied: list[ExitPlan | None] = []
+        self.teardowns = 0
 
     def apply(self, plan: ExitPlan | None) -> None:
         self.plan = plan
@@ -136,3 +137,4 @@ class FakePolicyRouter:
 
     def teardown(self) -> None:
         self.plan = None
+        self.teardowns += 1
