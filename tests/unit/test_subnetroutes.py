@@ -70,7 +70,8 @@ def test_one_route_parses_to_its_network() -> None:
         ("192.0.2.0/31", ""),
         (
             "10.1.0.9/24",
-            "route '10.1.0.9/24': not an IPv4 network (did you mean 10.1.0.0/24?): 10.1.0.9/24 has host bits set",
+            "route '10.1.0.9/24': not an IPv4 network (did you mean 10.1.0.0/24?): "
+            "10.1.0.9/24 has host bits set",
         ),
     ],
 )
