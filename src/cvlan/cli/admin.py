@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cvlan.cli import dnscmd
+from cvlan.cli import routes as routes_cli
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
@@ -149,7 +150,9 @@ def node_list(c: Client, ns: argparse.Namespace) -> Any:
 
 
 def node_show(c: Client, ns: argparse.Namespace) -> Any:
-    return c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    node = c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    routes = c.call("GET", _t(ns) + "/routes", None, {"node": str(node["id"])})["items"]
+    return {**node, "routes": routes if ns.json else routes_cli.summary(routes)}
 
 
 def node_delete(c: Client, ns: argparse.Namespace) -> Any:
@@ -504,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cvlan", required=True
     )
     dnscmd.add_commands(group, leaf)
+    routes_cli.register(group, leaf)
     g = group("denied", "traffic denied by policy, as reported by nodes")
     x = leaf(g, "list", denied_list, "denied flows, most packets first")
     x.add_argument("--cvlan")

@@ -30,10 +30,10 @@ class CliError(Exception):
     """One line for stderr; exit status 1."""
 
 
-def ipc(path: Path, op: str, timeout: float = 5.0) -> dict[str, Any]:
+def ipc(path: Path, op: str, timeout: float = 5.0, **body: Any) -> dict[str, Any]:
     """One request to cvland; CliError with a clear line if it is not there or refuses."""
     try:
-        ans = request_once(path, op, timeout)
+        ans = request_once(path, op, timeout, **body)
     except FileNotFoundError:
         raise CliError(f"cvland is not running (no socket at {path})") from None
     except PermissionError:
@@ -120,6 +120,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
         ("peers", f"{len(st.peers)} ({sum(p.path == 'direct' for p in st.peers)} direct)"),
         ("dns", _dns_line(st.dns)),
+        ("exit node", _exit_line(st)),
+        ("subnet routes", ", ".join(f"{r} via {n}" for r, n in st.routes.items()) or "-"),
+        ("forwards for peers", ", ".join(st.forwarding) or "-"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -133,6 +136,14 @@ def _dns_line(d: DnsStatus | None) -> str:
     where = f"resolver {d.resolver}" if d.resolver else "resolver not listening"
     line = f"{d.zone}: {where}, {d.names} names, host via {d.host_config}"
     return line + (f"; ERROR {d.error}" if d.error else "")
+
+
+def _exit_line(st: DeviceStatus) -> str:
+    if not st.exit_node:
+        return "- (internet traffic goes the host's own way)"
+    if st.exit_node_error:
+        return f"{st.exit_node} NOT IN USE: {st.exit_node_error}"
+    return f"{st.exit_node} (all internet traffic goes through it)"
 
 
 def _controller_line(facts: dict[str, Any]) -> str:
@@ -248,10 +259,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0))
+    body = {} if args.exit_node is None else {"exit_node": args.exit_node}
+    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0, **body))
     if args.json:
         print(json.dumps(st.model_dump(), indent=2))
         return 0
+    if args.exit_node is not None:
+        print(f"exit node: {_exit_line(st)}")
     if not st.address:
         print(f"up: {st.interface} running; no map from cvlan-ctrl yet (is cvlan-ctrl running?)")
     else:
@@ -302,7 +316,17 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
         help="take this node off the network (tunnel, routes, firewall removed; identity kept) until `up`",
     )
-    sub.add_parser("up", parents=[common], help="put this node back on the network after `down`")
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="put this node back on the network after `down`; select an exit node",
+    )
+    up.add_argument(
+        "--exit-node",
+        metavar="NAME",
+        help="send all internet traffic through this peer (an approved exit node); '' for none, which "
+        "restores the host's own routing (docs/EXIT-NODES.md)",
+    )
     return p
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "policy",
     "proxies",
     "settings",
+    "subnetroutes",
     "tlsserve",
     "usercmd",
     "vrouting",

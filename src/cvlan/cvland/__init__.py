@@ -13,4 +13,5 @@ __all__ = [
     "resolver",
     "server",
     "settings",
+    "subnets",
 ]

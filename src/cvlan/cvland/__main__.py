@@ -25,7 +25,9 @@ from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import DNS_MODES, CvlandSettings
 from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
+from cvlan.dataplane.forwarding import SysctlForwarding
 from cvlan.dataplane.hostdns import HostDnsError, ResolvConf, make_host_dns
+from cvlan.dataplane.policyroute import IpPolicyRouter
 from cvlan.dataplane.router import NetlinkRouter
 
 log = logging.getLogger("cvlan.cvland")
@@ -116,7 +118,12 @@ async def run(settings: CvlandSettings) -> int:
         host = make_host_dns(settings.dns_mode, settings.resolv_conf, settings.state_dir)
         dns = DnsService(asyncio.get_running_loop(), host, settings.state_dir, settings.resolv_conf)
     backends = Backends(
-        engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface), dns=dns
+        engine=engine,
+        router=NetlinkRouter(),
+        firewall=NftFirewall(settings.interface),
+        policy=IpPolicyRouter(),
+        forwarding=SysctlForwarding(settings.state_dir),
+        dns=dns,
     )
     # Relay fallback, relay proxy and STUN of the WireGuard port (docs/RELAY.md).
     relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)

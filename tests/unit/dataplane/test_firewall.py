@@ -62,7 +62,9 @@ def test_node_protocol_rule_shape_with_empty_fields_and_drop() -> None:
         ({"proto": "tcp", "ports": ["x"]}, "filter rule 0: port 'x': expected N or N-M"),
         ({"proto": "tcp", "ports": [True]}, "filter rule 0: port True: expected N or N-M"),
         ({"action": "reject"}, "filter rule 0: action 'reject': expected accept or drop"),
-        ({"dst": "1.2.3.4/32"}, "filter rule 0: unknown key 'dst'"),
+        ({"via": "1.2.3.4/32"}, "filter rule 0: unknown key 'via'"),
+        ({"dst": "1.2.3.4/32"}, "filter rule 0: dst must be a list of CIDRs"),
+        ({"dst": ["10.1.0.0/33"]}, "filter rule 0: dst '10.1.0.0/33': not a CIDR"),
     ],
 )
 def test_bad_rules_are_refused_with_one_line(rule: dict[str, object], message: str) -> None:

@@ -12,6 +12,7 @@ __all__ = [
     "policy",
     "reauth",
     "registration",
+    "subnets",
     "tenants",
     "users",
     "vrouters",

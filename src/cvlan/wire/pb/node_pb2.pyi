@@ -210,6 +210,7 @@ class RegisterRequest(_message.Message):
     PREVIOUS_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     PREVIOUS_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
     WG_KEY_PROOF_FIELD_NUMBER: _builtins.int
+    ROUTE_ADVERT_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     """The node's capability version. 0 (absent) is refused as "unknown version"."""
     token: _builtins.str
@@ -234,6 +235,12 @@ class RegisterRequest(_message.Message):
     """HMAC-SHA256 keyed with X25519(WireGuard private key, DiscoverResponse.reauth_public_key) over the
     same message: proves the node holds its WireGuard private key.
     """
+    @_builtins.property
+    def route_advert(self) -> Global___RouteAdvert:
+        """The subnet routes and exit-node offer the node advertises (docs/ROUTES.md). Absent: nothing
+        advertised at registration (the first poll may still carry them).
+        """
+
     def __init__(
         self,
         *,
@@ -246,10 +253,11 @@ class RegisterRequest(_message.Message):
         previous_certificate_pem: _builtins.str = ...,
         previous_key_signature: _builtins.bytes = ...,
         wg_key_proof: _builtins.bytes = ...,
+        route_advert: Global___RouteAdvert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route_advert", b"route_advert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "previous_certificate_pem", b"previous_certificate_pem", "previous_key_signature", b"previous_key_signature", "token", b"token", "wg_key_proof", b"wg_key_proof", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "previous_certificate_pem", b"previous_certificate_pem", "previous_key_signature", b"previous_key_signature", "route_advert", b"route_advert", "token", b"token", "wg_key_proof", b"wg_key_proof", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,6 +367,39 @@ class HealthSummary(_message.Message):
 Global___HealthSummary: _TypeAlias = HealthSummary  # noqa: Y015
 
 @_typing.final
+class RouteAdvert(_message.Message):
+    """What a node offers to carry for its peers (cvlan-ctrl --advertise-routes, --advertise-exit-node).
+    An administrator approves each route (or an auto-approval rule of the CVLAN does) before peers
+    use it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXIT_NODE_FIELD_NUMBER: _builtins.int
+    exit_node: _builtins.bool
+    """True: the node offers to be an exit node (its peers may send all internet traffic through it)."""
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IPv4 CIDRs of networks behind the node, e.g. "10.1.0.0/24". Empty: none (withdraws all).
+        0.0.0.0/0 is never a route: it is offered with exit_node.
+        """
+
+    def __init__(
+        self,
+        *,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        exit_node: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_node", b"exit_node", "routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteAdvert: _TypeAlias = RouteAdvert  # noqa: Y015
+
+@_typing.final
 class PollRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -368,6 +409,7 @@ class PollRequest(_message.Message):
     HOME_RELAY_REGION_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     LONG_POLL_S_FIELD_NUMBER: _builtins.int
+    ROUTE_ADVERT_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     map_version: _builtins.int
     """The map version the node holds. 0: none (always answered with a full map)."""
@@ -387,6 +429,12 @@ class PollRequest(_message.Message):
     def health(self) -> Global___HealthSummary:
         """Absent: nothing reported this time (the controller keeps the previous summary)."""
 
+    @_builtins.property
+    def route_advert(self) -> Global___RouteAdvert:
+        """What the node advertises now. Absent: unchanged (the controller keeps what it had);
+        present and empty: the node advertises nothing any more.
+        """
+
     def __init__(
         self,
         *,
@@ -396,10 +444,11 @@ class PollRequest(_message.Message):
         home_relay_region: _builtins.str = ...,
         health: Global___HealthSummary | None = ...,
         long_poll_s: _builtins.int = ...,
+        route_advert: Global___RouteAdvert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "route_advert", b"route_advert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "endpoints", b"endpoints", "health", b"health", "home_relay_region", b"home_relay_region", "long_poll_s", b"long_poll_s", "map_version", b"map_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "endpoints", b"endpoints", "health", b"health", "home_relay_region", b"home_relay_region", "long_poll_s", b"long_poll_s", "map_version", b"map_version", "route_advert", b"route_advert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -421,6 +470,8 @@ class Peer(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
     DNS_NAME_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXIT_NODE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     wg_public_key: _builtins.bytes
@@ -437,6 +488,8 @@ class Peer(_message.Message):
     Empty: the controller gives no names (older controller). Whether it resolves for the receiver
     is said by NetworkMap.dns (policy).
     """
+    exit_node: _builtins.bool
+    """True: the peer is an approved exit node the receiver may select."""
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The peer's reported candidate endpoints "ip:port". Empty: none known yet (use the relay)."""
@@ -444,6 +497,13 @@ class Peer(_message.Message):
     @_builtins.property
     def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CIDRs to route to this peer (its /32 when route is DIRECT; empty when VIA_VROUTER)."""
+
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Approved subnet routes this peer carries (not in allowed_ips: several peers may carry the same
+        route, and the receiver routes it to one of them at a time, the first alive in node_id order).
+        Empty: none.
+        """
 
     def __init__(
         self,
@@ -458,10 +518,12 @@ class Peer(_message.Message):
         route: Global___PeerRoute.ValueType = ...,
         online: _builtins.bool = ...,
         dns_name: _builtins.str = ...,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        exit_node: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "dns_name", b"dns_name", "endpoints", b"endpoints", "home_relay_region", b"home_relay_region", "name", b"name", "node_id", b"node_id", "online", b"online", "route", b"route", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "dns_name", b"dns_name", "endpoints", b"endpoints", "exit_node", b"exit_node", "home_relay_region", b"home_relay_region", "name", b"name", "node_id", b"node_id", "online", b"online", "route", b"route", "routes", b"routes", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,6 +623,8 @@ class SelfNode(_message.Message):
     CVLAN_ID_FIELD_NUMBER: _builtins.int
     CVLAN_NAME_FIELD_NUMBER: _builtins.int
     DNS_NAME_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXIT_NODE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     address: _builtins.str
@@ -570,6 +634,16 @@ class SelfNode(_message.Message):
     cvlan_name: _builtins.str
     dns_name: _builtins.str
     """The node's own DNS name (fully qualified, no trailing dot). Empty: no names (older controller)."""
+    exit_node: _builtins.bool
+    """True: this node is an approved exit node (it forwards and masquerades its peers' traffic to
+    any destination).
+    """
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """This node's approved subnet routes: it forwards traffic from the CVLAN to these (and only to
+        these) networks. Empty: it forwards nothing for them.
+        """
+
     def __init__(
         self,
         *,
@@ -580,10 +654,12 @@ class SelfNode(_message.Message):
         cvlan_id: _builtins.int = ...,
         cvlan_name: _builtins.str = ...,
         dns_name: _builtins.str = ...,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        exit_node: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cvlan_id", b"cvlan_id", "cvlan_name", b"cvlan_name", "dns_name", b"dns_name", "name", b"name", "node_id", b"node_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cvlan_id", b"cvlan_id", "cvlan_name", b"cvlan_name", "dns_name", b"dns_name", "exit_node", b"exit_node", "name", b"name", "node_id", b"node_id", "routes", b"routes", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
