@@ -119,6 +119,8 @@ class Node:
     ctrl: Proc | None = None
     listen_port: int = 51820
     tag: str = ""
+    ctrl_args: tuple[str, ...] = ()
+    """More cvlan-ctrl flags (e.g. --report-interval 2)."""
 
     def start_ctrl(
         self, server: str = "", token: str = "", ca_pin: str = "", token_file: Path | None = None
@@ -135,6 +137,7 @@ class Node:
             "5",
             "--listen-port",
             str(self.listen_port),
+            *self.ctrl_args,
         ]
         if server:
             argv += ["--server", server]
@@ -195,13 +198,21 @@ def join_args(join_command: str) -> tuple[str, str, str]:
 
 
 def start_node(
-    lab: Lab, ns: Netns, name: str, join_command: str, listen_port: int = 51820, tag: str = ""
+    lab: Lab,
+    ns: Netns,
+    name: str,
+    join_command: str,
+    listen_port: int = 51820,
+    tag: str = "",
+    ctrl_args: tuple[str, ...] = (),
 ) -> Node:
     """Start cvland then cvlan-ctrl (enrolling with the join command) in ns.
 
     Several nodes may share a namespace (one per CVLAN) with distinct tags and listen ports."""
     dp = start_cvland(lab, ns, tag=tag)
-    node = Node(ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag)
+    node = Node(
+        ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag, ctrl_args=ctrl_args
+    )
     server, token, pin = join_args(join_command)
     node.start_ctrl(server, token, pin)
     return node

@@ -15,6 +15,8 @@ def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> Desire
             endpoints=list(p.endpoints),
             relay_region=p.home_relay_region,
             name=p.name,
+            node_id=p.node_id,
+            address=p.address,
         )
         for p in m.peers
         if len(p.wg_public_key) == 32

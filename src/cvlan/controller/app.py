@@ -18,7 +18,7 @@ from cvlan import __version__
 from cvlan.common import adminconf
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.controller import credentials, infraapi, nodeapi, vrouterapi
-from cvlan.controller.api import framework, routes, vrouter_routes  # noqa: F401  (routes register themselves)
+from cvlan.controller.api import framework, health_routes, routes, vrouter_routes  # noqa: F401  (routes register themselves)
 from cvlan.controller.api.framework import (
     AUTH_KEY,
     CA_PIN_KEY,

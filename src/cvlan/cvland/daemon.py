@@ -15,6 +15,7 @@ from pathlib import Path
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
 from cvlan.cvland.hubs import HubFailover
+from cvlan.cvland.probe import ProbeBook
 from cvlan.cvland.reconcile import Plan, plan, validate
 from cvlan.cvland.relaypath import NoRelayPaths, PathSelector, RelayPath
 from cvlan.dataplane.engine import EngineError, WgEngine, pid_cmdline, stop_pid
@@ -23,7 +24,7 @@ from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
 from cvlan.dataplane.wgconfig import WgConfig
-from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerStatus
+from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerConfig, PeerStatus
 from cvlan.wire.keys import KeyHex, short
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Daemon:
         self.denied_flows = Aggregator()
         self.path_changes = 0
         """Times a peer was moved to another endpoint or path since start (a metric)."""
+        self.probes = ProbeBook()
+        """Health probes to the peers' overlay addresses (sent by the event loop, cvland/probe.py)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -236,6 +239,7 @@ class Daemon:
         )
         self.hubs.set_state(ds)
         self._apply_plan(self._plan(ds))
+        self.probes.set_targets(probe_targets(ds))
         return self._store_desired(ds)
 
     def _store_desired(self, ds: DesiredState) -> int:
@@ -322,9 +326,14 @@ class Daemon:
         ds = self.hubs.shape(self.desired) if self.desired else None  # standby vrouters: no routes
         state = self.b.engine.read() if self.b.engine.alive() else None
         peers: list[PeerStatus] = []
+        now = self.clock.monotonic()
         for p in ds.peers if ds else []:
             key = KeyHex(p.public_key.lower())
             got = state.peers.get(key) if state else None
+            probes = self.probes.stats(key, now)
+            path = self._path_of(key, got.last_handshake if got else 0.0)
+            if routed_via_vrouter(p):
+                path = "vrouter" if probes.answered else "none"
             peers.append(
                 PeerStatus(
                     public_key=key,
@@ -334,7 +343,13 @@ class Daemon:
                     last_handshake=got.last_handshake if got else 0.0,
                     rx_bytes=got.rx_bytes if got else 0,
                     tx_bytes=got.tx_bytes if got else 0,
-                    path=self._path_of(key, got.last_handshake if got else 0.0),
+                    path=path,
+                    node_id=p.node_id,
+                    relay_region=p.relay_region if path == "relay" else "",
+                    via_vrouter=p.via_vrouter,
+                    rtt_ms=None if probes.rtt_s is None else round(probes.rtt_s * 1000, 3),
+                    probes_sent=probes.sent,
+                    probes_answered=probes.answered,
                 )
             )
         port = state.listen_port if state else 0
@@ -353,6 +368,7 @@ class Daemon:
             mapped_endpoint=self.relay.mapped_endpoint if self.relay else "",
             home_relay_region=self.relay.home_region if self.relay else "",
             peers=peers,
+            relays=list(ds.relays) if ds else [],
         )
 
     def _path_of(self, key: str, last_handshake: float) -> str:
@@ -377,6 +393,20 @@ class Daemon:
                 continue
             out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
         return out
+
+
+def routed_via_vrouter(p: PeerConfig) -> bool:
+    """A CVLAN member reached through the vrouter: its address is not among its allowed IPs."""
+    return bool(p.address) and not p.via_vrouter and not p.allowed_ips
+
+
+def probe_targets(ds: DesiredState) -> dict[str, str]:
+    """key -> overlay IP of every CVLAN member to probe (vrouters themselves are not probed)."""
+    return {
+        KeyHex(p.public_key.lower()): p.address.split("/")[0]
+        for p in ds.peers
+        if p.address and not p.via_vrouter
+    }
 
 
 def _uapi_in_use(sock: Path) -> bool:

@@ -50,6 +50,11 @@ class PeerConfig(_Wire):
     """For display only (cvlancli peers)."""
     via_vrouter: bool = False
     """True for a vrouter hub peer (carries a subnet, not a /32)."""
+    node_id: int = 0
+    """The peer's node id (0 = unknown, or a vrouter), for health reports."""
+    address: str = ""
+    """The peer's overlay address as a /32 CIDR ("" = unknown); health probes go there. A peer with
+    an address but no allowed IPs of its own is reached through a vrouter."""
 
 
 class RelayInfo(_Wire):
@@ -94,7 +99,18 @@ class PeerStatus(_Wire):
     rx_bytes: int = 0
     tx_bytes: int = 0
     path: str = "none"
-    """"direct", "relay" or "none"."""
+    """"direct", "relay", "vrouter" or "none"."""
+    node_id: int = 0
+    """The peer's node id (0 = unknown, or a vrouter)."""
+    relay_region: str = ""
+    """The relay region carrying the path when path is "relay"."""
+    via_vrouter: bool = False
+    """True for a vrouter hub peer itself."""
+    rtt_ms: float | None = None
+    """Median round-trip time of the answered health probes in the window (None = none answered)."""
+    probes_sent: int = 0
+    """Health probes sent to the peer in the window (the last PROBE_WINDOW probes)."""
+    probes_answered: int = 0
 
 
 class DeviceStatus(_Wire):
@@ -114,6 +130,8 @@ class DeviceStatus(_Wire):
     """The STUN-observed public "ip:port" of the WireGuard port ("" = unknown)."""
     home_relay_region: str = ""
     peers: list[PeerStatus] = Field(default_factory=list)
+    relays: list[RelayInfo] = Field(default_factory=list)
+    """The relay map of the applied state (regions, URLs, STUN servers), for `cvlancli netcheck`."""
 
 
 class DeniedFlow(_Wire):
