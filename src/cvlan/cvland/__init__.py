@@ -5,6 +5,7 @@ __all__ = [
     "hubs",
     "metrics",
     "paths",
+    "probe",
     "reconcile",
     "relaychoice",
     "relaypath",
