@@ -126,3 +126,15 @@ def test_firewall_accepts_probes_from_the_cvlan_before_the_policy() -> None:
     probe = f'iifname "cvlan0" ip saddr 100.64.0.0/24 udp dport {hp.PROBE_PORT} accept'
     assert probe in text
     assert text.index(probe) < text.index("meta l4proto udp")
+
+
+def test_restart_forgets_the_losses_of_the_previous_path() -> None:
+    book = ProbeBook(timeout_s=1.0)
+    book.set_targets({A: "100.64.0.2"})
+    for t in range(5):
+        book.sent(A, float(t))  # none answered: the tunnel was still coming up
+    assert book.stats(A, 10.0).loss == 1.0
+    book.restart(A)
+    s = book.sent(A, 10.0)
+    assert s is not None and book.answered("100.64.0.2", s, 10.001)
+    assert (book.stats(A, 12.0).sent, book.stats(A, 12.0).loss) == (1, 0.0)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from cvlan.dataplane.firewall import DENY_LOG_GROUP, DENY_LOG_PREFIX, Firewall
 from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
-from cvlan.dataplane.wgconfig import WgConfig
+from cvlan.dataplane.wgconfig import PeerState, WgConfig
 from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerConfig, PeerStatus
 from cvlan.wire.keys import KeyHex, short
 
@@ -78,6 +79,8 @@ class Daemon:
         self.denied_flows = Aggregator()
         self.path_changes = 0
         """Times a peer was moved to another endpoint or path since start (a metric)."""
+        self._paths: dict[KeyHex, str] = {}
+        """Each peer's path at the last tick: its probe window restarts when the path changes."""
         self.probes = ProbeBook()
         """Health probes to the peers' overlay addresses (sent by the event loop, cvland/probe.py)."""
 
@@ -302,12 +305,20 @@ class Daemon:
                     "trying next endpoint",
                     extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},
                 )
+        self._restart_probes_on_new_paths(state.peers)
         if self.hubs.observe(state.peers):
             changed = True
             log.warning("vrouter failover", extra={"peer": short(self.hubs.active())})
         probes = self.hubs.take_probes()
         if changed or probes:
             self._apply_plan(self._recreate(self._plan(self.desired), probes))
+
+    def _restart_probes_on_new_paths(self, peers: Mapping[KeyHex, PeerState]) -> None:
+        paths = {key: self._path_of(key, ps.last_handshake) for key, ps in peers.items()}
+        for key, path in paths.items():
+            if self._paths.get(key, "none") != path:
+                self.probes.restart(key)
+        self._paths = paths
 
     def _recreate(self, p: Plan, probes: set[str] | None = None) -> Plan:
         """Remove peers whose path switched (or vrouter peers to probe), so that re-adding them

@@ -83,6 +83,14 @@ class ProbeBook:
     def _new(self, addr: str) -> _PeerProbes:
         return _PeerProbes(addr, deque(maxlen=self._window))
 
+    def restart(self, key: str) -> None:
+        """Forget key's probes: its path changed, and loss on the old one (or while the tunnel was
+        still coming up) says nothing about the new one."""
+        with self._lock:
+            p = self._peers.get(key)
+            if p is not None:
+                p.window.clear()
+
     def targets(self) -> list[tuple[str, str]]:
         with self._lock:
             return [(k, p.address) for k, p in self._peers.items()]
