@@ -528,12 +528,12 @@ async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) 
     a, b, c = [await enrol(ui.rc, token, name) for name in ("h-a", "h-b", "h-c")]
     ia, ib, ic = a.node_id, b.node_id, c.node_id
     direct, relay = pb.PEER_HEALTH_PATH_DIRECT, pb.PEER_HEALTH_PATH_RELAY
-    reports = {
-        a: [_peer(ib, relay, 20, 20, 3100, "eu"), _peer(ic, direct, 20, 13, 600)],
-        b: [_peer(ia, relay, 20, 20, 3000, "eu"), _peer(ic, direct, 20, 20, 400)],
-        c: [_peer(ia, direct, 20, 13, 650), _peer(ib, direct, 20, 20, 420)],
-    }
-    for n, peers in reports.items():
+    reports = [
+        (a, [_peer(ib, relay, 20, 20, 3100, "eu"), _peer(ic, direct, 20, 13, 600)]),
+        (b, [_peer(ia, relay, 20, 20, 3000, "eu"), _peer(ic, direct, 20, 20, 400)]),
+        (c, [_peer(ia, direct, 20, 13, 650), _peer(ib, direct, 20, 20, 420)]),
+    ]
+    for n, peers in reports:
         await n.client.poll(0)
         await n.client.report([], pb.HealthSummary(peers_total=2, peers=peers))
         await n.client.close()
