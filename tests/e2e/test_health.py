@@ -55,7 +55,8 @@ def _drop(router: Netns, rule: str) -> None:
         "-f",
         "-",
         input=(
-            "table ip cvlhealth {\n  chain drops { type filter hook forward priority -10; policy accept; }\n}\n"
+            "table ip cvlhealth {\n"
+            "  chain drops { type filter hook forward priority -10; policy accept; }\n}\n"
             f"add rule ip cvlhealth drops {rule}\n"
         ),
     )

@@ -10,6 +10,7 @@ __all__ = [
     "db",
     "errors",
     "health",
+    "http",
     "infraapi",
     "ipam",
     "mapper",
@@ -20,7 +21,6 @@ __all__ = [
     "settings",
     "tlsserve",
     "usercmd",
-    "vrouterapi",
     "vrouting",
     "web",
 ]
