@@ -111,7 +111,7 @@ class Node:
     listen_port: int = 51820
     tag: str = ""
     ctrl_args: tuple[str, ...] = ()
-    """More cvlan-ctrl flags (e.g. --advertise-routes), given at every start."""
+    """More cvlan-ctrl flags (e.g. --advertise-routes, --report-interval 2), given at every start."""
 
     def start_ctrl(self, join_command: str = "", token_file: Path | None = None) -> Proc:
         """cvlan-ctrl in the node's namespace: enrolling with join_command or token_file if given,
@@ -186,8 +186,6 @@ def start_node(
 
     Several nodes may share a namespace (one per CVLAN) with distinct tags and listen ports."""
     dp = start_cvland(lab, ns, tag=tag, dns_mode=dns_mode)
-    node = Node(ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag)
-    dp = start_cvland(lab, ns, tag=tag)
     node = Node(
         ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag, ctrl_args=ctrl_args
     )

@@ -28,6 +28,7 @@ def desired_state(
             node_id=p.node_id,
             routes=list(p.routes),
             exit_node=p.exit_node,
+            address=p.address,
         )
         for p in m.peers
         if len(p.wg_public_key) == 32

@@ -9,6 +9,7 @@ __all__ = [
     "credentials",
     "db",
     "errors",
+    "health",
     "http",
     "infraapi",
     "ipam",

@@ -7,6 +7,7 @@ __all__ = [
     "hubs",
     "metrics",
     "paths",
+    "probe",
     "reconcile",
     "relaychoice",
     "relaypath",

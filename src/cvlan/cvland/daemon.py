@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cvlan.common.files import write_atomic
 from cvlan.common.host import resolve_hosts
 from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.hubs import HubFailover
+from cvlan.cvland.probe import ProbeBook
 from cvlan.cvland.reconcile import Plan, plan, validate
 from cvlan.cvland.relaypath import NoRelayPaths, PathSelector, RelayPath
 from cvlan.cvland.subnets import RouteFailover, exit_peer
@@ -27,8 +29,8 @@ from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
 from cvlan.dataplane.policyroute import PolicyRouter
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
-from cvlan.dataplane.wgconfig import WgConfig
-from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerStatus
+from cvlan.dataplane.wgconfig import PeerState, WgConfig
+from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerConfig, PeerStatus
 from cvlan.wire.keys import KeyHex, short
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,10 @@ class Daemon:
         self.denied_flows = Aggregator()
         self.path_changes = 0
         """Times a peer was moved to another endpoint or path since start (a metric)."""
+        self._paths: dict[KeyHex, str] = {}
+        """Each peer's path at the last tick: its probe window restarts when the path changes."""
+        self.probes = ProbeBook()
+        """Health probes to the peers' overlay addresses (sent by the event loop, cvland/probe.py)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -297,6 +303,7 @@ class Daemon:
         self._apply_plan(self._plan(ds))
         if self.b.dns is not None:
             self.b.dns.apply(ds, self.ifname)
+        self.probes.set_targets(probe_targets(ds))
         return self._store_desired(ds)
 
     def _connected(self) -> list[str]:
@@ -384,6 +391,7 @@ class Daemon:
                     "trying next endpoint",
                     extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},
                 )
+        self._restart_probes_on_new_paths(state.peers)
         if self.hubs.observe(state.peers):
             changed = True
             log.warning("vrouter failover", extra={"peer": short(self.hubs.active())})
@@ -393,6 +401,13 @@ class Daemon:
         probes = self.hubs.take_probes() | self.routes.take_probes()
         if changed or probes:
             self._apply_plan(self._recreate(self._plan(self.desired), probes))
+
+    def _restart_probes_on_new_paths(self, peers: Mapping[KeyHex, PeerState]) -> None:
+        paths = {key: self._path_of(key, ps.last_handshake) for key, ps in peers.items()}
+        for key, path in paths.items():
+            if self._paths.get(key, "none") != path:
+                self.probes.restart(key)
+        self._paths = paths
 
     def _recreate(self, p: Plan, probes: set[str] | None = None) -> Plan:
         """Remove peers whose path switched (or vrouter peers to probe), so that re-adding them
@@ -411,9 +426,14 @@ class Daemon:
         ds = self._shaped(self.desired) if self.desired else None  # standby peers: no routes
         state = self.b.engine.read() if self.b.engine.alive() else None
         peers: list[PeerStatus] = []
+        now = self.clock.monotonic()
         for p in ds.peers if ds else []:
             key = KeyHex(p.public_key.lower())
             got = state.peers.get(key) if state else None
+            probes = self.probes.stats(key, now)
+            path = self._path_of(key, got.last_handshake if got else 0.0)
+            if routed_via_vrouter(p):
+                path = "vrouter" if probes.answered else "none"
             peers.append(
                 PeerStatus(
                     public_key=key,
@@ -423,7 +443,13 @@ class Daemon:
                     last_handshake=got.last_handshake if got else 0.0,
                     rx_bytes=got.rx_bytes if got else 0,
                     tx_bytes=got.tx_bytes if got else 0,
-                    path=self._path_of(key, got.last_handshake if got else 0.0),
+                    path=path,
+                    node_id=p.node_id,
+                    relay_region=p.relay_region if path == "relay" else "",
+                    via_vrouter=p.via_vrouter,
+                    rtt_ms=None if probes.rtt_s is None else round(probes.rtt_s * 1000, 3),
+                    probes_sent=probes.sent,
+                    probes_answered=probes.answered,
                 )
             )
         port = state.listen_port if state else 0
@@ -444,6 +470,7 @@ class Daemon:
             peers=peers,
             dns=self.b.dns.status() if self.b.dns is not None and not self.is_down else None,
             **self._route_status(ds),
+            relays=list(ds.relays) if ds else [],
         )
 
     def _route_status(self, ds: DesiredState | None) -> dict[str, object]:
@@ -482,6 +509,20 @@ class Daemon:
                 continue
             out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
         return out
+
+
+def routed_via_vrouter(p: PeerConfig) -> bool:
+    """A CVLAN member reached through the vrouter: its address is not among its allowed IPs."""
+    return bool(p.address) and not p.via_vrouter and not p.allowed_ips
+
+
+def probe_targets(ds: DesiredState) -> dict[str, str]:
+    """key -> overlay IP of every CVLAN member to probe (vrouters themselves are not probed)."""
+    return {
+        KeyHex(p.public_key.lower()): p.address.split("/")[0]
+        for p in ds.peers
+        if p.address and not p.via_vrouter
+    }
 
 
 def _uapi_in_use(sock: Path) -> bool:

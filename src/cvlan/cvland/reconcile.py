@@ -77,6 +77,8 @@ def validate(ds: DesiredState) -> None:
                 ipaddress.ip_network(a, strict=False)
             for e in p.endpoints:
                 parse_endpoint(e)
+            if p.address and ipaddress.ip_interface(p.address).version != 4:
+                raise ValueError(f"peer {i}: address {p.address} is not IPv4")
             if not 0 <= p.keepalive < 65536:
                 raise ValueError(f"peer {i}: keepalive {p.keepalive} out of range")
             for r in p.routes:

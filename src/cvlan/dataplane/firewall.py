@@ -11,7 +11,8 @@ one is untouched. Rule format (DesiredState.filter_rules, the node protocol's Fi
 
 An empty list allows everything from the CVLAN subnet. Everything else arriving on the interface
 is logged to NFLOG group DENY_LOG_GROUP (for the denied-flow report), counted in the named counter
-`denied` and dropped. Replies to our own traffic are accepted.
+`denied` and dropped. Replies to our own traffic are accepted, and so are health probes from the
+CVLAN (UDP PROBE_PORT, wire/healthprobe.py) ahead of the rules, whatever the policy says.
 
 A node that serves subnet routes or is an exit node (docs/ROUTES.md) also gets a forward chain: a
 rule with "dst" (a policy rule naming a route, `route:CIDR`) applies to traffic forwarded to those
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from cvlan.common.host import check_interface_name
+from cvlan.wire.healthprobe import PROBE_PORT
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ def render_ruleset(
         "    type filter hook input priority filter; policy accept;\n"
         f"    iifname != {json.dumps(ifname)} accept\n"
         "    ct state established,related accept\n"
+        f"    iifname {json.dumps(ifname)} ip saddr {net} udp dport {PROBE_PORT} accept\n"
         f"{body}\n"
         f"    {_DROP}\n"
         "  }\n"

@@ -53,12 +53,15 @@ class PeerConfig(_Wire):
     via_vrouter: bool = False
     """True for a vrouter hub peer (carries a subnet, not a /32)."""
     node_id: int = 0
-    """The peer's node id: of several peers carrying the same subnet route, the first alive in
-    node_id order carries it (0 for vrouters)."""
+    """The peer's node id (0 = unknown, or a vrouter), for health reports; of several peers carrying
+    the same subnet route, the first alive in node_id order carries it."""
     routes: list[str] = Field(default_factory=list)
     """Approved subnet routes the peer carries; cvland adds each to one such peer's allowed IPs."""
     exit_node: bool = False
     """The peer is an approved exit node this node may select."""
+    address: str = ""
+    """The peer's overlay address as a /32 CIDR ("" = unknown); health probes go there. A peer with
+    an address but no allowed IPs of its own is reached through a vrouter."""
 
 
 class RelayInfo(_Wire):
@@ -146,7 +149,18 @@ class PeerStatus(_Wire):
     rx_bytes: int = 0
     tx_bytes: int = 0
     path: str = "none"
-    """"direct", "relay" or "none"."""
+    """"direct", "relay", "vrouter" or "none"."""
+    node_id: int = 0
+    """The peer's node id (0 = unknown, or a vrouter)."""
+    relay_region: str = ""
+    """The relay region carrying the path when path is "relay"."""
+    via_vrouter: bool = False
+    """True for a vrouter hub peer itself."""
+    rtt_ms: float | None = None
+    """Median round-trip time of the answered health probes in the window (None = none answered)."""
+    probes_sent: int = 0
+    """Health probes sent to the peer in the window (the last PROBE_WINDOW probes)."""
+    probes_answered: int = 0
 
 
 class DnsStatus(_Wire):
@@ -188,6 +202,8 @@ class DeviceStatus(_Wire):
     """Subnet route -> the name of the peer that carries it now."""
     forwarding: list[str] = Field(default_factory=list)
     """What this node forwards for its peers: its approved routes, and "0.0.0.0/0" as an exit node."""
+    relays: list[RelayInfo] = Field(default_factory=list)
+    """The relay map of the applied state (regions, URLs, STUN servers), for `cvlancli netcheck`."""
 
 
 class DeniedFlow(_Wire):

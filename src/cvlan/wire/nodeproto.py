@@ -32,6 +32,8 @@ MAX_ENDPOINTS = 16
 MAX_ENDPOINT_LEN = 64
 MAX_HOSTNAME_LEN = 63
 MAX_DENIED_FLOWS = 1000
+MAX_HEALTH_PEERS = 64
+"""Peer entries in one health report (HealthSummary.peers); the rest are counted in peers_omitted."""
 
 
 def wg_key_proof(shared_secret: bytes, message: bytes) -> bytes:

@@ -16,8 +16,9 @@ def test_empty_rules_allow_the_cvlan_subnet_and_drop_the_rest() -> None:
     assert text.startswith("table inet cvlan-wg0 {}\ndelete table inet cvlan-wg0\ntable inet cvlan-wg0 {\n")
     lines = [line.strip() for line in text.splitlines()]
     i = lines.index('iifname != "wg0" accept')
-    assert lines[i + 1 : i + 4] == [
+    assert lines[i + 1 : i + 5] == [
         "ct state established,related accept",
+        'iifname "wg0" ip saddr 100.64.0.0/24 udp dport 41720 accept',  # health probes (docs/HEALTH.md)
         'iifname "wg0" ip saddr 100.64.0.0/24 accept',
         'log prefix "cvlan-deny " group 1117 counter name "denied" drop',
     ]

@@ -7,6 +7,7 @@ __all__ = [
     "context",
     "cvlans",
     "dns",
+    "health",
     "infra",
     "nodes",
     "policy",

@@ -29,6 +29,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PeerHealthPath:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeerHealthPathEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PeerHealthPath.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PEER_HEALTH_PATH_NONE: _PeerHealthPath.ValueType  # 0
+    """No recent handshake and no probe answer."""
+    PEER_HEALTH_PATH_DIRECT: _PeerHealthPath.ValueType  # 1
+    PEER_HEALTH_PATH_RELAY: _PeerHealthPath.ValueType  # 2
+    """Through the relays of PeerHealth.relay_region."""
+    PEER_HEALTH_PATH_VROUTER: _PeerHealthPath.ValueType  # 3
+    """Routed through a vrouter of the CVLAN."""
+
+class PeerHealthPath(_PeerHealthPath, metaclass=_PeerHealthPathEnumTypeWrapper):
+    """How a node currently reaches one peer."""
+
+PEER_HEALTH_PATH_NONE: PeerHealthPath.ValueType  # 0
+"""No recent handshake and no probe answer."""
+PEER_HEALTH_PATH_DIRECT: PeerHealthPath.ValueType  # 1
+PEER_HEALTH_PATH_RELAY: PeerHealthPath.ValueType  # 2
+"""Through the relays of PeerHealth.relay_region."""
+PEER_HEALTH_PATH_VROUTER: PeerHealthPath.ValueType  # 3
+"""Routed through a vrouter of the CVLAN."""
+Global___PeerHealthPath: _TypeAlias = PeerHealthPath  # noqa: Y015
+
 class _PeerRoute:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -338,6 +364,8 @@ class HealthSummary(_message.Message):
     PEERS_RELAY_FIELD_NUMBER: _builtins.int
     APPLIED_VERSION_FIELD_NUMBER: _builtins.int
     DATAPLANE_ERROR_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    PEERS_OMITTED_FIELD_NUMBER: _builtins.int
     peers_total: _builtins.int
     """Peers in the map the data plane applied."""
     peers_direct: _builtins.int
@@ -349,6 +377,14 @@ class HealthSummary(_message.Message):
     """Empty: the data plane is healthy. Otherwise one line saying what is wrong
     (e.g. "cvland not reachable").
     """
+    peers_omitted: _builtins.int
+    """Peers left out of `peers` because of the bound."""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerHealth]:
+        """Per-peer health (docs/HEALTH.md). Sent in reports (ReportRequest.health), not in polls.
+        Empty: not measured this time (the controller keeps what it had). At most 64 entries.
+        """
+
     def __init__(
         self,
         *,
@@ -357,14 +393,68 @@ class HealthSummary(_message.Message):
         peers_relay: _builtins.int = ...,
         applied_version: _builtins.int = ...,
         dataplane_error: _builtins.str = ...,
+        peers: _abc.Iterable[Global___PeerHealth] | None = ...,
+        peers_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "dataplane_error", b"dataplane_error", "peers_direct", b"peers_direct", "peers_relay", b"peers_relay", "peers_total", b"peers_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "dataplane_error", b"dataplane_error", "peers", b"peers", "peers_direct", b"peers_direct", "peers_omitted", b"peers_omitted", "peers_relay", b"peers_relay", "peers_total", b"peers_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthSummary: _TypeAlias = HealthSummary  # noqa: Y015
+
+@_typing.final
+class PeerHealth(_message.Message):
+    """One peer as the reporting node sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RELAY_REGION_FIELD_NUMBER: _builtins.int
+    HANDSHAKE_AGE_S_FIELD_NUMBER: _builtins.int
+    RTT_US_FIELD_NUMBER: _builtins.int
+    PROBES_SENT_FIELD_NUMBER: _builtins.int
+    PROBES_ANSWERED_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    path: Global___PeerHealthPath.ValueType
+    relay_region: _builtins.str
+    """The relay region carrying the path (path RELAY). Empty otherwise."""
+    handshake_age_s: _builtins.int
+    """Seconds since the last WireGuard handshake with the peer. -1: never (or via a vrouter)."""
+    rtt_us: _builtins.int
+    """Median round-trip time of the answered health probes in the window, in microseconds.
+    0: no probe answered in the window.
+    """
+    probes_sent: _builtins.int
+    """Probes sent and answered in the window (the last 20 probes, one every few seconds)."""
+    probes_answered: _builtins.int
+    rx_bytes: _builtins.int
+    """WireGuard byte counters of the peer since the data plane started."""
+    tx_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+        path: Global___PeerHealthPath.ValueType = ...,
+        relay_region: _builtins.str = ...,
+        handshake_age_s: _builtins.int = ...,
+        rtt_us: _builtins.int = ...,
+        probes_sent: _builtins.int = ...,
+        probes_answered: _builtins.int = ...,
+        rx_bytes: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handshake_age_s", b"handshake_age_s", "node_id", b"node_id", "path", b"path", "probes_answered", b"probes_answered", "probes_sent", b"probes_sent", "relay_region", b"relay_region", "rtt_us", b"rtt_us", "rx_bytes", b"rx_bytes", "tx_bytes", b"tx_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerHealth: _TypeAlias = PeerHealth  # noqa: Y015
 
 @_typing.final
 class RouteAdvert(_message.Message):
