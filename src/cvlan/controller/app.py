@@ -18,7 +18,7 @@ from cvlan import __version__
 from cvlan.common import adminconf
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.controller import credentials, infraapi, nodeapi, vrouterapi
-from cvlan.controller.api import framework, routes, vrouter_routes  # noqa: F401  (routes register themselves)
+from cvlan.controller.api import framework, oidc, routes, vrouter_routes  # noqa: F401  (routes register themselves)
 from cvlan.controller.api.framework import (
     AUTH_KEY,
     CA_PIN_KEY,
@@ -33,6 +33,7 @@ from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db import engine as dbengine
 from cvlan.controller.db.models import ApiToken, KeyValue
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.oidc.client import PROVIDERS_KEY, build_providers
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.settings import ControllerSettings
@@ -128,6 +129,7 @@ async def build(
     app[ENGINE_KEY] = engine
     app[CA_KEY] = ca
     app[AUTH_KEY] = authenticate
+    app[PROVIDERS_KEY] = build_providers(settings.oidc_providers, ctx.clock)
     app[MAX_BODY_KEY] = settings.max_body_bytes
     app[CA_PIN_KEY] = ca.fingerprint
     for r in ROUTES:

@@ -1,3 +1,3 @@
 """cvlan.controller.api."""
 
-__all__ = ["framework", "routes", "vrouter_routes"]
+__all__ = ["framework", "oidc", "routes", "vrouter_routes"]

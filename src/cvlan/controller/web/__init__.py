@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan.controller.api.framework import CTX_KEY
-from cvlan.controller.web import account, core, pages_admin, pages_policy, pages_tenant, session
+from cvlan.controller.web import account, core, oidc, pages_admin, pages_policy, pages_tenant, session
 from cvlan.controller.web.health import HealthMonitor
 
 __all__ = ["setup"]
@@ -36,6 +36,7 @@ def setup(app: web.Application, engine: AsyncEngine) -> None:
             web.post(p + "/signout", account.signout),
             web.get(p + "/account", account.account),
             web.post(p + "/account/password", account.account_password),
+            *oidc.routes(p),
             *pages_tenant.routes(p),
             *pages_admin.routes(p),
             *pages_policy.routes(p),
