@@ -222,4 +222,5 @@ async def test_cvlan_login_with_the_device_grant(sso: SsoStack, tmp_path: Path) 
     users = (await sso.rc.api(token).get("/api/v1/tenants/acme/users")).ok()
     assert "hank@acme.example" in [u["email"] for u in users["items"]]
     assert (await sso.rc.api(token).get("/api/v1/tenants/globex")).status == 404
-    assert await _count(sso, Membership, Membership.via_oidc.is_(True)) == 1
+    hank = select(User.id).where(User.email == "hank@acme.example").scalar_subquery()
+    assert await _count(sso, Membership, Membership.user_id == hank, Membership.via_oidc.is_(True)) == 1

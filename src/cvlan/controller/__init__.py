@@ -13,6 +13,7 @@ __all__ = [
     "ipam",
     "mapper",
     "nodeapi",
+    "oidc",
     "ops",
     "policy",
     "proxies",

@@ -32,6 +32,9 @@ class OidcProviderSettings(BaseModel):
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
     groups_claim: str = "groups"
     """The ID-token claim listing the user's groups (Keycloak "groups", Entra ID "groups")."""
+    email_verified_when_absent: bool = False
+    """Take the email as verified when the ID token does not say (providers such as Entra ID that
+    never send email_verified). A token saying email_verified false is refused all the same."""
     clock_skew_s: int = Field(default=60, ge=0, le=600)
     """How far the provider's clock may be from ours when checking the ID token's times."""
     ca_file: Path | None = None

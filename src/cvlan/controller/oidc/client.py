@@ -234,9 +234,14 @@ class OidcClient:
             issuer=str(c["iss"]),
             subject=str(c["sub"]),
             email=str(c.get("email") or "").strip().lower(),
-            email_verified=c.get("email_verified") is True,
+            email_verified=self._email_verified(c.get("email_verified")),
             groups=tuple(str(g) for g in groups) if isinstance(groups, list) else (),
         )
+
+    def _email_verified(self, flag: object) -> bool:
+        if flag is None:
+            return self.cfg.email_verified_when_absent
+        return flag is True
 
     def _check_claims(
         self, claims: dict[str, Any], header: dict[str, Any], token: dict[str, Any], nonce: str | None
