@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.controller.api.framework import Body, Call, route
+from cvlan.controller.api.common import tenant_route
+from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError
+from cvlan.controller.http.framework import Body, Call, route
 from cvlan.controller.oidc import mappings, signin
 from cvlan.controller.oidc.client import PROVIDERS_KEY, Providers
-from cvlan.controller.ops.context import resolve_tenant
-
-T = "/api/v1/tenants/{tenant}"
 
 
 class DeviceStartBody(Body):
@@ -103,43 +103,34 @@ async def device_poll(c: Call) -> Any:
     return {"status": "done", "token": text, "email": user.email, "expires_at": expires}
 
 
-@route("GET", T + "/oidc-mappings", summary="List group-to-role mappings", tag="auth")
-async def list_mappings(c: Call) -> dict[str, Any]:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        items = [mappings.mapping_view(m) for m in await mappings.list_(s, c.who, t)]
+@tenant_route("GET", "/oidc-mappings", summary="List group-to-role mappings", tag="auth")
+async def list_mappings(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+    items = [mappings.mapping_view(m) for m in await mappings.list_(s, c.who, t)]
     return {"items": items, "total": len(items)}
 
 
-@route(
+@tenant_route(
     "POST",
-    T + "/oidc-mappings",
+    "/oidc-mappings",
     summary="Map a provider group to a role",
     tag="auth",
     body=MappingBody,
     status=201,
 )
-async def add_mapping(c: Call) -> dict[str, Any]:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        m = await mappings.add(
-            c.ctx, s, c.who, t, set(_providers(c)), c.body.provider, c.body.group, c.body.role
-        )
-        return mappings.mapping_view(m)
+async def add_mapping(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+    b = c.body
+    m = await mappings.add(c.ctx, s, c.who, t, set(_providers(c)), b.provider, b.group, b.role)
+    return mappings.mapping_view(m)
 
 
-@route("DELETE", T + "/oidc-mappings/{mapping}", summary="Remove a group mapping", tag="auth", status=204)
-async def remove_mapping(c: Call) -> None:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        await mappings.remove(c.ctx, s, c.who, t, c.params["mapping"])
+@tenant_route("DELETE", "/oidc-mappings/{mapping}", summary="Remove a group mapping", tag="auth", status=204)
+async def remove_mapping(c: Call, s: AsyncSession, t: Tenant) -> None:
+    await mappings.remove(c.ctx, s, c.who, t, c.params["mapping"])
 
 
-@route(
-    "PUT", T + "/signin-policy", summary="Allow or forbid password sign-in", tag="auth", body=SigninPolicyBody
+@tenant_route(
+    "PUT", "/signin-policy", summary="Allow or forbid password sign-in", tag="auth", body=SigninPolicyBody
 )
-async def put_signin_policy(c: Call) -> dict[str, Any]:
-    async with c.ctx.tx() as s:
-        t = await resolve_tenant(s, c.who, c.params["tenant"])
-        await mappings.set_local_passwords(c.ctx, s, c.who, t, c.body.local_passwords)
-        return {"tenant": t.name, "local_passwords": not t.local_passwords_disabled}
+async def put_signin_policy(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+    await mappings.set_local_passwords(c.ctx, s, c.who, t, c.body.local_passwords)
+    return {"tenant": t.name, "local_passwords": not t.local_passwords_disabled}

@@ -14,8 +14,8 @@ import secrets
 
 from aiohttp import web
 
-from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.errors import DomainError
+from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.oidc import signin
 from cvlan.controller.oidc.client import PROVIDERS_KEY
 from cvlan.controller.web import session as sessions
