@@ -15,6 +15,7 @@ __all__ = [
     "ipam",
     "mapper",
     "nodeapi",
+    "oidc",
     "ops",
     "policy",
     "proxies",

@@ -14,6 +14,7 @@ from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.web import (
     account,
     core,
+    oidc,
     pages_admin,
     pages_dns,
     pages_health,
@@ -45,6 +46,7 @@ def setup(app: web.Application, engine: AsyncEngine) -> None:
             web.post(p + "/signout", account.signout),
             web.get(p + "/account", account.account),
             web.post(p + "/account/password", account.account_password),
+            *oidc.routes(p),
             *pages_tenant.routes(p),
             *pages_admin.routes(p),
             *pages_policy.routes(p),
