@@ -274,9 +274,6 @@ class BackendPool:
     def open_conns(self) -> int:
         return sum(len(b.conns) for b in self.backends)
 
-    def queued(self) -> int:
-        return len(self.waiting) + len(self.later)
-
     def submit(
         self, request: bytes, no_body: bool, done: Done, later: bool = False, retry: bool = False
     ) -> None:

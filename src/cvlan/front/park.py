@@ -117,6 +117,9 @@ class Parking:
         return any(s.ready for s in self.streams)
 
     def start(self) -> None:
+        for st in self.streams:  # a controller is preferred once its stream is ready
+            if self.health is not None:
+                self.health(st.index, False)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._stream_loop(s)) for s in self.streams]
         self._tasks.append(loop.create_task(self._tick_loop()))
@@ -209,8 +212,8 @@ class Parking:
                 self.parked,
                 extra={"reason": str(s.path)},
             )
-            if self.health is not None:
-                self.health(backend, False)
+        if self.health is not None:  # also a stream never ready: its polls must not come back to it
+            self.health(backend, False)
         s.ready = False
         s.latest.clear()
         if self.ready:  # another controller is up: its parked polls go there now

@@ -170,10 +170,11 @@ class Front:
         self.metrics.watch(
             lambda: len(self.conns),
             lambda: len(self.uncertified),
-            self.pool.queued,
-            self.pool.open_conns,
+            lambda: len(self.pool.waiting),
+            lambda: self.pool.open_conns(),
         )
-        pool.on_retry = self.metrics.backend_retries.inc
+        if isinstance(pool, BackendPool):  # (unit tests of the limits run without one)
+            pool.on_retry = self.metrics.backend_retries.inc
 
     def __call__(self) -> FrontConn:
         return FrontConn(self)
