@@ -36,11 +36,13 @@ from OpenSSL import SSL
 from cvlan.common import adminconf
 from cvlan.devtools.pgcluster import PgCluster
 from cvlan.sim import front
+from cvlan.sim.churn import Change, ChurnConfig, Membership, Propagation, Receipt, propagation
 from cvlan.sim.fleet import FleetConfig, run_worker
 from cvlan.sim.metrics import Histogram, Interval
 from cvlan.sim.procs import Sampler
 from cvlan.sim.provision import Plan, provision
 from cvlan.sim.report import save_results
+from cvlan.sim.simvrouter import SimVrouter
 
 # PostgreSQL settings for the run on top of PgCluster's DEFAULT_CONF (see docs/SIMULATION.md).
 PG_TUNING = {
@@ -105,6 +107,12 @@ class RunConfig:
     provision_concurrency: int = 16
     quiet: bool = False
     label: str = ""
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
+    regions: int = 1
+    vrouter_cvlans: int = 0
+    """CVLANs per tenant served by a vrouter (the regions' vrouters in turn); each vrouter is
+    simulated (simvrouter.py)."""
+    policies: bool = True
 
     @property
     def nodes(self) -> int:
@@ -247,6 +255,7 @@ def _worker_entry(
     stop: Any,
     interval: Synchronized,  # type: ignore[type-arg]
     stop_reg: Any,
+    record: Any,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -254,7 +263,7 @@ def _worker_entry(
         msg["w"] = wid
         out.put(msg)
 
-    run_worker(cfg, report, stop.is_set, lambda: float(interval.value), stop_reg.is_set)
+    run_worker(cfg, report, stop.is_set, lambda: float(interval.value), stop_reg.is_set, record.is_set)
 
 
 @dataclass
@@ -263,6 +272,8 @@ class Second:
     iv: Interval = field(default_factory=Interval)
     procs: dict[str, dict[str, float]] = field(default_factory=dict)
     gauges: dict[str, int] = field(default_factory=dict)
+    load1: float = 0.0
+    """The machine's one-minute load average."""
 
 
 class Recorder:
@@ -275,6 +286,12 @@ class Recorder:
         self.phase_spans: list[dict[str, Any]] = []
         self.gauges_by_worker: dict[int, dict[str, int]] = {}
         self.finals: set[int] = set()
+        self.changes: list[Change] = []
+        self.receipts: list[Receipt] = []
+        self.joined: dict[int, tuple[int, float]] = {}
+        self.left: dict[int, float] = {}
+        self.record_end = math.inf
+        """When the fleet stopped churning and recording receipts (the drain)."""
         self.start_phase("register", {})
 
     def sec(self, t: float) -> Second:
@@ -301,11 +318,21 @@ class Recorder:
         iv = Interval.from_wire(msg["iv"])
         self.gauges_by_worker[msg["w"]] = iv.gauges
         self.sec(msg["t"] - 0.5).iv.merge(iv)
+        churn = msg.get("churn") or {}
+        self.changes += [Change(*c) for c in churn.get("chg", [])]
+        self.receipts += [Receipt(*r) for r in churn.get("rcv", [])]
+        for node, cvlan, t in churn.get("join", []):
+            self.joined[node] = (cvlan, t)
+        for node, t in churn.get("left", []):
+            self.left[node] = t
         if msg.get("final"):
             self.finals.add(msg["w"])
 
     def total(self, gauge: str) -> int:
         return sum(g.get(gauge, 0) for g in self.gauges_by_worker.values())
+
+    def memberships(self) -> list[Membership]:
+        return [Membership(n, c, t, self.left.get(n, math.inf)) for n, (c, t) in self.joined.items()]
 
 
 async def run(cfg: RunConfig) -> Path:
@@ -334,7 +361,15 @@ async def run(cfg: RunConfig) -> Path:
     info: dict[str, Any] = {"machine": machine_info(), "config": _config_view(cfg), "code": _code_version()}
     try:
         conf, fleet_port, fleet_host = await _start_stack(cfg, sampler, cleanups, probes, info)
-        plan = Plan(cfg.tenants, cfg.cvlans_per_tenant, cfg.nodes_per_cvlan)
+        plan = Plan(
+            cfg.tenants,
+            cfg.cvlans_per_tenant,
+            cfg.nodes_per_cvlan,
+            regions=cfg.regions,
+            vrouter_cvlans=min(cfg.vrouter_cvlans, cfg.cvlans_per_tenant),
+            policies=cfg.policies,
+            spare_uses=cfg.nodes_per_cvlan + 10 if cfg.churn.join else 0,
+        )
         t = time.monotonic()
         summary, store = await provision(conf, plan, cfg.work_dir, cfg.provision_concurrency, quiet=cfg.quiet)
         info["provision"] = {
@@ -350,11 +385,27 @@ async def run(cfg: RunConfig) -> Path:
         # Round-robin over CVLANs: consecutive registrations use different tokens, as independent
         # nodes would, instead of queueing on one token's row.
         entries = store.for_plan(plan)
-        tokens = [e.token for j in range(cfg.nodes_per_cvlan) for e in entries if e.nodes > j]
-        if len(tokens) < cfg.nodes:
-            raise RunError(f"provisioning left tokens for {len(tokens)} of {cfg.nodes} nodes")
+        homes = [e for j in range(cfg.nodes_per_cvlan) for e in entries if e.nodes > j]
+        if len(homes) < cfg.nodes:
+            raise RunError(f"provisioning left tokens for {len(homes)} of {cfg.nodes} nodes")
+        vrouters = [
+            SimVrouter(
+                name, conf.server, tok, conf.ca_pem, cfg.work_dir / "vrouters" / name, lambda: Interval()
+            )
+            for name, tok in sorted(store.vrouters.items())
+        ]
         result = await _drive(
-            cfg, conf, fleet_host, fleet_port, tokens, sampler, cleanups, probes, info, interrupted
+            cfg,
+            conf,
+            fleet_host,
+            fleet_port,
+            [(e.token, e.tenant, e.cvlan) for e in homes],
+            vrouters,
+            sampler,
+            cleanups,
+            probes,
+            info,
+            interrupted,
         )
     finally:
         for c in reversed(cleanups):
@@ -634,7 +685,8 @@ async def _drive(
     conf: adminconf.AdminConf,
     host: str,
     port: int,
-    tokens: list[str],
+    homes: list[tuple[str, str, str]],
+    vrouters: list[SimVrouter],
     sampler: Sampler,
     cleanups: list[Callable[[], None]],
     probes: list[Probe],
@@ -645,6 +697,7 @@ async def _drive(
     out: Any = ctx.Queue()
     stop = ctx.Event()
     stop_reg = ctx.Event()
+    record = ctx.Event()
     interval = ctx.Value("d", cfg.poll_interval_s)
     n_ips = max(1, math.ceil(cfg.nodes / 20_000) + 1)
     ips = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n_ips)]
@@ -657,7 +710,11 @@ async def _drive(
             port=port,
             server_name="localhost",
             ca_pem=conf.ca_pem,
-            tokens=tokens[wid::w],
+            tokens=[h[0] for h in homes[wid::w]],
+            homes=[(h[1], h[2]) for h in homes[wid::w]],
+            churn=cfg.churn,
+            admin=conf,
+            workers=w,
             first_index=wid,
             index_step=w,
             reg_rate=cfg.reg_rate / w,
@@ -671,7 +728,9 @@ async def _drive(
             reg_conns=max(1, cfg.reg_concurrency // w),
         )
         p = ctx.Process(
-            target=_worker_entry, args=(fc, wid, out, stop, interval, stop_reg), name=f"cvlan-sim-w{wid}"
+            target=_worker_entry,
+            args=(fc, wid, out, stop, interval, stop_reg, record),
+            name=f"cvlan-sim-w{wid}",
         )
         p.start()
         procs.append(p)
@@ -687,8 +746,20 @@ async def _drive(
     cleanups.append(stop_workers)
     sampler.add("simulator", lambda: [os.getpid(), *[p.pid for p in procs if p.pid]], recursive=False)
     rec = Recorder(t0)
-    await _loop(cfg, rec, out, (stop, stop_reg), interval, sampler, procs, interrupted)
+    vstop = asyncio.Event()
+    vtasks = []
+    for v in vrouters:
+        v.current = lambda: rec.sec(time.time()).iv
+        vtasks.append(asyncio.create_task(v.run(vstop)))
+    try:
+        await _loop(cfg, rec, out, (stop, stop_reg, record), interval, sampler, procs, interrupted)
+    finally:
+        vstop.set()
+        for tk in vtasks:
+            tk.cancel()
+        await asyncio.gather(*vtasks, return_exceptions=True)
     info["phases"] = rec.phase_spans
+    info["vrouters"] = [{"name": v.name, "cvlans": v.cvlans, "members": v.members} for v in vrouters]
     for probe in probes:
         try:
             info.update(await asyncio.to_thread(probe))
@@ -714,13 +785,13 @@ async def _loop(
     cfg: RunConfig,
     rec: Recorder,
     out: Any,
-    stops: tuple[Any, Any],
+    stops: tuple[Any, Any, Any],
     interval: Any,
     sampler: Sampler,
     procs: list[Any],
     interrupted: asyncio.Event,
 ) -> None:
-    stop, stop_reg = stops
+    stop, stop_reg, record = stops
     steps = list(cfg.knee_rates)
     phase_end = math.inf
     last_print = 0.0
@@ -751,7 +822,8 @@ async def _loop(
         now = time.time()
         s = rec.sec(now)
         s.procs = sampler.sample()
-        s.gauges = {k: rec.total(k) for k in ("registered", "settled", "connected", "inflight")}
+        s.gauges = {k: rec.total(k) for k in ("registered", "settled", "connected", "inflight", "deleted")}
+        s.load1 = round(os.getloadavg()[0], 2)
         if stop_at is not None:
             if len(rec.finals) >= len(procs) or now > stop_at:
                 rec.start_phase("done", {})
@@ -762,6 +834,7 @@ async def _loop(
         if interrupted.is_set():
             _log(cfg, "interrupted: draining the fleet and writing the results")
             rec.start_phase("drain", {})
+            rec.record_end = now
             stop.set()
             stop_at = now + 20
             continue
@@ -786,6 +859,7 @@ async def _loop(
                     interval.value = active / cfg.steady_rate
                 extra = {"poll_rate": active / float(interval.value), "nodes": active}
                 phase_end = start("steady", extra, cfg.steady_settle_s, cfg.steady_s, now)
+                record.set()  # churn, and keep the maps received for the propagation figures
         elif now >= phase_end:
             if measured_next is not None:  # its unmeasured time is over: measure it
                 name, extra, seconds = measured_next
@@ -800,6 +874,7 @@ async def _loop(
                 )
             else:
                 rec.start_phase("drain", {})
+                rec.record_end = now
                 stop.set()
                 stop_at = now + 40
         if now - last_print >= 5:
@@ -837,8 +912,10 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
                 "error_samples": iv.samples,
                 "register": iv.hist["register"].summary(),
                 "poll": iv.hist["poll"].summary(),
+                "answer": iv.hist["answer"].summary(),
                 "gauges": s.gauges,
                 "procs": s.procs,
+                "load1": s.load1,
             }
         )
         a = acc.setdefault(s.phase, (Interval(), []))
@@ -879,7 +956,13 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
     all_reg = Histogram()
     for s in rec.secs.values():
         all_reg.merge(s.iv.hist["register"])
+    # Changes made in the last seconds before the drain may still be on their way: left out (a plain
+    # poll may take a whole interval to ask).
+    tail = PROPAGATION_TAIL_S + (0.0 if cfg.long_poll_s else cfg.poll_interval_s * (1 + cfg.jitter))
+    prop = propagation(rec.changes, rec.receipts, rec.memberships(), rec.record_end - tail)
     return {
+        "propagation": _propagation_view(prop, rec.t0),
+        "minutes": _minutes(rec, prop),
         "registration": {
             "nodes": cfg.nodes,
             "registered": reg_total,
@@ -890,3 +973,80 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
         "phase_summary": phases,
         "timeline": timeline,
     }
+
+
+PROPAGATION_TAIL_S = 5.0
+"""Changes committed in the last seconds before the drain are left out: they may still be on their way."""
+MINUTE_OPS = ("poll", "answer", "held_excess", "vrouter_poll", "restart")
+
+
+def _hist_view(values: list[float]) -> dict[str, float]:
+    h = Histogram()
+    for v in values:
+        h.record(v)
+    return h.summary()
+
+
+def _propagation_view(prop: Propagation, t0: float) -> dict[str, Any]:
+    """Propagation over the run and by kind of change, in milliseconds; the changes that did not reach
+    every member, with the first few of them."""
+    kinds = sorted({o.change.kind for o in prop.outcomes})
+    by_kind = {
+        k: _hist_view([o.seconds for o in prop.outcomes if o.change.kind == k and o.seconds is not None])
+        for k in kinds
+    }
+    return {
+        "changes": len(prop.outcomes),
+        "all_ms": _hist_view(prop.reached),
+        "by_kind_ms": by_kind,
+        "count_by_kind": {k: sum(1 for o in prop.outcomes if o.change.kind == k) for k in kinds},
+        "not_reached": len(prop.not_reached),
+        "not_reached_samples": [
+            {
+                "kind": o.change.kind,
+                "cvlan": o.change.cvlan,
+                "t": round(o.change.committed - t0, 1),
+                "missing": o.missing,
+            }
+            for o in prop.not_reached[:10]
+        ],
+        "members_mean": round(sum(o.members for o in prop.outcomes) / len(prop.outcomes), 1)
+        if prop.outcomes
+        else 0,
+    }
+
+
+def _minutes(rec: Recorder, prop: Propagation) -> list[dict[str, Any]]:
+    """One row per minute of the run: latency percentiles, counts, errors, load, CPU and memory."""
+    rows: dict[int, dict[str, Any]] = {}
+    for k in sorted(rec.secs):
+        s = rec.secs[k]
+        m = rows.setdefault(k // 60, {"iv": Interval(), "secs": [], "phase": s.phase})
+        m["iv"].merge(s.iv)
+        m["secs"].append(s)
+    props: dict[int, list[float]] = {}
+    for o in prop.outcomes:
+        if o.seconds is not None:
+            props.setdefault(int(o.change.committed - rec.t0) // 60, []).append(o.seconds)
+    out = []
+    for minute, m in sorted(rows.items()):
+        iv: Interval = m["iv"]
+        secs: list[Second] = m["secs"]
+        comps = sorted({c for x in secs for c in x.procs})
+        out.append(
+            {
+                "minute": minute,
+                "phase": m["phase"],
+                "latency_ms": {
+                    op: iv.hist[op].summary() for op in MINUTE_OPS if op in iv.hist and iv.hist[op].n
+                },
+                "propagation_ms": _hist_view(props.get(minute, [])),
+                "ok": dict(iv.ok),
+                "errors": dict(iv.errors),
+                "load1": _avg([x.load1 for x in secs]),
+                "cpu": {c: _avg([x.procs[c]["cpu"] for x in secs if c in x.procs]) for c in comps},
+                "rss_mb": {c: _avg([x.procs[c]["rss_mb"] for x in secs if c in x.procs]) for c in comps},
+                "connected": secs[-1].gauges.get("connected", 0),
+            }
+        )
+    return out
