@@ -940,6 +940,7 @@ def _summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
                 if any(extra in s.procs.get(c, {}) for s in secs):
                     usage[c][f"{extra}_avg"] = _avg([s.procs[c].get(extra) for s in secs if c in s.procs])
         phases[name] = {
+            "long": bool(cfg.long_poll_s),
             "seconds": dur,
             "poll_rate_target": span.get("poll_rate"),
             "ok": dict(iv.ok),
