@@ -165,6 +165,13 @@ def parser() -> argparse.ArgumentParser:
         help="TLS front for the node API: cvlan (cvlan-front) or haproxy (default none: nodes talk to "
         "the controller's own TLS)",
     )
+    r.add_argument(
+        "--front-restart-at",
+        type=_non_negative_float,
+        default=0.0,
+        help="kill cvlan-front this many seconds into the steady state and start it again: every node "
+        "connection drops at once and the fleet reconnects with the agent's backoff (default 0: never)",
+    )
     r.add_argument("--server", default="", help="use this running controller instead of starting one")
     r.add_argument("--admin-conf", type=Path, help="admin.conf of --server")
     r.add_argument("--knee-rates", type=_rates, default=[], help="poll rates to step through, e.g. 5000,6600")
@@ -240,6 +247,9 @@ def _run(args: argparse.Namespace) -> int:
     from cvlan.sim.churn import ChurnConfig
     from cvlan.sim.run import RunConfig, RunError, run
 
+    if args.front_restart_at and args.front != "cvlan":
+        print(f"{PROG}: --front-restart-at needs --front cvlan", file=sys.stderr)
+        return 2
     if args.server and not args.admin_conf:
         print(f"{PROG}: --server needs --admin-conf", file=sys.stderr)
         return 2
@@ -285,6 +295,7 @@ def _run(args: argparse.Namespace) -> int:
         regions=args.regions,
         vrouter_cvlans=max(0, args.vrouter_cvlans),
         policies=not args.no_policies,
+        front_restart_at=args.front_restart_at,
     )
     # A SIGTERM (e.g. from `timeout`) must still stop the controller, PostgreSQL and the workers.
     signal.signal(signal.SIGTERM, _raise_interrupt)
