@@ -828,6 +828,7 @@ class Fleet:
         self.check_maps()
         for n in self.nodes:
             n.queue.clear()
+            n.gen += 1  # long-polls still held are cut by the run's end, not failed
             if n.conn is not None:
                 n.conn.close()
         while not self._reg_pool.empty():

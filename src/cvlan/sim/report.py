@@ -405,6 +405,17 @@ def _config(data: dict[str, Any]) -> list[str]:
         f"--poll-interval {cfg['poll_interval_s']:g} --workers {cfg['workers']} --front {cfg['front']}"
         f" --reg-concurrency {cfg.get('reg_concurrency', 16)}"
     )
+    if not cfg.get("long_poll_s", 30):
+        args += " --poll-mode plain"
+    if churn := cfg.get("churn"):
+        args += (
+            f" --churn-restart {churn['restart']:g} --churn-endpoint {churn['endpoint']:g}"
+            f" --churn-join {churn['join']:g} --churn-delete {churn['delete']:g}"
+            f" --churn-policy-every {churn['admin_every_s']:g}"
+            f" --regions {cfg.get('regions', 1)} --vrouter-cvlans {cfg.get('vrouter_cvlans', 0)}"
+        )
+    if cfg.get("front_restart_at"):
+        args += f" --front-restart-at {cfg['front_restart_at']:g}"
     if cfg.get("steady_rate"):
         args += f" --steady-rate {cfg['steady_rate']:g}"
     if cfg.get("steady_settle_s"):
@@ -468,6 +479,7 @@ def _graphs(results_dir: Path, data: dict[str, Any]) -> list[str]:
     fig, ax = plt.subplots(figsize=(10, 3.6))
     ax.plot(t, [r["ok"].get("register", 0) for r in tl], label="registrations/s", lw=0.8)
     ax.plot(t, [r["ok"].get("poll", 0) for r in tl], label="polls/s", lw=0.8)
+    ax.plot(t, [r["ok"].get("connect", 0) for r in tl], label="connections/s", lw=0.8)
     ax.plot(t, [sum(r["errors"].values()) for r in tl], label="errors/s", lw=0.8, color="red")
     ax.set_xlabel("seconds")
     ax.set_ylabel("per second")

@@ -13,6 +13,7 @@ ANSWER_GOAL_MS = 50.0
 def sections(data: dict[str, Any]) -> list[str]:
     """Markdown for the sections this run has data for (none for runs made before churn existed)."""
     out: list[str] = []
+    out += _front_restart(data)
     out += _propagation(data)
     out += _answers(data)
     out += _vrouters(data)
@@ -23,6 +24,45 @@ def sections(data: dict[str, Any]) -> list[str]:
 
 def _ms(h: dict[str, Any], key: str) -> str:
     return f"{h.get(key, 0):,.1f}" if h.get("n") else "-"
+
+
+RECOVERY_WINDOW_S = 120
+
+
+def _front_restart(data: dict[str, Any]) -> list[str]:
+    """How the fleet came back after cvlan-front was killed (--front-restart-at): connections per
+    second, errors by kind, and when every node that was connected before was connected again."""
+    tl = data.get("timeline", [])
+    at = next((i for i, r in enumerate(tl) if r["ok"].get("front_restart")), None)
+    if at is None:
+        return []
+    before = max((r["gauges"].get("connected", 0) for r in tl[max(0, at - 5) : at - 1]), default=0)
+    window = tl[max(0, at - 2) : at + RECOVERY_WINDOW_S]
+    # The gauges come a second late: the fleet is down from the first second under half of it.
+    down = next((i for i, r in enumerate(window) if r["gauges"].get("connected", 0) < before / 2), 0)
+    back_row = next((r for r in window[down:] if r["gauges"].get("connected", 0) >= before), None)
+    back = f"{back_row['t'] - tl[at]['t']} s" if back_row else f"more than {RECOVERY_WINDOW_S} s"
+    peak = max(window, key=lambda r: r["ok"].get("connect", 0))
+    errors: dict[str, int] = {}
+    for r in window:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return [
+        "## Crash of the front and the reconnects",
+        "",
+        f"At {tl[at]['t']} s the run killed cvlan-front (SIGKILL to its process group) and started it "
+        f"again: {before:,} node connections dropped at once. Each node waits cvlan-ctrl's backoff "
+        "(common.backoff: 0.5 s doubling to 30 s, each delay drawn between half and all of it) before "
+        "its next round, and a refused or failed connection is a failed round.",
+        "",
+        f"* every node connected again after **{back}**; "
+        f"at most {peak['ok'].get('connect', 0):,} new connections in one second (at {peak['t']} s), "
+        f"{before / max(1, peak['ok'].get('connect', 0)):.1f}x fewer than the fleet;",
+        "* errors in the two minutes after the crash, by kind: "
+        + (", ".join(f"{k} {v:,}" for k, v in sorted(errors.items())) or "none")
+        + ".",
+        "",
+    ]
 
 
 def _met(h: dict[str, Any], goal_ms: float) -> str:

@@ -126,6 +126,9 @@ class Controller:
         binary = _command("cvlan-controller")
         env = dict(os.environ)
         env["CVLAN_CONTROLLER_LOG_LEVEL"] = "warning"
+        # Its metrics listener on a free port: the default one may be taken by another controller
+        # on the machine (another run's), and the controller refuses to start then.
+        env.setdefault("CVLAN_CONTROLLER_METRICS_LISTEN", f"127.0.0.1:{free_port()}")
         # Registrations and map loads each hold a pooled connection; the default 10 queues them.
         env.setdefault("CVLAN_CONTROLLER_DB_POOL_SIZE", "30")
         self.cmd = [
