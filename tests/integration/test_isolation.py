@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cvlan.controller.api.framework import ROUTES, Route
+from cvlan.controller.http.framework import ROUTES, Route
 from tests.harness.controller import RunningController
 from tests.harness.seed import SeededTenant, seed_tenant
 

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from cvlan.common.clock import FakeClock
-from cvlan.controller.api.framework import ROUTES
+from cvlan.controller.http.framework import ROUTES
 from tests.harness.controller import RunningController
 from tests.harness.seed import seed_tenant
 

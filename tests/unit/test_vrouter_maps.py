@@ -3,8 +3,8 @@ node gets all its region's vrouters in its own order, and every vrouter serves t
 
 from __future__ import annotations
 
+from cvlan.controller.infraapi.vrouters import build_state
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
-from cvlan.controller.vrouterapi import build_state
 from cvlan.controller.vrouting import Hub, hubs_for
 from cvlan.wire.pb import node_pb2 as pb
 

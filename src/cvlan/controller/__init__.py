@@ -9,6 +9,7 @@ __all__ = [
     "credentials",
     "db",
     "errors",
+    "http",
     "infraapi",
     "ipam",
     "mapper",
@@ -19,7 +20,6 @@ __all__ = [
     "settings",
     "tlsserve",
     "usercmd",
-    "vrouterapi",
     "vrouting",
     "web",
 ]

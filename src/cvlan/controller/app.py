@@ -17,9 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cvlan import __version__
 from cvlan.common import adminconf
 from cvlan.common.clock import Clock, SystemClock
-from cvlan.controller import credentials, infraapi, nodeapi, vrouterapi
-from cvlan.controller.api import framework, routes, vrouter_routes  # noqa: F401  (routes register themselves)
-from cvlan.controller.api.framework import (
+from cvlan.controller import api, credentials, nodeapi  # noqa: F401  (api: the routes register themselves)
+from cvlan.controller.auth import Principal
+from cvlan.controller.ca import CertificateAuthority
+from cvlan.controller.db import engine as dbengine
+from cvlan.controller.db.models import ApiToken, KeyValue
+from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http import framework
+from cvlan.controller.http.framework import (
     AUTH_KEY,
     CA_PIN_KEY,
     CTX_KEY,
@@ -28,11 +33,8 @@ from cvlan.controller.api.framework import (
     make_handler,
     request_middleware,
 )
-from cvlan.controller.auth import Principal
-from cvlan.controller.ca import CertificateAuthority
-from cvlan.controller.db import engine as dbengine
-from cvlan.controller.db.models import ApiToken, KeyValue
-from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.infraapi import relays as relayapi
+from cvlan.controller.infraapi import vrouters as vrouterapi
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.settings import ControllerSettings
@@ -134,7 +136,7 @@ async def build(
         app.router.add_route(r.method, r.path, make_handler(r, authenticate), name=r.handler.__name__)
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
     app.router.add_get("/healthz", healthz)
-    infraapi.add_routes(app, ca)
+    relayapi.add_routes(app, ca)
     nodeapi.install(app, ctx, ca)
     vrouterapi.install(app, ca)
     setup_web_ui(app, engine)

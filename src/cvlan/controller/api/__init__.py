@@ -1,3 +1,30 @@
-"""cvlan.controller.api."""
+"""The management API (/api/v1): one module a resource, each declaring its routes in the shared route
+table (controller/http/framework.py) when imported; importing this package declares them all."""
 
-__all__ = ["framework", "routes", "vrouter_routes"]
+from cvlan.controller.api import (  # noqa: F401  (each module registers its routes)
+    audit,
+    common,
+    cvlans,
+    nodes,
+    policies,
+    regions,
+    relays,
+    tenants,
+    tokens,
+    users,
+    vrouters,
+)
+
+__all__ = [
+    "audit",
+    "common",
+    "cvlans",
+    "nodes",
+    "policies",
+    "regions",
+    "relays",
+    "tenants",
+    "tokens",
+    "users",
+    "vrouters",
+]

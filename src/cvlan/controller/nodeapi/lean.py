@@ -25,9 +25,9 @@ from aiohttp import web
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from cvlan.controller.api.framework import dumps, request_id, route_metrics
 from cvlan.controller.audit import request_id_var
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import REASONS, dumps, error_body, request_id, route_metrics
 from cvlan.controller.mapper.cache import CvlanMap, Member
 from cvlan.controller.nodeapi.handlers import NodeApi, encode
 from cvlan.controller.nodeapi.identity import required
@@ -41,18 +41,6 @@ MAX_HEAD = 16 * 1024
 """A longer head goes to the web stack, which refuses it properly."""
 MAX_BUFFERED = MAX_HEAD + wire.MAX_REQUEST_BYTES
 CT_PROTO = wire.CT_PROTO.encode()
-REASONS = {
-    200: b"OK",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    409: b"Conflict",
-    412: b"Precondition Failed",
-    413: b"Payload Too Large",
-    422: b"Unprocessable Entity",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
 
 Answer = Message | bytes
 FAST_REQUESTS = Counter(
@@ -394,7 +382,7 @@ class LeanNodeConn(asyncio.Protocol):
         details: Any = None,
         extra: bytes = b"",
     ) -> None:
-        body = dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+        body = dumps(error_body(code, message, details)).encode()
         self._respond(head, t0, status, b"application/json", body, extra)
 
     def _respond(

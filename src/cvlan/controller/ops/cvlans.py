@@ -34,6 +34,26 @@ def view(c: Cvlan, nodes: int | None = None) -> dict[str, Any]:
     return out
 
 
+def join_command(url: str, ca_pin: str, token: str) -> str:
+    """The agent's own first-start command (a development checkout; the token is on its argv)."""
+    return f"cvlan-ctrl --server {url} --token {token} --ca-pin {ca_pin}"
+
+
+def join_steps(url: str, ca_pin: str) -> list[str]:
+    """What to run, as root, on a fresh machine to put it on a CVLAN: install the node package, then
+    join with the token from stdin or a root-only file (never on the command line). The API and the
+    web UI show these same lines."""
+    join = f"cvlan-ctrl join --server {url} --ca-pin {ca_pin}"
+    return [
+        "# 1. Install the node package (Debian 12; see docs/PACKAGING.md):",
+        "apt-get install ./cvlan-client_*.deb",
+        "# 2. Join; paste the token when asked (it stays out of ps and shell history):",
+        f"{join} --token -",
+        "#    or, with the token in a root-only file:",
+        f"{join} --token-file /root/cvlan.token",
+    ]
+
+
 def _audit(c: Cvlan) -> dict[str, Any]:
     return {"name": c.name, "subnet": c.subnet, "mode": c.mode}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cvlan.controller.api.framework import CTX_KEY
+from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.web import account, core, pages_admin, pages_policy, pages_tenant, session
 from cvlan.controller.web.health import HealthMonitor
 

@@ -6,9 +6,9 @@ import urllib.parse
 
 from aiohttp import web
 
-from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.auth import Principal
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.ops import tenants
 from cvlan.controller.web import session as sessions
 from cvlan.controller.web import signin

@@ -18,10 +18,10 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Tenant, User
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.ops import tenants, users
 from cvlan.controller.ops.context import OpsContext, resolve_tenant
 from cvlan.controller.web import describe

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cvlan.controller.api.framework import LATENCY, REQUESTS
 from cvlan.controller.errors import DomainError
+from cvlan.controller.http.framework import LATENCY, REQUESTS
 from cvlan.controller.ops.context import OpsContext
 
 WINDOW_S = 60.0

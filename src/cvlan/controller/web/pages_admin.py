@@ -11,9 +11,9 @@ from aiohttp import web
 from cvlan.common.durations import parse_duration
 from cvlan.common.numbers import parse_uint
 from cvlan.controller import audit
-from cvlan.controller.api.framework import CA_PIN_KEY
 from cvlan.controller.auth import TENANT_ROLES, Level
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import CA_PIN_KEY
 from cvlan.controller.ops import infra, tenants, users
 from cvlan.controller.web.core import ENGINE_POOL_KEY, HEALTH_KEY, PREFIX, Form, Page, page, see_other
 

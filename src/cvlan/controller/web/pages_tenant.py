@@ -10,11 +10,10 @@ from aiohttp import web
 from cvlan.common.durations import parse_duration
 from cvlan.common.numbers import parse_uint
 from cvlan.controller import audit
-from cvlan.controller.api.framework import Call
-from cvlan.controller.api.routes import join_steps
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import CA_PIN_KEY
 from cvlan.controller.ops import cvlans, infra, nodes, tenants, vrouters
 from cvlan.controller.web.core import Form, Page, page
 
@@ -424,7 +423,7 @@ async def token_create(p: Page) -> web.StreamResponse:
             raise
         f.fail(e, ("cvlan", "kind", "uses", "expires", "tags"), {"max_uses": "uses", "name": "tags"})
         return await _token_list(p, f, 422)
-    steps = join_steps(Call(p.request, p.ctx, p.who, None, {}))
+    steps = cvlans.join_steps(p.ctx.settings.url, p.request.app[CA_PIN_KEY])
     created = {"token": text, "steps": "\n".join(steps), "cvlan": cv.name, "prefix": tok.prefix}
     return await _token_list(p, None, 201, created)
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -150,9 +151,17 @@ def dumps(obj: object) -> str:
     return json.dumps(obj, default=_default, separators=(",", ":"))
 
 
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+"""The reason phrase of each status, as the web stack writes it (the lean server writes the same)."""
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one error format of every HTTP answer of the controller (docs/API.md, "Errors")."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return web.json_response(body, status=status, dumps=dumps)
+    return web.json_response(error_body(code, message, details), status=status, dumps=dumps)
 
 
 def _validation_message(e: ValidationError) -> tuple[str, list[dict[str, Any]]]:

@@ -23,10 +23,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import credentials
-from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Node, Region, Relay
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.ops import registration
 from cvlan.controller.ops.infra import RELAY_KIND
 from cvlan.wire.certid import OID_KIND, extensions_of

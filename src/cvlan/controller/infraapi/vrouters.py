@@ -44,11 +44,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import credentials
-from cvlan.controller.api.framework import CTX_KEY
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Cvlan, Region, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.infraapi import _body, _In, issue_infra_cert, peer_certificate
+from cvlan.controller.http.framework import CTX_KEY
+from cvlan.controller.infraapi.relays import _body, _In, issue_infra_cert, peer_certificate
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
 from cvlan.controller.nodeapi import NODEAPI_KEY
 from cvlan.controller.ops.context import OpsContext, bump

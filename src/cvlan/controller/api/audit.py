@@ -1,0 +1,71 @@
+"""Management API: the audit log (/api/v1/audit, /api/v1/tenants/{tenant}/audit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cvlan.controller import audit
+from cvlan.controller.api.common import tenant_route, when
+from cvlan.controller.auth import Level
+from cvlan.controller.db.models import AuditEntry, Tenant
+from cvlan.controller.http.framework import Call, page, route
+
+AUDIT_QUERY = ("actor", "action", "since", "until")
+
+
+def audit_view(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "tenant_id": e.tenant_id,
+        "actor": e.actor,
+        "action": e.action,
+        "target_type": e.target_type,
+        "target_id": e.target_id,
+        "before": e.before,
+        "after": e.after,
+        "request_id": e.request_id,
+        "created_at": e.created_at,
+    }
+
+
+async def _audit(c: Call, s: AsyncSession, tenant_ids: list[int] | None) -> dict[str, Any]:
+    limit, offset = c.page
+    rows, total = await audit.query(
+        s,
+        tenant_ids,
+        actor=c.q("actor"),
+        action=c.q("action"),
+        since=when("since", c.q("since")),
+        until=when("until", c.q("until")),
+        limit=limit,
+        offset=offset,
+    )
+    return page([audit_view(e) for e in rows], total, limit, offset)
+
+
+@tenant_route(
+    "GET",
+    "/audit",
+    summary="The tenant's audit log, newest first",
+    tag="audit",
+    query=AUDIT_QUERY,
+    paginated=True,
+)
+async def tenant_audit(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+    c.who.require(t.id, Level.READ, "read audit log")
+    return await _audit(c, s, [t.id])
+
+
+@route(
+    "GET",
+    "/api/v1/audit",
+    summary="Audit log across the caller's tenants (all for a platform admin)",
+    tag="audit",
+    query=AUDIT_QUERY,
+    paginated=True,
+)
+async def all_audit(c: Call) -> dict[str, Any]:
+    async with c.ctx.tx() as s:
+        return await _audit(c, s, None if c.who.platform_admin else list(c.who.roles))
