@@ -122,3 +122,23 @@ def test_a_long_poll_follows_its_answer_and_a_failed_one_backs_off_as_the_agent(
         assert fleet.respread(5.0, 30.0) == 0
     finally:
         loop.close()
+
+
+def test_a_node_restarting_at_the_end_is_not_stale_but_still_a_peer() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 3, long_poll_s=30)
+        for i, node in enumerate(fleet.nodes):
+            node.node_id, node.cvlan_id, node.map_version, node.peers = i + 1, 7, 42, 2
+        # The third restarted just before the end: no map yet, but the others still list it.
+        fleet.nodes[2].restarted, fleet.nodes[2].map_version, fleet.nodes[2].peers = 1.0, 0, 0
+        fleet.check_maps()
+        assert fleet.iv.ok["map_current"] == 2 and fleet.iv.ok["map_restarting"] == 1
+        assert not fleet.iv.errors
+        # A node that missed a change is still found.
+        fleet.iv = type(fleet.iv)()
+        fleet.nodes[1].map_version = 41
+        fleet.check_maps()
+        assert fleet.iv.errors["map_stale"] == 1
+    finally:
+        loop.close()
