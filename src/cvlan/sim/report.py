@@ -351,12 +351,20 @@ def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
     nodes = data["config"]["nodes"]
     if not usage or not nodes:
         return []
+    caveat = []
     if not _healthy(st):
-        return [
-            "## Projected infrastructure cost",
-            "",
-            "Not projected from this run: its steady state was not healthy (poll p99 over 50 ms or "
-            "errors), so its CPU figures do not say what the load costs.",
+        if not data.get("minutes"):
+            return [
+                "## Projected infrastructure cost",
+                "",
+                "Not projected from this run: its steady state was not healthy (poll p99 over 50 ms or "
+                "errors), so its CPU figures do not say what the load costs.",
+                "",
+            ]
+        caveat = [
+            "The steady state missed its latency goal or had errors (see above), on a machine shared "
+            "with other work: the CPU it measured is what the load took there, so the projection below "
+            "is an estimate from a contended run, not from a healthy one.",
             "",
         ]
     front = _front(usage)[1]
@@ -378,6 +386,7 @@ def _cost(data: dict[str, Any], st: dict[str, Any]) -> list[str]:
         f"Linux), {HOURS_PER_MONTH} h/month, at least 2 controllers and 1 database for availability; one "
         "vCPU counted as one core of this machine. Storage, traffic and replicas are not included.",
         "",
+        *caveat,
         "| nodes | controller cores | controller instances | DB instances | USD/month | "
         "USD per 1k nodes/month |",
         "|---:|---:|---:|---:|---:|---:|",
