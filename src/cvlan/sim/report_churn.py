@@ -204,24 +204,32 @@ def _minutes(data: dict[str, Any]) -> list[str]:
     out = [
         "## Minute by minute",
         "",
-        "Per minute of the run after registration: long-polls answered, ordinary answers (see above) "
-        "p50/p99/p99.9, held excess p99, propagation of the changes committed in that minute, errors, "
-        "the machine's one-minute load average (the machine is shared: load above 2 means work waited "
-        "for a core), and CPU of the controller and the front.",
+        "Per minute of the run after registration: long-polls answered and their latency (mostly the "
+        "hold), ordinary answers (see above) p50/p99/p99.9, held excess p99, propagation of the "
+        "changes committed in that minute, errors, the machine's one-minute load average (the "
+        "machine is shared and has 2 cores: above 2, work waited for a core), and CPU (% of one "
+        "core) of the controller, the front and PostgreSQL. Latencies in ms.",
         "",
-        "| min | phase | polls | answer p50 | p99 | p99.9 | held excess p99 | changes | prop p50 | "
-        "prop p99 | prop max | errors | load | controller % | front % |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| min | phase | polls | long-poll p50 | p99 | p99.9 | answer p50 | p99 | p99.9 | held excess p99 | "
+        "changes | prop p50 | p99 | max | errors | load | ctl % | front % | PG % |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in mins:
         lat = m["latency_ms"]
-        a, h, p = lat.get("answer", {}), lat.get("held_excess", {}), m["propagation_ms"]
-        front = m["cpu"].get("cvlan-front", m["cpu"].get("haproxy"))
+        lp, a, h, p = (
+            lat.get("poll", {}),
+            lat.get("answer", {}),
+            lat.get("held_excess", {}),
+            m["propagation_ms"],
+        )
+        cpu = m["cpu"]
+        front = cpu.get("cvlan-front", cpu.get("haproxy"))
         out.append(
-            f"| {m['minute']} | {m['phase']} | {m['ok'].get('poll', 0):,} | {_ms(a, 'p50')} | "
-            f"{_ms(a, 'p99')} | {_ms(a, 'p999')} | {_ms(h, 'p99')} | {p.get('n', 0)} | {_ms(p, 'p50')} | "
-            f"{_ms(p, 'p99')} | {_ms(p, 'max')} | {sum(m['errors'].values())} | {m['load1'] or 0:.1f} | "
-            f"{m['cpu'].get('controller') or 0:.0f} | {front or 0:.0f} |"
+            f"| {m['minute']} | {m['phase']} | {m['ok'].get('poll', 0):,} | {_ms(lp, 'p50')} | "
+            f"{_ms(lp, 'p99')} | {_ms(lp, 'p999')} | {_ms(a, 'p50')} | {_ms(a, 'p99')} | {_ms(a, 'p999')} | "
+            f"{_ms(h, 'p99')} | {p.get('n', 0)} | {_ms(p, 'p50')} | {_ms(p, 'p99')} | {_ms(p, 'max')} | "
+            f"{sum(m['errors'].values())} | {m['load1'] or 0:.1f} | {cpu.get('controller') or 0:.0f} | "
+            f"{front or 0:.0f} | {cpu.get('postgresql') or 0:.0f} |"
         )
     return out + [""]
 
