@@ -22,6 +22,7 @@ from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.client.ipc import IpcClient, IpcError
 from cvlan.common.backoff import Backoff
+from cvlan.common.host import resolve_hosts
 from cvlan.wire.ipc import DesiredState, DeviceStatus
 from cvlan.wire.nodeproto import MAX_DENIED_FLOWS, MAX_HEALTH_PEERS
 from cvlan.wire.pb import node_pb2 as pb
@@ -56,6 +57,14 @@ class Options:
     backoff_cap_s: float = 30.0
     report_interval_s: float = 10.0
     """How often denied flows and peer health are collected from cvland and reported to the controller."""
+    advertise_routes: tuple[str, ...] = ()
+    """Subnet routes behind this node (normalized by wire.routes.parse_routes), sent with every poll."""
+    advertise_exit_node: bool = False
+    """Offer this node as an exit node."""
+
+    def route_advert(self) -> pb.RouteAdvert:
+        """What every poll says this node advertises (the flags are the whole truth: none withdraws)."""
+        return pb.RouteAdvert(routes=self.advertise_routes, exit_node=self.advertise_exit_node)
 
 
 def new_wg_key() -> tuple[str, bytes]:
@@ -105,6 +114,7 @@ class Agent:
         restarted with another)."""
         self.disabled = False
         """The controller refuses this node until an administrator enables it again."""
+        self._control_hosts: list[str] | None = None
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -160,7 +170,9 @@ class Agent:
                 d = await NodeApiClient.discover_pinned(server, pin)
                 c = NodeApiClient(server, d.ca_pem)
                 try:
-                    reg = await c.register(token, pub, csr, hostname, os_info=_os_info())
+                    reg = await c.register(
+                        token, pub, csr, hostname, os_info=_os_info(), route_advert=self.opts.route_advert()
+                    )
                 finally:
                     await c.close()
                 break
@@ -306,6 +318,7 @@ class Agent:
                 self._health(),
                 self.status.home_relay_region if self.status else "",
                 long_poll_s=self.long_poll_s,
+                route_advert=self.opts.route_advert(),
             )
         except ControlError as e:
             self.metrics.polls["error"].inc()
@@ -364,11 +377,18 @@ class Agent:
     def _on_map(self, m: pb.NetworkMap) -> None:
         assert self.ident is not None
         self.held = m.version
-        self.pending = desired_state(self.ident, m, self.opts.listen_port)
+        self.pending = desired_state(self.ident, m, self.opts.listen_port, self.control_hosts())
         log.info(
             f"new map: {len(m.peers)} peers, {len(m.vrouters)} vrouters",
             extra={"seq": m.version, "cvlan": self.ident.cvlan_id},
         )
+
+    def control_hosts(self) -> list[str]:
+        """The controller's addresses (resolved once), which an exit node must not carry."""
+        if self._control_hosts is None:
+            assert self.ident is not None
+            self._control_hosts = resolve_hosts(self.ident.server)
+        return self._control_hosts
 
     async def _push(self) -> bool:
         """Hand the pending desired state to cvland; True if cvland applied it."""

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cvlan.cli import dnscmd, login
+from cvlan.cli import routes as routes_cli
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
@@ -138,6 +140,30 @@ def token_revoke(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("DELETE", _t(ns) + f"/tokens/{_q(ns.id)}")
 
 
+def oidc_map_add(c: Client, ns: argparse.Namespace) -> Any:
+    body = {"provider": ns.provider, "group": ns.group, "role": ns.role}
+    return c.call("POST", _t(ns) + "/oidc-mappings", body)
+
+
+def oidc_map_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", _t(ns) + "/oidc-mappings")["items"], [
+        "id",
+        "provider",
+        "group",
+        "role",
+        "created_at",
+    ]
+
+
+def oidc_map_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", _t(ns) + f"/oidc-mappings/{_q(ns.mapping)}")
+    return {"deleted": ns.mapping}
+
+
+def oidc_passwords(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PUT", _t(ns) + "/signin-policy", {"local_passwords": ns.state == "on"})
+
+
 NODE_COLS = [
     "id",
     "name",
@@ -180,8 +206,10 @@ def node_list(c: Client, ns: argparse.Namespace) -> Any:
 
 def node_show(c: Client, ns: argparse.Namespace) -> Any:
     n = c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    routes = c.call("GET", _t(ns) + "/routes", None, {"node": str(n["id"])})["items"]
     if ns.json:
-        return n
+        return {**n, "routes": routes}
+    n["routes"] = routes_cli.summary(routes)
     h = dict(n.get("health") or {})
     peers = h.pop("peers", None)
     n["health"] = ", ".join(f"{k}={v}" for k, v in h.items() if k != "peers_at") or "-"
@@ -435,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         lp.set_defaults(fn=fn)
         return lp
 
+    login.add_parser(groups)
+
     g = group("tenant", "manage tenants (platform admin)")
     leaf(g, "create", tenant_create, "create a tenant", False).add_argument("name")
     g.choices["create"].add_argument("--display-name")
@@ -443,6 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "delete", tenant_delete, "delete an empty tenant", False).add_argument("name")
     x = leaf(g, "key-expiry", tenant_key_expiry, "how long the tenant's node certificates last (admin)")
     x.add_argument("lifetime", help="a duration such as 7d or 30d (1h-365d), or 'default'")
+
+    g = group("oidc", "sign-in through identity providers: group mappings and password policy (docs/AUTH.md)")
+    x = leaf(g, "map-add", oidc_map_add, "give members of a provider's group a role in the tenant (admin)")
+    x.add_argument("--provider", required=True, help="provider name in the controller's configuration")
+    x.add_argument("--group", required=True, help="group name as the provider sends it")
+    x.add_argument("--role", required=True, choices=("admin", "operator", "auditor"))
+    leaf(g, "map-list", oidc_map_list, "list the tenant's group mappings")
+    x = leaf(
+        g, "map-delete", oidc_map_delete, "remove a group mapping (members lose the role at next sign-in)"
+    )
+    x.add_argument("mapping", help="mapping id or group name")
+    x = leaf(
+        g, "passwords", oidc_passwords, "allow (on) or forbid (off) password sign-in for the tenant's members"
+    )
+    x.add_argument("state", choices=("on", "off"))
 
     g = group("cvlan", "manage CVLANs of a tenant")
     x = leaf(g, "create", cvlan_create, "create a CVLAN")
@@ -548,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "clear", policy_clear, "remove the policy (all members reach each other)").add_argument(
         "--cvlan", required=True
     )
+    dnscmd.add_commands(group, leaf)
+    routes_cli.register(group, leaf)
     g = group("denied", "traffic denied by policy, as reported by nodes")
     x = leaf(g, "list", denied_list, "denied flows, most packets first")
     x.add_argument("--cvlan")
@@ -591,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     ns.json = getattr(ns, "json", False)
     try:
+        if getattr(ns, "login", False):
+            return login.run(ns)
         client = resolve_client(ns)
         out = ns.fn(client, ns)
     except ApiError as e:

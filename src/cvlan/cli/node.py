@@ -22,7 +22,7 @@ from cvlan.cli.table import print_table
 from cvlan.client import netcheck
 from cvlan.client.ipc import IpcError, request_once
 from cvlan.common.version import add_version_flag
-from cvlan.wire.ipc import DeviceStatus, PeerStatus
+from cvlan.wire.ipc import DeviceStatus, DnsStatus, PeerStatus
 
 DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 DEFAULT_CTRL_STATE = Path("/var/lib/cvlan-ctrl")
@@ -32,10 +32,10 @@ class CliError(Exception):
     """One line for stderr; exit status 1."""
 
 
-def ipc(path: Path, op: str, timeout: float = 5.0) -> dict[str, Any]:
+def ipc(path: Path, op: str, timeout: float = 5.0, **body: Any) -> dict[str, Any]:
     """One request to cvland; CliError with a clear line if it is not there or refuses."""
     try:
-        ans = request_once(path, op, timeout)
+        ans = request_once(path, op, timeout, **body)
     except FileNotFoundError:
         raise CliError(f"cvland is not running (no socket at {path})") from None
     except PermissionError:
@@ -144,11 +144,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("applied map version", str(st.applied_version)),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
         ("peers", f"{len(st.peers)} ({sum(p.path == 'direct' for p in st.peers)} direct)"),
+        ("dns", _dns_line(st.dns)),
+        ("exit node", _exit_line(st)),
+        ("subnet routes", ", ".join(f"{r} via {n}" for r, n in st.routes.items()) or "-"),
+        ("forwards for peers", ", ".join(st.forwarding) or "-"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     return 0
+
+
+def _dns_line(d: DnsStatus | None) -> str:
+    if d is None:
+        return "off (no names from the controller, dns mode off, or down)"
+    where = f"resolver {d.resolver}" if d.resolver else "resolver not listening"
+    line = f"{d.zone}: {where}, {d.names} names, host via {d.host_config}"
+    return line + (f"; ERROR {d.error}" if d.error else "")
+
+
+def _exit_line(st: DeviceStatus) -> str:
+    if not st.exit_node:
+        return "- (internet traffic goes the host's own way)"
+    if st.exit_node_error:
+        return f"{st.exit_node} NOT IN USE: {st.exit_node_error}"
+    return f"{st.exit_node} (all internet traffic goes through it)"
 
 
 def _controller_line(facts: dict[str, Any]) -> str:
@@ -293,10 +313,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0))
+    body = {} if args.exit_node is None else {"exit_node": args.exit_node}
+    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0, **body))
     if args.json:
         print(json.dumps(st.model_dump(), indent=2))
         return 0
+    if args.exit_node is not None:
+        print(f"exit node: {_exit_line(st)}")
     if not st.address:
         print(f"up: {st.interface} running; no map from cvlan-ctrl yet (is cvlan-ctrl running?)")
     else:
@@ -354,7 +377,17 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
         help="take this node off the network (tunnel, routes, firewall removed; identity kept) until `up`",
     )
-    sub.add_parser("up", parents=[common], help="put this node back on the network after `down`")
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="put this node back on the network after `down`; select an exit node",
+    )
+    up.add_argument(
+        "--exit-node",
+        metavar="NAME",
+        help="send all internet traffic through this peer (an approved exit node); '' for none, which "
+        "restores the host's own routing (docs/EXIT-NODES.md)",
+    )
     return p
 
 

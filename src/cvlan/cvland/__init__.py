@@ -2,6 +2,8 @@
 
 __all__ = [
     "daemon",
+    "dnsserver",
+    "dnsservice",
     "hubs",
     "metrics",
     "paths",
@@ -9,6 +11,8 @@ __all__ = [
     "reconcile",
     "relaychoice",
     "relaypath",
+    "resolver",
     "server",
     "settings",
+    "subnets",
 ]

@@ -28,9 +28,10 @@ from cvlan.controller.health.matrix import classify
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoint
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
+from cvlan.controller.nodeapi.adverts import AdvertWriter, advert_of
 from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
 from cvlan.controller.nodeapi.identity import IdentityResolver
-from cvlan.controller.ops import nodes, reauth, registration
+from cvlan.controller.ops import nodes, reauth, registration, subnets
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
@@ -72,6 +73,7 @@ class NodeApi:
         # each) when many transactions contend for the write lock. PostgreSQL runs them concurrently.
         self._write_lock = contextlib.nullcontext() if "postgresql" in ctx.settings.db_url else asyncio.Lock()
         self.enrolments = EnrolmentBatcher(ctx, ca, self._write_lock, self.register_alone)
+        self.adverts = AdvertWriter(ctx)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -130,6 +132,7 @@ class NodeApi:
         """Enrol a node with a token (ident: the caller's certificate, when it re-registers)."""
         if len(req.hostname) > 253 or len(req.os_info) > 200:
             raise DomainError(Kind.INVALID, "hostname or os_info is too long", {"field": "hostname"})
+        advert = advert_of(req.route_advert) if req.HasField("route_advert") else None
         enrol = registration.Enrolment(
             req.token, req.wg_public_key, req.csr_pem, req.hostname, req.os_info, request_id_var.get()
         )
@@ -148,6 +151,9 @@ class NodeApi:
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan
+        if advert is not None:
+            async with self.ctx.tx() as s:
+                await subnets.store_advert(self.ctx, s, n.id, advert)
         log.info("node registered", extra={"tenant_id": n.tenant_id, "cvlan": c.id, "node_id": n.id})
         return pb.RegisterResponse(
             node_id=n.id,
@@ -222,6 +228,8 @@ class NodeApi:
             eps = _endpoints(req.endpoints)
             if self.mapper.update_endpoints(m, me, eps or None, region):
                 self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
+        if req.HasField("route_advert"):
+            self.adverts.note(me, req.route_advert)
         health = _health(req) if req.HasField("health") else None
         self.liveness.seen(ident.node_id, req.map_version, health, now)
         longest = min(MAX_LONG_POLL_S, self.ctx.settings.max_long_poll_s)
@@ -338,6 +346,7 @@ class NodeApi:
         for t in late:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.adverts.close()
         if fanout is not None:
             await fanout.stop()
 

@@ -1,0 +1,144 @@
+"""The simulated fleet's poll schedule: a shorter interval takes effect at once, and reconnects back off."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from cvlan.sim.fleet import RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig
+
+
+def _fleet(loop: asyncio.AbstractEventLoop, n: int, long_poll_s: int = 0) -> Fleet:
+    """A fleet that never connects: only its scheduling is exercised (plain polling unless asked)."""
+    cfg = FleetConfig(
+        host="127.0.0.1",
+        port=1,
+        server_name="localhost",
+        ca_pem="",
+        tokens=[f"t{i}" for i in range(n)],
+        first_index=0,
+        index_step=1,
+        reg_rate=1.0,
+        t0_wall=time.time(),
+        long_poll_s=long_poll_s,
+    )
+    fleet = Fleet(cfg, loop)
+    os.rmdir(fleet._tmp)  # its scratch directory for certificates is not needed here
+    return fleet
+
+
+def _spread(loop: asyncio.AbstractEventLoop, fleet: Fleet, over: float) -> float:
+    """Schedule the nodes' next polls evenly over the next `over` seconds (an old interval); the
+    scheduled polls never fire. Returns the loop time they count from."""
+    now = loop.time()
+    fleet._fire = lambda node, due: None  # type: ignore[method-assign]
+    for i, node in enumerate(fleet.nodes):
+        node.next_due = now + over * i / len(fleet.nodes)
+        node.timer = loop.call_at(node.next_due, fleet._fire, node, node.next_due)
+    return now
+
+
+def _thirds(dues: list[float], span: float) -> list[int]:
+    return [sum(1 for d in dues if k * span / 3 <= d < (k + 1) * span / 3) for k in range(3)]
+
+
+def test_shorter_interval_respreads_polls_uniformly() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 2000)
+        now = _spread(loop, fleet, 120.0)
+        moved = fleet.respread(30.0, 120.0)
+        done = loop.time()  # respread reads the clock itself, a little after `now`
+        # Those due within the new interval keep their time; the other three quarters move into it.
+        assert 1450 <= moved <= 1550
+        dues = [n.next_due - now for n in fleet.nodes]
+        assert max(dues) <= done - now + 30.0
+        # Uniform: each 10 s third of the new interval holds about a third of the polls.
+        assert all(560 <= t <= 780 for t in _thirds(dues, 30.0)), _thirds(dues, 30.0)
+    finally:
+        loop.close()
+
+
+def test_longer_interval_respreads_every_poll_over_it() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 2000)
+        now = _spread(loop, fleet, 30.0)
+        assert fleet.respread(90.0, 30.0) == 2000
+        done = loop.time()
+        dues = [n.next_due - now for n in fleet.nodes]
+        assert max(dues) <= done - now + 90.0
+        # The fleet polls at the new, lower rate from now on: each 30 s third holds about a third,
+        # where before the change every poll fell within the first.
+        assert all(560 <= t <= 780 for t in _thirds(dues, 90.0)), _thirds(dues, 90.0)
+    finally:
+        loop.close()
+
+
+def test_reconnect_backs_off_as_the_agent() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        plain = _fleet(loop, 1)
+        node = plain.nodes[0]
+        # A node polling plainly waits cvlan-ctrl's backoff by its failed attempts: from 0.5 s
+        # doubling to the cap, each delay between half and all of it (common.backoff.delay).
+        for k in (0, 4, 20):
+            node.failures = k
+            d = min(RECONNECT_CAP_S, RETRY_BASE_S * 2**k)
+            waits = [plain.reconnect_delay(node) for _ in range(500)]
+            assert d / 2 <= min(waits) and max(waits) <= d
+            assert max(waits) - min(waits) > d / 4  # jittered: the fleet does not come back at once
+        # A long-polling node whose poll failed has waited that backoff already: it connects at once,
+        # and waits again only after a failed attempt.
+        long = _fleet(loop, 1, long_poll_s=30)
+        node = long.nodes[0]
+        assert long.reconnect_delay(node) == 0.0
+        node.failures = 3
+        assert 2.0 <= long.reconnect_delay(node) <= 4.0
+    finally:
+        loop.close()
+
+
+def test_a_long_poll_follows_its_answer_and_a_failed_one_backs_off_as_the_agent() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 1, long_poll_s=30)
+        node = fleet.nodes[0]
+        # answered: the next long-poll goes out at once, with no timer
+        fleet._next_long_poll(node, True)
+        assert node.timer is None and node.poll_failures == 0
+        # failed, again and again: cvlan-ctrl's backoff, from 0.5 s doubling to the 30 s cap, each
+        # delay between half and all of it (jitter), and it starts over after a success
+        for k in range(9):
+            fleet._next_long_poll(node, False)
+            assert node.timer is not None
+            d = min(RECONNECT_CAP_S, RETRY_BASE_S * 2**k)
+            assert d / 2 - 0.01 <= node.timer.when() - loop.time() <= d + 0.01
+            node.timer.cancel()
+        fleet._next_long_poll(node, True)
+        assert node.poll_failures == 0
+        # a long-polling fleet keeps no interval schedule to respread
+        assert fleet.respread(5.0, 30.0) == 0
+    finally:
+        loop.close()
+
+
+def test_a_node_restarting_at_the_end_is_not_stale_but_still_a_peer() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 3, long_poll_s=30)
+        for i, node in enumerate(fleet.nodes):
+            node.node_id, node.cvlan_id, node.map_version, node.peers = i + 1, 7, 42, 2
+        # The third restarted just before the end: no map yet, but the others still list it.
+        fleet.nodes[2].restarted, fleet.nodes[2].map_version, fleet.nodes[2].peers = 1.0, 0, 0
+        fleet.check_maps()
+        assert fleet.iv.ok["map_current"] == 2 and fleet.iv.ok["map_restarting"] == 1
+        assert not fleet.iv.errors
+        # A node that missed a change is still found.
+        fleet.iv = type(fleet.iv)()
+        fleet.nodes[1].map_version = 41
+        fleet.check_maps()
+        assert fleet.iv.errors["map_stale"] == 1
+    finally:
+        loop.close()
