@@ -319,3 +319,64 @@ class KeyValue(Base):
     __tablename__ = "controller_kv"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class DnsRecord(Base):
+    """A tenant-defined record in a CVLAN's zone (docs/DNS.md)."""
+
+    __tablename__ = "dns_records"
+    __table_args__ = (UniqueConstraint("cvlan_id", "name", "rtype", "value"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(160))
+    rtype: Mapped[str] = mapped_column(String(10))
+    value: Mapped[str] = mapped_column(String(600))
+    ttl: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class DnsForwarder(Base):
+    """Queries for domain (and below) from a CVLAN's nodes go to servers (split DNS, docs/DNS.md)."""
+
+    __tablename__ = "dns_forwarders"
+    __table_args__ = (UniqueConstraint("cvlan_id", "domain"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(200))
+    servers: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class NodeRoute(Base):
+    """A subnet route a node advertises (or its exit-node offer, prefix 0.0.0.0/0), and whether a
+    tenant admin or an auto-approval rule approved it. Kept when the node stops advertising it, so
+    advertising it again needs no new approval."""
+
+    __tablename__ = "node_routes"
+    __table_args__ = (UniqueConstraint("node_id", "prefix"), Index("ix_node_routes_cvlan", "cvlan_id"))
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    prefix: Mapped[str] = mapped_column(String(43))
+    advertised: Mapped[bool] = mapped_column(Boolean, default=True)
+    approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    refused: Mapped[str] = mapped_column(String(200), default="")
+    """Why the route can never be used ("" = it can): overlaps the overlay, covers the controller..."""
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
+class RouteRule(Base):
+    """An auto-approval rule of a CVLAN (controller/subnetroutes.py AutoRule)."""
+
+    __tablename__ = "route_rules"
+    __table_args__ = (UniqueConstraint("cvlan_id", "kind", "prefix", "tag"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))
+    prefix: Mapped[str] = mapped_column(String(43), default="")
+    tag: Mapped[str] = mapped_column(String(63), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
