@@ -186,6 +186,10 @@ class Mapper:
             self._maps.pop(cid, None)
             self._wake(cid)
 
+    def invalidate_all(self) -> None:
+        """Drop every map held and wake every long-poll (changes may have been missed)."""
+        self.invalidate(set(self._maps) | set(self._wakers))
+
     def _wake(self, cid: int) -> None:
         ev = self._wakers.pop(cid, None)
         if ev is not None:
