@@ -21,25 +21,33 @@ class Dataplane:
     socket: Path
     state_dir: Path
     proc: Proc
+    dns_mode: str = "off"
 
     def status(self) -> DeviceStatus:
         return ipcclient.status(self.socket)
 
 
 def start_cvland(
-    lab: Lab, ns: Netns, ifname: str | None = None, state_dir: Path | None = None, tag: str = ""
+    lab: Lab,
+    ns: Netns,
+    ifname: str | None = None,
+    state_dir: Path | None = None,
+    tag: str = "",
+    dns_mode: str = "off",
 ) -> Dataplane:
     """Start cvland in ns with a run-unique interface name; waits until its socket answers.
 
-    tag distinguishes several cvland instances in one namespace (one per CVLAN)."""
+    tag distinguishes several cvland instances in one namespace (one per CVLAN). dns_mode is off
+    unless a test asks: without /etc/netns/<ns>/resolv.conf, a namespace shares the host's
+    /etc/resolv.conf, which tests must never touch."""
     ifname = ifname or lab.wg_ifname()
     state_dir = state_dir or lab.dir / f"{ns.short}{tag}-cvland"
     sock = lab.dir / f"{ns.short}{tag}-cvland.sock"
     log_level = os.environ.get("CVLAN_TEST_LOG_LEVEL", "info")
-    argv = cvland_argv(sock, ifname, state_dir, "--engine", "wireguard-go", "--log-level", log_level)
-    proc = ns.spawn(f"cvland{tag}", *argv)
+    extra = ("--engine", "wireguard-go", "--dns-mode", dns_mode, "--log-level", log_level)
+    proc = ns.spawn(f"cvland{tag}", *cvland_argv(sock, ifname, state_dir, *extra))
     try:
         ipcclient.wait_socket(sock, alive=proc.alive)
     except TimeoutError as e:
         raise RuntimeError(f"{e}\n--- cvland log ---\n{proc.output()}") from None
-    return Dataplane(ns, ifname, sock, state_dir, proc)
+    return Dataplane(ns, ifname, sock, state_dir, proc, dns_mode)
