@@ -402,8 +402,11 @@ def write_report(out: Path, args: argparse.Namespace, res: dict[str, Any]) -> No
         "sockets on it, `cvlan-front` (one worker) in front with one of them (`--backend a`) and with both "
         "(`--backend a --backend b`), and this load generator, all on the same 2 cores, unpinned. "
         f"{args.nodes} nodes in CVLANs of {CVLAN_SIZE}, each with its own keep-alive mTLS connection to the "
-        "front. Command: `.venv/bin/python bench/front/bench_multi.py " + " ".join(sys.argv[1:]) + "`.",
+        "front. Command: `.venv/bin/python bench/front/bench_multi.py "
+        + " ".join(res.get("argv", []))
+        + "`.",
         "",
+        *(["**Reading.** " + res["reading"], ""] if res.get("reading") else []),
         "## Registration burst",
         "",
         "| controllers | registrations | errors | per s | p50 ms | p99 ms |",
@@ -438,8 +441,9 @@ def write_report(out: Path, args: argparse.Namespace, res: dict[str, Any]) -> No
         lines += [
             f"## {title}",
             "",
-            f"{res[key]['rate']} polls/s through the front with both controllers and about 4 registrations/s "
-            f"(each retried every 0.5 s with its key until answered, as cvlan-ctrl does); the event at "
+            f"{res[key]['rate']} polls/s through the front with both controllers and registrations one after "
+            f"the other ({f['registered']} in {res[key]['summary']['done'] / res[key]['rate']:.0f} s; each "
+            f"retried every 0.5 s with its key until answered, as cvlan-ctrl does); the event at "
             f"{res[key]['trouble_s']:.1f} s.",
             "",
             f"* polls answered with an error: {f['poll_errors']}; polls never answered: {f['polls_unanswered']}",
@@ -521,16 +525,26 @@ def main() -> int:
         help="polls/s in the kill and restart runs (default: half the two-controller knee)",
     )
     ap.add_argument("--out", help="report directory (default bench/results/multi-controller-DATE)")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: write report.md and the graphs again from --out's results.json (its "
+        "'reading' text, if any, becomes the report's reading paragraph)",
+    )
     args = ap.parse_args()
     out = Path(args.out or f"bench/results/multi-controller-{dt.date.today():%Y-%m-%d}")
     out.mkdir(parents=True, exist_ok=True)
-    import uvloop
+    if args.render:
+        res = json.loads((out / "results.json").read_text())
+    else:
+        import uvloop
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    with tempfile.TemporaryDirectory(prefix="cvlan-bench-") as tmp:
-        os.chmod(tmp, 0o755)
-        res = uvloop.run(run(args, Path(tmp)))
-    (out / "results.json").write_text(json.dumps(res))
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        with tempfile.TemporaryDirectory(prefix="cvlan-bench-") as tmp:
+            os.chmod(tmp, 0o755)
+            res = uvloop.run(run(args, Path(tmp)))
+        res["argv"] = sys.argv[1:]
+        (out / "results.json").write_text(json.dumps(res))
     write_report(out, args, res)
     write_graphs(out, res)
     print("report:", out / "report.md")
