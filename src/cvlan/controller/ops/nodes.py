@@ -260,6 +260,13 @@ async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = Fal
     return n
 
 
+async def by_ids(s: AsyncSession, ids: Collection[int]) -> dict[int, Node]:
+    """The nodes with these ids that exist, by id."""
+    if not ids:
+        return {}
+    return {n.id: n for n in await s.scalars(select(Node).where(Node.id.in_(ids)))}
+
+
 async def list_(
     s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str | None, limit: int, offset: int
 ) -> tuple[list[tuple[Node, str]], int]:
