@@ -6,9 +6,9 @@ SSLYZE_VENV := .venv-sslyze
 SSLYZE := sslyze==6.3.1
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
             postgresql chromium procps curl haproxy graphviz prometheus \
-            debhelper dh-virtualenv python3-venv lintian mmdebstrap systemd systemd-container
+            debhelper dh-virtualenv python3-venv lintian mmdebstrap systemd systemd-container dnsutils
 APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3 dot promtool \
-            dh dh_virtualenv lintian mmdebstrap systemd-analyze systemd-nspawn
+            dh dh_virtualenv lintian mmdebstrap systemd-analyze systemd-nspawn dig
 
 .PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams deb
 

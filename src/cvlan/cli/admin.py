@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cvlan.cli import dnscmd
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
@@ -502,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "clear", policy_clear, "remove the policy (all members reach each other)").add_argument(
         "--cvlan", required=True
     )
+    dnscmd.add_commands(group, leaf)
     g = group("denied", "traffic denied by policy, as reported by nodes")
     x = leaf(g, "list", denied_list, "denied flows, most packets first")
     x.add_argument("--cvlan")

@@ -20,7 +20,7 @@ from typing import Any
 from cvlan.cli.table import print_table
 from cvlan.client.ipc import IpcError, request_once
 from cvlan.common.version import add_version_flag
-from cvlan.wire.ipc import DeviceStatus, PeerStatus
+from cvlan.wire.ipc import DeviceStatus, DnsStatus, PeerStatus
 
 DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 DEFAULT_CTRL_STATE = Path("/var/lib/cvlan-ctrl")
@@ -119,11 +119,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("applied map version", str(st.applied_version)),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
         ("peers", f"{len(st.peers)} ({sum(p.path == 'direct' for p in st.peers)} direct)"),
+        ("dns", _dns_line(st.dns)),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     return 0
+
+
+def _dns_line(d: DnsStatus | None) -> str:
+    if d is None:
+        return "off (no names from the controller, dns mode off, or down)"
+    where = f"resolver {d.resolver}" if d.resolver else "resolver not listening"
+    line = f"{d.zone}: {where}, {d.names} names, host via {d.host_config}"
+    return line + (f"; ERROR {d.error}" if d.error else "")
 
 
 def _controller_line(facts: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cvlan.wire.dnsnames import DEFAULT_DOMAIN, DnsNameError, check_domain
 from cvlan.wire.endpoint import split_hostport
 
 
@@ -48,6 +49,8 @@ class ControllerSettings(BaseSettings):
     """Answer node API requests on the proxy socket with the built-in lean HTTP/1.1 server (about half
     the controller's CPU per poll); false: the full web stack serves them like every other request."""
     pool_cidr: str = "100.64.0.0/10"
+    dns_domain: str = DEFAULT_DOMAIN
+    """The domain under which every node is named <node>.<cvlan>.<tenant>.<dns_domain> (docs/DNS.md)."""
     cvlan_prefix: int = 24
     address_quarantine_s: int = 3600
     node_cert_lifetime_s: int = 7 * 86400
@@ -71,6 +74,14 @@ class ControllerSettings(BaseSettings):
         if net.version != 4:
             raise ValueError("only IPv4 pools are supported")
         return str(net)
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _dns_domain(cls, v: str) -> str:
+        try:
+            return check_domain(v, "dns_domain")
+        except DnsNameError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("trusted_proxies")
     @classmethod

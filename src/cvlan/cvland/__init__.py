@@ -2,12 +2,15 @@
 
 __all__ = [
     "daemon",
+    "dnsserver",
+    "dnsservice",
     "hubs",
     "metrics",
     "paths",
     "reconcile",
     "relaychoice",
     "relaypath",
+    "resolver",
     "server",
     "settings",
 ]

@@ -18,12 +18,14 @@ from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.settings import invalid_setting
 from cvlan.common.version import add_version_flag
 from cvlan.cvland.daemon import Backends, Daemon
+from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.metrics import CvlandCollector, registry
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
-from cvlan.cvland.settings import CvlandSettings
+from cvlan.cvland.settings import DNS_MODES, CvlandSettings
 from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
+from cvlan.dataplane.hostdns import HostDnsError, ResolvConf, make_host_dns
 from cvlan.dataplane.router import NetlinkRouter
 
 log = logging.getLogger("cvlan.cvland")
@@ -47,6 +49,18 @@ def parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics listener, or off (default 127.0.0.1:9371; if that port is taken, "
         "cvland runs without metrics and says so)",
     )
+    p.add_argument(
+        "--dns-mode",
+        choices=DNS_MODES,
+        help="point the host's resolver at the node's for overlay names: auto (systemd-resolved where it "
+        "runs, else /etc/resolv.conf, saved and restored), or off (default auto; docs/DNS.md)",
+    )
+    p.add_argument(
+        "--restore-dns",
+        action="store_true",
+        help="put back the resolv.conf a cvland that did not stop cleanly left pointing at its resolver, "
+        "then exit (the packages' removal scripts run it; a normal start does it too)",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
     p.add_argument("--log-format", choices=("text", "json"))
     return p
@@ -63,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "metrics_listen": args.metrics_listen,
+        "dns_mode": args.dns_mode,
     }
     try:
         settings = CvlandSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -70,10 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         print(invalid_setting("cvland", e, "CVLAND_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
+    if args.restore_dns:
+        return restore_dns(settings)
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def restore_dns(settings: CvlandSettings) -> int:
+    try:
+        ResolvConf(settings.resolv_conf, settings.state_dir).restore()
+    except (OSError, HostDnsError) as e:
+        print(f"cvland: restore {settings.resolv_conf}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def run(settings: CvlandSettings) -> int:
@@ -85,7 +111,13 @@ async def run(settings: CvlandSettings) -> int:
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(engine_name, settings.interface, settings.state_dir / "engine.log")
-    backends = Backends(engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface))
+    dns = None
+    if settings.dns_mode != "off":
+        host = make_host_dns(settings.dns_mode, settings.resolv_conf, settings.state_dir)
+        dns = DnsService(asyncio.get_running_loop(), host, settings.state_dir, settings.resolv_conf)
+    backends = Backends(
+        engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface), dns=dns
+    )
     # Relay fallback, relay proxy and STUN of the WireGuard port (docs/RELAY.md).
     relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)
     daemon = Daemon(

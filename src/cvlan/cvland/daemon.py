@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
+from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.hubs import HubFailover
 from cvlan.cvland.reconcile import Plan, plan, validate
 from cvlan.cvland.relaypath import NoRelayPaths, PathSelector, RelayPath
@@ -45,6 +46,8 @@ class Backends:
     """Fixed local addresses for tests; None = read this namespace's interfaces."""
     manage_links: bool = True
     """Delete the interface by name on start/stop (False with fakes: there is no real link)."""
+    dns: DnsService | None = None
+    """The node's resolver and the host's split DNS (None: cvland leaves DNS alone)."""
 
 
 class Daemon:
@@ -174,7 +177,9 @@ class Daemon:
             self._lock_fd = None
 
     def _teardown_host(self) -> None:
-        """Remove the firewall table, routes, engine and link of this run."""
+        """Point the host's DNS back, then remove the firewall table, routes, engine and link of this run."""
+        if self.b.dns is not None:
+            self.b.dns.teardown()
         with contextlib.suppress(Exception):
             self.b.firewall.teardown()
         self.b.router.teardown()
@@ -197,7 +202,10 @@ class Daemon:
                 stop_pid(pid)
 
     def cleanup_leftovers(self) -> None:
-        """Delete what a crashed run left in this namespace: the link and the nftables table."""
+        """Delete what a crashed run left in this namespace: the link, the nftables table and a
+        resolv.conf pointing at its resolver."""
+        if self.b.dns is not None:
+            self.b.dns.cleanup()
         self._delete_link()
         with contextlib.suppress(Exception):
             self.b.firewall.teardown()
@@ -236,6 +244,8 @@ class Daemon:
         )
         self.hubs.set_state(ds)
         self._apply_plan(self._plan(ds))
+        if self.b.dns is not None:
+            self.b.dns.apply(ds, self.ifname)
         return self._store_desired(ds)
 
     def _store_desired(self, ds: DesiredState) -> int:
@@ -283,6 +293,8 @@ class Daemon:
             if self.desired is not None:
                 self.b.router.teardown()
                 self._apply_plan(self._plan(self.desired))
+                if self.b.dns is not None:  # the new link has none of the old one's DNS settings
+                    self.b.dns.apply(self.desired, self.ifname, force=True)
             return
         if self.nflog is not None:
             self.nflog.read_ready(self.denied_flows)
@@ -353,6 +365,7 @@ class Daemon:
             mapped_endpoint=self.relay.mapped_endpoint if self.relay else "",
             home_relay_region=self.relay.home_region if self.relay else "",
             peers=peers,
+            dns=self.b.dns.status() if self.b.dns is not None and not self.is_down else None,
         )
 
     def _path_of(self, key: str, last_handshake: float) -> str:

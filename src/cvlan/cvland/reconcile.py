@@ -6,11 +6,12 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cvlan.cvland.resolver import Table
 from cvlan.dataplane.firewall import FirewallError, render_ruleset
 from cvlan.dataplane.router import RouterConfig
 from cvlan.dataplane.wgconfig import WgConfig, WgPeer
 from cvlan.wire.endpoint import parse_endpoint
-from cvlan.wire.ipc import DesiredState
+from cvlan.wire.ipc import DesiredState, DnsState
 from cvlan.wire.keys import parse_key
 
 
@@ -51,8 +52,19 @@ def validate(ds: DesiredState) -> None:
                 parse_endpoint(e)
             if not 0 <= p.keepalive < 65536:
                 raise ValueError(f"peer {i}: keepalive {p.keepalive} out of range")
+        if ds.dns is not None:
+            _validate_dns(ds.dns, net)
     except ValueError as e:
         raise InvalidState(str(e)) from None
+
+
+def _validate_dns(d: DnsState, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    if ipaddress.ip_address(d.resolver) in net:
+        raise ValueError(f"dns resolver {d.resolver} is inside cvlan_subnet {net}")
+    try:
+        Table.build(d)
+    except ValueError as e:
+        raise ValueError(f"dns: {e}") from None
 
 
 def plan(ds: DesiredState, ifname: str, endpoint_of: Callable[[str], str]) -> Plan:
@@ -78,7 +90,10 @@ def plan(ds: DesiredState, ifname: str, endpoint_of: Callable[[str], str]) -> Pl
             if net.version != subnet.version or not net.subnet_of(subnet):  # type: ignore[arg-type]
                 routes.add(str(net))
     address = str(ipaddress.ip_interface(ds.address))
-    router = RouterConfig(ifname=ifname, address=address, mtu=ds.mtu, routes=tuple(sorted(routes)))
+    extra = (f"{ds.dns.resolver}/32",) if ds.dns is not None else ()
+    router = RouterConfig(
+        ifname=ifname, address=address, mtu=ds.mtu, routes=tuple(sorted(routes)), extra_addresses=extra
+    )
     try:
         ruleset = render_ruleset(ifname, str(subnet), ds.filter_rules)
     except FirewallError as e:

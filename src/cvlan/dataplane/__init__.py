@@ -1,3 +1,3 @@
 """cvlan.dataplane."""
 
-__all__ = ["engine", "firewall", "hubchoice", "nflog", "router", "uapi", "wgconfig"]
+__all__ = ["engine", "firewall", "hostdns", "hubchoice", "nflog", "router", "uapi", "wgconfig"]

@@ -1,3 +1,3 @@
 """cvlan.wire."""
 
-__all__ = ["certid", "endpoint", "ipc", "keys", "nodeproto", "pb", "relayproto", "stun"]
+__all__ = ["certid", "dnsnames", "endpoint", "ipc", "keys", "nodeproto", "pb", "relayproto", "stun"]

@@ -60,6 +60,41 @@ class RelayInfo(_Wire):
     """host:port of its STUN responder ("" = none)."""
 
 
+class DnsHost(_Wire):
+    name: str
+    """Fully qualified, lower case, no trailing dot."""
+    address: str
+    """The overlay address (no prefix length)."""
+
+
+class DnsRecordSpec(_Wire):
+    name: str
+    """Relative to the zone ("@": the zone itself)."""
+    type: str
+    value: str
+    """Zone-file text of the record data."""
+    ttl: int = 0
+
+
+class DnsForwardSpec(_Wire):
+    domain: str
+    servers: list[str]
+
+
+class DnsState(_Wire):
+    """What cvland's resolver answers and how the host is pointed at it (docs/DNS.md)."""
+
+    zone: str
+    """The CVLAN's zone; also the host's search domain (short names)."""
+    resolver: str
+    """The overlay address the resolver listens on (UDP and TCP port 53)."""
+    hosts: list[DnsHost] = Field(default_factory=list)
+    """The node itself and the peers it may reach under the policy; every other name in the zone is
+    NXDOMAIN."""
+    records: list[DnsRecordSpec] = Field(default_factory=list)
+    forwarders: list[DnsForwardSpec] = Field(default_factory=list)
+
+
 class DesiredState(_Wire):
     version: int
     """The map version this state was built from (monotonic per CVLAN)."""
@@ -81,6 +116,8 @@ class DesiredState(_Wire):
     tls_key_pem: str = ""
     ca_pem: str = ""
     """Node credentials for the relay connection (mutual TLS). Owner-only socket; never logged."""
+    dns: DnsState | None = None
+    """None: the controller gives no names; cvland runs no resolver and leaves the host's DNS alone."""
 
 
 class PeerStatus(_Wire):
@@ -95,6 +132,18 @@ class PeerStatus(_Wire):
     tx_bytes: int = 0
     path: str = "none"
     """"direct", "relay" or "none"."""
+
+
+class DnsStatus(_Wire):
+    zone: str
+    resolver: str
+    """"address:53" the resolver listens on ("" = not listening, see error)."""
+    host_config: str
+    """How the host's resolver is pointed at it: "systemd-resolved", "resolv.conf" or "none"."""
+    names: int = 0
+    """Names the resolver answers for (the node and its reachable peers)."""
+    error: str = ""
+    """One line if the resolver or the host configuration failed; "" = healthy."""
 
 
 class DeviceStatus(_Wire):
@@ -114,6 +163,8 @@ class DeviceStatus(_Wire):
     """The STUN-observed public "ip:port" of the WireGuard port ("" = unknown)."""
     home_relay_region: str = ""
     peers: list[PeerStatus] = Field(default_factory=list)
+    dns: DnsStatus | None = None
+    """None: no DNS configured (no names in the map, or the node is down)."""
 
 
 class DeniedFlow(_Wire):

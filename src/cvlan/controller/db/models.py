@@ -270,3 +270,31 @@ class KeyValue(Base):
     __tablename__ = "controller_kv"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class DnsRecord(Base):
+    """A tenant-defined record in a CVLAN's zone (docs/DNS.md)."""
+
+    __tablename__ = "dns_records"
+    __table_args__ = (UniqueConstraint("cvlan_id", "name", "rtype", "value"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(160))
+    rtype: Mapped[str] = mapped_column(String(10))
+    value: Mapped[str] = mapped_column(String(600))
+    ttl: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class DnsForwarder(Base):
+    """Queries for domain (and below) from a CVLAN's nodes go to servers (split DNS, docs/DNS.md)."""
+
+    __tablename__ = "dns_forwarders"
+    __table_args__ = (UniqueConstraint("cvlan_id", "domain"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(200))
+    servers: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)

@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vrouter, VrouterCvlan
+from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Tenant, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.mapper import dnsmap
+from cvlan.controller.ops import dns as dns_ops
 from cvlan.controller.ops import policy as policy_ops
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.ops.nodes import disabled_error
 from cvlan.controller.policy import MemberRef, compile_for_members
 from cvlan.controller.vrouting import Hub, direct, hubs_for, node_region
-from cvlan.wire import nodeproto
+from cvlan.wire import dnsnames, nodeproto
 from cvlan.wire.endpoint import is_endpoint
 from cvlan.wire.pb import node_pb2 as pb
 
@@ -61,6 +63,10 @@ class Member:
     """This member as a peer reached through the receiver's vrouter (route VIA_VROUTER, no allowed IPs)."""
     hubs: tuple[Hub, ...] = ()
     """vrouting.hubs_for this member, most preferred first (set when it is encoded)."""
+    dns_name: str = ""
+    """The member's DNS name (wire/dnsnames.py), unique in the CVLAN."""
+    dns_part: pb.DnsConfig | None = None
+    """Its own part of the map's DnsConfig: whose names resolve for it (mapper/dnsmap.py)."""
 
 
 @dataclass
@@ -83,6 +89,8 @@ class CvlanMap:
     """The registered vrouters serving the CVLAN (see controller/vrouting.py)."""
     hub_parts: dict[int, bytes] = field(default_factory=dict)
     """vrouter id -> encoded NetworkMap fragment with that vrouter as a VrouterPeer."""
+    dns: pb.DnsConfig | None = None
+    """The CVLAN's part of every member's DnsConfig (zone, resolver, records, forwarders)."""
 
     def hub_of(self, mem: Member) -> Hub | None:
         """The member's most preferred hub (None: it has none)."""
@@ -314,6 +322,8 @@ class Mapper:
             nodes = list(await s.scalars(select(Node).where(Node.cvlan_id == cid, Node.disabled.is_(False))))
             vrs = await _vrouters(s, c)
             doc = await policy_ops.load(s, cid)
+            tenant_name = await s.scalar(select(Tenant.name).where(Tenant.id == c.tenant_id)) or ""
+            records, forwarders = await dns_ops.load_for_map(s, cid)
         self.loads += 1
         now = self.ctx.now()
         offline = self.ctx.settings.offline_after_s
@@ -334,6 +344,11 @@ class Mapper:
         refs = [MemberRef(mem.node_id, mem.name, mem.address, mem.tags) for mem in members.values()]
         for nid, rules in compile_for_members(doc, refs, c.subnet).items():
             members[nid].filter_rules = [pb.FilterRule(**r) for r in rules]
+        zone = dnsnames.zone(c.name, tenant_name, self.ctx.settings.dns_domain)
+        labels = dnsnames.assign_labels((mem.node_id, mem.name) for mem in members.values())
+        parts = dnsmap.receiver_parts(list(members.values()))
+        for nid, mem in members.items():
+            mem.dns_name, mem.dns_part = f"{labels[nid]}.{zone}", parts[nid]
         m = CvlanMap(
             cvlan_id=c.id,
             tenant_id=c.tenant_id,
@@ -345,6 +360,7 @@ class Mapper:
             members=members,
             vrouters=vrs,
             via_vrouter=c.mode == "hub" and any(v.wg_public_key for v in vrs),
+            dns=dnsmap.cvlan_part(zone, records, forwarders),
         )
         for v in vrs:
             if len(v.wg_public_key) == 32:  # unregistered vrouters are left out of maps
@@ -362,7 +378,7 @@ class Mapper:
     def _retoken(self, m: CvlanMap) -> None:
         m.token = self._next_token(m.cvlan_id, m.db_version)
         m.common = pb.NetworkMap(
-            version=m.token, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode
+            version=m.token, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode, dns=m.dns
         ).SerializeToString()  # vrouters: per receiver (hub_parts), see body_for
 
     def _encode_member(self, m: CvlanMap, mem: Member) -> None:
@@ -377,6 +393,7 @@ class Mapper:
             online=mem.online,
             allowed_ips=[addr],
             route=pb.PEER_ROUTE_DIRECT,
+            dns_name=mem.dns_name,
         )
         mem.chunk = nodeproto.peer_chunk(peer)
         mem.region = node_region(mem.tags, mem.home_relay_region)
@@ -392,8 +409,10 @@ class Mapper:
                 tenant_id=m.tenant_id,
                 cvlan_id=m.cvlan_id,
                 cvlan_name=m.name,
+                dns_name=mem.dns_name,
             ),
             filter_rules=mem.filter_rules,
+            dns=mem.dns_part,
         ).SerializeToString()
 
     # --- in-memory changes -------------------------------------------------------------------

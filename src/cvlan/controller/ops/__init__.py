@@ -6,6 +6,7 @@ The management API, the web UI and the node API call these; none of them touches
 __all__ = [
     "context",
     "cvlans",
+    "dns",
     "infra",
     "nodes",
     "policy",

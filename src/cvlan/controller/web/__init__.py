@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan.controller.http.framework import CTX_KEY
-from cvlan.controller.web import account, core, pages_admin, pages_policy, pages_tenant, session
+from cvlan.controller.web import account, core, pages_admin, pages_dns, pages_policy, pages_tenant, session
 from cvlan.controller.web.health import HealthMonitor
 
 __all__ = ["setup"]
@@ -39,6 +39,7 @@ def setup(app: web.Application, engine: AsyncEngine) -> None:
             *pages_tenant.routes(p),
             *pages_admin.routes(p),
             *pages_policy.routes(p),
+            *pages_dns.routes(p),
         ]
     )
     app.router.add_static(p + "/static/", STATIC_DIR)

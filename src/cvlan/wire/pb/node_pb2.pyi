@@ -420,6 +420,7 @@ class Peer(_message.Message):
     ALLOWED_IPS_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
+    DNS_NAME_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     wg_public_key: _builtins.bytes
@@ -431,6 +432,11 @@ class Peer(_message.Message):
     route: Global___PeerRoute.ValueType
     online: _builtins.bool
     """Whether the peer has polled recently (as of the map's version; not refreshed on its own)."""
+    dns_name: _builtins.str
+    """The peer's DNS name (fully qualified, no trailing dot), e.g. "db1.office.acme.cvlan.internal".
+    Empty: the controller gives no names (older controller). Whether it resolves for the receiver
+    is said by NetworkMap.dns (policy).
+    """
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The peer's reported candidate endpoints "ip:port". Empty: none known yet (use the relay)."""
@@ -451,10 +457,11 @@ class Peer(_message.Message):
         allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
         route: Global___PeerRoute.ValueType = ...,
         online: _builtins.bool = ...,
+        dns_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "endpoints", b"endpoints", "home_relay_region", b"home_relay_region", "name", b"name", "node_id", b"node_id", "online", b"online", "route", b"route", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "dns_name", b"dns_name", "endpoints", b"endpoints", "home_relay_region", b"home_relay_region", "name", b"name", "node_id", b"node_id", "online", b"online", "route", b"route", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -553,6 +560,7 @@ class SelfNode(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CVLAN_ID_FIELD_NUMBER: _builtins.int
     CVLAN_NAME_FIELD_NUMBER: _builtins.int
+    DNS_NAME_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     address: _builtins.str
@@ -560,6 +568,8 @@ class SelfNode(_message.Message):
     tenant_id: _builtins.int
     cvlan_id: _builtins.int
     cvlan_name: _builtins.str
+    dns_name: _builtins.str
+    """The node's own DNS name (fully qualified, no trailing dot). Empty: no names (older controller)."""
     def __init__(
         self,
         *,
@@ -569,14 +579,126 @@ class SelfNode(_message.Message):
         tenant_id: _builtins.int = ...,
         cvlan_id: _builtins.int = ...,
         cvlan_name: _builtins.str = ...,
+        dns_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cvlan_id", b"cvlan_id", "cvlan_name", b"cvlan_name", "name", b"name", "node_id", b"node_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cvlan_id", b"cvlan_id", "cvlan_name", b"cvlan_name", "dns_name", b"dns_name", "name", b"name", "node_id", b"node_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SelfNode: _TypeAlias = SelfNode  # noqa: Y015
+
+@_typing.final
+class DnsRecord(_message.Message):
+    """A record a tenant defined in its CVLAN's zone (docs/DNS.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Owner name relative to the CVLAN's zone, lower case, e.g. "git" or "_ldap._tcp"."""
+    type: _builtins.str
+    """"A", "AAAA", "CNAME", "TXT", "MX" or "SRV"."""
+    value: _builtins.str
+    """The record data in zone-file text form, e.g. "10.1.0.7", "10 mail.example.", "\\"v=spf1 -all\\""."""
+    ttl: _builtins.int
+    """Seconds. 0: the resolver's default (60)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        value: _builtins.str = ...,
+        ttl: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ttl", b"ttl", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsRecord: _TypeAlias = DnsRecord  # noqa: Y015
+
+@_typing.final
+class DnsForwarder(_message.Message):
+    """Queries for a domain (and its subdomains) go to these servers instead of the host's resolvers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """Lower case, no trailing dot, e.g. "corp.example"."""
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IP addresses of DNS servers (port 53), tried in order."""
+
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        servers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "servers", b"servers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsForwarder: _TypeAlias = DnsForwarder  # noqa: Y015
+
+@_typing.final
+class DnsConfig(_message.Message):
+    """The node's DNS settings. Sent in two parts that protobuf merges (the map is a concatenation of
+    encoded pieces): the CVLAN's part (zone, resolver, records, forwarders) and the receiver's part
+    (which peers' names resolve for it under the CVLAN's policy).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ZONE_FIELD_NUMBER: _builtins.int
+    RESOLVER_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    FORWARDERS_FIELD_NUMBER: _builtins.int
+    ALL_PEERS_FIELD_NUMBER: _builtins.int
+    PEER_IDS_FIELD_NUMBER: _builtins.int
+    zone: _builtins.str
+    """The CVLAN's zone "<cvlan>.<tenant>.<domain>". Empty: no DNS (the node configures nothing)."""
+    resolver: _builtins.str
+    """The overlay address the node's resolver listens on (cvland), e.g. "100.100.100.100"."""
+    all_peers: _builtins.bool
+    """True: every peer's name resolves (the CVLAN has no policy, or it lets this node reach all)."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___DnsRecord]: ...
+    @_builtins.property
+    def forwarders(self) -> _containers.RepeatedCompositeFieldContainer[Global___DnsForwarder]: ...
+    @_builtins.property
+    def peer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """When all_peers is false: the node ids of the peers whose names resolve for this node (those its
+        packets may reach under the policy). Other peers' names answer NXDOMAIN.
+        """
+
+    def __init__(
+        self,
+        *,
+        zone: _builtins.str = ...,
+        resolver: _builtins.str = ...,
+        records: _abc.Iterable[Global___DnsRecord] | None = ...,
+        forwarders: _abc.Iterable[Global___DnsForwarder] | None = ...,
+        all_peers: _builtins.bool = ...,
+        peer_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_peers", b"all_peers", "forwarders", b"forwarders", "peer_ids", b"peer_ids", "records", b"records", "resolver", b"resolver", "zone", b"zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsConfig: _TypeAlias = DnsConfig  # noqa: Y015
 
 @_typing.final
 class NetworkMap(_message.Message):
@@ -594,6 +716,7 @@ class NetworkMap(_message.Message):
     FILTER_RULES_FIELD_NUMBER: _builtins.int
     CVLAN_SUBNET_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    DNS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Opaque map version: two maps with the same version are identical for this node. Versions
     grow while the controller runs; a node only compares them for equality.
@@ -620,6 +743,10 @@ class NetworkMap(_message.Message):
     def filter_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FilterRule]:
         """Empty: allow all inbound traffic from the CVLAN."""
 
+    @_builtins.property
+    def dns(self) -> Global___DnsConfig:
+        """Absent: no DNS names (older controller); the node leaves the host's resolver alone."""
+
     def __init__(
         self_,  # pyright: ignore[reportSelfClsParameterName]
         *,
@@ -631,10 +758,11 @@ class NetworkMap(_message.Message):
         filter_rules: _abc.Iterable[Global___FilterRule] | None = ...,
         cvlan_subnet: _builtins.str = ...,
         mode: _builtins.str = ...,
+        dns: Global___DnsConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["relay_map", b"relay_map", "self", b"self"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dns", b"dns", "relay_map", b"relay_map", "self", b"self"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvlan_subnet", b"cvlan_subnet", "filter_rules", b"filter_rules", "mode", b"mode", "peers", b"peers", "relay_map", b"relay_map", "self", b"self", "version", b"version", "vrouters", b"vrouters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvlan_subnet", b"cvlan_subnet", "dns", b"dns", "filter_rules", b"filter_rules", "mode", b"mode", "peers", b"peers", "relay_map", b"relay_map", "self", b"self", "version", b"version", "vrouters", b"vrouters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

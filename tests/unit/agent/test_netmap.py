@@ -72,3 +72,29 @@ def test_peers_vrouters_relays_and_credentials() -> None:
 def test_empty_map_falls_back_to_the_enrolment() -> None:
     st = desired_state(IDENT, pb.NetworkMap(version=1), 51820)
     assert st.address == "100.64.0.5/32" and st.cvlan_subnet == "100.64.0.0/24" and st.peers == []
+
+
+def test_dns_hosts_are_the_node_and_the_peers_the_policy_lets_it_reach() -> None:
+    z = "office.acme.cvlan.internal"
+    m = pb.NetworkMap(
+        version=3,
+        self=pb.SelfNode(node_id=5, name="me", address="100.64.0.5/32", dns_name=f"me.{z}"),
+        cvlan_subnet="100.64.0.0/24",
+        peers=[
+            pb.Peer(
+                node_id=i, wg_public_key=bytes([i]) * 32, address=f"100.64.0.{i}/32", dns_name=f"n{i}.{z}"
+            )
+            for i in (6, 7)
+        ],
+    )
+    assert desired_state(IDENT, m, 51820).dns is None  # an older controller: DNS left alone
+    # The map's DnsConfig comes in two pieces (the CVLAN's, the receiver's) that protobuf merges.
+    raw = m.SerializeToString()
+    raw += pb.NetworkMap(dns=pb.DnsConfig(zone=z, resolver="100.100.100.100")).SerializeToString()
+    raw += pb.NetworkMap(dns=pb.DnsConfig(peer_ids=[7])).SerializeToString()
+    d = desired_state(IDENT, pb.NetworkMap.FromString(raw), 51820).dns
+    assert d is not None and (d.zone, d.resolver) == (z, "100.100.100.100")
+    assert [(h.name, h.address) for h in d.hosts] == [(f"me.{z}", "100.64.0.5"), (f"n7.{z}", "100.64.0.7")]
+    m.dns.CopyFrom(pb.DnsConfig(zone=z, resolver="100.100.100.100", all_peers=True))
+    d = desired_state(IDENT, m, 51820).dns
+    assert d is not None and [h.name for h in d.hosts] == [f"me.{z}", f"n6.{z}", f"n7.{z}"]
