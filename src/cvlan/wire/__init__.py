@@ -1,3 +1,14 @@
 """cvlan.wire."""
 
-__all__ = ["certid", "dnsnames", "endpoint", "ipc", "keys", "nodeproto", "pb", "relayproto", "stun"]
+__all__ = [
+    "certid",
+    "dnsnames",
+    "endpoint",
+    "httphead",
+    "ipc",
+    "keys",
+    "nodeproto",
+    "pb",
+    "relayproto",
+    "stun",
+]
