@@ -116,21 +116,11 @@ async def create_relay(
 
 
 async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Relay, str]], int]:
-    total = await s.scalar(select(func.count()).select_from(Relay)) or 0
-    rows = (
-        await s.execute(
-            select(Relay, Region.name).join(Region).order_by(Relay.id).limit(limit).offset(offset)
-        )
-    ).all()
-    return [(x, n) for x, n in rows], total
+    return await _list(s, Relay, limit, offset)
 
 
 async def delete_relay(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
-    who.require_platform("delete relay")
-    stmt = where_ref(select(Relay), ref, Relay.id, Relay.name == ref)
-    x = await s.scalar(stmt)
-    if x is None:
-        raise DomainError(Kind.NOT_FOUND, f"relay {ref!r} not found")
+    x = await _deleted(s, who, Relay, ref)
     audit.record(s, who, "relay.delete", "relay", x.id, tenant_id=None, before={"name": x.name, "url": x.url})
     await s.delete(x)
 
@@ -180,21 +170,30 @@ async def _create(
 
 
 async def list_vrouters(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Vrouter, str]], int]:
-    total = await s.scalar(select(func.count()).select_from(Vrouter)) or 0
-    rows = (
-        await s.execute(
-            select(Vrouter, Region.name).join(Region).order_by(Vrouter.id).limit(limit).offset(offset)
-        )
-    ).all()
-    return [(x, n) for x, n in rows], total
+    return await _list(s, Vrouter, limit, offset)
+
+
+async def _list(
+    s: AsyncSession, model: type[Infra], limit: int, offset: int
+) -> tuple[list[tuple[Infra, str]], int]:
+    """A page of the relays or vrouters (model), each with its region's name, and how many there are."""
+    total = await s.scalar(select(func.count()).select_from(model)) or 0
+    q = select(model, Region.name).join(Region).order_by(model.id).limit(limit).offset(offset)
+    return [(x, n) for x, n in (await s.execute(q)).all()], total
+
+
+async def _deleted(s: AsyncSession, who: Principal, model: type[Infra], ref: str) -> Infra:
+    """The relay or vrouter (model) a platform admin deletes, by name or id."""
+    kind = kind_of(model)
+    who.require_platform(f"delete {kind}")
+    x: Infra | None = await s.scalar(where_ref(select(model), ref, model.id, model.name == ref))
+    if x is None:
+        raise DomainError(Kind.NOT_FOUND, f"{kind} {ref!r} not found")
+    return x
 
 
 async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
-    who.require_platform("delete vrouter")
-    stmt = where_ref(select(Vrouter), ref, Vrouter.id, Vrouter.name == ref)
-    x = await s.scalar(stmt)
-    if x is None:
-        raise DomainError(Kind.NOT_FOUND, f"vrouter {ref!r} not found")
+    x = await _deleted(s, who, Vrouter, ref)
     audit.record(
         s,
         who,
