@@ -4,11 +4,13 @@ __all__ = [
     "certid",
     "dnsnames",
     "endpoint",
+    "healthprobe",
     "httphead",
     "ipc",
     "keys",
     "nodeproto",
     "pb",
     "relayproto",
+    "routes",
     "stun",
 ]
