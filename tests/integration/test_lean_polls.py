@@ -164,6 +164,29 @@ async def test_bad_polls_get_the_same_clear_errors(ctl: Ctl) -> None:
         w.close()
 
 
+async def test_a_head_the_front_would_refuse_is_refused_here_alike(ctl: Ctl) -> None:
+    """The lean server reads heads with cvlan-front's parser (cvlan.wire.httphead): a forged
+    X-Client-Cert behind a space before the colon, a bare LF or a folded line is refused 400 and the
+    connection closed -- not taken as a poll of the node whose certificate the head also carries."""
+    forgeries = (
+        b"x-client-cert : forged\r\n",
+        b"x-a: 1\nx-client-cert: forged\r\n",
+        b"x-a: 1\r\n x-client-cert: folded\r\n",
+    )
+    before = await ctl.metric("cvlan_proxy_malformed_heads_total")
+    for forged in forgeries:
+        r, w = await asyncio.open_unix_connection(str(ctl.sock))
+        try:
+            w.write(poll_bytes(ctl.cert, poll_req(), extra=forged))
+            status, headers, body = await read_response(r)
+            assert status == 400 and json.loads(body)["error"]["code"] == "invalid", forged
+            assert headers["connection"] == "close"
+            assert await asyncio.wait_for(r.read(), 10) == b""
+        finally:
+            w.close()
+    assert await ctl.metric("cvlan_proxy_malformed_heads_total") == before + len(forgeries)
+
+
 async def test_other_requests_hand_the_connection_to_the_web_stack(ctl: Ctl) -> None:
     before = await ctl.metric("cvlan_proxy_handovers_total")
     r, w = await asyncio.open_unix_connection(str(ctl.sock))

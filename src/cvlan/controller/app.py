@@ -11,21 +11,21 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan import __version__
 from cvlan.common import adminconf
 from cvlan.common.clock import Clock, SystemClock
-from cvlan.controller import api, credentials, nodeapi  # noqa: F401  (api: the routes register themselves)
+from cvlan.controller import api, nodeapi  # noqa: F401  (api: the routes register themselves)
 from cvlan.controller.auth import Principal
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db import engine as dbengine
-from cvlan.controller.db.models import ApiToken, KeyValue
+from cvlan.controller.db import queries
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http import framework
 from cvlan.controller.http.framework import (
     AUTH_KEY,
+    CA_KEY,
     CA_PIN_KEY,
     CTX_KEY,
     MAX_BODY_KEY,
@@ -45,7 +45,6 @@ from cvlan.controller.web import setup as setup_web_ui
 log = logging.getLogger(__name__)
 
 ENGINE_KEY = web.AppKey("engine", AsyncEngine)
-CA_KEY = web.AppKey("ca", CertificateAuthority)
 
 G_TENANTS = Gauge("cvlan_tenants", "Tenants")
 G_CVLANS = Gauge("cvlan_cvlans", "CVLANs")
@@ -86,7 +85,7 @@ async def healthz(request: web.Request) -> web.Response:
     ctx = request.app[CTX_KEY]
     try:
         async with ctx.tx() as s:
-            await s.execute(select(1))
+            await queries.ping(s)
     except DomainError:
         return web.json_response({"status": "degraded", "db": "unavailable"}, status=503)
     return web.json_response({"status": "ok", "version": __version__})
@@ -138,9 +137,9 @@ async def build(
         app.router.add_route(r.method, r.path, make_handler(r, authenticate), name=r.handler.__name__)
     app.router.add_get("/api/v1/openapi.json", openapi_handler)
     app.router.add_get("/healthz", healthz)
-    relayapi.add_routes(app, ca)
-    nodeapi.install(app, ctx, ca)
-    vrouterapi.install(app, ca)
+    relayapi.add_routes(app)
+    node_api = nodeapi.install(app, ctx, ca)
+    vrouterapi.install(app, node_api.mapper)
     setup_web_ui(app, engine)
 
     async def _cleanup(_: web.Application) -> AsyncIterator[None]:
@@ -153,27 +152,12 @@ async def build(
 
 async def bootstrap_admin(c: Controller) -> Path | None:
     """On first start with an empty database, write DATA_DIR/admin.conf (0600) with a platform token."""
-    ctx = c.ctx
-    async with ctx.tx() as s:
-        if await s.scalar(select(KeyValue.value).where(KeyValue.key == "bootstrapped")):
+    async with c.ctx.tx() as s:
+        token = await users.first_start_token(c.ctx, s)
+        if token is None:
             return None
-        if await s.scalar(select(func.count()).select_from(ApiToken)):
-            return None
-        issued = credentials.issue(users.API_TOKEN_KIND)
-        s.add(
-            ApiToken(
-                tenant_id=None,
-                role="platform_admin",
-                name="bootstrap admin",
-                prefix=issued.prefix,
-                secret_hash=issued.digest,
-                created_by="system",
-                created_at=ctx.now(),
-            )
-        )
-        s.add(KeyValue(key="bootstrapped", value=ctx.now().isoformat()))
         path = c.settings.data_dir / "admin.conf"
-        adminconf.write(path, c.settings.url, issued.text, c.ca.cert_pem.decode())
+        adminconf.write(path, c.settings.url, token, c.ca.cert_pem.decode())
     return path
 
 

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import SYSTEM
 from cvlan.controller.db import engine as dbengine
-from cvlan.controller.db.models import User
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext, resolve_tenant
@@ -77,7 +75,7 @@ def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
 async def _useradd(ctx: OpsContext, args: argparse.Namespace, password: str) -> None:
     async with ctx.tx() as s:
         if args.platform_admin:
-            if await s.scalar(select(User.id).where(User.email == users.check_email(args.email))):
+            if await users.by_email(s, users.check_email(args.email)):
                 raise DomainError(Kind.CONFLICT, f"a user {args.email} already exists; use passwd")
             u = await users.create_platform_admin(ctx, s, args.email, password)
             audit.record(s, SYSTEM, "user.create", "user", u.id, tenant_id=None, after={"email": u.email})
@@ -88,7 +86,7 @@ async def _useradd(ctx: OpsContext, args: argparse.Namespace, password: str) -> 
 
 async def _passwd(ctx: OpsContext, args: argparse.Namespace, password: str) -> None:
     async with ctx.tx() as s:
-        u = await s.scalar(select(User).where(User.email == args.email.strip().lower()))
+        u = await users.by_email(s, args.email)
         if u is None:
             raise DomainError(Kind.NOT_FOUND, f"no user {args.email}")
         u.password_hash = credentials.hash_password(users.check_password(password))

@@ -11,9 +11,9 @@ import asyncio
 import base64
 import ipaddress
 import logging
-import re
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from cvlan.front.backend import BackendPool
 from cvlan.front.metrics import FrontMetrics, HandshakeFailure, Refusal
 from cvlan.front.park import Parking, parked_answer
 from cvlan.wire import nodeproto as wire
+from cvlan.wire.httphead import MAX_HEAD, HeadError, RequestHead, head_end, parse_request_head
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 16 * 1024
 MAX_BODY = wire.MAX_REQUEST_BYTES
 """A request is buffered whole before it is forwarded: no larger than the node API takes."""
 MAX_HANDSHAKE_RECORD = 2**14 + 256
@@ -50,10 +50,6 @@ answer (docs/FRONT.md, "Several controllers"): discovery reads; a poll records w
 same again; a registration retried with its token and key is recognised as the same one
 (ops.registration, "lost answer") and uses the token once; a renewal issues another certificate for
 the same node. Not a report: its denied flows would be stored twice."""
-TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-"""RFC 9110 5.6.2: what a token (a method, a header name) is made of."""
-CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-"""Control characters, which have no place in a request head except HTAB (and CRLF ending lines)."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +132,10 @@ def escaped_pem(der: bytes) -> bytes:
     return b"-----BEGIN%20CERTIFICATE-----%0A" + b64 + b"-----END%20CERTIFICATE-----%0A"
 
 
-def plain_response(status: int, reason: str, message: str) -> bytes:
+def plain_response(status: int, message: str) -> bytes:
     body = (message + "\n").encode()
     return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 
@@ -370,7 +366,7 @@ class FrontConn(asyncio.Protocol):
                 self.transport.abort()
         elif self.state == STATE_IDLE:
             if self.since and now - self.since > lim.request_timeout:
-                self._refuse(408, "Request Timeout", "the request did not arrive in time")
+                self._refuse(408, "the request did not arrive in time")
             elif now - self.last > (lim.idle_timeout if self.cert else lim.uncertified_timeout):
                 self.close(tls13.CLOSE_NOTIFY)
 
@@ -513,62 +509,25 @@ class FrontConn(asyncio.Protocol):
     def _next_request(self) -> None:
         """Forward the next complete request in `plain`, if there is one."""
         buf = self.plain
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD:
-                self._refuse(431, "Request Header Fields Too Large", "request head too large")
-            elif self.ending:
-                self.close(tls13.CLOSE_NOTIFY)  # the client is done and sent no further request
+        try:
+            end = head_end(buf)
+            if end < 0:
+                if self.ending:
+                    self.close(tls13.CLOSE_NOTIFY)  # the client is done and sent no further request
+                return
+            h = check_head(buf[:end])
+        except HeadError as e:
+            self._refuse(e.status, e.message)
             return
-        head = buf[:end]
-        bare = head.replace(b"\r\n", b"")
-        if b"\n" in bare or b"\r" in bare or CONTROL.search(bare):
-            # A bare CR or LF could end a line for the controller's parser and not for ours: a header
-            # it would read (a forged X-Client-Cert, a second Content-Length) that was not stripped.
-            self._refuse(400, "Bad Request", "bare CR or LF, or a control character, in the request head")
-            return
-        lines = head.split(b"\r\n")
-        request_line = lines[0]
-        parts = request_line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not _is_token(parts[0]):
-            self._refuse(400, "Bad Request", "malformed request line")
-            return
-        if parts[1].partition(b"?")[0] not in NODE_PATHS:
-            self._refuse(404, "Not Found", "not a node API path: cvlan-front forwards only the node API")
-            return
-        keep = parts[2] == b"HTTP/1.1"
-        length = 0
-        seen_length = False
+        request_line, length = h.request_line, max(h.length, 0)
+        keep = h.version == b"HTTP/1.1"
         kept = [request_line]
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not _is_token(name):
-                # RFC 9110 names only: no folded lines, no space before the colon, nothing a parser
-                # behind could read as another header than ours
-                self._refuse(400, "Bad Request", "malformed header line (the name is not a token)")
-                return
-            lname = name.lower()
-            if lname == b"content-length":
-                v = value.strip()
-                if not v.isdigit() or seen_length:
-                    self._refuse(400, "Bad Request", "malformed or repeated Content-Length")
-                    return
-                seen_length = True
-                length = int(v)
-            elif lname == b"transfer-encoding":
-                self._refuse(411, "Length Required", "send the request body with a Content-Length")
-                return
-            elif lname == b"expect":
-                self._refuse(417, "Expectation Failed", "Expect is not supported")
-                return
-            elif lname == b"connection":
-                v = value.strip().lower()
+        for line, (lname, value) in zip(h.lines, h.fields, strict=True):
+            if lname == b"connection":
+                v = value.lower()
                 keep = b"keep-alive" in v if not keep else b"close" not in v
             if lname not in STRIPPED:
                 kept.append(line)
-        if length > MAX_BODY:
-            self._refuse(413, "Payload Too Large", "request body too large")
-            return
         total = end + 4 + length
         if len(buf) < total:
             if self.ending:
@@ -581,14 +540,14 @@ class FrontConn(asyncio.Protocol):
             kept.append(b"X-Client-Cert: " + escaped_pem(self.cert))
         parking = self.front.parking
         self.poll_body = b""
-        if parking is not None and self.cert and parts[0] == b"POST" and parts[1] == POLL_PATH:
+        if parking is not None and self.cert and h.method == b"POST" and h.target == POLL_PATH:
             kept.append(b"X-Cvlan-Park: 1")
             self.poll_body, self.poll_gen = body, parking.gen
         kept.append(b"\r\n")
         self.state = STATE_FORWARDING
         self.keep = keep
-        head_only = parts[0] == b"HEAD"
-        retry = parts[1].partition(b"?")[0] in RETRY_SAFE
+        head_only = h.method == b"HEAD"
+        retry = h.target.partition(b"?")[0] in RETRY_SAFE
         self.front.pool.submit(b"\r\n".join(kept) + body, head_only, self._answered, retry=retry)
 
     def _answered(self, response: bytes | None, keep: bool, backend: int = -1) -> None:
@@ -599,7 +558,7 @@ class FrontConn(asyncio.Protocol):
         self.poll_body = self.park_answer = b""
         if response is None:
             self.front.metrics.bad_gateway.inc()
-            response = plain_response(502, "Bad Gateway", "the controller did not answer")
+            response = plain_response(502, "the controller did not answer")
             keep = False
         else:
             self.front.metrics.forwarded.inc()
@@ -653,17 +612,29 @@ class FrontConn(asyncio.Protocol):
         if self.park_cid >= 0 and self.front.parking is not None:
             self.front.parking.unpark(self)
 
-    def _refuse(self, status: int, reason: str, message: str) -> None:
+    def _refuse(self, status: int, message: str) -> None:
         assert self.records is not None and self.transport is not None
         self.front.metrics.refused_requests.inc()
-        answer = plain_response(status, reason, message)
+        answer = plain_response(status, message)
         self.transport.write(self.records.seal(answer))
         self.front.metrics.sealed(len(answer))
         self.close(tls13.CLOSE_NOTIFY)
 
 
-def _is_token(name: bytes) -> bool:
-    return bool(name) and not name.translate(None, TCHAR)
+def check_head(raw: bytes) -> RequestHead:
+    """The head of a request the front forwards (httphead's rules, the controller's lean server
+    reads it alike), or HeadError with what to answer: a path outside the node API, a body without
+    a Content-Length or too large, an Expect."""
+    h = parse_request_head(raw)
+    if h.target.partition(b"?")[0] not in NODE_PATHS:
+        raise HeadError(404, "not a node API path: cvlan-front forwards only the node API")
+    if h.get(b"transfer-encoding") is not None:
+        raise HeadError(411, "send the request body with a Content-Length")
+    if h.get(b"expect") is not None:
+        raise HeadError(417, "Expect is not supported")
+    if h.length > MAX_BODY:
+        raise HeadError(413, "request body too large")
+    return h
 
 
 def _drain(tls: SSL.Connection) -> None:

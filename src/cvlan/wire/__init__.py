@@ -5,6 +5,7 @@ __all__ = [
     "dnsnames",
     "endpoint",
     "healthprobe",
+    "httphead",
     "ipc",
     "keys",
     "nodeproto",

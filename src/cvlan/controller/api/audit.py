@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from cvlan.controller import audit
 from cvlan.controller.api.common import tenant_route, when
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import AuditEntry, Tenant
 from cvlan.controller.http.framework import Call, page, route
+from cvlan.controller.ops.context import Tx
 
 AUDIT_QUERY = ("actor", "action", "since", "until")
 
@@ -30,7 +29,7 @@ def audit_view(e: AuditEntry) -> dict[str, Any]:
     }
 
 
-async def _audit(c: Call, s: AsyncSession, tenant_ids: list[int] | None) -> dict[str, Any]:
+async def _audit(c: Call, s: Tx, tenant_ids: list[int] | None) -> dict[str, Any]:
     limit, offset = c.page
     rows, total = await audit.query(
         s,
@@ -53,7 +52,7 @@ async def _audit(c: Call, s: AsyncSession, tenant_ids: list[int] | None) -> dict
     query=AUDIT_QUERY,
     paginated=True,
 )
-async def tenant_audit(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def tenant_audit(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     c.who.require(t.id, Level.READ, "read audit log")
     return await _audit(c, s, [t.id])
 

@@ -7,18 +7,16 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from cvlan.common.durations import parse_duration
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import Call, Handler, route
-from cvlan.controller.ops.context import resolve_tenant
+from cvlan.controller.ops.context import Tx, resolve_tenant
 
 T = "/api/v1/tenants/{tenant}"
 """The prefix of every tenant-scoped route."""
 
-TenantHandler = Callable[[Call, AsyncSession, Tenant], Awaitable[Any]]
+TenantHandler = Callable[[Call, Tx, Tenant], Awaitable[Any]]
 """A tenant-scoped handler: the call, its transaction, and the tenant named in the path, resolved and
 visible to the caller (else the request was refused before the handler ran)."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.common.numbers import parse_uint
 from cvlan.controller.api.common import tenant_route
@@ -13,6 +12,7 @@ from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import Body, Call
 from cvlan.controller.ops import dns
+from cvlan.controller.ops.context import Tx
 from cvlan.wire.dnsnames import MAX_TTL
 
 D = "/cvlans/{cvlan}/dns"
@@ -32,7 +32,7 @@ class ForwarderSet(Body):
 
 
 @tenant_route("GET", D, summary="Show a CVLAN's DNS zone, records and forwarders", tag="dns")
-async def show_dns(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def show_dns(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await dns.show(c.ctx, s, c.who, t, c.params["cvlan"])
 
 
@@ -44,14 +44,14 @@ async def show_dns(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     body=RecordCreate,
     status=201,
 )
-async def add_dns_record(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def add_dns_record(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     b = c.body
     r = await dns.add_record(c.ctx, s, c.who, t, c.params["cvlan"], b.name, b.type, b.value, b.ttl)
     return dns.record_view(r)
 
 
 @tenant_route("DELETE", D + "/records/{record}", summary="Delete a DNS record (by id)", tag="dns", status=204)
-async def delete_dns_record(c: Call, s: AsyncSession, t: Tenant) -> None:
+async def delete_dns_record(c: Call, s: Tx, t: Tenant) -> None:
     rid = parse_uint(c.params["record"])
     if rid is None:
         raise DomainError(Kind.NOT_FOUND, f"dns record {c.params['record']!r}")
@@ -65,7 +65,7 @@ async def delete_dns_record(c: Call, s: AsyncSession, t: Tenant) -> None:
     tag="dns",
     body=ForwarderSet,
 )
-async def set_dns_forwarder(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def set_dns_forwarder(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     f = await dns.set_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"], c.body.servers)
     return dns.forwarder_view(f)
 
@@ -73,5 +73,5 @@ async def set_dns_forwarder(c: Call, s: AsyncSession, t: Tenant) -> dict[str, An
 @tenant_route(
     "DELETE", D + "/forwarders/{domain}", summary="Remove a domain's forwarder", tag="dns", status=204
 )
-async def delete_dns_forwarder(c: Call, s: AsyncSession, t: Tenant) -> None:
+async def delete_dns_forwarder(c: Call, s: Tx, t: Tenant) -> None:
     await dns.delete_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"])

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
@@ -15,6 +13,7 @@ from cvlan.controller.health.book import HealthBook
 from cvlan.controller.http.framework import Call
 from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import health
+from cvlan.controller.ops.context import Tx
 
 
 def _book(c: Call) -> HealthBook:
@@ -27,7 +26,7 @@ def _book(c: Call) -> HealthBook:
     summary="Reachability matrix of a CVLAN (unhealthy pairs first), its events and 24 h history",
     tag="health",
 )
-async def cvlan_health(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def cvlan_health(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await health.cvlan_health(c.ctx, s, c.who, t, c.params["cvlan"], _book(c))
 
 
@@ -38,7 +37,7 @@ async def cvlan_health(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     tag="health",
     query=("limit",),
 )
-async def health_events(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def health_events(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     raw = c.q("limit") or "100"
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise DomainError(Kind.INVALID, "limit: expected 1-1000", {"field": "limit"})

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import Body, Call, page, route
 from cvlan.controller.ops import cvlans, dns, nodes
+from cvlan.controller.ops.context import Tx
 
 
 class NodeUpdate(Body):
@@ -27,7 +27,7 @@ class NodeTags(Body):
     tags: list[str] = Field(max_length=cvlans.MAX_TAGS)
 
 
-async def _shown(c: Call, s: AsyncSession, t: Tenant, n: Node) -> dict[str, Any]:
+async def _shown(c: Call, s: Tx, t: Tenant, n: Node) -> dict[str, Any]:
     """The node as the API shows it after a change."""
     n, cn = await nodes.get(s, c.who, t, str(n.id))
     return nodes.view(n, c.ctx, cn)
@@ -36,7 +36,7 @@ async def _shown(c: Call, s: AsyncSession, t: Tenant, n: Node) -> dict[str, Any]
 @tenant_route(
     "GET", "/nodes", summary="List nodes with status", tag="nodes", query=("cvlan",), paginated=True
 )
-async def list_nodes(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def list_nodes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     limit, offset = c.page
     rows, total = await nodes.list_(s, c.who, t, c.q("cvlan"), limit, offset)
     return page([nodes.view(n, c.ctx, cn) for n, cn in rows], total, limit, offset)
@@ -57,7 +57,7 @@ async def list_all_nodes(c: Call) -> dict[str, Any]:
 
 
 @tenant_route("GET", "/nodes/{node}", summary="Show a node", tag="nodes")
-async def show_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def show_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     n, cn = await nodes.get(s, c.who, t, c.params["node"])
     return {**nodes.view(n, c.ctx, cn), "dns_name": await dns.node_dns_name(c.ctx, s, t, n, cn)}
 
@@ -69,7 +69,7 @@ async def show_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     tag="nodes",
     body=NodeUpdate,
 )
-async def update_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def update_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     if c.body.name is None and c.body.cvlan is None:
         raise DomainError(Kind.INVALID, "nothing to change: give name or cvlan")
     ref = c.params["node"]
@@ -84,7 +84,7 @@ async def update_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
 @tenant_route(
     "DELETE", "/nodes/{node}", summary="Delete a node and revoke its certificate", tag="nodes", status=204
 )
-async def delete_node(c: Call, s: AsyncSession, t: Tenant) -> None:
+async def delete_node(c: Call, s: Tx, t: Tenant) -> None:
     await nodes.delete(c.ctx, s, c.who, t, c.params["node"])
 
 
@@ -94,7 +94,7 @@ async def delete_node(c: Call, s: AsyncSession, t: Tenant) -> None:
     summary="Disable a node: refused from its next request, dropped from its peers' maps at once",
     tag="nodes",
 )
-async def disable_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def disable_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await _shown(c, s, t, await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], True))
 
 
@@ -104,7 +104,7 @@ async def disable_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     summary="Enable a disabled node again, with the same id, address and name",
     tag="nodes",
 )
-async def enable_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def enable_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await _shown(c, s, t, await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], False))
 
 
@@ -115,7 +115,7 @@ async def enable_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     tag="nodes",
     body=NodeKeyExpiry,
 )
-async def set_node_key_expiry(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def set_node_key_expiry(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     n = await nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled)
     return await _shown(c, s, t, n)
 
@@ -127,5 +127,5 @@ async def set_node_key_expiry(c: Call, s: AsyncSession, t: Tenant) -> dict[str, 
     tag="nodes",
     body=NodeTags,
 )
-async def set_node_tags(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def set_node_tags(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await _shown(c, s, t, await nodes.set_tags(c.ctx, s, c.who, t, c.params["node"], c.body.tags))

@@ -8,7 +8,6 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Tenant
@@ -16,6 +15,7 @@ from cvlan.controller.errors import DomainError
 from cvlan.controller.http.framework import Body, Call, route
 from cvlan.controller.oidc import mappings, signin
 from cvlan.controller.oidc.client import PROVIDERS_KEY, Providers
+from cvlan.controller.ops.context import Tx
 
 
 class DeviceStartBody(Body):
@@ -104,7 +104,7 @@ async def device_poll(c: Call) -> Any:
 
 
 @tenant_route("GET", "/oidc-mappings", summary="List group-to-role mappings", tag="auth")
-async def list_mappings(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def list_mappings(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     items = [mappings.mapping_view(m) for m in await mappings.list_(s, c.who, t)]
     return {"items": items, "total": len(items)}
 
@@ -117,20 +117,20 @@ async def list_mappings(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     body=MappingBody,
     status=201,
 )
-async def add_mapping(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def add_mapping(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     b = c.body
     m = await mappings.add(c.ctx, s, c.who, t, set(_providers(c)), b.provider, b.group, b.role)
     return mappings.mapping_view(m)
 
 
 @tenant_route("DELETE", "/oidc-mappings/{mapping}", summary="Remove a group mapping", tag="auth", status=204)
-async def remove_mapping(c: Call, s: AsyncSession, t: Tenant) -> None:
+async def remove_mapping(c: Call, s: Tx, t: Tenant) -> None:
     await mappings.remove(c.ctx, s, c.who, t, c.params["mapping"])
 
 
 @tenant_route(
     "PUT", "/signin-policy", summary="Allow or forbid password sign-in", tag="auth", body=SigninPolicyBody
 )
-async def put_signin_policy(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def put_signin_policy(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     await mappings.set_local_passwords(c.ctx, s, c.who, t, c.body.local_passwords)
     return {"tenant": t.name, "local_passwords": not t.local_passwords_disabled}

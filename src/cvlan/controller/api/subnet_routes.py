@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import Body, Call
 from cvlan.controller.ops import subnets
+from cvlan.controller.ops.context import Tx
 
 RULES = "/cvlans/{cvlan}/route-rules"
 
@@ -33,7 +33,7 @@ class RouteRuleNew(Body):
 @tenant_route(
     "GET", "/routes", summary="List advertised routes and exit nodes", tag="routes", query=("cvlan", "node")
 )
-async def list_routes(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def list_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     items = await subnets.list_routes(c.ctx, s, c.who, t, c.q("cvlan"), c.q("node"))
     return {"items": items, "total": len(items)}
 
@@ -45,18 +45,18 @@ async def list_routes(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     tag="routes",
     body=RouteApproval,
 )
-async def approve_routes(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def approve_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await _approval(c, s, t, True)
 
 
 @tenant_route(
     "POST", "/nodes/{node}/routes/revoke", summary="Revoke route approvals", tag="routes", body=RouteApproval
 )
-async def revoke_routes(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def revoke_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return await _approval(c, s, t, False)
 
 
-async def _approval(c: Call, s: AsyncSession, t: Tenant, approve: bool) -> dict[str, Any]:
+async def _approval(c: Call, s: Tx, t: Tenant, approve: bool) -> dict[str, Any]:
     b: RouteApproval = c.body
     changed = await subnets.set_approval(c.ctx, s, c.who, t, c.params["node"], b.routes, b.exit_node, approve)
     items = await subnets.list_routes(c.ctx, s, c.who, t, None, c.params["node"])
@@ -64,17 +64,17 @@ async def _approval(c: Call, s: AsyncSession, t: Tenant, approve: bool) -> dict[
 
 
 @tenant_route("GET", RULES, summary="List the auto-approval rules of a CVLAN", tag="routes")
-async def list_route_rules(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def list_route_rules(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     items = await subnets.list_rules(s, c.who, t, c.params["cvlan"])
     return {"items": items, "total": len(items)}
 
 
 @tenant_route("POST", RULES, summary="Add an auto-approval rule", tag="routes", body=RouteRuleNew, status=201)
-async def add_route_rule(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def add_route_rule(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     b: RouteRuleNew = c.body
     return await subnets.add_rule(c.ctx, s, c.who, t, c.params["cvlan"], (b.kind, b.prefix, b.tag))
 
 
 @tenant_route("DELETE", RULES + "/{rule}", summary="Delete an auto-approval rule", tag="routes", status=204)
-async def delete_route_rule(c: Call, s: AsyncSession, t: Tenant) -> None:
+async def delete_route_rule(c: Call, s: Tx, t: Tenant) -> None:
     await subnets.delete_rule(c.ctx, s, c.who, t, c.params["cvlan"], c.params["rule"])

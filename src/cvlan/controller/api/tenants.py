@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.api.common import T, duration, tenant_route
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import Body, Call, page, route
 from cvlan.controller.ops import tenants
+from cvlan.controller.ops.context import Tx
 
 
 @route("GET", "/api/v1/whoami", summary="The caller and its roles", tag="auth")
@@ -49,7 +49,7 @@ async def list_tenants(c: Call) -> dict[str, Any]:
 
 
 @tenant_route("GET", "", summary="Show a tenant", tag="tenants")
-async def show_tenant(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def show_tenant(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     return {**tenants.view(t), **await tenants.counts(s, t.id)}
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, page, route
 from cvlan.controller.ops import infra, vrouters
+from cvlan.controller.ops.context import Tx
 
 ATTACHED = "/cvlans/{cvlan}/vrouters"
 
@@ -58,7 +58,7 @@ async def delete_vrouter(c: Call) -> None:
 
 
 @tenant_route("GET", ATTACHED, summary="List the vrouters serving a CVLAN", tag="vrouters")
-async def list_cvlan_vrouters(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     items = await vrouters.list_for_cvlan(s, c.who, t, c.params["cvlan"])
     return {"items": items, "total": len(items)}
 
@@ -66,7 +66,7 @@ async def list_cvlan_vrouters(c: Call, s: AsyncSession, t: Tenant) -> dict[str, 
 @tenant_route(
     "POST", ATTACHED, summary="Attach a vrouter to a CVLAN", tag="vrouters", body=VrouterAttach, status=201
 )
-async def attach_vrouter(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
+async def attach_vrouter(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     view, changed = await vrouters.attach(c.ctx, s, c.who, t, c.params["cvlan"], c.body.vrouter)
     return {**view, "changed": changed}
 
@@ -74,5 +74,5 @@ async def attach_vrouter(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
 @tenant_route(
     "DELETE", ATTACHED + "/{vrouter}", summary="Detach a vrouter from a CVLAN", tag="vrouters", status=204
 )
-async def detach_vrouter(c: Call, s: AsyncSession, t: Tenant) -> None:
+async def detach_vrouter(c: Call, s: Tx, t: Tenant) -> None:
     await vrouters.detach(c.ctx, s, c.who, t, c.params["cvlan"], c.params["vrouter"])

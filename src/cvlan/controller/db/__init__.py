@@ -1,3 +1,3 @@
 """cvlan.controller.db."""
 
-__all__ = ["engine", "migrations", "models"]
+__all__ = ["engine", "migrations", "models", "queries"]

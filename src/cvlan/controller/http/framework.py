@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cvlan.common.numbers import parse_uint
 from cvlan.controller.audit import request_id_var
 from cvlan.controller.auth import Principal
+from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext
 
@@ -37,6 +38,7 @@ LATENCY = Histogram(
 )
 
 CTX_KEY = web.AppKey("ops_ctx", OpsContext)
+CA_KEY = web.AppKey("ca", CertificateAuthority)
 AUTH_KEY = web.AppKey("authenticator", object)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 CA_PIN_KEY = web.AppKey("ca_fingerprint", str)

@@ -40,20 +40,15 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from pydantic import Field
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.controller import credentials
 from cvlan.controller.ca import CertificateAuthority
-from cvlan.controller.db.models import Cvlan, Region, Vrouter, VrouterCvlan
+from cvlan.controller.db.models import Vrouter
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.http.framework import CTX_KEY
-from cvlan.controller.infraapi.relays import _body, _In, issue_infra_cert, peer_certificate
+from cvlan.controller.http.framework import CA_KEY, CTX_KEY
+from cvlan.controller.infraapi.common import In, ca_handler, caller, issue_infra_cert, read_body
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
-from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.controller.ops import infra
 from cvlan.controller.ops.context import OpsContext, bump
-from cvlan.controller.ops.infra import VROUTER_KIND
-from cvlan.wire.certid import extensions_of
 from cvlan.wire.pb import node_pb2 as pb
 
 VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
@@ -63,14 +58,14 @@ POLL_INTERVAL_S = 10
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-class RegisterIn(_In):
+class RegisterIn(In):
     token: str = Field(max_length=200)
     wg_public_key: str = Field(max_length=64)
     """Hex of the vrouter's 32-byte WireGuard public key (the private key never leaves it)."""
     csr_pem: str = Field(max_length=16384)
 
 
-class PollIn(_In):
+class PollIn(In):
     version: str = Field(default="", max_length=64)
     """The state version the vrouter holds; "" for none."""
     long_poll_s: int = Field(default=0, ge=0, le=3600)
@@ -91,18 +86,15 @@ class VrouterApi:
         ev, self._changed = self._changed, asyncio.Event()
         ev.set()
 
-    async def ca_handler(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.ca.cert_pem.decode(), content_type="application/x-pem-file")
-
     async def register(self, request: web.Request) -> web.Response:
-        body: RegisterIn = await _body(request, RegisterIn)
+        body: RegisterIn = await read_body(request, RegisterIn)
         if not _HEX64.fullmatch(body.wg_public_key):
             raise DomainError(
                 Kind.INVALID, "wg_public_key: expected 64 hex characters", {"field": "wg_public_key"}
             )
         key = bytes.fromhex(body.wg_public_key)
         async with self.ctx.tx() as s:
-            vr = await _vrouter_for_token(s, body.token)
+            vr = await infra.by_token(s, Vrouter, body.token)
             cert = issue_infra_cert(
                 self.ca, body.csr_pem, "vrouter", vr.name, VROUTER_CERT_LIFETIME, self.ctx.now()
             )
@@ -110,9 +102,9 @@ class VrouterApi:
             vr.last_seen = self.ctx.now()
             if vr.wg_public_key != key:
                 vr.wg_public_key = key
-                for c in await _served(s, vr.id):
+                for c in await infra.served(s, vr.id):
                     bump(s, c)
-            region = await s.scalar(select(Region.name).where(Region.id == vr.region_id)) or ""
+            region = await infra.region_name(s, vr.region_id)
             out = {
                 "vrouter_id": vr.id,
                 "name": vr.name,
@@ -125,9 +117,9 @@ class VrouterApi:
         return web.json_response(out)
 
     async def poll(self, request: web.Request) -> web.Response:
-        body: PollIn = await _body(request, PollIn)
+        body: PollIn = await read_body(request, PollIn)
         async with self.ctx.tx() as s:
-            vr = await _vrouter_for_cert(s, request)
+            vr = await caller(s, request, Vrouter)
             vr.last_seen = self.ctx.now()
             vid = vr.id
         loop = asyncio.get_running_loop()
@@ -165,18 +157,12 @@ class VrouterApi:
     async def current(self, vid: int) -> tuple[dict[str, Any], list[CvlanMap], list[int]]:
         """The vrouter's own record, the current maps of the CVLANs it serves, and their ids."""
         async with self.ctx.tx() as s:
-            row = (
-                await s.execute(
-                    select(Vrouter, Region.name)
-                    .join(Region, Region.id == Vrouter.region_id)
-                    .where(Vrouter.id == vid)
-                )
-            ).first()
+            row = await infra.vrouter_with_region(s, vid)
             if row is None:
                 raise DomainError(Kind.UNAUTHENTICATED, "the vrouter has been deleted")
             vr, region = row
             me = {"id": vr.id, "name": vr.name, "region": region, "endpoint": vr.endpoint}
-            cids = sorted(c.id for c in await _served(s, vid))
+            cids = sorted(c.id for c in await infra.served(s, vid))
         maps = []
         for cid in cids:
             try:
@@ -253,44 +239,14 @@ def state_version(me: dict[str, Any], maps: list[CvlanMap]) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-async def _served(s: AsyncSession, vid: int) -> list[Cvlan]:
-    q = (
-        select(Cvlan)
-        .join(VrouterCvlan, VrouterCvlan.cvlan_id == Cvlan.id)
-        .where(VrouterCvlan.vrouter_id == vid)
-    )
-    return list(await s.scalars(q))
-
-
-async def _vrouter_for_token(s: AsyncSession, text: str) -> Vrouter:
-    bad = DomainError(Kind.UNAUTHENTICATED, "invalid vrouter bootstrap token, or the vrouter was deleted")
-    parts = credentials.split(text, VROUTER_KIND)
-    if parts is None:
-        raise bad
-    vr = await s.scalar(select(Vrouter).where(Vrouter.bootstrap_prefix == parts[0]))
-    if vr is None or not credentials.check_secret(parts[1], vr.bootstrap_hash):
-        raise bad
-    return vr
-
-
-async def _vrouter_for_cert(s: AsyncSession, request: web.Request) -> Vrouter:
-    cert = peer_certificate(request)
-    if cert is None or extensions_of(cert).get("kind") != "vrouter":
-        raise DomainError(Kind.UNAUTHENTICATED, "this call needs the vrouter's client certificate")
-    vr = await s.scalar(select(Vrouter).where(Vrouter.cert_serial == format(cert.serial_number, "x")))
-    if vr is None:
-        raise DomainError(Kind.UNAUTHENTICATED, "vrouter certificate is no longer current")
-    return vr
-
-
 VROUTERAPI_KEY = web.AppKey("vrouterapi", VrouterApi)
 
 
-def install(app: web.Application, ca: CertificateAuthority) -> VrouterApi:
-    """Mount the vrouter API on the controller application (after the node API: it shares its maps)."""
-    api = VrouterApi(app[CTX_KEY], ca, app[NODEAPI_KEY].mapper)
+def install(app: web.Application, mapper: Mapper) -> VrouterApi:
+    """Mount the vrouter API on the controller application; it reads the node API's maps (mapper)."""
+    api = VrouterApi(app[CTX_KEY], app[CA_KEY], mapper)
     app[VROUTERAPI_KEY] = api
-    app.router.add_get("/v1/vrouter/ca", api.ca_handler)
+    app.router.add_get("/v1/vrouter/ca", ca_handler)
     app.router.add_post("/v1/vrouter/register", api.register)
     app.router.add_post("/v1/vrouter/poll", api.poll)
     return api

@@ -33,12 +33,11 @@ from cvlan.controller.nodeapi.handlers import NodeApi, encode
 from cvlan.controller.nodeapi.identity import required
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
+from cvlan.wire.httphead import MAX_HEAD, HeadError, head_end, parse_request_head
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 16 * 1024
-"""A longer head goes to the web stack, which refuses it properly."""
 MAX_BUFFERED = MAX_HEAD + wire.MAX_REQUEST_BYTES
 CT_PROTO = wire.CT_PROTO.encode()
 
@@ -47,6 +46,10 @@ FAST_REQUESTS = Counter(
     "cvlan_proxy_fast_requests_total",
     "Node API requests answered by the proxy socket's lean server",
     ["route"],
+)
+MALFORMED = Counter(
+    "cvlan_proxy_malformed_heads_total",
+    "Proxy-socket requests refused for a head that is not well-formed (400, or 431 when too large)",
 )
 HANDOVERS = Counter(
     "cvlan_proxy_handovers_total",
@@ -127,26 +130,17 @@ class Head:
         """Header lines added to the answer (PARKED)."""
 
 
-def parse_head(head: bytes) -> Head | None:
-    """The head of a node API request as nodes send it, or None for anything else (the web stack's)."""
-    lines = head.split(b"\r\n")
-    route = ROUTES.get(lines[0])
+def parse_head(raw: bytes) -> Head | None:
+    """The head of a node API request as nodes send it; None for a well-formed request of another
+    shape (the web stack's); HeadError for a head that is not well-formed (httphead: cvlan-front
+    refuses it alike, so nothing it forwarded reads differently here)."""
+    h = parse_request_head(raw)
+    route = ROUTES.get(h.request_line)
     if route is None:
         return None
-    length, cert, rid, close, park = -1, b"", "", False, False
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            return None
-        name = name.lower()
-        value = value.strip()
-        if name == b"content-length":
-            if length >= 0 or not value.isdigit() or len(value) > 12:
-                return None  # int() of thousands of digits raises; no node body is near 10^12 bytes
-            length = int(value)
-        elif name == b"x-client-cert":
-            if cert:
-                return None
+    cert, rid, close, park = b"", "", False, False
+    for name, value in h.fields:
+        if name == b"x-client-cert":
             cert = value
         elif name == b"content-type":
             if value.partition(b";")[0].strip().lower() != CT_PROTO:
@@ -166,6 +160,7 @@ def parse_head(head: bytes) -> Head | None:
                 return None
         elif name in (b"transfer-encoding", b"expect", b"upgrade"):
             return None
+    length = h.length
     if route.request is None:
         if length > 0:
             return None
@@ -276,16 +271,18 @@ class LeanNodeConn(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
         while self.buf and self.task is None and self.transport is not None:
-            end = self.buf.find(b"\r\n\r\n", 0, MAX_HEAD)
-            if end < 0:
-                if len(self.buf) >= MAX_HEAD:
-                    self._hand_over()
+            try:
+                end = head_end(self.buf)
+                if end < 0:
+                    return
+                raw = bytes(self.buf[:end])
+                if raw.partition(b"\r\n")[0] == EVENTS:
+                    self._stream()
+                    return
+                head = parse_head(raw)
+            except HeadError as e:
+                self._malformed(e)
                 return
-            raw = bytes(self.buf[:end])
-            if raw.partition(b"\r\n")[0] == EVENTS:
-                self._stream()
-                return
-            head = parse_head(raw)
             if head is None:
                 self._hand_over()
                 return
@@ -410,6 +407,18 @@ class LeanNodeConn(asyncio.Protocol):
         latency.observe(time.perf_counter() - t0)
         if close:
             self.close()
+
+    def _malformed(self, e: HeadError) -> None:
+        """Refuse a head that is not well-formed, as the front does, and close: what follows it on
+        the connection cannot be told apart from its body."""
+        MALFORMED.inc()
+        if self.transport is not None:
+            body = dumps(error_body("invalid", f"malformed request head: {e.message}")).encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (e.status, REASONS.get(e.status, b"Error"), len(body), body)
+            )
+        self.close()
 
     # --- a front's event stream ----------------------------------------------------------------
 

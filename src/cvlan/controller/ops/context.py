@@ -27,6 +27,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 """A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
 R = TypeVar("R", bound=Any)
 COUNTED = ("tenants", "cvlans", "nodes")
+Tx = AsyncSession
+"""The transaction an operation runs in (OpsContext.tx). Adapters hand it to `ops` and never query it
+themselves; they name its type by this alias, not by the ORM's."""
 
 
 @dataclass

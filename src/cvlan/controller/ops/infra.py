@@ -116,21 +116,11 @@ async def create_relay(
 
 
 async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Relay, str]], int]:
-    total = await s.scalar(select(func.count()).select_from(Relay)) or 0
-    rows = (
-        await s.execute(
-            select(Relay, Region.name).join(Region).order_by(Relay.id).limit(limit).offset(offset)
-        )
-    ).all()
-    return [(x, n) for x, n in rows], total
+    return await _list(s, Relay, limit, offset)
 
 
 async def delete_relay(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
-    who.require_platform("delete relay")
-    stmt = where_ref(select(Relay), ref, Relay.id, Relay.name == ref)
-    x = await s.scalar(stmt)
-    if x is None:
-        raise DomainError(Kind.NOT_FOUND, f"relay {ref!r} not found")
+    x = await _deleted(s, who, Relay, ref)
     audit.record(s, who, "relay.delete", "relay", x.id, tenant_id=None, before={"name": x.name, "url": x.url})
     await s.delete(x)
 
@@ -180,21 +170,30 @@ async def _create(
 
 
 async def list_vrouters(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Vrouter, str]], int]:
-    total = await s.scalar(select(func.count()).select_from(Vrouter)) or 0
-    rows = (
-        await s.execute(
-            select(Vrouter, Region.name).join(Region).order_by(Vrouter.id).limit(limit).offset(offset)
-        )
-    ).all()
-    return [(x, n) for x, n in rows], total
+    return await _list(s, Vrouter, limit, offset)
+
+
+async def _list(
+    s: AsyncSession, model: type[Infra], limit: int, offset: int
+) -> tuple[list[tuple[Infra, str]], int]:
+    """A page of the relays or vrouters (model), each with its region's name, and how many there are."""
+    total = await s.scalar(select(func.count()).select_from(model)) or 0
+    q = select(model, Region.name).join(Region).order_by(model.id).limit(limit).offset(offset)
+    return [(x, n) for x, n in (await s.execute(q)).all()], total
+
+
+async def _deleted(s: AsyncSession, who: Principal, model: type[Infra], ref: str) -> Infra:
+    """The relay or vrouter (model) a platform admin deletes, by name or id."""
+    kind = kind_of(model)
+    who.require_platform(f"delete {kind}")
+    x: Infra | None = await s.scalar(where_ref(select(model), ref, model.id, model.name == ref))
+    if x is None:
+        raise DomainError(Kind.NOT_FOUND, f"{kind} {ref!r} not found")
+    return x
 
 
 async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: str) -> None:
-    who.require_platform("delete vrouter")
-    stmt = where_ref(select(Vrouter), ref, Vrouter.id, Vrouter.name == ref)
-    x = await s.scalar(stmt)
-    if x is None:
-        raise DomainError(Kind.NOT_FOUND, f"vrouter {ref!r} not found")
+    x = await _deleted(s, who, Vrouter, ref)
     audit.record(
         s,
         who,
@@ -205,11 +204,62 @@ async def delete_vrouter(ctx: OpsContext, s: AsyncSession, who: Principal, ref: 
         before={"name": x.name, "endpoint": x.endpoint},
     )
     # Its attachments go with it (ON DELETE CASCADE): the CVLANs it served get new maps.
+    for c in await served(s, x.id):
+        bump(s, c)
+    await s.delete(x)
+
+
+async def served(s: AsyncSession, vrouter_id: int) -> list[Cvlan]:
+    """The CVLANs a vrouter is attached to."""
     q = (
         select(Cvlan)
         .join(VrouterCvlan, VrouterCvlan.cvlan_id == Cvlan.id)
-        .where(VrouterCvlan.vrouter_id == x.id)
+        .where(VrouterCvlan.vrouter_id == vrouter_id)
     )
-    for c in await s.scalars(q):
-        bump(s, c)
-    await s.delete(x)
+    return list(await s.scalars(q))
+
+
+# --- the daemons' own calls (infraapi): who is calling ------------------------------------------
+
+_TOKEN_KINDS = {Relay: RELAY_KIND, Vrouter: VROUTER_KIND}
+
+
+def kind_of(model: type[Infra]) -> str:
+    """ "relay" or "vrouter": the certificate kind, the audit target type."""
+    return "relay" if model is Relay else "vrouter"
+
+
+async def by_token(s: AsyncSession, model: type[Infra], text: str) -> Infra:
+    """The relay or vrouter (model) whose bootstrap token this is; every failure answers the same."""
+    kind = kind_of(model)
+    bad = DomainError(Kind.UNAUTHENTICATED, f"invalid {kind} bootstrap token, or the {kind} was deleted")
+    parts = credentials.split(text, _TOKEN_KINDS[model])
+    if parts is None:
+        raise bad
+    x = await s.scalar(select(model).where(model.bootstrap_prefix == parts[0]))
+    if x is None or not credentials.check_secret(parts[1], x.bootstrap_hash):
+        raise bad
+    return x
+
+
+async def by_cert_serial(s: AsyncSession, model: type[Infra], serial: int) -> Infra:
+    """The relay or vrouter (model) whose current certificate has this serial number."""
+    x = await s.scalar(select(model).where(model.cert_serial == format(serial, "x")))
+    if x is None:
+        raise DomainError(Kind.UNAUTHENTICATED, f"{kind_of(model)} certificate is no longer current")
+    return x
+
+
+async def region_name(s: AsyncSession, region_id: int) -> str:
+    return await s.scalar(select(Region.name).where(Region.id == region_id)) or ""
+
+
+async def vrouter_with_region(s: AsyncSession, vrouter_id: int) -> tuple[Vrouter, str] | None:
+    """A vrouter and the name of its region, or None if it was deleted."""
+    q = (
+        select(Vrouter, Region.name)
+        .join(Region, Region.id == Vrouter.region_id)
+        .where(Vrouter.id == vrouter_id)
+    )
+    row = (await s.execute(q)).first()
+    return (row[0], row[1]) if row is not None else None

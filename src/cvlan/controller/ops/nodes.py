@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +85,12 @@ def _expires_in(n: Node, now: dt.datetime) -> int | None:
     return int((n.cert_not_after - now).total_seconds()) if n.cert_not_after is not None else None
 
 
-def _audit(n: Node) -> dict[str, Any]:
-    return {"name": n.name, "cvlan_id": n.cvlan_id, "address": n.address, "tags": n.tags}
+def _audit(n: Node, shown: str = "") -> dict[str, Any]:
+    """A node's state as its audit records show it (shown: one more field)."""
+    out = {"name": n.name, "cvlan_id": n.cvlan_id, "address": n.address, "tags": n.tags}
+    if shown:
+        out[shown] = getattr(n, shown)
+    return out
 
 
 async def _unique_name(s: AsyncSession, tenant_id: int, wanted: str, also_taken: Collection[str] = ()) -> str:
@@ -260,6 +264,13 @@ async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = Fal
     return n
 
 
+async def by_ids(s: AsyncSession, ids: Collection[int]) -> dict[int, Node]:
+    """The nodes with these ids that exist, by id."""
+    if not ids:
+        return {}
+    return {n.id: n for n in await s.scalars(select(Node).where(Node.id.in_(ids)))}
+
+
 async def list_(
     s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str | None, limit: int, offset: int
 ) -> tuple[list[tuple[Node, str]], int]:
@@ -291,49 +302,93 @@ async def get(s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> tupl
     return n, cname
 
 
+async def _change(
+    s: AsyncSession,
+    who: Principal,
+    tenant: Tenant,
+    ref: str,
+    change: Callable[[Node], Awaitable[bool]],
+    *,
+    level: Level,
+    what: str,
+    action: str,
+    shown: str = "",
+    new_map: bool = True,
+) -> Node:
+    """What every change of one node goes through: the caller's permission (what), the node locked,
+    its state before, the change itself (False: nothing to change, nothing recorded), a new map
+    version for the node's CVLAN (new_map: its peers see the change), and the audit record (action;
+    shown: a field recorded besides the usual ones)."""
+    who.require(tenant.id, level, what)
+    n = await resolve(s, tenant.id, ref, lock=True)
+    before = _audit(n, shown)
+    if not await change(n):
+        return n
+    if new_map:
+        bump(s, await _cvlan_of(s, n))
+    audit.record(s, who, action, "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n, shown))
+    return n
+
+
+def _setting(field: str, value: object) -> Callable[[Node], Awaitable[bool]]:
+    """The change that sets one field of a node (nothing to change when it holds the value already)."""
+
+    async def change(n: Node) -> bool:
+        if getattr(n, field) == value:
+            return False
+        setattr(n, field, value)
+        return True
+
+    return change
+
+
+async def _cvlan_of(s: AsyncSession, n: Node) -> Cvlan:
+    cvlan = await s.get(Cvlan, n.cvlan_id)
+    assert cvlan is not None  # a node's CVLAN cannot be deleted while it has nodes
+    return cvlan
+
+
 async def rename(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, name: str
 ) -> Node:
-    who.require(tenant.id, Level.OPERATE, "rename node")
-    n = await resolve(s, tenant.id, ref, lock=True)
-    check_name("node", name)
-    if name != n.name and await s.scalar(
-        select(Node.id).where(Node.tenant_id == tenant.id, Node.name == name)
-    ):
-        raise DomainError(
-            Kind.CONFLICT, f"a node named {name!r} already exists in this tenant", {"field": "name"}
-        )
-    before = _audit(n)
-    n.name = name
-    cvlan = await s.get(Cvlan, n.cvlan_id)
-    assert cvlan is not None
-    bump(s, cvlan)
-    audit.record(s, who, "node.rename", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
-    return n
+    async def change(n: Node) -> bool:
+        check_name("node", name)
+        if name != n.name and await s.scalar(
+            select(Node.id).where(Node.tenant_id == tenant.id, Node.name == name)
+        ):
+            raise DomainError(
+                Kind.CONFLICT, f"a node named {name!r} already exists in this tenant", {"field": "name"}
+            )
+        n.name = name
+        return True
+
+    return await _change(
+        s, who, tenant, ref, change, level=Level.OPERATE, what="rename node", action="node.rename"
+    )
 
 
 async def move(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, cvlan_ref: str
 ) -> Node:
     """Move a node to another CVLAN of the same tenant: its old address is released, a new one allocated."""
-    who.require(tenant.id, Level.OPERATE, "move node")
-    n = await resolve(s, tenant.id, ref, lock=True)
-    dst = await resolve_cvlan(s, tenant.id, cvlan_ref)
-    if dst.id == n.cvlan_id:
-        return n
-    src = await s.get(Cvlan, n.cvlan_id)
-    assert src is not None
-    before = _audit(n)
-    now = ctx.now()
-    await ipam.release_address(s, src.id, n.address, now)
-    n.address = await ipam.allocate_address(
-        s, dst, f"node:{n.id}", dt.timedelta(seconds=ctx.settings.address_quarantine_s), now
+
+    async def change(n: Node) -> bool:
+        dst = await resolve_cvlan(s, tenant.id, cvlan_ref)
+        if dst.id == n.cvlan_id:
+            return False
+        src = await _cvlan_of(s, n)
+        now = ctx.now()
+        await ipam.release_address(s, src.id, n.address, now)
+        n.address = await ipam.allocate_address(
+            s, dst, f"node:{n.id}", dt.timedelta(seconds=ctx.settings.address_quarantine_s), now
+        )
+        n.cvlan_id = dst.id
+        bump(s, src)  # the new CVLAN's version is bumped as for every change
+        return True
+
+    return await _change(
+        s, who, tenant, ref, change, level=Level.OPERATE, what="move node", action="node.move"
     )
-    n.cvlan_id = dst.id
-    bump(s, src)
-    bump(s, dst)
-    audit.record(s, who, "node.move", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
-    return n
 
 
 async def set_disabled(
@@ -341,39 +396,36 @@ async def set_disabled(
 ) -> Node:
     """Disable a node (refused from its next request, dropped from its peers' maps at once) or
     enable it again with the same id, address, name and keys. Setting the current state is a no-op."""
-    who.require(tenant.id, Level.OPERATE, "disable node" if disabled else "enable node")
-    n = await resolve(s, tenant.id, ref, lock=True)
-    if n.disabled == disabled:
-        return n
-    before = {**_audit(n), "disabled": n.disabled}
-    n.disabled = disabled
-    cvlan = await s.get(Cvlan, n.cvlan_id)
-    assert cvlan is not None
-    bump(s, cvlan)
-    action = "node.disable" if disabled else "node.enable"
-    after = {**_audit(n), "disabled": n.disabled}
-    audit.record(s, who, action, "node", n.id, tenant_id=tenant.id, before=before, after=after)
-    return n
+    return await _change(
+        s,
+        who,
+        tenant,
+        ref,
+        _setting("disabled", disabled),
+        level=Level.OPERATE,
+        what="disable node" if disabled else "enable node",
+        action="node.disable" if disabled else "node.enable",
+        shown="disabled",
+    )
 
 
 async def set_tags(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, tags: list[str]
 ) -> Node:
     """Replace a node's tags; its CVLAN's policy is compiled again for the new tags at once."""
-    who.require(tenant.id, Level.ADMIN, "change node tags")
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise DomainError(Kind.INVALID, "tags must be a list of strings", {"field": "tags"})
-    wanted = check_tags(tags)
-    n = await resolve(s, tenant.id, ref, lock=True)
-    if sorted(n.tags or []) == wanted:
-        return n
-    before = _audit(n)
-    n.tags = wanted
-    cvlan = await s.get(Cvlan, n.cvlan_id)
-    assert cvlan is not None
-    bump(s, cvlan)
-    audit.record(s, who, "node.tags", "node", n.id, tenant_id=tenant.id, before=before, after=_audit(n))
-    return n
+
+    async def change(n: Node) -> bool:
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise DomainError(Kind.INVALID, "tags must be a list of strings", {"field": "tags"})
+        wanted = check_tags(tags)
+        if sorted(n.tags or []) == wanted:
+            return False
+        n.tags = wanted
+        return True
+
+    return await _change(
+        s, who, tenant, ref, change, level=Level.ADMIN, what="change node tags", action="node.tags"
+    )
 
 
 async def set_key_expiry(
@@ -381,15 +433,18 @@ async def set_key_expiry(
 ) -> Node:
     """Disable key expiry for a node (servers: its next certificate lasts ten years) or enable it
     again (its next certificate gets the tenant's lifetime). Disabling or deleting it still works at once."""
-    who.require(tenant.id, Level.ADMIN, "change node key expiry")
-    n = await resolve(s, tenant.id, ref, lock=True)
-    if n.key_expiry_disabled == disabled:
-        return n
-    before = {**_audit(n), "key_expiry_disabled": n.key_expiry_disabled}
-    n.key_expiry_disabled = disabled
-    after = {**_audit(n), "key_expiry_disabled": n.key_expiry_disabled}
-    audit.record(s, who, "node.key_expiry", "node", n.id, tenant_id=tenant.id, before=before, after=after)
-    return n
+    return await _change(
+        s,
+        who,
+        tenant,
+        ref,
+        _setting("key_expiry_disabled", disabled),
+        level=Level.ADMIN,
+        what="change node key expiry",
+        action="node.key_expiry",
+        shown="key_expiry_disabled",
+        new_map=False,
+    )
 
 
 async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str) -> Node:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Level, Principal, Role, parse_tenant_role
+from cvlan.controller.db import queries
 from cvlan.controller.db.models import ApiToken, Membership, Tenant, User
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, where_ref
@@ -238,6 +239,40 @@ async def principal_for_token(ctx: OpsContext, s: AsyncSession, text: str) -> Pr
     if tok.tenant_id is None:
         return Principal(actor=actor, platform_admin=True)
     return Principal(actor=actor, roles={tok.tenant_id: Role(tok.role)})
+
+
+FIRST_START_KEY = "bootstrapped"
+
+
+async def first_start_token(ctx: OpsContext, s: AsyncSession) -> str | None:
+    """On the first start with an empty database: a new platform admin API token (the text, shown
+    once; it is stored hashed), and the mark that the first start is done. None on any later start."""
+    if await queries.kv_get(s, FIRST_START_KEY) or await s.scalar(select(func.count()).select_from(ApiToken)):
+        return None
+    issued = credentials.issue(API_TOKEN_KIND)
+    s.add(
+        ApiToken(
+            tenant_id=None,
+            role="platform_admin",
+            name="bootstrap admin",
+            prefix=issued.prefix,
+            secret_hash=issued.digest,
+            created_by="system",
+            created_at=ctx.now(),
+        )
+    )
+    queries.kv_put(s, FIRST_START_KEY, ctx.now().isoformat())
+    return issued.text
+
+
+async def get_user(s: AsyncSession, user_id: int, *, lock: bool = False) -> User | None:
+    """The user with this id (locked for update: `lock`), or None."""
+    return await s.get(User, user_id, with_for_update=lock)
+
+
+async def by_email(s: AsyncSession, email: str) -> User | None:
+    """The user with this email (as check_email normalises it: trimmed, lower case), or None."""
+    return await s.scalar(select(User).where(User.email == email.strip().lower()))
 
 
 async def principal_for_user(s: AsyncSession, user: User) -> Principal:

@@ -11,8 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
+from cvlan.controller.db import queries
 from cvlan.controller.errors import DomainError
 from cvlan.controller.http.framework import LATENCY, REQUESTS
 from cvlan.controller.ops.context import OpsContext
@@ -89,7 +88,7 @@ class HealthMonitor:
         t0 = time.perf_counter()
         try:
             async with ctx.tx() as s:
-                await s.execute(select(1))
+                await queries.ping(s)
             db = {"status": "ok", "round_trip_ms": round((time.perf_counter() - t0) * 1000, 2)}
         except DomainError as e:
             db = {"status": "unavailable", "error": e.message}

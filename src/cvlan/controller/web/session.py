@@ -17,12 +17,11 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from cvlan.controller.db.models import KeyValue, User
+from cvlan.controller.db import queries
+from cvlan.controller.db.models import User
 from cvlan.controller.errors import DomainError
-from cvlan.controller.ops.context import OpsContext
+from cvlan.controller.ops import users
+from cvlan.controller.ops.context import OpsContext, Tx
 
 COOKIE = "cvlan_session"
 KEY_NAME = "ui_session_key"
@@ -64,18 +63,18 @@ def password_fingerprint(key: bytes, user: User) -> str:
 async def signing_key(ctx: OpsContext) -> bytes:
     """The HMAC key, created on first use. Two processes racing both end up with the stored one."""
     async with ctx.tx() as s:
-        row = await s.get(KeyValue, KEY_NAME)
-        if row is not None:
-            return bytes.fromhex(row.value)
+        got = await queries.kv_get(s, KEY_NAME)
+        if got is not None:
+            return bytes.fromhex(got)
     try:
         async with ctx.tx() as s:
-            s.add(KeyValue(key=KEY_NAME, value=secrets.token_hex(32)))
+            queries.kv_put(s, KEY_NAME, secrets.token_hex(32))
     except DomainError:  # lost the race (CONFLICT): the other process's key is stored now
         pass
     async with ctx.tx() as s:
-        row = await s.get(KeyValue, KEY_NAME)
-        assert row is not None
-        return bytes.fromhex(row.value)
+        got = await queries.kv_get(s, KEY_NAME)
+        assert got is not None
+        return bytes.fromhex(got)
 
 
 def new_session(key: bytes, user: User, now: dt.datetime) -> Session:
@@ -127,23 +126,21 @@ def decode(key: bytes, text: str, now: dt.datetime) -> Session | None:
     return sess
 
 
-async def load_user(s: AsyncSession, key: bytes, sess: Session) -> User | None:
+async def load_user(s: Tx, key: bytes, sess: Session) -> User | None:
     """The session's user, unless the session was signed out, or the password or session epoch
     changed since."""
-    if await s.get(KeyValue, REVOKED_PREFIX + sess.nonce) is not None:
+    if await queries.kv_get(s, REVOKED_PREFIX + sess.nonce) is not None:
         return None
-    user = await s.get(User, sess.user_id)
+    user = await users.get_user(s, sess.user_id)
     if user is None or not hmac.compare_digest(password_fingerprint(key, user).encode(), sess.pw_fp.encode()):
         return None
     return user
 
 
-async def revoke(s: AsyncSession, sess: Session, now: dt.datetime) -> None:
+async def revoke(s: Tx, sess: Session, now: dt.datetime) -> None:
     """Record a signed-out session until its expiry, and forget revocations that have expired."""
-    s.add(KeyValue(key=REVOKED_PREFIX + sess.nonce, value=str(sess.expires_at)))
-    rows = await s.execute(
-        select(KeyValue.key, KeyValue.value).where(KeyValue.key.like(REVOKED_PREFIX + "%")).limit(1000)
-    )
-    stale = [k for k, v in rows.all() if v.isdigit() and int(v) < now.timestamp()]
+    queries.kv_put(s, REVOKED_PREFIX + sess.nonce, str(sess.expires_at))
+    rows = await queries.kv_with_prefix(s, REVOKED_PREFIX, 1000)
+    stale = [k for k, v in rows if v.isdigit() and int(v) < now.timestamp()]
     if stale:
-        await s.execute(delete(KeyValue).where(KeyValue.key.in_(stale)))
+        await queries.kv_delete(s, stale)

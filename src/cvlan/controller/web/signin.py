@@ -13,8 +13,6 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import User
@@ -49,7 +47,7 @@ async def check(ctx: OpsContext, email: str, password: str) -> Outcome:
     """Verify an email and password; count failures and lock the account after too many."""
     email = email.strip().lower()
     async with ctx.tx() as s:
-        user = await s.scalar(select(User).where(User.email == email)) if email else None
+        user = await users.by_email(s, email) if email else None
         encoded = user.password_hash if user is not None else _DUMMY_HASH
         now = ctx.now()
         if user is not None and user.locked_until is not None and user.locked_until > now:
@@ -71,7 +69,7 @@ async def _settle(ctx: OpsContext, user: User | None, ok: bool) -> tuple[Outcome
     for a refusal, the reason the audit log records."""
     wrong = Outcome(None, "The email or password is not correct.")
     async with ctx.tx() as s:
-        row = await s.get(User, user.id, with_for_update=True) if user is not None else None
+        row = await users.get_user(s, user.id, lock=True) if user is not None else None
         if row is None:
             return wrong, "unknown email"
         who = Principal(actor=f"user:{row.email}", user_id=row.id)
@@ -114,7 +112,7 @@ async def change_password(ctx: OpsContext, user_id: int, current: str, new: str)
     """Set a new password after checking the current one. Every other session of the user ends
     (their cookies carry the old password's fingerprint)."""
     async with ctx.tx() as s:
-        user = await s.get(User, user_id)
+        user = await users.get_user(s, user_id)
         encoded = user.password_hash if user is not None else _DUMMY_HASH
     if not await asyncio.to_thread(credentials.check_password, current, encoded) or user is None:
         await asyncio.sleep(FAILURE_DELAY_S)
@@ -126,7 +124,7 @@ async def change_password(ctx: OpsContext, user_id: int, current: str, new: str)
         )
     digest = await asyncio.to_thread(credentials.hash_password, new)
     async with ctx.tx() as s:
-        row = await s.get(User, user_id, with_for_update=True)
+        row = await users.get_user(s, user_id, lock=True)
         if row is None:
             raise DomainError(Kind.NOT_FOUND, "user not found")
         row.password_hash = digest
