@@ -11,11 +11,12 @@ import time
 
 import pytest
 
+from cvlan.devtools.harness.controller import script
 from cvlan.devtools.lab.nsconnect import socket_in_netns
 from tests.harness.metricsdoc import documented, exported, scrape
 from tests.harness.netns import Lab, Netns, Proc
 from tests.harness.relaystack import start_relay
-from tests.harness.stack import Controller, script, start_controller, start_node, wait_until
+from tests.harness.stack import Controller, start_controller, start_node, wait_until
 from tests.harness.vrouterstack import attach, cvlan_with_token, start_vrouter
 
 pytestmark = pytest.mark.e2e

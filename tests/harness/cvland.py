@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvlan.devtools.harness.enrol import cvland_argv
 from cvlan.wire.ipc import DeviceStatus
 from tests.harness import ipcclient
 from tests.harness.netns import Lab, Netns, Proc
-
-
-def script(name: str) -> str:
-    """The path of one of our console scripts in the running virtualenv."""
-    p = Path(sys.executable).parent / name
-    if not p.exists():
-        raise RuntimeError(f"console script {name} not installed in {p.parent} (pip install -e .)")
-    return str(p)
 
 
 @dataclass
@@ -51,22 +43,11 @@ def start_cvland(
     ifname = ifname or lab.wg_ifname()
     state_dir = state_dir or lab.dir / f"{ns.short}{tag}-cvland"
     sock = lab.dir / f"{ns.short}{tag}-cvland.sock"
-    proc = ns.spawn(
-        f"cvland{tag}",
-        script("cvland"),
-        "--socket",
-        str(sock),
-        "--interface",
-        ifname,
-        "--state-dir",
-        str(state_dir),
-        "--engine",
-        "wireguard-go",
-        "--dns-mode",
-        dns_mode,
-        "--log-level",
-        os.environ.get("CVLAN_TEST_LOG_LEVEL", "info"),
+    log_level = os.environ.get("CVLAN_TEST_LOG_LEVEL", "info")
+    argv = cvland_argv(
+        sock, ifname, state_dir, "--engine", "wireguard-go", "--log-level", log_level, dns_mode=dns_mode
     )
+    proc = ns.spawn(f"cvland{tag}", *argv)
     try:
         ipcclient.wait_socket(sock, alive=proc.alive)
     except TimeoutError as e:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import ssl
@@ -19,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cvlan.client import tls
 from cvlan.client.controller import NodeApiClient
 from cvlan.common import adminconf
+from cvlan.devtools.harness.enrol import EnrolledNode, register
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
@@ -32,15 +31,6 @@ NODES = 12
 """Waiting nodes: six times the front's two connections to the controller."""
 LONG_POLL_S = 50
 """Longer than any wait in these tests: a long-poll that ends ends because of a change."""
-
-
-@dataclass
-class Node:
-    node_id: int
-    client: NodeApiClient
-    """Through the front."""
-    cert_pem: str
-    key_pem: str
 
 
 @dataclass
@@ -102,23 +92,12 @@ async def _front(tmp: Path, data: Path, sock: Path) -> tuple[subprocess.Popen[by
     raise AssertionError("cvlan-front did not listen within 20 s")
 
 
-async def _node(st: Stack, name: str) -> Node:
-    """Register through the front (no certificate yet), then a client with the node's certificate."""
-    key_pem, csr = tls.new_key_and_csr()
-    anon = NodeApiClient(st.url, st.conf.ca_pem)
-    try:
-        reg = await anon.register(st.token, os.urandom(32), csr, name)
-    finally:
-        await anon.close()
-    return Node(
-        reg.node_id,
-        NodeApiClient(st.url, st.conf.ca_pem, reg.certificate_pem, key_pem),
-        reg.certificate_pem,
-        key_pem,
-    )
+async def _node(st: Stack, name: str) -> EnrolledNode:
+    """Register through the front (no certificate yet); its client, too, speaks through the front."""
+    return await register(st.url, st.conf.ca_pem, st.token, name)
 
 
-async def _poll(n: Node, version: int, long_poll_s: int = 0) -> pb.PollResponse:
+async def _poll(n: EnrolledNode, version: int, long_poll_s: int = 0) -> pb.PollResponse:
     return await n.client.poll(version, [], pb.HealthSummary(), "", long_poll_s=long_poll_s)
 
 
@@ -139,7 +118,7 @@ async def _until(cond: object, what: str) -> None:
     raise AssertionError(f"not within 30 s: {what}")
 
 
-def _silent(st: Stack, n: Node, request: bytes) -> socket.socket:
+def _silent(st: Stack, n: EnrolledNode, request: bytes) -> socket.socket:
     """A node connection that sends `request` and never reads an answer (a small receive buffer)."""
     d = st.data.parent / f"silent-{n.node_id}"
     d.mkdir()
