@@ -140,6 +140,14 @@ def test_every_daemon_exports_its_documented_metrics(lab: Lab) -> None:
     check_documented("cvland", text)
     assert value(text, 'cvlan_cvland_peers{path="direct"}') >= 1, "the hub peer handshook directly"
     assert value(text, "cvlan_cvland_applied_version") > 0
+    # b is reached through the hub: the health probes cross the vrouter (its forward chain lets them
+    # through ahead of any policy) and give b a round trip and the path "vrouter".
+    text = wait_until(
+        "a measures a round trip to b through the vrouter",
+        lambda: (lambda t: t if "cvlan_cvland_peer_rtt_seconds{" in t else None)(scrape(a.ns.name, CVLAND)),
+        20,
+    )
+    assert value(text, 'cvlan_cvland_peers{path="vrouter"}') == 1
 
     text = scrape(a.ns.name, CTRL)
     check_documented("cvlan-ctrl", text)

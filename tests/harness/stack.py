@@ -110,11 +110,13 @@ class Node:
     ctrl: Proc | None = None
     listen_port: int = 51820
     tag: str = ""
+    ctrl_args: tuple[str, ...] = ()
+    """More cvlan-ctrl flags (e.g. --advertise-routes, --report-interval 2), given at every start."""
 
     def start_ctrl(self, join_command: str = "", token_file: Path | None = None) -> Proc:
         """cvlan-ctrl in the node's namespace: enrolling with join_command or token_file if given,
         else from its state directory."""
-        extra = ["--long-poll", "5", "--listen-port", str(self.listen_port)]
+        extra = ["--long-poll", "5", "--listen-port", str(self.listen_port), *self.ctrl_args]
         if token_file is not None:
             extra += ["--token-file", str(token_file)]
         argv = ctrl_argv(self.ctrl_state, self.dp.socket, self.name, join_command, *extra)
@@ -178,11 +180,14 @@ def start_node(
     listen_port: int = 51820,
     tag: str = "",
     dns_mode: str = "off",
+    ctrl_args: tuple[str, ...] = (),
 ) -> Node:
     """Start cvland then cvlan-ctrl (enrolling with the join command) in ns.
 
     Several nodes may share a namespace (one per CVLAN) with distinct tags and listen ports."""
     dp = start_cvland(lab, ns, tag=tag, dns_mode=dns_mode)
-    node = Node(ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag)
+    node = Node(
+        ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag, ctrl_args=ctrl_args
+    )
     node.start_ctrl(join_command)
     return node

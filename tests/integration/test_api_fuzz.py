@@ -90,6 +90,8 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
     dns = f"/api/v1/tenants/acme/cvlans/{t.cvlan['name']}/dns"
     record = (await api.post(dns + "/records", {"name": "git", "type": "A", "value": "10.1.0.7"})).ok()
     (await api.request("PUT", dns + "/forwarders/corp.example", json={"servers": ["10.1.0.53"]})).ok()
+    mapping = {"provider": "corp", "group": "net-admins", "role": "admin"}
+    m = (await api.post("/api/v1/tenants/acme/oidc-mappings", mapping)).ok()
     refs = {
         "tenant": "acme",
         "cvlan": str(t.cvlan["name"]),
@@ -102,6 +104,7 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
         "vrouter": "vr-1",
         "record": str(record["id"]),
         "domain": "corp.example",
+        "mapping": str(m["id"]),
     }
     return api, refs
 
@@ -110,7 +113,14 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("fuzz")
     lt = LoopThread()
-    rc = lt.run(RunningController(tmp / "data", f"sqlite+aiosqlite:///{tmp / 'cvlan.db'}").start())
+    # An identity provider nobody listens for (port 9, discard): group mappings can name it, and
+    # the device sign-in answers that it is unreachable.
+    idp = {"name": "corp", "issuer": "http://127.0.0.1:9", "client_id": "cvlan", "client_secret": "x"}
+    rc = lt.run(
+        RunningController(
+            tmp / "data", f"sqlite+aiosqlite:///{tmp / 'cvlan.db'}", oidc_providers=[idp]
+        ).start()
+    )
     try:
         assert rc.c is not None
         _, refs = lt.run(_seed(rc))

@@ -10,7 +10,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     try:
         conf = await proxysocket.wait_ready(procs[0], data, sock)
         token, _ = await proxysocket.enrol(conf, "n0")
-        front, port = await _front(tmp_path, data, sock)
+        front, port = await proxysocket.front(tmp_path, data, [sock])
         procs.append(front)
         yield Stack(
             conf, token, f"https://127.0.0.1:{port}", data, procs, f"http://127.0.0.1:{mport}/metrics"
@@ -67,29 +66,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-
-
-async def _front(tmp: Path, data: Path, sock: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """cvlan-front with the controller's own server certificate, one worker, two backend connections."""
-    port = free_port()
-    crt, key = next(data.rglob("server.crt")), next(data.rglob("server.key"))
-    ca = next(data.rglob("ca.crt"))
-    with (tmp / "front.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cvlan.front", "--listen", f"127.0.0.1:{port}", "--cert", str(crt),
-             "--key", str(key), "--ca", str(ca), "--backend", str(sock), "--workers", "1",
-             "--backend-conns", "2"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    for _ in range(200):
-        assert proc.poll() is None, (tmp / "front.log").read_text()[-2000:]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("cvlan-front did not listen within 20 s")
 
 
 async def _node(st: Stack, name: str) -> EnrolledNode:

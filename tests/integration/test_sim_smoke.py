@@ -1,9 +1,11 @@
 """A small load run end to end: `cvlan-sim run` on a real PostgreSQL and controller, then `report`.
 
 About 1,000 simulated nodes register with tokens, hold mutual-TLS keep-alive connections, long-poll
-as cvlan-ctrl does (plain polling through HAProxy, whose run steps the poll rate), report and renew.
-Asserts correctness only (every node registered, every poll answered, every change reached every
-member, no errors), never timing: performance is measured by the benchmark runs, not by tests."""
+as cvlan-ctrl does (plain polling through HAProxy, whose run steps the poll rate), report and renew;
+in the steady state they churn (restarts, endpoint changes, joins, deletions, policy changes) and
+two simulated vrouters poll their desired state. Asserts correctness only (every node registered,
+every poll answered, every change reached every member, no errors), never timing: performance is
+measured by the benchmark runs, not by tests."""
 
 from __future__ import annotations
 
@@ -64,6 +66,15 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     # Long-polls of 5 s: the 15 s steady state sees waits end "unchanged"; HAProxy's run steps the
     # rate of plain polls.
     mode = ["--poll-mode", "plain"] if front == "haproxy" else ["--long-poll", "5"]
+    # Churn (long-polling runs): a few dozen of each change in the steady state.
+    churn = [
+        "--churn-restart", "0.002",
+        "--churn-endpoint", "0.002",
+        "--churn-join", "0.001",
+        "--churn-delete", "0.001",
+        "--churn-policy-every", "2",
+    ]  # fmt: skip
+    churn = churn if front != "haproxy" else ["--churn-restart", "0", "--churn-endpoint", "0"]
     r = _run(
         [
             "run",
@@ -81,6 +92,7 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
             "--quiet",
             *knee,
             *mode,
+            *churn,
         ],
         timeout=380,
     )  # fmt: skip
@@ -97,9 +109,11 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     for ph in phases.values():
         for k, v in ph["ok"].items():
             ok[k] = ok.get(k, 0) + v
-    # Every node connected once, and every poll sent was answered (full map or unchanged).
-    assert ok["connect"] == nodes
-    assert ok["poll"] == ok["poll_sent"]
+    # Every node connected (restarted ones again), and every poll sent was answered (full map or
+    # unchanged) but those a restart or a deletion dropped on purpose.
+    dropped = ok.get("restart_sent", 0) + ok.get("delete", 0)
+    assert ok["connect"] == nodes + ok.get("join_sent", 0) + ok.get("restart_sent", 0)
+    assert ok["poll_sent"] - dropped <= ok["poll"] <= ok["poll_sent"]
     assert ok["poll"] == ok["poll_full"] + ok.get("poll_unchanged", 0)
     # Each node polled at least twice (first full map, then on its interval), and after the
     # registrations stopped the maps settled: the steady state saw unchanged answers.
@@ -107,7 +121,18 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
     assert phases["steady"]["ok"].get("poll_unchanged", 0) > 0
     assert ok.get("renew", 0) >= 1 and ok.get("report", 0) >= 1
     # Every change reached every member: at the end each node holds its CVLAN's map, all its peers.
-    assert ok["map_current"] == nodes
+    assert ok["map_current"] + ok.get("map_restarting", 0) == nodes + ok.get("join", 0) - ok.get("delete", 0)
+    prop = data["propagation"]
+    assert prop["not_reached"] == 0, prop["not_reached_samples"]
+    if front != "haproxy":
+        # Churn made every kind of change, each reached every member of its CVLAN, and the
+        # restarted nodes came back with their identity and their map.
+        assert set(prop["count_by_kind"]) == {"endpoint", "join", "delete", "policy"}, prop
+        assert ok["restart"] >= 1 and ok["restart"] <= ok["restart_sent"]
+        assert ok["join"] == ok["join_sent"]
+    # The simulated vrouters registered and got their desired state, with members in it.
+    assert ok["vrouter_register"] == 2 and ok["vrouter_state"] >= 2
+    assert all(v["members"] > 0 for v in data["vrouters"]), data["vrouters"]
     # Every component was sampled.
     comps = set(data["timeline"][-3]["procs"])
     assert {"controller", "postgresql", "simulator"} <= comps

@@ -15,7 +15,9 @@ from cvlan.wire.ipc import (
 from cvlan.wire.pb import node_pb2 as pb
 
 
-def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> DesiredState:
+def desired_state(
+    ident: Identity, m: pb.NetworkMap, listen_port: int, control_hosts: list[str] | None = None
+) -> DesiredState:
     peers = [
         PeerConfig(
             public_key=p.wg_public_key.hex(),
@@ -23,6 +25,10 @@ def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> Desire
             endpoints=list(p.endpoints),
             relay_region=p.home_relay_region,
             name=p.name,
+            node_id=p.node_id,
+            routes=list(p.routes),
+            exit_node=p.exit_node,
+            address=p.address,
         )
         for p in m.peers
         if len(p.wg_public_key) == 32
@@ -59,6 +65,9 @@ def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> Desire
         tls_key_pem=ident.tls_key_pem,
         ca_pem=ident.ca_pem,
         dns=dns_state(m),
+        routes=list(m.self.routes),
+        exit_node=m.self.exit_node,
+        control_hosts=control_hosts or [],
     )
 
 

@@ -7,10 +7,12 @@ __all__ = [
     "hubs",
     "metrics",
     "paths",
+    "probe",
     "reconcile",
     "relaychoice",
     "relaypath",
     "resolver",
     "server",
     "settings",
+    "subnets",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -20,12 +21,15 @@ from cvlan.common.version import add_version_flag
 from cvlan.cvland.daemon import Backends, Daemon
 from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.metrics import CvlandCollector, registry
+from cvlan.cvland.probe import PROBE_INTERVAL_S, Prober
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
 from cvlan.cvland.settings import DNS_MODES, CvlandSettings
 from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
+from cvlan.dataplane.forwarding import SysctlForwarding
 from cvlan.dataplane.hostdns import HostDnsError, ResolvConf, make_host_dns
+from cvlan.dataplane.policyroute import IpPolicyRouter
 from cvlan.dataplane.router import NetlinkRouter
 
 log = logging.getLogger("cvlan.cvland")
@@ -116,7 +120,12 @@ async def run(settings: CvlandSettings) -> int:
         host = make_host_dns(settings.dns_mode, settings.resolv_conf, settings.state_dir)
         dns = DnsService(asyncio.get_running_loop(), host, settings.state_dir, settings.resolv_conf)
     backends = Backends(
-        engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface), dns=dns
+        engine=engine,
+        router=NetlinkRouter(),
+        firewall=NftFirewall(settings.interface),
+        policy=IpPolicyRouter(),
+        forwarding=SysctlForwarding(settings.state_dir),
+        dns=dns,
     )
     # Relay fallback, relay proxy and STUN of the WireGuard port (docs/RELAY.md).
     relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)
@@ -163,13 +172,29 @@ async def _run(settings: CvlandSettings, daemon: Daemon, serial: Serial, engine_
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    prober = Prober(daemon.probes, daemon.clock.monotonic)
+    probing = asyncio.create_task(_probe_loop(daemon, prober, stop))
     try:
         await _loop(daemon, serial, stop, settings.tick_s)
     finally:
+        probing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probing
+        prober.close()
         await metrics.close()
         server.close()
         settings.socket.unlink(missing_ok=True)
     return 0
+
+
+async def _probe_loop(daemon: Daemon, prober: Prober, stop: asyncio.Event) -> None:
+    """Every PROBE_INTERVAL_S: (re)bind the probe socket to the overlay address, probe every peer."""
+    while not stop.is_set():
+        ds = None if daemon.is_down else daemon.desired
+        await prober.ensure(ds.address if ds else "", ds.cvlan_subnet if ds else "")
+        prober.send_round()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=PROBE_INTERVAL_S)
 
 
 async def _loop(daemon: Daemon, serial: Serial, stop: asyncio.Event, tick_s: float) -> None:

@@ -103,6 +103,23 @@ def _routes_of(ipr: Any, idx: int) -> list[str]:
     return out
 
 
+def connected_networks(exclude_ifnames: tuple[str, ...] = ()) -> list[str]:
+    """The IPv4 networks of this namespace's interface addresses (e.g. "10.1.0.0/24"), but those of
+    loopback and of the excluded interfaces: networks the host reaches without any tunnel."""
+    from pyroute2 import IPRoute
+
+    out: set[str] = set()
+    with IPRoute() as ipr:
+        names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if names.get(int(a["index"])) in exclude_ifnames:
+                continue
+            iface = ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            if not iface.ip.is_loopback:
+                out.add(str(iface.network))
+    return sorted(out)
+
+
 def local_addresses(exclude_ifnames: tuple[str, ...] = ()) -> list[str]:
     """Global IPv4 addresses of this namespace's interfaces that can carry WireGuard's UDP.
 

@@ -1,6 +1,9 @@
 """cvlan.sim: the simulated fleet, bulk provisioning, load runs and their reports (cvlan-sim)."""
 
 __all__ = [
+    "churn",
+    "config",
+    "drive",
     "fleet",
     "front",
     "httpconn",
@@ -9,5 +12,9 @@ __all__ = [
     "progress",
     "provision",
     "report",
+    "report_churn",
     "run",
+    "simvrouter",
+    "stack",
+    "summary",
 ]

@@ -59,6 +59,43 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes-per-cvlan", type=_positive_int, default=10, help="nodes per CVLAN (default 10)")
 
 
+def _share(text: str) -> float:
+    v = _non_negative_float(text)
+    if v > 0.1:
+        raise argparse.ArgumentTypeError(f"a share of the fleet per second, at most 0.1, got {v:g}")
+    return v
+
+
+def _churn_args(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group(
+        "churn in the steady state (shares of the fleet per second; 0 turns one off; docs/SIMULATION.md)"
+    )
+    g.add_argument("--churn-restart", type=_share, default=0.0001, help="nodes restarting (default 0.0001)")
+    g.add_argument(
+        "--churn-endpoint", type=_share, default=0.0001, help="nodes changing endpoint (default 0.0001)"
+    )
+    g.add_argument("--churn-join", type=_share, default=0.00002, help="new nodes joining (default 0.00002)")
+    g.add_argument("--churn-delete", type=_share, default=0.00002, help="nodes deleted (default 0.00002)")
+    g.add_argument(
+        "--churn-policy-every",
+        type=_non_negative_float,
+        default=10.0,
+        help="one CVLAN's policy replaced every S seconds, fleet-wide (default 10; 0: never)",
+    )
+    g.add_argument("--regions", type=_positive_int, default=2, help="regions, one vrouter each (default 2)")
+    g.add_argument(
+        "--vrouter-cvlans",
+        type=int,
+        default=1,
+        help="CVLANs per tenant served by a vrouter, which the run simulates (default 1; 0: none)",
+    )
+    g.add_argument(
+        "--no-policies",
+        action="store_true",
+        help="no policy on the CVLANs (default: a policy on every CVLAN)",
+    )
+
+
 def scale_name(nodes: int) -> str:
     """100000 -> "100k", 1000 -> "1k", 1500 -> "1500"."""
     if nodes >= 1000 and nodes % 1000 == 0:
@@ -128,6 +165,13 @@ def parser() -> argparse.ArgumentParser:
         help="TLS front for the node API: cvlan (cvlan-front) or haproxy (default none: nodes talk to "
         "the controller's own TLS)",
     )
+    r.add_argument(
+        "--front-restart-at",
+        type=_non_negative_float,
+        default=0.0,
+        help="kill cvlan-front this many seconds into the steady state and start it again: every node "
+        "connection drops at once and the fleet reconnects with the agent's backoff (default 0: never)",
+    )
     r.add_argument("--server", default="", help="use this running controller instead of starting one")
     r.add_argument("--admin-conf", type=Path, help="admin.conf of --server")
     r.add_argument("--knee-rates", type=_rates, default=[], help="poll rates to step through, e.g. 5000,6600")
@@ -148,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
         help="seconds each knee rate runs unmeasured before its step, so a backlog left by the step "
         "before does not count against it (default 0)",
     )
+    _churn_args(r)
     r.add_argument("--renew-after", type=float, default=0.0, help="renew certificates after S seconds")
     r.add_argument("--report-every", type=int, default=10, help="a /v1/report every N polls (0: never)")
     r.add_argument("--reg-timeout", type=_positive_float, default=3600.0, help="registration phase limit (s)")
@@ -199,8 +244,12 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cvlan.sim.churn import ChurnConfig
     from cvlan.sim.run import RunConfig, RunError, run
 
+    if args.front_restart_at and args.front != "cvlan":
+        print(f"{PROG}: --front-restart-at needs --front cvlan", file=sys.stderr)
+        return 2
     if args.server and not args.admin_conf:
         print(f"{PROG}: --server needs --admin-conf", file=sys.stderr)
         return 2
@@ -236,6 +285,17 @@ def _run(args: argparse.Namespace) -> int:
         report_every=args.report_every,
         reg_timeout_s=args.reg_timeout,
         quiet=args.quiet,
+        churn=ChurnConfig(
+            restart=args.churn_restart,
+            endpoint=args.churn_endpoint,
+            join=args.churn_join,
+            delete=args.churn_delete,
+            admin_every_s=args.churn_policy_every,
+        ),
+        regions=args.regions,
+        vrouter_cvlans=max(0, args.vrouter_cvlans),
+        policies=not args.no_policies,
+        front_restart_at=args.front_restart_at,
     )
     # A SIGTERM (e.g. from `timeout`) must still stop the controller, PostgreSQL and the workers.
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -33,14 +33,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cvlan.client.tls import NODE_KEY_TYPE
 from cvlan.common import backoff
+from cvlan.common.adminconf import AdminConf
 from cvlan.common.pki import SigningKey, csr_for, new_key
+from cvlan.sim.churn import POLICIES, Change, ChurnConfig, Quota, Receipt, pick
 from cvlan.sim.httpconn import HttpConn, build_request
 from cvlan.sim.metrics import Interval
+from cvlan.sim.provision import Api, ProvisionError, Summary
 from cvlan.wire import nodeproto
 from cvlan.wire.pb import node_pb2 as pb
 
 CT = nodeproto.CT_PROTO
-RECONNECT_BASE_S = 1.0
 RECONNECT_CAP_S = 30.0
 RETRY_BASE_S = 0.5
 """A failed poll is retried after cvlan-ctrl's backoff (common.backoff, from this to RECONNECT_CAP_S)."""
@@ -76,7 +78,14 @@ class FleetConfig:
     local_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     max_retries: int = 5
     long_poll_s: int = 30
-    """Long-poll as cvlan-ctrl does, asking for this many seconds; 0: plain polling on the interval."""
+    """Long-poll as cvlan-ctrl does, asking for this many seconds (at most the controller's
+    max_long_poll_s, read from discover); 0: plain polling on the interval."""
+    homes: list[tuple[str, str]] = field(default_factory=list)
+    """(tenant, CVLAN) names of each token's CVLAN, in the order of tokens (churn needs them)."""
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
+    admin: AdminConf | None = None
+    """The management API, for deletions and policy changes (churn)."""
+    workers: int = 1
 
 
 class SimNode:
@@ -103,6 +112,14 @@ class SimNode:
         "failures",
         "poll_failures",
         "cvlan_id",
+        "home",
+        "gen",
+        "ep",
+        "ep_sent",
+        "long_poll",
+        "discovered",
+        "restarted",
+        "deleted",
     )
 
     def __init__(self, idx: int, token: str) -> None:
@@ -126,8 +143,21 @@ class SimNode:
         self.failures = 0
         """Consecutive failed connection attempts: the reconnect backoff grows with them."""
         self.poll_failures = 0
-        self.cvlan_id = 0
         """Consecutive failed long-polls: the retry backoff grows with them."""
+        self.cvlan_id = 0
+        self.home = -1
+        """Index of the node's token and CVLAN names in Fleet.homes."""
+        self.gen = 0
+        """Bumped when the node restarts or is deleted: answers to its older requests are dropped."""
+        self.ep = 0
+        """Endpoint generation: a churn endpoint change moves the node to the next one."""
+        self.ep_sent = 0.0
+        """-1: the endpoint changed and no poll carried it yet; > 0: when the first poll carrying it
+        was sent; 0: nothing pending."""
+        self.long_poll = 0
+        self.discovered = False
+        self.restarted = 0.0
+        self.deleted = False
 
     @property
     def name(self) -> str:
@@ -176,6 +206,25 @@ class Fleet:
         self._host = f"{cfg.server_name}:{cfg.port}"
         self._ip_i = 0
         self._seen: set[str] = set()
+        self.record: Callable[[], bool] = lambda: False
+        """Churn and receipts are on (the steady state and after)."""
+        self.homes = [
+            (t, *(cfg.homes[i] if i < len(cfg.homes) else ("", ""))) for i, t in enumerate(cfg.tokens)
+        ]
+        for i, n in enumerate(self.nodes):
+            n.home = i
+            n.long_poll = cfg.long_poll_s
+        self.changes: list[Change] = []
+        self.receipts: list[Receipt] = []
+        self.joined: list[tuple[int, int, float]] = []
+        self.left: list[tuple[int, float]] = []
+        self.deleted = 0
+        self._quotas = {k: Quota() for k in ("restart", "endpoint", "join", "delete")}
+        self._policy_due = 0.0
+        self._policies: dict[tuple[str, str], int] = {}
+        self._api: Api | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._discover = build_request("GET", "/v1/discover", self._host, b"", CT)
 
     # --- bookkeeping -----------------------------------------------------------------
 
@@ -188,8 +237,20 @@ class Fleet:
             "connected": self.connected,
             "inflight": self.inflight,
             "queued": sum(len(n.queue) for n in self.nodes) if self.stopping else 0,
+            "deleted": self.deleted,
         }
         return iv
+
+    def take_churn(self) -> dict[str, list[Any]]:
+        """What churn did since the last call, and the full maps received, for the propagation figures."""
+        out: dict[str, list[Any]] = {
+            "chg": [tuple(c) for c in self.changes],
+            "rcv": [tuple(r) for r in self.receipts],
+            "join": self.joined,
+            "left": self.left,
+        }
+        self.changes, self.receipts, self.joined, self.left = [], [], [], []
+        return out
 
     def _err(self, kind: str, detail: str = "") -> None:
         self.iv.errors[kind] += 1
@@ -273,9 +334,9 @@ class Fleet:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _register_guarded(self, node: SimNode, due: float) -> None:
+    async def _register_guarded(self, node: SimNode, due: float, join: bool = False) -> None:
         try:
-            await self._register(node, due)
+            await self._register(node, due, join)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - count it, show the first one, keep the fleet going
@@ -286,7 +347,7 @@ class Fleet:
         finally:
             self.settled += 1
 
-    async def _register(self, node: SimNode, due: float) -> None:
+    async def _register(self, node: SimNode, due: float, join: bool = False) -> None:
         wg_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
         key = new_key(NODE_KEY_TYPE)  # as cvlan-ctrl makes them
         req = pb.RegisterRequest(
@@ -318,6 +379,11 @@ class Fleet:
                 self.registered += 1
                 node.node_id = resp.node_id
                 node.cvlan_id = resp.cvlan_id
+                now = time.time()
+                self.joined.append((node.idx, node.cvlan_id, now))
+                if join:
+                    self.changes.append(Change("join", node.cvlan_id, now - (self.loop.time() - due), now))
+                    self.iv.ok["join"] += 1
                 node.tls_key = key
                 self._set_cert(node, resp.certificate_pem, resp.certificate_not_after)
                 node.token = ""
@@ -369,9 +435,11 @@ class Fleet:
     def _fire(self, node: SimNode, due: float) -> None:
         """A scheduled poll: queue it on the node and schedule the next one (plain polling; a long-poll
         is followed by the next when it is answered)."""
-        if self.stopping:
+        if self.stopping or node.deleted:
             return
-        long = self.cfg.long_poll_s > 0
+        long = node.long_poll > 0
+        if not node.discovered:  # as cvlan-ctrl: at start and after a failed round
+            node.queue.append(("discover", due))
         if not long:
             node.queue.append(("poll", due))
         node.polls += 1
@@ -435,46 +503,70 @@ class Fleet:
             return
         op, due = node.queue.popleft()
         data = self._body(node, op)
+        immediate = op != "poll" or node.map_version == 0 or node.ep_sent != 0
+        if op == "poll" and node.ep_sent < 0:
+            node.ep_sent = time.time()  # the first poll that carries the new endpoint
         self.inflight += 1
         self.iv.ok[f"{op}_sent"] += 1
-        held = self.cfg.long_poll_s if op == "poll" else 0  # as cvlan-ctrl: its timeout plus the wait
+        held = node.long_poll if op == "poll" else 0  # as cvlan-ctrl: its timeout plus the wait
         timer = self.loop.call_later(self.cfg.timeout_s + held, conn.abort, "timeout")
+        gen = node.gen
 
         def done(status: int, body: bytes, err: str) -> None:
             timer.cancel()
             self.inflight -= 1
+            if gen != node.gen:
+                return  # the node restarted or was deleted since: its old connection's answer
             ok = self._done(node, op, due, status, body, err)
+            if ok:
+                self._time_answer(node, op, due, immediate, body)
             if held:
                 self._next_long_poll(node, ok)
             self._pump(node)
 
         conn.request(data, done)
 
+    def _time_answer(self, node: SimNode, op: str, due: float, immediate: bool, body: bytes) -> None:
+        """The latency of answers the controller gives at once, apart from held long-polls; and by how
+        much a held long-poll outlasted its hold."""
+        lat = self.loop.time() - due
+        if immediate:
+            self.iv.hist["answer"].record(lat)
+        elif op == "poll" and node.long_poll and lat >= node.long_poll:
+            self.iv.hist["held_excess"].record(lat - node.long_poll)
+
     def _next_long_poll(self, node: SimNode, ok: bool) -> None:
         """A long-poll was answered: the next one at once, or after cvlan-ctrl's backoff if it failed."""
+        if node.deleted:
+            return
         if ok:
             node.poll_failures = 0
             self.loop.call_soon(self._fire_now, node)
             return
         wait = backoff.delay(node.poll_failures, RETRY_BASE_S, RECONNECT_CAP_S, self.rng)
         node.poll_failures += 1
+        node.discovered = False  # as cvlan-ctrl: discover again, the controller may have changed
         node.timer = self.loop.call_later(wait, self._fire_now, node)
 
     def _fire_now(self, node: SimNode) -> None:
         self._fire(node, self.loop.time())
 
-    def reconnect_delay(self, failures: int) -> float:
-        """Exponential backoff with full jitter, as cvlan-ctrl does: a front that drops many
-        connections at once is not answered with as many simultaneous TLS handshakes."""
-        return self.rng.uniform(0, min(RECONNECT_CAP_S, RECONNECT_BASE_S * 2**failures))
+    def reconnect_delay(self, node: SimNode) -> float:
+        """How long a node whose connection is gone waits before it opens a new one, as cvlan-ctrl: a
+        long-polling node has just waited the agent's backoff after its failed poll, so it connects at
+        once (the next round); a failed attempt is a failed round, so the wait grows as the agent's
+        (common.backoff.delay). A node polling plainly waits the same backoff, by its failed attempts."""
+        if node.long_poll and not node.failures:
+            return 0.0
+        return backoff.delay(node.failures, RETRY_BASE_S, RECONNECT_CAP_S, self.rng)
 
     async def _reconnect(self, node: SimNode) -> None:
         node.connecting = True
         try:
-            await asyncio.sleep(self.reconnect_delay(node.failures))
+            await asyncio.sleep(self.reconnect_delay(node))
         finally:
             node.connecting = False
-        if self.stopping or (node.conn is not None and not node.conn.closed):
+        if self.stopping or node.deleted or (node.conn is not None and not node.conn.closed):
             return
         if await self._connect(node):
             node.failures = 0
@@ -482,17 +574,25 @@ class Fleet:
             self._pump(node)
         elif not self.stopping:
             node.failures += 1
-            self._pump(node)
+            if node.long_poll:
+                # A failed round: the agent's backoff, then discover and poll again.
+                node.queue.clear()
+                self._next_long_poll(node, False)
+            else:
+                self._pump(node)
 
     def _body(self, node: SimNode, op: str) -> bytes:
+        if op == "discover":
+            return self._discover
         if op == "poll":
             if not node.req:
                 # Endpoints in documentation space: nobody dials them; the controller only stores them.
-                ep = f"198.51.100.{node.idx % 250 + 1}:{41641 + node.idx % 20000}"
+                k = node.idx + 7919 * node.ep
+                ep = f"198.51.100.{k % 250 + 1}:{41641 + k % 20000}"
                 health = pb.HealthSummary(
                     peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
                 )
-                req = nodeproto.poll_request(node.map_version, [ep], health, "", self.cfg.long_poll_s)
+                req = nodeproto.poll_request(node.map_version, [ep], health, "", node.long_poll)
                 node.req = build_request("POST", "/v1/poll", self._host, req.SerializeToString(), CT)
             return node.req
         if op == "report":
@@ -515,6 +615,11 @@ class Fleet:
         try:
             if op == "poll":
                 self._poll_answer(node, nodeproto.decode(pb.PollResponse, body))
+            elif op == "discover":
+                d = nodeproto.decode(pb.DiscoverResponse, body)
+                node.long_poll = min(self.cfg.long_poll_s, d.max_long_poll_s)
+                node.discovered = True
+                node.req = b""
             elif op == "renew":
                 r = nodeproto.decode(pb.RenewResponse, body)
                 self._set_cert(node, r.certificate_pem, r.certificate_not_after)
@@ -538,6 +643,150 @@ class Fleet:
         node.map_version = r.map_version
         node.peers = len(r.map.peers)
         node.req = b""
+        now = time.time()
+        if self.record():
+            self.receipts.append(Receipt(node.idx, node.cvlan_id, r.map_version, now))
+        if node.restarted:
+            self.iv.hist["restart"].record(now - node.restarted)
+            self.iv.ok["restart"] += 1
+            node.restarted = 0.0
+        if node.ep_sent > 0:
+            self.changes.append(Change("endpoint", node.cvlan_id, node.ep_sent, now))
+            node.ep_sent = 0.0
+
+    # --- churn -----------------------------------------------------------------------
+
+    def churn_tick(self) -> None:
+        """One second of churn: this worker's share of restarts, endpoint changes, joins, deletions
+        and policy changes (churn.py)."""
+        c = self.cfg.churn
+        if not c.active or self.stopping:
+            return
+        steady = [n for n in self.nodes if self._steady(n)]
+        q = self._quotas
+        for n in pick(self.rng, list(range(len(steady))), q["restart"].take(c.restart, len(steady))):
+            self._restart(steady[n])
+        for n in pick(self.rng, list(range(len(steady))), q["endpoint"].take(c.endpoint, len(steady))):
+            self._move(steady[n])
+        for _ in range(q["join"].take(c.join, len(steady))):
+            self._join(self.rng.choice(steady))
+        for n in pick(self.rng, list(range(len(steady))), q["delete"].take(c.delete, len(steady))):
+            self._spawn(self._delete(steady[n]))
+        if c.admin_every_s and steady:
+            now = self.loop.time()
+            if not self._policy_due:
+                self._policy_due = now + self.rng.uniform(0, c.admin_every_s * self.cfg.workers)
+            elif now >= self._policy_due:
+                self._policy_due = now + c.admin_every_s * self.cfg.workers
+                self._spawn(self._change_policy(self.rng.choice(steady)))
+
+    def _steady(self, n: SimNode) -> bool:
+        """Registered, connected, not deleted, with nothing of its own under way (restart, renewal,
+        an endpoint change not yet reported)."""
+        return (
+            bool(n.node_id)
+            and not n.deleted
+            and not n.renewing
+            and not n.connecting
+            and not n.restarted
+            and not n.ep_sent
+            and n.conn is not None
+            and not n.conn.closed
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        t = self.loop.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _drop(self, node: SimNode) -> None:
+        """Forget the node's connection, schedule and requests under way (restart, deletion)."""
+        node.gen += 1
+        if node.timer is not None:
+            node.timer.cancel()
+            node.timer = None
+        node.queue.clear()
+        node.renewing = False
+        node.poll_failures = 0
+        if node.conn is not None:
+            if not node.conn.closed:
+                self.connected -= 1
+            node.conn.close()
+            node.conn = None
+
+    def _restart(self, node: SimNode) -> None:
+        """As cvlan-ctrl restarting: a new connection with the same identity, discover, then a poll
+        with no map version (it asks for its full map)."""
+        self._drop(node)
+        node.restarted = time.time()
+        node.map_version = 0
+        node.discovered = False
+        node.req = b""
+        self.iv.ok["restart_sent"] += 1
+        self._spawn(self._connect_and_start(node))
+
+    def _move(self, node: SimNode) -> None:
+        """The node's endpoint changed: its next poll reports it (as cvlan-ctrl does)."""
+        node.ep += 1
+        node.req = b""
+        node.ep_sent = -1.0
+        self.iv.ok["endpoint_change"] += 1
+
+    def _join(self, like: SimNode) -> None:
+        """A new node joins the CVLAN of `like` with the CVLAN's token."""
+        idx = self.cfg.first_index + len(self.nodes) * self.cfg.index_step
+        node = SimNode(idx, self.homes[like.home][0])
+        node.home, node.long_poll = like.home, self.cfg.long_poll_s
+        self.nodes.append(node)
+        self.iv.ok["join_sent"] += 1
+        self._spawn(self._register_guarded(node, self.loop.time(), join=True))
+
+    def _admin(self) -> Api:
+        if self._api is None:
+            assert self.cfg.admin is not None
+            self._api = Api(self.cfg.admin, 4, Summary())
+        return self._api
+
+    async def _delete(self, node: SimNode) -> None:
+        """An administrator deletes the node (management API); it stops at once."""
+        _, tenant, _ = self.homes[node.home]
+        self._drop(node)
+        node.deleted = True
+        sent = time.time()
+        self.left.append((node.idx, sent))
+        try:
+            status, body = await self._admin().call(
+                "DELETE", f"/api/v1/tenants/{tenant}/nodes/{node.node_id}"
+            )
+        except ProvisionError as e:
+            self._err("delete_exception", str(e))
+            return
+        if status != 204:
+            self._err(f"delete_http_{status}", str(body))
+            return
+        self.changes.append(Change("delete", node.cvlan_id, sent, time.time()))
+        self.iv.ok["delete"] += 1
+        self.deleted += 1
+        node.node_id = 0
+
+    async def _change_policy(self, node: SimNode) -> None:
+        """An administrator replaces the policy of the node's CVLAN with the other simulated one."""
+        _, tenant, cvlan = self.homes[node.home]
+        cur = self._policies.get((tenant, cvlan), 0)
+        sent = time.time()
+        path = f"/api/v1/tenants/{tenant}/cvlans/{cvlan}/policy"
+        try:
+            status, body = await self._admin().call("PUT", path, POLICIES[1 - cur])
+        except ProvisionError as e:
+            self._err("policy_exception", str(e))
+            return
+        if status != 200:
+            self._err(f"policy_http_{status}", str(body))
+            return
+        self._policies[(tenant, cvlan)] = 1 - cur
+        if body.get("changed"):
+            self.changes.append(Change("policy", node.cvlan_id, sent, time.time()))
+        self.iv.ok["policy"] += 1
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -547,14 +796,20 @@ class Fleet:
         Counted as ok map_current, or as the error map_stale."""
         groups: dict[int, list[SimNode]] = {}
         for n in self.nodes:
-            if n.node_id:
+            if n.node_id and not n.deleted:
                 groups.setdefault(n.cvlan_id, []).append(n)
         whole = self.cfg.index_step == 1
         for cid, members in groups.items():
-            versions = [n.map_version for n in members]
+            # A node that restarted just before the end may not have its map yet: not checked, but
+            # still a peer of the others.
+            holding = [n for n in members if not n.restarted]
+            self.iv.ok["map_restarting"] += len(members) - len(holding)
+            if not holding:
+                continue
+            versions = [n.map_version for n in holding]
             current = max(set(versions), key=versions.count)
-            peers = len(members) - 1 if whole else max(n.peers for n in members)
-            for n in members:
+            peers = len(members) - 1 if whole else max(n.peers for n in holding)
+            for n in holding:
                 if n.map_version == current and n.peers == peers:
                     self.iv.ok["map_current"] += 1
                 else:
@@ -573,10 +828,13 @@ class Fleet:
         self.check_maps()
         for n in self.nodes:
             n.queue.clear()
+            n.gen += 1  # long-polls still held are cut by the run's end, not failed
             if n.conn is not None:
                 n.conn.close()
         while not self._reg_pool.empty():
             self._reg_pool.get_nowait().close()
+        if self._api is not None:
+            await self._api.close()
         await asyncio.sleep(0.1)
         try:
             os.rmdir(self._tmp)
@@ -590,15 +848,17 @@ def run_worker(
     stop: Callable[[], bool],
     interval: Callable[[], float] | None = None,
     stop_registering: Callable[[], bool] | None = None,
+    record: Callable[[], bool] | None = None,
 ) -> None:
-    """Run one worker's fleet until stop() is true; report(interval) every second."""
+    """Run one worker's fleet until stop() is true; report(interval) every second. While record() is
+    true the fleet churns and keeps what propagation needs (churn.py)."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio also works
         pass
-    asyncio.run(_worker(cfg, report, stop, interval, stop_registering))
+    asyncio.run(_worker(cfg, report, stop, interval, stop_registering, record))
 
 
 async def _worker(
@@ -607,11 +867,14 @@ async def _worker(
     stop: Callable[[], bool],
     interval: Callable[[], float] | None,
     stop_registering: Callable[[], bool] | None,
+    record: Callable[[], bool] | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     fleet = Fleet(cfg, loop, interval)
     if stop_registering is not None:
         fleet.stop_registering = stop_registering
+    if record is not None:
+        fleet.record = record
     reg = asyncio.create_task(fleet.register_all())
     next_tick = loop.time() + 1.0
     current = fleet.interval()
@@ -630,8 +893,12 @@ async def _worker(
         if abs(now_iv - current) > current * 0.01:
             fleet.respread(now_iv, current)
         current = now_iv
-        report({"t": time.time(), "iv": fleet.take_interval().to_wire()})
+        if fleet.record():
+            fleet.churn_tick()
+        report({"t": time.time(), "iv": fleet.take_interval().to_wire(), "churn": fleet.take_churn()})
     fleet.stopping = True
     await fleet.drain(timeout=min(cfg.timeout_s, 10.0))
     reg.cancel()
-    report({"t": time.time(), "iv": fleet.take_interval().to_wire(), "final": True})
+    report(
+        {"t": time.time(), "iv": fleet.take_interval().to_wire(), "churn": fleet.take_churn(), "final": True}
+    )

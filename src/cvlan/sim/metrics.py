@@ -86,7 +86,10 @@ class Histogram:
         return h
 
 
-OPS = ("register", "connect", "poll", "report", "renew")
+OPS = ("register", "connect", "discover", "poll", "report", "renew", "restart", "answer", "held_excess")
+"""answer: every request the controller answers at once (discover, report, renew, and polls sent
+with a version the node knows is stale: its first, after a restart, carrying a new endpoint);
+held_excess: how much longer than the hold asked for an "unchanged" long-poll took."""
 
 
 @dataclass

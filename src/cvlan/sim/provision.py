@@ -20,6 +20,7 @@ import aiohttp
 from cvlan.common.adminconf import AdminConf
 from cvlan.common.backoff import Backoff
 from cvlan.common.files import write_atomic
+from cvlan.sim.churn import POLICIES
 from cvlan.sim.progress import Progress
 
 TOKENS_FILE = "tokens.json"
@@ -39,6 +40,12 @@ class Plan:
     nodes_per_cvlan: int
     prefix: str = "sim"
     regions: int = 1
+    vrouter_cvlans: int = 0
+    """CVLANs per tenant (the first ones) attached to a vrouter, the regions' vrouters in turn."""
+    policies: bool = False
+    """Give every CVLAN the simulated policy (churn.POLICIES[0])."""
+    spare_uses: int = 0
+    """Uses of each CVLAN's token beyond nodes_per_cvlan, for nodes that join during the run."""
 
     def __post_init__(self) -> None:
         if self.tenants < 1 or self.cvlans_per_tenant < 1 or self.nodes_per_cvlan < 1 or self.regions < 1:
@@ -72,11 +79,14 @@ class TokenEntry:
 
 @dataclass
 class TokenStore:
-    """The enrollment tokens the simulated nodes will use, kept in WORK_DIR/tokens.json (mode 0600)."""
+    """The enrollment tokens the simulated nodes will use, and the vrouters' bootstrap tokens, kept
+    in WORK_DIR/tokens.json (mode 0600)."""
 
     path: Path
     server: str = ""
     entries: dict[str, TokenEntry] = field(default_factory=dict)
+    vrouters: dict[str, str] = field(default_factory=dict)
+    """vrouter name -> bootstrap token (shown once, when the vrouter is created)."""
 
     @staticmethod
     def key(tenant: str, cvlan: str) -> str:
@@ -93,6 +103,7 @@ class TokenStore:
             return store
         for k, v in data.get("tokens", {}).items():
             store.entries[k] = TokenEntry(**v)
+        store.vrouters = dict(data.get("vrouters", {}))
         return store
 
     def save(self) -> None:
@@ -100,6 +111,7 @@ class TokenStore:
             "version": 1,
             "server": self.server,
             "tokens": {k: asdict(v) for k, v in sorted(self.entries.items())},
+            "vrouters": dict(sorted(self.vrouters.items())),
         }
         write_atomic(self.path, json.dumps(data, indent=0), 0o600)
 
@@ -123,7 +135,7 @@ class Summary:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        kinds = ["region", "vrouter", "tenant", "cvlan", "token"]
+        kinds = ["region", "vrouter", "tenant", "cvlan", "policy", "attach", "token"]
         out = [f"{'object':<10}{'created':>10}{'existing':>10}"]
         for k in kinds:
             out.append(f"{k:<10}{self.created[k]:>10}{self.existing[k]:>10}")
@@ -245,9 +257,10 @@ async def provision(
         status, who = await api.call("GET", "/api/v1/whoami")
         if status != 200 or not who.get("platform_admin"):
             raise ProvisionError("provisioning needs a platform-admin token (the one in admin.conf)")
-        await _infra(api, plan)
+        await _infra(api, plan, store)
         await _tenants(api, plan, concurrency, quiet)
         await _cvlans(api, plan, concurrency, quiet)
+        await _cvlan_extras(api, plan, concurrency, quiet)
         await _tokens(api, plan, store, concurrency, token_ttl, quiet)
     finally:
         store.save()
@@ -256,7 +269,11 @@ async def provision(
     return summary, store
 
 
-async def _infra(api: Api, plan: Plan) -> None:
+def vrouter_name(plan: Plan, k: int) -> str:
+    return f"{plan.prefix}-vr{k}"
+
+
+async def _infra(api: Api, plan: Plan, store: TokenStore) -> None:
     regions = {r["name"] for r in await api.list_all("/api/v1/regions")}
     vrouters = {v["name"] for v in await api.list_all("/api/v1/vrouters")}
     for k, name in enumerate(plan.region_names(), start=1):
@@ -264,13 +281,16 @@ async def _infra(api: Api, plan: Plan) -> None:
             api.summary.existing["region"] += 1
         else:
             await api.create("region", "/api/v1/regions", {"name": name})
-        vname = f"{plan.prefix}-vr{k}"
+        vname = vrouter_name(plan, k)
         if vname in vrouters:
             api.summary.existing["vrouter"] += 1
             continue
-        # A placeholder: no vrouter process runs in a simulation; 192.0.2.0/24 is documentation space.
+        # The simulation's vrouters register and poll their desired state (simvrouter.py) but carry
+        # no traffic; 192.0.2.0/24 is documentation space.
         body = {"name": vname, "region": name, "endpoint": f"192.0.2.{k % 250 + 1}:51820"}
-        await api.create("vrouter", "/api/v1/vrouters", body)
+        made = await api.create("vrouter", "/api/v1/vrouters", body)
+        if made is not None:
+            store.vrouters[vname] = str(made["token"])
 
 
 async def _tenants(api: Api, plan: Plan, concurrency: int, quiet: bool) -> None:
@@ -322,12 +342,49 @@ async def _cvlans(api: Api, plan: Plan, concurrency: int, quiet: bool) -> None:
         bar.close()
 
 
+async def _cvlan_extras(api: Api, plan: Plan, concurrency: int, quiet: bool) -> None:
+    """The policy of every CVLAN and the vrouters of the first vrouter_cvlans of each tenant (both
+    idempotent: the same policy again changes nothing, an attached vrouter is attached)."""
+    todo = [(i, t, j, c) for i, t in enumerate(plan.tenant_names()) for j, c in enumerate(plan.cvlan_names())]
+    todo = [x for x in todo if plan.policies or x[2] < plan.vrouter_cvlans]
+    if not todo:
+        return
+    bar = None if quiet else Progress("policies, vrouters", len(todo))
+
+    def job(i: int, tenant: str, j: int, cvlan: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            base = f"/api/v1/tenants/{tenant}/cvlans/{cvlan}"
+            if plan.policies:
+                await _put(api, "policy", base + "/policy", POLICIES[0])
+            if j < plan.vrouter_cvlans:
+                # the regions' vrouters in turn, over tenants and CVLANs
+                vr = vrouter_name(plan, (i + j) % plan.regions + 1)
+                await _put(api, "attach", base + "/vrouters", {"vrouter": vr}, "POST")
+            if bar:
+                bar.add()
+
+        return run
+
+    await _pool((job(*x) for x in todo), concurrency)
+    if bar:
+        bar.close()
+
+
+async def _put(api: Api, kind: str, path: str, body: dict[str, Any], method: str = "PUT") -> None:
+    status, data = await api.call(method, path, body)
+    if status not in (200, 201):
+        api.summary.errors[f"{kind}_http_{status}"] += 1
+        raise ProvisionError(f"{kind} {path}: HTTP {status}: {_msg(data)}")
+    changed = data.get("changed", True) if isinstance(data, dict) else True
+    (api.summary.created if changed else api.summary.existing)[kind] += 1
+
+
 async def _tokens(api: Api, plan: Plan, store: TokenStore, concurrency: int, ttl: str, quiet: bool) -> None:
     todo = []
     for t in plan.tenant_names():
         for c in plan.cvlan_names():
             e = store.entries.get(store.key(t, c))
-            if e is not None and e.nodes >= plan.nodes_per_cvlan:
+            if e is not None and e.nodes >= plan.nodes_per_cvlan + plan.spare_uses:
                 api.summary.existing["token"] += 1
             else:
                 todo.append((t, c))
@@ -337,15 +394,14 @@ async def _tokens(api: Api, plan: Plan, store: TokenStore, concurrency: int, ttl
     def job(tenant: str, cvlan: str) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             nonlocal last_save
-            body = {"cvlan": cvlan, "uses": plan.nodes_per_cvlan, "expires": ttl, "tags": ["sim"]}
-            if plan.nodes_per_cvlan == 1:
+            uses = plan.nodes_per_cvlan + plan.spare_uses
+            body = {"cvlan": cvlan, "uses": uses, "expires": ttl, "tags": ["sim"]}
+            if uses == 1:
                 body["reusable"] = False
             made = await api.create("token", f"/api/v1/tenants/{tenant}/tokens", body)
             if made is None:
                 raise ProvisionError(f"create token for {tenant}/{cvlan}: unexpected conflict")
-            store.entries[store.key(tenant, cvlan)] = TokenEntry(
-                tenant, cvlan, str(made["token"]), plan.nodes_per_cvlan
-            )
+            store.entries[store.key(tenant, cvlan)] = TokenEntry(tenant, cvlan, str(made["token"]), uses)
             if time.monotonic() - last_save > 2.0:
                 last_save = time.monotonic()
                 store.save()

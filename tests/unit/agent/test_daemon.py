@@ -11,7 +11,7 @@ from cvlan.client.controller import ControlError
 from cvlan.common.backoff import Backoff
 from cvlan.wire.ipc import DesiredState, DeviceStatus
 from cvlan.wire.pb import node_pb2 as pb
-from tests.unit.test_agent_netmap import IDENT  # the same node identity
+from tests.unit.agent.test_netmap import IDENT  # the same node identity
 
 
 class FakeCvland:
@@ -36,15 +36,22 @@ class FakeController:
     def __init__(self, max_long_poll_s: int = 60) -> None:
         self.reported: list[list[str]] = []
         self.long_polls: list[int] = []
+        self.adverts: list[pb.RouteAdvert | None] = []
         self.max_long_poll_s = max_long_poll_s
 
     async def discover(self) -> pb.DiscoverResponse:
         return pb.DiscoverResponse(max_long_poll_s=self.max_long_poll_s, poll_interval_s=30)
 
     async def poll(
-        self, map_version: int, endpoints: list[str], *_: object, long_poll_s: int = 0
+        self,
+        map_version: int,
+        endpoints: list[str],
+        *_: object,
+        long_poll_s: int = 0,
+        route_advert: pb.RouteAdvert | None = None,
     ) -> pb.PollResponse:
         self.reported.append(list(endpoints))
+        self.adverts.append(route_advert)
         self.long_polls.append(long_poll_s)
         if map_version == 7:
             return pb.PollResponse(map_version=7, unchanged=True, poll_interval_s=30)

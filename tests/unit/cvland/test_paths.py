@@ -1,5 +1,5 @@
 """Path selection without a relay: rotate through the direct candidates until a handshake, stay while
-it is fresh. (With a relay: tests/unit/test_cvland_relaypath.py.)"""
+it is fresh. (With a relay: tests/unit/cvland/test_relaypath.py.)"""
 
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ def test_empty_rules_allow_the_cvlan_subnet_and_drop_the_rest() -> None:
     assert text.startswith("table inet cvlan-wg0 {}\ndelete table inet cvlan-wg0\ntable inet cvlan-wg0 {\n")
     lines = [line.strip() for line in text.splitlines()]
     i = lines.index('iifname != "wg0" accept')
-    assert lines[i + 1 : i + 4] == [
+    assert lines[i + 1 : i + 5] == [
         "ct state established,related accept",
+        'iifname "wg0" ip saddr 100.64.0.0/24 udp dport 41720 accept',  # health probes (docs/HEALTH.md)
         'iifname "wg0" ip saddr 100.64.0.0/24 accept',
         'log prefix "cvlan-deny " group 1117 counter name "denied" drop',
     ]
@@ -62,7 +63,9 @@ def test_node_protocol_rule_shape_with_empty_fields_and_drop() -> None:
         ({"proto": "tcp", "ports": ["x"]}, "filter rule 0: port 'x': expected N or N-M"),
         ({"proto": "tcp", "ports": [True]}, "filter rule 0: port True: expected N or N-M"),
         ({"action": "reject"}, "filter rule 0: action 'reject': expected accept or drop"),
-        ({"dst": "1.2.3.4/32"}, "filter rule 0: unknown key 'dst'"),
+        ({"via": "1.2.3.4/32"}, "filter rule 0: unknown key 'via'"),
+        ({"dst": "1.2.3.4/32"}, "filter rule 0: dst must be a list of CIDRs"),
+        ({"dst": ["10.1.0.0/33"]}, "filter rule 0: dst '10.1.0.0/33': not a CIDR"),
     ],
 )
 def test_bad_rules_are_refused_with_one_line(rule: dict[str, object], message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cvlan.front.backend import BackendPool
+from cvlan.front.backend import BackendPool, Pending
 from cvlan.front.park import EventStream, Parking, parked_answer
 
 
@@ -14,6 +14,7 @@ class _Conn:
 
     def __init__(self, gen: int = 0) -> None:
         self.park_cid = -1
+        self.park_backend = 0
         self.park_until = 0.0
         self.poll_gen = gen
         self.forwarded = 0
@@ -90,7 +91,7 @@ def test_polls_parked_without_the_stream_are_forwarded_again_when_it_is_back() -
     kept = _Conn(p.gen)
     assert p.park(kept, 1, 0, 30)
     p.on_lost()
-    assert kept.forwarded == 0 and not p.latest
+    assert kept.forwarded == 0 and not p.streams[0].latest
     p.on_ready()
     assert kept.forwarded == 1
 
@@ -104,7 +105,7 @@ def test_a_closed_connection_leaves_nothing_parked() -> None:
     p.woken(3, 1)
     clock.t += 11
     p.expire()
-    assert (c.forwarded, c.expired, p.parked, p.by_cvlan) == (0, 0, 0, {})
+    assert (c.forwarded, c.expired, p.parked, p.streams[0].by_cvlan) == (0, 0, 0, {})
 
 
 def test_the_event_stream_is_read_line_by_line_in_any_pieces() -> None:
@@ -116,7 +117,7 @@ def test_the_event_stream_is_read_line_by_line_in_any_pieces() -> None:
     data = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nready\n4 1\n9 2\n"
     for i in range(len(data)):
         s.data_received(data[i : i + 1])
-    assert p.ready and p.latest == {4: 1, 9: 2}
+    assert p.ready and p.streams[0].latest == {4: 1, 9: 2}
     assert c.forwarded == 1  # at ready (parked before it); nothing parked under 9 after that
 
 
@@ -127,8 +128,10 @@ def test_woken_polls_queue_behind_every_other_request() -> None:
     sent: list[bytes] = []
 
     class Conn:
-        def start(self, request: bytes, no_body: bool, done: object) -> None:
-            sent.append(request)
+        backend = pool.backends[0]
+
+        def start(self, pending: Pending) -> None:
+            sent.append(pending.request)
 
     for i in range(3):
         pool.submit(b"woken-%d" % i, False, lambda *_: None, later=True)
@@ -139,7 +142,37 @@ def test_woken_polls_queue_behind_every_other_request() -> None:
     assert sent == [b"discover", b"woken-0", b"woken-1", b"woken-2"]
     # and both queues are answered 502 when they waited too long
     answered: list[object] = []
-    pool.submit(b"a", False, lambda r, k: answered.append(r), later=True)
-    pool.submit(b"b", False, lambda r, k: answered.append(r))
+    pool.submit(b"a", False, lambda r, k, b: answered.append(r), later=True)
+    pool.submit(b"b", False, lambda r, k, b: answered.append(r))
     pool.sweep(time.monotonic() + pool.queue_timeout + 1)
     assert answered == [None, None]
+
+
+def test_with_two_controllers_a_poll_waits_for_the_stream_of_the_one_that_answered_it() -> None:
+    told: list[tuple[int, bool]] = []
+    p = Parking([Path("/a"), Path("/b")], now=_Clock(), health=lambda i, up: told.append((i, up)))
+    p.on_ready(0)
+    p.on_ready(1)
+    a, b = _Conn(p.gen), _Conn(p.gen)
+    assert p.park(a, 1, 3, 30, backend=0) and p.park(b, 1, 7, 30, backend=1)
+    # each controller counts its own wakes: controller 1's count says nothing of controller 0's polls
+    p.woken(1, 8, backend=1)
+    assert (a.forwarded, b.forwarded) == (0, 1)
+    assert not p.park(_Conn(p.gen), 1, 7, 30, backend=1) and p.park(_Conn(p.gen), 1, 7, 30, backend=0)
+    # controller 0's stream is lost while 1's is up: what 0 parked goes to the controller that is up
+    p.on_lost(0)
+    assert a.forwarded == 1 and p.streams[0].by_cvlan == {}
+    # an answer 0 gave before it went is not parked under it; it is forwarded again at once
+    assert not p.park(_Conn(p.gen), 1, 3, 30, backend=0)
+    assert told == [(0, True), (1, True), (0, False)]
+
+
+def test_with_every_stream_lost_polls_stay_parked_until_one_is_back() -> None:
+    p = Parking([Path("/a"), Path("/b")], now=_Clock())
+    p.on_ready(0)
+    c = _Conn(p.gen)
+    assert p.park(c, 1, 0, 30, backend=0)
+    p.on_lost(0)  # no other stream is up: kept
+    assert c.forwarded == 0 and p.park(_Conn(p.gen), 2, 0, 30, backend=0)
+    p.on_ready(1)  # the other controller's stream: everything parked under a lost stream goes again
+    assert c.forwarded == 1 and p.parked == 0

@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 
-from cvlan.sim.fleet import RECONNECT_BASE_S, RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig
+from cvlan.sim.fleet import RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig
 
 
 def _fleet(loop: asyncio.AbstractEventLoop, n: int, long_poll_s: int = 0) -> Fleet:
@@ -76,17 +76,26 @@ def test_longer_interval_respreads_every_poll_over_it() -> None:
         loop.close()
 
 
-def test_reconnect_backoff_grows_with_failures_and_is_capped() -> None:
+def test_reconnect_backs_off_as_the_agent() -> None:
     loop = asyncio.new_event_loop()
     try:
-        fleet = _fleet(loop, 1)
-        first = [fleet.reconnect_delay(0) for _ in range(500)]
-        fifth = [fleet.reconnect_delay(4) for _ in range(500)]
-        late = [fleet.reconnect_delay(20) for _ in range(500)]
-        assert max(first) <= RECONNECT_BASE_S
-        assert max(fifth) <= RECONNECT_BASE_S * 16 and sum(fifth) / 500 > 4 * sum(first) / 500
-        assert max(late) <= RECONNECT_CAP_S and max(late) > RECONNECT_CAP_S / 2
-        assert min(late) < RECONNECT_CAP_S / 2  # full jitter: some retry well before the cap
+        plain = _fleet(loop, 1)
+        node = plain.nodes[0]
+        # A node polling plainly waits cvlan-ctrl's backoff by its failed attempts: from 0.5 s
+        # doubling to the cap, each delay between half and all of it (common.backoff.delay).
+        for k in (0, 4, 20):
+            node.failures = k
+            d = min(RECONNECT_CAP_S, RETRY_BASE_S * 2**k)
+            waits = [plain.reconnect_delay(node) for _ in range(500)]
+            assert d / 2 <= min(waits) and max(waits) <= d
+            assert max(waits) - min(waits) > d / 4  # jittered: the fleet does not come back at once
+        # A long-polling node whose poll failed has waited that backoff already: it connects at once,
+        # and waits again only after a failed attempt.
+        long = _fleet(loop, 1, long_poll_s=30)
+        node = long.nodes[0]
+        assert long.reconnect_delay(node) == 0.0
+        node.failures = 3
+        assert 2.0 <= long.reconnect_delay(node) <= 4.0
     finally:
         loop.close()
 
@@ -111,5 +120,25 @@ def test_a_long_poll_follows_its_answer_and_a_failed_one_backs_off_as_the_agent(
         assert node.poll_failures == 0
         # a long-polling fleet keeps no interval schedule to respread
         assert fleet.respread(5.0, 30.0) == 0
+    finally:
+        loop.close()
+
+
+def test_a_node_restarting_at_the_end_is_not_stale_but_still_a_peer() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 3, long_poll_s=30)
+        for i, node in enumerate(fleet.nodes):
+            node.node_id, node.cvlan_id, node.map_version, node.peers = i + 1, 7, 42, 2
+        # The third restarted just before the end: no map yet, but the others still list it.
+        fleet.nodes[2].restarted, fleet.nodes[2].map_version, fleet.nodes[2].peers = 1.0, 0, 0
+        fleet.check_maps()
+        assert fleet.iv.ok["map_current"] == 2 and fleet.iv.ok["map_restarting"] == 1
+        assert not fleet.iv.errors
+        # A node that missed a change is still found.
+        fleet.iv = type(fleet.iv)()
+        fleet.nodes[1].map_version = 41
+        fleet.check_maps()
+        assert fleet.iv.errors["map_stale"] == 1
     finally:
         loop.close()

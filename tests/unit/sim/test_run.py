@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cvlan.sim.run import CONNECTED_STILL_S, registration_done
+from cvlan.sim.drive import CONNECTED_STILL_S, registration_done
 
 
 def test_done_when_every_node_registered_and_connected() -> None:

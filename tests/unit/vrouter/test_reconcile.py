@@ -116,7 +116,11 @@ def test_ruleset_jumps_by_source_cvlan_to_a_destination_check() -> None:
     nets = [(7, ipaddress.IPv4Network("100.64.0.0/24")), (8, ipaddress.IPv4Network("100.64.1.0/24"))]
     text = render_ruleset("hub0", nets)
     assert "100.64.0.0/24 : jump cvlan_7, 100.64.1.0/24 : jump cvlan_8" in text
-    assert 'chain cvlan_8 {\n    ip daddr 100.64.1.0/24 counter name "forwarded" accept' in text
+    assert (
+        "chain cvlan_8 {\n"
+        '    ip daddr 100.64.1.0/24 udp dport 41720 counter name "forwarded" accept\n'  # health probes
+        '    ip daddr 100.64.1.0/24 counter name "forwarded" accept'
+    ) in text
     assert text.index("ip saddr vmap @cvlan_of_src") < text.index('counter name "denied" drop')
     assert "elements" not in render_ruleset("hub0", [])
     with pytest.raises(FirewallError, match="interface name"):

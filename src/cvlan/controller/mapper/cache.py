@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Tenant, Vrouter, VrouterCvlan
+from cvlan.controller.db.models import (
+    Cvlan,
+    KeyValue,
+    Node,
+    NodeRoute,
+    Region,
+    Relay,
+    Tenant,
+    Vrouter,
+    VrouterCvlan,
+)
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.mapper import dnsmap
 from cvlan.controller.ops import dns as dns_ops
@@ -34,6 +44,7 @@ from cvlan.controller.vrouting import Hub, direct, hubs_for, node_region
 from cvlan.wire import dnsnames, nodeproto
 from cvlan.wire.endpoint import is_endpoint
 from cvlan.wire.pb import node_pb2 as pb
+from cvlan.wire.routes import EXIT_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,12 @@ class Member:
     """The member's DNS name (wire/dnsnames.py), unique in the CVLAN."""
     dns_part: pb.DnsConfig | None = None
     """Its own part of the map's DnsConfig: whose names resolve for it (mapper/dnsmap.py)."""
+    routes: tuple[str, ...] = ()
+    """Its approved, advertised subnet routes (ops/subnets.py)."""
+    exit_node: bool = False
+    """It is an approved exit node that offers itself now."""
+    advert: tuple[str, ...] = ()
+    """What it advertises as stored (routes and the exit offer): a poll saying the same changes nothing."""
 
 
 @dataclass
@@ -168,6 +185,10 @@ class Mapper:
             self._change_seq[cid] = self._change_seq.get(cid, 0) + 1
             self._maps.pop(cid, None)
             self._wake(cid)
+
+    def invalidate_all(self) -> None:
+        """Drop every map held and wake every long-poll (changes may have been missed)."""
+        self.invalidate(set(self._maps) | set(self._wakers))
 
     def _wake(self, cid: int) -> None:
         ev = self._wakers.pop(cid, None)
@@ -324,6 +345,7 @@ class Mapper:
             doc = await policy_ops.load(s, cid)
             tenant_name = await s.scalar(select(Tenant.name).where(Tenant.id == c.tenant_id)) or ""
             records, forwarders = await dns_ops.load_for_map(s, cid)
+            adverts = await _adverts(s, cid)
         self.loads += 1
         now = self.ctx.now()
         offline = self.ctx.settings.offline_after_s
@@ -341,6 +363,11 @@ class Mapper:
             )
             for n in nodes
         }
+        for nid, (advert, usable) in adverts.items():
+            if nid in members:
+                members[nid].advert = advert
+                members[nid].routes = tuple(p for p in usable if p != EXIT_ROUTE)
+                members[nid].exit_node = EXIT_ROUTE in usable
         refs = [MemberRef(mem.node_id, mem.name, mem.address, mem.tags) for mem in members.values()]
         for nid, rules in compile_for_members(doc, refs, c.subnet).items():
             members[nid].filter_rules = [pb.FilterRule(**r) for r in rules]
@@ -394,6 +421,8 @@ class Mapper:
             allowed_ips=[addr],
             route=pb.PEER_ROUTE_DIRECT,
             dns_name=mem.dns_name,
+            routes=mem.routes,
+            exit_node=mem.exit_node,
         )
         mem.chunk = nodeproto.peer_chunk(peer)
         mem.region = node_region(mem.tags, mem.home_relay_region)
@@ -410,6 +439,8 @@ class Mapper:
                 cvlan_id=m.cvlan_id,
                 cvlan_name=m.name,
                 dns_name=mem.dns_name,
+                routes=mem.routes,
+                exit_node=mem.exit_node,
             ),
             filter_rules=mem.filter_rules,
             dns=mem.dns_part,
@@ -477,6 +508,38 @@ async def _vrouters(s: AsyncSession, c: Cvlan) -> list[pb.VrouterPeer]:
         )
         for v, rn in rows
     ]
+
+
+async def _adverts(s: AsyncSession, cid: int) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """node id -> (what it advertises, what of that is approved and usable), for the CVLAN's nodes."""
+    rows = await s.execute(
+        select(NodeRoute.node_id, NodeRoute.prefix, NodeRoute.approved, NodeRoute.refused)
+        .join(Node, Node.id == NodeRoute.node_id)
+        .where(Node.cvlan_id == cid, NodeRoute.advertised.is_(True))
+        .order_by(NodeRoute.node_id, NodeRoute.prefix)
+    )
+    out: dict[int, tuple[list[str], list[str]]] = {}
+    for nid, prefix, approved, refused in rows.all():
+        adv, ok = out.setdefault(nid, ([], []))
+        adv.append(prefix)
+        if approved and not refused:
+            ok.append(prefix)
+    return {nid: (_advert_order(adv), tuple(ok)) for nid, (adv, ok) in out.items()}
+
+
+def _advert_order(prefixes: list[str]) -> tuple[str, ...]:
+    """As a node sends them: routes in address order, the exit offer last (ops/subnets.advert_prefixes)."""
+    return (
+        *sorted((p for p in prefixes if p != EXIT_ROUTE), key=_net_key),
+        *(p for p in prefixes if p == EXIT_ROUTE),
+    )
+
+
+def _net_key(prefix: str) -> tuple[int, int]:
+    import ipaddress
+
+    n = ipaddress.ip_network(prefix)
+    return int(n.network_address), n.prefixlen
 
 
 def valid_endpoint(text: str) -> bool:
