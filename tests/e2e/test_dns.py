@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cvland import script
+from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns
 from tests.harness.stack import start_controller, start_node, wait_until
 

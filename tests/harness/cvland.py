@@ -44,8 +44,10 @@ def start_cvland(
     state_dir = state_dir or lab.dir / f"{ns.short}{tag}-cvland"
     sock = lab.dir / f"{ns.short}{tag}-cvland.sock"
     log_level = os.environ.get("CVLAN_TEST_LOG_LEVEL", "info")
-    extra = ("--engine", "wireguard-go", "--dns-mode", dns_mode, "--log-level", log_level)
-    proc = ns.spawn(f"cvland{tag}", *cvland_argv(sock, ifname, state_dir, *extra))
+    argv = cvland_argv(
+        sock, ifname, state_dir, "--engine", "wireguard-go", "--log-level", log_level, dns_mode=dns_mode
+    )
+    proc = ns.spawn(f"cvland{tag}", *argv)
     try:
         ipcclient.wait_socket(sock, alive=proc.alive)
     except TimeoutError as e:

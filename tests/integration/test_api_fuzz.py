@@ -1,11 +1,11 @@
 """Every management API operation, fuzzed from the published OpenAPI document (schemathesis).
 
 A real controller (SQLite) runs in its own thread and event loop; the fuzz calls it over HTTPS as the
-platform admin, with a seeded tenant (CVLAN, token, node, user, API tokens), region, relay and vrouter
-so that paths resolve. Each operation gets schema-valid requests aimed at the seeded objects, and
-schema-valid and schema-violating requests with generated paths. Every answer must be below 500 and
-match the document: status code, content type, JSON schema of the body and headers; an operation that
-needs authentication must refuse a request without it.
+platform admin, with a seeded tenant (CVLAN, token, node, user, API tokens, DNS record and forwarder),
+region, relay and vrouter so that paths resolve. Each operation gets schema-valid requests aimed at the
+seeded objects, and schema-valid and schema-violating requests with generated paths. Every answer must
+be below 500 and match the document: status code, content type, JSON schema of the body and headers;
+an operation that needs authentication must refuse a request without it.
 
 Bounded: EXAMPLES per operation and mode, generation derandomized (the same requests on every run),
 no example database. About 60-90 s on 2 cores."""
@@ -87,6 +87,9 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
     (await api.post("/api/v1/relays", relay)).ok()
     vr = {"name": "vr-1", "region": "eu", "endpoint": "198.51.100.7:51820"}
     (await api.post("/api/v1/vrouters", vr)).ok()
+    dns = f"/api/v1/tenants/acme/cvlans/{t.cvlan['name']}/dns"
+    record = (await api.post(dns + "/records", {"name": "git", "type": "A", "value": "10.1.0.7"})).ok()
+    (await api.request("PUT", dns + "/forwarders/corp.example", json={"servers": ["10.1.0.53"]})).ok()
     mapping = {"provider": "corp", "group": "net-admins", "role": "admin"}
     m = (await api.post("/api/v1/tenants/acme/oidc-mappings", mapping)).ok()
     refs = {
@@ -99,6 +102,8 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
         "region": "eu",
         "relay": "relay-1",
         "vrouter": "vr-1",
+        "record": str(record["id"]),
+        "domain": "corp.example",
         "mapping": str(m["id"]),
     }
     return api, refs

@@ -150,9 +150,7 @@ class DemoNode:
 
 def start_node(lab: Any, ns: Any, name: str, join_command: str) -> DemoNode:
     node = DemoNode(name, ns, lab.dir / f"{name}-cvland.sock", lab.dir / f"{name}-ctrl")
-    # The demo's namespaces share the host's /etc/resolv.conf: cvland leaves DNS alone there.
-    cvland_extra = ("--dns-mode", "off")
-    ns.spawn("cvland", *cvland_argv(node.socket, lab.wg_ifname(), lab.dir / f"{name}-cvland", *cvland_extra))
+    ns.spawn("cvland", *cvland_argv(node.socket, lab.wg_ifname(), lab.dir / f"{name}-cvland"))
     ns.spawn("cvlan-ctrl", *ctrl_argv(node.ctrl_state, node.socket, name, join_command))
     return node
 

@@ -346,6 +346,7 @@ class DnsForwarder(Base):
     cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     domain: Mapped[str] = mapped_column(String(200))
     servers: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
 class NodeRoute(Base):

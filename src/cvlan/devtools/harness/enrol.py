@@ -181,8 +181,9 @@ def join_args(join_command: str) -> tuple[str, str, str]:
     return val["--server"], val["--token"], val["--ca-pin"]
 
 
-def cvland_argv(socket: Path, ifname: str, state_dir: Path, *extra: str) -> list[str]:
-    """cvland's command line."""
+def cvland_argv(socket: Path, ifname: str, state_dir: Path, *extra: str, dns_mode: str = "off") -> list[str]:
+    """cvland's command line. DNS is off unless asked for: a lab namespace without
+    /etc/netns/<ns>/resolv.conf shares the host's /etc/resolv.conf, which the lab must not touch."""
     return [
         script("cvland"),
         "--socket",
@@ -191,6 +192,8 @@ def cvland_argv(socket: Path, ifname: str, state_dir: Path, *extra: str) -> list
         ifname,
         "--state-dir",
         str(state_dir),
+        "--dns-mode",
+        dns_mode,
         *extra,
     ]
 

@@ -176,3 +176,32 @@ def test_a_node_resolves_only_the_peers_it_may_reach() -> None:
     assert list(parts[3].peer_ids) == [1]
     no_policy = receiver_parts([_M(1, "100.64.0.1", []), _M(2, "100.64.0.2", [])])
     assert all(p.all_peers for p in no_policy.values())
+
+
+async def test_the_host_is_not_pointed_at_a_resolver_that_does_not_listen(conf: Path, tmp_path: Path) -> None:
+    """The resolver's address is not on any interface here (no WireGuard link): binding fails, the
+    status says why, and resolv.conf is left as it was."""
+    import asyncio
+
+    from cvlan.cvland.dnsservice import DnsService
+    from cvlan.wire.ipc import DesiredState, DnsHost, DnsState
+
+    svc = DnsService(asyncio.get_running_loop(), ResolvConf(conf, tmp_path), tmp_path, conf)
+    zone = "office.acme.cvlan.internal"
+    ds = DesiredState(
+        version=1,
+        node_id=1,
+        private_key="11" * 32,
+        address="100.64.0.1/32",
+        cvlan_subnet="100.64.0.0/24",
+        dns=DnsState(
+            zone=zone, resolver="100.100.100.100", hosts=[DnsHost(name=f"n0.{zone}", address="100.64.0.1")]
+        ),
+    )
+    await asyncio.to_thread(svc.apply, ds, "cvlan0")
+    st = svc.status()
+    assert st is not None and st.resolver == "" and st.host_config == "none"
+    assert st.error.startswith("resolver on 100.100.100.100:53:")
+    assert conf.read_text() == ORIGINAL
+    await asyncio.to_thread(svc.teardown)
+    assert svc.status() is None and conf.read_text() == ORIGINAL
