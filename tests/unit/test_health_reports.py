@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cvlan.agent.daemon import peer_health
+from cvlan.agent.daemon import HEALTH_REFRESH_S, HealthSent, health_signature, peer_health
 from cvlan.controller.errors import DomainError
 from cvlan.controller.nodeapi.handlers import peer_health as accepted
 from cvlan.wire.ipc import DeviceStatus, PeerStatus
@@ -77,3 +77,39 @@ def test_controller_stores_entries_with_their_state() -> None:
 def test_controller_refuses_bad_entries(h: pb.HealthSummary, message: str) -> None:
     with pytest.raises(DomainError, match=message):
         accepted(h)
+
+
+def _sent(at: float, *peers: PeerStatus) -> HealthSent:
+    got, _ = peer_health(DeviceStatus(interface="wg0", engine="fake", peers=list(peers)), now=1000.0)
+    return HealthSent(health_signature(got), at)
+
+
+def test_unchanged_health_is_reported_again_only_after_the_refresh_interval() -> None:
+    first = _sent(0.0, _peer(1, rtt_ms=2.5), _peer(2, "relay", relay_region="eu", rtt_ms=20.0))
+    assert first.due_after(None)
+    # Counters move and the RTT wanders within its band: nothing worth a report.
+    same = _sent(10.0, _peer(1, rtt_ms=3.0), _peer(2, "relay", relay_region="eu", rtt_ms=25.0, rx_bytes=9))
+    assert not same.due_after(first)
+    assert _sent(
+        HEALTH_REFRESH_S, _peer(1, rtt_ms=2.5), _peer(2, "relay", relay_region="eu", rtt_ms=20.0)
+    ).due_after(first)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        _peer(1, "relay", relay_region="eu", rtt_ms=2.5),  # the path fell back to a relay
+        _peer(1, sent=20, answered=15, rtt_ms=2.5),  # a quarter of the probes lost
+        _peer(1, rtt_ms=40.0),  # the round trip grew twenty-fold
+        _peer(1, "none", 20, 0),  # unreachable
+    ],
+)
+def test_a_change_of_path_loss_or_rtt_band_is_reported_at_once(changed: PeerStatus) -> None:
+    first = _sent(0.0, _peer(1, rtt_ms=2.5))
+    assert _sent(10.0, changed).due_after(first)
+
+
+def test_a_new_or_gone_peer_is_reported_at_once() -> None:
+    first = _sent(0.0, _peer(1))
+    assert _sent(10.0, _peer(1), _peer(2)).due_after(first)
+    assert _sent(10.0).due_after(first)

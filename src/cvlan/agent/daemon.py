@@ -104,6 +104,8 @@ class Agent:
         self.pending: DesiredState | None = None
         self.applied = 0
         self.status: DeviceStatus | None = None
+        self.health_sent: HealthSent | None = None
+        """The peer health last delivered to the controller (None: none yet)."""
         self.ipc_error = ""
         self.polls = 0
         self.metrics = AgentMetrics()
@@ -289,15 +291,18 @@ class Agent:
         self.status = status
         health = self._health()
         peers, omitted = peer_health(status, time.time())
+        sent = HealthSent(health_signature(peers), time.monotonic())
+        if not flows and not sent.due_after(self.health_sent):
+            return
         health.peers.extend(peers)
         health.peers_omitted = omitted
-        if not flows and not peers:
-            return
         try:
             await self.client.report(flows, health)
         except ControlError as e:
             reason = e.reason or "retry"
             log.warning(f"report not delivered: {e.message}", extra={"reason": reason})
+            return
+        self.health_sent = sent
 
     async def _step(self, backoff: Backoff) -> float:
         """One round: renew if due, read cvland's status, poll, push. Returns seconds to wait."""
@@ -487,6 +492,41 @@ _PATHS = {
     "relay": pb.PEER_HEALTH_PATH_RELAY,
     "vrouter": pb.PEER_HEALTH_PATH_VROUTER,
 }
+
+
+HEALTH_REFRESH_S = 300.0
+"""Peer health unchanged in its bands is reported again after this long. A report at every interval
+would be 10,000 reports/s from a fleet of 100,000 (docs/HEALTH.md)."""
+
+
+def health_signature(peers: list[pb.PeerHealth]) -> tuple[tuple[int, int, str, int, int], ...]:
+    """What of the peers' health is worth a report when it changes: each peer's path and relay
+    region, its loss band (none / under 10 % / under 50 % / more; -1 before a probe went out) and its
+    RTT band (a factor of 4). Counters and small RTT moves are not."""
+
+    def loss_band(p: pb.PeerHealth) -> int:
+        if p.probes_sent == 0:
+            return -1
+        lost = (p.probes_sent - p.probes_answered) / p.probes_sent
+        return 0 if lost == 0 else 1 if lost < 0.1 else 2 if lost < 0.5 else 3
+
+    return tuple(
+        sorted((p.node_id, p.path, p.relay_region, loss_band(p), p.rtt_us.bit_length() // 2) for p in peers)
+    )
+
+
+@dataclass(frozen=True)
+class HealthSent:
+    """The signature of a peer-health report and when it was made (monotonic seconds)."""
+
+    signature: tuple[tuple[int, int, str, int, int], ...]
+    at: float
+
+    def due_after(self, last: HealthSent | None) -> bool:
+        """Whether this health needs a report, given the last one delivered."""
+        if last is None or last.signature != self.signature:
+            return True
+        return self.at - last.at >= HEALTH_REFRESH_S
 
 
 def peer_health(st: DeviceStatus, now: float) -> tuple[list[pb.PeerHealth], int]:
