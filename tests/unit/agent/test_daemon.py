@@ -11,7 +11,7 @@ from cvlan.client.controller import ControlError
 from cvlan.common.backoff import Backoff
 from cvlan.wire.ipc import DesiredState, DeviceStatus
 from cvlan.wire.pb import node_pb2 as pb
-from tests.unit.test_agent_netmap import IDENT  # the same node identity
+from tests.unit.agent.test_netmap import IDENT  # the same node identity
 
 
 class FakeCvland:
