@@ -8,7 +8,8 @@ from cvlan.wire.pb import node_pb2 as pb
 
 
 def _rule(r: pb.FilterRule) -> dict[str, object]:
-    out: dict[str, object] = {"action": r.action, "src": list(r.src), "proto": r.proto, "ports": list(r.ports)}
+    out: dict[str, object] = {"action": r.action, "src": list(r.src), "proto": r.proto}
+    out["ports"] = list(r.ports)
     if r.dst:
         out["dst"] = list(r.dst)  # absent: a rule for traffic to the node itself
     return out
