@@ -15,6 +15,14 @@ from cvlan.wire.ipc import (
 from cvlan.wire.pb import node_pb2 as pb
 
 
+def _rule(r: pb.FilterRule) -> dict[str, object]:
+    out: dict[str, object] = {"action": r.action, "src": list(r.src), "proto": r.proto}
+    out["ports"] = list(r.ports)
+    if r.dst:
+        out["dst"] = list(r.dst)  # absent: a rule for traffic to the node itself
+    return out
+
+
 def desired_state(
     ident: Identity, m: pb.NetworkMap, listen_port: int, control_hosts: list[str] | None = None
 ) -> DesiredState:
@@ -46,10 +54,7 @@ def desired_state(
         if len(v.wg_public_key) == 32
     ]
     relays = [RelayInfo(region=r.name, url=n.url, stun=n.stun) for r in m.relay_map.regions for n in r.relays]
-    rules: list[dict[str, object]] = [
-        {"action": r.action, "src": list(r.src), "proto": r.proto, "ports": list(r.ports)}
-        for r in m.filter_rules
-    ]
+    rules = [_rule(r) for r in m.filter_rules]
     return DesiredState(
         version=m.version,
         node_id=m.self.node_id or ident.node_id,

@@ -286,3 +286,18 @@ def test_a_restart_removes_leftover_exit_routing_and_forwarding_then_restores_th
     assert fwd.on and pol.plan is not None and d2.status().exit_node == "a"
     d2.stop()
     assert not fwd.on and pol.plan is None
+
+
+def test_a_policy_naming_the_route_governs_what_is_forwarded_to_it() -> None:
+    rules = [
+        {"action": "accept", "src": ["100.64.0.3/32"], "proto": "tcp", "ports": ["22"], "dst": [LAN]},
+        {"action": "accept", "src": ["100.64.0.0/24"], "proto": "", "ports": []},
+    ]
+    p = plan(state([], routes=[LAN], filter_rules=rules), "wg0", lambda key: "")
+    forward = p.ruleset.split("chain forward")[1].split("chain postrouting")[0]
+    assert (
+        'iifname "wg0" ip saddr 100.64.0.3/32 ip daddr 10.1.0.0/24 meta l4proto tcp tcp dport { 22 } accept'
+        in forward
+    )
+    assert f'iifname "wg0" ip daddr {LAN} log prefix' in forward  # the rest of the route is denied
+    assert "ip daddr" not in p.ruleset.split("chain forward")[0]  # the input chain is the node's own

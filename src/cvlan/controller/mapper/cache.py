@@ -368,7 +368,9 @@ class Mapper:
                 members[nid].advert = advert
                 members[nid].routes = tuple(p for p in usable if p != EXIT_ROUTE)
                 members[nid].exit_node = EXIT_ROUTE in usable
-        refs = [MemberRef(mem.node_id, mem.name, mem.address, mem.tags) for mem in members.values()]
+        refs = [
+            MemberRef(mem.node_id, mem.name, mem.address, mem.tags, mem.routes) for mem in members.values()
+        ]
         for nid, rules in compile_for_members(doc, refs, c.subnet).items():
             members[nid].filter_rules = [pb.FilterRule(**r) for r in rules]
         zone = dnsnames.zone(c.name, tenant_name, self.ctx.settings.dns_domain)

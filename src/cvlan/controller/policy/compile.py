@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from cvlan.controller.policy.document import PolicyDocument
 
@@ -13,6 +14,8 @@ class CompiledRule(TypedDict):
     src: list[str]
     proto: str
     ports: list[str]
+    dst: NotRequired[list[str]]
+    """Networks behind the receiving node the rule applies to (a `route:CIDR` destination)."""
 
 
 @dataclass(frozen=True)
@@ -21,12 +24,24 @@ class MemberRef:
     name: str
     address: str
     tags: tuple[str, ...]
+    routes: tuple[str, ...] = ()
+    """Its approved subnet routes (a `route:CIDR` destination within one of them selects it)."""
+
+
+def _routed(selector: str, m: MemberRef) -> bool:
+    """Whether selector is route:CIDR and the network lies within one of m's routes."""
+    if not selector.startswith("route:"):
+        return False
+    net = ipaddress.IPv4Network(selector.removeprefix("route:"))
+    return any(net.subnet_of(ipaddress.IPv4Network(r)) for r in m.routes)
 
 
 def _matches(selector: str, m: MemberRef) -> bool:
     if selector == "*":
         return True
     kind, _, value = selector.partition(":")
+    if kind == "route":
+        return False
     if kind == "tag":
         return value in m.tags or f"tag:{value}" in m.tags
     return kind == "node" and value == m.name
@@ -58,18 +73,19 @@ def compile_for_members(
     for m in members:
         rules: list[CompiledRule] = []
         for r in doc.rules:
-            if not any(_matches(d, m) for d in r.dst):
-                continue
             src = _sources(r.src, members, subnet)
             if not src:
                 continue
-            rules.append(
-                {
-                    "action": r.action,
-                    "src": src,
-                    "proto": "" if r.proto == "any" else r.proto,
-                    "ports": list(r.ports),
-                }
-            )
+            rule: CompiledRule = {
+                "action": r.action,
+                "src": src,
+                "proto": "" if r.proto == "any" else r.proto,
+                "ports": list(r.ports),
+            }
+            if any(_matches(d, m) for d in r.dst):
+                rules.append(rule)
+            routed = [d.removeprefix("route:") for d in r.dst if _routed(d, m)]
+            if routed:
+                rules.append({**rule, "dst": routed})
         out[m.node_id] = rules or [{"action": "drop", "src": [subnet], "proto": "", "ports": []}]
     return out

@@ -3,7 +3,7 @@
     {"rules": [
         {"action": "accept",               # or "drop"; default accept
          "src": ["tag:web", "node:db1", "100.64.0.0/24", "*"],
-         "dst": ["tag:db"],                  # "*" = every member
+         "dst": ["tag:db"],                  # "*" = every member; "route:10.1.0.0/24" = a subnet route
          "proto": "tcp",                     # "any" (default), "tcp", "udp", "icmp"
          "ports": ["5432", "8000-8100"],     # tcp/udp only; empty = all
          "comment": "web tier reaches the database"}]}
@@ -33,6 +33,14 @@ MAX_RULES = 500
 def _check_selector(v: str, allow_cidr: bool) -> str:
     if _SELECTOR.fullmatch(v):
         return v
+    if not allow_cidr and v.startswith("route:"):
+        try:
+            net = ipaddress.ip_network(v.removeprefix("route:"), strict=True)
+        except ValueError:
+            net = None
+        if isinstance(net, ipaddress.IPv4Network) and net.prefixlen > 0:
+            return f"route:{net}"
+        raise ValueError(f"{v!r}: expected route:CIDR naming an IPv4 network, e.g. route:10.1.0.0/24")
     if allow_cidr:
         try:
             net = ipaddress.ip_network(v, strict=True)
@@ -40,7 +48,7 @@ def _check_selector(v: str, allow_cidr: bool) -> str:
             net = None
         if isinstance(net, ipaddress.IPv4Network):
             return str(net)
-    kinds = "'*', 'tag:NAME', 'node:NAME'" + (" or an IPv4 CIDR" if allow_cidr else "")
+    kinds = "'*', 'tag:NAME', 'node:NAME'" + (" or an IPv4 CIDR" if allow_cidr else " or 'route:CIDR'")
     raise ValueError(f"{v!r} is not a selector: expected {kinds}")
 
 

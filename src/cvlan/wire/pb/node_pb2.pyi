@@ -672,6 +672,7 @@ class FilterRule(_message.Message):
     SRC_FIELD_NUMBER: _builtins.int
     PROTO_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    DST_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """"accept" or "drop"."""
     proto: _builtins.str
@@ -684,6 +685,12 @@ class FilterRule(_message.Message):
     def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Destination ports or ranges "22", "8000-8100". Empty: all ports."""
 
+    @_builtins.property
+    def dst(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Destination networks behind the receiving node (a policy naming `route:CIDR`): the rule applies
+        to traffic the node forwards to them. Empty: traffic to the node itself.
+        """
+
     def __init__(
         self,
         *,
@@ -691,10 +698,11 @@ class FilterRule(_message.Message):
         src: _abc.Iterable[_builtins.str] | None = ...,
         proto: _builtins.str = ...,
         ports: _abc.Iterable[_builtins.str] | None = ...,
+        dst: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "ports", b"ports", "proto", b"proto", "src", b"src"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dst", b"dst", "ports", b"ports", "proto", b"proto", "src", b"src"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
