@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cvlan.agent.daemon import HEALTH_REFRESH_S, HealthSent, health_signature, peer_health
+from cvlan.agent.daemon import HealthSent, health_signature, peer_health
 from cvlan.controller.errors import DomainError
 from cvlan.controller.nodeapi.handlers import peer_health as accepted
 from cvlan.wire.ipc import DeviceStatus, PeerStatus
-from cvlan.wire.nodeproto import MAX_HEALTH_PEERS
+from cvlan.wire.nodeproto import HEALTH_REFRESH_S, MAX_HEALTH_PEERS
 from cvlan.wire.pb import node_pb2 as pb
 
 

@@ -24,7 +24,7 @@ from cvlan.client.ipc import IpcClient, IpcError
 from cvlan.common.backoff import Backoff
 from cvlan.common.host import resolve_hosts
 from cvlan.wire.ipc import DesiredState, DeviceStatus
-from cvlan.wire.nodeproto import MAX_DENIED_FLOWS, MAX_HEALTH_PEERS
+from cvlan.wire.nodeproto import HEALTH_REFRESH_S, MAX_DENIED_FLOWS, MAX_HEALTH_PEERS
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -492,11 +492,6 @@ _PATHS = {
     "relay": pb.PEER_HEALTH_PATH_RELAY,
     "vrouter": pb.PEER_HEALTH_PATH_VROUTER,
 }
-
-
-HEALTH_REFRESH_S = 300.0
-"""Peer health unchanged in its bands is reported again after this long. A report at every interval
-would be 10,000 reports/s from a fleet of 100,000 (docs/HEALTH.md)."""
 
 
 def health_signature(peers: list[pb.PeerHealth]) -> tuple[tuple[int, int, str, int, int], ...]:

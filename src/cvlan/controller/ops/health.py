@@ -15,11 +15,13 @@ from cvlan.controller.health import matrix
 from cvlan.controller.health.book import HealthBook
 from cvlan.controller.ops.context import OpsContext, resolve_cvlan
 from cvlan.controller.ops.nodes import is_online
+from cvlan.wire.nodeproto import HEALTH_REFRESH_S
 
 MAX_MATRIX_MEMBERS = 256
 """Members shown in one CVLAN's matrix (n² pairs); the rest are counted in members_omitted."""
-STALE_S = 300
-"""Peer entries older than this (the node stopped reporting them) count as not measured."""
+STALE_S = 2.5 * HEALTH_REFRESH_S
+"""Peer entries older than this (the node stopped reporting them) count as not measured: unchanged
+health is reported again every HEALTH_REFRESH_S, so this is two refreshes missed and some margin."""
 
 
 def member(n: Node, ctx: OpsContext, now: dt.datetime) -> matrix.Member:
