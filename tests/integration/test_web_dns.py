@@ -3,39 +3,25 @@ shown beside its field, nothing changed) and deleted; the node page shows the no
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from cvlan.controller.auth import SYSTEM
-from cvlan.controller.ops import cvlans, dns, tenants, users
+from cvlan.controller.ops import dns
 from tests.harness.controller import RunningController
-from tests.harness.seed import enrol_node
-from tests.integration.test_web_session import PW, _client, _sign_in
+from tests.integration.test_web_session import PW, _client, _sign_in, admin_with_node, form_page
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 async def test_dns_page_adds_and_deletes_records_and_forwarders(controller: RunningController) -> None:
     ctx = controller.c.ctx  # type: ignore[union-attr]
-    async with ctx.tx() as s:
-        t = await tenants.create(ctx, s, SYSTEM, "acme")
-        await users.create_user(ctx, s, SYSTEM, t, "ann@acme.example", "admin", PW)
-        c = await cvlans.create(ctx, s, SYSTEM, t, "office", None, "mesh")
-        _, _, text = await cvlans.create_token(
-            ctx, s, SYSTEM, t, c.name, reusable=False, max_uses=None, expires_in=None, tags=[]
-        )
-    node = await enrol_node(controller, text, "Web_1")
+    node, t = await admin_with_node(controller, "Web_1")
     base = f"{controller.url}/ui/t/acme/cvlans/office/dns"
     async with _client(controller) as http:
         assert (await _sign_in(http, controller.url, PW))[0] == 303
 
         async def page() -> tuple[str, str]:
-            async with http.get(base) as r:
-                body = await r.text()
-            m = re.search(r'name="_csrf" value="([^"]+)"', body)
-            assert r.status == 200 and m is not None
-            return body, m.group(1)
+            return await form_page(http, base)
 
         body, csrf = await page()
         assert "office.acme.cvlan.internal" in body and 'id="dns-records"' not in body

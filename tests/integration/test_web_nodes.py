@@ -3,15 +3,10 @@ the tenant's key expiry policy."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from cvlan.controller.auth import SYSTEM
-from cvlan.controller.ops import cvlans, tenants, users
 from tests.harness.controller import RunningController
-from tests.harness.seed import enrol_node
-from tests.integration.test_web_session import PW, _client, _sign_in
+from tests.integration.test_web_session import PW, _client, _sign_in, admin_with_node, form_page
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -19,25 +14,13 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_node_page_disables_enables_tags_and_turns_key_expiry_off(
     controller: RunningController,
 ) -> None:
-    ctx = controller.c.ctx  # type: ignore[union-attr]
-    async with ctx.tx() as s:
-        t = await tenants.create(ctx, s, SYSTEM, "acme")
-        await users.create_user(ctx, s, SYSTEM, t, "ann@acme.example", "admin", PW)
-        c = await cvlans.create(ctx, s, SYSTEM, t, "office", None, "mesh")
-        _, _, text = await cvlans.create_token(
-            ctx, s, SYSTEM, t, c.name, reusable=False, max_uses=None, expires_in=None, tags=[]
-        )
-    node = await enrol_node(controller, text, "box")
+    node, t = await admin_with_node(controller, "box")
     base = f"{controller.url}/ui/t/acme/nodes/{node['id']}"
     async with _client(controller) as http:
         assert (await _sign_in(http, controller.url, PW))[0] == 303
 
         async def page() -> tuple[str, str]:
-            async with http.get(base) as r:
-                body = await r.text()
-            m = re.search(r'name="_csrf" value="([^"]+)"', body)
-            assert r.status == 200 and m is not None
-            return body, m.group(1)
+            return await form_page(http, base)
 
         body, csrf = await page()
         assert 'id="disable-node"' in body and 'id="node-disabled"' not in body

@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from yarl import URL
 
 from cvlan.controller.auth import SYSTEM
-from cvlan.controller.ops import tenants, users
+from cvlan.controller.db.models import Tenant
+from cvlan.controller.ops import cvlans, tenants, users
 from tests.harness.controller import RunningController
+from tests.harness.seed import enrol_node
 
 PW = "correct-horse-battery"
 
@@ -29,6 +32,28 @@ def _client(rc: RunningController) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
     )
+
+
+async def admin_with_node(rc: RunningController, node_name: str) -> tuple[dict[str, Any], Tenant]:
+    """Tenant acme with admin ann (password PW) and CVLAN office, and a node enrolled in it."""
+    ctx = rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await tenants.create(ctx, s, SYSTEM, "acme")
+        await users.create_user(ctx, s, SYSTEM, t, "ann@acme.example", "admin", PW)
+        c = await cvlans.create(ctx, s, SYSTEM, t, "office", None, "mesh")
+        _, _, text = await cvlans.create_token(
+            ctx, s, SYSTEM, t, c.name, reusable=False, max_uses=None, expires_in=None, tags=[]
+        )
+    return await enrol_node(rc, text, node_name), t
+
+
+async def form_page(http: aiohttp.ClientSession, url: str) -> tuple[str, str]:
+    """A signed-in page and its CSRF token."""
+    async with http.get(url) as r:
+        body = await r.text()
+    m = re.search(r'name="_csrf" value="([^"]+)"', body)
+    assert r.status == 200 and m is not None
+    return body, m.group(1)
 
 
 async def _sign_in(http: aiohttp.ClientSession, url: str, password: str) -> tuple[int, str]:
