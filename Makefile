@@ -6,13 +6,13 @@ SSLYZE_VENV := .venv-sslyze
 SSLYZE := sslyze==6.3.1
 APT_PKGS := wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 nebula stun-client stun-server sqlite3 \
             postgresql chromium procps curl haproxy graphviz prometheus \
-            debhelper dh-virtualenv python3-venv lintian mmdebstrap systemd systemd-container
+            debhelper dh-virtualenv python3-venv lintian mmdebstrap systemd systemd-container dnsutils
 APT_BINS := wireguard-go wg nft ip ping iperf3 nebula stun stund chromium ps curl haproxy sqlite3 dot promtool \
-            dh dh_virtualenv lintian mmdebstrap systemd-analyze systemd-nspawn
+            dh dh_virtualenv lintian mmdebstrap systemd-analyze systemd-nspawn dig
 
-.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams deb
+.PHONY: demo test deps venv sysdeps check unit integration e2e ui bench clean proto diagrams deb oidc-provider
 
-deps: sysdeps venv
+deps: sysdeps venv oidc-provider
 
 sysdeps: .stamp-sysdeps
 .stamp-sysdeps: Makefile
@@ -36,6 +36,16 @@ $(VENV)/.stamp: pyproject.toml
 $(SSLYZE_VENV)/.stamp: Makefile
 	@test -x $(SSLYZE_VENV)/bin/python || python3 -m venv $(SSLYZE_VENV)
 	$(SSLYZE_VENV)/bin/python -m pip install -q '$(SSLYZE)'
+	@touch $@
+
+# The OpenID Connect provider the sign-in tests start on loopback (docs/TESTING.md): npm's
+# oidc-provider, pinned by tests/oidcprovider/package-lock.json. node and npm come from Debian when
+# missing (a NodeSource node brings its own npm: installing Debian's npm beside it would conflict).
+oidc-provider: tests/oidcprovider/node_modules/.stamp
+tests/oidcprovider/node_modules/.stamp: tests/oidcprovider/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  { export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends nodejs npm; }
+	npm ci --prefix tests/oidcprovider --no-audit --no-fund
 	@touch $@
 
 proto: venv
@@ -70,4 +80,4 @@ bench: deps
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf cvlan-data .stamp-sysdeps $(VENV) $(SSLYZE_VENV) build dist
+	rm -rf cvlan-data .stamp-sysdeps $(VENV) $(SSLYZE_VENV) build dist tests/oidcprovider/node_modules

@@ -1,26 +1,23 @@
-"""Helpers shared by the benchmarks: start a controller subprocess, sample a process, percentiles."""
+"""Helpers shared by the benchmarks: a controller subprocess (started with cvlan.devtools.harness),
+the machine, percentiles, a minimal HTTP response reader."""
 
 from __future__ import annotations
 
 import os
 import platform
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from cvlan.devtools.harness.controller import ControllerProcess, free_port, serve_argv
+
+__all__ = ["BIN", "ControllerProc", "free_port", "machine", "pct", "start_controller", "take_response"]
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> str:
@@ -56,11 +53,17 @@ def pct(values: list[float], p: float) -> float:
 
 @dataclass
 class ControllerProc:
-    proc: subprocess.Popen[bytes]
+    """A controller process (cvlan.devtools.harness) with what the benches read from it."""
+
+    process: ControllerProcess
     url: str
     token: str
     ca_pem: str
     data_dir: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
 
     def ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem)
@@ -71,50 +74,16 @@ class ControllerProc:
         return t.user + t.system, p.memory_info().rss / 2**20
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.process.stop(grace=15)
 
 
 def start_controller(
     data_dir: Path, db: str = "", taskset: str | None = None, extra_env: dict[str, str] | None = None
 ) -> ControllerProc:
     """Start `cvlan-controller serve` and wait until it has written admin.conf and answers."""
-    from cvlan.cli.http import ApiError, Client
-    from cvlan.common import adminconf
-
-    port = free_port()
-    cmd = [
-        str(BIN / "cvlan-controller"),
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--log-level",
-        "warning",
-    ]
-    if db:
-        cmd += ["--db", db]
+    argv = serve_argv(data_dir, f"127.0.0.1:{free_port()}", db=db, log_level="warning")
     if taskset:
-        cmd = ["taskset", "-c", taskset, *cmd]
-    env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen(cmd, env=env)
-    conf = data_dir / "admin.conf"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"controller exited with {proc.returncode}")
-        if conf.exists():
-            c = adminconf.load(conf)
-            try:
-                Client(c.server, c.token, c.ca_pem, timeout=2).call("GET", "/api/v1/whoami")
-                return ControllerProc(proc, c.server, c.token, c.ca_pem, data_dir)
-            except ApiError:
-                pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("controller did not start in 90 s")
+        argv = ["taskset", "-c", taskset, *argv]
+    process = ControllerProcess.spawn(argv, data_dir, env={**os.environ, **(extra_env or {})})
+    conf = process.wait(timeout=90)
+    return ControllerProc(process, conf.server, conf.token, conf.ca_pem, data_dir)

@@ -230,8 +230,11 @@ async def fixed_rate(
     duration: float,
     warmup: float,
     full_frac: float,
+    stats: RunStats | None = None,
 ) -> dict[str, float | str]:
-    stats = RunStats()
+    """Polls at `rate` per second for warmup + duration seconds, spread over `conns`; `stats` (a fresh
+    RunStats if None) gets every answer's latency and error."""
+    stats = stats or RunStats()
     t0 = time.perf_counter() + 0.2
     full = http_post(conns[0].host, "/v1/poll", pb.PollRequest(capability_version=1).SerializeToString())
     protos = conns

@@ -34,6 +34,7 @@ import psutil  # noqa: E402
 
 from bench.common import BIN, machine, pct, take_response  # noqa: E402
 from cvlan.client import tls  # noqa: E402
+from cvlan.devtools.harness.controller import ControllerProcess, serve_argv  # noqa: E402
 from cvlan.devtools.pgcluster import PgCluster  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
 from cvlan.wire.pb import node_pb2 as pb  # noqa: E402
@@ -71,24 +72,18 @@ class Conn(asyncio.Protocol):
             self.waiter.set_result(got)
 
 
-def start_controller(data: Path, db: str, sock: Path, src: str | None) -> subprocess.Popen[bytes]:
-    cmd = [
-        "taskset", "-c", "1",
-        str(BIN / "python"), "-c", "from cvlan.controller.__main__ import main; main()",
-        "serve", "--data-dir", str(data), "--db", db, "--no-tls",
-        "--listen", "127.0.0.1:0", "--proxy-socket", str(sock), "--log-level", "warning",
-    ]  # fmt: skip
+def start_controller(data: Path, db: str, sock: Path, src: str | None) -> ControllerProcess:
+    """The controller of `src` (default: this tree's) on CPU 1, plain HTTP behind its proxy socket."""
+    run = (str(BIN / "python"), "-c", "from cvlan.controller.__main__ import main; main()")
+    argv = serve_argv(
+        data, "127.0.0.1:0", db=db, proxy_socket=sock, tls=False, log_level="warning", program=run
+    )
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 90
-    while not (sock.exists() and (data / "admin.conf").exists()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("controller did not start")
-        time.sleep(0.2)
-    return proc
+    process = ControllerProcess.spawn(["taskset", "-c", "1", *argv], data, env=env)
+    process.wait(timeout=90, also=(sock,), check=None)
+    return process
 
 
 def provision(cluster: PgCluster, dbname: str, nodes: int, per_cvlan: int) -> list[str]:
@@ -191,22 +186,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cvlan-regbench-") as tmp, PgCluster() as cluster:
         db = cluster.create_db("bench")
         data, sock = Path(tmp) / "data", Path(tmp) / "proxy.sock"
-        proc = start_controller(data, db, sock, args.src)
+        ctl = start_controller(data, db, sock, args.src)
+        pid = ctl.proc.pid
         try:
             tokens = provision(cluster, "bench", args.nodes, args.per_cvlan)
             time.sleep(1)
-            spy = profiler(args.py_spy, proc.pid)
-            res = asyncio.run(burst(sock, tokens, args.per_cvlan, args.nodes, args.concurrency, proc.pid))
+            spy = profiler(args.py_spy, pid)
+            res = asyncio.run(burst(sock, tokens, args.per_cvlan, args.nodes, args.concurrency, pid))
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            ctl.stop(grace=30)
     res["src"] = args.src or "this tree"
     res["machine"] = machine()
     res["load_1m"] = os.getloadavg()[0]

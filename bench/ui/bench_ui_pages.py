@@ -15,19 +15,17 @@ import asyncio
 import datetime as dt
 import os
 import re
-import ssl
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
-from bench.common import free_port, machine, pct
-from cvlan.controller.app import build, server_ssl
+from bench.common import machine, pct
 from cvlan.controller.auth import SYSTEM
-from cvlan.controller.ops import cvlans, nodes, tenants, users
-from cvlan.controller.settings import ControllerSettings
+from cvlan.controller.ops import cvlans, tenants, users
+from cvlan.devtools.harness.enrol import create_node
+from cvlan.devtools.harness.inprocess import RunningController
 
 PASSWORD = "bench-password-123"
 PAGES = {
@@ -54,8 +52,7 @@ async def provision(c: object, n_cvlans: int, per: int) -> None:
             )
         async with ctx.tx() as s:
             for j in range(per):
-                tok = await cvlans.consume_token(ctx, s, text)
-                n = await nodes.create(ctx, s, tok, os.urandom(32), f"n{i}-{j}")
+                n = await create_node(ctx, s, text, f"n{i}-{j}")
                 n.last_seen = ctx.now() - dt.timedelta(seconds=j % 200)
                 n.endpoints = [f"198.51.100.{j % 250}:51820"]
 
@@ -71,27 +68,24 @@ async def sign_in(http: aiohttp.ClientSession, url: str) -> None:
 
 async def run(n_requests: int, db: str | None) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="cvlan-bench-ui-"))
-    port = free_port()
-    settings = ControllerSettings(data_dir=tmp, db=db or "", listen=f"127.0.0.1:{port}")
-    c = await build(settings)
+    rc = await RunningController(tmp, db or "", metrics_listen="").start()
+    assert rc.c is not None
     t0 = time.perf_counter()
-    await provision(c, 10, 100)
+    await provision(rc.c, 10, 100)
     provision_s = time.perf_counter() - t0
-    runner = web.AppRunner(c.app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ssl(c)).start()
-    ctx = ssl.create_default_context(cadata=c.ca.cert_pem.decode())
+    ctx = rc.client_ssl()
+    url = rc.url
     rows = []
     try:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
         ) as http:
-            await sign_in(http, settings.url)
+            await sign_in(http, url)
             for name, path in PAGES.items():
                 times, size = [], 0
                 for _ in range(n_requests):
                     t = time.perf_counter()
-                    async with http.get(settings.url + path) as r:
+                    async with http.get(url + path) as r:
                         body = await r.read()
                         assert r.status == 200, (path, r.status)
                     times.append((time.perf_counter() - t) * 1000)
@@ -100,8 +94,8 @@ async def run(n_requests: int, db: str | None) -> str:
                     f"| {name} | `{path}` | {pct(times, 50):.1f} | {pct(times, 95):.1f} | {size / 1024:.0f} |"
                 )
     finally:
-        await runner.cleanup()
-    backend = "PostgreSQL" if settings.db_url.startswith("postgresql") else "SQLite"
+        await rc.stop()
+    backend = "PostgreSQL" if rc.settings.db_url.startswith("postgresql") else "SQLite"
     return "\n".join(
         [
             f"# Web UI page latency ({dt.date.today().isoformat()})",

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.cvland import script, start_cvland
+from cvlan.devtools.harness.controller import script
+from cvlan.devtools.harness.enrol import join_args
+from tests.harness.cvland import start_cvland
 from tests.harness.netns import Lab
-from tests.harness.stack import Node, join_args, start_controller, start_node, wait_until
+from tests.harness.stack import Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.harness.cvland import script
+from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab
 from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
 

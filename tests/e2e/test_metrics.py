@@ -11,11 +11,12 @@ import time
 
 import pytest
 
+from cvlan.devtools.harness.controller import script
 from cvlan.devtools.lab.nsconnect import socket_in_netns
 from tests.harness.metricsdoc import documented, exported, scrape
 from tests.harness.netns import Lab, Netns, Proc
 from tests.harness.relaystack import start_relay
-from tests.harness.stack import Controller, script, start_controller, start_node, wait_until
+from tests.harness.stack import Controller, start_controller, start_node, wait_until
 from tests.harness.vrouterstack import attach, cvlan_with_token, start_vrouter
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +140,14 @@ def test_every_daemon_exports_its_documented_metrics(lab: Lab) -> None:
     check_documented("cvland", text)
     assert value(text, 'cvlan_cvland_peers{path="direct"}') >= 1, "the hub peer handshook directly"
     assert value(text, "cvlan_cvland_applied_version") > 0
+    # b is reached through the hub: the health probes cross the vrouter (its forward chain lets them
+    # through ahead of any policy) and give b a round trip and the path "vrouter".
+    text = wait_until(
+        "a measures a round trip to b through the vrouter",
+        lambda: (lambda t: t if "cvlan_cvland_peer_rtt_seconds{" in t else None)(scrape(a.ns.name, CVLAND)),
+        20,
+    )
+    assert value(text, 'cvlan_cvland_peers{path="vrouter"}') == 1
 
     text = scrape(a.ns.name, CTRL)
     check_documented("cvlan-ctrl", text)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.harness.cvland import script
+from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab
 from tests.harness.stack import start_controller, start_node
 

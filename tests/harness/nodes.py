@@ -1,36 +1,20 @@
-"""Helpers for node API tests: provision a tenant/CVLAN/token and enrol test nodes with the real client."""
+"""Helpers for node API tests: an enrollment token through the management API and test nodes
+enrolled with the real client (cvlan.devtools.harness.enrol, shared with bench, sim and the demo)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from typing import Any
 
-from cvlan.client import tls
-from cvlan.client.controller import NodeApiClient
-from cvlan.wire.pb import node_pb2 as pb
-from tests.harness.controller import RunningController
+from cvlan.devtools.harness.enrol import EnrolledNode, register
+from cvlan.devtools.harness.enrol import make_token as _make_token
+from cvlan.devtools.harness.inprocess import RunningController
 
-
-@dataclass
-class EnrolledNode:
-    wg_key: bytes
-    key_pem: str
-    reg: pb.RegisterResponse
-    client: NodeApiClient
-
-    @property
-    def node_id(self) -> int:
-        return self.reg.node_id
+__all__ = ["EnrolledNode", "ca_pem", "enrol", "make_token"]
 
 
-async def make_token(rc: RunningController, tenant: str = "acme", cvlan: str = "office", **kw: object) -> str:
-    api = rc.api()
-    if (await api.get(f"/api/v1/tenants/{tenant}")).status == 404:
-        (await api.post("/api/v1/tenants", {"name": tenant})).ok()
-    if (await api.get(f"/api/v1/tenants/{tenant}/cvlans/{cvlan}")).status == 404:
-        (await api.post(f"/api/v1/tenants/{tenant}/cvlans", {"name": cvlan})).ok()
-    body = {"cvlan": cvlan, **kw}
-    return str((await api.post(f"/api/v1/tenants/{tenant}/tokens", body)).ok()["token"])
+async def make_token(rc: RunningController, tenant: str = "acme", cvlan: str = "office", **kw: Any) -> str:
+    """The text of a new enrollment token for tenant/cvlan, both created if missing."""
+    return str((await _make_token(rc.api().call, tenant, cvlan, **kw))["token"])
 
 
 def ca_pem(rc: RunningController) -> str:
@@ -39,12 +23,5 @@ def ca_pem(rc: RunningController) -> str:
 
 
 async def enrol(rc: RunningController, token: str, hostname: str = "host") -> EnrolledNode:
-    """Register a fresh node (new WireGuard and TLS keys) and return a client using its certificate."""
-    wg = os.urandom(32)
-    key_pem, csr = tls.new_key_and_csr()
-    anon = NodeApiClient(rc.url, ca_pem(rc))
-    try:
-        reg = await anon.register(token, wg, csr, hostname)
-    finally:
-        await anon.close()
-    return EnrolledNode(wg, key_pem, reg, NodeApiClient(rc.url, ca_pem(rc), reg.certificate_pem, key_pem))
+    """Register a fresh node (new WireGuard and TLS keys), with a client presenting its certificate."""
+    return await register(rc.url, ca_pem(rc), token, hostname)

@@ -1,68 +1,98 @@
-"""A `cvlan-controller serve --proxy-socket` process for tests, and one enrolled node to speak for."""
+"""A `cvlan-controller serve --proxy-socket` process for tests, and one enrolled node to speak for
+(started and enrolled with cvlan.devtools.harness)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
-
-from cvlan.client import tls
-from cvlan.client.controller import NodeApiClient
 from cvlan.common import adminconf
-from cvlan.wire.pb import node_pb2 as pb
-from tests.harness.controller import free_port
-
-BIN = Path(sys.executable).parent
+from cvlan.devtools.harness.controller import (
+    free_port,
+    inherited_env,
+    ready_step,
+    serve_argv,
+    wait_ready_async,
+)
+from cvlan.devtools.harness.enrol import EnrolledNode, make_token
+from cvlan.devtools.harness.enrol import register as _register
+from cvlan.devtools.harness.inprocess import Api
 
 
 def serve(
-    data: Path, sock: Path, *extra_env: tuple[str, str], port: int = 0, metrics_port: int = 0
+    data: Path,
+    sock: Path,
+    *extra_env: tuple[str, str],
+    port: int = 0,
+    metrics_port: int = 0,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the controller with its proxy socket, a TLS listener on `port` and the metrics listener
-    on `metrics_port` (any free ones if 0)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")} | dict(extra_env)
-    cmd = [str(BIN / "cvlan-controller"), "serve", "--data-dir", str(data)]
-    cmd += ["--listen", f"127.0.0.1:{port or free_port()}", "--proxy-socket", str(sock)]
-    cmd += ["--metrics-listen", f"127.0.0.1:{metrics_port or free_port()}"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    on `metrics_port` (any free ones if 0); its output is piped to the caller, or goes to `log` (for
+    tests long or busy enough to fill a pipe nobody reads)."""
+    argv = serve_argv(
+        data,
+        f"127.0.0.1:{port or free_port()}",
+        proxy_socket=sock,
+        metrics_listen=f"127.0.0.1:{metrics_port or free_port()}",
+    )
+    env = inherited_env(**dict(extra_env))
+    if log is None:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 async def wait_ready(proc: subprocess.Popen[bytes], data: Path, sock: Path) -> adminconf.AdminConf:
     """Wait (30 s at most) for the first start's admin.conf and the socket; the admin configuration."""
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise AssertionError(f"controller exited: {proc.communicate()[0].decode()[-2000:]}")
-        if (data / "admin.conf").exists() and sock.exists():
-            return adminconf.load(data / "admin.conf")
-        await asyncio.sleep(0.1)
-    raise AssertionError("controller did not start within 30 s")
+
+    def exited() -> str:
+        return (proc.communicate()[0] or b"(its output went to its log file)").decode()[-2000:]
+
+    def step() -> adminconf.AdminConf | None:
+        return ready_step(data, lambda: proc.poll() is None, exited, also=(sock,), check=None)
+
+    return await wait_ready_async(step, timeout=30, interval=0.1)
 
 
-async def enrol(conf: adminconf.AdminConf, hostname: str) -> tuple[str, pb.RegisterResponse]:
+async def enrol(conf: adminconf.AdminConf, hostname: str) -> tuple[str, EnrolledNode]:
     """Tenant acme, CVLAN lan, a reusable token, and one node registered with it."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as api:
-        auth = {"Authorization": f"Bearer {conf.token}"}
-        for path, body in (
-            ("/api/v1/tenants", {"name": "acme"}),
-            ("/api/v1/tenants/acme/cvlans", {"name": "lan"}),
-        ):
-            async with api.post(conf.server + path, json=body, headers=auth) as r:
-                assert r.status == 201, await r.text()
-        async with api.post(
-            conf.server + "/api/v1/tenants/acme/tokens", json={"cvlan": "lan", "reusable": True}, headers=auth
-        ) as r:
-            token = str((await r.json())["token"])
+    api = Api(conf.server, conf.token, conf.ssl_context())
+    try:
+        token = str((await make_token(api.call, "acme", "lan", reusable=True))["token"])
+    finally:
+        await api.close()
     return token, await register(conf, token, hostname)
 
 
-async def register(conf: adminconf.AdminConf, token: str, hostname: str) -> pb.RegisterResponse:
-    _, csr = tls.new_key_and_csr()
-    anon = NodeApiClient(conf.server, conf.ca_pem)
-    try:
-        return await anon.register(token, os.urandom(32), csr, hostname)
-    finally:
-        await anon.close()
+async def register(conf: adminconf.AdminConf, token: str, hostname: str) -> EnrolledNode:
+    return await _register(conf.server, conf.ca_pem, token, hostname)
+
+
+async def front(
+    tmp: Path, data: Path, socks: list[Path], backend_conns: int = 2
+) -> tuple[subprocess.Popen[bytes], int]:
+    """cvlan-front with the controller's own server certificate, one worker, `backend_conns`
+    connections to each proxy socket in `socks`; its process and port once it listens (its output in
+    tmp/front.log)."""
+    port = free_port()
+    crt, key = next(data.rglob("server.crt")), next(data.rglob("server.key"))
+    ca = next(data.rglob("ca.crt"))
+    cmd = [sys.executable, "-m", "cvlan.front", "--listen", f"127.0.0.1:{port}", "--cert", str(crt)]
+    cmd += ["--key", str(key), "--ca", str(ca), "--workers", "1", "--backend-conns", str(backend_conns)]
+    for sock in socks:
+        cmd += ["--backend", str(sock)]
+    with (tmp / "front.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(200):
+        assert proc.poll() is None, (tmp / "front.log").read_text()[-2000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError("cvlan-front did not listen within 20 s")

@@ -4,23 +4,24 @@ certificates, for relay tests and benchmarks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
-from cryptography.x509.oid import NameOID
+import aiohttp
 
-from cvlan.client.relay import node_ssl
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.client.relay import RelayClient, ws_url
+from cvlan.common.clock import FakeClock
+from cvlan.devtools.harness.controller import free_port
+from cvlan.devtools.harness.enrol import EnrolledNode, make_token, register
+from cvlan.devtools.harness.inprocess import RunningController
 from cvlan.relay.__main__ import serve
 from cvlan.relay.settings import RelaySettings
-from cvlan.wire.certid import OID_CVLAN_ID, OID_KIND, OID_NODE_ID, OID_TENANT_ID, OID_WG_KEY
-from tests.harness.controller import RunningController, free_port
+from cvlan.wire import relayproto as rp
 
 
 def free_udp_port() -> int:
@@ -31,70 +32,17 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class NodeCreds:
-    node_id: int
-    tenant_id: int
-    cvlan_id: int
-    wg_key: bytes
-    cert_pem: str
-    key_pem: str
-    ca_pem: str
-    wg_private: bytes = b""
-
-    def ssl(self) -> ssl.SSLContext:
-        return node_ssl(self.cert_pem, self.key_pem, self.ca_pem)
-
-
-def _csr() -> tuple[bytes, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node")]))
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return csr.public_bytes(serialization.Encoding.PEM), pem
-
-
-async def enroll_node(
-    rc: RunningController,
-    token: str,
-    name: str,
-    lifetime: dt.timedelta = dt.timedelta(days=1),
-    now: dt.datetime | None = None,
-) -> NodeCreds:
-    """Register a node with an enrollment token (domain operation) and sign its certificate with the
-    controller CA, carrying the identity extensions node certificates carry."""
+async def enrol_at(rc: RunningController, token: str, name: str, when: dt.datetime) -> EnrolledNode:
+    """Register a node through the node API while the controller's clock reads `when`: its
+    certificate is issued then (an expired one, for a time long enough ago)."""
     assert rc.c is not None
     ctx = rc.c.ctx
-    wg_priv = x25519.X25519PrivateKey.generate()
-    wg = wg_priv.public_key().public_bytes_raw()
-    async with ctx.tx() as s:
-        tok = await cvlans.consume_token(ctx, s, token)
-        n = await nodes.create(ctx, s, tok, wg, name)
-        ident = {
-            OID_NODE_ID: str(n.id),
-            OID_TENANT_ID: str(n.tenant_id),
-            OID_CVLAN_ID: str(n.cvlan_id),
-            OID_WG_KEY: wg.hex(),
-            OID_KIND: "node",
-        }
-        node_id, tenant_id, cvlan_id = n.id, n.tenant_id, n.cvlan_id
-    csr, key_pem = _csr()
-    cert = rc.c.ca.issue_client(csr, common_name=f"node:{name}", lifetime=lifetime, identity=ident, now=now)
-    return NodeCreds(
-        node_id,
-        tenant_id,
-        cvlan_id,
-        wg,
-        cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key_pem,
-        rc.c.ca.cert_pem.decode(),
-        wg_priv.private_bytes_raw(),
-    )
+    real = ctx.clock
+    ctx.clock = FakeClock(when)
+    try:
+        return await register(rc.url, rc.c.ca.cert_pem.decode(), token, name)
+    finally:
+        ctx.clock = real
 
 
 @dataclass
@@ -108,16 +56,14 @@ class Fleet:
     @classmethod
     async def create(cls, rc: RunningController, tenant: str, cvlan_names: list[str]) -> Fleet:
         api = rc.api()
-        api_ok = (await api.post("/api/v1/tenants", {"name": tenant})).ok()
-        f = cls(rc, api_ok["name"])
+        f = cls(rc, tenant)
         for cv in cvlan_names:
-            (await api.post(f"/api/v1/tenants/{tenant}/cvlans", {"name": cv})).ok()
-            tok = (await api.post(f"/api/v1/tenants/{tenant}/tokens", {"cvlan": cv, "reusable": True})).ok()
-            f.tokens[cv] = tok["token"]
+            f.tokens[cv] = str((await make_token(api.call, tenant, cv, reusable=True))["token"])
         return f
 
-    async def node(self, cvlan: str, name: str) -> NodeCreds:
-        return await enroll_node(self.rc, self.tokens[cvlan], name)
+    async def node(self, cvlan: str, name: str) -> EnrolledNode:
+        assert self.rc.c is not None
+        return await register(self.rc.url, self.rc.c.ca.cert_pem.decode(), self.tokens[cvlan], name)
 
 
 class RunningRelay:
@@ -173,7 +119,14 @@ class RunningRelay:
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(serve(settings, self._stop))
-        await self.wait_listening()
+        try:
+            await self.wait_listening()
+        except BaseException:
+            self._stop.set()
+            task, self._task = self._task, None
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 10)
+            raise
         return self
 
     async def wait_listening(self, timeout: float = 10.0) -> None:
@@ -210,3 +163,121 @@ def parse_metrics(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+async def metrics(r: RunningRelay) -> dict[str, float]:
+    """The relay's /metrics, parsed."""
+    async with aiohttp.ClientSession() as s, s.get(r.url + "/metrics", ssl=r.anon_ssl()) as resp:
+        assert resp.status == 200
+        return parse_metrics(await resp.text())
+
+
+async def ws_status(r: RunningRelay, ctx: ssl.SSLContext) -> int | str:
+    """What the relay answers a WebSocket upgrade with this TLS: 101, an HTTP status or the error."""
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.ws_connect(ws_url(r.url), ssl=ctx, timeout=aiohttp.ClientWSTimeout(ws_close=2)),
+        ):
+            return 101
+    except aiohttp.WSServerHandshakeError as e:
+        return e.status
+    except aiohttp.ClientError as e:
+        return type(e).__name__
+
+
+class Inbox:
+    """Packets a RelayClient delivered, as (source key, packet)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, src: bytes, packet: bytes) -> None:
+        self.items.append((src, packet))
+        self.event.set()
+
+    async def wait(self, n: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.items) < n:
+                self.event.clear()
+                await self.event.wait()
+
+
+async def connect(r: RunningRelay, node: EnrolledNode, **kw: Any) -> tuple[RelayClient, Inbox]:
+    """A node's RelayClient, connected (5 s at most)."""
+    inbox = Inbox()
+    c = RelayClient(r.url, node.ssl(), inbox, **kw).start()
+    await asyncio.wait_for(c.connected.wait(), 5)
+    return c, inbox
+
+
+async def until_closed(client: RelayClient, timeout: float) -> None:
+    """Wait until the relay has closed the client's connection."""
+    async with asyncio.timeout(timeout):
+        while client.connected.is_set():
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Flooded:
+    received: list[int]
+    """Sequence numbers of the frames the receiver read, in order."""
+    dropped: float
+    """The relay's queue_head drops."""
+
+
+async def flood(r: RunningRelay, a: EnrolledNode, b: EnrolledNode, n: int, size: int, every: int) -> Flooded:
+    """a sends n numbered frames of `size` bytes to b, whose WebSocket reads nothing until the relay
+    has forwarded them all (its TCP window closes and the relay's queue for b overflows); then b reads
+    up to the last one. a yields to the event loop every `every` frames."""
+    ca, _ = await connect(r, a, queue_len=1_000_000, queue_bytes=1 << 30)
+    try:
+        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(r.url), ssl=b.ssl()) as wsb:
+            for i in range(n):
+                ca.send(b.wg_key, i.to_bytes(4, "big") + bytes(size))
+                if i % every == 0:
+                    await asyncio.sleep(0)
+            async with asyncio.timeout(60):
+                while (await metrics(r)).get('cvlan_relay_frames_total{direction="forwarded"}', 0) < n:
+                    await asyncio.sleep(0.1)
+            received: list[int] = []
+            async with asyncio.timeout(30):
+                while not received or received[-1] != n - 1:
+                    f = rp.parse_frame((await wsb.receive()).data)
+                    if isinstance(f, rp.RecvPacket):
+                        received.append(int.from_bytes(f.packet[:4], "big"))
+    finally:
+        await ca.close()
+    return Flooded(received, (await metrics(r))['cvlan_relay_drops_total{reason="queue_head"}'])
+
+
+class Relays:
+    """One test's relays and nodes on one controller: relays started on demand and stopped at the end,
+    nodes of tenant acme enrolled through the node API."""
+
+    def __init__(self, rc: RunningController, tmp: Path) -> None:
+        self.rc = rc
+        self.tmp = tmp
+        self._started: list[RunningRelay] = []
+        self._fleets: dict[str, Fleet] = {}
+
+    async def relay(self, **settings: object) -> RunningRelay:
+        """A relay registered and started (settings override its defaults); stopped at teardown."""
+        name = f"r{len(self._started) + 1}"
+        r = await RunningRelay(self.rc, self.tmp / f"relay-{name}", name=name).create()
+        self._started.append(r)
+        return await r.start(**settings)
+
+    async def nodes(self, *names: str, cvlan: str = "office", tenant: str = "acme") -> list[EnrolledNode]:
+        fleet = self._fleets.get(tenant)
+        if fleet is None:
+            fleet = self._fleets[tenant] = await Fleet.create(self.rc, tenant, [])
+        if cvlan not in fleet.tokens:
+            tok = await make_token(self.rc.api().call, tenant, cvlan, reusable=True)
+            fleet.tokens[cvlan] = str(tok["token"])
+        return [await fleet.node(cvlan, name) for name in names]
+
+    async def close(self) -> None:
+        for r in self._started:
+            await r.stop()

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.harness.cvland import script
+from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns, Proc
 from tests.harness.nsconnect import socket_in_netns
 from tests.harness.stack import Controller, wait_until

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.ops import nodes
+from cvlan.devtools.harness.enrol import create_node
 from tests.harness.controller import Api, RunningController
 
 
@@ -28,9 +28,7 @@ async def enrol_node(rc: RunningController, token_text: str, hostname: str) -> d
     assert rc.c is not None
     ctx = rc.c.ctx
     async with ctx.tx() as s:
-        tok = await cvlans.consume_token(ctx, s, token_text)
-        n = await nodes.create(ctx, s, tok, os.urandom(32), hostname)
-        return nodes.view(n, ctx)
+        return nodes.view(await create_node(ctx, s, token_text, hostname), ctx)
 
 
 async def seed_tenant(rc: RunningController, api: Api, name: str) -> SeededTenant:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from cvlan.common import adminconf
+from cvlan.devtools.harness.controller import ready_step, serve_argv, wait_ready
+from cvlan.devtools.harness.enrol import ctrl_argv, make_token_sync
 from cvlan.wire.ipc import DeviceStatus
-from tests.harness.cvland import Dataplane, script, start_cvland
+from tests.harness.cvland import Dataplane, start_cvland
 from tests.harness.netns import Lab, Netns, Proc
 from tests.harness.nsconnect import NsApi
 
@@ -52,29 +54,22 @@ class Controller:
         return f"https://{self.ns.ip}:{CONTROLLER_PORT}"
 
     def start(self) -> Controller:
+        listen = f"{self.ns.ip}:{CONTROLLER_PORT}"
         self.proc = self.ns.spawn(
-            "controller",
-            script("cvlan-controller"),
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            f"{self.ns.ip}:{CONTROLLER_PORT}",
-            *self.args,
-            env=self.env,
+            "controller", *serve_argv(self.data_dir, listen, extra=self.args), env=self.env
         )
-        conf_path = self.data_dir / "admin.conf"
-        wait_until("controller wrote admin.conf", lambda: conf_path.exists() or not self._alive(), 60)
-        if not self._alive():
-            raise RuntimeError(f"controller exited:\n{self.proc.output()}")
-        conf = adminconf.load(conf_path)
+        proc = self.proc
+        conf = wait_ready(
+            lambda: ready_step(self.data_dir, proc.alive, proc.output, check=self._answers), timeout=60
+        )
         self.api = NsApi(self.ns.name, self.url, conf.token, conf.ca_pem)
-        wait_until(
-            "controller answers /healthz",
-            lambda: self.api and self.api.request("GET", "/healthz")[0] == 200,
-            60,
-        )
         return self
+
+    def _answers(self, conf: adminconf.AdminConf) -> bool:
+        try:
+            return NsApi(self.ns.name, self.url, conf.token, conf.ca_pem).request("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
 
     def _alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
@@ -87,11 +82,7 @@ class Controller:
     def token(self, tenant: str, cvlan: str, reusable: bool = True) -> tuple[str, str]:
         """Create tenant and CVLAN if needed; return (token, join command)."""
         assert self.api is not None
-        if self.api.request("GET", f"/api/v1/tenants/{tenant}")[0] == 404:
-            self.api.post("/api/v1/tenants", {"name": tenant})
-        if self.api.request("GET", f"/api/v1/tenants/{tenant}/cvlans/{cvlan}")[0] == 404:
-            self.api.post(f"/api/v1/tenants/{tenant}/cvlans", {"name": cvlan})
-        t = self.api.post(f"/api/v1/tenants/{tenant}/tokens", {"cvlan": cvlan, "reusable": reusable})
+        t = make_token_sync(self.api.request, tenant, cvlan, reusable=reusable)
         return str(t["token"]), str(t["join_command"])
 
     def nodes(self, tenant: str) -> list[dict[str, Any]]:
@@ -119,29 +110,16 @@ class Node:
     ctrl: Proc | None = None
     listen_port: int = 51820
     tag: str = ""
+    ctrl_args: tuple[str, ...] = ()
+    """More cvlan-ctrl flags (e.g. --advertise-routes, --report-interval 2), given at every start."""
 
-    def start_ctrl(
-        self, server: str = "", token: str = "", ca_pin: str = "", token_file: Path | None = None
-    ) -> Proc:
-        argv = [
-            script("cvlan-ctrl"),
-            "--state-dir",
-            str(self.ctrl_state),
-            "--cvland-socket",
-            str(self.dp.socket),
-            "--hostname",
-            self.name,
-            "--long-poll",
-            "5",
-            "--listen-port",
-            str(self.listen_port),
-        ]
-        if server:
-            argv += ["--server", server]
-        if token:
-            argv += ["--token", token, "--ca-pin", ca_pin]
+    def start_ctrl(self, join_command: str = "", token_file: Path | None = None) -> Proc:
+        """cvlan-ctrl in the node's namespace: enrolling with join_command or token_file if given,
+        else from its state directory."""
+        extra = ["--long-poll", "5", "--listen-port", str(self.listen_port), *self.ctrl_args]
         if token_file is not None:
-            argv += ["--token-file", str(token_file)]
+            extra += ["--token-file", str(token_file)]
+        argv = ctrl_argv(self.ctrl_state, self.dp.socket, self.name, join_command, *extra)
         self.ctrl = self.ns.spawn(f"cvlan-ctrl{self.tag}", *argv)
         return self.ctrl
 
@@ -157,7 +135,14 @@ class Node:
         """Stop cvlan-ctrl and cvland (SIGTERM), start both again from their state dirs, no token."""
         self.stop_ctrl()
         self.dp.proc.stop()
-        self.dp = start_cvland(lab, self.ns, ifname=self.dp.ifname, state_dir=self.dp.state_dir, tag=self.tag)
+        self.dp = start_cvland(
+            lab,
+            self.ns,
+            ifname=self.dp.ifname,
+            state_dir=self.dp.state_dir,
+            tag=self.tag,
+            dns_mode=self.dp.dns_mode,
+        )
         self.start_ctrl()
 
     def address(self) -> str:
@@ -187,21 +172,22 @@ class Node:
         return st
 
 
-def join_args(join_command: str) -> tuple[str, str, str]:
-    """(server, token, ca_pin) from the join command `cvlan token create` prints."""
-    words = join_command.split()
-    val = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
-    return val["--server"], val["--token"], val["--ca-pin"]
-
-
 def start_node(
-    lab: Lab, ns: Netns, name: str, join_command: str, listen_port: int = 51820, tag: str = ""
+    lab: Lab,
+    ns: Netns,
+    name: str,
+    join_command: str,
+    listen_port: int = 51820,
+    tag: str = "",
+    dns_mode: str = "off",
+    ctrl_args: tuple[str, ...] = (),
 ) -> Node:
     """Start cvland then cvlan-ctrl (enrolling with the join command) in ns.
 
     Several nodes may share a namespace (one per CVLAN) with distinct tags and listen ports."""
-    dp = start_cvland(lab, ns, tag=tag)
-    node = Node(ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag)
-    server, token, pin = join_args(join_command)
-    node.start_ctrl(server, token, pin)
+    dp = start_cvland(lab, ns, tag=tag, dns_mode=dns_mode)
+    node = Node(
+        ns, name, lab.dir / f"{ns.short}{tag}-ctrl", dp, listen_port=listen_port, tag=tag, ctrl_args=ctrl_args
+    )
+    node.start_ctrl(join_command)
     return node

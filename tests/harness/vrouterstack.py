@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from cvlan.dataplane.uapi import SOCKET_DIR, UapiClient
-from tests.harness.cvland import script
+from cvlan.devtools.harness.controller import script
+from cvlan.devtools.harness.enrol import join_args, make_token_sync
 from tests.harness.netns import Lab, Netns, Proc
-from tests.harness.stack import Controller, join_args, wait_until
+from tests.harness.stack import Controller, wait_until
 
 VROUTER_PORT = 51900
 
@@ -97,11 +98,6 @@ def cvlan_with_token(ctl: Controller, tenant: str, cvlan: str, mode: str, region
     """Create tenant and CVLAN if needed; return the join command of a reusable token whose nodes
     are placed in region (by the region: tag)."""
     assert ctl.api is not None
-    if ctl.api.request("GET", f"/api/v1/tenants/{tenant}")[0] == 404:
-        ctl.api.post("/api/v1/tenants", {"name": tenant})
-    if ctl.api.request("GET", f"/api/v1/tenants/{tenant}/cvlans/{cvlan}")[0] == 404:
-        ctl.api.post(f"/api/v1/tenants/{tenant}/cvlans", {"name": cvlan, "mode": mode})
-    body: dict[str, Any] = {"cvlan": cvlan, "reusable": True}
-    if region:
-        body["tags"] = [f"region:{region}"]
-    return str(ctl.api.post(f"/api/v1/tenants/{tenant}/tokens", body)["join_command"])
+    placed: dict[str, Any] = {"tags": [f"region:{region}"]} if region else {}
+    body = make_token_sync(ctl.api.request, tenant, cvlan, {"mode": mode}, reusable=True, **placed)
+    return str(body["join_command"])

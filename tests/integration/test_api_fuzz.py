@@ -87,6 +87,8 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
     (await api.post("/api/v1/relays", relay)).ok()
     vr = {"name": "vr-1", "region": "eu", "endpoint": "198.51.100.7:51820"}
     (await api.post("/api/v1/vrouters", vr)).ok()
+    mapping = {"provider": "corp", "group": "net-admins", "role": "admin"}
+    m = (await api.post("/api/v1/tenants/acme/oidc-mappings", mapping)).ok()
     refs = {
         "tenant": "acme",
         "cvlan": str(t.cvlan["name"]),
@@ -97,6 +99,7 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
         "region": "eu",
         "relay": "relay-1",
         "vrouter": "vr-1",
+        "mapping": str(m["id"]),
     }
     return api, refs
 
@@ -105,7 +108,14 @@ async def _seed(rc: RunningController) -> tuple[Api, dict[str, str]]:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("fuzz")
     lt = LoopThread()
-    rc = lt.run(RunningController(tmp / "data", f"sqlite+aiosqlite:///{tmp / 'cvlan.db'}").start())
+    # An identity provider nobody listens for (port 9, discard): group mappings can name it, and
+    # the device sign-in answers that it is unreachable.
+    idp = {"name": "corp", "issuer": "http://127.0.0.1:9", "client_id": "cvlan", "client_secret": "x"}
+    rc = lt.run(
+        RunningController(
+            tmp / "data", f"sqlite+aiosqlite:///{tmp / 'cvlan.db'}", oidc_providers=[idp]
+        ).start()
+    )
     try:
         assert rc.c is not None
         _, refs = lt.run(_seed(rc))

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cvlan.client import tls
 from cvlan.client.controller import NodeApiClient
 from cvlan.common import adminconf
+from cvlan.devtools.harness.enrol import EnrolledNode, register
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
@@ -32,15 +30,6 @@ NODES = 12
 """Waiting nodes: six times the front's two connections to the controller."""
 LONG_POLL_S = 50
 """Longer than any wait in these tests: a long-poll that ends ends because of a change."""
-
-
-@dataclass
-class Node:
-    node_id: int
-    client: NodeApiClient
-    """Through the front."""
-    cert_pem: str
-    key_pem: str
 
 
 @dataclass
@@ -63,7 +52,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     try:
         conf = await proxysocket.wait_ready(procs[0], data, sock)
         token, _ = await proxysocket.enrol(conf, "n0")
-        front, port = await _front(tmp_path, data, sock)
+        front, port = await proxysocket.front(tmp_path, data, [sock])
         procs.append(front)
         yield Stack(
             conf, token, f"https://127.0.0.1:{port}", data, procs, f"http://127.0.0.1:{mport}/metrics"
@@ -79,46 +68,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                     p.wait()
 
 
-async def _front(tmp: Path, data: Path, sock: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """cvlan-front with the controller's own server certificate, one worker, two backend connections."""
-    port = free_port()
-    crt, key = next(data.rglob("server.crt")), next(data.rglob("server.key"))
-    ca = next(data.rglob("ca.crt"))
-    with (tmp / "front.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cvlan.front", "--listen", f"127.0.0.1:{port}", "--cert", str(crt),
-             "--key", str(key), "--ca", str(ca), "--backend", str(sock), "--workers", "1",
-             "--backend-conns", "2"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    for _ in range(200):
-        assert proc.poll() is None, (tmp / "front.log").read_text()[-2000:]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("cvlan-front did not listen within 20 s")
+async def _node(st: Stack, name: str) -> EnrolledNode:
+    """Register through the front (no certificate yet); its client, too, speaks through the front."""
+    return await register(st.url, st.conf.ca_pem, st.token, name)
 
 
-async def _node(st: Stack, name: str) -> Node:
-    """Register through the front (no certificate yet), then a client with the node's certificate."""
-    key_pem, csr = tls.new_key_and_csr()
-    anon = NodeApiClient(st.url, st.conf.ca_pem)
-    try:
-        reg = await anon.register(st.token, os.urandom(32), csr, name)
-    finally:
-        await anon.close()
-    return Node(
-        reg.node_id,
-        NodeApiClient(st.url, st.conf.ca_pem, reg.certificate_pem, key_pem),
-        reg.certificate_pem,
-        key_pem,
-    )
-
-
-async def _poll(n: Node, version: int, long_poll_s: int = 0) -> pb.PollResponse:
+async def _poll(n: EnrolledNode, version: int, long_poll_s: int = 0) -> pb.PollResponse:
     return await n.client.poll(version, [], pb.HealthSummary(), "", long_poll_s=long_poll_s)
 
 
@@ -139,7 +94,7 @@ async def _until(cond: object, what: str) -> None:
     raise AssertionError(f"not within 30 s: {what}")
 
 
-def _silent(st: Stack, n: Node, request: bytes) -> socket.socket:
+def _silent(st: Stack, n: EnrolledNode, request: bytes) -> socket.socket:
     """A node connection that sends `request` and never reads an answer (a small receive buffer)."""
     d = st.data.parent / f"silent-{n.node_id}"
     d.mkdir()

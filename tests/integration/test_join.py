@@ -20,8 +20,8 @@ from cvlan.agent.daemon import Agent
 from cvlan.agent.join import host_address
 from cvlan.agent.state import StateStore
 from cvlan.dataplane.engine import kernel_has_wireguard
+from cvlan.devtools.harness.controller import script
 from tests.harness.controller import RunningController, free_port
-from tests.harness.cvland import script
 from tests.harness.fake_cvland import FakeCvland
 from tests.harness.nodes import make_token
 from tests.integration.test_agent import opts, pin, running

@@ -65,7 +65,7 @@ async def _up(tmp: Path, *extra_env: tuple[str, str]) -> Ctl:
     proc = proxysocket.serve(data, sock, *extra_env, metrics_port=metrics_port)
     conf = await proxysocket.wait_ready(proc, data, sock)
     token, reg = await proxysocket.enrol(conf, "n1")
-    cert = urllib.parse.quote(reg.certificate_pem).encode()
+    cert = urllib.parse.quote(reg.cert_pem).encode()
     return Ctl(proc, sock, conf, token, reg.node_id, cert, metrics_port)
 
 

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 
 from cvlan.client import tls
 from cvlan.controller.ca import CertificateAuthority
+from cvlan.devtools.harness.controller import free_port, inherited_env, serve_argv
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
-from tests.harness.controller import free_port
 
 
 async def _poll_with_header(session: aiohttp.ClientSession, url: str, cert_pem: str, **kw: object) -> int:
@@ -48,7 +48,7 @@ async def test_proxy_socket_trusts_the_forwarded_certificate(tmp_path: Path) -> 
 
         # Through the socket, as the front forwards it: the node is recognised by its certificate.
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as front:
-            assert await _poll_with_header(front, "http://front/v1/poll", reg.certificate_pem) == reg.node_id
+            assert await _poll_with_header(front, "http://front/v1/poll", reg.cert_pem) == reg.node_id
             # A certificate of another CA is refused even there.
             _, other_csr = tls.new_key_and_csr()
             rogue = CertificateAuthority.load_or_create(tmp_path / "rogue")
@@ -60,7 +60,7 @@ async def test_proxy_socket_trusts_the_forwarded_certificate(tmp_path: Path) -> 
         # The same header over TCP from an address that is not a trusted proxy is ignored: 401.
         ctx = ssl.create_default_context(cadata=conf.ca_pem)  # no client certificate
         async with aiohttp.ClientSession() as direct:
-            got = await _poll_with_header(direct, conf.server + "/v1/poll", reg.certificate_pem, ssl=ctx)
+            got = await _poll_with_header(direct, conf.server + "/v1/poll", reg.cert_pem, ssl=ctx)
             assert got == -401
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -81,10 +81,8 @@ def test_proxy_socket_path_taken_by_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def _serve_stderr(data: Path, sock: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")}
-    cmd = [str(proxysocket.BIN / "cvlan-controller"), "serve", "--data-dir", str(data)]
-    cmd += ["--listen", f"127.0.0.1:{free_port()}", "--proxy-socket", str(sock), "--metrics-listen", ""]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    cmd = serve_argv(data, f"127.0.0.1:{free_port()}", proxy_socket=sock, metrics_listen="")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=inherited_env())
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import datetime as dt
 import os
 import ssl
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,12 +18,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cvlan.client.bootstrap import ControllerCallError
-from cvlan.client.relay import RelayClient, node_ssl, ws_url
+from cvlan.client.relay import node_ssl, ws_url
 from cvlan.controller.ca import CertificateAuthority
+from cvlan.devtools.harness.enrol import EnrolledNode
 from cvlan.relay.bootstrap import ensure_identity, load_identity
 from cvlan.wire import relayproto as rp
 from tests.harness.controller import RunningController
-from tests.harness.relay import Fleet, NodeCreds, RunningRelay, enroll_node, parse_metrics
+from tests.harness.relay import (
+    Fleet,
+    Relays,
+    RunningRelay,
+    connect,
+    enrol_at,
+    flood,
+    metrics,
+    ws_status,
+)
 
 
 @pytest.fixture
@@ -33,43 +42,8 @@ def rc(sqlite_controller: RunningController) -> RunningController:
 
 
 @pytest.fixture
-async def relay(rc: RunningController, tmp_path: Path) -> AsyncIterator[RunningRelay]:
-    r = await (await RunningRelay(rc, tmp_path / "relay").create()).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-async def metrics(r: RunningRelay) -> dict[str, float]:
-    async with aiohttp.ClientSession() as s, s.get(r.url + "/metrics", ssl=r.anon_ssl()) as resp:
-        assert resp.status == 200
-        return parse_metrics(await resp.text())
-
-
-class Inbox:
-    """Packets a RelayClient delivered, as (source key, packet)."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[bytes, bytes]] = []
-        self.event = asyncio.Event()
-
-    def __call__(self, src: bytes, packet: bytes) -> None:
-        self.items.append((src, packet))
-        self.event.set()
-
-    async def wait(self, n: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.items) < n:
-                self.event.clear()
-                await self.event.wait()
-
-
-async def connect(r: RunningRelay, creds: NodeCreds, **kw: object) -> tuple[RelayClient, Inbox]:
-    inbox = Inbox()
-    c = RelayClient(r.url, creds.ssl(), inbox, **kw).start()  # type: ignore[arg-type]
-    await asyncio.wait_for(c.connected.wait(), 5)
-    return c, inbox
+async def relay(relays: Relays) -> RunningRelay:
+    return await relays.relay()
 
 
 async def test_bootstrap_writes_private_state_and_start_command(relay: RunningRelay) -> None:
@@ -136,7 +110,7 @@ async def test_send_to_another_cvlan_is_refused_and_counted(
             await x.close()
 
 
-def _other_ca_cert(tmp: Path, creds: NodeCreds) -> ssl.SSLContext:
+def _other_ca_cert(tmp: Path, creds: EnrolledNode) -> ssl.SSLContext:
     other = CertificateAuthority.load_or_create(tmp)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -164,30 +138,17 @@ def _other_ca_cert(tmp: Path, creds: NodeCreds) -> ssl.SSLContext:
     return node_ssl(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem, creds.ca_pem)
 
 
-async def _ws_status(r: RunningRelay, ctx: ssl.SSLContext) -> int | str:
-    try:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.ws_connect(ws_url(r.url), ssl=ctx, timeout=aiohttp.ClientWSTimeout(ws_close=2)),
-        ):
-            return 101
-    except aiohttp.WSServerHandshakeError as e:
-        return e.status
-    except aiohttp.ClientError as e:
-        return type(e).__name__
-
-
 async def test_clients_without_a_valid_certificate_are_refused(
     rc: RunningController, relay: RunningRelay, tmp_path: Path
 ) -> None:
     fleet = await Fleet.create(rc, "acme", ["office"])
     a = await fleet.node("office", "a")
-    assert await _ws_status(relay, relay.anon_ssl()) == 401
-    assert await _ws_status(relay, _other_ca_cert(tmp_path / "other", a)) != 101
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-    expired = await enroll_node(rc, fleet.tokens["office"], "old", now=past)
-    assert await _ws_status(relay, expired.ssl()) != 101
-    assert await _ws_status(relay, a.ssl()) == 101
+    assert await ws_status(relay, relay.anon_ssl()) == 401
+    assert await ws_status(relay, _other_ca_cert(tmp_path / "other", a)) != 101
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)  # beyond the 7-day certificate lifetime
+    expired = await enrol_at(rc, fleet.tokens["office"], "old", past)
+    assert await ws_status(relay, expired.ssl()) != 101
+    assert await ws_status(relay, a.ssl()) == 101
     m = await metrics(relay)
     assert m['cvlan_relay_refused_connections_total{reason="no_cert"}'] == 1
     # With TLS 1.3 the client learns of the refusal only after sending its request, and the HTTP
@@ -196,38 +157,15 @@ async def test_clients_without_a_valid_certificate_are_refused(
     assert m["cvlan_relay_connects_total"] == 1
 
 
-async def test_slow_receiver_loses_oldest_frames_first(rc: RunningController, tmp_path: Path) -> None:
-    r = await (await RunningRelay(rc, tmp_path / "relay").create()).start(queue_len=8)
-    fleet = await Fleet.create(rc, "acme", ["office"])
-    a, b = await fleet.node("office", "a"), await fleet.node("office", "b")
-    ca, _ = await connect(r, a, queue_len=1_000_000, queue_bytes=1 << 30)
-    n, size = 20_000, 1200
-    try:
-        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(r.url), ssl=b.ssl()) as wsb:
-            # b does not read: its TCP window closes and the relay's queue for b overflows.
-            for i in range(n):
-                ca.send(b.wg_key, i.to_bytes(4, "big") + bytes(size))
-                if i % 500 == 0:
-                    await asyncio.sleep(0)
-            async with asyncio.timeout(30):
-                while (await metrics(r)).get('cvlan_relay_frames_total{direction="forwarded"}', 0) < n:
-                    await asyncio.sleep(0.1)
-            received: list[int] = []
-            async with asyncio.timeout(30):
-                while not received or received[-1] != n - 1:
-                    msg = await wsb.receive()
-                    f = rp.parse_frame(msg.data)
-                    if isinstance(f, rp.RecvPacket):
-                        received.append(int.from_bytes(f.packet[:4], "big"))
-        m = await metrics(r)
-        dropped = m['cvlan_relay_drops_total{reason="queue_head"}']
-        assert dropped > 0
-        assert len(received) + dropped == n
-        assert received == sorted(received)  # order kept; what was lost is older than what was kept
-        assert received[-1] == n - 1
-    finally:
-        await ca.close()
-        await r.stop()
+async def test_slow_receiver_loses_oldest_frames_first(relays: Relays) -> None:
+    r = await relays.relay(queue_len=8)
+    a, b = await relays.nodes("a", "b")
+    n = 20_000
+    got = await flood(r, a, b, n, 1200, every=500)
+    assert got.dropped > 0
+    assert len(got.received) + got.dropped == n
+    assert got.received == sorted(got.received)  # order kept; what was lost is older than what was kept
+    assert got.received[-1] == n - 1
 
 
 async def test_second_connection_with_same_key_replaces_first(
@@ -294,7 +232,7 @@ async def test_deleted_node_is_disconnected_and_refused(
             while ca.connected.is_set():
                 await asyncio.sleep(0.05)
         await ca.close()
-        assert await _ws_status(r, a.ssl()) == 403
+        assert await ws_status(r, a.ssl()) == 403
         m = await metrics(r)
         assert m['cvlan_relay_refused_connections_total{reason="revoked"}'] >= 2
     finally:
@@ -339,30 +277,26 @@ async def _served_serial(r: RunningRelay) -> int:
 
 
 async def test_relay_renews_its_certificate_while_running(
-    rc: RunningController, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    relays: Relays, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cvlan.relay import __main__ as relay_main
     from cvlan.relay import bootstrap
 
     monkeypatch.setattr(relay_main, "RENEW_CHECK_S", 0.2)
-    r = await (await RunningRelay(rc, tmp_path / "relay").create()).start()
-    try:
-        first = await _served_serial(r)
-        monkeypatch.setattr(bootstrap, "fresh", lambda cert, now: False)  # as if 2/3 of 90 days had passed
-        async with asyncio.timeout(10):
-            while (serial := await _served_serial(r)) == first:
-                await asyncio.sleep(0.1)
-        monkeypatch.setattr(bootstrap, "fresh", lambda cert, now: True)
-        await asyncio.sleep(0.5)
-        assert x509.load_pem_x509_certificate(
-            (r.state_dir / "relay.crt").read_bytes()
-        ).serial_number == await _served_serial(r)
-        assert serial != first
-        # The controller accepts the renewed certificate for revocation checks.
-        fleet = await Fleet.create(rc, "acme", ["office"])
-        a = await fleet.node("office", "a")
-        ca, _ = await connect(r, a)
-        await ca.close()
-        assert (await metrics(r)).get("cvlan_relay_revocation_check_errors_total") == 0
-    finally:
-        await r.stop()
+    r = await relays.relay()
+    first = await _served_serial(r)
+    monkeypatch.setattr(bootstrap, "fresh", lambda cert, now: False)  # as if 2/3 of 90 days had passed
+    async with asyncio.timeout(10):
+        while (serial := await _served_serial(r)) == first:
+            await asyncio.sleep(0.1)
+    monkeypatch.setattr(bootstrap, "fresh", lambda cert, now: True)
+    await asyncio.sleep(0.5)
+    assert x509.load_pem_x509_certificate(
+        (r.state_dir / "relay.crt").read_bytes()
+    ).serial_number == await _served_serial(r)
+    assert serial != first
+    # The controller accepts the renewed certificate for revocation checks.
+    (a,) = await relays.nodes("a")
+    ca, _ = await connect(r, a)
+    await ca.close()
+    assert (await metrics(r)).get("cvlan_relay_revocation_check_errors_total") == 0

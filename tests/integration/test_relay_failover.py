@@ -13,10 +13,10 @@ import pytest
 
 from cvlan.cvland.relaychoice import rendezvous
 from cvlan.cvland.relaypath import RelayPath
+from cvlan.devtools.harness.enrol import EnrolledNode
 from cvlan.wire.ipc import DesiredState, PeerConfig, RelayInfo
 from tests.harness.controller import RunningController
-from tests.harness.relay import Fleet, NodeCreds, RunningRelay
-from tests.integration.test_relay import metrics
+from tests.harness.relay import Fleet, RunningRelay, metrics
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def _udp() -> socket.socket:
     return s
 
 
-def _state(me: NodeCreds, peer: NodeCreds, port: int, relays: list[RelayInfo]) -> DesiredState:
+def _state(me: EnrolledNode, peer: EnrolledNode, port: int, relays: list[RelayInfo]) -> DesiredState:
     return DesiredState(
         version=1,
         node_id=me.node_id,

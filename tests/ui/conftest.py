@@ -18,8 +18,9 @@ import pytest_asyncio
 
 from cvlan.controller.auth import SYSTEM
 from cvlan.controller.db.models import Node
-from cvlan.controller.ops import cvlans, nodes, tenants, users
+from cvlan.controller.ops import cvlans, tenants, users
 from cvlan.controller.ops.context import resolve_tenant
+from cvlan.devtools.harness.enrol import create_node
 from tests.harness.controller import RunningController
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -92,8 +93,7 @@ class UiEnv:
         Then record liveness as a poll would (last seen, endpoints, certificate expiry)."""
         ctx = self.rc.c.ctx  # type: ignore[union-attr]
         async with ctx.tx() as s:
-            tok = await cvlans.consume_token(ctx, s, token_text)
-            n = await nodes.create(ctx, s, tok, os.urandom(32), hostname, "Linux 6.1 x86_64")
+            n = await create_node(ctx, s, token_text, hostname, "Linux 6.1 x86_64")
             now = ctx.now()
             n.last_seen = now - dt.timedelta(seconds=4 if online else 3 * 3600)
             n.endpoints = endpoints if endpoints is not None else ["198.51.100.7:41641", "192.168.1.20:41641"]

@@ -10,6 +10,7 @@ from playwright.async_api import expect
 
 from cvlan.client.controller import ControlError
 from cvlan.controller.auth import SYSTEM
+from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import cvlans, infra, nodes, users
 from cvlan.controller.ops.context import resolve_tenant
 from cvlan.wire.pb import node_pb2 as pb
@@ -502,3 +503,53 @@ async def test_change_own_password_ends_other_sessions(ui: UiEnv) -> None:
     assert "/ui/signin" in other.url  # the other one has ended
     await sign_in(other, ui.url, "pat@globex.example", "another-long-one")
     assert other.url == ui.url + "/ui/t/globex/"
+
+
+def _peer(node_id: int, path: int, sent: int, answered: int, rtt_us: int, region: str = "") -> pb.PeerHealth:
+    return pb.PeerHealth(
+        node_id=node_id,
+        path=path,
+        relay_region=region,
+        handshake_age_s=12,
+        rtt_us=rtt_us,
+        probes_sent=sent,
+        probes_answered=answered,
+        rx_bytes=1000,
+        tx_bytes=2000,
+    )
+
+
+async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    async with ctx.tx() as s:
+        t = await resolve_tenant(s, SYSTEM, "acme")
+        await cvlans.create(ctx, s, SYSTEM, t, "health", None, "mesh")
+    token = await ui.issue_token("acme", "health", reusable=True)
+    a, b, c = [await enrol(ui.rc, token, name) for name in ("h-a", "h-b", "h-c")]
+    ia, ib, ic = a.node_id, b.node_id, c.node_id
+    direct, relay = pb.PEER_HEALTH_PATH_DIRECT, pb.PEER_HEALTH_PATH_RELAY
+    reports = [
+        (a, [_peer(ib, relay, 20, 20, 3100, "eu"), _peer(ic, direct, 20, 13, 600)]),
+        (b, [_peer(ia, relay, 20, 20, 3000, "eu"), _peer(ic, direct, 20, 20, 400)]),
+        (c, [_peer(ia, direct, 20, 13, 650), _peer(ib, direct, 20, 20, 420)]),
+    ]
+    for n, peers in reports:
+        await n.client.poll(0)
+        await n.client.report([], pb.HealthSummary(peers_total=2, peers=peers))
+        await n.client.close()
+    await ui.rc.c.app[NODEAPI_KEY].liveness.flush()  # type: ignore[union-attr]
+    page = await ui.page(ui.users["audrey"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans/health")
+    await submit(page, "#health-link")
+    assert await page.inner_text("#count-lossy") == "2"
+    assert await page.inner_text("#count-relay") == "2"
+    assert await page.inner_text("#count-ok") == "2"
+    rows = page.locator("#unhealthy-table tbody tr")
+    assert await rows.count() == 4
+    first = await rows.nth(0).inner_text()
+    assert "lossy" in first and "35 %" in first and "direct" in first
+    relayed = await rows.nth(2).inner_text()
+    assert "relay" in relayed and "eu" in relayed and "3.1 ms" in relayed
+    assert await page.locator("#matrix-table td.health-relay").count() == 2
+    assert ui.errors(page) == []
+    await ui.shot(page, "cvlan-health")

@@ -17,6 +17,7 @@ from cvlan.agent.state import StateError
 from cvlan.common import log as cvlog
 from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.version import add_version_flag
+from cvlan.wire.routes import RouteError, parse_routes
 
 log = logging.getLogger("cvlan.agent")
 
@@ -88,6 +89,20 @@ def parser() -> argparse.ArgumentParser:
         help=f"Prometheus /metrics listener, or off (default {DEFAULT_METRICS}; if that port is taken, "
         "cvlan-ctrl runs without metrics and says so)",
     )
+    p.add_argument(
+        "--advertise-routes",
+        action="append",
+        default=[],
+        metavar="CIDR[,CIDR...]",
+        help="subnets behind this node its peers may reach through it, once a tenant admin approves them "
+        "(`cvlan route approve`); repeat or separate with commas (docs/ROUTES.md)",
+    )
+    p.add_argument(
+        "--advertise-exit-node",
+        action="store_true",
+        help="offer this node as an exit node for its peers' internet traffic, once approved "
+        "(docs/EXIT-NODES.md)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     return p
@@ -100,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not 0 < args.listen_port < 65536 or not 0 <= args.long_poll <= 60:
         print("cvlan-ctrl: --listen-port must be 1-65535 and --long-poll 0-60", file=sys.stderr)
+        return 2
+    try:
+        routes = tuple(parse_routes(args.advertise_routes))
+    except RouteError as e:
+        print(f"cvlan-ctrl: --advertise-routes: {e}", file=sys.stderr)
         return 2
     cvlog.setup(args.log_level, args.log_format)
     token = args.token
@@ -120,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         long_poll_s=args.long_poll,
         enrol_timeout_s=args.enrol_timeout,
         report_interval_s=max(1.0, args.report_interval),
+        advertise_routes=routes,
+        advertise_exit_node=args.advertise_exit_node,
     )
     try:
         return asyncio.run(_run(opts, args.metrics_listen))

@@ -22,8 +22,9 @@ from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.client.ipc import IpcClient, IpcError
 from cvlan.common.backoff import Backoff
+from cvlan.common.host import resolve_hosts
 from cvlan.wire.ipc import DesiredState, DeviceStatus
-from cvlan.wire.nodeproto import MAX_DENIED_FLOWS
+from cvlan.wire.nodeproto import MAX_DENIED_FLOWS, MAX_HEALTH_PEERS
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,15 @@ class Options:
     enrol_timeout_s: float = 60.0
     backoff_cap_s: float = 30.0
     report_interval_s: float = 10.0
-    """How often denied flows are collected from cvland and reported to the controller."""
+    """How often denied flows and peer health are collected from cvland and reported to the controller."""
+    advertise_routes: tuple[str, ...] = ()
+    """Subnet routes behind this node (normalized by wire.routes.parse_routes), sent with every poll."""
+    advertise_exit_node: bool = False
+    """Offer this node as an exit node."""
+
+    def route_advert(self) -> pb.RouteAdvert:
+        """What every poll says this node advertises (the flags are the whole truth: none withdraws)."""
+        return pb.RouteAdvert(routes=self.advertise_routes, exit_node=self.advertise_exit_node)
 
 
 def new_wg_key() -> tuple[str, bytes]:
@@ -105,6 +114,7 @@ class Agent:
         restarted with another)."""
         self.disabled = False
         """The controller refuses this node until an administrator enables it again."""
+        self._control_hosts: list[str] | None = None
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -160,7 +170,9 @@ class Agent:
                 d = await NodeApiClient.discover_pinned(server, pin)
                 c = NodeApiClient(server, d.ca_pem)
                 try:
-                    reg = await c.register(token, pub, csr, hostname, os_info=_os_info())
+                    reg = await c.register(
+                        token, pub, csr, hostname, os_info=_os_info(), route_advert=self.opts.route_advert()
+                    )
                 finally:
                     await c.close()
                 break
@@ -235,7 +247,7 @@ class Agent:
                 "cvlan": self.ident.cvlan_id,
             },
         )
-        reporter = asyncio.create_task(self._report_denied_loop(stop))
+        reporter = asyncio.create_task(self._report_loop(stop))
         try:
             while not stop.is_set():
                 delay = await self._step(backoff)
@@ -251,35 +263,41 @@ class Agent:
             await self.client.close()
             await self.ipc.close()
 
-    async def _report_denied_loop(self, stop: asyncio.Event) -> None:
-        """Every report interval: take the flows cvland's filter dropped and report them."""
+    async def _report_loop(self, stop: asyncio.Event) -> None:
+        """Every report interval: report the flows cvland's filter dropped and the peers' health."""
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.opts.report_interval_s)
                 return
             except TimeoutError:
                 pass
-            await self._report_denied()
+            await self._report()
 
-    async def _report_denied(self) -> None:
+    async def _report(self) -> None:
         assert self.client is not None
         if self.disabled:
             return  # refused until enabled; the poll loop has said so once
         try:
             rep = await asyncio.wait_for(self.ipc.denied(), STATUS_TIMEOUT_S)
+            status = await asyncio.wait_for(self.ipc.status(), STATUS_TIMEOUT_S)
         except (IpcError, TimeoutError):
             return  # cvland unreachable: the poll loop already reports that in the health summary
-        if not rep.flows:
-            return
         flows = [
             pb.DeniedFlow(src=f.src, dst=f.dst, proto=f.proto, dport=f.dport, packets=f.packets)
             for f in rep.flows[:MAX_DENIED_FLOWS]
         ]
+        self.status = status
+        health = self._health()
+        peers, omitted = peer_health(status, time.time())
+        health.peers.extend(peers)
+        health.peers_omitted = omitted
+        if not flows and not peers:
+            return
         try:
-            await self.client.report(flows)
+            await self.client.report(flows, health)
         except ControlError as e:
             reason = e.reason or "retry"
-            log.warning(f"denied-flow report not delivered: {e.message}", extra={"reason": reason})
+            log.warning(f"report not delivered: {e.message}", extra={"reason": reason})
 
     async def _step(self, backoff: Backoff) -> float:
         """One round: renew if due, read cvland's status, poll, push. Returns seconds to wait."""
@@ -300,6 +318,7 @@ class Agent:
                 self._health(),
                 self.status.home_relay_region if self.status else "",
                 long_poll_s=self.long_poll_s,
+                route_advert=self.opts.route_advert(),
             )
         except ControlError as e:
             self.metrics.polls["error"].inc()
@@ -358,11 +377,18 @@ class Agent:
     def _on_map(self, m: pb.NetworkMap) -> None:
         assert self.ident is not None
         self.held = m.version
-        self.pending = desired_state(self.ident, m, self.opts.listen_port)
+        self.pending = desired_state(self.ident, m, self.opts.listen_port, self.control_hosts())
         log.info(
             f"new map: {len(m.peers)} peers, {len(m.vrouters)} vrouters",
             extra={"seq": m.version, "cvlan": self.ident.cvlan_id},
         )
+
+    def control_hosts(self) -> list[str]:
+        """The controller's addresses (resolved once), which an exit node must not carry."""
+        if self._control_hosts is None:
+            assert self.ident is not None
+            self._control_hosts = resolve_hosts(self.ident.server)
+        return self._control_hosts
 
     async def _push(self) -> bool:
         """Hand the pending desired state to cvland; True if cvland applied it."""
@@ -454,6 +480,35 @@ class Agent:
         if self.pending is None and self.held:
             self.held = 0  # fetch the map again so cvland gets the new relay credentials
         log.info("certificate renewed", extra={"node_id": self.ident.node_id})
+
+
+_PATHS = {
+    "direct": pb.PEER_HEALTH_PATH_DIRECT,
+    "relay": pb.PEER_HEALTH_PATH_RELAY,
+    "vrouter": pb.PEER_HEALTH_PATH_VROUTER,
+}
+
+
+def peer_health(st: DeviceStatus, now: float) -> tuple[list[pb.PeerHealth], int]:
+    """cvland's view of each CVLAN member, bounded to MAX_HEALTH_PEERS (worst first, so what is cut
+    is healthy); and how many were left out. Vrouters themselves are not members."""
+    members = [p for p in st.peers if p.node_id and not p.via_vrouter]
+    members.sort(key=lambda p: (p.path != "none", p.probes_answered - p.probes_sent, p.node_id))
+    out = [
+        pb.PeerHealth(
+            node_id=p.node_id,
+            path=_PATHS.get(p.path, pb.PEER_HEALTH_PATH_NONE),
+            relay_region=p.relay_region,
+            handshake_age_s=int(now - p.last_handshake) if p.last_handshake > 0 else -1,
+            rtt_us=int((p.rtt_ms or 0.0) * 1000),
+            probes_sent=p.probes_sent,
+            probes_answered=p.probes_answered,
+            rx_bytes=p.rx_bytes,
+            tx_bytes=p.tx_bytes,
+        )
+        for p in members[:MAX_HEALTH_PEERS]
+    ]
+    return out, max(0, len(members) - MAX_HEALTH_PEERS)
 
 
 def _enrol_message(e: ControlError) -> str:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from cvlan.agent.state import Identity
-from cvlan.wire.ipc import DesiredState, PeerConfig, RelayInfo
+from cvlan.wire.ipc import (
+    DesiredState,
+    DnsForwardSpec,
+    DnsHost,
+    DnsRecordSpec,
+    DnsState,
+    PeerConfig,
+    RelayInfo,
+)
 from cvlan.wire.pb import node_pb2 as pb
 
 
-def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> DesiredState:
+def desired_state(
+    ident: Identity, m: pb.NetworkMap, listen_port: int, control_hosts: list[str] | None = None
+) -> DesiredState:
     peers = [
         PeerConfig(
             public_key=p.wg_public_key.hex(),
@@ -15,6 +25,10 @@ def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> Desire
             endpoints=list(p.endpoints),
             relay_region=p.home_relay_region,
             name=p.name,
+            node_id=p.node_id,
+            routes=list(p.routes),
+            exit_node=p.exit_node,
+            address=p.address,
         )
         for p in m.peers
         if len(p.wg_public_key) == 32
@@ -50,4 +64,29 @@ def desired_state(ident: Identity, m: pb.NetworkMap, listen_port: int) -> Desire
         tls_cert_pem=ident.cert_pem,
         tls_key_pem=ident.tls_key_pem,
         ca_pem=ident.ca_pem,
+        dns=dns_state(m),
+        routes=list(m.self.routes),
+        exit_node=m.self.exit_node,
+        control_hosts=control_hosts or [],
+    )
+
+
+def dns_state(m: pb.NetworkMap) -> DnsState | None:
+    """The resolver's data: the node's own name and those of the peers the policy lets it reach."""
+    d = m.dns
+    if not m.HasField("dns") or not d.zone or not d.resolver:
+        return None
+    allowed = set(d.peer_ids)
+    hosts = [DnsHost(name=m.self.dns_name, address=m.self.address.split("/")[0])] if m.self.dns_name else []
+    hosts += [
+        DnsHost(name=p.dns_name, address=p.address.split("/")[0])
+        for p in m.peers
+        if p.dns_name and p.address and (d.all_peers or p.node_id in allowed)
+    ]
+    return DnsState(
+        zone=d.zone,
+        resolver=d.resolver,
+        hosts=hosts,
+        records=[DnsRecordSpec(name=r.name, type=r.type, value=r.value, ttl=r.ttl) for r in d.records],
+        forwarders=[DnsForwardSpec(domain=f.domain, servers=list(f.servers)) for f in d.forwarders],
     )

@@ -1,3 +1,3 @@
 """cvlan.cli."""
 
-__all__ = ["admin", "http", "node", "table"]
+__all__ = ["admin", "dnscmd", "http", "login", "node", "routes", "table"]

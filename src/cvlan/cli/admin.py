@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cvlan.cli import dnscmd, login
+from cvlan.cli import routes as routes_cli
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
@@ -64,6 +66,37 @@ def cvlan_show(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("GET", _t(ns) + f"/cvlans/{_q(ns.name)}")
 
 
+HEALTH_COLS = ["from", "to", "state", "path", "rtt", "loss", "handshake"]
+
+
+def health_row(p: dict[str, Any]) -> dict[str, Any]:
+    """One pair of a reachability matrix for the terminal."""
+    path = p["path"] + (f" {p['relay_region']}" if p.get("relay_region") else "")
+    return {
+        "from": p.get("src_name", p.get("src")),
+        "to": p.get("dst_name", p.get("dst")),
+        "state": p.get("state", "?"),
+        "path": path,
+        "rtt": "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms",
+        "loss": "-" if p.get("loss") is None else f"{p['loss'] * 100:.0f} %",
+        "handshake": "-" if p.get("handshake_age_s") is None else f"{p['handshake_age_s']}s ago",
+    }
+
+
+def cvlan_health(c: Client, ns: argparse.Namespace) -> Any:
+    h = c.call("GET", _t(ns) + f"/cvlans/{_q(ns.name)}/health")
+    if ns.json:
+        return h
+    counts = ", ".join(f"{n} {k}" for k, n in h["summary"].items() if n)
+    print(f"CVLAN {h['cvlan']}: {len(h['members'])} members, {len(h['pairs'])} pairs ({counts or 'none'})")
+    for u in h["unreachable"]:
+        print(f"UNREACHABLE: no peer reaches {u['name']}")
+    for e in h["events"][:5]:
+        pair = e["node"] + (f" → {e['peer']}" if e["peer"] else "")
+        print(f"{str(e['at'])[:19]}  {e['kind']}  {pair}  {e['detail']}")
+    return [health_row(p) for p in h["pairs"]], HEALTH_COLS
+
+
 def cvlan_delete(c: Client, ns: argparse.Namespace) -> Any:
     c.call("DELETE", _t(ns) + f"/cvlans/{_q(ns.name)}")
     return {"deleted": ns.name}
@@ -107,6 +140,30 @@ def token_revoke(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("DELETE", _t(ns) + f"/tokens/{_q(ns.id)}")
 
 
+def oidc_map_add(c: Client, ns: argparse.Namespace) -> Any:
+    body = {"provider": ns.provider, "group": ns.group, "role": ns.role}
+    return c.call("POST", _t(ns) + "/oidc-mappings", body)
+
+
+def oidc_map_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", _t(ns) + "/oidc-mappings")["items"], [
+        "id",
+        "provider",
+        "group",
+        "role",
+        "created_at",
+    ]
+
+
+def oidc_map_delete(c: Client, ns: argparse.Namespace) -> Any:
+    c.call("DELETE", _t(ns) + f"/oidc-mappings/{_q(ns.mapping)}")
+    return {"deleted": ns.mapping}
+
+
+def oidc_passwords(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("PUT", _t(ns) + "/signin-policy", {"local_passwords": ns.state == "on"})
+
+
 NODE_COLS = [
     "id",
     "name",
@@ -148,7 +205,21 @@ def node_list(c: Client, ns: argparse.Namespace) -> Any:
 
 
 def node_show(c: Client, ns: argparse.Namespace) -> Any:
-    return c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    n = c.call("GET", _t(ns) + f"/nodes/{_q(ns.node)}")
+    routes = c.call("GET", _t(ns) + "/routes", None, {"node": str(n["id"])})["items"]
+    if ns.json:
+        return {**n, "routes": routes}
+    n["routes"] = routes_cli.summary(routes)
+    h = dict(n.get("health") or {})
+    peers = h.pop("peers", None)
+    n["health"] = ", ".join(f"{k}={v}" for k, v in h.items() if k != "peers_at") or "-"
+    for k, v in n.items():
+        print(f"{k:>16}: {v}")
+    if peers is not None:
+        print(f"\npeers as {n['name']} saw them at {str(h.get('peers_at', '?'))[:19]}:")
+        rows = [health_row({**p, "src_name": n["name"], "dst_name": p["node_id"]}) for p in peers]
+        print_table(rows, HEALTH_COLS)
+    return None
 
 
 def node_delete(c: Client, ns: argparse.Namespace) -> Any:
@@ -392,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         lp.set_defaults(fn=fn)
         return lp
 
+    login.add_parser(groups)
+
     g = group("tenant", "manage tenants (platform admin)")
     leaf(g, "create", tenant_create, "create a tenant", False).add_argument("name")
     g.choices["create"].add_argument("--display-name")
@@ -401,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     x = leaf(g, "key-expiry", tenant_key_expiry, "how long the tenant's node certificates last (admin)")
     x.add_argument("lifetime", help="a duration such as 7d or 30d (1h-365d), or 'default'")
 
+    g = group("oidc", "sign-in through identity providers: group mappings and password policy (docs/AUTH.md)")
+    x = leaf(g, "map-add", oidc_map_add, "give members of a provider's group a role in the tenant (admin)")
+    x.add_argument("--provider", required=True, help="provider name in the controller's configuration")
+    x.add_argument("--group", required=True, help="group name as the provider sends it")
+    x.add_argument("--role", required=True, choices=("admin", "operator", "auditor"))
+    leaf(g, "map-list", oidc_map_list, "list the tenant's group mappings")
+    x = leaf(
+        g, "map-delete", oidc_map_delete, "remove a group mapping (members lose the role at next sign-in)"
+    )
+    x.add_argument("mapping", help="mapping id or group name")
+    x = leaf(
+        g, "passwords", oidc_passwords, "allow (on) or forbid (off) password sign-in for the tenant's members"
+    )
+    x.add_argument("state", choices=("on", "off"))
+
     g = group("cvlan", "manage CVLANs of a tenant")
     x = leaf(g, "create", cvlan_create, "create a CVLAN")
     x.add_argument("name")
@@ -409,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "list", cvlan_list, "list CVLANs")
     leaf(g, "show", cvlan_show, "show a CVLAN").add_argument("name")
     leaf(g, "delete", cvlan_delete, "delete an empty CVLAN").add_argument("name")
+    leaf(
+        g, "health", cvlan_health, "reachability matrix: who reaches whom, how, RTT and loss (worst first)"
+    ).add_argument("name")
 
     g = group("token", "manage enrollment tokens")
     x = leaf(g, "create", token_create, "create an enrollment token and print the join command")
@@ -502,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(g, "clear", policy_clear, "remove the policy (all members reach each other)").add_argument(
         "--cvlan", required=True
     )
+    dnscmd.add_commands(group, leaf)
+    routes_cli.register(group, leaf)
     g = group("denied", "traffic denied by policy, as reported by nodes")
     x = leaf(g, "list", denied_list, "denied flows, most packets first")
     x.add_argument("--cvlan")
@@ -545,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     ns.json = getattr(ns, "json", False)
     try:
+        if getattr(ns, "login", False):
+            return login.run(ns)
         client = resolve_client(ns)
         out = ns.fn(client, ns)
     except ApiError as e:

@@ -7,6 +7,7 @@ certificate facts, reads cvlan-ctrl's state directory when it is readable."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sqlite3
 import ssl
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cvlan.cli.table import print_table
+from cvlan.client import netcheck
 from cvlan.client.ipc import IpcError, request_once
 from cvlan.common.version import add_version_flag
-from cvlan.wire.ipc import DeviceStatus, PeerStatus
+from cvlan.wire.ipc import DeviceStatus, DnsStatus, PeerStatus
 
 DEFAULT_SOCKET = Path("/run/cvland/cvland.sock")
 DEFAULT_CTRL_STATE = Path("/var/lib/cvlan-ctrl")
@@ -30,10 +32,10 @@ class CliError(Exception):
     """One line for stderr; exit status 1."""
 
 
-def ipc(path: Path, op: str, timeout: float = 5.0) -> dict[str, Any]:
+def ipc(path: Path, op: str, timeout: float = 5.0, **body: Any) -> dict[str, Any]:
     """One request to cvland; CliError with a clear line if it is not there or refuses."""
     try:
-        ans = request_once(path, op, timeout)
+        ans = request_once(path, op, timeout, **body)
     except FileNotFoundError:
         raise CliError(f"cvland is not running (no socket at {path})") from None
     except PermissionError:
@@ -84,22 +86,45 @@ def _reachable(server: str, ca_pem: str) -> bool:
         return False
 
 
-def _ago(ts: float, now: float) -> str:
+def ago(ts: float, now: float) -> str:
+    """'never', '12s ago', '5m ago', '3h 4m ago', '2d 5h ago'."""
     if ts <= 0:
         return "never"
     secs = max(0, int(now - ts))
-    return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 3600:
+        return f"{secs // 60}m ago"
+    if secs < 86400:
+        return f"{secs // 3600}h {secs % 3600 // 60}m ago"
+    return f"{secs // 86400}d {secs % 86400 // 3600}h ago"
+
+
+def human_bytes(n: int) -> str:
+    """'512 B', '1.5 KiB', '12.0 MiB', '3.2 GiB' (binary units, one decimal)."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def _peer_row(p: PeerStatus, now: float) -> dict[str, Any]:
+    path = p.path + (f" {p.relay_region}" if p.relay_region else "")
+    loss = f"{(1 - p.probes_answered / p.probes_sent) * 100:.0f} %" if p.probes_sent else "-"
     return {
         "name": p.name or p.public_key[:8],
         "address": ",".join(p.allowed_ips),
         "endpoint": p.endpoint or "-",
-        "handshake": _ago(p.last_handshake, now),
-        "rx": p.rx_bytes,
-        "tx": p.tx_bytes,
-        "path": p.path,
+        "handshake": ago(p.last_handshake, now),
+        "rx": human_bytes(p.rx_bytes),
+        "tx": human_bytes(p.tx_bytes),
+        "path": path,
+        "rtt": "-" if p.rtt_ms is None else f"{p.rtt_ms:.1f} ms",
+        "loss": loss,
     }
 
 
@@ -119,11 +144,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("applied map version", str(st.applied_version)),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
         ("peers", f"{len(st.peers)} ({sum(p.path == 'direct' for p in st.peers)} direct)"),
+        ("dns", _dns_line(st.dns)),
+        ("exit node", _exit_line(st)),
+        ("subnet routes", ", ".join(f"{r} via {n}" for r, n in st.routes.items()) or "-"),
+        ("forwards for peers", ", ".join(st.forwarding) or "-"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     return 0
+
+
+def _dns_line(d: DnsStatus | None) -> str:
+    if d is None:
+        return "off (no names from the controller, dns mode off, or down)"
+    where = f"resolver {d.resolver}" if d.resolver else "resolver not listening"
+    line = f"{d.zone}: {where}, {d.names} names, host via {d.host_config}"
+    return line + (f"; ERROR {d.error}" if d.error else "")
+
+
+def _exit_line(st: DeviceStatus) -> str:
+    if not st.exit_node:
+        return "- (internet traffic goes the host's own way)"
+    if st.exit_node_error:
+        return f"{st.exit_node} NOT IN USE: {st.exit_node_error}"
+    return f"{st.exit_node} (all internet traffic goes through it)"
 
 
 def _controller_line(facts: dict[str, Any]) -> str:
@@ -140,7 +185,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     now = time.time()
     print_table(
         [_peer_row(p, now) for p in st.peers],
-        ["name", "address", "endpoint", "handshake", "rx", "tx", "path"],
+        ["name", "address", "endpoint", "handshake", "rx", "tx", "path", "rtt", "loss"],
     )
     return 0
 
@@ -202,11 +247,15 @@ def _received(ping_out: str) -> int:
 def cmd_netcheck(args: argparse.Namespace) -> int:
     st = device_status(args.socket)
     facts = ctrl_facts(args.ctrl_state_dir)
-    paths = {k: sum(p.path == k for p in st.peers) for k in ("direct", "relay", "none")}
+    paths = {k: sum(p.path == k for p in st.peers) for k in ("direct", "relay", "vrouter", "none")}
+    local_ips = [e.rsplit(":", 1)[0].strip("[]") for e in st.local_endpoints]
+    targets = [netcheck.StunTarget(r.region, r.url, r.stun) for r in st.relays if r.stun]
+    net = asyncio.run(netcheck.run(targets, local_ips, timeout=args.timeout))
     report = {
-        "udp_port": st.listen_port,
+        **net.as_dict(),
+        "wireguard_port": st.listen_port,
+        "wireguard_mapped_endpoint": st.mapped_endpoint,
         "local_endpoints": st.local_endpoints,
-        "mapped_endpoint": st.mapped_endpoint,
         "home_relay_region": st.home_relay_region,
         "controller_reachable": facts.get("controller_reachable"),
         "peers_by_path": paths,
@@ -214,16 +263,41 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"UDP port            {st.listen_port}")
-    print(f"local endpoints     {', '.join(st.local_endpoints) or '-'}")
-    print(f"mapped (STUN)       {st.mapped_endpoint or 'unknown'}")
-    print(f"home relay          {st.home_relay_region or '-'}")
-    reach = facts.get("controller_reachable")
-    print(f"controller          {'?' if reach is None else 'reachable' if reach else 'unreachable'}")
-    print(
-        f"peers               {paths['direct']} direct, {paths['relay']} relay, {paths['none']} not connected"
-    )
+    _print_netcheck(net, st, facts, paths, bool(targets))
     return 0
+
+
+def _print_netcheck(
+    net: netcheck.NetReport, st: DeviceStatus, facts: dict[str, Any], paths: dict[str, int], any_stun: bool
+) -> None:
+    reach = facts.get("controller_reachable")
+    rows = [
+        ("UDP", ("yes" if net.udp else "BLOCKED (no STUN answer)") if any_stun else "? (no relay has STUN)"),
+        ("IPv4", f"yes, {net.mapped_endpoint}" if net.ipv4 else "no"),
+        ("IPv6", "global address" if net.ipv6 else "no"),
+        ("NAT", _nat_line(net.nat)),
+        ("WireGuard port", f"{st.listen_port}, mapped {st.mapped_endpoint or 'unknown'}"),
+        ("local endpoints", ", ".join(st.local_endpoints) or "-"),
+        ("home relay", st.home_relay_region or "-"),
+        ("controller", "?" if reach is None else "reachable" if reach else "unreachable"),
+        ("peers", ", ".join(f"{n} {k}" for k, n in paths.items())),
+    ]
+    for k, v in rows:
+        print(f"{k:<16}  {v}")
+    print("relay latency:")
+    for a in sorted(net.answers, key=lambda a: (a.rtt_ms is None, a.rtt_ms or 0.0)):
+        rtt = f"{a.rtt_ms:.1f} ms" if a.rtt_ms is not None else a.error
+        print(f"  {a.region:<12} {a.server:<24} {rtt}")
+
+
+def _nat_line(nat: str) -> str:
+    return {
+        "none": "none (public address)",
+        "port-preserving": "port-preserving (endpoint-independent, same port): direct paths work",
+        "endpoint-independent": "endpoint-independent mapping: direct paths work",
+        "endpoint-dependent": "endpoint-dependent (symmetric): peers reach this node through a relay",
+        "unknown": "unknown (fewer than two STUN servers answered)",
+    }[nat]
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -239,10 +313,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0))
+    body = {} if args.exit_node is None else {"exit_node": args.exit_node}
+    st = DeviceStatus.model_validate(ipc(args.socket, "up", timeout=30.0, **body))
     if args.json:
         print(json.dumps(st.model_dump(), indent=2))
         return 0
+    if args.exit_node is not None:
+        print(f"exit node: {_exit_line(st)}")
     if not st.address:
         print(f"up: {st.interface} running; no map from cvlan-ctrl yet (is cvlan-ctrl running?)")
     else:
@@ -281,19 +358,36 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "status", parents=[common], help="this node: address, CVLAN, controller, certificate, interface"
     )
-    sub.add_parser("peers", parents=[common], help="peers: address, endpoint, last handshake, bytes, path")
+    sub.add_parser(
+        "peers", parents=[common], help="peers: address, endpoint, last handshake, bytes, path, RTT, loss"
+    )
     ping = sub.add_parser("ping", parents=[common], help="ping a peer (by name, overlay IP or key prefix)")
     ping.add_argument("peer")
     ping.add_argument("-c", "--count", type=int, default=3, help="echo requests to send (default 3)")
-    sub.add_parser(
-        "netcheck", parents=[common], help="endpoints, STUN mapping, relay, controller reachability"
+    nc = sub.add_parser(
+        "netcheck",
+        parents=[common],
+        help="UDP, NAT type (STUN to every relay), mapped endpoint, relay latency, IPv4/IPv6, controller",
+    )
+    nc.add_argument(
+        "--timeout", type=float, default=1.0, help="seconds to wait for each STUN answer (default 1)"
     )
     sub.add_parser(
         "down",
         parents=[common],
         help="take this node off the network (tunnel, routes, firewall removed; identity kept) until `up`",
     )
-    sub.add_parser("up", parents=[common], help="put this node back on the network after `down`")
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="put this node back on the network after `down`; select an exit node",
+    )
+    up.add_argument(
+        "--exit-node",
+        metavar="NAME",
+        help="send all internet traffic through this peer (an approved exit node); '' for none, which "
+        "restores the host's own routing (docs/EXIT-NODES.md)",
+    )
     return p
 
 

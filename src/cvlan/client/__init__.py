@@ -1,3 +1,3 @@
 """cvlan.client."""
 
-__all__ = ["bootstrap", "controller", "ipc", "relay", "stun", "tls"]
+__all__ = ["bootstrap", "controller", "ipc", "netcheck", "relay", "stun", "tls"]

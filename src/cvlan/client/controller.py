@@ -154,7 +154,13 @@ class NodeApiClient:
         return _decode(pb.DiscoverResponse, raw)
 
     async def register(
-        self, token: str, wg_public_key: bytes, csr_pem: str, hostname: str, os_info: str = ""
+        self,
+        token: str,
+        wg_public_key: bytes,
+        csr_pem: str,
+        hostname: str,
+        os_info: str = "",
+        route_advert: pb.RouteAdvert | None = None,
     ) -> pb.RegisterResponse:
         req = pb.RegisterRequest(
             capability_version=wire.CAPABILITY_VERSION,
@@ -164,6 +170,8 @@ class NodeApiClient:
             hostname=hostname,
             os_info=os_info,
         )
+        if route_advert is not None:
+            req.route_advert.CopyFrom(route_advert)
         return await self._call("/v1/register", req, pb.RegisterResponse)
 
     async def reauthenticate(
@@ -196,8 +204,9 @@ class NodeApiClient:
         health: pb.HealthSummary | None = None,
         home_relay_region: str = "",
         long_poll_s: int = 0,
+        route_advert: pb.RouteAdvert | None = None,
     ) -> pb.PollResponse:
-        req = wire.poll_request(map_version, endpoints, health, home_relay_region, long_poll_s)
+        req = wire.poll_request(map_version, endpoints, health, home_relay_region, long_poll_s, route_advert)
         return await self._call("/v1/poll", req, pb.PollResponse, timeout=self.timeout + long_poll_s)
 
     async def renew(self, csr_pem: str) -> pb.RenewResponse:

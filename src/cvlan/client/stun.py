@@ -52,7 +52,7 @@ async def resolve(host: str, port: int) -> tuple[str, int]:
     return str(infos[0][4][0]), port
 
 
-class _Collector(asyncio.DatagramProtocol):
+class Collector(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
 
@@ -70,14 +70,14 @@ async def probe(
     """Binding request from an ordinary UDP socket bound to ``bind``; retransmits ``attempts`` times."""
     addr = await resolve(*server)
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(_Collector, local_addr=bind)
+    transport, proto = await loop.create_datagram_endpoint(Collector, local_addr=bind)
     try:
-        return await _exchange(lambda req: transport.sendto(req, addr), proto.queue, addr, timeout, attempts)
+        return await exchange(lambda req: transport.sendto(req, addr), proto.queue, addr, timeout, attempts)
     finally:
         transport.close()
 
 
-async def _exchange(
+async def exchange(
     send: Callable[[bytes], None],
     queue: asyncio.Queue[tuple[bytes, tuple[str, int]]],
     server: tuple[str, int],

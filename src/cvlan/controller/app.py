@@ -35,6 +35,7 @@ from cvlan.controller.http.framework import (
 )
 from cvlan.controller.infraapi import relays as relayapi
 from cvlan.controller.infraapi import vrouters as vrouterapi
+from cvlan.controller.oidc.client import PROVIDERS_KEY, build_providers
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.settings import ControllerSettings
@@ -130,6 +131,7 @@ async def build(
     app[ENGINE_KEY] = engine
     app[CA_KEY] = ca
     app[AUTH_KEY] = authenticate
+    app[PROVIDERS_KEY] = build_providers(settings.oidc_providers, ctx.clock)
     app[MAX_BODY_KEY] = settings.max_body_bytes
     app[CA_PIN_KEY] = ca.fingerprint
     for r in ROUTES:

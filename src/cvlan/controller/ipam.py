@@ -15,8 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.db.models import Cvlan, IpAllocation
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.wire.dnsnames import RESOLVER_ADDRESS
 
 SUBNET_LOCK_KEY = 0x6376_6C61  # advisory lock id for subnet allocation ("cvla")
+_RESERVED = int(ipaddress.IPv4Address(RESOLVER_ADDRESS))
+"""No CVLAN subnet holds the nodes' resolver address (wire/dnsnames.py), so it is never a node's."""
 
 
 def parse_subnet(text_: str) -> ipaddress.IPv4Network:
@@ -47,6 +50,11 @@ async def _overlapping(session: AsyncSession, start: int, end: int) -> Cvlan | N
     return c if c is not None and c.net_end >= start else None
 
 
+def _skip_reserved(cand: int, size: int) -> int:
+    """cand, or the next aligned block if the block at cand holds the resolver address."""
+    return cand + size if cand <= _RESERVED < cand + size else cand
+
+
 async def allocate_subnet(
     session: AsyncSession, pool: str, prefix: int, requested: str | None
 ) -> ipaddress.IPv4Network:
@@ -55,6 +63,12 @@ async def allocate_subnet(
     if requested:
         net = parse_subnet(requested)
         start, end = int(net.network_address), int(net.broadcast_address)
+        if start <= _RESERVED <= end:
+            raise DomainError(
+                Kind.INVALID,
+                f"subnet {net} contains {RESOLVER_ADDRESS}, the address of every node's DNS resolver",
+                {"field": "subnet"},
+            )
         clash = await _overlapping(session, start, end)
         if clash is not None:
             raise DomainError(
@@ -72,7 +86,7 @@ async def allocate_subnet(
         .order_by(Cvlan.net_start.desc())
         .limit(1)
     )
-    cand = p_start if top is None else ((top + 1 + size - 1) // size) * size
+    cand = _skip_reserved(p_start if top is None else ((top + 1 + size - 1) // size) * size, size)
     if cand + size - 1 <= p_end and await _overlapping(session, cand, cand + size - 1) is None:
         return ipaddress.IPv4Network((cand, prefix))
     # Slow path: walk the gaps between existing subnets in address order.
@@ -83,11 +97,11 @@ async def allocate_subnet(
             .order_by(Cvlan.net_start)
         )
     ).all()
-    cand = p_start
+    cand = _skip_reserved(p_start, size)
     for s, e in rows:
         if cand + size - 1 < s:
             return ipaddress.IPv4Network((cand, prefix))
-        cand = max(cand, ((e + 1 + size - 1) // size) * size)
+        cand = _skip_reserved(max(cand, ((e + 1 + size - 1) // size) * size), size)
     if cand + size - 1 <= p_end:
         return ipaddress.IPv4Network((cand, prefix))
     raise DomainError(Kind.EXHAUSTED, f"address pool {pool} has no free /{prefix} left")

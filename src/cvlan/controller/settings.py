@@ -6,11 +6,66 @@ import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cvlan.wire.dnsnames import DEFAULT_DOMAIN, DnsNameError, check_domain
 from cvlan.wire.endpoint import split_hostport
+
+
+class OidcProviderSettings(BaseModel):
+    """One OpenID Connect identity provider people sign in with (docs/AUTH.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    """Short name: in URLs, group mappings (`cvlan oidc map add --provider NAME`) and `cvlan login`."""
+    display_name: str = ""
+    """Shown on the sign-in button ("Sign in with ..."). Empty: the name."""
+    issuer: str
+    """The issuer URL; its /.well-known/openid-configuration is read for everything else."""
+    client_id: str = Field(min_length=1)
+    client_secret: str = ""
+    client_secret_file: Path | None = None
+    """A file holding the client secret (read at start), instead of client_secret in the config."""
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    groups_claim: str = "groups"
+    """The ID-token claim listing the user's groups (Keycloak "groups", Entra ID "groups")."""
+    email_verified_when_absent: bool = False
+    """Take the email as verified when the ID token does not say (providers such as Entra ID that
+    never send email_verified). A token saying email_verified false is refused all the same."""
+    clock_skew_s: int = Field(default=60, ge=0, le=600)
+    """How far the provider's clock may be from ours when checking the ID token's times."""
+    ca_file: Path | None = None
+    """PEM bundle to verify the provider's TLS certificate with (a private CA). Empty: the system's."""
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        parts = urlsplit(v)
+        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError("must be an https:// URL (http:// only on loopback, for tests)")
+        return v.rstrip("/")
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if "openid" not in v:
+            raise ValueError("must include openid")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    def secret(self) -> str:
+        """The client secret: client_secret, or the first line of client_secret_file."""
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return self.client_secret
 
 
 class ControllerSettings(BaseSettings):
@@ -48,6 +103,8 @@ class ControllerSettings(BaseSettings):
     """Answer node API requests on the proxy socket with the built-in lean HTTP/1.1 server (about half
     the controller's CPU per poll); false: the full web stack serves them like every other request."""
     pool_cidr: str = "100.64.0.0/10"
+    dns_domain: str = DEFAULT_DOMAIN
+    """The domain under which every node is named <node>.<cvlan>.<tenant>.<dns_domain> (docs/DNS.md)."""
     cvlan_prefix: int = 24
     address_quarantine_s: int = 3600
     node_cert_lifetime_s: int = 7 * 86400
@@ -63,6 +120,16 @@ class ControllerSettings(BaseSettings):
     log_level: str = "info"
     log_format: str = "text"
     db_pool_size: int = 10
+    oidc_providers: list[OidcProviderSettings] = Field(default_factory=list)
+    """Identity providers for OpenID Connect sign-in ([[oidc_providers]] tables in the config file)."""
+
+    @field_validator("oidc_providers")
+    @classmethod
+    def _unique_providers(cls, v: list[OidcProviderSettings]) -> list[OidcProviderSettings]:
+        names = [p.name for p in v]
+        if len(set(names)) != len(names):
+            raise ValueError("provider names must be unique")
+        return v
 
     @field_validator("pool_cidr")
     @classmethod
@@ -71,6 +138,14 @@ class ControllerSettings(BaseSettings):
         if net.version != 4:
             raise ValueError("only IPv4 pools are supported")
         return str(net)
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _dns_domain(cls, v: str) -> str:
+        try:
+            return check_domain(v, "dns_domain")
+        except DnsNameError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("trusted_proxies")
     @classmethod

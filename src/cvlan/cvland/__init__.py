@@ -2,12 +2,17 @@
 
 __all__ = [
     "daemon",
+    "dnsserver",
+    "dnsservice",
     "hubs",
     "metrics",
     "paths",
+    "probe",
     "reconcile",
     "relaychoice",
     "relaypath",
+    "resolver",
     "server",
     "settings",
+    "subnets",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -18,12 +19,17 @@ from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.settings import invalid_setting
 from cvlan.common.version import add_version_flag
 from cvlan.cvland.daemon import Backends, Daemon
+from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.metrics import CvlandCollector, registry
+from cvlan.cvland.probe import PROBE_INTERVAL_S, Prober
 from cvlan.cvland.relaypath import RelayPath
 from cvlan.cvland.server import Serial, SocketInUse, serve
-from cvlan.cvland.settings import CvlandSettings
+from cvlan.cvland.settings import DNS_MODES, CvlandSettings
 from cvlan.dataplane.engine import EngineError, check_engine, make_engine, pick_engine
 from cvlan.dataplane.firewall import NftFirewall
+from cvlan.dataplane.forwarding import SysctlForwarding
+from cvlan.dataplane.hostdns import HostDnsError, ResolvConf, make_host_dns
+from cvlan.dataplane.policyroute import IpPolicyRouter
 from cvlan.dataplane.router import NetlinkRouter
 
 log = logging.getLogger("cvlan.cvland")
@@ -47,6 +53,18 @@ def parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics listener, or off (default 127.0.0.1:9371; if that port is taken, "
         "cvland runs without metrics and says so)",
     )
+    p.add_argument(
+        "--dns-mode",
+        choices=DNS_MODES,
+        help="point the host's resolver at the node's for overlay names: auto (systemd-resolved where it "
+        "runs, else /etc/resolv.conf, saved and restored), or off (default auto; docs/DNS.md)",
+    )
+    p.add_argument(
+        "--restore-dns",
+        action="store_true",
+        help="put back the resolv.conf a cvland that did not stop cleanly left pointing at its resolver, "
+        "then exit (the packages' removal scripts run it; a normal start does it too)",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
     p.add_argument("--log-format", choices=("text", "json"))
     return p
@@ -63,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "metrics_listen": args.metrics_listen,
+        "dns_mode": args.dns_mode,
     }
     try:
         settings = CvlandSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -70,10 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         print(invalid_setting("cvland", e, "CVLAND_"), file=sys.stderr)
         return 2
     cvlog.setup(settings.log_level, settings.log_format)
+    if args.restore_dns:
+        return restore_dns(settings)
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def restore_dns(settings: CvlandSettings) -> int:
+    try:
+        ResolvConf(settings.resolv_conf, settings.state_dir).restore()
+    except (OSError, HostDnsError) as e:
+        print(f"cvland: restore {settings.resolv_conf}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def run(settings: CvlandSettings) -> int:
@@ -85,7 +115,18 @@ async def run(settings: CvlandSettings) -> int:
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(engine_name, settings.interface, settings.state_dir / "engine.log")
-    backends = Backends(engine=engine, router=NetlinkRouter(), firewall=NftFirewall(settings.interface))
+    dns = None
+    if settings.dns_mode != "off":
+        host = make_host_dns(settings.dns_mode, settings.resolv_conf, settings.state_dir)
+        dns = DnsService(asyncio.get_running_loop(), host, settings.state_dir, settings.resolv_conf)
+    backends = Backends(
+        engine=engine,
+        router=NetlinkRouter(),
+        firewall=NftFirewall(settings.interface),
+        policy=IpPolicyRouter(),
+        forwarding=SysctlForwarding(settings.state_dir),
+        dns=dns,
+    )
     # Relay fallback, relay proxy and STUN of the WireGuard port (docs/RELAY.md).
     relay = RelayPath(asyncio.get_running_loop(), settings.stun_interval_s)
     daemon = Daemon(
@@ -131,13 +172,29 @@ async def _run(settings: CvlandSettings, daemon: Daemon, serial: Serial, engine_
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    prober = Prober(daemon.probes, daemon.clock.monotonic)
+    probing = asyncio.create_task(_probe_loop(daemon, prober, stop))
     try:
         await _loop(daemon, serial, stop, settings.tick_s)
     finally:
+        probing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probing
+        prober.close()
         await metrics.close()
         server.close()
         settings.socket.unlink(missing_ok=True)
     return 0
+
+
+async def _probe_loop(daemon: Daemon, prober: Prober, stop: asyncio.Event) -> None:
+    """Every PROBE_INTERVAL_S: (re)bind the probe socket to the overlay address, probe every peer."""
+    while not stop.is_set():
+        ds = None if daemon.is_down else daemon.desired
+        await prober.ensure(ds.address if ds else "", ds.cvlan_subnet if ds else "")
+        prober.send_round()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=PROBE_INTERVAL_S)
 
 
 async def _loop(daemon: Daemon, serial: Serial, stop: asyncio.Event, tick_s: float) -> None:

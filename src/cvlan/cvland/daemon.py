@@ -9,21 +9,28 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cvlan.common.clock import Clock
 from cvlan.common.files import write_atomic
+from cvlan.common.host import resolve_hosts
+from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.hubs import HubFailover
+from cvlan.cvland.probe import ProbeBook
 from cvlan.cvland.reconcile import Plan, plan, validate
 from cvlan.cvland.relaypath import NoRelayPaths, PathSelector, RelayPath
+from cvlan.cvland.subnets import RouteFailover, exit_peer
 from cvlan.dataplane.engine import EngineError, WgEngine, pid_cmdline, stop_pid
 from cvlan.dataplane.firewall import DENY_LOG_GROUP, DENY_LOG_PREFIX, Firewall
+from cvlan.dataplane.forwarding import Forwarding
 from cvlan.dataplane.nflog import Aggregator, NflogError, NflogReader
+from cvlan.dataplane.policyroute import PolicyRouter
 from cvlan.dataplane.router import Router
 from cvlan.dataplane.uapi import SOCKET_DIR
-from cvlan.dataplane.wgconfig import WgConfig
-from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerStatus
+from cvlan.dataplane.wgconfig import PeerState, WgConfig
+from cvlan.wire.ipc import DeniedFlow, DeniedReport, DesiredState, DeviceStatus, PeerConfig, PeerStatus
 from cvlan.wire.keys import KeyHex, short
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,8 @@ DESIRED_FILE = "desired.json"
 """The last applied DesiredState (0600: it holds the private key), re-applied on start."""
 DOWN_FILE = "down"
 """Present while the operator has taken the node down (`cvlancli down`); survives restarts."""
+EXIT_FILE = "exit-node"
+"""The name of the selected exit node (`cvlancli up --exit-node NAME`); absent: none."""
 
 
 @dataclass
@@ -43,8 +52,16 @@ class Backends:
     firewall: Firewall
     local_addresses: list[str] | None = field(default=None)
     """Fixed local addresses for tests; None = read this namespace's interfaces."""
+    local_networks: list[str] | None = field(default=None)
+    """Fixed connected networks for tests; None = read them (none without real links)."""
     manage_links: bool = True
     """Delete the interface by name on start/stop (False with fakes: there is no real link)."""
+    dns: DnsService | None = None
+    """The node's resolver and the host's split DNS (None: cvland leaves DNS alone)."""
+    policy: PolicyRouter | None = None
+    """Exit-node policy routing (None: not managed, e.g. unit tests without a host)."""
+    forwarding: Forwarding | None = None
+    """IPv4 forwarding for subnet routes and exit node (None: not managed)."""
 
 
 class Daemon:
@@ -69,6 +86,8 @@ class Daemon:
         self.selector = PathSelector(clock, paths, probe_s=probe_s, retry_s=direct_retry_s)
         self.hubs = HubFailover(clock)
         """Which vrouter peer carries the CVLAN subnet when there are several (cvland/hubs.py)."""
+        self.routes = RouteFailover(clock)
+        """Which peer carries each subnet route, and the exit node (cvland/subnets.py)."""
         self.desired: DesiredState | None = None
         self._wg_prev: WgConfig | None = None
         self._owns_host = False
@@ -77,6 +96,10 @@ class Daemon:
         self.denied_flows = Aggregator()
         self.path_changes = 0
         """Times a peer was moved to another endpoint or path since start (a metric)."""
+        self._paths: dict[KeyHex, str] = {}
+        """Each peer's path at the last tick: its probe window restarts when the path changes."""
+        self.probes = ProbeBook()
+        """Health probes to the peers' overlay addresses (sent by the event loop, cvland/probe.py)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -124,8 +147,33 @@ class Daemon:
         log.info("node taken down", extra={"reason": "cvlancli down"})
         return self.status()
 
-    def up(self) -> DeviceStatus:
-        """Put the node back on the network with its last desired state. Idempotent."""
+    @property
+    def exit_name(self) -> str:
+        try:
+            return (self.state_dir / EXIT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def select_exit(self, name: str) -> None:
+        """Send all internet traffic through the exit node called name ("" = none); ValueError,
+        and nothing changed, when no peer of that name is an approved exit node."""
+        if name:
+            _, why = exit_peer(self.desired, name) if self.desired else ("", "no map applied yet")
+            if why:
+                raise ValueError(f"exit node {name!r}: {why} (see `cvlancli status`)")
+            write_atomic(self.state_dir / EXIT_FILE, name + "\n", 0o600)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / EXIT_FILE).unlink()
+        log.info("exit node selected" if name else "exit node cleared", extra={"peer": name or "none"})
+        if not self.is_down and self.desired is not None and self.b.engine.alive():
+            self._apply_plan(self._plan(self.desired))
+
+    def up(self, exit_node: str | None = None) -> DeviceStatus:
+        """Put the node back on the network with its last desired state, and select an exit node
+        (None: keep the selection). Idempotent."""
+        if exit_node is not None:
+            self.select_exit(exit_node)
         if self.is_down:
             (self.state_dir / DOWN_FILE).unlink()
             self._teardown_host()  # nothing should be left, but never start over a leftover
@@ -174,7 +222,10 @@ class Daemon:
             self._lock_fd = None
 
     def _teardown_host(self) -> None:
-        """Remove the firewall table, routes, engine and link of this run."""
+        """Point the host's DNS back, then remove the firewall table, routes, engine and link of this run."""
+        if self.b.dns is not None:
+            self.b.dns.teardown()
+        self._teardown_forwarding()
         with contextlib.suppress(Exception):
             self.b.firewall.teardown()
         self.b.router.teardown()
@@ -196,8 +247,21 @@ class Daemon:
                 log.warning("stopping engine left by a previous run", extra={"reason": f"pid {pid}"})
                 stop_pid(pid)
 
+    def _teardown_forwarding(self) -> None:
+        """Exit-node rules and IPv4 forwarding back to the host's own (also after a crash)."""
+        if self.b.policy is not None:
+            with contextlib.suppress(Exception):
+                self.b.policy.teardown()
+        if self.b.forwarding is not None:
+            with contextlib.suppress(Exception):
+                self.b.forwarding.restore()
+
     def cleanup_leftovers(self) -> None:
-        """Delete what a crashed run left in this namespace: the link and the nftables table."""
+        """Delete what a crashed run left in this namespace: the link, the nftables table, a
+        resolv.conf pointing at its resolver, the exit-node rules and the forwarding switch."""
+        if self.b.dns is not None:
+            self.b.dns.cleanup()
+        self._teardown_forwarding()
         self._delete_link()
         with contextlib.suppress(Exception):
             self.b.firewall.teardown()
@@ -235,8 +299,22 @@ class Daemon:
             {p.public_key.lower(): (tuple(p.endpoints), p.relay_region) for p in ds.peers}
         )
         self.hubs.set_state(ds)
+        self.routes.set_state(ds, self._connected())
         self._apply_plan(self._plan(ds))
+        if self.b.dns is not None:
+            self.b.dns.apply(ds, self.ifname)
+        self.probes.set_targets(probe_targets(ds))
         return self._store_desired(ds)
+
+    def _connected(self) -> list[str]:
+        """The host's connected networks (a peer's subnet route never replaces one of them)."""
+        if self.b.local_networks is not None:
+            return self.b.local_networks
+        if not self.b.manage_links:
+            return []
+        from cvlan.dataplane.router import connected_networks
+
+        return connected_networks(exclude_ifnames=(self.ifname,))
 
     def _store_desired(self, ds: DesiredState) -> int:
         if self.desired is None or self.desired != ds:
@@ -256,10 +334,19 @@ class Daemon:
         for key, ps in peers.items():
             self.selector.note_roaming(key, ps.last_handshake, ps.endpoint)
 
+    def _shaped(self, ds: DesiredState) -> DesiredState:
+        """ds as the host gets it: CVLAN subnet on the active vrouter, each subnet route on its
+        carrier, 0.0.0.0/0 on the selected exit node (if it is one)."""
+        exit_key, _ = exit_peer(ds, self.exit_name)
+        return self.routes.shape(self.hubs.shape(ds), exit_key)
+
     def _plan(self, ds: DesiredState) -> Plan:
-        return plan(self.hubs.shape(ds), self.ifname, lambda key: self.selector.choice(key).endpoint)
+        endpoint_of = lambda key: self.selector.choice(key).endpoint  # noqa: E731
+        return plan(self._shaped(ds), self.ifname, endpoint_of, resolve_hosts)
 
     def _apply_plan(self, p: Plan) -> None:
+        if p.exit is None and self.b.policy is not None:
+            self.b.policy.apply(None)  # before the engine drops its fwmark: never a loop
         self.b.firewall.apply(p.ruleset)
         try:
             self.b.engine.configure(p.wg, self._wg_prev)
@@ -268,6 +355,10 @@ class Daemon:
             raise
         self._wg_prev = p.wg
         self.b.router.apply(p.router)
+        if self.b.forwarding is not None:
+            self.b.forwarding.set(p.forward)
+        if p.exit is not None and self.b.policy is not None:
+            self.b.policy.apply(p.exit)
 
     def tick(self) -> None:
         """Periodic work: restart a dead engine, rotate endpoints of peers without a handshake."""
@@ -283,6 +374,8 @@ class Daemon:
             if self.desired is not None:
                 self.b.router.teardown()
                 self._apply_plan(self._plan(self.desired))
+                if self.b.dns is not None:  # the new link has none of the old one's DNS settings
+                    self.b.dns.apply(self.desired, self.ifname, force=True)
             return
         if self.nflog is not None:
             self.nflog.read_ready(self.denied_flows)
@@ -298,12 +391,23 @@ class Daemon:
                     "trying next endpoint",
                     extra={"peer": short(key), "endpoint": self.selector.choice(key).endpoint},
                 )
+        self._restart_probes_on_new_paths(state.peers)
         if self.hubs.observe(state.peers):
             changed = True
             log.warning("vrouter failover", extra={"peer": short(self.hubs.active())})
-        probes = self.hubs.take_probes()
+        if self.routes.observe(state.peers):
+            changed = True
+            log.warning("subnet route moved to another peer", extra={"reason": "failover"})
+        probes = self.hubs.take_probes() | self.routes.take_probes()
         if changed or probes:
             self._apply_plan(self._recreate(self._plan(self.desired), probes))
+
+    def _restart_probes_on_new_paths(self, peers: Mapping[KeyHex, PeerState]) -> None:
+        paths = {key: self._path_of(key, ps.last_handshake) for key, ps in peers.items()}
+        for key, path in paths.items():
+            if self._paths.get(key, "none") != path:
+                self.probes.restart(key)
+        self._paths = paths
 
     def _recreate(self, p: Plan, probes: set[str] | None = None) -> Plan:
         """Remove peers whose path switched (or vrouter peers to probe), so that re-adding them
@@ -319,12 +423,17 @@ class Daemon:
     # --- status ----------------------------------------------------------------------------------
 
     def status(self) -> DeviceStatus:
-        ds = self.hubs.shape(self.desired) if self.desired else None  # standby vrouters: no routes
+        ds = self._shaped(self.desired) if self.desired else None  # standby peers: no routes
         state = self.b.engine.read() if self.b.engine.alive() else None
         peers: list[PeerStatus] = []
+        now = self.clock.monotonic()
         for p in ds.peers if ds else []:
             key = KeyHex(p.public_key.lower())
             got = state.peers.get(key) if state else None
+            probes = self.probes.stats(key, now)
+            path = self._path_of(key, got.last_handshake if got else 0.0)
+            if routed_via_vrouter(p):
+                path = "vrouter" if probes.answered else "none"
             peers.append(
                 PeerStatus(
                     public_key=key,
@@ -334,7 +443,13 @@ class Daemon:
                     last_handshake=got.last_handshake if got else 0.0,
                     rx_bytes=got.rx_bytes if got else 0,
                     tx_bytes=got.tx_bytes if got else 0,
-                    path=self._path_of(key, got.last_handshake if got else 0.0),
+                    path=path,
+                    node_id=p.node_id,
+                    relay_region=p.relay_region if path == "relay" else "",
+                    via_vrouter=p.via_vrouter,
+                    rtt_ms=None if probes.rtt_s is None else round(probes.rtt_s * 1000, 3),
+                    probes_sent=probes.sent,
+                    probes_answered=probes.answered,
                 )
             )
         port = state.listen_port if state else 0
@@ -353,7 +468,24 @@ class Daemon:
             mapped_endpoint=self.relay.mapped_endpoint if self.relay else "",
             home_relay_region=self.relay.home_region if self.relay else "",
             peers=peers,
+            dns=self.b.dns.status() if self.b.dns is not None and not self.is_down else None,
+            **self._route_status(ds),
+            relays=list(ds.relays) if ds else [],
         )
+
+    def _route_status(self, ds: DesiredState | None) -> dict[str, object]:
+        """The exit node, the carrier of each subnet route and what this node forwards, for status."""
+        if ds is None:
+            return {}
+        names = {p.public_key.lower(): p.name for p in ds.peers}
+        name = self.exit_name
+        _, why = exit_peer(ds, name)
+        return {
+            "exit_node": name,
+            "exit_node_error": why,
+            "routes": {r: names.get(k, "") for r, k in self.routes.table().items()},
+            "forwarding": [*ds.routes, *(["0.0.0.0/0"] if ds.exit_node else [])],
+        }
 
     def _path_of(self, key: str, last_handshake: float) -> str:
         if last_handshake <= 0 or self.clock.now().timestamp() - last_handshake > 180:
@@ -377,6 +509,20 @@ class Daemon:
                 continue
             out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
         return out
+
+
+def routed_via_vrouter(p: PeerConfig) -> bool:
+    """A CVLAN member reached through the vrouter: its address is not among its allowed IPs."""
+    return bool(p.address) and not p.via_vrouter and not p.allowed_ips
+
+
+def probe_targets(ds: DesiredState) -> dict[str, str]:
+    """key -> overlay IP of every CVLAN member to probe (vrouters themselves are not probed)."""
+    return {
+        KeyHex(p.public_key.lower()): p.address.split("/")[0]
+        for p in ds.peers
+        if p.address and not p.via_vrouter
+    }
 
 
 def _uapi_in_use(sock: Path) -> bool:

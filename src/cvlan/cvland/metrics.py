@@ -12,10 +12,10 @@ from prometheus_client.registry import Collector
 
 from cvlan.cvland.daemon import Daemon
 from cvlan.cvland.server import Serial
-from cvlan.wire.ipc import DeviceStatus
+from cvlan.wire.ipc import DeviceStatus, PeerStatus
 from cvlan.wire.keys import KeyHex, short
 
-PATHS = ("direct", "relay", "none")
+PATHS = ("direct", "relay", "vrouter", "none")
 
 
 @dataclass
@@ -74,6 +74,7 @@ class CvlandCollector(Collector):
             if p.last_handshake > 0:
                 age.add_metric([short(KeyHex(p.public_key))], max(0.0, s.now - p.last_handshake))
         yield age
+        yield from _probes(peers)
         wg = CounterMetricFamily(
             "cvlan_cvland_wireguard_bytes", "WireGuard bytes of all peers", labels=["direction"]
         )
@@ -102,6 +103,28 @@ class CvlandCollector(Collector):
         yield GaugeMetricFamily(
             "cvlan_cvland_down", "1 while taken down (cvlancli down)", value=int(bool(st and st.down))
         )
+
+
+def _probes(peers: list[PeerStatus]) -> Iterator[Metric]:
+    """Round trip and loss of the health probes over the tunnel (docs/HEALTH.md), per peer."""
+    rtt = GaugeMetricFamily(
+        "cvlan_cvland_peer_rtt_seconds",
+        "Median round trip of the health probes to each peer (absent: none answered)",
+        labels=["peer"],
+    )
+    loss = GaugeMetricFamily(
+        "cvlan_cvland_peer_probe_loss_ratio",
+        "Fraction of the health probes to each peer lost in the window (absent: none sent yet)",
+        labels=["peer"],
+    )
+    for p in peers:
+        key = short(KeyHex(p.public_key))
+        if p.rtt_ms is not None:
+            rtt.add_metric([key], p.rtt_ms / 1000)
+        if p.probes_sent:
+            loss.add_metric([key], 1 - p.probes_answered / p.probes_sent)
+    yield rtt
+    yield loss
 
 
 def registry(collector: CvlandCollector) -> CollectorRegistry:

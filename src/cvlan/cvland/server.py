@@ -56,7 +56,10 @@ def handle_request(daemon: Daemon, line: bytes) -> dict[str, Any]:
         if op == "down":
             return {**head, "ok": True, **daemon.down().model_dump()}
         if op == "up":
-            return {**head, "ok": True, **daemon.up().model_dump()}
+            exit_node = req.get("exit_node")
+            if exit_node is not None and not isinstance(exit_node, str):
+                raise ValueError('exit_node must be a peer name or ""')
+            return {**head, "ok": True, **daemon.up(exit_node).model_dump()}
         if op == "apply":
             state = DesiredState.model_validate(req.get("state"))
             return {**head, "ok": True, "applied_version": daemon.apply(state)}

@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 from cvlan.common.host import check_interface_name
 from cvlan.common.settings import DaemonSettings
 
+DNS_MODES = ("auto", "systemd-resolved", "resolv.conf", "off")
+
 
 class CvlandSettings(DaemonSettings):
     model_config = SettingsConfigDict(env_prefix="CVLAND_", extra="forbid")
@@ -29,11 +31,24 @@ class CvlandSettings(DaemonSettings):
     tick_s: float = 1.0
     metrics_listen: str = "127.0.0.1:9371"
     """HOST:PORT of the Prometheus /metrics listener, or "off" (docs/METRICS.md)."""
+    dns_mode: str = "auto"
+    """How the host is pointed at the node's resolver for overlay names (docs/DNS.md): auto
+    (systemd-resolved where it runs, else resolv.conf), systemd-resolved, resolv.conf, or off (no
+    resolver, host DNS untouched)."""
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    """The file the resolv.conf mode manages (saved in state_dir first, restored on down/stop)."""
 
     @field_validator("interface")
     @classmethod
     def _ifname(cls, v: str) -> str:
         return check_interface_name(v)
+
+    @field_validator("dns_mode")
+    @classmethod
+    def _dns_mode(cls, v: str) -> str:
+        if v not in DNS_MODES:
+            raise ValueError(f"expected {', '.join(DNS_MODES)}")
+        return v
 
     @field_validator("engine")
     @classmethod

@@ -1,3 +1,14 @@
 """cvlan.dataplane."""
 
-__all__ = ["engine", "firewall", "hubchoice", "nflog", "router", "uapi", "wgconfig"]
+__all__ = [
+    "engine",
+    "firewall",
+    "forwarding",
+    "hostdns",
+    "hubchoice",
+    "nflog",
+    "policyroute",
+    "router",
+    "uapi",
+    "wgconfig",
+]

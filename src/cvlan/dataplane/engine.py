@@ -229,6 +229,8 @@ class KernelEngine:
         with WireGuard() as wg:
             if prev is None or cfg.private_key != prev.private_key or cfg.listen_port != prev.listen_port:
                 wg.set(self.ifname, private_key=b64(cfg.private_key), listen_port=cfg.listen_port)
+            if (prev is None and cfg.fwmark) or (prev is not None and cfg.fwmark != prev.fwmark):
+                wg.set(self.ifname, fwmark=cfg.fwmark)
             for key in old.keys() - {p.public_key for p in cfg.peers}:
                 wg.set(self.ifname, peer={"public_key": b64(key), "remove": True})
             for p in cfg.peers:

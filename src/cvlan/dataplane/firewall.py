@@ -11,7 +11,14 @@ one is untouched. Rule format (DesiredState.filter_rules, the node protocol's Fi
 
 An empty list allows everything from the CVLAN subnet. Everything else arriving on the interface
 is logged to NFLOG group DENY_LOG_GROUP (for the denied-flow report), counted in the named counter
-`denied` and dropped. Replies to our own traffic are accepted."""
+`denied` and dropped. Replies to our own traffic are accepted, and so are health probes from the
+CVLAN (UDP PROBE_PORT, wire/healthprobe.py) ahead of the rules, whatever the policy says.
+
+A node that serves subnet routes or is an exit node (docs/ROUTES.md) also gets a forward chain: a
+rule with "dst" (a policy rule naming a route, `route:CIDR`) applies to traffic forwarded to those
+networks; without any rule (no policy) the approved routes are open to the CVLAN; everything else
+from the interface is dropped, except, on an exit node, traffic leaving the overlay. Forwarded
+traffic is masqueraded to the node's own address (so the networks behind it need no route back)."""
 
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from cvlan.common.host import check_interface_name
+from cvlan.wire.healthprobe import PROBE_PORT
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +53,28 @@ def table_name(ifname: str) -> str:
     return f"cvlan-{ifname}"
 
 
-def render_ruleset(ifname: str, subnet: str, rules: Sequence[Mapping[str, object]]) -> str:
-    """The complete nft file for interface ifname; FirewallError on a bad rule or name."""
+def render_ruleset(
+    ifname: str,
+    subnet: str,
+    rules: Sequence[Mapping[str, object]],
+    routes: Sequence[str] = (),
+    exit_node: bool = False,
+) -> str:
+    """The complete nft file for interface ifname; FirewallError on a bad rule or name. routes: the
+    node's approved subnet routes; exit_node: it forwards its peers' internet traffic."""
     try:
         check_interface_name(ifname)
     except ValueError as e:
         raise FirewallError(f"interface name {ifname!r}: {e}") from None
     net = _network(subnet, "cvlan subnet")
     table = table_name(ifname)
-    accepts = [_render_rule(i, r, net) for i, r in enumerate(rules)] or [f"ip saddr {net} accept"]
-    body = "\n".join(f"    iifname {json.dumps(ifname)} {a}" for a in accepts)
+    inbound = [(i, r) for i, r in enumerate(rules) if not r.get("dst")]
+    forwarded = [_render_rule(i, r, net) for i, r in enumerate(rules) if r.get("dst")]  # validated always
+    accepts = [_render_rule(i, r, net) for i, r in inbound] or [f"ip saddr {net} accept"]
+    if rules and not inbound:
+        accepts = [f"ip saddr {net} {_DROP}"]  # a policy that only names routes protects the node too
+    iif = f"iifname {json.dumps(ifname)}"
+    body = "\n".join(f"    {iif} {a}" for a in accepts)
     return (
         f"table inet {table} {{}}\n"
         f"delete table inet {table}\n"
@@ -64,11 +84,50 @@ def render_ruleset(ifname: str, subnet: str, rules: Sequence[Mapping[str, object
         "    type filter hook input priority filter; policy accept;\n"
         f"    iifname != {json.dumps(ifname)} accept\n"
         "    ct state established,related accept\n"
+        f"    iifname {json.dumps(ifname)} ip saddr {net} udp dport {PROBE_PORT} accept\n"
         f"{body}\n"
         f"    {_DROP}\n"
         "  }\n"
+        f"{_forward_chains(ifname, net, forwarded, bool(rules), routes, exit_node)}"
         "}\n"
     )
+
+
+def _forward_chains(
+    ifname: str,
+    net: ipaddress.IPv4Network,
+    forwarded: list[str],
+    policy: bool,
+    routes: Sequence[str],
+    exit_node: bool,
+) -> str:
+    """The forward and NAT chains of a node that forwards for its peers ("" for any other node)."""
+    if not routes and not exit_node:
+        return ""
+    iif = f"iifname {json.dumps(ifname)}"
+    nets = [str(_network(r, "route")) for r in routes]
+    lines = [f"{iif} {x}" for x in forwarded]
+    if nets:
+        lines.append(f"{iif} ip daddr {_set(nets)} {_DROP if policy else 'accept'}")
+    if exit_node:
+        lines.append(f"{iif} ip daddr != {net} accept")
+    lines.append(f"{iif} {_DROP}")
+    body = "".join(f"    {x}\n" for x in lines)
+    return (
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        "    ct state established,related accept\n"
+        f"{body}"
+        "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f"    ip saddr {net} oifname != {json.dumps(ifname)} masquerade\n"
+        "  }\n"
+    )
+
+
+def _set(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 
 def _network(text: object, what: str) -> ipaddress.IPv4Network:
@@ -82,7 +141,7 @@ def _network(text: object, what: str) -> ipaddress.IPv4Network:
 
 
 def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4Network) -> str:
-    unknown = set(rule) - {"src", "proto", "ports", "action"} - _IGNORED_KEYS
+    unknown = set(rule) - {"src", "dst", "proto", "ports", "action"} - _IGNORED_KEYS
     if unknown:
         raise FirewallError(f"filter rule {i}: unknown key {sorted(unknown)[0]!r}")
     action = rule.get("action") or "accept"
@@ -93,11 +152,16 @@ def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4
     if not isinstance(srcs, list):
         raise FirewallError(f"filter rule {i}: src must be a CIDR or a list of CIDRs")
     nets = [str(_network(s, f"filter rule {i}: src")) for s in srcs]
-    src = nets[0] if len(nets) == 1 else "{ " + ", ".join(nets) + " }"
+    src = _set(nets)
     proto = rule.get("proto") or "any"
     if proto not in _PROTOS:
         raise FirewallError(f"filter rule {i}: proto {proto!r}: expected one of {', '.join(_PROTOS)}")
     out = f"ip saddr {src}"
+    dst_raw = rule.get("dst") or []
+    if not isinstance(dst_raw, list):
+        raise FirewallError(f"filter rule {i}: dst must be a list of CIDRs")
+    if dst_raw:
+        out += " ip daddr " + _set([str(_network(d, f"filter rule {i}: dst")) for d in dst_raw])
     if proto != "any":
         out += f" meta l4proto {proto}"
     ports = rule.get("ports")

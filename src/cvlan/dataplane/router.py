@@ -23,6 +23,8 @@ class RouterConfig:
     mtu: int
     routes: tuple[str, ...]
     """CIDRs routed into the interface (the CVLAN subnet, plus any subnet a vrouter peer carries)."""
+    extra_addresses: tuple[str, ...] = ()
+    """More local addresses with prefix, e.g. the DNS resolver's "100.100.100.100/32"."""
 
 
 class Router(Protocol):
@@ -54,15 +56,20 @@ class NetlinkRouter:
     def _apply_link(self, ipr: Any, idx: int, cfg: RouterConfig, prev: RouterConfig | None) -> None:
         if prev is None or prev.mtu != cfg.mtu:
             ipr.link("set", index=idx, mtu=cfg.mtu)
-        want = ipaddress.ip_interface(cfg.address)
+        main = ipaddress.ip_interface(cfg.address)
+        want = [main, *(ipaddress.ip_interface(a) for a in cfg.extra_addresses)]
         have = {
             ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
             for a in ipr.get_addr(index=idx)
         }
-        for old in have - {want}:
+        # The kernel takes the first address of the interface as the source of what it sends into
+        # the tunnel: the node's own address must be added before the extra ones (the resolver's).
+        drop = have if main not in have else have - set(want)
+        for old in drop:
             ipr.addr("del", index=idx, address=str(old.ip), prefixlen=old.network.prefixlen)
-        if want not in have:
-            ipr.addr("add", index=idx, address=str(want.ip), prefixlen=want.network.prefixlen)
+        for new in want:
+            if new in drop or new not in have:
+                ipr.addr("add", index=idx, address=str(new.ip), prefixlen=new.network.prefixlen)
         if prev is None:
             ipr.link("set", index=idx, state="up")
 
@@ -94,6 +101,23 @@ def _routes_of(ipr: Any, idx: int) -> list[str]:
             continue
         out.append(f"{dst}/{r['dst_len']}")
     return out
+
+
+def connected_networks(exclude_ifnames: tuple[str, ...] = ()) -> list[str]:
+    """The IPv4 networks of this namespace's interface addresses (e.g. "10.1.0.0/24"), but those of
+    loopback and of the excluded interfaces: networks the host reaches without any tunnel."""
+    from pyroute2 import IPRoute
+
+    out: set[str] = set()
+    with IPRoute() as ipr:
+        names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if names.get(int(a["index"])) in exclude_ifnames:
+                continue
+            iface = ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            if not iface.ip.is_loopback:
+                out.add(str(iface.network))
+    return sorted(out)
 
 
 def local_addresses(exclude_ifnames: tuple[str, ...] = ()) -> list[str]:

@@ -29,6 +29,8 @@ def to_uapi(cfg: WgConfig, prev: WgConfig | None) -> str:
         lines.append(f"private_key={cfg.private_key}")
     if prev is None or cfg.listen_port != prev.listen_port:
         lines.append(f"listen_port={cfg.listen_port}")
+    if (prev is None and cfg.fwmark) or (prev is not None and cfg.fwmark != prev.fwmark):
+        lines.append(f"fwmark={cfg.fwmark}")
     if prev is None:
         lines.append("replace_peers=true")
     old_peers = {p.public_key: p for p in prev.peers} if prev is not None else {}

@@ -27,6 +27,8 @@ class WgConfig:
     private_key: KeyHex
     listen_port: int
     peers: tuple[WgPeer, ...] = ()
+    fwmark: int = 0
+    """Mark on the device's own UDP packets (0 = none): policy routing keeps them out of the tunnel."""
 
     def __repr__(self) -> str:  # never print the private key
         return f"WgConfig(listen_port={self.listen_port}, peers={len(self.peers)})"

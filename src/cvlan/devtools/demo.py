@@ -12,6 +12,7 @@ Without root (or without wireguard-go) only the controller is started."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -27,35 +28,36 @@ from typing import Any
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
 from cvlan.common import adminconf
+from cvlan.devtools.harness.controller import (
+    ControllerNotReady,
+    ControllerProcess,
+    healthy,
+    ready_step,
+    script,
+    serve_argv,
+    wait_ready,
+)
+from cvlan.devtools.harness.enrol import ctrl_argv, cvland_argv
 from cvlan.wire.endpoint import split_hostport
 
 TENANT, CVLAN = "demo", "office"
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
+def wait_controller(
+    process_alive: Any, data_dir: Path, server: str, log: str = "above", timeout: float = 60
+) -> adminconf.AdminConf:
+    """Wait for the controller's admin.conf and for it to answer at server; exit the demo if it does not."""
 
+    def answers(conf: adminconf.AdminConf) -> bool:
+        return healthy(dataclasses.replace(conf, server=server))
 
-def wait_for_admin_conf(path: Path, alive: Any, timeout: float = 60, log: str = "above") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise SystemExit(f"demo: the controller exited; see its log {log}")
-        if path.exists():
-            return
-        time.sleep(0.2)
-    raise SystemExit("demo: the controller did not start within 60 s")
+    def exited() -> str:
+        return f"see its log {log}"
 
-
-def wait_healthy(client: Client, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            client.call("GET", "/api/v1/whoami")
-            return
-        except ApiError:
-            time.sleep(0.2)
-    raise SystemExit("demo: the controller does not answer")
+    try:
+        return wait_ready(lambda: ready_step(data_dir, process_alive, exited, check=answers), timeout)
+    except ControllerNotReady as e:
+        raise SystemExit(f"demo: {e}") from None
 
 
 def ensure(client: Client, method: str, path: str, body: dict[str, object]) -> None:
@@ -90,15 +92,11 @@ def _interrupt_on_sigterm() -> None:
 
 def controller_only(args: argparse.Namespace) -> int:
     conf_path = args.data_dir / "admin.conf"
-    proc = subprocess.Popen(
-        [_bin("cvlan-controller"), "serve", "--data-dir", str(args.data_dir), "--listen", args.listen]
-    )
+    process = ControllerProcess.spawn(serve_argv(args.data_dir, args.listen), args.data_dir)
+    proc = process.proc
     try:
-        if not conf_path.exists():
-            wait_for_admin_conf(conf_path, lambda: proc.poll() is None)
-        conf = adminconf.load(conf_path)
+        conf = wait_controller(process.alive, args.data_dir, f"https://{args.listen}")
         client = Client(conf.server, conf.token, conf.ca_pem)
-        wait_healthy(client)
         tok = provision(client, 10)
         print(f"\nCVLAN controller is running (SQLite in {args.data_dir}/, pid {proc.pid}).")
         print(f"A reusable enrollment token (10 uses):\n  {tok['join_command']}")
@@ -114,12 +112,7 @@ def controller_only(args: argparse.Namespace) -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        process.stop(grace=10)
 
 
 def _print_admin_hints(conf_path: Path, server: str) -> None:
@@ -144,7 +137,7 @@ class DemoNode:
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         argv = [
-            _bin("cvlancli"),
+            script("cvlancli"),
             "--socket",
             str(self.socket),
             "--ctrl-state-dir",
@@ -155,34 +148,12 @@ class DemoNode:
         return r
 
 
-def start_node(lab: Any, ns: Any, name: str, join: dict[str, str]) -> DemoNode:
+def start_node(lab: Any, ns: Any, name: str, join_command: str) -> DemoNode:
     node = DemoNode(name, ns, lab.dir / f"{name}-cvland.sock", lab.dir / f"{name}-ctrl")
-    ns.spawn(
-        "cvland",
-        _bin("cvland"),
-        "--socket",
-        str(node.socket),
-        "--interface",
-        lab.wg_ifname(),
-        "--state-dir",
-        str(lab.dir / f"{name}-cvland"),
-    )
-    ns.spawn(
-        "cvlan-ctrl",
-        _bin("cvlan-ctrl"),
-        "--server",
-        join["--server"],
-        "--token",
-        join["--token"],
-        "--ca-pin",
-        join["--ca-pin"],
-        "--state-dir",
-        str(node.ctrl_state),
-        "--cvland-socket",
-        str(node.socket),
-        "--hostname",
-        name,
-    )
+    # The demo's namespaces share the host's /etc/resolv.conf: cvland leaves DNS alone there.
+    cvland_extra = ("--dns-mode", "off")
+    ns.spawn("cvland", *cvland_argv(node.socket, lab.wg_ifname(), lab.dir / f"{name}-cvland", *cvland_extra))
+    ns.spawn("cvlan-ctrl", *ctrl_argv(node.ctrl_state, node.socket, name, join_command))
     return node
 
 
@@ -224,29 +195,19 @@ def full_demo(args: argparse.Namespace) -> int:
     forwarder: TcpForwarder | None = None
     try:
         ctl = lab.public_host("ctl")
-        ctl.spawn(
-            "controller",
-            _bin("cvlan-controller"),
-            "serve",
-            "--data-dir",
-            str(args.data_dir.resolve()),
-            "--listen",
-            f"{ctl.ip}:8443",
-        )
+        data_dir = args.data_dir.resolve()
+        ctl.spawn("controller", *serve_argv(data_dir, f"{ctl.ip}:8443"))
         try:
             forwarder = TcpForwarder((host, port), ctl.name, (ctl.ip, 8443)).start()
         except OSError as e:
             raise SystemExit(f"demo: cannot listen on {args.listen}: {e.strerror} (use --listen)") from None
         conf_path = args.data_dir / "admin.conf"
         ctl_proc = lab.procs[-1]
-        wait_for_admin_conf(conf_path, ctl_proc.alive, log=f"in {ctl_proc.log}")
         server = f"https://{args.listen}"
-        conf = adminconf.load(conf_path)
+        conf = wait_controller(ctl_proc.alive, data_dir, server, log=f"in {ctl_proc.log}")
         client = Client(server, conf.token, conf.ca_pem)
-        wait_healthy(client)
         tok = provision(client, 3)
-        words = str(tok["join_command"]).split()
-        join = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+        join = str(tok["join_command"])
         print(f"controller up in namespace {ctl.name} ({ctl.ip}), logs in {lab.dir}")
         print(f"join command: {tok['join_command']}")
         hosts = [lab.public_host("node1"), lab.public_host("node2"), lab.nat_host("node3")[0]]
@@ -283,7 +244,7 @@ def _print_look_around(nodes: list[DemoNode], conf_path: Path, server: str) -> N
     n = nodes[0]
     print("\nLook around (as root, in another shell):")
     print(
-        f"  ip netns exec {n.ns.name} {_bin('cvlancli')} --socket {n.socket} "
+        f"  ip netns exec {n.ns.name} {script('cvlancli')} --socket {n.socket} "
         f"--ctrl-state-dir {n.ctrl_state} peers"
     )
     _print_admin_hints(conf_path, server)

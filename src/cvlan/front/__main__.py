@@ -4,7 +4,9 @@ forwards the requests as plain HTTP to the controller's proxy socket with the no
 X-Client-Cert. After each handshake it keeps only the connection's traffic keys, not OpenSSL's
 connection object: about 3 KB per idle node connection instead of about 24 KB in HAProxy or nginx.
 
-Start the controller with --proxy-socket PATH and point this at the same PATH."""
+Start the controller with --proxy-socket PATH and point this at the same PATH; with several
+controller processes on one PostgreSQL, give --backend once for each: requests are balanced over
+those that are up, and a controller that stops or dies is left out until it answers again."""
 
 from __future__ import annotations
 
@@ -37,7 +39,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, required=True, help="its private key (PEM; keep it mode 0600)")
     p.add_argument("--ca", type=Path, required=True, help="the controller's CA certificate (PEM)")
     p.add_argument(
-        "--backend", type=Path, required=True, help="the controller's proxy socket (its --proxy-socket)"
+        "--backend",
+        type=Path,
+        action="append",
+        required=True,
+        help="a controller's proxy socket (its --proxy-socket); repeat it for each controller process "
+        "sharing one PostgreSQL",
     )
     p.add_argument(
         "--workers",
@@ -51,7 +58,10 @@ def parser() -> argparse.ArgumentParser:
         help="node connections per worker (default: the open-file limit less 200)",
     )
     p.add_argument(
-        "--backend-conns", type=int, default=16, help="connections to the controller per worker (default 16)"
+        "--backend-conns",
+        type=int,
+        default=16,
+        help="connections to each controller per worker (default 16)",
     )
     p.add_argument(
         "--no-park",
@@ -173,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 "at least 1; --idle-timeout, --request-timeout, --handshake-timeout and "
                 "--uncertified-timeout must be positive"
             )
+        if len(set(args.backend)) != len(args.backend):
+            raise ValueError("--backend names the same proxy socket twice")
         for f in (args.cert, args.key, args.ca):
             if not f.is_file():
                 raise ValueError(f"{f}: no such file")

@@ -1,5 +1,6 @@
-"""The front's connections to the controller's proxy socket: a small pool of plain HTTP/1.1
-keep-alive connections that carry every node's requests, one request at a time each."""
+"""The front's connections to the controllers' proxy sockets: a small pool of plain HTTP/1.1
+keep-alive connections per controller process that carry every node's requests, one request at a
+time each, balanced over the controllers that are up (docs/FRONT.md, "Several controllers")."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from cvlan.common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_HEAD = 16 * 1024
 MAX_RESPONSE = 8 * 1024 * 1024
 
-Done = Callable[[bytes | None, bool], None]
-"""Called once per request with (the whole response, whether the client connection may stay open);
-None when the controller could not answer (the front answers 502/504 itself)."""
+Done = Callable[[bytes | None, bool, int], None]
+"""Called once per request with (the whole response, whether the client connection may stay open,
+the index of the controller that answered); None and -1 when no controller could answer (the front
+answers 502 itself)."""
 
 
 class ResponseParser:
@@ -121,22 +126,23 @@ class ResponseParser:
 
 
 class BackendConn(asyncio.Protocol):
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(self, pool: BackendPool, backend: Backend) -> None:
         self.pool = pool
+        self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.parser: ResponseParser | None = None
-        self.done: Done | None = None
+        self.pending: Pending | None = None
         self.started = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def start(self, request: bytes, no_body: bool, done: Done) -> None:
+    def start(self, pending: Pending) -> None:
         assert self.transport is not None
-        self.parser = ResponseParser(no_body)
-        self.done = done
+        self.parser = ResponseParser(pending.no_body)
+        self.pending = pending
         self.started = time.monotonic()
-        self.transport.write(request)
+        self.transport.write(pending.request)
 
     def data_received(self, data: bytes) -> None:
         p = self.parser
@@ -158,25 +164,28 @@ class BackendConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.lost(self)
-        if self.done is not None:
-            self._fail("the controller closed the connection")
+        pending, self.pending, self.parser = self.pending, None, None
         self.transport = None
+        if pending is not None:
+            self.pool.lost_in_flight(self.backend, pending)
 
     def _finish(self, keep: bool) -> None:
-        assert self.parser is not None and self.done is not None
-        body, done = bytes(self.parser.buf), self.done
-        self.parser = self.done = None
+        assert self.parser is not None and self.pending is not None
+        body, pending = bytes(self.parser.buf), self.pending
+        self.parser = self.pending = None
         if keep and self.transport is not None and not self.transport.is_closing():
             self.pool.release(self)
         else:
             self.close()
-        done(body, keep)
+        pending.done(body, keep, self.backend.index)
 
     def _fail(self, reason: str) -> None:
-        done, self.done, self.parser = self.done, None, None
-        if done is not None:
+        """The controller answered something unreadable, or not in time: the request is not sent
+        again (it may have been carried out), and the connection is closed."""
+        pending, self.pending, self.parser = self.pending, None, None
+        if pending is not None:
             log.warning("controller request failed", extra={"reason": reason})
-            done(None, False)
+            pending.done(None, False, -1)
         self.close()
 
     def close(self) -> None:
@@ -184,77 +193,212 @@ class BackendConn(asyncio.Protocol):
             self.transport.close()
 
     def timed_out(self, now: float, limit: float) -> bool:
-        return self.done is not None and now - self.started > limit
+        return self.pending is not None and now - self.started > limit
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request on its way to a controller."""
+
+    since: float
+    request: bytes
+    no_body: bool
+    done: Done
+    retry: bool
+    """Safe to send again to another controller when the connection that carried it is lost before
+    the answer (server.RETRY_SAFE)."""
+    tries: int = 0
+
+
+class Backend:
+    """One controller process's proxy socket, its connections, and whether it takes new requests."""
+
+    def __init__(self, index: int, path: Path, size: int) -> None:
+        self.index = index
+        self.path = path
+        self.size = size
+        self.conns: set[BackendConn] = set()
+        self.idle: list[BackendConn] = []
+        self.opening = 0
+        self.down_until = 0.0
+        """Refused a connection, or lost one with a request outstanding: not chosen before this."""
+        self.backoff = Backoff(base=0.2, cap=10.0)
+        self.stream_down = False
+        """A parking front lost this controller's event stream (park.py): not chosen while others are up."""
+
+    def up(self, now: float) -> bool:
+        return not self.stream_down and now >= self.down_until
+
+    def busy(self) -> int:
+        return len(self.conns) - len(self.idle)
+
+    def room(self) -> bool:
+        return len(self.conns) + self.opening < self.size
+
+    def failed(self, now: float) -> None:
+        self.down_until = now + self.backoff.next()
 
 
 class BackendPool:
-    """Up to `size` connections to the controller's proxy socket; requests beyond them queue. Parked
-    long-polls woken together (park.py) queue behind every other request: a CVLAN of thousands that
-    changed delays no one else's request by more than the one in progress."""
+    """Up to `size` connections to each controller's proxy socket; requests beyond them queue, and go
+    to the first connection freed on a controller that is up. Parked long-polls woken together
+    (park.py) queue behind every other request: a CVLAN of thousands that changed delays no one
+    else's request by more than the one in progress.
 
-    def __init__(self, path: Path, size: int = 16, queue_timeout: float = 30.0, timeout: float = 120.0):
-        self.path = path
-        self.size = size
+    A controller is down from a refused connection, or a connection lost with a request outstanding,
+    until a connection to it opens again (retried with backoff, 0.2 s to 10 s, jittered), and, for a
+    parking front, while its event stream is lost. Requests go to controllers that are up; when none
+    is, to any (the single-controller case: a refused connection then answers 502 at once)."""
+
+    def __init__(
+        self,
+        paths: Path | Sequence[Path],
+        size: int = 16,
+        queue_timeout: float = 30.0,
+        timeout: float = 120.0,
+    ) -> None:
+        paths = [paths] if isinstance(paths, Path) else list(paths)
+        self.backends = [Backend(i, p, size) for i, p in enumerate(paths)]
         self.queue_timeout = queue_timeout
         self.timeout = timeout
-        self.idle: list[BackendConn] = []
-        self.conns: set[BackendConn] = set()
-        self.opening = 0
-        self.waiting: deque[tuple[float, bytes, bool, Done]] = deque()
-        self.later: deque[tuple[float, bytes, bool, Done]] = deque()
+        self.waiting: deque[Pending] = deque()
+        self.later: deque[Pending] = deque()
         """Requests that go when no other waits (woken long-polls)."""
+        self.on_retry: Callable[[], None] = lambda: None
+        """Told of each request sent again to another controller after a lost connection (metrics)."""
 
-    def submit(self, request: bytes, no_body: bool, done: Done, later: bool = False) -> None:
-        if self.idle:
-            self.idle.pop().start(request, no_body, done)
+    @property
+    def paths(self) -> list[Path]:
+        return [b.path for b in self.backends]
+
+    def open_conns(self) -> int:
+        return sum(len(b.conns) for b in self.backends)
+
+    def submit(
+        self, request: bytes, no_body: bool, done: Done, later: bool = False, retry: bool = False
+    ) -> None:
+        pending = Pending(time.monotonic(), request, no_body, done, retry)
+        if not self._dispatch(pending):
+            (self.later if later else self.waiting).append(pending)
+            self._grow(fallback=True)
+
+    def _dispatch(self, pending: Pending) -> bool:
+        """Send `pending` on an idle connection of the least busy controller that is up (of any, if
+        none is up); False if there is none."""
+        now = time.monotonic()
+        live = [b for b in self.backends if b.up(now)]
+        ready = [b for b in live or self.backends if b.idle]
+        if not ready:
+            return False
+        min(ready, key=Backend.busy).idle.pop().start(pending)
+        return True
+
+    def _grow(self, fallback: bool, tried: frozenset[int] = frozenset()) -> None:
+        """Open one more connection for the queued requests, on the controller that is up with the
+        fewest; with `fallback`, when none is up, on the one whose backoff ends first. `tried`: those
+        that refused a connection for these requests just now (each is tried once)."""
+        if not (self.waiting or self.later):
             return
-        (self.later if later else self.waiting).append((time.monotonic(), request, no_body, done))
-        if len(self.conns) + self.opening < self.size:
-            self.opening += 1
-            asyncio.get_running_loop().create_task(self._open())
+        now = time.monotonic()
+        left = [b for b in self.backends if b.index not in tried]
+        live = [b for b in left if b.up(now)]
+        room = [b for b in (live or (left if fallback else [])) if b.room()]
+        if room:
+            self._open_on(
+                min(room, key=lambda b: (max(0.0, b.down_until - now), len(b.conns) + b.opening)), tried
+            )
 
-    async def _open(self) -> None:
+    def _open_on(self, b: Backend, tried: frozenset[int] = frozenset()) -> None:
+        b.opening += 1
+        asyncio.get_running_loop().create_task(self._open(b, tried | {b.index}))
+
+    async def _open(self, b: Backend, tried: frozenset[int]) -> None:
         try:
             _, conn = await asyncio.get_running_loop().create_unix_connection(
-                lambda: BackendConn(self), str(self.path)
+                lambda: BackendConn(self, b), str(b.path)
             )
         except OSError as e:
-            self.opening -= 1
-            log.warning("cannot reach the controller", extra={"reason": str(e)})
-            if not self.conns:  # nothing will free up: answer everyone waiting now
-                for queue in (self.waiting, self.later):
-                    while queue:
-                        queue.popleft()[3](None, False)
+            b.opening -= 1
+            if b.up(time.monotonic()):
+                log.warning("cannot reach the controller", extra={"reason": f"{b.path}: {e}"})
+            b.failed(time.monotonic())
+            self._grow(fallback=True, tried=tried)
+            if not any(x.conns or x.opening for x in self.backends):
+                self._fail_queued()  # nothing will free up: answer everyone waiting now
             return
-        self.opening -= 1
-        self.conns.add(conn)
+        b.opening -= 1
+        b.down_until = 0.0
+        b.backoff.reset()
+        b.conns.add(conn)
         self.release(conn)
 
+    def _fail_queued(self) -> None:
+        for queue in (self.waiting, self.later):
+            while queue:
+                queue.popleft().done(None, False, -1)
+
     def release(self, conn: BackendConn) -> None:
+        """`conn` is free: it takes the next queued request, unless its controller is down and another
+        is up (that one's connections take the queue)."""
+        b = conn.backend
+        now = time.monotonic()
         queue = self.waiting or self.later
-        if queue:
-            _, request, no_body, done = queue.popleft()
-            conn.start(request, no_body, done)
+        if queue and (b.up(now) or not any(x.up(now) for x in self.backends)):
+            conn.start(queue.popleft())
         else:
-            self.idle.append(conn)
+            b.idle.append(conn)
 
     def lost(self, conn: BackendConn) -> None:
-        self.conns.discard(conn)
-        if conn in self.idle:
-            self.idle.remove(conn)
-        if (self.waiting or self.later) and len(self.conns) + self.opening < self.size:
-            self.opening += 1
-            asyncio.get_running_loop().create_task(self._open())
+        b = conn.backend
+        b.conns.discard(conn)
+        if conn in b.idle:
+            b.idle.remove(conn)
+        self._grow(fallback=False)
+
+    def lost_in_flight(self, b: Backend, pending: Pending) -> None:
+        """The connection carrying `pending` ended before its answer (the controller stopped or died):
+        the controller is down for now; the request goes to another one if it is safe to send again,
+        else it is answered 502."""
+        b.failed(time.monotonic())
+        log.warning(
+            "controller connection lost with a request outstanding",
+            extra={"reason": f"{b.path}; sent again: {'yes' if pending.retry else 'no'}"},
+        )
+        pending.tries += 1
+        if not pending.retry or pending.tries > len(self.backends):
+            pending.done(None, False, -1)
+            return
+        self.on_retry()
+        if not self._dispatch(pending):
+            self.waiting.appendleft(pending)
+            self._grow(fallback=True)
+
+    def stream_state(self, index: int, up: bool) -> None:
+        """A parking front's event stream from controller `index` is up (it answers) or lost."""
+        b = self.backends[index]
+        b.stream_down = not up
+        if up:
+            b.down_until = 0.0
+            b.backoff.reset()
+            while b.idle and (self.waiting or self.later):
+                self.release(b.idle.pop())
+            self._grow(fallback=False)
 
     def sweep(self, now: float) -> None:
-        """Fail requests that waited in the queue or at the controller too long."""
+        """Fail requests that waited in the queue or at a controller too long; try again to connect to
+        a controller with no connection whose backoff is over (it comes back without waiting for
+        requests to queue)."""
         for queue in (self.waiting, self.later):
-            while queue and now - queue[0][0] > self.queue_timeout:
-                queue.popleft()[3](None, False)
-        for c in list(self.conns):
-            if c.timed_out(now, self.timeout):
-                c._fail("no answer from the controller in time")
+            while queue and now - queue[0].since > self.queue_timeout:
+                queue.popleft().done(None, False, -1)
+        for b in self.backends:
+            for c in list(b.conns):
+                if c.timed_out(now, self.timeout):
+                    c._fail("no answer from the controller in time")
+            if not b.conns and not b.opening and b.room() and now >= b.down_until:
+                self._open_on(b)
 
     def close(self) -> None:
-        for c in list(self.conns):
-            c.close()
+        for b in self.backends:
+            for c in list(b.conns):
+                c.close()

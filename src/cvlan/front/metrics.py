@@ -72,7 +72,15 @@ class FrontMetrics:
             "cvlan_front_backend_queue", "Requests waiting for a connection to the controller", registry=r
         )
         self.backend_conns = Gauge(
-            "cvlan_front_backend_connections", "Open connections to the controller's proxy socket", registry=r
+            "cvlan_front_backend_connections",
+            "Open connections to the controllers' proxy sockets",
+            registry=r,
+        )
+        self.backend_retries = Counter(
+            "cvlan_front_backend_retries",
+            "Requests sent again to another controller after the connection carrying them was lost "
+            "(a controller stopped or died)",
+            registry=r,
         )
 
     def sealed(self, n_bytes: int) -> None:

@@ -12,7 +12,13 @@ connection is held while a node waits, so any number of nodes may wait behind a 
 The stream and the answers travel on different connections. A wake that the front hears of before
 the answer that parks a poll is caught by the wake count: a poll parked at a count below the latest
 one heard is forwarded again at once. Polls forwarded before the stream was (re)established, and all
-polls parked while it was down, are forwarded again when it is ready."""
+polls parked while it was down, are forwarded again when it is ready.
+
+With several controller processes (docs/FRONT.md, "Several controllers") a worker keeps one stream
+from each. Every controller hears of every change (its own, and the others' over LISTEN/NOTIFY), so a
+poll parked from one controller's answer waits for that controller's stream, whose wake counts its
+answer carries. When a stream is lost while another is up, the polls parked under it are forwarded
+again at once: they go to a controller that is up."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +46,7 @@ class Parkable(Protocol):
     """A node connection whose poll can be parked (server.FrontConn)."""
 
     park_cid: int
+    park_backend: int
     park_until: float
     poll_gen: int
 
@@ -63,27 +70,59 @@ def parked_answer(response: bytes) -> tuple[bytes, int, int, int] | None:
     return response[:i] + response[j:], cid, wakes, wait
 
 
-class Parking:
-    """One worker's parked polls, by CVLAN, and its event stream from the controller."""
+class Stream:
+    """One controller's event stream as a worker sees it, and the polls parked from its answers."""
 
-    def __init__(self, path: Path, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, index: int, path: Path) -> None:
+        self.index = index
         self.path = path
-        self.now = now
         self.ready = False
-        """The event stream is up: wakes are heard."""
-        self.gen = 0
-        """How many times the stream became ready; a poll forwarded under an older one is forwarded again."""
+        """The stream is up: wakes are heard."""
         self.latest: dict[int, int] = {}
         """The last wake count heard per CVLAN on the current stream."""
         self.by_cvlan: dict[int, set[Parkable]] = {}
+
+    def take_all(self) -> list[Parkable]:
+        held, self.by_cvlan = self.by_cvlan, {}
+        return [c for conns in held.values() for c in conns]
+
+
+Health = Callable[[int, bool], None]
+"""Told (controller index, whether its stream is up) when a stream becomes ready or is lost."""
+
+
+class Parking:
+    """One worker's parked polls, by controller and CVLAN, and its event streams from the controllers."""
+
+    def __init__(
+        self,
+        paths: Path | Sequence[Path],
+        now: Callable[[], float] = time.monotonic,
+        health: Health | None = None,
+    ) -> None:
+        paths = [paths] if isinstance(paths, Path) else list(paths)
+        self.streams = [Stream(i, p) for i, p in enumerate(paths)]
+        self.now = now
+        self.health = health
+        self.gen = 0
+        """How many times a stream became ready; a poll forwarded under an older count is forwarded again."""
         self.waits: dict[int, deque[tuple[float, Parkable]]] = {}
         """Parked polls by their wait (seconds), in the order their waits end."""
         self.parked = 0
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def ready(self) -> bool:
+        """Some stream is up."""
+        return any(s.ready for s in self.streams)
+
     def start(self) -> None:
+        for st in self.streams:  # a controller is preferred once its stream is ready
+            if self.health is not None:
+                self.health(st.index, False)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._stream_loop()), loop.create_task(self._tick_loop())]
+        self._tasks = [loop.create_task(self._stream_loop(s)) for s in self.streams]
+        self._tasks.append(loop.create_task(self._tick_loop()))
 
     def stop(self) -> None:
         for t in self._tasks:
@@ -91,14 +130,20 @@ class Parking:
 
     # --- parking ------------------------------------------------------------------------------
 
-    def park(self, conn: Parkable, cid: int, wakes: int, wait: int) -> bool:
-        """Keep `conn`'s poll until CVLAN `cid` is woken or `wait` seconds pass. False: it must be
-        forwarded again now (a wake was heard since, or the stream changed while it was forwarded)."""
-        if self.ready and (conn.poll_gen != self.gen or self.latest.get(cid, 0) > wakes):
+    def park(self, conn: Parkable, cid: int, wakes: int, wait: int, backend: int = 0) -> bool:
+        """Keep `conn`'s poll, answered by controller `backend`, until that controller wakes CVLAN
+        `cid` or `wait` seconds pass. False: it must be forwarded again now (a wake was heard since,
+        a stream became ready while it was forwarded, or its controller's stream is lost and
+        another's is up)."""
+        s = self.streams[backend]
+        if s.ready:
+            if conn.poll_gen != self.gen or s.latest.get(cid, 0) > wakes:
+                return False
+        elif self.ready:
             return False
         until = self.now() + wait
-        conn.park_cid, conn.park_until = cid, until
-        self.by_cvlan.setdefault(cid, set()).add(conn)
+        conn.park_cid, conn.park_backend, conn.park_until = cid, backend, until
+        s.by_cvlan.setdefault(cid, set()).add(conn)
         dq = self.waits.get(wait)
         if dq is None:
             dq = self.waits[wait] = deque()
@@ -113,28 +158,24 @@ class Parking:
             return
         conn.park_cid = -1
         self.parked -= 1
-        held = self.by_cvlan.get(cid)
+        by_cvlan = self.streams[conn.park_backend].by_cvlan
+        held = by_cvlan.get(cid)
         if held is not None:
             held.discard(conn)
             if not held:
-                del self.by_cvlan[cid]
+                del by_cvlan[cid]
 
-    def woken(self, cid: int, wakes: int) -> None:
-        """The controller woke CVLAN `cid`'s long-polls: forward its parked polls again."""
-        self.latest[cid] = wakes
-        held = self.by_cvlan.pop(cid, None)
-        for conn in held or ():
+    def woken(self, cid: int, wakes: int, backend: int = 0) -> None:
+        """Controller `backend` woke CVLAN `cid`'s long-polls: forward the polls it parked again."""
+        s = self.streams[backend]
+        s.latest[cid] = wakes
+        self._reforward(s.by_cvlan.pop(cid, set()))
+
+    def _reforward(self, conns: Iterable[Parkable]) -> None:
+        for conn in conns:
             conn.park_cid = -1
             self.parked -= 1
             conn.reforward()
-
-    def _reforward_all(self) -> None:
-        held, self.by_cvlan = self.by_cvlan, {}
-        for conns in held.values():
-            for conn in conns:
-                conn.park_cid = -1
-                self.parked -= 1
-                conn.reforward()
 
     def expire(self) -> None:
         """Answer the polls whose wait is over ("unchanged", as the controller would)."""
@@ -151,43 +192,62 @@ class Parking:
             await asyncio.sleep(TICK_S)
             self.expire()
 
-    # --- the event stream ---------------------------------------------------------------------
+    # --- the event streams --------------------------------------------------------------------
 
-    def on_ready(self) -> None:
-        self.ready = True
+    def on_ready(self, backend: int = 0) -> None:
+        s = self.streams[backend]
+        s.ready = True
         self.gen += 1
+        if self.health is not None:
+            self.health(backend, True)
         log.info("event stream from the controller ready (%d polls parked)", self.parked)
-        self._reforward_all()  # parked while the stream was down, or under the last one
+        # parked while this stream was down or under its last one, and under streams still down
+        self._reforward([c for x in self.streams if x is s or not x.ready for c in x.take_all()])
 
-    def on_lost(self) -> None:
-        if self.ready:
-            log.warning("event stream from the controller lost; reconnecting (%d polls parked)", self.parked)
-        self.ready = False
-        self.latest.clear()
+    def on_lost(self, backend: int = 0) -> None:
+        s = self.streams[backend]
+        if s.ready:
+            log.warning(
+                "event stream from the controller lost; reconnecting (%d polls parked)",
+                self.parked,
+                extra={"reason": str(s.path)},
+            )
+        if self.health is not None:  # also a stream never ready: its polls must not come back to it
+            self.health(backend, False)
+        s.ready = False
+        s.latest.clear()
+        if self.ready:  # another controller is up: its parked polls go there now
+            self._reforward(s.take_all())
 
-    async def _stream_loop(self) -> None:
+    async def _stream_loop(self, s: Stream) -> None:
         backoff = Backoff(base=0.2, cap=10.0)
         loop = asyncio.get_running_loop()
         while True:
             done = loop.create_future()
             try:
-                await loop.create_unix_connection(functools.partial(EventStream, self, done), str(self.path))
+                await loop.create_unix_connection(
+                    functools.partial(EventStream, self, done, s.index), str(s.path)
+                )
             except OSError as e:
-                log.warning("cannot reach the controller for its event stream", extra={"reason": str(e)})
+                if s.ready or backoff.attempt == 0:
+                    log.warning(
+                        "cannot reach the controller for its event stream", extra={"reason": f"{s.path}: {e}"}
+                    )
             else:
                 await done
-            if self.ready:
+            if s.ready:
                 backoff.reset()
-            self.on_lost()
+            self.on_lost(s.index)
             await asyncio.sleep(backoff.next())
 
 
 class EventStream(asyncio.Protocol):
     """The controller's event stream: after the response head, "ready", then "<CVLAN id> <wakes>" lines."""
 
-    def __init__(self, parking: Parking, done: asyncio.Future[None]) -> None:
+    def __init__(self, parking: Parking, done: asyncio.Future[None], backend: int = 0) -> None:
         self.parking = parking
         self.done = done
+        self.backend = backend
         self.buf = b""
         self.head = False
         self.transport: asyncio.Transport | None = None
@@ -216,14 +276,14 @@ class EventStream(asyncio.Protocol):
             return
         for line in lines:
             if line == b"ready":
-                self.parking.on_ready()
+                self.parking.on_ready(self.backend)
                 continue
             try:
                 cid, wakes = (int(x) for x in line.split())
             except ValueError:
                 self._fail("event stream: unreadable line")
                 return
-            self.parking.woken(cid, wakes)
+            self.parking.woken(cid, wakes, self.backend)
 
     def _fail(self, reason: str) -> None:
         log.warning(reason)

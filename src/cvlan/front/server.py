@@ -44,6 +44,12 @@ REFORWARD_HEAD = (
 """A parked poll forwarded again: its body, the node's certificate and X-Cvlan-Park follow."""
 NODE_PATHS = frozenset((b"/v1/discover", b"/v1/register", b"/v1/poll", b"/v1/renew", b"/v1/report"))
 """The node API (NODE-PROTOCOL.md, "Calls"): the only paths forwarded; anything else is 404 here."""
+RETRY_SAFE = frozenset((b"/v1/discover", b"/v1/register", b"/v1/poll", b"/v1/renew"))
+"""Requests sent again to another controller when the connection carrying them is lost before the
+answer (docs/FRONT.md, "Several controllers"): discovery reads; a poll records what it reports, the
+same again; a registration retried with its token and key is recognised as the same one
+(ops.registration, "lost answer") and uses the token once; a renewal issues another certificate for
+the same node. Not a report: its denied flows would be stored twice."""
 TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 """RFC 9110 5.6.2: what a token (a method, a header name) is made of."""
 CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -165,8 +171,10 @@ class Front:
             lambda: len(self.conns),
             lambda: len(self.uncertified),
             lambda: len(self.pool.waiting),
-            lambda: len(self.pool.conns),
+            lambda: self.pool.open_conns(),
         )
+        if isinstance(pool, BackendPool):  # (unit tests of the limits run without one)
+            pool.on_retry = self.metrics.backend_retries.inc
 
     def __call__(self) -> FrontConn:
         return FrontConn(self)
@@ -174,7 +182,7 @@ class Front:
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         if self.park:
-            self.parking = Parking(self.pool.path)
+            self.parking = Parking(self.pool.paths, health=self.pool.stream_state)
             self.parking.start()
 
     def admit(self, conn: FrontConn, source: str) -> bool:
@@ -259,6 +267,7 @@ class FrontConn(asyncio.Protocol):
         "poll_body",
         "poll_gen",
         "park_cid",
+        "park_backend",
         "park_until",
         "park_answer",
     )
@@ -295,6 +304,8 @@ class FrontConn(asyncio.Protocol):
         """The event stream's generation (Parking.gen) when that poll was last forwarded."""
         self.park_cid = -1
         """The CVLAN whose wake the parked poll waits for (-1: not parked)."""
+        self.park_backend = 0
+        """The controller whose answer parked it (whose event stream wakes it)."""
         self.park_until = 0.0
         self.park_answer = b""
         """The parked poll's answer when its wait is over ("unchanged", from the controller)."""
@@ -577,12 +588,13 @@ class FrontConn(asyncio.Protocol):
         self.state = STATE_FORWARDING
         self.keep = keep
         head_only = parts[0] == b"HEAD"
-        self.front.pool.submit(b"\r\n".join(kept) + body, head_only, self._answered)
+        retry = parts[1].partition(b"?")[0] in RETRY_SAFE
+        self.front.pool.submit(b"\r\n".join(kept) + body, head_only, self._answered, retry=retry)
 
-    def _answered(self, response: bytes | None, keep: bool) -> None:
+    def _answered(self, response: bytes | None, keep: bool, backend: int = -1) -> None:
         if self.state == STATE_CLOSED or self.records is None or self.transport is None:
             return
-        if self.poll_body and response is not None and self._park(response):
+        if self.poll_body and response is not None and backend >= 0 and self._park(response, backend):
             return
         self.poll_body = self.park_answer = b""
         if response is None:
@@ -607,14 +619,15 @@ class FrontConn(asyncio.Protocol):
 
     # --- parked long-polls (park.py) ------------------------------------------------------------
 
-    def _park(self, response: bytes) -> bool:
-        """Hold the poll here if the controller said it may wait; True if it is held (or forwarded again)."""
+    def _park(self, response: bytes, backend: int) -> bool:
+        """Hold the poll here if controller `backend` said it may wait; True if it is held (or
+        forwarded again)."""
         parking = self.front.parking
         got = parked_answer(response)
         if got is None or parking is None:
             return False
         self.park_answer, cid, wakes, wait = got
-        if not parking.park(self, cid, wakes, wait):
+        if not parking.park(self, cid, wakes, wait, backend):
             self.reforward()
         return True
 
@@ -628,7 +641,7 @@ class FrontConn(asyncio.Protocol):
         cert = b"X-Client-Cert: " + escaped_pem(self.cert) + b"\r\n"
         self.poll_gen = parking.gen
         request = head + cert + b"X-Cvlan-Park: 1\r\n\r\n" + body
-        self.front.pool.submit(request, False, self._answered, later=True)
+        self.front.pool.submit(request, False, self._answered, later=True, retry=True)
 
     def park_expired(self) -> None:
         """The parked poll's wait is over: answer it "unchanged" as the controller would have."""

@@ -11,7 +11,6 @@ import resource
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import aiohttp
 import psutil
 from OpenSSL import SSL
 
 from cvlan.common import adminconf
+from cvlan.devtools.harness.controller import ControllerNotReady, ControllerProcess, serve_argv
 from cvlan.devtools.pgcluster import PgCluster
 from cvlan.sim import front
 from cvlan.sim.config import Probe, RunConfig, RunError, log
@@ -117,13 +116,12 @@ def _version(cmd: list[str]) -> str:
 
 
 class Controller:
-    """A `cvlan-controller serve` subprocess on PostgreSQL, stopped by its pid."""
+    """A `cvlan-controller serve` subprocess on PostgreSQL (cvlan.devtools.harness), stopped by its pid."""
 
     def __init__(self, work: Path, db_url: str, port: int, proxy_socket: Path | None) -> None:
         self.data_dir = work / "controller"
         self.port = port
         self.log_path = work / "controller.log"
-        binary = _command("cvlan-controller")
         env = dict(os.environ)
         env["CVLAN_CONTROLLER_LOG_LEVEL"] = "warning"
         # Its metrics listener on a free port: the default one may be taken by another controller
@@ -131,56 +129,25 @@ class Controller:
         env.setdefault("CVLAN_CONTROLLER_METRICS_LISTEN", f"127.0.0.1:{free_port()}")
         # Registrations and map loads each hold a pooled connection; the default 10 queues them.
         env.setdefault("CVLAN_CONTROLLER_DB_POOL_SIZE", "30")
-        self.cmd = [
-            binary,
-            "serve",
-            "--db",
-            db_url,
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ]
-        if proxy_socket is not None:
-            # The TLS front forwards plain HTTP over this socket: no second TLS layer to pay for.
-            self.cmd += ["--proxy-socket", str(proxy_socket)]
+        # The TLS front forwards plain HTTP over proxy_socket: no second TLS layer to pay for.
+        self.cmd = serve_argv(self.data_dir, f"127.0.0.1:{port}", db=db_url, proxy_socket=proxy_socket)
         self._log = self.log_path.open("ab")
         # Its own session, as a service has its own scheduling group: with autogroup scheduling the
         # controller is not queued behind the simulator's workers in the group of the shell that
         # started the run (PostgreSQL, started by pg_ctl, has its own too). Stopped by pid as before.
-        self.proc = subprocess.Popen(
-            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        self.process = ControllerProcess.spawn(
+            self.cmd, self.data_dir, env=env, log=self._log, log_path=self.log_path, new_session=True
         )
+        self.proc = self.process.proc
 
     async def wait_ready(self, timeout: float = 120) -> adminconf.AdminConf:
-        conf_path = self.data_dir / "admin.conf"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-                raise RunError(f"the controller exited with status {self.proc.returncode}: {tail[0]}")
-            if conf_path.exists():
-                conf = adminconf.load(conf_path)
-                try:
-                    async with (
-                        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conf.ssl_context())) as s,
-                        s.get(conf.server + "/healthz") as r,
-                    ):
-                        if r.status == 200:
-                            return conf
-                except (aiohttp.ClientError, OSError, ssl.SSLError):
-                    pass
-            await asyncio.sleep(0.3)
-        raise RunError(f"the controller did not become ready within {timeout:.0f} s")
+        try:
+            return await self.process.wait_async(timeout, interval=0.3)
+        except ControllerNotReady as e:
+            raise RunError(str(e)) from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.process.stop()
         self._log.close()
 
 

@@ -29,6 +29,7 @@ from cvlan.dataplane.firewall import (
 from cvlan.dataplane.hubchoice import HUB_KEEPALIVE
 from cvlan.dataplane.wgconfig import WgConfig, WgPeer
 from cvlan.wire.endpoint import parse_endpoint, split_hostport
+from cvlan.wire.healthprobe import PROBE_PORT
 from cvlan.wire.keys import KeyHex, parse_key, public_of
 
 HUB_ADDRESS = "169.254.77.1/32"
@@ -184,7 +185,8 @@ def _cvlan_chain(cid: int, net: ipaddress.IPv4Network, policies: list[MemberPoli
     for node_id, _, rules in policies:
         body = "".join(f"    {_counted(_render_rule(i, r, net))}\n" for i, r in enumerate(rules))
         out += f'  chain node_{node_id} {{\n{body}    counter name "denied" drop\n  }}\n'
-    lines = ""
+    # Health probes between members pass ahead of any policy, as on the members themselves.
+    lines = f'    ip daddr {net} udp dport {PROBE_PORT} counter name "forwarded" accept\n'
     if policies:
         elems = ", ".join(f"{addr} : jump node_{node_id}" for node_id, addr, _ in policies)
         lines += f"    ip daddr vmap {{ {elems} }}\n"

@@ -1,3 +1,15 @@
 """cvlan.wire."""
 
-__all__ = ["certid", "endpoint", "ipc", "keys", "nodeproto", "pb", "relayproto", "stun"]
+__all__ = [
+    "certid",
+    "dnsnames",
+    "endpoint",
+    "healthprobe",
+    "ipc",
+    "keys",
+    "nodeproto",
+    "pb",
+    "relayproto",
+    "routes",
+    "stun",
+]

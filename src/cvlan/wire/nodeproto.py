@@ -13,10 +13,12 @@ from google.protobuf.message import DecodeError, Message
 
 from cvlan.wire.pb import node_pb2 as pb
 
-CAPABILITY_VERSION = 1
+CAPABILITY_VERSION = 2
 # History (bump with a dated line; removed fields/values are reserved, never reused):
 #   - 1: 2026-11-26: initial node protocol: discover, register, poll (full maps, long-poll),
 #        renew, report; relay map; vrouters; filter-rule placeholder.
+#   - 2: 2026-12-06: RouteAdvert in register and poll; Peer.routes/exit_node and
+#        SelfNode.routes/exit_node (subnet routes and exit nodes).
 MIN_SUPPORTED_CAPVER = 1
 # No compatibility paths are kept yet. When one is added for old nodes, note here the
 # capability version at which it can be deleted.
@@ -30,6 +32,8 @@ MAX_ENDPOINTS = 16
 MAX_ENDPOINT_LEN = 64
 MAX_HOSTNAME_LEN = 63
 MAX_DENIED_FLOWS = 1000
+MAX_HEALTH_PEERS = 64
+"""Peer entries in one health report (HealthSummary.peers); the rest are counted in peers_omitted."""
 
 
 def wg_key_proof(shared_secret: bytes, message: bytes) -> bytes:
@@ -79,8 +83,9 @@ def poll_request(
     health: pb.HealthSummary | None = None,
     home_relay_region: str = "",
     long_poll_s: int = 0,
+    route_advert: pb.RouteAdvert | None = None,
 ) -> pb.PollRequest:
-    """A node's poll, as cvlan-ctrl and cvlan-sim send it."""
+    """A node's poll, as cvlan-ctrl and cvlan-sim send it (route_advert None: unchanged)."""
     req = pb.PollRequest(
         capability_version=CAPABILITY_VERSION,
         map_version=map_version,
@@ -90,6 +95,8 @@ def poll_request(
     )
     if health is not None:
         req.health.CopyFrom(health)
+    if route_advert is not None:
+        req.route_advert.CopyFrom(route_advert)
     return req
 
 

@@ -11,7 +11,7 @@ from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import Body, Call, page, route
-from cvlan.controller.ops import cvlans, nodes
+from cvlan.controller.ops import cvlans, dns, nodes
 
 
 class NodeUpdate(Body):
@@ -59,7 +59,7 @@ async def list_all_nodes(c: Call) -> dict[str, Any]:
 @tenant_route("GET", "/nodes/{node}", summary="Show a node", tag="nodes")
 async def show_node(c: Call, s: AsyncSession, t: Tenant) -> dict[str, Any]:
     n, cn = await nodes.get(s, c.who, t, c.params["node"])
-    return nodes.view(n, c.ctx, cn)
+    return {**nodes.view(n, c.ctx, cn), "dns_name": await dns.node_dns_name(c.ctx, s, t, n, cn)}
 
 
 @tenant_route(

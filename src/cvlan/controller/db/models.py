@@ -64,6 +64,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     node_cert_lifetime_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    local_passwords_disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Members of this tenant sign in only through an identity provider (docs/AUTH.md)."""
     """Key expiry policy: lifetime of the tenant's node certificates (None: the controller's setting)."""
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
@@ -76,6 +78,8 @@ class User(Base):
     is_platform_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Raised to end every web session of the user at once (a role lost at an OIDC sign-in)."""
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
@@ -84,6 +88,8 @@ class Membership(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(20))
+    via_oidc: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Granted by a group mapping at an OIDC sign-in (and taken back at the next one without it)."""
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
@@ -102,6 +108,49 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    """A user's own token (issued by `cvlan login`): it carries the user's roles of the moment."""
+
+
+class OidcIdentity(Base):
+    """A user's account at an identity provider: (issuer, subject) is the stable key."""
+
+    __tablename__ = "oidc_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(63))
+    issuer: Mapped[str] = mapped_column(String(300))
+    subject: Mapped[str] = mapped_column(String(255))
+    groups: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+    last_signin_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class OidcGroupRole(Base):
+    """In a tenant, members of an identity provider's group get a role."""
+
+    __tablename__ = "oidc_group_roles"
+    __table_args__ = (UniqueConstraint("tenant_id", "provider", "group_name"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(63))
+    group_name: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class OidcPending(Base):
+    """A sign-in under way: the state (hashed), the nonce and PKCE verifier it must match. Deleted
+    when used, so a replayed callback finds nothing."""
+
+    __tablename__ = "oidc_pending"
+    state_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(63))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    expires_at: Mapped[dt.datetime] = mapped_column(TS, index=True)
 
 
 class Cvlan(Base):
@@ -270,3 +319,64 @@ class KeyValue(Base):
     __tablename__ = "controller_kv"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class DnsRecord(Base):
+    """A tenant-defined record in a CVLAN's zone (docs/DNS.md)."""
+
+    __tablename__ = "dns_records"
+    __table_args__ = (UniqueConstraint("cvlan_id", "name", "rtype", "value"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(160))
+    rtype: Mapped[str] = mapped_column(String(10))
+    value: Mapped[str] = mapped_column(String(600))
+    ttl: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class DnsForwarder(Base):
+    """Queries for domain (and below) from a CVLAN's nodes go to servers (split DNS, docs/DNS.md)."""
+
+    __tablename__ = "dns_forwarders"
+    __table_args__ = (UniqueConstraint("cvlan_id", "domain"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(200))
+    servers: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class NodeRoute(Base):
+    """A subnet route a node advertises (or its exit-node offer, prefix 0.0.0.0/0), and whether a
+    tenant admin or an auto-approval rule approved it. Kept when the node stops advertising it, so
+    advertising it again needs no new approval."""
+
+    __tablename__ = "node_routes"
+    __table_args__ = (UniqueConstraint("node_id", "prefix"), Index("ix_node_routes_cvlan", "cvlan_id"))
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    prefix: Mapped[str] = mapped_column(String(43))
+    advertised: Mapped[bool] = mapped_column(Boolean, default=True)
+    approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    refused: Mapped[str] = mapped_column(String(200), default="")
+    """Why the route can never be used ("" = it can): overlaps the overlay, covers the controller..."""
+    created_at: Mapped[dt.datetime] = mapped_column(TS)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
+class RouteRule(Base):
+    """An auto-approval rule of a CVLAN (controller/subnetroutes.py AutoRule)."""
+
+    __tablename__ = "route_rules"
+    __table_args__ = (UniqueConstraint("cvlan_id", "kind", "prefix", "tag"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))
+    prefix: Mapped[str] = mapped_column(String(43), default="")
+    tag: Mapped[str] = mapped_column(String(63), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS)

@@ -22,16 +22,29 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cvlan.controller.db.models import Cvlan, KeyValue, Node, Region, Relay, Vrouter, VrouterCvlan
+from cvlan.controller.db.models import (
+    Cvlan,
+    KeyValue,
+    Node,
+    NodeRoute,
+    Region,
+    Relay,
+    Tenant,
+    Vrouter,
+    VrouterCvlan,
+)
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.mapper import dnsmap
+from cvlan.controller.ops import dns as dns_ops
 from cvlan.controller.ops import policy as policy_ops
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.ops.nodes import disabled_error
 from cvlan.controller.policy import MemberRef, compile_for_members
 from cvlan.controller.vrouting import Hub, direct, hubs_for, node_region
-from cvlan.wire import nodeproto
+from cvlan.wire import dnsnames, nodeproto
 from cvlan.wire.endpoint import is_endpoint
 from cvlan.wire.pb import node_pb2 as pb
+from cvlan.wire.routes import EXIT_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,16 @@ class Member:
     """This member as a peer reached through the receiver's vrouter (route VIA_VROUTER, no allowed IPs)."""
     hubs: tuple[Hub, ...] = ()
     """vrouting.hubs_for this member, most preferred first (set when it is encoded)."""
+    dns_name: str = ""
+    """The member's DNS name (wire/dnsnames.py), unique in the CVLAN."""
+    dns_part: pb.DnsConfig | None = None
+    """Its own part of the map's DnsConfig: whose names resolve for it (mapper/dnsmap.py)."""
+    routes: tuple[str, ...] = ()
+    """Its approved, advertised subnet routes (ops/subnets.py)."""
+    exit_node: bool = False
+    """It is an approved exit node that offers itself now."""
+    advert: tuple[str, ...] = ()
+    """What it advertises as stored (routes and the exit offer): a poll saying the same changes nothing."""
 
 
 @dataclass
@@ -83,6 +106,8 @@ class CvlanMap:
     """The registered vrouters serving the CVLAN (see controller/vrouting.py)."""
     hub_parts: dict[int, bytes] = field(default_factory=dict)
     """vrouter id -> encoded NetworkMap fragment with that vrouter as a VrouterPeer."""
+    dns: pb.DnsConfig | None = None
+    """The CVLAN's part of every member's DnsConfig (zone, resolver, records, forwarders)."""
 
     def hub_of(self, mem: Member) -> Hub | None:
         """The member's most preferred hub (None: it has none)."""
@@ -160,6 +185,10 @@ class Mapper:
             self._change_seq[cid] = self._change_seq.get(cid, 0) + 1
             self._maps.pop(cid, None)
             self._wake(cid)
+
+    def invalidate_all(self) -> None:
+        """Drop every map held and wake every long-poll (changes may have been missed)."""
+        self.invalidate(set(self._maps) | set(self._wakers))
 
     def _wake(self, cid: int) -> None:
         ev = self._wakers.pop(cid, None)
@@ -314,6 +343,9 @@ class Mapper:
             nodes = list(await s.scalars(select(Node).where(Node.cvlan_id == cid, Node.disabled.is_(False))))
             vrs = await _vrouters(s, c)
             doc = await policy_ops.load(s, cid)
+            tenant_name = await s.scalar(select(Tenant.name).where(Tenant.id == c.tenant_id)) or ""
+            records, forwarders = await dns_ops.load_for_map(s, cid)
+            adverts = await _adverts(s, cid)
         self.loads += 1
         now = self.ctx.now()
         offline = self.ctx.settings.offline_after_s
@@ -331,9 +363,19 @@ class Mapper:
             )
             for n in nodes
         }
+        for nid, (advert, usable) in adverts.items():
+            if nid in members:
+                members[nid].advert = advert
+                members[nid].routes = tuple(p for p in usable if p != EXIT_ROUTE)
+                members[nid].exit_node = EXIT_ROUTE in usable
         refs = [MemberRef(mem.node_id, mem.name, mem.address, mem.tags) for mem in members.values()]
         for nid, rules in compile_for_members(doc, refs, c.subnet).items():
             members[nid].filter_rules = [pb.FilterRule(**r) for r in rules]
+        zone = dnsnames.zone(c.name, tenant_name, self.ctx.settings.dns_domain)
+        labels = dnsnames.assign_labels((mem.node_id, mem.name) for mem in members.values())
+        parts = dnsmap.receiver_parts(list(members.values()))
+        for nid, mem in members.items():
+            mem.dns_name, mem.dns_part = f"{labels[nid]}.{zone}", parts[nid]
         m = CvlanMap(
             cvlan_id=c.id,
             tenant_id=c.tenant_id,
@@ -345,6 +387,7 @@ class Mapper:
             members=members,
             vrouters=vrs,
             via_vrouter=c.mode == "hub" and any(v.wg_public_key for v in vrs),
+            dns=dnsmap.cvlan_part(zone, records, forwarders),
         )
         for v in vrs:
             if len(v.wg_public_key) == 32:  # unregistered vrouters are left out of maps
@@ -362,7 +405,7 @@ class Mapper:
     def _retoken(self, m: CvlanMap) -> None:
         m.token = self._next_token(m.cvlan_id, m.db_version)
         m.common = pb.NetworkMap(
-            version=m.token, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode
+            version=m.token, relay_map=self.relay_map, cvlan_subnet=m.subnet, mode=m.mode, dns=m.dns
         ).SerializeToString()  # vrouters: per receiver (hub_parts), see body_for
 
     def _encode_member(self, m: CvlanMap, mem: Member) -> None:
@@ -377,6 +420,9 @@ class Mapper:
             online=mem.online,
             allowed_ips=[addr],
             route=pb.PEER_ROUTE_DIRECT,
+            dns_name=mem.dns_name,
+            routes=mem.routes,
+            exit_node=mem.exit_node,
         )
         mem.chunk = nodeproto.peer_chunk(peer)
         mem.region = node_region(mem.tags, mem.home_relay_region)
@@ -392,8 +438,12 @@ class Mapper:
                 tenant_id=m.tenant_id,
                 cvlan_id=m.cvlan_id,
                 cvlan_name=m.name,
+                dns_name=mem.dns_name,
+                routes=mem.routes,
+                exit_node=mem.exit_node,
             ),
             filter_rules=mem.filter_rules,
+            dns=mem.dns_part,
         ).SerializeToString()
 
     # --- in-memory changes -------------------------------------------------------------------
@@ -458,6 +508,38 @@ async def _vrouters(s: AsyncSession, c: Cvlan) -> list[pb.VrouterPeer]:
         )
         for v, rn in rows
     ]
+
+
+async def _adverts(s: AsyncSession, cid: int) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """node id -> (what it advertises, what of that is approved and usable), for the CVLAN's nodes."""
+    rows = await s.execute(
+        select(NodeRoute.node_id, NodeRoute.prefix, NodeRoute.approved, NodeRoute.refused)
+        .join(Node, Node.id == NodeRoute.node_id)
+        .where(Node.cvlan_id == cid, NodeRoute.advertised.is_(True))
+        .order_by(NodeRoute.node_id, NodeRoute.prefix)
+    )
+    out: dict[int, tuple[list[str], list[str]]] = {}
+    for nid, prefix, approved, refused in rows.all():
+        adv, ok = out.setdefault(nid, ([], []))
+        adv.append(prefix)
+        if approved and not refused:
+            ok.append(prefix)
+    return {nid: (_advert_order(adv), tuple(ok)) for nid, (adv, ok) in out.items()}
+
+
+def _advert_order(prefixes: list[str]) -> tuple[str, ...]:
+    """As a node sends them: routes in address order, the exit offer last (ops/subnets.advert_prefixes)."""
+    return (
+        *sorted((p for p in prefixes if p != EXIT_ROUTE), key=_net_key),
+        *(p for p in prefixes if p == EXIT_ROUTE),
+    )
+
+
+def _net_key(prefix: str) -> tuple[int, int]:
+    import ipaddress
+
+    n = ipaddress.ip_network(prefix)
+    return int(n.network_address), n.prefixlen
 
 
 def valid_endpoint(text: str) -> bool:

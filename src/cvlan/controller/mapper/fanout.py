@@ -3,7 +3,11 @@
 Each process keeps its maps in memory. A committed change (ops.context.bump -> on_cvlan_changed)
 and an endpoint change reported by a poll are announced on one channel; the other processes drop
 or update their copy and wake their long-polls. A process ignores its own announcements. On SQLite
-(one process by nature) nothing is started."""
+(one process by nature) nothing is started.
+
+When the listening connection is lost (PostgreSQL restarted), it is opened again with backoff, and
+then every map held is dropped and every long-poll woken: announcements made while it was away were
+not heard, and the maps are loaded again from what was committed."""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ import logging
 import secrets
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from cvlan.common.backoff import Backoff
 from cvlan.controller.mapper.cache import Mapper
 
 log = logging.getLogger(__name__)
@@ -34,26 +40,66 @@ class Fanout:
         self._pg: Any = None
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self.reconnects = 0
+        """How many times the listening connection was opened again after it was lost."""
 
     async def start(self) -> bool:
         """Listen (PostgreSQL only). Returns whether fan-out is active."""
         if self.engine.dialect.name != "postgresql":
             return False
-        self._conn = await self.engine.connect()
-        raw = await self._conn.get_raw_connection()
-        self._pg = raw.driver_connection
-        await self._pg.add_listener(CHANNEL, self._on_notify)
-        self._task = asyncio.get_running_loop().create_task(self._send(), name="map-fanout")
+        await self._listen()
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._send(), name="map-fanout")
+        self._watch = loop.create_task(self._keep_listening(), name="map-fanout-listen")
         self.mapper.announce_changed = self.changed
         self.mapper.announce_endpoints = self.endpoints
         return True
 
+    async def _listen(self) -> None:
+        lost = self._lost = asyncio.Event()  # this connection's: a late end of the last one is not ours
+        self._conn = await self.engine.connect()
+        raw = await self._conn.get_raw_connection()
+        self._pg = raw.driver_connection
+        self._pg.add_termination_listener(lambda _conn: lost.set())
+        await self._pg.add_listener(CHANNEL, self._on_notify)
+
+    async def _keep_listening(self) -> None:
+        """Open the listening connection again whenever it is lost; then reload every map."""
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            await self._lost.wait()
+            log.warning("map fan-out: the listening connection to PostgreSQL was lost; reconnecting")
+            await self._close_conn()
+            while True:
+                await asyncio.sleep(backoff.next())
+                try:
+                    await self._listen()
+                    break
+                except (OSError, SQLAlchemyError) as e:
+                    log.debug("map fan-out: cannot listen yet", extra={"reason": str(e)[:200]})
+                    await self._close_conn()
+            backoff.reset()
+            self.reconnects += 1
+            self.mapper.invalidate_all()
+            log.info("map fan-out listening again; every map is loaded afresh")
+
+    async def _close_conn(self) -> None:
+        conn, self._conn, self._pg = self._conn, None, None
+        if conn is not None:
+            try:
+                await conn.invalidate()
+            except Exception:  # noqa: BLE001 - the connection is already gone
+                pass
+
     async def stop(self) -> None:
         self.mapper.announce_changed = None
         self.mapper.announce_endpoints = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._pg is not None:
             try:
                 await self._pg.remove_listener(CHANNEL, self._on_notify)
@@ -85,9 +131,13 @@ class Fanout:
         while True:
             payload = await self._queue.get()
             try:
+                if self._pg is None:
+                    raise ConnectionError("not connected to PostgreSQL")
                 await self._pg.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
             except Exception as e:  # noqa: BLE001 - keep the sender alive; the next change retries
                 log.warning("map fan-out NOTIFY failed", extra={"reason": str(e)[:200]})
+                if self._pg is not None and self._pg.is_closed():
+                    self._lost.set()
                 await asyncio.sleep(1)
 
     # --- incoming --------------------------------------------------------------------------

@@ -67,6 +67,9 @@ class LivenessBuffer:
         self._inflight_eps: dict[int, tuple[list[str], str]] = {}
         """Endpoints of the batch being written: still the newest truth until its transaction commits."""
         self._health_hash: dict[int, int] = {}
+        self._peers: dict[int, dict[str, Any]] = {}
+        """node -> its latest per-peer health (from reports), kept in every health written for it:
+        a poll's summary must not erase what the last report measured."""
         self.flushes = 0
         self.rows_written = 0
 
@@ -110,12 +113,20 @@ class LivenessBuffer:
         o = self._touch(node_id)
         o.last_seen, o.map_version = now, map_version
         if health is not None:
-            o.health = health
+            o.health = self._with_peers(node_id, health)
 
-    def health(self, node_id: int, health: dict[str, Any]) -> None:
-        """A health report outside a poll: last seen and health change, the held version does not."""
+    def health(self, node_id: int, health: dict[str, Any], peers: list[dict[str, Any]] | None = None) -> None:
+        """A health report outside a poll: last seen and health change, the held version does not.
+        peers: its per-peer entries (None: none measured this time, the previous ones stay)."""
         o = self._touch(node_id)
-        o.last_seen, o.health = self.ctx.now(), health
+        now = self.ctx.now()
+        if peers is not None:
+            self._peers[node_id] = {"peers": peers, "peers_at": now.isoformat()}
+        o.last_seen, o.health = now, self._with_peers(node_id, health)
+
+    def _with_peers(self, node_id: int, health: dict[str, Any]) -> dict[str, Any]:
+        kept = self._peers.get(node_id)
+        return health if kept is None else {**health, **kept}
 
     def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
         """Endpoints and home region reported but not written yet (None if nothing pending)."""

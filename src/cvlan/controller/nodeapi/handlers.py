@@ -23,12 +23,15 @@ from cvlan import __version__
 from cvlan.controller.audit import request_id_var
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.health.book import HealthBook
+from cvlan.controller.health.matrix import classify
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member, valid_endpoint
 from cvlan.controller.mapper.fanout import Fanout
 from cvlan.controller.mapper.liveness import LivenessBuffer
+from cvlan.controller.nodeapi.adverts import AdvertWriter, advert_of
 from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
 from cvlan.controller.nodeapi.identity import IdentityResolver
-from cvlan.controller.ops import nodes, reauth, registration
+from cvlan.controller.ops import nodes, reauth, registration, subnets
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
@@ -59,6 +62,8 @@ class NodeApi:
         # offline_after while the node polls, and about every other unchanged poll is not written.
         self.liveness = LivenessBuffer(ctx, max(0.0, st.offline_after_s - 2.0 * st.poll_interval_s))
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
+        self.health_book = HealthBook()
+        """Degradation events, history and pair gauges of the peer health reports (health/book.py)."""
         self.identity = IdentityResolver(ca, ctx.proxies)
         self.ca_pem = ca.cert_pem.decode()
         self.reauth_public = ca.reauth_public()
@@ -68,6 +73,7 @@ class NodeApi:
         # each) when many transactions contend for the write lock. PostgreSQL runs them concurrently.
         self._write_lock = contextlib.nullcontext() if "postgresql" in ctx.settings.db_url else asyncio.Lock()
         self.enrolments = EnrolmentBatcher(ctx, ca, self._write_lock, self.register_alone)
+        self.adverts = AdvertWriter(ctx)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -126,6 +132,7 @@ class NodeApi:
         """Enrol a node with a token (ident: the caller's certificate, when it re-registers)."""
         if len(req.hostname) > 253 or len(req.os_info) > 200:
             raise DomainError(Kind.INVALID, "hostname or os_info is too long", {"field": "hostname"})
+        advert = advert_of(req.route_advert) if req.HasField("route_advert") else None
         enrol = registration.Enrolment(
             req.token, req.wg_public_key, req.csr_pem, req.hostname, req.os_info, request_id_var.get()
         )
@@ -144,6 +151,9 @@ class NodeApi:
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan
+        if advert is not None:
+            async with self.ctx.tx() as s:
+                await subnets.store_advert(self.ctx, s, n.id, advert)
         log.info("node registered", extra={"tenant_id": n.tenant_id, "cvlan": c.id, "node_id": n.id})
         return pb.RegisterResponse(
             node_id=n.id,
@@ -218,6 +228,8 @@ class NodeApi:
             eps = _endpoints(req.endpoints)
             if self.mapper.update_endpoints(m, me, eps or None, region):
                 self.liveness.endpoints(ident.node_id, me.endpoints, me.home_relay_region)
+        if req.HasField("route_advert"):
+            self.adverts.note(me, req.route_advert)
         health = _health(req) if req.HasField("health") else None
         self.liveness.seen(ident.node_id, req.map_version, health, now)
         longest = min(MAX_LONG_POLL_S, self.ctx.settings.max_long_poll_s)
@@ -279,7 +291,10 @@ class NodeApi:
             raise DomainError(Kind.INVALID, f"at most {wire.MAX_DENIED_FLOWS} denied flows per report")
         flows = [_flow(f) for f in req.denied_flows]
         if req.HasField("health"):
-            self.liveness.health(ident.node_id, _health(req))
+            peers = peer_health(req.health)
+            self.liveness.health(ident.node_id, _health(req), peers if req.health.peers else None)
+            if req.health.peers:
+                self._health_events(ident, m.cvlan_id, peers)
         accepted = 0
         if flows:
             async with self.ctx.tx() as s:
@@ -287,6 +302,18 @@ class NodeApi:
                     self.ctx, s, self.caller(ident), m.cvlan_id, flows
                 )
         return pb.ReportResponse(accepted=accepted)
+
+    def _health_events(self, ident: NodeIdentity, cvlan_id: int, peers: list[dict[str, object]]) -> None:
+        for e in self.health_book.report(self.ctx.now(), ident.tenant_id, cvlan_id, ident.node_id, peers):
+            log.info(
+                f"peer health: {e.kind} {e.detail}",
+                extra={
+                    "node_id": e.node_id,
+                    "tenant_id": ident.tenant_id,
+                    "cvlan": cvlan_id,
+                    "reason": e.kind,
+                },
+            )
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -319,6 +346,7 @@ class NodeApi:
         for t in late:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.adverts.close()
         if fanout is not None:
             await fanout.stop()
 
@@ -350,6 +378,7 @@ def _endpoints(raw: Iterable[str]) -> list[str]:
 
 
 def _health(req: pb.PollRequest | pb.ReportRequest) -> dict[str, object]:
+    """The summary a poll or report carries (per-peer entries are taken from reports only)."""
     h = req.health
     return {
         "peers_total": h.peers_total,
@@ -358,6 +387,44 @@ def _health(req: pb.PollRequest | pb.ReportRequest) -> dict[str, object]:
         "applied_version": h.applied_version,
         "dataplane_error": h.dataplane_error[:200],
     }
+
+
+_PATHS = {
+    pb.PEER_HEALTH_PATH_NONE: "none",
+    pb.PEER_HEALTH_PATH_DIRECT: "direct",
+    pb.PEER_HEALTH_PATH_RELAY: "relay",
+    pb.PEER_HEALTH_PATH_VROUTER: "vrouter",
+}
+
+
+def peer_health(h: pb.HealthSummary) -> list[dict[str, object]]:
+    """A report's per-peer entries as stored (docs/HEALTH.md); INVALID beyond the bounds."""
+    if len(h.peers) > wire.MAX_HEALTH_PEERS:
+        raise DomainError(
+            Kind.INVALID, f"at most {wire.MAX_HEALTH_PEERS} peers per health report", {"field": "health"}
+        )
+    out: list[dict[str, object]] = []
+    for p in h.peers:
+        if p.path not in _PATHS or p.probes_answered > p.probes_sent or len(p.relay_region) > 63:
+            raise DomainError(
+                Kind.INVALID,
+                f"peer health of node {p.node_id}: bad path, region or probe counts",
+                {"field": "health"},
+            )
+        entry: dict[str, object] = {
+            "node_id": p.node_id,
+            "path": _PATHS[p.path],
+            "relay_region": p.relay_region,
+            "handshake_age_s": p.handshake_age_s,
+            "rtt_ms": round(p.rtt_us / 1000, 3) if p.probes_answered else None,
+            "sent": p.probes_sent,
+            "answered": p.probes_answered,
+            "rx_bytes": min(p.rx_bytes, 2**62),
+            "tx_bytes": min(p.tx_bytes, 2**62),
+        }
+        entry["state"] = classify(entry)[0]
+        out.append(entry)
+    return out
 
 
 def _flow(f: pb.DeniedFlow) -> tuple[str, str, str, int, int]:

@@ -227,6 +227,14 @@ async def principal_for_token(ctx: OpsContext, s: AsyncSession, text: str) -> Pr
     if tok.revoked_at is not None or (tok.expires_at is not None and tok.expires_at <= now):
         raise bad
     actor = f"apitoken:{tok.prefix}"
+    if tok.user_id is not None:  # a user's own token: the user's roles of the moment
+        user = await s.get(User, tok.user_id)
+        if user is None:
+            raise bad
+        p = await principal_for_user(s, user)
+        return Principal(
+            actor=f"{p.actor} ({actor})", platform_admin=p.platform_admin, roles=p.roles, user_id=p.user_id
+        )
     if tok.tenant_id is None:
         return Principal(actor=actor, platform_admin=True)
     return Principal(actor=actor, roles={tok.tenant_id: Role(tok.role)})

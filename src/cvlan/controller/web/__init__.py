@@ -11,7 +11,17 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cvlan.controller.http.framework import CTX_KEY
-from cvlan.controller.web import account, core, pages_admin, pages_policy, pages_tenant, session
+from cvlan.controller.web import (
+    account,
+    core,
+    oidc,
+    pages_admin,
+    pages_dns,
+    pages_health,
+    pages_policy,
+    pages_tenant,
+    session,
+)
 from cvlan.controller.web.health import HealthMonitor
 
 __all__ = ["setup"]
@@ -36,9 +46,12 @@ def setup(app: web.Application, engine: AsyncEngine) -> None:
             web.post(p + "/signout", account.signout),
             web.get(p + "/account", account.account),
             web.post(p + "/account/password", account.account_password),
+            *oidc.routes(p),
             *pages_tenant.routes(p),
             *pages_admin.routes(p),
             *pages_policy.routes(p),
+            *pages_dns.routes(p),
+            *pages_health.routes(p),
         ]
     )
     app.router.add_static(p + "/static/", STATIC_DIR)

@@ -9,6 +9,7 @@ from aiohttp import web
 from cvlan.controller.auth import Principal
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CTX_KEY
+from cvlan.controller.oidc.client import PROVIDERS_KEY
 from cvlan.controller.ops import tenants
 from cvlan.controller.web import session as sessions
 from cvlan.controller.web import signin
@@ -32,15 +33,21 @@ from cvlan.controller.web.core import (
 )
 
 
-def _safe_next(value: str) -> str:
+def safe_next(value: str) -> str:
     """Only a path inside the UI: never another site (open redirect)."""
     if value.startswith(PREFIX + "/") and not value.startswith("//") and "\\" not in value:
         return value
     return PREFIX + "/"
 
 
-def _signin_page(request: web.Request, email: str = "", error: str = "", status: int = 200) -> web.Response:
+def signin_page(request: web.Request, email: str = "", error: str = "", status: int = 200) -> web.Response:
+    """The sign-in form (password, and a button per identity provider), with an error if given."""
     token = login_csrf(request)
+    nxt = safe_next(request.query.get("next", ""))
+    providers = [
+        (p.cfg.label, f"{PREFIX}/oidc/{p.name}/start?next={urllib.parse.quote(nxt)}")
+        for p in request.app[PROVIDERS_KEY].values()
+    ]
     body = (
         request.app[ENV_KEY]
         .get_template("signin.html")
@@ -48,7 +55,8 @@ def _signin_page(request: web.Request, email: str = "", error: str = "", status:
             csrf=token,
             email=email,
             error=error,
-            next=_safe_next(request.query.get("next", "")),
+            next=nxt,
+            providers=providers,
         )
     )
     resp = html_response(body, status)
@@ -58,8 +66,8 @@ def _signin_page(request: web.Request, email: str = "", error: str = "", status:
 
 async def signin_form(request: web.Request) -> web.StreamResponse:
     if isinstance(request.get(PRINCIPAL_NAME), Principal):
-        return see_other(_safe_next(request.query.get("next", "")))
-    return _signin_page(request)
+        return see_other(safe_next(request.query.get("next", "")))
+    return signin_page(request)
 
 
 async def signin_submit(request: web.Request) -> web.StreamResponse:
@@ -69,15 +77,15 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = str(data.get(CSRF_FIELD, ""))
     if not cookie or not same(cookie, sent):
-        return _signin_page(request, email, "This form has expired. Please try again.", 403)
+        return signin_page(request, email, "This form has expired. Please try again.", 403)
     if not email or not password:
-        return _signin_page(request, email, "Enter your email and password.", 422)
+        return signin_page(request, email, "Enter your email and password.", 422)
     ctx = request.app[CTX_KEY]
     out = await signin.check(ctx, email, password)
     if out.user is None:
-        return _signin_page(request, email, out.error, 401)
+        return signin_page(request, email, out.error, 401)
     sess = sessions.new_session(request.app[KEY_KEY], out.user, ctx.now())
-    resp = see_other(_safe_next(str(data.get("next", ""))))
+    resp = see_other(safe_next(str(data.get("next", ""))))
     set_session_cookie(resp, request, sess)
     resp.del_cookie(LOGIN_CSRF_COOKIE, path=PREFIX + "/signin")
     return resp

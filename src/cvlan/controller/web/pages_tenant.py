@@ -14,7 +14,7 @@ from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_PIN_KEY
-from cvlan.controller.ops import cvlans, infra, nodes, tenants, vrouters
+from cvlan.controller.ops import cvlans, dns, infra, nodes, tenants, vrouters
 from cvlan.controller.web.core import Form, Page, page
 
 LIST_LIMIT = 1000
@@ -248,10 +248,12 @@ async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int 
     async with p.ctx.tx() as s:
         n, cn = await nodes.get(s, p.who, p.tenant, ref)
         all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
+        dns_name = await dns.node_dns_name(p.ctx, s, p.tenant, n, cn)
     return p.render(
         "node.html",
         status=status,
         node=node_row(p, n, cn),
+        dns_name=dns_name,
         os_info=n.os_info,
         cvlans=[c for c, _ in all_cvlans],
         form=form or Form({"name": n.name, "cvlan": cn, "tags": " ".join(n.tags or [])}),

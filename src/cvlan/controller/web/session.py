@@ -55,7 +55,10 @@ def _unb64(s: str) -> bytes:
 
 
 def password_fingerprint(key: bytes, user: User) -> str:
-    return hmac.new(key, b"pw|" + user.password_hash.encode(), hashlib.sha256).hexdigest()[:16]
+    """Binds a session to the password and the session epoch: changing either ends the session.
+    (Epoch 0 adds nothing, so sessions from before epochs existed stay valid.)"""
+    epoch = f"|{user.session_epoch}" if user.session_epoch else ""
+    return hmac.new(key, b"pw|" + (user.password_hash + epoch).encode(), hashlib.sha256).hexdigest()[:16]
 
 
 async def signing_key(ctx: OpsContext) -> bytes:
@@ -125,7 +128,8 @@ def decode(key: bytes, text: str, now: dt.datetime) -> Session | None:
 
 
 async def load_user(s: AsyncSession, key: bytes, sess: Session) -> User | None:
-    """The session's user, unless the session was signed out or the password changed since."""
+    """The session's user, unless the session was signed out, or the password or session epoch
+    changed since."""
     if await s.get(KeyValue, REVOKED_PREFIX + sess.nonce) is not None:
         return None
     user = await s.get(User, sess.user_id)

@@ -19,6 +19,8 @@ from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import User
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.oidc import mappings
+from cvlan.controller.oidc.signin import record_failure
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
 
@@ -57,19 +59,40 @@ async def check(ctx: OpsContext, email: str, password: str) -> Outcome:
                 None, f"Too many failed sign-ins. Try again in {mins} minute{'s' if mins != 1 else ''}."
             )
     ok = await asyncio.to_thread(credentials.check_password, password, encoded)
+    out, reason = await _settle(ctx, user, ok)
+    if out.user is None:
+        await record_failure(ctx, "password", "", email, reason)
+        await asyncio.sleep(FAILURE_DELAY_S)
+    return out
+
+
+async def _settle(ctx: OpsContext, user: User | None, ok: bool) -> tuple[Outcome, str]:
+    """Count the attempt against the account (lock it after too many failures); the outcome and,
+    for a refusal, the reason the audit log records."""
+    wrong = Outcome(None, "The email or password is not correct.")
     async with ctx.tx() as s:
-        if user is None:
-            await asyncio.sleep(FAILURE_DELAY_S)
-            return Outcome(None, "The email or password is not correct.")
-        row = await s.get(User, user.id, with_for_update=True)
+        row = await s.get(User, user.id, with_for_update=True) if user is not None else None
         if row is None:
-            return Outcome(None, "The email or password is not correct.")
+            return wrong, "unknown email"
         who = Principal(actor=f"user:{row.email}", user_id=row.id)
+        blocked = await mappings.password_blocked_by(s, row.id) if ok else None
+        if blocked is not None:
+            msg = f"Members of tenant {blocked} sign in with their identity provider, not a password."
+            return Outcome(None, msg), f"local passwords are disabled in tenant {blocked}"
         if ok:
             row.failed_logins = 0
             row.locked_until = None
-            audit.record(s, who, "user.signin", "user", row.id, tenant_id=None, now=ctx.now())
-            return Outcome(row)
+            audit.record(
+                s,
+                who,
+                "user.signin",
+                "user",
+                row.id,
+                tenant_id=None,
+                after={"method": "password"},
+                now=ctx.now(),
+            )
+            return Outcome(row), ""
         row.failed_logins = (row.failed_logins or 0) + 1
         lock = lock_for(row.failed_logins)
         if lock:
@@ -84,8 +107,7 @@ async def check(ctx: OpsContext, email: str, password: str) -> Outcome:
                 after={"failed_logins": row.failed_logins, "locked_seconds": int(lock.total_seconds())},
                 now=ctx.now(),
             )
-    await asyncio.sleep(FAILURE_DELAY_S)
-    return Outcome(None, "The email or password is not correct.")
+    return wrong, "wrong password"
 
 
 async def change_password(ctx: OpsContext, user_id: int, current: str, new: str) -> User:

@@ -29,6 +29,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PeerHealthPath:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeerHealthPathEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PeerHealthPath.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PEER_HEALTH_PATH_NONE: _PeerHealthPath.ValueType  # 0
+    """No recent handshake and no probe answer."""
+    PEER_HEALTH_PATH_DIRECT: _PeerHealthPath.ValueType  # 1
+    PEER_HEALTH_PATH_RELAY: _PeerHealthPath.ValueType  # 2
+    """Through the relays of PeerHealth.relay_region."""
+    PEER_HEALTH_PATH_VROUTER: _PeerHealthPath.ValueType  # 3
+    """Routed through a vrouter of the CVLAN."""
+
+class PeerHealthPath(_PeerHealthPath, metaclass=_PeerHealthPathEnumTypeWrapper):
+    """How a node currently reaches one peer."""
+
+PEER_HEALTH_PATH_NONE: PeerHealthPath.ValueType  # 0
+"""No recent handshake and no probe answer."""
+PEER_HEALTH_PATH_DIRECT: PeerHealthPath.ValueType  # 1
+PEER_HEALTH_PATH_RELAY: PeerHealthPath.ValueType  # 2
+"""Through the relays of PeerHealth.relay_region."""
+PEER_HEALTH_PATH_VROUTER: PeerHealthPath.ValueType  # 3
+"""Routed through a vrouter of the CVLAN."""
+Global___PeerHealthPath: _TypeAlias = PeerHealthPath  # noqa: Y015
+
 class _PeerRoute:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -210,6 +236,7 @@ class RegisterRequest(_message.Message):
     PREVIOUS_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     PREVIOUS_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
     WG_KEY_PROOF_FIELD_NUMBER: _builtins.int
+    ROUTE_ADVERT_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     """The node's capability version. 0 (absent) is refused as "unknown version"."""
     token: _builtins.str
@@ -234,6 +261,12 @@ class RegisterRequest(_message.Message):
     """HMAC-SHA256 keyed with X25519(WireGuard private key, DiscoverResponse.reauth_public_key) over the
     same message: proves the node holds its WireGuard private key.
     """
+    @_builtins.property
+    def route_advert(self) -> Global___RouteAdvert:
+        """The subnet routes and exit-node offer the node advertises (docs/ROUTES.md). Absent: nothing
+        advertised at registration (the first poll may still carry them).
+        """
+
     def __init__(
         self,
         *,
@@ -246,10 +279,11 @@ class RegisterRequest(_message.Message):
         previous_certificate_pem: _builtins.str = ...,
         previous_key_signature: _builtins.bytes = ...,
         wg_key_proof: _builtins.bytes = ...,
+        route_advert: Global___RouteAdvert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route_advert", b"route_advert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "previous_certificate_pem", b"previous_certificate_pem", "previous_key_signature", b"previous_key_signature", "token", b"token", "wg_key_proof", b"wg_key_proof", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "csr_pem", b"csr_pem", "hostname", b"hostname", "os_info", b"os_info", "previous_certificate_pem", b"previous_certificate_pem", "previous_key_signature", b"previous_key_signature", "route_advert", b"route_advert", "token", b"token", "wg_key_proof", b"wg_key_proof", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +364,8 @@ class HealthSummary(_message.Message):
     PEERS_RELAY_FIELD_NUMBER: _builtins.int
     APPLIED_VERSION_FIELD_NUMBER: _builtins.int
     DATAPLANE_ERROR_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    PEERS_OMITTED_FIELD_NUMBER: _builtins.int
     peers_total: _builtins.int
     """Peers in the map the data plane applied."""
     peers_direct: _builtins.int
@@ -341,6 +377,14 @@ class HealthSummary(_message.Message):
     """Empty: the data plane is healthy. Otherwise one line saying what is wrong
     (e.g. "cvland not reachable").
     """
+    peers_omitted: _builtins.int
+    """Peers left out of `peers` because of the bound."""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerHealth]:
+        """Per-peer health (docs/HEALTH.md). Sent in reports (ReportRequest.health), not in polls.
+        Empty: not measured this time (the controller keeps what it had). At most 64 entries.
+        """
+
     def __init__(
         self,
         *,
@@ -349,14 +393,101 @@ class HealthSummary(_message.Message):
         peers_relay: _builtins.int = ...,
         applied_version: _builtins.int = ...,
         dataplane_error: _builtins.str = ...,
+        peers: _abc.Iterable[Global___PeerHealth] | None = ...,
+        peers_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "dataplane_error", b"dataplane_error", "peers_direct", b"peers_direct", "peers_relay", b"peers_relay", "peers_total", b"peers_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "dataplane_error", b"dataplane_error", "peers", b"peers", "peers_direct", b"peers_direct", "peers_omitted", b"peers_omitted", "peers_relay", b"peers_relay", "peers_total", b"peers_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthSummary: _TypeAlias = HealthSummary  # noqa: Y015
+
+@_typing.final
+class PeerHealth(_message.Message):
+    """One peer as the reporting node sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RELAY_REGION_FIELD_NUMBER: _builtins.int
+    HANDSHAKE_AGE_S_FIELD_NUMBER: _builtins.int
+    RTT_US_FIELD_NUMBER: _builtins.int
+    PROBES_SENT_FIELD_NUMBER: _builtins.int
+    PROBES_ANSWERED_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    path: Global___PeerHealthPath.ValueType
+    relay_region: _builtins.str
+    """The relay region carrying the path (path RELAY). Empty otherwise."""
+    handshake_age_s: _builtins.int
+    """Seconds since the last WireGuard handshake with the peer. -1: never (or via a vrouter)."""
+    rtt_us: _builtins.int
+    """Median round-trip time of the answered health probes in the window, in microseconds.
+    0: no probe answered in the window.
+    """
+    probes_sent: _builtins.int
+    """Probes sent and answered in the window (the last 20 probes, one every few seconds)."""
+    probes_answered: _builtins.int
+    rx_bytes: _builtins.int
+    """WireGuard byte counters of the peer since the data plane started."""
+    tx_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+        path: Global___PeerHealthPath.ValueType = ...,
+        relay_region: _builtins.str = ...,
+        handshake_age_s: _builtins.int = ...,
+        rtt_us: _builtins.int = ...,
+        probes_sent: _builtins.int = ...,
+        probes_answered: _builtins.int = ...,
+        rx_bytes: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handshake_age_s", b"handshake_age_s", "node_id", b"node_id", "path", b"path", "probes_answered", b"probes_answered", "probes_sent", b"probes_sent", "relay_region", b"relay_region", "rtt_us", b"rtt_us", "rx_bytes", b"rx_bytes", "tx_bytes", b"tx_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerHealth: _TypeAlias = PeerHealth  # noqa: Y015
+
+@_typing.final
+class RouteAdvert(_message.Message):
+    """What a node offers to carry for its peers (cvlan-ctrl --advertise-routes, --advertise-exit-node).
+    An administrator approves each route (or an auto-approval rule of the CVLAN does) before peers
+    use it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXIT_NODE_FIELD_NUMBER: _builtins.int
+    exit_node: _builtins.bool
+    """True: the node offers to be an exit node (its peers may send all internet traffic through it)."""
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IPv4 CIDRs of networks behind the node, e.g. "10.1.0.0/24". Empty: none (withdraws all).
+        0.0.0.0/0 is never a route: it is offered with exit_node.
+        """
+
+    def __init__(
+        self,
+        *,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        exit_node: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_node", b"exit_node", "routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteAdvert: _TypeAlias = RouteAdvert  # noqa: Y015
 
 @_typing.final
 class PollRequest(_message.Message):
@@ -368,6 +499,7 @@ class PollRequest(_message.Message):
     HOME_RELAY_REGION_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     LONG_POLL_S_FIELD_NUMBER: _builtins.int
+    ROUTE_ADVERT_FIELD_NUMBER: _builtins.int
     capability_version: _builtins.int
     map_version: _builtins.int
     """The map version the node holds. 0: none (always answered with a full map)."""
@@ -387,6 +519,12 @@ class PollRequest(_message.Message):
     def health(self) -> Global___HealthSummary:
         """Absent: nothing reported this time (the controller keeps the previous summary)."""
 
+    @_builtins.property
+    def route_advert(self) -> Global___RouteAdvert:
+        """What the node advertises now. Absent: unchanged (the controller keeps what it had);
+        present and empty: the node advertises nothing any more.
+        """
+
     def __init__(
         self,
         *,
@@ -396,10 +534,11 @@ class PollRequest(_message.Message):
         home_relay_region: _builtins.str = ...,
         health: Global___HealthSummary | None = ...,
         long_poll_s: _builtins.int = ...,
+        route_advert: Global___RouteAdvert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "route_advert", b"route_advert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "endpoints", b"endpoints", "health", b"health", "home_relay_region", b"home_relay_region", "long_poll_s", b"long_poll_s", "map_version", b"map_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_version", b"capability_version", "endpoints", b"endpoints", "health", b"health", "home_relay_region", b"home_relay_region", "long_poll_s", b"long_poll_s", "map_version", b"map_version", "route_advert", b"route_advert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,6 +559,9 @@ class Peer(_message.Message):
     ALLOWED_IPS_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
+    DNS_NAME_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXIT_NODE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     wg_public_key: _builtins.bytes
@@ -431,6 +573,13 @@ class Peer(_message.Message):
     route: Global___PeerRoute.ValueType
     online: _builtins.bool
     """Whether the peer has polled recently (as of the map's version; not refreshed on its own)."""
+    dns_name: _builtins.str
+    """The peer's DNS name (fully qualified, no trailing dot), e.g. "db1.office.acme.cvlan.internal".
+    Empty: the controller gives no names (older controller). Whether it resolves for the receiver
+    is said by NetworkMap.dns (policy).
+    """
+    exit_node: _builtins.bool
+    """True: the peer is an approved exit node the receiver may select."""
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The peer's reported candidate endpoints "ip:port". Empty: none known yet (use the relay)."""
@@ -438,6 +587,13 @@ class Peer(_message.Message):
     @_builtins.property
     def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CIDRs to route to this peer (its /32 when route is DIRECT; empty when VIA_VROUTER)."""
+
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Approved subnet routes this peer carries (not in allowed_ips: several peers may carry the same
+        route, and the receiver routes it to one of them at a time, the first alive in node_id order).
+        Empty: none.
+        """
 
     def __init__(
         self,
@@ -451,10 +607,13 @@ class Peer(_message.Message):
         allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
         route: Global___PeerRoute.ValueType = ...,
         online: _builtins.bool = ...,
+        dns_name: _builtins.str = ...,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        exit_node: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "endpoints", b"endpoints", "home_relay_region", b"home_relay_region", "name", b"name", "node_id", b"node_id", "online", b"online", "route", b"route", "wg_public_key", b"wg_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allowed_ips", b"allowed_ips", "dns_name", b"dns_name", "endpoints", b"endpoints", "exit_node", b"exit_node", "home_relay_region", b"home_relay_region", "name", b"name", "node_id", b"node_id", "online", b"online", "route", b"route", "routes", b"routes", "wg_public_key", b"wg_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -553,6 +712,9 @@ class SelfNode(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CVLAN_ID_FIELD_NUMBER: _builtins.int
     CVLAN_NAME_FIELD_NUMBER: _builtins.int
+    DNS_NAME_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXIT_NODE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     address: _builtins.str
@@ -560,6 +722,18 @@ class SelfNode(_message.Message):
     tenant_id: _builtins.int
     cvlan_id: _builtins.int
     cvlan_name: _builtins.str
+    dns_name: _builtins.str
+    """The node's own DNS name (fully qualified, no trailing dot). Empty: no names (older controller)."""
+    exit_node: _builtins.bool
+    """True: this node is an approved exit node (it forwards and masquerades its peers' traffic to
+    any destination).
+    """
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """This node's approved subnet routes: it forwards traffic from the CVLAN to these (and only to
+        these) networks. Empty: it forwards nothing for them.
+        """
+
     def __init__(
         self,
         *,
@@ -569,14 +743,128 @@ class SelfNode(_message.Message):
         tenant_id: _builtins.int = ...,
         cvlan_id: _builtins.int = ...,
         cvlan_name: _builtins.str = ...,
+        dns_name: _builtins.str = ...,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        exit_node: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cvlan_id", b"cvlan_id", "cvlan_name", b"cvlan_name", "name", b"name", "node_id", b"node_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cvlan_id", b"cvlan_id", "cvlan_name", b"cvlan_name", "dns_name", b"dns_name", "exit_node", b"exit_node", "name", b"name", "node_id", b"node_id", "routes", b"routes", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SelfNode: _TypeAlias = SelfNode  # noqa: Y015
+
+@_typing.final
+class DnsRecord(_message.Message):
+    """A record a tenant defined in its CVLAN's zone (docs/DNS.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Owner name relative to the CVLAN's zone, lower case, e.g. "git" or "_ldap._tcp"."""
+    type: _builtins.str
+    """"A", "AAAA", "CNAME", "TXT", "MX" or "SRV"."""
+    value: _builtins.str
+    """The record data in zone-file text form, e.g. "10.1.0.7", "10 mail.example.", "\\"v=spf1 -all\\""."""
+    ttl: _builtins.int
+    """Seconds. 0: the resolver's default (60)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        value: _builtins.str = ...,
+        ttl: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ttl", b"ttl", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsRecord: _TypeAlias = DnsRecord  # noqa: Y015
+
+@_typing.final
+class DnsForwarder(_message.Message):
+    """Queries for a domain (and its subdomains) go to these servers instead of the host's resolvers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """Lower case, no trailing dot, e.g. "corp.example"."""
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IP addresses of DNS servers (port 53), tried in order."""
+
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        servers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "servers", b"servers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsForwarder: _TypeAlias = DnsForwarder  # noqa: Y015
+
+@_typing.final
+class DnsConfig(_message.Message):
+    """The node's DNS settings. Sent in two parts that protobuf merges (the map is a concatenation of
+    encoded pieces): the CVLAN's part (zone, resolver, records, forwarders) and the receiver's part
+    (which peers' names resolve for it under the CVLAN's policy).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ZONE_FIELD_NUMBER: _builtins.int
+    RESOLVER_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    FORWARDERS_FIELD_NUMBER: _builtins.int
+    ALL_PEERS_FIELD_NUMBER: _builtins.int
+    PEER_IDS_FIELD_NUMBER: _builtins.int
+    zone: _builtins.str
+    """The CVLAN's zone "<cvlan>.<tenant>.<domain>". Empty: no DNS (the node configures nothing)."""
+    resolver: _builtins.str
+    """The overlay address the node's resolver listens on (cvland), e.g. "100.100.100.100"."""
+    all_peers: _builtins.bool
+    """True: every peer's name resolves (the CVLAN has no policy, or it lets this node reach all)."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___DnsRecord]: ...
+    @_builtins.property
+    def forwarders(self) -> _containers.RepeatedCompositeFieldContainer[Global___DnsForwarder]: ...
+    @_builtins.property
+    def peer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """When all_peers is false: the node ids of the peers whose names resolve for this node (those its
+        packets may reach under the policy). Other peers' names answer NXDOMAIN.
+        """
+
+    def __init__(
+        self,
+        *,
+        zone: _builtins.str = ...,
+        resolver: _builtins.str = ...,
+        records: _abc.Iterable[Global___DnsRecord] | None = ...,
+        forwarders: _abc.Iterable[Global___DnsForwarder] | None = ...,
+        all_peers: _builtins.bool = ...,
+        peer_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_peers", b"all_peers", "forwarders", b"forwarders", "peer_ids", b"peer_ids", "records", b"records", "resolver", b"resolver", "zone", b"zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DnsConfig: _TypeAlias = DnsConfig  # noqa: Y015
 
 @_typing.final
 class NetworkMap(_message.Message):
@@ -594,6 +882,7 @@ class NetworkMap(_message.Message):
     FILTER_RULES_FIELD_NUMBER: _builtins.int
     CVLAN_SUBNET_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    DNS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Opaque map version: two maps with the same version are identical for this node. Versions
     grow while the controller runs; a node only compares them for equality.
@@ -620,6 +909,10 @@ class NetworkMap(_message.Message):
     def filter_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FilterRule]:
         """Empty: allow all inbound traffic from the CVLAN."""
 
+    @_builtins.property
+    def dns(self) -> Global___DnsConfig:
+        """Absent: no DNS names (older controller); the node leaves the host's resolver alone."""
+
     def __init__(
         self_,  # pyright: ignore[reportSelfClsParameterName]
         *,
@@ -631,10 +924,11 @@ class NetworkMap(_message.Message):
         filter_rules: _abc.Iterable[Global___FilterRule] | None = ...,
         cvlan_subnet: _builtins.str = ...,
         mode: _builtins.str = ...,
+        dns: Global___DnsConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["relay_map", b"relay_map", "self", b"self"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dns", b"dns", "relay_map", b"relay_map", "self", b"self"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvlan_subnet", b"cvlan_subnet", "filter_rules", b"filter_rules", "mode", b"mode", "peers", b"peers", "relay_map", b"relay_map", "self", b"self", "version", b"version", "vrouters", b"vrouters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvlan_subnet", b"cvlan_subnet", "dns", b"dns", "filter_rules", b"filter_rules", "mode", b"mode", "peers", b"peers", "relay_map", b"relay_map", "self", b"self", "version", b"version", "vrouters", b"vrouters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

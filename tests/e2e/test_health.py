@@ -1,0 +1,131 @@
+"""Peer health end to end: three nodes behind real NATs (nftables), two relays, real wireguard-go.
+
+a and c sit behind port-preserving NATs and reach each other directly; b sits behind an
+endpoint-dependent NAT and is reached through a relay. The controller's reachability matrix shows
+the relayed pairs with their region and an RTT; a router dropping a fifth of the packets shows as
+loss; `cvlancli netcheck` tells the two NAT types apart and sees UDP blocked."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.harness.cvland import script
+from tests.harness.netns import Lab, Netns
+from tests.harness.relaystack import start_relay
+from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
+
+pytestmark = pytest.mark.e2e
+
+REPORT_S = 2
+CTRL_ARGS = ("--report-interval", str(REPORT_S))
+
+
+def _matrix(ctl: Controller) -> dict[str, Any]:
+    assert ctl.api is not None
+    h: dict[str, Any] = ctl.api.get("/api/v1/tenants/acme/cvlans/office/health")
+    return h
+
+
+def _pair(h: dict[str, Any], src: str, dst: str) -> dict[str, Any]:
+    return next(p for p in h["pairs"] if p["src_name"] == src and p["dst_name"] == dst)
+
+
+def _netcheck(n: Node) -> dict[str, Any]:
+    out = n.ns.exec(
+        script("cvlancli"),
+        "netcheck",
+        "--json",
+        "--socket",
+        str(n.dp.socket),
+        "--ctrl-state-dir",
+        str(n.ctrl_state),
+    )
+    r: dict[str, Any] = json.loads(out)
+    return r
+
+
+def _drop(router: Netns, rule: str) -> None:
+    """Add a rule to a forward chain of the NAT router (ahead of its NAT and home firewall)."""
+    router.exec(
+        "nft",
+        "-f",
+        "-",
+        input=(
+            "table ip cvlhealth {\n"
+            "  chain drops { type filter hook forward priority -10; policy accept; }\n}\n"
+            f"add rule ip cvlhealth drops {rule}\n"
+        ),
+    )
+
+
+def test_matrix_shows_relay_and_loss_and_netcheck_tells_nats_apart(lab: Lab) -> None:
+    ctl = start_controller(lab, poll_interval_s=2)
+    start_relay(lab, ctl, "relay1", "eu")
+    start_relay(lab, ctl, "relay2", "us")
+    _, join = ctl.token("acme", "office")
+    a_ns, _ = lab.nat_host("a", "masquerade")
+    b_ns, b_nat = lab.nat_host("b", "masquerade random")
+    c_ns, c_nat = lab.nat_host("c", "masquerade")
+    a, b, c = (
+        start_node(lab, ns, n, join, ctrl_args=CTRL_ARGS) for ns, n in ((a_ns, "a"), (b_ns, "b"), (c_ns, "c"))
+    )
+    for n in (a, b, c):
+        n.wait_ready(peers=2)
+
+    # b's NAT maps per destination: a and b reach each other through a relay. The one that measures
+    # it first is in the controller's matrix, with the region and an RTT, within a report interval.
+    def relayed_side() -> tuple[Node, Node] | None:
+        for x, y in ((a, b), (b, a)):
+            p = next(p for p in x.status().peers if p.name == y.name)
+            if p.path == "relay" and p.rtt_ms is not None:
+                return x, y
+        return None
+
+    src, dst = wait_until("a and b reach each other through a relay, probes answered", relayed_side, 60)
+    t0 = time.monotonic()
+
+    def relayed_in_matrix() -> dict[str, Any] | None:
+        p = _pair(_matrix(ctl), src.name, dst.name)
+        return p if p["path"] == "relay" and p["rtt_ms"] is not None else None
+
+    got = wait_until(
+        f"the matrix shows {src.name} → {dst.name} relayed with an RTT",
+        relayed_in_matrix,
+        3 * REPORT_S + 2,
+        0.2,
+    )
+    print(f"{src.name} → {dst.name} in the matrix {time.monotonic() - t0:.1f} s after it was measured: {got}")
+    home = {n["name"]: n["home_relay_region"] for n in ctl.nodes("acme")}[dst.name]
+    assert got["state"] == "relay" and got["relay_region"] == home and got["rtt_ms"] > 0
+    wait_until(
+        "the matrix shows a → c direct and ok", lambda: _pair(_matrix(ctl), "a", "c")["state"] == "ok", 20
+    )
+    h = _matrix(ctl)
+    assert _pair(h, "a", "c")["path"] == "direct"
+    assert h["pairs"][0]["state"] in ("relay", "down", "lossy")  # unhealthy pairs first
+
+    # c's router drops a fifth of the packets: the direct pair a ↔ c loses probes both ways.
+    _drop(c_nat, "numgen random mod 5 == 0 drop")
+    lossy = wait_until(
+        "the matrix shows a → c losing probes",
+        lambda: (lambda p: p if p["loss"] and p["loss"] > 0.1 else None)(_pair(_matrix(ctl), "a", "c")),
+        45,
+        1.0,
+    )
+    print(f"a → c with 20 % drop at c's router: loss {lossy['loss']:.2f}, rtt {lossy['rtt_ms']} ms")
+    assert lossy["state"] == "lossy" and lossy["path"] == "direct"
+    events = ctl.api.get("/api/v1/tenants/acme/health/events")["items"] if ctl.api else []
+    assert any(e["kind"] == "loss" and e["node"] == "a" and e["peer"] == "c" for e in events)
+
+    # netcheck: STUN to both relays from one socket.
+    na, nb = _netcheck(a), _netcheck(b)
+    assert (na["udp"], na["nat"]) == (True, "port-preserving"), na
+    assert (nb["udp"], nb["nat"]) == (True, "endpoint-dependent"), nb
+    assert {x["region"] for x in na["answers"] if x["rtt_ms"] is not None} == {"eu", "us"}
+    _drop(b_nat, 'iifname "lan0" meta l4proto udp drop')
+    nb = _netcheck(b)
+    assert (nb["udp"], nb["mapped_endpoint"]) == (False, ""), nb

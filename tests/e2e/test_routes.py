@@ -1,0 +1,133 @@
+"""Subnet routes and exit nodes end to end: controller, cvlan-ctrl and cvland on real wireguard-go in
+namespaces. A LAN behind two routers (not CVLAN members), a web server on the fake internet."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from tests.harness.cvland import script
+from tests.harness.netns import Lab, Netns
+from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LAN = "10.1.0.0/24"
+LAN_HOST = "10.1.0.5"
+WEB_PORT = "8080"
+
+
+def lan_behind(lab: Lab, routers: list[Netns]) -> Netns:
+    """A host 10.1.0.5 on a bridge with one leg to each router (router i: 10.1.0.(i+1)/24)."""
+    host = lab.ns("lanhost")
+    host.exec("ip", "link", "add", "br0", "type", "bridge")
+    for i, r in enumerate(routers):
+        lab.veth(r, "lan0", f"10.1.0.{i + 1}/24", host, f"leg{i}", "")
+        host.exec("ip", "link", "set", f"leg{i}", "master", "br0")
+    host.exec("ip", "addr", "add", f"{LAN_HOST}/24", "dev", "br0")
+    host.exec("ip", "link", "set", "br0", "up")
+    host.exec("ip", "route", "add", "default", "via", "10.1.0.1")
+    return host
+
+
+def api(ctl: Controller, method: str, path: str, body: Any = None) -> Any:
+    assert ctl.api is not None
+    return ctl.api.request(method, "/api/v1/tenants/acme" + path, body)
+
+
+def routes(ctl: Controller) -> list[dict[str, Any]]:
+    code, body = api(ctl, "GET", "/routes")
+    assert code == 200, body
+    return list(body["items"])
+
+
+def web_clients(web: Any) -> list[str]:
+    """Client addresses in the web server's access log, oldest first."""
+    return [line.split()[0] for line in web.output().splitlines() if '"GET /' in line]
+
+
+def fetch(node: Node, url: str) -> bool:
+    code = f"import urllib.request as u; u.urlopen({url!r}, timeout=3).read()"
+    return node.ns.run(sys.executable, "-c", code, timeout=10).returncode == 0
+
+
+def cli(node: Node, *argv: str) -> Any:
+    base = [script("cvlancli"), "--socket", str(node.dp.socket), "--ctrl-state-dir", str(node.ctrl_state)]
+    return node.ns.run(*base, *argv, timeout=40)
+
+
+def host_routing(ns: Netns) -> tuple[str, str, str]:
+    return (
+        ns.exec("ip", "rule"),
+        ns.exec("ip", "route", "show", "table", "all"),
+        ns.exec("sysctl", "net.ipv4.ip_forward"),
+    )
+
+
+def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
+    ctl = start_controller(lab)
+    _, join = ctl.token("acme", "office")
+    a_ns, a2_ns, b_ns, web_ns = (lab.public_host(n) for n in ("ra", "rb", "b", "web"))
+    lan = lan_behind(lab, [a_ns, a2_ns])
+    web = web_ns.spawn("web", sys.executable, "-m", "http.server", "--bind", web_ns.ip, WEB_PORT)
+    url = f"http://{web_ns.ip}:{WEB_PORT}/"
+    adv = ("--advertise-routes", LAN)
+    a = start_node(lab, a_ns, "ra", join, ctrl_args=(*adv, "--advertise-exit-node"))
+    a.wait_ready(peers=0)  # ra enrols first: the lower node id, primary of the shared route
+    a2 = start_node(lab, a2_ns, "rb", join, ctrl_args=adv)
+    b_before = host_routing(b_ns)
+    b = start_node(lab, b_ns, "b", join)
+    for n in (a, a2, b):
+        n.wait_ready(peers=2)
+
+    # Advertised, not approved: nothing reaches the LAN, nothing is forwarded.
+    wait_until("both adverts stored", lambda: len([r for r in routes(ctl) if r["route"] == LAN]) == 2, 30)
+    assert sorted((r["node"], r["route"], r["state"]) for r in routes(ctl)) == [
+        ("ra", "0.0.0.0/0", "pending"),
+        ("ra", LAN, "pending"),
+        ("rb", LAN, "pending"),
+    ]
+    assert not b.ns.ping(LAN_HOST, count=1, wait=1)
+    assert a.status().forwarding == [] and a_ns.exec("sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
+
+    for node in ("ra", "rb"):
+        code, body = api(ctl, "POST", f"/nodes/{node}/routes/approve", {"routes": [LAN]})
+        assert code == 200, body
+    assert b.ns.wait_ping(LAN_HOST, timeout=30), "b cannot reach the LAN host through the approved route"
+    assert wait_until("b routes the LAN via ra", lambda: b.status().routes == {LAN: "ra"}, 20)
+    primary = {r["node"] for r in routes(ctl) if r["route"] == LAN and r["primary"]}
+    assert primary == {"ra"}
+    assert lan.run("ping", "-c", "1", "-W", "1", b.address()).returncode != 0, (
+        "the LAN reaches into the CVLAN"
+    )
+
+    # Exit node: b's internet traffic goes through ra (the web server sees ra's address), the
+    # controller stays direct, and clearing the selection restores b's routing exactly.
+    assert fetch(b, url) and web_clients(web)[-1] == b_ns.ip
+    r = cli(b, "up", "--exit-node", "ra")
+    assert r.returncode == 1 and "not an approved exit node" in r.stderr, r.stderr
+    code, body = api(ctl, "POST", "/nodes/ra/routes/approve", {"exit_node": True})
+    assert code == 200, body
+    wait_until("b selects ra as exit node", lambda: cli(b, "up", "--exit-node", "ra").returncode == 0, 20)
+    assert wait_until("web sees ra", lambda: fetch(b, url) and web_clients(web)[-1] == a_ns.ip, 20)
+    assert b.dp.ifname in b_ns.exec("ip", "route", "get", web_ns.ip)
+    assert "eth0" in b_ns.exec("ip", "route", "get", ctl.ns.ip), "the controller must not go through the exit"
+    status = json.loads(cli(b, "status", "--json").stdout)
+    assert status["controller_reachable"] is True and status["device"]["exit_node"] == "ra"
+    assert "ra (all internet traffic goes through it)" in cli(b, "status").stdout
+    assert cli(b, "up", "--exit-node", "").returncode == 0
+    assert fetch(b, url) and web_clients(web)[-1] == b_ns.ip
+    after = host_routing(b_ns)
+    assert after[0] == b_before[0] and after[2] == b_before[2]
+    assert "table 51888" not in after[1]
+
+    # Failover: the primary goes away, the standby carries the route within seconds.
+    a.stop_ctrl()
+    assert a.dp.proc is not None
+    a.dp.proc.stop()
+    assert wait_until("b moves the LAN to rb", lambda: b.status().routes == {LAN: "rb"}, 30)
+    assert b.ns.wait_ping(LAN_HOST, timeout=15), "b cannot reach the LAN host through the standby"
+    assert "10.1.0.0/24 dev lan0" in a2_ns.exec("ip", "route"), "rb's own LAN route was replaced"

@@ -1,0 +1,138 @@
+"""The reachability matrix, its ordering, the degradation rules and the in-memory health book."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from cvlan.controller.health import matrix
+from cvlan.controller.health.book import SAMPLE_S, HealthBook
+from cvlan.controller.health.matrix import Member
+
+T0 = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
+
+
+def entry(
+    node: int,
+    path: str = "direct",
+    sent: int = 20,
+    answered: int = 20,
+    rtt: float | None = 1.5,
+    region: str = "",
+) -> dict[str, Any]:
+    return {
+        "node_id": node,
+        "path": path,
+        "relay_region": region,
+        "handshake_age_s": 10,
+        "rtt_ms": rtt if answered else None,
+        "sent": sent,
+        "answered": answered,
+        "rx_bytes": 100,
+        "tx_bytes": 200,
+    }
+
+
+def test_classify_states() -> None:
+    assert matrix.classify(entry(2)) == ("ok", 0.0)
+    assert matrix.classify(entry(2, "vrouter")) == ("ok", 0.0)
+    assert matrix.classify(entry(2, "relay", region="eu")) == ("relay", 0.0)
+    assert matrix.classify(entry(2, answered=16)) == ("lossy", 0.2)
+    assert matrix.classify(entry(2, answered=18)) == ("ok", 0.1)  # 10 % is the threshold, not above it
+    assert matrix.classify(entry(2, answered=0)) == ("down", 1.0)
+    assert matrix.classify(entry(2, "none", sent=0, answered=0)) == ("down", None)
+    assert matrix.classify(entry(2, sent=0, answered=0)) == ("unknown", None)
+
+
+def test_pairs_are_worst_first_and_cover_every_ordered_pair() -> None:
+    ms = [
+        Member(1, "a", True, (entry(2, "relay", region="eu", rtt=30.0), entry(3))),
+        Member(2, "b", True, (entry(1, "relay", region="eu"), entry(3, answered=10))),
+        Member(3, "c", True, (entry(1, answered=0),)),
+    ]
+    ps = matrix.pairs(ms)
+    assert len(ps) == 6
+    assert [(p.src_name, p.dst_name, p.state) for p in ps] == [
+        ("c", "a", "down"),
+        ("b", "c", "lossy"),
+        ("a", "b", "relay"),
+        ("b", "a", "relay"),
+        ("a", "c", "ok"),
+        ("c", "b", "unknown"),
+    ]
+    assert ps[2].relay_region == "eu" and ps[2].rtt_ms == 30.0
+    assert matrix.summary(ps) == {"down": 1, "lossy": 1, "relay": 2, "ok": 1, "unknown": 1}
+
+
+def test_offline_reporter_says_nothing() -> None:
+    ps = matrix.pairs([Member(1, "a", False, (entry(2),)), Member(2, "b", True, ())])
+    assert {p.state for p in ps} == {"unknown"}
+
+
+def test_unreachable_needs_every_measuring_peer_down() -> None:
+    ms = [
+        Member(1, "a", True, (entry(3, answered=0),)),
+        Member(2, "b", True, (entry(3, "none", sent=0, answered=0),)),
+        Member(3, "c", True, ()),
+    ]
+    assert matrix.unreachable(matrix.pairs(ms)) == {3}
+    ms[1] = Member(2, "b", True, (entry(3),))
+    assert matrix.unreachable(matrix.pairs(ms)) == set()
+
+
+def _events(book: HealthBook, at: dt.datetime, node: int, peers: list[dict[str, Any]]) -> list[str]:
+    return [f"{e.kind}:{e.node_id}>{e.peer_id}" for e in book.report(at, 1, 10, node, peers)]
+
+
+def _metric(name: str, **labels: str) -> float:
+    v = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def test_book_turns_changes_into_events_once() -> None:
+    book = HealthBook()
+    fallback0 = _metric("cvlan_health_events_total", kind="relay_fallback")
+    assert _events(book, T0, 1, [entry(2)]) == []
+    assert _events(book, T0, 1, [entry(2, "relay", region="eu")]) == ["relay_fallback:1>2"]
+    assert _events(book, T0, 1, [entry(2, "relay", region="eu")]) == []
+    assert _events(book, T0, 1, [entry(2, "relay", answered=14, region="eu")]) == ["loss:1>2"]
+    assert _events(book, T0, 1, [entry(2)]) == ["direct_again:1>2", "loss_ok:1>2"]
+    assert _metric("cvlan_health_events_total", kind="relay_fallback") == fallback0 + 1
+    recorded = book.events(1)
+    assert [r.event.kind for r in recorded] == ["loss_ok", "direct_again", "loss", "relay_fallback"]
+    assert book.events(2) == []  # another tenant sees none of them
+    assert recorded[3].event.detail == "relay eu"
+
+
+def test_book_reports_a_node_no_peer_reaches_and_its_return() -> None:
+    book = HealthBook()
+    assert _events(book, T0, 1, [entry(3, answered=0)]) == ["unreachable:3>0"]
+    assert _events(book, T0, 2, [entry(3, answered=0)]) == []
+    assert _events(book, T0, 2, [entry(3)]) == ["reachable:3>0"]
+
+
+def test_book_gauges_follow_the_latest_report_of_each_node() -> None:
+    book = HealthBook()
+    down0, ok0 = _metric("cvlan_health_pairs", state="down"), _metric("cvlan_health_pairs", state="ok")
+    book.report(T0, 1, 10, 1, [entry(2), entry(3)])
+    book.report(T0, 1, 10, 1, [entry(2), entry(3, answered=0)])
+    assert _metric("cvlan_health_pairs", state="ok") == ok0 + 1
+    assert _metric("cvlan_health_pairs", state="down") == down0 + 1
+    book.forget(1)
+    assert _metric("cvlan_health_pairs", state="ok") == ok0
+    assert _metric("cvlan_health_pairs", state="down") == down0
+
+
+def test_book_history_is_sampled_and_bounded() -> None:
+    book = HealthBook(max_events=3)
+    for i in range(3000):
+        book.report(T0 + dt.timedelta(seconds=i * 30), 1, 10, 1, [entry(2, rtt=float(i % 7))])
+    h = book.history(10)
+    assert len(h) == 24 * 3600 // SAMPLE_S  # 1,440 samples: the last 24 h, one a minute
+    assert (h[1]["at"] - h[0]["at"]).total_seconds() == SAMPLE_S
+    assert h[-1]["ok"] == 1
+    for i in range(5):
+        book.report(T0, 1, 10, 1, [entry(2, "relay" if i % 2 else "direct")])
+    assert len(book.events(1)) == 3
