@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cvland import script
+from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns
 from tests.harness.relaystack import start_relay
 from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until

@@ -14,6 +14,7 @@ from tests.harness.netns import Lab
 from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
+OUTAGE_S = 20
 
 
 def mesh(
@@ -113,7 +114,10 @@ def test_tunnels_outlive_a_controller_outage_and_polling_resumes(lab: Lab) -> No
     a, b = mesh(lab, ctl, 2)
     assert a.ns.wait_ping(b.address(), timeout=30)
     ctl.stop()
-    outage_end = time.monotonic() + 60
+    # Long enough for the broken long-poll and four failed polls (cvlan-ctrl backs off 1, 2, 4, 8 s):
+    # the nodes keep their map through repeated failures. A longer outage adds only waiting: the
+    # nodes' next poll comes at their next backoff step, up to the 30 s cap.
+    outage_end = time.monotonic() + OUTAGE_S
     while time.monotonic() < outage_end:  # traffic keeps flowing during the whole outage
         assert a.ns.ping(b.address(), count=1, wait=2), "tunnel broke while the controller was down"
         assert b.ns.ping(a.address(), count=1, wait=2)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,17 +74,29 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"v1": v1, "v2": v2}
 
 
-@pytest.fixture
-def box(debs: dict[str, Path], tmp_path: Path) -> Iterator[debroot.Booted]:
-    root = debroot.unpack(tmp_path / "root")
-    b = debroot.Booted(
-        root, f"cvlanpkg{os.getpid() % 100000}", {debs["v1"]: "/debs/v1", debs["v2"]: "/debs/v2"}
-    )
+@pytest.fixture(scope="module")
+def base_root(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One clean root unpacked for the module; every container boots a copy-on-write overlay of it."""
+    base = debroot.unpack(tmp_path_factory.mktemp("base") / "root")
     try:
-        yield b
+        yield base
     finally:
-        b.close()
-        debroot.remove_root(root)
+        debroot.remove_root(base)
+
+
+@pytest.fixture
+def box(debs: dict[str, Path], base_root: Path, tmp_path: Path) -> Iterator[debroot.Booted]:
+    root = debroot.overlay(base_root, tmp_path / "box")
+    try:
+        b = debroot.Booted(
+            root, f"cvlanpkg{os.getpid() % 100000}", {debs["v1"]: "/debs/v1", debs["v2"]: "/debs/v2"}
+        )
+        try:
+            yield b.wait_booted()
+        finally:
+            b.close()
+    finally:
+        debroot.remove_overlay(root)
 
 
 def wait_for(box: debroot.Booted, script: str, what: str, timeout_s: float = 60.0) -> str:
@@ -94,7 +107,7 @@ def wait_for(box: debroot.Booted, script: str, what: str, timeout_s: float = 60.
             return r.stdout
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} within {timeout_s:.0f} s: {r.stdout}{r.stderr}")
-        time.sleep(1.0)
+        time.sleep(0.25)
 
 
 def check_install(box: debroot.Booted) -> None:
@@ -251,27 +264,32 @@ def test_packages_install_run_upgrade_and_purge(box: debroot.Booted) -> None:
 
 
 def test_controller_and_two_nodes_from_the_packages_ping_each_other(
-    debs: dict[str, Path], lab: Lab, tmp_path: Path
+    debs: dict[str, Path], base_root: Path, lab: Lab, tmp_path: Path
 ) -> None:
-    # Three booted roots (copy-on-write over one unpacked root), each in a lab namespace with a public
+    # Three booted roots (copy-on-write over the unpacked root), each in a lab namespace with a public
     # address: the controller's units on one, cvland and cvlan-ctrl from cvlan-client on the others.
-    base = debroot.unpack(tmp_path / "base")
+    # The three boot at once, and the two nodes install and join at once.
     hosts = {name: lab.public_host(name) for name in ("ctl", "n0", "n1")}
     boxes: dict[str, debroot.Booted] = {}
     roots: list[Path] = []
     try:
         for name, ns in hosts.items():
-            roots.append(debroot.overlay(base, tmp_path / name))
+            roots.append(debroot.overlay(base_root, tmp_path / name))
             binds = {debs["v1"]: "/debs/v1"}
             boxes[name] = debroot.Booted(roots[-1], f"cvlan{name}{os.getpid() % 10000}", binds, ns.name)
+        for b in boxes.values():
+            b.wait_booted()
         boxes["ctl"].sh("dpkg -i /debs/v1/cvlan-server_*.deb")
         ctl_ip = hosts["ctl"].ip
         token = start_controller(boxes["ctl"], ctl_ip)
-        addrs = {}
-        for name in ("n0", "n1"):
+
+        def node_address(name: str) -> str:
             boxes[name].sh("dpkg -i /debs/v1/cvlan-client_*.deb")
             join(boxes[name], token, f"https://{ctl_ip}:8443")
-            addrs[name] = str(identity(boxes[name])[1]).split("/")[0]
+            return str(identity(boxes[name])[1]).split("/")[0]
+
+        with ThreadPoolExecutor(2) as pool:
+            addrs = dict(zip(("n0", "n1"), pool.map(node_address, ("n0", "n1")), strict=True))
         for src, dst in (("n0", "n1"), ("n1", "n0")):
             wait_for(boxes[src], f"ping -c1 -W1 {addrs[dst]}", f"{src} pings {dst} over the overlay")
     finally:
@@ -279,4 +297,3 @@ def test_controller_and_two_nodes_from_the_packages_ping_each_other(
             b.close()
         for r in roots:
             debroot.remove_overlay(r)
-        debroot.remove_root(base)

@@ -85,7 +85,8 @@ def remove_overlay(merged: Path) -> None:
 
 
 class Booted:
-    """systemd booted in `root` by systemd-nspawn; run() executes a command inside it."""
+    """systemd booted in `root` by systemd-nspawn; run() executes a command inside it. Constructing
+    one starts the container; wait_booted() waits for its systemd."""
 
     def __init__(self, root: Path, name: str, binds: dict[Path, str], netns: str | None = None) -> None:
         self.root = root
@@ -111,8 +112,14 @@ class Booted:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self.leader = 0
+
+    def wait_booted(self) -> Booted:
+        """Wait until the container's systemd is up (several containers boot at once if each is
+        started first and waited for afterwards)."""
         self.leader = self._wait_leader()
         self._wait_running()
+        return self
 
     def _wait_leader(self) -> int:
         deadline = time.monotonic() + BOOT_TIMEOUT_S
@@ -161,7 +168,8 @@ class Booted:
             except subprocess.TimeoutExpired:
                 # The container's PID 1: killing it ends everything in the container's PID namespace.
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.leader, signal.SIGKILL)
+                    if self.leader:
+                        os.kill(self.leader, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._log.close()

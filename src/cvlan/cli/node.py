@@ -406,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "ping" and not 1 <= args.count <= 100:
         print("cvlancli: --count must be 1-100", file=sys.stderr)
         return 2
+    if args.cmd == "netcheck" and not 0.05 <= args.timeout <= 10:
+        print("cvlancli: --timeout must be 0.05-10 seconds", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.cmd](args)
     except CliError as e:

@@ -87,9 +87,11 @@ def test_steady_polling_reuses_one_record_per_node() -> None:
 async def test_stopping_lets_a_write_in_progress_finish_then_flushes_once_more() -> None:
     buf = _buffer()
     writes: list[str] = []
+    started = asyncio.Event()
 
     async def slow_flush() -> int:
         writes.append("start")
+        started.set()
         await asyncio.sleep(0.2)  # a database write in progress
         writes.append("done")
         return 0
@@ -97,7 +99,7 @@ async def test_stopping_lets_a_write_in_progress_finish_then_flushes_once_more()
     buf.flush = slow_flush  # type: ignore[method-assign]
     stop = asyncio.Event()
     task = asyncio.create_task(buf.run(0.01, stop))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(started.wait(), 5)  # the first flush began (on a loaded machine, late)
     assert writes == ["start"]
     stop.set()
     await asyncio.wait_for(task, 5)
