@@ -360,7 +360,9 @@ class Fleet:
         )
         data = build_request("POST", "/v1/register", self._host, req.SerializeToString(), CT)
         for attempt in range(self.cfg.max_retries + 1):
-            if self.stopping:
+            # The fleet's registration phase may end before every queued registration was sent (the
+            # run's --reg-timeout): those are not sent then. Nodes joining later (churn) still are.
+            if self.stopping or (not join and self.stop_registering()):
                 return
             try:
                 conn = await self._reg_conn()

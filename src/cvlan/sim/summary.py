@@ -71,13 +71,15 @@ def summarize(cfg: RunConfig, rec: Recorder) -> dict[str, Any]:
             "latency_ms": {op: h.summary() for op, h in iv.hist.items() if h.n},
             "usage": usage,
         }
-    reg_secs = [t for t in timeline if t["ok"].get("register")]
-    reg_total = sum(t["ok"].get("register", 0) for t in timeline)
+    # The fleet's registration: nodes that join later (churn) register in the steady state.
+    reg_secs = [t for t in timeline if t["ok"].get("register") and t["phase"] == "register"]
+    reg_total = sum(t["ok"].get("register", 0) for t in reg_secs)
     first = reg_secs[0]["t"] if reg_secs else 0
     last = reg_secs[-1]["t"] if reg_secs else 0
     all_reg = Histogram()
     for s in rec.secs.values():
-        all_reg.merge(s.iv.hist["register"])
+        if s.phase == "register":
+            all_reg.merge(s.iv.hist["register"])
     # Changes made in the last seconds before the drain may still be on their way: left out (a plain
     # poll may take a whole interval to ask).
     tail = PROPAGATION_TAIL_S + (0.0 if cfg.long_poll_s else cfg.poll_interval_s * (1 + cfg.jitter))

@@ -142,3 +142,16 @@ def test_a_node_restarting_at_the_end_is_not_stale_but_still_a_peer() -> None:
         assert fleet.iv.errors["map_stale"] == 1
     finally:
         loop.close()
+
+
+def test_registrations_still_queued_when_the_registration_phase_ends_are_not_sent() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 1, long_poll_s=30)
+        fleet.cfg.timeout_s = 1.0
+        fleet.stop_registering = lambda: True
+        loop.run_until_complete(fleet._register(fleet.nodes[0], loop.time()))
+        # nothing was tried: no connection attempt, no error, no node
+        assert not fleet.iv.errors and fleet.registered == 0 and not fleet.nodes[0].node_id
+    finally:
+        loop.close()
