@@ -1,4 +1,8 @@
-"""Exponential backoff with full jitter, for every retry loop."""
+"""Exponential backoff with "equal jitter" (each delay uniform in [d/2, d]), for every retry loop.
+
+Nodes that failed together the same number of times retry within the same half-interval: a fleet
+coming back after an outage arrives in waves (bench/results/fleet-restart-2026-12-06). Full jitter
+([0, d]) would spread it wider at the price of retries that come almost at once."""
 
 from __future__ import annotations
 
