@@ -47,6 +47,9 @@ RECONNECT_CAP_S = 30.0
 RETRY_BASE_S = 0.5
 """A failed poll is retried after cvlan-ctrl's backoff (common.backoff, from this to RECONNECT_CAP_S)."""
 FREEZE_EVERY_S = 10
+CHURN_SETTLE_S = 3.0
+"""At the end of a run with churn, how long the fleet keeps polling without new changes before its
+maps are checked: long enough for the last change's answers, a restart's reconnect and a join."""
 
 
 @dataclass
@@ -196,6 +199,8 @@ class Fleet:
         self.connected = 0
         self.inflight = 0
         self.stopping = False
+        self.churn_over = False
+        """No more churn: the run is ending and the last changes are settling (drain)."""
         self.rng = random.Random(cfg.first_index)
         self.loop_t0 = loop.time() + (cfg.t0_wall - time.time())
         self._reg_pool: asyncio.Queue[HttpConn] = asyncio.Queue()
@@ -662,7 +667,7 @@ class Fleet:
         """One second of churn: this worker's share of restarts, endpoint changes, joins, deletions
         and policy changes (churn.py)."""
         c = self.cfg.churn
-        if not c.active or self.stopping:
+        if not c.active or self.stopping or self.churn_over:
             return
         steady = [n for n in self.nodes if self._steady(n)]
         q = self._quotas
@@ -822,7 +827,12 @@ class Fleet:
                     )
 
     async def drain(self, timeout: float) -> None:
-        """Stop scheduling; wait for answers in flight, check the maps, then close every connection."""
+        """Stop the churn and let its last changes settle (the fleet still polls, so a change made in
+        the run's last moment reaches every member, a restart reconnects, a join registers); then
+        stop scheduling, wait for answers in flight, check the maps and close every connection."""
+        if self.cfg.churn.active and not self.churn_over:
+            self.churn_over = True
+            await asyncio.sleep(min(CHURN_SETTLE_S, timeout / 2))
         self.stopping = True
         deadline = self.loop.time() + timeout
         while self.inflight and self.loop.time() < deadline:
