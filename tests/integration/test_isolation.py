@@ -24,6 +24,13 @@ BODIES: dict[str, dict[str, Any]] = {
     "create_apitoken": {"role": "admin"},
     "set_policy": {"rules": []},
     "attach_vrouter": {"vrouter": "no-such-vrouter"},
+    "add_mapping": {"provider": "corp", "group": "net-admins", "role": "admin"},
+    "put_signin_policy": {"local_passwords": False},
+    "approve_routes": {"routes": ["10.9.0.0/24"]},
+    "revoke_routes": {"routes": ["10.9.0.0/24"]},
+    "add_route_rule": {"kind": "route", "prefix": "10.9.0.0/16"},
+    "add_dns_record": {"name": "git", "type": "A", "value": "10.1.0.7"},
+    "set_dns_forwarder": {"servers": ["10.1.0.53"]},
 }
 
 
@@ -36,6 +43,10 @@ def fill(path: str, victim: SeededTenant, tenant_ref: str) -> str:
         "user": victim.user["email"],
         "apitoken": victim.apitoken["prefix"],
         "vrouter": "no-such-vrouter",
+        "mapping": "1",
+        "rule": "1",
+        "record": "1",
+        "domain": "corp.example",
     }
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
