@@ -102,11 +102,15 @@ def test_longest_duration_fits_a_datetime() -> None:
     assert (now + longest).year > now.year + 99 and (now - longest).year < now.year - 99
 
 
-def test_lean_server_leaves_an_absurd_content_length_to_the_web_stack() -> None:
-    """A head the lean node server does not take is the web stack's (which answers 400/413)."""
+def test_lean_server_refuses_an_absurd_content_length() -> None:
+    """A Content-Length that is not a short run of ASCII digits is refused with 400 (wire.httphead),
+    as cvlan-front refuses it: never read as a number, never handed on."""
     from cvlan.controller.nodeapi.lean import parse_head
+    from cvlan.wire.httphead import HeadError
 
     head = b"POST /v1/poll HTTP/1.1\r\ncontent-type: application/x-protobuf\r\ncontent-length: "
     assert parse_head(head + b"12") is not None
     for length in (b"9" * 5000, "²".encode(), b"-1", b"1_0"):
-        assert parse_head(head + length) is None
+        with pytest.raises(HeadError) as e:
+            parse_head(head + length)
+        assert e.value.status == 400
