@@ -9,15 +9,9 @@ from typing import Any
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.health.book import HealthBook
 from cvlan.controller.http.framework import Call
-from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import health
 from cvlan.controller.ops.context import Tx
-
-
-def _book(c: Call) -> HealthBook:
-    return c.request.app[NODEAPI_KEY].health_book
 
 
 @tenant_route(
@@ -27,7 +21,7 @@ def _book(c: Call) -> HealthBook:
     tag="health",
 )
 async def cvlan_health(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await health.cvlan_health(c.ctx, s, c.who, t, c.params["cvlan"], _book(c))
+    return await health.cvlan_health(c.ctx, s, c.who, t, c.params["cvlan"])
 
 
 @tenant_route(
@@ -41,5 +35,5 @@ async def health_events(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     raw = c.q("limit") or "100"
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise DomainError(Kind.INVALID, "limit: expected 1-1000", {"field": "limit"})
-    items = await health.tenant_events(s, c.who, t, _book(c), int(raw))
+    items = await health.tenant_events(s, c.who, t, int(raw))
     return {"items": items, "total": len(items)}

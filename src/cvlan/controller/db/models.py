@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -311,6 +312,48 @@ class DeniedFlow(Base):
     packets: Mapped[int] = mapped_column(BigInteger, default=0)
     first_seen: Mapped[dt.datetime] = mapped_column(TS)
     last_seen: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class HealthEvent(Base):
+    """A pair's degradation or recovery (docs/HEALTH.md); kept 24 h, at most HEALTH_EVENTS_PER_CVLAN."""
+
+    __tablename__ = "health_events"
+    __table_args__ = (
+        Index("ix_health_events_tenant_time", "tenant_id", "at"),
+        Index("ix_health_events_cvlan_time", "cvlan_id", "at"),
+        Index("ix_health_events_time", "at"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(TS)
+    kind: Mapped[str] = mapped_column(String(20))
+    node_id: Mapped[int] = mapped_column(ID)
+    """The reporter (relay_fallback, loss) or the node no peer reaches (unreachable); no foreign key:
+    the event outlives a deleted node."""
+    peer_id: Mapped[int] = mapped_column(ID)
+    """The peer of the pair; 0 for unreachable and reachable."""
+    detail: Mapped[str] = mapped_column(String(100))
+
+
+class HealthSample(Base):
+    """A CVLAN's pairs per state and median round trip at one moment: at most one a minute, 24 h."""
+
+    __tablename__ = "health_samples"
+    __table_args__ = (
+        Index("ix_health_samples_cvlan_time", "cvlan_id", "at"),
+        Index("ix_health_samples_time", "at"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(TS)
+    down: Mapped[int] = mapped_column(Integer)
+    lossy: Mapped[int] = mapped_column(Integer)
+    relay: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    unknown: Mapped[int] = mapped_column(Integer)
+    median_rtt_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class KeyValue(Base):

@@ -128,6 +128,11 @@ class LivenessBuffer:
         kept = self._peers.get(node_id)
         return health if kept is None else {**health, **kept}
 
+    def held_peers(self, node_id: int) -> dict[str, Any] | None:
+        """The per-peer entries ({"peers", "peers_at"}) of the node's last report this process took
+        (written with the next batch, or already written); None if it took none."""
+        return self._peers.get(node_id)
+
     def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
         """Endpoints and home region reported but not written yet (None if nothing pending)."""
         o = self._obs.get(node_id)

@@ -11,7 +11,7 @@ import datetime as dt
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from google.protobuf.message import Message
@@ -31,7 +31,7 @@ from cvlan.controller.mapper.liveness import LivenessBuffer
 from cvlan.controller.nodeapi.adverts import AdvertWriter, advert_of
 from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
 from cvlan.controller.nodeapi.identity import IdentityResolver
-from cvlan.controller.ops import nodes, reauth, registration, subnets
+from cvlan.controller.ops import health, nodes, reauth, registration, subnets
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
@@ -63,7 +63,7 @@ class NodeApi:
         self.liveness = LivenessBuffer(ctx, max(0.0, st.offline_after_s - 2.0 * st.poll_interval_s))
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.health_book = HealthBook()
-        """Degradation events, history and pair gauges of the peer health reports (health/book.py)."""
+        """The pair gauges and event counters of the peer health reports (health/book.py)."""
         self.identity = IdentityResolver(ca, ctx.proxies)
         self.ca_pem = ca.cert_pem.decode()
         self.reauth_public = ca.reauth_public()
@@ -292,9 +292,9 @@ class NodeApi:
         flows = [_flow(f) for f in req.denied_flows]
         if req.HasField("health"):
             peers = peer_health(req.health)
-            self.liveness.health(ident.node_id, _health(req), peers if req.health.peers else None)
             if req.health.peers:
-                self._health_events(ident, m.cvlan_id, peers)
+                await self._health_events(ident, m.cvlan_id, peers)
+            self.liveness.health(ident.node_id, _health(req), peers if req.health.peers else None)
         accepted = 0
         if flows:
             async with self.ctx.tx() as s:
@@ -303,8 +303,16 @@ class NodeApi:
                 )
         return pb.ReportResponse(accepted=accepted)
 
-    def _health_events(self, ident: NodeIdentity, cvlan_id: int, peers: list[dict[str, object]]) -> None:
-        for e in self.health_book.report(self.ctx.now(), ident.tenant_id, cvlan_id, ident.node_id, peers):
+    async def _health_events(self, ident: NodeIdentity, cvlan_id: int, peers: list[dict[str, Any]]) -> None:
+        """The report's degradations and recoveries, written before the report is taken: a report
+        refused for an unavailable database is sent again and compared with the same previous one."""
+        held = self.liveness.held_peers(ident.node_id)
+        async with self.ctx.tx() as s:
+            events = await health.take_report(
+                self.ctx, s, ident.tenant_id, cvlan_id, ident.node_id, peers, held
+            )
+        self.health_book.report(ident.node_id, peers, events)
+        for e in events:
             log.info(
                 f"peer health: {e.kind} {e.detail}",
                 extra={
@@ -337,6 +345,7 @@ class NodeApi:
             ),
             asyncio.create_task(self._relay_loop(stop), name="relay-refresh"),
             asyncio.create_task(nodes.run_ephemeral_sweeper(self.ctx, stop), name="ephemeral-sweep"),
+            asyncio.create_task(health.run_pruner(self.ctx, stop), name="health-prune"),
         ]
         yield
         # Let a database write or read in progress finish (and the last liveness flush be made);

@@ -1,58 +1,206 @@
-"""Peer health of a CVLAN for the management API, the UI and the CLI: the reachability matrix from
-the members' last reports (stored with each node), with this process's events and history."""
+"""Peer health of a CVLAN for the management API, the UI, the CLI and the node API: the reachability
+matrix from the members' last reports (stored with each node), the degradation events those reports
+show and a 24 h history -- all in the database, so every controller process answers the same and a
+restart keeps them (docs/HEALTH.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
+import statistics
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.auth import Level, Principal
-from cvlan.controller.db.models import Node, Tenant
+from cvlan.controller.db.models import HealthEvent, HealthSample, Node, Tenant
+from cvlan.controller.errors import DomainError
 from cvlan.controller.health import matrix
-from cvlan.controller.health.book import HealthBook
 from cvlan.controller.ops.context import OpsContext, resolve_cvlan
 from cvlan.controller.ops.nodes import is_online
 from cvlan.wire.nodeproto import HEALTH_REFRESH_S
+
+log = logging.getLogger(__name__)
 
 MAX_MATRIX_MEMBERS = 256
 """Members shown in one CVLAN's matrix (n² pairs); the rest are counted in members_omitted."""
 STALE_S = 2.5 * HEALTH_REFRESH_S
 """Peer entries older than this (the node stopped reporting them) count as not measured: unchanged
 health is reported again every HEALTH_REFRESH_S, so this is two refreshes missed and some margin."""
+HISTORY_S = 24 * 3600
+"""Events and history samples older than this are pruned."""
+SAMPLE_S = 60
+"""At most one history sample per CVLAN a minute: 1,440 samples over 24 h."""
+MAX_EVENTS_PER_CVLAN = 1000
+"""Events kept per CVLAN (the oldest are deleted as new ones are written)."""
+PRUNE_EVERY_S = 60.0
+
+Entries = tuple[Mapping[str, Any], ...]
+
+
+def _fresh_peers(h: Mapping[str, Any] | None, now: dt.datetime) -> tuple[Entries, str]:
+    """A stored health's peer entries and their time, () if older than STALE_S or absent."""
+    h = h or {}
+    at = h.get("peers_at")
+    if not isinstance(at, str) or not isinstance(h.get("peers"), list):
+        return (), ""
+    if (now - dt.datetime.fromisoformat(at)).total_seconds() >= STALE_S:
+        return (), ""
+    return tuple(h["peers"]), at
 
 
 def member(n: Node, ctx: OpsContext, now: dt.datetime) -> matrix.Member:
     online = is_online(n, now, ctx.settings.offline_after_s)
-    h = n.health or {}
-    peers: tuple[dict[str, Any], ...] = ()
-    at = h.get("peers_at")
-    if online and isinstance(at, str) and isinstance(h.get("peers"), list):
-        age = (now - dt.datetime.fromisoformat(at)).total_seconds()
-        if age < STALE_S:
-            peers = tuple(h["peers"])
+    peers = _fresh_peers(n.health, now)[0] if online else ()
     return matrix.Member(n.id, n.name, online, peers)
 
 
-async def cvlan_health(
-    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str, book: HealthBook
-) -> dict[str, Any]:
-    who.require(tenant.id, Level.READ, "show CVLAN health")
-    c = await resolve_cvlan(s, tenant.id, cvlan_ref)
-    rows = (
+async def _members(s: AsyncSession, tenant_id: int, cvlan_id: int) -> Sequence[Node]:
+    return (
         await s.scalars(
             select(Node)
-            .where(Node.tenant_id == tenant.id, Node.cvlan_id == c.id)
+            .where(Node.tenant_id == tenant_id, Node.cvlan_id == cvlan_id)
             .order_by(Node.id)
             .limit(MAX_MATRIX_MEMBERS + 1)
         )
     ).all()
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+async def take_report(
+    ctx: OpsContext,
+    s: AsyncSession,
+    tenant_id: int,
+    cvlan_id: int,
+    node_id: int,
+    peers: Sequence[Mapping[str, Any]],
+    held: Mapping[str, Any] | None = None,
+) -> list[matrix.Event]:
+    """The degradations and recoveries one node's report shows, written as events, and the CVLAN's
+    history sample when one is due. The report is compared with the node's previous one: the newer
+    of the stored one and held (what this process took last and may not have written yet), so the
+    answer does not depend on which controller process took which report."""
+    now = ctx.now()
+    n = await s.get(Node, node_id)
+    if n is None or n.cvlan_id != cvlan_id:
+        return []
+    old_entries = _previous(n.health, held, now)
+    old = {p.dst: p for p in matrix.pairs_of(matrix.Member(node_id, n.name, True, old_entries))}
+    new = {p.dst: p for p in matrix.pairs_of(matrix.Member(node_id, n.name, True, tuple(peers)))}
+    events = matrix.pair_events(old, new)
+    due = await _sample_due(s, cvlan_id, now)
+    if due or _down_moved(old, new):
+        rows = [r for r in await _members(s, tenant_id, cvlan_id) if r.id != node_id]
+        others = [member(r, ctx, now) for r in rows[: MAX_MATRIX_MEMBERS - 1]]
+        before = matrix.pairs([*others, matrix.Member(node_id, n.name, True, old_entries)])
+        after = matrix.pairs([*others, matrix.Member(node_id, n.name, True, tuple(peers))])
+        events += matrix.reach_events(matrix.unreachable(before), matrix.unreachable(after))
+        if due:
+            s.add(_sample(tenant_id, cvlan_id, now, after))
+    if events:
+        s.add_all(
+            HealthEvent(
+                tenant_id=tenant_id,
+                cvlan_id=cvlan_id,
+                at=now,
+                kind=e.kind,
+                node_id=e.node_id,
+                peer_id=e.peer_id,
+                detail=e.detail[:100],
+            )
+            for e in events
+        )
+        await s.flush()
+        await _cap_events(s, cvlan_id)
+    return events
+
+
+def _previous(stored: Mapping[str, Any] | None, held: Mapping[str, Any] | None, now: dt.datetime) -> Entries:
+    a, at_a = _fresh_peers(stored, now)
+    b, at_b = _fresh_peers(held, now)
+    return b if at_b > at_a else a
+
+
+def _down_moved(old: Mapping[int, matrix.Pair], new: Mapping[int, matrix.Pair]) -> bool:
+    """Whether a pair went down or came back (only then can a node become unreachable or reachable)."""
+    return any(
+        (old[k].state == "down" if k in old else False) != (new[k].state == "down" if k in new else False)
+        for k in old.keys() | new.keys()
+    )
+
+
+async def _sample_due(s: AsyncSession, cvlan_id: int, now: dt.datetime) -> bool:
+    last = await s.scalar(select(func.max(HealthSample.at)).where(HealthSample.cvlan_id == cvlan_id))
+    return last is None or (now - last).total_seconds() >= SAMPLE_S
+
+
+def _sample(tenant_id: int, cvlan_id: int, now: dt.datetime, ps: Sequence[matrix.Pair]) -> HealthSample:
+    rtts = [p.rtt_ms for p in ps if p.rtt_ms is not None]
+    return HealthSample(
+        tenant_id=tenant_id,
+        cvlan_id=cvlan_id,
+        at=now,
+        **matrix.summary(ps),
+        median_rtt_ms=round(statistics.median(rtts), 3) if rtts else None,
+    )
+
+
+async def _cap_events(s: AsyncSession, cvlan_id: int) -> None:
+    """Keep the CVLAN's newest MAX_EVENTS_PER_CVLAN events."""
+    cut = await s.scalar(
+        select(HealthEvent.id)
+        .where(HealthEvent.cvlan_id == cvlan_id)
+        .order_by(HealthEvent.id.desc())
+        .offset(MAX_EVENTS_PER_CVLAN)
+        .limit(1)
+    )
+    if cut is not None:
+        await s.execute(delete(HealthEvent).where(HealthEvent.cvlan_id == cvlan_id, HealthEvent.id <= cut))
+
+
+async def prune(ctx: OpsContext, s: AsyncSession) -> int:
+    """Delete events and history samples older than HISTORY_S; how many rows went."""
+    cut = ctx.now() - dt.timedelta(seconds=HISTORY_S)
+    gone = 0
+    for model in (HealthEvent, HealthSample):
+        r = await s.execute(delete(model).where(model.at < cut))
+        gone += getattr(r, "rowcount", 0) or 0
+    return gone
+
+
+async def run_pruner(ctx: OpsContext, stop: asyncio.Event, every: float = PRUNE_EVERY_S) -> None:
+    """Prune the health events and history every `every` seconds until stop."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            async with ctx.tx() as s:
+                await prune(ctx, s)
+        except DomainError as e:
+            log.warning("peer health pruning failed; retrying", extra={"reason": e.message})
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+async def cvlan_health(
+    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str
+) -> dict[str, Any]:
+    who.require(tenant.id, Level.READ, "show CVLAN health")
+    c = await resolve_cvlan(s, tenant.id, cvlan_ref)
+    rows = await _members(s, tenant.id, c.id)
     now = ctx.now()
     members = [member(n, ctx, now) for n in rows[:MAX_MATRIX_MEMBERS]]
-    names = {m.node_id: m.name for m in members}
     ps = matrix.pairs(members)
+    names = await _names(s, tenant.id)
     return {
         "cvlan": c.name,
         "cvlan_id": c.id,
@@ -63,26 +211,53 @@ async def cvlan_health(
         "summary": matrix.summary(ps),
         "unreachable": [{"id": n, "name": names.get(n, "")} for n in sorted(matrix.unreachable(ps))],
         "pairs": [p.as_dict() for p in ps],
-        "events": events(book, tenant, c.id, names),
-        "history": book.history(c.id),
+        "events": await _events(s, tenant.id, c.id, names, 100),
+        "history": await _history(s, c.id, now),
     }
 
 
-def events(
-    book: HealthBook, tenant: Tenant, cvlan_id: int | None, names: dict[int, str], limit: int = 100
-) -> list[dict[str, Any]]:
-    out = []
-    for r in book.events(tenant.id, cvlan_id, limit):
-        d = r.as_dict()
-        d["node"] = names.get(r.event.node_id, "")
-        d["peer"] = names.get(r.event.peer_id, "") if r.event.peer_id else ""
-        out.append(d)
-    return out
-
-
-async def tenant_events(
-    s: AsyncSession, who: Principal, tenant: Tenant, book: HealthBook, limit: int
-) -> list[dict[str, Any]]:
+async def tenant_events(s: AsyncSession, who: Principal, tenant: Tenant, limit: int) -> list[dict[str, Any]]:
     who.require(tenant.id, Level.READ, "list health events")
-    rows = (await s.execute(select(Node.id, Node.name).where(Node.tenant_id == tenant.id))).all()
-    return events(book, tenant, None, {i: n for i, n in rows}, limit)
+    return await _events(s, tenant.id, None, await _names(s, tenant.id), limit)
+
+
+async def _names(s: AsyncSession, tenant_id: int) -> dict[int, str]:
+    rows = (await s.execute(select(Node.id, Node.name).where(Node.tenant_id == tenant_id))).all()
+    return {i: n for i, n in rows}
+
+
+async def _events(
+    s: AsyncSession, tenant_id: int, cvlan_id: int | None, names: Mapping[int, str], limit: int
+) -> list[dict[str, Any]]:
+    q = select(HealthEvent).where(HealthEvent.tenant_id == tenant_id)
+    if cvlan_id is not None:
+        q = q.where(HealthEvent.cvlan_id == cvlan_id)
+    rows = (await s.scalars(q.order_by(HealthEvent.at.desc(), HealthEvent.id.desc()).limit(limit))).all()
+    return [
+        {
+            "at": r.at,
+            "cvlan_id": r.cvlan_id,
+            "kind": r.kind,
+            "node_id": r.node_id,
+            "peer_id": r.peer_id,
+            "detail": r.detail,
+            "node": names.get(r.node_id, ""),
+            "peer": names.get(r.peer_id, "") if r.peer_id else "",
+        }
+        for r in rows
+    ]
+
+
+async def _history(s: AsyncSession, cvlan_id: int, now: dt.datetime) -> list[dict[str, Any]]:
+    since = now - dt.timedelta(seconds=HISTORY_S)
+    rows = (
+        await s.scalars(
+            select(HealthSample)
+            .where(HealthSample.cvlan_id == cvlan_id, HealthSample.at >= since)
+            .order_by(HealthSample.at, HealthSample.id)
+        )
+    ).all()
+    return [
+        {"at": r.at, **{k: getattr(r, k) for k in matrix.STATES}, "median_rtt_ms": r.median_rtt_ms}
+        for r in rows
+    ]

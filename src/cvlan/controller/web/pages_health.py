@@ -6,7 +6,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import health
 from cvlan.controller.web.core import Page, page
 
@@ -24,9 +23,8 @@ def grid(h: dict[str, Any]) -> list[dict[str, Any]]:
 @page(tenant=True)
 async def cvlan_health(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
-    book = p.request.app[NODEAPI_KEY].health_book
     async with p.ctx.tx() as s:
-        h = await health.cvlan_health(p.ctx, s, p.who, p.tenant, p.request.match_info["cvlan"], book)
+        h = await health.cvlan_health(p.ctx, s, p.who, p.tenant, p.request.match_info["cvlan"])
     bad = [x for x in h["pairs"] if x["state"] in ("down", "lossy", "relay")]
     return p.render("cvlan_health.html", h=h, grid=grid(h), unhealthy=bad, nav="cvlans")
 

@@ -1,17 +1,14 @@
-"""The reachability matrix, its ordering, the degradation rules and the in-memory health book."""
+"""The reachability matrix, its ordering, the degradation rules and the health metrics."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from prometheus_client import REGISTRY
 
 from cvlan.controller.health import matrix
-from cvlan.controller.health.book import SAMPLE_S, HealthBook
+from cvlan.controller.health.book import HealthBook
 from cvlan.controller.health.matrix import Member
-
-T0 = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
 
 
 def entry(
@@ -82,8 +79,12 @@ def test_unreachable_needs_every_measuring_peer_down() -> None:
     assert matrix.unreachable(matrix.pairs(ms)) == set()
 
 
-def _events(book: HealthBook, at: dt.datetime, node: int, peers: list[dict[str, Any]]) -> list[str]:
-    return [f"{e.kind}:{e.node_id}>{e.peer_id}" for e in book.report(at, 1, 10, node, peers)]
+def _keyed(es: list[dict[str, Any]], node: int = 1) -> dict[int, matrix.Pair]:
+    return {p.dst: p for p in matrix.pairs_of(Member(node, "n", True, tuple(es)))}
+
+
+def _events(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:
+    return [f"{e.kind}:{e.node_id}>{e.peer_id}" for e in matrix.pair_events(_keyed(before), _keyed(after))]
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -91,48 +92,38 @@ def _metric(name: str, **labels: str) -> float:
     return 0.0 if v is None else v
 
 
-def test_book_turns_changes_into_events_once() -> None:
-    book = HealthBook()
-    fallback0 = _metric("cvlan_health_events_total", kind="relay_fallback")
-    assert _events(book, T0, 1, [entry(2)]) == []
-    assert _events(book, T0, 1, [entry(2, "relay", region="eu")]) == ["relay_fallback:1>2"]
-    assert _events(book, T0, 1, [entry(2, "relay", region="eu")]) == []
-    assert _events(book, T0, 1, [entry(2, "relay", answered=14, region="eu")]) == ["loss:1>2"]
-    assert _events(book, T0, 1, [entry(2)]) == ["direct_again:1>2", "loss_ok:1>2"]
-    assert _metric("cvlan_health_events_total", kind="relay_fallback") == fallback0 + 1
-    recorded = book.events(1)
-    assert [r.event.kind for r in recorded] == ["loss_ok", "direct_again", "loss", "relay_fallback"]
-    assert book.events(2) == []  # another tenant sees none of them
-    assert recorded[3].event.detail == "relay eu"
+def test_changes_between_two_reports_are_events() -> None:
+    relay = entry(2, "relay", region="eu")
+    assert _events([], [entry(2)]) == []  # a first report compares with nothing
+    assert _events([entry(2)], [relay]) == ["relay_fallback:1>2"]
+    assert _events([relay], [relay]) == []
+    assert _events([relay], [entry(2, "relay", answered=14, region="eu")]) == ["loss:1>2"]
+    lossy = entry(2, "relay", answered=14, region="eu")
+    assert _events([lossy], [entry(2)]) == ["direct_again:1>2", "loss_ok:1>2"]
+    assert _events([entry(2, sent=0, answered=0)], [relay]) == []  # from unknown: not a change
+    assert matrix.pair_events(_keyed([entry(2)]), _keyed([relay]))[0].detail == "relay eu"
 
 
-def test_book_reports_a_node_no_peer_reaches_and_its_return() -> None:
-    book = HealthBook()
-    assert _events(book, T0, 1, [entry(3, answered=0)]) == ["unreachable:3>0"]
-    assert _events(book, T0, 2, [entry(3, answered=0)]) == []
-    assert _events(book, T0, 2, [entry(3)]) == ["reachable:3>0"]
+def test_a_node_no_peer_reaches_and_its_return_are_events() -> None:
+    down = [Member(1, "a", True, (entry(3, answered=0),)), Member(3, "c", True, ())]
+    back = [Member(1, "a", True, (entry(3),)), Member(3, "c", True, ())]
+    assert matrix.reach_events(set(), matrix.unreachable(matrix.pairs(down))) == [
+        matrix.Event("unreachable", 3, 0, "no peer reaches it")
+    ]
+    was, now = matrix.unreachable(matrix.pairs(down)), matrix.unreachable(matrix.pairs(back))
+    kinds = matrix.reach_events(was, now)
+    assert [(e.kind, e.node_id) for e in kinds] == [("reachable", 3)]
 
 
 def test_book_gauges_follow_the_latest_report_of_each_node() -> None:
     book = HealthBook()
     down0, ok0 = _metric("cvlan_health_pairs", state="down"), _metric("cvlan_health_pairs", state="ok")
-    book.report(T0, 1, 10, 1, [entry(2), entry(3)])
-    book.report(T0, 1, 10, 1, [entry(2), entry(3, answered=0)])
+    loss0 = _metric("cvlan_health_events_total", kind="loss")
+    book.report(1, [entry(2), entry(3)])
+    book.report(1, [entry(2), entry(3, answered=0)], [matrix.Event("loss", 1, 2, "")])
     assert _metric("cvlan_health_pairs", state="ok") == ok0 + 1
     assert _metric("cvlan_health_pairs", state="down") == down0 + 1
+    assert _metric("cvlan_health_events_total", kind="loss") == loss0 + 1
     book.forget(1)
     assert _metric("cvlan_health_pairs", state="ok") == ok0
     assert _metric("cvlan_health_pairs", state="down") == down0
-
-
-def test_book_history_is_sampled_and_bounded() -> None:
-    book = HealthBook(max_events=3)
-    for i in range(3000):
-        book.report(T0 + dt.timedelta(seconds=i * 30), 1, 10, 1, [entry(2, rtt=float(i % 7))])
-    h = book.history(10)
-    assert len(h) == 24 * 3600 // SAMPLE_S  # 1,440 samples: the last 24 h, one a minute
-    assert (h[1]["at"] - h[0]["at"]).total_seconds() == SAMPLE_S
-    assert h[-1]["ok"] == 1
-    for i in range(5):
-        book.report(T0, 1, 10, 1, [entry(2, "relay" if i % 2 else "direct")])
-    assert len(book.events(1)) == 3
