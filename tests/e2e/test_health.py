@@ -3,7 +3,9 @@
 a and c sit behind port-preserving NATs and reach each other directly; b sits behind an
 endpoint-dependent NAT and is reached through a relay. The controller's reachability matrix shows
 the relayed pairs with their region and an RTT; a router dropping a fifth of the packets shows as
-loss; `cvlancli netcheck` tells the two NAT types apart and sees UDP blocked."""
+loss; `cvlancli netcheck` tells the two NAT types apart and sees UDP blocked. Over IPv6 (addresses
+of the documentation range 2001:db8::/32) netcheck asks a relay whose STUN name has both families,
+and sees IPv6 UDP blocked when the router drops it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 
 from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns
-from tests.harness.relaystack import start_relay
+from tests.harness.relaystack import STUN_PORT, RelayProc, start_relay
 from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +131,38 @@ def test_matrix_shows_relay_and_loss_and_netcheck_tells_nats_apart(lab: Lab) -> 
     _drop(b_nat, 'iifname "lan0" meta l4proto udp drop')
     nb = _netcheck(b)
     assert (nb["udp"], nb["mapped_endpoint"]) == (False, ""), nb
+
+
+def test_netcheck_asks_a_relay_over_ipv6_too(lab: Lab) -> None:
+    ctl = start_controller(lab, poll_interval_s=2)
+    relay_ns, a_ns = lab.public_host("relay1", ipv6=True), lab.public_host("a", ipv6=True)
+    name, relay_v6, a_v6 = "relay1.stun.test", relay_ns.addrs[1].split("/")[0], a_ns.addrs[1].split("/")[0]
+    lab.hosts_file(a_ns, {name: [relay_ns.ip, relay_v6]})  # the relay's STUN name has both families
+    relay = RelayProc(lab, relay_ns, ctl, "relay1", "eu", stun_host=name, stun_listen=f"[::]:{STUN_PORT}")
+    relay.create().start()
+    _, join = ctl.token("acme", "office")
+    a = start_node(lab, a_ns, "a", join)
+    a.wait_ready(peers=0)
+    wait_until("a has the relay in its relay map", lambda: [r for r in a.status().relays if r.stun], 30)
+    n = _netcheck(a)
+    assert (n["udp"], n["ipv4"], n["ipv6"]) == (True, True, True), n
+    assert n["mapped_endpoint"].startswith(f"{a_ns.ip}:"), n
+    assert n["mapped_endpoint_v6"].startswith(f"[{a_v6}]:"), n
+    assert sorted((x["family"], x["server_ip"]) for x in n["answers"]) == [(4, relay_ns.ip), (6, relay_v6)]
+    assert n["ipv6_address"] is False  # 2001:db8::/32 is not global: the old "has a global address" said no
+    human = a.ns.exec(
+        script("cvlancli"), "netcheck", "--socket", str(a.dp.socket), "--ctrl-state-dir", str(a.ctrl_state)
+    )
+    assert f"IPv6              yes, [{a_v6}]:" in human, human
+    # The internet router drops IPv6 UDP: IPv4 still answers, IPv6 does not.
+    assert lab.inet is not None
+    lab.inet.exec(
+        "nft",
+        "-f",
+        "-",
+        input="table ip6 cvlv6 {\n  chain drops { type filter hook forward priority 0; policy accept;\n"
+        "    meta l4proto udp drop\n  }\n}\n",
+    )
+    n = _netcheck(a)
+    assert (n["udp"], n["ipv4"], n["ipv6"], n["mapped_endpoint_v6"]) == (True, True, False, ""), n
+    assert [x["error"] for x in n["answers"] if x["family"] == 6] == ["no answer"]

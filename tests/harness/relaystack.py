@@ -26,6 +26,10 @@ class RelayProc:
     region: str
     command: str = ""
     proc: Proc | None = None
+    stun_host: str = ""
+    """The STUN host registered in the relay map (default: the namespace's address)."""
+    stun_listen: str = ""
+    """--stun-listen (default: the namespace's address, port STUN_PORT)."""
 
     @property
     def url(self) -> str:
@@ -38,7 +42,12 @@ class RelayProc:
             api.post("/api/v1/regions", {"name": self.region})
         out = api.post(
             "/api/v1/relays",
-            {"name": self.name, "region": self.region, "url": self.url, "stun": f"{self.ns.ip}:{STUN_PORT}"},
+            {
+                "name": self.name,
+                "region": self.region,
+                "url": self.url,
+                "stun": f"{self.stun_host or self.ns.ip}:{STUN_PORT}",
+            },
         )
         self.command = str(out["command"])
         return self
@@ -53,7 +62,7 @@ class RelayProc:
             "--listen",
             f"{self.ns.ip}:{RELAY_PORT}",
             "--stun-listen",
-            f"{self.ns.ip}:{STUN_PORT}",
+            self.stun_listen or f"{self.ns.ip}:{STUN_PORT}",
             "--state-dir",
             str(self.lab.dir / f"{self.name}-state"),
         ]

@@ -37,3 +37,26 @@ async def test_no_answer_at_all_is_udp_blocked() -> None:
         [netcheck.StunTarget("eu", "r1", f"127.0.0.1:{free_udp_port()}")], [], timeout=0.2
     )
     assert (rep.udp, rep.nat, rep.mapped_endpoint) == (False, "unknown", "")
+
+
+async def test_stun_over_ipv4_and_ipv6_to_one_dual_stack_responder() -> None:
+    m = RelayMetrics()
+    port = free_udp_port()
+    t = await start_stun("::", port, m)  # one dual-stack socket, as `--stun-listen '[::]:3478'` opens
+    try:
+        targets = [
+            netcheck.StunTarget("eu", "r1", f"127.0.0.1:{port}"),
+            netcheck.StunTarget("us", "r2", f"[::1]:{port}"),
+        ]
+        rep = await netcheck.run(targets, ["127.0.0.1"], timeout=0.5)
+    finally:
+        t.close()
+    assert (rep.udp, rep.ipv4, rep.ipv6) == (True, True, True)
+    assert rep.mapped_endpoint == f"127.0.0.1:{rep.local_port}"
+    assert rep.mapped_endpoint_v6.startswith("[::1]:")
+    assert [(a.region, a.family, a.server_ip) for a in rep.answers] == [
+        ("eu", 4, "127.0.0.1"),
+        ("us", 6, "::1"),
+    ]
+    assert all(a.rtt_ms is not None for a in rep.answers)
+    assert rep.ipv6_address is False  # ::1 is not a global address

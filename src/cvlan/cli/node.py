@@ -274,7 +274,7 @@ def _print_netcheck(
     rows = [
         ("UDP", ("yes" if net.udp else "BLOCKED (no STUN answer)") if any_stun else "? (no relay has STUN)"),
         ("IPv4", f"yes, {net.mapped_endpoint}" if net.ipv4 else "no"),
-        ("IPv6", "global address" if net.ipv6 else "no"),
+        ("IPv6", _ipv6_line(net)),
         ("NAT", _nat_line(net.nat)),
         ("WireGuard port", f"{st.listen_port}, mapped {st.mapped_endpoint or 'unknown'}"),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
@@ -287,7 +287,16 @@ def _print_netcheck(
     print("relay latency:")
     for a in sorted(net.answers, key=lambda a: (a.rtt_ms is None, a.rtt_ms or 0.0)):
         rtt = f"{a.rtt_ms:.1f} ms" if a.rtt_ms is not None else a.error
-        print(f"  {a.region:<12} {a.server:<24} {rtt}")
+        over = " (IPv6)" if a.family == 6 else ""
+        print(f"  {a.region:<12} {a.server + over:<31} {rtt}")
+
+
+def _ipv6_line(net: netcheck.NetReport) -> str:
+    if net.ipv6:
+        return f"yes, {net.mapped_endpoint_v6}"
+    if any(a.family == 6 for a in net.answers):
+        return "no (no relay answered over IPv6)"
+    return "no (no relay has an IPv6 STUN address)" + (", global address present" if net.ipv6_address else "")
 
 
 def _nat_line(nat: str) -> str:

@@ -1,8 +1,9 @@
 """netcheck: what the network between this host and the relays allows, measured with STUN.
 
 One ordinary UDP socket asks every relay's STUN server, one after the other, for the address it
-sees. The answers give: whether UDP gets out at all, the mapped endpoint, the round trip to each
-relay, and the NAT's mapping behaviour --
+sees; a second one asks again over IPv6 the servers whose name has an IPv6 address. The answers
+give: whether UDP gets out at all, over IPv4 and over IPv6, the mapped endpoints, the round trip to
+each relay, and the IPv4 NAT's mapping behaviour --
 
     none                  the mapped address is one of this host's own: no NAT
     port-preserving       every server saw the same address and the socket's own port: peers can
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,9 +43,11 @@ class StunAnswer:
     server: str
     server_ip: str = ""
     mapped: str = ""
-    """"ip:port" the server saw ("" = no answer)."""
+    """"ip:port" ("[ip]:port" over IPv6) the server saw ("" = no answer)."""
     rtt_ms: float | None = None
     error: str = ""
+    family: int = 4
+    """4 or 6: the IP version the question went over."""
 
 
 @dataclass
@@ -51,12 +55,19 @@ class NetReport:
     udp: bool
     """Any STUN answer came back (False: UDP is blocked on the way to every relay)."""
     ipv4: bool
+    """A relay answered STUN over IPv4."""
     ipv6: bool
-    """This host has a global IPv6 address (relays answer STUN over IPv4 only)."""
+    """A relay answered STUN over IPv6 (its STUN name has an IPv6 address, and the path carries UDP)."""
     local_port: int
     mapped_endpoint: str
+    """The IPv4 endpoint the first answering server saw."""
     nat: str
+    """The IPv4 NAT's mapping behaviour (NAT_TYPES)."""
     answers: list[StunAnswer] = field(default_factory=list)
+    mapped_endpoint_v6: str = ""
+    """The IPv6 endpoint the first server answering over IPv6 saw."""
+    ipv6_address: bool = False
+    """This host has a global IPv6 address (documentation and private ranges are not global)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,37 +95,93 @@ def _split(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _ask(transport: asyncio.DatagramTransport, queue: Any, t: StunTarget, timeout: float) -> StunAnswer:
+async def addresses(server: str) -> dict[int, tuple[str, int]]:
+    """The first IPv4 and the first IPv6 address of a STUN server "host:port" ({4: ..., 6: ...});
+    a name may have both, a literal has one. OSError or ValueError if it has none."""
+    host, port = _split(server)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    out: dict[int, tuple[str, int]] = {}
+    for family, *_, addr in infos:
+        version = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
+        if version:
+            out.setdefault(version, (str(addr[0]), port))
+    return out
+
+
+@dataclass
+class _Socket:
+    transport: asyncio.DatagramTransport
+    queue: Any
+
+
+async def _ask(
+    sock: _Socket, t: StunTarget, addr: tuple[str, int], version: int, timeout: float
+) -> StunAnswer:
+    def answer(**kw: Any) -> StunAnswer:
+        return StunAnswer(t.region, t.relay, t.server, addr[0], family=version, **kw)
+
     try:
-        addr = await stun.resolve(*_split(t.server))
-    except (OSError, ValueError) as e:
-        return StunAnswer(t.region, t.relay, t.server, error=f"resolve: {e}")
-    try:
-        r = await stun.exchange(lambda req: transport.sendto(req, addr), queue, addr, timeout, 2)
+        r = await stun.exchange(lambda req: sock.transport.sendto(req, addr), sock.queue, addr, timeout, 2)
     except stun.StunTimeout:
-        return StunAnswer(t.region, t.relay, t.server, addr[0], error="no answer")
+        return answer(error="no answer")
+    except OSError as e:  # no route (a host without IPv6): said at once, not after a timeout
+        return answer(error=f"unreachable: {e.strerror}")
     ip, port = r.mapped
-    return StunAnswer(t.region, t.relay, t.server, addr[0], f"{ip}:{port}", round(r.rtt * 1000, 3))
+    return answer(mapped=f"[{ip}]:{port}" if version == 6 else f"{ip}:{port}", rtt_ms=round(r.rtt * 1000, 3))
+
+
+async def _open(host: str) -> _Socket | None:
+    """A UDP socket on any port of host's family; None if this host has no such family."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, proto = await loop.create_datagram_endpoint(stun.Collector, local_addr=(host, 0))
+    except OSError:
+        return None
+    return _Socket(transport, proto.queue)
+
+
+async def _ask_target(socks: dict[int, _Socket | None], t: StunTarget, timeout: float) -> list[StunAnswer]:
+    try:
+        addrs = await addresses(t.server)
+    except (OSError, ValueError) as e:
+        return [StunAnswer(t.region, t.relay, t.server, error=f"resolve: {e}")]
+    out = []
+    for version, addr in sorted(addrs.items()):
+        sock = socks[version]
+        if sock is None:
+            out.append(StunAnswer(t.region, t.relay, t.server, addr[0], error="no IPv6 here", family=version))
+        else:
+            out.append(await _ask(sock, t, addr, version, timeout))
+    return out
 
 
 async def run(targets: Sequence[StunTarget], local_ips: Sequence[str], timeout: float = 1.0) -> NetReport:
-    """Ask every target from one socket (sequentially: each answer is matched to its request)."""
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(stun.Collector, local_addr=("0.0.0.0", 0))
+    """Ask every target from one socket per IP version (sequentially: each answer is matched to its
+    request), over IPv4 and, for a server whose name has an IPv6 address, over IPv6 too."""
+    socks = {4: await _open("0.0.0.0"), 6: await _open("::")}
+    v4 = socks[4]
+    if v4 is None:
+        raise OSError("no IPv4 UDP socket")
     try:
-        port = int(transport.get_extra_info("sockname")[1])
-        answers = [await _ask(transport, proto.queue, t, timeout) for t in targets]
+        port = int(v4.transport.get_extra_info("sockname")[1])
+        answers = [a for t in targets for a in await _ask_target(socks, t, timeout)]
     finally:
-        transport.close()
-    got = [a for a in answers if a.mapped]
+        for sock in socks.values():
+            if sock is not None:
+                sock.transport.close()
+    got4 = [a for a in answers if a.mapped and a.family == 4]
+    got6 = [a for a in answers if a.mapped and a.family == 6]
     return NetReport(
-        udp=bool(got),
-        ipv4=bool(got),
-        ipv6=any(_global_v6(ip) for ip in local_ips),
+        udp=bool(got4 or got6),
+        ipv4=bool(got4),
+        ipv6=bool(got6),
         local_port=port,
-        mapped_endpoint=got[0].mapped if got else "",
-        nat=classify_nat(port, local_ips, answers) if got else "unknown",
+        mapped_endpoint=got4[0].mapped if got4 else "",
+        nat=classify_nat(port, local_ips, [a for a in answers if a.family == 4]) if got4 else "unknown",
         answers=answers,
+        mapped_endpoint_v6=got6[0].mapped if got6 else "",
+        ipv6_address=any(_global_v6(ip) for ip in local_ips),
     )
 
 

@@ -18,6 +18,7 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 from cvlan.common.host import pid_alive
 
 PREFIX = "cvlt"
+NETNS_ETC = Path("/etc/netns")
 _TAG_RE = re.compile(rf"^{PREFIX}([0-9a-f]+)x[0-9a-f]+-")
 
 
@@ -48,8 +50,16 @@ def sweep_stale() -> list[str]:
         if m and not pid_alive(int(m.group(1), 16)):
             _kill_ns_pids(name)
             sh("ip", "netns", "del", name, check=False)
+            _remove_etc(name)
             removed.append(name)
     return removed
+
+
+def _remove_etc(ns: str) -> None:
+    """The namespace's own /etc files (Lab.hosts_file), and /etc/netns once empty."""
+    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NETNS_ETC.rmdir()
 
 
 def _kill_ns_pids(ns: str) -> None:
@@ -201,8 +211,9 @@ class Lab:
             self.inet.exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         return self.inet
 
-    def public_host(self, short: str) -> Netns:
-        """A host with a public address on a /30 link to the internet router (192.0.2.0/24)."""
+    def public_host(self, short: str, ipv6: bool = False) -> Netns:
+        """A host with a public address on a /30 link to the internet router (192.0.2.0/24); with
+        ipv6, also 2001:db8:0:<link>::2/64 (the documentation range), routed by the same router."""
         inet = self.internet()
         i = next(self._p2p)
         if i > 63:
@@ -211,7 +222,22 @@ class Lab:
         r_ip, h_ip = f"192.0.2.{4 * i + 1}", f"192.0.2.{4 * i + 2}"
         self.veth(inet, f"p{i}", f"{r_ip}/30", h, "eth0", f"{h_ip}/30")
         h.exec("ip", "route", "add", "default", "via", r_ip)
+        if ipv6:
+            inet.exec("sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+            r6, h6 = f"2001:db8:0:{i}::1", f"2001:db8:0:{i}::2"
+            inet.exec("ip", "-6", "addr", "add", f"{r6}/64", "dev", f"p{i}", "nodad")
+            h.exec("ip", "-6", "addr", "add", f"{h6}/64", "dev", "eth0", "nodad")
+            h.addrs.append(f"{h6}/64")
+            h.exec("ip", "-6", "route", "add", "default", "via", r6)
         return h
+
+    def hosts_file(self, ns: Netns, names: dict[str, list[str]]) -> None:
+        """Names only processes started in ns from now on resolve (`ip netns exec` mounts
+        /etc/netns/<ns>/hosts over /etc/hosts); removed with the namespace."""
+        d = NETNS_ETC / ns.name
+        d.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", *(f"{ip} {name}" for name, ips in names.items() for ip in ips)]
+        (d / "hosts").write_text("\n".join(lines) + "\n")
 
     def nat_host(self, short: str, nat: str = "masquerade", home_fw: bool = True) -> tuple[Netns, Netns]:
         """A host on a private LAN behind its own NAT router; returns (host, router).
@@ -268,5 +294,6 @@ class Lab:
         for n in reversed(self.namespaces):
             _kill_ns_pids(n.name)
             sh("ip", "netns", "del", n.name, check=False)
+            _remove_etc(n.name)
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
