@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cvlan.cvland.probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S
 from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns
 from tests.harness.relaystack import STUN_PORT, RelayProc, start_relay
@@ -34,6 +35,10 @@ def _matrix(ctl: Controller) -> dict[str, Any]:
 
 def _pair(h: dict[str, Any], src: str, dst: str) -> dict[str, Any]:
     return next(p for p in h["pairs"] if p["src_name"] == src and p["dst_name"] == dst)
+
+
+def _peer_status(x: Node, y: Node) -> Any:
+    return next(p for p in x.status().peers if p.name == y.name)
 
 
 def _netcheck(n: Node) -> dict[str, Any]:
@@ -109,6 +114,24 @@ def test_matrix_shows_relay_and_loss_and_netcheck_tells_nats_apart(lab: Lab) -> 
     h = _matrix(ctl)
     assert _pair(h, "a", "c")["path"] == "direct"
     assert h["pairs"][0]["state"] in ("relay", "down", "lossy")  # unhealthy pairs first
+
+    # A policy that allows only TCP 22: ICMP (cvlancli ping) is dropped, the health probes are not.
+    assert ctl.api is not None
+    status, _ = ctl.api.request(
+        "PUT",
+        "/api/v1/tenants/acme/cvlans/office/policy",
+        {"rules": [{"src": ["*"], "dst": ["*"], "proto": "tcp", "ports": ["22"]}]},
+    )
+    assert status == 200
+    wait_until(
+        "ICMP between a and c is dropped by the policy", lambda: not a.ns.ping(c.address(), wait=0.5), 30
+    )
+    time.sleep(
+        PROBE_TIMEOUT_S + 2 * PROBE_INTERVAL_S
+    )  # probes sent since the policy would be counted lost by now
+    for x, y in ((a, c), (c, a)):
+        p = _peer_status(x, y)
+        assert p.probes_sent > 0 and p.probes_answered == p.probes_sent and p.rtt_ms is not None, p
 
     # c's router drops a fifth of the packets: the direct pair a ↔ c loses probes both ways.
     _drop(c_nat, "numgen random mod 5 == 0 drop")

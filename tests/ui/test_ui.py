@@ -533,7 +533,8 @@ async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) 
         (b, [_peer(ia, relay, 20, 20, 3000, "eu"), _peer(ic, direct, 20, 20, 400)]),
         (c, [_peer(ia, direct, 20, 13, 650), _peer(ib, direct, 20, 20, 420)]),
     ]
-    for n, peers in reports:
+    await a.client.report([], pb.HealthSummary(peers_total=1, peers=[_peer(ib, direct, 20, 20, 500)]))
+    for n, peers in reports:  # a's report now says a -> b fell back to a relay: an event
         await n.client.poll(0)
         await n.client.report([], pb.HealthSummary(peers_total=2, peers=peers))
         await n.client.close()
@@ -551,5 +552,13 @@ async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) 
     relayed = await rows.nth(2).inner_text()
     assert "relay" in relayed and "eu" in relayed and "3.1 ms" in relayed
     assert await page.locator("#matrix-table td.health-relay").count() == 2
+    events = page.locator("#events-table tbody tr")
+    assert await events.count() == 1
+    assert [await events.nth(0).locator("td").nth(i).inner_text() for i in (1, 2, 3, 4)] == [
+        "relay fallback",
+        "h-a",
+        "h-b",
+        "relay eu",
+    ]
     assert ui.errors(page) == []
     await ui.shot(page, "cvlan-health")
