@@ -3,6 +3,11 @@ and events; bad reports change nothing; another tenant sees none of it."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
 from cvlan.client.controller import ControlError
 from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.wire.pb import node_pb2 as pb
@@ -10,6 +15,14 @@ from tests.harness.controller import RunningController
 from tests.harness.nodes import enrol, make_token
 
 DIRECT, RELAY = pb.PEER_HEALTH_PATH_DIRECT, pb.PEER_HEALTH_PATH_RELAY
+
+
+def _cli(rc: RunningController, *argv: str) -> str:
+    conf = str(rc.settings.data_dir / "admin.conf")
+    cvlan = str(Path(sys.executable).parent / "cvlan")
+    r = subprocess.run([cvlan, "--config", conf, *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 def _peer(node_id: int, path: int, answered: int = 20, region: str = "") -> pb.PeerHealth:
@@ -54,6 +67,16 @@ async def test_reports_make_the_matrix_and_events_and_other_tenants_see_nothing(
     node = (await api.get(f"/api/v1/tenants/acme/nodes/{a.node_id}")).ok()
     assert node["health"]["peers"][0]["path"] == "relay" and node["health"]["peers_at"]
     assert node["health"]["peers_relay"] == 1
+    # The same through the command line: the matrix worst first, the events, the node's own peers.
+    out = await asyncio.to_thread(_cli, rc, "cvlan", "health", "--tenant", "acme", "office")
+    lines = out.splitlines()
+    assert lines[0] == "CVLAN office: 2 members, 2 pairs (1 down, 1 relay)", out
+    assert "UNREACHABLE: no peer reaches a" in lines
+    assert any("relay_fallback  a → b  relay eu" in x for x in lines), out
+    rows = [x.split() for x in lines if x.startswith(("a ", "b "))]
+    assert [r[:4] for r in rows] == [["b", "a", "down", "direct"], ["a", "b", "relay", "relay"]], out
+    out = await asyncio.to_thread(_cli, rc, "node", "show", "--tenant", "acme", "a")
+    assert "peers as a saw them" in out and "relay eu" in out and "2.5 ms" in out, out
     # Another tenant: the same paths answer 404, and its own events list is empty.
     await make_token(rc, tenant="globex", cvlan="lab")
     assert (await api.get("/api/v1/tenants/globex/cvlans/office/health")).status == 404
