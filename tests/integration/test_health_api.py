@@ -73,6 +73,7 @@ async def test_reports_make_the_matrix_and_events_and_other_tenants_see_nothing(
     assert lines[0] == "CVLAN office: 2 members, 2 pairs (1 down, 1 relay)", out
     assert "UNREACHABLE: no peer reaches a" in lines
     assert any("relay_fallback  a → b  relay eu" in x for x in lines), out
+    assert any(x.startswith("history: 1 sample since ") for x in lines), out
     rows = [x.split() for x in lines if x.startswith(("a ", "b "))]
     assert [r[:4] for r in rows] == [["b", "a", "down", "direct"], ["a", "b", "relay", "relay"]], out
     out = await asyncio.to_thread(_cli, rc, "node", "show", "--tenant", "acme", "a")

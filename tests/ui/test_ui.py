@@ -552,6 +552,8 @@ async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) 
     relayed = await rows.nth(2).inner_text()
     assert "relay" in relayed and "eu" in relayed and "3.1 ms" in relayed
     assert await page.locator("#matrix-table td.health-relay").count() == 2
+    # The history: one sample (the first report's), drawn until now, its pairs stacked by state.
+    assert await page.locator("#history-chart rect").count() >= 1
     events = page.locator("#events-table tbody tr")
     assert await events.count() == 1
     assert [await events.nth(0).locator("td").nth(i).inner_text() for i in (1, 2, 3, 4)] == [

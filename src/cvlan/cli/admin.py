@@ -83,6 +83,16 @@ def health_row(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def history_line(history: list[dict[str, Any]]) -> str:
+    """The 24 h history in one line: how many samples since when, and the worst one."""
+    worst = max(history, key=lambda x: (x["down"], x["lossy"], x["relay"]))
+    n = len(history)
+    return (
+        f"history: {n} sample{'' if n == 1 else 's'} since {str(history[0]['at'])[:19]}; worst "
+        f"{str(worst['at'])[:19]}: {worst['down']} down, {worst['lossy']} lossy, {worst['relay']} relay"
+    )
+
+
 def cvlan_health(c: Client, ns: argparse.Namespace) -> Any:
     h = c.call("GET", _t(ns) + f"/cvlans/{_q(ns.name)}/health")
     if ns.json:
@@ -94,6 +104,8 @@ def cvlan_health(c: Client, ns: argparse.Namespace) -> Any:
     for e in h["events"][:5]:
         pair = e["node"] + (f" → {e['peer']}" if e["peer"] else "")
         print(f"{str(e['at'])[:19]}  {e['kind']}  {pair}  {e['detail']}")
+    if h["history"]:
+        print(history_line(h["history"]))
     return [health_row(p) for p in h["pairs"]], HEALTH_COLS
 
 
