@@ -78,6 +78,7 @@ async def test_reports_make_the_matrix_and_events_and_other_tenants_see_nothing(
     assert [r[:4] for r in rows] == [["b", "a", "down", "direct"], ["a", "b", "relay", "relay"]], out
     out = await asyncio.to_thread(_cli, rc, "node", "show", "--tenant", "acme", "a")
     assert "peers as a saw them" in out and "relay eu" in out and "2.5 ms" in out, out
+    assert [x.split()[:3] for x in out.splitlines() if "relay eu" in x] == [["a", "b", "relay"]], out
     # Another tenant: the same paths answer 404, and its own events list is empty.
     await make_token(rc, tenant="globex", cvlan="lab")
     assert (await api.get("/api/v1/tenants/globex/cvlans/office/health")).status == 404

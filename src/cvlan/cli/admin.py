@@ -229,7 +229,12 @@ def node_show(c: Client, ns: argparse.Namespace) -> Any:
         print(f"{k:>16}: {v}")
     if peers is not None:
         print(f"\npeers as {n['name']} saw them at {str(h.get('peers_at', '?'))[:19]}:")
-        rows = [health_row({**p, "src_name": n["name"], "dst_name": p["node_id"]}) for p in peers]
+        members = c.call("GET", _t(ns) + f"/cvlans/{n['cvlan_id']}/health")["members"] if peers else []
+        names = {m["id"]: m["name"] for m in members}
+        rows = [
+            health_row({**p, "src_name": n["name"], "dst_name": names.get(p["node_id"], p["node_id"])})
+            for p in peers
+        ]
         print_table(rows, HEALTH_COLS)
     return None
 
