@@ -4,6 +4,7 @@ them, and they are bounded (24 h, a sample a minute, a cap of events per CVLAN).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,18 @@ async def test_history_and_events_are_bounded_and_pruned(
         assert gone == 1 + 2  # the event of t=90 s, the samples of t=0 and t=60 s
         h = (await rc.api().get(HEALTH)).ok()
         assert len(h["events"]) == 4 and len(h["history"]) == 2
+        # The controller's own pruning loop does the same as time goes on.
+        clock.advance(200)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(health.run_pruner(rc.c.ctx, stop, every=0.05))
+        for _ in range(200):
+            h = (await rc.api().get(HEALTH)).ok()
+            if not h["events"] and not h["history"]:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(loop, 5)
+        assert h["events"] == [] and h["history"] == []
         await a.client.close()
         await b.client.close()
     finally:
