@@ -78,6 +78,11 @@ async def test_events_and_history_are_shared_by_controllers_and_survive_a_restar
         assert len(history) == 1 and history[0]["ok"] == 1  # one sample a minute at most
         events = (await two.api().get("/api/v1/tenants/acme/health/events")).ok()["items"]
         assert [e["kind"] for e in events] == ["unreachable", "relay_fallback"]
+        # Process one took a's first report (direct), two the newer one (relay): a's next report
+        # through one is compared with the newer, so "still relayed" is no new event.
+        await a.client.report([], _report(b.node_id, RELAY))
+        await _flush(one)
+        assert _seen((await one.api().get(HEALTH)).ok())[0] == expected
         # Restart: nothing is lost, and a report is compared with the one stored before the restart.
         await one.stop()
         one = await RunningController(tmp_path / "data", db_url).start()

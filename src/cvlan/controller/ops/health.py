@@ -42,14 +42,18 @@ PRUNE_EVERY_S = 60.0
 Entries = tuple[Mapping[str, Any], ...]
 
 
-def _fresh_peers(h: Mapping[str, Any] | None, now: dt.datetime) -> tuple[Entries, str]:
-    """A stored health's peer entries and their time, () if older than STALE_S or absent."""
+NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _fresh_peers(h: Mapping[str, Any] | None, now: dt.datetime) -> tuple[Entries, dt.datetime]:
+    """A stored health's peer entries and their time; () if older than STALE_S or absent."""
     h = h or {}
-    at = h.get("peers_at")
-    if not isinstance(at, str) or not isinstance(h.get("peers"), list):
-        return (), ""
-    if (now - dt.datetime.fromisoformat(at)).total_seconds() >= STALE_S:
-        return (), ""
+    raw = h.get("peers_at")
+    if not isinstance(raw, str) or not isinstance(h.get("peers"), list):
+        return (), NEVER
+    at = dt.datetime.fromisoformat(raw)
+    if (now - at).total_seconds() >= STALE_S:
+        return (), NEVER
     return tuple(h["peers"]), at
 
 
