@@ -40,6 +40,8 @@ async def test_reports_make_the_matrix_and_events_and_other_tenants_see_nothing(
     for n in (a, b):
         await n.client.poll(0)
     await a.client.report([], pb.HealthSummary(peers=[_peer(b.node_id, DIRECT)]))
+    assert rc.c is not None
+    await rc.c.app[NODEAPI_KEY].liveness.flush()  # each written report is compared with the last
     await a.client.report([], pb.HealthSummary(peers=[_peer(b.node_id, RELAY, region="eu")]))
     await b.client.report([], pb.HealthSummary(peers=[_peer(a.node_id, DIRECT, answered=0)]))
     # A report with a bad entry is refused whole: nothing of it is kept.

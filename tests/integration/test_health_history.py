@@ -90,6 +90,7 @@ async def test_events_and_history_are_shared_by_controllers_and_survive_a_restar
         assert _seen((await one.api().get(HEALTH)).ok()) == _seen(from_one)
         a.client = NodeApiClient(one.url, ca_pem(one), a.reg.certificate_pem, a.key_pem)
         await a.client.report([], _report(b.node_id, DIRECT))
+        await _flush(one)
         after = _seen((await two.api().get(HEALTH)).ok())[0]
         assert after == [("direct_again", "a", "b"), *expected]
     finally:
@@ -114,9 +115,10 @@ async def test_history_and_events_are_bounded_and_pruned(
         for i in range(8):  # a flaps between direct and relay, a report every 30 s
             await a.client.poll(0)
             await a.client.report([], _report(b.node_id, RELAY if i % 2 else DIRECT))
+            await _flush(rc)  # events are found as reports are written
             clock.advance(30)
         h = (await rc.api().get(HEALTH)).ok()
-        assert len(h["events"]) == 5  # 7 changes, the newest 5 kept
+        assert len(h["events"]) == 5, h["events"]  # 7 changes, the newest 5 kept
         assert [e["kind"] for e in h["events"][:2]] == ["relay_fallback", "direct_again"]
         times = [s["at"] for s in h["history"]]
         assert len(times) == 4  # 8 reports over 4 minutes, a sample a minute

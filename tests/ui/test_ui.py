@@ -534,6 +534,7 @@ async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) 
         (c, [_peer(ia, direct, 20, 13, 650), _peer(ib, direct, 20, 20, 420)]),
     ]
     await a.client.report([], pb.HealthSummary(peers_total=1, peers=[_peer(ib, direct, 20, 20, 500)]))
+    await ui.rc.c.app[NODEAPI_KEY].liveness.flush()  # type: ignore[union-attr]
     for n, peers in reports:  # a's report now says a -> b fell back to a relay: an event
         await n.client.poll(0)
         await n.client.report([], pb.HealthSummary(peers_total=2, peers=peers))

@@ -27,12 +27,16 @@ class HealthBook:
         self._states: dict[int, dict[str, int]] = {}
         """node -> pairs per state of its latest report."""
 
-    def report(self, node_id: int, peers: Sequence[Mapping[str, Any]], events: Iterable[Event] = ()) -> None:
-        """Take one node's report and the events it showed."""
+    def report(self, node_id: int, peers: Sequence[Mapping[str, Any]]) -> None:
+        """Take one node's report."""
         self._add(self._states.pop(node_id, {}), -1)
         new = matrix.summary(matrix.pairs_of(Member(node_id, str(node_id), True, tuple(peers))))
         self._states[node_id] = new
         self._add(new, +1)
+
+    @staticmethod
+    def count(events: Iterable[Event]) -> None:
+        """Count events found (and written)."""
         for e in events:
             C_EVENTS.labels(e.kind).inc()
 

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.db.models import Node
 from cvlan.controller.errors import DomainError
+from cvlan.controller.ops import health as health_ops
 from cvlan.controller.ops.context import OpsContext
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Batch:
     eps_ids: list[int] = field(default_factory=list)
     eps: list[list[str]] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
+    reports: dict[int, health_ops.Report] = field(default_factory=dict)
 
 
 class LivenessBuffer:
@@ -70,6 +73,11 @@ class LivenessBuffer:
         self._peers: dict[int, dict[str, Any]] = {}
         """node -> its latest per-peer health (from reports), kept in every health written for it:
         a poll's summary must not erase what the last report measured."""
+        self._flushing = asyncio.Lock()
+        self._reports: dict[int, health_ops.Report] = {}
+        """Peer health reports not written yet, newest per node (their events are found when written)."""
+        self.on_health_events: Callable[[list[health_ops.Found]], None] | None = None
+        """Told the events a committed flush found (the node API logs and counts them)."""
         self.flushes = 0
         self.rows_written = 0
 
@@ -115,23 +123,26 @@ class LivenessBuffer:
         if health is not None:
             o.health = self._with_peers(node_id, health)
 
-    def health(self, node_id: int, health: dict[str, Any], peers: list[dict[str, Any]] | None = None) -> None:
+    def health(
+        self,
+        node_id: int,
+        health: dict[str, Any],
+        peers: list[dict[str, Any]] | None = None,
+        where: tuple[int, int] = (0, 0),
+    ) -> None:
         """A health report outside a poll: last seen and health change, the held version does not.
-        peers: its per-peer entries (None: none measured this time, the previous ones stay)."""
+        peers: its per-peer entries (None: none measured this time, the previous ones stay), from a
+        node of CVLAN where = (tenant, CVLAN): compared with the stored ones when written."""
         o = self._touch(node_id)
         now = self.ctx.now()
         if peers is not None:
             self._peers[node_id] = {"peers": peers, "peers_at": now.isoformat()}
+            self._reports[node_id] = health_ops.Report(where[0], where[1], tuple(peers))
         o.last_seen, o.health = now, self._with_peers(node_id, health)
 
     def _with_peers(self, node_id: int, health: dict[str, Any]) -> dict[str, Any]:
         kept = self._peers.get(node_id)
         return health if kept is None else {**health, **kept}
-
-    def held_peers(self, node_id: int) -> dict[str, Any] | None:
-        """The per-peer entries ({"peers", "peers_at"}) of the node's last report this process took
-        (written with the next batch, or already written); None if it took none."""
-        return self._peers.get(node_id)
 
     def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
         """Endpoints and home region reported but not written yet (None if nothing pending)."""
@@ -168,6 +179,7 @@ class LivenessBuffer:
                 self._inflight_eps[k] = (o.endpoints, o.home_relay_region or "")
                 o.endpoints = o.home_relay_region = None
         self._dirty = set()
+        b.reports, self._reports = self._reports, {}
         return b
 
     def _stored(self, b: Batch) -> None:
@@ -192,14 +204,22 @@ class LivenessBuffer:
         for k, e, r in zip(b.eps_ids, b.eps, b.regions, strict=True):
             if obs[k].endpoints is None:
                 obs[k].endpoints, obs[k].home_relay_region = e, r
+        for k, rep in b.reports.items():
+            self._reports.setdefault(k, rep)
 
     async def flush(self) -> int:
-        """Write everything pending. On failure the rows are put back (newer observations win)."""
+        """Write everything pending. On failure the rows are put back (newer observations win).
+        One flush at a time: a report's events are found against the one written before it."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         if not self._dirty:
             return 0
         batch = self._take()
         try:
             async with self.ctx.tx() as s:
+                found = await health_ops.take_reports(self.ctx, s, batch.reports)
                 dialect = s.get_bind().dialect.name
                 if dialect == "postgresql":
                     await _write_pg(s, batch)
@@ -214,6 +234,8 @@ class LivenessBuffer:
         finally:
             self._inflight_eps = {}
         self._stored(batch)
+        if found and self.on_health_events is not None:
+            self.on_health_events(found)
         self.flushes += 1
         self.rows_written += len(batch.ids)
         return len(batch.ids)

@@ -11,7 +11,7 @@ import datetime as dt
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from google.protobuf.message import Message
@@ -62,6 +62,7 @@ class NodeApi:
         # offline_after while the node polls, and about every other unchanged poll is not written.
         self.liveness = LivenessBuffer(ctx, max(0.0, st.offline_after_s - 2.0 * st.poll_interval_s))
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
+        self.liveness.on_health_events = self._health_events
         self.health_book = HealthBook()
         """The pair gauges and event counters of the peer health reports (health/book.py)."""
         self.identity = IdentityResolver(ca, ctx.proxies)
@@ -292,9 +293,10 @@ class NodeApi:
         flows = [_flow(f) for f in req.denied_flows]
         if req.HasField("health"):
             peers = peer_health(req.health)
+            where = (ident.tenant_id, m.cvlan_id)
+            self.liveness.health(ident.node_id, _health(req), peers if req.health.peers else None, where)
             if req.health.peers:
-                await self._health_events(ident, m.cvlan_id, peers)
-            self.liveness.health(ident.node_id, _health(req), peers if req.health.peers else None)
+                self.health_book.report(ident.node_id, peers)
         accepted = 0
         if flows:
             async with self.ctx.tx() as s:
@@ -303,23 +305,17 @@ class NodeApi:
                 )
         return pb.ReportResponse(accepted=accepted)
 
-    async def _health_events(self, ident: NodeIdentity, cvlan_id: int, peers: list[dict[str, Any]]) -> None:
-        """The report's degradations and recoveries, written before the report is taken: a report
-        refused for an unavailable database is sent again and compared with the same previous one."""
-        held = self.liveness.held_peers(ident.node_id)
-        async with self.ctx.tx() as s:
-            events = await health.take_report(
-                self.ctx, s, ident.tenant_id, cvlan_id, ident.node_id, peers, held
-            )
-        self.health_book.report(ident.node_id, peers, events)
-        for e in events:
+    def _health_events(self, found: list[health.Found]) -> None:
+        """Log and count the degradations and recoveries a liveness flush wrote."""
+        self.health_book.count(f.event for f in found)
+        for f in found:
             log.info(
-                f"peer health: {e.kind} {e.detail}",
+                f"peer health: {f.event.kind} {f.event.detail}",
                 extra={
-                    "node_id": e.node_id,
-                    "tenant_id": ident.tenant_id,
-                    "cvlan": cvlan_id,
-                    "reason": e.kind,
+                    "node_id": f.event.node_id,
+                    "tenant_id": f.tenant_id,
+                    "cvlan": f.cvlan_id,
+                    "reason": f.event.kind,
                 },
             )
 

@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.auth import Level, Principal
@@ -42,24 +43,20 @@ PRUNE_EVERY_S = 60.0
 Entries = tuple[Mapping[str, Any], ...]
 
 
-NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
-
-
-def _fresh_peers(h: Mapping[str, Any] | None, now: dt.datetime) -> tuple[Entries, dt.datetime]:
-    """A stored health's peer entries and their time; () if older than STALE_S or absent."""
+def _fresh_peers(h: Mapping[str, Any] | None, now: dt.datetime) -> Entries:
+    """A stored health's peer entries; () if older than STALE_S or absent."""
     h = h or {}
     raw = h.get("peers_at")
     if not isinstance(raw, str) or not isinstance(h.get("peers"), list):
-        return (), NEVER
-    at = dt.datetime.fromisoformat(raw)
-    if (now - at).total_seconds() >= STALE_S:
-        return (), NEVER
-    return tuple(h["peers"]), at
+        return ()
+    if (now - dt.datetime.fromisoformat(raw)).total_seconds() >= STALE_S:
+        return ()
+    return tuple(h["peers"])
 
 
 def member(n: Node, ctx: OpsContext, now: dt.datetime) -> matrix.Member:
     online = is_online(n, now, ctx.settings.offline_after_s)
-    peers = _fresh_peers(n.health, now)[0] if online else ()
+    peers = _fresh_peers(n.health, now) if online else ()
     return matrix.Member(n.id, n.name, online, peers)
 
 
@@ -77,58 +74,112 @@ async def _members(s: AsyncSession, tenant_id: int, cvlan_id: int) -> Sequence[N
 # --- reports -----------------------------------------------------------------------------------
 
 
-async def take_report(
-    ctx: OpsContext,
-    s: AsyncSession,
-    tenant_id: int,
-    cvlan_id: int,
-    node_id: int,
-    peers: Sequence[Mapping[str, Any]],
-    held: Mapping[str, Any] | None = None,
-) -> list[matrix.Event]:
-    """The degradations and recoveries one node's report shows, written as events, and the CVLAN's
-    history sample when one is due. The report is compared with the node's previous one: the newer
-    of the stored one and held (what this process took last and may not have written yet), so the
-    answer does not depend on which controller process took which report."""
-    now = ctx.now()
-    n = await s.get(Node, node_id)
-    if n is None or n.cvlan_id != cvlan_id:
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One node's peer entries as a report gave them, waiting to be written."""
+
+    tenant_id: int
+    cvlan_id: int
+    peers: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An event found in a batch, with where it belongs (for the log and the metrics)."""
+
+    tenant_id: int
+    cvlan_id: int
+    event: matrix.Event
+
+
+async def take_reports(ctx: OpsContext, s: AsyncSession, reports: Mapping[int, Report]) -> list[Found]:
+    """The degradations and recoveries a batch of reports shows, written as events, and the history
+    samples that are due. Called in the transaction that stores the reports (the liveness flush),
+    before it does: each report is compared with the node's previous one as the database holds it,
+    whichever controller process wrote that one (docs/HEALTH.md)."""
+    if not reports:
         return []
-    old_entries = _previous(n.health, held, now)
-    old = {p.dst: p for p in matrix.pairs_of(matrix.Member(node_id, n.name, True, old_entries))}
-    new = {p.dst: p for p in matrix.pairs_of(matrix.Member(node_id, n.name, True, tuple(peers)))}
-    events = matrix.pair_events(old, new)
-    due = await _sample_due(s, cvlan_id, now)
-    if due or _down_moved(old, new):
-        rows = [r for r in await _members(s, tenant_id, cvlan_id) if r.id != node_id]
-        others = [member(r, ctx, now) for r in rows[: MAX_MATRIX_MEMBERS - 1]]
-        before = matrix.pairs([*others, matrix.Member(node_id, n.name, True, old_entries)])
-        after = matrix.pairs([*others, matrix.Member(node_id, n.name, True, tuple(peers))])
-        events += matrix.reach_events(matrix.unreachable(before), matrix.unreachable(after))
-        if due:
-            s.add(_sample(tenant_id, cvlan_id, now, after))
-    if events:
-        s.add_all(
-            HealthEvent(
-                tenant_id=tenant_id,
-                cvlan_id=cvlan_id,
-                at=now,
-                kind=e.kind,
-                node_id=e.node_id,
-                peer_id=e.peer_id,
-                detail=e.detail[:100],
-            )
-            for e in events
+    now = ctx.now()
+    rows = (
+        await s.execute(
+            select(Node.id, Node.name, Node.cvlan_id, Node.health).where(Node.id.in_(list(reports)))
         )
-        await s.flush()
+    ).all()
+    found: list[Found] = []
+    moved: set[int] = set()
+    touched: dict[int, int] = {}
+    """CVLAN -> tenant, of every report still in its CVLAN."""
+    for node_id, name, cvlan_id, stored in rows:
+        r = reports[node_id]
+        if cvlan_id != r.cvlan_id:
+            continue  # moved since it reported: the report no longer says anything of this CVLAN
+        touched[cvlan_id] = r.tenant_id
+        old = _keyed(node_id, name, _fresh_peers(stored, now))
+        new = _keyed(node_id, name, r.peers)
+        found += [Found(r.tenant_id, cvlan_id, e) for e in matrix.pair_events(old, new)]
+        if _down_moved(old, new):
+            moved.add(cvlan_id)
+    due = await _samples_due(s, list(touched), now)
+    members = await _members_of(s, moved | due)
+    for cvlan_id in sorted(moved | due):
+        tenant_id = touched[cvlan_id]
+        before, after = _cvlan_pairs(ctx, members.get(cvlan_id, []), reports, now)
+        if cvlan_id in moved:
+            events = matrix.reach_events(matrix.unreachable(before), matrix.unreachable(after))
+            found += [Found(tenant_id, cvlan_id, e) for e in events]
+        if cvlan_id in due:
+            s.add(_sample(tenant_id, cvlan_id, now, after))
+    await _write_events(s, found, now)
+    return found
+
+
+def _keyed(node_id: int, name: str, peers: Entries) -> dict[int, matrix.Pair]:
+    return {p.dst: p for p in matrix.pairs_of(matrix.Member(node_id, name, True, peers))}
+
+
+async def _members_of(s: AsyncSession, cvlan_ids: set[int]) -> dict[int, list[Node]]:
+    """The first MAX_MATRIX_MEMBERS members of each CVLAN, in one query for the whole batch."""
+    out: dict[int, list[Node]] = {}
+    if cvlan_ids:
+        rows = await s.scalars(select(Node).where(Node.cvlan_id.in_(sorted(cvlan_ids))).order_by(Node.id))
+        for n in rows:
+            ms = out.setdefault(n.cvlan_id, [])
+            if len(ms) < MAX_MATRIX_MEMBERS:
+                ms.append(n)
+    return out
+
+
+def _cvlan_pairs(
+    ctx: OpsContext, nodes: Sequence[Node], reports: Mapping[int, Report], now: dt.datetime
+) -> tuple[list[matrix.Pair], list[matrix.Pair]]:
+    """A CVLAN's matrix as stored, and with the batch's reports in it."""
+    before, after = [], []
+    for n in nodes:
+        m = member(n, ctx, now)
+        before.append(m)
+        r = reports.get(n.id)
+        after.append(matrix.Member(n.id, n.name, True, r.peers) if r is not None else m)
+    return matrix.pairs(before), matrix.pairs(after)
+
+
+async def _write_events(s: AsyncSession, found: Sequence[Found], now: dt.datetime) -> None:
+    if not found:
+        return
+    rows = [
+        {
+            "tenant_id": f.tenant_id,
+            "cvlan_id": f.cvlan_id,
+            "at": now,
+            "kind": f.event.kind,
+            "node_id": f.event.node_id,
+            "peer_id": f.event.peer_id,
+            "detail": f.event.detail[:100],
+        }
+        for f in found
+    ]
+    await s.execute(insert(HealthEvent), rows)
+    for cvlan_id in sorted({f.cvlan_id for f in found}):
         await _cap_events(s, cvlan_id)
-    return events
-
-
-def _previous(stored: Mapping[str, Any] | None, held: Mapping[str, Any] | None, now: dt.datetime) -> Entries:
-    a, at_a = _fresh_peers(stored, now)
-    b, at_b = _fresh_peers(held, now)
-    return b if at_b > at_a else a
 
 
 def _down_moved(old: Mapping[int, matrix.Pair], new: Mapping[int, matrix.Pair]) -> bool:
@@ -139,9 +190,20 @@ def _down_moved(old: Mapping[int, matrix.Pair], new: Mapping[int, matrix.Pair]) 
     )
 
 
-async def _sample_due(s: AsyncSession, cvlan_id: int, now: dt.datetime) -> bool:
-    last = await s.scalar(select(func.max(HealthSample.at)).where(HealthSample.cvlan_id == cvlan_id))
-    return last is None or (now - last).total_seconds() >= SAMPLE_S
+async def _samples_due(s: AsyncSession, cvlan_ids: list[int], now: dt.datetime) -> set[int]:
+    """The CVLANs whose latest history sample is SAMPLE_S old or more (or that have none)."""
+    if not cvlan_ids:
+        return set()
+    last = dict(
+        (
+            await s.execute(
+                select(HealthSample.cvlan_id, func.max(HealthSample.at))
+                .where(HealthSample.cvlan_id.in_(cvlan_ids))
+                .group_by(HealthSample.cvlan_id)
+            )
+        ).all()
+    )
+    return {c for c in cvlan_ids if c not in last or (now - last[c]).total_seconds() >= SAMPLE_S}
 
 
 def _sample(tenant_id: int, cvlan_id: int, now: dt.datetime, ps: Sequence[matrix.Pair]) -> HealthSample:
