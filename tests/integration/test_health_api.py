@@ -17,6 +17,11 @@ from tests.harness.nodes import enrol, make_token
 DIRECT, RELAY = pb.PEER_HEALTH_PATH_DIRECT, pb.PEER_HEALTH_PATH_RELAY
 
 
+def _counted(metrics: str, kind: str) -> float:
+    line = f'cvlan_health_events_total{{kind="{kind}"}} '
+    return next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(line))
+
+
 def _cli(rc: RunningController, *argv: str) -> str:
     conf = str(rc.settings.data_dir / "admin.conf")
     cvlan = str(Path(sys.executable).parent / "cvlan")
@@ -35,6 +40,7 @@ async def test_reports_make_the_matrix_and_events_and_other_tenants_see_nothing(
     sqlite_controller: RunningController,
 ) -> None:
     rc = sqlite_controller
+    fallbacks = _counted(await rc.metrics(), "relay_fallback")
     token = await make_token(rc, uses=2)
     a, b = await enrol(rc, token, "a"), await enrol(rc, token, "b")
     for n in (a, b):
@@ -63,6 +69,7 @@ async def test_reports_make_the_matrix_and_events_and_other_tenants_see_nothing(
     assert h["summary"]["down"] == 1 and h["unreachable"] == [{"id": a.node_id, "name": "a"}]
     kinds = [(e["kind"], e["node"], e["peer"]) for e in h["events"]]
     assert kinds == [("unreachable", "a", ""), ("relay_fallback", "a", "b")]
+    assert _counted(await rc.metrics(), "relay_fallback") == fallbacks + 1
     ev = (await api.get("/api/v1/tenants/acme/health/events?limit=1")).ok()
     assert ev["total"] == 1 and ev["items"][0]["kind"] == "unreachable"
     assert (await api.get("/api/v1/tenants/acme/health/events?limit=0")).status == 422
