@@ -376,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     nc = sub.add_parser(
         "netcheck",
         parents=[common],
-        help="UDP, NAT type (STUN to every relay), mapped endpoint, relay latency, IPv4/IPv6, controller",
+        help="UDP, NAT type (STUN to every relay), mapped endpoints, relay latency, STUN over IPv4 and IPv6",
     )
     nc.add_argument(
         "--timeout", type=float, default=1.0, help="seconds to wait for each STUN answer (default 1)"
