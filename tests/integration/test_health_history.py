@@ -66,6 +66,12 @@ async def test_events_and_history_are_shared_by_controllers_and_survive_a_restar
         via_two = NodeApiClient(two.url, ca_pem(two), a.reg.certificate_pem, a.key_pem)
         await via_two.report([], _report(b.node_id, RELAY))
         await _flush(two)
+        # A poll through one, which took a's older report (direct), writes its summary only: the
+        # peers two stored since stay.
+        await a.client.poll(0, health=pb.HealthSummary(peers_total=1, peers_relay=1))
+        await _flush(one)
+        node = (await two.api().get(f"/api/v1/tenants/acme/nodes/{a.node_id}")).ok()
+        assert node["health"]["peers_relay"] == 1 and node["health"]["peers"][0]["path"] == "relay"
         # b stops hearing a (through one): no member reaches a.
         await b.client.report([], _report(a.node_id, DIRECT, answered=0))
         await _flush(one)

@@ -71,8 +71,10 @@ class LivenessBuffer:
         """Endpoints of the batch being written: still the newest truth until its transaction commits."""
         self._health_hash: dict[int, int] = {}
         self._peers: dict[int, dict[str, Any]] = {}
-        """node -> its latest per-peer health (from reports), kept in every health written for it:
-        a poll's summary must not erase what the last report measured."""
+        """node -> the per-peer health of a report not written yet, merged into every health taken
+        for it until then. Once written it is dropped: a poll's summary is merged into the stored
+        health (the database keeps the peers), so a poll through this process never writes back
+        peers older than those another controller process stored since."""
         self._flushing = asyncio.Lock()
         self._reports: dict[int, health_ops.Report] = {}
         """Peer health reports not written yet, newest per node (their events are found when written)."""
@@ -172,6 +174,7 @@ class LivenessBuffer:
                 b.health_ids.append(k)
                 b.health.append(o.health)
                 o.health = None
+                self._peers.pop(k, None)  # in the batch now
             if o.endpoints is not None:
                 b.eps_ids.append(k)
                 b.eps.append(o.endpoints)
@@ -199,8 +202,12 @@ class LivenessBuffer:
             if obs[k].map_version < 0:
                 obs[k].map_version = ver
         for k, h in zip(b.health_ids, b.health, strict=True):
-            if obs[k].health is None:
+            newer = obs[k].health
+            if newer is None:
                 obs[k].health = h
+            elif "peers" in h and "peers" not in newer:  # a poll's summary since: keep the peers
+                kept = self._peers.setdefault(k, {"peers": h["peers"], "peers_at": h["peers_at"]})
+                obs[k].health = {**newer, **kept}
         for k, e, r in zip(b.eps_ids, b.eps, b.regions, strict=True):
             if obs[k].endpoints is None:
                 obs[k].endpoints, obs[k].home_relay_region = e, r
@@ -272,7 +279,7 @@ async def _write_rows(s: AsyncSession, b: Batch) -> None:
         )
     if seen_only:
         await s.execute(update(t).where(where).values(last_seen=bindparam("b_seen")), seen_only)
-    if health:
+    if health:  # replaces the stored health (PostgreSQL and SQLite merge into it)
         await s.execute(update(t).where(where).values(health=bindparam("b_health")), health)
     if eps:
         await s.execute(
@@ -290,7 +297,8 @@ _PG_SEEN = text(
     "AS u(id, ts, ver) WHERE n.id = u.id"
 )
 _PG_HEALTH = text(
-    "UPDATE nodes AS n SET health = CAST(u.h AS json) "
+    "UPDATE nodes AS n "
+    "SET health = CAST(COALESCE(CAST(n.health AS jsonb), '{}') || CAST(u.h AS jsonb) AS json) "
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:hs AS text[])) AS u(id, h) WHERE n.id = u.id"
 )
 _PG_EPS = text(
@@ -326,7 +334,7 @@ async def _write_sqlite(s: AsyncSession, b: Batch) -> None:
     )
     if b.health_ids:
         await conn.exec_driver_sql(
-            "UPDATE nodes SET health = ? WHERE id = ?",
+            "UPDATE nodes SET health = json_patch(COALESCE(health, '{}'), ?) WHERE id = ?",
             [(json.dumps(h), k) for k, h in zip(b.health_ids, b.health, strict=True)],
         )
     if b.eps_ids:
