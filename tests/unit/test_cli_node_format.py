@@ -1,10 +1,12 @@
-"""cvlancli's human-readable bytes and ages, and its refusal of a bad netcheck timeout."""
+"""cvlancli's human-readable bytes and ages, netcheck's IPv6 line, and its refusal of a bad netcheck
+timeout."""
 
 from __future__ import annotations
 
 import pytest
 
-from cvlan.cli.node import ago, human_bytes, main
+from cvlan.cli.node import ago, human_bytes, ipv6_line, main
+from cvlan.client.netcheck import NetReport, StunAnswer
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,20 @@ def test_ago(age: int, text: str) -> None:
 def test_netcheck_timeout_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["netcheck", "--timeout", "0"]) == 2
     assert capsys.readouterr().err.strip() == "cvlancli: --timeout must be 0.05-10 seconds"
+
+
+def _net(answers: list[StunAnswer], mapped6: str = "", global6: bool = False) -> NetReport:
+    got6 = any(a.family == 6 and a.mapped for a in answers)
+    return NetReport(True, True, got6, 4000, "198.51.100.6:4000", "unknown", answers, mapped6, global6)
+
+
+def test_netcheckipv6_line_tells_answered_from_unanswered_from_not_asked() -> None:
+    v4 = StunAnswer("eu", "r1", "relay1.example:3478", "192.0.2.6", "198.51.100.6:4000", 1.0)
+    v6 = StunAnswer("eu", "r1", "relay1.example:3478", "2001:db8::6", "[2001:db8:1::2]:4001", 1.2, family=6)
+    lost = StunAnswer("eu", "r1", "relay1.example:3478", "2001:db8::6", error="no answer", family=6)
+    assert ipv6_line(_net([v4, v6], "[2001:db8:1::2]:4001")) == "yes, [2001:db8:1::2]:4001"
+    assert ipv6_line(_net([v4, lost])) == "no (no relay answered over IPv6)"
+    assert ipv6_line(_net([v4])) == "no (no relay has an IPv6 STUN address)"
+    assert ipv6_line(_net([v4], global6=True)) == (
+        "no (no relay has an IPv6 STUN address), global address present"
+    )

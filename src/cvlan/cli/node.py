@@ -274,7 +274,7 @@ def _print_netcheck(
     rows = [
         ("UDP", ("yes" if net.udp else "BLOCKED (no STUN answer)") if any_stun else "? (no relay has STUN)"),
         ("IPv4", f"yes, {net.mapped_endpoint}" if net.ipv4 else "no"),
-        ("IPv6", _ipv6_line(net)),
+        ("IPv6", ipv6_line(net)),
         ("NAT", _nat_line(net.nat)),
         ("WireGuard port", f"{st.listen_port}, mapped {st.mapped_endpoint or 'unknown'}"),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
@@ -291,7 +291,7 @@ def _print_netcheck(
         print(f"  {a.region:<12} {a.server + over:<31} {rtt}")
 
 
-def _ipv6_line(net: netcheck.NetReport) -> str:
+def ipv6_line(net: netcheck.NetReport) -> str:
     if net.ipv6:
         return f"yes, {net.mapped_endpoint_v6}"
     if any(a.family == 6 for a in net.answers):
