@@ -16,6 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cvlan.wire.nodeproto import HEALTH_REFRESH_S
+
+STALE_S = 2.5 * HEALTH_REFRESH_S
+"""Peer entries older than this (the node stopped reporting them) count as not measured: unchanged
+health is reported again every HEALTH_REFRESH_S, so this is two refreshes missed and some margin."""
 LOSS_THRESHOLD = 0.1
 """A pair losing more than 10 % of its probes is degraded."""
 STATES = ("down", "lossy", "relay", "ok", "unknown")

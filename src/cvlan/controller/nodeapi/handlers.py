@@ -296,7 +296,7 @@ class NodeApi:
             where = (ident.tenant_id, m.cvlan_id)
             self.liveness.health(ident.node_id, _health(req), peers if req.health.peers else None, where)
             if req.health.peers:
-                self.health_book.report(ident.node_id, peers)
+                self.health_book.report(ident.node_id, peers, self.ctx.clock.monotonic())
         accepted = 0
         if flows:
             async with self.ctx.tx() as s:

@@ -23,15 +23,12 @@ from cvlan.controller.errors import DomainError
 from cvlan.controller.health import matrix
 from cvlan.controller.ops.context import OpsContext, resolve_cvlan
 from cvlan.controller.ops.nodes import is_online
-from cvlan.wire.nodeproto import HEALTH_REFRESH_S
 
 log = logging.getLogger(__name__)
 
 MAX_MATRIX_MEMBERS = 256
 """Members shown in one CVLAN's matrix (n² pairs); the rest are counted in members_omitted."""
-STALE_S = 2.5 * HEALTH_REFRESH_S
-"""Peer entries older than this (the node stopped reporting them) count as not measured: unchanged
-health is reported again every HEALTH_REFRESH_S, so this is two refreshes missed and some margin."""
+STALE_S = matrix.STALE_S
 HISTORY_S = 24 * 3600
 """Events and history samples older than this are pruned."""
 SAMPLE_S = 60

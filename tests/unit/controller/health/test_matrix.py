@@ -119,8 +119,8 @@ def test_book_gauges_follow_the_latest_report_of_each_node() -> None:
     book = HealthBook()
     down0, ok0 = _metric("cvlan_health_pairs", state="down"), _metric("cvlan_health_pairs", state="ok")
     loss0 = _metric("cvlan_health_events_total", kind="loss")
-    book.report(1, [entry(2), entry(3)])
-    book.report(1, [entry(2), entry(3, answered=0)])
+    book.report(1, [entry(2), entry(3)], 1000.0)
+    book.report(1, [entry(2), entry(3, answered=0)], 1010.0)
     book.count([matrix.Event("loss", 1, 2, "")])
     assert _metric("cvlan_health_pairs", state="ok") == ok0 + 1
     assert _metric("cvlan_health_pairs", state="down") == down0 + 1
@@ -128,3 +128,14 @@ def test_book_gauges_follow_the_latest_report_of_each_node() -> None:
     book.forget(1)
     assert _metric("cvlan_health_pairs", state="ok") == ok0
     assert _metric("cvlan_health_pairs", state="down") == down0
+
+
+def test_book_stops_counting_a_node_that_reports_elsewhere() -> None:
+    book = HealthBook()
+    down0 = _metric("cvlan_health_pairs", state="down")
+    book.report(1, [entry(2, answered=0)], 1000.0)  # its next reports go to another controller
+    book.report(7, [entry(8)], 1000.0 + matrix.STALE_S - 1)
+    assert _metric("cvlan_health_pairs", state="down") == down0 + 1
+    book.report(7, [entry(8)], 1000.0 + matrix.STALE_S + 60)  # expiry runs with a report
+    assert _metric("cvlan_health_pairs", state="down") == down0
+    book.forget(7)
