@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "mgmt": HERE / "mgmt" / "bench_mgmt_api.py",
     "nodeapi": HERE / "nodeapi" / "bench_nodeapi.py",
+    "health": HERE / "nodeapi" / "bench_health_flush.py",
     "ui": HERE / "ui" / "bench_ui_pages.py",
     "front": HERE / "front" / "bench_front_memory.py",
     "overlay": HERE / "overlay" / "bench_overlay.py",
