@@ -1,16 +1,18 @@
-"""What the management API's resource modules share: the tenant-scoped route group and the parsing
-of durations and times in bodies and queries."""
+"""What the management API's resource modules share: the tenant-scoped route group, the answers of
+the platform's daemons (relays, vrouters) and the parsing of durations and times in bodies and
+queries."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from cvlan.common.durations import parse_duration
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.http.framework import Call, Handler, route
+from cvlan.controller.http.framework import CA_PIN_KEY, Call, Handler, page, route
+from cvlan.controller.ops import infra
 from cvlan.controller.ops.context import Tx, resolve_tenant
 
 T = "/api/v1/tenants/{tenant}"
@@ -38,6 +40,28 @@ def tenant_route(method: str, sub: str, **kw: Any) -> Callable[[TenantHandler], 
         return fn
 
     return deco
+
+
+X = TypeVar("X")
+
+
+def daemon_created(c: Call, program: str, view: dict[str, Any], token: str) -> dict[str, Any]:
+    """The answer to registering a relay or vrouter: its view, the bootstrap token (shown once) and
+    the command that starts the daemon (program) with it."""
+    cmd = infra.start_command(program, c.ctx.settings.url, token, c.request.app[CA_PIN_KEY])
+    return {**view, "token": token, "command": cmd}
+
+
+async def daemon_page(
+    c: Call,
+    rows: Callable[[Tx, int, int], Awaitable[tuple[list[tuple[X, str]], int]]],
+    view: Callable[[X, str], dict[str, Any]],
+) -> dict[str, Any]:
+    """A page of relays or vrouters: rows lists them with their region's name, view shows one."""
+    limit, offset = c.page
+    async with c.ctx.tx() as s:
+        found, total = await rows(s, limit, offset)
+    return page([view(x, region) for x, region in found], total, limit, offset)
 
 
 def duration(field: str, text: str | None) -> dt.timedelta | None:

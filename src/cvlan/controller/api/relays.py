@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
-from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, page, route
+from cvlan.controller.api.common import daemon_created, daemon_page
+from cvlan.controller.http.framework import Body, Call, route
 from cvlan.controller.ops import infra
 
 
@@ -29,16 +30,12 @@ async def create_relay(c: Call) -> dict[str, Any]:
     b: RelayCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_relay(c.ctx, s, c.who, b.region, b.name, b.url, b.stun)
-    cmd = infra.start_command("cvlan-relay", c.ctx.settings.url, text, c.request.app[CA_PIN_KEY])
-    return {**infra.relay_view(x, b.region), "token": text, "command": cmd}
+    return daemon_created(c, "cvlan-relay", infra.relay_view(x, b.region), text)
 
 
 @route("GET", "/api/v1/relays", summary="List relays", tag="infra", paginated=True)
 async def list_relays(c: Call) -> dict[str, Any]:
-    limit, offset = c.page
-    async with c.ctx.tx() as s:
-        rows, total = await infra.list_relays(s, limit, offset)
-    return page([infra.relay_view(x, n) for x, n in rows], total, limit, offset)
+    return await daemon_page(c, infra.list_relays, infra.relay_view)
 
 
 @route("DELETE", "/api/v1/relays/{relay}", summary="Delete a relay", tag="infra", status=204)

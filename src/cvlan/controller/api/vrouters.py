@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import Field
 
-from cvlan.controller.api.common import tenant_route
+from cvlan.controller.api.common import daemon_created, daemon_page, tenant_route
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, page, route
+from cvlan.controller.http.framework import Body, Call, route
 from cvlan.controller.ops import infra, vrouters
 from cvlan.controller.ops.context import Tx
 
@@ -39,16 +39,12 @@ async def create_vrouter(c: Call) -> dict[str, Any]:
     b: VrouterCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_vrouter(c.ctx, s, c.who, b.region, b.name, b.endpoint)
-    cmd = infra.start_command("cvlan-vrouter", c.ctx.settings.url, text, c.request.app[CA_PIN_KEY])
-    return {**infra.vrouter_view(x, b.region), "token": text, "command": cmd}
+    return daemon_created(c, "cvlan-vrouter", infra.vrouter_view(x, b.region), text)
 
 
 @route("GET", "/api/v1/vrouters", summary="List vrouters", tag="infra", paginated=True)
 async def list_vrouters(c: Call) -> dict[str, Any]:
-    limit, offset = c.page
-    async with c.ctx.tx() as s:
-        rows, total = await infra.list_vrouters(s, limit, offset)
-    return page([infra.vrouter_view(x, n) for x, n in rows], total, limit, offset)
+    return await daemon_page(c, infra.list_vrouters, infra.vrouter_view)
 
 
 @route("DELETE", "/api/v1/vrouters/{vrouter}", summary="Delete a vrouter", tag="infra", status=204)
