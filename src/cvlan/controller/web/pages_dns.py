@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import dns
+from cvlan.controller.ops.context import Tx
 from cvlan.controller.web.core import Form, Page, page
 from cvlan.wire.dnsnames import RECORD_TYPES
 
@@ -45,25 +48,42 @@ def _ttl(text: str) -> int:
         ) from None
 
 
-@page(tenant=True)
-async def record_add(p: Page) -> web.StreamResponse:
+async def _submit(
+    p: Page,
+    f: Form,
+    form: str,
+    fields: tuple[str, ...],
+    aliases: dict[str, str],
+    change: Callable[[Tx], Awaitable[str]],
+) -> web.StreamResponse:
+    """Make the change a DNS form asks for in one transaction and go back to the DNS page with the
+    change's message; a refusal shows the page again (422) with the form (form) and its fields marked."""
     assert p.tenant is not None
     ref = p.request.match_info["cvlan"]
-    f = await p.form()
     try:
         async with p.ctx.tx() as s:
-            ttl = _ttl(f.get("ttl"))
-            r = await dns.add_record(
-                p.ctx, s, p.who, p.tenant, ref, f.get("name"), f.get("type"), f.get("value"), ttl
-            )
+            done = await change(s)
     except DomainError as e:
         if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
             raise
-        f.fail(e, RECORD_FIELDS, {"record": "value"})
-        return await _dns_page(p, ref, record_form=f, status=422)
-    return p.redirect(
-        p.url(f"cvlans/{ref}/dns"), f"Record {r.name} {r.rtype} added; nodes get it with their next map."
-    )
+        f.fail(e, fields, aliases)
+        return await _dns_page(p, ref, **{form: f}, status=422)
+    return p.redirect(p.url(f"cvlans/{ref}/dns"), done)
+
+
+@page(tenant=True)
+async def record_add(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
+
+    async def add(s: Tx) -> str:
+        ttl = _ttl(f.get("ttl"))
+        r = await dns.add_record(
+            p.ctx, s, p.who, tenant, ref, f.get("name"), f.get("type"), f.get("value"), ttl
+        )
+        return f"Record {r.name} {r.rtype} added; nodes get it with their next map."
+
+    return await _submit(p, f, "record_form", RECORD_FIELDS, {"record": "value"}, add)
 
 
 @page(tenant=True)
@@ -83,20 +103,14 @@ async def record_delete(p: Page) -> web.StreamResponse:
 @page(tenant=True)
 async def forward_set(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
-    ref = p.request.match_info["cvlan"]
-    f = await p.form()
+    tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
     servers = f.get("servers").replace(",", " ").split()
-    try:
-        async with p.ctx.tx() as s:
-            fw = await dns.set_forwarder(p.ctx, s, p.who, p.tenant, ref, f.get("domain"), servers)
-    except DomainError as e:
-        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
-            raise
-        f.fail(e, FORWARD_FIELDS, {"server": "servers"})
-        return await _dns_page(p, ref, forward_form=f, status=422)
-    return p.redirect(
-        p.url(f"cvlans/{ref}/dns"), f"Queries for {fw.domain} now go to {', '.join(fw.servers)}."
-    )
+
+    async def set_forwarder(s: Tx) -> str:
+        fw = await dns.set_forwarder(p.ctx, s, p.who, tenant, ref, f.get("domain"), servers)
+        return f"Queries for {fw.domain} now go to {', '.join(fw.servers)}."
+
+    return await _submit(p, f, "forward_form", FORWARD_FIELDS, {"server": "servers"}, set_forwarder)
 
 
 @page(tenant=True)
