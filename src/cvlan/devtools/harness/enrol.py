@@ -75,6 +75,15 @@ def _expect_ok(answer: Answer, path: str) -> Any:
     return body
 
 
+def _answer(plan: Generator[Request, Answer, dict[str, Any]], answer: Answer) -> Request | dict[str, Any]:
+    """Send the plan of token_requests an answer: its next request, or the token's JSON at the end."""
+    try:
+        return plan.send(answer)
+    except StopIteration as done:
+        result: dict[str, Any] = done.value
+        return result
+
+
 async def make_token(
     call: Callable[[str, str, dict[str, Any] | None], Awaitable[Answer]],
     tenant: str = "acme",
@@ -84,14 +93,10 @@ async def make_token(
 ) -> dict[str, Any]:
     """token_requests through an async call(method, path, body) -> (status, body)."""
     plan = token_requests(tenant, cvlan, cvlan_fields, **token)
-    request = next(plan)
-    while True:
-        answer = await call(*request)
-        try:
-            request = plan.send(answer)
-        except StopIteration as done:
-            result: dict[str, Any] = done.value
-            return result
+    step: Request | dict[str, Any] = next(plan)
+    while isinstance(step, tuple):
+        step = _answer(plan, await call(*step))
+    return step
 
 
 def make_token_sync(
@@ -103,14 +108,10 @@ def make_token_sync(
 ) -> dict[str, Any]:
     """token_requests through a blocking call(method, path, body) -> (status, body)."""
     plan = token_requests(tenant, cvlan, cvlan_fields, **token)
-    request = next(plan)
-    while True:
-        answer = call(*request)
-        try:
-            request = plan.send(answer)
-        except StopIteration as done:
-            result: dict[str, Any] = done.value
-            return result
+    step: Request | dict[str, Any] = next(plan)
+    while isinstance(step, tuple):
+        step = _answer(plan, call(*step))
+    return step
 
 
 @dataclass
