@@ -58,6 +58,18 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class CvlanRow:
+    """The first columns of a row that belongs to one CVLAN of one tenant: its id, the tenant and the
+    CVLAN (deleting either deletes the row). Rows that index cvlan_id or key on it declare their own.
+    sort_order keeps these the table's first columns, as the migrations made them."""
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, sort_order=-1)
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, sort_order=-1
+    )
+    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), sort_order=-1)
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
@@ -167,14 +179,11 @@ class Cvlan(Base):
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
-class IpAllocation(Base):
+class IpAllocation(CvlanRow, Base):
     """One address of a CVLAN, held by a node or quarantined after release."""
 
     __tablename__ = "ip_allocations"
     __table_args__ = (UniqueConstraint("cvlan_id", "address"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     address: Mapped[int] = mapped_column(BigInteger)
     holder: Mapped[str] = mapped_column(String(100), default="")
     allocated_at: Mapped[dt.datetime] = mapped_column(TS)
@@ -200,12 +209,9 @@ class EnrollmentToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
 
 
-class Node(Base):
+class Node(CvlanRow, Base):
     __tablename__ = "nodes"
     __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_nodes_cvlan", "cvlan_id"))
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(63))
     wg_public_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     address: Mapped[str] = mapped_column(String(43))
@@ -321,14 +327,11 @@ class KeyValue(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class DnsRecord(Base):
+class DnsRecord(CvlanRow, Base):
     """A tenant-defined record in a CVLAN's zone (docs/DNS.md)."""
 
     __tablename__ = "dns_records"
     __table_args__ = (UniqueConstraint("cvlan_id", "name", "rtype", "value"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(160))
     rtype: Mapped[str] = mapped_column(String(10))
     value: Mapped[str] = mapped_column(String(600))
@@ -336,29 +339,23 @@ class DnsRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
-class DnsForwarder(Base):
+class DnsForwarder(CvlanRow, Base):
     """Queries for domain (and below) from a CVLAN's nodes go to servers (split DNS, docs/DNS.md)."""
 
     __tablename__ = "dns_forwarders"
     __table_args__ = (UniqueConstraint("cvlan_id", "domain"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     domain: Mapped[str] = mapped_column(String(200))
     servers: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
-class NodeRoute(Base):
+class NodeRoute(CvlanRow, Base):
     """A subnet route a node advertises (or its exit-node offer, prefix 0.0.0.0/0), and whether a
     tenant admin or an auto-approval rule approved it. Kept when the node stops advertising it, so
     advertising it again needs no new approval."""
 
     __tablename__ = "node_routes"
     __table_args__ = (UniqueConstraint("node_id", "prefix"), Index("ix_node_routes_cvlan", "cvlan_id"))
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     prefix: Mapped[str] = mapped_column(String(43))
     advertised: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -369,14 +366,11 @@ class NodeRoute(Base):
     approved_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
 
 
-class RouteRule(Base):
+class RouteRule(CvlanRow, Base):
     """An auto-approval rule of a CVLAN (controller/subnetroutes.py AutoRule)."""
 
     __tablename__ = "route_rules"
     __table_args__ = (UniqueConstraint("cvlan_id", "kind", "prefix", "tag"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(10))
     prefix: Mapped[str] = mapped_column(String(43), default="")
     tag: Mapped[str] = mapped_column(String(63), default="")
