@@ -17,8 +17,9 @@ from sqlalchemy.orm import QueryableAttribute
 
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.numbers import parse_uint
-from cvlan.controller.auth import Principal
-from cvlan.controller.db.models import Cvlan, Node, Tenant
+from cvlan.controller import audit
+from cvlan.controller.auth import Level, Principal
+from cvlan.controller.db.models import ApiToken, Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
@@ -132,6 +133,34 @@ async def resolve_cvlan(
     if cvlan is None:
         raise DomainError(Kind.NOT_FOUND, f"CVLAN {s!r} not found")
     return cvlan
+
+
+Credential = TypeVar("Credential", EnrollmentToken, ApiToken)
+
+
+async def revoke_credential(
+    ctx: OpsContext,
+    s: AsyncSession,
+    who: Principal,
+    tenant: Tenant,
+    model: type[Credential],
+    ref: str,
+    level: Level,
+    what: str,
+    action: str,
+) -> Credential:
+    """Revoke a tenant's token (model: enrollment or API token) by id or prefix, as a caller at level
+    may; what names it in messages, action in the audit log. Revoking it again changes nothing."""
+    who.require(tenant.id, level, f"revoke {what}")
+    stmt = select(model).where(model.tenant_id == tenant.id)
+    tok: Credential | None = await s.scalar(where_ref(stmt, ref, model.id, model.prefix == ref))
+    if tok is None:
+        raise DomainError(Kind.NOT_FOUND, f"{what} {ref!r} not found")
+    if tok.revoked_at is None:
+        tok.revoked_at = ctx.now()
+        target = model.__tablename__.removesuffix("s")
+        audit.record(s, who, action, target, tok.id, tenant_id=tenant.id, after={"prefix": tok.prefix})
+    return tok
 
 
 def bump(session: AsyncSession, cvlan: Cvlan) -> None:

@@ -12,7 +12,14 @@ from cvlan.controller import audit, credentials, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
+from cvlan.controller.ops.context import (
+    OpsContext,
+    bump,
+    check_name,
+    count_change,
+    resolve_cvlan,
+    revoke_credential,
+)
 
 MODES = ("mesh", "hub")
 ENROLL_KIND = "cvet"
@@ -262,18 +269,9 @@ async def list_tokens(
 async def revoke_token(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str
 ) -> EnrollmentToken:
-    who.require(tenant.id, Level.OPERATE, "revoke enrollment token")
-    stmt = select(EnrollmentToken).where(EnrollmentToken.tenant_id == tenant.id)
-    stmt = where_ref(stmt, ref, EnrollmentToken.id, EnrollmentToken.prefix == ref)
-    t = await s.scalar(stmt)
-    if t is None:
-        raise DomainError(Kind.NOT_FOUND, f"enrollment token {ref!r} not found")
-    if t.revoked_at is None:
-        t.revoked_at = ctx.now()
-        audit.record(
-            s, who, "token.revoke", "enrollment_token", t.id, tenant_id=tenant.id, after={"prefix": t.prefix}
-        )
-    return t
+    return await revoke_credential(
+        ctx, s, who, tenant, EnrollmentToken, ref, Level.OPERATE, "enrollment token", "token.revoke"
+    )
 
 
 async def consume_token(ctx: OpsContext, s: AsyncSession, text: str) -> EnrollmentToken:
