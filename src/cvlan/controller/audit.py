@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-from typing import Any
+from collections.abc import Mapping
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,8 +23,8 @@ def record(
     target_id: object,
     *,
     tenant_id: int | None,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
+    before: Mapping[str, object] | None = None,
+    after: Mapping[str, object] | None = None,
     now: dt.datetime | None = None,
 ) -> None:
     """Add an audit row to the session; it commits or rolls back with the change itself."""
@@ -35,8 +35,8 @@ def record(
             action=action,
             target_type=target_type,
             target_id=str(target_id),
-            before=before,
-            after=after,
+            before=None if before is None else dict(before),
+            after=None if after is None else dict(after),
             request_id=request_id_var.get(),
             created_at=now or dt.datetime.now(dt.UTC),
         )

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 from cvlan.common.durations import parse_duration
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.http.framework import CA_PIN_KEY, Call, Handler, page, route
+from cvlan.controller.http.framework import CA_PIN_KEY, Call, Handler, Page, page, route
 from cvlan.controller.ops import infra
 from cvlan.controller.ops.context import Tx, resolve_tenant
+from cvlan.controller.ops.views import DaemonCreated
 
 T = "/api/v1/tenants/{tenant}"
 """The prefix of every tenant-scoped route."""
@@ -43,20 +44,21 @@ def tenant_route(method: str, sub: str, **kw: Any) -> Callable[[TenantHandler], 
 
 
 X = TypeVar("X")
+V = TypeVar("V")
 
 
-def daemon_created(c: Call, program: str, view: dict[str, Any], token: str) -> dict[str, Any]:
-    """The answer to registering a relay or vrouter: its view, the bootstrap token (shown once) and
-    the command that starts the daemon (program) with it."""
+def daemon_created(c: Call, program: str, token: str) -> DaemonCreated:
+    """What registering a relay or vrouter answers besides its view: the bootstrap token (shown once)
+    and the command that starts the daemon (program) with it."""
     cmd = infra.start_command(program, c.ctx.settings.url, token, c.request.app[CA_PIN_KEY])
-    return {**view, "token": token, "command": cmd}
+    return {"token": token, "command": cmd}
 
 
 async def daemon_page(
     c: Call,
     rows: Callable[[Tx, int, int], Awaitable[tuple[list[tuple[X, str]], int]]],
-    view: Callable[[X, str], dict[str, Any]],
-) -> dict[str, Any]:
+    view: Callable[[X, str], V],
+) -> Page[V]:
     """A page of relays or vrouters: rows lists them with their region's name, view shows one."""
     limit, offset = c.page
     async with c.ctx.tx() as s:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.controller.api.common import daemon_created, daemon_page
-from cvlan.controller.http.framework import Body, Call, route
+from cvlan.controller.http.framework import Body, Call, Page, route
 from cvlan.controller.ops import infra
+from cvlan.controller.ops.views import RelayCreated, RelayView
 
 
 class RelayCreate(Body):
@@ -26,15 +25,15 @@ class RelayCreate(Body):
     body=RelayCreate,
     status=201,
 )
-async def create_relay(c: Call) -> dict[str, Any]:
+async def create_relay(c: Call) -> RelayCreated:
     b: RelayCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_relay(c.ctx, s, c.who, b.region, b.name, b.url, b.stun)
-    return daemon_created(c, "cvlan-relay", infra.relay_view(x, b.region), text)
+    return {**infra.relay_view(x, b.region), **daemon_created(c, "cvlan-relay", text)}
 
 
 @route("GET", "/api/v1/relays", summary="List relays", tag="infra", paginated=True)
-async def list_relays(c: Call) -> dict[str, Any]:
+async def list_relays(c: Call) -> Page[RelayView]:
     return await daemon_page(c, infra.list_relays, infra.relay_view)
 
 

@@ -9,9 +9,10 @@ from pydantic import Field
 
 from cvlan.controller.api.common import daemon_created, daemon_page, tenant_route
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import Body, Call, route
+from cvlan.controller.http.framework import Body, Call, Page, route
 from cvlan.controller.ops import infra, vrouters
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import VrouterCreated, VrouterView
 
 ATTACHED = "/cvlans/{cvlan}/vrouters"
 
@@ -35,15 +36,15 @@ class VrouterAttach(Body):
     body=VrouterCreate,
     status=201,
 )
-async def create_vrouter(c: Call) -> dict[str, Any]:
+async def create_vrouter(c: Call) -> VrouterCreated:
     b: VrouterCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_vrouter(c.ctx, s, c.who, b.region, b.name, b.endpoint)
-    return daemon_created(c, "cvlan-vrouter", infra.vrouter_view(x, b.region), text)
+    return {**infra.vrouter_view(x, b.region), **daemon_created(c, "cvlan-vrouter", text)}
 
 
 @route("GET", "/api/v1/vrouters", summary="List vrouters", tag="infra", paginated=True)
-async def list_vrouters(c: Call) -> dict[str, Any]:
+async def list_vrouters(c: Call) -> Page[VrouterView]:
     return await daemon_page(c, infra.list_vrouters, infra.vrouter_view)
 
 

@@ -20,14 +20,15 @@ from cvlan.controller.ops.context import (
     resolve_cvlan,
     revoke_credential,
 )
+from cvlan.controller.ops.views import CvlanView, EnrollmentTokenView
 
 MODES = ("mesh", "hub")
 ENROLL_KIND = "cvet"
 MAX_TAGS = 32
 
 
-def view(c: Cvlan, nodes: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def view(c: Cvlan, nodes: int | None = None) -> CvlanView:
+    out: CvlanView = {
         "id": c.id,
         "tenant_id": c.tenant_id,
         "name": c.name,
@@ -164,7 +165,7 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
 # --- enrollment tokens ------------------------------------------------------------------
 
 
-def token_view(t: EnrollmentToken, cvlan_name: str = "") -> dict[str, Any]:
+def token_view(t: EnrollmentToken, cvlan_name: str = "") -> EnrollmentTokenView:
     return {
         "id": t.id,
         "prefix": t.prefix,

@@ -14,6 +14,7 @@ from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, DnsForwarder, DnsRecord, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan
+from cvlan.controller.ops.views import DnsForwarderView, DnsRecordView
 from cvlan.wire import dnsnames
 from cvlan.wire.dnsnames import DnsNameError
 
@@ -26,11 +27,11 @@ def zone_of(ctx: OpsContext, c: Cvlan, tenant_name: str) -> str:
     return dnsnames.zone(c.name, tenant_name, ctx.settings.dns_domain)
 
 
-def record_view(r: DnsRecord) -> dict[str, Any]:
+def record_view(r: DnsRecord) -> DnsRecordView:
     return {"id": r.id, "name": r.name, "type": r.rtype, "value": r.value, "ttl": r.ttl}
 
 
-def forwarder_view(f: DnsForwarder) -> dict[str, Any]:
+def forwarder_view(f: DnsForwarder) -> DnsForwarderView:
     return {"id": f.id, "domain": f.domain, "servers": list(f.servers)}
 
 

@@ -16,6 +16,7 @@ from cvlan.controller.db.models import Cvlan, Node, NodeRoute, Relay, RouteRule,
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import nodes as node_ops
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
+from cvlan.controller.ops.views import RouteRuleView
 from cvlan.controller.subnetroutes import (
     Advertiser,
     Approved,
@@ -217,11 +218,11 @@ async def _approved_in(s: AsyncSession, cvlan_id: int) -> list[Approved]:
     return [Approved(name, prefix) for name, prefix in rows.all()]
 
 
-def rule_view(r: RouteRule) -> dict[str, Any]:
+def rule_view(r: RouteRule) -> RouteRuleView:
     return {"id": r.id, "kind": r.kind, "prefix": r.prefix, "tag": r.tag}
 
 
-async def list_rules(s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> list[dict[str, Any]]:
+async def list_rules(s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> list[RouteRuleView]:
     who.require(tenant.id, Level.READ, "list route rules")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref)
     rows = await s.scalars(select(RouteRule).where(RouteRule.cvlan_id == c.id).order_by(RouteRule.id))

@@ -11,9 +11,10 @@ from cvlan.controller.db.models import Cvlan, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, check_name, count_change, resolve_tenant
 from cvlan.controller.ops.nodes import MAX_CERT_LIFETIME_S, MIN_CERT_LIFETIME_S
+from cvlan.controller.ops.views import TenantView
 
 
-def view(t: Tenant) -> dict[str, object]:
+def view(t: Tenant) -> TenantView:
     return {
         "id": t.id,
         "name": t.name,

@@ -14,6 +14,7 @@ from cvlan.controller.db import queries
 from cvlan.controller.db.models import ApiToken, Membership, Tenant, User
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, revoke_credential, where_ref
+from cvlan.controller.ops.views import ApiTokenView, UserView
 
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}")
 API_TOKEN_KIND = "cvat"
@@ -34,7 +35,7 @@ def check_password(pw: str) -> str:
     return pw
 
 
-def user_view(u: User, role: str | None = None) -> dict[str, object]:
+def user_view(u: User, role: str | None = None) -> UserView:
     return {
         "id": u.id,
         "email": u.email,
@@ -129,7 +130,7 @@ async def create_platform_admin(ctx: OpsContext, s: AsyncSession, email: str, pa
     return user
 
 
-def token_view(t: ApiToken) -> dict[str, object]:
+def token_view(t: ApiToken) -> ApiTokenView:
     return {
         "id": t.id,
         "prefix": t.prefix,

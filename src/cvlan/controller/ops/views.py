@@ -1,0 +1,205 @@
+"""The JSON objects the management API answers with, one TypedDict a resource: what a reader of the
+API (docs/API.md) finds in each answer, and what the type checker holds the views in ops to. Times
+are UTC datetimes (ISO 8601 with Z on the wire), keys and digests bytes (hex on the wire)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NotRequired, TypedDict
+
+__all__ = [
+    "ApiTokenCreated",
+    "ApiTokenView",
+    "AttachmentView",
+    "AuditView",
+    "CvlanView",
+    "DaemonCreated",
+    "DnsForwarderView",
+    "DnsRecordView",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenView",
+    "RegionView",
+    "RelayCreated",
+    "RelayView",
+    "RouteRuleView",
+    "TenantView",
+    "UserCreated",
+    "UserView",
+    "VrouterCreated",
+    "VrouterView",
+]
+
+
+class TenantView(TypedDict):
+    id: int
+    name: str
+    display_name: str
+    node_cert_lifetime_s: int | None
+    """Lifetime of the tenant's node certificates; None: the controller's setting."""
+    created_at: dt.datetime
+
+
+class CvlanView(TypedDict):
+    id: int
+    tenant_id: int
+    name: str
+    subnet: str
+    mode: str
+    """mesh or hub."""
+    version: int
+    """The CVLAN's map version: it grows with every change its nodes must learn."""
+    created_at: dt.datetime
+    nodes: NotRequired[int]
+    """How many nodes it has (in listings)."""
+
+
+class EnrollmentTokenView(TypedDict):
+    id: int
+    prefix: str
+    """The token's public part: its name in listings and in revocation."""
+    cvlan_id: int
+    cvlan: str
+    reusable: bool
+    max_uses: int | None
+    uses: int
+    tags: list[str]
+    ephemeral: bool
+    created_by: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class EnrollmentTokenCreated(EnrollmentTokenView):
+    token: str
+    """The whole token, shown once."""
+    join_steps: list[str]
+    """What to run on a fresh machine to put it on the CVLAN."""
+    join_command: str
+
+
+class UserView(TypedDict):
+    id: int
+    email: str
+    role: str | None
+    """The user's role in the tenant asked about (None: none, or a platform listing)."""
+    platform_admin: bool
+    created_at: dt.datetime
+
+
+class UserCreated(UserView):
+    password: NotRequired[str]
+    """The generated password, shown once (when none was given)."""
+
+
+class ApiTokenView(TypedDict):
+    id: int
+    prefix: str
+    name: str
+    tenant_id: int | None
+    """None: a platform token."""
+    role: str
+    created_by: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+
+class RegionView(TypedDict):
+    id: int
+    name: str
+    created_at: dt.datetime
+
+
+class RelayView(TypedDict):
+    id: int
+    name: str
+    region: str
+    url: str
+    """Where nodes reach the relay (https://)."""
+    stun: str
+    """HOST:PORT of its STUN responder, or empty."""
+    last_seen: dt.datetime | None
+    created_at: dt.datetime
+
+
+class VrouterView(TypedDict):
+    id: int
+    name: str
+    region: str
+    endpoint: str
+    """HOST:PORT of its WireGuard hub."""
+    wg_public_key: str | None
+    """Hex; None until the vrouter has registered."""
+    last_seen: dt.datetime | None
+    created_at: dt.datetime
+
+
+class DaemonCreated(TypedDict):
+    """What registering a relay or vrouter answers besides its view."""
+
+    token: str
+    """The bootstrap token, shown once."""
+    command: str
+    """The command that starts the daemon with it."""
+
+
+class ApiTokenCreated(ApiTokenView):
+    token: str
+    """The whole token, shown once."""
+
+
+class RelayCreated(RelayView, DaemonCreated):
+    pass
+
+
+class VrouterCreated(VrouterView, DaemonCreated):
+    pass
+
+
+class AttachmentView(TypedDict):
+    """A vrouter serving a CVLAN."""
+
+    vrouter: str
+    vrouter_id: int
+    region: str
+    cvlan: str
+    endpoint: str
+    registered: bool
+    last_seen: dt.datetime | None
+
+
+class DnsRecordView(TypedDict):
+    id: int
+    name: str
+    type: str
+    value: str
+    ttl: int
+    """Seconds; 0: the zone's default."""
+
+
+class DnsForwarderView(TypedDict):
+    id: int
+    domain: str
+    servers: list[str]
+
+
+class RouteRuleView(TypedDict):
+    id: int
+    kind: str
+    prefix: str
+    tag: str
+
+
+class AuditView(TypedDict):
+    id: int
+    tenant_id: int | None
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str
+    created_at: dt.datetime
