@@ -6,6 +6,7 @@ __all__ = [
     "endpoint",
     "healthprobe",
     "httphead",
+    "ids",
     "ipc",
     "keys",
     "nodeproto",

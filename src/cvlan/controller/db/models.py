@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from cvlan.wire.ids import CvlanId, NodeId, TenantId
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -64,15 +66,15 @@ class CvlanRow:
     sort_order keeps these the table's first columns, as the migrations made them."""
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, sort_order=-1)
-    tenant_id: Mapped[int] = mapped_column(
+    tenant_id: Mapped[TenantId] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True, sort_order=-1
     )
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), sort_order=-1)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), sort_order=-1)
 
 
 class Tenant(Base):
     __tablename__ = "tenants"
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    id: Mapped[TenantId] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     node_cert_lifetime_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -98,7 +100,9 @@ class User(Base):
 class Membership(Base):
     __tablename__ = "memberships"
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
     role: Mapped[str] = mapped_column(String(20))
     via_oidc: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """Granted by a group mapping at an OIDC sign-in (and taken back at the next one without it)."""
@@ -108,7 +112,7 @@ class Membership(Base):
 class ApiToken(Base):
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int | None] = mapped_column(
+    tenant_id: Mapped[TenantId | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
     )
     role: Mapped[str] = mapped_column(String(20))
@@ -147,7 +151,7 @@ class OidcGroupRole(Base):
     __tablename__ = "oidc_group_roles"
     __table_args__ = (UniqueConstraint("tenant_id", "provider", "group_name"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(63))
     group_name: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
@@ -168,8 +172,8 @@ class OidcPending(Base):
 class Cvlan(Base):
     __tablename__ = "cvlans"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    id: Mapped[CvlanId] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(63))
     subnet: Mapped[str] = mapped_column(String(43))
     net_start: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -193,8 +197,8 @@ class IpAllocation(CvlanRow, Base):
 class EnrollmentToken(Base):
     __tablename__ = "enrollment_tokens"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     reusable: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -212,6 +216,7 @@ class EnrollmentToken(Base):
 class Node(CvlanRow, Base):
     __tablename__ = "nodes"
     __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_nodes_cvlan", "cvlan_id"))
+    id: Mapped[NodeId] = mapped_column(ID, primary_key=True, sort_order=-1)
     name: Mapped[str] = mapped_column(String(63))
     wg_public_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     address: Mapped[str] = mapped_column(String(43))
@@ -271,14 +276,14 @@ class VrouterCvlan(Base):
 
     __tablename__ = "vrouter_cvlans"
     vrouter_id: Mapped[int] = mapped_column(ForeignKey("vrouters.id", ondelete="CASCADE"), primary_key=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
 
 
 class Policy(Base):
     __tablename__ = "policies"
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     content_hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[dt.datetime] = mapped_column(TS)
@@ -290,7 +295,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_tenant_time", "tenant_id", "created_at"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tenant_id: Mapped[TenantId | None] = mapped_column(BigInteger, nullable=True)
     actor: Mapped[str] = mapped_column(String(300))
     action: Mapped[str] = mapped_column(String(100))
     target_type: Mapped[str] = mapped_column(String(50))
@@ -307,8 +312,8 @@ class DeniedFlow(Base):
     __tablename__ = "denied_flows"
     __table_args__ = (Index("ix_denied_tenant_time", "tenant_id", "last_seen"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     reporter: Mapped[str] = mapped_column(String(100))
     src: Mapped[str] = mapped_column(String(45))
     dst: Mapped[str] = mapped_column(String(45))
@@ -356,7 +361,7 @@ class NodeRoute(CvlanRow, Base):
 
     __tablename__ = "node_routes"
     __table_args__ = (UniqueConstraint("node_id", "prefix"), Index("ix_node_routes_cvlan", "cvlan_id"))
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    node_id: Mapped[NodeId] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     prefix: Mapped[str] = mapped_column(String(43))
     advertised: Mapped[bool] = mapped_column(Boolean, default=True)
     approved: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -49,6 +49,7 @@ from cvlan.controller.infraapi.common import In, ca_handler, caller, issue_infra
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
 from cvlan.controller.ops import infra
 from cvlan.controller.ops.context import OpsContext, bump
+from cvlan.wire.ids import CvlanId
 from cvlan.wire.pb import node_pb2 as pb
 
 VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
@@ -149,12 +150,12 @@ class VrouterApi:
         out = {"unchanged": False, "version": version, "state": state, "poll_interval_s": POLL_INTERVAL_S}
         return web.json_response(out)
 
-    async def desired(self, vid: int) -> tuple[dict[str, Any], list[int]]:
+    async def desired(self, vid: int) -> tuple[dict[str, Any], list[CvlanId]]:
         """The vrouter's desired state and the ids of the CVLANs it serves."""
         me, maps, cids = await self.current(vid)
         return build_state(me, maps), cids
 
-    async def current(self, vid: int) -> tuple[dict[str, Any], list[CvlanMap], list[int]]:
+    async def current(self, vid: int) -> tuple[dict[str, Any], list[CvlanMap], list[CvlanId]]:
         """The vrouter's own record, the current maps of the CVLANs it serves, and their ids."""
         async with self.ctx.tx() as s:
             row = await infra.vrouter_with_region(s, vid)

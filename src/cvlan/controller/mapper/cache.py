@@ -349,7 +349,7 @@ class Mapper:
         self.loads += 1
         now = self.ctx.now()
         offline = self.ctx.settings.offline_after_s
-        members = {
+        members: dict[int, Member] = {
             n.id: Member(
                 node_id=n.id,
                 tenant_id=n.tenant_id,

@@ -35,6 +35,7 @@ from cvlan.controller.ops import nodes, reauth, registration, subnets
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
+from cvlan.wire.ids import CvlanId
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class NodeApi:
         if flows:
             async with self.ctx.tx() as s:
                 accepted = await registration.report_denied(
-                    self.ctx, s, self.caller(ident), m.cvlan_id, flows
+                    self.ctx, s, self.caller(ident), CvlanId(m.cvlan_id), flows
                 )
         return pb.ReportResponse(accepted=accepted)
 

@@ -23,6 +23,7 @@ from cvlan.controller.db.models import ApiToken, Cvlan, EnrollmentToken, Node, T
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
+from cvlan.wire.ids import TenantId
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 """A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
@@ -124,7 +125,7 @@ async def resolve_tenant(session: AsyncSession, who: Principal, ref: str | int) 
 
 
 async def resolve_cvlan(
-    session: AsyncSession, tenant_id: int, ref: str | int, *, lock: bool = False
+    session: AsyncSession, tenant_id: TenantId, ref: str | int, *, lock: bool = False
 ) -> Cvlan:
     s = str(ref)
     stmt = select(Cvlan).where(Cvlan.tenant_id == tenant_id)

@@ -28,6 +28,7 @@ from cvlan.controller.subnetroutes import (
     refusal,
 )
 from cvlan.wire.endpoint import split_hostport
+from cvlan.wire.ids import CvlanId
 from cvlan.wire.routes import EXIT_ROUTE, RouteError, parse_routes
 
 NODE_ACTOR = "node:{}"
@@ -53,7 +54,7 @@ def _host(url: str) -> str:
         return ""
 
 
-async def _rules(s: AsyncSession, cvlan_id: int) -> list[AutoRule]:
+async def _rules(s: AsyncSession, cvlan_id: CvlanId) -> list[AutoRule]:
     rows = await s.scalars(select(RouteRule).where(RouteRule.cvlan_id == cvlan_id).order_by(RouteRule.id))
     return [AutoRule(r.kind, r.prefix, r.tag) for r in rows]
 
@@ -209,7 +210,7 @@ async def set_approval(
     return [r.prefix for r in todo]
 
 
-async def _approved_in(s: AsyncSession, cvlan_id: int) -> list[Approved]:
+async def _approved_in(s: AsyncSession, cvlan_id: CvlanId) -> list[Approved]:
     rows = await s.execute(
         select(Node.name, NodeRoute.prefix)
         .join(Node, Node.id == NodeRoute.node_id)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NotRequired, TypedDict
 
+from cvlan.wire.ids import CvlanId, TenantId
+
 __all__ = [
     "ApiTokenCreated",
     "ApiTokenView",
@@ -41,7 +43,7 @@ class TenantView(TypedDict):
 
 class CvlanView(TypedDict):
     id: int
-    tenant_id: int
+    tenant_id: TenantId
     name: str
     subnet: str
     mode: str
@@ -57,7 +59,7 @@ class EnrollmentTokenView(TypedDict):
     id: int
     prefix: str
     """The token's public part: its name in listings and in revocation."""
-    cvlan_id: int
+    cvlan_id: CvlanId
     cvlan: str
     reusable: bool
     max_uses: int | None
@@ -96,7 +98,7 @@ class ApiTokenView(TypedDict):
     id: int
     prefix: str
     name: str
-    tenant_id: int | None
+    tenant_id: TenantId | None
     """None: a platform token."""
     role: str
     created_by: str
@@ -194,7 +196,7 @@ class RouteRuleView(TypedDict):
 
 class AuditView(TypedDict):
     id: int
-    tenant_id: int | None
+    tenant_id: TenantId | None
     actor: str
     action: str
     target_type: str
