@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.common.numbers import parse_uint
@@ -13,7 +11,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import Body, Call
 from cvlan.controller.ops import dns
 from cvlan.controller.ops.context import Tx
-from cvlan.controller.ops.views import DnsForwarderView, DnsRecordView
+from cvlan.controller.ops.views import DnsForwarderView, DnsRecordView, DnsView
 from cvlan.wire.dnsnames import MAX_TTL
 
 D = "/cvlans/{cvlan}/dns"
@@ -33,7 +31,7 @@ class ForwarderSet(Body):
 
 
 @tenant_route("GET", D, summary="Show a CVLAN's DNS zone, records and forwarders", tag="dns")
-async def show_dns(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def show_dns(c: Call, s: Tx, t: Tenant) -> DnsView:
     return await dns.show(c.ctx, s, c.who, t, c.params["cvlan"])
 
 

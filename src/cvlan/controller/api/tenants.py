@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.controller.api.common import T, duration, tenant_route
@@ -11,11 +9,11 @@ from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import Body, Call, Page, page, route
 from cvlan.controller.ops import tenants
 from cvlan.controller.ops.context import Tx
-from cvlan.controller.ops.views import TenantView
+from cvlan.controller.ops.views import TenantShown, TenantView, WhoAmI
 
 
 @route("GET", "/api/v1/whoami", summary="The caller and its roles", tag="auth")
-async def whoami(c: Call) -> dict[str, Any]:
+async def whoami(c: Call) -> WhoAmI:
     return {
         "actor": c.who.actor,
         "platform_admin": c.who.platform_admin,
@@ -50,7 +48,7 @@ async def list_tenants(c: Call) -> Page[TenantView]:
 
 
 @tenant_route("GET", "", summary="Show a tenant", tag="tenants")
-async def show_tenant(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def show_tenant(c: Call, s: Tx, t: Tenant) -> TenantShown:
     return {**tenants.view(t), **await tenants.counts(s, t.id)}
 
 

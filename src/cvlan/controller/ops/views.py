@@ -16,19 +16,26 @@ __all__ = [
     "AuditView",
     "CvlanView",
     "DaemonCreated",
+    "DeniedFlowView",
     "DnsForwarderView",
     "DnsRecordView",
+    "DnsView",
     "EnrollmentTokenCreated",
     "EnrollmentTokenView",
+    "PolicySet",
+    "PolicyView",
     "RegionView",
     "RelayCreated",
     "RelayView",
     "RouteRuleView",
+    "TenantCounts",
+    "TenantShown",
     "TenantView",
     "UserCreated",
     "UserView",
     "VrouterCreated",
     "VrouterView",
+    "WhoAmI",
 ]
 
 
@@ -185,6 +192,61 @@ class DnsForwarderView(TypedDict):
     id: int
     domain: str
     servers: list[str]
+
+
+class DnsView(TypedDict):
+    """A CVLAN's DNS: its zone, the resolver address nodes ask, its records and forwarders."""
+
+    cvlan: str
+    zone: str
+    resolver: str
+    records: list[DnsRecordView]
+    forwarders: list[DnsForwarderView]
+
+
+class PolicyView(TypedDict):
+    cvlan: str
+    cvlan_id: int
+    policy: dict[str, Any] | None
+    """The document (docs/POLICY.md); None: no policy, all members reach each other."""
+    hash: str
+    updated_at: dt.datetime | None
+    effect: str
+    """What the policy means for the CVLAN's members, in words."""
+
+
+class PolicySet(PolicyView):
+    changed: bool
+
+
+class DeniedFlowView(TypedDict):
+    """Denied packets of one (CVLAN, src, dst, proto, dport), summed over the nodes' reports."""
+
+    cvlan: str
+    src: str
+    dst: str
+    proto: str
+    dport: int
+    packets: int
+    first_seen: dt.datetime | None
+    last_seen: dt.datetime | None
+    reports: int
+
+
+class WhoAmI(TypedDict):
+    actor: str
+    platform_admin: bool
+    roles: dict[str, str]
+    """Tenant id -> role."""
+
+
+class TenantCounts(TypedDict):
+    cvlans: int
+    nodes: int
+
+
+class TenantShown(TenantView, TenantCounts):
+    pass
 
 
 class RouteRuleView(TypedDict):
