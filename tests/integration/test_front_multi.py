@@ -18,6 +18,7 @@ import pytest
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common import adminconf
+from cvlan.devtools.harness.controller import stop_process
 from cvlan.devtools.pgcluster import PgCluster
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
@@ -88,13 +89,7 @@ async def duo(cluster: PgCluster, tmp_path: Path) -> AsyncIterator[Duo]:
         yield Duo(cluster, db, conf, token, f"https://127.0.0.1:{port}", direct, procs)
     finally:
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
 
 
 @dataclass
