@@ -3,14 +3,18 @@
 A poll as a TLS front forwards it: plain HTTP/1.1 on the controller's proxy socket with the node's
 certificate in X-Client-Cert, taken by the lean server and answered from the map cache (9 in 10
 "unchanged", 1 in 10 the full map). For each round, a controller from each tree in turn (`--old-src`
-and `--new-src`, e.g. an older commit checked out with `git worktree add`) is started pinned to CPU
-1 on its own SQLite store, `--nodes` nodes register, and `--conns` keep-alive connections send
+and `--new-src`, e.g. an older commit exported with `git archive`) is started pinned to CPU 1 on its
+own SQLite store, `--nodes` nodes register, and `--conns` keep-alive connections send
 `--polls` polls closed-loop from this process (pinned to CPU 0). Measured per run: polls/s, the
 controller's CPU time per poll (its own user + system time: the figure least moved by other work on
 a shared machine), latency p50/p99. The report gives the medians over the rounds and new/old.
 
-  .venv/bin/python bench/nodeapi/bench_poll_compare.py --old-src OLD/src --old-label COMMIT \\
-      --rounds 5 --out bench/results/nodeapi-poll-DATE
+  mkdir -p /tmp/cvlan-old && git archive COMMIT src | tar -x -C /tmp/cvlan-old
+  .venv/bin/python bench/nodeapi/bench_poll_compare.py --old-src /tmp/cvlan-old/src \\
+      --old-label COMMIT --rounds 5 --out bench/results/nodeapi-poll-DATE
+
+On a machine doing nothing else: the controller's CPU per poll is the figure to compare; a loaded
+machine moves even that by more than the difference sought (nodeapi-poll-2026-12-06).
 """
 
 from __future__ import annotations
