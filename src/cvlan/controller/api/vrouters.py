@@ -12,7 +12,7 @@ from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import Body, Call, Page, route
 from cvlan.controller.ops import infra, vrouters
 from cvlan.controller.ops.context import Tx
-from cvlan.controller.ops.views import VrouterCreated, VrouterView
+from cvlan.controller.ops.views import AttachmentSet, VrouterCreated, VrouterView
 
 ATTACHED = "/cvlans/{cvlan}/vrouters"
 
@@ -63,7 +63,7 @@ async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
 @tenant_route(
     "POST", ATTACHED, summary="Attach a vrouter to a CVLAN", tag="vrouters", body=VrouterAttach, status=201
 )
-async def attach_vrouter(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def attach_vrouter(c: Call, s: Tx, t: Tenant) -> AttachmentSet:
     view, changed = await vrouters.attach(c.ctx, s, c.who, t, c.params["cvlan"], c.body.vrouter)
     return {**view, "changed": changed}
 

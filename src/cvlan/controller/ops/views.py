@@ -12,6 +12,7 @@ from cvlan.wire.ids import CvlanId, TenantId
 __all__ = [
     "ApiTokenCreated",
     "ApiTokenView",
+    "AttachmentSet",
     "AttachmentView",
     "AuditView",
     "CvlanView",
@@ -177,6 +178,11 @@ class AttachmentView(TypedDict):
     endpoint: str
     registered: bool
     last_seen: dt.datetime | None
+
+
+class AttachmentSet(AttachmentView):
+    changed: bool
+    """False: it served the CVLAN already."""
 
 
 class DnsRecordView(TypedDict):
