@@ -117,7 +117,7 @@ async def root(request: web.Request) -> web.StreamResponse:
 
 
 async def _account_page(p: Page, form: Form | None = None, status: int = 200) -> web.Response:
-    names = {int(t.id): t for t in p.visible_tenants}  # by the plain ids of who.roles
+    names = {t.id: t for t in p.visible_tenants}
     roles = [(names[tid], r.value) for tid, r in p.who.roles.items() if tid in names]
     return p.render("account.html", status=status, roles=roles, form=form or Form(), nav="account")
 
