@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from cvlan.controller.errors import DomainError, Kind
@@ -48,42 +46,24 @@ def _ttl(text: str) -> int:
         ) from None
 
 
-async def _submit(
-    p: Page,
-    f: Form,
-    form: str,
-    fields: tuple[str, ...],
-    aliases: dict[str, str],
-    change: Callable[[Tx], Awaitable[str]],
-) -> web.StreamResponse:
-    """Make the change a DNS form asks for in one transaction and go back to the DNS page with the
-    change's message; a refusal shows the page again (422) with the form (form) and its fields marked."""
-    assert p.tenant is not None
-    ref = p.request.match_info["cvlan"]
-    try:
-        async with p.ctx.tx() as s:
-            done = await change(s)
-    except DomainError as e:
-        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
-            raise
-        f.fail(e, fields, aliases)
-        return await _dns_page(p, ref, **{form: f}, status=422)
-    return p.redirect(p.url(f"cvlans/{ref}/dns"), done)
-
-
 @page(tenant=True)
 async def record_add(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
     tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
 
-    async def add(s: Tx) -> str:
+    async def add(s: Tx) -> tuple[str, str]:
         ttl = _ttl(f.get("ttl"))
         r = await dns.add_record(
             p.ctx, s, p.who, tenant, ref, f.get("name"), f.get("type"), f.get("value"), ttl
         )
-        return f"Record {r.name} {r.rtype} added; nodes get it with their next map."
+        return p.url(
+            f"cvlans/{ref}/dns"
+        ), f"Record {r.name} {r.rtype} added; nodes get it with their next map."
 
-    return await _submit(p, f, "record_form", RECORD_FIELDS, {"record": "value"}, add)
+    async def again(form: Form) -> web.Response:
+        return await _dns_page(p, ref, record_form=form, status=422)
+
+    return await p.submit(f, add, again, RECORD_FIELDS, {"record": "value"})
 
 
 @page(tenant=True)
@@ -106,11 +86,14 @@ async def forward_set(p: Page) -> web.StreamResponse:
     tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
     servers = f.get("servers").replace(",", " ").split()
 
-    async def set_forwarder(s: Tx) -> str:
+    async def set_forwarder(s: Tx) -> tuple[str, str]:
         fw = await dns.set_forwarder(p.ctx, s, p.who, tenant, ref, f.get("domain"), servers)
-        return f"Queries for {fw.domain} now go to {', '.join(fw.servers)}."
+        return p.url(f"cvlans/{ref}/dns"), f"Queries for {fw.domain} now go to {', '.join(fw.servers)}."
 
-    return await _submit(p, f, "forward_form", FORWARD_FIELDS, {"server": "servers"}, set_forwarder)
+    async def again(form: Form) -> web.Response:
+        return await _dns_page(p, ref, forward_form=form, status=422)
+
+    return await p.submit(f, set_forwarder, again, FORWARD_FIELDS, {"server": "servers"})
 
 
 @page(tenant=True)
