@@ -56,4 +56,11 @@ async def test_every_answer_has_the_fields_of_its_type(sqlite_controller: Runnin
     policy = {"rules": [{"src": ["tag:web"], "dst": ["tag:db"], "proto": "tcp", "ports": ["5432"]}]}
     _check((await api.request("PUT", t + "/cvlans/lan/policy", json=policy)).ok(), views.PolicySet)
     _check((await api.get(t + "/cvlans/lan/policy")).ok(), views.PolicyView)
+    rule = {"kind": "route", "prefix": "10.50.0.0/16"}
+    _check((await api.post(t + "/cvlans/lan/route-rules", rule)).ok(), views.RouteRuleAdded)
+    rules = (await api.get(t + "/cvlans/lan/route-rules")).ok()
+    _check(rules, views.Items)
+    _check(rules["items"][0], views.RouteRuleView)
+    _check((await api.get(t + "/routes")).ok(), views.Items)
+    _check((await api.get(t + "/cvlans/lan/vrouters")).ok(), views.Items)
     _check((await api.get(t + "/audit")).ok()["items"][0], views.AuditView)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.controller.api.common import daemon_created, daemon_page, tenant_route
@@ -12,7 +10,7 @@ from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import Body, Call, Page, route
 from cvlan.controller.ops import infra, vrouters
 from cvlan.controller.ops.context import Tx
-from cvlan.controller.ops.views import AttachmentSet, VrouterCreated, VrouterView
+from cvlan.controller.ops.views import AttachmentSet, AttachmentView, Items, VrouterCreated, VrouterView
 
 ATTACHED = "/cvlans/{cvlan}/vrouters"
 
@@ -55,7 +53,7 @@ async def delete_vrouter(c: Call) -> None:
 
 
 @tenant_route("GET", ATTACHED, summary="List the vrouters serving a CVLAN", tag="vrouters")
-async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> Items[AttachmentView]:
     items = await vrouters.list_for_cvlan(s, c.who, t, c.params["cvlan"])
     return {"items": items, "total": len(items)}
 

@@ -5,7 +5,7 @@ are UTC datetimes (ISO 8601 with Z on the wire), keys and digests bytes (hex on 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
 from cvlan.wire.ids import CvlanId, TenantId
 
@@ -23,12 +23,17 @@ __all__ = [
     "DnsView",
     "EnrollmentTokenCreated",
     "EnrollmentTokenView",
+    "Items",
     "PolicySet",
     "PolicyView",
     "RegionView",
     "RelayCreated",
     "RelayView",
+    "RouteApprovalSet",
+    "RouteRuleAdded",
     "RouteRuleView",
+    "RouteView",
+    "RuleApproval",
     "TenantCounts",
     "TenantShown",
     "TenantView",
@@ -38,6 +43,16 @@ __all__ = [
     "VrouterView",
     "WhoAmI",
 ]
+
+
+V = TypeVar("V")
+
+
+class Items(TypedDict, Generic[V]):
+    """A whole listing (the short ones that are not paged): its items and how many."""
+
+    items: list[V]
+    total: int
 
 
 class TenantView(TypedDict):
@@ -260,6 +275,42 @@ class RouteRuleView(TypedDict):
     kind: str
     prefix: str
     tag: str
+
+
+class RouteView(TypedDict):
+    """A subnet route (or exit-node offer) a node advertises, and its state (docs/ROUTES.md)."""
+
+    node: str
+    node_id: int
+    cvlan: str
+    route: str
+    exit_node: bool
+    state: str
+    """approved, pending or refused."""
+    approved: bool
+    advertised: bool
+    reason: str
+    """Why it was refused ("" otherwise)."""
+    primary: bool
+    """Approved, and this node is the one its CVLAN routes the prefix through."""
+    advertisers: int
+
+
+class RouteApprovalSet(TypedDict):
+    changed: list[str]
+    """The routes whose approval this changed."""
+    items: list[RouteView]
+    """The node's routes after the change."""
+
+
+class RuleApproval(TypedDict):
+    node: str
+    route: str
+
+
+class RouteRuleAdded(RouteRuleView):
+    approved: list[RuleApproval]
+    """What the new rule approved at once."""
 
 
 class AuditView(TypedDict):
