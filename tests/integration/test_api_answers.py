@@ -63,4 +63,8 @@ async def test_every_answer_has_the_fields_of_its_type(sqlite_controller: Runnin
     _check(rules["items"][0], views.RouteRuleView)
     _check((await api.get(t + "/routes")).ok(), views.Items)
     _check((await api.get(t + "/cvlans/lan/vrouters")).ok(), views.Items)
+    _check((await api.get("/api/v1/auth/providers")).ok(), views.Items)
+    _check((await api.get(t + "/oidc-mappings")).ok(), views.Items)
+    passwords_on = {"local_passwords": True}
+    _check((await api.request("PUT", t + "/signin-policy", json=passwords_on)).ok(), views.SigninPolicy)
     _check((await api.get(t + "/audit")).ok()["items"][0], views.AuditView)

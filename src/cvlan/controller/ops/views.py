@@ -18,14 +18,17 @@ __all__ = [
     "CvlanView",
     "DaemonCreated",
     "DeniedFlowView",
+    "DeviceSignin",
     "DnsForwarderView",
     "DnsRecordView",
     "DnsView",
     "EnrollmentTokenCreated",
     "EnrollmentTokenView",
+    "GroupRoleView",
     "Items",
     "PolicySet",
     "PolicyView",
+    "ProviderView",
     "RegionView",
     "RelayCreated",
     "RelayView",
@@ -34,6 +37,7 @@ __all__ = [
     "RouteRuleView",
     "RouteView",
     "RuleApproval",
+    "SigninPolicy",
     "TenantCounts",
     "TenantShown",
     "TenantView",
@@ -311,6 +315,40 @@ class RuleApproval(TypedDict):
 class RouteRuleAdded(RouteRuleView):
     approved: list[RuleApproval]
     """What the new rule approved at once."""
+
+
+class ProviderView(TypedDict):
+    """An identity provider users may sign in with (docs/AUTH.md)."""
+
+    name: str
+    display_name: str
+
+
+class DeviceSignin(TypedDict):
+    """A device sign-in started (cvlan login): what the user opens, and how to ask for the result."""
+
+    handle: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str
+    interval: int
+    expires_in: int
+
+
+class GroupRoleView(TypedDict):
+    """A mapping of an identity provider's group to a role in the tenant."""
+
+    id: int
+    provider: str
+    group: str
+    role: str
+    created_at: dt.datetime
+
+
+class SigninPolicy(TypedDict):
+    tenant: str
+    local_passwords: bool
+    """False: the tenant's users sign in only through an identity provider."""
 
 
 class AuditView(TypedDict):
