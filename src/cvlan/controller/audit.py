@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import AuditEntry
+from cvlan.wire.ids import TenantId
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -22,7 +23,7 @@ def record(
     target_type: str,
     target_id: object,
     *,
-    tenant_id: int | None,
+    tenant_id: TenantId | None,
     before: Mapping[str, object] | None = None,
     after: Mapping[str, object] | None = None,
     now: dt.datetime | None = None,
@@ -45,7 +46,7 @@ def record(
 
 async def query(
     session: AsyncSession,
-    tenant_ids: list[int] | None,
+    tenant_ids: list[TenantId] | None,
     *,
     actor: str | None = None,
     action: str | None = None,

@@ -9,6 +9,7 @@ from cvlan.controller.db.models import AuditEntry, Tenant
 from cvlan.controller.http.framework import Call, Page, page, route
 from cvlan.controller.ops.context import Tx
 from cvlan.controller.ops.views import AuditView
+from cvlan.wire.ids import TenantId
 
 AUDIT_QUERY = ("actor", "action", "since", "until")
 
@@ -28,7 +29,7 @@ def audit_view(e: AuditEntry) -> AuditView:
     }
 
 
-async def _audit(c: Call, s: Tx, tenant_ids: list[int] | None) -> Page[AuditView]:
+async def _audit(c: Call, s: Tx, tenant_ids: list[TenantId] | None) -> Page[AuditView]:
     limit, offset = c.page
     rows, total = await audit.query(
         s,
