@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cvlan.client.bootstrap import ControllerCallError
+from cvlan.common import log as cvlog
 from cvlan.common.settings import run_daemon, settings_from_args
 from cvlan.common.version import add_version_flag
 from cvlan.relay.bootstrap import RelayIdentity, ensure_identity
@@ -58,8 +59,7 @@ def parser() -> argparse.ArgumentParser:
         help="while the controller cannot be reached, keep accepting nodes for this many seconds "
         "after its last answer (300; 0 refuses at once)",
     )
-    p.add_argument("--log-format", choices=("text", "json"))
-    p.add_argument("--log-level")
+    cvlog.add_flags(p)
     return p
 
 

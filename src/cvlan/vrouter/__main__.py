@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cvlan.client.bootstrap import ControllerCallError
+from cvlan.common import log as cvlog
 from cvlan.common.metrics import MetricsListener, MetricsListenError
 from cvlan.common.settings import run_daemon, settings_from_args
 from cvlan.common.version import add_version_flag
@@ -49,8 +50,7 @@ def parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics listener, or off (default 127.0.0.1:9373; if that port is taken, the "
         "vrouter runs without metrics and says so)",
     )
-    p.add_argument("--log-format", choices=("text", "json"))
-    p.add_argument("--log-level")
+    cvlog.add_flags(p)
     return p
 
 
