@@ -64,10 +64,8 @@ async def enrol(sock: Path, conf: adminconf.AdminConf, nodes: int) -> list[tuple
     _, csr = tls.new_key_and_csr()
     got = []
     for i in range(nodes):
-        body = pb.RegisterRequest(
-            capability_version=wire.CAPABILITY_VERSION, token=tok, wg_public_key=os.urandom(32),
-            csr_pem=csr, hostname=f"host-{i}", os_info="linux bench",
-        ).SerializeToString()  # fmt: skip
+        req = wire.register_request(tok, os.urandom(32), csr, f"host-{i}", "linux bench")
+        body = req.SerializeToString()
         status, answer = await c.post("/v1/register", body)
         assert status == 200, answer[:300]
         reg = wire.decode(pb.RegisterResponse, answer)

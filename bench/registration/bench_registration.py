@@ -36,7 +36,6 @@ from bench.common import BIN, ProxyConn, machine, pct, start_proxied  # noqa: E4
 from cvlan.client import tls  # noqa: E402
 from cvlan.devtools.pgcluster import PgCluster  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
-from cvlan.wire.pb import node_pb2 as pb  # noqa: E402
 
 
 def provision(cluster: PgCluster, dbname: str, nodes: int, per_cvlan: int) -> list[str]:
@@ -97,10 +96,8 @@ async def burst(
         _, c = await loop.create_unix_connection(ProxyConn, str(sock))
         while todo:
             tok, i = todo.pop()
-            body = pb.RegisterRequest(
-                capability_version=wire.CAPABILITY_VERSION, token=tok, wg_public_key=os.urandom(32),
-                csr_pem=csr, hostname=f"host-{i}", os_info="linux bench",
-            ).SerializeToString()  # fmt: skip
+            req = wire.register_request(tok, os.urandom(32), csr, f"host-{i}", "linux bench")
+            body = req.SerializeToString()
             t = time.perf_counter()
             status, _ = await c.post("/v1/register", body)
             if status == 200:
