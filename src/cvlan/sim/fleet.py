@@ -908,7 +908,8 @@ async def _worker(
         if fleet.record():
             fleet.churn_tick()
         report({"t": time.time(), "iv": fleet.take_interval().to_wire(), "churn": fleet.take_churn()})
-    fleet.stopping = True
+    # Not stopping yet: with churn the fleet keeps polling (and the last joins register) while its
+    # last changes settle; drain() stops it after that.
     await fleet.drain(timeout=min(cfg.timeout_s, 10.0))
     reg.cancel()
     report(

@@ -6,7 +6,10 @@ import asyncio
 import os
 import time
 
-from cvlan.sim.fleet import RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig
+import pytest
+
+from cvlan.sim.churn import ChurnConfig
+from cvlan.sim.fleet import RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig, _worker
 
 
 def _fleet(loop: asyncio.AbstractEventLoop, n: int, long_poll_s: int = 0) -> Fleet:
@@ -155,3 +158,41 @@ def test_registrations_still_queued_when_the_registration_phase_ends_are_not_sen
         assert not fleet.iv.errors and fleet.registered == 0 and not fleet.nodes[0].node_id
     finally:
         loop.close()
+
+
+def test_a_churning_fleet_still_polls_and_registers_while_its_last_changes_settle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the end of a run the worker hands the fleet to drain() still running: a node answered
+    during the settle polls again and a join made at the last churn tick is sent. (It used to stop
+    the fleet first: the last ticks' joins never registered and the settle polled nothing.)"""
+    seen: list[tuple[bool, bool]] = []
+    real_drain = Fleet.drain
+
+    async def drain(self: Fleet, timeout: float) -> None:
+        node = self.nodes[0]
+        node.long_poll, node.discovered = 30, True
+        self._pump = lambda n: None  # type: ignore[method-assign]
+        self._fire(node, self.loop.time())  # an answered long-poll is followed by the next
+        seen.append((self.stopping, bool(node.queue)))
+        node.queue.clear()
+        await real_drain(self, 0.2)
+
+    monkeypatch.setattr(Fleet, "drain", drain)
+    monkeypatch.setattr("cvlan.sim.fleet.CHURN_SETTLE_S", 0.05)
+    cfg = FleetConfig(
+        host="127.0.0.1",
+        port=1,
+        server_name="localhost",
+        ca_pem="",
+        tokens=["t0"],
+        first_index=0,
+        index_step=1,
+        reg_rate=1.0,
+        t0_wall=time.time() + 3600,  # its registration is not due during the test
+        churn=ChurnConfig(join=0.01),
+    )
+    reports: list[dict[str, object]] = []
+    asyncio.run(_worker(cfg, reports.append, lambda: True, None, None, None))
+    assert seen == [(False, True)]
+    assert reports[-1].get("final")
