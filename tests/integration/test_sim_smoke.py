@@ -85,7 +85,7 @@ def test_smoke_run_registers_every_node_and_answers_every_poll(work: Path, front
             "--poll-interval", "5",
             "--steady", "15",
             "--renew-after", "10",
-            "--report-every", "2",
+            "--report-interval", "2",
             "--front", front,
             "--work-dir", str(work / "work"),
             "--results", str(results),

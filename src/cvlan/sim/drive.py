@@ -341,7 +341,7 @@ def fleet_configs(
             t0_wall=t0,
             poll_interval_s=cfg.poll_interval_s,
             jitter=cfg.jitter,
-            report_every=cfg.report_every,
+            report_interval_s=cfg.report_interval_s,
             renew_after_s=cfg.renew_after_s,
             long_poll_s=cfg.long_poll_s,
             local_ips=ips,

@@ -10,6 +10,7 @@ __all__ = [
     "keys",
     "nodeproto",
     "pb",
+    "peerhealth",
     "relayproto",
     "routes",
     "stun",

@@ -10,6 +10,9 @@ import pytest
 
 from cvlan.sim.churn import ChurnConfig
 from cvlan.sim.fleet import RECONNECT_CAP_S, RETRY_BASE_S, Fleet, FleetConfig, _worker
+from cvlan.wire.nodeproto import HEALTH_REFRESH_S, MAX_HEALTH_PEERS
+from cvlan.wire.pb import node_pb2 as pb
+from cvlan.wire.peerhealth import HealthSent
 
 
 def _fleet(loop: asyncio.AbstractEventLoop, n: int, long_poll_s: int = 0) -> Fleet:
@@ -196,3 +199,50 @@ def test_a_churning_fleet_still_polls_and_registers_while_its_last_changes_settl
     asyncio.run(_worker(cfg, reports.append, lambda: True, None, None, None))
     assert seen == [(False, True)]
     assert reports[-1].get("final")
+
+
+def test_a_node_reports_its_peers_health_as_cvlan_ctrl_does() -> None:
+    """Every report interval a node looks at its peers' health: reported the first time, then only
+    when its peers changed or HEALTH_REFRESH_S after the last report delivered; each report carries an
+    entry per peer of its map (at most MAX_HEALTH_PEERS, the rest counted as omitted)."""
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 1, long_poll_s=30)
+        fleet.cfg.report_interval_s = 10.0
+        node = fleet.nodes[0]
+        t0 = loop.time()
+        node.up_at, node.report_at = t0 - 60, t0 - 1  # up for a minute, its look is due
+        answer = pb.PollResponse(map_version=5, map=pb.NetworkMap(self=pb.SelfNode(node_id=0)))
+        answer.map.peers.extend(pb.Peer(node_id=i) for i in range(1, 71))
+        fleet._poll_answer(node, answer)
+        assert fleet._report_due(node)
+        assert not fleet._report_due(node)  # the next look is an interval later
+        req = pb.ReportRequest.FromString(fleet._body(node, "report").split(b"\r\n\r\n", 1)[1])
+        h = req.health
+        assert len(h.peers) == MAX_HEALTH_PEERS and h.peers_omitted == 70 - MAX_HEALTH_PEERS
+        assert h.peers_total == 70 and {p.path for p in h.peers} == {pb.PEER_HEALTH_PATH_DIRECT}
+        assert all(p.probes_sent == p.probes_answered > 0 and p.rtt_us > 0 for p in h.peers)
+        assert fleet._done(node, "report", t0, 200, b"", "")
+        # delivered: unchanged health is not reported again at the next looks...
+        node.report_at = loop.time() - 1
+        assert not fleet._report_due(node)
+        # ...until a peer joins or leaves its map
+        del answer.map.peers[0]  # (one of those reported: the agent signs what it reports)
+        answer.map_version = 6
+        fleet._poll_answer(node, answer)
+        node.report_at = loop.time() - 1
+        assert fleet._report_due(node)
+        # or the refresh is due, counted from the last report delivered
+        fleet._body(node, "report")
+        fleet._done(node, "report", t0, 200, b"", "")
+        assert node.health_sent is not None
+        node.health_sent = HealthSent(node.health_sent.signature, node.health_sent.at - HEALTH_REFRESH_S)
+        node.report_at = loop.time() - 1
+        assert fleet._report_due(node)
+        # a report that failed leaves the health unreported
+        fleet._body(node, "report")
+        fleet._done(node, "report", t0, 503, b"", "")
+        node.report_at = loop.time() - 1
+        assert fleet._report_due(node)
+    finally:
+        loop.close()
