@@ -173,6 +173,13 @@ def parser() -> argparse.ArgumentParser:
         help="kill cvlan-front this many seconds into the steady state and start it again: every node "
         "connection drops at once and the fleet reconnects with the agent's backoff (default 0: never)",
     )
+    r.add_argument(
+        "--front-down",
+        type=_non_negative_float,
+        default=0.0,
+        help="with --front-restart-at: seconds cvlan-front stays down before it is started again (an "
+        "outage rather than a crash and an immediate restart; default 0)",
+    )
     r.add_argument("--server", default="", help="use this running controller instead of starting one")
     r.add_argument("--admin-conf", type=Path, help="admin.conf of --server")
     r.add_argument("--knee-rates", type=_rates, default=[], help="poll rates to step through, e.g. 5000,6600")
@@ -304,6 +311,7 @@ def _run(args: argparse.Namespace) -> int:
         vrouter_cvlans=max(0, args.vrouter_cvlans),
         policies=not args.no_policies,
         front_restart_at=args.front_restart_at,
+        front_down_s=args.front_down,
     )
     # A SIGTERM (e.g. from `timeout`) must still stop the controller, PostgreSQL and the workers.
     signal.signal(signal.SIGTERM, _raise_interrupt)

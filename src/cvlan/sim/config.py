@@ -61,6 +61,8 @@ class RunConfig:
     """CVLANs per tenant served by a vrouter (the regions' vrouters in turn); each vrouter is
     simulated (simvrouter.py)."""
     policies: bool = True
+    front_down_s: float = 0.0
+    """How long cvlan-front stays down after that kill before it is started again."""
     front_restart_at: float = 0.0
     """Seconds into the steady state at which cvlan-front is killed and started again (every node
     connection drops at once: the reconnect storm after a crash); 0: never."""
