@@ -895,11 +895,14 @@ class Fleet:
                     )
 
     async def drain(self, timeout: float) -> None:
-        """Stop the churn and let its last changes settle (the fleet still polls, so a change made in
-        the run's last moment reaches every member, a restart reconnects, a join registers); then
-        stop scheduling, wait for answers in flight, check the maps and close every connection."""
+        """Stop the churn and let its last changes settle: those under way end first (a join
+        registers, a DELETE or PUT is answered, a restart connects), then the fleet still polls for
+        CHURN_SETTLE_S, so that every member gets the last maps. Then stop scheduling, wait for
+        answers in flight, check the maps and close every connection."""
         if self.cfg.churn.active and not self.churn_over:
             self.churn_over = True
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=timeout)
             await asyncio.sleep(min(CHURN_SETTLE_S, timeout / 2))
         self.stopping = True
         deadline = self.loop.time() + timeout

@@ -247,3 +247,28 @@ def test_a_node_reports_its_peers_health_as_cvlan_ctrl_does() -> None:
         assert fleet._report_due(node)
     finally:
         loop.close()
+
+
+def test_the_drain_lets_changes_under_way_end_before_the_fleet_settles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A join registering (or a DELETE answered) after the fleet stopped polling would leave its CVLAN's
+    members on the map of before, and the joiner with none: the drain waits for the changes under
+    way, then lets the fleet poll for the settle, then checks the maps."""
+    monkeypatch.setattr("cvlan.sim.fleet.CHURN_SETTLE_S", 0.05)
+    loop = asyncio.new_event_loop()
+    try:
+        fleet = _fleet(loop, 1, long_poll_s=30)
+        fleet.cfg.churn = ChurnConfig(join=0.01)
+        seen: list[tuple[str, bool]] = []
+
+        async def join() -> None:
+            await asyncio.sleep(0.3)  # a registration answered late
+            seen.append(("joined", fleet.stopping))
+
+        fleet.check_maps = lambda: seen.append(("checked", fleet.stopping))  # type: ignore[method-assign]
+        fleet._spawn(join())
+        loop.run_until_complete(fleet.drain(5.0))
+        assert seen == [("joined", False), ("checked", True)]
+    finally:
+        loop.close()
