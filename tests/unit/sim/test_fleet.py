@@ -176,7 +176,7 @@ def test_a_churning_fleet_still_polls_and_registers_while_its_last_changes_settl
     async def drain(self: Fleet, timeout: float) -> None:
         node = self.nodes[0]
         node.long_poll, node.discovered = 30, True
-        self._pump = lambda n: None  # type: ignore[method-assign]
+        self._pump = lambda node: None  # type: ignore[method-assign]
         self._fire(node, self.loop.time())  # an answered long-poll is followed by the next
         seen.append((self.stopping, bool(node.queue)))
         node.queue.clear()
