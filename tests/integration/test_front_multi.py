@@ -203,11 +203,6 @@ async def test_nodes_keep_polling_and_registering_through_the_other_controller_w
             await n.client.close()
 
 
-@pytest.mark.xfail(
-    reason="open defect: after the PostgreSQL restart a change did not reach the polling nodes on the merged"
-    " main (it passed on its own branch); the same family as the missed changes in docs/SIMULATION.md",
-    strict=False,
-)
 async def test_controllers_recover_by_themselves_when_postgresql_restarts(duo: Duo) -> None:
     async def restart() -> None:
         await asyncio.to_thread(duo.pg.stop_server)

@@ -11,6 +11,7 @@ __all__ = [
     "keys",
     "nodeproto",
     "pb",
+    "peerhealth",
     "relayproto",
     "routes",
     "stun",
