@@ -4,10 +4,13 @@ routing plan, forwarding, and cvland's selection of an exit node (fake backends)
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
+from cvlan.cli.node import main as node_cli
 from cvlan.common.clock import FakeClock
 from cvlan.cvland.daemon import EXIT_FILE, Backends, Daemon
 from cvlan.cvland.reconcile import exit_excludes, plan
@@ -301,3 +304,33 @@ def test_a_policy_naming_the_route_governs_what_is_forwarded_to_it() -> None:
     )
     assert f'iifname "wg0" ip daddr {LAN} log prefix' in forward  # the rest of the route is denied
     assert "ip daddr" not in p.ruleset.split("chain forward")[0]  # the input chain is the node's own
+
+
+def test_cvlancli_says_why_cvland_refused_an_exit_node_once(
+    daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cvlancli up against cvland's own request handler on a real socket: the refusal is one line,
+    with the operation named once ("refused up: exit node ...", not "up: up:")."""
+    daemon.apply(state([peer(KA, 5, "a", exit_node=True), peer(KB, 7, "b")]))
+    path = tmp_path / "cvland.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve_one() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as f:
+            f.write(json.dumps(handle_request(daemon, f.readline())).encode() + b"\n")
+
+    t = threading.Thread(target=serve_one, daemon=True)
+    t.start()
+    try:
+        assert node_cli(["--socket", str(path), "up", "--exit-node", "b"]) == 1
+    finally:
+        t.join(5)
+        server.close()
+    assert capsys.readouterr().err == (
+        "cvlancli: cvland refused up: exit node 'b': peer 'b' is not an approved exit node"
+        " (see `cvlancli status`)\n"
+    )
+    assert daemon.exit_name == ""
