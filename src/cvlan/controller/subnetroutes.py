@@ -66,6 +66,17 @@ def conflict(prefix: str, node: str, approved: Iterable[Approved]) -> str:
     return ""
 
 
+def vrouted_refusal(prefix: str, cvlan: str) -> str:
+    """Why no route (nor exit node) is approved in a CVLAN served by vrouters: members reached
+    through a vrouter have no WireGuard path to the advertiser, and vrouters forward only addresses
+    of the CVLAN subnet."""
+    what = "the exit node offer" if prefix == EXIT_ROUTE else f"route {prefix}"
+    return (
+        f"{what} cannot be approved: CVLAN {cvlan!r} is served by vrouters, which carry only its own "
+        "addresses (subnet routes and exit nodes need a CVLAN without vrouters)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AutoRule:
     """An auto-approval rule of a CVLAN: kind "route" approves advertised routes within prefix,
