@@ -108,11 +108,29 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     # controller stays direct, and clearing the selection restores b's routing exactly.
     assert fetch(b, url) and web_clients(web)[-1] == b_ns.ip
     r = cli(b, "up", "--exit-node", "ra")
-    assert r.returncode == 1 and "not an approved exit node" in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr == (
+        "cvlancli: cvland refused up: exit node 'ra': peer 'ra' is not an approved exit node"
+        " (see `cvlancli status`)\n"
+    )
     code, body = api(ctl, "POST", "/nodes/ra/routes/approve", {"exit_node": True})
     assert code == 200, body
     wait_until("b selects ra as exit node", lambda: cli(b, "up", "--exit-node", "ra").returncode == 0, 20)
     assert wait_until("web sees ra", lambda: fetch(b, url) and web_clients(web)[-1] == a_ns.ip, 20)
+    # A policy governs who leaves through the exit node: members only -> b's internet traffic is
+    # dropped on ra; a rule naming `internet` for b opens it again (the controller stays reachable).
+    code, body = api(ctl, "PUT", "/cvlans/office/policy", {"rules": [{"src": ["*"], "dst": ["*"]}]})
+    assert code == 200, body
+    assert wait_until("ra drops b's internet traffic", lambda: not fetch(b, url), 30)
+    assert (
+        cli(b, "status").returncode == 0
+        and "ra (all internet traffic goes through it)" in cli(b, "status").stdout
+    )
+    opened = {"src": ["node:b"], "dst": ["internet"], "proto": "tcp", "ports": [WEB_PORT]}
+    code, body = api(ctl, "PUT", "/cvlans/office/policy", {"rules": [{"src": ["*"], "dst": ["*"]}, opened]})
+    assert code == 200, body
+    assert wait_until("the policy lets b out", lambda: fetch(b, url) and web_clients(web)[-1] == a_ns.ip, 30)
+    code, body = api(ctl, "DELETE", "/cvlans/office/policy")
+    assert code in (200, 204), body
     assert b.dp.ifname in b_ns.exec("ip", "route", "get", web_ns.ip)
     assert "eth0" in b_ns.exec("ip", "route", "get", ctl.ns.ip), "the controller must not go through the exit"
     status = json.loads(cli(b, "status", "--json").stdout)

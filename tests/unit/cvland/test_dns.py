@@ -156,6 +156,9 @@ def _rule(action: str, src: list[str], proto: str = "", ports: Sequence[str] = (
             True,
         ),
         ([_rule("drop", ["100.64.0.1/32"]), _rule("accept", ["100.64.0.0/24"])], "100.64.0.1", False),
+        # a forward rule (route:CIDR, internet) lets traffic through the node, not to it
+        ([pb.FilterRule(action="accept", src=["100.64.0.0/24"], dst=["0.0.0.0/0"])], "100.64.0.1", False),
+        ([pb.FilterRule(action="accept", src=["100.64.0.0/24"], dst=["10.1.0.0/24"])], "100.64.0.1", False),
     ],
 )
 def test_may_reach_follows_the_first_matching_rule(rules: list[pb.FilterRule], src: str, reach: bool) -> None:

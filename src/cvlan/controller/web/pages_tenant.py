@@ -14,7 +14,7 @@ from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_PIN_KEY
-from cvlan.controller.ops import cvlans, dns, infra, nodes, tenants, vrouters
+from cvlan.controller.ops import cvlans, dns, infra, nodes, subnets, tenants, vrouters
 from cvlan.controller.web.core import Form, Page, page
 
 LIST_LIMIT = 1000
@@ -243,17 +243,20 @@ async def node_list(p: Page) -> web.StreamResponse:
     return p.render("nodes.html", members=[node_row(p, n, cn) for n, cn in rows], total=total, nav="nodes")
 
 
-async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+async def render_node(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+    """The node page (form: what was submitted, with its errors)."""
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         n, cn = await nodes.get(s, p.who, p.tenant, ref)
         all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
         dns_name = await dns.node_dns_name(p.ctx, s, p.tenant, n, cn)
+        node_routes = await subnets.list_routes(p.ctx, s, p.who, p.tenant, None, str(n.id))
     return p.render(
         "node.html",
         status=status,
         node=node_row(p, n, cn),
         dns_name=dns_name,
+        node_routes=node_routes,
         os_info=n.os_info,
         cvlans=[c for c, _ in all_cvlans],
         form=form or Form({"name": n.name, "cvlan": cn, "tags": " ".join(n.tags or [])}),
@@ -263,7 +266,7 @@ async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int 
 
 @page(tenant=True)
 async def node_detail(p: Page) -> web.StreamResponse:
-    return await _node_detail(p, p.request.match_info["node"])
+    return await render_node(p, p.request.match_info["node"])
 
 
 @page(tenant=True)
@@ -284,7 +287,7 @@ async def node_update(p: Page) -> web.StreamResponse:
         if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" not in e.message):
             raise
         f.fail(e, ("name", "cvlan"), {"CVLAN": "cvlan"})
-        return await _node_detail(p, ref, f, 422)
+        return await render_node(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), msg)
 
 
@@ -332,7 +335,7 @@ async def node_tags(p: Page) -> web.StreamResponse:
         if e.kind != Kind.INVALID:
             raise
         f.fail(e, ("tags",), {"name": "tags"})
-        return await _node_detail(p, ref, f, 422)
+        return await render_node(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), f"Tags of {n.name} saved.")
 
 
