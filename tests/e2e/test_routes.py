@@ -1,5 +1,5 @@
 """Subnet routes and exit nodes end to end: controller, cvlan-ctrl and cvland on real wireguard-go in
-namespaces. A LAN behind two routers (not CVLAN members), a web server on the fake internet."""
+namespaces. A LAN behind two routers (not CVLAN members), a web server on the fake internet, a relay."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns
-from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
+from tests.harness.relaystack import RELAY_PORT, RelayProc, start_relay
+from tests.harness.stack import CONTROLLER_PORT, Controller, Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +55,20 @@ def fetch(node: Node, url: str) -> bool:
     return node.ns.run(sys.executable, "-c", code, timeout=10).returncode == 0
 
 
+def connects(node: Node, ip: str, port: int) -> bool:
+    """A TCP connection from the node's namespace to ip:port opens (within 3 s)."""
+    code = f"import socket; socket.create_connection(({ip!r}, {port}), timeout=3).close()"
+    return node.ns.run(sys.executable, "-c", code, timeout=10).returncode == 0
+
+
+def control_plane_direct(node: Node, ctl: Controller, relay: RelayProc) -> bool:
+    """The controller and the relay are routed the host's own way (not into the tunnel) and answer."""
+    for ip, port in ((ctl.ns.ip, CONTROLLER_PORT), (relay.ns.ip, RELAY_PORT)):
+        if node.dp.ifname in node.ns.exec("ip", "route", "get", ip) or not connects(node, ip, port):
+            return False
+    return True
+
+
 def cli(node: Node, *argv: str) -> Any:
     base = [script("cvlancli"), "--socket", str(node.dp.socket), "--ctrl-state-dir", str(node.ctrl_state)]
     return node.ns.run(*base, *argv, timeout=40)
@@ -69,6 +84,7 @@ def host_routing(ns: Netns) -> tuple[str, str, str]:
 
 def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     ctl = start_controller(lab)
+    relay = start_relay(lab, ctl)
     _, join = ctl.token("acme", "office")
     a_ns, a2_ns, b_ns, web_ns = (lab.public_host(n) for n in ("ra", "rb", "b", "web"))
     lan = lan_behind(lab, [a_ns, a2_ns])
@@ -121,6 +137,7 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     code, body = api(ctl, "PUT", "/cvlans/office/policy", {"rules": [{"src": ["*"], "dst": ["*"]}]})
     assert code == 200, body
     assert wait_until("ra drops b's internet traffic", lambda: not fetch(b, url), 30)
+    assert control_plane_direct(b, ctl, relay), "the policy cut b off its controller or relay"
     assert (
         cli(b, "status").returncode == 0
         and "ra (all internet traffic goes through it)" in cli(b, "status").stdout
@@ -132,12 +149,13 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     code, body = api(ctl, "DELETE", "/cvlans/office/policy")
     assert code in (200, 204), body
     assert b.dp.ifname in b_ns.exec("ip", "route", "get", web_ns.ip)
-    assert "eth0" in b_ns.exec("ip", "route", "get", ctl.ns.ip), "the controller must not go through the exit"
+    assert control_plane_direct(b, ctl, relay), "the controller and the relay must not go through the exit"
     status = json.loads(cli(b, "status", "--json").stdout)
     assert status["controller_reachable"] is True and status["device"]["exit_node"] == "ra"
     assert "ra (all internet traffic goes through it)" in cli(b, "status").stdout
     assert cli(b, "up", "--exit-node", "").returncode == 0
     assert fetch(b, url) and web_clients(web)[-1] == b_ns.ip
+    assert control_plane_direct(b, ctl, relay)
     after = host_routing(b_ns)
     assert after[0] == b_before[0] and after[2] == b_before[2]
     assert "table 51888" not in after[1]
