@@ -162,6 +162,7 @@ async def review_everywhere(ctx: OpsContext, s: AsyncSession) -> None:
             .join(Node, Node.id == NodeRoute.node_id)
             .join(Cvlan, Cvlan.id == Node.cvlan_id)
             .order_by(Cvlan.id, Node.id, NodeRoute.prefix)
+            .with_for_update(of=Cvlan)  # as approvals do: none decides against the old addresses
         )
     ).all()
     by_cvlan: dict[int, tuple[Cvlan, list[tuple[NodeRoute, Node]]]] = {}
