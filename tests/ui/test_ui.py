@@ -602,3 +602,35 @@ async def test_node_page_shows_routes_and_exit_offer_and_admins_approve_them(ui:
     ]
     # no script errors, no CSP violations (the browser logs the refused approval's 409 itself)
     assert [e for e in ui.errors(page) if "status of 409" not in e] == []
+
+
+async def test_cvlan_page_manages_route_auto_approval_rules(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    gw = await ui.register_node("acme", await ui.issue_token("acme", "lab"), "gw3")
+    async with ctx.tx() as s:
+        await subnets.store_advert(ctx, s, gw.id, ("10.9.0.0/24", "0.0.0.0/0"))
+    page = await ui.page(ui.users["olga"])  # an operator sees the rules, cannot change them
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    assert (
+        await page.locator("#route-rules").count() == 1
+        and await page.locator("#route-rule-form").count() == 0
+    )
+
+    page = await ui.page(ui.users["alice"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    await submit(page, "#route-rule-form button")  # kind route, no prefix
+    assert await page.inner_text("#err-prefix") == "A route rule needs a prefix, e.g. 10.0.0.0/8"
+    await page.select_option("#route-rule-form #f-kind", "exit")
+    await submit(page, "#route-rule-form button")
+    assert "Rule added; it approved" in await page.inner_text("#flash")
+    row = page.locator("#route-rule-table tr", has_text="exit node")
+    assert "every node" in await row.inner_text()
+    await page.goto(ui.url + "/ui/t/acme/nodes/gw3")
+    assert (
+        await page.locator("#route-table tr[data-route='0.0.0.0/0'] .route-state").inner_text() == "approved"
+    )
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    await submit(page, page.locator("#route-rule-table tr", has_text="exit node").locator("button"))
+    assert "Rule deleted" in await page.inner_text("#flash")
+    assert await page.locator("#route-rule-table").count() == 0
+    assert [e for e in ui.errors(page) if "status of 422" not in e] == []

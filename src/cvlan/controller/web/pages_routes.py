@@ -1,5 +1,6 @@
-"""A node's subnet routes and exit-node offer on its page: approve and revoke (tenant admins;
-docs/ROUTES.md, docs/EXIT-NODES.md). The table itself is drawn by the node page (pages_tenant)."""
+"""Subnet routes and exit nodes in the UI (docs/ROUTES.md, docs/EXIT-NODES.md): approve and revoke a
+node's routes and exit offer on its page, add and delete a CVLAN's auto-approval rules on the CVLAN
+page (tenant admins). The tables themselves are drawn by those pages (pages_tenant)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,43 @@ async def _set(p: Page, approve: bool) -> web.StreamResponse:
     return p.redirect(p.url(f"nodes/{ref}"), msg)
 
 
+RULE_FIELDS = ("kind", "prefix", "tag")
+
+
+@page(tenant=True)
+async def rule_add(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    ref = p.request.match_info["cvlan"]
+    f = await p.form()
+    rule = (f.get("kind"), f.get("prefix").strip(), f.get("tag").strip())
+    try:
+        async with p.ctx.tx() as s:
+            added = await subnets.add_rule(p.ctx, s, p.who, p.tenant, ref, rule)
+    except DomainError as e:
+        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
+            raise
+        f.fail(e, RULE_FIELDS, {"rule": "prefix", "route": "prefix", "an": "prefix", "a": "prefix"})
+        return await pages_tenant.render_cvlan(p, ref, status=422, rule_form=f)
+    n = len(added["approved"])
+    return p.redirect(p.url(f"cvlans/{ref}"), f"Rule added; it approved {n} pending route{'s' * (n != 1)}.")
+
+
+@page(tenant=True)
+async def rule_delete(p: Page) -> web.StreamResponse:
+    assert p.tenant is not None
+    ref = p.request.match_info["cvlan"]
+    await p.form()  # checks the CSRF token
+    async with p.ctx.tx() as s:
+        await subnets.delete_rule(p.ctx, s, p.who, p.tenant, ref, p.request.match_info["rule"])
+    return p.redirect(p.url(f"cvlans/{ref}"), "Rule deleted; what it approved stays approved.")
+
+
 def routes(prefix: str) -> list[web.RouteDef]:
     n = prefix + "/t/{tenant}/nodes/{node}/routes"
-    return [web.post(n + "/approve", route_approve), web.post(n + "/revoke", route_revoke)]
+    c = prefix + "/t/{tenant}/cvlans/{cvlan}/route-rules"
+    return [
+        web.post(n + "/approve", route_approve),
+        web.post(n + "/revoke", route_revoke),
+        web.post(c, rule_add),
+        web.post(c + "/{rule}/delete", rule_delete),
+    ]

@@ -149,7 +149,10 @@ async def cvlan_create(p: Page) -> web.StreamResponse:
     return p.redirect(p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} created with subnet {c.subnet}.")
 
 
-async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+async def render_cvlan(
+    p: Page, ref: str, form: Form | None = None, status: int = 200, rule_form: Form | None = None
+) -> web.Response:
+    """The CVLAN page (form: the settings or vrouter form submitted; rule_form: the route rule one)."""
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         c = await cvlans.get(s, p.who, p.tenant, ref)
@@ -157,6 +160,7 @@ async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int
         toks, _ = await cvlans.list_tokens(s, p.who, p.tenant, str(c.id), LIST_LIMIT, 0)
         attached = await vrouters.list_for_cvlan(s, p.who, p.tenant, str(c.id))
         all_vrouters, _ = await infra.list_vrouters(s, LIST_LIMIT, 0)
+        rules = await subnets.list_rules(s, p.who, p.tenant, str(c.id))
     active = [t for t, _ in toks if token_status(t, p.ctx.now()) == "active"]
     names = {a["vrouter"] for a in attached}
     return p.render(
@@ -170,13 +174,15 @@ async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int
             (v.name, f"{v.name} ({region})") for v, region in all_vrouters if v.name not in names
         ],
         form=form or Form({"name": c.name, "mode": c.mode}),
+        route_rules=rules,
+        rule_form=rule_form or Form({"kind": "route"}),
         nav="cvlans",
     )
 
 
 @page(tenant=True)
 async def cvlan_detail(p: Page) -> web.StreamResponse:
-    return await _cvlan_detail(p, p.request.match_info["cvlan"])
+    return await render_cvlan(p, p.request.match_info["cvlan"])
 
 
 @page(tenant=True)
@@ -191,7 +197,7 @@ async def cvlan_edit(p: Page) -> web.StreamResponse:
         if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
             raise
         f.fail(e, ("name", "mode"))
-        return await _cvlan_detail(p, ref, f, 422)
+        return await render_cvlan(p, ref, f, 422)
     return p.redirect(p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} saved.")
 
 
@@ -207,7 +213,7 @@ async def cvlan_delete(p: Page) -> web.StreamResponse:
             raise
         f = Form()
         f.fail(e, ())
-        return await _cvlan_detail(p, ref, f, 409)
+        return await render_cvlan(p, ref, f, 409)
     return p.redirect(p.url("cvlans"), f"CVLAN {ref} deleted.")
 
 
@@ -231,7 +237,7 @@ async def cvlan_vrouters(p: Page) -> web.StreamResponse:
         if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" in e.message):
             raise
         f.fail(e, ("vrouter",))
-        return await _cvlan_detail(p, ref, f, 422)
+        return await render_cvlan(p, ref, f, 422)
     return p.redirect(p.url(f"cvlans/{ref}"), msg)
 
 
