@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cvlan.devtools.harness.controller import script
+from tests.e2e.conftest import give_resolv_conf
 from tests.harness.netns import Lab, Netns
 from tests.harness.relaystack import RELAY_PORT, RelayProc, start_relay
 from tests.harness.stack import CONTROLLER_PORT, Controller, Node, start_controller, start_node, wait_until
@@ -32,6 +33,20 @@ def lan_behind(lab: Lab, routers: list[Netns]) -> Netns:
     host.exec("ip", "link", "set", "br0", "up")
     host.exec("ip", "route", "add", "default", "via", "10.1.0.1")
     return host
+
+
+CORP_DNS = """
+import socket, dns.message, dns.rrset
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.1.0.5", 53))
+while True:
+    data, peer = s.recvfrom(512)
+    q = dns.message.from_wire(data)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "10.1.0.99"))
+    s.sendto(r.to_wire(), peer)
+"""
+"""A DNS server on the LAN host answering every query with 10.1.0.99 (the corp.example resolver)."""
 
 
 def api(ctl: Controller, method: str, path: str, body: Any = None) -> Any:
@@ -82,7 +97,7 @@ def host_routing(ns: Netns) -> tuple[str, str, str]:
     )
 
 
-def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
+def test_subnet_route_failover_and_exit_node(lab: Lab, own_resolv_conf: list[Netns]) -> None:
     ctl = start_controller(lab)
     relay = start_relay(lab, ctl)
     _, join = ctl.token("acme", "office")
@@ -95,7 +110,8 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     a.wait_ready(peers=0)  # ra enrols first: the lower node id, primary of the shared route
     a2 = start_node(lab, a2_ns, "rb", join, ctrl_args=adv)
     b_before = host_routing(b_ns)
-    b = start_node(lab, b_ns, "b", join)
+    give_resolv_conf(b_ns, own_resolv_conf, "nameserver 192.0.2.53\n")
+    b = start_node(lab, b_ns, "b", join, dns_mode="resolv.conf")
     for n in (a, a2, b):
         n.wait_ready(peers=2)
 
@@ -118,6 +134,15 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     assert primary == {"ra"}
     assert lan.run("ping", "-c", "1", "-W", "1", b.address()).returncode != 0, (
         "the LAN reaches into the CVLAN"
+    )
+
+    # Split DNS through the route: corp.example goes to the resolver on the LAN, behind ra.
+    lan.spawn("corpdns", sys.executable, "-c", CORP_DNS)
+    code, body = api(ctl, "PUT", "/cvlans/office/dns/forwarders/corp.example", {"servers": [LAN_HOST]})
+    assert code == 200, body
+    dig = ("dig", "+short", "+time=2", "+tries=1", "@100.100.100.100", "git.corp.example")
+    assert wait_until(
+        "corp.example resolves", lambda: b_ns.exec(*dig, check=False).strip() == "10.1.0.99", 30
     )
 
     # Exit node: b's internet traffic goes through ra (the web server sees ra's address), the
