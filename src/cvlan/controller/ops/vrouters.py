@@ -56,7 +56,7 @@ async def attach(
             Kind.CONFLICT,
             f"CVLAN {c.name!r} has approved subnet routes or exit nodes, which vrouters cannot carry: "
             "revoke them first (cvlan route list)",
-            {"field": "cvlan"},
+            {"field": "vrouter"},
         )
     s.add(VrouterCvlan(vrouter_id=v.id, cvlan_id=c.id, tenant_id=tenant.id))
     bump(s, c)
