@@ -163,6 +163,14 @@ def test_subnet_route_failover_and_exit_node(lab: Lab, own_resolv_conf: list[Net
     assert code == 200, body
     assert wait_until("ra drops b's internet traffic", lambda: not fetch(b, url), 30)
     assert control_plane_direct(b, ctl, relay), "the policy cut b off its controller or relay"
+
+    def exit_flow_reported() -> bool:
+        flows = api(ctl, "GET", "/denied")[1]["items"]
+        return any(
+            f["src"] == b.address() and f["dst"] == web_ns.ip and f["dport"] == int(WEB_PORT) for f in flows
+        )
+
+    assert wait_until("ra reports b's refused exit flow", exit_flow_reported, 45, interval=2)
     assert (
         cli(b, "status").returncode == 0
         and "ra (all internet traffic goes through it)" in cli(b, "status").stdout
