@@ -77,6 +77,14 @@ def vrouted_refusal(prefix: str, cvlan: str) -> str:
     )
 
 
+def approval_problem(prefix: str, node: str, approved: Iterable[Approved], vrouted: str = "") -> str:
+    """Why prefix may not be approved for node now ("" when it may): the one check an admin's approval
+    and an auto-approval rule both go through. vrouted: the name of the CVLAN when vrouters serve it."""
+    if vrouted:
+        return vrouted_refusal(prefix, vrouted)
+    return conflict(prefix, node, approved)
+
+
 @dataclass(frozen=True, slots=True)
 class AutoRule:
     """An auto-approval rule of a CVLAN: kind "route" approves advertised routes within prefix,

@@ -19,14 +19,7 @@ from cvlan.controller import audit
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Node, NodeRoute, Relay, RouteRule, VrouterCvlan
 from cvlan.controller.ops.context import OpsContext, bump
-from cvlan.controller.subnetroutes import (
-    Approved,
-    AutoRule,
-    auto_approved,
-    conflict,
-    refusal,
-    vrouted_refusal,
-)
+from cvlan.controller.subnetroutes import Approved, AutoRule, approval_problem, auto_approved, refusal
 from cvlan.wire.endpoint import split_hostport
 
 RULES_ACTOR = "route-rules"
@@ -68,18 +61,10 @@ async def approved_in(s: AsyncSession, cvlan_id: int) -> list[Approved]:
     return [Approved(name, prefix) for name, prefix in rows.all()]
 
 
-async def has_vrouters(s: AsyncSession, cvlan_id: int) -> bool:
-    return (
-        await s.scalar(select(VrouterCvlan.vrouter_id).where(VrouterCvlan.cvlan_id == cvlan_id)) is not None
-    )
-
-
-async def approval_problem(s: AsyncSession, c: Cvlan, prefix: str, node: str, others: list[Approved]) -> str:
-    """Why approving prefix for node is not possible now ("" when it is): the same checks for an
-    admin's approval and a rule's."""
-    if await has_vrouters(s, c.id):
-        return vrouted_refusal(prefix, c.name)
-    return conflict(prefix, node, others)
+async def vrouted(s: AsyncSession, c: Cvlan) -> str:
+    """The CVLAN's name when vrouters serve it ("" otherwise): subnetroutes.approval_problem's input."""
+    stmt = select(VrouterCvlan.vrouter_id).where(VrouterCvlan.cvlan_id == c.id).limit(1)
+    return c.name if await s.scalar(stmt) is not None else ""
 
 
 def refresh_refusals(c: Cvlan, rows: Sequence[NodeRoute], pool: str, hosts: Sequence[str]) -> bool:
@@ -124,12 +109,12 @@ async def _apply_rules(
     rules: Sequence[AutoRule],
     who: Principal,
 ) -> bool:
-    others = await approved_in(s, c.id)
+    others, served = await approved_in(s, c.id), await vrouted(s, c)
     done = False
     for row, n in waiting:
         if not auto_approved(row.prefix, list(n.tags or ()), rules):
             continue
-        if await approval_problem(s, c, row.prefix, n.name, others):
+        if approval_problem(row.prefix, n.name, others, served):
             continue
         row.approved, row.approved_at, done = True, ctx.now(), True
         others.append(Approved(n.name, row.prefix))

@@ -16,7 +16,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import nodes as node_ops
 from cvlan.controller.ops import routereview
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
-from cvlan.controller.subnetroutes import Advertiser, check_rule, primary
+from cvlan.controller.subnetroutes import Advertiser, approval_problem, check_rule, primary
 from cvlan.wire.routes import EXIT_ROUTE, RouteError, parse_routes
 
 NODE_ACTOR = "node:{}"
@@ -147,6 +147,7 @@ async def set_approval(
     if routereview.refresh_refusals(c, list(rows.values()), ctx.settings.pool_cidr, hosts):
         bump(s, c)
     others = await routereview.approved_in(s, c.id) if approve else []
+    served = await routereview.vrouted(s, c) if approve else ""
     todo: list[NodeRoute] = []
     for prefix in wanted:
         what = "the exit node offer" if prefix == EXIT_ROUTE else f"route {prefix}"
@@ -157,7 +158,7 @@ async def set_approval(
             )
         if approve and row.refused:
             raise DomainError(Kind.INVALID, f"{what} of node {n.name!r} is refused: {row.refused}")
-        problem = await routereview.approval_problem(s, c, prefix, n.name, others) if approve else ""
+        problem = approval_problem(prefix, n.name, others, served) if approve else ""
         if problem:
             raise DomainError(Kind.CONFLICT, problem, {"field": "routes"})
         if row.approved != approve:
