@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cvlan.controller.auth import SYSTEM
+from cvlan.controller.ops import subnets
+from cvlan.controller.ops.context import resolve_tenant
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import Api, RunningController
 from tests.harness.nodes import EnrolledNode, enrol, make_token
@@ -326,3 +329,30 @@ async def test_a_cvlan_served_by_vrouters_approves_no_route(controller: RunningC
     )
     added = (await admin.post(T + "/cvlans/office/route-rules", {"kind": "exit"})).ok()
     assert added["approved"] == [] and await routes_of(admin) == before
+
+
+async def test_a_controller_started_at_a_new_address_refuses_the_routes_covering_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The controller's own address is an input of every refusal: started again under a URL inside
+    an approved route, it refuses that route (out of the maps) before it serves anything."""
+    rc = await RunningController(tmp_path / "data", db_url).start()
+    try:
+        admin = rc.api()
+        a = await enrol(rc, await make_token(rc), "ra")
+        await advertise(a, ["203.0.113.0/24"])
+        await wait_routes(admin, [("ra", "203.0.113.0/24", "pending")])
+        (await admin.post(T + "/nodes/ra/routes/approve", {"routes": ["203.0.113.0/24"]})).ok()
+    finally:
+        await rc.stop()
+    moved = await RunningController(tmp_path / "data", db_url, public_url="https://203.0.113.1:8443").start()
+    try:
+        assert moved.c is not None
+        async with moved.c.ctx.tx() as s:
+            tenant = await resolve_tenant(s, SYSTEM, "acme")
+            items = await subnets.list_routes(moved.c.ctx, s, SYSTEM, tenant, None, None)
+        assert [(r["state"], r["reason"]) for r in items] == [
+            ("refused", "route 203.0.113.0/24 covers 203.0.113.1, an address of the controller or a relay")
+        ]
+    finally:
+        await moved.stop()
