@@ -127,6 +127,7 @@ async def rehome(ctx: OpsContext, s: AsyncSession, n: Node, dst: Cvlan, who: Pri
     """A node moved to CVLAN dst: its routes belong to dst now, their approvals (given in the old
     CVLAN) are dropped, and they are decided again under dst's rules. Returns the prefixes whose
     approval was dropped (some may have been approved again by a rule of dst)."""
+    await s.execute(select(Cvlan.id).where(Cvlan.id == dst.id).with_for_update())  # as approvals do
     rows = list(
         await s.scalars(select(NodeRoute).where(NodeRoute.node_id == n.id).order_by(NodeRoute.prefix))
     )
