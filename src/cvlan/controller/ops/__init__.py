@@ -17,5 +17,6 @@ __all__ = [
     "subnets",
     "tenants",
     "users",
+    "views",
     "vrouters",
 ]

@@ -4,7 +4,6 @@ auto-approval rules per CVLAN, and the views the API, CLI and UI show (rules: su
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +15,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import nodes as node_ops
 from cvlan.controller.ops import routereview
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
+from cvlan.controller.ops.views import RouteRuleAdded, RouteRuleView, RouteView, RuleApproval
 from cvlan.controller.subnetroutes import Advertiser, approval_problem, check_rule, primary
 from cvlan.wire.routes import EXIT_ROUTE, RouteError, parse_routes
 
@@ -75,7 +75,7 @@ async def list_routes(
     tenant: Tenant,
     cvlan_ref: str | None,
     node_ref: str | None,
-) -> list[dict[str, Any]]:
+) -> list[RouteView]:
     """Every route of the tenant's nodes (optionally of one CVLAN or node), with its state and, for
     approved ones, whether its node is the primary of that route."""
     who.require(tenant.id, Level.READ, "list routes")
@@ -98,7 +98,7 @@ async def list_routes(
         if route_state(r) == "approved":
             online = node_ops.is_online(n, now, off)
             groups.setdefault((n.cvlan_id, r.prefix), []).append(Advertiser(n.id, online))
-    out = []
+    out: list[RouteView] = []
     for r, n, cname in rows:
         state = route_state(r)
         group = groups.get((n.cvlan_id, r.prefix), [])
@@ -173,11 +173,11 @@ async def set_approval(
     return [r.prefix for r in todo]
 
 
-def rule_view(r: RouteRule) -> dict[str, Any]:
+def rule_view(r: RouteRule) -> RouteRuleView:
     return {"id": r.id, "kind": r.kind, "prefix": r.prefix, "tag": r.tag}
 
 
-async def list_rules(s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> list[dict[str, Any]]:
+async def list_rules(s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> list[RouteRuleView]:
     who.require(tenant.id, Level.READ, "list route rules")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref)
     rows = await s.scalars(select(RouteRule).where(RouteRule.cvlan_id == c.id).order_by(RouteRule.id))
@@ -191,7 +191,7 @@ async def add_rule(
     tenant: Tenant,
     cvlan_ref: str,
     rule_in: tuple[str, str, str],
-) -> dict[str, Any]:
+) -> RouteRuleAdded:
     """Add an auto-approval rule; it also approves what matching nodes already advertise."""
     who.require(tenant.id, Level.ADMIN, "add route rule")
     try:
@@ -212,7 +212,7 @@ async def add_rule(
         )
     ).all()
     await routereview.review(ctx, s, c, [(r, n) for r, n in pending], who)
-    approved = [{"node": n.name, "route": r.prefix} for r, n in pending if r.approved]
+    approved: list[RuleApproval] = [{"node": n.name, "route": r.prefix} for r, n in pending if r.approved]
     after = {**rule_view(row), "approved": approved}
     audit.record(s, who, "route_rule.add", "cvlan", c.id, tenant_id=tenant.id, after=after)
     return {**rule_view(row), "approved": approved}
