@@ -6,13 +6,11 @@ byte for byte. About 40 s."""
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cvlan.devtools.harness.controller import script
+from tests.e2e.conftest import give_resolv_conf
 from tests.harness.netns import Lab, Netns
 from tests.harness.stack import start_controller, start_node, wait_until
 
@@ -20,24 +18,6 @@ pytestmark = pytest.mark.e2e
 
 ORIGINAL = "# the namespace's own resolver configuration\nnameserver 192.0.2.53\nsearch example.test\n"
 ZONE = "office.acme.cvlan.internal"
-
-
-@pytest.fixture
-def own_resolv_conf() -> Iterator[list[Netns]]:
-    """Namespaces listed here get /etc/netns/<name>/resolv.conf (bind-mounted over /etc/resolv.conf
-    by `ip netns exec`), removed at the end."""
-    made: list[Netns] = []
-    yield made
-    for ns in made:
-        shutil.rmtree(Path("/etc/netns") / ns.name, ignore_errors=True)
-
-
-def _give_resolv_conf(ns: Netns, made: list[Netns]) -> Path:
-    d = Path("/etc/netns") / ns.name
-    d.mkdir(parents=True, exist_ok=False)
-    made.append(ns)
-    (d / "resolv.conf").write_text(ORIGINAL)
-    return d / "resolv.conf"
 
 
 def _getent(ns: Netns, name: str) -> str:
@@ -63,7 +43,7 @@ def test_nodes_resolve_peers_by_name_and_the_host_config_comes_back(
     _, join = ctl.token("acme", "office")
     _, join_lab = ctl.token("acme", "lab")
     ns_a = lab.public_host("n0")
-    conf = _give_resolv_conf(ns_a, own_resolv_conf)
+    conf = give_resolv_conf(ns_a, own_resolv_conf, ORIGINAL)
     a = start_node(lab, ns_a, "n0", join, dns_mode="resolv.conf")
     b = start_node(lab, lab.public_host("n1"), "n1", join)
     c = start_node(lab, lab.public_host("n2"), "n2", join_lab)

@@ -1,5 +1,5 @@
 """Subnet routes and exit nodes end to end: controller, cvlan-ctrl and cvland on real wireguard-go in
-namespaces. A LAN behind two routers (not CVLAN members), a web server on the fake internet."""
+namespaces. A LAN behind two routers (not CVLAN members), a web server on the fake internet, a relay."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from cvlan.devtools.harness.controller import script
+from tests.e2e.conftest import give_resolv_conf
 from tests.harness.netns import Lab, Netns
-from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
+from tests.harness.relaystack import RELAY_PORT, RelayProc, start_relay
+from tests.harness.stack import CONTROLLER_PORT, Controller, Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +33,20 @@ def lan_behind(lab: Lab, routers: list[Netns]) -> Netns:
     host.exec("ip", "link", "set", "br0", "up")
     host.exec("ip", "route", "add", "default", "via", "10.1.0.1")
     return host
+
+
+CORP_DNS = """
+import socket, dns.message, dns.rrset
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.1.0.5", 53))
+while True:
+    data, peer = s.recvfrom(512)
+    q = dns.message.from_wire(data)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "10.1.0.99"))
+    s.sendto(r.to_wire(), peer)
+"""
+"""A DNS server on the LAN host answering every query with 10.1.0.99 (the corp.example resolver)."""
 
 
 def api(ctl: Controller, method: str, path: str, body: Any = None) -> Any:
@@ -54,6 +70,20 @@ def fetch(node: Node, url: str) -> bool:
     return node.ns.run(sys.executable, "-c", code, timeout=10).returncode == 0
 
 
+def connects(node: Node, ip: str, port: int) -> bool:
+    """A TCP connection from the node's namespace to ip:port opens (within 3 s)."""
+    code = f"import socket; socket.create_connection(({ip!r}, {port}), timeout=3).close()"
+    return node.ns.run(sys.executable, "-c", code, timeout=10).returncode == 0
+
+
+def control_plane_direct(node: Node, ctl: Controller, relay: RelayProc) -> bool:
+    """The controller and the relay are routed the host's own way (not into the tunnel) and answer."""
+    for ip, port in ((ctl.ns.ip, CONTROLLER_PORT), (relay.ns.ip, RELAY_PORT)):
+        if node.dp.ifname in node.ns.exec("ip", "route", "get", ip) or not connects(node, ip, port):
+            return False
+    return True
+
+
 def cli(node: Node, *argv: str) -> Any:
     base = [script("cvlancli"), "--socket", str(node.dp.socket), "--ctrl-state-dir", str(node.ctrl_state)]
     return node.ns.run(*base, *argv, timeout=40)
@@ -67,8 +97,9 @@ def host_routing(ns: Netns) -> tuple[str, str, str]:
     )
 
 
-def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
+def test_subnet_route_failover_and_exit_node(lab: Lab, own_resolv_conf: list[Netns]) -> None:
     ctl = start_controller(lab)
+    relay = start_relay(lab, ctl)
     _, join = ctl.token("acme", "office")
     a_ns, a2_ns, b_ns, web_ns = (lab.public_host(n) for n in ("ra", "rb", "b", "web"))
     lan = lan_behind(lab, [a_ns, a2_ns])
@@ -79,7 +110,8 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
     a.wait_ready(peers=0)  # ra enrols first: the lower node id, primary of the shared route
     a2 = start_node(lab, a2_ns, "rb", join, ctrl_args=adv)
     b_before = host_routing(b_ns)
-    b = start_node(lab, b_ns, "b", join)
+    give_resolv_conf(b_ns, own_resolv_conf, "nameserver 192.0.2.53\n")
+    b = start_node(lab, b_ns, "b", join, dns_mode="resolv.conf")
     for n in (a, a2, b):
         n.wait_ready(peers=2)
 
@@ -104,22 +136,59 @@ def test_subnet_route_failover_and_exit_node(lab: Lab) -> None:
         "the LAN reaches into the CVLAN"
     )
 
+    # Split DNS through the route: corp.example goes to the resolver on the LAN, behind ra.
+    lan.spawn("corpdns", sys.executable, "-c", CORP_DNS)
+    code, body = api(ctl, "PUT", "/cvlans/office/dns/forwarders/corp.example", {"servers": [LAN_HOST]})
+    assert code == 200, body
+    dig = ("dig", "+short", "+time=2", "+tries=1", "@100.100.100.100", "git.corp.example")
+    assert wait_until(
+        "corp.example resolves", lambda: b_ns.exec(*dig, check=False).strip() == "10.1.0.99", 30
+    )
+
     # Exit node: b's internet traffic goes through ra (the web server sees ra's address), the
     # controller stays direct, and clearing the selection restores b's routing exactly.
     assert fetch(b, url) and web_clients(web)[-1] == b_ns.ip
     r = cli(b, "up", "--exit-node", "ra")
-    assert r.returncode == 1 and "not an approved exit node" in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr == (
+        "cvlancli: cvland refused up: exit node 'ra': peer 'ra' is not an approved exit node"
+        " (see `cvlancli status`)\n"
+    )
     code, body = api(ctl, "POST", "/nodes/ra/routes/approve", {"exit_node": True})
     assert code == 200, body
     wait_until("b selects ra as exit node", lambda: cli(b, "up", "--exit-node", "ra").returncode == 0, 20)
     assert wait_until("web sees ra", lambda: fetch(b, url) and web_clients(web)[-1] == a_ns.ip, 20)
+    # A policy governs who leaves through the exit node: members only -> b's internet traffic is
+    # dropped on ra; a rule naming `internet` for b opens it again (the controller stays reachable).
+    code, body = api(ctl, "PUT", "/cvlans/office/policy", {"rules": [{"src": ["*"], "dst": ["*"]}]})
+    assert code == 200, body
+    assert wait_until("ra drops b's internet traffic", lambda: not fetch(b, url), 30)
+    assert control_plane_direct(b, ctl, relay), "the policy cut b off its controller or relay"
+
+    def exit_flow_reported() -> bool:
+        flows = api(ctl, "GET", "/denied")[1]["items"]
+        return any(
+            f["src"] == b.address() and f["dst"] == web_ns.ip and f["dport"] == int(WEB_PORT) for f in flows
+        )
+
+    assert wait_until("ra reports b's refused exit flow", exit_flow_reported, 45, interval=2)
+    assert (
+        cli(b, "status").returncode == 0
+        and "ra (all internet traffic goes through it)" in cli(b, "status").stdout
+    )
+    opened = {"src": ["node:b"], "dst": ["internet"], "proto": "tcp", "ports": [WEB_PORT]}
+    code, body = api(ctl, "PUT", "/cvlans/office/policy", {"rules": [{"src": ["*"], "dst": ["*"]}, opened]})
+    assert code == 200, body
+    assert wait_until("the policy lets b out", lambda: fetch(b, url) and web_clients(web)[-1] == a_ns.ip, 30)
+    code, body = api(ctl, "DELETE", "/cvlans/office/policy")
+    assert code in (200, 204), body
     assert b.dp.ifname in b_ns.exec("ip", "route", "get", web_ns.ip)
-    assert "eth0" in b_ns.exec("ip", "route", "get", ctl.ns.ip), "the controller must not go through the exit"
+    assert control_plane_direct(b, ctl, relay), "the controller and the relay must not go through the exit"
     status = json.loads(cli(b, "status", "--json").stdout)
     assert status["controller_reachable"] is True and status["device"]["exit_node"] == "ra"
     assert "ra (all internet traffic goes through it)" in cli(b, "status").stdout
     assert cli(b, "up", "--exit-node", "").returncode == 0
     assert fetch(b, url) and web_clients(web)[-1] == b_ns.ip
+    assert control_plane_direct(b, ctl, relay)
     after = host_routing(b_ns)
     assert after[0] == b_before[0] and after[2] == b_before[2]
     assert "table 51888" not in after[1]

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cvlan.controller.auth import SYSTEM
+from cvlan.controller.ops import subnets
+from cvlan.controller.ops.context import resolve_tenant
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import Api, RunningController
 from tests.harness.nodes import EnrolledNode, enrol, make_token
@@ -233,3 +236,123 @@ async def test_cli_lists_approves_and_shows_routes(controller: RunningController
     assert [(x["kind"], x["prefix"]) for x in json.loads(r.stdout)] == [("route", "10.0.0.0/8")]
     r = await cli("route", "--help")
     assert r.returncode == 0 and "approve" in r.stdout and "revoke" in r.stdout
+
+
+async def test_an_auto_approval_checks_overlaps_as_an_admin_does(controller: RunningController) -> None:
+    """A rule never approves a route an admin could not approve: one overlapping another node's
+    approved route stays pending, out of every map."""
+    admin = controller.api()
+    token = await make_token(controller, reusable=True, uses=3)
+    a, b, c = [await enrol(controller, token, h) for h in ("ra", "rb", "c")]
+    await advertise(a, [LAN])
+    await wait_routes(admin, [("ra", LAN, "pending")])
+    (await admin.post(T + "/nodes/ra/routes/approve", {"routes": [LAN]})).ok()
+    (await admin.post(T + "/cvlans/office/route-rules", {"kind": "route", "prefix": "10.0.0.0/8"})).ok()
+    await advertise(b, ["10.1.0.0/16", "10.2.0.0/24"])
+    await wait_routes(
+        admin, [("ra", LAN, "approved"), ("rb", "10.1.0.0/16", "pending"), ("rb", "10.2.0.0/24", "approved")]
+    )
+    assert peers(await c.client.poll(0)) == {"ra": ([LAN], False), "rb": (["10.2.0.0/24"], False)}
+    clash = await admin.post(T + "/nodes/rb/routes/approve", {"routes": ["10.1.0.0/16"]})
+    assert clash.status == 409, clash.body
+
+
+async def test_a_moved_node_loses_its_approvals_and_gets_the_new_cvlans_rules(
+    controller: RunningController,
+) -> None:
+    admin = controller.api()
+    office = await make_token(controller, reusable=True, uses=2)
+    a, c = [await enrol(controller, office, h) for h in ("ra", "c")]
+    d = await enrol(controller, await make_token(controller, cvlan="lab"), "d")
+    (await admin.post(T + "/cvlans/lab/route-rules", {"kind": "exit"})).ok()
+    await advertise(a, [LAN], exit_node=True)
+    await wait_routes(admin, [("ra", "0.0.0.0/0", "pending"), ("ra", LAN, "pending")])
+    (await admin.post(T + "/nodes/ra/routes/approve", {"routes": [LAN], "exit_node": True})).ok()
+    assert peers(await d.client.poll(0)) == {}
+
+    (await admin.patch(T + "/nodes/ra", {"cvlan": "lab"})).ok()
+    items = (await admin.get(T + "/routes?node=ra")).ok()["items"]
+    assert sorted((r["cvlan"], r["route"], r["state"]) for r in items) == [
+        ("lab", "0.0.0.0/0", "approved"),  # by the exit rule of lab
+        ("lab", LAN, "pending"),  # approved in office, not in lab
+    ]
+    assert peers(await d.client.poll(0)) == {"ra": ([], True)}
+    assert peers(await c.client.poll(0)) == {}
+    own = await a.client.poll(0)
+    assert list(own.map.self.routes) == [] and own.map.self.exit_node
+
+
+async def test_refusals_follow_the_relays(controller: RunningController) -> None:
+    """A route covering a relay's address is refused while the relay exists, and not after (and an
+    approved route is refused, out of the maps, when such a relay is added)."""
+    admin = controller.api()
+    token = await make_token(controller, reusable=True, uses=2)
+    a, c = [await enrol(controller, token, h) for h in ("ra", "c")]
+    (await admin.post("/api/v1/regions", {"name": "east"})).ok()
+    relay = {"name": "r1", "region": "east", "url": "https://203.0.113.1:8443"}
+    (await admin.post("/api/v1/relays", relay)).ok()
+    await advertise(a, ["203.0.113.0/24"])
+    await wait_routes(admin, [("ra", "203.0.113.0/24", "refused")])
+    assert (await admin.delete("/api/v1/relays/r1")).status == 204
+    items = (await admin.get(T + "/routes")).ok()["items"]
+    assert [(r["state"], r["reason"]) for r in items] == [("pending", "")]
+    (await admin.post(T + "/nodes/ra/routes/approve", {"routes": ["203.0.113.0/24"]})).ok()
+    assert peers(await c.client.poll(0)) == {"ra": (["203.0.113.0/24"], False)}
+    (await admin.post("/api/v1/relays", relay)).ok()  # back: the approved route is refused again
+    items = (await admin.get(T + "/routes")).ok()["items"]
+    assert [r["reason"] for r in items] == [
+        "route 203.0.113.0/24 covers 203.0.113.1, an address of the controller or a relay"
+    ]
+    assert peers(await c.client.poll(0)) == {"ra": ([], False)}
+
+
+async def test_a_cvlan_served_by_vrouters_approves_no_route(controller: RunningController) -> None:
+    """Vrouters carry only the CVLAN's own addresses: an approval there is refused (by an admin or
+    a rule), and a vrouter is not attached where routes are approved."""
+    admin = controller.api()
+    a = await enrol(controller, await make_token(controller), "ra")
+    (await admin.post("/api/v1/regions", {"name": "east"})).ok()
+    vr = {"name": "hub-e", "region": "east", "endpoint": "192.0.2.9:51820"}
+    (await admin.post("/api/v1/vrouters", vr)).ok()
+    await advertise(a, [LAN], exit_node=True)
+    await wait_routes(admin, [("ra", "0.0.0.0/0", "pending"), ("ra", LAN, "pending")])
+    (await admin.post(T + "/nodes/ra/routes/approve", {"routes": [LAN]})).ok()
+    res = await admin.post(T + "/cvlans/office/vrouters", {"vrouter": "hub-e"})
+    assert res.status == 409 and "has approved subnet routes or exit nodes" in res.body["error"]["message"]
+    (await admin.post(T + "/nodes/ra/routes/revoke", {"routes": [LAN]})).ok()
+    (await admin.post(T + "/cvlans/office/vrouters", {"vrouter": "hub-e"})).ok()
+    before = await routes_of(admin)
+    res = await admin.post(T + "/nodes/ra/routes/approve", {"exit_node": True})
+    assert res.status == 409 and res.body["error"]["message"] == (
+        "the exit node offer cannot be approved: CVLAN 'office' is served by vrouters, which carry only"
+        " its own addresses (subnet routes and exit nodes need a CVLAN without vrouters)"
+    )
+    added = (await admin.post(T + "/cvlans/office/route-rules", {"kind": "exit"})).ok()
+    assert added["approved"] == [] and await routes_of(admin) == before
+
+
+async def test_a_controller_started_at_a_new_address_refuses_the_routes_covering_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The controller's own address is an input of every refusal: started again under a URL inside
+    an approved route, it refuses that route (out of the maps) before it serves anything."""
+    rc = await RunningController(tmp_path / "data", db_url).start()
+    try:
+        admin = rc.api()
+        a = await enrol(rc, await make_token(rc), "ra")
+        await advertise(a, ["203.0.113.0/24"])
+        await wait_routes(admin, [("ra", "203.0.113.0/24", "pending")])
+        (await admin.post(T + "/nodes/ra/routes/approve", {"routes": ["203.0.113.0/24"]})).ok()
+    finally:
+        await rc.stop()
+    moved = await RunningController(tmp_path / "data", db_url, public_url="https://203.0.113.1:8443").start()
+    try:
+        assert moved.c is not None
+        async with moved.c.ctx.tx() as s:
+            tenant = await resolve_tenant(s, SYSTEM, "acme")
+            items = await subnets.list_routes(moved.c.ctx, s, SYSTEM, tenant, None, None)
+        assert [(r["state"], r["reason"]) for r in items] == [
+            ("refused", "route 203.0.113.0/24 covers 203.0.113.1, an address of the controller or a relay")
+        ]
+    finally:
+        await moved.stop()

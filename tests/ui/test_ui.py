@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 import pytest
 from playwright.async_api import expect
@@ -11,7 +12,7 @@ from playwright.async_api import expect
 from cvlan.client.controller import ControlError
 from cvlan.controller.auth import SYSTEM
 from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
-from cvlan.controller.ops import cvlans, infra, nodes, users
+from cvlan.controller.ops import cvlans, infra, nodes, subnets, users
 from cvlan.controller.ops.context import resolve_tenant
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.nodes import enrol
@@ -565,3 +566,83 @@ async def test_cvlan_health_view_shows_relayed_and_lossy_pairs_first(ui: UiEnv) 
     ]
     assert ui.errors(page) == []
     await ui.shot(page, "cvlan-health")
+
+
+async def test_node_page_shows_routes_and_exit_offer_and_admins_approve_them(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    token = await ui.issue_token("acme", "lab", reusable=True)
+    gw1, gw2 = [await ui.register_node("acme", token, name) for name in ("gw1", "gw2")]
+    async with ctx.tx() as s:
+        await subnets.store_advert(ctx, s, gw1.id, ("10.7.0.0/24", "0.0.0.0/0"))
+        await subnets.store_advert(ctx, s, gw2.id, ("10.7.0.0/16",))
+
+    def row(page: Any, route: str) -> Any:
+        return page.locator(f"#route-table tr[data-route='{route}']")
+
+    page = await ui.page(ui.users["audrey"])  # an auditor sees them, and no buttons
+    await page.goto(ui.url + "/ui/t/acme/nodes/gw1")
+    assert re.sub(r"\s+", " ", await row(page, "10.7.0.0/24").inner_text()).startswith("10.7.0.0/24 pending")
+    assert "exit node" in await row(page, "0.0.0.0/0").inner_text()
+    assert await page.locator("#route-table button").count() == 0
+
+    page = await ui.page(ui.users["alice"])
+    await page.goto(ui.url + "/ui/t/acme/nodes/gw1")
+    await submit(page, row(page, "10.7.0.0/24").locator("button"))
+    assert "Route 10.7.0.0/24 approved" in await page.inner_text("#flash")
+    assert "approved" in await row(page, "10.7.0.0/24").locator(".route-state").inner_text()
+    assert "yes (primary)" in await row(page, "10.7.0.0/24").inner_text()
+    await submit(page, row(page, "0.0.0.0/0").locator("button"))
+    assert "The exit node offer approved" in await page.inner_text("#flash")
+    await ui.shot(page, "node-routes")
+
+    await page.goto(ui.url + "/ui/t/acme/nodes/gw2")  # an overlap is refused on the page, nothing changes
+    await submit(page, row(page, "10.7.0.0/16").locator("button"))
+    assert (
+        await page.inner_text("#err-route") == "Route 10.7.0.0/16 overlaps 10.7.0.0/24, approved for node gw1"
+    )
+    assert await row(page, "10.7.0.0/16").locator(".route-state").inner_text() == "pending"
+
+    await page.goto(ui.url + "/ui/t/acme/nodes/gw1")
+    await submit(page, row(page, "0.0.0.0/0").locator("button"))
+    assert "revoked" in await page.inner_text("#flash")
+    async with ctx.tx() as s:
+        t = await resolve_tenant(s, SYSTEM, "acme")
+        got = await subnets.list_routes(ctx, s, SYSTEM, t, None, "gw1")
+    assert sorted((r["route"], r["state"]) for r in got) == [
+        ("0.0.0.0/0", "pending"),
+        ("10.7.0.0/24", "approved"),
+    ]
+    # no script errors, no CSP violations (the browser logs the refused approval's 409 itself)
+    assert [e for e in ui.errors(page) if "status of 409" not in e] == []
+
+
+async def test_cvlan_page_manages_route_auto_approval_rules(ui: UiEnv) -> None:
+    ctx = ui.rc.c.ctx  # type: ignore[union-attr]
+    gw = await ui.register_node("acme", await ui.issue_token("acme", "lab"), "gw3")
+    async with ctx.tx() as s:
+        await subnets.store_advert(ctx, s, gw.id, ("10.9.0.0/24", "0.0.0.0/0"))
+    page = await ui.page(ui.users["olga"])  # an operator sees the rules, cannot change them
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    assert (
+        await page.locator("#route-rules").count() == 1
+        and await page.locator("#route-rule-form").count() == 0
+    )
+
+    page = await ui.page(ui.users["alice"])
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    await submit(page, "#route-rule-form button")  # kind route, no prefix
+    assert await page.inner_text("#err-prefix") == "A route rule needs a prefix, e.g. 10.0.0.0/8"
+    await page.select_option("#route-rule-form #f-kind", "exit")
+    await submit(page, "#route-rule-form button")
+    assert "Rule added; it approved" in await page.inner_text("#flash")
+    row = page.locator("#route-rule-table tr", has_text="exit node")
+    assert "every node" in await row.inner_text()
+    await page.goto(ui.url + "/ui/t/acme/nodes/gw3")
+    assert (
+        await page.locator("#route-table tr[data-route='0.0.0.0/0'] .route-state").inner_text() == "approved"
+    )
+    await page.goto(ui.url + "/ui/t/acme/cvlans/lab")
+    await submit(page, page.locator("#route-rule-table tr", has_text="exit node").locator("button"))
+    assert "Rule deleted" in await page.inner_text("#flash")
+    assert await page.locator("#route-rule-table").count() == 0
+    assert [e for e in ui.errors(page) if "status of 422" not in e] == []

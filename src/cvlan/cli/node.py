@@ -20,7 +20,7 @@ from typing import Any
 
 from cvlan.cli.table import print_table
 from cvlan.client import netcheck
-from cvlan.client.ipc import IpcError, request_once
+from cvlan.client.ipc import IpcError, refused, request_once
 from cvlan.common.version import add_version_flag
 from cvlan.wire.ipc import DeviceStatus, DnsStatus, PeerStatus
 
@@ -45,7 +45,7 @@ def ipc(path: Path, op: str, timeout: float = 5.0, **body: Any) -> dict[str, Any
     except IpcError:
         raise CliError(f"cvland on {path} sent no valid answer") from None
     if not ans.get("ok"):
-        raise CliError(f"cvland refused {op}: {ans.get('error', 'no reason given')}")
+        raise CliError(refused(op, ans))
     return ans
 
 

@@ -28,6 +28,13 @@ class IpcError(Exception):
         self.retryable = retryable
 
 
+def refused(op: str, ans: dict[str, Any]) -> str:
+    """The line for a request cvland refused. cvland starts its error with the operation's name
+    ("up: exit node ..."); it is said once, not twice."""
+    error = str(ans.get("error") or "no reason given")
+    return f"cvland refused {op}: {error.removeprefix(f'{op}: ')}"
+
+
 class IpcClient:
     """A connection to cvland, opened on first use and re-opened after any failure."""
 
@@ -96,7 +103,7 @@ class IpcClient:
             await self.close()
             raise IpcError(f"cvland answered out of order during {op}", retryable=True)
         if not ans.get("ok"):
-            raise IpcError(f"cvland refused {op}: {ans.get('error', 'no reason given')}", retryable=False)
+            raise IpcError(refused(op, ans), retryable=False)
         return {k: v for k, v in ans.items() if k not in ("v", "id", "ok")}
 
     async def apply(self, state: DesiredState) -> int:

@@ -36,7 +36,7 @@ from cvlan.controller.http.framework import (
 from cvlan.controller.infraapi import relays as relayapi
 from cvlan.controller.infraapi import vrouters as vrouterapi
 from cvlan.controller.oidc.client import PROVIDERS_KEY, build_providers
-from cvlan.controller.ops import users
+from cvlan.controller.ops import routereview, users
 from cvlan.controller.ops.context import OpsContext
 from cvlan.controller.settings import ControllerSettings
 from cvlan.controller.tlsserve import TlsKeeper
@@ -125,6 +125,8 @@ async def build(
     )
     ca = CertificateAuthority.load_or_create(settings.data_dir)
     await ctx.count_objects()
+    async with ctx.tx() as s:  # the controller's own address may have changed since the last start
+        await routereview.review_everywhere(ctx, s)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_middleware])
     app[CTX_KEY] = ctx
     app[ENGINE_KEY] = engine

@@ -66,6 +66,25 @@ def conflict(prefix: str, node: str, approved: Iterable[Approved]) -> str:
     return ""
 
 
+def vrouted_refusal(prefix: str, cvlan: str) -> str:
+    """Why no route (nor exit node) is approved in a CVLAN served by vrouters: members reached
+    through a vrouter have no WireGuard path to the advertiser, and vrouters forward only addresses
+    of the CVLAN subnet."""
+    what = "the exit node offer" if prefix == EXIT_ROUTE else f"route {prefix}"
+    return (
+        f"{what} cannot be approved: CVLAN {cvlan!r} is served by vrouters, which carry only its own "
+        "addresses (subnet routes and exit nodes need a CVLAN without vrouters)"
+    )
+
+
+def approval_problem(prefix: str, node: str, approved: Iterable[Approved], vrouted: str = "") -> str:
+    """Why prefix may not be approved for node now ("" when it may): the one check an admin's approval
+    and an auto-approval rule both go through. vrouted: the name of the CVLAN when vrouters serve it."""
+    if vrouted:
+        return vrouted_refusal(prefix, vrouted)
+    return conflict(prefix, node, approved)
+
+
 @dataclass(frozen=True, slots=True)
 class AutoRule:
     """An auto-approval rule of a CVLAN: kind "route" approves advertised routes within prefix,

@@ -17,7 +17,8 @@ CVLAN (UDP PROBE_PORT, wire/healthprobe.py) ahead of the rules, whatever the pol
 A node that serves subnet routes or is an exit node (docs/ROUTES.md) also gets a forward chain: a
 rule with "dst" (a policy rule naming a route, `route:CIDR`) applies to traffic forwarded to those
 networks; without any rule (no policy) the approved routes are open to the CVLAN; everything else
-from the interface is dropped, except, on an exit node, traffic leaving the overlay. Forwarded
+from the interface is dropped, except, on an exit node, traffic leaving the overlay: all of it
+without a policy, with one what its rules with dst 0.0.0.0/0 (`internet`) accept. Forwarded
 traffic is masqueraded to the node's own address (so the networks behind it need no route back)."""
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def render_ruleset(
     net = _network(subnet, "cvlan subnet")
     table = table_name(ifname)
     inbound = [(i, r) for i, r in enumerate(rules) if not r.get("dst")]
-    forwarded = [_render_rule(i, r, net) for i, r in enumerate(rules) if r.get("dst")]  # validated always
+    beyond = [net, *(_network(r, "route") for r in routes)]
+    forwarded = [_render_rule(i, r, net, beyond) for i, r in enumerate(rules) if r.get("dst")]
     accepts = [_render_rule(i, r, net) for i, r in inbound] or [f"ip saddr {net} accept"]
     if rules and not inbound:
         accepts = [f"ip saddr {net} {_DROP}"]  # a policy that only names routes protects the node too
@@ -109,7 +111,7 @@ def _forward_chains(
     lines = [f"{iif} {x}" for x in forwarded]
     if nets:
         lines.append(f"{iif} ip daddr {_set(nets)} {_DROP if policy else 'accept'}")
-    if exit_node:
+    if exit_node and not policy:
         lines.append(f"{iif} ip daddr != {net} accept")
     lines.append(f"{iif} {_DROP}")
     body = "".join(f"    {x}\n" for x in lines)
@@ -140,7 +142,14 @@ def _network(text: object, what: str) -> ipaddress.IPv4Network:
     return net
 
 
-def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4Network) -> str:
+def _render_rule(
+    i: int,
+    rule: Mapping[str, object],
+    default_src: ipaddress.IPv4Network,
+    beyond: Sequence[ipaddress.IPv4Network] = (),
+) -> str:
+    """One rule as nft text. A dst of 0.0.0.0/0 (a policy naming `internet`) means "outside beyond"
+    (the CVLAN subnet and the node's own routes, which their own rules govern)."""
     unknown = set(rule) - {"src", "dst", "proto", "ports", "action"} - _IGNORED_KEYS
     if unknown:
         raise FirewallError(f"filter rule {i}: unknown key {sorted(unknown)[0]!r}")
@@ -160,8 +169,11 @@ def _render_rule(i: int, rule: Mapping[str, object], default_src: ipaddress.IPv4
     dst_raw = rule.get("dst") or []
     if not isinstance(dst_raw, list):
         raise FirewallError(f"filter rule {i}: dst must be a list of CIDRs")
-    if dst_raw:
-        out += " ip daddr " + _set([str(_network(d, f"filter rule {i}: dst")) for d in dst_raw])
+    dsts = [_network(d, f"filter rule {i}: dst") for d in dst_raw]
+    if any(d.prefixlen == 0 for d in dsts):
+        out += " ip daddr != " + _set([str(b) for b in beyond or [default_src]])
+    elif dsts:
+        out += " ip daddr " + _set([str(d) for d in dsts])
     if proto != "any":
         out += f" meta l4proto {proto}"
     ports = rule.get("ports")

@@ -8,6 +8,7 @@ from cvlan.controller.subnetroutes import (
     Advertiser,
     Approved,
     AutoRule,
+    approval_problem,
     auto_approved,
     check_rule,
     conflict,
@@ -108,6 +109,34 @@ def test_refusal(prefix: str, why: str) -> None:
 )
 def test_conflict(prefix: str, node: str, approved: list[Approved], want: str) -> None:
     assert conflict(prefix, node, approved) == want
+
+
+VROUTED = (
+    "cannot be approved: CVLAN 'office' is served by vrouters, which carry only its own addresses"
+    " (subnet routes and exit nodes need a CVLAN without vrouters)"
+)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "approved", "vrouted", "want"),
+    [
+        ("10.1.0.0/24", [], "", ""),
+        ("10.1.0.0/24", [Approved("a", "10.1.0.0/24")], "", ""),  # a failover pair
+        (
+            "10.1.0.0/24",
+            [Approved("a", "10.1.0.0/16")],
+            "",
+            "route 10.1.0.0/24 overlaps 10.1.0.0/16, approved for node a",
+        ),
+        ("10.1.0.0/24", [], "office", f"route 10.1.0.0/24 {VROUTED}"),
+        ("0.0.0.0/0", [], "office", f"the exit node offer {VROUTED}"),
+        ("0.0.0.0/0", [Approved("a", "0.0.0.0/0")], "", ""),
+    ],
+)
+def test_approval_problem_is_the_check_of_admins_and_rules_alike(
+    prefix: str, approved: list[Approved], vrouted: str, want: str
+) -> None:
+    assert approval_problem(prefix, "b", approved, vrouted) == want
 
 
 RULES = [

@@ -156,6 +156,9 @@ def _rule(action: str, src: list[str], proto: str = "", ports: Sequence[str] = (
             True,
         ),
         ([_rule("drop", ["100.64.0.1/32"]), _rule("accept", ["100.64.0.0/24"])], "100.64.0.1", False),
+        # a forward rule (route:CIDR, internet) lets traffic through the node, not to it
+        ([pb.FilterRule(action="accept", src=["100.64.0.0/24"], dst=["0.0.0.0/0"])], "100.64.0.1", False),
+        ([pb.FilterRule(action="accept", src=["100.64.0.0/24"], dst=["10.1.0.0/24"])], "100.64.0.1", False),
     ],
 )
 def test_may_reach_follows_the_first_matching_rule(rules: list[pb.FilterRule], src: str, reach: bool) -> None:
@@ -205,3 +208,20 @@ async def test_the_host_is_not_pointed_at_a_resolver_that_does_not_listen(conf: 
     assert conf.read_text() == ORIGINAL
     await asyncio.to_thread(svc.teardown)
     assert svc.status() is None and conf.read_text() == ORIGINAL
+
+
+def test_the_packages_restore_dns_call_undoes_a_crashed_run(
+    conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the client package's prerm runs on uninstall (cvland --restore-dns): the host's own
+    resolv.conf again, byte for byte, after a cvland that died with it rewritten; twice is harmless."""
+    from cvlan.cvland.__main__ import main
+
+    state = tmp_path / "state"
+    state.mkdir()
+    ResolvConf(conf, state).apply(CFG)  # then the process dies
+    monkeypatch.setenv("CVLAND_RESOLV_CONF", str(conf))
+    assert main(["--state-dir", str(state), "--restore-dns"]) == 0
+    assert conf.read_text() == ORIGINAL
+    assert main(["--state-dir", str(state), "--restore-dns"]) == 0
+    assert conf.read_text() == ORIGINAL

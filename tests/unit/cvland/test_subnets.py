@@ -4,10 +4,13 @@ routing plan, forwarding, and cvland's selection of an exit node (fake backends)
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
+from cvlan.cli.node import main as node_cli
 from cvlan.common.clock import FakeClock
 from cvlan.cvland.daemon import EXIT_FILE, Daemon
 from cvlan.cvland.reconcile import exit_excludes, plan
@@ -280,3 +283,59 @@ def test_a_policy_naming_the_route_governs_what_is_forwarded_to_it() -> None:
     )
     assert f'iifname "wg0" ip daddr {LAN} log prefix' in forward  # the rest of the route is denied
     assert "ip daddr" not in p.ruleset.split("chain forward")[0]  # the input chain is the node's own
+
+
+def test_an_exit_node_forwards_to_the_internet_only_what_the_policy_names() -> None:
+    """Without a policy every member may leave through the exit node; with one, only the sources an
+    `internet` rule names, and such a rule does not open the node's own routes or the CVLAN."""
+    open_ = plan(state([], exit_node=True), "wg0", lambda key: "").ruleset
+    assert 'iifname "wg0" ip daddr != 100.64.0.0/24 accept' in open_
+    rules = [
+        {
+            "action": "accept",
+            "src": ["100.64.0.3/32"],
+            "proto": "tcp",
+            "ports": ["443"],
+            "dst": ["0.0.0.0/0"],
+        },
+        {"action": "accept", "src": ["100.64.0.0/24"], "proto": "", "ports": []},
+    ]
+    p = plan(state([], routes=[LAN], exit_node=True, filter_rules=rules), "wg0", lambda key: "")
+    forward = p.ruleset.split("chain forward")[1].split("chain postrouting")[0]
+    lines = [x.strip() for x in forward.splitlines() if x.strip().startswith('iifname "wg0"')]
+    assert lines == [
+        'iifname "wg0" ip saddr 100.64.0.3/32 ip daddr != { 100.64.0.0/24, 10.1.0.0/24 } meta l4proto tcp'
+        " tcp dport { 443 } accept",
+        f'iifname "wg0" ip daddr {LAN} log prefix "cvlan-deny " group 1117 counter name "denied" drop',
+        'iifname "wg0" log prefix "cvlan-deny " group 1117 counter name "denied" drop',
+    ]
+
+
+def test_cvlancli_says_why_cvland_refused_an_exit_node_once(
+    daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cvlancli up against cvland's own request handler on a real socket: the refusal is one line,
+    with the operation named once ("refused up: exit node ...", not "up: up:")."""
+    daemon.apply(state([peer(KA, 5, "a", exit_node=True), peer(KB, 7, "b")]))
+    path = tmp_path / "cvland.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve_one() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as f:
+            f.write(json.dumps(handle_request(daemon, f.readline())).encode() + b"\n")
+
+    t = threading.Thread(target=serve_one, daemon=True)
+    t.start()
+    try:
+        assert node_cli(["--socket", str(path), "up", "--exit-node", "b"]) == 1
+    finally:
+        t.join(5)
+        server.close()
+    assert capsys.readouterr().err == (
+        "cvlancli: cvland refused up: exit node 'b': peer 'b' is not an approved exit node"
+        " (see `cvlancli status`)\n"
+    )
+    assert daemon.exit_name == ""

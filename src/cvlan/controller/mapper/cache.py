@@ -373,7 +373,8 @@ class Mapper:
                 members[nid].routes = tuple(p for p in usable if p != EXIT_ROUTE)
                 members[nid].exit_node = EXIT_ROUTE in usable
         refs = [
-            MemberRef(mem.node_id, mem.name, mem.address, mem.tags, mem.routes) for mem in members.values()
+            MemberRef(mem.node_id, mem.name, mem.address, mem.tags, mem.routes, mem.exit_node)
+            for mem in members.values()
         ]
         for nid, rules in compile_for_members(doc, refs, c.subnet).items():
             members[nid].filter_rules = [pb.FilterRule(**r) for r in rules]

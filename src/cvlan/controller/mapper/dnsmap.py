@@ -38,6 +38,8 @@ def may_reach(rules: Sequence[pb.FilterRule], src: str) -> bool:
         return True
     addr = ipaddress.ip_address(src)
     for r in rules:
+        if r.dst:
+            continue  # a forward rule: traffic through the node, not to it
         if r.src and not any(addr in ipaddress.ip_network(c, strict=False) for c in r.src):
             continue
         if r.action == "accept":

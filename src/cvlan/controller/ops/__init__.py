@@ -13,6 +13,7 @@ __all__ = [
     "policy",
     "reauth",
     "registration",
+    "routereview",
     "subnets",
     "tenants",
     "users",

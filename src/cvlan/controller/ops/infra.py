@@ -11,6 +11,7 @@ from cvlan.controller import audit, credentials
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import routereview
 from cvlan.controller.ops.context import OpsContext, bump, check_name, where_ref
 from cvlan.controller.ops.views import RegionView, RelayView, VrouterView
 from cvlan.wire.endpoint import split_hostport
@@ -113,7 +114,9 @@ async def create_relay(
     check_url("url", url)
     if stun:
         check_hostport("stun", stun)
-    return await _create(ctx, s, who, Relay, "relay", RELAY_KIND, r, name, {"url": url, "stun": stun})
+    out = await _create(ctx, s, who, Relay, "relay", RELAY_KIND, r, name, {"url": url, "stun": stun})
+    await routereview.review_everywhere(ctx, s)  # a route covering its address is refused from now on
+    return out
 
 
 async def list_relays(s: AsyncSession, limit: int, offset: int) -> tuple[list[tuple[Relay, str]], int]:
@@ -124,6 +127,8 @@ async def delete_relay(ctx: OpsContext, s: AsyncSession, who: Principal, ref: st
     x = await _deleted(s, who, Relay, ref)
     audit.record(s, who, "relay.delete", "relay", x.id, tenant_id=None, before={"name": x.name, "url": x.url})
     await s.delete(x)
+    await s.flush()
+    await routereview.review_everywhere(ctx, s)  # a route refused for covering its address is not any more
 
 
 async def create_vrouter(

@@ -18,6 +18,7 @@ from cvlan.controller import audit, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import routereview
 from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
 from cvlan.controller.ops.cvlans import check_tags
 from cvlan.wire.ids import TenantId
@@ -373,7 +374,9 @@ async def rename(
 async def move(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, cvlan_ref: str
 ) -> Node:
-    """Move a node to another CVLAN of the same tenant: its old address is released, a new one allocated."""
+    """Move a node to another CVLAN of the same tenant: its old address is released, a new one
+    allocated; the approvals of its routes and exit offer are dropped and decided again under the
+    new CVLAN's rules (routereview.rehome)."""
 
     async def change(n: Node) -> bool:
         dst = await resolve_cvlan(s, tenant.id, cvlan_ref)
@@ -387,6 +390,7 @@ async def move(
         )
         n.cvlan_id = dst.id
         bump(s, src)  # the new CVLAN's version is bumped as for every change
+        await routereview.rehome(ctx, s, n, dst, who)
         return True
 
     return await _change(

@@ -4,58 +4,22 @@ auto-approval rules per CVLAN, and the views the API, CLI and UI show (rules: su
 from __future__ import annotations
 
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller import audit
 from cvlan.controller.auth import Level, Principal
-from cvlan.controller.db.models import Cvlan, Node, NodeRoute, Relay, RouteRule, Tenant
+from cvlan.controller.db.models import Cvlan, Node, NodeRoute, RouteRule, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import nodes as node_ops
+from cvlan.controller.ops import routereview
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
 from cvlan.controller.ops.views import RouteRuleAdded, RouteRuleView, RouteView, RuleApproval
-from cvlan.controller.subnetroutes import (
-    Advertiser,
-    Approved,
-    AutoRule,
-    auto_approved,
-    check_rule,
-    conflict,
-    primary,
-    refusal,
-)
-from cvlan.wire.endpoint import split_hostport
-from cvlan.wire.ids import CvlanId
+from cvlan.controller.subnetroutes import Advertiser, approval_problem, check_rule, primary
 from cvlan.wire.routes import EXIT_ROUTE, RouteError, parse_routes
 
 NODE_ACTOR = "node:{}"
-
-
-async def infra_hosts(ctx: OpsContext, s: AsyncSession) -> list[str]:
-    """The addresses of the controller and of every relay (URL and STUN hosts) given as IP literals."""
-    out = [_host(ctx.settings.url)]
-    for url, stun in (await s.execute(select(Relay.url, Relay.stun))).all():
-        out.append(_host(url))
-        if stun:
-            try:
-                out.append(split_hostport(stun, any_port=True)[0])
-            except ValueError:
-                pass
-    return [h for h in out if h]
-
-
-def _host(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-
-
-async def _rules(s: AsyncSession, cvlan_id: CvlanId) -> list[AutoRule]:
-    rows = await s.scalars(select(RouteRule).where(RouteRule.cvlan_id == cvlan_id).order_by(RouteRule.id))
-    return [AutoRule(r.kind, r.prefix, r.tag) for r in rows]
 
 
 def advert_prefixes(routes: Sequence[str], exit_node: bool) -> tuple[str, ...]:
@@ -64,9 +28,9 @@ def advert_prefixes(routes: Sequence[str], exit_node: bool) -> tuple[str, ...]:
 
 
 async def store_advert(ctx: OpsContext, s: AsyncSession, node_id: int, advert: tuple[str, ...]) -> bool:
-    """Record what a node advertises now (its rows not in advert stop being advertised; new ones are
-    checked, refused with a reason or approved by a rule). Returns whether anything changed; bumps
-    the CVLAN's version when a peer's map changes with it."""
+    """Record what a node advertises now (its rows not in advert stop being advertised; every row is
+    decided again: refused with a reason, or approved by a rule). Returns whether anything changed;
+    bumps the CVLAN's version when it did (the node's own view changes too)."""
     n = await s.get(Node, node_id)
     if n is None:
         return False
@@ -74,29 +38,25 @@ async def store_advert(ctx: OpsContext, s: AsyncSession, node_id: int, advert: t
     if c is None:
         return False
     rows = {r.prefix: r for r in await s.scalars(select(NodeRoute).where(NodeRoute.node_id == n.id))}
-    hosts = await infra_hosts(ctx, s)
-    rules = await _rules(s, c.id)
-    who = Principal(actor=NODE_ACTOR.format(n.name))
     changed = False
     for prefix in advert:
         row = rows.get(prefix)
         if row is not None and row.advertised:
             continue
         if row is None:
-            row = NodeRoute(tenant_id=n.tenant_id, cvlan_id=c.id, node_id=n.id, prefix=prefix)
-            row.approved, row.created_at = False, ctx.now()
+            row = rows[prefix] = NodeRoute(tenant_id=n.tenant_id, cvlan_id=c.id, node_id=n.id, prefix=prefix)
+            row.approved, row.refused, row.created_at = False, "", ctx.now()
             s.add(row)
         row.advertised, changed = True, True
-        row.refused = refusal(prefix, c.subnet, ctx.settings.pool_cidr, hosts)
-        if not row.refused and not row.approved and auto_approved(prefix, list(n.tags or ()), rules):
-            row.approved, row.approved_at = True, ctx.now()
-            after = {"node": n.name, "route": prefix}
-            audit.record(s, who, "route.auto_approve", "node", n.id, tenant_id=n.tenant_id, after=after)
     for prefix, row in rows.items():
         if row.advertised and prefix not in advert:
             row.advertised, changed = False, True
+    await s.flush()
+    who = Principal(actor=NODE_ACTOR.format(n.name))
+    if await routereview.review(ctx, s, c, [(r, n) for r in rows.values()], who):
+        return True
     if changed:
-        bump(s, c)  # the node's own view (cvlan node show, its SelfNode routes) changes too
+        bump(s, c)
     return changed
 
 
@@ -183,7 +143,11 @@ async def set_approval(
     c = await s.get(Cvlan, n.cvlan_id, with_for_update=True)
     assert c is not None
     rows = {r.prefix: r for r in await s.scalars(select(NodeRoute).where(NodeRoute.node_id == n.id))}
-    others = await _approved_in(s, c.id) if approve else []
+    hosts = await routereview.infra_hosts(ctx, s)
+    if routereview.refresh_refusals(c, list(rows.values()), ctx.settings.pool_cidr, hosts):
+        bump(s, c)
+    others = await routereview.approved_in(s, c.id) if approve else []
+    served = await routereview.vrouted(s, c) if approve else ""
     todo: list[NodeRoute] = []
     for prefix in wanted:
         what = "the exit node offer" if prefix == EXIT_ROUTE else f"route {prefix}"
@@ -194,7 +158,7 @@ async def set_approval(
             )
         if approve and row.refused:
             raise DomainError(Kind.INVALID, f"{what} of node {n.name!r} is refused: {row.refused}")
-        problem = conflict(prefix, n.name, others) if approve else ""
+        problem = approval_problem(prefix, n.name, others, served) if approve else ""
         if problem:
             raise DomainError(Kind.CONFLICT, problem, {"field": "routes"})
         if row.approved != approve:
@@ -207,15 +171,6 @@ async def set_approval(
         after = {"node": n.name, "routes": [r.prefix for r in todo]}
         audit.record(s, who, action, "node", n.id, tenant_id=tenant.id, after=after)
     return [r.prefix for r in todo]
-
-
-async def _approved_in(s: AsyncSession, cvlan_id: CvlanId) -> list[Approved]:
-    rows = await s.execute(
-        select(Node.name, NodeRoute.prefix)
-        .join(Node, Node.id == NodeRoute.node_id)
-        .where(Node.cvlan_id == cvlan_id, NodeRoute.approved.is_(True), NodeRoute.refused == "")
-    )
-    return [Approved(name, prefix) for name, prefix in rows.all()]
 
 
 def rule_view(r: RouteRule) -> RouteRuleView:
@@ -248,21 +203,16 @@ async def add_rule(
     row.created_at = ctx.now()
     s.add(row)
     await s.flush()
-    others = await _approved_in(s, c.id)
     pending = (
         await s.execute(
             select(NodeRoute, Node)
             .join(Node, Node.id == NodeRoute.node_id)
-            .where(Node.cvlan_id == c.id, NodeRoute.approved.is_(False), NodeRoute.refused == "")
+            .where(Node.cvlan_id == c.id, NodeRoute.approved.is_(False))
+            .order_by(Node.id, NodeRoute.prefix)
         )
     ).all()
-    approved: list[RuleApproval] = []
-    for r, n in pending:
-        if auto_approved(r.prefix, list(n.tags or ()), [rule]) and not conflict(r.prefix, n.name, others):
-            r.approved, r.approved_at = True, ctx.now()
-            approved.append({"node": n.name, "route": r.prefix})
-    if approved:
-        bump(s, c)
+    await routereview.review(ctx, s, c, [(r, n) for r, n in pending], who)
+    approved: list[RuleApproval] = [{"node": n.name, "route": r.prefix} for r, n in pending if r.approved]
     after = {**rule_view(row), "approved": approved}
     audit.record(s, who, "route_rule.add", "cvlan", c.id, tenant_id=tenant.id, after=after)
     return {**rule_view(row), "approved": approved}

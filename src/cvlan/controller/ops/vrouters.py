@@ -14,6 +14,7 @@ from cvlan.controller import audit
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Region, Tenant, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.controller.ops import routereview
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
 from cvlan.controller.ops.views import AttachmentView
 
@@ -49,6 +50,13 @@ async def attach(
     view = attachment_view(v, region, c.name)
     if await s.get(VrouterCvlan, (v.id, c.id)) is not None:
         return view, False
+    if await routereview.approved_in(s, c.id):
+        raise DomainError(
+            Kind.CONFLICT,
+            f"CVLAN {c.name!r} has approved subnet routes or exit nodes, which vrouters cannot carry: "
+            "revoke them first (cvlan route list)",
+            {"field": "vrouter"},
+        )
     s.add(VrouterCvlan(vrouter_id=v.id, cvlan_id=c.id, tenant_id=tenant.id))
     bump(s, c)
     audit.record(

@@ -1,4 +1,6 @@
-"""Compile a CVLAN's policy into the inbound filter rules of each member (node protocol FilterRule)."""
+"""Compile a CVLAN's policy into the inbound filter rules of each member (node protocol FilterRule),
+and into the forward rules of the members that carry subnet routes (`route:CIDR`) or are exit nodes
+(`internet`, compiled as FilterRule.dst 0.0.0.0/0)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
-from cvlan.controller.policy.document import PolicyDocument
+from cvlan.controller.policy.document import INTERNET, PolicyDocument
+
+EXIT_DST = "0.0.0.0/0"
+"""FilterRule.dst of a rule naming `internet`: traffic an exit node forwards out of the overlay."""
 
 
 class CompiledRule(TypedDict):
@@ -26,6 +31,8 @@ class MemberRef:
     tags: tuple[str, ...]
     routes: tuple[str, ...] = ()
     """Its approved subnet routes (a `route:CIDR` destination within one of them selects it)."""
+    exit_node: bool = False
+    """It is an approved exit node (an `internet` destination selects it)."""
 
 
 def _routed(selector: str, m: MemberRef) -> bool:
@@ -40,7 +47,7 @@ def _matches(selector: str, m: MemberRef) -> bool:
     if selector == "*":
         return True
     kind, _, value = selector.partition(":")
-    if kind == "route":
+    if kind in ("route", INTERNET):
         return False
     if kind == "tag":
         return value in m.tags or f"tag:{value}" in m.tags
@@ -87,5 +94,7 @@ def compile_for_members(
             routed = [d.removeprefix("route:") for d in r.dst if _routed(d, m)]
             if routed:
                 rules.append({**rule, "dst": routed})
+            if m.exit_node and INTERNET in r.dst:
+                rules.append({**rule, "dst": [EXIT_DST]})
         out[m.node_id] = rules or [{"action": "drop", "src": [subnet], "proto": "", "ports": []}]
     return out

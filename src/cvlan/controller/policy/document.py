@@ -3,7 +3,8 @@
     {"rules": [
         {"action": "accept",               # or "drop"; default accept
          "src": ["tag:web", "node:db1", "100.64.0.0/24", "*"],
-         "dst": ["tag:db"],                  # "*" = every member; "route:10.1.0.0/24" = a subnet route
+         "dst": ["tag:db"],                  # "*" = every member; "route:10.1.0.0/24" = a subnet route;
+                                             # "internet" = anywhere outside the CVLAN through an exit node
          "proto": "tcp",                     # "any" (default), "tcp", "udp", "icmp"
          "ports": ["5432", "8000-8100"],     # tcp/udp only; empty = all
          "comment": "web tier reaches the database"}]}
@@ -30,8 +31,12 @@ _PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 MAX_RULES = 500
 
 
+INTERNET = "internet"
+"""The destination selector of traffic leaving through an exit node (docs/EXIT-NODES.md)."""
+
+
 def _check_selector(v: str, allow_cidr: bool) -> str:
-    if _SELECTOR.fullmatch(v):
+    if _SELECTOR.fullmatch(v) or (v == INTERNET and not allow_cidr):
         return v
     if not allow_cidr and v.startswith("route:"):
         try:
@@ -40,6 +45,8 @@ def _check_selector(v: str, allow_cidr: bool) -> str:
             net = None
         if isinstance(net, ipaddress.IPv4Network) and net.prefixlen > 0:
             return f"route:{net}"
+        if isinstance(net, ipaddress.IPv4Network):
+            raise ValueError(f"{v!r}: the default route is not a subnet route; name exit traffic 'internet'")
         raise ValueError(f"{v!r}: expected route:CIDR naming an IPv4 network, e.g. route:10.1.0.0/24")
     if allow_cidr:
         try:
@@ -48,7 +55,8 @@ def _check_selector(v: str, allow_cidr: bool) -> str:
             net = None
         if isinstance(net, ipaddress.IPv4Network):
             return str(net)
-    kinds = "'*', 'tag:NAME', 'node:NAME'" + (" or an IPv4 CIDR" if allow_cidr else " or 'route:CIDR'")
+    last = " or an IPv4 CIDR" if allow_cidr else ", 'route:CIDR' or 'internet'"
+    kinds = "'*', 'tag:NAME', 'node:NAME'" + last
     raise ValueError(f"{v!r} is not a selector: expected {kinds}")
 
 

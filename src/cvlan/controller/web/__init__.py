@@ -19,6 +19,7 @@ from cvlan.controller.web import (
     pages_dns,
     pages_health,
     pages_policy,
+    pages_routes,
     pages_tenant,
     session,
 )
@@ -51,6 +52,7 @@ def setup(app: web.Application, engine: AsyncEngine) -> None:
             *pages_admin.routes(p),
             *pages_policy.routes(p),
             *pages_dns.routes(p),
+            *pages_routes.routes(p),
             *pages_health.routes(p),
         ]
     )

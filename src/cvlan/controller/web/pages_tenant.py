@@ -14,7 +14,7 @@ from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_PIN_KEY
-from cvlan.controller.ops import cvlans, dns, infra, nodes, tenants, vrouters
+from cvlan.controller.ops import cvlans, dns, infra, nodes, subnets, tenants, vrouters
 from cvlan.controller.ops.context import Tx
 from cvlan.controller.web.core import Form, Page, page
 
@@ -146,7 +146,10 @@ async def cvlan_create(p: Page) -> web.StreamResponse:
     return await p.submit(f, create, lambda form: _cvlan_list(p, form, 422), ("name", "subnet", "mode"))
 
 
-async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+async def render_cvlan(
+    p: Page, ref: str, form: Form | None = None, status: int = 200, rule_form: Form | None = None
+) -> web.Response:
+    """The CVLAN page (form: the settings or vrouter form submitted; rule_form: the route rule one)."""
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         c = await cvlans.get(s, p.who, p.tenant, ref)
@@ -154,6 +157,7 @@ async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int
         toks, _ = await cvlans.list_tokens(s, p.who, p.tenant, str(c.id), LIST_LIMIT, 0)
         attached = await vrouters.list_for_cvlan(s, p.who, p.tenant, str(c.id))
         all_vrouters, _ = await infra.list_vrouters(s, LIST_LIMIT, 0)
+        rules = await subnets.list_rules(s, p.who, p.tenant, str(c.id))
     active = [t for t, _ in toks if token_status(t, p.ctx.now()) == "active"]
     names = {a["vrouter"] for a in attached}
     return p.render(
@@ -167,13 +171,15 @@ async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int
             (v.name, f"{v.name} ({region})") for v, region in all_vrouters if v.name not in names
         ],
         form=form or Form({"name": c.name, "mode": c.mode}),
+        route_rules=rules,
+        rule_form=rule_form or Form({"kind": "route"}),
         nav="cvlans",
     )
 
 
 @page(tenant=True)
 async def cvlan_detail(p: Page) -> web.StreamResponse:
-    return await _cvlan_detail(p, p.request.match_info["cvlan"])
+    return await render_cvlan(p, p.request.match_info["cvlan"])
 
 
 @page(tenant=True)
@@ -185,7 +191,7 @@ async def cvlan_edit(p: Page) -> web.StreamResponse:
         c = await cvlans.update(p.ctx, s, p.who, tenant, ref, f.get("name"), f.get("mode"))
         return p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} saved."
 
-    return await p.submit(f, update, lambda form: _cvlan_detail(p, ref, form, 422), ("name", "mode"))
+    return await p.submit(f, update, lambda form: render_cvlan(p, ref, form, 422), ("name", "mode"))
 
 
 @page(tenant=True)
@@ -200,7 +206,7 @@ async def cvlan_delete(p: Page) -> web.StreamResponse:
             raise
         f = Form()
         f.fail(e, ())
-        return await _cvlan_detail(p, ref, f, 409)
+        return await render_cvlan(p, ref, f, 409)
     return p.redirect(p.url("cvlans"), f"CVLAN {ref} deleted.")
 
 
@@ -223,7 +229,7 @@ async def cvlan_vrouters(p: Page) -> web.StreamResponse:
         return e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" in e.message)
 
     return await p.submit(
-        f, change, lambda form: _cvlan_detail(p, ref, form, 422), ("vrouter",), passes=passes
+        f, change, lambda form: render_cvlan(p, ref, form, 422), ("vrouter",), passes=passes
     )
 
 
@@ -235,17 +241,20 @@ async def node_list(p: Page) -> web.StreamResponse:
     return p.render("nodes.html", members=[node_row(p, n, cn) for n, cn in rows], total=total, nav="nodes")
 
 
-async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+async def render_node(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
+    """The node page (form: what was submitted, with its errors)."""
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         n, cn = await nodes.get(s, p.who, p.tenant, ref)
         all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
         dns_name = await dns.node_dns_name(p.ctx, s, p.tenant, n, cn)
+        node_routes = await subnets.list_routes(p.ctx, s, p.who, p.tenant, None, str(n.id))
     return p.render(
         "node.html",
         status=status,
         node=node_row(p, n, cn),
         dns_name=dns_name,
+        node_routes=node_routes,
         os_info=n.os_info,
         cvlans=[c for c, _ in all_cvlans],
         form=form or Form({"name": n.name, "cvlan": cn, "tags": " ".join(n.tags or [])}),
@@ -255,7 +264,7 @@ async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int 
 
 @page(tenant=True)
 async def node_detail(p: Page) -> web.StreamResponse:
-    return await _node_detail(p, p.request.match_info["node"])
+    return await render_node(p, p.request.match_info["node"])
 
 
 @page(tenant=True)
@@ -276,7 +285,7 @@ async def node_update(p: Page) -> web.StreamResponse:
         if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" not in e.message):
             raise
         f.fail(e, ("name", "cvlan"), {"CVLAN": "cvlan"})
-        return await _node_detail(p, ref, f, 422)
+        return await render_node(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), msg)
 
 
@@ -324,7 +333,7 @@ async def node_tags(p: Page) -> web.StreamResponse:
         if e.kind != Kind.INVALID:
             raise
         f.fail(e, ("tags",), {"name": "tags"})
-        return await _node_detail(p, ref, f, 422)
+        return await render_node(p, ref, f, 422)
     return p.redirect(p.url(f"nodes/{n.name}"), f"Tags of {n.name} saved.")
 
 

@@ -688,7 +688,8 @@ class FilterRule(_message.Message):
     @_builtins.property
     def dst(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Destination networks behind the receiving node (a policy naming `route:CIDR`): the rule applies
-        to traffic the node forwards to them. Empty: traffic to the node itself.
+        to traffic the node forwards to them; 0.0.0.0/0 (a policy naming `internet`, on an exit node):
+        traffic it forwards outside the CVLAN subnet and its own routes. Empty: traffic to the node itself.
         """
 
     def __init__(
