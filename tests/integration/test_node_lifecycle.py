@@ -313,7 +313,8 @@ async def test_certificate_expiring_while_running_is_replaced_by_reauthenticatio
     db_url: str, tmp_path: Path
 ) -> None:
     """The controller was out of reach until the certificate expired: with a token the agent
-    re-authenticates in place; without one it stops with the reason."""
+    re-authenticates in place; without one it asks a tenant admin, and stops with the reason when
+    the admin rejects it."""
     clock = FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=8))
     rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
     try:
@@ -324,8 +325,11 @@ async def test_certificate_expiring_while_running_is_replaced_by_reauthenticatio
         agent.ident = old
         agent.client = NodeApiClient(old.server, old.ca_pem, old.cert_pem, old.tls_key_pem)
         agent.opts.token = None
-        with pytest.raises(FatalError, match="certificate expired"):
-            await agent._renew_if_due()
+        asking = asyncio.create_task(agent._renew_if_due())
+        await until(lambda: _requests(rc, "pending"))
+        (await rc.api().post(f"{NODES}/{old.node_id}/reauth/reject", {})).ok()
+        with pytest.raises(FatalError, match="rejected the re-authentication"):
+            await asking
         agent.opts.token = await make_token(rc)
         await agent._renew_if_due()
         assert agent.ident.cert_pem != old_cert and agent.ident.node_id == old.node_id
@@ -366,3 +370,111 @@ async def test_cli_disables_tags_and_shows_expires_in(controller: RunningControl
     r = await asyncio.to_thread(cli, "node", "enable", "--tenant", "acme", "box")
     assert r.returncode == 0 and not (await controller.api().get(f"{NODES}/box")).ok()["disabled"]
     await n.client.close()
+
+
+async def _requests(rc: RunningController, state: str) -> list[dict[str, object]]:
+    items = (await rc.api().get("/api/v1/tenants/acme/reauth-requests")).ok()["items"]
+    return [r for r in items if r["state"] == state]
+
+
+async def test_expired_node_without_a_token_waits_for_an_admin_who_approves_or_rejects(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Re-authentication "or an admin approves it": the node proves it holds its keys and asks without
+    a token; the request waits as pending, a tenant admin approves (the node comes back with the same
+    id, name and address) or rejects it (refused). A key the node does not hold and another tenant's
+    admin are refused; requests, decisions and refusals are audited."""
+    clock = FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=8))
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
+    try:
+        api = rc.api()
+        globex = await seed_tenant(rc, api, "globex")
+        acme = await seed_tenant(rc, api, "acme")
+        token = await make_token(rc, uses=2)
+        (tmp_path / "l").mkdir()
+        (tmp_path / "k").mkdir()
+        old = await Agent(opts(rc, tmp_path / "l", token, hostname="laptop")).load_or_enrol()
+        kiosk = await Agent(opts(rc, tmp_path / "k", token, hostname="kiosk")).load_or_enrol()
+        clock.advance(8 * 86400)
+        peer = await enrol(rc, await make_token(rc), "peer")
+        anon = NodeApiClient(rc.url, old.ca_pem)
+        priv = bytes.fromhex(old.wg_private_key)
+        csr = tls.new_key_and_csr()[1]
+        for key, signer in ((priv, tls.new_key_and_csr()[0]), (os.urandom(32), old.tls_key_pem)):
+            with pytest.raises(ControlError) as e:  # keys the node does not hold: no request
+                await anon.reauthenticate("", key, csr, old.cert_pem, signer)
+            assert e.value.reason == "reauth_refused", e.value.message
+        assert await _requests(rc, "pending") == []
+        for _ in range(2):  # asking twice is one request
+            with pytest.raises(ControlError) as e:
+                await anon.reauthenticate("", priv, csr, old.cert_pem, old.tls_key_pem)
+            assert e.value.status == 403 and e.value.reason == "reauth_pending", e.value.message
+            assert "waits for a tenant admin's approval" in e.value.message
+        (req,) = await _requests(rc, "pending")
+        assert (req["node_id"], req["node"], req["address"]) == (
+            old.node_id,
+            "laptop",
+            old.address.split("/")[0],
+        )
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth_requested")).ok()["items"]
+        assert entry["target_id"] == str(old.node_id) and entry["actor"] == "node:laptop"
+
+        # Only the node's own tenant's admins decide; elsewhere the node does not exist.
+        other = rc.api(globex.tokens["admin"])
+        for path in (
+            f"{NODES}/{old.node_id}/reauth/approve",
+            f"/api/v1/tenants/globex/nodes/{old.node_id}/reauth/approve",
+        ):
+            assert (await other.post(path, {})).status == 404
+        operator = rc.api(acme.tokens["operator"])
+        assert (await operator.post(f"{NODES}/laptop/reauth/approve", {})).status == 403
+        assert (await api.post(f"{NODES}/peer/reauth/approve", {})).status == 404  # nothing asked
+        assert [r["state"] for r in await _requests(rc, "pending")] == ["pending"]
+
+        # Rejected: the node's next attempt is refused (and audited), nothing changes.
+        kiosk_client = NodeApiClient(rc.url, kiosk.ca_pem)
+        kiosk_priv = bytes.fromhex(kiosk.wg_private_key)
+        with pytest.raises(ControlError, match="waits for a tenant admin"):
+            await kiosk_client.reauthenticate("", kiosk_priv, csr, kiosk.cert_pem, kiosk.tls_key_pem)
+        got = (await rc.api(acme.tokens["admin"]).post(f"{NODES}/kiosk/reauth/reject", {})).ok()
+        assert got["state"] == "rejected" and got["decided_by"] and got["decided_at"]
+        assert (await api.post(f"{NODES}/kiosk/reauth/approve", {})).status == 409  # decided already
+        with pytest.raises(ControlError) as e:
+            await kiosk_client.reauthenticate("", kiosk_priv, csr, kiosk.cert_pem, kiosk.tls_key_pem)
+        assert e.value.reason == "reauth_refused" and "rejected" in e.value.message
+        await kiosk_client.close()
+        await anon.close()
+
+        # Approved while the agent waits: it comes back as the same node and reaches its peer.
+        cvland = await FakeCvland(tmp_path / "l" / "cvland.sock", ["192.0.2.7:51820"]).start()
+        back = Agent(opts(rc, tmp_path / "l", None, ca_pin=None, hostname="laptop"))
+        clock.advance(1)
+        async with running(back) as task:
+            await until(lambda: _attempted_after(rc, clock))
+            assert not task.done() and not cvland.applied
+            approved = (await api.post(f"{NODES}/laptop/reauth/approve", {})).ok()
+            await until(lambda: bool(cvland.applied) and cvland.applied[-1].peers != [])
+        st = cvland.applied[-1]
+        assert (st.node_id, st.address) == (old.node_id, old.address)
+        assert sorted(p.name for p in st.peers) == ["kiosk", "peer"]
+        assert [n["id"] for n in await nodes(rc) if n["name"] == "laptop"] == [old.node_id]
+        seen = await peer.client.poll(0)
+        assert {p.name: list(p.allowed_ips) for p in seen.map.peers}["laptop"] == [old.address]
+        assert await _requests(rc, "pending") == [] and await _requests(rc, "approved") == []
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth")).ok()["items"]
+        assert (
+            entry["target_id"] == str(old.node_id)
+            and entry["after"]["approved_by"] == approved["decided_by"] != ""
+        )
+        actions = {a["action"] for a in (await api.get("/api/v1/tenants/acme/audit?limit=200")).ok()["items"]}
+        assert {"node.reauth_approve", "node.reauth_reject", "node.reauth_refused"} <= actions
+        await peer.client.close()
+        await cvland.stop()
+    finally:
+        await rc.stop()
+
+
+async def _attempted_after(rc: RunningController, clock: FakeClock) -> bool:
+    """The waiting agent has asked again since the test's last step (its request is refreshed)."""
+    (req,) = await _requests(rc, "pending")
+    return dt.datetime.fromisoformat(str(req["last_attempt_at"])) >= clock.now()

@@ -148,6 +148,12 @@ class NodeApi:
             if isinstance(e, reauth.ReauthRefused):
                 await reauth.record_refusal(self.ctx, e)
                 log.warning("node re-authentication refused", extra={"reason": e.message[:200]})
+            elif isinstance(e, reauth.ReauthPending):
+                await reauth.record_pending(self.ctx, e)
+                log.info(
+                    "node re-authentication waits for approval",
+                    extra={"node_id": e.node_id, "tenant_id": e.tenant_id},
+                )
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan
