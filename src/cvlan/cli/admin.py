@@ -256,6 +256,17 @@ def node_tag(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/tags", {"tags": ns.tags})
 
 
+REAUTH_COLS = ["node_id", "node", "address", "state", "requested_at", "last_attempt_at", "decided_by"]
+
+
+def node_reauth_requests(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", _t(ns) + "/reauth-requests")["items"], REAUTH_COLS
+
+
+def node_reauth(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/reauth/{ns.decision}")
+
+
 def user_create(c: Client, ns: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"email": ns.email, "role": ns.role}
     if ns.password_stdin:
@@ -541,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = leaf(g, "tag", node_tag, "replace a node's tags (admin); no TAG clears them")
     x.add_argument("node")
     x.add_argument("tags", nargs="*", metavar="TAG", help="e.g. tag:web (policies follow at once)")
+    leaf(g, "reauth-requests", node_reauth_requests, "list nodes asking to re-authenticate without a token")
+    x = leaf(g, "reauth", node_reauth, "approve or reject a node's re-authentication request (admin)")
+    x.add_argument("decision", choices=("approve", "reject"), help="approve: it comes back as itself")
+    x.add_argument("node")
 
     g = group("user", "manage users of a tenant")
     x = leaf(g, "create", user_create, "create a user (a password is generated unless --password-stdin)")

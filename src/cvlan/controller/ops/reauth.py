@@ -47,11 +47,11 @@ PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 class ReauthPending(DomainError):
     """A re-authentication without a token that waits for a tenant admin: the node asks again."""
 
-    def __init__(self, node: Node, serial: str) -> None:
+    def __init__(self, node: Node, serial: str, tenant: str) -> None:
         super().__init__(
             Kind.FORBIDDEN,
             f"the re-authentication of node {node.id} ({node.name}) waits for a tenant admin's "
-            f"approval: cvlan node reauth approve {node.name}, or the web UI's Nodes page",
+            f"approval: cvlan node reauth --tenant {tenant} approve {node.name}, or the web UI's Nodes page",
             {"reason": "reauth_pending"},
         )
         self.node_id, self.tenant_id, self.node_name = node.id, node.tenant_id, node.name
@@ -194,7 +194,8 @@ async def _approved(s: AsyncSession, node: Node, serial: str) -> dict[str, str]:
     request is recorded by record_pending) or, rejected, is refused."""
     req = await s.get(NodeReauthRequest, node.id, with_for_update=True)
     if req is None or req.cert_serial != serial or req.state == PENDING:
-        raise ReauthPending(node, serial)
+        tenant = await s.get(Tenant, node.tenant_id)
+        raise ReauthPending(node, serial, tenant.name if tenant is not None else str(node.tenant_id))
     if req.state == REJECTED:
         raise ReauthRefused(
             Kind.FORBIDDEN,
