@@ -60,7 +60,11 @@ class NodeApi:
         # A node polling every poll_interval_s is written at least every refresh + interval (+ one
         # flush): with refresh = offline_after - 2 x interval the stored last_seen never ages past
         # offline_after while the node polls, and about every other unchanged poll is not written.
-        self.liveness = LivenessBuffer(ctx, max(0.0, st.offline_after_s - 2.0 * st.poll_interval_s))
+        # The ephemeral sweeper removes nodes whose stored last_seen is older than
+        # ephemeral_offline_s: when that is the shorter, it bounds the refresh, or a node still
+        # polling would be taken for gone.
+        bound = min(st.offline_after_s, st.ephemeral_offline_s)
+        self.liveness = LivenessBuffer(ctx, max(0.0, bound - 2.0 * st.poll_interval_s))
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.health_book = HealthBook()
         """Degradation events, history and pair gauges of the peer health reports (health/book.py)."""
