@@ -17,6 +17,7 @@ from cvlan.agent.state import StateStore
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common.clock import FakeClock
+from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import nodes as node_ops
 from cvlan.wire.nodeproto import CAPABILITY_VERSION, reauth_message, wg_key_proof
 from cvlan.wire.pb import node_pb2 as pb
@@ -178,6 +179,63 @@ async def test_ephemeral_node_is_removed_after_its_offline_time(db_url: str, tmp
         else:
             raise AssertionError("a removed ephemeral node was answered")
         for n in (server, runner, busy, again):
+            await n.client.close()
+    finally:
+        await rc.stop()
+
+
+async def test_ephemeral_node_that_keeps_polling_is_never_removed(db_url: str, tmp_path: Path) -> None:
+    """A poll that says nothing new is not written while the stored last_seen is recent enough; with
+    an offline time shorter than offline_after_s the sweeper must still see every polling node as
+    seen within it (it removed a node that had polled 11 s before)."""
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    settings = {"ephemeral_offline_s": 60, "offline_after_s": 300, "poll_interval_s": 10}
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock, **settings).start()
+    try:
+        assert rc.c is not None
+        liveness = rc.c.app[NODEAPI_KEY].liveness
+        runner = await enrol(rc, await make_token(rc, ephemeral=True), "runner")
+        version = (await runner.client.poll(0)).map_version
+        for i in range(3):  # the same map version: only the first is a change; 25 s apart
+            clock.advance(25 if i else 0)
+            await runner.client.poll(version)
+            await liveness.flush()
+        clock.advance(11)  # its last poll was 11 s ago
+        assert await _sweep(rc) == []
+        assert [n["name"] for n in await nodes(rc)] == ["runner"]
+        clock.advance(50)  # it stopped polling 61 s ago: gone
+        assert await _sweep(rc) == ["runner"]
+        await runner.client.close()
+    finally:
+        await rc.stop()
+
+
+async def test_removed_ephemeral_node_address_is_released_after_the_quarantine(
+    db_url: str, tmp_path: Path
+) -> None:
+    """In a full CVLAN, the address of a removed ephemeral node is given to no one during the
+    quarantine, and to the next node after it."""
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    settings = {"ephemeral_offline_s": 60, "address_quarantine_s": 600}
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock, **settings).start()
+    try:
+        api = rc.api()
+        (await api.post("/api/v1/tenants", {"name": "acme"})).ok()
+        (await api.post("/api/v1/tenants/acme/cvlans", {"name": "tiny", "subnet": "100.99.0.0/30"})).ok()
+        token = await make_token(rc, cvlan="tiny", uses=5, ephemeral=True)
+        runners = [await enrol(rc, token, f"runner{i}") for i in range(2)]
+        with pytest.raises(ControlError) as e:  # two addresses: full
+            await enrol(rc, token, "third")
+        assert e.value.status == 409, e.value.message
+        clock.advance(61)  # neither ever polled: offline since they enrolled
+        assert sorted(await _sweep(rc)) == ["runner0", "runner1"]
+        with pytest.raises(ControlError) as e:  # quarantined
+            await enrol(rc, token, "third")
+        assert e.value.status == 409, e.value.message
+        clock.advance(600)
+        third = await enrol(rc, token, "third")
+        assert third.reg.address in {r.reg.address for r in runners}
+        for n in (*runners, third):
             await n.client.close()
     finally:
         await rc.stop()
@@ -365,6 +423,8 @@ async def test_cli_disables_tags_and_shows_expires_in(controller: RunningControl
     head, row = r.stdout.splitlines()
     assert "EXPIRES_IN" in head and "DISABLED" in head
     assert "(expiry off)" in row and row.split()[-1] == "yes"
+    r = await asyncio.to_thread(cli, "node", "show", "--tenant", "acme", "box")
+    assert "      expires_in: 6d 23h (expiry off)\n" in r.stdout, r.stdout
     got = (await controller.api().get(f"{NODES}/box")).ok()
     assert got["tags"] == ["tag:ci", "tag:web"] and got["disabled"] and got["key_expiry_disabled"]
     r = await asyncio.to_thread(cli, "node", "enable", "--tenant", "acme", "box")
