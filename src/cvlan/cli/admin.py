@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cvlan.cli import dnscmd, login
+from cvlan.cli import dnscmd, login, table
 from cvlan.cli import routes as routes_cli
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
@@ -180,16 +180,10 @@ NODE_COLS = [
 
 def expires_in(n: dict[str, Any]) -> str:
     """'6d 23h', '5h 10m', 'expired', 'not issued'; '(expiry off)' added for a server."""
-    s = n.get("expires_in_s")
-    if s is None:
-        return "not issued"
-    if s <= 0:
-        text = "expired"
-    elif s >= 86400:
-        text = f"{s // 86400}d {s % 86400 // 3600}h"
-    else:
-        text = f"{s // 3600}h {s % 3600 // 60}m"
-    return text + (" (expiry off)" if n.get("key_expiry_disabled") else "")
+    text = table.expires_in(n.get("expires_in_s"))
+    return text + (
+        " (expiry off)" if n.get("key_expiry_disabled") and n.get("expires_in_s") is not None else ""
+    )
 
 
 def node_list(c: Client, ns: argparse.Namespace) -> Any:
@@ -210,6 +204,7 @@ def node_show(c: Client, ns: argparse.Namespace) -> Any:
     if ns.json:
         return {**n, "routes": routes}
     n["routes"] = routes_cli.summary(routes)
+    n["expires_in"] = expires_in(n)
     h = dict(n.get("health") or {})
     peers = h.pop("peers", None)
     n["health"] = ", ".join(f"{k}={v}" for k, v in h.items() if k != "peers_at") or "-"
