@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import Field
@@ -88,44 +89,54 @@ async def delete_node(c: Call, s: Tx, t: Tenant) -> None:
     await nodes.delete(c.ctx, s, c.who, t, c.params["node"])
 
 
-@tenant_route(
+NodeChange = Callable[[Call, Tx, Tenant], Awaitable[Node]]
+"""A change of one node (ops.nodes), from the call's path and body."""
+
+
+def _node_change(method: str, sub: str, name: str, summary: str, change: NodeChange, **kw: Any) -> None:
+    """Declare /nodes/{node}<sub>: apply the change, answer with the node as it is now."""
+
+    async def handler(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+        return await _shown(c, s, t, await change(c, s, t))
+
+    handler.__name__ = name  # the route's name and the OpenAPI operationId
+    tenant_route(method, "/nodes/{node}" + sub, summary=summary, tag="nodes", **kw)(handler)
+
+
+def _disabling(disabled: bool) -> NodeChange:
+    async def change(c: Call, s: Tx, t: Tenant) -> Node:
+        return await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], disabled)
+
+    return change
+
+
+_node_change(
     "POST",
-    "/nodes/{node}/disable",
-    summary="Disable a node: refused from its next request, dropped from its peers' maps at once",
-    tag="nodes",
+    "/disable",
+    "disable_node",
+    "Disable a node: refused from its next request, dropped from its peers' maps at once",
+    _disabling(True),
 )
-async def disable_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await _shown(c, s, t, await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], True))
-
-
-@tenant_route(
+_node_change(
     "POST",
-    "/nodes/{node}/enable",
-    summary="Enable a disabled node again, with the same id, address and name",
-    tag="nodes",
+    "/enable",
+    "enable_node",
+    "Enable a disabled node again, with the same id, address and name",
+    _disabling(False),
 )
-async def enable_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await _shown(c, s, t, await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], False))
-
-
-@tenant_route(
+_node_change(
     "PUT",
-    "/nodes/{node}/key-expiry",
-    summary="Disable key expiry for a node (servers) or enable it again (admin)",
-    tag="nodes",
+    "/key-expiry",
+    "set_node_key_expiry",
+    "Disable key expiry for a node (servers) or enable it again (admin)",
+    lambda c, s, t: nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled),
     body=NodeKeyExpiry,
 )
-async def set_node_key_expiry(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    n = await nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled)
-    return await _shown(c, s, t, n)
-
-
-@tenant_route(
+_node_change(
     "PUT",
-    "/nodes/{node}/tags",
-    summary="Replace a node's tags (admin); the CVLAN's policy follows at once",
-    tag="nodes",
+    "/tags",
+    "set_node_tags",
+    "Replace a node's tags (admin); the CVLAN's policy follows at once",
+    lambda c, s, t: nodes.set_tags(c.ctx, s, c.who, t, c.params["node"], c.body.tags),
     body=NodeTags,
 )
-async def set_node_tags(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await _shown(c, s, t, await nodes.set_tags(c.ctx, s, c.who, t, c.params["node"], c.body.tags))
