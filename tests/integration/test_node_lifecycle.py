@@ -465,6 +465,8 @@ async def test_expired_node_without_a_token_waits_for_an_admin_who_approves_or_r
                 await anon.reauthenticate("", key, csr, old.cert_pem, signer)
             assert e.value.reason == "reauth_refused", e.value.message
         assert await _requests(rc, "pending") == []
+        refused = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth_refused")).ok()["items"]
+        assert [a["actor"] for a in refused] == [f"node:{old.node_id}"] * 2
         for _ in range(2):  # asking twice is one request
             with pytest.raises(ControlError) as e:
                 await anon.reauthenticate("", priv, csr, old.cert_pem, old.tls_key_pem)
