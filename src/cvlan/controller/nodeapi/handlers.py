@@ -153,7 +153,9 @@ class NodeApi:
                 await reauth.record_refusal(self.ctx, e)
                 log.warning("node re-authentication refused", extra={"reason": e.message[:200]})
             elif isinstance(e, reauth.ReauthPending):
-                await reauth.record_pending(self.ctx, e)
+                # A concurrent attempt may have recorded it first: the node asks again anyway.
+                with contextlib.suppress(DomainError):
+                    await reauth.record_pending(self.ctx, e)
                 log.info(
                     "node re-authentication waits for approval",
                     extra={"node_id": e.node_id, "tenant_id": e.tenant_id},
