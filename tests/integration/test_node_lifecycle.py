@@ -23,7 +23,7 @@ from cvlan.wire.nodeproto import CAPABILITY_VERSION, reauth_message, wg_key_proo
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
 from tests.harness.fake_cvland import FakeCvland
-from tests.harness.nodes import enrol, make_token
+from tests.harness.nodes import ca_pem, enrol, make_token
 from tests.harness.seed import seed_tenant
 from tests.integration.test_agent import Agent, nodes, opts, running, until
 
@@ -429,6 +429,27 @@ async def test_cli_disables_tags_and_shows_expires_in(controller: RunningControl
     assert got["tags"] == ["tag:ci", "tag:web"] and got["disabled"] and got["key_expiry_disabled"]
     r = await asyncio.to_thread(cli, "node", "enable", "--tenant", "acme", "box")
     assert r.returncode == 0 and not (await controller.api().get(f"{NODES}/box")).ok()["disabled"]
+    # A re-authentication request without a token, listed and approved from the CLI.
+    anon = NodeApiClient(controller.url, ca_pem(controller))
+    with pytest.raises(ControlError, match="cvlan node reauth --tenant acme approve box"):
+        await anon.reauthenticate(
+            "", n.wg_private, tls.csr_for_key(n.key_pem), n.reg.certificate_pem, n.key_pem
+        )
+    r = await asyncio.to_thread(cli, "node", "reauth-requests", "--tenant", "acme")
+    head, row = r.stdout.splitlines()
+    assert head.split()[:4] == ["NODE_ID", "NODE", "ADDRESS", "STATE"] and row.split()[1:4:2] == [
+        "box",
+        "pending",
+    ]
+    r = await asyncio.to_thread(cli, "node", "reauth", "--tenant", "acme", "approve", "box")
+    assert r.returncode == 0, r.stderr
+    r = await asyncio.to_thread(cli, "node", "reauth", "--tenant", "acme", "approve", "box")
+    assert r.returncode == 1 and "already approved" in r.stderr
+    got = await anon.reauthenticate(
+        "", n.wg_private, tls.csr_for_key(n.key_pem), n.reg.certificate_pem, n.key_pem
+    )
+    assert (got.node_id, got.address) == (n.node_id, n.reg.address)
+    await anon.close()
     await n.client.close()
 
 
