@@ -1,5 +1,6 @@
-"""A tenant admin approves or rejects, in the web UI, the re-authentication of nodes that asked
-without a token (docs/NODES.md); an operator sees the requests but not the buttons."""
+"""A tenant admin approves (on the node's page) or rejects (on the Nodes page), in the web UI, the
+re-authentication of nodes that asked without a token (docs/NODES.md); an operator sees the requests
+but not the buttons."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ async def test_admin_approves_one_request_and_rejects_another_in_the_ui(ui: UiEn
     assert sorted(await rows.all_inner_texts())[0].startswith("drawer-laptop")
     assert await rows.count() == 2
     await ui.shot(page, "reauth-requests")
-    await submit(page, page.locator("#reauth-drawer-laptop button", has_text="Approve"))
+    # The node's own page shows its request too; approved from there.
+    await submit(page, page.locator("#reauth-drawer-laptop a"))
+    assert "asks to come back without a new token" in await page.inner_text("#reauth-request")
+    await submit(page, page.locator("#reauth-request button", has_text="Approve"))
     assert "approved" in await page.inner_text("#flash")
     await submit(page, page.locator("#reauth-lobby-kiosk button", has_text="Reject"))
     assert "rejected" in await page.inner_text("#flash")

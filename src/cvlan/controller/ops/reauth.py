@@ -260,6 +260,13 @@ async def list_requests(
     return [(r, n) for r, n in (await s.execute(stmt)).all()]
 
 
+async def pending_for(s: AsyncSession, who: Principal, tenant: Tenant, n: Node) -> dict[str, object] | None:
+    """The node's pending re-authentication request, as request_view shows it; None if it has none."""
+    who.require(tenant.id, Level.READ, "show re-authentication requests")
+    r = await s.get(NodeReauthRequest, n.id)
+    return request_view(r, n) if r is not None and r.tenant_id == tenant.id and r.state == PENDING else None
+
+
 async def decide(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str, approve: bool
 ) -> tuple[NodeReauthRequest, Node]:

@@ -270,8 +270,10 @@ async def _node_detail(p: Page, ref: str, form: Form | None = None, status: int 
         n, cn = await nodes.get(s, p.who, p.tenant, ref)
         all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
         dns_name = await dns.node_dns_name(p.ctx, s, p.tenant, n, cn)
+        asking = await reauth.pending_for(s, p.who, p.tenant, n)
     return p.render(
         "node.html",
+        reauth_request=asking,
         status=status,
         node=node_row(p, n, cn),
         dns_name=dns_name,
