@@ -17,8 +17,10 @@ from cvlan.agent.state import StateStore
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common.clock import FakeClock
+from cvlan.controller.db.models import Node
 from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import nodes as node_ops
+from cvlan.controller.ops import reauth as reauth_ops
 from cvlan.wire.nodeproto import CAPABILITY_VERSION, reauth_message, wg_key_proof
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
@@ -556,6 +558,35 @@ async def test_expired_node_without_a_token_waits_for_an_admin_who_approves_or_r
         await cvland.stop()
     finally:
         await rc.stop()
+
+
+async def test_an_approval_given_while_an_attempt_is_under_way_stands(controller: RunningController) -> None:
+    """An attempt checked before the approval is recorded after it (the request is written in its
+    own transaction): the approval is not turned back into a pending request."""
+    n = await enrol(controller, await make_token(controller), "laptop")
+    anon = NodeApiClient(controller.url, ca_pem(controller))
+
+    async def ask() -> pb.RegisterResponse:
+        csr = tls.csr_for_key(n.key_pem)
+        return await anon.reauthenticate("", n.wg_private, csr, n.reg.certificate_pem, n.key_pem)
+
+    with pytest.raises(ControlError, match="waits for a tenant admin"):
+        await ask()
+    assert controller.c is not None
+    ctx = controller.c.ctx
+    async with ctx.tx() as s:
+        node = await s.get(Node, n.node_id)
+        assert node is not None
+        late = reauth_ops.ReauthPending(node, node.cert_serial, "acme")  # checked before the approval
+    (await controller.api().post(f"{NODES}/laptop/reauth/approve", {})).ok()
+    await reauth_ops.record_pending(ctx, late)
+    assert [r["state"] for r in await _requests(controller, "approved")] == ["approved"]
+    assert (await ask()).node_id == n.node_id
+    assert (await controller.api().get("/api/v1/tenants/acme/audit?action=node.reauth_requested")).ok()[
+        "total"
+    ] == 1
+    await anon.close()
+    await n.client.close()
 
 
 async def _attempted_after(rc: RunningController, clock: FakeClock) -> bool:

@@ -223,12 +223,14 @@ async def record_refusal(ctx: OpsContext, e: ReauthRefused) -> None:
 
 async def record_pending(ctx: OpsContext, e: ReauthPending) -> None:
     """Record a request waiting for approval (its own transaction: the attempt's rolled back); a
-    node asking again for the same certificate only refreshes its last attempt."""
+    node asking again for the same certificate only refreshes its last attempt, and a decision
+    taken since the attempt was checked stays (the node's next attempt finds it)."""
     now = ctx.now()
     async with ctx.tx() as s:
         req = await s.get(NodeReauthRequest, e.node_id, with_for_update=True)
-        if req is not None and req.cert_serial == e.serial and req.state == PENDING:
-            req.last_attempt_at = now
+        if req is not None and req.cert_serial == e.serial:
+            if req.state == PENDING:
+                req.last_attempt_at = now
             return
         if req is None:
             req = NodeReauthRequest(node_id=e.node_id, tenant_id=e.tenant_id)
