@@ -393,6 +393,8 @@ async def test_certificate_expiring_while_running_is_replaced_by_reauthenticatio
         agent.opts.token = await make_token(rc)
         await agent._renew_if_due()
         assert agent.ident.cert_pem != old_cert and agent.ident.node_id == old.node_id
+        expiry = agent.metrics.registry.get_sample_value("cvlan_ctrl_certificate_expiry_timestamp_seconds")
+        assert expiry == tls.cert_not_after(agent.ident.cert_pem)  # the metric follows the new certificate
         resp = await agent.client.poll(0)  # the client uses the new certificate
         assert resp.map.self.node_id == old.node_id and resp.map.self.address == old.address
         saved = StateStore(tmp_path / "state").load()

@@ -494,6 +494,7 @@ class Agent:
             self.ident = await self.reauthenticate(self.ident, self.opts.token or "")
             self.store.save(self.ident)
             self.client.set_identity(self.ident.cert_pem, self.ident.tls_key_pem)
+            self.metrics.cert_expiry.set(tls.cert_not_after(self.ident.cert_pem))
             self.held = 0
             return
         if now < nb + (na - nb) * RENEW_AT:
