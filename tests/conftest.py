@@ -57,3 +57,14 @@ async def sqlite_controller(tmp_path: Path) -> AsyncIterator[RunningController]:
         yield rc
     finally:
         await rc.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs two workers (`-n 2 --dist loadgroup`). The end-to-end tests are one group, run
+    one after another on one worker: they build namespaces, start daemons and wait on real timers,
+    and two of them at once on a 2-core machine would compete for the cores their waits assume.
+    Every other file is a group of its own (its module fixtures are built once) and shares the other
+    worker. Without workers the markers change nothing."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("e2e" if path.startswith("tests/e2e/") else path))

@@ -3,6 +3,7 @@ and what it forwards (to a real upstream on loopback, over UDP and TCP). About 1
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 
 import dns.asyncquery
@@ -136,27 +137,43 @@ def test_a_bad_state_is_refused_with_the_reason(change: dict[str, object], messa
 # --- on the network ------------------------------------------------------------------------------
 
 
+async def _listen_pair() -> tuple[Resolver, Resolver]:
+    """The upstream on 127.0.0.2 and the node on 127.0.0.1, on one port free for UDP and TCP on both
+    addresses (a port the kernel gave for UDP may be taken for TCP by another process: try another)."""
+    for _ in range(20):
+        upstream = Resolver()
+        upstream.table = Table.build(
+            DnsState(
+                zone="a.b.corp.example",
+                resolver="127.0.0.2",
+                records=[DnsRecordSpec(name="@", type="A", value="10.9.9.9")],
+            )
+        )
+        node = Resolver()
+        node.table = Table.build(STATE.model_copy(update={"forwarders": []}))
+        node.upstreams = ("127.0.0.2",)
+        try:
+            await upstream.listen("127.0.0.2", 0)
+            port = upstream._udp.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+            await upstream.close()
+            await upstream.listen("127.0.0.2", port)
+            node.upstream_port = port
+            await node.listen("127.0.0.1", port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            await upstream.close()
+            await node.close()
+            continue
+        return node, upstream
+    raise AssertionError("no port free for UDP and TCP on 127.0.0.1 and 127.0.0.2 in 20 tries")
+
+
 @pytest.fixture
 async def servers() -> AsyncIterator[tuple[Resolver, Resolver]]:
-    """The node's resolver on 127.0.0.1 and an upstream (another Resolver) on 127.0.0.2, both on a
+    """The node's resolver on 127.0.0.1 and an upstream (another Resolver) on 127.0.0.2, both on one
     free port: the upstream answers for corp.example from its own table."""
-    upstream = Resolver()
-    upstream.table = Table.build(
-        DnsState(
-            zone="a.b.corp.example",
-            resolver="127.0.0.2",
-            records=[DnsRecordSpec(name="@", type="A", value="10.9.9.9")],
-        )
-    )
-    await upstream.listen("127.0.0.2", 0)
-    port = upstream._udp.get_extra_info("sockname")[1]  # type: ignore[union-attr]
-    await upstream.close()
-    await upstream.listen("127.0.0.2", port)
-    node = Resolver()
-    node.table = Table.build(STATE.model_copy(update={"forwarders": []}))
-    node.upstreams = ("127.0.0.2",)
-    node.upstream_port = port
-    await node.listen("127.0.0.1", port)
+    node, upstream = await _listen_pair()
     yield node, upstream
     await node.close()
     await upstream.close()
