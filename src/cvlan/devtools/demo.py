@@ -206,12 +206,12 @@ def full_demo(args: argparse.Namespace) -> int:
         client = Client(server, conf.token, conf.ca_pem)
         tok = provision(client, 3)
         join = str(tok["join_command"])
-        print(f"controller up in namespace {ctl.name} ({ctl.ip}), logs in {lab.dir}")
+        print(f"controller up in namespace {ctl.name} ({ctl.ip}), logs in {lab.real_dir}")
         print(f"join command: {tok['join_command']}")
         hosts = [lab.public_host("node1"), lab.public_host("node2"), lab.nat_host("node3")[0]]
         nodes = [start_node(lab, ns, f"node{i + 1}", join) for i, ns in enumerate(hosts)]
         if not wait_mesh(nodes):
-            print("demo: the nodes did not all receive their peers within 90 s; logs in " + str(lab.dir))
+            print("demo: the nodes did not all receive their peers within 90 s; logs in " + str(lab.real_dir))
             return 1
         print("\nNode table (GET /api/v1/tenants/demo/nodes):")
         rows = client.pages(f"/api/v1/tenants/{TENANT}/nodes")

@@ -49,6 +49,10 @@ def sweep_stale() -> list[str]:
             _kill_ns_pids(name)
             sh("ip", "netns", "del", name, check=False)
             removed.append(name)
+    for link in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        m = _TAG_RE.match(f"{link.name}-")
+        if m and link.is_symlink() and not pid_alive(int(m.group(1), 16)):
+            link.unlink(missing_ok=True)
     return removed
 
 
@@ -142,7 +146,13 @@ class Lab:
     def __init__(self, base_dir: Path | None = None) -> None:
         sweep_stale()
         self.tag = f"{PREFIX}{os.getpid():x}x{secrets.token_hex(2)}"
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir=base_dir))
+        self.real_dir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir=base_dir))
+        # Unix sockets live in the run's directory, and a socket path has at most 107 bytes: a test's
+        # temporary directory (deeper still under pytest workers) leaves too few. The lab's files
+        # stay there; the lab reaches them through a short link in the temporary directory.
+        self._link = Path(tempfile.gettempdir()) / self.tag
+        self._link.symlink_to(self.real_dir, target_is_directory=True)
+        self.dir = self._link
         self.namespaces: list[Netns] = []
         self.procs: list[Proc] = []
         self._wg_ids = itertools.count()
@@ -268,5 +278,6 @@ class Lab:
         for n in reversed(self.namespaces):
             _kill_ns_pids(n.name)
             sh("ip", "netns", "del", n.name, check=False)
+        self._link.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
