@@ -66,7 +66,7 @@ check: venv
 # The suite under coverage, on two workers; fails below the floor in pyproject.toml (docs/TESTING.md).
 test: deps
 	bash scripts/check
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadgroup --cov --cov-report= tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -n 2 --cov --cov-report= tests
 	$(PY) -m coverage report --format=total
 
 ui: deps

@@ -1,8 +1,10 @@
 """Helpers shared by the benchmarks: a controller subprocess (started with cvlan.devtools.harness),
-the machine, percentiles, a minimal HTTP response reader."""
+possibly from another source tree behind its proxy socket, the machine, percentiles, a minimal
+HTTP/1.1 client for the proxy socket."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import ssl
@@ -13,9 +15,21 @@ from pathlib import Path
 
 import psutil
 
-from cvlan.devtools.harness.controller import ControllerProcess, free_port, serve_argv
+from cvlan.devtools.harness.controller import ControllerProcess, free_port, inherited_env, serve_argv
+from cvlan.wire import nodeproto as wire
 
-__all__ = ["BIN", "ControllerProc", "free_port", "machine", "pct", "start_controller", "take_response"]
+__all__ = [
+    "BIN",
+    "ControllerProc",
+    "ProxyConn",
+    "free_port",
+    "http_request",
+    "machine",
+    "pct",
+    "start_controller",
+    "start_proxied",
+    "take_response",
+]
 
 BIN = Path(sys.executable).parent
 
@@ -42,6 +56,77 @@ def take_response(buf: bytearray) -> tuple[int, bytes] | None:
     body = bytes(buf[end + 4 : end + 4 + length])
     del buf[: end + 4 + length]
     return int(head[9:12]), body
+
+
+def http_request(path: str, body: bytes, *headers: str, ct: str = wire.CT_PROTO) -> bytes:
+    """A POST as a TLS front forwards it to the proxy socket (headers: further "Name: value" lines)."""
+    head = [f"POST {path} HTTP/1.1", "Host: controller", f"Content-Type: {ct}", *headers]
+    return ("\r\n".join([*head, f"Content-Length: {len(body)}"]) + "\r\n\r\n").encode() + body
+
+
+class ProxyConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to a controller's proxy socket, one request at a time."""
+
+    def __init__(self) -> None:
+        self.t: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one whole request (http_request's); its (status, body)."""
+        assert self.t is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.t.write(raw)
+        return await self.waiter
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST a node API message (protobuf) without a client certificate."""
+        return await self.send(http_request(path, body))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        got = take_response(self.buf)
+        if got is not None and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(got)
+
+    def close(self) -> None:
+        assert self.t is not None
+        self.t.close()
+
+
+def start_proxied(
+    data: Path,
+    sock: Path,
+    src: str | None,
+    db: str = "",
+    metrics_listen: str | None = None,
+    timeout: float = 90,
+) -> ControllerProcess:
+    """The controller of the source tree src (None: this tree's) on CPU 1, plain HTTP behind its
+    proxy socket sock, started by module so that PYTHONPATH picks the tree, without the CVLAN_*
+    settings of this process. Returns once admin.conf and the socket exist."""
+    run = (str(BIN / "python"), "-c", "from cvlan.controller.__main__ import main; main()")
+    argv = serve_argv(
+        data,
+        "127.0.0.1:0",
+        db=db,
+        proxy_socket=sock,
+        metrics_listen=metrics_listen,
+        tls=False,
+        log_level="warning",
+        program=run,
+    )
+    env = inherited_env(**({"PYTHONPATH": src} if src else {}))
+    process = ControllerProcess.spawn(["taskset", "-c", "1", *argv], data, env=env)
+    process.wait(timeout=timeout, also=(sock,), check=None)
+    return process
 
 
 def pct(values: list[float], p: float) -> float:

@@ -6,6 +6,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -59,12 +60,17 @@ async def sqlite_controller(tmp_path: Path) -> AsyncIterator[RunningController]:
         await rc.stop()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs two workers (`-n 2 --dist loadgroup`). The end-to-end tests are one group, run
-    one after another on one worker: they build namespaces, start daemons and wait on real timers,
-    and two of them at once on a 2-core machine would compete for the cores their waits assume.
-    Every other file is a group of its own (its module fixtures are built once) and shares the other
-    worker. Without workers the markers change nothing."""
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group("e2e" if path.startswith("tests/e2e/") else path))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two workers (`-n 2`). The end-to-end tests are one scope, run one after
+    another on one worker: they build namespaces, start daemons and wait on real timers, and two of
+    them at once on a 2-core machine would compete for the cores their waits assume (and each would
+    build the packages of tests/e2e/test_packages.py again). Every other file is a scope of its own
+    (its module fixtures are built once) on the other worker. Called only when workers run."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return EndToEndTogether(config, log)

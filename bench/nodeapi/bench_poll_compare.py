@@ -3,14 +3,18 @@
 A poll as a TLS front forwards it: plain HTTP/1.1 on the controller's proxy socket with the node's
 certificate in X-Client-Cert, taken by the lean server and answered from the map cache (9 in 10
 "unchanged", 1 in 10 the full map). For each round, a controller from each tree in turn (`--old-src`
-and `--new-src`, e.g. an older commit checked out with `git worktree add`) is started pinned to CPU
-1 on its own SQLite store, `--nodes` nodes register, and `--conns` keep-alive connections send
+and `--new-src`, e.g. an older commit exported with `git archive`) is started pinned to CPU 1 on its
+own SQLite store, `--nodes` nodes register, and `--conns` keep-alive connections send
 `--polls` polls closed-loop from this process (pinned to CPU 0). Measured per run: polls/s, the
 controller's CPU time per poll (its own user + system time: the figure least moved by other work on
 a shared machine), latency p50/p99. The report gives the medians over the rounds and new/old.
 
-  .venv/bin/python bench/nodeapi/bench_poll_compare.py --old-src OLD/src --old-label COMMIT \\
-      --rounds 5 --out bench/results/nodeapi-poll-DATE
+  mkdir -p /tmp/cvlan-old && git archive COMMIT src | tar -x -C /tmp/cvlan-old
+  .venv/bin/python bench/nodeapi/bench_poll_compare.py --old-src /tmp/cvlan-old/src \\
+      --old-label COMMIT --rounds 5 --out bench/results/nodeapi-poll-DATE
+
+On a machine doing nothing else: the controller's CPU per poll is the figure to compare; a loaded
+machine moves even that by more than the difference sought (nodeapi-poll-2026-12-06).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,66 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import psutil  # noqa: E402
 
-from bench.common import BIN, machine, pct, take_response  # noqa: E402
+from bench.common import ProxyConn, http_request, machine, pct, start_proxied  # noqa: E402
 from cvlan.client import tls  # noqa: E402
 from cvlan.common import adminconf  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
 from cvlan.wire.pb import node_pb2 as pb  # noqa: E402
 
 
-class Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to the proxy socket, one request at a time."""
-
-    def __init__(self) -> None:
-        self.t: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("closed"))
-
-    async def send(self, raw: bytes) -> tuple[int, bytes]:
-        assert self.t is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.t.write(raw)
-        return await self.waiter
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        got = take_response(self.buf)
-        if got is not None and self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(got)
-
-
-def request(path: str, body: bytes, *headers: str, ct: str = wire.CT_PROTO) -> bytes:
-    head = [f"POST {path} HTTP/1.1", "Host: controller", f"Content-Type: {ct}", *headers]
-    return ("\r\n".join([*head, f"Content-Length: {len(body)}"]) + "\r\n\r\n").encode() + body
-
-
-def start(data: Path, sock: Path, src: str) -> subprocess.Popen[bytes]:
-    cmd = [
-        "taskset", "-c", "1",
-        str(BIN / "python"), "-c", "from cvlan.controller.__main__ import main; main()",
-        "serve", "--data-dir", str(data), "--no-tls", "--listen", "127.0.0.1:0",
-        "--proxy-socket", str(sock), "--metrics-listen", "", "--log-level", "warning",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CVLAN_")} | {"PYTHONPATH": src}
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 300
-    while not (sock.exists() and (data / "admin.conf").exists()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"controller from {src} did not start (exit {proc.poll()})")
-        time.sleep(0.2)
-    return proc
-
-
-async def api(c: Conn, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    raw = request(path, json.dumps(body).encode(), f"Authorization: Bearer {token}", ct="application/json")
+async def api(c: ProxyConn, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    raw = http_request(
+        path, json.dumps(body).encode(), f"Authorization: Bearer {token}", ct="application/json"
+    )
     status, answer = await c.send(raw)
     assert status == 201, answer[:300]
     return dict(json.loads(answer))
@@ -101,7 +55,7 @@ async def api(c: Conn, token: str, path: str, body: dict[str, Any]) -> dict[str,
 async def enrol(sock: Path, conf: adminconf.AdminConf, nodes: int) -> list[tuple[bytes, int]]:
     """Tenant, CVLAN, token and `nodes` registered nodes: each one's X-Client-Cert and map version."""
     loop = asyncio.get_running_loop()
-    _, c = await loop.create_unix_connection(Conn, str(sock))
+    _, c = await loop.create_unix_connection(ProxyConn, str(sock))
     await api(c, conf.token, "/api/v1/tenants", {"name": "bench"})
     await api(c, conf.token, "/api/v1/tenants/bench/cvlans", {"name": "lan", "subnet": "10.64.0.0/22"})
     tok = (await api(c, conf.token, "/api/v1/tenants/bench/tokens", {"cvlan": "lan", "reusable": True}))[
@@ -110,11 +64,9 @@ async def enrol(sock: Path, conf: adminconf.AdminConf, nodes: int) -> list[tuple
     _, csr = tls.new_key_and_csr()
     got = []
     for i in range(nodes):
-        body = pb.RegisterRequest(
-            capability_version=wire.CAPABILITY_VERSION, token=tok, wg_public_key=os.urandom(32),
-            csr_pem=csr, hostname=f"host-{i}", os_info="linux bench",
-        ).SerializeToString()  # fmt: skip
-        status, answer = await c.send(request("/v1/register", body))
+        req = wire.register_request(tok, os.urandom(32), csr, f"host-{i}", "linux bench")
+        body = req.SerializeToString()
+        status, answer = await c.post("/v1/register", body)
         assert status == 200, answer[:300]
         reg = wire.decode(pb.RegisterResponse, answer)
         got.append((urllib.parse.quote(reg.certificate_pem).encode(), 0))
@@ -124,14 +76,13 @@ async def enrol(sock: Path, conf: adminconf.AdminConf, nodes: int) -> list[tuple
         status, answer = await c.send(poll(cert, 0))
         assert status == 200, answer[:300]
         out.append((cert, wire.decode(pb.PollResponse, answer).map_version))
-    assert c.t is not None
-    c.t.close()
+    c.close()
     return out
 
 
 def poll(cert: bytes, version: int) -> bytes:
     body = pb.PollRequest(capability_version=wire.CAPABILITY_VERSION, map_version=version).SerializeToString()
-    return request("/v1/poll", body, "X-Client-Cert: " + cert.decode())
+    return http_request("/v1/poll", body, "X-Client-Cert: " + cert.decode())
 
 
 async def drive(
@@ -147,7 +98,7 @@ async def drive(
 
     async def worker(k: int) -> None:
         nonlocal left, errors
-        _, c = await loop.create_unix_connection(Conn, str(sock))
+        _, c = await loop.create_unix_connection(ProxyConn, str(sock))
         i = k
         while left > 0:
             left -= 1
@@ -157,8 +108,7 @@ async def drive(
             status, _ = await c.send(raw)
             lat.append(time.perf_counter() - t)
             errors += status != 200
-        assert c.t is not None
-        c.t.close()
+        c.close()
 
     p = psutil.Process(pid)
     c0 = p.cpu_times()
@@ -177,19 +127,14 @@ async def drive(
 def one_run(src: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cvlan-pollbench-") as tmp:
         data, sock = Path(tmp) / "data", Path(tmp) / "proxy.sock"
-        proc = start(data, sock, src)
+        ctl = start_proxied(data, sock, src, metrics_listen="", timeout=300)
         try:
             conf = adminconf.load(data / "admin.conf")
             nodes = asyncio.run(enrol(sock, conf, args.nodes))
-            asyncio.run(drive(sock, nodes, args.conns, args.polls // 5, proc.pid))  # warm-up
-            res = asyncio.run(drive(sock, nodes, args.conns, args.polls, proc.pid))
+            asyncio.run(drive(sock, nodes, args.conns, args.polls // 5, ctl.proc.pid))  # warm-up
+            res = asyncio.run(drive(sock, nodes, args.conns, args.polls, ctl.proc.pid))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            ctl.stop(grace=30)
     return res | {"load_1m": os.getloadavg()[0]}
 
 

@@ -32,58 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import psutil  # noqa: E402
 
-from bench.common import BIN, machine, pct, take_response  # noqa: E402
+from bench.common import BIN, ProxyConn, machine, pct, start_proxied  # noqa: E402
 from cvlan.client import tls  # noqa: E402
-from cvlan.devtools.harness.controller import ControllerProcess, serve_argv  # noqa: E402
 from cvlan.devtools.pgcluster import PgCluster  # noqa: E402
 from cvlan.wire import nodeproto as wire  # noqa: E402
-from cvlan.wire.pb import node_pb2 as pb  # noqa: E402
-
-
-class Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to the proxy socket, one request at a time."""
-
-    def __init__(self) -> None:
-        self.t: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("closed"))
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        assert self.t is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.t.write(
-            f"POST {path} HTTP/1.1\r\nHost: controller\r\nContent-Type: {wire.CT_PROTO}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        return await self.waiter
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        got = take_response(self.buf)
-        if got is not None and self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(got)
-
-
-def start_controller(data: Path, db: str, sock: Path, src: str | None) -> ControllerProcess:
-    """The controller of `src` (default: this tree's) on CPU 1, plain HTTP behind its proxy socket."""
-    run = (str(BIN / "python"), "-c", "from cvlan.controller.__main__ import main; main()")
-    argv = serve_argv(
-        data, "127.0.0.1:0", db=db, proxy_socket=sock, tls=False, log_level="warning", program=run
-    )
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src
-    process = ControllerProcess.spawn(["taskset", "-c", "1", *argv], data, env=env)
-    process.wait(timeout=90, also=(sock,), check=None)
-    return process
 
 
 def provision(cluster: PgCluster, dbname: str, nodes: int, per_cvlan: int) -> list[str]:
@@ -141,21 +93,18 @@ async def burst(
     loop = asyncio.get_running_loop()
 
     async def worker() -> None:
-        _, c = await loop.create_unix_connection(Conn, str(sock))
+        _, c = await loop.create_unix_connection(ProxyConn, str(sock))
         while todo:
             tok, i = todo.pop()
-            body = pb.RegisterRequest(
-                capability_version=wire.CAPABILITY_VERSION, token=tok, wg_public_key=os.urandom(32),
-                csr_pem=csr, hostname=f"host-{i}", os_info="linux bench",
-            ).SerializeToString()  # fmt: skip
+            req = wire.register_request(tok, os.urandom(32), csr, f"host-{i}", "linux bench")
+            body = req.SerializeToString()
             t = time.perf_counter()
             status, _ = await c.post("/v1/register", body)
             if status == 200:
                 lat.append(time.perf_counter() - t)
             else:
                 errors[status] = errors.get(status, 0) + 1
-        assert c.t is not None
-        c.t.close()
+        c.close()
 
     p = psutil.Process(pid)
     c0 = p.cpu_times()
@@ -186,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cvlan-regbench-") as tmp, PgCluster() as cluster:
         db = cluster.create_db("bench")
         data, sock = Path(tmp) / "data", Path(tmp) / "proxy.sock"
-        ctl = start_controller(data, db, sock, args.src)
+        ctl = start_proxied(data, sock, args.src, db=db)
         pid = ctl.proc.pid
         try:
             tokens = provision(cluster, "bench", args.nodes, args.per_cvlan)

@@ -19,6 +19,7 @@ import pytest
 
 from cvlan.client.controller import NodeApiClient
 from cvlan.common import adminconf
+from cvlan.devtools.harness.controller import stop_process
 from cvlan.devtools.harness.enrol import EnrolledNode, register
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
@@ -59,13 +60,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         )
     finally:
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
 
 
 async def _node(st: Stack, name: str) -> EnrolledNode:

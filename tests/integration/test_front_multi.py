@@ -18,6 +18,7 @@ import pytest
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common import adminconf
+from cvlan.devtools.harness.controller import stop_process
 from cvlan.devtools.pgcluster import PgCluster
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness import proxysocket
@@ -88,13 +89,7 @@ async def duo(cluster: PgCluster, tmp_path: Path) -> AsyncIterator[Duo]:
         yield Duo(cluster, db, conf, token, f"https://127.0.0.1:{port}", direct, procs)
     finally:
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
 
 
 @dataclass
@@ -208,11 +203,6 @@ async def test_nodes_keep_polling_and_registering_through_the_other_controller_w
             await n.client.close()
 
 
-@pytest.mark.xfail(
-    reason="open defect: after the PostgreSQL restart a change did not reach the polling nodes on the merged"
-    " main (it passed on its own branch); the same family as the missed changes in docs/SIMULATION.md",
-    strict=False,
-)
 async def test_controllers_recover_by_themselves_when_postgresql_restarts(duo: Duo) -> None:
     async def restart() -> None:
         await asyncio.to_thread(duo.pg.stop_server)

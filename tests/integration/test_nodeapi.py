@@ -11,6 +11,7 @@ import random
 import ssl
 import time
 import urllib.parse
+from collections.abc import Coroutine
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +24,7 @@ from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common import pki
 from cvlan.controller.ca import CertificateAuthority
-from cvlan.controller.nodeapi import NODEAPI_KEY
+from cvlan.controller.nodeapi import NODEAPI_KEY, lean
 from cvlan.wire import certid
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.pb import node_pb2 as pb
@@ -489,3 +490,30 @@ async def test_plain_polling_setting_is_advertised_and_holds_no_poll(db_url: str
         await a.client.close()
     finally:
         await rc.stop()
+
+
+async def test_a_long_poll_that_starts_waiting_after_a_change_is_answered_with_it(
+    controller: RunningController,
+) -> None:
+    """The proxy socket's lean server decides that a poll waits while it reads it, and the wait itself
+    starts on a later turn of the event loop. A deletion committed in between must reach the poll at
+    once: it used to wait the whole hold on the map of before the deletion and then answer
+    "unchanged", so the node learnt of it one hold late (30 s with cvlan-ctrl)."""
+    api = controller.c.app[NODEAPI_KEY]
+    token = await make_token(controller, uses=2)
+    a = await enrol(controller, token, "alpha")
+    b = await enrol(controller, token, "beta")
+    held = (await a.client.poll(0)).map_version
+    ident = certid.node_identity(x509.load_pem_x509_certificate(a.reg.certificate_pem.encode()))
+    req = pb.PollRequest(capability_version=wire.CAPABILITY_VERSION, map_version=held, long_poll_s=30)
+    m, me = await api.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
+    head = lean.Head(lean.POLL, 0, b"", "", close=False, park=False)
+    waiting = lean._poll(api, head, ident, req, m, me, None)
+    assert isinstance(waiting, Coroutine)  # it waits: the map it holds is current
+    (await controller.api().delete(f"/api/v1/tenants/acme/nodes/{b.node_id}")).ok()
+    answer = await asyncio.wait_for(waiting, 10)  # well before the 30 s hold
+    got = pb.PollResponse.FromString(answer) if isinstance(answer, bytes) else answer
+    assert not got.unchanged and got.map_version != held
+    assert [p.node_id for p in got.map.peers] == []
+    await a.client.close()
+    await b.client.close()

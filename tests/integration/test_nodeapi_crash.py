@@ -46,7 +46,8 @@ async def _start(data: Path, db_url: str, port: int) -> subprocess.Popen[bytes]:
             except OSError:
                 pass
         if proc.poll() is not None:
-            raise AssertionError(f"controller exited with {proc.returncode}")
+            log = (data.parent / f"ctl-{port}.log").read_text(errors="replace")
+            raise AssertionError(f"controller exited with {proc.returncode}:\n{log[-2000:]}")
         await asyncio.sleep(0.1)
     proc.kill()
     raise AssertionError("controller did not start")
@@ -74,10 +75,23 @@ class Admin:
             return await r.json()
 
 
+async def _start_on_a_free_port(data: Path, db_url: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start on a port free a moment ago; another process on the machine may take it first (the
+    controller then exits saying so): try another, at most five."""
+    for attempt in range(5):
+        port = free_port()
+        try:
+            return await _start(data, db_url, port), port
+        except AssertionError as e:
+            if "address already in use" not in str(e) or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def test_sigkill_during_registration_burst(db_url: str, tmp_path: Path) -> None:
-    data, port = tmp_path / "data", free_port()
+    data = tmp_path / "data"
+    proc, port = await _start_on_a_free_port(data, db_url)
     url = f"https://127.0.0.1:{port}"
-    proc = await _start(data, db_url, port)
     try:
         admin = Admin(url, data)
         await admin.call("POST", "/api/v1/tenants", {"name": "acme"})

@@ -99,3 +99,23 @@ async def test_api_tokens_expire(db_url: str, tmp_path: Path) -> None:
         assert res.status == 401 and "expired" in res.body["error"]["message"]
     finally:
         await rc.stop()
+
+
+async def test_token_revocations_are_audited_once_and_unknown_ones_are_not_found(
+    controller: RunningController,
+) -> None:
+    api = controller.api()
+    base = "/api/v1/tenants/acme"
+    await api.post("/api/v1/tenants", {"name": "acme"})
+    await api.post(base + "/cvlans", {"name": "lan"})
+    enrol = (await api.post(base + "/tokens", {"cvlan": "lan"})).ok()
+    key = (await api.post(base + "/apitokens", {"role": "auditor"})).ok()
+    for path, action, target in (
+        (f"/tokens/{enrol['prefix']}", "token.revoke", "enrollment_token"),
+        (f"/apitokens/{key['prefix']}", "apitoken.revoke", "api_token"),
+    ):
+        first = (await api.delete(base + path)).ok()["revoked_at"]
+        assert (await api.delete(base + path)).ok()["revoked_at"] == first  # again: nothing changes
+        (e,) = (await api.get(f"{base}/audit?action={action}")).ok()["items"]
+        assert e["target_type"] == target and e["after"] == {"prefix": path.rsplit("/", 1)[1]}
+        assert (await api.delete(base + path.rsplit("/", 1)[0] + "/nope")).status == 404

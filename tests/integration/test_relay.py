@@ -279,8 +279,8 @@ async def _served_serial(r: RunningRelay) -> int:
 async def test_relay_renews_its_certificate_while_running(
     relays: Relays, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from cvlan.client import bootstrap
     from cvlan.relay import __main__ as relay_main
-    from cvlan.relay import bootstrap
 
     monkeypatch.setattr(relay_main, "RENEW_CHECK_S", 0.2)
     r = await relays.relay()

@@ -70,5 +70,5 @@ def test_no_identity_and_no_token_exits_1(tmp_path: Path) -> None:
     r = run("--server", "https://127.0.0.1:9", "--state-dir", str(tmp_path / "s"))
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        f"cvlan-relay: no current relay identity in {tmp_path / 's'} and no --token given"
+        f"cvlan-relay: no relay identity in {tmp_path / 's'} and no --token given"
     ]

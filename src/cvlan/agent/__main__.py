@@ -103,8 +103,7 @@ def parser() -> argparse.ArgumentParser:
         help="offer this node as an exit node for its peers' internet traffic, once approved "
         "(docs/EXIT-NODES.md)",
     )
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    cvlog.add_flags(p, defaults=True)
     return p
 
 

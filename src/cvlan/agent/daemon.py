@@ -24,8 +24,9 @@ from cvlan.client.ipc import IpcClient, IpcError
 from cvlan.common.backoff import Backoff
 from cvlan.common.host import resolve_hosts
 from cvlan.wire.ipc import DesiredState, DeviceStatus
-from cvlan.wire.nodeproto import HEALTH_REFRESH_S, MAX_DENIED_FLOWS, MAX_HEALTH_PEERS
+from cvlan.wire.nodeproto import MAX_DENIED_FLOWS
 from cvlan.wire.pb import node_pb2 as pb
+from cvlan.wire.peerhealth import REPORT_INTERVAL_S, HealthSent, health_signature, worst_first
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Options:
     """0 disables long-poll: the agent then polls every poll interval."""
     enrol_timeout_s: float = 60.0
     backoff_cap_s: float = 30.0
-    report_interval_s: float = 10.0
+    report_interval_s: float = REPORT_INTERVAL_S
     """How often denied flows and peer health are collected from cvland and reported to the controller."""
     advertise_routes: tuple[str, ...] = ()
     """Subnet routes behind this node (normalized by wire.routes.parse_routes), sent with every poll."""
@@ -519,56 +520,26 @@ _PATHS = {
 }
 
 
-def health_signature(peers: list[pb.PeerHealth]) -> tuple[tuple[int, int, str, int, int], ...]:
-    """What of the peers' health is worth a report when it changes: each peer's path and relay
-    region, its loss band (none / under 10 % / under 50 % / more; -1 before a probe went out) and its
-    RTT band (a factor of 4). Counters and small RTT moves are not."""
-
-    def loss_band(p: pb.PeerHealth) -> int:
-        if p.probes_sent == 0:
-            return -1
-        lost = (p.probes_sent - p.probes_answered) / p.probes_sent
-        return 0 if lost == 0 else 1 if lost < 0.1 else 2 if lost < 0.5 else 3
-
-    return tuple(
-        sorted((p.node_id, p.path, p.relay_region, loss_band(p), p.rtt_us.bit_length() // 2) for p in peers)
-    )
-
-
-@dataclass(frozen=True)
-class HealthSent:
-    """The signature of a peer-health report and when it was made (monotonic seconds)."""
-
-    signature: tuple[tuple[int, int, str, int, int], ...]
-    at: float
-
-    def due_after(self, last: HealthSent | None) -> bool:
-        """Whether this health needs a report, given the last one delivered."""
-        if last is None or last.signature != self.signature:
-            return True
-        return self.at - last.at >= HEALTH_REFRESH_S
-
-
 def peer_health(st: DeviceStatus, now: float) -> tuple[list[pb.PeerHealth], int]:
     """cvland's view of each CVLAN member, bounded to MAX_HEALTH_PEERS (worst first, so what is cut
     is healthy); and how many were left out. Vrouters themselves are not members."""
     members = [p for p in st.peers if p.node_id and not p.via_vrouter]
-    members.sort(key=lambda p: (p.path != "none", p.probes_answered - p.probes_sent, p.node_id))
-    out = [
-        pb.PeerHealth(
-            node_id=p.node_id,
-            path=_PATHS.get(p.path, pb.PEER_HEALTH_PATH_NONE),
-            relay_region=p.relay_region,
-            handshake_age_s=int(now - p.last_handshake) if p.last_handshake > 0 else -1,
-            rtt_us=int((p.rtt_ms or 0.0) * 1000),
-            probes_sent=p.probes_sent,
-            probes_answered=p.probes_answered,
-            rx_bytes=p.rx_bytes,
-            tx_bytes=p.tx_bytes,
-        )
-        for p in members[:MAX_HEALTH_PEERS]
-    ]
-    return out, max(0, len(members) - MAX_HEALTH_PEERS)
+    return worst_first(
+        [
+            pb.PeerHealth(
+                node_id=p.node_id,
+                path=_PATHS.get(p.path, pb.PEER_HEALTH_PATH_NONE),
+                relay_region=p.relay_region,
+                handshake_age_s=int(now - p.last_handshake) if p.last_handshake > 0 else -1,
+                rtt_us=int((p.rtt_ms or 0.0) * 1000),
+                probes_sent=p.probes_sent,
+                probes_answered=p.probes_answered,
+                rx_bytes=p.rx_bytes,
+                tx_bytes=p.tx_bytes,
+            )
+            for p in members
+        ]
+    )
 
 
 def _enrol_message(e: ControlError) -> str:

@@ -8,23 +8,29 @@ have passed (cvlan.common.pki.fresh)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from cryptography import x509
 
 from cvlan.common.files import write_atomic
-from cvlan.common.pki import ca_fingerprint
+from cvlan.common.pki import ca_fingerprint, fresh, new_csr
 
 __all__ = [
     "TIMEOUT_S",
     "ControllerCallError",
+    "ControllerIdentity",
     "StateDir",
+    "ensure_identity",
     "fetch_pinned_ca",
     "post_json",
+    "register",
     "verifying_context",
 ]
 
@@ -113,10 +119,14 @@ class StateDir:
     def cert_file(self) -> Path:
         return self.path / f"{self.kind}.crt"
 
-    def save(self, key_pem: bytes, answer: dict[str, Any], meta: dict[str, Any], token: str) -> None:
-        """Store a registration: the new key, the answer's certificate and CA, meta and the token."""
+    def create(self) -> None:
+        """The directory, 0700 (kept if it exists)."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.path.chmod(0o700)
+
+    def save(self, key_pem: bytes, answer: dict[str, Any], meta: dict[str, Any], token: str) -> None:
+        """Store a registration: the new key, the answer's certificate and CA, meta and the token."""
+        self.create()
         write_atomic(self.key_file, key_pem, 0o600)
         write_atomic(self.cert_file, answer["cert_pem"], 0o600)
         write_atomic(self.path / "ca.crt", answer["ca_pem"], 0o600)
@@ -138,3 +148,71 @@ class StateDir:
         """The bootstrap token of the last registration ("" if none was kept)."""
         path = self.path / "token"
         return path.read_text().strip() if path.exists() else ""
+
+
+class ControllerIdentity:
+    """What every registered daemon holds, whatever its kind: its TLS key and certificate files and
+    the controller CA. A base for the kind's frozen dataclass, which declares these fields."""
+
+    cert_file: Path
+    key_file: Path
+    ca_pem: str
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS towards the controller: its CA, and this identity's certificate as client certificate."""
+        ctx = verifying_context(self.ca_pem)
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+async def register(
+    store: StateDir,
+    server: str,
+    ca_pin: str,
+    token: str,
+    fields: Mapping[str, str],
+    meta: Mapping[str, Any],
+    keep: tuple[str, ...],
+) -> dict[str, Any]:
+    """Register as a daemon of store.kind: fetch the controller CA (checked against ca_pin, when
+    given), post the token, fields and a fresh CSR to SERVER/v1/KIND/register, and store the answer
+    with meta and the answer's keys named in keep (StateDir.save). The controller's answer."""
+    ca_pem = await fetch_pinned_ca(f"{server}/v1/{store.kind}/ca", ca_pin) if ca_pin else None
+    key_pem, csr_pem = new_csr(f"cvlan-{store.kind}")
+    body = {"token": token, **fields, "csr_pem": csr_pem}
+    out: dict[str, Any] = await post_json(
+        f"{server}/v1/{store.kind}/register", body, verifying_context(ca_pem)
+    )
+    store.save(key_pem, out, {**meta, **{k: out[k] for k in keep}}, token)
+    return out
+
+
+IdentityT = TypeVar("IdentityT", bound=ControllerIdentity)
+
+
+async def ensure_identity(
+    store: StateDir,
+    load: Callable[[StateDir], IdentityT | None],
+    register_with: Callable[[str], Awaitable[IdentityT]],
+    token: str,
+    now: dt.datetime,
+    *,
+    token_registers: bool = False,
+) -> IdentityT:
+    """The stored identity while its certificate is fresh; otherwise register_with the token given,
+    or the one saved at the last registration. With token_registers, a token given registers again
+    even while the stored certificate is fresh (a new enrolment)."""
+    try:
+        ident = load(store)
+        saved = store.saved_token()
+    except (OSError, ValueError, KeyError) as e:
+        raise ControllerCallError(f"read {store.kind} state in {store.path}: {e}") from e
+    if ident is not None and not (token_registers and token) and fresh(ident.cert, now):
+        return ident
+    if not (token or saved):
+        raise ControllerCallError(f"no {store.kind} identity in {store.path} and no --token given")
+    return await register_with(token or saved)

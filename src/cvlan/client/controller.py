@@ -162,16 +162,7 @@ class NodeApiClient:
         os_info: str = "",
         route_advert: pb.RouteAdvert | None = None,
     ) -> pb.RegisterResponse:
-        req = pb.RegisterRequest(
-            capability_version=wire.CAPABILITY_VERSION,
-            token=token,
-            wg_public_key=wg_public_key,
-            csr_pem=csr_pem,
-            hostname=hostname,
-            os_info=os_info,
-        )
-        if route_advert is not None:
-            req.route_advert.CopyFrom(route_advert)
+        req = wire.register_request(token, wg_public_key, csr_pem, hostname, os_info, route_advert)
         return await self._call("/v1/register", req, pb.RegisterResponse)
 
     async def reauthenticate(
@@ -187,15 +178,10 @@ class NodeApiClient:
         wg_public = wg.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         message = wire.reauth_message(token, wg_public, csr_pem)
         shared = wg.exchange(x25519.X25519PublicKey.from_public_bytes(d.reauth_public_key))
-        req = pb.RegisterRequest(
-            capability_version=wire.CAPABILITY_VERSION,
-            token=token,
-            wg_public_key=wg_public,
-            csr_pem=csr_pem,
-            previous_certificate_pem=old_cert_pem,
-            previous_key_signature=tls.sign(old_key_pem, message),
-            wg_key_proof=wire.wg_key_proof(shared, message),
-        )
+        req = wire.register_request(token, wg_public, csr_pem)
+        req.previous_certificate_pem = old_cert_pem
+        req.previous_key_signature = tls.sign(old_key_pem, message)
+        req.wg_key_proof = wire.wg_key_proof(shared, message)
         return await self._call("/v1/register", req, pb.RegisterResponse)
 
     async def poll(

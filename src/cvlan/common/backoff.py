@@ -1,8 +1,11 @@
-"""Exponential backoff with "equal jitter" (each delay uniform in [d/2, d]), for every retry loop.
+"""Exponential backoff with "full jitter" (each delay uniform in [0, d]), for every retry loop.
 
-Nodes that failed together the same number of times retry within the same half-interval: a fleet
-coming back after an outage arrives in waves (bench/results/fleet-restart-2026-12-06). Full jitter
-([0, d]) would spread it wider at the price of retries that come almost at once."""
+d doubles from base at each failure up to cap. Drawing from the whole of [0, d] rather than its upper
+half (equal jitter, [d/2, d], used before) matters when many clients fail at once, as a fleet does
+when its TLS front or controller restarts: clients that failed the same number of times no longer
+retry within the same half-interval, and one that drew a short delay moves on to a wider interval
+while others still wait, so the fleet comes back spread out instead of in waves. Measured with
+cvlan-sim (docs/SIMULATION.md, "A crash of the front"). A delay near 0 costs one early attempt."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import random
 
 
 class Backoff:
-    """Delays that grow from base to cap, each drawn uniformly from [d/2, d]."""
+    """Delays that grow from base to cap, each drawn uniformly from [0, d]."""
 
     def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
         self.base = base
@@ -30,5 +33,9 @@ class Backoff:
 def delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """The delay before retry number `attempt` (0 first): what Backoff.next draws, for callers that keep
     only the attempt count (the simulator's 100,000 nodes)."""
-    d = min(cap, base * (2 ** min(attempt, 64)))
-    return rng.uniform(d / 2, d)
+    return rng.uniform(0.0, ceiling(attempt, base, cap))
+
+
+def ceiling(attempt: int, base: float, cap: float) -> float:
+    """The longest delay before retry number `attempt`: base doubled per failure, at most cap."""
+    return float(min(cap, base * 2.0 ** min(attempt, 64)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -66,6 +67,22 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def add_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -> None:
+    """Every program's --log-level and --log-format. Without defaults a flag not given is None, and
+    the program's settings (environment, then their own defaults) decide."""
+    p.add_argument(
+        "--log-level",
+        default="info" if defaults else None,
+        help="debug, info, warning or error (default info)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if defaults else None,
+        help="text, or json: one JSON object a line (default text)",
+    )
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

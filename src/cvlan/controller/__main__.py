@@ -74,8 +74,7 @@ def parser() -> argparse.ArgumentParser:
         "every directory above must be owned by root or this user and not writable by group or others "
         "unless sticky (like /tmp), else the controller refuses to start",
     )
-    s.add_argument("--log-format", choices=("text", "json"))
-    s.add_argument("--log-level")
+    cvlog.add_flags(s)
     usercmd.add_parsers(sub)
     return p
 

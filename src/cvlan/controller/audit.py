@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-from typing import Any
+from collections.abc import Mapping
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import AuditEntry
+from cvlan.wire.ids import TenantId
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -22,9 +23,9 @@ def record(
     target_type: str,
     target_id: object,
     *,
-    tenant_id: int | None,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
+    tenant_id: TenantId | None,
+    before: Mapping[str, object] | None = None,
+    after: Mapping[str, object] | None = None,
     now: dt.datetime | None = None,
 ) -> None:
     """Add an audit row to the session; it commits or rolls back with the change itself."""
@@ -35,8 +36,8 @@ def record(
             action=action,
             target_type=target_type,
             target_id=str(target_id),
-            before=before,
-            after=after,
+            before=None if before is None else dict(before),
+            after=None if after is None else dict(after),
             request_id=request_id_var.get(),
             created_at=now or dt.datetime.now(dt.UTC),
         )
@@ -45,7 +46,7 @@ def record(
 
 async def query(
     session: AsyncSession,
-    tenant_ids: list[int] | None,
+    tenant_ids: list[TenantId] | None,
     *,
     actor: str | None = None,
     action: str | None = None,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from cvlan.controller.errors import DomainError, Kind
+from cvlan.wire.ids import TenantId
 
 
 class Role(StrEnum):
@@ -45,16 +46,16 @@ class Principal:
 
     actor: str
     platform_admin: bool = False
-    roles: dict[int, Role] = field(default_factory=dict)
+    roles: dict[TenantId, Role] = field(default_factory=dict)
     user_id: int | None = None
 
-    def level_in(self, tenant_id: int) -> Level | None:
+    def level_in(self, tenant_id: TenantId) -> Level | None:
         if self.platform_admin:
             return Level.PLATFORM
         role = self.roles.get(tenant_id)
         return ROLE_LEVEL[role] if role else None
 
-    def require(self, tenant_id: int, need: Level, what: str) -> None:
+    def require(self, tenant_id: TenantId, need: Level, what: str) -> None:
         """Raise NOT_FOUND if the caller has no role in the tenant (no existence leak), else FORBIDDEN."""
         have = self.level_in(tenant_id)
         if have is None:
@@ -66,7 +67,7 @@ class Principal:
         if not self.platform_admin:
             raise DomainError(Kind.FORBIDDEN, f"{what}: only a platform admin may do this")
 
-    def can(self, tenant_id: int, need: Level) -> bool:
+    def can(self, tenant_id: TenantId, need: Level) -> bool:
         have = self.level_in(tenant_id)
         return have is not None and have >= need
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cvlan.controller.db.models import Cvlan, IpAllocation
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.wire.dnsnames import RESOLVER_ADDRESS
+from cvlan.wire.ids import CvlanId
 
 SUBNET_LOCK_KEY = 0x6376_6C61  # advisory lock id for subnet allocation ("cvla")
 _RESERVED = int(ipaddress.IPv4Address(RESOLVER_ADDRESS))
@@ -211,7 +212,7 @@ async def _allocate_scanning(
     )
 
 
-async def release_address(session: AsyncSession, cvlan_id: int, address: str, now: dt.datetime) -> None:
+async def release_address(session: AsyncSession, cvlan_id: CvlanId, address: str, now: dt.datetime) -> None:
     alloc = await session.scalar(
         select(IpAllocation).where(
             IpAllocation.cvlan_id == cvlan_id,

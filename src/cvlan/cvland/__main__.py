@@ -65,8 +65,7 @@ def parser() -> argparse.ArgumentParser:
         help="put back the resolv.conf a cvland that did not stop cleanly left pointing at its resolver, "
         "then exit (the packages' removal scripts run it; a normal start does it too)",
     )
-    p.add_argument("--log-level", help="debug, info, warning or error (default info)")
-    p.add_argument("--log-format", choices=("text", "json"))
+    cvlog.add_flags(p)
     return p
 
 

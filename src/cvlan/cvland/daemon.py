@@ -8,13 +8,12 @@ import ipaddress
 import json
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cvlan.common.clock import Clock
-from cvlan.common.files import write_atomic
+from cvlan.common.files import socket_in_use, write_atomic
 from cvlan.common.host import resolve_hosts
 from cvlan.cvland.dnsservice import DnsService
 from cvlan.cvland.hubs import HubFailover
@@ -109,7 +108,7 @@ class Daemon:
         self._lock()
         self._stop_recorded_engine()
         sock = SOCKET_DIR / f"{self.ifname}.sock"
-        if _uapi_in_use(sock):
+        if socket_in_use(sock):
             raise EngineError(
                 f"interface {self.ifname}: another WireGuard process serves {sock} "
                 "(the UAPI directory is shared by all network namespaces; choose another --interface)"
@@ -523,18 +522,6 @@ def probe_targets(ds: DesiredState) -> dict[str, str]:
         for p in ds.peers
         if p.address and not p.via_vrouter
     }
-
-
-def _uapi_in_use(sock: Path) -> bool:
-    if not sock.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(sock))
-        except OSError:
-            return False
-    return True
 
 
 def _delete_link(ifname: str) -> None:

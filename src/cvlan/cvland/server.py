@@ -9,13 +9,13 @@ import grp
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from cvlan.common.files import socket_in_use
 from cvlan.cvland.daemon import Daemon
 from cvlan.wire.ipc import IPC_VERSION, MAX_LINE, DesiredState
 
@@ -112,20 +112,10 @@ async def _serve_conn(
             await writer.wait_closed()
 
 
-def _in_use(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 async def serve(daemon: Daemon, serial: Serial, path: Path, group: str = "") -> asyncio.AbstractServer:
     """Listen on path with mode 0600 (0660 + group if given); a stale socket file is replaced."""
     if path.exists():
-        if _in_use(path):
+        if socket_in_use(path):
             raise SocketInUse(f"socket {path}: another cvland is answering there")
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,27 @@ def provision(client: Client, uses: int) -> dict[str, Any]:
     return tok
 
 
-def _interrupt_on_sigterm() -> None:
+def _run_until_stopped(alive: Callable[[], bool]) -> None:
+    """Wait while the controller runs; Ctrl-C or SIGTERM raise KeyboardInterrupt (see _stopped)."""
+
     def handler(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    while alive():
+        time.sleep(0.5)
+
+
+def _stopped(mode: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a demo mode (its own clean-up done): an interrupt ends it with 0, a refused API call with
+    one line and 1."""
+    try:
+        return mode(args)
+    except KeyboardInterrupt:
+        return 0
+    except ApiError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
 
 
 # --- controller only (no root) ---------------------------------------------------------------
@@ -102,15 +119,8 @@ def controller_only(args: argparse.Namespace) -> int:
         print(f"A reusable enrollment token (10 uses):\n  {tok['join_command']}")
         _print_admin_hints(conf_path, conf.server)
         print("Press Ctrl-C to stop.", flush=True)
-        _interrupt_on_sigterm()
-        while proc.poll() is None:
-            time.sleep(0.5)
+        _run_until_stopped(process.alive)
         return proc.returncode or 0
-    except KeyboardInterrupt:
-        return 0
-    except ApiError as e:
-        print(f"demo: {e}", file=sys.stderr)
-        return 1
     finally:
         process.stop(grace=10)
 
@@ -222,14 +232,7 @@ def full_demo(args: argparse.Namespace) -> int:
         if args.check:
             return 0 if ok else 1
         print("\nEverything keeps running. Press Ctrl-C to stop and clean up.", flush=True)
-        _interrupt_on_sigterm()
-        while ctl_proc.alive():
-            time.sleep(0.5)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    except ApiError as e:
-        print(f"demo: {e}", file=sys.stderr)
+        _run_until_stopped(ctl_proc.alive)
         return 1
     finally:
         if forwarder is not None:
@@ -266,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.controller_only:
             why = "not root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
             print(f"demo: {why}: starting the controller only (run as root for the three-node mesh)")
-        return controller_only(args)
-    return full_demo(args)
+        return _stopped(controller_only, args)
+    return _stopped(full_demo, args)
 
 
 if __name__ == "__main__":

@@ -119,8 +119,7 @@ def parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics of each worker process: worker N (from 0) listens on PORT+N "
         "(default off; e.g. 127.0.0.1:9374)",
     )
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument("--log-level", default="info")
+    cvlog.add_flags(p, defaults=True)
     return p
 
 

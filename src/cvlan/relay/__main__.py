@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
-from cvlan.common.settings import invalid_setting
+from cvlan.common.settings import run_daemon, settings_from_args
 from cvlan.common.version import add_version_flag
 from cvlan.relay.bootstrap import RelayIdentity, ensure_identity
 from cvlan.relay.revocation import ControllerChecker, front_hint
@@ -60,8 +59,7 @@ def parser() -> argparse.ArgumentParser:
         help="while the controller cannot be reached, keep accepting nodes for this many seconds "
         "after its last answer (300; 0 refuses at once)",
     )
-    p.add_argument("--log-format", choices=("text", "json"))
-    p.add_argument("--log-level")
+    cvlog.add_flags(p)
     return p
 
 
@@ -77,28 +75,13 @@ def load_settings(args: argparse.Namespace) -> RelaySettings:
         "queue_bytes",
         "fail_open_s",
     )
-    given = {k: getattr(args, k) for k in (*names, "log_format", "log_level") if getattr(args, k) is not None}
-    return RelaySettings(**given)
+    return settings_from_args(RelaySettings, args, names)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = load_settings(args)
-    except ValidationError as e:
-        print(invalid_setting("cvlan-relay", e, "CVLAN_RELAY_"), file=sys.stderr)
-        return 2
-    cvlog.setup(settings.log_level, settings.log_format)
-    try:
-        return asyncio.run(serve(settings))
-    except ControllerCallError as e:
-        print(f"cvlan-relay: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"cvlan-relay: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    fatal = (ControllerCallError, OSError)
+    return run_daemon("cvlan-relay", "CVLAN_RELAY_", lambda: load_settings(args), serve, fatal)
 
 
 async def serve(settings: RelaySettings, stop: asyncio.Event | None = None) -> int:

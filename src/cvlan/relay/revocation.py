@@ -21,7 +21,7 @@ import time
 from enum import StrEnum
 
 from cvlan.client.bootstrap import ControllerCallError, post_json
-from cvlan.relay.bootstrap import RelayIdentity, controller_ssl
+from cvlan.relay.bootstrap import RelayIdentity
 from cvlan.wire.certid import NodeIdentity
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class ControllerChecker:
     ) -> None:
         self._server = server
         self._url = server + CHECK_PATH
-        self._ssl = controller_ssl(identity.ca_pem, identity)
+        self._ssl = identity.ssl_context()
         self._ttl = ttl
         self.fail_open_s = fail_open_s
         self._cache: dict[NodeIdentity, tuple[float, bool]] = {}
@@ -88,7 +88,7 @@ class ControllerChecker:
 
     def use(self, identity: RelayIdentity) -> None:
         """Authenticate later checks with a renewed relay certificate."""
-        self._ssl = controller_ssl(identity.ca_pem, identity)
+        self._ssl = identity.ssl_context()
 
     async def probe(self) -> None:
         """One empty check at start: raises FrontError when --server is not the controller's relay

@@ -12,6 +12,7 @@ from pathlib import Path
 from cvlan.common import adminconf
 from cvlan.common.version import add_version_flag
 from cvlan.sim.provision import Plan, ProvisionError, provision
+from cvlan.wire.peerhealth import REPORT_INTERVAL_S
 
 PROG = "cvlan-sim"
 
@@ -172,6 +173,13 @@ def parser() -> argparse.ArgumentParser:
         help="kill cvlan-front this many seconds into the steady state and start it again: every node "
         "connection drops at once and the fleet reconnects with the agent's backoff (default 0: never)",
     )
+    r.add_argument(
+        "--front-down",
+        type=_non_negative_float,
+        default=0.0,
+        help="with --front-restart-at: seconds cvlan-front stays down before it is started again (an "
+        "outage rather than a crash and an immediate restart; default 0)",
+    )
     r.add_argument("--server", default="", help="use this running controller instead of starting one")
     r.add_argument("--admin-conf", type=Path, help="admin.conf of --server")
     r.add_argument("--knee-rates", type=_rates, default=[], help="poll rates to step through, e.g. 5000,6600")
@@ -194,7 +202,14 @@ def parser() -> argparse.ArgumentParser:
     )
     _churn_args(r)
     r.add_argument("--renew-after", type=float, default=0.0, help="renew certificates after S seconds")
-    r.add_argument("--report-every", type=int, default=10, help="a /v1/report every N polls (0: never)")
+    r.add_argument(
+        "--report-interval",
+        type=_non_negative_float,
+        default=REPORT_INTERVAL_S,
+        help="seconds between a node's looks at whether its peers' health is due for a report, as "
+        "cvlan-ctrl --report-interval (a report when the health changed, else every 5 minutes; "
+        f"default {REPORT_INTERVAL_S:g}; 0: never)",
+    )
     r.add_argument("--reg-timeout", type=_positive_float, default=3600.0, help="registration phase limit (s)")
     r.add_argument("--work-dir", type=Path, default=Path("sim-work"), help="scratch directory")
     r.add_argument("--results", type=Path, help="results directory (default bench/results/<date>-<scale>)")
@@ -282,7 +297,7 @@ def _run(args: argparse.Namespace) -> int:
         knee_settle_s=args.knee_settle,
         renew_after_s=args.renew_after,
         long_poll_s=args.long_poll if args.poll_mode == "long" else 0,
-        report_every=args.report_every,
+        report_interval_s=args.report_interval,
         reg_timeout_s=args.reg_timeout,
         quiet=args.quiet,
         churn=ChurnConfig(
@@ -296,6 +311,7 @@ def _run(args: argparse.Namespace) -> int:
         vrouter_cvlans=max(0, args.vrouter_cvlans),
         policies=not args.no_policies,
         front_restart_at=args.front_restart_at,
+        front_down_s=args.front_down,
     )
     # A SIGTERM (e.g. from `timeout`) must still stop the controller, PostgreSQL and the workers.
     signal.signal(signal.SIGTERM, _raise_interrupt)

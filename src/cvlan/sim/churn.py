@@ -11,13 +11,25 @@ administrator changes a CVLAN's policy or its mode. Each change is recorded wher
 * a membership: (node, CVLAN id, joined, left), when a node's registration was answered and when it
   was deleted.
 
-Map versions are tokens the controller makes per CVLAN and only ever increases while it runs
-(mapper/cache.py), so the version that carries a change is the lowest one a member received after
-the change was committed that is above every version received before it was sent (an answer
-made just before the commit may arrive just after it). Its propagation time is, over the members
-of the CVLAN when it was committed, the latest time one of them first held that version or a later
-one, counted from when the change was sent. A member deleted before it received it is not waited
-for; a member that never received it is counted as not reached."""
+Map versions are tokens the controller makes per CVLAN and only ever increases while it runs; their
+upper bits are the CVLAN's version in the database, which every committed change bumps in its own
+transaction (mapper/cache.py: db_version << 24 | generation << 16 | epoch). So the version that
+carries a change is:
+
+* for a change committed to the database (a join, a deletion, a policy or mode change): the lowest
+  version received after the change was sent whose database part is above that of every version
+  received before it was sent. Its members may hold it before the simulator reads the answer that
+  says it was committed: a loaded simulator can read the woken members' new maps before the answer
+  to the DELETE or PUT that caused them (counting only what arrived after that answer found no
+  version at all, and called every member of the CVLAN "not reached");
+* for an endpoint change (held in memory, a new epoch of the same database version): the lowest
+  version received after the change was committed (the mover's own answer, which carries it) that
+  is above every version received before it was sent (an answer made just before may arrive after).
+
+Its propagation time is, over the members of the CVLAN when it was committed, the latest time one
+of them first held that version or a later one, counted from when the change was sent. A member
+deleted before it received it is not waited for; a member that never received it is counted as not
+reached."""
 
 from __future__ import annotations
 
@@ -30,6 +42,10 @@ from typing import NamedTuple
 
 KINDS = ("restart", "endpoint", "join", "delete", "policy", "mode")
 ADMIN_KINDS = ("policy", "mode")
+COMMITTED_KINDS = ("join", "delete", "policy", "mode")
+"""Changes committed to the database: each bumps the CVLAN's version there."""
+DB_SHIFT = 24
+"""A map version's database part: version >> DB_SHIFT (mapper/cache.py's token layout)."""
 
 
 @dataclass(frozen=True)
@@ -166,8 +182,7 @@ def propagation(
         ts = times.get(ch.cvlan, [])
         before = bisect.bisect_left(ts, ch.sent)
         floor = highest[ch.cvlan][before - 1] if before else -1
-        i = bisect.bisect_left(ts, ch.committed)
-        version = min((r.version for r in rs[i:] if r.version > floor), default=None)
+        version = _carrier(ch, rs, before, bisect.bisect_left(ts, ch.committed), floor)
         who = [m for m in roster.get(ch.cvlan, []) if m.joined <= ch.committed < m.left]
         latest = 0.0
         missing = 0
@@ -184,3 +199,13 @@ def propagation(
             latest = max(latest, got - ch.sent)
         out.outcomes.append(Outcome(ch, None if missing else max(0.0, latest), len(who), missing))
     return out
+
+
+def _carrier(ch: Change, rs: list[Receipt], before: int, after: int, floor: int) -> int | None:
+    """The lowest map version that carries the change (module docstring): rs are the CVLAN's receipts
+    in time order, rs[before:] those received after it was sent, rs[after:] after it was committed,
+    floor the highest version received before it was sent."""
+    if ch.kind in COMMITTED_KINDS:
+        db_floor = floor >> DB_SHIFT if floor >= 0 else -1
+        return min((r.version for r in rs[before:] if r.version >> DB_SHIFT > db_floor), default=None)
+    return min((r.version for r in rs[after:] if r.version > floor), default=None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cvlan.sim.churn import ChurnConfig
+from cvlan.wire.peerhealth import REPORT_INTERVAL_S
 
 Probe = Callable[[], dict[str, Any]]
 """Read once at the end of the run, before anything is stopped; its keys go into results.json."""
@@ -46,7 +47,8 @@ class RunConfig:
     """Before each knee step is measured, the new rate runs this long unmeasured (phase settle-RATE),
     so a backlog left by the step before does not count against it."""
     renew_after_s: float = 0.0
-    report_every: int = 10
+    report_interval_s: float = REPORT_INTERVAL_S
+    """A node looks whether its peers' health is due for a report this often, as cvlan-ctrl (0: never)."""
     long_poll_s: int = 30
     """Nodes long-poll as cvlan-ctrl does, for this long; 0: plain polling every poll interval."""
     reg_timeout_s: float = 3600.0
@@ -59,6 +61,8 @@ class RunConfig:
     """CVLANs per tenant served by a vrouter (the regions' vrouters in turn); each vrouter is
     simulated (simvrouter.py)."""
     policies: bool = True
+    front_down_s: float = 0.0
+    """How long cvlan-front stays down after that kill before it is started again."""
     front_restart_at: float = 0.0
     """Seconds into the steady state at which cvlan-front is killed and started again (every node
     connection drops at once: the reconnect storm after a crash); 0: never."""

@@ -195,6 +195,7 @@ class Driver:
         """(phase, extra, seconds) to measure once the phase running unmeasured (settle-steady,
         settle-RATE) is over."""
         self.restart_front_at = math.inf
+        self.restarting: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         while True:
@@ -226,6 +227,9 @@ class Driver:
             log(self.cfg, "interrupted: draining the fleet and writing the results")
             self._drain(now, 20)
             return False
+        if self.restarting is not None and self.restarting.done():
+            task, self.restarting = self.restarting, None
+            task.result()  # a front that does not come back ends the run (RunError)
         con = s.gauges["connected"]
         if con != self.last_con:
             self.last_con, self.con_changed = con, now
@@ -235,7 +239,8 @@ class Driver:
             self.restart_front_at = math.inf
             log(self.cfg, "restarting cvlan-front: every node connection drops at once")
             rec.sec(now).iv.ok["front_restart"] += 1
-            await self.front.restart()
+            # in its own task: the run keeps its one-second record while the front is down
+            self.restarting = asyncio.create_task(self.front.restart(self.cfg.front_down_s))
         elif now >= self.phase_end:
             self._advance(now)
         self._print(now, s)
@@ -341,7 +346,7 @@ def fleet_configs(
             t0_wall=t0,
             poll_interval_s=cfg.poll_interval_s,
             jitter=cfg.jitter,
-            report_every=cfg.report_every,
+            report_interval_s=cfg.report_interval_s,
             renew_after_s=cfg.renew_after_s,
             long_poll_s=cfg.long_poll_s,
             local_ips=ips,

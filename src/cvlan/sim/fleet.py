@@ -2,7 +2,10 @@
 
 Each node generates its own WireGuard key and TLS key, registers with an enrollment token and a CSR,
 then keeps one mutual-TLS keep-alive connection with its certificate, carrying its endpoints and a
-health summary in every poll; it sends reports and renews its certificate at 2/3 of its lifetime.
+health summary in every poll; it renews its certificate at 2/3 of its lifetime, and reports its
+peers' health as cvlan-ctrl does (wire/peerhealth.py: looked at every report interval, sent when it
+changed and otherwise every HEALTH_REFRESH_S, at most MAX_HEALTH_PEERS entries), with an entry per
+peer of its map: a direct path, a steady RTT of its own per pair, every probe answered.
 
 By default a node long-polls as cvlan-ctrl does (long_poll_s = 30): it asks again as soon as it has
 an answer, and after a failed poll it waits as cvlan-ctrl's backoff would (exponential, jittered,
@@ -41,6 +44,7 @@ from cvlan.sim.metrics import Interval
 from cvlan.sim.provision import Api, ProvisionError, Summary
 from cvlan.wire import nodeproto
 from cvlan.wire.pb import node_pb2 as pb
+from cvlan.wire.peerhealth import REPORT_INTERVAL_S, HealthSent, Signature, health_signature, worst_first
 
 CT = nodeproto.CT_PROTO
 RECONNECT_CAP_S = 30.0
@@ -72,8 +76,8 @@ class FleetConfig:
     poll_interval_s: float = 30.0
     jitter: float = 0.1
     """Each poll interval is drawn uniformly from interval * (1 +- jitter)."""
-    report_every: int = 10
-    """Send a /v1/report every this many polls (0: never)."""
+    report_interval_s: float = REPORT_INTERVAL_S
+    """Look whether the peers' health is due for a report this often, as cvlan-ctrl (0: never)."""
     renew_after_s: float = 0.0
     """Renew the certificate this long after issue; 0: at 2/3 of its lifetime (like cvlan-ctrl)."""
     timeout_s: float = 30.0
@@ -123,6 +127,12 @@ class SimNode:
         "discovered",
         "restarted",
         "deleted",
+        "peer_ids",
+        "up_at",
+        "report_at",
+        "health_sig",
+        "health_sent",
+        "health_pending",
     )
 
     def __init__(self, idx: int, token: str) -> None:
@@ -161,6 +171,16 @@ class SimNode:
         self.discovered = False
         self.restarted = 0.0
         self.deleted = False
+        self.peer_ids: tuple[int, ...] = ()
+        """The node ids of the peers in its map (its health report has an entry for each)."""
+        self.up_at = 0.0
+        """When it (re)started: its probes of its peers count from then."""
+        self.report_at = 0.0
+        """When it next looks whether its health is due for a report (0: not started)."""
+        self.health_sig: Signature = ()
+        self.health_sent: HealthSent | None = None
+        """The last health report delivered (cvlan-ctrl's rule: HealthSent.due_after)."""
+        self.health_pending: HealthSent | None = None
 
     @property
     def name(self) -> str:
@@ -411,6 +431,10 @@ class Fleet:
         node.cert_not_after = float(not_after)
 
     async def _connect_and_start(self, node: SimNode) -> None:
+        # cvlan-ctrl (re)starting: its report loop starts over, with no health reported yet.
+        node.up_at = self.loop.time()
+        node.report_at = node.up_at + self.cfg.report_interval_s
+        node.health_sent = node.health_pending = None
         if await self._connect(node):
             self.connected += 1
         # The first poll goes out at once (version 0: full map), the next ones on the interval. If
@@ -450,9 +474,7 @@ class Fleet:
         if not long:
             node.queue.append(("poll", due))
         node.polls += 1
-        # Each node reports at its own phase: nodes whose poll counts run in step (all moved to a
-        # new interval at once) must not all report in the same second.
-        if self.cfg.report_every and (node.polls + node.idx) % self.cfg.report_every == 0:
+        if self._report_due(node):
             node.queue.append(("report", due))
         if self._renew_due(node):
             node.renewing = True
@@ -487,6 +509,38 @@ class Fleet:
             node.timer = self.loop.call_at(due, self._fire, node, due)
             moved += 1
         return moved
+
+    def _report_due(self, node: SimNode) -> bool:
+        """cvlan-ctrl's report loop: every report interval from its start, a report if the peers'
+        health changed or was last reported HEALTH_REFRESH_S ago. (Its loop runs apart from its polls;
+        here the look is taken before the next poll once the interval is over.)"""
+        iv = self.cfg.report_interval_s
+        now = self.loop.time()
+        if not iv or not node.report_at or now < node.report_at or node.health_pending is not None:
+            return False
+        node.report_at += iv * max(1, int((now - node.report_at) // iv) + 1)
+        return HealthSent(node.health_sig, now).due_after(node.health_sent)
+
+    def _peer_health(self, node: SimNode) -> tuple[list[pb.PeerHealth], int]:
+        """Plausible entries for the peers of its map: a direct path, a steady RTT of 1-40 ms of its
+        own per pair, a probe every 2 s since it started (the last 20 kept), every one answered."""
+        age = self.loop.time() - node.up_at
+        probes = max(1, min(20, int(age / 2)))
+        return worst_first(
+            [
+                pb.PeerHealth(
+                    node_id=pid,
+                    path=pb.PEER_HEALTH_PATH_DIRECT,
+                    handshake_age_s=int(age) % 120,
+                    rtt_us=1000 + (node.idx * 7919 + pid * 104729) % 39000,
+                    probes_sent=probes,
+                    probes_answered=probes,
+                    rx_bytes=int(age) * 96,
+                    tx_bytes=int(age) * 96,
+                )
+                for pid in node.peer_ids
+            ]
+        )
 
     def _renew_due(self, node: SimNode) -> bool:
         if node.renewing or not node.cert_issued:
@@ -603,10 +657,16 @@ class Fleet:
                 node.req = build_request("POST", "/v1/poll", self._host, req.SerializeToString(), CT)
             return node.req
         if op == "report":
-            rep = pb.ReportRequest(
-                capability_version=nodeproto.CAPABILITY_VERSION,
-                health=pb.HealthSummary(peers_total=node.peers, applied_version=node.map_version),
+            peers, omitted = self._peer_health(node)
+            node.health_pending = HealthSent(health_signature(peers), self.loop.time())
+            health = pb.HealthSummary(
+                peers_total=node.peers,
+                peers_direct=node.peers,
+                applied_version=node.map_version,
+                peers=peers,
+                peers_omitted=omitted,
             )
+            rep = pb.ReportRequest(capability_version=nodeproto.CAPABILITY_VERSION, health=health)
             return build_request("POST", "/v1/report", self._host, rep.SerializeToString(), CT)
         assert node.tls_key is not None
         ren = nodeproto.renew_request(csr_for(node.tls_key, node.name))
@@ -614,6 +674,10 @@ class Fleet:
 
     def _done(self, node: SimNode, op: str, due: float, status: int, body: bytes, err: str) -> bool:
         """Count an answer; whether it was a good one."""
+        if op == "report":  # as cvlan-ctrl: the health counts as reported once a report was delivered
+            if status == 200 and node.health_pending is not None:
+                node.health_sent = node.health_pending
+            node.health_pending = None
         if status != 200:
             self._err(_error_kind(op, status, body, err), body.decode(errors="replace"))
             if op == "renew":
@@ -649,6 +713,10 @@ class Fleet:
         self.iv.ok["poll_full"] += 1
         node.map_version = r.map_version
         node.peers = len(r.map.peers)
+        ids = tuple(p.node_id for p in r.map.peers)
+        if ids != node.peer_ids:  # what its next health report's signature is (health_signature)
+            node.peer_ids = ids
+            node.health_sig = health_signature(self._peer_health(node)[0])
         node.req = b""
         now = time.time()
         if self.record():
@@ -827,11 +895,14 @@ class Fleet:
                     )
 
     async def drain(self, timeout: float) -> None:
-        """Stop the churn and let its last changes settle (the fleet still polls, so a change made in
-        the run's last moment reaches every member, a restart reconnects, a join registers); then
-        stop scheduling, wait for answers in flight, check the maps and close every connection."""
+        """Stop the churn and let its last changes settle: those under way end first (a join
+        registers, a DELETE or PUT is answered, a restart connects), then the fleet still polls for
+        CHURN_SETTLE_S, so that every member gets the last maps. Then stop scheduling, wait for
+        answers in flight, check the maps and close every connection."""
         if self.cfg.churn.active and not self.churn_over:
             self.churn_over = True
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=timeout)
             await asyncio.sleep(min(CHURN_SETTLE_S, timeout / 2))
         self.stopping = True
         deadline = self.loop.time() + timeout
@@ -908,7 +979,8 @@ async def _worker(
         if fleet.record():
             fleet.churn_tick()
         report({"t": time.time(), "iv": fleet.take_interval().to_wire(), "churn": fleet.take_churn()})
-    fleet.stopping = True
+    # Not stopping yet: with churn the fleet keeps polling (and the last joins register) while its
+    # last changes settle; drain() stops it after that.
     await fleet.drain(timeout=min(cfg.timeout_s, 10.0))
     reg.cancel()
     report(

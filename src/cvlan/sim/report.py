@@ -425,6 +425,8 @@ def _config(data: dict[str, Any]) -> list[str]:
         )
     if cfg.get("front_restart_at"):
         args += f" --front-restart-at {cfg['front_restart_at']:g}"
+        if cfg.get("front_down_s"):
+            args += f" --front-down {cfg['front_down_s']:g}"
     if cfg.get("steady_rate"):
         args += f" --steady-rate {cfg['steady_rate']:g}"
     if cfg.get("steady_settle_s"):

@@ -43,6 +43,8 @@ def _front_restart(data: dict[str, Any]) -> list[str]:
     back_row = next((r for r in window[down:] if r["gauges"].get("connected", 0) >= before), None)
     back = f"{back_row['t'] - tl[at]['t']} s" if back_row else f"more than {RECOVERY_WINDOW_S} s"
     peak = max(window, key=lambda r: r["ok"].get("connect", 0))
+    outage = data.get("config", {}).get("front_down_s", 0)
+    down_s = f" {outage:g} s later" if outage else ""
     errors: dict[str, int] = {}
     for r in window:
         for k, v in r["errors"].items():
@@ -51,8 +53,8 @@ def _front_restart(data: dict[str, Any]) -> list[str]:
         "## Crash of the front and the reconnects",
         "",
         f"At {tl[at]['t']} s the run killed cvlan-front (SIGKILL to its process group) and started it "
-        f"again: {before:,} node connections dropped at once. Each node waits cvlan-ctrl's backoff "
-        "(common.backoff: 0.5 s doubling to 30 s, each delay drawn between half and all of it) before "
+        f"again{down_s}: {before:,} node connections dropped at once. Each node waits cvlan-ctrl's backoff "
+        "(common.backoff: a ceiling of 0.5 s doubling to 30 s, each delay drawn anywhere below it) before "
         "its next round, and a refused or failed connection is a failed round.",
         "",
         f"* every node connected again after **{back}**; "

@@ -383,9 +383,11 @@ class CvlanFront:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
 
-    async def restart(self) -> None:
-        """A crash and a restart: SIGKILL to the group, then start again on the same port."""
+    async def restart(self, down_s: float = 0.0) -> None:
+        """A crash and a restart: SIGKILL to the group, down_s seconds of outage, then start again on
+        the same port."""
         await asyncio.to_thread(self.stop, True)
+        await asyncio.sleep(down_s)
         await self.start()
 
 

@@ -14,12 +14,10 @@ import signal
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from cvlan.client.bootstrap import ControllerCallError
 from cvlan.common import log as cvlog
 from cvlan.common.metrics import MetricsListener, MetricsListenError
-from cvlan.common.settings import invalid_setting
+from cvlan.common.settings import run_daemon, settings_from_args
 from cvlan.common.version import add_version_flag
 from cvlan.dataplane.engine import EngineError
 from cvlan.vrouter.daemon import Vrouter
@@ -52,36 +50,19 @@ def parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics listener, or off (default 127.0.0.1:9373; if that port is taken, the "
         "vrouter runs without metrics and says so)",
     )
-    p.add_argument("--log-format", choices=("text", "json"))
-    p.add_argument("--log-level")
+    cvlog.add_flags(p)
     return p
 
 
 def load_settings(args: argparse.Namespace) -> VrouterSettings:
     names = ("server", "token", "ca_pin", "state_dir", "interface", "engine", "listen_port", "long_poll_s")
-    given = {
-        k: getattr(args, k)
-        for k in (*names, "log_format", "log_level", "metrics_listen")
-        if getattr(args, k) is not None
-    }
-    return VrouterSettings(**given)
+    return settings_from_args(VrouterSettings, args, (*names, "metrics_listen"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = load_settings(args)
-    except ValidationError as e:
-        print(invalid_setting("cvlan-vrouter", e, "CVLAN_VROUTER_"), file=sys.stderr)
-        return 2
-    cvlog.setup(settings.log_level, settings.log_format)
-    try:
-        return asyncio.run(serve(settings))
-    except (ControllerCallError, EngineError, OSError, MetricsListenError) as e:
-        print(f"cvlan-vrouter: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    fatal = (ControllerCallError, EngineError, OSError, MetricsListenError)
+    return run_daemon("cvlan-vrouter", "CVLAN_VROUTER_", lambda: load_settings(args), serve, fatal)
 
 
 async def serve(settings: VrouterSettings, stop: asyncio.Event | None = None) -> int:

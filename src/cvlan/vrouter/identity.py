@@ -13,29 +13,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
-from cvlan.client.bootstrap import (
-    ControllerCallError,
-    StateDir,
-    fetch_pinned_ca,
-    post_json,
-    verifying_context,
-)
+from cvlan.client import bootstrap
+from cvlan.client.bootstrap import ControllerCallError, ControllerIdentity, StateDir
 from cvlan.common.files import write_atomic
-from cvlan.common.pki import fresh, new_csr
 from cvlan.vrouter.settings import VrouterSettings
 from cvlan.wire.keys import KeyHex, generate_keypair, parse_key, public_of
 
 log = logging.getLogger(__name__)
 
+KIND = "vrouter"
+
 
 @dataclass(frozen=True)
-class Identity:
+class Identity(ControllerIdentity):
     server: str
     name: str
     region: str
@@ -52,18 +45,12 @@ class Identity:
     def wg_public_key(self) -> KeyHex:
         return public_of(self.wg_private_key)
 
-    @property
-    def cert(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
-
-    def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=self.ca_pem)
-        ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
-
 
 def load_identity(d: Path) -> Identity | None:
-    store = StateDir(d, "vrouter")
+    return _load(StateDir(d, KIND))
+
+
+def _load(store: StateDir) -> Identity | None:
     info = store.meta()
     if info is None:
         return None
@@ -72,7 +59,7 @@ def load_identity(d: Path) -> Identity | None:
         info["name"],
         info["region"],
         info["endpoint"],
-        parse_key((d / "wg.key").read_text(), "wg.key"),
+        parse_key((store.path / "wg.key").read_text(), "wg.key"),
         store.cert_file,
         store.key_file,
         store.ca_pem(),
@@ -91,47 +78,47 @@ def _wg_key(d: Path) -> KeyHex:
 
 async def register(settings: VrouterSettings, server: str, token: str) -> Identity:
     """Send the WireGuard public key and a CSR with the bootstrap token; store the answer (0600)."""
-    d = settings.state_dir
-    d.mkdir(parents=True, exist_ok=True)
-    d.chmod(0o700)
-    ca_pem = await fetch_pinned_ca(server + "/v1/vrouter/ca", settings.ca_pin) if settings.ca_pin else None
-    wg = _wg_key(d)
-    key_pem, csr_pem = new_csr("cvlan-vrouter")
-    body = {"token": token, "wg_public_key": public_of(wg), "csr_pem": csr_pem}
-    out = await post_json(server + "/v1/vrouter/register", body, verifying_context(ca_pem))
-    meta = {"server": server, **{k: out[k] for k in ("name", "region", "endpoint")}}
-    StateDir(d, "vrouter").save(key_pem, out, meta, token)
+    store = StateDir(settings.state_dir, KIND)
+    store.create()
+    wg = _wg_key(store.path)
+    fields = {"wg_public_key": public_of(wg)}
+    out = await bootstrap.register(store, server, settings.ca_pin, token, fields, {"server": server}, _KEEP)
     log.info("vrouter registered", extra={"relay_region": out["region"]})
-    ident = load_identity(d)
+    ident = _load(store)
     assert ident is not None
     return ident
 
 
 async def ensure_identity(settings: VrouterSettings, now: dt.datetime | None = None) -> Identity:
-    """The stored identity while its certificate is fresh; otherwise register (again) with the
-    token given, or the one saved at the first registration."""
-    now = now or dt.datetime.now(dt.UTC)
-    d = settings.state_dir
+    """The stored identity while its certificate is fresh and no token is given; otherwise register
+    (again) with the token given, or the one saved at the first registration."""
+    store = StateDir(settings.state_dir, KIND)
     try:
-        ident = load_identity(d)
-        saved_token = StateDir(d, "vrouter").saved_token()
-    except (OSError, ValueError, KeyError) as e:
-        raise ControllerCallError(f"read vrouter state in {d}: {e}") from e
-    if ident is not None and not settings.token and fresh(ident.cert, now):
-        return ident
-    server = settings.server or (ident.server if ident else "")
-    token = settings.token or saved_token
+        stored = store.meta() or {}
+    except (OSError, ValueError) as e:
+        raise ControllerCallError(f"read vrouter state in {store.path}: {e}") from e
+    server: str = settings.server or stored.get("server", "")
     if not server:
-        raise ControllerCallError(f"no vrouter identity in {d}: give --server and --token")
-    if not token:
-        raise ControllerCallError(f"no vrouter identity in {d} and no --token given")
-    return await register(settings, server, token)
+        raise ControllerCallError(f"no vrouter identity in {store.path}: give --server and --token")
+
+    async def register_with(token: str) -> Identity:
+        return await register(settings, server, token)
+
+    now = now or dt.datetime.now(dt.UTC)
+    return await bootstrap.ensure_identity(
+        store, _load, register_with, settings.token, now, token_registers=True
+    )
 
 
 async def renew(settings: VrouterSettings, ident: Identity) -> Identity:
     """Register again with the saved bootstrap token (same WireGuard key, new TLS key and certificate)."""
     try:
-        token = (settings.state_dir / "token").read_text().strip()
+        token = StateDir(settings.state_dir, KIND).saved_token()
     except OSError as e:
         raise ControllerCallError(f"renew the vrouter certificate: no saved token: {e}") from e
+    if not token:
+        raise ControllerCallError("renew the vrouter certificate: no saved token")
     return await register(settings, ident.server, token)
+
+
+_KEEP = ("name", "region", "endpoint")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 
+from cvlan.wire.ids import CvlanId, NodeId, TenantId
+
 OID_BASE = "1.3.6.1.4.1.59999.1"
 OID_NODE_ID = ObjectIdentifier(OID_BASE + ".1")
 OID_TENANT_ID = ObjectIdentifier(OID_BASE + ".2")
@@ -48,9 +50,9 @@ def extensions_of(cert: x509.Certificate) -> dict[str, str]:
 class NodeIdentity:
     """Who a node certificate says its holder is."""
 
-    node_id: int
-    tenant_id: int
-    cvlan_id: int
+    node_id: NodeId
+    tenant_id: TenantId
+    cvlan_id: CvlanId
     wg_key: bytes
     serial: int
     not_after: dt.datetime
@@ -71,9 +73,9 @@ def node_identity(cert: x509.Certificate) -> NodeIdentity:
     try:
         key = bytes.fromhex(ext["wg_key"])
         ident = NodeIdentity(
-            int(ext["node_id"]),
-            int(ext["tenant_id"]),
-            int(ext["cvlan_id"]),
+            NodeId(int(ext["node_id"])),
+            TenantId(int(ext["tenant_id"])),
+            CvlanId(int(ext["cvlan_id"])),
             key,
             cert.serial_number,
             cert.not_valid_after_utc,

@@ -80,6 +80,29 @@ def encode(msg: Message, content_type: str = CT_PROTO) -> bytes:
     return msg.SerializeToString()
 
 
+def register_request(
+    token: str,
+    wg_public_key: bytes,
+    csr_pem: str,
+    hostname: str = "",
+    os_info: str = "",
+    route_advert: pb.RouteAdvert | None = None,
+) -> pb.RegisterRequest:
+    """A node's registration with an enrollment token, as cvlan-ctrl and the benchmarks send it (a
+    re-authentication adds the previous certificate and the proofs)."""
+    req = pb.RegisterRequest(
+        capability_version=CAPABILITY_VERSION,
+        token=token,
+        wg_public_key=wg_public_key,
+        csr_pem=csr_pem,
+        hostname=hostname,
+        os_info=os_info,
+    )
+    if route_advert is not None:
+        req.route_advert.CopyFrom(route_advert)
+    return req
+
+
 def poll_request(
     map_version: int,
     endpoints: list[str] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cvlan.common.clock import FakeClock
-from cvlan.cvland.daemon import DESIRED_FILE, Backends, Daemon
+from cvlan.cvland.daemon import DESIRED_FILE, Daemon
 from cvlan.cvland.reconcile import InvalidState
 from cvlan.cvland.server import handle_request
 from cvlan.dataplane.engine import EngineError, FakeEngine
@@ -16,6 +16,7 @@ from cvlan.dataplane.firewall import FakeFirewall
 from cvlan.dataplane.router import FakeRouter, RouterConfig
 from cvlan.wire.ipc import DesiredState, PeerConfig
 from cvlan.wire.keys import generate_keypair
+from tests.unit.cvland.fakedaemon import fake_backends, started
 
 PRIV, _ = generate_keypair()
 _, K1 = generate_keypair()
@@ -39,16 +40,7 @@ def state(version: int = 1, peers: list[PeerConfig] | None = None, **kw: object)
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Daemon:
-    b = Backends(
-        FakeEngine(),
-        FakeRouter(),
-        FakeFirewall(),
-        local_addresses=["10.0.0.5", "100.64.0.5"],
-        manage_links=False,
-    )
-    d = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
-    d.start()
-    return d
+    return started(tmp_path / "state", fake_backends(["10.0.0.5", "100.64.0.5"]))
 
 
 def fakes(d: Daemon) -> tuple[FakeEngine, FakeRouter, FakeFirewall]:
@@ -134,15 +126,12 @@ def test_desired_state_is_saved_0600_and_reapplied_on_start(daemon: Daemon, tmp_
     saved = tmp_path / "state" / DESIRED_FILE
     assert saved.stat().st_mode & 0o777 == 0o600
     daemon.stop()
-    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
-    d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
-    d2.start()
+    d2 = started(tmp_path / "state", fake_backends())
     assert d2.desired is not None and d2.desired.version == 4 and fakes(d2)[0].config is not None
 
 
 def test_a_second_daemon_on_the_same_state_dir_is_refused(daemon: Daemon, tmp_path: Path) -> None:
-    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
-    d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
+    d2 = Daemon("fake0", tmp_path / "state", fake_backends(), FakeClock(), probe_s=5.0)
     with pytest.raises(EngineError, match="in use by another running cvland"):
         d2.start()
     d2.stop()
@@ -221,9 +210,7 @@ def test_new_candidates_do_not_overwrite_where_wireguard_roamed(tmp_path: Path) 
     # Peer K1 is behind a NAT. Its handshake moved WireGuard to the NAT's address; the map update with
     # its corrected candidate comes before the next tick. The endpoint must stay on the NAT's address.
     clock = FakeClock()
-    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
-    d = Daemon("fake0", tmp_path / "state", b, clock, probe_s=5.0)  # no relay: PathSelector over NoRelayPaths
-    d.start()
+    d = started(tmp_path / "state", fake_backends(), clock)  # no relay: PathSelector over NoRelayPaths
     eng, _, _ = fakes(d)
     nat_peer = PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.1.0.6:40123"])
     d.apply(state(peers=[nat_peer]))
@@ -242,9 +229,7 @@ def test_new_candidates_do_not_overwrite_where_wireguard_roamed(tmp_path: Path) 
 
 def test_two_vrouters_only_the_active_one_carries_the_subnet_and_it_fails_over(tmp_path: Path) -> None:
     clock = FakeClock()
-    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=["10.0.0.5"], manage_links=False)
-    d = Daemon("fake0", tmp_path / "state", b, clock, probe_s=5.0)
-    d.start()
+    d = started(tmp_path / "state", fake_backends(["10.0.0.5"]), clock)
     (_, v1), (_, v2) = generate_keypair(), generate_keypair()
     hubs = [
         PeerConfig(public_key=v, allowed_ips=["100.64.0.0/24"], endpoints=[ep], via_vrouter=True)
@@ -302,9 +287,7 @@ def test_down_removes_the_tunnel_keeps_the_state_and_stays_down_across_a_restart
     assert not eng.running and eng.config is None
     daemon.stop()
 
-    b = Backends(FakeEngine(), FakeRouter(), FakeFirewall(), local_addresses=[], manage_links=False)
-    d2 = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
-    d2.start()
+    d2 = started(tmp_path / "state", fake_backends())
     eng2, rt2, _ = fakes(d2)
     assert d2.status().down and not eng2.running and rt2.applied == []
 

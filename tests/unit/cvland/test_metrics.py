@@ -8,15 +8,13 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from cvlan.common.clock import FakeClock
-from cvlan.cvland.daemon import Backends, Daemon
 from cvlan.cvland.metrics import CvlandCollector, registry
 from cvlan.cvland.server import Serial
 from cvlan.dataplane.engine import FakeEngine
-from cvlan.dataplane.firewall import FakeFirewall
 from cvlan.dataplane.nflog import Flow
-from cvlan.dataplane.router import FakeRouter
 from cvlan.wire.ipc import DesiredState, PeerConfig
 from cvlan.wire.keys import KeyHex, generate_keypair, short
+from tests.unit.cvland.fakedaemon import fake_backends, started
 
 PRIV, _ = generate_keypair()
 _, K1 = generate_keypair()
@@ -35,9 +33,7 @@ def series(text: str) -> dict[str, float]:
 async def test_scrape_reports_the_daemons_state(tmp_path: Path) -> None:
     clock = FakeClock()
     engine = FakeEngine()
-    b = Backends(engine, FakeRouter(), FakeFirewall(), local_addresses=["10.0.0.5"], manage_links=False)
-    d = Daemon("fake0", tmp_path, b, clock, probe_s=5.0)
-    d.start()
+    d = started(tmp_path, fake_backends(["10.0.0.5"], engine), clock)
     peers = [
         PeerConfig(public_key=K1, allowed_ips=["100.64.0.6/32"], endpoints=["10.0.0.6:1"]),
         PeerConfig(public_key=K2, allowed_ips=["100.64.0.7/32"], endpoints=["10.0.0.7:1", "10.0.0.8:1"]),

@@ -9,19 +9,17 @@ from pathlib import Path
 import pytest
 
 from cvlan.common.clock import FakeClock
-from cvlan.cvland.daemon import EXIT_FILE, Backends, Daemon
+from cvlan.cvland.daemon import EXIT_FILE, Daemon
 from cvlan.cvland.reconcile import exit_excludes, plan
 from cvlan.cvland.server import handle_request
 from cvlan.cvland.subnets import RouteFailover, carriers, exit_peer
-from cvlan.dataplane.engine import FakeEngine
-from cvlan.dataplane.firewall import FakeFirewall
 from cvlan.dataplane.forwarding import FakeForwarding, SysctlForwarding
 from cvlan.dataplane.hubchoice import CONFIRM_S, HUB_KEEPALIVE, SUSPECT_S
 from cvlan.dataplane.policyroute import EXIT_FWMARK, FakePolicyRouter, exit_plan
-from cvlan.dataplane.router import FakeRouter
 from cvlan.dataplane.wgconfig import PeerState
 from cvlan.wire.ipc import DesiredState, PeerConfig, RelayInfo
 from cvlan.wire.keys import KeyHex, generate_keypair
+from tests.unit.cvland.fakedaemon import fake_backends, started
 
 PRIV, _ = generate_keypair()
 KA, KB, KC = (generate_keypair()[1] for _ in range(3))
@@ -209,18 +207,8 @@ def test_forwarding_puts_back_the_value_it_found(tmp_path: Path) -> None:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Daemon:
-    b = Backends(
-        FakeEngine(),
-        FakeRouter(),
-        FakeFirewall(),
-        local_addresses=[],
-        manage_links=False,
-        policy=FakePolicyRouter(),
-        forwarding=FakeForwarding(),
-    )
-    d = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
-    d.start()
-    return d
+    b = fake_backends(policy=FakePolicyRouter(), forwarding=FakeForwarding())
+    return started(tmp_path / "state", b)
 
 
 def test_selecting_an_exit_node_routes_through_it_and_clearing_it_restores(daemon: Daemon) -> None:
@@ -263,17 +251,8 @@ def test_a_restart_removes_leftover_exit_routing_and_forwarding_then_restores_th
     tmp_path: Path,
 ) -> None:
     pol, fwd = FakePolicyRouter(), FakeForwarding()
-    b = Backends(
-        FakeEngine(),
-        FakeRouter(),
-        FakeFirewall(),
-        local_addresses=[],
-        manage_links=False,
-        policy=pol,
-        forwarding=fwd,
-    )
-    d = Daemon("fake0", tmp_path / "state", b, FakeClock(), probe_s=5.0)
-    d.start()
+    b = fake_backends(policy=pol, forwarding=fwd)
+    d = started(tmp_path / "state", b)
     d.apply(state([peer(KA, 5, "a", exit_node=True)], routes=[LAN]))
     d.up("a")
     assert fwd.on and pol.plan is not None

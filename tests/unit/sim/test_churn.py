@@ -9,6 +9,11 @@ from cvlan.sim.churn import Change, Membership, Quota, Receipt, propagation
 INF = math.inf
 
 
+def v(db: int, epoch: int = 1) -> int:
+    """A map version as the controller makes them: the CVLAN's database version, then an epoch."""
+    return db << 24 | 1 << 16 | epoch
+
+
 def test_a_small_share_still_makes_events_over_several_seconds() -> None:
     q = Quota()
     # 0.0001 of 2,000 nodes: one event every five seconds, not none.
@@ -36,14 +41,39 @@ def test_a_member_that_never_gets_the_change_is_not_reached() -> None:
     members = [Membership(1, 7, 0.0, INF), Membership(2, 7, 0.0, INF)]
     # Member 2 gets the version before the change once more (an answer made just before the commit).
     receipts = [
-        Receipt(1, 7, 100, 5.0),
-        Receipt(2, 7, 100, 5.0),
-        Receipt(1, 7, 101, 10.2),
-        Receipt(2, 7, 100, 10.3),
+        Receipt(1, 7, v(3), 5.0),
+        Receipt(2, 7, v(3), 5.0),
+        Receipt(1, 7, v(4), 10.2),
+        Receipt(2, 7, v(3, 2), 10.3),  # a new epoch of the old database version: not the change
     ]
     prop = propagation([Change("policy", 7, 10.0, 10.1)], receipts, members, end=100.0)
     assert [o.missing for o in prop.not_reached] == [1]
     assert prop.reached == []
+    # The same for an endpoint change: an answer made before it, read after it was committed.
+    receipts = [Receipt(1, 7, 100, 5.0), Receipt(2, 7, 100, 5.0), Receipt(1, 7, 101, 10.2)]
+    receipts.append(Receipt(2, 7, 100, 10.3))
+    prop = propagation([Change("endpoint", 7, 10.0, 10.1)], receipts, members, end=100.0)
+    assert [o.missing for o in prop.not_reached] == [1]
+
+
+def test_members_may_hold_a_committed_change_before_its_answer_is_read() -> None:
+    """A deletion's or a policy change's members are woken at the commit and may get their new maps
+    before the simulator reads the answer to the DELETE or PUT (a loaded simulator reads its sockets
+    in any order): the change reached them all the same."""
+    members = [Membership(n, 7, 0.0, INF) for n in (1, 2, 3)]
+    receipts = [
+        Receipt(1, 7, v(3), 5.0),
+        Receipt(2, 7, v(3), 5.0),
+        Receipt(3, 7, v(3, 2), 9.0),  # an endpoint change of the same database version
+        Receipt(1, 7, v(4), 10.2),  # the change's version, read before the answer (10.5)
+        Receipt(2, 7, v(4), 10.3),
+        Receipt(3, 7, v(4), 10.4),
+    ]
+    for kind in ("delete", "policy", "join"):
+        prop = propagation([Change(kind, 7, 10.0, 10.5)], receipts, members, end=100.0)
+        (o,) = prop.outcomes
+        assert o.members == 3 and o.missing == 0, kind
+        assert o.seconds is not None and abs(o.seconds - 0.4) < 1e-9
 
 
 def test_members_that_left_or_joined_later_and_other_cvlans_are_not_waited_for() -> None:

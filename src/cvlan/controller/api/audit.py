@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cvlan.controller import audit
 from cvlan.controller.api.common import tenant_route, when
 from cvlan.controller.auth import Level
 from cvlan.controller.db.models import AuditEntry, Tenant
-from cvlan.controller.http.framework import Call, page, route
+from cvlan.controller.http.framework import Call, Page, page, route
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import AuditView
+from cvlan.wire.ids import TenantId
 
 AUDIT_QUERY = ("actor", "action", "since", "until")
 
 
-def audit_view(e: AuditEntry) -> dict[str, Any]:
+def audit_view(e: AuditEntry) -> AuditView:
     return {
         "id": e.id,
         "tenant_id": e.tenant_id,
@@ -29,7 +29,7 @@ def audit_view(e: AuditEntry) -> dict[str, Any]:
     }
 
 
-async def _audit(c: Call, s: Tx, tenant_ids: list[int] | None) -> dict[str, Any]:
+async def _audit(c: Call, s: Tx, tenant_ids: list[TenantId] | None) -> Page[AuditView]:
     limit, offset = c.page
     rows, total = await audit.query(
         s,
@@ -52,7 +52,7 @@ async def _audit(c: Call, s: Tx, tenant_ids: list[int] | None) -> dict[str, Any]
     query=AUDIT_QUERY,
     paginated=True,
 )
-async def tenant_audit(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def tenant_audit(c: Call, s: Tx, t: Tenant) -> Page[AuditView]:
     c.who.require(t.id, Level.READ, "read audit log")
     return await _audit(c, s, [t.id])
 
@@ -65,6 +65,6 @@ async def tenant_audit(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     query=AUDIT_QUERY,
     paginated=True,
 )
-async def all_audit(c: Call) -> dict[str, Any]:
+async def all_audit(c: Call) -> Page[AuditView]:
     async with c.ctx.tx() as s:
         return await _audit(c, s, None if c.who.platform_admin else list(c.who.roles))

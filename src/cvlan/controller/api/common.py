@@ -1,17 +1,20 @@
-"""What the management API's resource modules share: the tenant-scoped route group and the parsing
-of durations and times in bodies and queries."""
+"""What the management API's resource modules share: the tenant-scoped route group, the answers of
+the platform's daemons (relays, vrouters) and the parsing of durations and times in bodies and
+queries."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from cvlan.common.durations import parse_duration
 from cvlan.controller.db.models import Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.http.framework import Call, Handler, route
+from cvlan.controller.http.framework import CA_PIN_KEY, Call, Handler, Page, page, route
+from cvlan.controller.ops import infra
 from cvlan.controller.ops.context import Tx, resolve_tenant
+from cvlan.controller.ops.views import DaemonCreated
 
 T = "/api/v1/tenants/{tenant}"
 """The prefix of every tenant-scoped route."""
@@ -38,6 +41,29 @@ def tenant_route(method: str, sub: str, **kw: Any) -> Callable[[TenantHandler], 
         return fn
 
     return deco
+
+
+X = TypeVar("X")
+V = TypeVar("V")
+
+
+def daemon_created(c: Call, program: str, token: str) -> DaemonCreated:
+    """What registering a relay or vrouter answers besides its view: the bootstrap token (shown once)
+    and the command that starts the daemon (program) with it."""
+    cmd = infra.start_command(program, c.ctx.settings.url, token, c.request.app[CA_PIN_KEY])
+    return {"token": token, "command": cmd}
+
+
+async def daemon_page(
+    c: Call,
+    rows: Callable[[Tx, int, int], Awaitable[tuple[list[tuple[X, str]], int]]],
+    view: Callable[[X, str], V],
+) -> Page[V]:
+    """A page of relays or vrouters: rows lists them with their region's name, view shows one."""
+    limit, offset = c.page
+    async with c.ctx.tx() as s:
+        found, total = await rows(s, limit, offset)
+    return page([view(x, region) for x, region in found], total, limit, offset)
 
 
 def duration(field: str, text: str | None) -> dt.timedelta | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.common.numbers import parse_uint
@@ -13,6 +11,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import Body, Call
 from cvlan.controller.ops import dns
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import DnsForwarderView, DnsRecordView, DnsView
 from cvlan.wire.dnsnames import MAX_TTL
 
 D = "/cvlans/{cvlan}/dns"
@@ -32,7 +31,7 @@ class ForwarderSet(Body):
 
 
 @tenant_route("GET", D, summary="Show a CVLAN's DNS zone, records and forwarders", tag="dns")
-async def show_dns(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def show_dns(c: Call, s: Tx, t: Tenant) -> DnsView:
     return await dns.show(c.ctx, s, c.who, t, c.params["cvlan"])
 
 
@@ -44,7 +43,7 @@ async def show_dns(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     body=RecordCreate,
     status=201,
 )
-async def add_dns_record(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def add_dns_record(c: Call, s: Tx, t: Tenant) -> DnsRecordView:
     b = c.body
     r = await dns.add_record(c.ctx, s, c.who, t, c.params["cvlan"], b.name, b.type, b.value, b.ttl)
     return dns.record_view(r)
@@ -65,7 +64,7 @@ async def delete_dns_record(c: Call, s: Tx, t: Tenant) -> None:
     tag="dns",
     body=ForwarderSet,
 )
-async def set_dns_forwarder(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def set_dns_forwarder(c: Call, s: Tx, t: Tenant) -> DnsForwarderView:
     f = await dns.set_forwarder(c.ctx, s, c.who, t, c.params["cvlan"], c.params["domain"], c.body.servers)
     return dns.forwarder_view(f)
 

@@ -16,6 +16,7 @@ from cvlan.controller.http.framework import Body, Call, route
 from cvlan.controller.oidc import mappings, signin
 from cvlan.controller.oidc.client import PROVIDERS_KEY, Providers
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import DeviceSignin, GroupRoleView, Items, ProviderView, SigninPolicy
 
 
 class DeviceStartBody(Body):
@@ -44,8 +45,10 @@ def _providers(c: Call) -> Providers:
 
 
 @route("GET", "/api/v1/auth/providers", summary="List the identity providers", tag="auth", auth=False)
-async def list_providers(c: Call) -> dict[str, Any]:
-    items = [{"name": p.name, "display_name": p.cfg.label} for p in _providers(c).values()]
+async def list_providers(c: Call) -> Items[ProviderView]:
+    items: list[ProviderView] = [
+        {"name": p.name, "display_name": p.cfg.label} for p in _providers(c).values()
+    ]
     return {"items": items, "total": len(items)}
 
 
@@ -58,7 +61,7 @@ async def list_providers(c: Call) -> dict[str, Any]:
     auth=False,
     status=201,
 )
-async def device_start(c: Call) -> dict[str, Any]:
+async def device_start(c: Call) -> DeviceSignin:
     client = _providers(c).get_or_fail(c.body.provider)
     try:
         d = await client.start_device()
@@ -104,7 +107,7 @@ async def device_poll(c: Call) -> Any:
 
 
 @tenant_route("GET", "/oidc-mappings", summary="List group-to-role mappings", tag="auth")
-async def list_mappings(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_mappings(c: Call, s: Tx, t: Tenant) -> Items[GroupRoleView]:
     items = [mappings.mapping_view(m) for m in await mappings.list_(s, c.who, t)]
     return {"items": items, "total": len(items)}
 
@@ -117,7 +120,7 @@ async def list_mappings(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     body=MappingBody,
     status=201,
 )
-async def add_mapping(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def add_mapping(c: Call, s: Tx, t: Tenant) -> GroupRoleView:
     b = c.body
     m = await mappings.add(c.ctx, s, c.who, t, set(_providers(c)), b.provider, b.group, b.role)
     return mappings.mapping_view(m)
@@ -131,6 +134,6 @@ async def remove_mapping(c: Call, s: Tx, t: Tenant) -> None:
 @tenant_route(
     "PUT", "/signin-policy", summary="Allow or forbid password sign-in", tag="auth", body=SigninPolicyBody
 )
-async def put_signin_policy(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def put_signin_policy(c: Call, s: Tx, t: Tenant) -> SigninPolicy:
     await mappings.set_local_passwords(c.ctx, s, c.who, t, c.body.local_passwords)
     return {"tenant": t.name, "local_passwords": not t.local_passwords_disabled}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cvlan.controller.api.common import tenant_route, when
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import Body, Call, page
+from cvlan.controller.http.framework import Body, Call, Page, page
 from cvlan.controller.ops import policy
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import DeniedFlowView, PolicySet, PolicyView
 
 
 class PolicyBody(Body):
@@ -18,7 +17,7 @@ class PolicyBody(Body):
 
 
 @tenant_route("GET", "/cvlans/{cvlan}/policy", summary="Show a CVLAN's packet-filter policy", tag="policy")
-async def show_policy(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def show_policy(c: Call, s: Tx, t: Tenant) -> PolicyView:
     cv, p = await policy.get(s, c.who, t, c.params["cvlan"])
     return policy.view(cv, p)
 
@@ -30,7 +29,7 @@ async def show_policy(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     tag="policy",
     body=PolicyBody,
 )
-async def set_policy(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def set_policy(c: Call, s: Tx, t: Tenant) -> PolicySet:
     cv, p, changed = await policy.set_(c.ctx, s, c.who, t, c.params["cvlan"], c.body.model_dump())
     return {**policy.view(cv, p), "changed": changed}
 
@@ -54,7 +53,7 @@ async def clear_policy(c: Call, s: Tx, t: Tenant) -> None:
     query=("cvlan", "since"),
     paginated=True,
 )
-async def list_denied(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_denied(c: Call, s: Tx, t: Tenant) -> Page[DeniedFlowView]:
     limit, offset = c.page
     since = when("since", c.q("since"))
     items, total = await policy.denied_flows(s, c.who, t, c.q("cvlan"), since, limit, offset)

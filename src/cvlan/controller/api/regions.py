@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from cvlan.controller.http.framework import Body, Call, page, route
+from cvlan.controller.http.framework import Body, Call, Page, page, route
 from cvlan.controller.ops import infra
+from cvlan.controller.ops.views import RegionView
 
 
 class RegionCreate(Body):
@@ -15,13 +14,13 @@ class RegionCreate(Body):
 
 
 @route("POST", "/api/v1/regions", summary="Create a region", tag="infra", body=RegionCreate, status=201)
-async def create_region(c: Call) -> dict[str, Any]:
+async def create_region(c: Call) -> RegionView:
     async with c.ctx.tx() as s:
         return infra.region_view(await infra.create_region(c.ctx, s, c.who, c.body.name))
 
 
 @route("GET", "/api/v1/regions", summary="List regions", tag="infra", paginated=True)
-async def list_regions(c: Call) -> dict[str, Any]:
+async def list_regions(c: Call) -> Page[RegionView]:
     limit, offset = c.page
     async with c.ctx.tx() as s:
         rows, total = await infra.list_regions(s, limit, offset)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, page, route
+from cvlan.controller.api.common import daemon_created, daemon_page
+from cvlan.controller.http.framework import Body, Call, Page, route
 from cvlan.controller.ops import infra
+from cvlan.controller.ops.views import RelayCreated, RelayView
 
 
 class RelayCreate(Body):
@@ -25,20 +25,16 @@ class RelayCreate(Body):
     body=RelayCreate,
     status=201,
 )
-async def create_relay(c: Call) -> dict[str, Any]:
+async def create_relay(c: Call) -> RelayCreated:
     b: RelayCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_relay(c.ctx, s, c.who, b.region, b.name, b.url, b.stun)
-    cmd = infra.start_command("cvlan-relay", c.ctx.settings.url, text, c.request.app[CA_PIN_KEY])
-    return {**infra.relay_view(x, b.region), "token": text, "command": cmd}
+    return {**infra.relay_view(x, b.region), **daemon_created(c, "cvlan-relay", text)}
 
 
 @route("GET", "/api/v1/relays", summary="List relays", tag="infra", paginated=True)
-async def list_relays(c: Call) -> dict[str, Any]:
-    limit, offset = c.page
-    async with c.ctx.tx() as s:
-        rows, total = await infra.list_relays(s, limit, offset)
-    return page([infra.relay_view(x, n) for x, n in rows], total, limit, offset)
+async def list_relays(c: Call) -> Page[RelayView]:
+    return await daemon_page(c, infra.list_relays, infra.relay_view)
 
 
 @route("DELETE", "/api/v1/relays/{relay}", summary="Delete a relay", tag="infra", status=204)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -11,6 +11,7 @@ from cvlan.controller.db.models import Tenant
 from cvlan.controller.http.framework import Body, Call
 from cvlan.controller.ops import subnets
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import Items, RouteApprovalSet, RouteRuleAdded, RouteRuleView, RouteView
 
 RULES = "/cvlans/{cvlan}/route-rules"
 
@@ -33,7 +34,7 @@ class RouteRuleNew(Body):
 @tenant_route(
     "GET", "/routes", summary="List advertised routes and exit nodes", tag="routes", query=("cvlan", "node")
 )
-async def list_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_routes(c: Call, s: Tx, t: Tenant) -> Items[RouteView]:
     items = await subnets.list_routes(c.ctx, s, c.who, t, c.q("cvlan"), c.q("node"))
     return {"items": items, "total": len(items)}
 
@@ -45,18 +46,18 @@ async def list_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     tag="routes",
     body=RouteApproval,
 )
-async def approve_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def approve_routes(c: Call, s: Tx, t: Tenant) -> RouteApprovalSet:
     return await _approval(c, s, t, True)
 
 
 @tenant_route(
     "POST", "/nodes/{node}/routes/revoke", summary="Revoke route approvals", tag="routes", body=RouteApproval
 )
-async def revoke_routes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def revoke_routes(c: Call, s: Tx, t: Tenant) -> RouteApprovalSet:
     return await _approval(c, s, t, False)
 
 
-async def _approval(c: Call, s: Tx, t: Tenant, approve: bool) -> dict[str, Any]:
+async def _approval(c: Call, s: Tx, t: Tenant, approve: bool) -> RouteApprovalSet:
     b: RouteApproval = c.body
     changed = await subnets.set_approval(c.ctx, s, c.who, t, c.params["node"], b.routes, b.exit_node, approve)
     items = await subnets.list_routes(c.ctx, s, c.who, t, None, c.params["node"])
@@ -64,13 +65,13 @@ async def _approval(c: Call, s: Tx, t: Tenant, approve: bool) -> dict[str, Any]:
 
 
 @tenant_route("GET", RULES, summary="List the auto-approval rules of a CVLAN", tag="routes")
-async def list_route_rules(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_route_rules(c: Call, s: Tx, t: Tenant) -> Items[RouteRuleView]:
     items = await subnets.list_rules(s, c.who, t, c.params["cvlan"])
     return {"items": items, "total": len(items)}
 
 
 @tenant_route("POST", RULES, summary="Add an auto-approval rule", tag="routes", body=RouteRuleNew, status=201)
-async def add_route_rule(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def add_route_rule(c: Call, s: Tx, t: Tenant) -> RouteRuleAdded:
     b: RouteRuleNew = c.body
     return await subnets.add_rule(c.ctx, s, c.who, t, c.params["cvlan"], (b.kind, b.prefix, b.tag))
 

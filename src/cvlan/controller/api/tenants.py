@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.controller.api.common import T, duration, tenant_route
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import Body, Call, page, route
+from cvlan.controller.http.framework import Body, Call, Page, page, route
 from cvlan.controller.ops import tenants
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import TenantShown, TenantView, WhoAmI
 
 
 @route("GET", "/api/v1/whoami", summary="The caller and its roles", tag="auth")
-async def whoami(c: Call) -> dict[str, Any]:
+async def whoami(c: Call) -> WhoAmI:
     return {
         "actor": c.who.actor,
         "platform_admin": c.who.platform_admin,
@@ -34,14 +33,14 @@ class KeyExpiryPolicy(Body):
 
 
 @route("POST", "/api/v1/tenants", summary="Create a tenant", tag="tenants", body=TenantCreate, status=201)
-async def create_tenant(c: Call) -> dict[str, Any]:
+async def create_tenant(c: Call) -> TenantView:
     async with c.ctx.tx() as s:
         t = await tenants.create(c.ctx, s, c.who, c.body.name, c.body.display_name)
     return tenants.view(t)
 
 
 @route("GET", "/api/v1/tenants", summary="List tenants visible to the caller", tag="tenants", paginated=True)
-async def list_tenants(c: Call) -> dict[str, Any]:
+async def list_tenants(c: Call) -> Page[TenantView]:
     limit, offset = c.page
     async with c.ctx.tx() as s:
         rows, total = await tenants.list_(s, c.who, limit, offset)
@@ -49,7 +48,7 @@ async def list_tenants(c: Call) -> dict[str, Any]:
 
 
 @tenant_route("GET", "", summary="Show a tenant", tag="tenants")
-async def show_tenant(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def show_tenant(c: Call, s: Tx, t: Tenant) -> TenantShown:
     return {**tenants.view(t), **await tenants.counts(s, t.id)}
 
 
@@ -66,7 +65,7 @@ async def delete_tenant(c: Call) -> None:
     tag="tenants",
     body=KeyExpiryPolicy,
 )
-async def set_key_expiry_policy(c: Call) -> dict[str, Any]:
+async def set_key_expiry_policy(c: Call) -> TenantView:
     lifetime = duration("node_cert_lifetime", c.body.node_cert_lifetime)
     seconds = int(lifetime.total_seconds()) if lifetime is not None else None
     async with c.ctx.tx() as s:

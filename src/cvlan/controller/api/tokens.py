@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.controller.api.common import duration, tenant_route
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, page
+from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, Page, page
 from cvlan.controller.ops import cvlans
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import EnrollmentTokenCreated, EnrollmentTokenView
 
 
 class TokenCreate(Body):
@@ -32,7 +31,7 @@ class TokenCreate(Body):
     body=TokenCreate,
     status=201,
 )
-async def create_token(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def create_token(c: Call, s: Tx, t: Tenant) -> EnrollmentTokenCreated:
     b: TokenCreate = c.body
     expires = duration("expires", b.expires)
     tok, cv, text = await cvlans.create_token(
@@ -59,12 +58,12 @@ async def create_token(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
 @tenant_route(
     "GET", "/tokens", summary="List enrollment tokens", tag="tokens", query=("cvlan",), paginated=True
 )
-async def list_tokens(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_tokens(c: Call, s: Tx, t: Tenant) -> Page[EnrollmentTokenView]:
     limit, offset = c.page
     rows, total = await cvlans.list_tokens(s, c.who, t, c.q("cvlan"), limit, offset)
     return page([cvlans.token_view(x, n) for x, n in rows], total, limit, offset)
 
 
 @tenant_route("DELETE", "/tokens/{token}", summary="Revoke an enrollment token", tag="tokens")
-async def revoke_token(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def revoke_token(c: Call, s: Tx, t: Tenant) -> EnrollmentTokenView:
     return cvlans.token_view(await cvlans.revoke_token(c.ctx, s, c.who, t, c.params["token"]))

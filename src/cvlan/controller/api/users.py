@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from cvlan.controller.api.common import duration, tenant_route
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import Body, Call, page
+from cvlan.controller.http.framework import Body, Call, Page, page
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import ApiTokenCreated, ApiTokenView, UserCreated, UserView
 
 
 class UserCreate(Body):
@@ -33,16 +32,16 @@ class ApiTokenCreate(Body):
     body=UserCreate,
     status=201,
 )
-async def create_user(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def create_user(c: Call, s: Tx, t: Tenant) -> UserCreated:
     u, shown = await users.create_user(c.ctx, s, c.who, t, c.body.email, c.body.role, c.body.password)
-    out = users.user_view(u, c.body.role)
-    if shown:
-        out["password"] = shown
+    out: UserCreated = {**users.user_view(u, c.body.role), "password": shown or ""}
+    if not shown:
+        del out["password"]  # given by the caller: not shown back
     return out
 
 
 @tenant_route("GET", "/users", summary="List the tenant's users", tag="users", paginated=True)
-async def list_users(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_users(c: Call, s: Tx, t: Tenant) -> Page[UserView]:
     limit, offset = c.page
     rows, total = await users.list_users(s, c.who, t, limit, offset)
     return page([users.user_view(u, r) for u, r in rows], total, limit, offset)
@@ -61,19 +60,19 @@ async def delete_user(c: Call, s: Tx, t: Tenant) -> None:
     body=ApiTokenCreate,
     status=201,
 )
-async def create_apitoken(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def create_apitoken(c: Call, s: Tx, t: Tenant) -> ApiTokenCreated:
     expires = duration("expires", c.body.expires)
     tok, text = await users.create_api_token(c.ctx, s, c.who, t, c.body.role, c.body.name, expires)
     return {**users.token_view(tok), "token": text}
 
 
 @tenant_route("GET", "/apitokens", summary="List API tokens", tag="apitokens", paginated=True)
-async def list_apitokens(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_apitokens(c: Call, s: Tx, t: Tenant) -> Page[ApiTokenView]:
     limit, offset = c.page
     rows, total = await users.list_api_tokens(s, c.who, t, limit, offset)
     return page([users.token_view(x) for x in rows], total, limit, offset)
 
 
 @tenant_route("DELETE", "/apitokens/{apitoken}", summary="Revoke an API token", tag="apitokens")
-async def revoke_apitoken(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def revoke_apitoken(c: Call, s: Tx, t: Tenant) -> ApiTokenView:
     return users.token_view(await users.revoke_api_token(c.ctx, s, c.who, t, c.params["apitoken"]))

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from cvlan.controller.api.common import tenant_route
+from cvlan.controller.api.common import daemon_created, daemon_page, tenant_route
 from cvlan.controller.db.models import Tenant
-from cvlan.controller.http.framework import CA_PIN_KEY, Body, Call, page, route
+from cvlan.controller.http.framework import Body, Call, Page, route
 from cvlan.controller.ops import infra, vrouters
 from cvlan.controller.ops.context import Tx
+from cvlan.controller.ops.views import AttachmentSet, AttachmentView, Items, VrouterCreated, VrouterView
 
 ATTACHED = "/cvlans/{cvlan}/vrouters"
 
@@ -35,20 +34,16 @@ class VrouterAttach(Body):
     body=VrouterCreate,
     status=201,
 )
-async def create_vrouter(c: Call) -> dict[str, Any]:
+async def create_vrouter(c: Call) -> VrouterCreated:
     b: VrouterCreate = c.body
     async with c.ctx.tx() as s:
         x, text = await infra.create_vrouter(c.ctx, s, c.who, b.region, b.name, b.endpoint)
-    cmd = infra.start_command("cvlan-vrouter", c.ctx.settings.url, text, c.request.app[CA_PIN_KEY])
-    return {**infra.vrouter_view(x, b.region), "token": text, "command": cmd}
+    return {**infra.vrouter_view(x, b.region), **daemon_created(c, "cvlan-vrouter", text)}
 
 
 @route("GET", "/api/v1/vrouters", summary="List vrouters", tag="infra", paginated=True)
-async def list_vrouters(c: Call) -> dict[str, Any]:
-    limit, offset = c.page
-    async with c.ctx.tx() as s:
-        rows, total = await infra.list_vrouters(s, limit, offset)
-    return page([infra.vrouter_view(x, n) for x, n in rows], total, limit, offset)
+async def list_vrouters(c: Call) -> Page[VrouterView]:
+    return await daemon_page(c, infra.list_vrouters, infra.vrouter_view)
 
 
 @route("DELETE", "/api/v1/vrouters/{vrouter}", summary="Delete a vrouter", tag="infra", status=204)
@@ -58,7 +53,7 @@ async def delete_vrouter(c: Call) -> None:
 
 
 @tenant_route("GET", ATTACHED, summary="List the vrouters serving a CVLAN", tag="vrouters")
-async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> Items[AttachmentView]:
     items = await vrouters.list_for_cvlan(s, c.who, t, c.params["cvlan"])
     return {"items": items, "total": len(items)}
 
@@ -66,7 +61,7 @@ async def list_cvlan_vrouters(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
 @tenant_route(
     "POST", ATTACHED, summary="Attach a vrouter to a CVLAN", tag="vrouters", body=VrouterAttach, status=201
 )
-async def attach_vrouter(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def attach_vrouter(c: Call, s: Tx, t: Tenant) -> AttachmentSet:
     view, changed = await vrouters.attach(c.ctx, s, c.who, t, c.params["cvlan"], c.body.vrouter)
     return {**view, "changed": changed}
 

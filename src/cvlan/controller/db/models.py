@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from cvlan.wire.ids import CvlanId, NodeId, TenantId
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -58,9 +60,21 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class CvlanRow:
+    """The first columns of a row that belongs to one CVLAN of one tenant: its id, the tenant and the
+    CVLAN (deleting either deletes the row). Rows that index cvlan_id or key on it declare their own.
+    sort_order keeps these the table's first columns, as the migrations made them."""
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, sort_order=-1)
+    tenant_id: Mapped[TenantId] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, sort_order=-1
+    )
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), sort_order=-1)
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    id: Mapped[TenantId] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     node_cert_lifetime_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -86,7 +100,9 @@ class User(Base):
 class Membership(Base):
     __tablename__ = "memberships"
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
     role: Mapped[str] = mapped_column(String(20))
     via_oidc: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """Granted by a group mapping at an OIDC sign-in (and taken back at the next one without it)."""
@@ -96,7 +112,7 @@ class Membership(Base):
 class ApiToken(Base):
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int | None] = mapped_column(
+    tenant_id: Mapped[TenantId | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
     )
     role: Mapped[str] = mapped_column(String(20))
@@ -135,7 +151,7 @@ class OidcGroupRole(Base):
     __tablename__ = "oidc_group_roles"
     __table_args__ = (UniqueConstraint("tenant_id", "provider", "group_name"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(63))
     group_name: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
@@ -156,8 +172,8 @@ class OidcPending(Base):
 class Cvlan(Base):
     __tablename__ = "cvlans"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    id: Mapped[CvlanId] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(63))
     subnet: Mapped[str] = mapped_column(String(43))
     net_start: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -167,14 +183,11 @@ class Cvlan(Base):
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
-class IpAllocation(Base):
+class IpAllocation(CvlanRow, Base):
     """One address of a CVLAN, held by a node or quarantined after release."""
 
     __tablename__ = "ip_allocations"
     __table_args__ = (UniqueConstraint("cvlan_id", "address"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     address: Mapped[int] = mapped_column(BigInteger)
     holder: Mapped[str] = mapped_column(String(100), default="")
     allocated_at: Mapped[dt.datetime] = mapped_column(TS)
@@ -184,8 +197,8 @@ class IpAllocation(Base):
 class EnrollmentToken(Base):
     __tablename__ = "enrollment_tokens"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     reusable: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -200,12 +213,10 @@ class EnrollmentToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
 
 
-class Node(Base):
+class Node(CvlanRow, Base):
     __tablename__ = "nodes"
     __table_args__ = (UniqueConstraint("tenant_id", "name"), Index("ix_nodes_cvlan", "cvlan_id"))
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    id: Mapped[NodeId] = mapped_column(ID, primary_key=True, sort_order=-1)
     name: Mapped[str] = mapped_column(String(63))
     wg_public_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     address: Mapped[str] = mapped_column(String(43))
@@ -281,14 +292,14 @@ class VrouterCvlan(Base):
 
     __tablename__ = "vrouter_cvlans"
     vrouter_id: Mapped[int] = mapped_column(ForeignKey("vrouters.id", ondelete="CASCADE"), primary_key=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
 
 
 class Policy(Base):
     __tablename__ = "policies"
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     content_hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[dt.datetime] = mapped_column(TS)
@@ -300,7 +311,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_tenant_time", "tenant_id", "created_at"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tenant_id: Mapped[TenantId | None] = mapped_column(BigInteger, nullable=True)
     actor: Mapped[str] = mapped_column(String(300))
     action: Mapped[str] = mapped_column(String(100))
     target_type: Mapped[str] = mapped_column(String(50))
@@ -317,8 +328,8 @@ class DeniedFlow(Base):
     __tablename__ = "denied_flows"
     __table_args__ = (Index("ix_denied_tenant_time", "tenant_id", "last_seen"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
+    tenant_id: Mapped[TenantId] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    cvlan_id: Mapped[CvlanId] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     reporter: Mapped[str] = mapped_column(String(100))
     src: Mapped[str] = mapped_column(String(45))
     dst: Mapped[str] = mapped_column(String(45))
@@ -337,14 +348,11 @@ class KeyValue(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class DnsRecord(Base):
+class DnsRecord(CvlanRow, Base):
     """A tenant-defined record in a CVLAN's zone (docs/DNS.md)."""
 
     __tablename__ = "dns_records"
     __table_args__ = (UniqueConstraint("cvlan_id", "name", "rtype", "value"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(160))
     rtype: Mapped[str] = mapped_column(String(10))
     value: Mapped[str] = mapped_column(String(600))
@@ -352,30 +360,24 @@ class DnsRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
-class DnsForwarder(Base):
+class DnsForwarder(CvlanRow, Base):
     """Queries for domain (and below) from a CVLAN's nodes go to servers (split DNS, docs/DNS.md)."""
 
     __tablename__ = "dns_forwarders"
     __table_args__ = (UniqueConstraint("cvlan_id", "domain"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     domain: Mapped[str] = mapped_column(String(200))
     servers: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(TS)
 
 
-class NodeRoute(Base):
+class NodeRoute(CvlanRow, Base):
     """A subnet route a node advertises (or its exit-node offer, prefix 0.0.0.0/0), and whether a
     tenant admin or an auto-approval rule approved it. Kept when the node stops advertising it, so
     advertising it again needs no new approval."""
 
     __tablename__ = "node_routes"
     __table_args__ = (UniqueConstraint("node_id", "prefix"), Index("ix_node_routes_cvlan", "cvlan_id"))
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    node_id: Mapped[NodeId] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     prefix: Mapped[str] = mapped_column(String(43))
     advertised: Mapped[bool] = mapped_column(Boolean, default=True)
     approved: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -385,14 +387,11 @@ class NodeRoute(Base):
     approved_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
 
 
-class RouteRule(Base):
+class RouteRule(CvlanRow, Base):
     """An auto-approval rule of a CVLAN (controller/subnetroutes.py AutoRule)."""
 
     __tablename__ = "route_rules"
     __table_args__ = (UniqueConstraint("cvlan_id", "kind", "prefix", "tag"),)
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    cvlan_id: Mapped[int] = mapped_column(ForeignKey("cvlans.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(10))
     prefix: Mapped[str] = mapped_column(String(43), default="")
     tag: Mapped[str] = mapped_column(String(63), default="")

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar, overload
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
@@ -135,7 +135,31 @@ def parse_page(request: web.Request) -> tuple[int, int]:
     return limit, offset
 
 
-def page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+V = TypeVar("V")
+
+
+class Page(TypedDict, Generic[V]):
+    """One page of a listing (paginated routes): its items, how many there are in all, and the
+    limit and offset asked for."""
+
+    items: list[V]
+    total: int
+    limit: int
+    offset: int
+
+
+@overload
+def page(  # type: ignore[overload-overlap]
+    items: list[dict[str, Any]], total: int, limit: int, offset: int
+) -> dict[str, Any]: ...
+
+
+@overload
+def page(items: list[V], total: int, limit: int, offset: int) -> Page[V]: ...
+
+
+def page(items: list[Any], total: int, limit: int, offset: int) -> Page[Any] | dict[str, Any]:
+    """A page of items. Items not yet described by a TypedDict (ops.views) give a plain dict."""
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 

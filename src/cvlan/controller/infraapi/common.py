@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cvlan.controller.ca import CertificateAuthority
@@ -41,25 +42,32 @@ async def ca_handler(request: web.Request) -> web.Response:
     return web.Response(text=request.app[CA_KEY].cert_pem.decode(), content_type="application/x-pem-file")
 
 
-def issue_infra_cert(
+def certify(
     ca: CertificateAuthority,
+    x: Infra,
     csr_pem: str,
-    kind: str,
-    name: str,
     lifetime: dt.timedelta,
     now: dt.datetime,
     server_hosts: list[str] | None = None,
-) -> x509.Certificate:
-    """The certificate of a relay or vrouter (kind), checked and signed like a node's. A relay's
-    also serves its TLS listener (server_hosts)."""
-    return ca.issue_client(
+) -> dict[str, str]:
+    """Issue a registering relay or vrouter (x) its certificate, checked and signed like a node's (a
+    relay's also serves its TLS listener: server_hosts), and note it and the call on x. The answer's
+    cert_pem and ca_pem."""
+    kind = infra.kind_of(type(x))
+    cert = ca.issue_client(
         registration.load_csr(csr_pem),
-        common_name=f"{kind}:{name}",
+        common_name=f"{kind}:{x.name}",
         lifetime=lifetime,
         identity={OID_KIND: kind},
         now=now,
         server_hosts=server_hosts,
     )
+    x.cert_serial = format(cert.serial_number, "x")
+    x.last_seen = now
+    return {
+        "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "ca_pem": ca.cert_pem.decode(),
+    }
 
 
 def peer_certificate(request: web.Request) -> x509.Certificate | None:

@@ -14,13 +14,12 @@ import datetime as dt
 from urllib.parse import urlparse
 
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from pydantic import Field
 
 from cvlan.controller.db.models import Relay
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_KEY, CTX_KEY
-from cvlan.controller.infraapi.common import In, ca_handler, caller, issue_infra_cert, read_body
+from cvlan.controller.infraapi.common import In, ca_handler, caller, certify, read_body
 from cvlan.controller.ops import infra, nodes
 from cvlan.controller.ops.context import Tx
 
@@ -58,11 +57,7 @@ async def register_handler(request: web.Request) -> web.Response:
     ctx, ca = request.app[CTX_KEY], request.app[CA_KEY]
     async with ctx.tx() as s:
         relay = await infra.by_token(s, Relay, body.token)
-        cert = issue_infra_cert(
-            ca, body.csr_pem, "relay", relay.name, RELAY_CERT_LIFETIME, ctx.now(), relay_hosts(relay.url)
-        )
-        relay.cert_serial = format(cert.serial_number, "x")
-        relay.last_seen = ctx.now()
+        pems = certify(ca, relay, body.csr_pem, RELAY_CERT_LIFETIME, ctx.now(), relay_hosts(relay.url))
         region = await infra.region_name(s, relay.region_id)
         out = {
             "relay_id": relay.id,
@@ -70,8 +65,7 @@ async def register_handler(request: web.Request) -> web.Response:
             "region": region,
             "url": relay.url,
             "stun": relay.stun,
-            "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
-            "ca_pem": ca.cert_pem.decode(),
+            **pems,
         }
     return web.json_response(out)
 

@@ -38,17 +38,17 @@ import re
 from typing import Any
 
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from pydantic import Field
 
 from cvlan.controller.ca import CertificateAuthority
 from cvlan.controller.db.models import Vrouter
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_KEY, CTX_KEY
-from cvlan.controller.infraapi.common import In, ca_handler, caller, issue_infra_cert, read_body
+from cvlan.controller.infraapi.common import In, ca_handler, caller, certify, read_body
 from cvlan.controller.mapper.cache import CvlanMap, Mapper, Member
 from cvlan.controller.ops import infra
 from cvlan.controller.ops.context import OpsContext, bump
+from cvlan.wire.ids import CvlanId
 from cvlan.wire.pb import node_pb2 as pb
 
 VROUTER_CERT_LIFETIME = dt.timedelta(days=30)
@@ -95,11 +95,7 @@ class VrouterApi:
         key = bytes.fromhex(body.wg_public_key)
         async with self.ctx.tx() as s:
             vr = await infra.by_token(s, Vrouter, body.token)
-            cert = issue_infra_cert(
-                self.ca, body.csr_pem, "vrouter", vr.name, VROUTER_CERT_LIFETIME, self.ctx.now()
-            )
-            vr.cert_serial = format(cert.serial_number, "x")
-            vr.last_seen = self.ctx.now()
+            pems = certify(self.ca, vr, body.csr_pem, VROUTER_CERT_LIFETIME, self.ctx.now())
             if vr.wg_public_key != key:
                 vr.wg_public_key = key
                 for c in await infra.served(s, vr.id):
@@ -110,8 +106,7 @@ class VrouterApi:
                 "name": vr.name,
                 "region": region,
                 "endpoint": vr.endpoint,
-                "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
-                "ca_pem": self.ca.cert_pem.decode(),
+                **pems,
                 "poll_interval_s": POLL_INTERVAL_S,
             }
         return web.json_response(out)
@@ -149,12 +144,12 @@ class VrouterApi:
         out = {"unchanged": False, "version": version, "state": state, "poll_interval_s": POLL_INTERVAL_S}
         return web.json_response(out)
 
-    async def desired(self, vid: int) -> tuple[dict[str, Any], list[int]]:
+    async def desired(self, vid: int) -> tuple[dict[str, Any], list[CvlanId]]:
         """The vrouter's desired state and the ids of the CVLANs it serves."""
         me, maps, cids = await self.current(vid)
         return build_state(me, maps), cids
 
-    async def current(self, vid: int) -> tuple[dict[str, Any], list[CvlanMap], list[int]]:
+    async def current(self, vid: int) -> tuple[dict[str, Any], list[CvlanMap], list[CvlanId]]:
         """The vrouter's own record, the current maps of the CVLANs it serves, and their ids."""
         async with self.ctx.tx() as s:
             row = await infra.vrouter_with_region(s, vid)

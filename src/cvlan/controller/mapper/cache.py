@@ -202,6 +202,10 @@ class Mapper:
         for cid in list(self._wakers):
             self._wake(cid)
 
+    def is_current(self, m: CvlanMap) -> bool:
+        """Whether m is still its CVLAN's map: no change dropped it since it was read."""
+        return self._maps.get(m.cvlan_id) is m
+
     def waiter(self, cid: int) -> asyncio.Event:
         """An event set at the next change of the CVLAN (shared by all its long-polls)."""
         ev = self._wakers.get(cid)
@@ -349,7 +353,7 @@ class Mapper:
         self.loads += 1
         now = self.ctx.now()
         offline = self.ctx.settings.offline_after_s
-        members = {
+        members: dict[int, Member] = {
             n.id: Member(
                 node_id=n.id,
                 tenant_id=n.tenant_id,

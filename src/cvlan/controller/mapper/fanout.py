@@ -7,7 +7,10 @@ or update their copy and wake their long-polls. A process ignores its own announ
 
 When the listening connection is lost (PostgreSQL restarted), it is opened again with backoff, and
 then every map held is dropped and every long-poll woken: announcements made while it was away were
-not heard, and the maps are loaded again from what was committed."""
+not heard, and the maps are loaded again from what was committed. Any failure to listen again is
+retried (a restart leaves dead connections in the pool, and the driver reports them with its own
+errors). This process's own announcements made meanwhile are kept and sent once it listens again:
+another process that never lost its connection would not reload its maps by itself."""
 
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ import logging
 import secrets
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cvlan.common.backoff import Backoff
@@ -42,6 +44,8 @@ class Fanout:
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._up = asyncio.Event()
+        """Set while the listening connection (which also sends the announcements) is open."""
         self.reconnects = 0
         """How many times the listening connection was opened again after it was lost."""
 
@@ -64,6 +68,9 @@ class Fanout:
         self._pg = raw.driver_connection
         self._pg.add_termination_listener(lambda _conn: lost.set())
         await self._pg.add_listener(CHANNEL, self._on_notify)
+        if self._pg.is_closed():  # lost before its termination listener was in place
+            raise ConnectionError("the listening connection closed as it was opened")
+        self._up.set()
 
     async def _keep_listening(self) -> None:
         """Open the listening connection again whenever it is lost; then reload every map."""
@@ -77,7 +84,7 @@ class Fanout:
                 try:
                     await self._listen()
                     break
-                except (OSError, SQLAlchemyError) as e:
+                except Exception as e:  # noqa: BLE001 - a dead pooled connection fails with the driver's errors
                     log.debug("map fan-out: cannot listen yet", extra={"reason": str(e)[:200]})
                     await self._close_conn()
             backoff.reset()
@@ -86,6 +93,7 @@ class Fanout:
             log.info("map fan-out listening again; every map is loaded afresh")
 
     async def _close_conn(self) -> None:
+        self._up.clear()
         conn, self._conn, self._pg = self._conn, None, None
         if conn is not None:
             try:
@@ -128,17 +136,29 @@ class Fanout:
             log.warning("map fan-out queue full; dropping an announcement", extra={"reason": "queue_full"})
 
     async def _send(self) -> None:
+        """Send the announcements in order. One that cannot be sent because the connection is down
+        waits for it to be back (announcements are idempotent: one sent twice does no harm)."""
+        payload: str | None = None
         while True:
-            payload = await self._queue.get()
+            if payload is None:
+                payload = await self._queue.get()
+            pg = self._pg
+            if pg is None:  # listening again: wait for it (_up is clear while there is no connection)
+                await self._up.wait()
+                continue
+            if pg.is_closed():  # lost: let _keep_listening see it and open another
+                self._lost.set()
+                await asyncio.sleep(0.05)
+                continue
             try:
-                if self._pg is None:
-                    raise ConnectionError("not connected to PostgreSQL")
-                await self._pg.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            except Exception as e:  # noqa: BLE001 - keep the sender alive; the next change retries
+                await pg.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            except Exception as e:  # noqa: BLE001 - keep the sender alive
                 log.warning("map fan-out NOTIFY failed", extra={"reason": str(e)[:200]})
-                if self._pg is not None and self._pg.is_closed():
+                if pg.is_closed():
                     self._lost.set()
+                    continue  # sent again once listening again
                 await asyncio.sleep(1)
+            payload = None
 
     # --- incoming --------------------------------------------------------------------------
 

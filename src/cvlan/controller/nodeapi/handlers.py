@@ -35,6 +35,7 @@ from cvlan.controller.ops import nodes, reauth, registration, subnets
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
+from cvlan.wire.ids import CvlanId
 from cvlan.wire.pb import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -252,15 +253,17 @@ class NodeApi:
     async def wait_poll(
         self, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap, wait: float
     ) -> Message | bytes:
-        """Hold a long-poll until the node's CVLAN changes or `wait` seconds pass, then answer it."""
-        try:
-            await asyncio.wait_for(self.mapper.waiter(m.cvlan_id).wait(), wait)
-        except TimeoutError:
-            pass
-        else:
-            m, _ = await self.mapper.map_for_node(
-                ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id
-            )
+        """Hold a long-poll until the node's CVLAN changes or `wait` seconds pass, then answer it.
+
+        The wait may start a turn of the event loop after the poll was found current (the lean server
+        runs it as a task): a change made in between has already woken the CVLAN, so the poll is
+        answered at once if the map it was found current with is no longer the CVLAN's."""
+        if self.mapper.is_current(m) and m.token == req.map_version:
+            try:
+                await asyncio.wait_for(self.mapper.waiter(m.cvlan_id).wait(), wait)
+            except TimeoutError:
+                return self.poll_answer(ident, req, m)
+        m, _ = await self.mapper.map_for_node(ident.node_id, ident.tenant_id, ident.wg_key, ident.cvlan_id)
         return self.poll_answer(ident, req, m)
 
     def poll_answer(self, ident: NodeIdentity, req: pb.PollRequest, m: CvlanMap) -> Message | bytes:
@@ -311,7 +314,7 @@ class NodeApi:
         if flows:
             async with self.ctx.tx() as s:
                 accepted = await registration.report_denied(
-                    self.ctx, s, self.caller(ident), m.cvlan_id, flows
+                    self.ctx, s, self.caller(ident), CvlanId(m.cvlan_id), flows
                 )
         return pb.ReportResponse(accepted=accepted)
 

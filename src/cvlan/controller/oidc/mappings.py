@@ -10,13 +10,14 @@ from cvlan.controller.auth import Level, Principal, parse_tenant_role
 from cvlan.controller.db.models import Membership, OidcGroupRole, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, where_ref
+from cvlan.controller.ops.views import GroupRoleView
 
 
 def _audited(m: OidcGroupRole) -> dict[str, object]:
     return {"provider": m.provider, "group": m.group_name, "role": m.role}
 
 
-def mapping_view(m: OidcGroupRole) -> dict[str, object]:
+def mapping_view(m: OidcGroupRole) -> GroupRoleView:
     return {
         "id": m.id,
         "provider": m.provider,

@@ -25,6 +25,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.oidc.client import IdClaims, OidcClient
 from cvlan.controller.ops import users
 from cvlan.controller.ops.context import OpsContext
+from cvlan.wire.ids import TenantId
 
 PENDING_TTL = dt.timedelta(minutes=10)
 ANONYMOUS = Principal(actor="anonymous")
@@ -107,7 +108,7 @@ async def _find_user(
     return await s.scalar(select(User).where(User.email == claims.email)), None
 
 
-async def _wanted_roles(s: AsyncSession, provider: str, groups: tuple[str, ...]) -> dict[int, Role]:
+async def _wanted_roles(s: AsyncSession, provider: str, groups: tuple[str, ...]) -> dict[TenantId, Role]:
     """Tenant id -> the highest role the groups map to there."""
     if not groups:
         return {}
@@ -116,7 +117,7 @@ async def _wanted_roles(s: AsyncSession, provider: str, groups: tuple[str, ...])
             OidcGroupRole.provider == provider, OidcGroupRole.group_name.in_(groups)
         )
     )
-    out: dict[int, Role] = {}
+    out: dict[TenantId, Role] = {}
     for tid, r in rows.all():
         role = Role(r)
         if tid not in out or ROLE_LEVEL[role] > ROLE_LEVEL[out[tid]]:
@@ -125,7 +126,7 @@ async def _wanted_roles(s: AsyncSession, provider: str, groups: tuple[str, ...])
 
 
 async def _apply_roles(
-    ctx: OpsContext, s: AsyncSession, who: Principal, user: User, wanted: dict[int, Role]
+    ctx: OpsContext, s: AsyncSession, who: Principal, user: User, wanted: dict[TenantId, Role]
 ) -> bool:
     """Set the user's via_oidc roles to wanted (hand-given roles stay); True if a role was lost."""
     lost = False

@@ -16,5 +16,6 @@ __all__ = [
     "subnets",
     "tenants",
     "users",
+    "views",
     "vrouters",
 ]

@@ -17,11 +17,13 @@ from sqlalchemy.orm import QueryableAttribute
 
 from cvlan.common.clock import Clock, SystemClock
 from cvlan.common.numbers import parse_uint
-from cvlan.controller.auth import Principal
-from cvlan.controller.db.models import Cvlan, Node, Tenant
+from cvlan.controller import audit
+from cvlan.controller.auth import Level, Principal
+from cvlan.controller.db.models import ApiToken, Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
+from cvlan.wire.ids import TenantId
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 """A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
@@ -123,7 +125,7 @@ async def resolve_tenant(session: AsyncSession, who: Principal, ref: str | int) 
 
 
 async def resolve_cvlan(
-    session: AsyncSession, tenant_id: int, ref: str | int, *, lock: bool = False
+    session: AsyncSession, tenant_id: TenantId, ref: str | int, *, lock: bool = False
 ) -> Cvlan:
     s = str(ref)
     stmt = select(Cvlan).where(Cvlan.tenant_id == tenant_id)
@@ -132,6 +134,34 @@ async def resolve_cvlan(
     if cvlan is None:
         raise DomainError(Kind.NOT_FOUND, f"CVLAN {s!r} not found")
     return cvlan
+
+
+Credential = TypeVar("Credential", EnrollmentToken, ApiToken)
+
+
+async def revoke_credential(
+    ctx: OpsContext,
+    s: AsyncSession,
+    who: Principal,
+    tenant: Tenant,
+    model: type[Credential],
+    ref: str,
+    level: Level,
+    what: str,
+    action: str,
+) -> Credential:
+    """Revoke a tenant's token (model: enrollment or API token) by id or prefix, as a caller at level
+    may; what names it in messages, action in the audit log. Revoking it again changes nothing."""
+    who.require(tenant.id, level, f"revoke {what}")
+    stmt = select(model).where(model.tenant_id == tenant.id)
+    tok: Credential | None = await s.scalar(where_ref(stmt, ref, model.id, model.prefix == ref))
+    if tok is None:
+        raise DomainError(Kind.NOT_FOUND, f"{what} {ref!r} not found")
+    if tok.revoked_at is None:
+        tok.revoked_at = ctx.now()
+        target = model.__tablename__.removesuffix("s")
+        audit.record(s, who, action, target, tok.id, tenant_id=tenant.id, after={"prefix": tok.prefix})
+    return tok
 
 
 def bump(session: AsyncSession, cvlan: Cvlan) -> None:

@@ -12,15 +12,23 @@ from cvlan.controller import audit, credentials, ipam
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
+from cvlan.controller.ops.context import (
+    OpsContext,
+    bump,
+    check_name,
+    count_change,
+    resolve_cvlan,
+    revoke_credential,
+)
+from cvlan.controller.ops.views import CvlanView, EnrollmentTokenView
 
 MODES = ("mesh", "hub")
 ENROLL_KIND = "cvet"
 MAX_TAGS = 32
 
 
-def view(c: Cvlan, nodes: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def view(c: Cvlan, nodes: int | None = None) -> CvlanView:
+    out: CvlanView = {
         "id": c.id,
         "tenant_id": c.tenant_id,
         "name": c.name,
@@ -157,7 +165,7 @@ async def delete(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenan
 # --- enrollment tokens ------------------------------------------------------------------
 
 
-def token_view(t: EnrollmentToken, cvlan_name: str = "") -> dict[str, Any]:
+def token_view(t: EnrollmentToken, cvlan_name: str = "") -> EnrollmentTokenView:
     return {
         "id": t.id,
         "prefix": t.prefix,
@@ -262,18 +270,9 @@ async def list_tokens(
 async def revoke_token(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str
 ) -> EnrollmentToken:
-    who.require(tenant.id, Level.OPERATE, "revoke enrollment token")
-    stmt = select(EnrollmentToken).where(EnrollmentToken.tenant_id == tenant.id)
-    stmt = where_ref(stmt, ref, EnrollmentToken.id, EnrollmentToken.prefix == ref)
-    t = await s.scalar(stmt)
-    if t is None:
-        raise DomainError(Kind.NOT_FOUND, f"enrollment token {ref!r} not found")
-    if t.revoked_at is None:
-        t.revoked_at = ctx.now()
-        audit.record(
-            s, who, "token.revoke", "enrollment_token", t.id, tenant_id=tenant.id, after={"prefix": t.prefix}
-        )
-    return t
+    return await revoke_credential(
+        ctx, s, who, tenant, EnrollmentToken, ref, Level.OPERATE, "enrollment token", "token.revoke"
+    )
 
 
 async def consume_token(ctx: OpsContext, s: AsyncSession, text: str) -> EnrollmentToken:

@@ -4,8 +4,6 @@ Records and forwarders are part of the map (node.proto DnsConfig): every change 
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +12,7 @@ from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, DnsForwarder, DnsRecord, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan
+from cvlan.controller.ops.views import DnsForwarderView, DnsRecordView, DnsView
 from cvlan.wire import dnsnames
 from cvlan.wire.dnsnames import DnsNameError
 
@@ -26,11 +25,11 @@ def zone_of(ctx: OpsContext, c: Cvlan, tenant_name: str) -> str:
     return dnsnames.zone(c.name, tenant_name, ctx.settings.dns_domain)
 
 
-def record_view(r: DnsRecord) -> dict[str, Any]:
+def record_view(r: DnsRecord) -> DnsRecordView:
     return {"id": r.id, "name": r.name, "type": r.rtype, "value": r.value, "ttl": r.ttl}
 
 
-def forwarder_view(f: DnsForwarder) -> dict[str, Any]:
+def forwarder_view(f: DnsForwarder) -> DnsForwarderView:
     return {"id": f.id, "domain": f.domain, "servers": list(f.servers)}
 
 
@@ -38,9 +37,7 @@ def _invalid(e: DnsNameError, field: str) -> DomainError:
     return DomainError(Kind.INVALID, str(e), {"field": field})
 
 
-async def show(
-    ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str
-) -> dict[str, Any]:
+async def show(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> DnsView:
     """The CVLAN's zone, resolver address, records and forwarders."""
     who.require(tenant.id, Level.READ, "show dns")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref)

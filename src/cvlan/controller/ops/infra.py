@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +12,7 @@ from cvlan.controller.auth import Principal
 from cvlan.controller.db.models import Cvlan, Region, Relay, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name, where_ref
+from cvlan.controller.ops.views import RegionView, RelayView, VrouterView
 from cvlan.wire.endpoint import split_hostport
 
 RELAY_KIND = "cvrb"
@@ -45,7 +46,7 @@ async def _region(s: AsyncSession, ref: str) -> Region:
     return r
 
 
-def region_view(r: Region) -> dict[str, Any]:
+def region_view(r: Region) -> RegionView:
     return {"id": r.id, "name": r.name, "created_at": r.created_at}
 
 
@@ -78,7 +79,7 @@ async def delete_region(ctx: OpsContext, s: AsyncSession, who: Principal, ref: s
     await s.delete(r)
 
 
-def relay_view(x: Relay, region: str) -> dict[str, Any]:
+def relay_view(x: Relay, region: str) -> RelayView:
     return {
         "id": x.id,
         "name": x.name,
@@ -90,7 +91,7 @@ def relay_view(x: Relay, region: str) -> dict[str, Any]:
     }
 
 
-def vrouter_view(x: Vrouter, region: str) -> dict[str, Any]:
+def vrouter_view(x: Vrouter, region: str) -> VrouterView:
     return {
         "id": x.id,
         "name": x.name,

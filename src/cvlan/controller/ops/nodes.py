@@ -20,6 +20,7 @@ from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
 from cvlan.controller.ops.cvlans import check_tags
+from cvlan.wire.ids import TenantId
 
 log = logging.getLogger(__name__)
 SWEEPER = Principal(actor="controller:ephemeral-sweeper")
@@ -93,7 +94,9 @@ def _audit(n: Node, shown: str = "") -> dict[str, Any]:
     return out
 
 
-async def _unique_name(s: AsyncSession, tenant_id: int, wanted: str, also_taken: Collection[str] = ()) -> str:
+async def _unique_name(
+    s: AsyncSession, tenant_id: TenantId, wanted: str, also_taken: Collection[str] = ()
+) -> str:
     """Hostnames may collide across machines; the second gets -2, the third -3 (headscale-style).
     also_taken: names given in this transaction but not written yet."""
     base = check_name("node", wanted[:55])
@@ -255,7 +258,7 @@ async def _unique_names(
     return names
 
 
-async def resolve(s: AsyncSession, tenant_id: int, ref: str, *, lock: bool = False) -> Node:
+async def resolve(s: AsyncSession, tenant_id: TenantId, ref: str, *, lock: bool = False) -> Node:
     stmt = select(Node).where(Node.tenant_id == tenant_id)
     stmt = where_ref(stmt, ref, Node.id, Node.name == ref)
     n = await s.scalar(stmt.with_for_update() if lock else stmt)

@@ -12,10 +12,11 @@ from cvlan.controller import audit
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, DeniedFlow, Policy, Tenant
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan
+from cvlan.controller.ops.views import DeniedFlowView, PolicyView
 from cvlan.controller.policy import PolicyDocument, content_hash, parse_document
 
 
-def view(c: Cvlan, p: Policy | None) -> dict[str, Any]:
+def view(c: Cvlan, p: Policy | None) -> PolicyView:
     return {
         "cvlan": c.name,
         "cvlan_id": c.id,
@@ -75,20 +76,6 @@ async def clear(ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant
     bump(s, c)
 
 
-def flow_view(f: DeniedFlow, cvlan_name: str) -> dict[str, Any]:
-    return {
-        "cvlan": cvlan_name,
-        "reporter": f.reporter,
-        "src": f.src,
-        "dst": f.dst,
-        "proto": f.proto,
-        "dport": f.dport,
-        "packets": f.packets,
-        "first_seen": f.first_seen,
-        "last_seen": f.last_seen,
-    }
-
-
 async def denied_flows(
     s: AsyncSession,
     who: Principal,
@@ -97,7 +84,7 @@ async def denied_flows(
     since: dt.datetime | None,
     limit: int,
     offset: int,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[DeniedFlowView], int]:
     """Denied flows of the tenant, summed per (CVLAN, src, dst, proto, dport), most packets first."""
     who.require(tenant.id, Level.READ, "list denied flows")
     stmt = (
@@ -125,7 +112,7 @@ async def denied_flows(
     rows = (
         await s.execute(stmt.order_by(func.sum(DeniedFlow.packets).desc()).limit(limit).offset(offset))
     ).all()
-    items = [
+    items: list[DeniedFlowView] = [
         {
             "cvlan": cv,
             "src": src,

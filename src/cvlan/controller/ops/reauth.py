@@ -29,13 +29,14 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import cvlans, nodes
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire.certid import extensions_of
+from cvlan.wire.ids import NodeId, TenantId
 from cvlan.wire.nodeproto import reauth_message, wg_key_proof
 
 
 class ReauthRefused(DomainError):
     """A refused re-authentication, with what the audit entry records."""
 
-    def __init__(self, kind: Kind, message: str, tenant_id: int | None, node_id: int | None) -> None:
+    def __init__(self, kind: Kind, message: str, tenant_id: TenantId | None, node_id: NodeId | None) -> None:
         super().__init__(kind, message, {"reason": "reauth_refused"})
         self.tenant_id = tenant_id
         self.node_id = node_id
@@ -60,8 +61,8 @@ class ReauthPending(DomainError):
 
 @dataclass(frozen=True)
 class Claim:
-    node_id: int
-    tenant_id: int
+    node_id: NodeId
+    tenant_id: TenantId
     wg_key: bytes
     serial: str
     cert: x509.Certificate
@@ -79,8 +80,8 @@ def _claim(authority: CertificateAuthority, cert_pem: str) -> Claim:
         if ident.get("kind") != "node":
             raise bad
         return Claim(
-            int(ident["node_id"]),
-            int(ident["tenant_id"]),
+            NodeId(int(ident["node_id"])),
+            TenantId(int(ident["tenant_id"])),
             bytes.fromhex(ident["wg_key"]),
             format(cert.serial_number, "x"),
             cert,

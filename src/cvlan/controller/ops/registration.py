@@ -25,6 +25,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import cvlans, nodes, reauth
 from cvlan.controller.ops.context import OpsContext
 from cvlan.wire import certid
+from cvlan.wire.ids import CvlanId, NodeId, TenantId
 
 MAX_CSR_BYTES = 8192
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -34,8 +35,8 @@ _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 class Caller:
     """The certificate identity of a registering node, if it presented one."""
 
-    node_id: int
-    tenant_id: int
+    node_id: NodeId
+    tenant_id: TenantId
     wg_key: bytes
 
 
@@ -335,7 +336,7 @@ async def report_denied(
     ctx: OpsContext,
     s: AsyncSession,
     caller: Caller,
-    cvlan_id: int,
+    cvlan_id: CvlanId,
     flows: list[tuple[str, str, str, int, int]],
 ) -> int:
     """Store the denied flows a node reports (src, dst, proto, dport, packets); returns how many."""

@@ -4,7 +4,6 @@ auto-approval rules per CVLAN, and the views the API, CLI and UI show (rules: su
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -16,6 +15,7 @@ from cvlan.controller.db.models import Cvlan, Node, NodeRoute, Relay, RouteRule,
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import nodes as node_ops
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
+from cvlan.controller.ops.views import RouteRuleAdded, RouteRuleView, RouteView, RuleApproval
 from cvlan.controller.subnetroutes import (
     Advertiser,
     Approved,
@@ -27,6 +27,7 @@ from cvlan.controller.subnetroutes import (
     refusal,
 )
 from cvlan.wire.endpoint import split_hostport
+from cvlan.wire.ids import CvlanId
 from cvlan.wire.routes import EXIT_ROUTE, RouteError, parse_routes
 
 NODE_ACTOR = "node:{}"
@@ -52,7 +53,7 @@ def _host(url: str) -> str:
         return ""
 
 
-async def _rules(s: AsyncSession, cvlan_id: int) -> list[AutoRule]:
+async def _rules(s: AsyncSession, cvlan_id: CvlanId) -> list[AutoRule]:
     rows = await s.scalars(select(RouteRule).where(RouteRule.cvlan_id == cvlan_id).order_by(RouteRule.id))
     return [AutoRule(r.kind, r.prefix, r.tag) for r in rows]
 
@@ -114,7 +115,7 @@ async def list_routes(
     tenant: Tenant,
     cvlan_ref: str | None,
     node_ref: str | None,
-) -> list[dict[str, Any]]:
+) -> list[RouteView]:
     """Every route of the tenant's nodes (optionally of one CVLAN or node), with its state and, for
     approved ones, whether its node is the primary of that route."""
     who.require(tenant.id, Level.READ, "list routes")
@@ -137,7 +138,7 @@ async def list_routes(
         if route_state(r) == "approved":
             online = node_ops.is_online(n, now, off)
             groups.setdefault((n.cvlan_id, r.prefix), []).append(Advertiser(n.id, online))
-    out = []
+    out: list[RouteView] = []
     for r, n, cname in rows:
         state = route_state(r)
         group = groups.get((n.cvlan_id, r.prefix), [])
@@ -208,7 +209,7 @@ async def set_approval(
     return [r.prefix for r in todo]
 
 
-async def _approved_in(s: AsyncSession, cvlan_id: int) -> list[Approved]:
+async def _approved_in(s: AsyncSession, cvlan_id: CvlanId) -> list[Approved]:
     rows = await s.execute(
         select(Node.name, NodeRoute.prefix)
         .join(Node, Node.id == NodeRoute.node_id)
@@ -217,11 +218,11 @@ async def _approved_in(s: AsyncSession, cvlan_id: int) -> list[Approved]:
     return [Approved(name, prefix) for name, prefix in rows.all()]
 
 
-def rule_view(r: RouteRule) -> dict[str, Any]:
+def rule_view(r: RouteRule) -> RouteRuleView:
     return {"id": r.id, "kind": r.kind, "prefix": r.prefix, "tag": r.tag}
 
 
-async def list_rules(s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> list[dict[str, Any]]:
+async def list_rules(s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str) -> list[RouteRuleView]:
     who.require(tenant.id, Level.READ, "list route rules")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref)
     rows = await s.scalars(select(RouteRule).where(RouteRule.cvlan_id == c.id).order_by(RouteRule.id))
@@ -235,7 +236,7 @@ async def add_rule(
     tenant: Tenant,
     cvlan_ref: str,
     rule_in: tuple[str, str, str],
-) -> dict[str, Any]:
+) -> RouteRuleAdded:
     """Add an auto-approval rule; it also approves what matching nodes already advertise."""
     who.require(tenant.id, Level.ADMIN, "add route rule")
     try:
@@ -255,7 +256,7 @@ async def add_rule(
             .where(Node.cvlan_id == c.id, NodeRoute.approved.is_(False), NodeRoute.refused == "")
         )
     ).all()
-    approved = []
+    approved: list[RuleApproval] = []
     for r, n in pending:
         if auto_approved(r.prefix, list(n.tags or ()), [rule]) and not conflict(r.prefix, n.name, others):
             r.approved, r.approved_at = True, ctx.now()

@@ -11,9 +11,11 @@ from cvlan.controller.db.models import Cvlan, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, check_name, count_change, resolve_tenant
 from cvlan.controller.ops.nodes import MAX_CERT_LIFETIME_S, MIN_CERT_LIFETIME_S
+from cvlan.controller.ops.views import TenantCounts, TenantView
+from cvlan.wire.ids import TenantId
 
 
-def view(t: Tenant) -> dict[str, object]:
+def view(t: Tenant) -> TenantView:
     return {
         "id": t.id,
         "name": t.name,
@@ -77,7 +79,7 @@ async def list_(s: AsyncSession, who: Principal, limit: int, offset: int) -> tup
     return list(rows), total
 
 
-async def counts(s: AsyncSession, tenant_id: int) -> dict[str, int]:
+async def counts(s: AsyncSession, tenant_id: TenantId) -> TenantCounts:
     cv = await s.scalar(select(func.count()).where(Cvlan.tenant_id == tenant_id)) or 0
     nodes = await s.scalar(select(func.count()).where(Node.tenant_id == tenant_id)) or 0
     return {"cvlans": cv, "nodes": nodes}

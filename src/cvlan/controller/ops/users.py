@@ -13,7 +13,8 @@ from cvlan.controller.auth import Level, Principal, Role, parse_tenant_role
 from cvlan.controller.db import queries
 from cvlan.controller.db.models import ApiToken, Membership, Tenant, User
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.ops.context import OpsContext, where_ref
+from cvlan.controller.ops.context import OpsContext, revoke_credential, where_ref
+from cvlan.controller.ops.views import ApiTokenView, UserView
 
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}")
 API_TOKEN_KIND = "cvat"
@@ -34,7 +35,7 @@ def check_password(pw: str) -> str:
     return pw
 
 
-def user_view(u: User, role: str | None = None) -> dict[str, object]:
+def user_view(u: User, role: str | None = None) -> UserView:
     return {
         "id": u.id,
         "email": u.email,
@@ -129,7 +130,7 @@ async def create_platform_admin(ctx: OpsContext, s: AsyncSession, email: str, pa
     return user
 
 
-def token_view(t: ApiToken) -> dict[str, object]:
+def token_view(t: ApiToken) -> ApiTokenView:
     return {
         "id": t.id,
         "prefix": t.prefix,
@@ -201,18 +202,9 @@ async def list_api_tokens(
 async def revoke_api_token(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, ref: str
 ) -> ApiToken:
-    who.require(tenant.id, Level.ADMIN, "revoke API token")
-    stmt = select(ApiToken).where(ApiToken.tenant_id == tenant.id)
-    stmt = where_ref(stmt, ref, ApiToken.id, ApiToken.prefix == ref)
-    tok = await s.scalar(stmt)
-    if tok is None:
-        raise DomainError(Kind.NOT_FOUND, f"API token {ref!r} not found")
-    if tok.revoked_at is None:
-        tok.revoked_at = ctx.now()
-        audit.record(
-            s, who, "apitoken.revoke", "api_token", tok.id, tenant_id=tenant.id, after={"prefix": tok.prefix}
-        )
-    return tok
+    return await revoke_credential(
+        ctx, s, who, tenant, ApiToken, ref, Level.ADMIN, "API token", "apitoken.revoke"
+    )
 
 
 async def principal_for_token(ctx: OpsContext, s: AsyncSession, text: str) -> Principal:

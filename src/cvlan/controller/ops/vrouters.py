@@ -7,8 +7,6 @@ CVLAN sees (the vrouter peer in its map), so the CVLAN's version is bumped in th
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +15,7 @@ from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Region, Tenant, Vrouter, VrouterCvlan
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops.context import OpsContext, bump, resolve_cvlan, where_ref
+from cvlan.controller.ops.views import AttachmentView
 
 
 async def resolve_vrouter(s: AsyncSession, ref: str) -> Vrouter:
@@ -27,7 +26,7 @@ async def resolve_vrouter(s: AsyncSession, ref: str) -> Vrouter:
     return v
 
 
-def attachment_view(v: Vrouter, region: str, cvlan: str) -> dict[str, Any]:
+def attachment_view(v: Vrouter, region: str, cvlan: str) -> AttachmentView:
     return {
         "vrouter": v.name,
         "vrouter_id": v.id,
@@ -41,7 +40,7 @@ def attachment_view(v: Vrouter, region: str, cvlan: str) -> dict[str, Any]:
 
 async def attach(
     ctx: OpsContext, s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str, vrouter_ref: str
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[AttachmentView, bool]:
     """Make the vrouter serve the CVLAN. Returns (view, changed); attaching twice changes nothing."""
     who.require(tenant.id, Level.OPERATE, "attach vrouter")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref, lock=True)
@@ -89,7 +88,7 @@ async def detach(
 
 async def list_for_cvlan(
     s: AsyncSession, who: Principal, tenant: Tenant, cvlan_ref: str
-) -> list[dict[str, Any]]:
+) -> list[AttachmentView]:
     who.require(tenant.id, Level.READ, "list vrouters")
     c = await resolve_cvlan(s, tenant.id, cvlan_ref)
     rows = (

@@ -23,7 +23,7 @@ from cvlan.controller.db.models import Tenant, User
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CTX_KEY
 from cvlan.controller.ops import tenants, users
-from cvlan.controller.ops.context import OpsContext, resolve_tenant
+from cvlan.controller.ops.context import OpsContext, Tx, resolve_tenant
 from cvlan.controller.web import describe
 from cvlan.controller.web import session as sessions
 from cvlan.controller.web.health import HealthMonitor
@@ -262,6 +262,29 @@ class Page:
         if flash:
             set_cookie(resp, self.request, FLASH_COOKIE, urllib.parse.quote(flash), path=PREFIX)
         return resp
+
+    async def submit(
+        self,
+        f: Form,
+        change: Callable[[Tx], Awaitable[tuple[str, str]]],
+        again: Callable[[Form], Awaitable[web.Response]],
+        fields: tuple[str, ...],
+        aliases: Mapping[str, str] | None = None,
+        passes: Callable[[DomainError], bool] = lambda e: e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND),
+    ) -> web.Response:
+        """Make the change a form asks for in one transaction, then go where it says with its message
+        (change gives both). A refusal shows the page again (again, with 422) with the form and the
+        field the error names marked (fields, aliases: Form.fail); refusals that passes picks (by
+        default: forbidden, and the page's own object not found) become the error page instead."""
+        try:
+            async with self.ctx.tx() as s:
+                to, message = await change(s)
+        except DomainError as e:
+            if passes(e):
+                raise
+            f.fail(e, fields, aliases)
+            return await again(f)
+        return self.redirect(to, message)
 
 
 def page(

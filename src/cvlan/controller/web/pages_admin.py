@@ -16,6 +16,7 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_PIN_KEY
 from cvlan.controller.ops import infra, tenants, users
 from cvlan.controller.web.core import ENGINE_POOL_KEY, HEALTH_KEY, PREFIX, Form, Page, page, see_other
+from cvlan.wire.ids import TenantId
 
 AUDIT_PAGE = 50
 SINCE_CHOICES = (
@@ -169,7 +170,7 @@ def _audit_filters(p: Page) -> tuple[dict[str, str], dict[str, Any], int]:
     return f, kw, max(1, parse_uint(pg, MAX_AUDIT_PAGE) or 1)
 
 
-async def _audit_page(p: Page, tenant_ids: list[int] | None, nav: str) -> web.Response:
+async def _audit_page(p: Page, tenant_ids: list[TenantId] | None, nav: str) -> web.Response:
     filters, kw, pg = _audit_filters(p)
     async with p.ctx.tx() as s:
         rows, total = await audit.query(s, tenant_ids, limit=AUDIT_PAGE, offset=(pg - 1) * AUDIT_PAGE, **kw)

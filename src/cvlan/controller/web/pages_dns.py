@@ -6,6 +6,7 @@ from aiohttp import web
 
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import dns
+from cvlan.controller.ops.context import Tx
 from cvlan.controller.web.core import Form, Page, page
 from cvlan.wire.dnsnames import RECORD_TYPES
 
@@ -48,22 +49,21 @@ def _ttl(text: str) -> int:
 @page(tenant=True)
 async def record_add(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
-    ref = p.request.match_info["cvlan"]
-    f = await p.form()
-    try:
-        async with p.ctx.tx() as s:
-            ttl = _ttl(f.get("ttl"))
-            r = await dns.add_record(
-                p.ctx, s, p.who, p.tenant, ref, f.get("name"), f.get("type"), f.get("value"), ttl
-            )
-    except DomainError as e:
-        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
-            raise
-        f.fail(e, RECORD_FIELDS, {"record": "value"})
-        return await _dns_page(p, ref, record_form=f, status=422)
-    return p.redirect(
-        p.url(f"cvlans/{ref}/dns"), f"Record {r.name} {r.rtype} added; nodes get it with their next map."
-    )
+    tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
+
+    async def add(s: Tx) -> tuple[str, str]:
+        ttl = _ttl(f.get("ttl"))
+        r = await dns.add_record(
+            p.ctx, s, p.who, tenant, ref, f.get("name"), f.get("type"), f.get("value"), ttl
+        )
+        return p.url(
+            f"cvlans/{ref}/dns"
+        ), f"Record {r.name} {r.rtype} added; nodes get it with their next map."
+
+    async def again(form: Form) -> web.Response:
+        return await _dns_page(p, ref, record_form=form, status=422)
+
+    return await p.submit(f, add, again, RECORD_FIELDS, {"record": "value"})
 
 
 @page(tenant=True)
@@ -83,20 +83,17 @@ async def record_delete(p: Page) -> web.StreamResponse:
 @page(tenant=True)
 async def forward_set(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
-    ref = p.request.match_info["cvlan"]
-    f = await p.form()
+    tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
     servers = f.get("servers").replace(",", " ").split()
-    try:
-        async with p.ctx.tx() as s:
-            fw = await dns.set_forwarder(p.ctx, s, p.who, p.tenant, ref, f.get("domain"), servers)
-    except DomainError as e:
-        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
-            raise
-        f.fail(e, FORWARD_FIELDS, {"server": "servers"})
-        return await _dns_page(p, ref, forward_form=f, status=422)
-    return p.redirect(
-        p.url(f"cvlans/{ref}/dns"), f"Queries for {fw.domain} now go to {', '.join(fw.servers)}."
-    )
+
+    async def set_forwarder(s: Tx) -> tuple[str, str]:
+        fw = await dns.set_forwarder(p.ctx, s, p.who, tenant, ref, f.get("domain"), servers)
+        return p.url(f"cvlans/{ref}/dns"), f"Queries for {fw.domain} now go to {', '.join(fw.servers)}."
+
+    async def again(form: Form) -> web.Response:
+        return await _dns_page(p, ref, forward_form=form, status=422)
+
+    return await p.submit(f, set_forwarder, again, FORWARD_FIELDS, {"server": "servers"})
 
 
 @page(tenant=True)

@@ -15,6 +15,7 @@ from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_PIN_KEY
 from cvlan.controller.ops import cvlans, dns, infra, nodes, reauth, tenants, vrouters
+from cvlan.controller.ops.context import Tx
 from cvlan.controller.web.core import Form, Page, page
 
 LIST_LIMIT = 1000
@@ -135,18 +136,14 @@ async def cvlan_list(p: Page) -> web.StreamResponse:
 @page(tenant=True)
 async def cvlan_create(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
-    f = await p.form()
-    try:
-        async with p.ctx.tx() as s:
-            c = await cvlans.create(
-                p.ctx, s, p.who, p.tenant, f.get("name"), f.get("subnet") or None, f.get("mode", "mesh")
-            )
-    except DomainError as e:
-        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
-            raise
-        f.fail(e, ("name", "subnet", "mode"))
-        return await _cvlan_list(p, f, 422)
-    return p.redirect(p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} created with subnet {c.subnet}.")
+    tenant, f = p.tenant, await p.form()
+
+    async def create(s: Tx) -> tuple[str, str]:
+        subnet, mode = f.get("subnet") or None, f.get("mode", "mesh")
+        c = await cvlans.create(p.ctx, s, p.who, tenant, f.get("name"), subnet, mode)
+        return p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} created with subnet {c.subnet}."
+
+    return await p.submit(f, create, lambda form: _cvlan_list(p, form, 422), ("name", "subnet", "mode"))
 
 
 async def _cvlan_detail(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
@@ -182,17 +179,13 @@ async def cvlan_detail(p: Page) -> web.StreamResponse:
 @page(tenant=True)
 async def cvlan_edit(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
-    ref = p.request.match_info["cvlan"]
-    f = await p.form()
-    try:
-        async with p.ctx.tx() as s:
-            c = await cvlans.update(p.ctx, s, p.who, p.tenant, ref, f.get("name"), f.get("mode"))
-    except DomainError as e:
-        if e.kind in (Kind.FORBIDDEN, Kind.NOT_FOUND):
-            raise
-        f.fail(e, ("name", "mode"))
-        return await _cvlan_detail(p, ref, f, 422)
-    return p.redirect(p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} saved.")
+    tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
+
+    async def update(s: Tx) -> tuple[str, str]:
+        c = await cvlans.update(p.ctx, s, p.who, tenant, ref, f.get("name"), f.get("mode"))
+        return p.url(f"cvlans/{c.name}"), f"CVLAN {c.name} saved."
+
+    return await p.submit(f, update, lambda form: _cvlan_detail(p, ref, form, 422), ("name", "mode"))
 
 
 @page(tenant=True)
@@ -215,24 +208,23 @@ async def cvlan_delete(p: Page) -> web.StreamResponse:
 async def cvlan_vrouters(p: Page) -> web.StreamResponse:
     """Attach (field vrouter) or detach (field detach) a vrouter serving the CVLAN."""
     assert p.tenant is not None
-    ref = p.request.match_info["cvlan"]
-    f = await p.form()
-    try:
-        async with p.ctx.tx() as s:
-            if f.get("detach"):
-                await vrouters.detach(p.ctx, s, p.who, p.tenant, ref, f.get("detach"))
-                msg = f"VRouter {f.get('detach')} no longer serves this CVLAN."
-            else:
-                if not f.get("vrouter"):
-                    raise DomainError(Kind.INVALID, "choose a vrouter", {"field": "vrouter"})
-                await vrouters.attach(p.ctx, s, p.who, p.tenant, ref, f.get("vrouter"))
-                msg = f"VRouter {f.get('vrouter')} now serves this CVLAN."
-    except DomainError as e:
-        if e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" in e.message):
-            raise
-        f.fail(e, ("vrouter",))
-        return await _cvlan_detail(p, ref, f, 422)
-    return p.redirect(p.url(f"cvlans/{ref}"), msg)
+    tenant, ref, f = p.tenant, p.request.match_info["cvlan"], await p.form()
+
+    async def change(s: Tx) -> tuple[str, str]:
+        if f.get("detach"):
+            await vrouters.detach(p.ctx, s, p.who, tenant, ref, f.get("detach"))
+            return p.url(f"cvlans/{ref}"), f"VRouter {f.get('detach')} no longer serves this CVLAN."
+        if not f.get("vrouter"):
+            raise DomainError(Kind.INVALID, "choose a vrouter", {"field": "vrouter"})
+        await vrouters.attach(p.ctx, s, p.who, tenant, ref, f.get("vrouter"))
+        return p.url(f"cvlans/{ref}"), f"VRouter {f.get('vrouter')} now serves this CVLAN."
+
+    def passes(e: DomainError) -> bool:  # an unknown vrouter is the form's error, a gone CVLAN is not
+        return e.kind == Kind.FORBIDDEN or (e.kind == Kind.NOT_FOUND and "CVLAN" in e.message)
+
+    return await p.submit(
+        f, change, lambda form: _cvlan_detail(p, ref, form, 422), ("vrouter",), passes=passes
+    )
 
 
 @page(tenant=True)

@@ -31,6 +31,7 @@ __all__ = [
     "ready_step",
     "script",
     "serve_argv",
+    "stop_process",
     "wait_ready",
     "wait_ready_async",
 ]
@@ -221,13 +222,18 @@ class ControllerProcess:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """Stop a child process this one started: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def inherited_env(**overrides: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,15 @@ def _expect_ok(answer: Answer, path: str) -> Any:
     return body
 
 
+def _answer(plan: Generator[Request, Answer, dict[str, Any]], answer: Answer) -> Request | dict[str, Any]:
+    """Send the plan of token_requests an answer: its next request, or the token's JSON at the end."""
+    try:
+        return plan.send(answer)
+    except StopIteration as done:
+        result: dict[str, Any] = done.value
+        return result
+
+
 async def make_token(
     call: Callable[[str, str, dict[str, Any] | None], Awaitable[Answer]],
     tenant: str = "acme",
@@ -84,14 +93,10 @@ async def make_token(
 ) -> dict[str, Any]:
     """token_requests through an async call(method, path, body) -> (status, body)."""
     plan = token_requests(tenant, cvlan, cvlan_fields, **token)
-    request = next(plan)
-    while True:
-        answer = await call(*request)
-        try:
-            request = plan.send(answer)
-        except StopIteration as done:
-            result: dict[str, Any] = done.value
-            return result
+    step: Request | dict[str, Any] = next(plan)
+    while isinstance(step, tuple):
+        step = _answer(plan, await call(*step))
+    return step
 
 
 def make_token_sync(
@@ -103,50 +108,36 @@ def make_token_sync(
 ) -> dict[str, Any]:
     """token_requests through a blocking call(method, path, body) -> (status, body)."""
     plan = token_requests(tenant, cvlan, cvlan_fields, **token)
-    request = next(plan)
-    while True:
-        answer = call(*request)
-        try:
-            request = plan.send(answer)
-        except StopIteration as done:
-            result: dict[str, Any] = done.value
-            return result
+    step: Request | dict[str, Any] = next(plan)
+    while isinstance(step, tuple):
+        step = _answer(plan, call(*step))
+    return step
 
 
 @dataclass
 class EnrolledNode:
-    """A node registered through the node API: its keys, the controller's answer and a client that
-    presents its certificate."""
+    """A node registered through the node API: its keys, the controller's answer (and the ids and
+    certificates read from it) and a client that presents its certificate."""
 
     wg_private: bytes
     key_pem: str
     reg: pb.RegisterResponse
     client: NodeApiClient
+    node_id: int = field(init=False)
+    tenant_id: int = field(init=False)
+    cvlan_id: int = field(init=False)
+    cert_pem: str = field(init=False)
+    ca_pem: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.reg
+        self.node_id, self.tenant_id, self.cvlan_id = r.node_id, r.tenant_id, r.cvlan_id
+        self.cert_pem, self.ca_pem = r.certificate_pem, r.ca_pem
 
     @property
     def wg_key(self) -> bytes:
         """The node's WireGuard public key."""
         return x25519.X25519PrivateKey.from_private_bytes(self.wg_private).public_key().public_bytes_raw()
-
-    @property
-    def node_id(self) -> int:
-        return self.reg.node_id
-
-    @property
-    def tenant_id(self) -> int:
-        return self.reg.tenant_id
-
-    @property
-    def cvlan_id(self) -> int:
-        return self.reg.cvlan_id
-
-    @property
-    def cert_pem(self) -> str:
-        return self.reg.certificate_pem
-
-    @property
-    def ca_pem(self) -> str:
-        return self.reg.ca_pem
 
     def ssl(self) -> ssl.SSLContext:
         """Client TLS towards a relay: the controller CA, this node's certificate."""
