@@ -1,6 +1,7 @@
 """A node whose certificate expired while its host was down comes back as itself (wireguard-go, two
-namespaces): a new token in a root-only file, same node id and address, and its peer reaches it
-again. Certificates last 20 s here so that one can expire during the test. About 45 s."""
+namespaces): first with a new token in a root-only file, then -- down again until expired -- with no
+token, approved by a tenant admin; each time the same node id and address, and its peer reaches it
+again. Certificates last 20 s here so that one can expire during the test. About 80 s."""
 
 from __future__ import annotations
 
@@ -54,6 +55,28 @@ def test_expired_node_reauthenticates_keeps_id_and_address_and_is_reached_again(
     assert a.ns.wait_ping(addr_b, timeout=30), "the peer does not reach the node again"
     assert b.ns.wait_ping(a.address(), timeout=10)
     assert b.ctrl is not None and "re-authenticated as node n1" in b.ctrl.output()
+
+    # Down again until expired; back with no token: it asks, a tenant admin approves, it is back.
+    b.stop_ctrl()
+    b.dp.proc.stop()
+    wait_until("n1's certificate expired again", lambda: _expired(ctl), LIFETIME_S + 10, interval=1)
+    b.dp = start_cvland(lab, b.ns, ifname=b.dp.ifname, state_dir=b.dp.state_dir, tag=b.tag)
+    b.start_ctrl()
+    wait_until("n1 asks a tenant admin", lambda: _asking(ctl), 60, interval=1)
+    assert _expired(ctl) and b.ctrl is not None and b.ctrl.alive()
+    assert ctl.api.post("/api/v1/tenants/acme/nodes/n1/reauth/approve", {})["state"] == "approved"
+    wait_until("n1 re-authenticated after approval", lambda: not _expired(ctl), 60, interval=1)
+    b.wait_ready(peers=1, timeout=30)
+    again = {n["name"]: n for n in ctl.nodes("acme")}["n1"]
+    assert (again["id"], again["address"]) == (before["id"], before["address"])
+    assert a.ns.wait_ping(addr_b, timeout=30), "the peer does not reach the approved node"
+    assert "waits for a tenant admin's approval" in b.ctrl.output()
+
+
+def _asking(ctl: Controller) -> bool:
+    assert ctl.api is not None
+    items = ctl.api.get("/api/v1/tenants/acme/reauth-requests")["items"]
+    return [(r["node"], r["state"]) for r in items] == [("n1", "pending")]
 
 
 def _expired(ctl: Controller) -> bool:

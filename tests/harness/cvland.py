@@ -49,7 +49,9 @@ def start_cvland(
     )
     proc = ns.spawn(f"cvland{tag}", *argv)
     try:
-        ipcclient.wait_socket(sock, alive=proc.alive)
+        # Bounded by the process itself (given up at once if it exits); 60 s for a loaded machine,
+        # where starting Python and wireguard-go took over 20 s.
+        ipcclient.wait_socket(sock, timeout=60.0, alive=proc.alive)
     except TimeoutError as e:
         raise RuntimeError(f"{e}\n--- cvland log ---\n{proc.output()}") from None
     return Dataplane(ns, ifname, sock, state_dir, proc, dns_mode)

@@ -207,7 +207,7 @@ class OffsetClock(SystemClock):
 
 @dataclass
 class SsoStack:
-    """A controller (SQLite) configured with one provider, named "test", and that provider."""
+    """A controller configured with one provider, named "test", and that provider."""
 
     rc: RunningController
     idp: OidcProvider
@@ -227,8 +227,9 @@ class SsoStack:
         return b, status, page
 
 
-async def start_sso(tmp: Path) -> SsoStack:
-    """Start a provider and a controller that signs in through it; stop them with stop_sso."""
+async def start_sso(tmp: Path, db_url: str = "") -> SsoStack:
+    """Start a provider and a controller that signs in through it (on db_url; default a new SQLite
+    file); stop them with stop_sso."""
     clock = OffsetClock()
     idp = OidcProvider(tmp / "idp", [])
     provider = {
@@ -240,7 +241,10 @@ async def start_sso(tmp: Path) -> SsoStack:
         "scopes": ["openid", "email", "groups"],
     }
     rc = RunningController(
-        tmp / "data", f"sqlite+aiosqlite:///{tmp / 'cvlan.db'}", clock=clock, oidc_providers=[provider]
+        tmp / "data",
+        db_url or f"sqlite+aiosqlite:///{tmp / 'cvlan.db'}",
+        clock=clock,
+        oidc_providers=[provider],
     )
     idp.redirect_uris = [rc.url + "/ui/oidc/callback"]
     await idp.start()

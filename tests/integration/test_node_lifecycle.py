@@ -17,12 +17,15 @@ from cvlan.agent.state import StateStore
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
 from cvlan.common.clock import FakeClock
+from cvlan.controller.db.models import Node
+from cvlan.controller.nodeapi.handlers import NODEAPI_KEY
 from cvlan.controller.ops import nodes as node_ops
+from cvlan.controller.ops import reauth as reauth_ops
 from cvlan.wire.nodeproto import CAPABILITY_VERSION, reauth_message, wg_key_proof
 from cvlan.wire.pb import node_pb2 as pb
 from tests.harness.controller import RunningController
 from tests.harness.fake_cvland import FakeCvland
-from tests.harness.nodes import enrol, make_token
+from tests.harness.nodes import ca_pem, enrol, make_token
 from tests.harness.seed import seed_tenant
 from tests.integration.test_agent import Agent, nodes, opts, running, until
 
@@ -183,6 +186,63 @@ async def test_ephemeral_node_is_removed_after_its_offline_time(db_url: str, tmp
         await rc.stop()
 
 
+async def test_ephemeral_node_that_keeps_polling_is_never_removed(db_url: str, tmp_path: Path) -> None:
+    """A poll that says nothing new is not written while the stored last_seen is recent enough; with
+    an offline time shorter than offline_after_s the sweeper must still see every polling node as
+    seen within it (it removed a node that had polled 11 s before)."""
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    settings = {"ephemeral_offline_s": 60, "offline_after_s": 300, "poll_interval_s": 10}
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock, **settings).start()
+    try:
+        assert rc.c is not None
+        liveness = rc.c.app[NODEAPI_KEY].liveness
+        runner = await enrol(rc, await make_token(rc, ephemeral=True), "runner")
+        version = (await runner.client.poll(0)).map_version
+        for i in range(3):  # the same map version: only the first is a change; 25 s apart
+            clock.advance(25 if i else 0)
+            await runner.client.poll(version)
+            await liveness.flush()
+        clock.advance(11)  # its last poll was 11 s ago
+        assert await _sweep(rc) == []
+        assert [n["name"] for n in await nodes(rc)] == ["runner"]
+        clock.advance(50)  # it stopped polling 61 s ago: gone
+        assert await _sweep(rc) == ["runner"]
+        await runner.client.close()
+    finally:
+        await rc.stop()
+
+
+async def test_removed_ephemeral_node_address_is_released_after_the_quarantine(
+    db_url: str, tmp_path: Path
+) -> None:
+    """In a full CVLAN, the address of a removed ephemeral node is given to no one during the
+    quarantine, and to the next node after it."""
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    settings = {"ephemeral_offline_s": 60, "address_quarantine_s": 600}
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock, **settings).start()
+    try:
+        api = rc.api()
+        (await api.post("/api/v1/tenants", {"name": "acme"})).ok()
+        (await api.post("/api/v1/tenants/acme/cvlans", {"name": "tiny", "subnet": "100.99.0.0/30"})).ok()
+        token = await make_token(rc, cvlan="tiny", uses=5, ephemeral=True)
+        runners = [await enrol(rc, token, f"runner{i}") for i in range(2)]
+        with pytest.raises(ControlError) as e:  # two addresses: full
+            await enrol(rc, token, "third")
+        assert e.value.status == 409, e.value.message
+        clock.advance(61)  # neither ever polled: offline since they enrolled
+        assert sorted(await _sweep(rc)) == ["runner0", "runner1"]
+        with pytest.raises(ControlError) as e:  # quarantined
+            await enrol(rc, token, "third")
+        assert e.value.status == 409, e.value.message
+        clock.advance(600)
+        third = await enrol(rc, token, "third")
+        assert third.reg.address in {r.reg.address for r in runners}
+        for n in (*runners, third):
+            await n.client.close()
+    finally:
+        await rc.stop()
+
+
 async def _all_seen(rc: RunningController) -> bool:
     return all(n["last_seen"] for n in await nodes(rc))
 
@@ -313,7 +373,8 @@ async def test_certificate_expiring_while_running_is_replaced_by_reauthenticatio
     db_url: str, tmp_path: Path
 ) -> None:
     """The controller was out of reach until the certificate expired: with a token the agent
-    re-authenticates in place; without one it stops with the reason."""
+    re-authenticates in place; without one it asks a tenant admin, and stops with the reason when
+    the admin rejects it."""
     clock = FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=8))
     rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
     try:
@@ -324,11 +385,16 @@ async def test_certificate_expiring_while_running_is_replaced_by_reauthenticatio
         agent.ident = old
         agent.client = NodeApiClient(old.server, old.ca_pem, old.cert_pem, old.tls_key_pem)
         agent.opts.token = None
-        with pytest.raises(FatalError, match="certificate expired"):
-            await agent._renew_if_due()
+        asking = asyncio.create_task(agent._renew_if_due())
+        await until(lambda: _requests(rc, "pending"))
+        (await rc.api().post(f"{NODES}/{old.node_id}/reauth/reject", {})).ok()
+        with pytest.raises(FatalError, match="rejected the re-authentication"):
+            await asking
         agent.opts.token = await make_token(rc)
         await agent._renew_if_due()
         assert agent.ident.cert_pem != old_cert and agent.ident.node_id == old.node_id
+        expiry = agent.metrics.registry.get_sample_value("cvlan_ctrl_certificate_expiry_timestamp_seconds")
+        assert expiry == tls.cert_not_after(agent.ident.cert_pem)  # the metric follows the new certificate
         resp = await agent.client.poll(0)  # the client uses the new certificate
         assert resp.map.self.node_id == old.node_id and resp.map.self.address == old.address
         saved = StateStore(tmp_path / "state").load()
@@ -361,8 +427,171 @@ async def test_cli_disables_tags_and_shows_expires_in(controller: RunningControl
     head, row = r.stdout.splitlines()
     assert "EXPIRES_IN" in head and "DISABLED" in head
     assert "(expiry off)" in row and row.split()[-1] == "yes"
+    r = await asyncio.to_thread(cli, "node", "show", "--tenant", "acme", "box")
+    assert "      expires_in: 6d 23h (expiry off)\n" in r.stdout, r.stdout
     got = (await controller.api().get(f"{NODES}/box")).ok()
     assert got["tags"] == ["tag:ci", "tag:web"] and got["disabled"] and got["key_expiry_disabled"]
     r = await asyncio.to_thread(cli, "node", "enable", "--tenant", "acme", "box")
     assert r.returncode == 0 and not (await controller.api().get(f"{NODES}/box")).ok()["disabled"]
+    # A re-authentication request without a token, listed and approved from the CLI.
+    anon = NodeApiClient(controller.url, ca_pem(controller))
+    with pytest.raises(ControlError, match="cvlan node reauth --tenant acme approve box"):
+        await anon.reauthenticate(
+            "", n.wg_private, tls.csr_for_key(n.key_pem), n.reg.certificate_pem, n.key_pem
+        )
+    r = await asyncio.to_thread(cli, "node", "reauth-requests", "--tenant", "acme")
+    head, row = r.stdout.splitlines()
+    assert head.split()[:4] == ["NODE_ID", "NODE", "ADDRESS", "STATE"] and row.split()[1:4:2] == [
+        "box",
+        "pending",
+    ]
+    r = await asyncio.to_thread(cli, "node", "reauth", "--tenant", "acme", "approve", "box")
+    assert r.returncode == 0, r.stderr
+    r = await asyncio.to_thread(cli, "node", "reauth", "--tenant", "acme", "approve", "box")
+    assert r.returncode == 1 and "already approved" in r.stderr
+    got = await anon.reauthenticate(
+        "", n.wg_private, tls.csr_for_key(n.key_pem), n.reg.certificate_pem, n.key_pem
+    )
+    assert (got.node_id, got.address) == (n.node_id, n.reg.address)
+    await anon.close()
     await n.client.close()
+
+
+async def _requests(rc: RunningController, state: str) -> list[dict[str, object]]:
+    items = (await rc.api().get("/api/v1/tenants/acme/reauth-requests")).ok()["items"]
+    return [r for r in items if r["state"] == state]
+
+
+async def test_expired_node_without_a_token_waits_for_an_admin_who_approves_or_rejects(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Re-authentication "or an admin approves it": the node proves it holds its keys and asks without
+    a token; the request waits as pending, a tenant admin approves (the node comes back with the same
+    id, name and address) or rejects it (refused). A key the node does not hold and another tenant's
+    admin are refused; requests, decisions and refusals are audited."""
+    clock = FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=8))
+    rc = await RunningController(tmp_path / "d", db_url, clock=clock).start()
+    try:
+        api = rc.api()
+        globex = await seed_tenant(rc, api, "globex")
+        acme = await seed_tenant(rc, api, "acme")
+        token = await make_token(rc, uses=2)
+        (tmp_path / "l").mkdir()
+        (tmp_path / "k").mkdir()
+        old = await Agent(opts(rc, tmp_path / "l", token, hostname="laptop")).load_or_enrol()
+        kiosk = await Agent(opts(rc, tmp_path / "k", token, hostname="kiosk")).load_or_enrol()
+        clock.advance(8 * 86400)
+        peer = await enrol(rc, await make_token(rc), "peer")
+        anon = NodeApiClient(rc.url, old.ca_pem)
+        priv = bytes.fromhex(old.wg_private_key)
+        csr = tls.new_key_and_csr()[1]
+        for key, signer in ((priv, tls.new_key_and_csr()[0]), (os.urandom(32), old.tls_key_pem)):
+            with pytest.raises(ControlError) as e:  # keys the node does not hold: no request
+                await anon.reauthenticate("", key, csr, old.cert_pem, signer)
+            assert e.value.reason == "reauth_refused", e.value.message
+        assert await _requests(rc, "pending") == []
+        refused = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth_refused")).ok()["items"]
+        assert [a["actor"] for a in refused] == [f"node:{old.node_id}"] * 2
+        # Asking several times, at once, is one request: every attempt is told to wait.
+        asks = [anon.reauthenticate("", priv, csr, old.cert_pem, old.tls_key_pem) for _ in range(6)]
+        for e in await asyncio.gather(*asks, return_exceptions=True):
+            assert isinstance(e, ControlError), e
+            assert e.status == 403 and e.reason == "reauth_pending", e.message
+            assert "waits for a tenant admin's approval" in e.message
+        (req,) = await _requests(rc, "pending")
+        assert (req["node_id"], req["node"], req["address"]) == (
+            old.node_id,
+            "laptop",
+            old.address.split("/")[0],
+        )
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth_requested")).ok()["items"]
+        assert entry["target_id"] == str(old.node_id) and entry["actor"] == "node:laptop"
+
+        # Only the node's own tenant's admins decide; elsewhere the node does not exist.
+        other = rc.api(globex.tokens["admin"])
+        for path in (
+            f"{NODES}/{old.node_id}/reauth/approve",
+            f"/api/v1/tenants/globex/nodes/{old.node_id}/reauth/approve",
+        ):
+            assert (await other.post(path, {})).status == 404
+        operator = rc.api(acme.tokens["operator"])
+        assert (await operator.post(f"{NODES}/laptop/reauth/approve", {})).status == 403
+        assert (await api.post(f"{NODES}/peer/reauth/approve", {})).status == 404  # nothing asked
+        assert [r["state"] for r in await _requests(rc, "pending")] == ["pending"]
+
+        # Rejected: the node's next attempt is refused (and audited), nothing changes.
+        kiosk_client = NodeApiClient(rc.url, kiosk.ca_pem)
+        kiosk_priv = bytes.fromhex(kiosk.wg_private_key)
+        with pytest.raises(ControlError, match="waits for a tenant admin"):
+            await kiosk_client.reauthenticate("", kiosk_priv, csr, kiosk.cert_pem, kiosk.tls_key_pem)
+        got = (await rc.api(acme.tokens["admin"]).post(f"{NODES}/kiosk/reauth/reject", {})).ok()
+        assert got["state"] == "rejected" and got["decided_by"] and got["decided_at"]
+        assert (await api.post(f"{NODES}/kiosk/reauth/approve", {})).status == 409  # decided already
+        with pytest.raises(ControlError) as e:
+            await kiosk_client.reauthenticate("", kiosk_priv, csr, kiosk.cert_pem, kiosk.tls_key_pem)
+        assert e.value.reason == "reauth_refused" and "rejected" in e.value.message
+        await kiosk_client.close()
+        await anon.close()
+
+        # Approved while the agent waits: it comes back as the same node and reaches its peer.
+        cvland = await FakeCvland(tmp_path / "l" / "cvland.sock", ["192.0.2.7:51820"]).start()
+        back = Agent(opts(rc, tmp_path / "l", None, ca_pin=None, hostname="laptop"))
+        clock.advance(1)
+        async with running(back) as task:
+            await until(lambda: _attempted_after(rc, clock))
+            assert not task.done() and not cvland.applied
+            approved = (await api.post(f"{NODES}/laptop/reauth/approve", {})).ok()
+            await until(lambda: bool(cvland.applied) and cvland.applied[-1].peers != [])
+        st = cvland.applied[-1]
+        assert (st.node_id, st.address) == (old.node_id, old.address)
+        assert sorted(p.name for p in st.peers) == ["kiosk", "peer"]
+        assert [n["id"] for n in await nodes(rc) if n["name"] == "laptop"] == [old.node_id]
+        seen = await peer.client.poll(0)
+        assert {p.name: list(p.allowed_ips) for p in seen.map.peers}["laptop"] == [old.address]
+        assert await _requests(rc, "pending") == [] and await _requests(rc, "approved") == []
+        (entry,) = (await api.get("/api/v1/tenants/acme/audit?action=node.reauth")).ok()["items"]
+        assert (
+            entry["target_id"] == str(old.node_id)
+            and entry["after"]["approved_by"] == approved["decided_by"] != ""
+        )
+        actions = {a["action"] for a in (await api.get("/api/v1/tenants/acme/audit?limit=200")).ok()["items"]}
+        assert {"node.reauth_approve", "node.reauth_reject", "node.reauth_refused"} <= actions
+        await peer.client.close()
+        await cvland.stop()
+    finally:
+        await rc.stop()
+
+
+async def test_an_approval_given_while_an_attempt_is_under_way_stands(controller: RunningController) -> None:
+    """An attempt checked before the approval is recorded after it (the request is written in its
+    own transaction): the approval is not turned back into a pending request."""
+    n = await enrol(controller, await make_token(controller), "laptop")
+    anon = NodeApiClient(controller.url, ca_pem(controller))
+
+    async def ask() -> pb.RegisterResponse:
+        csr = tls.csr_for_key(n.key_pem)
+        return await anon.reauthenticate("", n.wg_private, csr, n.reg.certificate_pem, n.key_pem)
+
+    with pytest.raises(ControlError, match="waits for a tenant admin"):
+        await ask()
+    assert controller.c is not None
+    ctx = controller.c.ctx
+    async with ctx.tx() as s:
+        node = await s.get(Node, n.node_id)
+        assert node is not None
+        late = reauth_ops.ReauthPending(node, node.cert_serial, "acme")  # checked before the approval
+    (await controller.api().post(f"{NODES}/laptop/reauth/approve", {})).ok()
+    await reauth_ops.record_pending(ctx, late)
+    assert [r["state"] for r in await _requests(controller, "approved")] == ["approved"]
+    assert (await ask()).node_id == n.node_id
+    assert (await controller.api().get("/api/v1/tenants/acme/audit?action=node.reauth_requested")).ok()[
+        "total"
+    ] == 1
+    await anon.close()
+    await n.client.close()
+
+
+async def _attempted_after(rc: RunningController, clock: FakeClock) -> bool:
+    """The waiting agent has asked again since the test's last step (its request is refreshed)."""
+    (req,) = await _requests(rc, "pending")
+    return dt.datetime.fromisoformat(str(req["last_attempt_at"])) >= clock.now()

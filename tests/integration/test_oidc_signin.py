@@ -20,6 +20,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from cvlan.controller.db.models import AuditEntry, Membership, OidcIdentity, OidcPending, User
+from cvlan.devtools.pgcluster import PgCluster
 from tests.harness.oidc import IdpBrowser, SsoStack, missing, start_sso, stop_sso
 
 pytestmark = [
@@ -28,10 +29,18 @@ pytestmark = [
 ]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SsoStack]:
-    """One provider and controller for the module (each test signs in its own people)."""
-    stack = await start_sso(tmp_path_factory.mktemp("sso"))
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgresql"])
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SsoStack]:
+    """One provider and controller per database for the module (each test signs in its own people):
+    every test runs on SQLite and on PostgreSQL, like the other integration tests."""
+    tmp = tmp_path_factory.mktemp("sso")
+    db_url = ""
+    if request.param == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        db_url = cluster.create_db(f"sso{os.getpid()}_{tmp.name}")
+    stack = await start_sso(tmp, db_url)
     api = stack.rc.api()
     try:
         (await api.post("/api/v1/tenants", {"name": "acme"})).ok()

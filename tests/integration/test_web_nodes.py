@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.controller import RunningController
+from tests.harness.nodes import enrol, make_token
 from tests.integration.test_web_session import PW, _client, _sign_in, admin_with_node, form_page
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -57,3 +58,19 @@ async def test_node_page_disables_enables_tags_and_turns_key_expiry_off(
     assert (await controller.api().get("/api/v1/tenants/acme")).ok()["node_cert_lifetime_s"] == 30 * 86400
     got = (await controller.api().get(f"/api/v1/tenants/acme/nodes/{node['id']}")).ok()
     assert (got["disabled"], got["tags"], got["key_expiry_disabled"]) == (False, ["tag:web"], True)
+
+
+async def test_nodes_show_how_long_their_certificate_has_left(controller: RunningController) -> None:
+    await admin_with_node(controller, "box")  # never registered: no certificate yet
+    n = await enrol(controller, await make_token(controller), "laptop")
+    path = f"/api/v1/tenants/acme/nodes/{n.node_id}/key-expiry"
+    (await controller.api().request("PUT", path, json={"disabled": True})).ok()
+    async with _client(controller) as http:
+        assert (await _sign_in(http, controller.url, PW))[0] == 303
+        body, _ = await form_page(http, f"{controller.url}/ui/t/acme/nodes/laptop")
+        assert '<span class="muted">(in 6d)</span>' in body
+        async with http.get(f"{controller.url}/ui/t/acme/nodes") as r:
+            members = await r.text()
+        assert '<td class="muted">in 6d (expiry off)</td>' in members
+        assert '<td class="muted">not issued</td>' in members
+    await n.client.close()

@@ -72,6 +72,8 @@ async def test_sign_in_csrf_and_sign_out(controller: RunningController) -> None:
         async with http.get(url + "/ui/t/acme/", allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"].startswith("/ui/signin")
         assert (await _sign_in(http, url, PW))[0] == 303
+        (entry,) = (await controller.api().get("/api/v1/audit?action=user.signin")).ok()["items"]
+        assert entry["actor"] == "user:ann@acme.example" and entry["after"] == {"method": "password"}
         async with http.get(url + "/ui/t/acme/") as r:
             page = await r.text()
             assert r.status == 200 and "ann@acme.example" in page
@@ -111,6 +113,12 @@ async def test_lockout_after_repeated_failures_survives_the_right_password(
         assert status == 401 and "Too many failed sign-ins" in body
     r = await controller.api().get("/api/v1/audit?action=user.locked")
     assert r.ok()["total"] == 1
+    # Every attempt is audited, the one refused because the account is locked too.
+    failed = (await controller.api().get("/api/v1/audit?action=user.signin_failed")).ok()["items"]
+    assert [e["after"]["reason"] for e in reversed(failed)] == ["wrong password"] * 5 + [
+        "account locked after repeated failures"
+    ]
+    assert {e["target_id"] for e in failed} == {"ann@acme.example"}
 
 
 async def _cookie_flags_through_front(rc: RunningController) -> str:

@@ -1,11 +1,20 @@
-"""cvlancli's human-readable bytes and ages, netcheck's IPv6 line, and its refusal of a bad netcheck
+"""cvlancli's human-readable bytes, ages and certificate expiry, netcheck's IPv6 line, and its refusal
+of a bad netcheck
 timeout."""
 
 from __future__ import annotations
 
-import pytest
+import datetime as dt
+from pathlib import Path
 
-from cvlan.cli.node import ago, human_bytes, ipv6_line, main
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cvlan.agent.state import Identity, StateStore
+from cvlan.cli.node import _expiry_line, ago, ctrl_facts, human_bytes, ipv6_line, main
 from cvlan.client.netcheck import NetReport, StunAnswer
 
 
@@ -59,3 +68,38 @@ def test_netcheckipv6_line_tells_answered_from_unanswered_from_not_asked() -> No
     assert ipv6_line(_net([v4], global6=True)) == (
         "no (no relay has an IPv6 STUN address), global address present"
     )
+
+
+def _cert(lifetime: dt.timedelta) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node-1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now + lifetime)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "shown"),
+    [
+        (dt.timedelta(days=6, hours=23, minutes=30), "(expires in 6d 23h)"),
+        (dt.timedelta(hours=5, minutes=10, seconds=30), "(expires in 5h 10m)"),
+        (dt.timedelta(hours=-1), "(expired)"),
+    ],
+)
+def test_status_shows_when_the_certificate_expires(
+    tmp_path: Path, lifetime: dt.timedelta, shown: str
+) -> None:
+    """`cvlancli status` says how long the node's certificate has left, not only its date."""
+    ident = Identity("", "", "00" * 32, "", _cert(lifetime), 1, "box", "100.64.0.2/32", 1, 1, "lan", "")
+    StateStore(tmp_path).save(ident)
+    line = _expiry_line(ctrl_facts(tmp_path))
+    assert line.endswith(shown) and line.startswith(str(dt.datetime.now(dt.UTC).year)[:2])

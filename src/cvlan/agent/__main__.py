@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token",
         help="enrollment token: at the first start, or to re-authenticate as the same node after the "
-        "certificate expired; '-' reads it from stdin",
+        "certificate expired (without one it asks a tenant admin to approve); '-' reads it from stdin",
     )
     p.add_argument(
         "--token-file",

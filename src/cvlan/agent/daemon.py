@@ -118,6 +118,8 @@ class Agent:
         self.disabled = False
         """The controller refuses this node until an administrator enables it again."""
         self._control_hosts: list[str] | None = None
+        self.stop = asyncio.Event()
+        """Set to stop the agent (run() takes the caller's)."""
 
     # --- enrolment -----------------------------------------------------------------------------
 
@@ -130,14 +132,7 @@ class Agent:
                 2,
             )
         if ident is not None and tls.cert_not_after(ident.cert_pem) <= time.time():
-            if not self.opts.token:
-                raise FatalError(
-                    "the node certificate expired; re-enrol with a new token: "
-                    f"cvlan-ctrl --server {ident.server} --token TOKEN --ca-pin PIN",
-                    1,
-                )
-            log.warning("node certificate expired; re-authenticating as the same node with the given token")
-            ident = await self.reauthenticate(ident, self.opts.token)
+            ident = await self.reauthenticate(ident, self.opts.token or "")
             self.store.save(ident)
             return ident
         if ident is not None:
@@ -210,20 +205,37 @@ class Agent:
 
     async def reauthenticate(self, ident: Identity, token: str) -> Identity:
         """Get a new certificate for the same node (id, name, address, WireGuard key) after the old
-        one expired: the token, the old certificate and a signature by its key prove who we are."""
-        key_pem, csr = tls.new_key_and_csr()
-        try:
-            c = NodeApiClient(ident.server, ident.ca_pem)
+        one expired: the old certificate and a signature by its key, a proof that we hold the
+        WireGuard key, and the token -- or, without one, a tenant admin's approval, asked for and
+        waited for (asking again with backoff until approved, rejected or stopped)."""
+        if token:
+            log.warning("node certificate expired; re-authenticating as the same node with the given token")
+        else:
+            log.warning(
+                "node certificate expired and no token given; asking a tenant admin to approve "
+                "the re-authentication of this node"
+            )
+        backoff = Backoff(cap=self.opts.backoff_cap_s)
+        waiting = False
+        while True:
+            key_pem, csr = tls.new_key_and_csr()
             try:
-                reg = await c.reauthenticate(
-                    token, bytes.fromhex(ident.wg_private_key), csr, ident.cert_pem, ident.tls_key_pem
+                reg = await self._reauth_once(ident, token, key_pem, csr)
+                break
+            except ControlError as e:
+                if e.reason != "reauth_pending" and not e.retryable:
+                    raise FatalError(
+                        f"re-authentication refused: {e.message.removeprefix('controller refused: ')}"
+                    ) from e
+                if e.reason != "reauth_pending":
+                    log.warning(f"{e.message}; retrying", extra={"reason": e.reason or "retry"})
+                elif not waiting:
+                    log.warning(e.message.removeprefix("controller refused: "), extra={"reason": e.reason})
+                    waiting = True
+            if await self._stopped_within(backoff.next()):
+                raise FatalError(
+                    "stopped while waiting for a tenant admin to approve the re-authentication", 0
                 )
-            finally:
-                await c.close()
-        except ControlError as e:
-            raise FatalError(
-                f"re-authentication refused: {e.message.removeprefix('controller refused: ')}"
-            ) from e
         ident.cert_pem, ident.tls_key_pem = reg.certificate_pem, key_pem
         ident.ca_pem = reg.ca_pem or ident.ca_pem
         ident.cert_obtained_at = time.time()
@@ -233,9 +245,27 @@ class Agent:
         )
         return ident
 
+    async def _reauth_once(self, ident: Identity, token: str, key_pem: str, csr: str) -> pb.RegisterResponse:
+        c = NodeApiClient(ident.server, ident.ca_pem)
+        try:
+            return await c.reauthenticate(
+                token, bytes.fromhex(ident.wg_private_key), csr, ident.cert_pem, ident.tls_key_pem
+            )
+        finally:
+            await c.close()
+
+    async def _stopped_within(self, delay: float) -> bool:
+        """Wait delay seconds; True if the agent was told to stop meanwhile."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), delay)
+        except TimeoutError:
+            return False
+        return True
+
     # --- running -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
         self.ident = await self.load_or_enrol()
         self.client = NodeApiClient(
             self.ident.server, self.ident.ca_pem, self.ident.cert_pem, self.ident.tls_key_pem
@@ -460,19 +490,14 @@ class Agent:
         # Measured from when we got it, not from notBefore (the CA back-dates that for clock skew).
         nb = self.ident.cert_obtained_at or tls.cert_not_before(self.ident.cert_pem)
         now = time.time()
-        if now >= na and self.opts.token:
+        if now >= na:
             # Expired while the controller was out of reach: come back as the same node.
-            log.warning("node certificate expired; re-authenticating as the same node with the given token")
-            self.ident = await self.reauthenticate(self.ident, self.opts.token)
+            self.ident = await self.reauthenticate(self.ident, self.opts.token or "")
             self.store.save(self.ident)
             self.client.set_identity(self.ident.cert_pem, self.ident.tls_key_pem)
+            self.metrics.cert_expiry.set(tls.cert_not_after(self.ident.cert_pem))
             self.held = 0
             return
-        if now >= na:
-            raise FatalError(
-                "the node certificate expired; re-enrol the node with a new token "
-                "(remove state.db from the state dir, then run with --token)"
-            )
         if now < nb + (na - nb) * RENEW_AT:
             return
         key_pem, csr = tls.new_key_and_csr()

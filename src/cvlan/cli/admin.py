@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cvlan.cli import dnscmd, login
+from cvlan.cli import dnscmd, login, table
 from cvlan.cli import routes as routes_cli
 from cvlan.cli.http import ApiError, Client
 from cvlan.cli.table import print_table
@@ -192,16 +192,10 @@ NODE_COLS = [
 
 def expires_in(n: dict[str, Any]) -> str:
     """'6d 23h', '5h 10m', 'expired', 'not issued'; '(expiry off)' added for a server."""
-    s = n.get("expires_in_s")
-    if s is None:
-        return "not issued"
-    if s <= 0:
-        text = "expired"
-    elif s >= 86400:
-        text = f"{s // 86400}d {s % 86400 // 3600}h"
-    else:
-        text = f"{s // 3600}h {s % 3600 // 60}m"
-    return text + (" (expiry off)" if n.get("key_expiry_disabled") else "")
+    text = table.expires_in(n.get("expires_in_s"))
+    return text + (
+        " (expiry off)" if n.get("key_expiry_disabled") and n.get("expires_in_s") is not None else ""
+    )
 
 
 def node_list(c: Client, ns: argparse.Namespace) -> Any:
@@ -222,6 +216,7 @@ def node_show(c: Client, ns: argparse.Namespace) -> Any:
     if ns.json:
         return {**n, "routes": routes}
     n["routes"] = routes_cli.summary(routes)
+    n["expires_in"] = expires_in(n)
     h = dict(n.get("health") or {})
     peers = h.pop("peers", None)
     n["health"] = ", ".join(f"{k}={v}" for k, v in h.items() if k != "peers_at") or "-"
@@ -271,6 +266,17 @@ def tenant_key_expiry(c: Client, ns: argparse.Namespace) -> Any:
 
 def node_tag(c: Client, ns: argparse.Namespace) -> Any:
     return c.call("PUT", _t(ns) + f"/nodes/{_q(ns.node)}/tags", {"tags": ns.tags})
+
+
+REAUTH_COLS = ["node_id", "node", "address", "state", "requested_at", "last_attempt_at", "decided_by"]
+
+
+def node_reauth_requests(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("GET", _t(ns) + "/reauth-requests")["items"], REAUTH_COLS
+
+
+def node_reauth(c: Client, ns: argparse.Namespace) -> Any:
+    return c.call("POST", _t(ns) + f"/nodes/{_q(ns.node)}/reauth/{ns.decision}")
 
 
 def user_create(c: Client, ns: argparse.Namespace) -> Any:
@@ -558,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = leaf(g, "tag", node_tag, "replace a node's tags (admin); no TAG clears them")
     x.add_argument("node")
     x.add_argument("tags", nargs="*", metavar="TAG", help="e.g. tag:web (policies follow at once)")
+    leaf(g, "reauth-requests", node_reauth_requests, "list nodes asking to re-authenticate without a token")
+    x = leaf(g, "reauth", node_reauth, "approve or reject a node's re-authentication request (admin)")
+    x.add_argument("decision", choices=("approve", "reject"), help="approve: it comes back as itself")
+    x.add_argument("node")
 
     g = group("user", "manage users of a tenant")
     x = leaf(g, "create", user_create, "create a user (a password is generated unless --password-stdin)")

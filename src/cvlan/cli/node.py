@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cvlan.cli.table import print_table
+from cvlan.cli.table import expires_in, print_table
 from cvlan.client import netcheck
 from cvlan.client.ipc import IpcError, refused, request_once
 from cvlan.common.version import add_version_flag
@@ -72,6 +72,7 @@ def ctrl_facts(state_dir: Path) -> dict[str, Any]:
 
         cert = x509.load_pem_x509_certificate(kv["cert_pem"].encode())
         out["cert_not_after"] = cert.not_valid_after_utc.isoformat().replace("+00:00", "Z")
+        out["cert_expires_in_s"] = int(cert.not_valid_after_utc.timestamp() - time.time())
     if kv.get("server") and kv.get("ca_pem"):
         out["controller_reachable"] = _reachable(kv["server"], kv["ca_pem"])
     return out
@@ -139,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("address", facts.get("address", "?")),
         ("cvlan", facts.get("cvlan_name", "?")),
         ("controller", _controller_line(facts)),
-        ("certificate expires", facts.get("cert_not_after", "?")),
+        ("certificate expires", _expiry_line(facts)),
         ("interface", f"{st.interface} ({st.engine}), port {st.listen_port}" + (", DOWN" if st.down else "")),
         ("applied map version", str(st.applied_version)),
         ("local endpoints", ", ".join(st.local_endpoints) or "-"),
@@ -153,6 +154,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     return 0
+
+
+def _expiry_line(facts: dict[str, Any]) -> str:
+    """'2026-12-13T10:00:00Z (expires in 6d 23h)'; '?' when cvlan-ctrl's state cannot be read."""
+    at = facts.get("cert_not_after")
+    if not at:
+        return "?"
+    left = facts.get("cert_expires_in_s")
+    return f"{at} (expires in {expires_in(left)})" if left and left > 0 else f"{at} (expired)"
 
 
 def _dns_line(d: DnsStatus | None) -> str:

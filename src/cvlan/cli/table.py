@@ -18,6 +18,18 @@ def cell(v: Any) -> str:
     return s
 
 
+def expires_in(seconds: float | None) -> str:
+    """A certificate's time left: '6d 23h', '5h 10m', 'expired'; 'not issued' for None."""
+    if seconds is None:
+        return "not issued"
+    s = int(seconds)
+    if s <= 0:
+        return "expired"
+    if s >= 86400:
+        return f"{s // 86400}d {s % 86400 // 3600}h"
+    return f"{s // 3600}h {s % 3600 // 60}m"
+
+
 def print_table(rows: list[dict[str, Any]], cols: list[str]) -> None:
     grid = [[c.upper() for c in cols]] + [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in grid) for i in range(len(cols))]

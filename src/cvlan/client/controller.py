@@ -168,8 +168,9 @@ class NodeApiClient:
     async def reauthenticate(
         self, token: str, wg_private_key: bytes, csr_pem: str, old_cert_pem: str, old_key_pem: str
     ) -> pb.RegisterResponse:
-        """Register again as the same node after its certificate expired: a new token, the last
-        certificate and a signature by its key, and a proof that we hold the WireGuard private key."""
+        """Register again as the same node after its certificate expired: a new token (or "" to ask a
+        tenant admin's approval), the last certificate and a signature by its key, and a proof that
+        we hold the WireGuard private key."""
         d = await self.discover()
         if len(d.reauth_public_key) != 32:
             raise ControlError("this controller does not support re-authentication", retryable=False)

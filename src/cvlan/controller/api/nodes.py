@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import Field
@@ -9,7 +10,7 @@ from pydantic import Field
 from cvlan.controller.api.common import tenant_route
 from cvlan.controller.db.models import Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
-from cvlan.controller.http.framework import Body, Call, page, route
+from cvlan.controller.http.framework import Body, Call, Page, page, route
 from cvlan.controller.ops import cvlans, dns, nodes
 from cvlan.controller.ops.context import Tx
 
@@ -36,7 +37,7 @@ async def _shown(c: Call, s: Tx, t: Tenant, n: Node) -> dict[str, Any]:
 @tenant_route(
     "GET", "/nodes", summary="List nodes with status", tag="nodes", query=("cvlan",), paginated=True
 )
-async def list_nodes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+async def list_nodes(c: Call, s: Tx, t: Tenant) -> Page[dict[str, Any]]:
     limit, offset = c.page
     rows, total = await nodes.list_(s, c.who, t, c.q("cvlan"), limit, offset)
     return page([nodes.view(n, c.ctx, cn) for n, cn in rows], total, limit, offset)
@@ -49,7 +50,7 @@ async def list_nodes(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
     tag="nodes",
     paginated=True,
 )
-async def list_all_nodes(c: Call) -> dict[str, Any]:
+async def list_all_nodes(c: Call) -> Page[dict[str, Any]]:
     limit, offset = c.page
     async with c.ctx.tx() as s:
         rows, total = await nodes.list_visible(s, c.who, limit, offset)
@@ -88,44 +89,54 @@ async def delete_node(c: Call, s: Tx, t: Tenant) -> None:
     await nodes.delete(c.ctx, s, c.who, t, c.params["node"])
 
 
-@tenant_route(
+NodeChange = Callable[[Call, Tx, Tenant], Awaitable[Node]]
+"""A change of one node (ops.nodes), from the call's path and body."""
+
+
+def _node_change(method: str, sub: str, name: str, summary: str, change: NodeChange, **kw: Any) -> None:
+    """Declare /nodes/{node}<sub>: apply the change, answer with the node as it is now."""
+
+    async def handler(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
+        return await _shown(c, s, t, await change(c, s, t))
+
+    handler.__name__ = name  # the route's name and the OpenAPI operationId
+    tenant_route(method, "/nodes/{node}" + sub, summary=summary, tag="nodes", **kw)(handler)
+
+
+def _disabling(disabled: bool) -> NodeChange:
+    async def change(c: Call, s: Tx, t: Tenant) -> Node:
+        return await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], disabled)
+
+    return change
+
+
+_node_change(
     "POST",
-    "/nodes/{node}/disable",
-    summary="Disable a node: refused from its next request, dropped from its peers' maps at once",
-    tag="nodes",
+    "/disable",
+    "disable_node",
+    "Disable a node: refused from its next request, dropped from its peers' maps at once",
+    _disabling(True),
 )
-async def disable_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await _shown(c, s, t, await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], True))
-
-
-@tenant_route(
+_node_change(
     "POST",
-    "/nodes/{node}/enable",
-    summary="Enable a disabled node again, with the same id, address and name",
-    tag="nodes",
+    "/enable",
+    "enable_node",
+    "Enable a disabled node again, with the same id, address and name",
+    _disabling(False),
 )
-async def enable_node(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await _shown(c, s, t, await nodes.set_disabled(c.ctx, s, c.who, t, c.params["node"], False))
-
-
-@tenant_route(
+_node_change(
     "PUT",
-    "/nodes/{node}/key-expiry",
-    summary="Disable key expiry for a node (servers) or enable it again (admin)",
-    tag="nodes",
+    "/key-expiry",
+    "set_node_key_expiry",
+    "Disable key expiry for a node (servers) or enable it again (admin)",
+    lambda c, s, t: nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled),
     body=NodeKeyExpiry,
 )
-async def set_node_key_expiry(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    n = await nodes.set_key_expiry(c.ctx, s, c.who, t, c.params["node"], c.body.disabled)
-    return await _shown(c, s, t, n)
-
-
-@tenant_route(
+_node_change(
     "PUT",
-    "/nodes/{node}/tags",
-    summary="Replace a node's tags (admin); the CVLAN's policy follows at once",
-    tag="nodes",
+    "/tags",
+    "set_node_tags",
+    "Replace a node's tags (admin); the CVLAN's policy follows at once",
+    lambda c, s, t: nodes.set_tags(c.ctx, s, c.who, t, c.params["node"], c.body.tags),
     body=NodeTags,
 )
-async def set_node_tags(c: Call, s: Tx, t: Tenant) -> dict[str, Any]:
-    return await _shown(c, s, t, await nodes.set_tags(c.ctx, s, c.who, t, c.params["node"], c.body.tags))

@@ -237,6 +237,22 @@ class Node(CvlanRow, Base):
     last_seen: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
 
 
+class NodeReauthRequest(Base):
+    """A node whose certificate expired asks to re-authenticate without a token (it proved it holds
+    its keys); a tenant admin approves or rejects it. One a node, for the certificate it presented."""
+
+    __tablename__ = "node_reauth_requests"
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cert_serial: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(10))
+    """pending, approved or rejected."""
+    requested_at: Mapped[dt.datetime] = mapped_column(TS)
+    last_attempt_at: Mapped[dt.datetime] = mapped_column(TS)
+    decided_by: Mapped[str] = mapped_column(String(300), default="")
+    decided_at: Mapped[dt.datetime | None] = mapped_column(TS, nullable=True)
+
+
 class Region(Base):
     __tablename__ = "regions"
     id: Mapped[int] = mapped_column(ID, primary_key=True)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Generic, TypedDict, TypeVar, overload
+from typing import Any, Generic, TypedDict, TypeVar
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
@@ -148,18 +148,8 @@ class Page(TypedDict, Generic[V]):
     offset: int
 
 
-@overload
-def page(  # type: ignore[overload-overlap]
-    items: list[dict[str, Any]], total: int, limit: int, offset: int
-) -> dict[str, Any]: ...
-
-
-@overload
-def page(items: list[V], total: int, limit: int, offset: int) -> Page[V]: ...
-
-
-def page(items: list[Any], total: int, limit: int, offset: int) -> Page[Any] | dict[str, Any]:
-    """A page of items. Items not yet described by a TypedDict (ops.views) give a plain dict."""
+def page(items: list[V], total: int, limit: int, offset: int) -> Page[V]:
+    """A page of items."""
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 

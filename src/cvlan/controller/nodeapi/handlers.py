@@ -61,7 +61,11 @@ class NodeApi:
         # A node polling every poll_interval_s is written at least every refresh + interval (+ one
         # flush): with refresh = offline_after - 2 x interval the stored last_seen never ages past
         # offline_after while the node polls, and about every other unchanged poll is not written.
-        self.liveness = LivenessBuffer(ctx, max(0.0, st.offline_after_s - 2.0 * st.poll_interval_s))
+        # The ephemeral sweeper removes nodes whose stored last_seen is older than
+        # ephemeral_offline_s: when that is the shorter, it bounds the refresh, or a node still
+        # polling would be taken for gone.
+        bound = min(st.offline_after_s, st.ephemeral_offline_s)
+        self.liveness = LivenessBuffer(ctx, max(0.0, bound - 2.0 * st.poll_interval_s))
         self.mapper = Mapper(ctx, self.liveness.pending_endpoints)
         self.liveness.on_health_events = self._health_events
         self.health_book = HealthBook()
@@ -150,6 +154,14 @@ class NodeApi:
             if isinstance(e, reauth.ReauthRefused):
                 await reauth.record_refusal(self.ctx, e)
                 log.warning("node re-authentication refused", extra={"reason": e.message[:200]})
+            elif isinstance(e, reauth.ReauthPending):
+                # A concurrent attempt may have recorded it first: the node asks again anyway.
+                with contextlib.suppress(DomainError):
+                    await reauth.record_pending(self.ctx, e)
+                log.info(
+                    "node re-authentication waits for approval",
+                    extra={"node_id": e.node_id, "tenant_id": e.tenant_id},
+                )
             raise
         REGISTRATIONS.labels("ok").inc()
         n, c = got.node, got.cvlan

@@ -14,7 +14,7 @@ from cvlan.controller.auth import Level
 from cvlan.controller.db.models import EnrollmentToken, Node
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.http.framework import CA_PIN_KEY
-from cvlan.controller.ops import cvlans, dns, infra, nodes, subnets, tenants, vrouters
+from cvlan.controller.ops import cvlans, dns, infra, nodes, reauth, subnets, tenants, vrouters
 from cvlan.controller.ops.context import Tx
 from cvlan.controller.web.core import Form, Page, page
 
@@ -238,7 +238,28 @@ async def node_list(p: Page) -> web.StreamResponse:
     assert p.tenant is not None
     async with p.ctx.tx() as s:
         rows, total = await nodes.list_(s, p.who, p.tenant, None, LIST_LIMIT, 0)
-    return p.render("nodes.html", members=[node_row(p, n, cn) for n, cn in rows], total=total, nav="nodes")
+        asking = await reauth.list_requests(s, p.who, p.tenant)
+    return p.render(
+        "nodes.html",
+        members=[node_row(p, n, cn) for n, cn in rows],
+        total=total,
+        reauth_requests=[reauth.request_view(r, n) for r, n in asking if r.state == reauth.PENDING],
+        nav="nodes",
+    )
+
+
+@page(tenant=True)
+async def node_reauth(p: Page) -> web.StreamResponse:
+    """Approve or reject a node's pending re-authentication request (admin)."""
+    assert p.tenant is not None
+    approve = p.request.match_info["decision"] == "approve"
+    async with p.ctx.tx() as s:
+        _, n = await reauth.decide(p.ctx, s, p.who, p.tenant, p.request.match_info["node"], approve)
+    if approve:
+        msg = f"Re-authentication of {n.name} approved; it comes back with its address {n.address}."
+    else:
+        msg = f"Re-authentication of {n.name} rejected; it is refused unless it brings a new token."
+    return p.redirect(p.url("nodes"), msg)
 
 
 async def render_node(p: Page, ref: str, form: Form | None = None, status: int = 200) -> web.Response:
@@ -249,8 +270,10 @@ async def render_node(p: Page, ref: str, form: Form | None = None, status: int =
         all_cvlans, _ = await cvlans.list_(s, p.who, p.tenant, LIST_LIMIT, 0)
         dns_name = await dns.node_dns_name(p.ctx, s, p.tenant, n, cn)
         node_routes = await subnets.list_routes(p.ctx, s, p.who, p.tenant, None, str(n.id))
+        asking = await reauth.pending_for(s, p.who, p.tenant, n)
     return p.render(
         "node.html",
+        reauth_request=asking,
         status=status,
         node=node_row(p, n, cn),
         dns_name=dns_name,
@@ -457,6 +480,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.post(t + "/nodes/{node}/enable", node_enable),
         web.post(t + "/nodes/{node}/tags", node_tags),
         web.post(t + "/nodes/{node}/key-expiry", node_key_expiry),
+        web.post(t + "/nodes/{node}/reauth/{decision:approve|reject}", node_reauth),
         web.post(t + "/key-expiry", tenant_key_expiry),
         web.get(t + "/tokens", token_list),
         web.post(t + "/tokens", token_create),

@@ -50,12 +50,15 @@ async def check(ctx: OpsContext, email: str, password: str) -> Outcome:
         user = await users.by_email(s, email) if email else None
         encoded = user.password_hash if user is not None else _DUMMY_HASH
         now = ctx.now()
-        if user is not None and user.locked_until is not None and user.locked_until > now:
-            mins = math.ceil((user.locked_until - now).total_seconds() / 60)
-            await asyncio.sleep(FAILURE_DELAY_S)
-            return Outcome(
-                None, f"Too many failed sign-ins. Try again in {mins} minute{'s' if mins != 1 else ''}."
-            )
+        until = user.locked_until if user is not None else None
+        locked_s = (until - now).total_seconds() if until is not None and until > now else 0.0
+    if locked_s > 0:
+        mins = math.ceil(locked_s / 60)
+        await record_failure(ctx, "password", "", email, "account locked after repeated failures")
+        await asyncio.sleep(FAILURE_DELAY_S)
+        return Outcome(
+            None, f"Too many failed sign-ins. Try again in {mins} minute{'s' if mins != 1 else ''}."
+        )
     ok = await asyncio.to_thread(credentials.check_password, password, encoded)
     out, reason = await _settle(ctx, user, ok)
     if out.user is None:

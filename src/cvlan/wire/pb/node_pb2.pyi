@@ -250,8 +250,10 @@ class RegisterRequest(_message.Message):
     os_info: _builtins.str
     """Free text such as "linux x86_64 Debian 12", for display. Empty: unknown."""
     previous_certificate_pem: _builtins.str
-    """Re-authentication of an existing node whose certificate expired (with a new token): the node's
-    last certificate, PEM. The node keeps its id, name and address. Empty: enrol a new node.
+    """Re-authentication of an existing node whose certificate expired: the node's last certificate,
+    PEM. The node keeps its id, name and address. With a new token of its tenant it is accepted at
+    once; with an empty token it asks a tenant admin (403, reason "reauth_pending", until approved).
+    Empty: enrol a new node.
     """
     previous_key_signature: _builtins.bytes
     """Signature by the previous certificate's key over nodeproto.reauth_message(token, wg_public_key,
