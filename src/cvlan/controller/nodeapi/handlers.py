@@ -32,7 +32,7 @@ from cvlan.controller.nodeapi.adverts import AdvertWriter, advert_of
 from cvlan.controller.nodeapi.enrol import EnrolmentBatcher
 from cvlan.controller.nodeapi.identity import IdentityResolver
 from cvlan.controller.ops import health, nodes, reauth, registration, subnets
-from cvlan.controller.ops.context import OpsContext
+from cvlan.controller.ops.context import OpsContext, periodically
 from cvlan.wire import nodeproto as wire
 from cvlan.wire.certid import NodeIdentity
 from cvlan.wire.ids import CvlanId
@@ -376,15 +376,7 @@ class NodeApi:
         self.mapper.wake_all()
 
     async def _relay_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RELAY_REFRESH_S)
-            if stop.is_set():
-                return
-            try:
-                await self.mapper.refresh_relays()
-            except DomainError as e:
-                log.warning("relay map refresh failed", extra={"reason": e.message})
+        await periodically(stop, RELAY_REFRESH_S, self.mapper.refresh_relays, "relay map refresh")
 
 
 def _endpoints(raw: Iterable[str]) -> list[str]:

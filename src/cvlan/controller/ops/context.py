@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import functools
+import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -24,6 +27,8 @@ from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.proxies import TrustedProxies
 from cvlan.controller.settings import ControllerSettings
 from cvlan.wire.ids import TenantId
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 """A whole name (always matched with fullmatch: `$` would also match before a final newline)."""
@@ -172,3 +177,19 @@ def bump(session: AsyncSession, cvlan: Cvlan) -> None:
 
 def _is_connection_error(e: DBAPIError) -> bool:
     return bool(e.connection_invalidated) or isinstance(e, OperationalError)
+
+
+async def periodically(
+    stop: asyncio.Event, every: float, job: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """Run job every `every` seconds until stop is set (the first run after one period). A refusal
+    from the database (DomainError, e.g. it is away) is logged and the next period tries again."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            await job()
+        except DomainError as e:
+            log.warning(f"{what} failed; retrying", extra={"reason": e.message})

@@ -6,7 +6,6 @@ restart keeps them (docs/HEALTH.md)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import statistics
@@ -19,9 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import HealthEvent, HealthSample, Node, Tenant
-from cvlan.controller.errors import DomainError
 from cvlan.controller.health import matrix
-from cvlan.controller.ops.context import OpsContext, resolve_cvlan
+from cvlan.controller.ops.context import OpsContext, periodically, resolve_cvlan
 from cvlan.controller.ops.nodes import is_online
 
 log = logging.getLogger(__name__)
@@ -239,16 +237,12 @@ async def prune(ctx: OpsContext, s: AsyncSession) -> int:
 
 async def run_pruner(ctx: OpsContext, stop: asyncio.Event, every: float = PRUNE_EVERY_S) -> None:
     """Prune the health events and history every `every` seconds until stop."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
-        if stop.is_set():
-            return
-        try:
-            async with ctx.tx() as s:
-                await prune(ctx, s)
-        except DomainError as e:
-            log.warning("peer health pruning failed; retrying", extra={"reason": e.message})
+
+    async def once() -> None:
+        async with ctx.tx() as s:
+            await prune(ctx, s)
+
+    await periodically(stop, every, once, "peer health pruning")
 
 
 # --- reading -----------------------------------------------------------------------------------

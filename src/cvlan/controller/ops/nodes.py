@@ -4,7 +4,6 @@ and the removal of ephemeral nodes gone offline."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Collection
@@ -19,7 +18,15 @@ from cvlan.controller.auth import Level, Principal
 from cvlan.controller.db.models import Cvlan, EnrollmentToken, Node, Tenant
 from cvlan.controller.errors import DomainError, Kind
 from cvlan.controller.ops import routereview
-from cvlan.controller.ops.context import OpsContext, bump, check_name, count_change, resolve_cvlan, where_ref
+from cvlan.controller.ops.context import (
+    OpsContext,
+    bump,
+    check_name,
+    count_change,
+    periodically,
+    resolve_cvlan,
+    where_ref,
+)
 from cvlan.controller.ops.cvlans import check_tags
 from cvlan.wire.ids import TenantId
 
@@ -492,20 +499,14 @@ async def sweep_ephemeral(ctx: OpsContext, s: AsyncSession) -> list[Node]:
 
 async def run_ephemeral_sweeper(ctx: OpsContext, stop: asyncio.Event) -> None:
     """Sweep ephemeral nodes every quarter of ephemeral_offline_s (at most every minute) until stop."""
-    every = min(60.0, ctx.settings.ephemeral_offline_s / 4)
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
-        if stop.is_set():
-            return
-        try:
-            async with ctx.tx() as s:
-                gone = await sweep_ephemeral(ctx, s)
-        except DomainError as e:
-            log.warning("ephemeral node sweep failed; retrying", extra={"reason": e.message})
-            continue
+
+    async def once() -> None:
+        async with ctx.tx() as s:
+            gone = await sweep_ephemeral(ctx, s)
         for n in gone:
             log.info(
                 f"ephemeral node {n.name} removed after being offline",
                 extra={"node_id": n.id, "tenant_id": n.tenant_id},
             )
+
+    await periodically(stop, min(60.0, ctx.settings.ephemeral_offline_s / 4), once, "ephemeral node sweep")
