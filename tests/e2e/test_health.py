@@ -19,7 +19,7 @@ from cvlan.cvland.probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S
 from cvlan.devtools.harness.controller import script
 from tests.harness.netns import Lab, Netns
 from tests.harness.relaystack import STUN_PORT, RelayProc, start_relay
-from tests.harness.stack import Controller, Node, start_controller, start_node, wait_until
+from tests.harness.stack import LONG_POLL_S, Controller, Node, start_controller, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +102,7 @@ def test_matrix_shows_relay_and_loss_and_netcheck_tells_nats_apart(lab: Lab) -> 
     got = wait_until(
         f"the matrix shows {src.name} → {dst.name} relayed with an RTT",
         relayed_in_matrix,
-        3 * REPORT_S + 2,
+        3 * REPORT_S + LONG_POLL_S + 2,  # a report waits for the held long-poll to be answered
         0.2,
     )
     print(f"{src.name} → {dst.name} in the matrix {time.monotonic() - t0:.1f} s after it was measured: {got}")

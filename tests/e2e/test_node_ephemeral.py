@@ -38,6 +38,10 @@ def test_ephemeral_node_disappears_from_the_member_list_after_its_offline_time(l
     assert server.ns.wait_ping(addr, timeout=30), "no tunnel to start with"
     assert {n["name"]: n["ephemeral"] for n in ctl.nodes("acme")} == {"server": False, "runner": True}
 
+    # The controller writes last_seen in batches (liveness_flush_s): the runner has been seen once
+    # the member list says so.
+    wait_until("the runner's last_seen is written", lambda: _node(ctl, "runner")["last_seen"], 30, interval=1)
+
     # The runner's host goes away (both daemons).
     runner.stop_ctrl()
     runner.dp.proc.stop()

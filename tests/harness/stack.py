@@ -17,6 +17,8 @@ from tests.harness.netns import Lab, Netns, Proc
 from tests.harness.nsconnect import NsApi
 
 CONTROLLER_PORT = 8443
+LONG_POLL_S = 5
+"""The long-poll every test node asks for (--long-poll)."""
 
 
 def wait_until(what: str, fn: Any, timeout: float, interval: float = 0.5) -> Any:
@@ -116,7 +118,7 @@ class Node:
     def start_ctrl(self, join_command: str = "", token_file: Path | None = None) -> Proc:
         """cvlan-ctrl in the node's namespace: enrolling with join_command or token_file if given,
         else from its state directory."""
-        extra = ["--long-poll", "5", "--listen-port", str(self.listen_port), *self.ctrl_args]
+        extra = ["--long-poll", str(LONG_POLL_S), "--listen-port", str(self.listen_port), *self.ctrl_args]
         if token_file is not None:
             extra += ["--token-file", str(token_file)]
         argv = ctrl_argv(self.ctrl_state, self.dp.socket, self.name, join_command, *extra)

@@ -177,8 +177,11 @@ async def test_second_connection_with_same_key_replaces_first(
     ca, _ = await connect(relay, a)
     async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(relay.url), ssl=b.ssl()) as second:
         async with asyncio.timeout(5):
-            while first.connected.is_set():
+            while first.stats.replaced == 0:
                 await asyncio.sleep(0.02)
+        # The replaced client was told so and waits before it tries again: it has not taken the key back.
+        await asyncio.sleep(0.5)
+        assert not first.connected.is_set() and first.stats.connects == 1
         await first.close()
         ca.send(b.wg_key, b"to-second")
         async with asyncio.timeout(5):

@@ -328,7 +328,8 @@ class Agent:
         health.peers.extend(peers)
         health.peers_omitted = omitted
         try:
-            await self.client.report(flows, health)
+            # Goes once the long-poll held on the connection is answered (at most long_poll_s).
+            await self.client.report(flows, health, wait_s=self.long_poll_s)
         except ControlError as e:
             reason = e.reason or "retry"
             log.warning(f"report not delivered: {e.message}", extra={"reason": reason})

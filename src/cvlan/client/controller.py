@@ -106,7 +106,10 @@ class NodeApiClient:
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            conn = aiohttp.TCPConnector(ssl=self._ssl, limit=4, keepalive_timeout=KEEPALIVE_S)
+            # One connection, one request at a time (HTTP/1.1): the TLS front holds one connection
+            # a node, and a report made while a long-poll is held goes when the poll is answered
+            # (report(wait_s=...)), not on a second TLS connection with its own handshake.
+            conn = aiohttp.TCPConnector(ssl=self._ssl, limit=1, keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(connector=conn)
         return self._session
 
@@ -201,12 +204,14 @@ class NodeApiClient:
         return await self._call("/v1/renew", req, pb.RenewResponse)
 
     async def report(
-        self, denied: list[pb.DeniedFlow], health: pb.HealthSummary | None = None
+        self, denied: list[pb.DeniedFlow], health: pb.HealthSummary | None = None, wait_s: float = 0.0
     ) -> pb.ReportResponse:
+        """Deliver a report; wait_s: how long a long-poll already held on the connection may make it
+        wait (the client's one connection carries one request at a time)."""
         req = pb.ReportRequest(capability_version=wire.CAPABILITY_VERSION, denied_flows=denied)
         if health is not None:
             req.health.CopyFrom(health)
-        return await self._call("/v1/report", req, pb.ReportResponse)
+        return await self._call("/v1/report", req, pb.ReportResponse, timeout=self.timeout + wait_s)
 
 
 async def _get(s: aiohttp.ClientSession, url: str, ctx: ssl.SSLContext, timeout: float = 10.0) -> bytes:

@@ -37,6 +37,10 @@ HEARTBEAT_S = 10.0
 """WebSocket ping interval; a relay that does not answer within half of it is taken as dead."""
 CONNECT_TIMEOUT_S = 5.0
 """TCP connect to a relay; a host that does not answer within it counts as down."""
+REPLACED_WAIT_S = 30.0
+"""The wait before connecting again after the relay said a newer connection with this node's key
+took our place: another live process holds the key (a cloned host), and reconnecting at once would
+make the two throw each other out many times a second."""
 
 
 def node_ssl(cert_pem: str, key_pem: str, ca_pem: str) -> ssl.SSLContext:
@@ -70,6 +74,8 @@ class RelayClientStats:
     dropped_queue: int = 0
     dropped_offline: int = 0
     connects: int = 0
+    replaced: int = 0
+    """Connections the relay closed because a newer one with this node's key took their place."""
     gone: dict[bytes, float] = field(default_factory=dict)
 
 
@@ -153,8 +159,9 @@ class RelayClient:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 was = self.connected.is_set()
+                replaced = False
                 try:
-                    await self._connect_once(session)
+                    replaced = await self._connect_once(session)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.debug("relay connection failed", extra={"endpoint": self.url, "reason": str(e)})
                     if not self.connected.is_set():
@@ -163,9 +170,11 @@ class RelayClient:
                 self._queue.clear()
                 if was or self.failures == 1:
                     self._on_state()  # lost, or found down: whoever routes through us looks again
-                await asyncio.sleep(self._backoff.next())
+                await asyncio.sleep(REPLACED_WAIT_S if replaced else self._backoff.next())
 
-    async def _connect_once(self, session: aiohttp.ClientSession) -> None:
+    async def _connect_once(self, session: aiohttp.ClientSession) -> bool:
+        """One connection, served until it ends; True when the relay ended it because a newer
+        connection with this node's key took its place."""
         async with session.ws_connect(
             self.url,
             ssl=self._ssl,
@@ -192,6 +201,15 @@ class RelayClient:
                     await writer
                 self._ws = None
                 log.info("relay disconnected", extra={"endpoint": self.url})
+            if ws.close_code == rp.CLOSE_REPLACED:
+                self.stats.replaced += 1
+                log.warning(
+                    "relay connection taken over by another with this node's key (is the state dir "
+                    f"copied to another host?); connecting again in {REPLACED_WAIT_S:.0f} s",
+                    extra={"endpoint": self.url},
+                )
+                return True
+        return False
 
     def _handle(self, data: bytes) -> None:
         if len(data) >= rp.FRAME_HEADER_LEN + rp.KEY_LEN and data[0] == rp.FrameType.RECV_PACKET:

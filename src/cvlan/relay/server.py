@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from cryptography import x509
 
 from cvlan.common.framequeue import FrameQueue
@@ -81,6 +81,7 @@ class Client:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     gone_sent: dict[bytes, float] = field(default_factory=dict)
     closed: bool = False
+    close_code: int = WSCloseCode.OK
     reader: asyncio.Task[None] | None = None
 
     @property
@@ -211,7 +212,7 @@ class RelayServer:
                 t.cancel()
                 with suppress(asyncio.CancelledError):
                     await t
-            await ws.close()
+            await ws.close(code=c.close_code)
         return ws
 
     # --- client table ---------------------------------------------------------------------------
@@ -225,6 +226,7 @@ class RelayServer:
             # One connection per node key: the newer one wins (a node that reconnected before the
             # relay noticed the old TCP connection die).
             self.metrics.replaced.inc()
+            old.close_code = rp.CLOSE_REPLACED
             self._close(old, DropReason.DUP_CLIENT)
         log.info(
             "client connected",

@@ -375,13 +375,9 @@ class Fleet:
     async def _register(self, node: SimNode, due: float, join: bool = False) -> None:
         wg_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
         key = new_key(NODE_KEY_TYPE)  # as cvlan-ctrl makes them
-        req = pb.RegisterRequest(
-            capability_version=nodeproto.CAPABILITY_VERSION,
-            token=node.token,
-            wg_public_key=wg_pub,
-            csr_pem=csr_for(key, node.name),
-            hostname=node.name,
-            os_info="cvlan-sim",
+        # As cvlan-ctrl: every registration and poll says what the node advertises (here nothing).
+        req = nodeproto.register_request(
+            node.token, wg_pub, csr_for(key, node.name), node.name, "cvlan-sim", pb.RouteAdvert()
         )
         data = build_request("POST", "/v1/register", self._host, req.SerializeToString(), CT)
         for attempt in range(self.cfg.max_retries + 1):
@@ -653,7 +649,9 @@ class Fleet:
                 health = pb.HealthSummary(
                     peers_total=node.peers, peers_direct=node.peers, applied_version=node.map_version
                 )
-                req = nodeproto.poll_request(node.map_version, [ep], health, "", node.long_poll)
+                req = nodeproto.poll_request(
+                    node.map_version, [ep], health, "", node.long_poll, pb.RouteAdvert()
+                )
                 node.req = build_request("POST", "/v1/poll", self._host, req.SerializeToString(), CT)
             return node.req
         if op == "report":

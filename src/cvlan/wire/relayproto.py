@@ -23,6 +23,8 @@ FRAME_HEADER_LEN = 5
 KEY_LEN = 32
 MAX_PACKET = 65535
 PING_LEN = 8
+CLOSE_REPLACED = 4001
+"""WebSocket close code: a newer connection with the same node key took this one's place."""
 _HEADER = struct.Struct("!BI")
 
 
