@@ -10,6 +10,7 @@ and sees IPv6 UDP blocked when the router drops it."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -126,6 +127,12 @@ def test_matrix_shows_relay_and_loss_and_netcheck_tells_nats_apart(lab: Lab) -> 
     wait_until(
         "ICMP between a and c is dropped by the policy", lambda: not a.ns.ping(c.address(), wait=0.5), 30
     )
+    # The probes have flowed since before the policy: conntrack would let them pass as an established
+    # flow. Forget every flow, so that from now on a probe passes by the rule that accepts probes ahead
+    # of the policy, or not at all.
+    for n in (a, c):
+        r = n.ns.run(sys.executable, "-c", "from pyroute2 import Conntrack; Conntrack().flush()")
+        assert r.returncode == 0, r.stderr
     time.sleep(
         PROBE_TIMEOUT_S + 2 * PROBE_INTERVAL_S
     )  # probes sent since the policy would be counted lost by now

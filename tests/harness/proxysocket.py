@@ -13,6 +13,7 @@ from cvlan.common import adminconf
 from cvlan.devtools.harness.controller import (
     free_port,
     inherited_env,
+    on_a_free_port,
     ready_step,
     serve_argv,
     wait_ready_async,
@@ -78,7 +79,12 @@ async def front(
     """cvlan-front with the controller's own server certificate, one worker, `backend_conns`
     connections to each proxy socket in `socks`; its process and port once it listens (its output in
     tmp/front.log)."""
-    port = free_port()
+    return await on_a_free_port(lambda port: _front(tmp, data, socks, backend_conns, port))
+
+
+async def _front(
+    tmp: Path, data: Path, socks: list[Path], backend_conns: int, port: int
+) -> subprocess.Popen[bytes]:
     crt, key = next(data.rglob("server.crt")), next(data.rglob("server.key"))
     ca = next(data.rglob("ca.crt"))
     cmd = [sys.executable, "-m", "cvlan.front", "--listen", f"127.0.0.1:{port}", "--cert", str(crt)]
@@ -91,7 +97,7 @@ async def front(
         assert proc.poll() is None, (tmp / "front.log").read_text()[-2000:]
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
+            return proc
         except OSError:
             await asyncio.sleep(0.1)
     proc.kill()

@@ -15,7 +15,7 @@ import aiohttp
 
 from cvlan.client import tls
 from cvlan.client.controller import ControlError, NodeApiClient
-from tests.harness.controller import free_port
+from tests.harness.controller import on_a_free_port
 
 BURST = 1000
 CONCURRENCY = 32
@@ -75,22 +75,9 @@ class Admin:
             return await r.json()
 
 
-async def _start_on_a_free_port(data: Path, db_url: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start on a port free a moment ago; another process on the machine may take it first (the
-    controller then exits saying so): try another, at most five."""
-    for attempt in range(5):
-        port = free_port()
-        try:
-            return await _start(data, db_url, port), port
-        except AssertionError as e:
-            if "address already in use" not in str(e) or attempt == 4:
-                raise
-    raise AssertionError("unreachable")
-
-
 async def test_sigkill_during_registration_burst(db_url: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc, port = await _start_on_a_free_port(data, db_url)
+    proc, port = await on_a_free_port(lambda port: _start(data, db_url, port))
     url = f"https://127.0.0.1:{port}"
     try:
         admin = Admin(url, data)

@@ -10,7 +10,12 @@ then every map held is dropped and every long-poll woken: announcements made whi
 not heard, and the maps are loaded again from what was committed. Any failure to listen again is
 retried (a restart leaves dead connections in the pool, and the driver reports them with its own
 errors). This process's own announcements made meanwhile are kept and sent once it listens again:
-another process that never lost its connection would not reload its maps by itself."""
+another process that never lost its connection would not reload its maps by itself.
+
+The driver says when the connection's socket closes, but not when the database host vanished
+without closing it (a crash, a partition): while no announcement goes out, the listening connection
+is asked `SELECT 1` every CHECK_S, and one that does not answer within CHECK_TIMEOUT_S is taken as
+lost like a closed one."""
 
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "cvlan_map"
 MAX_PAYLOAD = 7900
 """PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; bigger id sets are split."""
+CHECK_S = 5.0
+"""How long the listening connection may stay quiet before it is asked whether it is still there."""
+CHECK_TIMEOUT_S = 5.0
 
 
 class Fanout:
@@ -48,6 +56,8 @@ class Fanout:
         """Set while the listening connection (which also sends the announcements) is open."""
         self.reconnects = 0
         """How many times the listening connection was opened again after it was lost."""
+        self.backoff = Backoff(base=0.2, cap=5.0)
+        """The waits before each attempt to listen again."""
 
     async def start(self) -> bool:
         """Listen (PostgreSQL only). Returns whether fan-out is active."""
@@ -74,7 +84,7 @@ class Fanout:
 
     async def _keep_listening(self) -> None:
         """Open the listening connection again whenever it is lost; then reload every map."""
-        backoff = Backoff(base=0.2, cap=5.0)
+        backoff = self.backoff
         while True:
             await self._lost.wait()
             log.warning("map fan-out: the listening connection to PostgreSQL was lost; reconnecting")
@@ -141,7 +151,11 @@ class Fanout:
         payload: str | None = None
         while True:
             if payload is None:
-                payload = await self._queue.get()
+                try:
+                    payload = await asyncio.wait_for(self._queue.get(), CHECK_S)
+                except TimeoutError:
+                    await self._check()
+                    continue
             pg = self._pg
             if pg is None:  # listening again: wait for it (_up is clear while there is no connection)
                 await self._up.wait()
@@ -159,6 +173,21 @@ class Fanout:
                     continue  # sent again once listening again
                 await asyncio.sleep(1)
             payload = None
+
+    async def _check(self) -> None:
+        """Ask the listening connection whether it is still there (on the sender's task: the
+        connection carries one query at a time); take it as lost if it does not answer."""
+        pg = self._pg
+        if pg is None:
+            return
+        try:
+            await asyncio.wait_for(pg.execute("SELECT 1"), CHECK_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - closed, broken or silent: all mean lost
+            if self._pg is pg:
+                log.warning(
+                    "map fan-out: the listening connection does not answer", extra={"reason": str(e)[:200]}
+                )
+                self._lost.set()
 
     # --- incoming --------------------------------------------------------------------------
 

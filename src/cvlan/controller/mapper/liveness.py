@@ -70,14 +70,13 @@ class LivenessBuffer:
         self._inflight_eps: dict[int, tuple[list[str], str]] = {}
         """Endpoints of the batch being written: still the newest truth until its transaction commits."""
         self._health_hash: dict[int, int] = {}
-        self._peers: dict[int, dict[str, Any]] = {}
-        """node -> the per-peer health of a report not written yet, merged into every health taken
-        for it until then. Once written it is dropped: a poll's summary is merged into the stored
-        health (the database keeps the peers), so a poll through this process never writes back
-        peers older than those another controller process stored since."""
         self._flushing = asyncio.Lock()
         self._reports: dict[int, health_ops.Report] = {}
-        """Peer health reports not written yet, newest per node (their events are found when written)."""
+        """node -> its newest peer-health report not written yet. Its entries are merged into every
+        health taken for the node until then, and its events are found when it is written. Once
+        written it is dropped: a poll's summary is merged into the stored health (the database keeps
+        the peers), so a poll through this process never writes back peers older than those another
+        controller process stored since."""
         self.on_health_events: Callable[[list[health_ops.Found]], None] | None = None
         """Told the events a committed flush found (the node API logs and counts them)."""
         self.flushes = 0
@@ -129,8 +128,8 @@ class LivenessBuffer:
         self,
         node_id: int,
         health: dict[str, Any],
-        peers: list[dict[str, Any]] | None = None,
-        where: tuple[int, int] = (0, 0),
+        peers: list[dict[str, Any]] | None,
+        where: tuple[int, int],
     ) -> None:
         """A health report outside a poll: last seen and health change, the held version does not.
         peers: its per-peer entries (None: none measured this time, the previous ones stay), from a
@@ -138,13 +137,12 @@ class LivenessBuffer:
         o = self._touch(node_id)
         now = self.ctx.now()
         if peers is not None:
-            self._peers[node_id] = {"peers": peers, "peers_at": now.isoformat()}
-            self._reports[node_id] = health_ops.Report(where[0], where[1], tuple(peers))
+            self._reports[node_id] = health_ops.Report(where[0], where[1], tuple(peers), now.isoformat())
         o.last_seen, o.health = now, self._with_peers(node_id, health)
 
     def _with_peers(self, node_id: int, health: dict[str, Any]) -> dict[str, Any]:
-        kept = self._peers.get(node_id)
-        return health if kept is None else {**health, **kept}
+        kept = self._reports.get(node_id)
+        return health if kept is None else {**health, "peers": list(kept.peers), "peers_at": kept.at}
 
     def pending_endpoints(self, node_id: int) -> tuple[list[str], str] | None:
         """Endpoints and home region reported but not written yet (None if nothing pending)."""
@@ -174,7 +172,6 @@ class LivenessBuffer:
                 b.health_ids.append(k)
                 b.health.append(o.health)
                 o.health = None
-                self._peers.pop(k, None)  # in the batch now
             if o.endpoints is not None:
                 b.eps_ids.append(k)
                 b.eps.append(o.endpoints)
@@ -201,18 +198,15 @@ class LivenessBuffer:
         for k, ver in zip(b.ids, b.vers, strict=True):
             if obs[k].map_version < 0:
                 obs[k].map_version = ver
+        for k, rep in b.reports.items():
+            self._reports.setdefault(k, rep)  # a newer report since wins
         for k, h in zip(b.health_ids, b.health, strict=True):
             newer = obs[k].health
-            if newer is None:
-                obs[k].health = h
-            elif "peers" in h and "peers" not in newer:  # a poll's summary since: keep the peers
-                kept = self._peers.setdefault(k, {"peers": h["peers"], "peers_at": h["peers_at"]})
-                obs[k].health = {**newer, **kept}
+            # A poll's summary since carries no peers: the pending report's are merged into it.
+            obs[k].health = h if newer is None else self._with_peers(k, newer)
         for k, e, r in zip(b.eps_ids, b.eps, b.regions, strict=True):
             if obs[k].endpoints is None:
                 obs[k].endpoints, obs[k].home_relay_region = e, r
-        for k, rep in b.reports.items():
-            self._reports.setdefault(k, rep)
 
     async def flush(self) -> int:
         """Write everything pending. On failure the rows are put back (newer observations win).
@@ -279,7 +273,7 @@ async def _write_rows(s: AsyncSession, b: Batch) -> None:
         )
     if seen_only:
         await s.execute(update(t).where(where).values(last_seen=bindparam("b_seen")), seen_only)
-    if health:  # replaces the stored health (PostgreSQL and SQLite merge into it)
+    if health:  # replaces the stored health (the PostgreSQL and SQLite writers merge into it)
         await s.execute(update(t).where(where).values(health=bindparam("b_health")), health)
     if eps:
         await s.execute(

@@ -76,6 +76,8 @@ class Report:
     tenant_id: int
     cvlan_id: int
     peers: tuple[Mapping[str, Any], ...]
+    at: str = ""
+    """When the controller got it (ISO 8601): the node's health says "peers_at"."""
 
 
 @dataclass(frozen=True, slots=True)

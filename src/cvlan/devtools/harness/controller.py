@@ -15,10 +15,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from cvlan.common import adminconf
 
@@ -27,6 +27,7 @@ __all__ = [
     "ControllerProcess",
     "free_port",
     "healthy",
+    "on_a_free_port",
     "inherited_env",
     "ready_step",
     "script",
@@ -35,6 +36,8 @@ __all__ = [
     "wait_ready",
     "wait_ready_async",
 ]
+
+T = TypeVar("T")
 
 READY_TIMEOUT_S = 90.0
 """How long a controller may take to write admin.conf and answer (a loaded 2-core machine, PostgreSQL)."""
@@ -49,6 +52,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+PORT_TAKEN = "address already in use"
+"""What a start that lost its port to another process says (the server's own message, lowercased)."""
+
+
+async def on_a_free_port(start: Callable[[int], Awaitable[T]], tries: int = 5) -> tuple[T, int]:
+    """start(port) on a port that was free a moment ago, and the port. Another process on the machine
+    may bind it first; a start that fails saying so (PORT_TAKEN in its error) is tried again on another
+    port, `tries` times at most. Any other failure is raised at once."""
+    for attempt in range(tries):
+        port = free_port()
+        try:
+            return await start(port), port
+        except Exception as e:
+            if PORT_TAKEN not in str(e).lower() or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def script(name: str) -> str:

@@ -31,7 +31,7 @@ def test_batch_holds_the_newest_observation_per_node() -> None:
     buf.seen(1, 4)
     buf.endpoints(2, ["198.51.100.1:1"], "eu")
     buf.seen(2, 7)
-    buf.health(3, {"peers_total": 1})
+    buf.health(3, {"peers_total": 1}, None, (1, 1))
     assert len(buf) == 3
     b = buf._take()
     rows = dict(zip(b.ids, zip(b.seen, b.vers, strict=True), strict=True))
