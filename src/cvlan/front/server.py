@@ -44,6 +44,9 @@ REFORWARD_HEAD = (
 """A parked poll forwarded again: its body, the node's certificate and X-Cvlan-Park follow."""
 NODE_PATHS = frozenset((b"/v1/discover", b"/v1/register", b"/v1/poll", b"/v1/renew", b"/v1/report"))
 """The node API (NODE-PROTOCOL.md, "Calls"): the only paths forwarded; anything else is 404 here."""
+QUICK = frozenset((b"/v1/discover", b"/v1/poll"))
+"""Requests the controller answers from memory; any other may wait on its database and is slow
+(backend.Pending.slow: it holds at most half of a controller's connections)."""
 RETRY_SAFE = frozenset((b"/v1/discover", b"/v1/register", b"/v1/poll", b"/v1/renew"))
 """Requests sent again to another controller when the connection carrying them is lost before the
 answer (docs/FRONT.md, "Several controllers"): discovery reads; a poll records what it reports, the
@@ -547,8 +550,14 @@ class FrontConn(asyncio.Protocol):
         self.state = STATE_FORWARDING
         self.keep = keep
         head_only = h.method == b"HEAD"
-        retry = h.target.partition(b"?")[0] in RETRY_SAFE
-        self.front.pool.submit(b"\r\n".join(kept) + body, head_only, self._answered, retry=retry)
+        path = h.target.partition(b"?")[0]
+        self.front.pool.submit(
+            b"\r\n".join(kept) + body,
+            head_only,
+            self._answered,
+            retry=path in RETRY_SAFE,
+            slow=path not in QUICK,
+        )
 
     def _answered(self, response: bytes | None, keep: bool, backend: int = -1) -> None:
         if self.state == STATE_CLOSED or self.records is None or self.transport is None:

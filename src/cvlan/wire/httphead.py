@@ -44,9 +44,15 @@ class RequestHead:
 
     __slots__ = ("request_line", "method", "target", "version", "lines", "fields", "length")
 
-    def __init__(self, request_line: bytes, lines: list[bytes], fields: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        request_line: bytes,
+        lines: list[bytes],
+        fields: list[tuple[bytes, bytes]],
+        parts: list[bytes] | None = None,
+    ) -> None:
         self.request_line = request_line
-        self.method, self.target, self.version = request_line.split(b" ")
+        self.method, self.target, self.version = parts or request_line.split(b" ")
         self.lines = lines
         self.fields = fields
         self.length = -1
@@ -100,7 +106,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     seen: set[bytes] = set()
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not is_token(name):
+        if not sep or (name not in _TOKENS and not is_token(name)):  # the set first: no call
             # no folded lines, no space before the colon: nothing another parser could read as
             # another header than this one
             raise HeadError(400, "malformed header line (the name is not a token)")
@@ -119,6 +125,6 @@ def parse_request_head(head: bytes) -> RequestHead:
         fields.append((lname, value))
     if chunked and length >= 0:
         raise HeadError(400, "both Content-Length and Transfer-Encoding")
-    got = RequestHead(request_line, lines[1:], fields)
+    got = RequestHead(request_line, lines[1:], fields, parts)
     got.length = length
     return got

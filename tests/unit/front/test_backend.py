@@ -21,7 +21,11 @@ class Controller:
         self.path = path
         self.name = name
         self.hold = False
+        self.hold_paths: set[bytes] = set()
+        """Requests to these paths are left unanswered (a registration waiting on the database)."""
         self.got: list[bytes] = []
+        self.held: list[asyncio.StreamWriter] = []
+        """The connections of the requests left unanswered, one entry each."""
         self.server: asyncio.AbstractServer | None = None
         self.writers: list[asyncio.StreamWriter] = []
 
@@ -42,8 +46,10 @@ class Controller:
                     ),
                     0,
                 )
-                self.got.append(head.split(b" ")[1] + b" " + await r.readexactly(length))
-                if self.hold:
+                path = head.split(b" ")[1]
+                self.got.append(path + b" " + await r.readexactly(length))
+                if self.hold or path in self.hold_paths:
+                    self.held.append(w)
                     continue
                 w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(self.name), self.name))
                 await w.drain()
@@ -64,9 +70,11 @@ def _request(path: str, body: bytes = b"x") -> bytes:
     return b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
 
 
-async def _send(pool: BackendPool, path: str, body: bytes = b"x", retry: bool = True) -> bytes | None:
+async def _send(
+    pool: BackendPool, path: str, body: bytes = b"x", retry: bool = True, slow: bool = False
+) -> bytes | None:
     fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-    pool.submit(_request(path, body), False, lambda r, k, b: fut.set_result(r), retry=retry)
+    pool.submit(_request(path, body), False, lambda r, k, b: fut.set_result(r), retry=retry, slow=slow)
     got = await asyncio.wait_for(fut, 20)
     return None if got is None else got.rpartition(b"\r\n\r\n")[2]
 
@@ -127,4 +135,24 @@ async def test_with_every_controller_down_requests_get_502_at_once(tmp_path: Pat
     pool = BackendPool([tmp_path / "a", tmp_path / "b"], size=2)
     assert await _send(pool, "/v1/poll") is None
     assert await _send(pool, "/v1/discover") is None
+    pool.close()
+
+
+async def test_slow_requests_hold_at_most_half_the_connections_and_polls_pass(tmp_path: Path) -> None:
+    """Registrations that wait at the controller (here: never answered) take at most half of its
+    connections; a poll sent after six of them is answered at once on the other half."""
+    c = await Controller(tmp_path / "a.sock", b"a").start()
+    c.hold_paths.add(b"/v1/register")
+    pool = BackendPool([c.path], size=4)
+    regs = [asyncio.create_task(_send(pool, "/v1/register", b"r%d" % i, slow=True)) for i in range(6)]
+    await _until(lambda: sum(g.startswith(b"/v1/register") for g in c.got) == 2)
+    assert await asyncio.wait_for(_send(pool, "/v1/poll", b"p"), 2) == b"a"
+    assert sum(g.startswith(b"/v1/register") for g in c.got) == 2  # the other four still queued
+    assert len(pool.slow_waiting) == 4 and pool.backends[0].slow_busy == 2
+    # The controller answers registrations again: the queued ones go as the held ones are answered.
+    c.hold_paths.clear()
+    for w in c.held:  # the two held ones, answered now
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+    got = await asyncio.wait_for(asyncio.gather(*regs), 10)
+    assert got == [b"a"] * 6 and pool.backends[0].slow_busy == 0
     pool.close()
