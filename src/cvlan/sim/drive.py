@@ -296,7 +296,8 @@ class Driver:
                 f"knee-{rate:g}", {"poll_rate": rate}, cfg.knee_settle_s, cfg.knee_step_s, now
             )
         else:
-            self._drain(now, 40)
+            # Time for the fleet's settle (a plainly polling fleet waits one interval), then 40 s.
+            self._drain(now, 40 + self.ch.interval.value * (1 + cfg.jitter))
 
     def _drain(self, now: float, seconds: float) -> None:
         self.rec.start_phase("drain", {})

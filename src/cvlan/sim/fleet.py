@@ -863,6 +863,14 @@ class Fleet:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def churn_settle_s(self) -> float:
+        """How long the fleet keeps polling after its last change before its maps are checked. A
+        long-polling member gets a change at once; a plainly polling one at its next poll, up to one
+        interval (with its jitter) later: checked sooner, it would be counted stale."""
+        if self.cfg.long_poll_s:
+            return CHURN_SETTLE_S
+        return max(CHURN_SETTLE_S, self.interval() * (1 + self.cfg.jitter) + 1.0)
+
     def check_maps(self) -> None:
         """Every change reached every member: the nodes of a CVLAN hold one version, with as many peers
         as the most any of them sees (all the other members, when one worker holds the whole fleet).
@@ -901,7 +909,7 @@ class Fleet:
             self.churn_over = True
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=timeout)
-            await asyncio.sleep(min(CHURN_SETTLE_S, timeout / 2))
+            await asyncio.sleep(self.churn_settle_s())
         self.stopping = True
         deadline = self.loop.time() + timeout
         while self.inflight and self.loop.time() < deadline:

@@ -149,30 +149,44 @@ class Fanout:
         """Send the announcements in order. One that cannot be sent because the connection is down
         waits for it to be back (announcements are idempotent: one sent twice does no harm)."""
         payload: str | None = None
-        while True:
-            if payload is None:
-                try:
-                    payload = await asyncio.wait_for(self._queue.get(), CHECK_S)
-                except TimeoutError:
-                    await self._check()
-                    continue
-            pg = self._pg
-            if pg is None:  # listening again: wait for it (_up is clear while there is no connection)
-                await self._up.wait()
-                continue
-            if pg.is_closed():  # lost: let _keep_listening see it and open another
+        getter: asyncio.Future[str] | None = None
+        try:
+            while True:
+                if payload is None:
+                    # Not wait_for: in Python 3.11 a get that completes as the timeout fires loses its
+                    # item (an announcement). The get stays pending across the checks instead.
+                    if getter is None:
+                        getter = asyncio.ensure_future(self._queue.get())
+                    await asyncio.wait((getter,), timeout=CHECK_S)
+                    if not getter.done():
+                        await self._check()
+                        continue
+                    payload, getter = getter.result(), None
+                payload = await self._send_one(payload)
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _send_one(self, payload: str) -> str | None:
+        """Try to send one announcement: None once sent (or given up after a refusal), else the
+        payload, to be tried again (the connection is down or being opened again)."""
+        pg = self._pg
+        if pg is None:  # listening again: wait for it (_up is clear while there is no connection)
+            await self._up.wait()
+            return payload
+        if pg.is_closed():  # lost: let _keep_listening see it and open another
+            self._lost.set()
+            await asyncio.sleep(0.05)
+            return payload
+        try:
+            await pg.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        except Exception as e:  # noqa: BLE001 - keep the sender alive
+            log.warning("map fan-out NOTIFY failed", extra={"reason": str(e)[:200]})
+            if pg.is_closed():
                 self._lost.set()
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                await pg.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            except Exception as e:  # noqa: BLE001 - keep the sender alive
-                log.warning("map fan-out NOTIFY failed", extra={"reason": str(e)[:200]})
-                if pg.is_closed():
-                    self._lost.set()
-                    continue  # sent again once listening again
-                await asyncio.sleep(1)
-            payload = None
+                return payload  # sent again once listening again
+            await asyncio.sleep(1)
+        return None
 
     async def _check(self) -> None:
         """Ask the listening connection whether it is still there (on the sender's task: the
